@@ -1,0 +1,1111 @@
+//! The verified copy engine shared by `stage`, `ingest` and `pull`.
+//!
+//! Per file (DESIGN.md, "Verified copy"): read the source once, hashing as it is read;
+//! write to a temporary name in the destination folder; check the source did not change
+//! during the read; check the hash against the source manifest when there is one; read
+//! the written bytes back from storage and hash them; only then rename into place, set
+//! the mode (and the mtime when the purge policy allows) and record the file in the
+//! journal. A file never appears under its final name unverified.
+//!
+//! Files go in batches: a batch is copied in parallel, the destination filesystem is
+//! flushed once with `syncfs` (no per-file fsync), the now-clean pages are dropped from
+//! the cache, and the batch is read back in parallel. This module never prints.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use sha2::{Digest as _, Sha256};
+use tempfile::TempPath;
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::{self, Digest, BLOCK};
+use crate::journal::{Journal, JournalEntry};
+use crate::manifest::{Manifest, ManifestEntry};
+use crate::progress::Progress;
+use crate::walk::{self, Entry, Filter, Kind, Meta, MANIFEST_NAME, STATE_DIR, TMP_PREFIX};
+
+/// Files at least this big are read by a separate thread so reading and hashing overlap.
+const STREAM_THRESHOLD: u64 = 8 << 20;
+
+/// How to copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Parallel files (0: one per core).
+    pub jobs: usize,
+    /// Only plan: report what would change, touch nothing.
+    pub dry_run: bool,
+    /// Re-read destination files the journal calls verified and repair any that differ.
+    pub verify_existing: bool,
+    pub filter: Filter,
+    /// Give destination files the source's mtime. Off on mtime-purged scratch.
+    pub preserve_mtime: bool,
+    /// Check free space before copying.
+    pub check_space: bool,
+    /// A batch ends after this many bytes or files, whichever comes first.
+    pub batch_bytes: u64,
+    pub batch_files: usize,
+    /// Use the source's `MANIFEST.sha256` (when present) to catch corruption at the source.
+    pub use_source_manifest: bool,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            jobs: 0,
+            dry_run: false,
+            verify_existing: false,
+            filter: Filter::default(),
+            preserve_mtime: false,
+            check_space: true,
+            batch_bytes: 512 << 20,
+            batch_files: 4096,
+            use_source_manifest: true,
+        }
+    }
+}
+
+/// What a run does (or, with `dry_run`, would do) to one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    /// Not at the destination yet.
+    New,
+    /// The source changed since it was copied.
+    Changed,
+    /// At the destination but not known verified (an earlier run was interrupted).
+    Unverified,
+    /// The destination no longer matches what was verified.
+    Repair,
+    /// A hard link to another copied file.
+    HardLink,
+    Symlink,
+    Dir,
+}
+
+impl Change {
+    /// One-letter code for itemized output.
+    pub fn code(self) -> &'static str {
+        match self {
+            Change::New => "+",
+            Change::Changed => ">",
+            Change::Unverified => "?",
+            Change::Repair => "!",
+            Change::HardLink => "h",
+            Change::Symlink => "L",
+            Change::Dir => "d",
+        }
+    }
+}
+
+/// Why a file was not copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The source does not match its own manifest: corruption at the source.
+    SourceCorrupt,
+    /// The source changed while it was read.
+    SourceChanged,
+    /// The bytes read back from the destination differ from the source.
+    VerifyFailed,
+    /// The destination ran out of space.
+    DiskFull,
+    /// Any other I/O failure.
+    Io,
+    /// Not tried because the run stopped early (disk full).
+    NotAttempted,
+}
+
+/// One file that was not copied, and why.
+#[derive(Debug)]
+pub struct Failure {
+    pub path: PathBuf,
+    pub kind: FailureKind,
+    pub error: Error,
+}
+
+/// Oldest timestamps of the destination's files, for the purge deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OldestTimes {
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
+    pub ctime_ns: Option<i64>,
+}
+
+impl OldestTimes {
+    fn add(&mut self, m: &Meta) {
+        let min = |slot: &mut Option<i64>, v: i64| *slot = Some(slot.map_or(v, |s| s.min(v)));
+        min(&mut self.atime_ns, m.atime_ns);
+        min(&mut self.mtime_ns, m.mtime_ns);
+        min(&mut self.ctime_ns, m.ctime_ns);
+    }
+
+    /// Keeps the older of each timestamp.
+    pub fn merge(&mut self, other: &OldestTimes) {
+        for (a, b) in [
+            (&mut self.atime_ns, other.atime_ns),
+            (&mut self.mtime_ns, other.mtime_ns),
+            (&mut self.ctime_ns, other.ctime_ns),
+        ] {
+            if let Some(b) = b {
+                *a = Some(a.map_or(b, |a| a.min(b)));
+            }
+        }
+    }
+}
+
+/// The outcome of a copy.
+#[derive(Debug, Default)]
+pub struct CopyReport {
+    pub files_total: u64,
+    pub bytes_total: u64,
+    pub copied: u64,
+    pub bytes_copied: u64,
+    pub skipped: u64,
+    pub hard_links: u64,
+    pub symlinks: u64,
+    pub dirs: u64,
+    /// Destination files repaired because they no longer matched (with `verify_existing`).
+    pub repaired: Vec<PathBuf>,
+    pub failed: Vec<Failure>,
+    /// What changed (or would change), in path order.
+    pub changes: Vec<(PathBuf, Change)>,
+    /// Things worth telling that are not failures (links pointing out, special files).
+    pub warnings: Vec<String>,
+    /// The destination's manifest (all files of this source now verified there).
+    pub manifest: Manifest,
+    /// True when a source `MANIFEST.sha256` was used to check the source.
+    pub source_manifest_used: bool,
+    /// Source files not listed in the source manifest (copied, but unchecked at the source).
+    pub unlisted_in_source: Vec<PathBuf>,
+    pub oldest: OldestTimes,
+    pub elapsed: Duration,
+}
+
+impl CopyReport {
+    /// True when nothing failed.
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// A planned regular-file copy.
+struct Job {
+    rel: PathBuf,
+    meta: Meta,
+    change: Change,
+    expected: Option<Digest>,
+}
+
+/// A file copied to its temporary name, awaiting read-back.
+struct Staged {
+    job_index: usize,
+    tmp: TempPath,
+    digest: Digest,
+    meta: Meta,
+}
+
+/// Copies the tree `src` into `dest` with verification. Failures of single files are in
+/// the report; an `Err` means the run could not start or its bookkeeping failed.
+pub fn copy_tree(
+    src: &Path,
+    dest: &Path,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<CopyReport> {
+    let started = Instant::now();
+    let tree = walk::walk(src, &opts.filter)?;
+    let mut report = CopyReport::default();
+    for e in tree.errors {
+        report.failed.push(Failure {
+            path: error_path(&e, src),
+            kind: FailureKind::Io,
+            error: e,
+        });
+    }
+
+    let source_manifest = if opts.use_source_manifest {
+        read_source_manifest(src)?
+    } else {
+        None
+    };
+    report.source_manifest_used = source_manifest.is_some();
+    let expected: HashMap<&Path, Digest> =
+        source_manifest.as_ref().map(|m| m.to_map()).unwrap_or_default();
+
+    let mut entries = tree.entries;
+    walk::sort_by_bytes(&mut entries, |e| &e.rel);
+
+    let state_dir = dest.join(STATE_DIR);
+    let guard = if opts.dry_run {
+        None
+    } else {
+        fs_err_create_dir_all(&state_dir)?;
+        Some(RunGuard::acquire(&state_dir, dest)?)
+    };
+    let journal = Journal::load(&state_dir.join("journal"))?;
+
+    // Plan.
+    let mut dirs: Vec<&Entry> = Vec::new();
+    let mut symlinks: Vec<&Entry> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut links: Vec<(PathBuf, PathBuf, Meta)> = Vec::new(); // (rel, primary rel, meta)
+    let mut primaries: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut known: Vec<(PathBuf, Digest)> = Vec::new();
+    let mut oldest = OldestTimes::default();
+    for e in &entries {
+        match e.kind {
+            Kind::Dir => dirs.push(e),
+            Kind::Symlink => symlinks.push(e),
+            Kind::Other => report.warnings.push(format!(
+                "{}: not a regular file, folder or symlink (socket, FIFO or device); not copied",
+                src.join(&e.rel).display()
+            )),
+            Kind::File => {
+                report.files_total += 1;
+                report.bytes_total += e.meta.size;
+                if source_manifest.is_some() && !expected.contains_key(e.rel.as_path()) {
+                    report.unlisted_in_source.push(e.rel.clone());
+                }
+                if e.meta.nlink > 1 {
+                    let key = (e.meta.dev, e.meta.ino);
+                    if let Some(primary) = primaries.get(&key) {
+                        links.push((e.rel.clone(), primary.clone(), e.meta));
+                        continue;
+                    }
+                    primaries.insert(key, e.rel.clone());
+                }
+                let plan = plan_file(dest, e, journal.get(&e.rel), opts.verify_existing);
+                match plan {
+                    Plan::Skip(digest, dest_meta) => {
+                        oldest.add(&dest_meta);
+                        known.push((e.rel.clone(), digest));
+                    }
+                    Plan::Copy(change) => jobs.push(Job {
+                        rel: e.rel.clone(),
+                        meta: e.meta,
+                        change,
+                        expected: expected.get(e.rel.as_path()).copied(),
+                    }),
+                }
+            }
+        }
+    }
+    report.skipped = known.len() as u64;
+    for j in &jobs {
+        report.changes.push((j.rel.clone(), j.change));
+    }
+
+    if opts.dry_run {
+        for d in &dirs {
+            if !dest.join(&d.rel).is_dir() {
+                report.changes.push((d.rel.clone(), Change::Dir));
+            }
+        }
+        for s in &symlinks {
+            if symlink_differs(src, dest, &s.rel) {
+                report.changes.push((s.rel.clone(), Change::Symlink));
+            }
+        }
+        for (rel, primary, _) in &links {
+            if !same_inode(&dest.join(rel), &dest.join(primary)) {
+                report.changes.push((rel.clone(), Change::HardLink));
+            }
+        }
+        walk::sort_by_bytes(&mut report.changes, |c| &c.0);
+        report.elapsed = started.elapsed();
+        return Ok(report);
+    }
+
+    let bytes_needed: u64 = jobs.iter().map(|j| j.meta.size).sum();
+    if opts.check_space {
+        check_space(dest, bytes_needed, jobs.len() as u64)?;
+    }
+    progress.start(report.files_total, report.bytes_total);
+    progress.add_bytes(report.bytes_total - bytes_needed);
+    for _ in 0..report.skipped {
+        progress.add_file();
+    }
+
+    // Folders first (writable while we fill them; their modes are set at the end).
+    fs_err_create_dir_all(dest)?;
+    for d in &dirs {
+        let path = dest.join(&d.rel);
+        let existed = path.is_dir();
+        if let Err(e) = ensure_writable_dir(&path) {
+            report.failed.push(Failure {
+                path: d.rel.clone(),
+                kind: classify(&e),
+                error: e,
+            });
+        } else if !existed {
+            report.changes.push((d.rel.clone(), Change::Dir));
+        }
+    }
+    report.dirs = dirs.len() as u64;
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs)
+        .build()
+        .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))?;
+    let journal = Mutex::new(journal);
+    let abort = AtomicBool::new(false);
+    let ctx = Ctx {
+        src,
+        dest,
+        opts,
+        progress,
+        abort: &abort,
+    };
+
+    let mut copied_digests: Vec<(PathBuf, Digest)> = Vec::new();
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < jobs.len()
+            && (end == start || (bytes < opts.batch_bytes && end - start < opts.batch_files))
+        {
+            bytes += jobs[end].meta.size;
+            end += 1;
+        }
+        let batch = &jobs[start..end];
+        let results = pool.install(|| run_batch(&ctx, batch, start, &journal));
+        for r in results {
+            match r {
+                Ok((i, digest, dest_meta)) => {
+                    oldest.add(&dest_meta);
+                    let job = &jobs[i];
+                    report.copied += 1;
+                    report.bytes_copied += job.meta.size;
+                    if job.change == Change::Repair {
+                        report.repaired.push(job.rel.clone());
+                    }
+                    copied_digests.push((job.rel.clone(), digest));
+                }
+                Err(f) => report.failed.push(f),
+            }
+        }
+        journal
+            .lock()
+            .expect("journal lock")
+            .flush()?;
+        start = end;
+    }
+    known.extend(copied_digests);
+
+    // Hard links, once their primary is verified.
+    let digest_of: HashMap<PathBuf, Digest> = known.iter().cloned().collect();
+    for (rel, primary, meta) in &links {
+        let Some(digest) = digest_of.get(primary).copied() else {
+            report.failed.push(Failure {
+                path: rel.clone(),
+                kind: FailureKind::NotAttempted,
+                error: Error::io(
+                    src.join(rel),
+                    std::io::Error::other(format!(
+                        "hard link to {} which was not copied",
+                        primary.display()
+                    )),
+                ),
+            });
+            continue;
+        };
+        let (target, link) = (dest.join(primary), dest.join(rel));
+        if !same_inode(&link, &target) {
+            if let Err(e) = replace_with_hard_link(&target, &link) {
+                report.failed.push(Failure {
+                    path: rel.clone(),
+                    kind: classify(&e),
+                    error: e,
+                });
+                continue;
+            }
+            report.changes.push((rel.clone(), Change::HardLink));
+        }
+        report.hard_links += 1;
+        let _ = meta;
+        known.push((rel.clone(), digest));
+    }
+
+    for s in &symlinks {
+        match copy_symlink(src, dest, &s.rel) {
+            Ok(changed) => {
+                report.symlinks += 1;
+                if changed {
+                    report.changes.push((s.rel.clone(), Change::Symlink));
+                }
+                if let Some(w) = symlink_warning(src, &s.rel) {
+                    report.warnings.push(w);
+                }
+            }
+            Err(e) => report.failed.push(Failure {
+                path: s.rel.clone(),
+                kind: classify(&e),
+                error: e,
+            }),
+        }
+    }
+
+    // Folder modes (and mtimes when allowed), deepest first.
+    for d in dirs.iter().rev() {
+        let path = dest.join(&d.rel);
+        let mut result = std::fs::set_permissions(&path, perm(d.meta.mode)).at(&path);
+        if result.is_ok() && opts.preserve_mtime {
+            result = set_mtime(&path, d.meta.mtime_ns);
+        }
+        if let Err(e) = result {
+            report.failed.push(Failure {
+                path: d.rel.clone(),
+                kind: classify(&e),
+                error: e,
+            });
+        }
+    }
+
+    report.manifest = Manifest::from_entries(
+        known
+            .into_iter()
+            .map(|(path, digest)| ManifestEntry { path, digest })
+            .collect(),
+    );
+    let mut journal = journal.into_inner().expect("journal lock");
+    let current: HashSet<&Path> = report.manifest.entries.iter().map(|e| e.path.as_path()).collect();
+    journal.compact(|p| current.contains(p))?;
+    write_if_changed(&dest.join(MANIFEST_NAME), &report.manifest.to_bytes())?;
+    walk::sort_by_bytes(&mut report.changes, |c| &c.0);
+    report.oldest = oldest;
+    report.elapsed = started.elapsed();
+    if let Some(g) = guard {
+        g.finish(report.failed.is_empty());
+    }
+    Ok(report)
+}
+
+struct Ctx<'a> {
+    src: &'a Path,
+    dest: &'a Path,
+    opts: &'a CopyOptions,
+    progress: &'a dyn Progress,
+    abort: &'a AtomicBool,
+}
+
+type BatchResult = std::result::Result<(usize, Digest, Meta), Failure>;
+
+fn run_batch(ctx: &Ctx<'_>, batch: &[Job], offset: usize, journal: &Mutex<Journal>) -> Vec<BatchResult> {
+    // Copy to temporary names.
+    let staged: Vec<std::result::Result<Staged, Failure>> = batch
+        .par_iter()
+        .enumerate()
+        .map(|(k, job)| {
+            let fail = |kind, error| Failure {
+                path: job.rel.clone(),
+                kind,
+                error,
+            };
+            if ctx.abort.load(Ordering::Relaxed) {
+                return Err(fail(
+                    FailureKind::NotAttempted,
+                    Error::io(
+                        ctx.src.join(&job.rel),
+                        std::io::Error::other("not attempted: the destination ran out of space"),
+                    ),
+                ));
+            }
+            copy_to_temporary(ctx, job, offset + k).map_err(|(kind, e)| {
+                if kind == FailureKind::DiskFull {
+                    ctx.abort.store(true, Ordering::Relaxed);
+                }
+                fail(kind, e)
+            })
+        })
+        .collect();
+
+    // One flush for the whole batch, so the read-back below comes from storage.
+    if staged.iter().any(|s| s.is_ok()) {
+        if let Err(e) = syncfs(ctx.dest) {
+            return staged
+                .into_iter()
+                .map(|s| {
+                    let i = s.map_err(|f| f)?.job_index;
+                    Err(Failure {
+                        path: batch[i - offset].rel.clone(),
+                        kind: classify(&e),
+                        error: Error::io(ctx.dest, std::io::Error::other(e.to_string())),
+                    })
+                })
+                .collect();
+        }
+    }
+
+    staged
+        .into_par_iter()
+        .map(|s| {
+            let s = s?;
+            let job = &batch[s.job_index - offset];
+            let result = finish_file(ctx, job, s, journal);
+            ctx.progress.add_file();
+            result.map_err(|(kind, error)| {
+                if kind == FailureKind::DiskFull {
+                    ctx.abort.store(true, Ordering::Relaxed);
+                }
+                Failure {
+                    path: job.rel.clone(),
+                    kind,
+                    error,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Reads the source once (hashing), writes a temporary file next to the destination.
+fn copy_to_temporary(
+    ctx: &Ctx<'_>,
+    job: &Job,
+    job_index: usize,
+) -> std::result::Result<Staged, (FailureKind, Error)> {
+    let src_path = ctx.src.join(&job.rel);
+    let dest_path = ctx.dest.join(&job.rel);
+    let parent = dest_path.parent().unwrap_or(ctx.dest);
+    let io = |e: Error| (classify(&e), e);
+
+    let file = File::open(&src_path).at(&src_path).map_err(io)?;
+    hash::advise_sequential(&file);
+    let before = Meta::from_std(&file.metadata().at(&src_path).map_err(io)?);
+    let tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(parent)
+        .at(parent)
+        .map_err(io)?;
+    let (mut out, tmp) = tmp.into_parts();
+    let tmp_path = tmp.to_path_buf();
+    let sparse = before.is_sparse();
+    let (digest, total) = if before.size >= STREAM_THRESHOLD {
+        copy_streamed(&file, &src_path, &mut out, &tmp_path, sparse, ctx.progress)?
+    } else {
+        hash::with_buffer(|buf| {
+            copy_simple(&file, &src_path, &mut out, &tmp_path, sparse, buf, ctx.progress)
+        })?
+    };
+    if sparse {
+        out.set_len(total).at(&tmp_path).map_err(io)?;
+    }
+    drop(out);
+
+    let after = Meta::from_std(&file.metadata().at(&src_path).map_err(io)?);
+    if !before.unchanged(&after) || total != before.size {
+        return Err((
+            FailureKind::SourceChanged,
+            Error::io(
+                &src_path,
+                std::io::Error::other("the file changed while it was being copied; run again"),
+            ),
+        ));
+    }
+    if let Some(expected) = job.expected {
+        if expected != digest {
+            return Err((
+                FailureKind::SourceCorrupt,
+                Error::io(
+                    &src_path,
+                    std::io::Error::other(format!(
+                        "SOURCE CORRUPT: content hashes to {digest} but the source MANIFEST.sha256 says {expected}; not copied"
+                    )),
+                ),
+            ));
+        }
+    }
+    Ok(Staged {
+        job_index,
+        tmp,
+        digest,
+        meta: before,
+    })
+}
+
+fn copy_simple(
+    mut src: &File,
+    src_path: &Path,
+    out: &mut File,
+    out_path: &Path,
+    sparse: bool,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> std::result::Result<(Digest, u64), (FailureKind, Error)> {
+    let io = |e: Error| (classify(&e), e);
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(Error::io(src_path, e))),
+        };
+        hasher.update(&buf[..n]);
+        write_block(out, out_path, &buf[..n], sparse).map_err(io)?;
+        total += n as u64;
+        progress.add_bytes(n as u64);
+    }
+    Ok((Digest::from_hasher(hasher), total))
+}
+
+/// A reader thread fills blocks while this thread hashes and writes them.
+fn copy_streamed(
+    src: &File,
+    src_path: &Path,
+    out: &mut File,
+    out_path: &Path,
+    sparse: bool,
+    progress: &dyn Progress,
+) -> std::result::Result<(Digest, u64), (FailureKind, Error)> {
+    let io = |e: Error| (classify(&e), e);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<std::io::Result<(Vec<u8>, usize)>>(4);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
+    for _ in 0..6 {
+        empty_tx.send(vec![0u8; BLOCK]).expect("channel has room");
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut src = src;
+            while let Ok(mut buf) = empty_rx.recv() {
+                let r = loop {
+                    match src.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                let done = !matches!(r, Ok(n) if n > 0);
+                if full_tx.send(r.map(|n| (buf, n))).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        loop {
+            let (buf, n) = match full_rx.recv() {
+                Ok(Ok((_, 0))) | Err(_) => break,
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(io(Error::io(src_path, e))),
+            };
+            hasher.update(&buf[..n]);
+            write_block(out, out_path, &buf[..n], sparse).map_err(io)?;
+            total += n as u64;
+            progress.add_bytes(n as u64);
+            // The reader may have stopped after an error; ignore a closed channel.
+            let _ = empty_tx.send(buf);
+        }
+        Ok((Digest::from_hasher(hasher), total))
+    })
+}
+
+fn write_block(out: &mut File, path: &Path, data: &[u8], sparse: bool) -> Result<()> {
+    if sparse && data.iter().all(|&b| b == 0) {
+        out.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
+        return Ok(());
+    }
+    out.write_all(data).at(path)
+}
+
+/// Reads the temporary file back from storage, compares, sets metadata, renames into
+/// place and journals it.
+fn finish_file(
+    ctx: &Ctx<'_>,
+    job: &Job,
+    staged: Staged,
+    journal: &Mutex<Journal>,
+) -> std::result::Result<(usize, Digest, Meta), (FailureKind, Error)> {
+    let io = |e: Error| (classify(&e), e);
+    let tmp_path: &Path = &staged.tmp;
+    let file = File::open(tmp_path).at(tmp_path).map_err(io)?;
+    hash::drop_cache(&file);
+    hash::advise_sequential(&file);
+    let (readback, n) = hash::with_buffer(|buf| hash::hash_reader(&file, buf))
+        .at(tmp_path)
+        .map_err(io)?;
+    drop(file);
+    if readback != staged.digest || n != staged.meta.size {
+        return Err((
+            FailureKind::VerifyFailed,
+            Error::io(
+                ctx.dest.join(&job.rel),
+                std::io::Error::other(format!(
+                    "read-back mismatch: wrote {} ({} bytes) but storage returned {readback} ({n} bytes)",
+                    staged.digest, staged.meta.size
+                )),
+            ),
+        ));
+    }
+    std::fs::set_permissions(tmp_path, perm(staged.meta.mode))
+        .at(tmp_path)
+        .map_err(io)?;
+    if ctx.opts.preserve_mtime {
+        set_mtime(tmp_path, staged.meta.mtime_ns).map_err(io)?;
+    }
+    let final_path = ctx.dest.join(&job.rel);
+    staged
+        .tmp
+        .persist(&final_path)
+        .map_err(|e| io(Error::io(&final_path, e.error)))?;
+    let dest_meta = Meta::from_std(
+        &std::fs::symlink_metadata(&final_path)
+            .at(&final_path)
+            .map_err(io)?,
+    );
+    let entry = JournalEntry {
+        digest: staged.digest,
+        size: staged.meta.size,
+        src_mtime_ns: staged.meta.mtime_ns,
+        dest_mtime_ns: dest_meta.mtime_ns,
+        dest_ino: dest_meta.ino,
+    };
+    journal
+        .lock()
+        .expect("journal lock")
+        .record(&job.rel, entry)
+        .map_err(io)?;
+    Ok((staged.job_index, staged.digest, dest_meta))
+}
+
+enum Plan {
+    Skip(Digest, Meta),
+    Copy(Change),
+}
+
+fn plan_file(dest: &Path, e: &Entry, known: Option<&JournalEntry>, verify: bool) -> Plan {
+    let dest_path = dest.join(&e.rel);
+    let Ok(dm) = std::fs::symlink_metadata(&dest_path) else {
+        return Plan::Copy(Change::New);
+    };
+    let dm = Meta::from_std(&dm);
+    let Some(j) = known else {
+        return Plan::Copy(Change::Unverified);
+    };
+    if j.size != e.meta.size || j.src_mtime_ns != e.meta.mtime_ns {
+        return Plan::Copy(Change::Changed);
+    }
+    if dm.size != j.size || dm.mtime_ns != j.dest_mtime_ns || dm.ino != j.dest_ino {
+        return Plan::Copy(Change::Repair);
+    }
+    if verify {
+        match hash::hash_file(&dest_path) {
+            Ok((d, _)) if d == j.digest => {}
+            _ => return Plan::Copy(Change::Repair),
+        }
+    }
+    Plan::Skip(j.digest, dm)
+}
+
+fn read_source_manifest(src: &Path) -> Result<Option<Manifest>> {
+    let path = src.join(MANIFEST_NAME);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Manifest::read(&path).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn perm(mode: u32) -> std::fs::Permissions {
+    std::fs::Permissions::from_mode(mode & 0o7777)
+}
+
+fn set_mtime(path: &Path, mtime_ns: i64) -> Result<()> {
+    let t = filetime::FileTime::from_unix_time(
+        mtime_ns.div_euclid(1_000_000_000),
+        mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_symlink_file_times(path, filetime::FileTime::now(), t).at(path)
+}
+
+fn ensure_writable_dir(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let mode = m.permissions().mode();
+            if mode & 0o700 != 0o700 {
+                std::fs::set_permissions(path, perm(mode | 0o700)).at(path)?;
+            }
+            Ok(())
+        }
+        Ok(_) => Err(Error::io(
+            path,
+            std::io::Error::other("exists at the destination but is not a folder"),
+        )),
+        Err(_) => std::fs::create_dir_all(path).at(path),
+    }
+}
+
+fn fs_err_create_dir_all(path: &Path) -> Result<()> {
+    ensure_writable_dir(path)
+}
+
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+fn replace_with_hard_link(target: &Path, link: &Path) -> Result<()> {
+    let parent = link.parent().expect("a link path has a parent");
+    let tmp = parent.join(format!("{TMP_PREFIX}link.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(target, &tmp).at(link)?;
+    std::fs::rename(&tmp, link).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(link, e)
+    })
+}
+
+fn symlink_differs(src: &Path, dest: &Path, rel: &Path) -> bool {
+    match (std::fs::read_link(src.join(rel)), std::fs::read_link(dest.join(rel))) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => true,
+    }
+}
+
+/// Copies a symlink as a link (never following it). Returns whether anything changed.
+fn copy_symlink(src: &Path, dest: &Path, rel: &Path) -> Result<bool> {
+    let target = std::fs::read_link(src.join(rel)).at(src.join(rel))?;
+    let link = dest.join(rel);
+    if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+        return Ok(false);
+    }
+    let parent = link.parent().expect("a link path has a parent");
+    let tmp = parent.join(format!("{TMP_PREFIX}symlink.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp).at(&link)?;
+    std::fs::rename(&tmp, &link).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(&link, e)
+    })?;
+    Ok(true)
+}
+
+fn symlink_warning(src: &Path, rel: &Path) -> Option<String> {
+    let target = std::fs::read_link(src.join(rel)).ok()?;
+    let mut depth: i64 = rel.components().count() as i64 - 1;
+    let outside = target.is_absolute()
+        || target.components().any(|c| {
+            match c {
+                std::path::Component::ParentDir => depth -= 1,
+                std::path::Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+            depth < 0
+        });
+    outside.then(|| {
+        format!(
+            "{}: symlink points outside the tree ({}); copied as a link, not followed",
+            rel.display(),
+            target.display()
+        )
+    })
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    crate::manifest::write_atomic(path, bytes)
+}
+
+fn syncfs(dir: &Path) -> Result<()> {
+    let f = File::open(dir).at(dir)?;
+    nix::unistd::syncfs(f.as_raw_fd()).at(dir)
+}
+
+fn check_space(dest: &Path, bytes: u64, files: u64) -> Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let mut probe = dest.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            return Ok(());
+        }
+    }
+    let st = nix::sys::statvfs::statvfs(&probe).at(&probe)?;
+    let available = st.blocks_available() as u64 * st.fragment_size() as u64;
+    // Each file costs at least one block of metadata; keep a little headroom.
+    let need = bytes + files * 4096;
+    if need > available {
+        return Err(Error::InsufficientSpace {
+            path: dest.to_path_buf(),
+            need,
+            available,
+        });
+    }
+    let inodes = st.files_available() as u64;
+    if st.files() > 0 && files > inodes {
+        return Err(Error::io(
+            dest,
+            std::io::Error::other(format!(
+                "not enough inodes: {files} files to write, {inodes} inodes free"
+            )),
+        ));
+    }
+    Ok(())
+}
+
+fn classify(e: &Error) -> FailureKind {
+    if e.is_disk_full() {
+        FailureKind::DiskFull
+    } else {
+        FailureKind::Io
+    }
+}
+
+fn error_path(e: &Error, fallback: &Path) -> PathBuf {
+    match e {
+        Error::Io { path, .. } => path.clone(),
+        _ => fallback.to_path_buf(),
+    }
+}
+
+/// Marks a destination as being written: an exclusive lock (one writer at a time) and a
+/// `running` marker. A marker found at start means an earlier run was killed: its
+/// temporary files are swept before anything else happens.
+struct RunGuard {
+    marker: PathBuf,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl RunGuard {
+    fn acquire(state_dir: &Path, dest: &Path) -> Result<Self> {
+        let lock_path = state_dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .read(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, _)) => {
+                let pid = std::fs::read_to_string(state_dir.join("running")).unwrap_or_default();
+                return Err(Error::Locked {
+                    path: dest.to_path_buf(),
+                    pid: pid.trim().to_string(),
+                });
+            }
+        };
+        let marker = state_dir.join("running");
+        if marker.exists() {
+            sweep_temporaries(dest);
+        }
+        std::fs::write(&marker, std::process::id().to_string()).at(&marker)?;
+        Ok(RunGuard {
+            marker,
+            _lock: lock,
+        })
+    }
+
+    fn finish(self, clean: bool) {
+        if clean {
+            let _ = std::fs::remove_file(&self.marker);
+        }
+    }
+}
+
+/// Removes temporary files an interrupted run left behind.
+pub fn sweep_temporaries(dest: &Path) -> usize {
+    let mut removed = 0;
+    for e in walkdir::WalkDir::new(dest)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        if walk::is_temporary(e.file_name()) && !e.file_type().is_dir() && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+
+    fn tree(root: &Path) {
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("a/b/one.tif"), vec![1u8; 10_000]).unwrap();
+        std::fs::write(root.join("two"), "2").unwrap();
+        std::fs::hard_link(root.join("two"), root.join("two-again")).unwrap();
+        std::os::unix::fs::symlink("two", root.join("link")).unwrap();
+    }
+
+    #[test]
+    fn copies_verifies_and_then_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dest) = (dir.path().join("src"), dir.path().join("dest"));
+        tree(&src);
+        let r = copy_tree(&src, &dest, &CopyOptions::default(), &NoProgress).unwrap();
+        assert!(r.ok(), "{:?}", r.failed);
+        assert_eq!((r.copied, r.hard_links, r.symlinks), (2, 1, 1));
+        assert!(dest.join("empty").is_dir());
+        assert!(same_inode(&dest.join("two"), &dest.join("two-again")));
+        assert_eq!(std::fs::read_link(dest.join("link")).unwrap(), Path::new("two"));
+        assert_eq!(r.manifest.len(), 3);
+        let again = copy_tree(&src, &dest, &CopyOptions::default(), &NoProgress).unwrap();
+        assert_eq!((again.copied, again.skipped), (0, 2));
+        assert!(again.changes.is_empty(), "{:?}", again.changes);
+        assert_eq!(again.manifest, r.manifest);
+    }
+
+    #[test]
+    fn a_source_that_disagrees_with_its_manifest_is_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dest) = (dir.path().join("src"), dir.path().join("dest"));
+        tree(&src);
+        let m = crate::manifest::create(&src, &Filter::default(), &NoProgress).unwrap();
+        m.manifest.write_atomic(&src.join(MANIFEST_NAME)).unwrap();
+        std::fs::write(src.join("a/b/one.tif"), vec![2u8; 10_000]).unwrap();
+        let r = copy_tree(&src, &dest, &CopyOptions::default(), &NoProgress).unwrap();
+        assert_eq!(r.failed.len(), 1);
+        assert_eq!(r.failed[0].kind, FailureKind::SourceCorrupt);
+        assert!(!dest.join("a/b/one.tif").exists());
+    }
+
+    #[test]
+    fn dry_run_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dest) = (dir.path().join("src"), dir.path().join("dest"));
+        tree(&src);
+        let opts = CopyOptions {
+            dry_run: true,
+            ..CopyOptions::default()
+        };
+        let r = copy_tree(&src, &dest, &opts, &NoProgress).unwrap();
+        assert!(!dest.exists());
+        let codes: Vec<_> = r.changes.iter().map(|(p, c)| format!("{} {}", c.code(), p.display())).collect();
+        assert_eq!(codes, vec!["d a", "d a/b", "+ a/b/one.tif", "d empty", "L link", "+ two", "h two-again"]);
+    }
+
+    #[test]
+    fn symlinks_pointing_out_are_flagged() {
+        assert!(symlink_warning_for("x", "../../etc").is_some());
+        assert!(symlink_warning_for("a/x", "../b").is_none());
+        assert!(symlink_warning_for("x", "/etc/passwd").is_some());
+    }
+
+    fn symlink_warning_for(rel: &str, target: &str) -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join(rel);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        symlink_warning(dir.path(), Path::new(rel))
+    }
+}

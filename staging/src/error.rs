@@ -1,0 +1,121 @@
+//! Typed errors for the staging library.
+//!
+//! Every variant carries what a user needs to act on it: the path, the value that was
+//! wrong and, where one exists, the expected value. The binary adds context and hints;
+//! this module never prints.
+
+use std::path::PathBuf;
+
+/// Errors from manifests, copies, journals and records.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A manifest line could not be read.
+    #[error("{path}:{line}: {reason}")]
+    Manifest {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    /// A manifest names a path that is absolute or climbs out of its folder.
+    #[error("{path}:{line}: refusing unsafe path {entry:?} (absolute or climbing out with '..')")]
+    UnsafePath {
+        path: PathBuf,
+        line: usize,
+        entry: String,
+    },
+
+    /// The source tree of a copy does not exist or is not a folder.
+    #[error("source {path} does not exist or is not a folder")]
+    SourceMissing { path: PathBuf },
+
+    /// The destination cannot hold what is about to be copied.
+    #[error(
+        "not enough space at {path}: {need} needed, {available} available",
+        need = crate::fmt::bytes(*need),
+        available = crate::fmt::bytes(*available)
+    )]
+    InsufficientSpace {
+        path: PathBuf,
+        need: u64,
+        available: u64,
+    },
+
+    /// An ingest target already exists: raw data is never overwritten or appended to.
+    #[error("dataset {path} already exists; raw data is never overwritten or appended to")]
+    DatasetExists { path: PathBuf },
+
+    /// Another process holds the lock on a destination.
+    #[error("{path} is locked by another hpcstage process (pid {pid})")]
+    Locked { path: PathBuf, pid: String },
+
+    /// A glob in --include/--exclude did not compile.
+    #[error("invalid glob {glob:?}: {source}")]
+    Glob {
+        glob: String,
+        #[source]
+        source: globset::Error,
+    },
+
+    /// A record or config value could not be parsed.
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+
+    /// A value given by the user is not valid.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the error is "no space left on device" (or over quota).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            ),
+            Error::InsufficientSpace { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds the path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}
+
+impl<T> IoContext<T> for nix::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, std::io::Error::from(e)))
+    }
+}

@@ -1,0 +1,178 @@
+//! SHA-256 digests and streaming file hashing.
+//!
+//! `sha2` picks the SHA-NI (or ARMv8 crypto) code path at run time when the CPU has it;
+//! nothing here may enable its `force-soft` feature. Hashing reads in large blocks and
+//! tells the kernel the access is sequential so readahead stays ahead of the hasher.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{IoContext, Result};
+
+/// Size of one read when hashing or copying.
+pub const BLOCK: usize = 1 << 20;
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Digest of everything `hasher` has seen.
+    pub fn from_hasher(hasher: Sha256) -> Self {
+        Digest(hasher.finalize().into())
+    }
+
+    /// Digest of a byte slice.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// Lowercase hex, as `sha256sum` writes it.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.to_hex())
+    }
+}
+
+/// Error for text that is not 64 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected 64 hex digits")]
+pub struct BadHex;
+
+impl FromStr for Digest {
+    type Err = BadHex;
+
+    fn from_str(s: &str) -> std::result::Result<Self, BadHex> {
+        let mut out = [0u8; 32];
+        if s.len() != 64 {
+            return Err(BadHex);
+        }
+        hex::decode_to_slice(s, &mut out).map_err(|_| BadHex)?;
+        Ok(Digest(out))
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Hints the kernel that `file` will be read sequentially from start to end.
+pub fn advise_sequential(file: &File) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    use std::os::fd::AsRawFd;
+    // Advisory only: a filesystem that ignores it is fine.
+    let _ = posix_fadvise(
+        file.as_fd().as_raw_fd(),
+        0,
+        0,
+        PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+    );
+}
+
+/// Asks the kernel to drop the cached pages of `file`, so the next read comes from storage.
+/// Pages must be clean (written back) for this to take effect.
+pub fn drop_cache(file: &File) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    use std::os::fd::AsRawFd;
+    let _ = posix_fadvise(
+        file.as_fd().as_raw_fd(),
+        0,
+        0,
+        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
+/// Hashes everything `reader` yields; returns the digest and the byte count.
+pub fn hash_reader(mut reader: impl Read, buf: &mut [u8]) -> std::io::Result<(Digest, u64)> {
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((Digest::from_hasher(hasher), total))
+}
+
+/// Hashes a file by path; returns the digest and the byte count.
+pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
+    let file = File::open(path).at(path)?;
+    advise_sequential(&file);
+    with_buffer(|buf| hash_reader(&file, buf)).at(path)
+}
+
+thread_local! {
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable block buffer, so hashing a million small files
+/// does not allocate a million buffers.
+pub fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    BUFFER.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < BLOCK {
+            buf.resize(BLOCK, 0);
+        }
+        f(&mut buf)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_empty_input_matches_sha256sum() {
+        assert_eq!(
+            Digest::of(b"").to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn digest_round_trips_through_hex() {
+        let d = Digest::of(b"abc");
+        assert_eq!(d.to_hex().parse::<Digest>().unwrap(), d);
+        assert_eq!("abc".parse::<Digest>(), Err(BadHex));
+        assert_eq!("z".repeat(64).parse::<Digest>(), Err(BadHex));
+    }
+
+    #[test]
+    fn hash_reader_counts_bytes() {
+        let data = vec![7u8; BLOCK * 2 + 5];
+        let (d, n) = with_buffer(|buf| hash_reader(&data[..], buf)).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(d, Digest::of(&data));
+    }
+}

@@ -1,0 +1,16 @@
+//! hpcstage-staging: the data half of hpcstage.
+//!
+//! Manifests in GNU `sha256sum` format, the verified parallel copy engine and its
+//! journal, write protection for raw data, purge policies and deadlines, and the ledger
+//! of stage records. It does no argument parsing and no printing: the binary does both.
+
+pub mod copy;
+pub mod error;
+pub mod fmt;
+pub mod hash;
+pub mod journal;
+pub mod manifest;
+pub mod progress;
+pub mod walk;
+
+pub use error::{Error, Result};

@@ -1,0 +1,487 @@
+//! `MANIFEST.sha256`: reading and writing GNU `sha256sum` text, creating it for a tree
+//! and checking a tree against it.
+//!
+//! Written manifests are byte-compatible with `sha256sum` (text mode, two spaces, names
+//! relative to the manifest's folder, sorted by bytes, GNU escaping for `\`, newline and
+//! CR). Reading also takes binary-mode `*` lines, `./` prefixes and BSD `--tag` lines.
+//! A manifest path that is absolute or climbs out with `..` is refused, never followed.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::{hash_file, Digest};
+pub use crate::progress::{NoProgress, Progress};
+use crate::walk::{self, Filter, Kind};
+
+/// One manifest line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// Relative path, checked to stay inside the manifest's folder.
+    pub path: PathBuf,
+    pub digest: Digest,
+}
+
+/// The entries of a manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub entries: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// Builds a manifest from entries, sorted by path bytes.
+    pub fn from_entries(mut entries: Vec<ManifestEntry>) -> Self {
+        walk::sort_by_bytes(&mut entries, |e| &e.path);
+        Manifest { entries }
+    }
+
+    /// Reads and parses a manifest file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read(path).at(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses manifest text; `origin` names it in errors. Blank lines and `#` comments
+    /// are skipped; any other malformed line is an error with its line number.
+    pub fn parse(text: &[u8], origin: &Path) -> Result<Self> {
+        let mut entries = Vec::new();
+        let mut seen: HashMap<PathBuf, Digest> = HashMap::new();
+        for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+            let line_no = i + 1;
+            if raw.is_empty() || raw.starts_with(b"#") {
+                continue;
+            }
+            let bad = |reason: &str| Error::Manifest {
+                path: origin.to_path_buf(),
+                line: line_no,
+                reason: reason.to_string(),
+            };
+            let (digest, name) = parse_line(raw).map_err(|r| bad(r))?;
+            let path = safe_relative(&name).ok_or_else(|| Error::UnsafePath {
+                path: origin.to_path_buf(),
+                line: line_no,
+                entry: String::from_utf8_lossy(&name).into_owned(),
+            })?;
+            if let Some(prev) = seen.insert(path.clone(), digest) {
+                if prev != digest {
+                    return Err(bad("the same path is listed twice with different checksums"));
+                }
+                continue;
+            }
+            entries.push(ManifestEntry { path, digest });
+        }
+        Ok(Manifest { entries })
+    }
+
+    /// The manifest as `sha256sum` would print it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * 100);
+        for e in &self.entries {
+            write_line(&mut out, &e.digest, e.path.as_os_str().as_bytes());
+        }
+        out
+    }
+
+    /// SHA-256 of the manifest text: one value that stands for the whole tree.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.to_bytes())
+    }
+
+    /// Writes the manifest atomically (temporary file, then rename).
+    pub fn write_atomic(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes())
+    }
+
+    /// Path → digest lookup.
+    pub fn to_map(&self) -> HashMap<&Path, Digest> {
+        self.entries
+            .iter()
+            .map(|e| (e.path.as_path(), e.digest))
+            .collect()
+    }
+
+    /// Total number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the manifest lists nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename,
+/// so readers see the old or the new content, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(walk::TMP_PREFIX)
+        .tempfile_in(dir)
+        .at(dir)?;
+    tmp.write_all(bytes).at(tmp.path().to_path_buf())?;
+    tmp.as_file().sync_data().at(tmp.path().to_path_buf())?;
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    tmp.as_file()
+        .set_permissions(mode)
+        .at(tmp.path().to_path_buf())?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Appends one GNU-format line for `name`.
+pub fn write_line(out: &mut Vec<u8>, digest: &Digest, name: &[u8]) {
+    let escape = needs_escape(name);
+    if escape {
+        out.push(b'\\');
+    }
+    out.extend_from_slice(digest.to_hex().as_bytes());
+    out.extend_from_slice(b"  ");
+    if escape {
+        escape_into(out, name);
+    } else {
+        out.extend_from_slice(name);
+    }
+    out.push(b'\n');
+}
+
+/// True when GNU tools escape this name (it holds `\`, newline or CR).
+pub fn needs_escape(name: &[u8]) -> bool {
+    name.iter().any(|&b| matches!(b, b'\\' | b'\n' | b'\r'))
+}
+
+/// GNU escaping of a name: `\\`, `\n`, `\r`.
+pub fn escape_into(out: &mut Vec<u8>, name: &[u8]) {
+    for &b in name {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// A name for display on one line: escaped the GNU way when needed, with the `\` marker.
+pub fn display_name(path: &Path) -> String {
+    let bytes = path.as_os_str().as_bytes();
+    if needs_escape(bytes) {
+        let mut out = vec![b'\\'];
+        escape_into(&mut out, bytes);
+        String::from_utf8_lossy(&out).into_owned()
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// Reverses [`escape_into`]; `None` for an unknown escape.
+pub fn unescape(name: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut it = name.iter();
+    while let Some(&b) = it.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match it.next() {
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn parse_line(raw: &[u8]) -> std::result::Result<(Digest, Vec<u8>), &'static str> {
+    let (escaped, line) = match raw.strip_prefix(b"\\") {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let (hex, name) = if let Some(rest) = line.strip_prefix(b"SHA256 (") {
+        // BSD tag: `SHA256 (name) = hex`; the name may itself hold ") = ".
+        let split = rest
+            .windows(4)
+            .rposition(|w| w == b") = ")
+            .ok_or("malformed --tag line (expected `SHA256 (path) = hex`)")?;
+        (&rest[split + 4..], &rest[..split])
+    } else {
+        if line.len() < 66 {
+            return Err("truncated line (expected 64 hex digits, two spaces or ' *', a path)");
+        }
+        let (hex, rest) = line.split_at(64);
+        if rest[0] != b' ' || !matches!(rest[1], b' ' | b'*') {
+            return Err("malformed line (expected 64 hex digits, then '  ' or ' *', then a path)");
+        }
+        (hex, &rest[2..])
+    };
+    let hex = std::str::from_utf8(hex).map_err(|_| "checksum is not hex")?;
+    let digest: Digest = hex
+        .parse()
+        .map_err(|_| "bad checksum (expected 64 hex digits)")?;
+    if name.is_empty() {
+        return Err("missing path");
+    }
+    let name = if escaped {
+        unescape(name).ok_or("bad escape in path (only \\\\, \\n and \\r are allowed)")?
+    } else {
+        name.to_vec()
+    };
+    Ok((digest, name))
+}
+
+/// Turns a manifest name into a relative path that stays inside its folder.
+/// Strips `./` prefixes; refuses absolute paths, `..`, empty names and NUL bytes.
+pub fn safe_relative(name: &[u8]) -> Option<PathBuf> {
+    if name.contains(&0) {
+        return None;
+    }
+    let path = PathBuf::from(std::ffi::OsString::from_vec(name.to_vec()));
+    let mut clean = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!clean.as_os_str().is_empty()).then_some(clean)
+}
+
+/// Result of [`create`]: the manifest plus the files that could not be read.
+#[derive(Debug, Default)]
+pub struct Created {
+    pub manifest: Manifest,
+    pub bytes: u64,
+    pub errors: Vec<Error>,
+}
+
+/// Hashes every regular file under `dir` (not following links) in parallel.
+/// Files that cannot be read are listed in `errors`, not silently left out.
+pub fn create(dir: &Path, filter: &Filter, progress: &dyn Progress) -> Result<Created> {
+    let tree = walk::walk(dir, filter)?;
+    let mut errors = tree.errors;
+    let files: Vec<PathBuf> = tree
+        .entries
+        .into_iter()
+        .filter(|e| e.kind == Kind::File)
+        .map(|e| e.rel)
+        .collect();
+    let results: Vec<Result<(ManifestEntry, u64)>> = files
+        .into_par_iter()
+        .map(|rel| {
+            let (digest, n) = hash_file(&dir.join(&rel))?;
+            progress.add_bytes(n);
+            progress.add_file();
+            Ok((ManifestEntry { path: rel, digest }, n))
+        })
+        .collect();
+    let mut entries = Vec::with_capacity(results.len());
+    let mut bytes = 0;
+    for r in results {
+        match r {
+            Ok((e, n)) => {
+                bytes += n;
+                entries.push(e);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok(Created {
+        manifest: Manifest::from_entries(entries),
+        bytes,
+        errors,
+    })
+}
+
+/// Outcome for one manifest entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Ok,
+    /// Content differs; carries the digest computed now.
+    Failed(Digest),
+    Missing,
+    /// Present but could not be read (the message says why).
+    Unreadable(String),
+}
+
+/// Result of [`verify`].
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// In manifest order.
+    pub checks: Vec<(PathBuf, Check)>,
+    /// Regular files present in the tree but not in the manifest.
+    pub unlisted: Vec<PathBuf>,
+    pub bytes: u64,
+}
+
+impl Verified {
+    /// Counts of (ok, failed, missing, unreadable).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let mut c = (0, 0, 0, 0);
+        for (_, check) in &self.checks {
+            match check {
+                Check::Ok => c.0 += 1,
+                Check::Failed(_) => c.1 += 1,
+                Check::Missing => c.2 += 1,
+                Check::Unreadable(_) => c.3 += 1,
+            }
+        }
+        c
+    }
+
+    /// True when every entry is OK (unlisted files do not make a tree corrupt).
+    pub fn all_ok(&self) -> bool {
+        self.checks.iter().all(|(_, c)| *c == Check::Ok)
+    }
+}
+
+/// Checks every file listed in `manifest` under `dir`, in parallel, and finds the files
+/// present but not listed.
+pub fn verify(dir: &Path, manifest: &Manifest, progress: &dyn Progress) -> Result<Verified> {
+    let checks: Vec<(PathBuf, Check, u64)> = manifest
+        .entries
+        .par_iter()
+        .map(|e| {
+            let path = dir.join(&e.path);
+            let result = match std::fs::symlink_metadata(&path) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => (Check::Missing, 0),
+                Ok(m) if !m.is_file() => (
+                    Check::Unreadable("not a regular file".to_string()),
+                    0,
+                ),
+                _ => match hash_file(&path) {
+                    Ok((d, n)) if d == e.digest => (Check::Ok, n),
+                    Ok((d, n)) => (Check::Failed(d), n),
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        (Check::Missing, 0)
+                    }
+                    Err(err) => (Check::Unreadable(err.to_string()), 0),
+                },
+            };
+            progress.add_bytes(result.1);
+            progress.add_file();
+            (e.path.clone(), result.0, result.1)
+        })
+        .collect();
+    let listed: std::collections::HashSet<&Path> =
+        manifest.entries.iter().map(|e| e.path.as_path()).collect();
+    let tree = walk::walk(dir, &Filter::default())?;
+    let mut unlisted: Vec<PathBuf> = tree
+        .files()
+        .filter(|e| !listed.contains(e.rel.as_path()))
+        .map(|e| e.rel.clone())
+        .collect();
+    walk::sort_by_bytes(&mut unlisted, |p| p);
+    let bytes = checks.iter().map(|c| c.2).sum();
+    Ok(Verified {
+        checks: checks.into_iter().map(|(p, c, _)| (p, c)).collect(),
+        unlisted,
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Digest {
+        Digest::of(s.as_bytes())
+    }
+
+    #[test]
+    fn writes_gnu_text_mode_sorted_by_bytes() {
+        let m = Manifest::from_entries(vec![
+            ManifestEntry { path: "b".into(), digest: d("b") },
+            ManifestEntry { path: "B".into(), digest: d("B") },
+            ManifestEntry { path: "a b".into(), digest: d("a") },
+        ]);
+        let text = String::from_utf8(m.to_bytes()).unwrap();
+        let names: Vec<&str> = text.lines().map(|l| &l[66..]).collect();
+        assert_eq!(names, vec!["B", "a b", "b"]);
+        assert_eq!(&text[64..66], "  ");
+    }
+
+    #[test]
+    fn escapes_backslash_newline_and_cr_like_gnu() {
+        let mut out = Vec::new();
+        write_line(&mut out, &d("x"), b"a\\b\nc\rd");
+        let expected = format!("\\{}  a\\\\b\\nc\\rd\n", d("x"));
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), expected);
+        let m = Manifest::parse(&out, Path::new("M")).unwrap();
+        assert_eq!(m.entries[0].path, PathBuf::from("a\\b\nc\rd"));
+    }
+
+    #[test]
+    fn reads_binary_mode_dot_slash_and_bsd_tags() {
+        let h = d("x").to_hex();
+        let text = format!("{h} *./a\n{h}  ./sub/b\nSHA256 (c) = x) = {h}\n# note\n\n");
+        let m = Manifest::parse(text.as_bytes(), Path::new("M")).unwrap();
+        let paths: Vec<_> = m.entries.iter().map(|e| e.path.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![PathBuf::from("a"), PathBuf::from("sub/b"), PathBuf::from("c) = x")]
+        );
+    }
+
+    #[test]
+    fn refuses_paths_that_escape() {
+        let h = d("x").to_hex();
+        for name in ["../etc/passwd", "/etc/passwd", "a/../../b", "./.."] {
+            let text = format!("{h}  {name}\n");
+            let err = Manifest::parse(text.as_bytes(), Path::new("M")).unwrap_err();
+            assert!(
+                matches!(err, Error::UnsafePath { line: 1, .. }),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_lines_name_their_line_number() {
+        let h = d("x").to_hex();
+        let cases = [
+            format!("{h}  ok\n{}  short-hex\n", &h[..60]),
+            format!("{h}  ok\n{h}\n"),
+            format!("{h}  ok\nzz{}  bad-hex\n", &h[2..]),
+            format!("{h}  ok\n{h} -x\n"),
+            format!("{h}  ok\n\\{h}  bad\\qescape\n"),
+        ];
+        for text in cases {
+            let err = Manifest::parse(text.as_bytes(), Path::new("M")).unwrap_err();
+            assert!(matches!(err, Error::Manifest { line: 2, .. }), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn conflicting_duplicates_are_refused() {
+        let text = format!("{}  a\n{}  ./a\n", d("1"), d("2"));
+        assert!(Manifest::parse(text.as_bytes(), Path::new("M")).is_err());
+        let same = format!("{}  a\n{}  ./a\n", d("1"), d("1"));
+        assert_eq!(Manifest::parse(same.as_bytes(), Path::new("M")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn create_then_verify_finds_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("s")).unwrap();
+        std::fs::write(dir.path().join("s/one"), "1").unwrap();
+        std::fs::write(dir.path().join("two"), "2").unwrap();
+        let created = create(dir.path(), &Filter::default(), &NoProgress).unwrap();
+        assert_eq!(created.manifest.len(), 2);
+        assert_eq!(created.bytes, 2);
+        std::fs::write(dir.path().join("two"), "3").unwrap();
+        std::fs::remove_file(dir.path().join("s/one")).unwrap();
+        std::fs::write(dir.path().join("new"), "n").unwrap();
+        let v = verify(dir.path(), &created.manifest, &NoProgress).unwrap();
+        assert_eq!(v.counts(), (0, 1, 1, 0));
+        assert_eq!(v.unlisted, vec![PathBuf::from("new")]);
+        assert!(!v.all_ok());
+    }
+}

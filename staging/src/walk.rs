@@ -1,0 +1,336 @@
+//! Walking a tree without following symlinks, with the metadata the copy engine and the
+//! purge scanner need, and the include/exclude filter.
+//!
+//! Walking never follows a symlink (a link to `/` inside a dataset must not pull in the
+//! whole machine) and skips hpcstage's own bookkeeping: the `.hpcstage/` folder, its
+//! temporary files, and the top-level manifest and verify logs of the tree.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, Result};
+
+/// Name of a tree's manifest.
+pub const MANIFEST_NAME: &str = "MANIFEST.sha256";
+/// Name of the bookkeeping folder inside a staged tree.
+pub const STATE_DIR: &str = ".hpcstage";
+/// Prefix of temporary files written before verification.
+pub const TMP_PREFIX: &str = ".hpcstage-tmp.";
+
+/// What a tree entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// Sockets, FIFOs, devices: reported, never copied.
+    Other,
+}
+
+/// The parts of `stat` the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_ns: i64,
+    pub atime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    pub nlink: u64,
+    pub blocks: u64,
+}
+
+impl Meta {
+    /// Reads the fields from std's metadata.
+    pub fn from_std(m: &std::fs::Metadata) -> Self {
+        Meta {
+            size: m.size(),
+            mode: m.mode(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            atime_ns: m.atime() * 1_000_000_000 + m.atime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            ino: m.ino(),
+            dev: m.dev(),
+            nlink: m.nlink(),
+            blocks: m.blocks(),
+        }
+    }
+
+    /// True when the file has holes (fewer blocks allocated than its size needs).
+    pub fn is_sparse(&self) -> bool {
+        self.blocks.saturating_mul(512) < self.size
+    }
+
+    /// Same content identity: size, mtime, ctime and inode all unchanged.
+    pub fn unchanged(&self, other: &Meta) -> bool {
+        self.size == other.size
+            && self.mtime_ns == other.mtime_ns
+            && self.ctime_ns == other.ctime_ns
+            && self.ino == other.ino
+            && self.dev == other.dev
+    }
+}
+
+/// One entry of a walked tree.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Path relative to the root, never empty, never absolute.
+    pub rel: PathBuf,
+    pub kind: Kind,
+    pub meta: Meta,
+}
+
+/// A walked tree plus what could not be read.
+#[derive(Debug, Default)]
+pub struct Tree {
+    pub entries: Vec<Entry>,
+    /// Folders or entries that could not be read; the walk continued past them.
+    pub errors: Vec<Error>,
+}
+
+impl Tree {
+    /// Regular files only.
+    pub fn files(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.kind == Kind::File)
+    }
+}
+
+/// Include/exclude globs. A glob without `/` matches a name at any depth (as rsync does);
+/// a glob with `/` matches the path relative to the root.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include_name: Option<GlobSet>,
+    include_path: Option<GlobSet>,
+    exclude_name: Option<GlobSet>,
+    exclude_path: Option<GlobSet>,
+}
+
+impl Filter {
+    /// Compiles the globs; an invalid glob is an error naming it.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self> {
+        let (include_name, include_path) = compile(include)?;
+        let (exclude_name, exclude_path) = compile(exclude)?;
+        Ok(Filter {
+            include_name,
+            include_path,
+            exclude_name,
+            exclude_path,
+        })
+    }
+
+    /// True when there are include globs (then only matching files are taken).
+    pub fn has_includes(&self) -> bool {
+        self.include_name.is_some() || self.include_path.is_some()
+    }
+
+    fn matches(name: &Option<GlobSet>, path: &Option<GlobSet>, rel: &Path) -> bool {
+        let by_name = name
+            .as_ref()
+            .zip(rel.file_name())
+            .is_some_and(|(g, n)| g.is_match(n));
+        by_name || path.as_ref().is_some_and(|g| g.is_match(rel))
+    }
+
+    /// True when `rel` (a file, link or folder) is excluded.
+    pub fn excluded(&self, rel: &Path) -> bool {
+        Self::matches(&self.exclude_name, &self.exclude_path, rel)
+    }
+
+    /// True when a file at `rel` is taken.
+    pub fn takes_file(&self, rel: &Path) -> bool {
+        !self.excluded(rel)
+            && (!self.has_includes()
+                || Self::matches(&self.include_name, &self.include_path, rel))
+    }
+}
+
+fn compile(globs: &[String]) -> Result<(Option<GlobSet>, Option<GlobSet>)> {
+    let mut names = GlobSetBuilder::new();
+    let mut paths = GlobSetBuilder::new();
+    let (mut n, mut p) = (0, 0);
+    for g in globs {
+        let glob = Glob::new(g).map_err(|source| Error::Glob {
+            glob: g.clone(),
+            source,
+        })?;
+        if g.contains('/') {
+            paths.add(glob);
+            p += 1;
+        } else {
+            names.add(glob);
+            n += 1;
+        }
+    }
+    let build = |b: GlobSetBuilder, count: usize, g: &[String]| -> Result<Option<GlobSet>> {
+        if count == 0 {
+            return Ok(None);
+        }
+        b.build().map(Some).map_err(|source| Error::Glob {
+            glob: g.join(" "),
+            source,
+        })
+    };
+    Ok((build(names, n, globs)?, build(paths, p, globs)?))
+}
+
+/// True for hpcstage's own files at the top of a tree (manifest, verify logs, state).
+pub fn is_bookkeeping(rel: &Path) -> bool {
+    let mut components = rel.components();
+    let first = components.next().map(|c| c.as_os_str());
+    let top_level = components.next().is_none();
+    let Some(first) = first else { return false };
+    if first == OsStr::new(STATE_DIR) {
+        return true;
+    }
+    if top_level {
+        let name = first.as_bytes();
+        return name == MANIFEST_NAME.as_bytes()
+            || (name.starts_with(b"verify_") && name.ends_with(b".log"));
+    }
+    false
+}
+
+/// True for a temporary file left by an interrupted copy.
+pub fn is_temporary(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(TMP_PREFIX.as_bytes())
+}
+
+/// Walks `root` (not following links), skipping bookkeeping and temporary files and
+/// whatever `filter` excludes. Entries come in no particular order.
+pub fn walk(root: &Path, filter: &Filter) -> Result<Tree> {
+    let meta = std::fs::metadata(root).map_err(|_| Error::SourceMissing {
+        path: root.to_path_buf(),
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::SourceMissing {
+            path: root.to_path_buf(),
+        });
+    }
+    let mut tree = Tree::default();
+    let mut it = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter();
+    while let Some(item) = it.next() {
+        let dent = match item {
+            Ok(d) => d,
+            Err(e) => {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                let io = e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("filesystem loop"));
+                tree.errors.push(Error::io(path, io));
+                continue;
+            }
+        };
+        let rel = dent
+            .path()
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root")
+            .to_path_buf();
+        let ft = dent.file_type();
+        if is_bookkeeping(&rel) || is_temporary(dent.file_name()) {
+            if ft.is_dir() {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        if filter.excluded(&rel) {
+            if ft.is_dir() {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        if matches!(kind, Kind::File | Kind::Symlink) && !filter.takes_file(&rel) {
+            continue;
+        }
+        let meta = match dent.metadata() {
+            Ok(m) => Meta::from_std(&m),
+            Err(e) => {
+                let io = e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("metadata unavailable"));
+                tree.errors.push(Error::io(dent.path(), io));
+                continue;
+            }
+        };
+        tree.entries.push(Entry { rel, kind, meta });
+    }
+    Ok(tree)
+}
+
+/// Sorts paths by their bytes, the order manifests use.
+pub fn sort_by_bytes<T>(items: &mut [T], key: impl Fn(&T) -> &Path) {
+    items.sort_unstable_by(|a, b| {
+        key(a)
+            .as_os_str()
+            .as_bytes()
+            .cmp(key(b).as_os_str().as_bytes())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bookkeeping_is_only_top_level_manifest_and_logs() {
+        assert!(is_bookkeeping(Path::new("MANIFEST.sha256")));
+        assert!(is_bookkeeping(Path::new("verify_2026-01-02.log")));
+        assert!(is_bookkeeping(Path::new(".hpcstage/journal")));
+        assert!(!is_bookkeeping(Path::new("sub/MANIFEST.sha256")));
+        assert!(!is_bookkeeping(Path::new("data.tif")));
+    }
+
+    #[test]
+    fn globs_without_slash_match_names_at_any_depth() {
+        let f = Filter::new(&["*.tif".into()], &["scratch/**".into()]).unwrap();
+        assert!(f.takes_file(Path::new("a/b/c.tif")));
+        assert!(!f.takes_file(Path::new("a/b/c.csv")));
+        assert!(!f.takes_file(Path::new("scratch/x.tif")));
+        assert!(Filter::new(&["[".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn walk_skips_bookkeeping_and_does_not_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/.hpcstage")).unwrap();
+        std::fs::create_dir_all(root.join(".hpcstage")).unwrap();
+        std::fs::write(root.join(".hpcstage/journal"), "x").unwrap();
+        std::fs::write(root.join("MANIFEST.sha256"), "x").unwrap();
+        std::fs::write(root.join("a/f"), "x").unwrap();
+        std::fs::write(root.join("a/.hpcstage-tmp.123"), "x").unwrap();
+        std::os::unix::fs::symlink("/", root.join("a/up")).unwrap();
+        let tree = walk(root, &Filter::default()).unwrap();
+        let mut rels: Vec<_> = tree
+            .entries
+            .iter()
+            .map(|e| (e.rel.to_string_lossy().into_owned(), e.kind))
+            .collect();
+        rels.sort();
+        assert_eq!(
+            rels,
+            vec![
+                ("a".to_string(), Kind::Dir),
+                ("a/.hpcstage".to_string(), Kind::Dir),
+                ("a/f".to_string(), Kind::File),
+                ("a/up".to_string(), Kind::Symlink),
+            ]
+        );
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# down.sh - stop the single-node SLURM test cluster started by up.sh.
+#
+# Why: tests and developers need a clean way to stop every daemon up.sh
+# started (slurmd, slurmctld, slurmdbd, MariaDB, munged), in reverse order,
+# without systemd. Idempotent: stopping a cluster that is not running is a
+# no-op. State, logs and the accounting database under HPCSTAGE_CLUSTER_DIR
+# are kept; pass --purge to delete that folder too (a full reset).
+#
+# Usage (as root): tests/cluster/down.sh [--purge]
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$HERE/lib.sh"
+
+PURGE=0
+case "${1:-}" in
+  "") ;;
+  --purge) PURGE=1 ;;
+  *)
+    echo "usage: $0 [--purge]" >&2
+    exit 2
+    ;;
+esac
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "down.sh: must run as root" >&2
+  exit 1
+fi
+
+stop_daemon slurmd "$SLURMD_PID" 30
+stop_daemon slurmctld "$SLURMCTLD_PID" 30
+stop_daemon slurmdbd "$SLURMDBD_PID" 30
+
+# MariaDB: stop the mysqld_safe supervisor first so it does not restart the
+# server, then the server itself (SIGTERM is a clean shutdown).
+stop_daemon mysqld_safe /nonexistent 10
+stop_daemon mariadbd "$DB_PID" 60
+
+stop_daemon munged "$MUNGE_PID" 10
+
+if ((PURGE)); then
+  say "removing $CLUSTER_DIR"
+  rm -rf -- "$CLUSTER_DIR"
+fi
+say "cluster stopped"
