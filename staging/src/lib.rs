@@ -14,3 +14,9 @@ pub mod progress;
 pub mod walk;
 
 pub use error::{Error, Result};
+pub mod ingest;
+pub mod ledger;
+pub mod policy;
+pub mod record;
+pub mod stage;
+pub mod worm;

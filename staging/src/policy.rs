@@ -1,0 +1,171 @@
+//! Scratch purge policies and the deadlines they imply.
+//!
+//! Sites purge by atime, mtime, ctime or creation time after a fixed age; some delete a
+//! whole top-level folder as soon as one file qualifies. A deadline is computed from the
+//! files' real timestamps and conservatively: atime under `relatime` can lag by a day, so
+//! an atime deadline is pulled in by one day. Nothing here touches files to postpone a
+//! purge.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::copy::OldestTimes;
+use crate::error::Error;
+
+/// Which timestamp the site's purge looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PurgeBasis {
+    Atime,
+    Mtime,
+    Ctime,
+    /// Creation time: for staged data, when it was staged.
+    Created,
+}
+
+impl fmt::Display for PurgeBasis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PurgeBasis::Atime => "atime",
+            PurgeBasis::Mtime => "mtime",
+            PurgeBasis::Ctime => "ctime",
+            PurgeBasis::Created => "created",
+        })
+    }
+}
+
+impl FromStr for PurgeBasis {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "atime" => Ok(PurgeBasis::Atime),
+            "mtime" => Ok(PurgeBasis::Mtime),
+            "ctime" => Ok(PurgeBasis::Ctime),
+            "created" | "creation" | "btime" | "staged" => Ok(PurgeBasis::Created),
+            _ => Err(Error::Invalid {
+                what: "purge basis",
+                value: s.to_string(),
+                reason: "expected atime, mtime, ctime or created".to_string(),
+            }),
+        }
+    }
+}
+
+/// A site's purge rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgePolicy {
+    pub basis: PurgeBasis,
+    /// Files older than this (by `basis`) are purged.
+    pub age: Duration,
+    /// How long before the deadline to start warning.
+    pub warn: Duration,
+    /// The site deletes a whole top-level folder once any file in it qualifies.
+    pub whole_folder: bool,
+}
+
+impl Default for PurgePolicy {
+    fn default() -> Self {
+        PurgePolicy {
+            basis: PurgeBasis::Mtime,
+            age: Duration::from_secs(30 * 86_400),
+            warn: Duration::from_secs(7 * 86_400),
+            whole_folder: false,
+        }
+    }
+}
+
+/// Slack for atime under `relatime`, which updates atime at most once a day.
+const ATIME_SLACK: SignedDuration = SignedDuration::from_hours(24);
+
+impl PurgePolicy {
+    /// Whether copies may keep the source's mtime. On an mtime-purged scratch an old
+    /// mtime gets fresh data purged the same night, so the answer is no.
+    pub fn preserve_mtime(&self) -> bool {
+        self.basis != PurgeBasis::Mtime
+    }
+
+    /// The oldest timestamp the purge would look at, or `staged_at` when there are none
+    /// (or the basis is creation time).
+    pub fn reference(&self, oldest: &OldestTimes, staged_at: Timestamp) -> Timestamp {
+        let ns = match self.basis {
+            PurgeBasis::Atime => oldest.atime_ns,
+            PurgeBasis::Mtime => oldest.mtime_ns,
+            PurgeBasis::Ctime => oldest.ctime_ns,
+            PurgeBasis::Created => None,
+        };
+        ns.and_then(|ns| Timestamp::from_nanosecond(i128::from(ns)).ok())
+            .map_or(staged_at, |t| t.min(staged_at))
+    }
+
+    /// When the first file would be purged.
+    pub fn deadline(&self, oldest: &OldestTimes, staged_at: Timestamp) -> Timestamp {
+        let mut t = self.reference(oldest, staged_at);
+        if self.basis == PurgeBasis::Atime {
+            t = t.checked_sub(ATIME_SLACK).unwrap_or(t);
+        }
+        let age = SignedDuration::try_from(self.age).unwrap_or(SignedDuration::MAX);
+        t.checked_add(age).unwrap_or(Timestamp::MAX)
+    }
+}
+
+/// Whole days from `now` until `deadline` (negative once past), rounded down.
+pub fn days_left(deadline: Timestamp, now: Timestamp) -> i64 {
+    let secs = deadline.as_second() - now.as_second();
+    secs.div_euclid(86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn ns(s: &str) -> i64 {
+        ts(s).as_nanosecond() as i64
+    }
+
+    #[test]
+    fn mtime_deadline_is_the_oldest_mtime_plus_age() {
+        let p = PurgePolicy::default();
+        let oldest = OldestTimes {
+            atime_ns: Some(ns("2026-01-01T00:00:00Z")),
+            mtime_ns: Some(ns("2026-01-10T00:00:00Z")),
+            ctime_ns: Some(ns("2026-01-20T00:00:00Z")),
+        };
+        let staged = ts("2026-02-01T00:00:00Z");
+        assert_eq!(p.deadline(&oldest, staged), ts("2026-02-09T00:00:00Z"));
+        let atime = PurgePolicy { basis: PurgeBasis::Atime, ..p };
+        assert_eq!(atime.deadline(&oldest, staged), ts("2026-01-30T00:00:00Z"));
+        let created = PurgePolicy { basis: PurgeBasis::Created, ..p };
+        assert_eq!(created.deadline(&oldest, staged), ts("2026-03-03T00:00:00Z"));
+        assert!(!p.preserve_mtime());
+        assert!(atime.preserve_mtime());
+    }
+
+    #[test]
+    fn future_timestamps_do_not_push_the_deadline_out() {
+        let p = PurgePolicy::default();
+        let oldest = OldestTimes {
+            mtime_ns: Some(ns("2030-01-01T00:00:00Z")),
+            ..OldestTimes::default()
+        };
+        let staged = ts("2026-02-01T00:00:00Z");
+        assert_eq!(p.deadline(&oldest, staged), ts("2026-03-03T00:00:00Z"));
+    }
+
+    #[test]
+    fn days_left_rounds_down_and_goes_negative() {
+        let now = ts("2026-01-01T12:00:00Z");
+        assert_eq!(days_left(ts("2026-01-03T11:00:00Z"), now), 1);
+        assert_eq!(days_left(ts("2025-12-31T12:00:00Z"), now), -1);
+        assert_eq!("ATIME".parse::<PurgeBasis>().unwrap(), PurgeBasis::Atime);
+        assert!("weekly".parse::<PurgeBasis>().is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Records written next to the data and in the ledger: the stage record
+//! (`DEST/.hpcstage/stage.json`) and the dataset description (`raw/<NAME>/dataset.json`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::Digest;
+use crate::policy::PurgeBasis;
+
+/// The purge facts of a staged copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeInfo {
+    pub basis: PurgeBasis,
+    /// Policy age, e.g. "30days".
+    pub age: String,
+    pub whole_folder: bool,
+    /// The oldest timestamp the purge looks at.
+    pub oldest: Timestamp,
+    pub deadline: Timestamp,
+}
+
+/// One staged dataset on scratch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// `<project>/<dataset>`.
+    pub id: String,
+    pub project: String,
+    pub dataset: String,
+    /// Where the data came from (a path, later also `host:/path`).
+    pub source: String,
+    pub destination: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    /// SHA-256 of the destination's `MANIFEST.sha256`.
+    pub manifest_digest: Digest,
+    /// SHA-256 of the source's `MANIFEST.sha256` when it had one.
+    pub source_manifest_digest: Option<Digest>,
+    pub staged_at: Timestamp,
+    pub owner: String,
+    pub host: String,
+    pub purge: PurgeInfo,
+    pub tool_version: String,
+}
+
+/// `dataset.json` of an ingested raw dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    pub project: String,
+    pub dataset: String,
+    pub source_host: String,
+    pub source_path: String,
+    /// File extension (lowercase, without dot; "" for none) → number of files.
+    pub formats: BTreeMap<String, u64>,
+    pub files: u64,
+    pub bytes: u64,
+    pub ingested_at: Timestamp,
+    pub ingested_by: String,
+    pub manifest_digest: Option<Digest>,
+    pub tool_version: String,
+}
+
+/// Writes any record as pretty JSON, atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(value).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    text.push(b'\n');
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    crate::manifest::write_atomic(path, &text)
+}
+
+/// Reads a JSON record; a malformed one is an error naming the file.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read(path).at(path)?;
+    serde_json::from_slice(&text).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        reason: format!("not a valid record: {e}"),
+    })
+}
+
+/// The user running this process.
+pub fn current_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| nix::unistd::geteuid().to_string())
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}

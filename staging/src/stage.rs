@@ -1,0 +1,205 @@
+//! Staging a dataset from the NAS to scratch: where it goes, the verified copy, and the
+//! stage record with its purge deadline (in `DEST/.hpcstage/stage.json` and the ledger).
+
+use std::path::{Component, Path, PathBuf};
+
+use jiff::Timestamp;
+
+use crate::copy::{copy_tree, CopyOptions, CopyReport};
+use crate::error::{Error, Result};
+use crate::ledger::Ledger;
+use crate::manifest::Manifest;
+use crate::policy::PurgePolicy;
+use crate::progress::Progress;
+use crate::record::{current_user, hostname, write_json, PurgeInfo, StageRecord};
+use crate::walk::{MANIFEST_NAME, STATE_DIR};
+
+/// Everything a stage needs, already resolved.
+#[derive(Debug, Clone)]
+pub struct StageSettings {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub project: String,
+    pub dataset: String,
+    pub policy: PurgePolicy,
+    pub copy: CopyOptions,
+}
+
+/// The result of a stage: the copy report and, when everything verified, the record.
+#[derive(Debug)]
+pub struct StageOutcome {
+    pub report: CopyReport,
+    pub record: Option<StageRecord>,
+}
+
+/// Where a NAS path goes on scratch, and under which project and dataset name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub project: String,
+    pub dataset: String,
+    pub destination: PathBuf,
+}
+
+/// Derives `<scratch_root>/<project>/<dataset>` from a NAS path laid out as
+/// `<nas_root>/<project>/raw/<dataset>` (or any folder below `<nas_root>/<project>`).
+/// `project` and `dataset` override what the path says; outside the NAS root the project
+/// must be given.
+pub fn derive_target(
+    source: &Path,
+    nas_root: Option<&Path>,
+    scratch_root: &Path,
+    project: Option<&str>,
+    dataset: Option<&str>,
+) -> Result<Target> {
+    let parts: Vec<String> = nas_root
+        .and_then(|root| source.strip_prefix(root).ok())
+        .map(|rel| {
+            rel.components()
+                .filter_map(|c| match c {
+                    Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let derived_project = parts.first().cloned();
+    let derived_dataset = match parts.as_slice() {
+        [_, raw, rest @ ..] if raw == "raw" && !rest.is_empty() => Some(rest.join("-")),
+        [_, rest @ ..] if !rest.is_empty() => Some(rest.join("-")),
+        _ => None,
+    };
+    let project = project
+        .map(str::to_string)
+        .or(derived_project)
+        .ok_or_else(|| Error::Invalid {
+            what: "source",
+            value: source.display().to_string(),
+            reason: "it is not under the configured nas_root as <nas_root>/<project>/raw/<dataset>; \
+                     pass --project (and optionally --dataset) or an explicit destination"
+                .to_string(),
+        })?;
+    let dataset = dataset
+        .map(str::to_string)
+        .or(derived_dataset)
+        .or_else(|| source.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .ok_or_else(|| Error::Invalid {
+            what: "source",
+            value: source.display().to_string(),
+            reason: "cannot tell the dataset name; pass --dataset".to_string(),
+        })?;
+    check_name("project", &project)?;
+    check_name("dataset", &dataset)?;
+    Ok(Target {
+        destination: scratch_root.join(&project).join(&dataset),
+        project,
+        dataset,
+    })
+}
+
+/// A project or dataset name must be one plain path component.
+pub fn check_name(what: &'static str, name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.starts_with('.')
+        || name.contains('/')
+        || name.contains('\0')
+        || name.chars().any(char::is_control);
+    if bad {
+        return Err(Error::Invalid {
+            what,
+            value: name.to_string(),
+            reason: "must be a single folder name (no '/', not starting with '.', no control characters)"
+                .to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Stages `settings.source` to `settings.destination` and records it.
+pub fn stage(
+    settings: &StageSettings,
+    ledger: Option<&Ledger>,
+    progress: &dyn Progress,
+) -> Result<StageOutcome> {
+    let mut copy = settings.copy.clone();
+    copy.preserve_mtime = settings.policy.preserve_mtime();
+    let report = copy_tree(&settings.source, &settings.destination, &copy, progress)?;
+    if copy.dry_run || !report.ok() {
+        return Ok(StageOutcome {
+            report,
+            record: None,
+        });
+    }
+    let staged_at = Timestamp::now();
+    let source_manifest = settings.source.join(MANIFEST_NAME);
+    let source_manifest_digest = if report.source_manifest_used {
+        Manifest::read(&source_manifest).ok().map(|m| m.digest())
+    } else {
+        None
+    };
+    let policy = &settings.policy;
+    let record = StageRecord {
+        id: format!("{}/{}", settings.project, settings.dataset),
+        project: settings.project.clone(),
+        dataset: settings.dataset.clone(),
+        source: settings.source.display().to_string(),
+        destination: settings.destination.clone(),
+        files: report.files_total,
+        bytes: report.bytes_total,
+        manifest_digest: report.manifest.digest(),
+        source_manifest_digest,
+        staged_at,
+        owner: current_user(),
+        host: hostname(),
+        purge: PurgeInfo {
+            basis: policy.basis,
+            age: humantime::format_duration(policy.age).to_string(),
+            whole_folder: policy.whole_folder,
+            oldest: policy.reference(&report.oldest, staged_at),
+            deadline: policy.deadline(&report.oldest, staged_at),
+        },
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    write_json(
+        &settings.destination.join(STATE_DIR).join("stage.json"),
+        &record,
+    )?;
+    if let Some(ledger) = ledger {
+        ledger.put_stage(&record)?;
+    }
+    Ok(StageOutcome {
+        report,
+        record: Some(record),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derives_project_and_dataset_from_the_nas_layout() {
+        let t = derive_target(
+            Path::new("/nas/lab/PRJ1/raw/plate7"),
+            Some(Path::new("/nas/lab")),
+            Path::new("/scratch/me"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.project, "PRJ1");
+        assert_eq!(t.dataset, "plate7");
+        assert_eq!(t.destination, PathBuf::from("/scratch/me/PRJ1/plate7"));
+    }
+
+    #[test]
+    fn outside_the_nas_root_the_project_must_be_given() {
+        let err = derive_target(Path::new("/data/x"), Some(Path::new("/nas")), Path::new("/s"), None, None)
+            .unwrap_err();
+        assert!(err.to_string().contains("--project"), "{err}");
+        let t = derive_target(Path::new("/data/x"), None, Path::new("/s"), Some("P"), None).unwrap();
+        assert_eq!(t.destination, PathBuf::from("/s/P/x"));
+        assert!(derive_target(Path::new("/data/x"), None, Path::new("/s"), Some("../etc"), None).is_err());
+    }
+}
