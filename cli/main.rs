@@ -1,1 +1,51 @@
-fn main() {}
+//! The `hpcstage` binary: parse arguments, load settings, run one command, print the
+//! error chain once and map the outcome to an exit code. No copy or SLURM logic here.
+
+mod args;
+mod commands;
+mod config;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command, ConfigCommand, ManifestCommand};
+use crate::commands::Status;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(status) => ExitCode::from(status.code()),
+        Err(err) => {
+            output::error(format!("{err:#}"));
+            if let Some(hint) = commands::hint(&err) {
+                output::note(format!("hint: {hint}"));
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Status> {
+    output::set_quiet(cli.global.quiet);
+    let settings = config::load(&cli.global)?;
+    match &cli.command {
+        Command::Ingest(args) => commands::ingest::run(&settings, args),
+        Command::Manifest(ManifestCommand::Create(args)) => {
+            commands::manifest::create(&settings, args)
+        }
+        Command::Manifest(ManifestCommand::Verify(args)) => {
+            commands::manifest::verify(&settings, args)
+        }
+        Command::Stage(args) => commands::stage::run(&settings, args),
+        Command::Config(ConfigCommand::Show { json }) => commands::config::show(&settings, *json),
+        Command::Demo(args) => commands::demo::run(&settings, args),
+    }
+}

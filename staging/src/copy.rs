@@ -166,6 +166,8 @@ impl OldestTimes {
 pub struct CopyReport {
     pub files_total: u64,
     pub bytes_total: u64,
+    /// Bytes of the files that needed copying (what a dry run would copy).
+    pub bytes_to_copy: u64,
     pub copied: u64,
     pub bytes_copied: u64,
     pub skipped: u64,
@@ -299,6 +301,7 @@ pub fn copy_tree(
         }
     }
     report.skipped = known.len() as u64;
+    report.bytes_to_copy = jobs.iter().map(|j| j.meta.size).sum();
     for j in &jobs {
         report.changes.push((j.rel.clone(), j.change));
     }
@@ -324,7 +327,7 @@ pub fn copy_tree(
         return Ok(report);
     }
 
-    let bytes_needed: u64 = jobs.iter().map(|j| j.meta.size).sum();
+    let bytes_needed = report.bytes_to_copy;
     if opts.check_space {
         check_space(dest, bytes_needed, jobs.len() as u64)?;
     }

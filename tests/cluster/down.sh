@@ -33,10 +33,14 @@ stop_daemon slurmd "$SLURMD_PID" 30
 stop_daemon slurmctld "$SLURMCTLD_PID" 30
 stop_daemon slurmdbd "$SLURMDBD_PID" 30
 
-# MariaDB: stop the mysqld_safe supervisor first so it does not restart the
-# server, then the server itself (SIGTERM is a clean shutdown).
-stop_daemon mysqld_safe /nonexistent 10
+# MariaDB: a clean shutdown of the server makes its mysqld_safe supervisor exit
+# too (mysqld_safe ignores SIGTERM; it only restarts a server that crashed).
+if pid_of mariadbd "$DB_PID" >/dev/null && [[ -S $DB_SOCKET ]]; then
+  say "shutting down mariadb"
+  timeout 60 mariadb-admin --defaults-file="$DB_CNF" -uroot shutdown || true
+fi
 stop_daemon mariadbd "$DB_PID" 60
+stop_daemon mysqld_safe /nonexistent 5
 
 stop_daemon munged "$MUNGE_PID" 10
 

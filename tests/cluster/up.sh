@@ -47,8 +47,12 @@ mkdir -p "$CLUSTER_DIR" "$ETC_DIR" "$RUN_DIR" "$LOG_DIR" "$STATE_DIR" "$SPOOL_DI
 chmod 755 "$CLUSTER_DIR"
 
 # Serialise concurrent callers (e.g. two test binaries starting at once).
+# Daemons are started with 9>&- so they do not inherit (and hold) the lock.
 exec 9>"$CLUSTER_DIR/.lock"
-flock -w 300 9
+if ! flock -w $((TIMEOUT * 4)) 9; then
+  echo "up.sh: ERROR: another up.sh holds $CLUSTER_DIR/.lock" >&2
+  exit 1
+fi
 
 # ---------------------------------------------------------------- failure dump
 dump_logs() {
@@ -105,7 +109,7 @@ start_munge() {
   stop_daemon munged "$MUNGE_PID" 10
   say "starting munged"
   # --force: take over a socket left behind by a munged that was killed.
-  runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOG_DIR/munged.stderr" 2>&1 ||
+  runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOG_DIR/munged.stderr" 2>&1 9>&- ||
     fail "munged failed to start (see $LOG_DIR/munged.stderr)"
   wait_for munged munge_ok
 }
@@ -168,7 +172,7 @@ start_mariadb() {
     say "starting mariadb"
     # mysqld_safe stays in the foreground as a supervisor: detach it fully so
     # it holds no pipe of the caller open.
-    setsid mysqld_safe --defaults-file="$DB_CNF" </dev/null >>"$LOG_DIR/mariadb.stderr" 2>&1 &
+    setsid mysqld_safe --defaults-file="$DB_CNF" </dev/null >>"$LOG_DIR/mariadb.stderr" 2>&1 9>&- &
     wait_for mariadb db_ping
   fi
 
@@ -306,7 +310,7 @@ start_slurm_daemon() {
   fi
   say "starting $name"
   local rc=0
-  "/usr/sbin/$name" "$@" </dev/null >>"$LOG_DIR/$name.stderr" 2>&1 || rc=$?
+  "/usr/sbin/$name" "$@" </dev/null >>"$LOG_DIR/$name.stderr" 2>&1 9>&- || rc=$?
   if ((rc != 0)); then
     fail "$name exited with status $rc at start-up"
   fi

@@ -1,0 +1,204 @@
+//! What the user typed: clap structures, validated only as far as clap can.
+//!
+//! Nothing here resolves paths or reads config; `config.rs` turns these into settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Move research data NAS → scratch → SLURM job → NAS, verified at every hop.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hpcstage",
+    version,
+    about,
+    long_about = "Move research data along its lifecycle on an HPC cluster: ingest instrument \
+data into the NAS raw area (with MANIFEST.sha256 and write protection), stage it to scratch with \
+verified parallel copies, and track when the scratch copy will be purged.\n\n\
+Configuration is layered: built-in defaults < /etc/hpcstage/config.toml < \
+~/.config/hpcstage/config.toml < $HPCSTAGE_CONFIG (or --config) < flags. \
+Run `hpcstage config show` to see the result and where each value came from.",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 integrity failure \
+(checksum mismatch, missing or corrupt file), 4 some files failed (see the list printed)."
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Config file layered over the site and user files [env: HPCSTAGE_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Root of the lab NAS (holds <project>/raw and <project>/results)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) nas_root: Option<PathBuf>,
+    /// Root of scratch space (default: $SCRATCH)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) scratch_root: Option<PathBuf>,
+    /// Where hpcstage keeps its ledger [env: HPCSTAGE_STATE]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Print only errors and the requested data (no progress, no notes)
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Copy instrument data into <nas_root>/<project>/raw/<dataset>, verified and write-protected
+    #[command(after_help = "Example:\n  hpcstage ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7")]
+    Ingest(IngestArgs),
+    /// Create or check MANIFEST.sha256 files (compatible with sha256sum)
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Copy a dataset from the NAS to scratch, verified, incremental and resumable
+    #[command(after_help = "Examples:\n  hpcstage stage /nas/lab/PRJ1/raw/plate7\n  \
+hpcstage stage /nas/lab/PRJ1/raw/plate7 --dry-run\n  \
+hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'")]
+    Stage(StageArgs),
+    /// Inspect the resolved configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run the whole lifecycle on a generated dataset in a temporary NAS and scratch
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ManifestCommand {
+    /// Hash every file under DIR into DIR/MANIFEST.sha256 (same format as sha256sum)
+    #[command(after_help = "Example:\n  hpcstage manifest create /nas/lab/PRJ1/raw/plate7\n  \
+cd /nas/lab/PRJ1/raw/plate7 && sha256sum -c MANIFEST.sha256   # accepts it")]
+    Create(ManifestCreateArgs),
+    /// Check DIR against its manifest, like `sha256sum -c`, and write verify_YYYY-MM-DD.log
+    #[command(after_help = "Example:\n  hpcstage manifest verify /scratch/me/PRJ1/plate7")]
+    Verify(ManifestVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManifestCreateArgs {
+    /// Folder to hash
+    pub(crate) dir: PathBuf,
+    /// Write the manifest here instead of DIR/MANIFEST.sha256 ("-" for standard output)
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    /// Replace an existing manifest
+    #[arg(long)]
+    pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) parallel: ParallelArgs,
+    /// Print a machine-readable summary
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManifestVerifyArgs {
+    /// Folder to check
+    pub(crate) dir: PathBuf,
+    /// Manifest to check against (default DIR/MANIFEST.sha256); its paths are relative to DIR
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) manifest: Option<PathBuf>,
+    /// Write the log here instead of DIR/verify_YYYY-MM-DD.log
+    #[arg(long, value_name = "FILE", conflicts_with = "no_log")]
+    pub(crate) log: Option<PathBuf>,
+    /// Do not write a log
+    #[arg(long)]
+    pub(crate) no_log: bool,
+    /// Print only failures (like sha256sum --quiet)
+    #[arg(long)]
+    pub(crate) failures_only: bool,
+    #[command(flatten)]
+    pub(crate) parallel: ParallelArgs,
+    /// Print a machine-readable report
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ParallelArgs {
+    /// Files processed in parallel (default: one per core)
+    #[arg(short, long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CopyArgs {
+    /// Show what would be copied, change nothing
+    #[arg(short = 'n', long)]
+    pub(crate) dry_run: bool,
+    /// Re-read files already verified at the destination and repair any that changed
+    #[arg(long)]
+    pub(crate) verify: bool,
+    /// Copy only files matching GLOB (repeatable; without '/' it matches names at any depth)
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) include: Vec<String>,
+    /// Skip files and folders matching GLOB (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) exclude: Vec<String>,
+    #[command(flatten)]
+    pub(crate) parallel: ParallelArgs,
+    /// Print a machine-readable summary
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StageArgs {
+    /// Dataset folder on the NAS, e.g. <nas_root>/PRJ1/raw/plate7
+    pub(crate) source: PathBuf,
+    /// Destination (default: <scratch_root>/<project>/<dataset>)
+    pub(crate) dest: Option<PathBuf>,
+    /// Project name, when SRC is not under <nas_root>/<project>/
+    #[arg(long)]
+    pub(crate) project: Option<String>,
+    /// Dataset name (default: from SRC)
+    #[arg(long)]
+    pub(crate) dataset: Option<String>,
+    #[command(flatten)]
+    pub(crate) copy: CopyArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// Acquisition folder to ingest
+    pub(crate) source: PathBuf,
+    /// Project the dataset belongs to
+    #[arg(long)]
+    pub(crate) project: String,
+    /// Name of the dataset under <project>/raw/
+    #[arg(long)]
+    pub(crate) dataset: String,
+    /// Also set the immutable flag (chattr +i) where filesystem and privileges allow
+    #[arg(long)]
+    pub(crate) immutable: bool,
+    #[command(flatten)]
+    pub(crate) copy: CopyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the resolved configuration and where each value came from
+    Show {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Create the demo under DIR instead of a new temporary folder
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// Scale of the generated dataset: number of small files
+    #[arg(long, default_value_t = 400, value_name = "N")]
+    pub(crate) small_files: usize,
+    /// Size of each of the three large files, in MiB
+    #[arg(long, default_value_t = 24, value_name = "MIB")]
+    pub(crate) large_mib: usize,
+}

@@ -1,0 +1,76 @@
+//! `hpcstage ingest SRC --project P --dataset N`: instrument data into the NAS raw area.
+
+use anyhow::Result;
+use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::ingest::{ingest, IngestSettings};
+use serde::Serialize;
+
+use super::{copy_options, copy_status, print_copy_report, CopyJson, Status};
+use crate::args::IngestArgs;
+use crate::config::{absolute, Settings};
+use crate::output;
+
+#[derive(Serialize)]
+struct IngestJson<'a> {
+    dataset_path: String,
+    #[serde(flatten)]
+    copy: CopyJson,
+    dataset: Option<&'a hpcstage_staging::record::DatasetInfo>,
+    read_only: bool,
+    immutable: Option<String>,
+}
+
+pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
+    let ingest_settings = IngestSettings {
+        source: absolute(&args.source)?,
+        nas_root: settings.nas_root()?.to_path_buf(),
+        project: args.project.clone(),
+        dataset: args.dataset.clone(),
+        immutable: args.immutable,
+        copy: copy_options(settings, &args.copy)?,
+    };
+    let bar = output::Bar::new("ingesting", args.copy.json);
+    let outcome = ingest(&ingest_settings, &bar);
+    bar.finish();
+    let outcome = outcome?;
+    let status = copy_status(&outcome.report);
+    let immutable = outcome
+        .protection
+        .as_ref()
+        .and_then(|p| p.immutable.clone())
+        .map(|r| match r {
+            Ok(()) => "applied (chattr +i)".to_string(),
+            Err(why) => format!("not applied: {why}"),
+        });
+    if args.copy.json {
+        output::json(&IngestJson {
+            dataset_path: outcome.path.display().to_string(),
+            copy: CopyJson::new(&outcome.report),
+            dataset: outcome.info.as_ref(),
+            read_only: outcome.protection.as_ref().is_some_and(|p| p.read_only),
+            immutable,
+        });
+        return Ok(status);
+    }
+    print_copy_report(&outcome.report, args.copy.dry_run);
+    if let Some(info) = &outcome.info {
+        output::data(format!(
+            "ingested {}/raw/{} → {} ({} files, {})",
+            info.project,
+            info.dataset,
+            outcome.path.display(),
+            info.files,
+            bytes(info.bytes)
+        ));
+        output::data("write protection: read-only (chmod -R a-w)");
+        if let Some(imm) = immutable {
+            output::data(format!("immutable flag: {imm}"));
+        }
+    } else if !args.copy.dry_run {
+        output::error(
+            "ingest incomplete: nothing was placed in the raw area; fix the failures above and \
+             run the same command again (it resumes)",
+        );
+    }
+    Ok(status)
+}

@@ -1,0 +1,221 @@
+//! One module per command; shared pieces (outcome status, copy options, the copy summary)
+//! live here.
+
+pub(crate) mod config;
+pub(crate) mod demo;
+pub(crate) mod ingest;
+pub(crate) mod manifest;
+pub(crate) mod stage;
+
+use anyhow::Result;
+use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
+use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::manifest::display_name;
+use hpcstage_staging::walk::Filter;
+use serde::Serialize;
+
+use crate::args::{CopyArgs, ParallelArgs};
+use crate::config::Settings;
+use crate::output;
+
+/// How a command that ran to the end went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Success,
+    /// A checksum did not match, a file is missing, or the source is corrupt.
+    Integrity,
+    /// Some files failed for other reasons (I/O, disk full, changed while read).
+    Partial,
+}
+
+impl Status {
+    /// The process exit code (documented in the README and `--help`).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Status::Success => 0,
+            Status::Integrity => 3,
+            Status::Partial => 4,
+        }
+    }
+}
+
+/// A hint for errors users can fix themselves.
+pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
+    use hpcstage_staging::Error as E;
+    let e = err.chain().find_map(|e| e.downcast_ref::<E>())?;
+    Some(match e {
+        E::InsufficientSpace { .. } => {
+            "free space at the destination, stage fewer files with --include/--exclude, \
+             or choose another --scratch-root"
+                .into()
+        }
+        E::DatasetExists { .. } => {
+            "choose another --dataset name; raw data is never replaced (remove it by hand, \
+             as its owner, only if you are sure)"
+                .into()
+        }
+        E::Locked { .. } => "wait for the other hpcstage process to finish, or check that it is still alive".into(),
+        E::SourceMissing { .. } => "check the path (and that the NAS is mounted on this node)".into(),
+        E::Manifest { .. } | E::UnsafePath { .. } => {
+            "fix or regenerate the manifest (`hpcstage manifest create DIR`); paths must be relative to its folder"
+                .into()
+        }
+        E::Glob { .. } => "globs use * ? [..] {a,b} and ** for any depth".into(),
+        _ => return None,
+    })
+}
+
+/// A thread pool sized by --jobs or the config.
+pub(crate) fn pool(settings: &Settings, args: &ParallelArgs) -> Result<rayon::ThreadPool> {
+    let jobs = args.jobs.unwrap_or(settings.jobs).max(1);
+    Ok(rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?)
+}
+
+/// Copy options from the shared copy flags.
+pub(crate) fn copy_options(settings: &Settings, args: &CopyArgs) -> Result<CopyOptions> {
+    Ok(CopyOptions {
+        jobs: args.parallel.jobs.unwrap_or(settings.jobs).max(1),
+        dry_run: args.dry_run,
+        verify_existing: args.verify,
+        filter: Filter::new(&args.include, &args.exclude)?,
+        ..CopyOptions::default()
+    })
+}
+
+/// The exit status a copy report deserves.
+pub(crate) fn copy_status(report: &CopyReport) -> Status {
+    let integrity = report
+        .failed
+        .iter()
+        .any(|f| matches!(f.kind, FailureKind::SourceCorrupt | FailureKind::VerifyFailed));
+    if integrity {
+        Status::Integrity
+    } else if report.failed.is_empty() {
+        Status::Success
+    } else {
+        Status::Partial
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct FailureJson {
+    path: String,
+    kind: FailureKind,
+    error: String,
+}
+
+/// The copy report as JSON-friendly data.
+#[derive(Serialize)]
+pub(crate) struct CopyJson {
+    ok: bool,
+    files_total: u64,
+    bytes_total: u64,
+    copied: u64,
+    bytes_copied: u64,
+    skipped: u64,
+    hard_links: u64,
+    symlinks: u64,
+    dirs: u64,
+    elapsed_secs: f64,
+    bytes_per_sec: f64,
+    source_manifest_used: bool,
+    unlisted_in_source: Vec<String>,
+    repaired: Vec<String>,
+    failed: Vec<FailureJson>,
+    warnings: Vec<String>,
+    changes: Vec<(String, String)>,
+    manifest_digest: String,
+}
+
+impl CopyJson {
+    pub(crate) fn new(r: &CopyReport) -> Self {
+        let secs = r.elapsed.as_secs_f64();
+        CopyJson {
+            ok: r.ok(),
+            files_total: r.files_total,
+            bytes_total: r.bytes_total,
+            copied: r.copied,
+            bytes_copied: r.bytes_copied,
+            skipped: r.skipped,
+            hard_links: r.hard_links,
+            symlinks: r.symlinks,
+            dirs: r.dirs,
+            elapsed_secs: secs,
+            bytes_per_sec: r.bytes_copied as f64 / secs.max(1e-3),
+            source_manifest_used: r.source_manifest_used,
+            unlisted_in_source: r.unlisted_in_source.iter().map(|p| display_name(p)).collect(),
+            repaired: r.repaired.iter().map(|p| display_name(p)).collect(),
+            failed: r
+                .failed
+                .iter()
+                .map(|f| FailureJson {
+                    path: display_name(&f.path),
+                    kind: f.kind,
+                    error: f.error.to_string(),
+                })
+                .collect(),
+            warnings: r.warnings.clone(),
+            changes: r
+                .changes
+                .iter()
+                .map(|(p, c)| (c.code().to_string(), display_name(p)))
+                .collect(),
+            manifest_digest: r.manifest.digest().to_hex(),
+        }
+    }
+}
+
+/// Prints the human summary of a copy: itemized changes for a dry run, otherwise counts,
+/// rate, warnings and every failure.
+pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
+    if dry_run {
+        for (path, change) in &r.changes {
+            output::data(format!("{} {}", change.code(), display_name(path)));
+        }
+        output::note(format!(
+            "dry run: {} to copy ({}), {} unchanged; nothing was written",
+            r.changes
+                .iter()
+                .filter(|(_, c)| !matches!(c, hpcstage_staging::copy::Change::Dir))
+                .count(),
+            bytes(r.bytes_to_copy),
+            r.skipped
+        ));
+        return;
+    }
+    for w in &r.warnings {
+        output::warn(w);
+    }
+    if !r.unlisted_in_source.is_empty() {
+        output::warn(format!(
+            "{} files are not in the source MANIFEST.sha256 and could not be checked against it",
+            r.unlisted_in_source.len()
+        ));
+    }
+    for p in &r.repaired {
+        output::warn(format!("{}: destination no longer matched; copied again", display_name(p)));
+    }
+    output::data(format!(
+        "files: {} total, {} copied, {} unchanged, {} failed; {} hard links, {} symlinks, {} folders",
+        r.files_total,
+        r.copied,
+        r.skipped,
+        r.failed.len(),
+        r.hard_links,
+        r.symlinks,
+        r.dirs
+    ));
+    output::data(format!(
+        "bytes: {} copied of {} in {:.1}s ({})",
+        bytes(r.bytes_copied),
+        bytes(r.bytes_total),
+        r.elapsed.as_secs_f64(),
+        output::rate(r.bytes_copied, r.elapsed)
+    ));
+    if !r.failed.is_empty() {
+        output::error(format!("{} files failed:", r.failed.len()));
+        for f in &r.failed {
+            output::error(format!("  {}: {}", display_name(&f.path), f.error));
+        }
+    }
+}

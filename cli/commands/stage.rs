@@ -1,0 +1,129 @@
+//! `hpcstage stage SRC [DEST]`: verified copy of a NAS dataset to scratch.
+
+use anyhow::{Context, Result};
+use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::ledger::Ledger;
+use hpcstage_staging::policy::days_left;
+use hpcstage_staging::stage::{derive_target, stage, StageSettings, Target};
+use serde::Serialize;
+
+use super::{copy_options, copy_status, print_copy_report, CopyJson, Status};
+use crate::args::StageArgs;
+use crate::config::{absolute, Settings};
+use crate::output;
+
+#[derive(Serialize)]
+struct StageJson<'a> {
+    source: String,
+    destination: String,
+    project: &'a str,
+    dataset: &'a str,
+    dry_run: bool,
+    #[serde(flatten)]
+    copy: CopyJson,
+    record: Option<&'a hpcstage_staging::record::StageRecord>,
+}
+
+pub(crate) fn run(settings: &Settings, args: &StageArgs) -> Result<Status> {
+    let source = absolute(&args.source)?;
+    let target = match &args.dest {
+        Some(dest) => {
+            let dest = absolute(dest)?;
+            let project = args
+                .project
+                .clone()
+                .or_else(|| {
+                    derive_target(&source, settings.nas_root.as_deref(), &dest, None, None)
+                        .ok()
+                        .map(|t| t.project)
+                })
+                .or_else(|| {
+                    dest.parent()
+                        .and_then(|p| p.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                })
+                .unwrap_or_else(|| "default".into());
+            let dataset = args.dataset.clone().unwrap_or_else(|| {
+                dest.file_name()
+                    .map_or("dataset".into(), |n| n.to_string_lossy().into_owned())
+            });
+            Target {
+                project,
+                dataset,
+                destination: dest,
+            }
+        }
+        None => derive_target(
+            &source,
+            settings.nas_root.as_deref(),
+            settings.scratch_root()?,
+            args.project.as_deref(),
+            args.dataset.as_deref(),
+        )?,
+    };
+    if !settings.policy_configured && !args.copy.json {
+        output::warn(
+            "no purge policy configured; assuming mtime, 30 days \
+             (set [purge] basis/age in /etc/hpcstage/config.toml)",
+        );
+    }
+    let stage_settings = StageSettings {
+        source: source.clone(),
+        destination: target.destination.clone(),
+        project: target.project.clone(),
+        dataset: target.dataset.clone(),
+        policy: settings.policy,
+        copy: copy_options(settings, &args.copy)?,
+    };
+    let ledger = Ledger::open(&settings.state_dir)
+        .with_context(|| format!("cannot open the ledger in {}", settings.state_dir.display()))?;
+    if !args.copy.dry_run {
+        output::note(format!(
+            "staging {} → {}",
+            source.display(),
+            target.destination.display()
+        ));
+    }
+    let bar = output::Bar::new("staging", args.copy.json);
+    let outcome = stage(&stage_settings, Some(&ledger), &bar);
+    bar.finish();
+    let outcome = outcome?;
+    let status = copy_status(&outcome.report);
+    if args.copy.json {
+        output::json(&StageJson {
+            source: source.display().to_string(),
+            destination: target.destination.display().to_string(),
+            project: &target.project,
+            dataset: &target.dataset,
+            dry_run: args.copy.dry_run,
+            copy: CopyJson::new(&outcome.report),
+            record: outcome.record.as_ref(),
+        });
+        return Ok(status);
+    }
+    print_copy_report(&outcome.report, args.copy.dry_run);
+    if let Some(record) = &outcome.record {
+        output::data(format!(
+            "staged {} → {} ({} files, {})",
+            record.id,
+            record.destination.display(),
+            record.files,
+            bytes(record.bytes)
+        ));
+        output::data(format!(
+            "manifest: {} (sha256 {})",
+            record.destination.join("MANIFEST.sha256").display(),
+            record.manifest_digest
+        ));
+        output::data(format!(
+            "purge: {} older than {} → deadline {} ({} days left)",
+            record.purge.basis,
+            record.purge.age,
+            record.purge.deadline.strftime("%Y-%m-%d %H:%M UTC"),
+            days_left(record.purge.deadline, jiff::Timestamp::now())
+        ));
+    } else if !args.copy.dry_run {
+        output::error("stage incomplete: no stage record written; fix the failures above and run the same command again");
+    }
+    Ok(status)
+}

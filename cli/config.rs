@@ -1,0 +1,266 @@
+//! Layered configuration: built-in defaults < site file < user file < $HPCSTAGE_CONFIG
+//! (or --config) < flags, resolved into [`Settings`] that the commands use.
+//!
+//! Every value remembers where it came from, for `hpcstage config show`. Unknown keys are
+//! errors, so a typo in a site file does not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use figment::providers::{Format, Serialized, Toml};
+use figment::{Figment, Metadata, Profile, Provider};
+use hpcstage_staging::policy::{PurgeBasis, PurgePolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::args::GlobalArgs;
+
+/// The configuration file's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Root of the lab NAS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) nas_root: Option<PathBuf>,
+    /// Root of scratch space.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) scratch_root: Option<PathBuf>,
+    /// Ledger folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Parallel files; 0 means one per core.
+    pub(crate) jobs: usize,
+    pub(crate) purge: PurgeConfig,
+}
+
+/// `[purge]`: the site's scratch purge policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PurgeConfig {
+    /// atime, mtime, ctime or created.
+    pub(crate) basis: String,
+    /// e.g. "30d", "60 days".
+    pub(crate) age: String,
+    /// Warning window, e.g. "7d".
+    pub(crate) warn: String,
+    /// The site deletes a whole top-level folder once one file in it qualifies.
+    pub(crate) whole_folder: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nas_root: None,
+            scratch_root: None,
+            state_dir: None,
+            jobs: 0,
+            purge: PurgeConfig {
+                basis: "mtime".into(),
+                age: "30d".into(),
+                warn: "7d".into(),
+                whole_folder: false,
+            },
+        }
+    }
+}
+
+/// Resolved settings (paths known, durations parsed).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) nas_root: Option<PathBuf>,
+    pub(crate) scratch_root: Option<PathBuf>,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) jobs: usize,
+    pub(crate) policy: PurgePolicy,
+    /// False when no layer set the purge policy (the defaults are a guess).
+    pub(crate) policy_configured: bool,
+    /// (key, value, source) for `config show`.
+    pub(crate) provenance: Vec<(String, String, String)>,
+}
+
+impl Settings {
+    /// The scratch root, or an error that says how to set it.
+    pub(crate) fn scratch_root(&self) -> Result<&Path> {
+        self.scratch_root.as_deref().context(
+            "no scratch root configured: set $SCRATCH, `scratch_root` in ~/.config/hpcstage/config.toml, \
+             or pass --scratch-root DIR",
+        )
+    }
+
+    /// The NAS root, or an error that says how to set it.
+    pub(crate) fn nas_root(&self) -> Result<&Path> {
+        self.nas_root.as_deref().context(
+            "no NAS root configured: set `nas_root` in /etc/hpcstage/config.toml or \
+             ~/.config/hpcstage/config.toml, or pass --nas-root DIR",
+        )
+    }
+}
+
+/// A provider with a human name for `config show`.
+struct Named<P> {
+    name: &'static str,
+    inner: P,
+}
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> figment::Result<figment::value::Map<Profile, figment::value::Dict>> {
+        self.inner.data()
+    }
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Site config file (`$HPCSTAGE_SITE_CONFIG` overrides the location).
+fn site_file() -> PathBuf {
+    env_path("HPCSTAGE_SITE_CONFIG").unwrap_or_else(|| PathBuf::from("/etc/hpcstage/config.toml"))
+}
+
+fn user_file() -> Option<PathBuf> {
+    env_path("XDG_CONFIG_HOME")
+        .or_else(|| home().map(|h| h.join(".config")))
+        .map(|d| d.join("hpcstage/config.toml"))
+}
+
+fn default_state_dir() -> PathBuf {
+    env_path("XDG_STATE_HOME")
+        .or_else(|| home().map(|h| h.join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("hpcstage")
+}
+
+/// Loads every layer and resolves the settings.
+pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
+    let mut figment = Figment::new().merge(Named {
+        name: "built-in default",
+        inner: Serialized::defaults(Config::default()),
+    });
+    if let Some(scratch) = env_path("SCRATCH") {
+        figment = figment.merge(Named {
+            name: "$SCRATCH",
+            inner: Serialized::default("scratch_root", scratch),
+        });
+    }
+    figment = figment.merge(Toml::file(site_file()));
+    if let Some(user) = user_file() {
+        figment = figment.merge(Toml::file(user));
+    }
+    let explicit = global
+        .config
+        .clone()
+        .or_else(|| env_path("HPCSTAGE_CONFIG"));
+    if let Some(file) = &explicit {
+        if !file.is_file() {
+            bail!(
+                "config file {} does not exist (given by --config or $HPCSTAGE_CONFIG)",
+                file.display()
+            );
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    if let Some(state) = env_path("HPCSTAGE_STATE") {
+        figment = figment.merge(Named {
+            name: "$HPCSTAGE_STATE",
+            inner: Serialized::default("state_dir", state),
+        });
+    }
+    for (key, value) in [
+        ("nas_root", &global.nas_root),
+        ("scratch_root", &global.scratch_root),
+        ("state_dir", &global.state_dir),
+    ] {
+        if let Some(v) = value {
+            figment = figment.merge(Named {
+                name: "command line",
+                inner: Serialized::default(key, absolute(v)?),
+            });
+        }
+    }
+
+    let config: Config = figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("invalid configuration (run `hpcstage config show` after fixing it)")?;
+
+    let source_of = |key: &str| -> String {
+        match figment.find_metadata(key) {
+            Some(m) => match &m.source {
+                Some(src) => format!("{src}"),
+                None => m.name.to_string(),
+            },
+            None => "unset".to_string(),
+        }
+    };
+    let basis: PurgeBasis = config
+        .purge
+        .basis
+        .parse()
+        .with_context(|| format!("purge.basis (from {})", source_of("purge.basis")))?;
+    let age = parse_duration("purge.age", &config.purge.age, &source_of("purge.age"))?;
+    let warn = parse_duration("purge.warn", &config.purge.warn, &source_of("purge.warn"))?;
+    let policy_configured = ["purge.basis", "purge.age"]
+        .iter()
+        .any(|k| source_of(k) != "built-in default");
+
+    let state_dir = config.state_dir.clone().unwrap_or_else(default_state_dir);
+    let mut provenance = Vec::new();
+    let show = |p: &Option<PathBuf>| p.as_ref().map_or("(unset)".to_string(), |p| p.display().to_string());
+    provenance.push(("nas_root".into(), show(&config.nas_root), source_of("nas_root")));
+    provenance.push(("scratch_root".into(), show(&config.scratch_root), source_of("scratch_root")));
+    provenance.push((
+        "state_dir".into(),
+        state_dir.display().to_string(),
+        if config.state_dir.is_some() { source_of("state_dir") } else { "built-in default ($XDG_STATE_HOME/hpcstage)".into() },
+    ));
+    provenance.push(("jobs".into(), config.jobs.to_string(), source_of("jobs")));
+    provenance.push(("purge.basis".into(), basis.to_string(), source_of("purge.basis")));
+    provenance.push(("purge.age".into(), config.purge.age.clone(), source_of("purge.age")));
+    provenance.push(("purge.warn".into(), config.purge.warn.clone(), source_of("purge.warn")));
+    provenance.push((
+        "purge.whole_folder".into(),
+        config.purge.whole_folder.to_string(),
+        source_of("purge.whole_folder"),
+    ));
+
+    let jobs = if config.jobs == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.jobs
+    };
+    Ok(Settings {
+        nas_root: config.nas_root.as_deref().map(absolute).transpose()?,
+        scratch_root: config.scratch_root.as_deref().map(absolute).transpose()?,
+        state_dir,
+        jobs,
+        policy: PurgePolicy {
+            basis,
+            age,
+            warn,
+            whole_folder: config.purge.whole_folder,
+        },
+        policy_configured,
+        provenance,
+    })
+}
+
+fn parse_duration(key: &str, value: &str, source: &str) -> Result<Duration> {
+    humantime::parse_duration(value).with_context(|| {
+        format!("{key} = {value:?} (from {source}) is not a duration; write e.g. \"30d\" or \"60 days\"")
+    })
+}
+
+/// Makes a path absolute against the current folder without resolving symlinks.
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+}
