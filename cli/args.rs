@@ -51,15 +51,19 @@ pub(crate) struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Copy instrument data into <nas_root>/<project>/raw/<dataset>, verified and write-protected
-    #[command(after_help = "Example:\n  hpcstage ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7")]
+    #[command(
+        after_help = "Example:\n  hpcstage ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7"
+    )]
     Ingest(IngestArgs),
     /// Create or check MANIFEST.sha256 files (compatible with sha256sum)
     #[command(subcommand)]
     Manifest(ManifestCommand),
     /// Copy a dataset from the NAS to scratch, verified, incremental and resumable
-    #[command(after_help = "Examples:\n  hpcstage stage /nas/lab/PRJ1/raw/plate7\n  \
+    #[command(
+        after_help = "Examples:\n  hpcstage stage /nas/lab/PRJ1/raw/plate7\n  \
 hpcstage stage /nas/lab/PRJ1/raw/plate7 --dry-run\n  \
-hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'")]
+hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'"
+    )]
     Stage(StageArgs),
     /// Inspect the resolved configuration
     #[command(subcommand)]
@@ -71,8 +75,10 @@ hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'")]
 #[derive(Debug, Subcommand)]
 pub(crate) enum ManifestCommand {
     /// Hash every file under DIR into DIR/MANIFEST.sha256 (same format as sha256sum)
-    #[command(after_help = "Example:\n  hpcstage manifest create /nas/lab/PRJ1/raw/plate7\n  \
-cd /nas/lab/PRJ1/raw/plate7 && sha256sum -c MANIFEST.sha256   # accepts it")]
+    #[command(
+        after_help = "Example:\n  hpcstage manifest create /nas/lab/PRJ1/raw/plate7\n  \
+cd /nas/lab/PRJ1/raw/plate7 && sha256sum -c MANIFEST.sha256   # accepts it"
+    )]
     Create(ManifestCreateArgs),
     /// Check DIR against its manifest, like `sha256sum -c`, and write verify_YYYY-MM-DD.log
     #[command(after_help = "Example:\n  hpcstage manifest verify /scratch/me/PRJ1/plate7")]

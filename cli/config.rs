@@ -215,18 +215,45 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
 
     let state_dir = config.state_dir.clone().unwrap_or_else(default_state_dir);
     let mut provenance = Vec::new();
-    let show = |p: &Option<PathBuf>| p.as_ref().map_or("(unset)".to_string(), |p| p.display().to_string());
-    provenance.push(("nas_root".into(), show(&config.nas_root), source_of("nas_root")));
-    provenance.push(("scratch_root".into(), show(&config.scratch_root), source_of("scratch_root")));
+    let show = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("(unset)".to_string(), |p| p.display().to_string())
+    };
+    provenance.push((
+        "nas_root".into(),
+        show(&config.nas_root),
+        source_of("nas_root"),
+    ));
+    provenance.push((
+        "scratch_root".into(),
+        show(&config.scratch_root),
+        source_of("scratch_root"),
+    ));
     provenance.push((
         "state_dir".into(),
         state_dir.display().to_string(),
-        if config.state_dir.is_some() { source_of("state_dir") } else { "built-in default ($XDG_STATE_HOME/hpcstage)".into() },
+        if config.state_dir.is_some() {
+            source_of("state_dir")
+        } else {
+            "built-in default ($XDG_STATE_HOME/hpcstage)".into()
+        },
     ));
     provenance.push(("jobs".into(), config.jobs.to_string(), source_of("jobs")));
-    provenance.push(("purge.basis".into(), basis.to_string(), source_of("purge.basis")));
-    provenance.push(("purge.age".into(), config.purge.age.clone(), source_of("purge.age")));
-    provenance.push(("purge.warn".into(), config.purge.warn.clone(), source_of("purge.warn")));
+    provenance.push((
+        "purge.basis".into(),
+        basis.to_string(),
+        source_of("purge.basis"),
+    ));
+    provenance.push((
+        "purge.age".into(),
+        config.purge.age.clone(),
+        source_of("purge.age"),
+    ));
+    provenance.push((
+        "purge.warn".into(),
+        config.purge.warn.clone(),
+        source_of("purge.warn"),
+    ));
     provenance.push((
         "purge.whole_folder".into(),
         config.purge.whole_folder.to_string(),

@@ -154,5 +154,8 @@ impl hpcstage_staging::progress::Progress for Bar {
 /// Bytes per second as text.
 pub(crate) fn rate(bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
-    format!("{}/s", hpcstage_staging::fmt::bytes((bytes as f64 / secs) as u64))
+    format!(
+        "{}/s",
+        hpcstage_staging::fmt::bytes((bytes as f64 / secs) as u64)
+    )
 }

@@ -115,8 +115,8 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
     }
     let manifest = Manifest::read(&manifest_path)?;
     let bar = output::Bar::new("verifying", args.json);
-    let verified = pool(settings, &args.parallel)?
-        .install(|| manifest::verify(&dir, &manifest, &bar));
+    let verified =
+        pool(settings, &args.parallel)?.install(|| manifest::verify(&dir, &manifest, &bar));
     bar.finish();
     let verified = verified?;
 
@@ -133,13 +133,22 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
     let (ok, failed, missing, unreadable) = verified.counts();
     let mut summary = Vec::new();
     if failed > 0 {
-        summary.push(format!("WARNING: {failed} computed checksum{} did NOT match", plural(failed)));
+        summary.push(format!(
+            "WARNING: {failed} computed checksum{} did NOT match",
+            plural(failed)
+        ));
     }
     if missing > 0 {
-        summary.push(format!("WARNING: {missing} listed file{} missing", plural(missing)));
+        summary.push(format!(
+            "WARNING: {missing} listed file{} missing",
+            plural(missing)
+        ));
     }
     if unreadable > 0 {
-        summary.push(format!("WARNING: {unreadable} listed file{} could not be read", plural(unreadable)));
+        summary.push(format!(
+            "WARNING: {unreadable} listed file{} could not be read",
+            plural(unreadable)
+        ));
     }
     if !verified.unlisted.is_empty() {
         summary.push(format!(
@@ -147,7 +156,12 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
             verified.unlisted.len(),
             plural(verified.unlisted.len())
         ));
-        summary.extend(verified.unlisted.iter().map(|p| format!("  {}", display_name(p))));
+        summary.extend(
+            verified
+                .unlisted
+                .iter()
+                .map(|p| format!("  {}", display_name(p))),
+        );
     }
     summary.push(format!(
         "{}: {ok} OK, {failed} FAILED, {missing} MISSING, {unreadable} unreadable, {} unlisted ({} checked)",
@@ -159,10 +173,21 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
     let log = if args.no_log {
         None
     } else {
-        Some(write_log(settings, &dir, &manifest_path, args.log.as_deref(), &lines, &summary)?)
+        Some(write_log(
+            settings,
+            &dir,
+            &manifest_path,
+            args.log.as_deref(),
+            &lines,
+            &summary,
+        )?)
     };
 
-    let status = if verified.all_ok() { Status::Success } else { Status::Integrity };
+    let status = if verified.all_ok() {
+        Status::Success
+    } else {
+        Status::Integrity
+    };
     if args.json {
         let pick = |want: fn(&Check) -> bool| -> Vec<String> {
             verified
@@ -241,17 +266,27 @@ fn write_log(
     }
     if let Some(path) = explicit {
         let path = absolute(path)?;
-        std::fs::write(&path, &text).with_context(|| format!("cannot write log {}", path.display()))?;
+        std::fs::write(&path, &text)
+            .with_context(|| format!("cannot write log {}", path.display()))?;
         return Ok(path);
     }
     let in_dir = dir.join(format!("verify_{date}.log"));
     match std::fs::write(&in_dir, &text) {
         Ok(()) => Ok(in_dir),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
             let logs = settings.state_dir.join("logs");
-            std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+            std::fs::create_dir_all(&logs)
+                .with_context(|| format!("cannot create {}", logs.display()))?;
             let name = file_safe(&dir.display().to_string());
-            let fallback = logs.join(format!("verify_{}_{date}.log", name.trim_start_matches('_')));
+            let fallback = logs.join(format!(
+                "verify_{}_{date}.log",
+                name.trim_start_matches('_')
+            ));
             std::fs::write(&fallback, &text)
                 .with_context(|| format!("cannot write log {}", fallback.display()))?;
             output::note(format!(

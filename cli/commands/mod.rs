@@ -84,10 +84,12 @@ pub(crate) fn copy_options(settings: &Settings, args: &CopyArgs) -> Result<CopyO
 
 /// The exit status a copy report deserves.
 pub(crate) fn copy_status(report: &CopyReport) -> Status {
-    let integrity = report
-        .failed
-        .iter()
-        .any(|f| matches!(f.kind, FailureKind::SourceCorrupt | FailureKind::VerifyFailed));
+    let integrity = report.failed.iter().any(|f| {
+        matches!(
+            f.kind,
+            FailureKind::SourceCorrupt | FailureKind::VerifyFailed
+        )
+    });
     if integrity {
         Status::Integrity
     } else if report.failed.is_empty() {
@@ -143,7 +145,11 @@ impl CopyJson {
             elapsed_secs: secs,
             bytes_per_sec: r.bytes_copied as f64 / secs.max(1e-3),
             source_manifest_used: r.source_manifest_used,
-            unlisted_in_source: r.unlisted_in_source.iter().map(|p| display_name(p)).collect(),
+            unlisted_in_source: r
+                .unlisted_in_source
+                .iter()
+                .map(|p| display_name(p))
+                .collect(),
             repaired: r.repaired.iter().map(|p| display_name(p)).collect(),
             failed: r
                 .failed
@@ -193,7 +199,10 @@ pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
         ));
     }
     for p in &r.repaired {
-        output::warn(format!("{}: destination no longer matched; copied again", display_name(p)));
+        output::warn(format!(
+            "{}: destination no longer matched; copied again",
+            display_name(p)
+        ));
     }
     output::data(format!(
         "files: {} total, {} copied, {} unchanged, {} failed; {} hard links, {} symlinks, {} folders",

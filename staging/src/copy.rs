@@ -239,8 +239,10 @@ pub fn copy_tree(
         None
     };
     report.source_manifest_used = source_manifest.is_some();
-    let expected: HashMap<&Path, Digest> =
-        source_manifest.as_ref().map(|m| m.to_map()).unwrap_or_default();
+    let expected: HashMap<&Path, Digest> = source_manifest
+        .as_ref()
+        .map(|m| m.to_map())
+        .unwrap_or_default();
 
     let mut entries = tree.entries;
     walk::sort_by_bytes(&mut entries, |e| &e.rel);
@@ -396,10 +398,7 @@ pub fn copy_tree(
                 Err(f) => report.failed.push(f),
             }
         }
-        journal
-            .lock()
-            .expect("journal lock")
-            .flush()?;
+        journal.lock().expect("journal lock").flush()?;
         start = end;
     }
     known.extend(copied_digests);
@@ -480,7 +479,12 @@ pub fn copy_tree(
             .collect(),
     );
     let mut journal = journal.into_inner().expect("journal lock");
-    let current: HashSet<&Path> = report.manifest.entries.iter().map(|e| e.path.as_path()).collect();
+    let current: HashSet<&Path> = report
+        .manifest
+        .entries
+        .iter()
+        .map(|e| e.path.as_path())
+        .collect();
     journal.compact(|p| current.contains(p))?;
     write_if_changed(&dest.join(MANIFEST_NAME), &report.manifest.to_bytes())?;
     walk::sort_by_bytes(&mut report.changes, |c| &c.0);
@@ -502,7 +506,12 @@ struct Ctx<'a> {
 
 type BatchResult = std::result::Result<(usize, Digest, Meta), Failure>;
 
-fn run_batch(ctx: &Ctx<'_>, batch: &[Job], offset: usize, journal: &Mutex<Journal>) -> Vec<BatchResult> {
+fn run_batch(
+    ctx: &Ctx<'_>,
+    batch: &[Job],
+    offset: usize,
+    journal: &Mutex<Journal>,
+) -> Vec<BatchResult> {
     // Copy to temporary names.
     let staged: Vec<std::result::Result<Staged, Failure>> = batch
         .par_iter()
@@ -537,7 +546,7 @@ fn run_batch(ctx: &Ctx<'_>, batch: &[Job], offset: usize, journal: &Mutex<Journa
             return staged
                 .into_iter()
                 .map(|s| {
-                    let i = s.map_err(|f| f)?.job_index;
+                    let i = s?.job_index;
                     Err(Failure {
                         path: batch[i - offset].rel.clone(),
                         kind: classify(&e),
@@ -596,7 +605,15 @@ fn copy_to_temporary(
         copy_streamed(&file, &src_path, &mut out, &tmp_path, sparse, ctx.progress)?
     } else {
         hash::with_buffer(|buf| {
-            copy_simple(&file, &src_path, &mut out, &tmp_path, sparse, buf, ctx.progress)
+            copy_simple(
+                &file,
+                &src_path,
+                &mut out,
+                &tmp_path,
+                sparse,
+                buf,
+                ctx.progress,
+            )
         })?
     };
     if sparse {
@@ -870,7 +887,10 @@ fn replace_with_hard_link(target: &Path, link: &Path) -> Result<()> {
 }
 
 fn symlink_differs(src: &Path, dest: &Path, rel: &Path) -> bool {
-    match (std::fs::read_link(src.join(rel)), std::fs::read_link(dest.join(rel))) {
+    match (
+        std::fs::read_link(src.join(rel)),
+        std::fs::read_link(dest.join(rel)),
+    ) {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
     }
@@ -993,7 +1013,8 @@ impl RunGuard {
             .read(true)
             .open(&lock_path)
             .at(&lock_path)?;
-        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
             Ok(l) => l,
             Err((_, _)) => {
                 let pid = std::fs::read_to_string(state_dir.join("running")).unwrap_or_default();
@@ -1029,7 +1050,10 @@ pub fn sweep_temporaries(dest: &Path) -> usize {
         .into_iter()
         .filter_map(|e| e.ok())
     {
-        if walk::is_temporary(e.file_name()) && !e.file_type().is_dir() && std::fs::remove_file(e.path()).is_ok() {
+        if walk::is_temporary(e.file_name())
+            && !e.file_type().is_dir()
+            && std::fs::remove_file(e.path()).is_ok()
+        {
             removed += 1;
         }
     }
@@ -1060,7 +1084,10 @@ mod tests {
         assert_eq!((r.copied, r.hard_links, r.symlinks), (2, 1, 1));
         assert!(dest.join("empty").is_dir());
         assert!(same_inode(&dest.join("two"), &dest.join("two-again")));
-        assert_eq!(std::fs::read_link(dest.join("link")).unwrap(), Path::new("two"));
+        assert_eq!(
+            std::fs::read_link(dest.join("link")).unwrap(),
+            Path::new("two")
+        );
         assert_eq!(r.manifest.len(), 3);
         let again = copy_tree(&src, &dest, &CopyOptions::default(), &NoProgress).unwrap();
         assert_eq!((again.copied, again.skipped), (0, 2));
@@ -1093,8 +1120,23 @@ mod tests {
         };
         let r = copy_tree(&src, &dest, &opts, &NoProgress).unwrap();
         assert!(!dest.exists());
-        let codes: Vec<_> = r.changes.iter().map(|(p, c)| format!("{} {}", c.code(), p.display())).collect();
-        assert_eq!(codes, vec!["d a", "d a/b", "+ a/b/one.tif", "d empty", "L link", "+ two", "h two-again"]);
+        let codes: Vec<_> = r
+            .changes
+            .iter()
+            .map(|(p, c)| format!("{} {}", c.code(), p.display()))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                "d a",
+                "d a/b",
+                "+ a/b/one.tif",
+                "d empty",
+                "L link",
+                "+ two",
+                "h two-again"
+            ]
+        );
     }
 
     #[test]

@@ -105,7 +105,14 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
     let state = partial.join(STATE_DIR);
     std::fs::remove_dir_all(&state).at(&state)?;
 
-    renameat2(None, &partial, None, &final_path, RenameFlags::RENAME_NOREPLACE).map_err(|e| {
+    renameat2(
+        None,
+        &partial,
+        None,
+        &final_path,
+        RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| {
         if e == nix::errno::Errno::EEXIST {
             Error::DatasetExists {
                 path: final_path.clone(),

@@ -60,7 +60,7 @@ impl Manifest {
                 line: line_no,
                 reason: reason.to_string(),
             };
-            let (digest, name) = parse_line(raw).map_err(|r| bad(r))?;
+            let (digest, name) = parse_line(raw).map_err(&bad)?;
             let path = safe_relative(&name).ok_or_else(|| Error::UnsafePath {
                 path: origin.to_path_buf(),
                 line: line_no,
@@ -68,7 +68,9 @@ impl Manifest {
             })?;
             if let Some(prev) = seen.insert(path.clone(), digest) {
                 if prev != digest {
-                    return Err(bad("the same path is listed twice with different checksums"));
+                    return Err(bad(
+                        "the same path is listed twice with different checksums",
+                    ));
                 }
                 continue;
             }
@@ -350,10 +352,7 @@ pub fn verify(dir: &Path, manifest: &Manifest, progress: &dyn Progress) -> Resul
             let path = dir.join(&e.path);
             let result = match std::fs::symlink_metadata(&path) {
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => (Check::Missing, 0),
-                Ok(m) if !m.is_file() => (
-                    Check::Unreadable("not a regular file".to_string()),
-                    0,
-                ),
+                Ok(m) if !m.is_file() => (Check::Unreadable("not a regular file".to_string()), 0),
                 _ => match hash_file(&path) {
                     Ok((d, n)) if d == e.digest => (Check::Ok, n),
                     Ok((d, n)) => (Check::Failed(d), n),
@@ -398,9 +397,18 @@ mod tests {
     #[test]
     fn writes_gnu_text_mode_sorted_by_bytes() {
         let m = Manifest::from_entries(vec![
-            ManifestEntry { path: "b".into(), digest: d("b") },
-            ManifestEntry { path: "B".into(), digest: d("B") },
-            ManifestEntry { path: "a b".into(), digest: d("a") },
+            ManifestEntry {
+                path: "b".into(),
+                digest: d("b"),
+            },
+            ManifestEntry {
+                path: "B".into(),
+                digest: d("B"),
+            },
+            ManifestEntry {
+                path: "a b".into(),
+                digest: d("a"),
+            },
         ]);
         let text = String::from_utf8(m.to_bytes()).unwrap();
         let names: Vec<&str> = text.lines().map(|l| &l[66..]).collect();
@@ -426,7 +434,11 @@ mod tests {
         let paths: Vec<_> = m.entries.iter().map(|e| e.path.clone()).collect();
         assert_eq!(
             paths,
-            vec![PathBuf::from("a"), PathBuf::from("sub/b"), PathBuf::from("c) = x")]
+            vec![
+                PathBuf::from("a"),
+                PathBuf::from("sub/b"),
+                PathBuf::from("c) = x")
+            ]
         );
     }
 
@@ -455,7 +467,10 @@ mod tests {
         ];
         for text in cases {
             let err = Manifest::parse(text.as_bytes(), Path::new("M")).unwrap_err();
-            assert!(matches!(err, Error::Manifest { line: 2, .. }), "{text:?}: {err}");
+            assert!(
+                matches!(err, Error::Manifest { line: 2, .. }),
+                "{text:?}: {err}"
+            );
         }
     }
 
@@ -464,7 +479,12 @@ mod tests {
         let text = format!("{}  a\n{}  ./a\n", d("1"), d("2"));
         assert!(Manifest::parse(text.as_bytes(), Path::new("M")).is_err());
         let same = format!("{}  a\n{}  ./a\n", d("1"), d("1"));
-        assert_eq!(Manifest::parse(same.as_bytes(), Path::new("M")).unwrap().len(), 1);
+        assert_eq!(
+            Manifest::parse(same.as_bytes(), Path::new("M"))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -141,10 +141,19 @@ mod tests {
         };
         let staged = ts("2026-02-01T00:00:00Z");
         assert_eq!(p.deadline(&oldest, staged), ts("2026-02-09T00:00:00Z"));
-        let atime = PurgePolicy { basis: PurgeBasis::Atime, ..p };
+        let atime = PurgePolicy {
+            basis: PurgeBasis::Atime,
+            ..p
+        };
         assert_eq!(atime.deadline(&oldest, staged), ts("2026-01-30T00:00:00Z"));
-        let created = PurgePolicy { basis: PurgeBasis::Created, ..p };
-        assert_eq!(created.deadline(&oldest, staged), ts("2026-03-03T00:00:00Z"));
+        let created = PurgePolicy {
+            basis: PurgeBasis::Created,
+            ..p
+        };
+        assert_eq!(
+            created.deadline(&oldest, staged),
+            ts("2026-03-03T00:00:00Z")
+        );
         assert!(!p.preserve_mtime());
         assert!(atime.preserve_mtime());
     }

@@ -74,9 +74,10 @@ pub fn derive_target(
         .ok_or_else(|| Error::Invalid {
             what: "source",
             value: source.display().to_string(),
-            reason: "it is not under the configured nas_root as <nas_root>/<project>/raw/<dataset>; \
+            reason:
+                "it is not under the configured nas_root as <nas_root>/<project>/raw/<dataset>; \
                      pass --project (and optionally --dataset) or an explicit destination"
-                .to_string(),
+                    .to_string(),
         })?;
     let dataset = dataset
         .map(str::to_string)
@@ -195,11 +196,25 @@ mod tests {
 
     #[test]
     fn outside_the_nas_root_the_project_must_be_given() {
-        let err = derive_target(Path::new("/data/x"), Some(Path::new("/nas")), Path::new("/s"), None, None)
-            .unwrap_err();
+        let err = derive_target(
+            Path::new("/data/x"),
+            Some(Path::new("/nas")),
+            Path::new("/s"),
+            None,
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--project"), "{err}");
-        let t = derive_target(Path::new("/data/x"), None, Path::new("/s"), Some("P"), None).unwrap();
+        let t =
+            derive_target(Path::new("/data/x"), None, Path::new("/s"), Some("P"), None).unwrap();
         assert_eq!(t.destination, PathBuf::from("/s/P/x"));
-        assert!(derive_target(Path::new("/data/x"), None, Path::new("/s"), Some("../etc"), None).is_err());
+        assert!(derive_target(
+            Path::new("/data/x"),
+            None,
+            Path::new("/s"),
+            Some("../etc"),
+            None
+        )
+        .is_err());
     }
 }

@@ -144,8 +144,7 @@ impl Filter {
     /// True when a file at `rel` is taken.
     pub fn takes_file(&self, rel: &Path) -> bool {
         !self.excluded(rel)
-            && (!self.has_includes()
-                || Self::matches(&self.include_name, &self.include_path, rel))
+            && (!self.has_includes() || Self::matches(&self.include_name, &self.include_path, rel))
     }
 }
 

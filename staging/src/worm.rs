@@ -29,14 +29,22 @@ pub fn protect(dir: &Path, immutable: bool) -> Result<Protection> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| {
             let path = e.path().unwrap_or(dir).to_path_buf();
-            Error::io(path, e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk failed")))
+            Error::io(
+                path,
+                e.into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("walk failed")),
+            )
         })?;
     for e in entries {
         if e.file_type().is_symlink() {
             continue;
         }
         let meta = e.metadata().map_err(|err| {
-            Error::io(e.path(), err.into_io_error().unwrap_or_else(|| std::io::Error::other("stat failed")))
+            Error::io(
+                e.path(),
+                err.into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("stat failed")),
+            )
         })?;
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o222 != 0 {
@@ -63,14 +71,23 @@ fn set_immutable(dir: &Path) -> std::result::Result<(), String> {
         Ok(())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(err.lines().next().unwrap_or("chattr failed").trim().to_string())
+        Err(err
+            .lines()
+            .next()
+            .unwrap_or("chattr failed")
+            .trim()
+            .to_string())
     }
 }
 
 /// Gives the owner write permission back on `dir` and everything in it (used before
 /// removing a scratch copy that mirrored read-only raw data).
 pub fn make_writable(dir: &Path) -> Result<()> {
-    for e in walkdir::WalkDir::new(dir).follow_links(false).into_iter().filter_map(|e| e.ok()) {
+    for e in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
         if e.file_type().is_symlink() {
             continue;
         }
