@@ -486,7 +486,14 @@ pub fn copy_tree(
         .map(|e| e.path.as_path())
         .collect();
     journal.compact(|p| current.contains(p))?;
-    write_if_changed(&dest.join(MANIFEST_NAME), &report.manifest.to_bytes())?;
+    let manifest_path = dest.join(MANIFEST_NAME);
+    if report.failed.is_empty() {
+        write_if_changed(&manifest_path, &report.manifest.to_bytes())?;
+    } else if manifest_path.exists() {
+        // An incomplete copy must not carry a manifest that makes it look complete; the
+        // journal keeps what was verified and the next run writes the manifest again.
+        std::fs::remove_file(&manifest_path).at(&manifest_path)?;
+    }
     walk::sort_by_bytes(&mut report.changes, |c| &c.0);
     report.oldest = oldest;
     report.elapsed = started.elapsed();

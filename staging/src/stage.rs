@@ -125,6 +125,12 @@ pub fn stage(
 ) -> Result<StageOutcome> {
     let mut copy = settings.copy.clone();
     copy.preserve_mtime = settings.policy.preserve_mtime();
+    let record_path = settings.destination.join(STATE_DIR).join("stage.json");
+    if !copy.dry_run && record_path.exists() {
+        // The old record describes the old copy; it is written again only when this one
+        // has verified completely.
+        std::fs::remove_file(&record_path).map_err(|e| Error::io(&record_path, e))?;
+    }
     let report = copy_tree(&settings.source, &settings.destination, &copy, progress)?;
     if copy.dry_run || !report.ok() {
         return Ok(StageOutcome {
@@ -162,10 +168,7 @@ pub fn stage(
         },
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    write_json(
-        &settings.destination.join(STATE_DIR).join("stage.json"),
-        &record,
-    )?;
+    write_json(&record_path, &record)?;
     if let Some(ledger) = ledger {
         ledger.put_stage(&record)?;
     }
