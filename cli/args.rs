@@ -19,7 +19,8 @@ Configuration is layered: built-in defaults < /etc/hpcstage/config.toml < \
 ~/.config/hpcstage/config.toml < $HPCSTAGE_CONFIG (or --config) < flags. \
 Run `hpcstage config show` to see the result and where each value came from.",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 integrity failure \
-(checksum mismatch, missing or corrupt file), 4 some files failed (see the list printed)."
+(checksum mismatch, missing or corrupt file), 4 some files failed (see the list printed), \
+5 `report --fail-on-risk` found data AT RISK."
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -65,6 +66,19 @@ hpcstage stage /nas/lab/PRJ1/raw/plate7 --dry-run\n  \
 hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'"
     )]
     Stage(StageArgs),
+    /// Show staged datasets and runs with their purge deadlines
+    #[command(after_help = "Examples:\n  hpcstage status\n  hpcstage status --json")]
+    Status(StatusArgs),
+    /// Report what scratch will purge soon, and whether that would lose data
+    #[command(after_help = "Examples:\n  hpcstage report --within 7d\n  \
+hpcstage report --scan /scratch/lab --format markdown   # the whole lab, for an email\n  \
+hpcstage report --fail-on-risk                          # exit 5 when anything is AT RISK\n\n\
+Weekly from cron:\n  0 7 * * MON  hpcstage report --within 7d --format markdown | mail -s 'scratch expiring' lab@example.org\n\
+or from scrontab (`scrontab -e`):\n  #SCRON --partition=transfer --time=00:10:00\n  0 7 * * MON  hpcstage report --within 7d --format markdown")]
+    Report(ReportArgs),
+    /// Remove scratch copies that are provably safe on the NAS
+    #[command(after_help = "Examples:\n  hpcstage clean --dry-run\n  hpcstage clean")]
+    Clean(CleanArgs),
     /// Inspect the resolved configuration
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -207,4 +221,58 @@ pub(crate) struct DemoArgs {
     /// Size of each of the three large files, in MiB
     #[arg(long, default_value_t = 24, value_name = "MIB")]
     pub(crate) large_mib: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Output formats of `report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// Only what expires within this window (default: the configured warning window), e.g. 7d
+    #[arg(long, value_name = "DURATION", conflicts_with = "all")]
+    pub(crate) within: Option<String>,
+    /// Everything tracked, whatever its deadline
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Also find staged folders and runs under ROOT by their .hpcstage markers (repeatable)
+    #[arg(long, value_name = "ROOT")]
+    pub(crate) scan: Vec<PathBuf>,
+    /// Only items of this owner
+    #[arg(long)]
+    pub(crate) owner: Option<String>,
+    /// Only items of this project
+    #[arg(long)]
+    pub(crate) project: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub(crate) format: ReportFormat,
+    /// Exit with code 5 when anything is AT RISK
+    #[arg(long)]
+    pub(crate) fail_on_risk: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CleanArgs {
+    /// List what would be removed and the space it returns; remove nothing
+    #[arg(short = 'n', long)]
+    pub(crate) dry_run: bool,
+    /// Also consider folders found under ROOT by their .hpcstage markers (repeatable)
+    #[arg(long, value_name = "ROOT")]
+    pub(crate) scan: Vec<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
 }

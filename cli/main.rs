@@ -47,5 +47,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Stage(args) => commands::stage::run(&settings, args),
         Command::Config(ConfigCommand::Show { json }) => commands::config::show(&settings, *json),
         Command::Demo(args) => commands::demo::run(&settings, args),
+        Command::Status(args) => commands::status::run(&settings, args),
+        Command::Report(args) => commands::report::run(&settings, args),
+        Command::Clean(args) => commands::clean::run(&settings, args),
     }
 }

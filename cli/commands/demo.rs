@@ -29,7 +29,10 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
         Some(dir) => {
             let dir = absolute(dir)?;
             if dir.exists() && fs_err::read_dir(&dir)?.next().is_some() {
-                bail!("{} is not empty; give an empty or new folder to --dir", dir.display());
+                bail!(
+                    "{} is not empty; give an empty or new folder to --dir",
+                    dir.display()
+                );
             }
             fs_err::create_dir_all(&dir)?;
             dir
@@ -167,7 +170,8 @@ fn generate(root: &Path, small_files: usize, large_mib: usize) -> Result<(usize,
                 .with_context(|| format!("cannot write {}", path.display()))?;
             left -= n;
         }
-        f.flush().with_context(|| format!("cannot write {}", path.display()))?;
+        f.flush()
+            .with_context(|| format!("cannot write {}", path.display()))?;
         files += 1;
         total += len as u64;
         Ok(())

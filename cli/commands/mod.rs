@@ -1,11 +1,14 @@
 //! One module per command; shared pieces (outcome status, copy options, the copy summary)
 //! live here.
 
+pub(crate) mod clean;
 pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod ingest;
 pub(crate) mod manifest;
+pub(crate) mod report;
 pub(crate) mod stage;
+pub(crate) mod status;
 
 use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
@@ -26,6 +29,8 @@ pub(crate) enum Status {
     Integrity,
     /// Some files failed for other reasons (I/O, disk full, changed while read).
     Partial,
+    /// `report --fail-on-risk` found data that exists only on scratch.
+    AtRisk,
 }
 
 impl Status {
@@ -35,6 +40,7 @@ impl Status {
             Status::Success => 0,
             Status::Integrity => 3,
             Status::Partial => 4,
+            Status::AtRisk => 5,
         }
     }
 }

@@ -8,9 +8,6 @@ pub enum Error {
     #[error(transparent)]
     Staging(#[from] hpcstage_staging::Error),
 
-    #[error(transparent)]
-    Slurm(#[from] hpcstage_slurm::Error),
-
     /// No run by that name in the ledger.
     #[error("no run {id:?} in {ledger}")]
     UnknownRun { id: String, ledger: PathBuf },

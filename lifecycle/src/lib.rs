@@ -7,7 +7,9 @@
 //! safe on NFS home folders without locks. The current state of a run is the fold of its
 //! events.
 
+pub mod clean;
 pub mod error;
+pub mod report;
 pub mod run;
 
 pub use error::{Error, Result};

@@ -100,19 +100,26 @@ pub enum Event {
     JobState {
         role: JobRole,
         job_id: String,
-        facts: JobFacts,
+        facts: Box<JobFacts>,
         /// Who observed it: "status", "pull-back", "epilogue", "local".
         observer: String,
     },
     /// A submission failed.
-    SubmitFailed { role: JobRole, error: String },
+    SubmitFailed {
+        role: JobRole,
+        error: String,
+    },
     PullStarted,
     Pulled {
         results_dir: PathBuf,
         manifest_digest: String,
     },
-    PullFailed { reason: String },
-    Note { text: String },
+    PullFailed {
+        reason: String,
+    },
+    Note {
+        text: String,
+    },
 }
 
 /// An event with its time and author.
@@ -218,7 +225,11 @@ impl RunStore {
         })?;
         // Write under a hidden name, then hard-link into place: readers never see a torn
         // event, and link() fails rather than replace an existing file.
-        let tmp = dir.join(format!(".tmp-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        let tmp = dir.join(format!(
+            ".tmp-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
         let io = |p: &Path, e| Error::Staging(hpcstage_staging::Error::io(p, e));
         let mut f = std::fs::File::create_new(&tmp).map_err(|e| io(&tmp, e))?;
         f.write_all(&text).map_err(|e| io(&tmp, e))?;
@@ -257,7 +268,11 @@ impl RunStore {
             }),
             many => Err(Error::Ambiguous {
                 id: id.to_string(),
-                matches: many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                matches: many
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -309,7 +324,7 @@ fn fold(record: RunRecord, events: Vec<Stamped>, damaged: Vec<String>) -> RunVie
             }
             Event::JobState { job_id, facts, .. } => {
                 if let Some(j) = jobs.iter_mut().rev().find(|j| &j.job_id == job_id) {
-                    j.facts = Some(facts.clone());
+                    j.facts = Some((**facts).clone());
                 }
             }
             Event::SubmitFailed { .. } => phase = Phase::SubmitFailed,
@@ -431,11 +446,11 @@ mod tests {
                 Event::JobState {
                     role: JobRole::Compute,
                     job_id: "10".into(),
-                    facts: JobFacts {
+                    facts: Box::new(JobFacts {
                         state: "FAILED".into(),
                         exit_code: Some("3:0".into()),
                         ..JobFacts::default()
-                    },
+                    }),
                     observer: "status".into(),
                 },
             )

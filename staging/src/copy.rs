@@ -140,7 +140,8 @@ pub struct OldestTimes {
 }
 
 impl OldestTimes {
-    fn add(&mut self, m: &Meta) {
+    /// Takes one file's timestamps into account.
+    pub fn add(&mut self, m: &Meta) {
         let min = |slot: &mut Option<i64>, v: i64| *slot = Some(slot.map_or(v, |s| s.min(v)));
         min(&mut self.atime_ns, m.atime_ns);
         min(&mut self.mtime_ns, m.mtime_ns);

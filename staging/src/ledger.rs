@@ -73,3 +73,14 @@ pub fn file_safe(name: &str) -> String {
         })
         .collect()
 }
+
+impl Ledger {
+    /// Removes the ledger entry of a stage (after its scratch copy was cleaned).
+    pub fn remove_stage(&self, record: &StageRecord) -> Result<()> {
+        let path = self.stage_path(record);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::Error::io(path, e)),
+            _ => Ok(()),
+        }
+    }
+}

@@ -18,5 +18,6 @@ pub mod ingest;
 pub mod ledger;
 pub mod policy;
 pub mod record;
+pub mod scan;
 pub mod stage;
 pub mod worm;

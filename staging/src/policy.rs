@@ -113,6 +113,19 @@ impl PurgePolicy {
     }
 }
 
+/// A policy age as people write it: a whole number of days as `60days`, anything else as
+/// humantime prints it. (humantime counts a month as 30.44 days, so a configured "60d"
+/// would come back as "1month 29days 13h 26m 24s".)
+pub fn format_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    if age.subsec_nanos() == 0 && secs > 0 && secs % 86_400 == 0 {
+        let days = secs / 86_400;
+        format!("{days}day{}", if days == 1 { "" } else { "s" })
+    } else {
+        humantime::format_duration(age).to_string()
+    }
+}
+
 /// Whole days from `now` until `deadline` (negative once past), rounded down.
 pub fn days_left(deadline: Timestamp, now: Timestamp) -> i64 {
     let secs = deadline.as_second() - now.as_second();
@@ -176,5 +189,14 @@ mod tests {
         assert_eq!(days_left(ts("2025-12-31T12:00:00Z"), now), -1);
         assert_eq!("ATIME".parse::<PurgeBasis>().unwrap(), PurgeBasis::Atime);
         assert!("weekly".parse::<PurgeBasis>().is_err());
+    }
+
+    #[test]
+    fn ages_in_whole_days_read_as_days() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(format_age(day), "1day");
+        assert_eq!(format_age(30 * day), "30days");
+        assert_eq!(format_age(60 * day), "60days");
+        assert_eq!(format_age(Duration::from_secs(36 * 3600)), "1day 12h");
     }
 }

@@ -161,7 +161,7 @@ pub fn stage(
         host: hostname(),
         purge: PurgeInfo {
             basis: policy.basis,
-            age: humantime::format_duration(policy.age).to_string(),
+            age: crate::policy::format_age(policy.age),
             whole_folder: policy.whole_folder,
             oldest: policy.reference(&report.oldest, staged_at),
             deadline: policy.deadline(&report.oldest, staged_at),

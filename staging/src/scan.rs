@@ -1,0 +1,130 @@
+//! Parallel timestamp scan of a staged folder or run folder, for purge deadlines.
+//!
+//! Folders are read in parallel (one task per folder), each entry is `lstat`ed once, and
+//! the results are reduced to the oldest atime/mtime/ctime, counts and sizes. The scan
+//! reads metadata only; it never opens, reads or touches a file (touching would reset
+//! the very timestamps a purge looks at).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::copy::OldestTimes;
+use crate::error::Error;
+use crate::walk::{Meta, STATE_DIR};
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub files: u64,
+    pub bytes: u64,
+    pub oldest: OldestTimes,
+    /// Relative paths of regular files (only when asked for).
+    pub paths: Option<HashSet<PathBuf>>,
+    /// Folders or entries that could not be read.
+    pub errors: Vec<Error>,
+}
+
+impl Scan {
+    fn merge(mut self, other: Scan) -> Scan {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.oldest.merge(&other.oldest);
+        match (&mut self.paths, other.paths) {
+            (Some(a), Some(b)) => a.extend(b),
+            (None, Some(b)) => self.paths = Some(b),
+            _ => {}
+        }
+        self.errors.extend(other.errors);
+        self
+    }
+}
+
+/// Scans `root` (not following links), skipping its `.hpcstage/` folder. With
+/// `collect_paths` the relative paths of regular files are kept, to find what a purge
+/// already removed.
+pub fn scan(root: &Path, collect_paths: bool) -> Scan {
+    scan_dir(root, Path::new(""), collect_paths, true)
+}
+
+fn scan_dir(root: &Path, rel: &Path, collect_paths: bool, top: bool) -> Scan {
+    let dir = root.join(rel);
+    let mut here = Scan {
+        paths: collect_paths.then(HashSet::new),
+        ..Scan::default()
+    };
+    let read = match std::fs::read_dir(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            here.errors.push(Error::io(&dir, e));
+            return here;
+        }
+    };
+    let mut subdirs = Vec::new();
+    for entry in read {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                here.errors.push(Error::io(&dir, e));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        if top && name == STATE_DIR {
+            continue;
+        }
+        let child = rel.join(&name);
+        let meta = match std::fs::symlink_metadata(entry.path()) {
+            Ok(m) => m,
+            Err(e) => {
+                // Gone between readdir and stat: a purge at work, or a job cleaning up.
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    here.errors.push(Error::io(entry.path(), e));
+                }
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            subdirs.push(child);
+        } else if meta.is_file() {
+            let m = Meta::from_std(&meta);
+            here.files += 1;
+            here.bytes += m.size;
+            here.oldest.add(&m);
+            if let Some(paths) = &mut here.paths {
+                paths.insert(child);
+            }
+        }
+    }
+    subdirs
+        .into_par_iter()
+        .map(|sub| scan_dir(root, &sub, collect_paths, false))
+        .reduce(Scan::default, Scan::merge)
+        .merge(here)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_oldest_times_and_skips_bookkeeping() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join(".hpcstage")).unwrap();
+        std::fs::write(root.join(".hpcstage/journal"), "xxxx").unwrap();
+        std::fs::write(root.join("a/b/old"), "12").unwrap();
+        std::fs::write(root.join("new"), "123").unwrap();
+        let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_file_times(root.join("a/b/old"), old, old).unwrap();
+        let s = scan(root, true);
+        assert_eq!((s.files, s.bytes), (2, 5));
+        assert_eq!(s.oldest.mtime_ns, Some(1_600_000_000_000_000_000));
+        assert_eq!(s.oldest.atime_ns, Some(1_600_000_000_000_000_000));
+        let paths = s.paths.unwrap();
+        assert!(paths.contains(Path::new("a/b/old")) && paths.contains(Path::new("new")));
+        assert!(s.errors.is_empty());
+    }
+}
