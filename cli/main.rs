@@ -24,13 +24,30 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(status) => ExitCode::from(status.code()),
         Err(err) => {
-            output::error(format!("{err:#}"));
+            output::error(error_chain(&err));
             if let Some(hint) = commands::hint(&err) {
                 output::note(format!("hint: {hint}"));
             }
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, like anyhow's `{:#}`, except that a cause is not
+/// repeated when the message before it already ends with it: library errors such as
+/// `{path}: {source}` print their I/O cause themselves and also expose it as `source()`.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.is_empty() {
+            text = cause;
+        } else if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<Status> {

@@ -55,7 +55,13 @@ pub(crate) fn run(settings: &Settings, args: &CleanArgs) -> Result<Status> {
                 freed += c.bytes;
                 removed.push(c.path.clone());
                 if let Some(r) = record {
-                    ledger.remove_stage(r)?;
+                    if let Err(e) = ledger.remove_stage(r) {
+                        failed += 1;
+                        output::error(format!(
+                            "removed {}, but not its ledger entry: {e}",
+                            c.path.display()
+                        ));
+                    }
                 }
             }
             Err(e) => {

@@ -2,6 +2,7 @@
 //! AT RISK first; as a table, JSON, CSV or Markdown (for the body of an email).
 
 use anyhow::{Context, Result};
+use comfy_table::{Cell, Color};
 use hpcstage_lifecycle::report::{build, gather, Filter, Report, Safety};
 use hpcstage_staging::fmt::bytes;
 
@@ -22,7 +23,10 @@ pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
         })
     };
     if !settings.policy_configured {
-        output::warn("no purge policy configured; deadlines assume mtime, 30 days");
+        output::warn(
+            "no purge policy configured; assuming mtime, 30 days \
+             (set [purge] basis/age in /etc/hpcstage/config.toml)",
+        );
     }
     let now = jiff::Timestamp::now();
     let roots = args
@@ -65,8 +69,13 @@ fn heading(r: &Report) -> String {
     let window = r.within_days.map_or("all tracked items".to_string(), |d| {
         format!("expiring within {d} days")
     });
+    let whole = if r.policy_whole_folder {
+        ", whole folder at once"
+    } else {
+        ""
+    };
     format!(
-        "Scratch purge report, {} ({window}; policy: {} older than {})",
+        "Scratch purge report, {} ({window}; policy: {} older than {}{whole})",
         r.generated_at.strftime("%Y-%m-%d %H:%M UTC"),
         r.policy_basis,
         r.policy_age
@@ -117,7 +126,19 @@ fn row(i: &hpcstage_lifecycle::report::Item) -> [String; 10] {
 fn table(r: &Report) -> String {
     let mut t = output::table(&HEADER);
     for i in &r.items {
-        t.add_row(row(i).to_vec());
+        // Colour shows only on a terminal (output::table turns styling off elsewhere).
+        let colour = match i.safety {
+            Safety::AtRisk => Some(Color::Red),
+            Safety::PartlyPurged | Safety::Expired => Some(Color::Yellow),
+            Safety::Safe => None,
+        };
+        t.add_row(row(i).into_iter().enumerate().map(|(n, text)| {
+            let cell = Cell::new(text);
+            match colour {
+                Some(c) if n == 8 => cell.fg(c),
+                _ => cell,
+            }
+        }));
     }
     format!("{}\n{t}\n{}", heading(r), totals_line(r))
 }
@@ -126,8 +147,8 @@ fn markdown(r: &Report) -> String {
     let mut out = format!("## {}\n\n", heading(r));
     if r.totals.at_risk > 0 {
         out.push_str(&format!(
-            "**{} item(s) AT RISK**: results that exist only on scratch. Pull them back \
-             (`hpcstage pull RUN`) before the deadline.\n\n",
+            "**{} item(s) AT RISK**: data that may exist only on scratch. Get it onto the \
+             NAS before the deadline (`hpcstage pull RUN` for run results).\n\n",
             r.totals.at_risk
         ));
     }
@@ -169,6 +190,7 @@ fn csv(r: &Report) -> Result<Vec<u8>> {
         "oldest",
         "deadline",
         "days_left",
+        "whole_folder",
         "status",
         "reason",
     ])?;
@@ -185,6 +207,7 @@ fn csv(r: &Report) -> Result<Vec<u8>> {
             i.oldest.to_string(),
             i.deadline.to_string(),
             i.days_left.to_string(),
+            i.whole_folder.to_string(),
             i.safety.label().to_string(),
             i.reason.clone(),
         ])?;

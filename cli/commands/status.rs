@@ -10,6 +10,12 @@ use crate::config::Settings;
 use crate::output;
 
 pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
+    if !settings.policy_configured {
+        output::warn(
+            "no purge policy configured; assuming mtime, 30 days \
+             (set [purge] basis/age in /etc/hpcstage/config.toml)",
+        );
+    }
     let now = jiff::Timestamp::now();
     let (items, warnings) = gather(&settings.state_dir, &[], &settings.policy, now)?;
     for w in warnings {

@@ -12,4 +12,7 @@ pub mod error;
 pub mod report;
 pub mod run;
 
+#[cfg(test)]
+mod testutil;
+
 pub use error::{Error, Result};

@@ -4,8 +4,10 @@
 //! SAFE means a verified copy is on the NAS (raw data that was staged, or results that
 //! were pulled); AT RISK means scratch holds the only copy (results not pulled back, a
 //! failed pull, a NAS source that vanished or changed); EXPIRED and PARTLY PURGED say what
-//! the purge already did. Deadlines come from the files' real timestamps (see
-//! `hpcstage_staging::policy`).
+//! the purge already did. AT RISK outranks the other two: what is left of a folder that
+//! holds the only copy still matters. Deadlines come from the files' real timestamps as
+//! they are now (see `hpcstage_staging::policy`), so reading data on an atime-purged
+//! scratch moves them out; nothing here opens a data file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,13 +17,16 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use hpcstage_staging::manifest::Manifest;
-use hpcstage_staging::policy::{days_left, PurgeBasis, PurgePolicy};
+use hpcstage_staging::policy::{days_left, format_age, PurgeBasis, PurgePolicy};
 use hpcstage_staging::record::{read_json, StageRecord};
 use hpcstage_staging::scan::scan;
 use hpcstage_staging::walk::{MANIFEST_NAME, STATE_DIR};
 
 use crate::error::Result;
-use crate::run::{Phase, RunRecord, RunView};
+use crate::run::{Event, Phase, RunRecord, RunView};
+
+/// The marker a pull leaves in a run folder (`.hpcstage/pulled.json`).
+pub const PULLED_MARKER: &str = "pulled.json";
 
 /// What kind of scratch folder an item is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,6 +73,9 @@ pub struct Item {
     pub oldest: Timestamp,
     pub deadline: Timestamp,
     pub days_left: i64,
+    /// The site deletes the whole top-level folder once one file qualifies: at the
+    /// deadline everything goes, not just the oldest files.
+    pub whole_folder: bool,
     pub safety: Safety,
     /// Why it has that safety, in a few words.
     pub reason: String,
@@ -88,6 +96,7 @@ pub struct Report {
     pub generated_at: Timestamp,
     pub policy_basis: PurgeBasis,
     pub policy_age: String,
+    pub policy_whole_folder: bool,
     pub within_days: Option<u64>,
     pub items: Vec<Item>,
     pub totals: Totals,
@@ -118,8 +127,9 @@ pub fn stage_item(record: &StageRecord, policy: &PurgePolicy, now: Timestamp) ->
         files: 0,
         basis: policy.basis,
         oldest: record.staged_at,
-        deadline: policy.deadline(&Default::default(), record.staged_at),
+        deadline: policy.deadline_at(&Default::default(), record.staged_at, now),
         days_left: 0,
+        whole_folder: policy.whole_folder,
         safety: Safety::Safe,
         reason: String::new(),
     };
@@ -132,26 +142,45 @@ pub fn stage_item(record: &StageRecord, policy: &PurgePolicy, now: Timestamp) ->
     let found = scan(dest, true);
     item.files = found.files;
     item.bytes = found.bytes;
-    item.oldest = policy.reference(&found.oldest, record.staged_at);
-    item.deadline = policy.deadline(&found.oldest, record.staged_at);
+    item.oldest = policy.reference_at(&found.oldest, record.staged_at, now);
+    item.deadline = policy.deadline_at(&found.oldest, record.staged_at, now);
     item.days_left = days_left(item.deadline, now);
-    let missing = missing_files(dest, found.paths.as_ref(), record.files);
-    let source = Path::new(&record.source);
-    let source_state = nas_source_state(source, record);
-    (item.safety, item.reason) = if let Some(missing) = missing {
-        (
+    // Files in unreadable folders are not missing, only unseen.
+    let missing = if found.errors.is_empty() {
+        missing_files(dest, found.paths.as_ref(), record.files)
+    } else {
+        None
+    };
+    let purged = if let Some(missing) = missing {
+        Some((
             Safety::PartlyPurged,
             format!("{missing} of {} staged files are gone", record.files),
-        )
+        ))
     } else if item.deadline <= now {
-        (Safety::Expired, "past its purge deadline".into())
+        Some((Safety::Expired, "past its purge deadline".to_string()))
     } else {
-        match source_state {
-            Ok(()) => (Safety::Safe, "raw data verified on the NAS".into()),
-            Err(why) => (Safety::AtRisk, why),
-        }
+        None
     };
+    // Scratch holding the only copy outranks what the purge did: what is left still matters.
+    (item.safety, item.reason) = match (nas_source_state(Path::new(&record.source), record), purged)
+    {
+        (Err(why), None) => (Safety::AtRisk, why),
+        (Err(why), Some((_, what))) => (Safety::AtRisk, format!("{why}; {what}")),
+        (Ok(()), Some(purged)) => purged,
+        (Ok(()), None) => (Safety::Safe, "raw data verified on the NAS".into()),
+    };
+    note_unreadable(&mut item, &found.errors);
     item
+}
+
+/// Says so when part of a folder could not be scanned: its counts and deadline may be off.
+fn note_unreadable(item: &mut Item, errors: &[hpcstage_staging::Error]) {
+    if let Some(first) = errors.first() {
+        item.reason.push_str(&format!(
+            "; {} entries could not be read (first: {first}), so the deadline may be earlier",
+            errors.len()
+        ));
+    }
 }
 
 /// `Ok` when the NAS source is still there and matches what was staged.
@@ -214,13 +243,14 @@ pub fn run_item(
         files: 0,
         basis: policy.basis,
         oldest: record.created_at,
-        deadline: policy.deadline(&Default::default(), record.created_at),
+        deadline: policy.deadline_at(&Default::default(), record.created_at, now),
         days_left: 0,
+        whole_folder: policy.whole_folder,
         safety: Safety::AtRisk,
         reason: String::new(),
     };
-    let pulled = read_json::<PulledMarker>(&dir.join(STATE_DIR).join("pulled.json")).is_ok()
-        || view.is_some_and(|v| v.phase == Phase::Pulled);
+    let proof = pulled_proof(record, view);
+    let pulled = proof.is_some();
     if !dir.is_dir() {
         item.safety = if pulled {
             Safety::Expired
@@ -238,11 +268,18 @@ pub fn run_item(
     let found = scan(dir, false);
     item.files = found.files;
     item.bytes = found.bytes;
-    item.oldest = policy.reference(&found.oldest, record.created_at);
-    item.deadline = policy.deadline(&found.oldest, record.created_at);
+    item.oldest = policy.reference_at(&found.oldest, record.created_at, now);
+    item.deadline = policy.deadline_at(&found.oldest, record.created_at, now);
     item.days_left = days_left(item.deadline, now);
-    (item.safety, item.reason) = if pulled {
-        (Safety::Safe, "results verified on the NAS".into())
+    (item.safety, item.reason) = if let Some((results, digest)) = &proof {
+        match nas_results_state(results, digest) {
+            Err(why) => (Safety::AtRisk, why),
+            Ok(()) if item.deadline <= now => (
+                Safety::Expired,
+                "past its purge deadline; results are on the NAS".into(),
+            ),
+            Ok(()) => (Safety::Safe, "results verified on the NAS".into()),
+        }
     } else if view.is_some_and(|v| v.phase == Phase::PullFailed) {
         (
             Safety::AtRisk,
@@ -254,11 +291,49 @@ pub fn run_item(
             "results not yet pulled back to the NAS".into(),
         )
     };
+    note_unreadable(&mut item, &found.errors);
     item
 }
 
+/// Where a run's pulled results are on the NAS and the digest of their manifest at the
+/// pull: from the folder's `pulled.json` marker (readable by anyone who can scan the
+/// folder), else from the ledger's `pulled` event.
+pub fn pulled_proof(record: &RunRecord, view: Option<&RunView>) -> Option<(PathBuf, String)> {
+    let marker = record.run_dir.join(STATE_DIR).join(PULLED_MARKER);
+    if let Ok(m) = read_json::<PulledMarker>(&marker) {
+        if m.run_id == record.id {
+            return Some((m.results_dir, m.manifest_digest));
+        }
+    }
+    let view = view.filter(|v| v.phase == Phase::Pulled)?;
+    view.events.iter().rev().find_map(|s| match &s.event {
+        Event::Pulled {
+            results_dir,
+            manifest_digest,
+        } => Some((results_dir.clone(), manifest_digest.clone())),
+        _ => None,
+    })
+}
+
+/// `Ok` when the NAS results manifest is still the one recorded at the pull.
+pub fn nas_results_state(results_dir: &Path, digest: &str) -> Result<(), String> {
+    let manifest = results_dir.join(MANIFEST_NAME);
+    match Manifest::read(&manifest) {
+        Ok(m) if m.digest().to_hex() == digest => Ok(()),
+        Ok(_) => Err(format!(
+            "the NAS results manifest {} changed since the pull",
+            manifest.display()
+        )),
+        Err(_) => Err(format!(
+            "the NAS results manifest {} is gone or unreadable; scratch may hold the only copy",
+            manifest.display()
+        )),
+    }
+}
+
 /// Finds staged folders and run folders under `root` by their `.hpcstage/` markers, even
-/// without a ledger entry (another user's data). Unreadable folders are skipped.
+/// without a ledger entry (another user's data). Unreadable folders are skipped. A marker
+/// counts only when it names its own folder (a copied or moved folder's does not).
 pub fn scan_markers(root: &Path, max_depth: usize) -> (Vec<StageRecord>, Vec<RunRecord>) {
     let mut stages = Vec::new();
     let mut runs = Vec::new();
@@ -266,7 +341,9 @@ pub fn scan_markers(root: &Path, max_depth: usize) -> (Vec<StageRecord>, Vec<Run
         .follow_links(false)
         .max_depth(max_depth)
         .into_iter();
-    while let Some(Ok(entry)) = it.next() {
+    while let Some(next) = it.next() {
+        // Other users' private folders are the rule on a lab scratch, not an error.
+        let Ok(entry) = next else { continue };
         if !entry.file_type().is_dir() {
             continue;
         }
@@ -275,17 +352,27 @@ pub fn scan_markers(root: &Path, max_depth: usize) -> (Vec<StageRecord>, Vec<Run
             continue;
         }
         if let Ok(r) = read_json::<StageRecord>(&state.join("stage.json")) {
-            if r.destination == entry.path() {
+            if same_folder(&r.destination, entry.path()) {
                 stages.push(r);
             }
         } else if let Ok(r) = read_json::<RunRecord>(&state.join("run.json")) {
-            if r.run_dir == entry.path() {
+            if same_folder(&r.run_dir, entry.path()) {
                 runs.push(r);
             }
         }
         it.skip_current_dir();
     }
     (stages, runs)
+}
+
+/// Whether two paths name the same folder, also when one of them goes through a symlink
+/// (a scratch root like `/scratch` is often a link to `/gpfs/scratch`).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// Orders, filters and totals items into a report.
@@ -333,19 +420,11 @@ pub fn build(
     Report {
         generated_at: now,
         policy_basis: policy.basis,
-        policy_age: humantime_days(policy.age),
+        policy_age: format_age(policy.age),
+        policy_whole_folder: policy.whole_folder,
         within_days: filter.within.map(|w| w.as_secs() / 86_400),
         items,
         totals,
-    }
-}
-
-fn humantime_days(d: Duration) -> String {
-    let days = d.as_secs() / 86_400;
-    if d.as_secs() % 86_400 == 0 {
-        format!("{days}d")
-    } else {
-        format!("{}s", d.as_secs())
     }
 }
 
@@ -383,4 +462,517 @@ pub fn gather(
         items.extend(found_runs.iter().map(|r| run_item(r, None, policy, now)));
     }
     Ok((items, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{days_before, policy, set_times, write, write_manifest, World};
+    use hpcstage_staging::record::write_json;
+    use jiff::SignedDuration;
+
+    fn one_dataset(w: &World) -> (PathBuf, StageRecord) {
+        let source = w.nas_dataset(
+            "P",
+            "plate7",
+            &[("a.tif", "aaaa"), ("b.tif", "bb"), ("sub/c.csv", "c")],
+        );
+        let record = w.stage(&source, "P", "plate7");
+        (source, record)
+    }
+
+    #[test]
+    fn deadlines_follow_each_basis_from_the_files_real_timestamps() {
+        let w = World::new();
+        let (_, mut record) = one_dataset(&w);
+        let now = Timestamp::now();
+        record.staged_at = days_before(now, 5);
+        let before_ctime = days_before(now, 0);
+        set_times(
+            &record.destination,
+            days_before(now, 10),
+            days_before(now, 20),
+        );
+        let after_ctime = Timestamp::now();
+
+        // mtime: the oldest mtime plus 30 days.
+        let item = stage_item(&record, &policy(PurgeBasis::Mtime), now);
+        assert_eq!(item.oldest, days_before(now, 20));
+        assert_eq!(item.deadline, days_before(now, -10));
+        assert_eq!((item.days_left, item.safety), (10, Safety::Safe));
+        // 3 data files and the manifest (3 lines of 64 hex, 2 spaces, name, newline);
+        // `.hpcstage/` is bookkeeping.
+        assert_eq!((item.files, item.bytes), (4, 7 + 3 * 67 + 19));
+
+        // atime: pulled in by a day, because relatime can lag that much.
+        let item = stage_item(&record, &policy(PurgeBasis::Atime), now);
+        assert_eq!(item.oldest, days_before(now, 10));
+        assert_eq!(item.deadline, days_before(now, -19));
+
+        // ctime: setting the times above changed it, so the clock restarted then.
+        let item = stage_item(&record, &policy(PurgeBasis::Ctime), now);
+        let start = Timestamp::from_second(before_ctime.as_second()).unwrap();
+        assert!(
+            item.oldest >= start && item.oldest <= after_ctime,
+            "ctime {} not between {start} and {after_ctime}",
+            item.oldest
+        );
+        assert_eq!(
+            item.deadline,
+            item.oldest + SignedDuration::from_hours(24 * 30)
+        );
+
+        // created: the time of staging, whatever the files say.
+        let item = stage_item(&record, &policy(PurgeBasis::Created), now);
+        assert_eq!(item.oldest, record.staged_at);
+        assert_eq!(item.deadline, days_before(now, -25));
+        assert_eq!(item.days_left, 25);
+    }
+
+    /// Why staging never preserves source mtimes on an mtime-purged scratch: raw data
+    /// acquired in 2020 keeps 2020 mtimes, and a copy carrying them is older than any
+    /// purge age the moment it lands. The purge takes it the same night.
+    #[test]
+    fn preserved_old_mtimes_on_an_mtime_purged_scratch_expire_at_once() {
+        let w = World::new();
+        let (_, record) = one_dataset(&w);
+        let acquired: Timestamp = "2020-03-01T00:00:00Z".parse().unwrap();
+        set_times(&record.destination, acquired, acquired);
+        let now = Timestamp::now();
+        let p = policy(PurgeBasis::Mtime);
+        assert!(!p.preserve_mtime(), "staging must not keep source mtimes");
+
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.oldest, acquired);
+        assert_eq!(item.deadline, "2020-03-31T00:00:00Z".parse().unwrap());
+        assert!(item.days_left < -365, "{}", item.days_left);
+        assert_eq!(item.safety, Safety::Expired);
+        assert_eq!(item.reason, "past its purge deadline");
+    }
+
+    #[test]
+    fn a_partly_purged_folder_says_how_many_files_are_gone() {
+        let w = World::new();
+        let (_, record) = one_dataset(&w);
+        let now = Timestamp::now();
+        let p = PurgePolicy::default();
+        std::fs::remove_file(record.destination.join("a.tif")).unwrap();
+        std::fs::remove_file(record.destination.join("sub/c.csv")).unwrap();
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.safety, Safety::PartlyPurged);
+        assert_eq!(item.reason, "2 of 3 staged files are gone");
+        assert_eq!(item.files, 2, "b.tif and the manifest");
+
+        // The purge took the manifest too: the count comes from the stage record.
+        std::fs::remove_file(record.destination.join(MANIFEST_NAME)).unwrap();
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.safety, Safety::PartlyPurged);
+        assert_eq!(item.reason, "2 of 3 staged files are gone");
+
+        // And then the whole folder.
+        std::fs::remove_dir_all(&record.destination).unwrap();
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.safety, Safety::Expired);
+        assert_eq!(item.reason, "folder is gone (purged or removed)");
+    }
+
+    #[test]
+    fn the_whole_folder_policy_is_carried_into_items_and_the_report() {
+        let w = World::new();
+        let (_, record) = one_dataset(&w);
+        let run = w.run("P", "r1");
+        let now = Timestamp::now();
+        let all = Filter {
+            within: None,
+            owner: None,
+            project: None,
+        };
+        for whole_folder in [false, true] {
+            let p = PurgePolicy {
+                whole_folder,
+                ..PurgePolicy::default()
+            };
+            let items = vec![stage_item(&record, &p, now), run_item(&run, None, &p, now)];
+            assert!(items.iter().all(|i| i.whole_folder == whole_folder));
+            let report = build(items, &all, &p, now);
+            assert_eq!(report.policy_whole_folder, whole_folder);
+            assert_eq!(report.policy_age, "30days");
+            let json = serde_json::to_value(&report).unwrap();
+            assert_eq!(json["items"][0]["whole_folder"], whole_folder);
+        }
+    }
+
+    fn item(project: &str, owner: &str, name: &str, safety: Safety, days: i64, bytes: u64) -> Item {
+        let now = Timestamp::now();
+        Item {
+            kind: ItemKind::Stage,
+            project: project.into(),
+            name: name.into(),
+            owner: owner.into(),
+            path: PathBuf::from(format!("/scratch/{project}/{owner}/{name}")),
+            bytes,
+            files: 1,
+            basis: PurgeBasis::Mtime,
+            oldest: now,
+            deadline: days_before(now, -days),
+            days_left: days,
+            whole_folder: false,
+            safety,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn at_risk_comes_first_within_each_project_and_owner_with_totals() {
+        let now = Timestamp::now();
+        let items = vec![
+            item("P1", "bob", "b-safe", Safety::Safe, 2, 1),
+            item("P1", "alice", "a-safe-soon", Safety::Safe, 1, 10),
+            item("P1", "alice", "a-expired", Safety::Expired, -3, 100),
+            item("P1", "alice", "a-risk-late", Safety::AtRisk, 20, 1000),
+            item("P1", "alice", "a-risk-soon", Safety::AtRisk, 3, 10_000),
+            item("P0", "zoe", "z-partly", Safety::PartlyPurged, -1, 100_000),
+            item("P0", "zoe", "z-safe", Safety::Safe, 5, 1_000_000),
+            // The same folder found twice (ledger and --scan) counts once.
+            item("P1", "bob", "b-safe", Safety::Safe, 2, 1),
+        ];
+        let all = Filter {
+            within: None,
+            owner: None,
+            project: None,
+        };
+        let report = build(items.clone(), &all, &PurgePolicy::default(), now);
+        let order: Vec<&str> = report.items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "z-partly",
+                "z-safe",
+                "a-risk-soon",
+                "a-risk-late",
+                "a-expired",
+                "a-safe-soon",
+                "b-safe"
+            ]
+        );
+        let t = &report.totals;
+        assert_eq!((t.items, t.bytes, t.files), (7, 1_111_111, 7));
+        assert_eq!((t.at_risk, t.at_risk_bytes), (2, 11_000));
+        assert_eq!((t.expired, t.partly_purged), (1, 1));
+
+        // A window hides SAFE items beyond it, never anything at risk or already hit.
+        let week = Filter {
+            within: Some(Duration::from_secs(4 * 86_400)),
+            owner: Some("alice".into()),
+            project: None,
+        };
+        let report = build(items.clone(), &week, &PurgePolicy::default(), now);
+        let order: Vec<&str> = report.items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            order,
+            ["a-risk-soon", "a-risk-late", "a-expired", "a-safe-soon"]
+        );
+        assert_eq!(report.within_days, Some(4));
+        let p0 = Filter {
+            within: Some(Duration::from_secs(86_400)),
+            owner: None,
+            project: Some("P0".into()),
+        };
+        let report = build(items, &p0, &PurgePolicy::default(), now);
+        let order: Vec<&str> = report.items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(order, ["z-partly"]);
+    }
+
+    #[test]
+    fn a_stage_whose_nas_source_vanished_or_changed_is_at_risk() {
+        let w = World::new();
+        let (source, record) = one_dataset(&w);
+        let now = Timestamp::now();
+        let p = PurgePolicy::default();
+        assert_eq!(stage_item(&record, &p, now).safety, Safety::Safe);
+
+        // The NAS manifest changed (a file was replaced or added after staging).
+        write(&source.join("d.tif"), "late addition");
+        write_manifest(&source);
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.safety, Safety::AtRisk);
+        assert_eq!(item.reason, "NAS source manifest changed since staging");
+
+        // The manifest is gone.
+        std::fs::remove_file(source.join(MANIFEST_NAME)).unwrap();
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.safety, Safety::AtRisk);
+        assert_eq!(item.reason, "NAS source manifest is gone or unreadable");
+
+        // The whole source is gone (or the NAS is not mounted here).
+        let moved = w.nas().join("elsewhere");
+        std::fs::rename(&source, &moved).unwrap();
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.safety, Safety::AtRisk);
+        assert_eq!(
+            item.reason,
+            format!(
+                "NAS source {} is not reachable; scratch may hold the only copy",
+                source.display()
+            )
+        );
+
+        // Past its deadline it is still AT RISK: what is left is the only copy.
+        let old: Timestamp = "2020-03-01T00:00:00Z".parse().unwrap();
+        set_times(&record.destination, old, old);
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.safety, Safety::AtRisk);
+        assert!(
+            item.reason.ends_with("; past its purge deadline"),
+            "{}",
+            item.reason
+        );
+
+        // Staged from a folder without a manifest: nothing proves a verified copy.
+        let bare = w.root.join("bare");
+        write(&bare.join("x.txt"), "x");
+        let record = w.stage_to(&bare, &w.scratch().join("P/bare"), "P", "bare");
+        assert_eq!(record.source_manifest_digest, None);
+        let item = stage_item(&record, &p, now);
+        assert_eq!(item.safety, Safety::AtRisk);
+        assert_eq!(
+            item.reason,
+            "NAS source has no MANIFEST.sha256; nothing proves a verified copy"
+        );
+    }
+
+    #[test]
+    fn run_folders_are_at_risk_until_their_results_are_verified_on_the_nas() {
+        let w = World::new();
+        let run = w.run("P", "r1");
+        let now = Timestamp::now();
+        let p = PurgePolicy::default();
+
+        let item = run_item(&run, None, &p, now);
+        assert_eq!((item.kind, item.safety), (ItemKind::Run, Safety::AtRisk));
+        assert_eq!(item.reason, "results not yet pulled back to the NAS");
+        assert_eq!(item.files, 3);
+
+        let view = |phase, events| RunView {
+            record: run.clone(),
+            jobs: Vec::new(),
+            phase,
+            events,
+            damaged: Vec::new(),
+        };
+        let failed = view(Phase::PullFailed, Vec::new());
+        let item = run_item(&run, Some(&failed), &p, now);
+        assert_eq!(item.safety, Safety::AtRisk);
+        assert_eq!(item.reason, "pull failed; results only on scratch");
+
+        // The pull's marker in the folder makes it SAFE, for anyone who scans it.
+        let marker = w.pull(&run);
+        let item = run_item(&run, None, &p, now);
+        assert_eq!(item.safety, Safety::Safe);
+        assert_eq!(item.reason, "results verified on the NAS");
+
+        // ... as long as the NAS results are still what was pulled.
+        write(&run.results_dir.join("masks/m2.tif"), "later");
+        write_manifest(&run.results_dir);
+        let item = run_item(&run, None, &p, now);
+        assert_eq!(item.safety, Safety::AtRisk);
+        assert!(
+            item.reason.contains("changed since the pull"),
+            "{}",
+            item.reason
+        );
+
+        // Without the marker, the ledger's `pulled` event is the proof.
+        std::fs::remove_file(run.run_dir.join(STATE_DIR).join(PULLED_MARKER)).unwrap();
+        let digest = write_manifest(&run.results_dir).digest().to_hex();
+        let pulled = view(
+            Phase::Pulled,
+            vec![crate::run::Stamped {
+                at: now,
+                host: "n1".into(),
+                user: "alice".into(),
+                event: Event::Pulled {
+                    results_dir: marker.results_dir.clone(),
+                    manifest_digest: digest,
+                },
+            }],
+        );
+        let item = run_item(&run, Some(&pulled), &p, now);
+        assert_eq!(item.safety, Safety::Safe);
+
+        // A marker naming another run proves nothing.
+        let mut other = marker;
+        other.run_id = "r2".into();
+        write_json(&run.run_dir.join(STATE_DIR).join(PULLED_MARKER), &other).unwrap();
+        assert_eq!(run_item(&run, None, &p, now).safety, Safety::AtRisk);
+
+        // Gone without a pull: AT RISK (the results may be lost); gone after: EXPIRED.
+        std::fs::remove_dir_all(&run.run_dir).unwrap();
+        let item = run_item(&run, None, &p, now);
+        assert_eq!(item.safety, Safety::AtRisk);
+        assert_eq!(
+            item.reason,
+            "folder is gone and results were never pulled back"
+        );
+        let item = run_item(&run, Some(&pulled), &p, now);
+        assert_eq!(item.safety, Safety::Expired);
+    }
+
+    #[test]
+    fn a_pulled_run_past_its_deadline_is_expired_not_safe() {
+        let w = World::new();
+        let run = w.run("P", "r1");
+        w.pull(&run);
+        let old: Timestamp = "2020-03-01T00:00:00Z".parse().unwrap();
+        set_times(&run.run_dir, old, old);
+        let item = run_item(&run, None, &PurgePolicy::default(), Timestamp::now());
+        assert_eq!(item.safety, Safety::Expired);
+        assert_eq!(
+            item.reason,
+            "past its purge deadline; results are on the NAS"
+        );
+    }
+
+    #[test]
+    fn scan_finds_marked_folders_of_every_owner_and_only_those() {
+        let w = World::new();
+        let source = w.nas_dataset("P", "d", &[("x.txt", "x")]);
+        let lab = w.scratch();
+        let mut alice = w.stage_to(&source, &lab.join("alice/P/d"), "P", "d");
+        alice.owner = "alice".into();
+        let mut bob = w.stage_to(&source, &lab.join("bob/P/d"), "P", "d");
+        bob.owner = "bob".into();
+        write_json(&bob.destination.join(STATE_DIR).join("stage.json"), &bob).unwrap();
+        let run = w.run("P", "r1");
+        // A copy of a staged folder keeps a marker that names the original: not a stage.
+        let copy = lab.join("alice/P/copy-of-d");
+        w.stage_to(&source, &copy, "P", "d");
+        let mut stale = alice.clone();
+        stale.destination = lab.join("alice/P/d");
+        write_json(&copy.join(STATE_DIR).join("stage.json"), &stale).unwrap();
+        // Unmarked folders are not hpcstage's.
+        write(&lab.join("carol/notes.txt"), "n");
+
+        let (stages, runs) = scan_markers(&lab, 6);
+        let mut found: Vec<(String, PathBuf)> = stages
+            .iter()
+            .map(|r| (r.owner.clone(), r.destination.clone()))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                ("alice".to_string(), alice.destination.clone()),
+                ("bob".to_string(), bob.destination.clone())
+            ]
+        );
+        assert_eq!(runs, [run]);
+
+        // Through a symlinked scratch root (`/scratch` -> `/gpfs/scratch`) too.
+        let link = w.root.join("scratch-link");
+        std::os::unix::fs::symlink(&lab, &link).unwrap();
+        let (stages, runs) = scan_markers(&link, 6);
+        assert_eq!((stages.len(), runs.len()), (2, 1));
+    }
+
+    /// Drops the capabilities that let root read any folder, for the calling thread only
+    /// (Linux keeps capabilities per thread), so that root meets "permission denied" too.
+    fn drop_read_override_in_this_thread() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Default, Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        const DAC_OVERRIDE: u32 = 1 << 1;
+        const DAC_READ_SEARCH: u32 = 1 << 2;
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget/capset with a version-3 header and two data structs, as
+        // capget(2) documents; both pointers are valid for the call.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+                0
+            );
+            data[0].effective &= !(DAC_OVERRIDE | DAC_READ_SEARCH);
+            assert_eq!(
+                libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn scan_skips_folders_it_cannot_read_and_goes_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let w = World::new();
+        let source = w.nas_dataset("P", "d", &[("x.txt", "x")]);
+        let lab = w.scratch();
+        let mut expected = Vec::new();
+        for user in ["a", "m", "z"] {
+            expected.push(
+                w.stage_to(&source, &lab.join(user).join("P/d"), "P", "d")
+                    .destination,
+            );
+            // Private folders of other users, between and around the readable ones.
+            let private = lab.join(format!("{user}-private"));
+            write(&private.join("P/d/.hpcstage/stage.json"), "{}");
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o000)).unwrap();
+        }
+        let (stages, _) = std::thread::spawn(move || {
+            drop_read_override_in_this_thread();
+            scan_markers(&lab, 6)
+        })
+        .join()
+        .unwrap();
+        let mut found: Vec<PathBuf> = stages.into_iter().map(|r| r.destination).collect();
+        found.sort();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn gather_reads_the_ledger_and_the_scanned_roots_once_each() {
+        let w = World::new();
+        let (_, record) = one_dataset(&w);
+        let state = w.root.join("state");
+        let ledger = hpcstage_staging::ledger::Ledger::open(&state).unwrap();
+        ledger.put_stage(&record).unwrap();
+        write(&state.join("stages/broken.json"), "{");
+        let run = w.run("P", "r1");
+        let store = crate::run::RunStore::open(&state).unwrap();
+        store.create(&run).unwrap();
+        let now = Timestamp::now();
+        let p = PurgePolicy::default();
+        let (items, warnings) = gather(&state, &[w.scratch()], &p, now).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("skipping damaged ledger entry"));
+        let report = build(
+            items,
+            &Filter {
+                within: None,
+                owner: None,
+                project: None,
+            },
+            &p,
+            now,
+        );
+        let got: Vec<(&str, Safety)> = report
+            .items
+            .iter()
+            .map(|i| (i.name.as_str(), i.safety))
+            .collect();
+        assert_eq!(got, [("r1", Safety::AtRisk), ("plate7", Safety::Safe)]);
+        assert_eq!(report.totals.at_risk, 1);
+    }
 }

@@ -399,7 +399,13 @@ pub fn copy_tree(
                 Err(f) => report.failed.push(f),
             }
         }
-        journal.lock().expect("journal lock").flush()?;
+        if let Err(e) = journal.lock().expect("journal lock").flush() {
+            // This batch's files are verified and in place, but without their journal lines
+            // the next run checks them again. Report it like any other failure (a full disk
+            // is the usual cause) and stop, rather than lose the whole report.
+            abort.store(true, Ordering::Relaxed);
+            report.failed.push(journal_failure(e));
+        }
         start = end;
     }
     known.extend(copied_digests);
@@ -486,7 +492,17 @@ pub fn copy_tree(
         .iter()
         .map(|e| e.path.as_path())
         .collect();
-    journal.compact(|p| current.contains(p))?;
+    if let Err(e) = journal.compact(|p| current.contains(p)) {
+        // Failing files are already reported and the run ends non-zero; a journal that
+        // could not be written is one more of them, not a reason to drop the report.
+        if report.failed.is_empty() {
+            return Err(e);
+        }
+        let failure = journal_failure(e);
+        if !report.failed.iter().any(|f| f.path == failure.path) {
+            report.failed.push(failure);
+        }
+    }
     let manifest_path = dest.join(MANIFEST_NAME);
     if report.failed.is_empty() {
         write_if_changed(&manifest_path, &report.manifest.to_bytes())?;
@@ -966,6 +982,11 @@ fn check_space(dest: &Path, bytes: u64, files: u64) -> Result<()> {
         }
     }
     let st = nix::sys::statvfs::statvfs(&probe).at(&probe)?;
+    if st.blocks() == 0 {
+        // No size reported (ramfs, some FUSE and network filesystems): nothing to check
+        // against; a real shortage still shows up as "disk full" on the file it hits.
+        return Ok(());
+    }
     let available = st.blocks_available() as u64 * st.fragment_size() as u64;
     // Each file costs at least one block of metadata; keep a little headroom.
     let need = bytes + files * 4096;
@@ -986,6 +1007,15 @@ fn check_space(dest: &Path, bytes: u64, files: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A failure to write the journal, reported under its path relative to the destination.
+fn journal_failure(error: Error) -> Failure {
+    Failure {
+        path: Path::new(STATE_DIR).join("journal"),
+        kind: classify(&error),
+        error,
+    }
 }
 
 fn classify(e: &Error) -> FailureKind {

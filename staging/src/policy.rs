@@ -90,8 +90,22 @@ impl PurgePolicy {
     }
 
     /// The oldest timestamp the purge would look at, or `staged_at` when there are none
-    /// (or the basis is creation time).
+    /// (or the basis is creation time), as seen right after staging.
     pub fn reference(&self, oldest: &OldestTimes, staged_at: Timestamp) -> Timestamp {
+        self.reference_at(oldest, staged_at, staged_at)
+    }
+
+    /// The oldest timestamp the purge would look at, as seen at `now`: `created` for the
+    /// creation-time basis or a folder without files, otherwise the oldest file's real
+    /// timestamp. A timestamp in the future (clock skew, a preserved future mtime) counts
+    /// as `now`, so it never pushes the deadline out. Timestamps newer than `created` do
+    /// count: on an atime-purged scratch, reading the data resets the purge clock.
+    pub fn reference_at(
+        &self,
+        oldest: &OldestTimes,
+        created: Timestamp,
+        now: Timestamp,
+    ) -> Timestamp {
         let ns = match self.basis {
             PurgeBasis::Atime => oldest.atime_ns,
             PurgeBasis::Mtime => oldest.mtime_ns,
@@ -99,12 +113,22 @@ impl PurgePolicy {
             PurgeBasis::Created => None,
         };
         ns.and_then(|ns| Timestamp::from_nanosecond(i128::from(ns)).ok())
-            .map_or(staged_at, |t| t.min(staged_at))
+            .map_or(created, |t| t.min(now.max(created)))
     }
 
-    /// When the first file would be purged.
+    /// When the first file would be purged, as seen right after staging.
     pub fn deadline(&self, oldest: &OldestTimes, staged_at: Timestamp) -> Timestamp {
-        let mut t = self.reference(oldest, staged_at);
+        self.deadline_at(oldest, staged_at, staged_at)
+    }
+
+    /// When the first file would be purged, as seen at `now` (see [`Self::reference_at`]).
+    pub fn deadline_at(
+        &self,
+        oldest: &OldestTimes,
+        created: Timestamp,
+        now: Timestamp,
+    ) -> Timestamp {
+        let mut t = self.reference_at(oldest, created, now);
         if self.basis == PurgeBasis::Atime {
             t = t.checked_sub(ATIME_SLACK).unwrap_or(t);
         }
@@ -180,6 +204,36 @@ mod tests {
         };
         let staged = ts("2026-02-01T00:00:00Z");
         assert_eq!(p.deadline(&oldest, staged), ts("2026-03-03T00:00:00Z"));
+    }
+
+    #[test]
+    fn reading_after_staging_moves_an_atime_deadline_out() {
+        let p = PurgePolicy {
+            basis: PurgeBasis::Atime,
+            ..PurgePolicy::default()
+        };
+        let staged = ts("2026-02-01T00:00:00Z");
+        let now = ts("2026-02-25T00:00:00Z");
+        let read_yesterday = OldestTimes {
+            atime_ns: Some(ns("2026-02-24T00:00:00Z")),
+            ..OldestTimes::default()
+        };
+        // Every file was read yesterday: 30 days from then, less a day of relatime lag.
+        assert_eq!(
+            p.deadline_at(&read_yesterday, staged, now),
+            ts("2026-03-25T00:00:00Z")
+        );
+        // Right after staging the same facts give the same answer as `deadline`.
+        assert_eq!(
+            p.deadline_at(&read_yesterday, staged, staged),
+            p.deadline(&read_yesterday, staged)
+        );
+        // A timestamp in the future counts as now.
+        let future = OldestTimes {
+            atime_ns: Some(ns("2030-01-01T00:00:00Z")),
+            ..OldestTimes::default()
+        };
+        assert_eq!(p.reference_at(&future, staged, now), now);
     }
 
     #[test]

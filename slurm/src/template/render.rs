@@ -1,0 +1,821 @@
+//! Rendering: spec + template text + parameters + run context → a complete job script.
+//!
+//! The script is assembled in a fixed order, because sbatch only honours `#SBATCH` lines
+//! before the first command: the shebang, the directives from typed resources, a comment
+//! naming the template and its hash, `set -euo pipefail`, the run facts as quoted shell
+//! variables, the USR1 trap (in-job safety, DESIGN.md "Epilog"/issue 4), two helpers, and
+//! then the template body. Rendering reads the input folder (to list inputs) but writes
+//! nothing; [`Rendered::write`] writes the run folder.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use minijinja::value::Value;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::outputs::{compile_glob, walk, Expected, ResolvedOutputRule, ResolvedOutputs};
+use super::params::{self, ParamValue};
+use super::quote::{describe, plain_env, quote, shell_env};
+use super::sbatch::{
+    check, ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, SlurmDuration,
+    DEFAULT_SIGNAL_GRACE,
+};
+use super::spec::{ArrayRule, InputsSpec, ResourceExpr, TemplateSpec};
+use super::{lint, TemplateError};
+
+/// The job script's file name in the run folder.
+pub const SCRIPT_FILE: &str = "job.sbatch";
+/// hpcstage's own records inside a run folder (never an output).
+pub const STATE_DIR: &str = ".hpcstage";
+/// The run's input list: relative paths (or sample-sheet rows), each ended by a NUL byte.
+pub const INPUTS_FILE: &str = ".hpcstage/inputs.list";
+/// Written by the USR1 trap when SLURM announces the time limit; one line per task.
+pub const SIGNAL_MARKER: &str = ".hpcstage/signal-USR1";
+/// Job logs (`%x-%A_%a.out` / `.err`) inside the run folder.
+pub const LOG_DIR: &str = "logs";
+
+/// Where the inputs of a render come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum InputListing {
+    /// List the input folder with the spec's `[inputs]` globs or sheet (the default).
+    #[default]
+    Scan,
+    /// These inputs, relative to the input folder, already listed by the caller.
+    Given(Vec<String>),
+    /// Not known yet (for showing a template before staging); a template that sizes its
+    /// array from the inputs then fails with [`TemplateError::InputsUnknown`].
+    Unknown,
+}
+
+/// The facts of one run that a template may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderContext {
+    /// The run folder on scratch (absolute): job outputs, logs and the script live here.
+    pub run_dir: PathBuf,
+    /// The staged dataset (absolute).
+    pub input_dir: PathBuf,
+    pub run_id: String,
+    /// De-duplication token, written as the job's `--comment`.
+    pub token: String,
+    /// The hpcstage executable (absolute), for templates that call it.
+    pub hpcstage: PathBuf,
+    /// Job name; the template's name when unset.
+    pub job_name: Option<String>,
+    pub inputs: InputListing,
+    /// Resource values that win over the spec (`--time 4h`).
+    pub resources: ResourceOverrides,
+}
+
+impl RenderContext {
+    /// A context with inputs scanned, no overrides and the template's name as job name.
+    pub fn new(
+        run_dir: impl Into<PathBuf>,
+        input_dir: impl Into<PathBuf>,
+        run_id: impl Into<String>,
+        token: impl Into<String>,
+        hpcstage: impl Into<PathBuf>,
+    ) -> Self {
+        RenderContext {
+            run_dir: run_dir.into(),
+            input_dir: input_dir.into(),
+            run_id: run_id.into(),
+            token: token.into(),
+            hpcstage: hpcstage.into(),
+            job_name: None,
+            inputs: InputListing::Scan,
+            resources: ResourceOverrides::default(),
+        }
+    }
+}
+
+/// A rendered job, ready to write and submit. Serializable for the run's records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rendered {
+    pub template: String,
+    pub version: String,
+    pub workflow: String,
+    /// `sha256(spec text || 0x00 || template text)`, lowercase hex.
+    pub template_hash: String,
+    pub run_id: String,
+    pub run_dir: PathBuf,
+    pub input_dir: PathBuf,
+    /// The complete job script.
+    pub script: String,
+    /// The resolved `sbatch` options (also the script's `#SBATCH` lines).
+    pub sbatch: SbatchArgs,
+    /// The same as `--flag=value` arguments.
+    pub sbatch_args: Vec<String>,
+    /// Every parameter, typed, defaults filled in.
+    pub params: BTreeMap<String, ParamValue>,
+    /// The inputs (relative paths or sheet rows) when known, in task order.
+    pub inputs: Option<Vec<String>>,
+    /// Inputs per array task, when the array is sized from the inputs.
+    pub per_task: Option<u64>,
+    pub outputs: ResolvedOutputs,
+}
+
+impl Rendered {
+    /// Write the run folder: the script ([`SCRIPT_FILE`]), the input list ([`INPUTS_FILE`])
+    /// and empty `logs/` and `.hpcstage/` folders (SLURM does not create log folders; a
+    /// job whose log folder is missing fails at start). Returns the script's path.
+    pub fn write(&self) -> Result<PathBuf, TemplateError> {
+        let dir = &self.run_dir;
+        for sub in [LOG_DIR, STATE_DIR] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|source| TemplateError::Io { path: p, source })?;
+        }
+        if let Some(inputs) = &self.inputs {
+            let mut bytes = Vec::new();
+            for item in inputs {
+                bytes.extend_from_slice(item.as_bytes());
+                bytes.push(0);
+            }
+            write_atomic(&dir.join(INPUTS_FILE), &bytes)?;
+        }
+        let script = dir.join(SCRIPT_FILE);
+        write_atomic(&script, self.script.as_bytes())?;
+        Ok(script)
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TemplateError> {
+    let tmp = path.with_extension("tmp-hpcstage");
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| TemplateError::Io { path: p, source }
+    };
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// `sha256(spec || 0x00 || template)` as lowercase hex.
+pub(crate) fn template_hash(spec_source: &str, template_source: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(spec_source.as_bytes());
+    h.update([0u8]);
+    h.update(template_source.as_bytes());
+    h.finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Render a template for one run.
+///
+/// `params` are the user's raw `name=value` strings; they are checked against the spec
+/// (unknown, missing, wrongly typed values are errors naming the parameter). `spec.source`
+/// and `template_source` are hashed into [`Rendered::template_hash`].
+pub fn render(
+    spec: &TemplateSpec,
+    template_source: &str,
+    params: &BTreeMap<String, String>,
+    ctx: &RenderContext,
+) -> Result<Rendered, TemplateError> {
+    let name = spec.template.name.as_str();
+    let ctx_paths = check_context(ctx)?;
+    let trusted: Vec<&str> = spec
+        .params
+        .iter()
+        .filter(|p| p.trusted)
+        .map(|p| p.name.as_str())
+        .collect();
+    lint::check(name, template_source, &trusted)?;
+    if let Some(cmd) = &spec.outputs.validate {
+        lint::check(&format!("{name} (outputs.validate)"), cmd, &trusted)?;
+    }
+
+    let values = params::resolve(spec, params)?;
+    let mut plain: BTreeMap<String, Value> = values
+        .iter()
+        .map(|(k, v)| (k.clone(), plain_value(v)))
+        .collect();
+
+    let inputs = match (&ctx.inputs, &spec.inputs) {
+        (InputListing::Given(list), _) => Some(check_given_inputs(name, list)?),
+        (InputListing::Scan, Some(ispec)) => {
+            Some(scan_inputs(name, ispec, &ctx.input_dir, &plain)?)
+        }
+        (InputListing::Scan, None) | (InputListing::Unknown, _) => None,
+    };
+    if let (Some(list), Some(ispec)) = (&inputs, &spec.inputs) {
+        if list.is_empty() && ispec.required {
+            return Err(TemplateError::NoInputs {
+                template: name.to_string(),
+                dir: ctx.input_dir.clone(),
+                globs: ispec.globs.clone(),
+            });
+        }
+    }
+    if let Some(list) = &inputs {
+        plain.insert("n_inputs".into(), Value::from(list.len()));
+    }
+
+    let (sbatch, per_task) = resources(spec, ctx, &ctx_paths, &plain, inputs.as_ref())?;
+    let outputs = resolve_outputs(spec, &plain, inputs.as_ref().map(Vec::len))?;
+
+    // The body's context: typed values (quoted when printed), run facts, resources.
+    let mut body_ctx: BTreeMap<String, Value> = values
+        .iter()
+        .map(|(k, v)| {
+            let trusted = spec.param(k).is_some_and(|p| p.trusted);
+            let value = if trusted {
+                Value::from_safe_string(v.to_string())
+            } else {
+                plain_value(v)
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    body_ctx.insert("run_dir".into(), Value::from(ctx_paths.run_dir.clone()));
+    body_ctx.insert("input_dir".into(), Value::from(ctx_paths.input_dir.clone()));
+    body_ctx.insert("run_id".into(), Value::from(ctx.run_id.clone()));
+    body_ctx.insert("token".into(), Value::from(ctx.token.clone()));
+    body_ctx.insert("hpcstage".into(), Value::from(ctx_paths.hpcstage.clone()));
+    body_ctx.insert(
+        "inputs_file".into(),
+        Value::from(format!("{}/{INPUTS_FILE}", ctx_paths.run_dir)),
+    );
+    if let Some(list) = &inputs {
+        body_ctx.insert("n_inputs".into(), Value::from(list.len()));
+    }
+    if let Some(n) = per_task {
+        body_ctx.insert("per_task".into(), Value::from(n));
+    }
+    body_ctx.insert(
+        "job_name".into(),
+        Value::from(sbatch.job_name.clone().unwrap_or_default()),
+    );
+    body_ctx.insert(
+        "template".into(),
+        Value::from_iter([
+            ("name", Value::from(spec.template.name.clone())),
+            ("version", Value::from(spec.template.version.clone())),
+            ("workflow", Value::from(spec.template.workflow.clone())),
+        ]),
+    );
+    body_ctx.insert("resources".into(), resources_value(&sbatch));
+
+    let env = shell_env();
+    let tmpl = env
+        .template_from_named_str(name, template_source)
+        .map_err(|e| TemplateError::Syntax {
+            template: name.to_string(),
+            reason: describe(&e, template_source),
+        })?;
+    let body = tmpl
+        .render(Value::from_iter(body_ctx.clone()))
+        .map_err(|e| TemplateError::Render {
+            template: name.to_string(),
+            reason: describe(&e, template_source),
+        })?;
+    let validate = match &spec.outputs.validate {
+        Some(cmd) => Some(
+            env.render_str(cmd, Value::from_iter(body_ctx))
+                .map_err(|e| TemplateError::Render {
+                    template: format!("{name} (outputs.validate)"),
+                    reason: describe(&e, cmd),
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let outputs = ResolvedOutputs {
+        validate,
+        ..outputs
+    };
+
+    let hash = template_hash(&spec.source, template_source);
+    let script = assemble(
+        spec,
+        ctx,
+        &ctx_paths,
+        &sbatch,
+        per_task,
+        inputs.as_ref(),
+        &hash,
+        &body,
+    )?;
+    Ok(Rendered {
+        template: spec.template.name.clone(),
+        version: spec.template.version.clone(),
+        workflow: spec.template.workflow.clone(),
+        template_hash: hash,
+        run_id: ctx.run_id.clone(),
+        run_dir: ctx.run_dir.clone(),
+        input_dir: ctx.input_dir.clone(),
+        script,
+        sbatch_args: sbatch.to_args(),
+        sbatch,
+        params: values,
+        inputs,
+        per_task,
+        outputs,
+    })
+}
+
+/// A typed value for expressions: ints as numbers, everything else as text.
+fn plain_value(v: &ParamValue) -> Value {
+    match v {
+        ParamValue::Int(n) => Value::from(*n),
+        other => Value::from(other.to_string()),
+    }
+}
+
+fn resources_value(s: &SbatchArgs) -> Value {
+    let text = |v: &Option<String>| Value::from(v.clone().unwrap_or_default());
+    Value::from_iter([
+        ("partition", text(&s.partition)),
+        ("gres", text(&s.gres)),
+        ("cpus_per_task", Value::from(s.cpus_per_task.unwrap_or(1))),
+        ("mem", text(&s.mem)),
+        (
+            "time",
+            Value::from(s.time.map(SlurmDuration::to_slurm).unwrap_or_default()),
+        ),
+        (
+            "array",
+            Value::from(
+                s.array
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ),
+        ),
+    ])
+}
+
+/// The context's paths as checked text.
+struct ContextPaths {
+    run_dir: String,
+    input_dir: String,
+    hpcstage: String,
+}
+
+fn check_context(ctx: &RenderContext) -> Result<ContextPaths, TemplateError> {
+    let path = |what: &'static str, p: &Path| -> Result<String, TemplateError> {
+        let bad = |reason: &str| TemplateError::Context {
+            what,
+            value: p.display().to_string(),
+            reason: reason.to_string(),
+        };
+        let s = p.to_str().ok_or_else(|| bad("not valid UTF-8"))?;
+        if !p.is_absolute() {
+            return Err(bad(
+                "must be an absolute path (the job runs on another node)",
+            ));
+        }
+        if s.contains(['\n', '\r', '\0']) {
+            return Err(bad("must not contain line breaks or NUL bytes"));
+        }
+        let trimmed = s.trim_end_matches('/');
+        Ok(if trimmed.is_empty() { "/" } else { trimmed }.to_string())
+    };
+    if !super::is_simple_name(&ctx.run_id) {
+        return Err(TemplateError::Context {
+            what: "run id",
+            value: ctx.run_id.clone(),
+            reason: "use letters, digits, '_', '-' and '.'".to_string(),
+        });
+    }
+    let token_ok = !ctx.token.is_empty()
+        && ctx.token.len() <= 200
+        && ctx
+            .token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'='));
+    if !token_ok {
+        return Err(TemplateError::Context {
+            what: "token",
+            value: ctx.token.clone(),
+            reason: "use up to 200 letters, digits, '_', '-', '.', ':' and '='".to_string(),
+        });
+    }
+    Ok(ContextPaths {
+        run_dir: path("run folder", &ctx.run_dir)?,
+        input_dir: path("input folder", &ctx.input_dir)?,
+        hpcstage: path("hpcstage executable", &ctx.hpcstage)?,
+    })
+}
+
+fn check_given_inputs(template: &str, list: &[String]) -> Result<Vec<String>, TemplateError> {
+    for item in list {
+        if item.contains('\0') || item.is_empty() || item.starts_with('/') {
+            return Err(TemplateError::Inputs {
+                template: template.to_string(),
+                reason: format!("input {item:?} must be a non-empty relative path without NUL"),
+            });
+        }
+    }
+    Ok(list.to_vec())
+}
+
+/// Render a short expression (resource value, glob, sheet path) without quoting.
+fn expr(text: &str, ctx: &BTreeMap<String, Value>) -> Result<String, String> {
+    if !text.contains("{{") && !text.contains("{%") {
+        return Ok(text.trim().to_string());
+    }
+    plain_env()
+        .render_str(text, Value::from_iter(ctx.clone()))
+        .map(|s| s.trim().to_string())
+        .map_err(|e| describe(&e, text))
+}
+
+fn scan_inputs(
+    template: &str,
+    spec: &InputsSpec,
+    input_dir: &Path,
+    ctx: &BTreeMap<String, Value>,
+) -> Result<Vec<String>, TemplateError> {
+    let err = |reason: String| TemplateError::Inputs {
+        template: template.to_string(),
+        reason,
+    };
+    if let Some(sheet) = &spec.sheet {
+        let rel = expr(sheet, ctx).map_err(|e| err(format!("sheet {sheet:?}: {e}")))?;
+        if !rel.is_empty() {
+            let path = input_dir.join(&rel);
+            let text = std::fs::read_to_string(&path).map_err(|source| TemplateError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let mut rows: Vec<String> = text
+                .lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            if spec.sheet_header && !rows.is_empty() {
+                rows.remove(0);
+            }
+            return Ok(rows);
+        }
+    }
+    let mut matchers = Vec::new();
+    for g in &spec.globs {
+        let rendered = expr(g, ctx).map_err(|e| err(format!("glob {g:?}: {e}")))?;
+        if rendered.is_empty() {
+            continue;
+        }
+        matchers.push(compile_glob(&rendered, spec.case_insensitive).map_err(err)?);
+    }
+    if !input_dir.is_dir() {
+        return Err(TemplateError::Io {
+            path: input_dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "input folder not found"),
+        });
+    }
+    Ok(walk(input_dir)?
+        .into_iter()
+        .filter(|e| !e.is_dir && matchers.iter().any(|m| m.is_match(&e.rel)))
+        .map(|e| e.rel)
+        .collect())
+}
+
+/// Build the `sbatch` options from spec expressions, parameters and overrides.
+fn resources(
+    spec: &TemplateSpec,
+    ctx: &RenderContext,
+    paths: &ContextPaths,
+    plain: &BTreeMap<String, Value>,
+    inputs: Option<&Vec<String>>,
+) -> Result<(SbatchArgs, Option<u64>), TemplateError> {
+    let r = &spec.resources;
+    let o = &ctx.resources;
+    let field = |name: &'static str,
+                 from_spec: Option<String>,
+                 over: &Option<String>|
+     -> Result<Option<String>, TemplateError> {
+        let text = match (over, from_spec) {
+            (Some(v), _) => v.trim().to_string(),
+            (None, Some(t)) => expr(&t, plain).map_err(|reason| TemplateError::Resource {
+                field: name,
+                value: t.clone(),
+                reason,
+            })?,
+            (None, None) => return Ok(None),
+        };
+        if text.contains(['\n', '\r', '\0']) {
+            return Err(TemplateError::Resource {
+                field: name,
+                value: text,
+                reason: "must be one line".to_string(),
+            });
+        }
+        Ok((!text.is_empty()).then_some(text))
+    };
+    let checked =
+        |name: &'static str, value: Option<String>, f: fn(&str) -> Result<String, String>| {
+            value
+                .map(|v| {
+                    f(&v).map_err(|reason| TemplateError::Resource {
+                        field: name,
+                        value: v.clone(),
+                        reason,
+                    })
+                })
+                .transpose()
+        };
+    let text_of = |e: &Option<ResourceExpr>| e.as_ref().map(ResourceExpr::as_text);
+
+    let mut args = SbatchArgs {
+        partition: checked(
+            "partition",
+            field("partition", r.partition.clone(), &o.partition)?,
+            check::name_list,
+        )?,
+        account: checked(
+            "account",
+            field("account", r.account.clone(), &o.account)?,
+            check::name_list,
+        )?,
+        qos: checked(
+            "qos",
+            field("qos", r.qos.clone(), &o.qos)?,
+            check::name_list,
+        )?,
+        gres: checked("gres", field("gres", r.gres.clone(), &o.gres)?, check::gres)?,
+        mem: checked("mem", field("mem", r.mem.clone(), &o.mem)?, check::mem)?,
+        constraint: checked(
+            "constraint",
+            field("constraint", r.constraint.clone(), &o.constraint)?,
+            check::constraint,
+        )?,
+        ..SbatchArgs::default()
+    };
+    if let Some(v) = field("cpus_per_task", text_of(&r.cpus_per_task), &o.cpus_per_task)? {
+        args.cpus_per_task = Some(check::cpus(&v).map_err(|reason| TemplateError::Resource {
+            field: "cpus_per_task",
+            value: v.clone(),
+            reason,
+        })?);
+    }
+    if let Some(v) = field("time", r.time.clone(), &o.time)? {
+        args.time = Some(check::time(&v).map_err(|reason| TemplateError::Resource {
+            field: "time",
+            value: v.clone(),
+            reason,
+        })?);
+    }
+
+    // The array: an explicit range, or one task per `per_task` inputs.
+    let mut per_task = None;
+    let array_text =
+        match &r.array {
+            Some(ArrayRule::Range(t)) => field("array", Some(t.clone()), &None)?,
+            Some(ArrayRule::PerInput(rule)) => {
+                let per = field("array.per_task", Some(rule.per_task.as_text()), &None)?
+                    .unwrap_or_default();
+                let per: u64 = per.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    TemplateError::Resource {
+                        field: "array.per_task",
+                        value: per.clone(),
+                        reason: "expected a whole number of inputs per task, at least 1"
+                            .to_string(),
+                    }
+                })?;
+                per_task = Some(per);
+                let max_parallel = match &rule.max_parallel {
+                    Some(e) => {
+                        let t = field("array.max_parallel", Some(e.as_text()), &None)?
+                            .unwrap_or_default();
+                        if t.is_empty() {
+                            None
+                        } else {
+                            Some(t.parse::<u32>().map_err(|_| TemplateError::Resource {
+                                field: "array.max_parallel",
+                                value: t.clone(),
+                                reason: "expected a whole number (0 for no limit)".to_string(),
+                            })?)
+                        }
+                    }
+                    None => None,
+                };
+                match (inputs, &o.array) {
+                    (_, Some(_)) => None,
+                    (None, None) => {
+                        return Err(TemplateError::InputsUnknown {
+                            template: spec.template.name.clone(),
+                        })
+                    }
+                    (Some(list), None) => {
+                        let n = (list.len() as u64).div_ceil(per);
+                        let n = u32::try_from(n).map_err(|_| TemplateError::Resource {
+                            field: "array",
+                            value: n.to_string(),
+                            reason: "too many array tasks".to_string(),
+                        })?;
+                        ArraySpec::zero_based(n, max_parallel).map(|a| a.to_string())
+                    }
+                }
+            }
+            None => None,
+        };
+    let array_text = match &o.array {
+        Some(v) => field("array", None, &Some(v.clone()))?,
+        None => array_text,
+    };
+    if let Some(t) = array_text {
+        args.array = Some(check::array(&t).map_err(|reason| TemplateError::Resource {
+            field: "array",
+            value: t.clone(),
+            reason,
+        })?);
+    }
+
+    // In-job safety: USR1 to the batch shell `grace` before the limit (issue 4).
+    let grace_text = field("signal_grace", r.signal_grace.clone(), &o.signal_grace)?;
+    let mut grace = match grace_text {
+        None => DEFAULT_SIGNAL_GRACE,
+        Some(t) => SlurmDuration::parse(&t).map_err(|reason| TemplateError::Resource {
+            field: "signal_grace",
+            value: t.clone(),
+            reason,
+        })?,
+    };
+    if let Some(limit) = args.time {
+        // A grace as long as the limit would signal at start; keep at most half of it.
+        if grace.as_secs() * 2 > limit.as_secs() {
+            grace = SlurmDuration::from_secs(limit.as_secs() / 2);
+        }
+    }
+    if grace.as_secs() > 0 {
+        args.signal = Some(SignalSpec::usr1_before(grace));
+    }
+
+    let job_name = ctx
+        .job_name
+        .clone()
+        .unwrap_or_else(|| spec.template.name.clone());
+    if !super::is_simple_name(&job_name) {
+        return Err(TemplateError::Context {
+            what: "job name",
+            value: job_name,
+            reason: "use letters, digits, '_', '-' and '.'".to_string(),
+        });
+    }
+    args.job_name = Some(job_name);
+    let logs = format!("{}/{LOG_DIR}", paths.run_dir.replace('%', "%%"));
+    let pattern = if args.array.is_some() {
+        "%x-%A_%a"
+    } else {
+        "%x-%j"
+    };
+    args.chdir = Some(paths.run_dir.clone());
+    args.output = Some(format!("{logs}/{pattern}.out"));
+    args.error = Some(format!("{logs}/{pattern}.err"));
+    // Requeued jobs (NODE_FAIL, preemption) keep their earlier log lines.
+    args.open_mode = Some("append".to_string());
+    args.comment = Some(ctx.token.clone());
+    Ok((args, per_task))
+}
+
+fn resolve_outputs(
+    spec: &TemplateSpec,
+    plain: &BTreeMap<String, Value>,
+    n_inputs: Option<usize>,
+) -> Result<ResolvedOutputs, TemplateError> {
+    let name = &spec.template.name;
+    let bad = |what: &str, g: &str, reason: String| TemplateError::Spec {
+        origin: format!("template {name}"),
+        reason: format!("{what} {g:?}: {reason}"),
+    };
+    let mut expect = Vec::new();
+    for rule in &spec.outputs.expect {
+        let glob = expr(&rule.glob, plain).map_err(|e| bad("output glob", &rule.glob, e))?;
+        compile_glob(&glob, false).map_err(|e| bad("output glob", &rule.glob, e))?;
+        let expected = match (rule.per_input, n_inputs) {
+            (true, Some(n)) => Expected::Exactly(n as u64),
+            (true, None) => Expected::AtLeast(rule.min_count.unwrap_or(1)),
+            (false, _) => Expected::AtLeast(rule.min_count.unwrap_or(1)),
+        };
+        expect.push(ResolvedOutputRule {
+            glob,
+            expected,
+            non_empty: rule.non_empty,
+        });
+    }
+    let mut intermediates = Vec::new();
+    for g in &spec.outputs.intermediates {
+        let glob = expr(g, plain).map_err(|e| bad("intermediate glob", g, e))?;
+        compile_glob(&glob, false).map_err(|e| bad("intermediate glob", g, e))?;
+        intermediates.push(glob);
+    }
+    Ok(ResolvedOutputs {
+        expect,
+        validate: None,
+        intermediates,
+    })
+}
+
+/// The in-job helpers every script gets. Plain text, no values: those are set above it.
+const HELPERS: &str = r#"# In-job safety: sbatch --signal=B:USR1@<grace> makes SLURM send USR1 to this shell
+# <grace> seconds before the time limit. The trap records it in the run folder, so that
+# `hpcstage pull` reports TIMEOUT with partial outputs instead of a bare kill, and lets the
+# current step go on until SLURM stops the job.
+hpcstage_on_usr1() {
+    local marker="$HPCSTAGE_RUN_DIR/.hpcstage/signal-USR1"
+    printf '%s job=%s array_job=%s task=%s host=%s: time limit imminent\n' \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SLURM_JOB_ID:-}" "${SLURM_ARRAY_JOB_ID:-}" \
+        "${SLURM_ARRAY_TASK_ID:-}" "${HOSTNAME:-}" >>"$marker" || true
+    sync "$marker" 2>/dev/null || true
+    echo "hpcstage: USR1 received, the time limit is near" >&2
+}
+trap hpcstage_on_usr1 USR1
+
+# hpcstage_run CMD [ARG...]: run one long step. Bash runs a trap only once the foreground
+# command has finished, which would be too late; a step started in the background and
+# awaited lets the trap run at once while the step goes on.
+hpcstage_run() {
+    "$@" &
+    local pid=$! rc
+    while :; do
+        rc=0
+        wait "$pid" || rc=$?
+        # Above 128 with the step still alive: a trapped signal interrupted the wait.
+        if ((rc > 128)) && kill -0 "$pid" 2>/dev/null; then
+            continue
+        fi
+        return "$rc"
+    done
+}
+
+# hpcstage_task_inputs: this array task's share of the input list into the array
+# TASK_INPUTS (paths relative to $HPCSTAGE_INPUT_DIR, or sample-sheet rows). Task N takes
+# items N*per_task .. N*per_task+per_task-1, so a re-run of single tasks (--array=3,7)
+# processes the same items.
+hpcstage_task_inputs() {
+    local -a all=()
+    if [[ ! -r $HPCSTAGE_INPUTS ]]; then
+        echo "hpcstage: input list $HPCSTAGE_INPUTS is missing" >&2
+        return 1
+    fi
+    mapfile -d '' -t all <"$HPCSTAGE_INPUTS"
+    local task=${SLURM_ARRAY_TASK_ID:-0}
+    TASK_INPUTS=("${all[@]:task*HPCSTAGE_PER_TASK:HPCSTAGE_PER_TASK}")
+}
+"#;
+
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    spec: &TemplateSpec,
+    ctx: &RenderContext,
+    paths: &ContextPaths,
+    sbatch: &SbatchArgs,
+    per_task: Option<u64>,
+    inputs: Option<&Vec<String>>,
+    hash: &str,
+    body: &str,
+) -> Result<String, TemplateError> {
+    let q = |s: &str| {
+        quote(s).map_err(|e| TemplateError::Context {
+            what: "run value",
+            value: s.to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let per_task = per_task.unwrap_or_else(|| inputs.map_or(1, |l| l.len().max(1) as u64));
+    let mut s = String::new();
+    s.push_str("#!/bin/bash\n");
+    s.push_str(&sbatch.directives());
+    let _ = writeln!(
+        s,
+        "#\n# Job script of run {run}, rendered by hpcstage from template {name} {version}.\n\
+         # Template sha256: {hash}\n\
+         # Change the template, not this file: every run renders it anew.\n",
+        run = ctx.run_id,
+        name = spec.template.name,
+        version = spec.template.version,
+    );
+    s.push_str("set -euo pipefail\n\n");
+    s.push_str("# Run facts, fixed at render time.\n");
+    let _ = writeln!(s, "HPCSTAGE_RUN_ID={}", q(&ctx.run_id)?);
+    let _ = writeln!(s, "HPCSTAGE_RUN_DIR={}", q(&paths.run_dir)?);
+    let _ = writeln!(s, "HPCSTAGE_INPUT_DIR={}", q(&paths.input_dir)?);
+    let _ = writeln!(
+        s,
+        "HPCSTAGE_INPUTS={}",
+        q(&format!("{}/{INPUTS_FILE}", paths.run_dir))?
+    );
+    let _ = writeln!(s, "HPCSTAGE_PER_TASK={per_task}");
+    let _ = writeln!(s, "HPCSTAGE_BIN={}", q(&paths.hpcstage)?);
+    s.push_str(
+        "export HPCSTAGE_RUN_ID HPCSTAGE_RUN_DIR HPCSTAGE_INPUT_DIR HPCSTAGE_INPUTS \
+         HPCSTAGE_PER_TASK HPCSTAGE_BIN\n",
+    );
+    s.push_str("cd \"$HPCSTAGE_RUN_DIR\"\nmkdir -p .hpcstage logs\n\n");
+    s.push_str(HELPERS);
+    let _ = writeln!(s, "\n# ---- template {} ----", spec.template.name);
+    s.push_str(body);
+    if !body.ends_with('\n') {
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests;
