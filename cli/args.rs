@@ -66,9 +66,36 @@ hpcstage stage /nas/lab/PRJ1/raw/plate7 --dry-run\n  \
 hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'"
     )]
     Stage(StageArgs),
-    /// Show staged datasets and runs with their purge deadlines
-    #[command(after_help = "Examples:\n  hpcstage status\n  hpcstage status --json")]
+    /// List, show and render job templates
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Render a template over a staged dataset and submit it, with a pull-back job
+    #[command(
+        after_help = "Example:\n  hpcstage submit unet-seg --input PRJ1/plate7 -p model=/models/unet.pt"
+    )]
+    Submit(SubmitArgs),
+    /// Stage a dataset, then submit compute job → pull-back job, and return at once
+    #[command(
+        after_help = "Example:\n  hpcstage stage-and-run /nas/lab/PRJ1/raw/plate7 unet-seg -p model=/models/unet.pt\n\n\
+Prints the run id and job ids, then returns: nothing keeps running on the login node. The \
+pull-back job (partition `transfer`, --dependency=afterany) validates the outputs and copies \
+them to <nas_root>/<project>/results/<workflow>/<run>/. Follow it with `hpcstage status RUN`."
+    )]
+    StageAndRun(StageAndRunArgs),
+    /// Validate a run's outputs and copy them to the NAS (what the pull-back job runs)
+    #[command(
+        after_help = "Example:\n  hpcstage pull unet-seg-plate7-20261127T101500-3f2a --wait"
+    )]
+    Pull(PullArgs),
+    /// Show runs (with their jobs) and staged datasets, with purge deadlines
+    #[command(after_help = "Examples:\n  hpcstage status\n  hpcstage status RUN --json")]
     Status(StatusArgs),
+    /// Runs a run's jobs with the local executor (started detached by submit)
+    #[command(hide = true)]
+    RunLocal {
+        /// Run id
+        run: String,
+    },
     /// Report what scratch will purge soon, and whether that would lose data
     #[command(after_help = "Examples:\n  hpcstage report --within 7d\n  \
 hpcstage report --scan /scratch/lab --format markdown   # the whole lab, for an email\n  \
@@ -225,6 +252,8 @@ pub(crate) struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
+    /// One run (id or unique prefix) in detail
+    pub(crate) run: Option<String>,
     /// Print JSON
     #[arg(long)]
     pub(crate) json: bool,
@@ -272,6 +301,134 @@ pub(crate) struct CleanArgs {
     /// Also consider folders found under ROOT by their .hpcstage markers (repeatable)
     #[arg(long, value_name = "ROOT")]
     pub(crate) scan: Vec<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TemplateCommand {
+    /// List built-in, site and user templates
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a template's parameters, resources, outputs and script
+    Show {
+        /// Template name
+        name: String,
+    },
+    /// Print the exact job script a template renders to
+    #[command(
+        after_help = "Example:\n  hpcstage template render align --input /scratch/me/PRJ1/run42 -p reference=/ref/hg38.fa"
+    )]
+    Render(RenderArgs),
+}
+
+/// Where jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ExecutorArg {
+    /// SLURM when `sbatch` is found, else local
+    Auto,
+    Slurm,
+    /// Run with bash on this machine (no SLURM needed)
+    Local,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    /// Template parameter (repeatable), e.g. -p model=/models/unet.pt
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    pub(crate) params: Vec<String>,
+    /// Override the time limit, e.g. 2h
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) time: Option<String>,
+    /// Override the partition
+    #[arg(long)]
+    pub(crate) partition: Option<String>,
+    /// Override the account
+    #[arg(long)]
+    pub(crate) account: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RenderArgs {
+    /// Template name
+    pub(crate) name: String,
+    /// Staged dataset folder the job would read (for input listing)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) input: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) job: JobArgs,
+    /// Also validate the script with `sbatch --test-only`
+    #[arg(long)]
+    pub(crate) check: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) job: JobArgs,
+    /// Results folder on the NAS (default <nas_root>/<project>/results/<workflow>/<run>)
+    #[arg(long, value_name = "NAS_DIR")]
+    pub(crate) results: Option<PathBuf>,
+    /// Where jobs run
+    #[arg(long, value_enum, default_value_t = ExecutorArg::Auto)]
+    pub(crate) executor: ExecutorArg,
+    /// Submit the compute job only (pull later with `hpcstage pull RUN`)
+    #[arg(long)]
+    pub(crate) no_pull: bool,
+    /// With the local executor: run the chain in the foreground and return when done
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// Template name
+    pub(crate) template: String,
+    /// Staged input: a stage id (<project>/<dataset>) or a staged folder
+    #[arg(long, value_name = "STAGE")]
+    pub(crate) input: String,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StageAndRunArgs {
+    /// Dataset folder on the NAS
+    pub(crate) source: PathBuf,
+    /// Template name
+    pub(crate) template: String,
+    /// Project name, when SRC is not under <nas_root>/<project>/
+    #[arg(long)]
+    pub(crate) project: Option<String>,
+    /// Dataset name (default: from SRC)
+    #[arg(long)]
+    pub(crate) dataset: Option<String>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PullArgs {
+    /// Run id (or unique prefix)
+    pub(crate) run: String,
+    /// Wait for the compute job to end instead of refusing
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Pull what validates even when the job failed or outputs are missing
+    #[arg(long)]
+    pub(crate) allow_partial: bool,
+    /// Write-protect the results folder (chmod -R a-w)
+    #[arg(long)]
+    pub(crate) worm: bool,
+    #[command(flatten)]
+    pub(crate) parallel: ParallelArgs,
     /// Print JSON
     #[arg(long)]
     pub(crate) json: bool,

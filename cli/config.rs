@@ -31,6 +31,39 @@ pub(crate) struct Config {
     /// Parallel files; 0 means one per core.
     pub(crate) jobs: usize,
     pub(crate) purge: PurgeConfig,
+    /// Extra template folders (after the site and user ones; later wins).
+    #[serde(default)]
+    pub(crate) template_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub(crate) slurm: SlurmConfig,
+}
+
+/// `[slurm]`: how jobs are submitted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SlurmConfig {
+    /// "auto" (SLURM when `sbatch` is found, else local), "slurm" or "local".
+    pub(crate) executor: String,
+    /// Partition of pull-back and stage-in jobs.
+    pub(crate) transfer_partition: String,
+    /// Time limit of pull-back jobs.
+    pub(crate) pull_time: String,
+    /// Time limit of one SLURM command, e.g. "30s".
+    pub(crate) command_timeout: String,
+    /// Retries of a SLURM command on transient errors.
+    pub(crate) retries: u32,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            executor: "auto".into(),
+            transfer_partition: "transfer".into(),
+            pull_time: "12:00:00".into(),
+            command_timeout: "30s".into(),
+            retries: 3,
+        }
+    }
 }
 
 /// `[purge]`: the site's scratch purge policy.
@@ -60,6 +93,8 @@ impl Default for Config {
                 warn: "7d".into(),
                 whole_folder: false,
             },
+            template_dirs: Vec::new(),
+            slurm: SlurmConfig::default(),
         }
     }
 }
@@ -76,6 +111,11 @@ pub(crate) struct Settings {
     pub(crate) policy_configured: bool,
     /// (key, value, source) for `config show`.
     pub(crate) provenance: Vec<(String, String, String)>,
+    /// Template folders in override order (site, user, configured).
+    pub(crate) template_dirs: Vec<PathBuf>,
+    pub(crate) slurm: SlurmConfig,
+    /// Settings of the SLURM client.
+    pub(crate) client: hpcstage_slurm::client::ClientSettings,
 }
 
 impl Settings {
@@ -260,6 +300,53 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         source_of("purge.whole_folder"),
     ));
 
+    for (key, value) in [
+        ("slurm.executor", config.slurm.executor.clone()),
+        (
+            "slurm.transfer_partition",
+            config.slurm.transfer_partition.clone(),
+        ),
+        ("slurm.pull_time", config.slurm.pull_time.clone()),
+        (
+            "slurm.command_timeout",
+            config.slurm.command_timeout.clone(),
+        ),
+        ("slurm.retries", config.slurm.retries.to_string()),
+    ] {
+        provenance.push((key.into(), value, source_of(key)));
+    }
+    if !matches!(config.slurm.executor.as_str(), "auto" | "slurm" | "local") {
+        bail!(
+            "slurm.executor = {:?} (from {}): expected auto, slurm or local",
+            config.slurm.executor,
+            source_of("slurm.executor")
+        );
+    }
+    let command_timeout = parse_duration(
+        "slurm.command_timeout",
+        &config.slurm.command_timeout,
+        &source_of("slurm.command_timeout"),
+    )?;
+    let mut template_dirs = vec![site_file().with_file_name("templates")];
+    if let Some(user) = user_file() {
+        template_dirs.push(user.with_file_name("templates"));
+    }
+    template_dirs.extend(config.template_dirs.iter().cloned());
+    provenance.push((
+        "template_dirs".into(),
+        template_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        "site and user folders, then template_dirs".into(),
+    ));
+    let client = hpcstage_slurm::client::ClientSettings {
+        timeout: command_timeout,
+        retries: config.slurm.retries,
+        ..Default::default()
+    };
+
     let jobs = if config.jobs == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -278,6 +365,9 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         },
         policy_configured,
         provenance,
+        template_dirs,
+        slurm: config.slurm.clone(),
+        client,
     })
 }
 

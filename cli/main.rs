@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command, ConfigCommand, ManifestCommand};
+use crate::args::{Cli, Command, ConfigCommand, ManifestCommand, TemplateCommand};
 use crate::commands::Status;
 
 fn main() -> ExitCode {
@@ -65,6 +65,19 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Config(ConfigCommand::Show { json }) => commands::config::show(&settings, *json),
         Command::Demo(args) => commands::demo::run(&settings, args),
         Command::Status(args) => commands::status::run(&settings, args),
+        Command::Template(TemplateCommand::List { json }) => {
+            commands::template::list(&settings, *json)
+        }
+        Command::Template(TemplateCommand::Show { name }) => {
+            commands::template::show(&settings, name)
+        }
+        Command::Template(TemplateCommand::Render(args)) => {
+            commands::template::render(&settings, args)
+        }
+        Command::Submit(args) => commands::submit::run_submit(&settings, args),
+        Command::StageAndRun(args) => commands::submit::run_stage_and_run(&settings, args),
+        Command::Pull(args) => commands::pull::run(&settings, args),
+        Command::RunLocal { run } => commands::submit::run_local(&settings, run),
         Command::Report(args) => commands::report::run(&settings, args),
         Command::Clean(args) => commands::clean::run(&settings, args),
     }

@@ -6,9 +6,12 @@ pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod ingest;
 pub(crate) mod manifest;
+pub(crate) mod pull;
 pub(crate) mod report;
 pub(crate) mod stage;
 pub(crate) mod status;
+pub(crate) mod submit;
+pub(crate) mod template;
 
 use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};

@@ -25,6 +25,15 @@ struct StageJson<'a> {
 }
 
 pub(crate) fn run(settings: &Settings, args: &StageArgs) -> Result<Status> {
+    stage_quietly(settings, args, true).map(|(status, _)| status)
+}
+
+/// Stages and prints the summary; also returns the record when the stage verified.
+pub(crate) fn stage_quietly(
+    settings: &Settings,
+    args: &StageArgs,
+    print: bool,
+) -> Result<(Status, Option<hpcstage_staging::record::StageRecord>)> {
     let source = absolute(&args.source)?;
     let target = match &args.dest {
         Some(dest) => {
@@ -89,6 +98,12 @@ pub(crate) fn run(settings: &Settings, args: &StageArgs) -> Result<Status> {
     bar.finish();
     let outcome = outcome?;
     let status = copy_status(&outcome.report);
+    if !print {
+        if !outcome.report.ok() {
+            print_copy_report(&outcome.report, false);
+        }
+        return Ok((status, outcome.record));
+    }
     if args.copy.json {
         output::json(&StageJson {
             source: source.display().to_string(),
@@ -99,7 +114,7 @@ pub(crate) fn run(settings: &Settings, args: &StageArgs) -> Result<Status> {
             copy: CopyJson::new(&outcome.report),
             record: outcome.record.as_ref(),
         });
-        return Ok(status);
+        return Ok((status, outcome.record));
     }
     print_copy_report(&outcome.report, args.copy.dry_run);
     if let Some(record) = &outcome.record {
@@ -125,5 +140,5 @@ pub(crate) fn run(settings: &Settings, args: &StageArgs) -> Result<Status> {
     } else if !args.copy.dry_run {
         output::error("stage incomplete: no stage record written; fix the failures above and run the same command again");
     }
-    Ok(status)
+    Ok((status, outcome.record))
 }

@@ -1,7 +1,10 @@
-//! `hpcstage status`: staged datasets and runs with their purge deadlines.
+//! `hpcstage status [RUN]`: runs with their jobs (states refreshed with one batched
+//! scheduler query) and staged datasets, with purge deadlines.
 
 use anyhow::Result;
+use hpcstage_lifecycle::refresh::refresh;
 use hpcstage_lifecycle::report::{build, gather, Filter};
+use hpcstage_lifecycle::run::{JobView, RunStore, RunView};
 use hpcstage_staging::fmt::bytes;
 
 use super::Status;
@@ -9,13 +12,78 @@ use crate::args::StatusArgs;
 use crate::config::Settings;
 use crate::output;
 
-pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
-    if !settings.policy_configured {
-        output::warn(
-            "no purge policy configured; assuming mtime, 30 days \
-             (set [purge] basis/age in /etc/hpcstage/config.toml)",
-        );
+fn job_cell(job: Option<&JobView>) -> String {
+    match job {
+        None => "-".into(),
+        Some(j) => match &j.facts {
+            None => format!("{} (submitted)", j.job_id),
+            Some(f) => format!(
+                "{} {}{}",
+                j.job_id,
+                f.state,
+                f.exit_code
+                    .as_ref()
+                    .map(|c| format!(" exit {c}"))
+                    .unwrap_or_default()
+            ),
+        },
     }
+}
+
+pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
+    if !settings.policy_configured && !args.json {
+        output::warn("no purge policy configured; assuming mtime, 30 days (set [purge] basis/age in /etc/hpcstage/config.toml)");
+    }
+    let store = RunStore::open(&settings.state_dir)?;
+    let ids = match &args.run {
+        Some(r) => vec![store.resolve(r)?],
+        None => store.ids()?,
+    };
+    let mut views: Vec<RunView> = Vec::new();
+    for id in &ids {
+        match store.load(id) {
+            Ok(v) => views.push(v),
+            Err(e) => output::warn(format!("skipping damaged run {id}: {e}")),
+        }
+    }
+    for w in refresh(&store, &mut views, &settings.state_dir, &settings.client) {
+        output::warn(w);
+    }
+    if let Some(run) = &args.run {
+        let view = &views[0];
+        if args.json {
+            output::json(view);
+        } else {
+            let r = &view.record;
+            output::data(format!("run {} ({:?})", r.id, view.phase));
+            output::data(format!(
+                "  template:  {} {} ({:?} executor)",
+                r.template, r.template_version, r.executor
+            ));
+            output::data(format!(
+                "  input:     {} ({})",
+                r.input.stage_id,
+                r.input.path.display()
+            ));
+            output::data(format!("  run folder: {}", r.run_dir.display()));
+            output::data(format!("  results:   {}", r.results_dir.display()));
+            for j in &view.jobs {
+                output::data(format!("  {:?} job: {}", j.role, job_cell(Some(j))));
+                if let Some(f) = &j.facts {
+                    output::data(format!(
+                        "      nodes {}, partition {}, elapsed {} s, TRES {}",
+                        f.nodes.as_deref().unwrap_or("-"),
+                        f.partition.as_deref().unwrap_or("-"),
+                        f.elapsed_secs.map_or("-".into(), |s| s.to_string()),
+                        f.alloc_tres.as_deref().unwrap_or("-")
+                    ));
+                }
+            }
+            let _ = run;
+        }
+        return Ok(Status::Success);
+    }
+
     let now = jiff::Timestamp::now();
     let (items, warnings) = gather(&settings.state_dir, &[], &settings.policy, now)?;
     for w in warnings {
@@ -28,15 +96,29 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
     };
     let report = build(items, &all, &settings.policy, now);
     if args.json {
-        output::json(&report.items);
+        output::json(&serde_json::json!({ "runs": views, "items": report.items }));
         return Ok(Status::Success);
     }
-    if report.items.is_empty() {
+    if report.items.is_empty() && views.is_empty() {
         output::note(format!(
             "nothing tracked yet in {} (stage a dataset with `hpcstage stage`)",
             settings.state_dir.display()
         ));
         return Ok(Status::Success);
+    }
+    if !views.is_empty() {
+        let mut t = output::table(&["run", "template", "phase", "compute job", "pull-back job"]);
+        for v in &views {
+            use hpcstage_lifecycle::run::JobRole;
+            t.add_row(vec![
+                v.record.id.clone(),
+                v.record.template.clone(),
+                format!("{:?}", v.phase).to_lowercase(),
+                job_cell(v.job(JobRole::Compute)),
+                job_cell(v.job(JobRole::PullBack)),
+            ]);
+        }
+        output::data(t.to_string());
     }
     let mut t = output::table(&[
         "kind",

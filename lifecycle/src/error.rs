@@ -8,6 +8,33 @@ pub enum Error {
     #[error(transparent)]
     Staging(#[from] hpcstage_staging::Error),
 
+    #[error(transparent)]
+    Slurm(#[from] hpcstage_slurm::Error),
+
+    /// A template could not be loaded or rendered.
+    #[error(transparent)]
+    Template(#[from] hpcstage_slurm::template::TemplateError),
+
+    /// The local executor failed.
+    #[error(transparent)]
+    Local(#[from] hpcstage_slurm::local::LocalError),
+
+    /// The compute job has not finished; a pull needs its final state.
+    #[error("run {id}: compute job {job_id} is {state}; pull once it has ended (or pass --wait)")]
+    NotFinished {
+        id: String,
+        job_id: String,
+        state: String,
+    },
+
+    /// Another process is pulling this run.
+    #[error("run {id} is being pulled by another process ({holder}); try again when it is done")]
+    PullBusy { id: String, holder: String },
+
+    /// The run has no job in the role the operation needs.
+    #[error("run {id} has no {role} job recorded")]
+    NoJob { id: String, role: String },
+
     /// No run by that name in the ledger.
     #[error("no run {id:?} in {ledger}")]
     UnknownRun { id: String, ledger: PathBuf },

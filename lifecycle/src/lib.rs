@@ -7,8 +7,12 @@
 //! safe on NFS home folders without locks. The current state of a run is the fold of its
 //! events.
 
+pub mod backend;
+pub mod chain;
 pub mod clean;
 pub mod error;
+pub mod pull;
+pub mod refresh;
 pub mod report;
 pub mod run;
 

@@ -109,6 +109,14 @@ pub enum Error {
     /// The runtime that drives child processes could not be created.
     #[error("could not start the runtime for SLURM commands: {0}")]
     Runtime(#[source] std::io::Error),
+
+    /// A template could not be loaded, validated or rendered.
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+
+    /// The local executor failed.
+    #[error(transparent)]
+    Local(#[from] crate::local::LocalError),
 }
 
 /// Result alias used across the crate.

@@ -1,0 +1,79 @@
+//! `hpcstage pull RUN`: validate a run's outputs and copy them to the NAS with
+//! provenance; what the pull-back job runs, and safe to run by hand at any time.
+
+use anyhow::Result;
+use hpcstage_lifecycle::backend::Backend;
+use hpcstage_lifecycle::pull::{pull, PullOptions, PullOutcome};
+use hpcstage_lifecycle::run::RunStore;
+use hpcstage_staging::fmt::bytes;
+
+use super::Status;
+use crate::args::PullArgs;
+use crate::config::Settings;
+use crate::output;
+
+pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
+    let store = RunStore::open(&settings.state_dir)?;
+    let id = store.resolve(&args.run)?;
+    let view = store.load(&id)?;
+    let backend =
+        Backend::for_executor(view.record.executor, &settings.state_dir, &settings.client);
+    let opts = PullOptions {
+        wait: args.wait,
+        allow_partial: args.allow_partial,
+        worm: args.worm,
+        jobs: args.parallel.jobs.unwrap_or(settings.jobs).max(1),
+        ..PullOptions::default()
+    };
+    let bar = output::Bar::new("pulling", args.json);
+    let outcome = pull(&store, &id, &backend, &opts, &bar);
+    bar.finish();
+    let outcome = outcome?;
+    if args.json {
+        output::json(&outcome);
+    }
+    Ok(match outcome {
+        PullOutcome::AlreadyPulled { results_dir } => {
+            if !args.json {
+                output::data(format!(
+                    "run {id} was already pulled to {}; nothing to do",
+                    results_dir.display()
+                ));
+            }
+            Status::Success
+        }
+        PullOutcome::Pulled {
+            results_dir,
+            files,
+            bytes: size,
+            manifest_digest,
+            purged,
+            partial,
+        } => {
+            if !args.json {
+                output::data(format!(
+                    "pulled run {id} → {} ({files} files, {}; MANIFEST.sha256 {manifest_digest})",
+                    results_dir.display(),
+                    bytes(size)
+                ));
+                if partial {
+                    output::warn("partial pull (--allow-partial): see validation in README.md");
+                }
+                for p in purged {
+                    output::note(format!("purged intermediate {}", p.display()));
+                }
+            }
+            Status::Success
+        }
+        PullOutcome::Failed { failed_dir, reason } => {
+            if !args.json {
+                output::error(format!("run {id} not accepted: {reason}"));
+                output::error(format!(
+                    "logs and a FAILED README are in {}; scratch was left as it is",
+                    failed_dir.display()
+                ));
+            }
+            Status::Partial
+        }
+    })
+}

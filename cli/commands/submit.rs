@@ -1,0 +1,203 @@
+//! `hpcstage submit` and `hpcstage stage-and-run`: render a template over a staged
+//! dataset into a new run folder and submit compute job → pull-back job. Both return at
+//! once with the job ids; with the local executor the chain runs in a detached process
+//! (or in the foreground with `--wait`).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use hpcstage_lifecycle::backend::{local_state_dir, Backend};
+use hpcstage_lifecycle::chain::{
+    prepare, run_local as run_local_chain, submit, Chain, SubmitSettings,
+};
+use hpcstage_lifecycle::run::{Executor, RunStore};
+use hpcstage_slurm::client::SlurmClient;
+use hpcstage_slurm::local::LocalExecutor;
+use hpcstage_staging::ledger::Ledger;
+use hpcstage_staging::record::{read_json, StageRecord};
+
+use super::Status;
+use crate::args::{ExecutorArg, RunArgs, StageAndRunArgs, StageArgs, SubmitArgs};
+use crate::config::{absolute, Settings};
+use crate::output;
+
+/// The executor to use: SLURM when asked or when `sbatch` is found.
+pub(crate) fn executor(settings: &Settings, arg: ExecutorArg) -> Result<Executor> {
+    let choice = match arg {
+        ExecutorArg::Auto => settings.slurm.executor.as_str(),
+        ExecutorArg::Slurm => "slurm",
+        ExecutorArg::Local => "local",
+    };
+    let slurm_here = SlurmClient::new(settings.client.clone()).available();
+    Ok(match choice {
+        "slurm" if !slurm_here => bail!(
+            "the SLURM executor was asked for but `sbatch` is not on PATH; use --executor local to run here"
+        ),
+        "slurm" => Executor::Slurm,
+        "local" => Executor::Local,
+        _ if slurm_here => Executor::Slurm,
+        _ => {
+            output::note("no sbatch found: using the local executor (jobs run with bash on this machine)");
+            Executor::Local
+        }
+    })
+}
+
+/// Finds a staged dataset by id (`<project>/<dataset>`) or by its folder.
+pub(crate) fn find_stage(settings: &Settings, input: &str) -> Result<StageRecord> {
+    let as_path = Path::new(input);
+    if as_path.is_dir() {
+        let marker = absolute(as_path)?.join(".hpcstage/stage.json");
+        return read_json(&marker).with_context(|| {
+            format!(
+                "{input} is not a completely staged dataset (no {}); stage it with `hpcstage stage`",
+                marker.display()
+            )
+        });
+    }
+    let ledger = Ledger::open(&settings.state_dir)?;
+    let mut matches: Vec<StageRecord> = ledger
+        .stages()?
+        .into_iter()
+        .filter_map(|r| r.ok())
+        .filter(|r| r.id == input || r.dataset == input)
+        .collect();
+    matches.sort_by_key(|r| r.staged_at);
+    match matches.pop() {
+        Some(r) => Ok(r),
+        None => bail!(
+            "no staged dataset {input:?} in {} (give <project>/<dataset> as `hpcstage status` lists it, or a staged folder)",
+            settings.state_dir.display()
+        ),
+    }
+}
+
+pub(crate) fn run_submit(settings: &Settings, args: &SubmitArgs) -> Result<Status> {
+    let stage = find_stage(settings, &args.input)?;
+    launch(settings, &args.template, &stage, &args.run)
+}
+
+pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
+    // Fail on a bad template or parameter before copying anything.
+    let template = super::template::store(settings).get(&args.template)?;
+    let _ = template;
+    super::template::params(&args.run.job.params)?;
+    let stage_args = StageArgs {
+        source: args.source.clone(),
+        dest: None,
+        project: args.project.clone(),
+        dataset: args.dataset.clone(),
+        copy: crate::args::CopyArgs {
+            dry_run: false,
+            verify: false,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            parallel: crate::args::ParallelArgs { jobs: None },
+            json: args.run.json,
+        },
+    };
+    let (status, record) = super::stage::stage_quietly(settings, &stage_args, !args.run.json)?;
+    let Some(record) = record else {
+        output::error("staging failed; nothing was submitted");
+        return Ok(status);
+    };
+    launch(settings, &args.template, &record, &args.run)
+}
+
+fn launch(
+    settings: &Settings,
+    template: &str,
+    stage: &StageRecord,
+    args: &RunArgs,
+) -> Result<Status> {
+    let template = super::template::store(settings).get(template)?;
+    let executor = executor(settings, args.executor)?;
+    let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
+    let store = RunStore::open(&settings.state_dir)?;
+    let results = args.results.as_deref().map(absolute).transpose()?;
+    let submit_settings = SubmitSettings {
+        template: &template,
+        params: super::template::params(&args.job.params)?,
+        overrides: super::template::overrides(&args.job),
+        input: stage,
+        scratch_root: settings.scratch_root()?,
+        results_dir: results,
+        nas_root: settings.nas_root.as_deref(),
+        state_dir: &settings.state_dir,
+        hpcstage: &exe,
+        executor,
+        pull_back: !args.no_pull,
+        pull_partition: settings.slurm.transfer_partition.clone(),
+        pull_time: settings.slurm.pull_time.clone(),
+    };
+    let prepared = prepare(&store, &submit_settings)?;
+    let backend = Backend::for_executor(executor, &settings.state_dir, &settings.client);
+    let chain = submit(&store, &prepared, &backend, !args.no_pull).with_context(|| {
+        format!(
+            "run {} was prepared but could not be submitted",
+            prepared.record.id
+        )
+    })?;
+    if executor == Executor::Local {
+        if args.wait {
+            let exec = LocalExecutor::new(local_state_dir(&settings.state_dir));
+            run_local_chain(&store, &chain.run_id, &exec)?;
+        } else {
+            spawn_local_runner(settings, &exe, &chain)?;
+        }
+    }
+    print_chain(&chain, args.json);
+    Ok(Status::Success)
+}
+
+fn print_chain(chain: &Chain, json: bool) {
+    if json {
+        output::json(chain);
+        return;
+    }
+    output::data(format!("run {}", chain.run_id));
+    output::data(format!("  run folder:   {}", chain.run_dir.display()));
+    output::data(format!("  compute job:  {}", chain.compute_job));
+    if let Some(p) = &chain.pull_job {
+        output::data(format!(
+            "  pull-back job: {p} (afterany:{})",
+            chain.compute_job
+        ));
+    }
+    output::data(format!("  results:      {}", chain.results_dir.display()));
+    output::note(format!("follow it with: hpcstage status {}", chain.run_id));
+}
+
+/// Starts `hpcstage run-local RUN` in its own session, detached from this terminal, with
+/// its output in the run's logs.
+fn spawn_local_runner(settings: &Settings, exe: &Path, chain: &Chain) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = chain.run_dir.join("logs").join("local-runner.log");
+    let out = fs_err::File::create(&log)?.into_parts().0;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--state-dir")
+        .arg(&settings.state_dir)
+        .arg("run-local")
+        .arg(&chain.run_id)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot start the local runner {}", exe.display()))?;
+    Ok(())
+}
+
+pub(crate) fn run_local(settings: &Settings, run: &str) -> Result<Status> {
+    let store = RunStore::open(&settings.state_dir)?;
+    let id = store.resolve(run)?;
+    let exec = LocalExecutor::new(local_state_dir(&settings.state_dir));
+    run_local_chain(&store, &id, &exec)?;
+    Ok(Status::Success)
+}
