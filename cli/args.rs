@@ -90,6 +90,15 @@ them to <nas_root>/<project>/results/<workflow>/<run>/. Follow it with `hpcstage
     /// Show runs (with their jobs) and staged datasets, with purge deadlines
     #[command(after_help = "Examples:\n  hpcstage status\n  hpcstage status RUN --json")]
     Status(StatusArgs),
+    /// Record a job's end from SLURM's Epilog: fast, bounded, drops to the job user, exits 0
+    #[command(
+        after_help = "In slurm.conf (every node):\n  Epilog=/usr/local/bin/hpcstage-epilog\n\n\
+with /usr/local/bin/hpcstage-epilog:\n  #!/bin/sh\n  exec /usr/local/bin/hpcstage epilogue --timeout 5s\n\n\
+It reads SLURM_JOB_ID, SLURM_JOB_USER, SLURM_JOB_EXIT_CODE2, SLURM_JOB_DERIVED_EC and \
+SLURM_JOB_GPUS, becomes the job's user, adds one event to that user's ledger when the job \
+belongs to an hpcstage run, and always exits 0 (a failing Epilog drains the node)."
+    )]
+    Epilogue(EpilogueArgs),
     /// Runs a run's jobs with the local executor (started detached by submit)
     #[command(hide = true)]
     RunLocal {
@@ -432,4 +441,11 @@ pub(crate) struct PullArgs {
     /// Print JSON
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EpilogueArgs {
+    /// Hard time limit; the command exits 0 when it is reached
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub(crate) timeout: humantime::Duration,
 }

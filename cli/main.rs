@@ -52,6 +52,10 @@ fn error_chain(err: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<Status> {
     output::set_quiet(cli.global.quiet);
+    if let Command::Epilogue(args) = &cli.command {
+        // Before loading config: a broken config file must not fail an Epilog.
+        return Ok(commands::epilogue::run(&cli.global, args));
+    }
     let settings = config::load(&cli.global)?;
     match &cli.command {
         Command::Ingest(args) => commands::ingest::run(&settings, args),
@@ -78,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::StageAndRun(args) => commands::submit::run_stage_and_run(&settings, args),
         Command::Pull(args) => commands::pull::run(&settings, args),
         Command::RunLocal { run } => commands::submit::run_local(&settings, run),
+        Command::Epilogue(_) => unreachable!("handled before loading the config"),
         Command::Report(args) => commands::report::run(&settings, args),
         Command::Clean(args) => commands::clean::run(&settings, args),
     }

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod chain;
 pub mod clean;
+pub mod epilogue;
 pub mod error;
 pub mod pull;
 pub mod refresh;

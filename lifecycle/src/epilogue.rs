@@ -1,0 +1,157 @@
+//! Recording a job's end from SLURM's `Epilog` (or `TaskEpilog`), on the compute node.
+//!
+//! `Epilog` runs as root while the node stays COMPLETING; a failure or a hang drains the
+//! node. So this code: drops to the job's user before it touches any file; calls no SLURM
+//! command and moves no data; only reads the environment slurmd gives it and adds one
+//! create-only event to the user's ledger. The caller bounds it in time and always exits 0.
+
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid, User};
+
+use crate::error::{Error, Result};
+use crate::run::{Event, JobFacts, RunStore};
+
+/// What slurmd tells an Epilog about the job (see the "Prolog and Epilog Guide").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpilogEnv {
+    pub job_id: String,
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    /// `SLURM_JOB_EXIT_CODE2`: `exit:signal`.
+    pub exit_code: Option<String>,
+    /// `SLURM_JOB_DERIVED_EC`.
+    pub derived_exit_code: Option<String>,
+    pub gpus: Option<String>,
+    pub partition: Option<String>,
+    pub node: Option<String>,
+}
+
+impl EpilogEnv {
+    /// Reads the environment; `None` when there is no job id (not run by slurmd).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let job_id = get("SLURM_JOB_ID").or_else(|| get("SLURM_JOBID"))?;
+        Some(EpilogEnv {
+            job_id,
+            user: get("SLURM_JOB_USER"),
+            uid: get("SLURM_JOB_UID").and_then(|u| u.parse().ok()),
+            exit_code: get("SLURM_JOB_EXIT_CODE2").or_else(|| {
+                get("SLURM_JOB_EXIT_CODE")
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .map(|raw| format!("{}:{}", (raw >> 8) & 0xff, raw & 0x7f))
+            }),
+            derived_exit_code: get("SLURM_JOB_DERIVED_EC"),
+            gpus: get("SLURM_JOB_GPUS"),
+            partition: get("SLURM_JOB_PARTITION"),
+            node: get("SLURMD_NODENAME").or_else(|| get("HOSTNAME")),
+        })
+    }
+}
+
+/// Becomes the job's user when running as root (group list first, then gid, then uid;
+/// the reverse order would lose the right to change groups). Returns the user's home.
+pub fn drop_to_job_user(env: &EpilogEnv) -> Result<Option<PathBuf>> {
+    let user = match (&env.user, env.uid) {
+        (Some(name), _) => User::from_name(name).ok().flatten(),
+        (None, Some(uid)) => User::from_uid(Uid::from_raw(uid)).ok().flatten(),
+        (None, None) => None,
+    };
+    let Some(user) = user else {
+        return Err(Error::Record {
+            path: PathBuf::from("/etc/passwd"),
+            reason: format!("unknown job user {:?} (uid {:?})", env.user, env.uid),
+        });
+    };
+    if Uid::effective().is_root() && !user.uid.is_root() {
+        let name = std::ffi::CString::new(user.name.clone()).map_err(|_| Error::Record {
+            path: PathBuf::from("/etc/passwd"),
+            reason: "user name holds a NUL byte".into(),
+        })?;
+        let errno = |e: nix::errno::Errno| {
+            Error::Staging(hpcstage_staging::Error::io("/proc/self", e.into()))
+        };
+        nix::unistd::initgroups(&name, user.gid).map_err(errno)?;
+        nix::unistd::setgid(Gid::from_raw(user.gid.as_raw())).map_err(errno)?;
+        nix::unistd::setuid(user.uid).map_err(errno)?;
+    }
+    Ok(Some(user.dir))
+}
+
+/// The user's state folder when nothing says otherwise.
+pub fn default_state_dir(home: &Path) -> PathBuf {
+    home.join(".local/state/hpcstage")
+}
+
+/// Finds the run a job belongs to and records its end. Returns the run id, or `None`
+/// when the job is not one of hpcstage's.
+pub fn record_job_end(state_dir: &Path, env: &EpilogEnv) -> Result<Option<String>> {
+    let runs = state_dir.join("runs");
+    if !runs.is_dir() {
+        return Ok(None);
+    }
+    let store = RunStore::open(state_dir)?;
+    // Newest runs first: the job that just ended belongs to a recent one.
+    let mut ids = store.ids()?;
+    ids.sort_by_key(|id| {
+        std::fs::metadata(store.dir(id))
+            .and_then(|m| m.modified())
+            .ok()
+            .map(std::cmp::Reverse)
+    });
+    for id in ids {
+        let Ok(view) = store.load(&id) else { continue };
+        let base = env.job_id.split('_').next().unwrap_or(&env.job_id);
+        let Some(job) = view
+            .jobs
+            .iter()
+            .find(|j| j.job_id == env.job_id || j.job_id == base)
+        else {
+            continue;
+        };
+        let facts = JobFacts {
+            state: "ENDED".into(),
+            exit_code: env.exit_code.clone(),
+            derived_exit_code: env.derived_exit_code.clone(),
+            nodes: env.node.clone(),
+            partition: env.partition.clone(),
+            alloc_tres: env.gpus.as_ref().map(|g| format!("gpus={g}")),
+            ..JobFacts::default()
+        };
+        store.append(
+            &id,
+            Event::JobState {
+                role: job.role,
+                job_id: env.job_id.clone(),
+                facts: Box::new(facts),
+                observer: "epilogue".into(),
+            },
+        )?;
+        return Ok(Some(id));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_epilog_environment() {
+        let vars = [
+            ("SLURM_JOB_ID", "42"),
+            ("SLURM_JOB_USER", "alice"),
+            ("SLURM_JOB_EXIT_CODE", "256"),
+            ("SLURM_JOB_GPUS", "0,1"),
+        ];
+        let env = EpilogEnv::from_env(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        assert_eq!(env.job_id, "42");
+        assert_eq!(env.exit_code.as_deref(), Some("1:0"));
+        assert_eq!(env.gpus.as_deref(), Some("0,1"));
+        assert!(EpilogEnv::from_env(|_| None).is_none());
+    }
+}
