@@ -257,6 +257,9 @@ pub(crate) struct DemoArgs {
     /// Size of each of the three large files, in MiB
     #[arg(long, default_value_t = 24, value_name = "MIB")]
     pub(crate) large_mib: usize,
+    /// Where the demo's jobs run (auto: SLURM when `sbatch` is found, else local)
+    #[arg(long, value_enum, default_value_t = ExecutorArg::Auto)]
+    pub(crate) executor: ExecutorArg,
 }
 
 #[derive(Debug, Args)]

@@ -51,7 +51,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
 
     let (files, total) = generate(&instrument, args.small_files, args.large_mib)?;
     output::data(format!(
-        "1/4 generated instrument data: {files} files, {} in {}",
+        "1/6 generated instrument data: {files} files, {} in {}",
         bytes(total),
         instrument.display()
     ));
@@ -79,7 +79,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
         bail!("the demo ingest failed");
     }
     output::data(format!(
-        "2/4 ingested → {} (MANIFEST.sha256, dataset.json, read-only) in {:.1}s",
+        "2/6 ingested → {} (MANIFEST.sha256, dataset.json, read-only) in {:.1}s",
         ingested.path.display(),
         ingested.report.elapsed.as_secs_f64()
     ));
@@ -106,7 +106,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
         bail!("the demo stage failed");
     };
     output::data(format!(
-        "3/4 staged → {} ({} files, {} in {:.1}s, {}; every file read back and checked)",
+        "3/6 staged → {} ({} files, {} in {:.1}s, {}; every file read back and checked)",
         record.destination.display(),
         record.files,
         bytes(record.bytes),
@@ -122,7 +122,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
     )?;
     let (ok, failed, missing, unreadable) = verified.counts();
     output::data(format!(
-        "4/4 verified the scratch copy: {ok} OK, {failed} FAILED, {missing} MISSING, {unreadable} unreadable \
+        "4/6 verified the scratch copy: {ok} OK, {failed} FAILED, {missing} MISSING, {unreadable} unreadable \
          (NAS manifest lists {} files)",
         nas_manifest.len()
     ));
@@ -133,6 +133,11 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
         record.purge.basis,
         record.purge.age
     ));
+    if !verified.all_ok() {
+        return Ok(Status::Integrity);
+    }
+
+    let pulled = run_segmentation(settings, args, &base, &nas, &scratch, &state, &record)?;
     output::data(format!(
         "look around: NAS {}  scratch {}  ledger {}",
         nas.display(),
@@ -143,12 +148,151 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
         "remove it all with: chmod -R u+w {0} && rm -rf {0}",
         base.display()
     ));
-    Ok(if verified.all_ok() {
+    Ok(if pulled {
         Status::Success
     } else {
-        Status::Integrity
+        Status::Partial
     })
 }
+
+/// Steps 5 and 6: the U-Net segmentation template over the staged plate (with a stand-in
+/// predictor, since there is no GPU or trained model here), then the pull-back job's
+/// verified copy of the results to the NAS. Returns whether the results were pulled.
+#[allow(clippy::too_many_arguments)]
+fn run_segmentation(
+    settings: &Settings,
+    args: &DemoArgs,
+    base: &Path,
+    nas: &Path,
+    scratch: &Path,
+    state: &Path,
+    record: &hpcstage_staging::record::StageRecord,
+) -> Result<bool> {
+    use hpcstage_lifecycle::backend::{local_state_dir, Backend};
+    use hpcstage_lifecycle::chain::{prepare, run_local, submit, SubmitSettings};
+    use hpcstage_lifecycle::refresh::refresh;
+    use hpcstage_lifecycle::run::{Executor, Phase, RunStore};
+
+    let tools = base.join("tools");
+    fs_err::create_dir_all(&tools)?;
+    let predictor = tools.join("unet-predict-standin");
+    fs_err::write(&predictor, STANDIN_PREDICTOR)?;
+    fs_err::set_permissions(
+        &predictor,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let model = tools.join("unet-demo.model");
+    fs_err::write(&model, b"demo U-Net weights (stand-in)\n")?;
+
+    let executor = super::submit::executor(settings, args.executor)?;
+    let template = super::template::store(settings).get("unet-seg")?;
+    let mut params = std::collections::BTreeMap::new();
+    params.insert("model".to_string(), model.display().to_string());
+    params.insert(
+        "predict_cmd".to_string(),
+        format!(
+            "{} --model {{model}} --input {{input}} --mask {{mask}} --table {{table}}",
+            predictor.display()
+        ),
+    );
+    params.insert("chunk_size".into(), "100".into());
+    params.insert("gpus".into(), "0".into());
+    params.insert("cpus".into(), "1".into());
+    params.insert("mem".into(), "500M".into());
+    params.insert("time".into(), "15m".into());
+    if executor == Executor::Slurm {
+        // Whatever partition the cluster calls default.
+        params.insert("partition".into(), String::new());
+    }
+    let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
+    let store = RunStore::open(state)?;
+    let prepared = prepare(
+        &store,
+        &SubmitSettings {
+            template: &template,
+            params,
+            overrides: Default::default(),
+            input: record,
+            scratch_root: scratch,
+            results_dir: None,
+            nas_root: Some(nas),
+            state_dir: state,
+            hpcstage: &exe,
+            executor,
+            pull_back: true,
+            pull_partition: settings.slurm.transfer_partition.clone(),
+            pull_time: "00:30:00".into(),
+        },
+    )?;
+    let backend = Backend::for_executor(executor, state, &settings.client);
+    let chain = submit(&store, &prepared, &backend, true)?;
+    output::data(format!(
+        "5/6 submitted run {} with the {:?} executor: compute job {} (unet-seg, {} images) → pull-back job {} (afterany)",
+        chain.run_id,
+        executor,
+        chain.compute_job,
+        prepared.rendered.inputs.as_ref().map_or(0, Vec::len),
+        chain.pull_job.as_deref().unwrap_or("-")
+    ));
+    match executor {
+        Executor::Local => {
+            let exec = hpcstage_slurm::local::LocalExecutor::new(local_state_dir(state));
+            run_local(&store, &chain.run_id, &exec)?;
+        }
+        Executor::Slurm => {
+            let started = std::time::Instant::now();
+            loop {
+                let mut views = vec![store.load(&chain.run_id)?];
+                for w in refresh(&store, &mut views, state, &settings.client) {
+                    output::warn(w);
+                }
+                if matches!(views[0].phase, Phase::Pulled | Phase::PullFailed) {
+                    break;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(900) {
+                    bail!("the demo jobs did not finish within 15 minutes; see `hpcstage --state-dir {} status`", state.display());
+                }
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            }
+        }
+    }
+    let view = store.load(&chain.run_id)?;
+    let pulled = view.phase == Phase::Pulled;
+    if pulled {
+        output::data(format!(
+            "6/6 pulled validated results → {} (MANIFEST.sha256, README.md, run.json); intermediates purged from scratch",
+            view.record.results_dir.display()
+        ));
+    } else {
+        output::error(format!(
+            "6/6 the run was not pulled ({:?}); see {}",
+            view.phase,
+            view.record.run_dir.join("logs").display()
+        ));
+    }
+    Ok(pulled)
+}
+
+/// Stands in for a U-Net predictor: a label mask (a minimal TIFF) and a measurement table
+/// per image, as the real command would write them.
+const STANDIN_PREDICTOR: &str = r#"#!/bin/bash
+# Stand-in for a U-Net predictor (no GPU or trained model in the demo).
+set -euo pipefail
+while (($#)); do
+    case $1 in
+    --mask) mask=$2; shift ;;
+    --table) table=$2; shift ;;
+    --input) input=$2; shift ;;
+    esac
+    shift
+done
+size=$(stat -c %s "$input")
+{ printf 'II*\0'; head -c 256 "$input"; } >"$mask"
+printf 'label,area_px,mean_intensity
+1,%d,0.5
+2,%d,0.7
+' $((size % 997)) $((size % 491)) >"$table"
+"#;
 
 /// Writes a small synthetic acquisition: plates of wells with image-like files (a few
 /// large, many small), awkward names, an empty folder, a link, and instrument metadata.
