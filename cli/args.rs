@@ -177,7 +177,7 @@ pub(crate) struct ManifestVerifyArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ParallelArgs {
-    /// Files processed in parallel (default: one per core)
+    /// Files processed in parallel (default: four per core, from the config's `jobs`)
     #[arg(short, long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
 }

@@ -483,7 +483,7 @@ fn status_shows_the_stage_with_its_deadline() {
 
     let json = env.run(["status", "--json"]);
     json.code(0);
-    let items = json.json();
+    let items = json.json()["items"].clone();
     assert_eq!(
         items[0]["deadline"].as_str().expect("deadline")[..10],
         *deadline

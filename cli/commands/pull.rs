@@ -18,13 +18,19 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
     let view = store.load(&id)?;
     let backend =
         Backend::for_executor(view.record.executor, &settings.state_dir, &settings.client);
-    let opts = PullOptions {
+    let mut opts = PullOptions {
         wait: args.wait,
         allow_partial: args.allow_partial,
         worm: args.worm,
         jobs: args.parallel.jobs.unwrap_or(settings.jobs).max(1),
+        notify: |msg| output::note(msg),
         ..PullOptions::default()
     };
+    // Another pull of the same run (the pull-back job, or someone by hand) is waited for:
+    // as long as --wait allows, else up to the default hour; then this one reports.
+    if args.wait {
+        opts.busy_timeout = opts.wait_timeout;
+    }
     let bar = output::Bar::new("pulling", args.json);
     let outcome = pull(&store, &id, &backend, &opts, &bar);
     bar.finish();
@@ -33,12 +39,21 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
         output::json(&outcome);
     }
     Ok(match outcome {
-        PullOutcome::AlreadyPulled { results_dir } => {
+        PullOutcome::AlreadyPulled {
+            results_dir,
+            concurrent,
+        } => {
             if !args.json {
-                output::data(format!(
-                    "run {id} was already pulled to {}; nothing to do",
-                    results_dir.display()
-                ));
+                output::data(match concurrent {
+                    Some(holder) => format!(
+                        "run {id} was pulled to {} by another process ({holder}) while this one waited; nothing to do",
+                        results_dir.display()
+                    ),
+                    None => format!(
+                        "run {id} was already pulled to {}; nothing to do",
+                        results_dir.display()
+                    ),
+                });
             }
             Status::Success
         }

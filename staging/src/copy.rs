@@ -26,14 +26,11 @@ use sha2::{Digest as _, Sha256};
 use tempfile::TempPath;
 
 use crate::error::{Error, IoContext, Result};
-use crate::hash::{self, Digest, BLOCK};
+use crate::hash::{self, Digest, STREAM_THRESHOLD};
 use crate::journal::{Journal, JournalEntry};
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::walk::{self, Entry, Filter, Kind, Meta, MANIFEST_NAME, STATE_DIR, TMP_PREFIX};
-
-/// Files at least this big are read by a separate thread so reading and hashing overlap.
-const STREAM_THRESHOLD: u64 = 8 << 20;
 
 /// How to copy.
 #[derive(Debug, Clone)]
@@ -65,8 +62,8 @@ impl Default for CopyOptions {
             filter: Filter::default(),
             preserve_mtime: false,
             check_space: true,
-            batch_bytes: 512 << 20,
-            batch_files: 4096,
+            batch_bytes: 64 << 20,
+            batch_files: 1024,
             use_source_manifest: true,
         }
     }
@@ -265,7 +262,24 @@ pub fn copy_tree(
     let mut primaries: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut known: Vec<(PathBuf, Digest)> = Vec::new();
     let mut oldest = OldestTimes::default();
-    for e in &entries {
+    // Planning stats every destination file: do it in parallel (a round trip each on a
+    // network filesystem), then decide in path order.
+    let plans: Vec<Option<Plan>> = {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.jobs.max(1))
+            .build()
+            .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))?;
+        pool.install(|| {
+            entries
+                .par_iter()
+                .map(|e| {
+                    (e.kind == Kind::File)
+                        .then(|| plan_file(dest, e, journal.get(&e.rel), opts.verify_existing))
+                })
+                .collect()
+        })
+    };
+    for (e, plan) in entries.iter().zip(plans) {
         match e.kind {
             Kind::Dir => dirs.push(e),
             Kind::Symlink => symlinks.push(e),
@@ -287,8 +301,7 @@ pub fn copy_tree(
                     }
                     primaries.insert(key, e.rel.clone());
                 }
-                let plan = plan_file(dest, e, journal.get(&e.rel), opts.verify_existing);
-                match plan {
+                match plan.expect("planned every file") {
                     Plan::Skip(digest, dest_meta) => {
                         oldest.add(&dest_meta);
                         known.push((e.rel.clone(), digest));
@@ -342,17 +355,22 @@ pub fn copy_tree(
 
     // Folders first (writable while we fill them; their modes are set at the end).
     fs_err_create_dir_all(dest)?;
+    let mut dir_modes: HashMap<PathBuf, u32> = HashMap::new();
     for d in &dirs {
         let path = dest.join(&d.rel);
         let existed = path.is_dir();
-        if let Err(e) = ensure_writable_dir(&path) {
-            report.failed.push(Failure {
+        match ensure_writable_dir(&path) {
+            Err(e) => report.failed.push(Failure {
                 path: d.rel.clone(),
                 kind: classify(&e),
                 error: e,
-            });
-        } else if !existed {
-            report.changes.push((d.rel.clone(), Change::Dir));
+            }),
+            Ok(mode) => {
+                dir_modes.insert(d.rel.clone(), mode);
+                if !existed {
+                    report.changes.push((d.rel.clone(), Change::Dir));
+                }
+            }
         }
     }
     report.dirs = dirs.len() as u64;
@@ -372,42 +390,32 @@ pub fn copy_tree(
     };
 
     let mut copied_digests: Vec<(PathBuf, Digest)> = Vec::new();
-    let mut start = 0;
-    while start < jobs.len() {
-        let mut end = start;
-        let mut bytes = 0u64;
-        while end < jobs.len()
-            && (end == start || (bytes < opts.batch_bytes && end - start < opts.batch_files))
-        {
-            bytes += jobs[end].meta.size;
-            end += 1;
-        }
-        let batch = &jobs[start..end];
-        let results = pool.install(|| run_batch(&ctx, batch, start, &journal));
-        for r in results {
-            match r {
-                Ok((i, digest, dest_meta)) => {
-                    oldest.add(&dest_meta);
-                    let job = &jobs[i];
-                    report.copied += 1;
-                    report.bytes_copied += job.meta.size;
-                    if job.change == Change::Repair {
-                        report.repaired.push(job.rel.clone());
-                    }
-                    copied_digests.push((job.rel.clone(), digest));
+    let verify_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs)
+        .build()
+        .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))?;
+    let (results, journal_errors) = run_pipeline(&ctx, &jobs, &pool, &verify_pool, &journal);
+    for r in results {
+        match r {
+            Ok((i, digest, dest_meta)) => {
+                oldest.add(&dest_meta);
+                let job = &jobs[i];
+                report.copied += 1;
+                report.bytes_copied += job.meta.size;
+                if job.change == Change::Repair {
+                    report.repaired.push(job.rel.clone());
                 }
-                Err(f) => report.failed.push(f),
+                copied_digests.push((job.rel.clone(), digest));
             }
+            Err(f) => report.failed.push(f),
         }
-        if let Err(e) = journal.lock().expect("journal lock").flush() {
-            // This batch's files are verified and in place, but without their journal lines
-            // the next run checks them again. Report it like any other failure (a full disk
-            // is the usual cause) and stop, rather than lose the whole report.
-            abort.store(true, Ordering::Relaxed);
-            report.failed.push(journal_failure(e));
-        }
-        start = end;
     }
+    // Verified files whose journal lines could not be written are in place, but the next
+    // run checks them again. Report it like any other failure (a full disk is the usual
+    // cause) rather than lose the whole report.
+    report
+        .failed
+        .extend(journal_errors.into_iter().map(journal_failure));
     known.extend(copied_digests);
 
     // Hard links, once their primary is verified.
@@ -466,7 +474,12 @@ pub fn copy_tree(
     // Folder modes (and mtimes when allowed), deepest first.
     for d in dirs.iter().rev() {
         let path = dest.join(&d.rel);
-        let mut result = std::fs::set_permissions(&path, perm(d.meta.mode)).at(&path);
+        let wanted = d.meta.mode & 0o7777;
+        let mut result = if dir_modes.get(&d.rel) == Some(&wanted) {
+            Ok(())
+        } else {
+            std::fs::set_permissions(&path, perm(d.meta.mode)).at(&path)
+        };
         if result.is_ok() && opts.preserve_mtime {
             result = set_mtime(&path, d.meta.mtime_ns);
         }
@@ -530,76 +543,141 @@ struct Ctx<'a> {
 
 type BatchResult = std::result::Result<(usize, Digest, Meta), Failure>;
 
-fn run_batch(
+/// Copies, flushes and verifies with the three steps overlapping: copy workers write
+/// temporary files; a flusher gathers them into batches (by bytes, count, or a short
+/// pause) and makes each batch durable with one `syncfs`; verify workers read each flushed
+/// batch back from storage and rename it into place while the next files are being copied.
+fn run_pipeline(
     ctx: &Ctx<'_>,
-    batch: &[Job],
-    offset: usize,
+    jobs: &[Job],
+    copy_pool: &rayon::ThreadPool,
+    verify_pool: &rayon::ThreadPool,
     journal: &Mutex<Journal>,
-) -> Vec<BatchResult> {
-    // Copy to temporary names.
-    let staged: Vec<std::result::Result<Staged, Failure>> = batch
-        .par_iter()
-        .enumerate()
-        .map(|(k, job)| {
-            let fail = |kind, error| Failure {
-                path: job.rel.clone(),
-                kind,
-                error,
+) -> (Vec<BatchResult>, Vec<Error>) {
+    use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+
+    let results: Mutex<Vec<BatchResult>> = Mutex::new(Vec::with_capacity(jobs.len()));
+    let journal_errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
+    let push = |r: BatchResult| results.lock().expect("results lock").push(r);
+    let batch_bytes = ctx.opts.batch_bytes.max(1);
+    let batch_files = ctx.opts.batch_files.max(1);
+
+    std::thread::scope(|scope| {
+        let (staged_tx, staged_rx) = sync_channel::<std::result::Result<Staged, Failure>>(1024);
+        let (flushed_tx, flushed_rx) = sync_channel::<Vec<Staged>>(2);
+
+        // Flusher.
+        let push_f = &push;
+        scope.spawn(move || {
+            let mut batch: Vec<Staged> = Vec::new();
+            let mut bytes = 0u64;
+            let flush = |batch: Vec<Staged>| {
+                if batch.is_empty() {
+                    return;
+                }
+                match syncfs(ctx.dest) {
+                    Ok(()) => {
+                        let _ = flushed_tx.send(batch);
+                    }
+                    Err(e) => {
+                        for s in batch {
+                            push_f(Err(Failure {
+                                path: jobs[s.job_index].rel.clone(),
+                                kind: classify(&e),
+                                error: Error::io(ctx.dest, std::io::Error::other(e.to_string())),
+                            }));
+                        }
+                    }
+                }
             };
-            if ctx.abort.load(Ordering::Relaxed) {
-                return Err(fail(
-                    FailureKind::NotAttempted,
-                    Error::io(
-                        ctx.src.join(&job.rel),
-                        std::io::Error::other("not attempted: the destination ran out of space"),
-                    ),
-                ));
+            loop {
+                match staged_rx.recv_timeout(Duration::from_millis(30)) {
+                    Ok(Ok(s)) => {
+                        bytes += s.meta.size;
+                        batch.push(s);
+                        if bytes >= batch_bytes || batch.len() >= batch_files {
+                            flush(std::mem::take(&mut batch));
+                            bytes = 0;
+                        }
+                    }
+                    Ok(Err(f)) => push_f(Err(f)),
+                    Err(RecvTimeoutError::Timeout) => {
+                        flush(std::mem::take(&mut batch));
+                        bytes = 0;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        flush(std::mem::take(&mut batch));
+                        break;
+                    }
+                }
             }
-            copy_to_temporary(ctx, job, offset + k).map_err(|(kind, e)| {
-                if kind == FailureKind::DiskFull {
-                    ctx.abort.store(true, Ordering::Relaxed);
-                }
-                fail(kind, e)
-            })
-        })
-        .collect();
+        });
 
-    // One flush for the whole batch, so the read-back below comes from storage.
-    if staged.iter().any(|s| s.is_ok()) {
-        if let Err(e) = syncfs(ctx.dest) {
-            return staged
-                .into_iter()
-                .map(|s| {
-                    let i = s?.job_index;
-                    Err(Failure {
-                        path: batch[i - offset].rel.clone(),
-                        kind: classify(&e),
-                        error: Error::io(ctx.dest, std::io::Error::other(e.to_string())),
-                    })
-                })
-                .collect();
-        }
-    }
-
-    staged
-        .into_par_iter()
-        .map(|s| {
-            let s = s?;
-            let job = &batch[s.job_index - offset];
-            let result = finish_file(ctx, job, s, journal);
-            ctx.progress.add_file();
-            result.map_err(|(kind, error)| {
-                if kind == FailureKind::DiskFull {
+        // Verifiers.
+        let push_v = &push;
+        let journal_errors = &journal_errors;
+        scope.spawn(move || {
+            for batch in flushed_rx {
+                let verified: Vec<BatchResult> = verify_pool.install(|| {
+                    batch
+                        .into_par_iter()
+                        .map(|s| {
+                            let job = &jobs[s.job_index];
+                            let result = finish_file(ctx, job, s, journal);
+                            ctx.progress.add_file();
+                            result.map_err(|(kind, error)| {
+                                if kind == FailureKind::DiskFull {
+                                    ctx.abort.store(true, Ordering::Relaxed);
+                                }
+                                Failure {
+                                    path: job.rel.clone(),
+                                    kind,
+                                    error,
+                                }
+                            })
+                        })
+                        .collect()
+                });
+                verified.into_iter().for_each(push_v);
+                if let Err(e) = journal.lock().expect("journal lock").flush() {
                     ctx.abort.store(true, Ordering::Relaxed);
+                    journal_errors.lock().expect("errors lock").push(e);
                 }
-                Failure {
+            }
+        });
+
+        // Copiers (this thread waits for them).
+        copy_pool.install(|| {
+            jobs.par_iter().enumerate().for_each_with(staged_tx, |tx, (i, job)| {
+                let fail = |kind, error| Failure {
                     path: job.rel.clone(),
                     kind,
                     error,
-                }
-            })
-        })
-        .collect()
+                };
+                let r = if ctx.abort.load(Ordering::Relaxed) {
+                    Err(fail(
+                        FailureKind::NotAttempted,
+                        Error::io(
+                            ctx.src.join(&job.rel),
+                            std::io::Error::other("not attempted: the run stopped after a fatal error (disk full?)"),
+                        ),
+                    ))
+                } else {
+                    copy_to_temporary(ctx, job, i).map_err(|(kind, e)| {
+                        if kind == FailureKind::DiskFull {
+                            ctx.abort.store(true, Ordering::Relaxed);
+                        }
+                        fail(kind, e)
+                    })
+                };
+                let _ = tx.send(r);
+            });
+        });
+    });
+    (
+        results.into_inner().expect("results lock"),
+        journal_errors.into_inner().expect("errors lock"),
+    )
 }
 
 /// Reads the source once (hashing), writes a temporary file next to the destination.
@@ -712,45 +790,25 @@ fn copy_streamed(
     sparse: bool,
     progress: &dyn Progress,
 ) -> std::result::Result<(Digest, u64), (FailureKind, Error)> {
-    let io = |e: Error| (classify(&e), e);
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<std::io::Result<(Vec<u8>, usize)>>(4);
-    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
-    for _ in 0..6 {
-        empty_tx.send(vec![0u8; BLOCK]).expect("channel has room");
-    }
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut src = src;
-            while let Ok(mut buf) = empty_rx.recv() {
-                let r = loop {
-                    match src.read(&mut buf) {
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        other => break other,
-                    }
-                };
-                let done = !matches!(r, Ok(n) if n > 0);
-                if full_tx.send(r.map(|n| (buf, n))).is_err() || done {
-                    return;
-                }
-            }
-        });
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        loop {
-            let (buf, n) = match full_rx.recv() {
-                Ok(Ok((_, 0))) | Err(_) => break,
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(io(Error::io(src_path, e))),
-            };
-            hasher.update(&buf[..n]);
-            write_block(out, out_path, &buf[..n], sparse).map_err(io)?;
-            total += n as u64;
-            progress.add_bytes(n as u64);
-            // The reader may have stopped after an error; ignore a closed channel.
-            let _ = empty_tx.send(buf);
+    let mut hasher = Sha256::new();
+    let mut write_error = None;
+    let read = hash::stream_blocks(src, |block| {
+        hasher.update(block);
+        if let Err(e) = write_block(out, out_path, block, sparse) {
+            write_error = Some(e);
+            return Err(std::io::Error::other("write failed"));
         }
-        Ok((Digest::from_hasher(hasher), total))
-    })
+        progress.add_bytes(block.len() as u64);
+        Ok(())
+    });
+    if let Some(e) = write_error {
+        return Err((classify(&e), e));
+    }
+    let total = read.map_err(|e| {
+        let e = Error::io(src_path, e);
+        (classify(&e), e)
+    })?;
+    Ok((Digest::from_hasher(hasher), total))
 }
 
 fn write_block(out: &mut File, path: &Path, data: &[u8], sparse: bool) -> Result<()> {
@@ -774,9 +832,7 @@ fn finish_file(
     let file = File::open(tmp_path).at(tmp_path).map_err(io)?;
     hash::drop_cache(&file);
     hash::advise_sequential(&file);
-    let (readback, n) = hash::with_buffer(|buf| hash::hash_reader(&file, buf))
-        .at(tmp_path)
-        .map_err(io)?;
+    let (readback, n) = hash::hash_open_file(&file).at(tmp_path).map_err(io)?;
     drop(file);
     if readback != staged.digest || n != staged.meta.size {
         return Err((
@@ -870,25 +926,32 @@ fn set_mtime(path: &Path, mtime_ns: i64) -> Result<()> {
     filetime::set_symlink_file_times(path, filetime::FileTime::now(), t).at(path)
 }
 
-fn ensure_writable_dir(path: &Path) -> Result<()> {
+/// Makes sure `path` is a folder we can write into; returns its mode now (without the
+/// file type bits).
+fn ensure_writable_dir(path: &Path) -> Result<u32> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
-            let mode = m.permissions().mode();
+            let mode = m.permissions().mode() & 0o7777;
             if mode & 0o700 != 0o700 {
                 std::fs::set_permissions(path, perm(mode | 0o700)).at(path)?;
+                return Ok(mode | 0o700);
             }
-            Ok(())
+            Ok(mode)
         }
         Ok(_) => Err(Error::io(
             path,
             std::io::Error::other("exists at the destination but is not a folder"),
         )),
-        Err(_) => std::fs::create_dir_all(path).at(path),
+        Err(_) => {
+            std::fs::create_dir_all(path).at(path)?;
+            let m = std::fs::symlink_metadata(path).at(path)?;
+            Ok(m.permissions().mode() & 0o7777)
+        }
     }
 }
 
 fn fs_err_create_dir_all(path: &Path) -> Result<()> {
-    ensure_writable_dir(path)
+    ensure_writable_dir(path).map(|_| ())
 }
 
 fn same_inode(a: &Path, b: &Path) -> bool {

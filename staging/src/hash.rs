@@ -125,11 +125,75 @@ pub fn hash_reader(mut reader: impl Read, buf: &mut [u8]) -> std::io::Result<(Di
     Ok((Digest::from_hasher(hasher), total))
 }
 
+/// Files at least this big are read by a separate thread, so reading and hashing overlap.
+pub const STREAM_THRESHOLD: u64 = 8 << 20;
+
 /// Hashes a file by path; returns the digest and the byte count.
 pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
     let file = File::open(path).at(path)?;
     advise_sequential(&file);
-    with_buffer(|buf| hash_reader(&file, buf)).at(path)
+    hash_open_file(&file).at(path)
+}
+
+/// Hashes an open file from its current position: streamed through a reader thread when
+/// it is big, with this thread's buffer otherwise.
+pub fn hash_open_file(file: &File) -> std::io::Result<(Digest, u64)> {
+    let big = file.metadata().is_ok_and(|m| m.len() >= STREAM_THRESHOLD);
+    if !big {
+        return with_buffer(|buf| hash_reader(file, buf));
+    }
+    let mut hasher = Sha256::new();
+    let total = stream_blocks(file, |block| {
+        hasher.update(block);
+        Ok(())
+    })?;
+    Ok((Digest::from_hasher(hasher), total))
+}
+
+/// Reads `file` to its end in a separate thread, handing each block to `consume` on this
+/// thread, so that the next read is in flight while a block is hashed or written. Returns
+/// the byte count; stops at the first error of either side.
+pub fn stream_blocks(
+    file: &File,
+    mut consume: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    const DEPTH: usize = 4;
+    let (full_tx, full_rx) =
+        std::sync::mpsc::sync_channel::<std::io::Result<(Vec<u8>, usize)>>(DEPTH);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH + 2);
+    for _ in 0..DEPTH + 2 {
+        empty_tx.send(vec![0u8; BLOCK]).expect("channel has room");
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut src = file;
+            while let Ok(mut buf) = empty_rx.recv() {
+                let r = loop {
+                    match src.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                let done = !matches!(r, Ok(n) if n > 0);
+                if full_tx.send(r.map(|n| (buf, n))).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let mut total = 0u64;
+        loop {
+            let (buf, n) = match full_rx.recv() {
+                Ok(Ok((_, 0))) | Err(_) => break,
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(e),
+            };
+            consume(&buf[..n])?;
+            total += n as u64;
+            // The reader may have stopped; a closed channel is fine.
+            let _ = empty_tx.send(buf);
+        }
+        Ok(total)
+    })
 }
 
 thread_local! {

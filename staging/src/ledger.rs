@@ -48,6 +48,14 @@ impl Ledger {
         Ok(path)
     }
 
+    /// Stores a stage record unless one for the same destination is there already.
+    pub fn put_stage_if_missing(&self, record: &StageRecord) -> Result<()> {
+        if !self.stage_path(record).is_file() {
+            self.put_stage(record)?;
+        }
+        Ok(())
+    }
+
     /// All stage records, sorted by id; damaged ones come back as errors.
     pub fn stages(&self) -> Result<Vec<Result<StageRecord>>> {
         let dir = self.root.join("stages");

@@ -126,17 +126,39 @@ pub fn stage(
     let mut copy = settings.copy.clone();
     copy.preserve_mtime = settings.policy.preserve_mtime();
     let record_path = settings.destination.join(STATE_DIR).join("stage.json");
-    if !copy.dry_run && record_path.exists() {
-        // The old record describes the old copy; it is written again only when this one
-        // has verified completely.
-        std::fs::remove_file(&record_path).map_err(|e| Error::io(&record_path, e))?;
-    }
+    let previous: Option<StageRecord> = crate::record::read_json(&record_path).ok();
     let report = copy_tree(&settings.source, &settings.destination, &copy, progress)?;
-    if copy.dry_run || !report.ok() {
+    if copy.dry_run {
         return Ok(StageOutcome {
             report,
             record: None,
         });
+    }
+    if !report.ok() {
+        // The old record describes a complete copy; this one is not.
+        if previous.is_some() {
+            std::fs::remove_file(&record_path).map_err(|e| Error::io(&record_path, e))?;
+        }
+        return Ok(StageOutcome {
+            report,
+            record: None,
+        });
+    }
+    if let Some(previous) = previous {
+        let unchanged = report.changes.is_empty()
+            && previous.manifest_digest == report.manifest.digest()
+            && previous.source == settings.source.display().to_string();
+        if unchanged {
+            // A no-op re-stage: nothing to write (the deadline still follows the files,
+            // which did not change either).
+            if let Some(ledger) = ledger {
+                ledger.put_stage_if_missing(&previous)?;
+            }
+            return Ok(StageOutcome {
+                report,
+                record: Some(previous),
+            });
+        }
     }
     let staged_at = Timestamp::now();
     let source_manifest = settings.source.join(MANIFEST_NAME);
