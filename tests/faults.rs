@@ -1,0 +1,516 @@
+//! What goes wrong in real life, and what hpcstage must do about it: killed runs, bit rot
+//! at the destination, sources changing under the copy, full disks, missing sources,
+//! hostile manifests and corruption on the NAS.
+//!
+//! The invariant behind most of these: a file never appears under its final name at the
+//! destination unless its bytes were verified.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    assert_final_names_match_source, assert_text, needs_root, noise, read, regular_files,
+    temporaries, write, Env, Mount,
+};
+use filetime::FileTime;
+use serde_json::json;
+
+fn sha256_hex(env: &Env, path: &Path) -> String {
+    let run = env.sh(
+        path.parent().expect("parent"),
+        &format!(
+            "sha256sum < '{}'",
+            path.file_name().expect("name").to_string_lossy()
+        ),
+    );
+    run.code(0);
+    run.stdout[..64].to_string()
+}
+
+/// Waits until `ready` holds, failing the test if `child` ends first or time runs out.
+fn wait_for(child: &mut std::process::Child, what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            panic!("hpcstage ended ({status}) before {what}");
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn after_sigkill_mid_stage_no_unverified_file_has_a_final_name_and_a_rerun_finishes() {
+    let env = Env::new();
+    let src = env.path("src");
+    // 256 MiB in 2048 files: the copy takes long enough to be killed in the middle.
+    let base = noise(1, 128 << 10);
+    for d in 0..8u64 {
+        for f in 0..256u64 {
+            let mut data = base.clone();
+            data[..8].copy_from_slice(&(d * 256 + f).to_le_bytes());
+            write(src.join(format!("d{d}/f{f:03}.bin")), data);
+        }
+    }
+    let dest = env.path("dest");
+    let journal = dest.join(".hpcstage/journal");
+
+    let mut cmd = env.command();
+    cmd.args(["stage", "src", "dest", "--project", "P", "--jobs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("start hpcstage");
+    wait_for(&mut child, "the journal got its first lines", || {
+        fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+    });
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("reap");
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "the stage finished ({status}) before SIGKILL landed: nothing was tested"
+        );
+    }
+
+    // The killed run: whatever carries its final name is byte-for-byte the source.
+    let finished = assert_final_names_match_source(&src, &dest);
+    assert!(
+        finished < 2048,
+        "all {finished} files were done: the kill came too late"
+    );
+    assert!(!dest.join(".hpcstage/stage.json").exists());
+    assert!(!dest.join("MANIFEST.sha256").exists());
+
+    // The rerun resumes (trusting what the journal verified) and completes.
+    let run = env.run([
+        "stage",
+        "src",
+        "dest",
+        "--project",
+        "P",
+        "--jobs",
+        "1",
+        "--json",
+    ]);
+    run.code(0);
+    let j = run.json();
+    let (copied, skipped) = (
+        j["copied"].as_u64().expect("copied"),
+        j["skipped"].as_u64().expect("skipped"),
+    );
+    assert_eq!(copied + skipped, 2048, "{run}");
+    assert!(
+        skipped > 0,
+        "the rerun ignored the journal and copied everything again"
+    );
+    assert_eq!(
+        temporaries(&dest),
+        Vec::<PathBuf>::new(),
+        "temporary files were left"
+    );
+    assert_eq!(assert_final_names_match_source(&src, &dest), 2048);
+    env.run(["manifest", "verify", "dest", "--no-log"]).code(0);
+    env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
+        .code(0);
+}
+
+#[test]
+fn a_flipped_byte_at_the_destination_is_caught_by_verify_and_repaired_by_stage_verify() {
+    let env = Env::new();
+    write(env.path("src/a.dat"), noise(11, 4096));
+    write(env.path("src/b.dat"), noise(12, 4096));
+    env.run(["stage", "src", "dest", "--project", "P"]).code(0);
+
+    // Bit rot: one byte changes; size, inode and mtime stay as they were.
+    let victim = env.path("dest/a.dat");
+    let before = fs::metadata(&victim).expect("stat");
+    let mut bytes = read(&victim);
+    bytes[100] ^= 0xff;
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&victim)
+            .expect("open for writing");
+        f.write_all(&bytes).expect("write");
+    }
+    filetime::set_file_mtime(&victim, FileTime::from_last_modification_time(&before))
+        .expect("restore mtime");
+    let after = fs::metadata(&victim).expect("stat");
+    assert_eq!(
+        (after.len(), after.ino(), after.mtime(), after.mtime_nsec()),
+        (
+            before.len(),
+            before.ino(),
+            before.mtime(),
+            before.mtime_nsec()
+        )
+    );
+
+    let verify = env.run(["manifest", "verify", "dest", "--no-log"]);
+    verify.code(3);
+    assert_text(&verify.stdout, "a.dat: FAILED\nb.dat: OK\n");
+
+    // A plain re-stage trusts size, mtime and inode: it does not notice.
+    let plain = env.run(["stage", "src", "dest", "--project", "P", "--json"]);
+    plain.code(0);
+    assert_eq!(
+        (&plain.json()["copied"], &plain.json()["repaired"]),
+        (&json!(0), &json!([]))
+    );
+
+    // --verify re-reads what the journal calls verified, repairs it and says so.
+    let repair = env.run(["stage", "src", "dest", "--project", "P", "--verify"]);
+    repair
+        .code(0)
+        .err_has("warning: a.dat: destination no longer matched; copied again");
+    assert_eq!(read(&victim), read(env.path("src/a.dat")));
+    let verify = env.run(["manifest", "verify", "dest", "--no-log"]);
+    verify.code(0);
+    assert_text(&verify.stdout, "a.dat: OK\nb.dat: OK\n");
+}
+
+#[test]
+fn a_source_file_that_changes_during_the_copy_fails_and_never_gets_its_final_name() {
+    let env = Env::new();
+    let big = env.path("src/big.bin");
+    write(&big, noise(21, 48 << 20));
+    write(env.path("src/small.txt"), "small\n");
+
+    // An instrument still writing: append to the big file until the stage is over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (stop, big) = (Arc::clone(&stop), big.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                common::append(&big, b"one more line\n");
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    let run = env.run([
+        "stage",
+        "src",
+        "dest",
+        "--project",
+        "P",
+        "--jobs",
+        "1",
+        "--json",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    appender.join().expect("appender thread");
+
+    run.code(4);
+    let j = run.json();
+    assert_eq!(
+        j["failed"],
+        json!([{
+            "path": "big.bin",
+            "kind": "source-changed",
+            "error": format!("{}: the file changed while it was being copied; run again", big.display()),
+        }]),
+        "{run}"
+    );
+    assert_eq!(j["copied"], 1);
+    assert_eq!(
+        j["record"],
+        serde_json::Value::Null,
+        "an incomplete stage got a record"
+    );
+    assert!(
+        !env.path("dest/big.bin").exists(),
+        "a changing file got its final name"
+    );
+    assert_eq!(temporaries(&env.path("dest")), Vec::<PathBuf>::new());
+    assert!(!env.path("dest/MANIFEST.sha256").exists());
+
+    // Once the file holds still, the same command finishes the job.
+    env.run(["stage", "src", "dest", "--project", "P"]).code(0);
+    assert_eq!(
+        assert_final_names_match_source(&env.path("src"), &env.path("dest")),
+        2
+    );
+}
+
+#[test]
+fn a_destination_too_small_is_refused_before_anything_is_copied() {
+    needs_root!();
+    let env = Env::new();
+    for i in 0..10 {
+        write(env.path(format!("src/f{i}.bin")), noise(i, 1 << 20));
+    }
+    let small = env.path("small");
+    let _mount = Mount::new("tmpfs", "size=8m", &small);
+    let run = env.run(["stage", "src", "small/dest", "--project", "P"]);
+    run.code(1)
+        .err_has(
+            "error: not enough space at [ROOT]/small/dest: 10.0 MiB needed, 8.0 MiB available\n",
+        )
+        .err_has("hint: free space at the destination");
+    assert_eq!(run.stdout, "");
+    assert_eq!(regular_files(&small.join("dest")), Vec::<PathBuf>::new());
+    assert_eq!(temporaries(&small), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_disk_that_fills_up_during_the_copy_fails_those_files_and_a_rerun_finishes() {
+    needs_root!();
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..192 {
+        write(
+            src.join(format!("a/f{i:03}.bin")),
+            noise(100 + i, 256 << 10),
+        );
+    }
+    let small = env.path("small");
+    let mount = Mount::new("tmpfs", "size=64m", &small);
+
+    // 48 MiB into 64 MiB passes the pre-flight check. Once the stage is well into the
+    // copy (ten files written to temporary names), it is frozen, another writer takes all
+    // the space left, and the stage goes on into a full disk.
+    let mut cmd = env.command();
+    cmd.args([
+        "stage",
+        "src",
+        "small/dest",
+        "--project",
+        "P",
+        "--jobs",
+        "1",
+        "--json",
+    ]);
+    let mut child = cmd.spawn().expect("start hpcstage");
+    wait_for(&mut child, "ten files were being copied", || {
+        temporaries(&small.join("dest/a")).len() >= 10
+    });
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+    // SAFETY: plain signal sends to our own child, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let mut filler = fs::File::create(small.join("filler")).expect("create filler");
+    let chunk = vec![0x5a_u8; 4096];
+    let full = loop {
+        if let Err(e) = filler.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let out = child.wait_with_output().expect("wait for hpcstage");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a full disk is \"some files failed\"\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    // Every failure is the full disk (or a file not tried after it), the journal included
+    // when it could not be written either; the rest was copied.
+    let j: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
+    let failed = j["failed"].as_array().expect("failed list");
+    assert!(
+        failed.iter().any(|f| f["kind"] == "disk-full"
+            && f["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No space left on device"))),
+        "no disk-full failure reported:\n{stdout}"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|f| f["kind"] == "disk-full" || f["kind"] == "not-attempted"),
+        "{stdout}"
+    );
+    let data_failures = failed
+        .iter()
+        .filter(|f| f["path"] != ".hpcstage/journal")
+        .count();
+    assert_eq!(
+        j["copied"].as_u64().expect("copied") + data_failures as u64,
+        192,
+        "{stdout}"
+    );
+    let dest = small.join("dest");
+    assert_final_names_match_source(&src, &dest);
+    assert_eq!(
+        temporaries(&dest),
+        Vec::<PathBuf>::new(),
+        "temporaries were left"
+    );
+    assert!(!dest.join("MANIFEST.sha256").exists());
+
+    // Room again: the same command completes. (Files the failed run copied but could not
+    // journal are copied again, next to their unjournaled copies: give it room for that.)
+    drop(filler);
+    fs::remove_file(small.join("filler")).expect("remove filler");
+    mount.remount("size=128m");
+    env.run(["stage", "src", "small/dest", "--project", "P"])
+        .code(0);
+    assert_eq!(assert_final_names_match_source(&src, &dest), 192);
+    env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
+        .code(0);
+}
+
+#[test]
+fn a_missing_source_is_an_error_naming_it() {
+    let env = Env::new();
+    let run = env.run(["stage", "no/such/dataset", "dest", "--project", "P"]);
+    run.code(1)
+        .err_has("error: source [ROOT]/no/such/dataset does not exist or is not a folder\n")
+        .err_has("hint: check the path (and that the NAS is mounted on this node)");
+    assert!(!env.path("dest").exists());
+
+    write(env.path("a-file"), "not a folder");
+    let run = env.run(["stage", "a-file", "dest", "--project", "P"]);
+    run.code(1)
+        .err_has("error: source [ROOT]/a-file does not exist or is not a folder");
+    assert!(!env.path("dest").exists());
+}
+
+/// A folder `d` with `ok.txt`, and next to it a file the manifest tries to reach.
+fn hostile_setup(env: &Env) -> (String, String) {
+    write(env.path("d/ok.txt"), "fine\n");
+    write(env.path("secret.txt"), "outside the folder\n");
+    (
+        sha256_hex(env, &env.path("d/ok.txt")),
+        sha256_hex(env, &env.path("secret.txt")),
+    )
+}
+
+#[test]
+fn hostile_manifests_are_refused_with_file_and_line_and_nothing_outside_is_read() {
+    let env = Env::new();
+    let (ok, secret) = hostile_setup(&env);
+    let abs = env.path("secret.txt").display().to_string();
+    let unsafe_path = |line: usize, entry: &str| {
+        format!("MANIFEST.sha256:{line}: refusing unsafe path {entry:?} (absolute or climbing out with '..')")
+    };
+    let cases: Vec<(String, String)> = vec![
+        (
+            format!("{secret}  ../secret.txt\n"),
+            unsafe_path(1, "../secret.txt"),
+        ),
+        (
+            format!("{ok}  ok.txt\n{secret}  {abs}\n"),
+            unsafe_path(2, &abs),
+        ),
+        (
+            format!("{ok}  ok.txt\n{secret}  ./sub/../../secret.txt\n"),
+            unsafe_path(2, "./sub/../../secret.txt"),
+        ),
+        (
+            format!("{ok}  ok.txt\nzz{}  ok.txt\n", &ok[2..]),
+            "MANIFEST.sha256:2: bad checksum (expected 64 hex digits)".into(),
+        ),
+        (
+            format!("{ok}  ok.txt\n{}\n", &secret[..40]),
+            "MANIFEST.sha256:2: truncated line".into(),
+        ),
+        (
+            format!("# made by hand\n\n{ok}  ok.txt\n\\{secret}  ok\\q.txt\n"),
+            "MANIFEST.sha256:4: bad escape in path (only \\\\, \\n and \\r are allowed)".into(),
+        ),
+    ];
+    for (text, message) in cases {
+        write(env.path("d/MANIFEST.sha256"), &text);
+        let run = env.run(["manifest", "verify", "d"]);
+        run.code(1);
+        let first = run.stderr.lines().next().unwrap_or_default().to_string();
+        assert!(
+            first.starts_with(&format!("error: {}/d/{message}", env.root.display())),
+            "manifest {text:?}: expected the error to start with {message:?}\n{run}"
+        );
+        assert_eq!(run.stdout, "", "something was checked\n{run}");
+        let logs: Vec<_> = regular_files(&env.path("d"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().starts_with("verify_"))
+            .collect();
+        assert!(
+            logs.is_empty(),
+            "a log was written for a refused manifest: {logs:?}"
+        );
+    }
+}
+
+#[test]
+fn stage_refuses_a_source_whose_manifest_is_hostile() {
+    let env = Env::new();
+    let (_, secret) = hostile_setup(&env);
+    write(
+        env.path("d/MANIFEST.sha256"),
+        format!("{secret}  ../secret.txt\n"),
+    );
+    let run = env.run(["stage", "d", "dest", "--project", "P"]);
+    run.code(1).err_has(
+        "error: [ROOT]/d/MANIFEST.sha256:1: refusing unsafe path \"../secret.txt\" \
+         (absolute or climbing out with '..')\n\
+         hint: fix or regenerate the manifest",
+    );
+    assert!(!env.path("dest").exists(), "the destination was created");
+}
+
+#[test]
+fn a_nas_file_that_no_longer_matches_its_manifest_is_not_copied() {
+    let env = Env::new();
+    let ds = env.nas().join("P/raw/ds");
+    for (f, seed) in [("a.dat", 31), ("b.dat", 32), ("c.dat", 33)] {
+        write(ds.join(f), noise(seed, 2048));
+    }
+    env.run(["manifest".as_ref(), "create".as_ref(), ds.as_os_str()])
+        .code(0);
+    let listed = sha256_hex(&env, &ds.join("b.dat"));
+    // Silent corruption on the NAS: same size, same mtime, different bytes.
+    let meta = fs::metadata(ds.join("b.dat")).expect("stat");
+    let mut bytes = read(ds.join("b.dat"));
+    bytes[0] ^= 1;
+    write(ds.join("b.dat"), &bytes);
+    filetime::set_file_mtime(
+        ds.join("b.dat"),
+        FileTime::from_last_modification_time(&meta),
+    )
+    .expect("restore mtime");
+    let now = sha256_hex(&env, &ds.join("b.dat"));
+
+    let run = env.run_roots(["stage".as_ref(), ds.as_os_str(), "--json".as_ref()]);
+    run.code(3);
+    let j = run.json();
+    assert_eq!(j["source_manifest_used"], true);
+    assert_eq!(
+        j["failed"],
+        json!([{
+            "path": "b.dat",
+            "kind": "source-corrupt",
+            "error": format!(
+                "{}: SOURCE CORRUPT: content hashes to {now} but the source MANIFEST.sha256 says {listed}; not copied",
+                ds.join("b.dat").display()
+            ),
+        }]),
+        "{run}"
+    );
+    let dest = env.scratch().join("P/ds");
+    assert_eq!(
+        regular_files(&dest),
+        vec![PathBuf::from("a.dat"), PathBuf::from("c.dat")]
+    );
+    assert_final_names_match_source(&ds, &dest);
+
+    // Said plainly in the human output too.
+    let run = env.run_roots(["stage".as_ref(), ds.as_os_str()]);
+    run.code(3).err_has(&format!(
+        "error:   b.dat: [ROOT]/nas/P/raw/ds/b.dat: SOURCE CORRUPT: content hashes to {now} \
+         but the source MANIFEST.sha256 says {listed}; not copied"
+    ));
+    assert!(!dest.join("b.dat").exists());
+}
