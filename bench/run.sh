@@ -66,10 +66,12 @@ case $BENCH_SCALE in
 full)
     A_FILES=4 A_MIB=512
     B_FILES=20000 B_DIRS=100 B_KIB=16
+    C_FILES=200000 C_DIRS=400
     ;;
 small)
     A_FILES=4 A_MIB=16
     B_FILES=2000 B_DIRS=20 B_KIB=16
+    C_FILES=20000 C_DIRS=40
     ;;
 *) die "BENCH_SCALE must be 'full' or 'small' (got '$BENCH_SCALE')" ;;
 esac
@@ -180,6 +182,35 @@ for d in range(dirs):
 for i in range(files):
     with open(os.path.join(root, "dir%03d" % (i % dirs), "f%05d.dat" % i), "wb") as f:
         f.write(os.urandom(size))
+EOF
+}
+
+# (c): a scratch tree of C_FILES small files in C_DIRS folders with a stage marker, as
+# `hpcstage report --scan` finds staged folders, for the purge-deadline scan.
+gen_c() {
+    python3 - "$1" "$C_FILES" "$C_DIRS" <<'EOF'
+import json, os, shutil, sys
+root, files, dirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+shutil.rmtree(root, ignore_errors=True)
+staged = os.path.join(root, "bench", "scan")
+for d in range(dirs):
+    os.makedirs(os.path.join(staged, "dir%03d" % d))
+for i in range(files):
+    with open(os.path.join(staged, "dir%03d" % (i % dirs), "f%06d.dat" % i), "wb") as f:
+        f.write(b"x" * (i % 512))
+os.makedirs(os.path.join(staged, ".hpcstage"))
+now = "2026-01-01T00:00:00Z"
+record = {
+    "id": "bench/scan", "project": "bench", "dataset": "scan",
+    "source": "/nonexistent/bench/raw/scan", "destination": staged,
+    "files": files, "bytes": 0, "manifest_digest": "0" * 64,
+    "source_manifest_digest": None, "staged_at": now, "owner": "bench", "host": "bench",
+    "purge": {"basis": "mtime", "age": "30days", "whole_folder": False,
+              "oldest": now, "deadline": now},
+    "tool_version": "bench",
+}
+with open(os.path.join(staged, ".hpcstage", "stage.json"), "w") as f:
+    json.dump(record, f)
 EOF
 }
 
@@ -384,11 +415,24 @@ mem_verdict=$(awk -v k="$STAGE_B_RSS_KB" 'BEGIN { print (k < 64 * 1024) ? "PASS"
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 RESULTS+=("5 stage (b) peak RSS|$(mib "$STAGE_B_RSS_KB")|$(mib "$RSYNC_B_RSS_KB") (rsync -a)|-|< 64 MiB|$mem_verdict")
 
+# 6. purge-deadline scan of a big scratch tree: `report --scan` against find's timestamp
+# listing (what a hand-written purge check would run).
+DATA_C=$DATA/c
+if [[ ! -f $DATA_C.ready || $(cat "$DATA_C.ready") != "$C_FILES/$C_DIRS" ]]; then
+    say "generating dataset (c): $C_FILES files in $C_DIRS folders"
+    gen_c "$DATA_C"
+    echo "$C_FILES/$C_DIRS" >"$DATA_C.ready"
+fi
+measure "6 deadline scan (c)" time_le 1.5 "find -printf" \
+    "" "$H report --all --scan \"\$DATA_C\" --format json > /dev/null" \
+    "" "find \"\$DATA_C\" -printf '%A@ %T@ %s\\n' > /dev/null" \
+    "$DATA_C"
+
 # --------------------------------------------------------------------------- report
 
 {
     echo
-    echo "hpcstage benchmark, scale $BENCH_SCALE: (a) $A_FILES x $A_MIB MiB, (b) $B_FILES x $B_KIB KiB in $B_DIRS folders"
+    echo "hpcstage benchmark, scale $BENCH_SCALE: (a) $A_FILES x $A_MIB MiB, (b) $B_FILES x $B_KIB KiB in $B_DIRS folders, (c) $C_FILES files in $C_DIRS folders"
     echo "median of $BENCH_RUNS runs; ratio = peer / hpcstage (> 1: hpcstage faster)"
     if [[ $CACHE == cold ]]; then
         echo "cache policy: cold for both (sync; echo 3 > /proc/sys/vm/drop_caches before every timed run)"
