@@ -10,6 +10,13 @@
 //! the intermediates purged. A failed, timed-out, cancelled or invalid job gets its logs
 //! and a FAILED README in `results/<workflow>/_failed/<run>/`, never in the validated area,
 //! and scratch is left as it is.
+//!
+//! Pulls of one run take turns: an exclusive `flock` on `.hpcstage/pull.lock` in the run
+//! folder (Linux NFS clients map it to a POSIX lock the server arbitrates), held from the
+//! moment the job's final state is known until the ledger says pulled. The second pull
+//! waits, then finds the run pulled and says so. A pull killed at any point leaves either
+//! the hidden folder (the next pull resumes the copy) or the complete results folder under
+//! its final name (the next pull adopts it and finishes purge and bookkeeping).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hpcstage_slurm::template::{OutputCheck, Rendered, SIGNAL_MARKER};
+use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
 use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::manifest::{Manifest, ManifestEntry};
@@ -25,13 +32,14 @@ use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::{current_user, hostname, read_json, write_json};
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
 use jiff::Timestamp;
-use nix::fcntl::{renameat2, RenameFlags};
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, Flock, FlockArg, RenameFlags};
 use serde::Serialize;
 
 use crate::backend::{Backend, Observed};
 use crate::chain::RENDERED_FILE;
 use crate::error::{Error, Result};
-use crate::report::PulledMarker;
+use crate::report::{PulledMarker, PULLED_MARKER};
 use crate::run::{Event, JobFacts, JobRole, Phase, RunRecord, RunStore, RunView};
 
 /// How to pull.
@@ -49,6 +57,10 @@ pub struct PullOptions {
     pub jobs: usize,
     /// Time limit of the spec's validation command.
     pub validate_timeout: Duration,
+    /// How long to wait for another process that is pulling the same run.
+    pub busy_timeout: Duration,
+    /// Told once when this pull starts waiting for another one.
+    pub notify: fn(&str),
 }
 
 impl Default for PullOptions {
@@ -60,6 +72,8 @@ impl Default for PullOptions {
             worm: false,
             jobs: 2,
             validate_timeout: Duration::from_secs(600),
+            busy_timeout: Duration::from_secs(3600),
+            notify: |_| {},
         }
     }
 }
@@ -69,7 +83,12 @@ impl Default for PullOptions {
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum PullOutcome {
     /// The run was pulled before; nothing was done.
-    AlreadyPulled { results_dir: PathBuf },
+    AlreadyPulled {
+        results_dir: PathBuf,
+        /// The other pull this one waited for, when they ran at the same time.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        concurrent: Option<String>,
+    },
     /// Results are verified on the NAS.
     Pulled {
         results_dir: PathBuf,
@@ -112,6 +131,8 @@ pub struct Provenance<'a> {
     pub model: Option<ModelInfo>,
     pub gpus: Vec<String>,
     pub validation: &'a Validation,
+    /// Pulled with `--allow-partial` although the job failed or outputs did not validate.
+    pub partial: bool,
     pub timed_out_warning: bool,
     pub pulled_at: Timestamp,
     pub pulled_by: String,
@@ -136,14 +157,26 @@ pub fn pull(
     progress: &dyn Progress,
 ) -> Result<PullOutcome> {
     let view = store.load(id)?;
-    if let Some(done) = already_pulled(&view) {
-        return Ok(PullOutcome::AlreadyPulled { results_dir: done });
+    if let Some(done) = already_pulled(store, &view)? {
+        return Ok(PullOutcome::AlreadyPulled {
+            results_dir: done,
+            concurrent: None,
+        });
     }
     let job = view.job(JobRole::Compute).ok_or_else(|| Error::NoJob {
         id: id.to_string(),
         role: "compute".into(),
     })?;
     let observed = final_state(id, &job.job_id, backend, opts)?;
+    let lock = PullLock::acquire(&view.record.run_dir, id, opts)?;
+    // Whoever held the lock may have pulled the run meanwhile.
+    let view = store.load(id)?;
+    if let Some(done) = already_pulled(store, &view)? {
+        return Ok(PullOutcome::AlreadyPulled {
+            results_dir: done,
+            concurrent: lock.waited_for,
+        });
+    }
     store.append(
         id,
         Event::JobState {
@@ -171,14 +204,107 @@ pub fn pull(
             },
         );
     }
+    drop(lock);
     result
 }
 
-fn already_pulled(view: &RunView) -> Option<PathBuf> {
+/// The results folder when the run is pulled: recorded in the ledger, or marked in the
+/// run folder by a pull stopped before its ledger event (which is then written).
+fn already_pulled(store: &RunStore, view: &RunView) -> Result<Option<PathBuf>> {
     let results = &view.record.results_dir;
-    let marker = view.record.run_dir.join(STATE_DIR).join("pulled.json");
-    let pulled = view.phase == Phase::Pulled || marker.is_file();
-    (pulled && results.join(MANIFEST_NAME).is_file()).then(|| results.clone())
+    if !results.join(MANIFEST_NAME).is_file() {
+        return Ok(None);
+    }
+    if view.phase == Phase::Pulled {
+        return Ok(Some(results.clone()));
+    }
+    let marker = view.record.run_dir.join(STATE_DIR).join(PULLED_MARKER);
+    let Ok(marker) = read_json::<PulledMarker>(&marker) else {
+        return Ok(None);
+    };
+    store.append(
+        &view.record.id,
+        Event::Pulled {
+            results_dir: results.clone(),
+            manifest_digest: marker.manifest_digest,
+        },
+    )?;
+    Ok(Some(results.clone()))
+}
+
+/// The exclusive right to pull one run.
+struct PullLock {
+    /// `None` where the filesystem has no locks (Lustre mounted without `flock`): the
+    /// hidden folder's copy lock and the no-replace rename still keep pulls apart.
+    _lock: Option<Flock<std::fs::File>>,
+    /// Who held it while this process waited.
+    waited_for: Option<String>,
+}
+
+impl PullLock {
+    fn acquire(run_dir: &Path, id: &str, opts: &PullOptions) -> Result<PullLock> {
+        use std::io::Write as _;
+        let path = run_dir.join(STATE_DIR).join("pull.lock");
+        let io = |e: std::io::Error| Error::Staging(hpcstage_staging::Error::io(&path, e));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let started = Instant::now();
+        let mut waited_for: Option<String> = None;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(mut lock) => {
+                    // Who holds it, for the message of a pull that has to wait.
+                    let me = format!("pid {} on {}", std::process::id(), hostname());
+                    let _ = lock.set_len(0);
+                    let _ = lock.write_all(me.as_bytes());
+                    return Ok(PullLock {
+                        _lock: Some(lock),
+                        waited_for,
+                    });
+                }
+                Err((f, Errno::EWOULDBLOCK)) => {
+                    file = f;
+                    let holder = std::fs::read_to_string(&path)
+                        .ok()
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| "another process".into());
+                    if started.elapsed() >= opts.busy_timeout {
+                        return Err(Error::PullBusy {
+                            id: id.to_string(),
+                            holder,
+                        });
+                    }
+                    if waited_for.is_none() {
+                        (opts.notify)(&format!(
+                            "run {id} is being pulled by {holder}; waiting for it to finish"
+                        ));
+                    }
+                    waited_for = Some(holder);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err((
+                    _,
+                    e @ (Errno::ENOSYS | Errno::ENOLCK | Errno::EOPNOTSUPP | Errno::EINVAL),
+                )) => {
+                    (opts.notify)(&format!(
+                        "{} cannot be locked ({e}); pulling without the run lock",
+                        path.display()
+                    ));
+                    return Ok(PullLock {
+                        _lock: None,
+                        waited_for,
+                    });
+                }
+                Err((_, e)) => return Err(io(e.into())),
+            }
+        }
+    }
 }
 
 /// Reads (or waits for) the compute job's final state.
@@ -219,25 +345,36 @@ fn pull_finished(
     let record = &view.record;
     let run_dir = &record.run_dir;
     let rendered: Rendered = read_json(&run_dir.join(RENDERED_FILE))?;
+    let results_dir = &record.results_dir;
+    if std::fs::symlink_metadata(results_dir).is_ok() {
+        // Renamed into place by a pull stopped before its bookkeeping.
+        return adopt(store, record, &rendered, opts);
+    }
     let validation = validate(&rendered, run_dir, opts.validate_timeout)?;
     write_json(&run_dir.join("validation.json"), &validation)?;
     let timed_out_warning = run_dir.join(SIGNAL_MARKER).exists();
 
     let job_ok = observed.success;
-    if !(opts.allow_partial || job_ok && validation.ok) {
-        let reason = if !job_ok {
-            format!(
+    let incomplete = !(job_ok && validation.ok);
+    if incomplete && !opts.allow_partial {
+        let mut reasons = Vec::new();
+        if !job_ok {
+            reasons.push(format!(
                 "compute job {job_id} ended {} (exit code {})",
                 observed.facts.state,
                 observed.facts.exit_code.as_deref().unwrap_or("unknown")
-            )
-        } else {
-            format!("outputs did not validate: {}", summarize(&validation))
-        };
+            ));
+        }
+        if !validation.ok {
+            reasons.push(format!(
+                "outputs did not validate: {}",
+                summarize(&validation)
+            ));
+        }
         return fail(
             store,
             record,
-            &reason,
+            &reasons.join("; "),
             &observed.facts,
             job_id,
             opts,
@@ -245,9 +382,11 @@ fn pull_finished(
         );
     }
 
-    let results_dir = &record.results_dir;
     let parent = results_dir.parent().unwrap_or(results_dir);
-    std::fs::create_dir_all(parent).map_err(|e| hpcstage_staging::Error::io(parent, e))?;
+    // Until the rename, only the NAS is written: a failure says so, and that scratch is
+    // as it was.
+    let nas = |e: hpcstage_staging::Error| nas_failure(results_dir, e);
+    std::fs::create_dir_all(parent).map_err(|e| nas(hpcstage_staging::Error::io(parent, e)))?;
     let name = results_dir
         .file_name()
         .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
@@ -277,7 +416,7 @@ fn pull_finished(
                 holder: format!("pid {pid}"),
             })
         }
-        other => other?,
+        other => other.map_err(nas)?,
     };
     if !report.ok() {
         let first = &report.failed[0];
@@ -301,29 +440,32 @@ fn pull_finished(
         model: model_info(record, run_dir),
         gpus: gpu_lines(run_dir),
         validation: &validation,
+        partial: incomplete,
         timed_out_warning,
         pulled_at: Timestamp::now(),
         pulled_by: current_user(),
         pulled_on: hostname(),
         hpcstage_version: env!("CARGO_PKG_VERSION"),
     };
-    write_json(&partial.join("run.json"), &provenance)?;
+    write_json(&partial.join("run.json"), &provenance).map_err(nas)?;
     let readme = partial.join("README.md");
     std::fs::write(&readme, readme_text(&provenance, &rendered))
-        .map_err(|e| hpcstage_staging::Error::io(&readme, e))?;
+        .map_err(|e| nas(hpcstage_staging::Error::io(&readme, e)))?;
     let mut entries = report.manifest.entries.clone();
     entries.retain(|e| e.path != Path::new("run.json") && e.path != Path::new("README.md"));
     for extra in ["run.json", "README.md"] {
-        let (digest, _) = hash_file(&partial.join(extra))?;
+        let (digest, _) = hash_file(&partial.join(extra)).map_err(nas)?;
         entries.push(ManifestEntry {
             path: extra.into(),
             digest,
         });
     }
     let manifest = Manifest::from_entries(entries);
-    manifest.write_atomic(&partial.join(MANIFEST_NAME))?;
+    manifest
+        .write_atomic(&partial.join(MANIFEST_NAME))
+        .map_err(nas)?;
     let state = partial.join(STATE_DIR);
-    std::fs::remove_dir_all(&state).map_err(|e| hpcstage_staging::Error::io(&state, e))?;
+    std::fs::remove_dir_all(&state).map_err(|e| nas(hpcstage_staging::Error::io(&state, e)))?;
 
     match renameat2(
         None,
@@ -334,30 +476,72 @@ fn pull_finished(
     ) {
         Ok(()) => {}
         Err(nix::errno::Errno::EEXIST) | Err(nix::errno::Errno::ENOTEMPTY) => {
-            // Another pull finished first; its folder stands, ours goes.
+            // A results folder appeared meanwhile: ours stays hidden and goes; the one in
+            // place is adopted only if it is this run's.
             let _ = hpcstage_staging::worm::make_writable(&partial);
             let _ = std::fs::remove_dir_all(&partial);
-            return Ok(PullOutcome::AlreadyPulled {
-                results_dir: results_dir.clone(),
-            });
+            return adopt(store, record, &rendered, opts);
         }
         Err(e) => {
-            return Err(Error::Staging(hpcstage_staging::Error::io(
+            return Err(nas(hpcstage_staging::Error::io(
                 results_dir,
                 std::io::Error::from(e),
             )))
         }
     }
+    let digest = manifest.digest().to_hex();
+    let purged = finish(store, record, &rendered, opts, &digest, !incomplete)?;
+    Ok(PullOutcome::Pulled {
+        results_dir: results_dir.clone(),
+        files: manifest.len() as u64,
+        bytes: report.bytes_total,
+        manifest_digest: digest,
+        purged,
+        partial: incomplete,
+    })
+}
+
+/// An I/O failure while writing the results to the NAS, saying what it means for the run.
+/// Other errors (no space, a lock) already say what to do and pass through.
+fn nas_failure(results_dir: &Path, e: hpcstage_staging::Error) -> Error {
+    match e {
+        hpcstage_staging::Error::Io { .. } => Error::Staging(hpcstage_staging::Error::io(
+            results_dir,
+            std::io::Error::other(format!(
+                "cannot write the results to the NAS ({e}); scratch is untouched and the run can be pulled again"
+            )),
+        )),
+        other => Error::Staging(other),
+    }
+}
+
+/// What follows a results folder in place, in an order a killed pull can resume:
+/// write protection, purge of the intermediates, the run folder's marker, the ledger.
+/// A partial pull (`--allow-partial` of a failed or invalid job) purges nothing: scratch
+/// of a failed job is left as it is, for whoever finds out why.
+fn finish(
+    store: &RunStore,
+    record: &RunRecord,
+    rendered: &Rendered,
+    opts: &PullOptions,
+    digest: &str,
+    purge: bool,
+) -> Result<Vec<PathBuf>> {
+    let results_dir = &record.results_dir;
     if opts.worm {
         hpcstage_staging::worm::protect(results_dir, false)?;
     }
-    let digest = manifest.digest().to_hex();
+    let purged = if purge {
+        purge_intermediates(rendered, record)?
+    } else {
+        Vec::new()
+    };
     write_json(
-        &run_dir.join(STATE_DIR).join("pulled.json"),
+        &record.run_dir.join(STATE_DIR).join(PULLED_MARKER),
         &PulledMarker {
             run_id: record.id.clone(),
             results_dir: results_dir.clone(),
-            manifest_digest: digest.clone(),
+            manifest_digest: digest.to_string(),
             pulled_at: Timestamp::now(),
         },
     )?;
@@ -365,17 +549,56 @@ fn pull_finished(
         &record.id,
         Event::Pulled {
             results_dir: results_dir.clone(),
-            manifest_digest: digest.clone(),
+            manifest_digest: digest.to_string(),
         },
     )?;
-    let purged = purge_intermediates(&rendered, record)?;
+    Ok(purged)
+}
+
+/// Takes over a results folder already under its final name: it is complete (folders are
+/// renamed into place only once verified) when its `run.json` names this run and every
+/// file of its manifest is there. Anything else at that name is left alone.
+fn adopt(
+    store: &RunStore,
+    record: &RunRecord,
+    rendered: &Rendered,
+    opts: &PullOptions,
+) -> Result<PullOutcome> {
+    let results_dir = &record.results_dir;
+    let not_ours = |why: String| Error::Record {
+        path: results_dir.clone(),
+        reason: format!(
+            "the results folder exists but {why}; it was left as it is: move it away and pull again"
+        ),
+    };
+    let provenance: serde_json::Value = read_json(&results_dir.join("run.json"))
+        .map_err(|e| not_ours(format!("its run.json cannot be read ({e})")))?;
+    let owner = provenance["run"]["id"].as_str().unwrap_or_default();
+    if owner != record.id {
+        return Err(not_ours(format!("holds run {owner:?}, not {}", record.id)));
+    }
+    let manifest = Manifest::read(&results_dir.join(MANIFEST_NAME))
+        .map_err(|e| not_ours(format!("its manifest cannot be read ({e})")))?;
+    let mut bytes = 0;
+    for entry in &manifest.entries {
+        let meta = std::fs::symlink_metadata(results_dir.join(&entry.path)).map_err(|e| {
+            not_ours(format!(
+                "{} of its manifest is missing ({e})",
+                entry.path.display()
+            ))
+        })?;
+        bytes += meta.len();
+    }
+    let digest = manifest.digest().to_hex();
+    let partial = provenance["partial"].as_bool().unwrap_or(false);
+    let purged = finish(store, record, rendered, opts, &digest, !partial)?;
     Ok(PullOutcome::Pulled {
         results_dir: results_dir.clone(),
         files: manifest.len() as u64,
-        bytes: report.bytes_total,
+        bytes,
         manifest_digest: digest,
         purged,
-        partial: !(job_ok && validation.ok),
+        partial,
     })
 }
 
@@ -444,12 +667,19 @@ fn summarize(v: &Validation) -> String {
         .iter()
         .filter(|c| !c.ok)
         .map(|c| {
-            format!(
-                "{} matched {} (expected {:?})",
+            let expected = match c.expected {
+                Expected::AtLeast(n) => format!("at least {n}"),
+                Expected::Exactly(n) => format!("{n}"),
+            };
+            let mut text = format!(
+                "{} matched {} (expected {expected})",
                 c.glob,
-                c.matched.len(),
-                c.expected
-            )
+                c.matched.len()
+            );
+            if !c.empty.is_empty() {
+                let _ = write!(text, ", {} of them empty", c.empty.len());
+            }
+            text
         })
         .collect();
     if let Some(c) = &v.command {
@@ -490,7 +720,8 @@ fn fail(
         )?,
         ..CopyOptions::default()
     };
-    let report = copy_tree(&record.run_dir, &failed_dir, &copy, progress)?;
+    let report = copy_tree(&record.run_dir, &failed_dir, &copy, progress)
+        .map_err(|e| nas_failure(&failed_dir, e))?;
     let mut text = format!(
         "# FAILED: run {id}\n\nThese are the logs of a run whose results were NOT accepted. \
          Nothing here is a validated result.\n\n- reason: {reason}\n- compute job: {job_id}, state {state}, exit code {exit}\n\
@@ -502,6 +733,15 @@ fn fail(
         version = record.template_version,
         run_dir = record.run_dir.display(),
     );
+    if let Ok(signal) = std::fs::read_to_string(record.run_dir.join(SIGNAL_MARKER)) {
+        let _ = writeln!(
+            text,
+            "- the job received its time-limit signal (USR1) before it ended; outputs may be partial:"
+        );
+        for line in signal.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = writeln!(text, "  - {}", line.trim());
+        }
+    }
     let _ = writeln!(
         text,
         "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
@@ -514,6 +754,22 @@ fn fail(
             &failed_dir,
             std::io::Error::other("some logs could not be copied"),
         )));
+    }
+    // Like a results folder: a manifest of everything, README included, and no
+    // bookkeeping of the copy left on the NAS.
+    let mut entries = report.manifest.entries.clone();
+    entries.retain(|e| e.path != Path::new("README.md"));
+    entries.push(ManifestEntry {
+        path: "README.md".into(),
+        digest: hash_file(&readme)?.0,
+    });
+    Manifest::from_entries(entries).write_atomic(&failed_dir.join(MANIFEST_NAME))?;
+    let state = failed_dir.join(STATE_DIR);
+    match std::fs::remove_dir_all(&state) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(hpcstage_staging::Error::io(&state, e).into())
+        }
+        _ => {}
     }
     store.append(
         &record.id,
