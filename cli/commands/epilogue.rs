@@ -17,8 +17,15 @@ pub(crate) fn run(global: &GlobalArgs, args: &EpilogueArgs) -> Status {
     let limit: Duration = args.timeout.into();
     std::thread::spawn(move || {
         std::thread::sleep(limit);
-        output::error(format!("hpcstage epilogue: gave up after {limit:?}"));
-        std::process::exit(0);
+        // Straight to fd 2 and _exit: the main thread may hang holding stderr's lock or
+        // inside libc (an NSS lookup, a dead NFS server), and exit() would wait on both.
+        let msg = format!("hpcstage epilogue: gave up after {limit:?}\n");
+        // SAFETY: write(2) on a valid buffer and _exit(2) have no preconditions; nothing
+        // runs after _exit, so no Rust state is left half-updated.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(0);
+        }
     });
     let Some(env) = EpilogEnv::from_env(|k| std::env::var(k).ok()) else {
         output::error("hpcstage epilogue: no SLURM_JOB_ID in the environment; nothing to record");

@@ -158,7 +158,7 @@ fn write_pull_script(
          #SBATCH --job-name=pull-{short}\n\
          #SBATCH --partition={partition}\n\
          #SBATCH --time={time}\n\
-         #SBATCH --cpus-per-task=2\n\
+         #SBATCH --cpus-per-task=1\n\
          #SBATCH --output={run_dir}/logs/pull-%j.out\n\
          #SBATCH --comment={token}\n\
          set -euo pipefail\n\

@@ -15,7 +15,12 @@ use crate::run::{Event, JobFacts, RunStore};
 /// What slurmd tells an Epilog about the job (see the "Prolog and Epilog Guide").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EpilogEnv {
+    /// `SLURM_JOB_ID`: for an array task, the task's own job id, not the array's.
     pub job_id: String,
+    /// `SLURM_ARRAY_JOB_ID` and `SLURM_ARRAY_TASK_ID`, set for array tasks: the id the
+    /// run recorded at submission is the array's.
+    pub array_job_id: Option<String>,
+    pub array_task_id: Option<String>,
     pub user: Option<String>,
     pub uid: Option<u32>,
     /// `SLURM_JOB_EXIT_CODE2`: `exit:signal`.
@@ -33,6 +38,8 @@ impl EpilogEnv {
         let job_id = get("SLURM_JOB_ID").or_else(|| get("SLURM_JOBID"))?;
         Some(EpilogEnv {
             job_id,
+            array_job_id: get("SLURM_ARRAY_JOB_ID"),
+            array_task_id: get("SLURM_ARRAY_TASK_ID"),
             user: get("SLURM_JOB_USER"),
             uid: get("SLURM_JOB_UID").and_then(|u| u.parse().ok()),
             exit_code: get("SLURM_JOB_EXIT_CODE2").or_else(|| {
@@ -98,9 +105,13 @@ pub fn record_job_end(state_dir: &Path, env: &EpilogEnv) -> Result<Option<String
             .ok()
             .map(std::cmp::Reverse)
     });
+    // An array task is recorded as `<array job>_<task>`, the way sacct names it.
+    let (base, job_id) = match (&env.array_job_id, &env.array_task_id) {
+        (Some(array), Some(task)) => (array.as_str(), format!("{array}_{task}")),
+        _ => (env.job_id.as_str(), env.job_id.clone()),
+    };
     for id in ids {
         let Ok(view) = store.load(&id) else { continue };
-        let base = env.job_id.split('_').next().unwrap_or(&env.job_id);
         let Some(job) = view
             .jobs
             .iter()
@@ -121,7 +132,7 @@ pub fn record_job_end(state_dir: &Path, env: &EpilogEnv) -> Result<Option<String
             &id,
             Event::JobState {
                 role: job.role,
-                job_id: env.job_id.clone(),
+                job_id,
                 facts: Box::new(facts),
                 observer: "epilogue".into(),
             },
@@ -153,5 +164,64 @@ mod tests {
         assert_eq!(env.exit_code.as_deref(), Some("1:0"));
         assert_eq!(env.gpus.as_deref(), Some("0,1"));
         assert!(EpilogEnv::from_env(|_| None).is_none());
+    }
+
+    #[test]
+    fn an_array_task_is_found_by_its_array_job_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        let run = crate::run::new_record(
+            "r1".into(),
+            "P".into(),
+            "unet-seg".into(),
+            "1".into(),
+            "h".into(),
+            "segmentation".into(),
+            Default::default(),
+            crate::run::InputRef {
+                stage_id: "P/d".into(),
+                path: "/s/P/d".into(),
+                manifest_digest: "x".into(),
+                source: "/nas/P/raw/d".into(),
+            },
+            "/s/P/runs/r1".into(),
+            "/nas/P/results/segmentation/r1".into(),
+            crate::run::Executor::Slurm,
+        );
+        store.create(&run).unwrap();
+        store
+            .append(
+                "r1",
+                Event::Submitted {
+                    role: crate::run::JobRole::Compute,
+                    job_id: "120".into(),
+                    token: String::new(),
+                    array_size: Some(3),
+                },
+            )
+            .unwrap();
+        // Task 2 of array job 120 runs as job 123; its Epilog sees both ids.
+        let vars = [
+            ("SLURM_JOB_ID", "123"),
+            ("SLURM_ARRAY_JOB_ID", "120"),
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_JOB_EXIT_CODE2", "0:0"),
+        ];
+        let env = EpilogEnv::from_env(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            record_job_end(dir.path(), &env).unwrap().as_deref(),
+            Some("r1")
+        );
+        let view = store.load("r1").unwrap();
+        let recorded = view.events.iter().find_map(|e| match &e.event {
+            Event::JobState { job_id, .. } => Some(job_id.clone()),
+            _ => None,
+        });
+        assert_eq!(recorded.as_deref(), Some("120_2"));
     }
 }
