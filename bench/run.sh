@@ -417,7 +417,7 @@ RESULTS+=("5 stage (b) peak RSS|$(mib "$STAGE_B_RSS_KB")|$(mib "$RSYNC_B_RSS_KB"
 
 # 6. purge-deadline scan of a big scratch tree: `report --scan` against find's timestamp
 # listing (what a hand-written purge check would run).
-DATA_C=$DATA/c
+export DATA_C=$DATA/c
 if [[ ! -f $DATA_C.ready || $(cat "$DATA_C.ready") != "$C_FILES/$C_DIRS" ]]; then
     say "generating dataset (c): $C_FILES files in $C_DIRS folders"
     gen_c "$DATA_C"

@@ -92,8 +92,8 @@ them to <nas_root>/<project>/results/<workflow>/<run>/. Follow it with `hpcstage
     Status(StatusArgs),
     /// Record a job's end from SLURM's Epilog: fast, bounded, drops to the job user, exits 0
     #[command(
-        after_help = "In slurm.conf (every node):\n  Epilog=/usr/local/bin/hpcstage-epilog\n\n\
-with /usr/local/bin/hpcstage-epilog:\n  #!/bin/sh\n  exec /usr/local/bin/hpcstage epilogue --timeout 5s\n\n\
+        after_help = "In slurm.conf (every node):\n  Epilog=/usr/local/sbin/hpcstage-epilog\n\n\
+with /usr/local/sbin/hpcstage-epilog:\n  #!/bin/sh\n  exec /usr/local/bin/hpcstage epilogue --timeout 5s\n\n\
 It reads SLURM_JOB_ID, SLURM_JOB_USER, SLURM_JOB_EXIT_CODE2, SLURM_JOB_DERIVED_EC and \
 SLURM_JOB_GPUS, becomes the job's user, adds one event to that user's ledger when the job \
 belongs to an hpcstage run, and always exits 0 (a failing Epilog drains the node)."
@@ -119,6 +119,9 @@ or from scrontab (`scrontab -e`):\n  #SCRON --partition=transfer --time=00:10:00
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Run the whole lifecycle on a generated dataset in a temporary NAS and scratch
+    #[command(
+        after_help = "Examples:\n  hpcstage demo\n  hpcstage demo --dir /tmp/hpcstage-demo --executor local"
+    )]
     Demo(DemoArgs),
 }
 
@@ -239,6 +242,9 @@ pub(crate) struct IngestArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
     /// Print the resolved configuration and where each value came from
+    #[command(
+        after_help = "Examples:\n  hpcstage config show\n  HPCSTAGE_CONFIG=./lab.toml hpcstage config show --json"
+    )]
     Show {
         /// Print JSON
         #[arg(long)]
@@ -321,12 +327,14 @@ pub(crate) struct CleanArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum TemplateCommand {
     /// List built-in, site and user templates
+    #[command(after_help = "Example:\n  hpcstage template list")]
     List {
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Show a template's parameters, resources, outputs and script
+    #[command(after_help = "Example:\n  hpcstage template show unet-seg")]
     Show {
         /// Template name
         name: String,

@@ -28,7 +28,7 @@ pub(crate) struct Config {
     /// Ledger folder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) state_dir: Option<PathBuf>,
-    /// Parallel files; 0 means one per core.
+    /// Files in flight; 0 means four per core (at most 32).
     pub(crate) jobs: usize,
     pub(crate) purge: PurgeConfig,
     /// Extra template folders (after the site and user ones; later wins).

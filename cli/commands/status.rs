@@ -2,7 +2,7 @@
 //! scheduler query) and staged datasets, with purge deadlines.
 
 use anyhow::Result;
-use hpcstage_lifecycle::refresh::refresh;
+use hpcstage_lifecycle::refresh::{ended, refresh};
 use hpcstage_lifecycle::report::{build, gather, Filter};
 use hpcstage_lifecycle::run::{JobView, RunStore, RunView};
 use hpcstage_staging::fmt::bytes;
@@ -17,17 +17,28 @@ fn job_cell(job: Option<&JobView>) -> String {
         None => "-".into(),
         Some(j) => match &j.facts {
             None => format!("{} (submitted)", j.job_id),
+            // sacct reports 0:0 for jobs still pending or running: no exit code yet.
             Some(f) => format!(
                 "{} {}{}",
                 j.job_id,
                 f.state,
                 f.exit_code
                     .as_ref()
+                    .filter(|_| ended(&f.state))
                     .map(|c| format!(" exit {c}"))
                     .unwrap_or_default()
             ),
         },
     }
+}
+
+/// A phase, role or executor as `--json` spells it (`pull-failed`), so that the table and
+/// the JSON agree.
+fn label<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
+    serde_json::to_value(&value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{value:?}"))
 }
 
 pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
@@ -55,10 +66,12 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
             output::json(view);
         } else {
             let r = &view.record;
-            output::data(format!("run {} ({:?})", r.id, view.phase));
+            output::data(format!("run {} ({})", r.id, label(view.phase)));
             output::data(format!(
-                "  template:  {} {} ({:?} executor)",
-                r.template, r.template_version, r.executor
+                "  template:  {} {} ({} executor)",
+                r.template,
+                r.template_version,
+                label(r.executor)
             ));
             output::data(format!(
                 "  input:     {} ({})",
@@ -68,7 +81,7 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
             output::data(format!("  run folder: {}", r.run_dir.display()));
             output::data(format!("  results:   {}", r.results_dir.display()));
             for j in &view.jobs {
-                output::data(format!("  {:?} job: {}", j.role, job_cell(Some(j))));
+                output::data(format!("  {} job: {}", label(j.role), job_cell(Some(j))));
                 if let Some(f) = &j.facts {
                     output::data(format!(
                         "      nodes {}, partition {}, elapsed {} s, TRES {}",
@@ -113,7 +126,7 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
             t.add_row(vec![
                 v.record.id.clone(),
                 v.record.template.clone(),
-                format!("{:?}", v.phase).to_lowercase(),
+                label(v.phase),
                 job_cell(v.job(JobRole::Compute)),
                 job_cell(v.job(JobRole::PullBack)),
             ]);

@@ -13,6 +13,7 @@ use hpcstage_lifecycle::chain::{
 use hpcstage_lifecycle::run::{Executor, RunStore};
 use hpcstage_slurm::client::SlurmClient;
 use hpcstage_slurm::local::LocalExecutor;
+use hpcstage_slurm::template::{InputListing, RenderContext, Template, TemplateError};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::record::{read_json, StageRecord};
 
@@ -80,8 +81,7 @@ pub(crate) fn run_submit(settings: &Settings, args: &SubmitArgs) -> Result<Statu
 pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
     // Fail on a bad template or parameter before copying anything.
     let template = super::template::store(settings).get(&args.template)?;
-    let _ = template;
-    super::template::params(&args.run.job.params)?;
+    precheck(&template, &args.source, &args.run)?;
     let stage_args = StageArgs {
         source: args.source.clone(),
         dest: None,
@@ -102,6 +102,26 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
         return Ok(status);
     };
     launch(settings, &args.template, &record, &args.run)
+}
+
+/// Renders the job in memory over the NAS copy of the dataset: a parameter of the wrong
+/// type, an unknown parameter, a bad resource or an empty input list fails here, before
+/// anything is staged, and not after a long copy.
+fn precheck(template: &Template, source: &Path, args: &RunArgs) -> Result<()> {
+    let params = super::template::params(&args.job.params)?;
+    let source = absolute(source)?;
+    let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
+    let run_dir = std::env::temp_dir().join("hpcstage-precheck");
+    let mut ctx = RenderContext::new(&run_dir, &source, "precheck", "precheck", exe);
+    ctx.resources = super::template::overrides(&args.job);
+    if !source.is_dir() {
+        // Staging reports a missing source; only the parameters can be checked here.
+        ctx.inputs = InputListing::Unknown;
+    }
+    match template.render(&params, &ctx) {
+        Ok(_) | Err(TemplateError::InputsUnknown { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn launch(
@@ -133,9 +153,19 @@ fn launch(
     let prepared = prepare(&store, &submit_settings)?;
     let backend = Backend::for_executor(executor, &settings.state_dir, &settings.client);
     let chain = submit(&store, &prepared, &backend, !args.no_pull).with_context(|| {
+        // The client's error names the command that failed; say why it most likely did.
+        let controller_down = match &backend {
+            Backend::Slurm(client) => !client.ping().unwrap_or(false),
+            Backend::Local(_) => false,
+        };
         format!(
-            "run {} was prepared but could not be submitted",
-            prepared.record.id
+            "run {} was prepared but could not be submitted{}",
+            prepared.record.id,
+            if controller_down {
+                " (the SLURM controller, slurmctld, does not answer `scontrol ping`)"
+            } else {
+                ""
+            }
         )
     })?;
     if executor == Executor::Local {

@@ -132,12 +132,7 @@ pub(crate) fn render(settings: &Settings, args: &RenderArgs) -> Result<Status> {
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
         let script = dir.path().join("job.sbatch");
         fs_err::write(&script, &rendered.script)?;
-        let out = std::process::Command::new("sbatch")
-            .arg("--test-only")
-            .arg(&script)
-            .current_dir(dir.path())
-            .output()
-            .context("`sbatch --test-only` could not run (is SLURM installed here?)")?;
+        let out = test_only(&script, dir.path(), settings.client.timeout)?;
         let text = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             bail!("sbatch --test-only rejected the script: {}", text.trim());
@@ -145,4 +140,39 @@ pub(crate) fn render(settings: &Settings, args: &RenderArgs) -> Result<Status> {
         output::note(format!("sbatch --test-only: {}", text.trim()));
     }
     Ok(Status::Success)
+}
+
+/// `sbatch --test-only SCRIPT`, killed after `timeout` like every other SLURM call (a
+/// controller that does not answer would otherwise hang `render --check`). Its output is
+/// one line, so the pipes are read only once it has exited.
+fn test_only(
+    script: &std::path::Path,
+    dir: &std::path::Path,
+    timeout: std::time::Duration,
+) -> Result<std::process::Output> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sbatch")
+        .arg("--test-only")
+        .arg(script)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("`sbatch --test-only` could not run (is SLURM installed here?)")?;
+    let started = std::time::Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "`sbatch --test-only` did not answer within {} (is the SLURM controller up? try `scontrol ping`)",
+                humantime::format_duration(timeout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -33,7 +33,7 @@ use hpcstage_staging::record::{current_user, hostname, read_json, write_json};
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
 use jiff::Timestamp;
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, Flock, FlockArg, RenameFlags};
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 use crate::backend::{Backend, Observed};
@@ -391,13 +391,15 @@ fn pull_finished(
         .file_name()
         .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
     let partial = parent.join(format!(".{name}.partial"));
-    let mut exclude: Vec<String> = rendered
+    // Exactly what the purge will remove stays behind: the same resolved paths, so that
+    // nothing is left off the NAS and then purged from scratch.
+    let intermediates: Vec<PathBuf> = rendered
         .outputs
-        .intermediates
-        .iter()
-        .map(|g| g.trim_end_matches('/').to_string())
+        .intermediate_paths(run_dir)?
+        .into_iter()
+        .filter_map(|p| p.strip_prefix(run_dir).ok().map(Path::to_path_buf))
         .collect();
-    exclude.push(crate::chain::PULL_SCRIPT.to_string());
+    let mut exclude: Vec<String> = vec![crate::chain::PULL_SCRIPT.to_string()];
     // The pull-back job's own log (and the local runner's) are being written while this
     // copy runs; they would fail the source-changed check and say nothing about results.
     exclude.push("logs/pull-*".to_string());
@@ -406,7 +408,7 @@ fn pull_finished(
         jobs: opts.jobs,
         preserve_mtime: true,
         use_source_manifest: false,
-        filter: Filter::new(&[], &exclude)?,
+        filter: Filter::new(&[], &exclude)?.excluding_paths(intermediates),
         ..CopyOptions::default()
     };
     let report = match copy_tree(run_dir, &partial, &copy, progress) {
@@ -464,30 +466,20 @@ fn pull_finished(
     manifest
         .write_atomic(&partial.join(MANIFEST_NAME))
         .map_err(nas)?;
+    hpcstage_staging::place::prune_unlisted(&partial, &manifest).map_err(nas)?;
     let state = partial.join(STATE_DIR);
     std::fs::remove_dir_all(&state).map_err(|e| nas(hpcstage_staging::Error::io(&state, e)))?;
 
-    match renameat2(
-        None,
-        &partial,
-        None,
-        results_dir,
-        RenameFlags::RENAME_NOREPLACE,
-    ) {
+    match hpcstage_staging::place::rename_noreplace(&partial, results_dir) {
         Ok(()) => {}
-        Err(nix::errno::Errno::EEXIST) | Err(nix::errno::Errno::ENOTEMPTY) => {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // A results folder appeared meanwhile: ours stays hidden and goes; the one in
             // place is adopted only if it is this run's.
             let _ = hpcstage_staging::worm::make_writable(&partial);
             let _ = std::fs::remove_dir_all(&partial);
             return adopt(store, record, &rendered, opts);
         }
-        Err(e) => {
-            return Err(nas(hpcstage_staging::Error::io(
-                results_dir,
-                std::io::Error::from(e),
-            )))
-        }
+        Err(e) => return Err(nas(hpcstage_staging::Error::io(results_dir, e))),
     }
     let digest = manifest.digest().to_hex();
     let purged = finish(store, record, &rendered, opts, &digest, !incomplete)?;
@@ -952,13 +944,19 @@ fn purge_intermediates(rendered: &Rendered, record: &RunRecord) -> Result<Vec<Pa
     let input = std::fs::canonicalize(&record.input.path).unwrap_or(record.input.path.clone());
     let mut purged = Vec::new();
     for path in rendered.outputs.intermediate_paths(&record.run_dir)? {
-        let Ok(real) = std::fs::canonicalize(&path) else {
+        // The path itself, not what a link there points to: a link to masks/ must not
+        // take masks/ with it.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
+        let Some(parent) = path.parent().and_then(|p| std::fs::canonicalize(p).ok()) else {
+            continue;
+        };
+        let real = parent.join(path.file_name().unwrap_or_default());
         if !real.starts_with(&run_dir) || real == run_dir || real.starts_with(&input) {
             continue;
         }
-        let result = if real.is_dir() {
+        let result = if meta.is_dir() {
             std::fs::remove_dir_all(&real)
         } else {
             std::fs::remove_file(&real)

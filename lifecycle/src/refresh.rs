@@ -8,7 +8,7 @@ use crate::backend::Backend;
 use crate::run::{Event, Executor, RunStore, RunView};
 
 /// True when a job's last known state is final.
-fn ended(state: &str) -> bool {
+pub fn ended(state: &str) -> bool {
     matches!(
         state.split_whitespace().next().unwrap_or(""),
         "COMPLETED"
@@ -50,6 +50,9 @@ pub fn refresh(
             continue;
         }
         let backend = Backend::for_executor(executor, state_dir, client);
+        if let Some(warning) = controller_warning(&backend) {
+            warnings.push(warning);
+        }
         let ids: Vec<String> = pending.iter().map(|p| p.2.clone()).collect();
         let observed = match backend.observe(&ids) {
             Ok(o) => o,
@@ -77,4 +80,26 @@ pub fn refresh(
         }
     }
     warnings
+}
+
+/// A warning when the SLURM controller does not answer. `sacct` asks slurmdbd, not
+/// slurmctld, so with the controller down the query still "succeeds" with the last states
+/// accounting recorded (RUNNING, PENDING): without this check status would show them as
+/// current and say nothing.
+fn controller_warning(backend: &Backend) -> Option<String> {
+    let Backend::Slurm(client) = backend else {
+        return None;
+    };
+    match client.ping() {
+        Ok(true) => None,
+        Ok(false) => Some(
+            "the SLURM controller (slurmctld) does not answer `scontrol ping`: job states \
+             shown are the last ones accounting or the ledger recorded and may be out of date; \
+             jobs that ended meanwhile are picked up once it is back"
+                .into(),
+        ),
+        Err(e) => Some(format!(
+            "could not ask the SLURM controller (slurmctld) whether it is up: {e}; job states may be out of date"
+        )),
+    }
 }

@@ -35,7 +35,7 @@ use crate::walk::{self, Entry, Filter, Kind, Meta, MANIFEST_NAME, STATE_DIR, TMP
 /// How to copy.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
-    /// Parallel files (0: one per core).
+    /// Files copied in parallel (at least 1).
     pub jobs: usize,
     /// Only plan: report what would change, touch nothing.
     pub dry_run: bool,
@@ -210,6 +210,8 @@ struct Staged {
     tmp: TempPath,
     digest: Digest,
     meta: Meta,
+    /// Already on storage (a big file, flushed by itself), so no batch flush is needed.
+    synced: bool,
 }
 
 /// Copies the tree `src` into `dest` with verification. Failures of single files are in
@@ -375,15 +377,60 @@ pub fn copy_tree(
     }
     report.dirs = dirs.len() as u64;
 
+    // Nothing goes below a folder that could not be made (for example a symlink left at
+    // the destination where the source now has a folder): writing there would follow the
+    // link out of the tree.
+    let failed_dirs: Vec<PathBuf> = report
+        .failed
+        .iter()
+        .filter(|f| dirs.iter().any(|d| d.rel == f.path))
+        .map(|f| f.path.clone())
+        .collect();
+    if !failed_dirs.is_empty() {
+        let under = |rel: &Path| failed_dirs.iter().any(|d| rel != d && rel.starts_with(d));
+        let skipped = |rel: &Path| Failure {
+            path: rel.to_path_buf(),
+            kind: FailureKind::NotAttempted,
+            error: Error::io(
+                dest.join(rel),
+                std::io::Error::other(
+                    "not attempted: its folder could not be made at the destination",
+                ),
+            ),
+        };
+        let mut not_attempted = Vec::new();
+        jobs.retain(|j| {
+            !under(&j.rel) || {
+                not_attempted.push(skipped(&j.rel));
+                false
+            }
+        });
+        links.retain(|(rel, _, _)| {
+            !under(rel) || {
+                not_attempted.push(skipped(rel));
+                false
+            }
+        });
+        symlinks.retain(|e| {
+            !under(&e.rel) || {
+                not_attempted.push(skipped(&e.rel));
+                false
+            }
+        });
+        report.failed.extend(not_attempted);
+    }
+
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs)
         .build()
         .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))?;
     let journal = Mutex::new(journal);
     let abort = AtomicBool::new(false);
+    let dest_handle = File::open(dest).at(dest)?;
     let ctx = Ctx {
         src,
         dest,
+        dest_handle: &dest_handle,
         opts,
         progress,
         abort: &abort,
@@ -536,6 +583,10 @@ pub fn copy_tree(
 struct Ctx<'a> {
     src: &'a Path,
     dest: &'a Path,
+    /// Opened once before the first write: `syncfs` reports writeback errors that
+    /// happened since the handle was opened (Linux 5.8+), so a handle opened per batch
+    /// could miss an error of an earlier batch.
+    dest_handle: &'a File,
     opts: &'a CopyOptions,
     progress: &'a dyn Progress,
     abort: &'a AtomicBool,
@@ -575,11 +626,12 @@ fn run_pipeline(
                 if batch.is_empty() {
                     return;
                 }
-                match syncfs(ctx.dest) {
+                match nix::unistd::syncfs(ctx.dest_handle.as_raw_fd()).at(ctx.dest) {
                     Ok(()) => {
                         let _ = flushed_tx.send(batch);
                     }
                     Err(e) => {
+                        ctx.abort.store(true, Ordering::Relaxed);
                         for s in batch {
                             push_f(Err(Failure {
                                 path: jobs[s.job_index].rel.clone(),
@@ -592,6 +644,9 @@ fn run_pipeline(
             };
             loop {
                 match staged_rx.recv_timeout(Duration::from_millis(30)) {
+                    Ok(Ok(s)) if s.synced => {
+                        let _ = flushed_tx.send(vec![s]);
+                    }
                     Ok(Ok(s)) => {
                         bytes += s.meta.size;
                         batch.push(s);
@@ -703,8 +758,17 @@ fn copy_to_temporary(
     let (mut out, tmp) = tmp.into_parts();
     let tmp_path = tmp.to_path_buf();
     let sparse = before.is_sparse();
+    let big = before.size >= ctx.opts.batch_bytes;
     let (digest, total) = if before.size >= STREAM_THRESHOLD {
-        copy_streamed(&file, &src_path, &mut out, &tmp_path, sparse, ctx.progress)?
+        copy_streamed(
+            &file,
+            &src_path,
+            &mut out,
+            &tmp_path,
+            sparse,
+            ctx.progress,
+            big,
+        )?
     } else {
         hash::with_buffer(|buf| {
             copy_simple(
@@ -720,6 +784,12 @@ fn copy_to_temporary(
     };
     if sparse {
         out.set_len(total).at(&tmp_path).map_err(io)?;
+    }
+    if big {
+        // Most of it is on its way to storage already (see copy_streamed); one fdatasync
+        // per file this big costs little and lets its read-back start at once, instead of
+        // waiting for a batch flush of the whole filesystem.
+        out.sync_data().at(&tmp_path).map_err(io)?;
     }
     drop(out);
 
@@ -751,6 +821,7 @@ fn copy_to_temporary(
         tmp,
         digest,
         meta: before,
+        synced: big,
     })
 }
 
@@ -781,7 +852,10 @@ fn copy_simple(
     Ok((Digest::from_hasher(hasher), total))
 }
 
-/// A reader thread fills blocks while this thread hashes and writes them.
+/// A reader thread fills blocks while this thread hashes and writes them. With
+/// `writeback`, written ranges are handed to the kernel's writeback as they complete
+/// (`sync_file_range`), so storage writes overlap the copy instead of piling up for one
+/// long flush at the end.
 fn copy_streamed(
     src: &File,
     src_path: &Path,
@@ -789,14 +863,22 @@ fn copy_streamed(
     out_path: &Path,
     sparse: bool,
     progress: &dyn Progress,
+    writeback: bool,
 ) -> std::result::Result<(Digest, u64), (FailureKind, Error)> {
+    const KICK: u64 = 16 << 20;
     let mut hasher = Sha256::new();
     let mut write_error = None;
+    let (mut written, mut kicked) = (0u64, 0u64);
     let read = hash::stream_blocks(src, |block| {
         hasher.update(block);
         if let Err(e) = write_block(out, out_path, block, sparse) {
             write_error = Some(e);
             return Err(std::io::Error::other("write failed"));
+        }
+        written += block.len() as u64;
+        if writeback && written - kicked >= KICK {
+            start_writeback(out, kicked, written - kicked);
+            kicked = written;
         }
         progress.add_bytes(block.len() as u64);
         Ok(())
@@ -809,6 +891,18 @@ fn copy_streamed(
         (classify(&e), e)
     })?;
     Ok((Digest::from_hasher(hasher), total))
+}
+
+/// Starts writeback of a byte range without waiting for it (advisory: errors surface at
+/// the fdatasync that follows).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 fn write_block(out: &mut File, path: &Path, data: &[u8], sparse: bool) -> Result<()> {
@@ -829,11 +923,15 @@ fn finish_file(
 ) -> std::result::Result<(usize, Digest, Meta), (FailureKind, Error)> {
     let io = |e: Error| (classify(&e), e);
     let tmp_path: &Path = &staged.tmp;
-    let file = File::open(tmp_path).at(tmp_path).map_err(io)?;
-    hash::drop_cache(&file);
-    hash::advise_sequential(&file);
-    let (readback, n) = hash::hash_open_file(&file).at(tmp_path).map_err(io)?;
-    drop(file);
+    let (readback, n) = if staged.meta.size >= STREAM_THRESHOLD {
+        hash::hash_from_storage(tmp_path).map_err(io)?
+    } else {
+        // Small files: the batch's syncfs made their pages clean, so dropping them sends
+        // the read to storage without O_DIRECT's alignment games.
+        let file = File::open(tmp_path).at(tmp_path).map_err(io)?;
+        hash::drop_cache(&file);
+        hash::hash_open_file(&file).at(tmp_path).map_err(io)?
+    };
     if readback != staged.digest || n != staged.meta.size {
         return Err((
             FailureKind::VerifyFailed,
@@ -898,7 +996,7 @@ fn plan_file(dest: &Path, e: &Entry, known: Option<&JournalEntry>, verify: bool)
         return Plan::Copy(Change::Repair);
     }
     if verify {
-        match hash::hash_file(&dest_path) {
+        match hash::hash_from_storage(&dest_path) {
             Ok((d, _)) if d == j.digest => {}
             _ => return Plan::Copy(Change::Repair),
         }
@@ -1029,11 +1127,6 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::manifest::write_atomic(path, bytes)
 }
 
-fn syncfs(dir: &Path) -> Result<()> {
-    let f = File::open(dir).at(dir)?;
-    nix::unistd::syncfs(f.as_raw_fd()).at(dir)
-}
-
 fn check_space(dest: &Path, bytes: u64, files: u64) -> Result<()> {
     if bytes == 0 {
         return Ok(());
@@ -1101,7 +1194,7 @@ fn error_path(e: &Error, fallback: &Path) -> PathBuf {
 /// temporary files are swept before anything else happens.
 struct RunGuard {
     marker: PathBuf,
-    _lock: nix::fcntl::Flock<File>,
+    _lock: Option<nix::fcntl::Flock<File>>,
 }
 
 impl RunGuard {
@@ -1116,7 +1209,10 @@ impl RunGuard {
             .at(&lock_path)?;
         let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         {
-            Ok(l) => l,
+            Ok(l) => Some(l),
+            // A filesystem without locks (NFS mounted `nolock`, some Lustre set-ups): go on
+            // without one rather than refuse every copy.
+            Err((_, errno)) if errno != nix::errno::Errno::EWOULDBLOCK => None,
             Err((_, _)) => {
                 let pid = std::fs::read_to_string(state_dir.join("running")).unwrap_or_default();
                 return Err(Error::Locked {

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use nix::fcntl::{renameat2, RenameFlags};
 
 use crate::copy::{copy_tree, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
@@ -55,8 +54,33 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
     if std::fs::symlink_metadata(&final_path).is_ok() {
         return Err(Error::DatasetExists { path: final_path });
     }
+    if settings.source.join("dataset.json").is_file() {
+        return Err(Error::Invalid {
+            what: "source",
+            value: settings.source.display().to_string(),
+            reason: "it holds its own dataset.json at the top, which ingest writes; rename that file first"
+                .to_string(),
+        });
+    }
     let raw = final_path.parent().expect("raw path has a parent");
     let partial = raw.join(format!(".{}.ingest", settings.dataset));
+    // A half-done ingest resumes only from the same source; another one starts afresh.
+    let origin_path = partial.join(STATE_DIR).join("origin");
+    let origin = std::fs::canonicalize(&settings.source)
+        .unwrap_or(settings.source.clone())
+        .display()
+        .to_string();
+    if partial.exists()
+        && std::fs::read_to_string(&origin_path).ok().as_deref() != Some(origin.as_str())
+        && !settings.copy.dry_run
+    {
+        crate::worm::make_writable(&partial)?;
+        std::fs::remove_dir_all(&partial).at(&partial)?;
+    }
+    if !settings.copy.dry_run {
+        std::fs::create_dir_all(partial.join(STATE_DIR)).at(&partial)?;
+        std::fs::write(&origin_path, &origin).at(&origin_path)?;
+    }
     let mut copy = settings.copy.clone();
     copy.preserve_mtime = true;
     let report = copy_tree(&settings.source, &partial, &copy, progress)?;
@@ -101,24 +125,19 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         path: "dataset.json".into(),
         digest: info_digest,
     });
-    Manifest::from_entries(entries).write_atomic(&partial.join(MANIFEST_NAME))?;
+    let manifest = Manifest::from_entries(entries);
+    manifest.write_atomic(&partial.join(MANIFEST_NAME))?;
+    crate::place::prune_unlisted(&partial, &manifest)?;
     let state = partial.join(STATE_DIR);
     std::fs::remove_dir_all(&state).at(&state)?;
 
-    renameat2(
-        None,
-        &partial,
-        None,
-        &final_path,
-        RenameFlags::RENAME_NOREPLACE,
-    )
-    .map_err(|e| {
-        if e == nix::errno::Errno::EEXIST {
+    crate::place::rename_noreplace(&partial, &final_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
             Error::DatasetExists {
                 path: final_path.clone(),
             }
         } else {
-            Error::io(&final_path, std::io::Error::from(e))
+            Error::io(&final_path, e)
         }
     })?;
     let protection = protect(&final_path, settings.immutable)?;

@@ -32,6 +32,10 @@ pub struct Journal {
     entries: HashMap<PathBuf, JournalEntry>,
     lines: usize,
     writer: Option<BufWriter<File>>,
+    /// Length up to the last complete line, and the file's length when loaded: a
+    /// difference is a line torn by a killed process, cut off before appending.
+    complete_len: u64,
+    loaded_len: u64,
 }
 
 impl Journal {
@@ -39,12 +43,15 @@ impl Journal {
     pub fn load(path: &Path) -> Result<Self> {
         let mut entries = HashMap::new();
         let mut lines = 0;
+        let (mut complete_len, mut loaded_len) = (0, 0);
         match std::fs::read(path) {
             Ok(bytes) => {
                 let complete = match bytes.iter().rposition(|&b| b == b'\n') {
                     Some(end) => &bytes[..=end],
                     None => &[][..],
                 };
+                complete_len = complete.len() as u64;
+                loaded_len = bytes.len() as u64;
                 for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     lines += 1;
                     if let Some((rel, entry)) = parse_line(line) {
@@ -60,6 +67,8 @@ impl Journal {
             entries,
             lines,
             writer: None,
+            complete_len,
+            loaded_len,
         })
     }
 
@@ -76,6 +85,10 @@ impl Journal {
                 .append(true)
                 .open(&self.path)
                 .at(&self.path)?;
+            if self.loaded_len != self.complete_len {
+                file.set_len(self.complete_len).at(&self.path)?;
+                self.loaded_len = self.complete_len;
+            }
             self.writer = Some(BufWriter::with_capacity(1 << 16, file));
         }
         let mut line = Vec::with_capacity(160);
@@ -191,9 +204,16 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(b"deadbeef 12 3");
         std::fs::write(&path, bytes).unwrap();
-        let j = Journal::load(&path).unwrap();
+        let mut j = Journal::load(&path).unwrap();
         assert_eq!(j.len(), 2);
         assert_eq!(j.get(Path::new("new\nline\\x")), Some(&entry(2)));
+        // The torn line is cut off before the next append, which therefore survives.
+        j.record(Path::new("after"), entry(3)).unwrap();
+        j.flush().unwrap();
+        drop(j);
+        let j = Journal::load(&path).unwrap();
+        assert_eq!(j.get(Path::new("after")), Some(&entry(3)));
+        assert_eq!(j.len(), 3);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod walk;
 pub use error::{Error, Result};
 pub mod ingest;
 pub mod ledger;
+pub mod place;
 pub mod policy;
 pub mod record;
 pub mod scan;

@@ -136,8 +136,11 @@ pub fn stage(
     }
     if !report.ok() {
         // The old record describes a complete copy; this one is not.
-        if previous.is_some() {
+        if let Some(previous) = &previous {
             std::fs::remove_file(&record_path).map_err(|e| Error::io(&record_path, e))?;
+            if let Some(ledger) = ledger {
+                ledger.remove_stage(previous)?;
+            }
         }
         return Ok(StageOutcome {
             report,

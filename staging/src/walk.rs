@@ -108,6 +108,8 @@ pub struct Filter {
     include_path: Option<GlobSet>,
     exclude_name: Option<GlobSet>,
     exclude_path: Option<GlobSet>,
+    /// Exact relative paths to leave out (with everything below them).
+    exclude_exact: std::collections::HashSet<PathBuf>,
 }
 
 impl Filter {
@@ -120,7 +122,14 @@ impl Filter {
             include_path,
             exclude_name,
             exclude_path,
+            exclude_exact: Default::default(),
         })
+    }
+
+    /// Also leaves out these exact relative paths (and, for folders, what they hold).
+    pub fn excluding_paths(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.exclude_exact.extend(paths);
+        self
     }
 
     /// True when there are include globs (then only matching files are taken).
@@ -138,7 +147,8 @@ impl Filter {
 
     /// True when `rel` (a file, link or folder) is excluded.
     pub fn excluded(&self, rel: &Path) -> bool {
-        Self::matches(&self.exclude_name, &self.exclude_path, rel)
+        self.exclude_exact.contains(rel)
+            || Self::matches(&self.exclude_name, &self.exclude_path, rel)
     }
 
     /// True when a file at `rel` is taken.

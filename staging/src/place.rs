@@ -1,0 +1,118 @@
+//! Putting an assembled folder in its final place: never over an existing one, on any
+//! filesystem, and with nothing in it that its manifest does not list.
+//!
+//! `renameat2(RENAME_NOREPLACE)` is the atomic way, but the Linux NFS and SMB clients
+//! reject rename flags (EINVAL). There the fallback is a plain rename after checking the
+//! target is absent; rename(2) itself refuses to replace a non-empty folder, so an
+//! existing dataset or results folder (never empty) still cannot be overwritten.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, RenameFlags};
+
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::Manifest;
+use crate::walk::{MANIFEST_NAME, STATE_DIR};
+
+/// Renames `from` to `to` unless `to` exists. An existing target is an
+/// `ErrorKind::AlreadyExists` error.
+pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(Errno::EEXIST | Errno::ENOTEMPTY) => Err(ErrorKind::AlreadyExists.into()),
+        Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+            if std::fs::symlink_metadata(to).is_ok() {
+                return Err(ErrorKind::AlreadyExists.into());
+            }
+            match std::fs::rename(from, to) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    Err(ErrorKind::AlreadyExists.into())
+                }
+                other => other,
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes regular files under `dir` that `manifest` does not list (left in an assembly
+/// folder by an earlier, different attempt), so they cannot slip into the final folder.
+/// The manifest itself and `.hpcstage/` are kept. Returns what was removed.
+pub fn prune_unlisted(dir: &Path, manifest: &Manifest) -> Result<Vec<PathBuf>> {
+    let listed: std::collections::HashSet<&Path> =
+        manifest.entries.iter().map(|e| e.path.as_path()).collect();
+    let mut removed = Vec::new();
+    let mut it = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter();
+    while let Some(entry) = it.next() {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            Error::io(
+                path,
+                e.into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("walk failed")),
+            )
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .expect("below dir")
+            .to_path_buf();
+        if rel == Path::new(STATE_DIR) {
+            it.skip_current_dir();
+            continue;
+        }
+        if entry.file_type().is_file()
+            && rel != Path::new(MANIFEST_NAME)
+            && !listed.contains(rel.as_path())
+        {
+            std::fs::remove_file(entry.path()).at(entry.path())?;
+            removed.push(rel);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ManifestEntry;
+
+    #[test]
+    fn never_replaces_an_existing_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(a.join("x")).unwrap();
+        std::fs::create_dir_all(b.join("y")).unwrap();
+        let err = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        assert!(b.join("y").exists() && a.join("x").exists());
+        let c = dir.path().join("c");
+        rename_noreplace(&a, &c).unwrap();
+        assert!(c.join("x").exists());
+    }
+
+    #[test]
+    fn prunes_what_the_manifest_does_not_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("s")).unwrap();
+        std::fs::create_dir_all(root.join(".hpcstage")).unwrap();
+        for f in ["s/keep", "s/stale", "MANIFEST.sha256", ".hpcstage/journal"] {
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        let m = Manifest::from_entries(vec![ManifestEntry {
+            path: "s/keep".into(),
+            digest: crate::hash::Digest::of(b"s/keep"),
+        }]);
+        assert_eq!(
+            prune_unlisted(root, &m).unwrap(),
+            vec![PathBuf::from("s/stale")]
+        );
+        assert!(root.join("s/keep").exists() && root.join(".hpcstage/journal").exists());
+    }
+}
