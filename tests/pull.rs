@@ -446,7 +446,7 @@ printf 'label,area\n1,1\n' >"$table""#,
     // Killed once the hidden folder holds a megabyte of a mask being written.
     let (shown, mut child) = lab.spawn(&["pull", &run.run_id]);
     let started = Instant::now();
-    while !bytes_under(&partial).is_some_and(|n| n >= 1 << 20) {
+    while bytes_under(&partial).is_none_or(|n| n < 1 << 20) {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{} never filled",
