@@ -708,7 +708,8 @@ fn fail(
                 "validation.json".into(),
                 "qc/**".into(),
             ],
-            &[],
+            // The pull-back job's own log is still being written (see pull_finished).
+            &["logs/pull-*".into(), "logs/local-runner.log".into()],
         )?,
         ..CopyOptions::default()
     };
