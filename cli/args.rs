@@ -422,6 +422,10 @@ pub(crate) struct SubmitArgs {
 pub(crate) struct StageAndRunArgs {
     /// Dataset folder on the NAS
     pub(crate) source: PathBuf,
+    /// Where the staging runs: here on the login node, or as a job on the transfer
+    /// partition that then submits the compute and pull-back jobs itself
+    #[arg(long, value_enum, default_value_t = StageIn::Login)]
+    pub(crate) stage_in: StageIn,
     /// Template name
     pub(crate) template: String,
     /// Project name, when SRC is not under <nas_root>/<project>/
@@ -459,4 +463,13 @@ pub(crate) struct EpilogueArgs {
     /// Hard time limit; the command exits 0 when it is reached
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     pub(crate) timeout: humantime::Duration,
+}
+
+/// Where `stage-and-run` stages the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StageIn {
+    /// On this node, before submitting
+    Login,
+    /// In a job on the transfer partition (SLURM only)
+    Job,
 }

@@ -1390,3 +1390,79 @@ fn the_local_executor_without_wait_returns_at_once_and_a_detached_runner_finishe
     let runner_log = read_text(chain.run_dir.join("logs/local-runner.log"));
     assert!(!runner_log.contains("error"), "{runner_log}");
 }
+
+#[test]
+fn stage_in_as_a_job_stages_on_the_transfer_partition_then_submits_the_chain() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let raw = world.dataset("plate1", &IMAGES);
+    let predict = predict(&world, "fake-predict", "");
+    let params = unet_params(&model(&world), &predict, &[]);
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("stage-and-run"),
+        raw.as_os_str(),
+        OsStr::new("unet-seg"),
+        OsStr::new("--stage-in"),
+        OsStr::new("job"),
+        OsStr::new("--json"),
+    ];
+    args.extend(params.iter().map(OsStr::new));
+    let run = world.run(args);
+    run.code(0);
+    let stage_in_job = run.json()["stage_in_job"]
+        .as_str()
+        .expect("stage_in_job in the JSON")
+        .to_string();
+
+    // The run exists only once the stage-in job has staged the data and submitted it.
+    let started = Instant::now();
+    let run_id = loop {
+        let all = world.run(["status", "--json"]);
+        all.code(0);
+        if let Some(id) = all.json()["runs"][0]["record"]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            started.elapsed() < CHAIN_TIMEOUT,
+            "no run appeared after stage-in job {stage_in_job}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let status = world.status(&run_id);
+    let chain = Chain {
+        run_id: run_id.clone(),
+        run_dir: status["record"]["run_dir"]
+            .as_str()
+            .expect("run_dir")
+            .into(),
+        results_dir: status["record"]["results_dir"]
+            .as_str()
+            .expect("results_dir")
+            .into(),
+        compute_job: String::new(),
+        pull_job: None,
+    };
+    let status = world.wait_chain(&chain, CHAIN_TIMEOUT);
+    assert_eq!(status["phase"], "pulled", "{status:#}");
+    assert_results_verified(&world, &chain.results_dir);
+    assert_input_kept(&world, "plate1");
+
+    // The stage-in job ran on the transfer partition and before the compute job.
+    let acct = bounded(
+        "sacct",
+        &[
+            "-X",
+            "--parsable2",
+            "--noheader",
+            "--format=Partition,State",
+            "-j",
+            &stage_in_job,
+        ],
+        20,
+    );
+    assert!(
+        acct.stdout.starts_with("transfer|COMPLETED"),
+        "stage-in job {stage_in_job}: {:?}",
+        acct.stdout
+    );
+}

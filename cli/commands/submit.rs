@@ -82,6 +82,9 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
     // Fail on a bad template or parameter before copying anything.
     let template = super::template::store(settings).get(&args.template)?;
     precheck(&template, &args.source, &args.run)?;
+    if args.stage_in == crate::args::StageIn::Job {
+        return stage_in_job(settings, args);
+    }
     let stage_args = StageArgs {
         source: args.source.clone(),
         dest: None,
@@ -229,5 +232,125 @@ pub(crate) fn run_local(settings: &Settings, run: &str) -> Result<Status> {
     let id = store.resolve(run)?;
     let exec = LocalExecutor::new(local_state_dir(&settings.state_dir));
     run_local_chain(&store, &id, &exec)?;
+    Ok(Status::Success)
+}
+
+use hpcstage_lifecycle::chain::shell_quote as quote;
+
+/// `--stage-in job`: a job on the transfer partition stages the data and then submits the
+/// compute → pull-back chain itself (`hpcstage submit` from inside the job), so that the
+/// login node does no copying at all. Only the stage-in job id is known at return.
+fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
+    if executor(settings, args.run.executor)? != Executor::Slurm {
+        bail!("--stage-in job needs SLURM (sbatch); without it, stage on this node (the default)");
+    }
+    let source = absolute(&args.source)?;
+    let target = hpcstage_staging::stage::derive_target(
+        &source,
+        settings.nas_root.as_deref(),
+        settings.scratch_root()?,
+        args.project.as_deref(),
+        args.dataset.as_deref(),
+    )?;
+    let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S").to_string();
+    let dir = settings
+        .scratch_root()?
+        .join(&target.project)
+        .join("stage-in")
+        .join(format!("{}-{stamp}", target.dataset));
+    fs_err::create_dir_all(&dir)?;
+    let mut global = vec![
+        quote(&exe.display().to_string()),
+        "--state-dir".into(),
+        quote(&settings.state_dir.display().to_string()),
+        "--scratch-root".into(),
+        quote(&settings.scratch_root()?.display().to_string()),
+    ];
+    if let Some(nas) = &settings.nas_root {
+        global.push("--nas-root".into());
+        global.push(quote(&nas.display().to_string()));
+    }
+    let global = global.join(" ");
+    let mut submit = format!(
+        "{global} submit {} --input {} --executor slurm",
+        quote(&args.template),
+        quote(&target.destination.display().to_string())
+    );
+    for p in &args.run.job.params {
+        submit.push_str(&format!(" -p {}", quote(p)));
+    }
+    for (flag, value) in [
+        ("--time", &args.run.job.time),
+        ("--partition", &args.run.job.partition),
+        ("--account", &args.run.job.account),
+    ] {
+        if let Some(v) = value {
+            submit.push_str(&format!(" {flag} {}", quote(v)));
+        }
+    }
+    if let Some(r) = &args.run.results {
+        submit.push_str(&format!(
+            " --results {}",
+            quote(&absolute(r)?.display().to_string())
+        ));
+    }
+    if args.run.no_pull {
+        submit.push_str(" --no-pull");
+    }
+    let script = dir.join("stage-in.sbatch");
+    let text = format!(
+        "#!/bin/bash\n\
+         # Stage-in job: stages {src} to scratch, then submits the {template} run over it.\n\
+         #SBATCH --job-name=stage-in-{name}\n\
+         #SBATCH --partition={partition}\n\
+         #SBATCH --time={time}\n\
+         #SBATCH --cpus-per-task=1\n\
+         #SBATCH --output={dir}/stage-in-%j.out\n\
+         set -euo pipefail\n\
+         {global} stage {srcq} {destq} --project {project} --dataset {dataset}\n\
+         exec {submit}\n",
+        src = source.display(),
+        template = args.template,
+        name = target
+            .dataset
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect::<String>(),
+        partition = settings.slurm.transfer_partition,
+        time = settings.slurm.pull_time,
+        dir = dir.display(),
+        srcq = quote(&source.display().to_string()),
+        destq = quote(&target.destination.display().to_string()),
+        project = quote(&target.project),
+        dataset = quote(&target.dataset),
+    );
+    fs_err::write(&script, text)?;
+    let client = SlurmClient::new(settings.client.clone());
+    let mut req = hpcstage_slurm::client::SubmitRequest::new(&script);
+    req.workdir = Some(dir.clone());
+    let job = client
+        .submit(&req)
+        .with_context(|| format!("cannot submit the stage-in job {}", script.display()))?;
+    if args.run.json {
+        output::json(&serde_json::json!({
+            "stage_in_job": job.id.to_string(),
+            "script": script,
+            "destination": target.destination,
+        }));
+    } else {
+        output::data(format!("stage-in job {} ({})", job.id, script.display()));
+        output::data(format!(
+            "  stages {} → {}",
+            source.display(),
+            target.destination.display()
+        ));
+        output::data(format!(
+            "  then submits {} → pull-back; follow with `hpcstage status` once it has run (log: {}/stage-in-{}.out)",
+            args.template,
+            dir.display(),
+            job.id
+        ));
+    }
     Ok(Status::Success)
 }

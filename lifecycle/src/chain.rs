@@ -138,7 +138,8 @@ pub fn prepare(store: &RunStore, s: &SubmitSettings<'_>) -> Result<Prepared> {
     })
 }
 
-fn quote(s: &str) -> String {
+/// Quotes a word for bash (single quotes where needed).
+pub fn shell_quote(s: &str) -> String {
     shlex::try_quote(s).map_or_else(|_| "''".to_string(), |q| q.into_owned())
 }
 
@@ -167,9 +168,9 @@ fn write_pull_script(
         id = record.id,
         partition = s.pull_partition,
         time = s.pull_time,
-        state = quote(&s.state_dir.display().to_string()),
-        exe = quote(&s.hpcstage.display().to_string()),
-        idq = quote(&record.id),
+        state = shell_quote(&s.state_dir.display().to_string()),
+        exe = shell_quote(&s.hpcstage.display().to_string()),
+        idq = shell_quote(&record.id),
     );
     std::fs::write(path, text).map_err(|e| hpcstage_staging::Error::io(path, e))?;
     Ok(())
