@@ -7,21 +7,11 @@ use std::path::Path;
 use crate::backend::Backend;
 use crate::run::{Event, Executor, RunStore, RunView};
 
-/// True when a job's last known state is final.
+/// True when a job's last known state is final (SLURM's spelling, as recorded).
 pub fn ended(state: &str) -> bool {
-    matches!(
-        state.split_whitespace().next().unwrap_or(""),
-        "COMPLETED"
-            | "FAILED"
-            | "CANCELLED"
-            | "TIMEOUT"
-            | "OUT_OF_MEMORY"
-            | "NODE_FAIL"
-            | "PREEMPTED"
-            | "BOOT_FAIL"
-            | "DEADLINE"
-            | "REVOKED"
-    )
+    state
+        .parse::<hpcstage_slurm::state::JobState>()
+        .is_ok_and(|s| s.is_terminal())
 }
 
 /// Queries the jobs of `views` that have not ended and records their new states.
