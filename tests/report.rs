@@ -2,12 +2,13 @@
 //! datasets ingested into the NAS and staged to scratch, runs recorded in the ledger.
 //! What users see is snapshotted after normalizing dates, times and the temporary path.
 
-mod common_report;
+mod common;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
-use common_report::{age_files, chmod, listing, write, Env};
+use common::report::{age_files, listing, Env};
+use common::{chmod, write};
 use serde_json::Value;
 
 /// One MiB of data per dataset, so that sizes print the same whatever the length of the
@@ -77,7 +78,7 @@ fn safe_lab() -> (Env, PathBuf) {
 
 /// The JSON report with volatile values replaced: timestamps, and the byte counts of
 /// staged datasets (they hold the ingest metadata, whose length varies).
-fn stable_json(run: &common_report::Run) -> String {
+fn stable_json(run: &common::Run) -> String {
     let mut report = run.json();
     for key in ["bytes", "at_risk_bytes"] {
         report["totals"][key] = "[BYTES]".into();
@@ -88,7 +89,7 @@ fn stable_json(run: &common_report::Run) -> String {
         }
     }
     let text = serde_json::to_string_pretty(&report).expect("JSON");
-    common_report::normalize(&text, run.root())
+    common::report::normalize(&text, run.root())
 }
 
 #[test]

@@ -10,17 +10,17 @@
 //! print "skipped: no SLURM" where SLURM is not installed, and fail when it is installed
 //! but its controller does not answer.
 
-mod common_slurm;
+mod common;
 
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common_slurm::{
-    assert_lines, bounded, files, job, jobs_under, read_text, slurm_test, which, Chain, Run, World,
-    CHAIN_TIMEOUT,
-};
+use common::cluster::{bounded, slurm_test, which, Chain};
+use common::fs::files;
+use common::slurm::{job, jobs_under, World, CHAIN_TIMEOUT};
+use common::{assert_lines, read_text};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ const IMAGES: [(&str, &[u8]); 3] = [
 
 fn model(world: &World) -> PathBuf {
     let path = world.path("models/unet-v3.pt");
-    common_slurm::write(&path, "weights");
+    common::write(&path, "weights");
     path
 }
 
@@ -230,7 +230,7 @@ fn align_runs_minimap2_and_samtools_per_sample_and_pulls_sorted_indexed_bams() {
     let world = World::new();
     let (fasta, reads) = reference_and_reads();
     let reference = world.path("ref/chrT.fa");
-    common_slurm::write(&reference, fasta);
+    common::write(&reference, fasta);
     let files_in: Vec<(&str, &[u8])> = reads
         .iter()
         .map(|(n, c)| (n.as_str(), c.as_bytes()))
@@ -969,7 +969,7 @@ fn hostile_parameters_reach_the_program_as_plain_bytes() {
         "models/$(id)/x'; touch {}; '",
         markers[0].display()
     ));
-    common_slurm::write(&model, "weights");
+    common::write(&model, "weights");
     let predict = predict(&world, "fake-predict", "");
     let predict_cmd = format!(
         "predict_cmd={} --model {{model}} --input {{input}} --mask {{mask}} --table {{table}} \
@@ -1000,7 +1000,7 @@ fn hostile_parameters_reach_the_program_as_plain_bytes() {
         "--json",
     ]);
     submit.code(0);
-    let chain = chain_of(&submit);
+    let chain = Chain::of(&submit);
     let status = world.wait_chain(&chain, CHAIN_TIMEOUT);
     assert_eq!(status["phase"], "pulled", "{status:#}");
     for m in &markers {
@@ -1040,22 +1040,6 @@ fn hostile_parameters_reach_the_program_as_plain_bytes() {
     assert_eq!(back.stdout, model.to_string_lossy());
     for m in &markers {
         assert!(!m.exists(), "{} was created", m.display());
-    }
-}
-
-fn chain_of(run: &Run) -> Chain {
-    let v = run.json();
-    let s = |k: &str| {
-        v[k].as_str()
-            .unwrap_or_else(|| panic!("{k} in {v:#}"))
-            .to_string()
-    };
-    Chain {
-        run_id: s("run_id"),
-        run_dir: s("run_dir").into(),
-        results_dir: s("results_dir").into(),
-        compute_job: s("compute_job"),
-        pull_job: v["pull_job"].as_str().map(str::to_string),
     }
 }
 
@@ -1218,7 +1202,7 @@ fn template_render_shows_the_exact_script_for_a_staged_folder() {
     let (_, reads) = reference_and_reads();
     let dir = world.path("reads");
     for (name, content) in &reads {
-        common_slurm::write(dir.join(name), content);
+        common::write(dir.join(name), content);
     }
     let run = world.run([
         OsStr::new("template"),
@@ -1278,7 +1262,7 @@ fn template_render_check_passes_sbatch_test_only() {
     let world = World::new();
     let images = world.path("images");
     for (name, content) in IMAGES {
-        common_slurm::write(images.join(name), content);
+        common::write(images.join(name), content);
     }
     let images = images.to_str().unwrap();
     let ok = world.run([

@@ -1,19 +1,39 @@
-//! Shared pieces of the integration tests: a fresh temporary world per test (HOME, XDG
-//! folders, state, site config, NAS and scratch all inside it), a runner for the built
-//! binary with a clean environment, tree builders and comparisons that print both sides.
+//! Shared pieces of the integration tests.
+//!
+//! - [`run`]: the built binary with an isolated environment, other tools with a clean one,
+//!   and [`Run`], the outcome of one command with everything needed to explain a failed
+//!   assertion.
+//! - [`fs`]: writing and reading files, permissions, listings, and the temporary folder
+//!   a test's world lives in.
+//! - [`cluster`]: the real test cluster, taken by one test at a time.
+//! - The worlds: [`Env`] here (a fresh temporary world per test, with tree builders and
+//!   comparisons that print both sides), [`report`] for report, status and clean,
+//!   [`pull`] and [`slurm`] for the tests against the test cluster.
 //!
 //! Nothing of the machine's own configuration may leak in: every command runs with an
 //! emptied environment plus the variables set here.
 #![allow(dead_code, clippy::print_stderr)]
 
+pub(crate) mod cluster;
+pub(crate) mod fs;
+pub(crate) mod pull;
+pub(crate) mod report;
+pub(crate) mod run;
+pub(crate) mod slurm;
+
 use std::ffi::OsStr;
 use std::fmt;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
+
+// Not every test crate uses every helper.
+#[allow(unused_imports)]
+pub(crate) use self::fs::{append, chmod, mode, read, read_text, symlink, write};
+use self::fs::{fnv, TempRoot, WORLD_DIRS};
+pub(crate) use self::run::Run;
 
 /// Leaves a test early, loudly, when it needs root (mounting tmpfs or ramfs).
 #[allow(unused_macros)]
@@ -30,7 +50,7 @@ pub(crate) use needs_root;
 
 /// One test's world: a temporary folder holding everything the binary may touch.
 pub(crate) struct Env {
-    dir: Option<tempfile::TempDir>,
+    _dir: TempRoot,
     /// Canonical path of the temporary folder.
     pub(crate) root: PathBuf,
     extra_env: Vec<(String, String)>,
@@ -38,17 +58,10 @@ pub(crate) struct Env {
 
 impl Env {
     pub(crate) fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("hpcstage-test.")
-            .tempdir()
-            .expect("create a temporary folder");
-        let root = dir.path().canonicalize().expect("canonical temp path");
-        for sub in ["home", "xdg-config", "xdg-state", "state", "nas", "scratch"] {
-            fs::create_dir_all(root.join(sub)).expect("create env folder");
-        }
+        let dir = TempRoot::new("hpcstage-test.", WORLD_DIRS);
         Env {
-            dir: Some(dir),
-            root,
+            root: dir.path().to_path_buf(),
+            _dir: dir,
             extra_env: Vec::new(),
         }
     }
@@ -91,23 +104,8 @@ impl Env {
 
     /// The binary, with a clean environment pointing into this world, run from its root.
     pub(crate) fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hpcstage"));
-        cmd.env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
-            .env("XDG_STATE_HOME", self.path("xdg-state"))
-            .env("HPCSTAGE_STATE", self.state())
-            .env("HPCSTAGE_SITE_CONFIG", self.site_config())
-            .env("COLUMNS", "100")
-            .env("LC_ALL", "C")
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = run::hpcstage(&self.root, &self.state());
+        cmd.env("COLUMNS", "100");
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -126,10 +124,8 @@ impl Env {
     }
 
     /// Runs a prepared command to the end.
-    pub(crate) fn finish(&self, mut cmd: Command) -> Run {
-        let shown = describe(&cmd);
-        let out = cmd.output().expect("run hpcstage");
-        Run::new(shown, out, self.root.clone())
+    pub(crate) fn finish(&self, cmd: Command) -> Run {
+        Run::of(cmd).in_world(&self.root)
     }
 
     /// `hpcstage --nas-root NAS --scratch-root SCRATCH ARGS...`
@@ -149,126 +145,11 @@ impl Env {
 
     /// Runs an external tool (sha256sum, find, ...) through `sh -c` in `dir`, with LC_ALL=C.
     pub(crate) fn sh(&self, dir: &Path, script: &str) -> Run {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(script)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env("LC_ALL", "C")
-            .current_dir(dir)
-            .stdin(Stdio::null());
-        let out = cmd.output().expect("run sh");
-        Run::new(
-            format!("sh -c {script:?} (in {})", dir.display()),
-            out,
-            self.root.clone(),
-        )
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // Read-only folders (raw data, read-only test trees) would stop the clean-up of a
-        // non-root user; give write permission back first.
-        make_writable(&self.root);
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
-        }
-    }
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&format!("{:?}", a.to_string_lossy()));
-    }
-    s
-}
-
-/// The outcome of one command, with everything needed to explain a failed assertion.
-pub(crate) struct Run {
-    pub(crate) command: String,
-    pub(crate) code: Option<i32>,
-    pub(crate) signal: Option<i32>,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-    root: PathBuf,
-}
-
-impl Run {
-    fn new(command: String, out: Output, root: PathBuf) -> Run {
-        use std::os::unix::process::ExitStatusExt;
-        Run {
-            command,
-            code: out.status.code(),
-            signal: out.status.signal(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            root,
-        }
-    }
-
-    /// Asserts the exit code, printing the command and both streams when it differs.
-    #[track_caller]
-    pub(crate) fn code(&self, expected: i32) -> &Run {
-        assert!(
-            self.code == Some(expected),
-            "expected exit code {expected}, got {:?} (signal {:?})\n{self}",
-            self.code,
-            self.signal
-        );
-        self
-    }
-
-    /// Standard output with the world's path replaced by `[ROOT]`.
-    pub(crate) fn out(&self) -> String {
-        self.stdout.replace(&*self.root.to_string_lossy(), "[ROOT]")
-    }
-
-    /// Standard error with the world's path replaced by `[ROOT]`.
-    pub(crate) fn err(&self) -> String {
-        self.stderr.replace(&*self.root.to_string_lossy(), "[ROOT]")
-    }
-
-    /// Standard output parsed as JSON.
-    #[track_caller]
-    pub(crate) fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{self}"))
-    }
-
-    /// Asserts that standard error holds `needle` (after `[ROOT]` replacement).
-    #[track_caller]
-    pub(crate) fn err_has(&self, needle: &str) -> &Run {
-        assert!(
-            self.err().contains(needle),
-            "stderr lacks {needle:?}\n{self}"
-        );
-        self
-    }
-
-    /// Asserts that standard error does not hold `needle`.
-    #[track_caller]
-    pub(crate) fn err_lacks(&self, needle: &str) -> &Run {
-        assert!(
-            !self.err().contains(needle),
-            "stderr holds {needle:?}\n{self}"
-        );
-        self
-    }
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "--- command ---\n{}\n--- exit code {:?} ---\n--- stdout ---\n{}--- stderr ---\n{}--- end ---",
-            self.command, self.code, self.stdout, self.stderr
-        )
+        let mut cmd = run::clean("sh");
+        cmd.arg("-c").arg(script).current_dir(dir);
+        let mut run = Run::of(cmd).in_world(&self.root);
+        run.command = format!("sh -c {script:?} (in {})", dir.display());
+        run
     }
 }
 
@@ -300,38 +181,6 @@ pub(crate) fn assert_lines<A: AsRef<str> + fmt::Debug, B: AsRef<str> + fmt::Debu
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Writes a file, creating its parent folders.
-pub(crate) fn write(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) {
-    let path = path.as_ref();
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).expect("create parent folders");
-    }
-    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-pub(crate) fn read(path: impl AsRef<Path>) -> Vec<u8> {
-    let path = path.as_ref();
-    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-pub(crate) fn read_text(path: impl AsRef<Path>) -> String {
-    String::from_utf8(read(path)).expect("UTF-8 text")
-}
-
-pub(crate) fn chmod(path: impl AsRef<Path>, mode: u32) {
-    let path = path.as_ref();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
-pub(crate) fn mode(path: impl AsRef<Path>) -> u32 {
-    fs::symlink_metadata(path.as_ref()).expect("stat").mode() & 0o7777
-}
-
-pub(crate) fn symlink(target: &str, link: impl AsRef<Path>) {
-    std::os::unix::fs::symlink(target, link.as_ref()).expect("create symlink");
 }
 
 /// Deterministic pseudo-random bytes.
@@ -368,7 +217,7 @@ pub(crate) const CARRIAGE: &[u8] = b"carriage\rreturn.txt";
 /// empty-dir/, sub/empty-too/   empty folders
 /// ```
 pub(crate) fn tricky_tree(root: &Path) -> Vec<PathBuf> {
-    fs::create_dir_all(root).expect("create tree root");
+    std::fs::create_dir_all(root).expect("create tree root");
     write(root.join("a b.txt"), "spaces in the name\n");
     write(root.join("ünïcödé ✓.txt"), "unicode\n");
     write(root.join(name(BACKSLASH)), "backslash\n");
@@ -376,10 +225,10 @@ pub(crate) fn tricky_tree(root: &Path) -> Vec<PathBuf> {
     write(root.join(name(CARRIAGE)), "carriage return\n");
     write(root.join("empty.dat"), "");
     write(root.join("sub/deep/data.bin"), noise(7, 64 << 10));
-    fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
-    fs::create_dir_all(root.join("sub/empty-too")).expect("mkdir");
-    fs::hard_link(root.join("a b.txt"), root.join("hard")).expect("hard link");
-    fs::hard_link(root.join("a b.txt"), root.join("sub/hard2")).expect("hard link");
+    std::fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
+    std::fs::create_dir_all(root.join("sub/empty-too")).expect("mkdir");
+    std::fs::hard_link(root.join("a b.txt"), root.join("hard")).expect("hard link");
+    std::fs::hard_link(root.join("a b.txt"), root.join("sub/hard2")).expect("hard link");
     symlink("a b.txt", root.join("link"));
     symlink("../a b.txt", root.join("sub/up"));
     symlink("/etc/passwd", root.join("outside"));
@@ -421,9 +270,14 @@ pub(crate) fn all_entries(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>, keep: &dyn Fn(&fs::Metadata) -> bool) {
+fn collect(
+    root: &Path,
+    rel: &Path,
+    out: &mut Vec<PathBuf>,
+    keep: &dyn Fn(&std::fs::Metadata) -> bool,
+) {
     let dir = root.join(rel);
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
         let entry = entry.expect("read folder entry");
         let child = rel.join(entry.file_name());
         if rel.as_os_str().is_empty() && entry.file_name() == ".hpcstage" {
@@ -444,7 +298,9 @@ pub(crate) fn temporaries(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in rd.flatten() {
             let path = entry.path();
             if entry.file_name().as_bytes().starts_with(b".hpcstage-tmp.") {
@@ -465,11 +321,14 @@ pub(crate) fn fingerprint(root: &Path) -> Vec<String> {
         .into_iter()
         .map(|rel| {
             let path = root.join(&rel);
-            let m = fs::symlink_metadata(&path).expect("stat");
+            let m = std::fs::symlink_metadata(&path).expect("stat");
             let kind = if m.is_dir() {
                 "d".to_string()
             } else if m.file_type().is_symlink() {
-                format!("l -> {}", fs::read_link(&path).expect("readlink").display())
+                format!(
+                    "l -> {}",
+                    std::fs::read_link(&path).expect("readlink").display()
+                )
             } else {
                 let bytes = read(&path);
                 format!("f {:016x}", fnv(&bytes))
@@ -485,12 +344,6 @@ pub(crate) fn fingerprint(root: &Path) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Asserts that every regular file under its final name in `dest` has exactly the
@@ -518,27 +371,6 @@ pub(crate) fn assert_final_names_match_source(src: &Path, dest: &Path) -> usize 
     compared
 }
 
-/// Gives the owner write permission on everything under `root` (not following links).
-pub(crate) fn make_writable(root: &Path) {
-    let Ok(m) = fs::symlink_metadata(root) else {
-        return;
-    };
-    if m.file_type().is_symlink() {
-        return;
-    }
-    let _ = fs::set_permissions(
-        root,
-        fs::Permissions::from_mode((m.mode() & 0o7777) | 0o700),
-    );
-    if m.is_dir() {
-        if let Ok(rd) = fs::read_dir(root) {
-            for e in rd.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
-}
-
 /// Today's local date as `date +%F` prints it (with the same clean environment the binary
 /// gets).
 pub(crate) fn today() -> String {
@@ -561,7 +393,7 @@ pub(crate) struct Mount {
 impl Mount {
     /// `mount -t FSTYPE -o OPTIONS FSTYPE PATH` (root only).
     pub(crate) fn new(fstype: &str, options: &str, path: &Path) -> Mount {
-        fs::create_dir_all(path).expect("create mount point");
+        std::fs::create_dir_all(path).expect("create mount point");
         let out = Command::new("mount")
             .args(["-t", fstype, "-o", options, fstype])
             .arg(path)
@@ -604,13 +436,4 @@ impl Drop for Mount {
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
     }
-}
-
-/// Appends `bytes` to a file.
-pub(crate) fn append(path: &Path, bytes: &[u8]) {
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .expect("open for append");
-    f.write_all(bytes).expect("append");
 }

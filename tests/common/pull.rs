@@ -4,93 +4,26 @@
 //! stand-ins; and the bits of the real cluster the tests drive or look at (`sacct`,
 //! `squeue`, `scancel`).
 //!
-//! Tests that submit jobs hold [`slurm`]'s guard: the node has 2 CPUs and the pull-back
-//! job asks for both, so runs of different tests would only queue behind each other and
-//! blur the timings the tests bound.
-#![allow(dead_code, clippy::print_stderr)]
+//! Tests that submit jobs hold the [cluster](super::cluster::cluster): the node has 2 CPUs
+//! and the pull-back job asks for both.
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::process::{Child, Command};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Serializes the tests that submit jobs.
-static SLURM: Mutex<()> = Mutex::new(());
-
-/// The cluster, held for one test; `None` (test skipped) when SLURM is not installed.
-/// Installed but not answering is a failure: the runner starts it with
-/// `tests/cluster/up.sh`.
-pub(crate) fn slurm() -> Option<MutexGuard<'static, ()>> {
-    if on_path("sinfo").is_none() {
-        eprintln!("skipped: no SLURM");
-        return None;
-    }
-    // A test that failed while holding the guard leaves it poisoned; the cluster is fine.
-    let guard = SLURM.lock().unwrap_or_else(|e| e.into_inner());
-    let ping = tool("scontrol", &["ping"]);
-    assert!(
-        ping.code == Some(0) && ping.stdout.contains("UP"),
-        "SLURM is installed but slurmctld does not answer `scontrol ping`: start the test \
-         cluster with tests/cluster/up.sh\n{ping}"
-    );
-    Some(guard)
-}
-
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
-}
-
-fn path_var() -> std::ffi::OsString {
-    std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-}
-
-/// Runs an external tool with a clean environment (LC_ALL=C, no SLURM format variables).
-pub(crate) fn tool(program: &str, args: &[&str]) -> Run {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", path_var())
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null());
-    if let Some(conf) = std::env::var_os("SLURM_CONF") {
-        cmd.env("SLURM_CONF", conf);
-    }
-    finish(cmd)
-}
-
-fn finish(mut cmd: Command) -> Run {
-    let shown = describe(&cmd);
-    let started = Instant::now();
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {shown}: {e}"));
-    Run::new(shown, out, started.elapsed())
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&format!("{:?}", a.to_string_lossy()));
-    }
-    s
-}
+use super::cluster::Chain;
+use super::fs::{fnv, walk, write, TempRoot, WORLD_DIRS};
+use super::run::{self, describe, pass_slurm_conf, tool, Run};
 
 /// One test's lab.
 pub(crate) struct Lab {
-    dir: Option<tempfile::TempDir>,
+    _dir: TempRoot,
     /// Canonical path of the temporary folder.
     pub(crate) root: PathBuf,
 }
@@ -99,27 +32,11 @@ impl Lab {
     /// An empty lab: `/tmp/hpcstage-pull.XXXX/{home,xdg-config,xdg-state,state,nas,scratch,bin}`,
     /// a user config with the NAS and scratch roots and a purge policy, and a model file.
     pub(crate) fn new() -> Lab {
-        let dir = tempfile::Builder::new()
-            .prefix("hpcstage-pull.")
-            .tempdir_in("/tmp")
-            .expect("create a temporary folder in /tmp");
-        let root = dir.path().canonicalize().expect("canonical temp path");
         // Other users (the epilogue's job user) must be able to pass through.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod lab");
-        for sub in [
-            "home",
-            "xdg-config",
-            "xdg-state",
-            "state",
-            "nas",
-            "scratch",
-            "bin",
-        ] {
-            fs::create_dir_all(root.join(sub)).expect("create lab folder");
-        }
+        let dir = TempRoot::shared("hpcstage-pull.", &[WORLD_DIRS, &["bin"]].concat());
         let lab = Lab {
-            dir: Some(dir),
-            root,
+            root: dir.path().to_path_buf(),
+            _dir: dir,
         };
         write(
             lab.path("xdg-config/hpcstage/config.toml"),
@@ -161,27 +78,13 @@ impl Lab {
 
     /// The binary with a clean environment pointing into this lab.
     pub(crate) fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hpcstage"));
-        cmd.env_clear()
-            .env("PATH", path_var())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
-            .env("XDG_STATE_HOME", self.path("xdg-state"))
-            .env("HPCSTAGE_STATE", self.state())
-            .env("HPCSTAGE_SITE_CONFIG", self.path("site.toml"))
-            .env("COLUMNS", "100")
-            .env("LC_ALL", "C")
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(conf) = std::env::var_os("SLURM_CONF") {
-            cmd.env("SLURM_CONF", conf);
-        }
+        let mut cmd = run::hpcstage(&self.root, &self.state());
+        cmd.env("COLUMNS", "100");
+        pass_slurm_conf(&mut cmd);
         cmd
     }
 
-    /// Runs `hpcstage ARGS...` to the end.
+    /// Runs `hpcstage ARGS...` to the end (the outputs keep the lab's path).
     pub(crate) fn run<I, S>(&self, args: I) -> Run
     where
         I: IntoIterator<Item = S>,
@@ -189,7 +92,7 @@ impl Lab {
     {
         let mut cmd = self.command();
         cmd.args(args);
-        finish(cmd)
+        Run::of(cmd)
     }
 
     /// Starts `hpcstage ARGS...` without waiting.
@@ -243,7 +146,7 @@ impl Lab {
         stand_in: &Path,
         extra: &[&str],
         pull_back: bool,
-    ) -> Submitted {
+    ) -> Chain {
         let predict = format!(
             "predict_cmd={} --model {{model}} --input {{input}} --mask {{mask}} --table {{table}}",
             stand_in.display()
@@ -273,19 +176,7 @@ impl Lab {
         }
         let run = self.run(&args);
         run.code(0);
-        let v = run.json();
-        let text = |k: &str| {
-            v[k].as_str()
-                .unwrap_or_else(|| panic!("stage-and-run --json lacks {k}\n{run}"))
-                .to_string()
-        };
-        Submitted {
-            run_id: text("run_id"),
-            run_dir: PathBuf::from(text("run_dir")),
-            results_dir: PathBuf::from(text("results_dir")),
-            compute_job: text("compute_job"),
-            pull_job: v["pull_job"].as_str().map(str::to_string),
-        }
+        Chain::of(&run)
     }
 
     /// The run as `hpcstage status RUN --json` shows it.
@@ -294,25 +185,6 @@ impl Lab {
         run.code(0);
         run.json()
     }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        make_writable(&self.root);
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
-        }
-    }
-}
-
-/// What `stage-and-run --json` said.
-#[derive(Debug, Clone)]
-pub(crate) struct Submitted {
-    pub(crate) run_id: String,
-    pub(crate) run_dir: PathBuf,
-    pub(crate) results_dir: PathBuf,
-    pub(crate) compute_job: String,
-    pub(crate) pull_job: Option<String>,
 }
 
 /// A job's row in accounting (`sacct -X`), the array's first task for an array job.
@@ -413,148 +285,14 @@ pub(crate) fn wait_running(job: &str, bound: Duration) {
     }
 }
 
-/// Waits for `child` at most `bound`; kills it and fails when it takes longer.
-pub(crate) fn wait_child(shown: &str, mut child: Child, bound: Duration) -> Run {
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("poll child").is_some() {
-            let out = child.wait_with_output().expect("collect child output");
-            return Run::new(shown.to_string(), out, started.elapsed());
-        }
-        if started.elapsed() > bound {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect child output");
-            panic!(
-                "still running after {bound:?}\n{}",
-                Run::new(shown.to_string(), out, started.elapsed())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The outcome of one command, with everything needed to explain a failed assertion.
-pub(crate) struct Run {
-    pub(crate) command: String,
-    pub(crate) code: Option<i32>,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-    pub(crate) elapsed: Duration,
-}
-
-impl Run {
-    fn new(command: String, out: Output, elapsed: Duration) -> Run {
-        Run {
-            command,
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            elapsed,
-        }
-    }
-
-    /// Asserts the exit code, printing the command and both streams when it differs.
-    #[track_caller]
-    pub(crate) fn code(&self, expected: i32) -> &Run {
-        assert!(
-            self.code == Some(expected),
-            "expected exit code {expected}, got {:?}\n{self}",
-            self.code
-        );
-        self
-    }
-
-    #[track_caller]
-    pub(crate) fn out_has(&self, needle: &str) -> &Run {
-        assert!(
-            self.stdout.contains(needle),
-            "stdout lacks {needle:?}\n{self}"
-        );
-        self
-    }
-
-    #[track_caller]
-    pub(crate) fn err_has(&self, needle: &str) -> &Run {
-        assert!(
-            self.stderr.contains(needle),
-            "stderr lacks {needle:?}\n{self}"
-        );
-        self
-    }
-
-    #[track_caller]
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{self}"))
-    }
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "--- command ({:.1?}) ---\n{}\n--- exit code {:?} ---\n--- stdout ---\n{}--- stderr ---\n{}--- end ---",
-            self.elapsed, self.command, self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Writes a file, creating its parent folders.
-pub(crate) fn write(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) {
-    let path = path.as_ref();
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).expect("create parent folders");
-    }
-    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-pub(crate) fn read_text(path: impl AsRef<Path>) -> String {
-    let path = path.as_ref();
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-pub(crate) fn read_json(path: impl AsRef<Path>) -> Value {
-    let path = path.as_ref();
-    serde_json::from_str(&read_text(path))
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
 /// Relative paths of everything under `root` (files, folders, links), sorted; hidden
 /// names included.
 pub(crate) fn listing(root: &Path) -> Vec<String> {
-    let mut out: Vec<String> = walkdir(root)
+    let mut out: Vec<String> = walk(root)
         .into_iter()
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     out.sort();
-    out
-}
-
-/// Relative paths of the regular files under `root`, sorted.
-pub(crate) fn files(root: &Path) -> Vec<String> {
-    let mut out: Vec<String> = walkdir(root)
-        .into_iter()
-        .filter(|rel| root.join(rel).symlink_metadata().is_ok_and(|m| m.is_file()))
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    out.sort();
-    out
-}
-
-fn walkdir(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
-        for e in rd.flatten() {
-            let child = rel.join(e.file_name());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(child.clone());
-            }
-            out.push(child);
-        }
-    }
     out
 }
 
@@ -585,64 +323,18 @@ pub(crate) fn fingerprint(root: &Path) -> Vec<String> {
         .collect()
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// `sha256sum -c MANIFEST.sha256` in `dir` (GNU coreutils, the reference).
 #[track_caller]
 pub(crate) fn assert_manifest_verifies(dir: &Path) {
-    let mut cmd = Command::new("sha256sum");
+    let mut cmd = run::clean("sha256sum");
     cmd.args(["--strict", "-c", "MANIFEST.sha256"])
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", path_var())
-        .env("LC_ALL", "C");
-    let run = finish(cmd);
+        .current_dir(dir);
+    let run = Run::of(cmd);
     assert!(
         run.code == Some(0) && !run.stdout.contains("FAILED"),
         "sha256sum -c MANIFEST.sha256 fails in {}\n{run}",
         dir.display()
     );
-}
-
-/// Compares two lists whole; on failure prints both.
-#[track_caller]
-pub(crate) fn assert_lines<A: AsRef<str> + fmt::Debug, B: AsRef<str> + fmt::Debug>(
-    actual: &[A],
-    expected: &[B],
-) {
-    let a: Vec<&str> = actual.iter().map(AsRef::as_ref).collect();
-    let e: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
-    assert!(
-        a == e,
-        "lines differ\n--- expected ---\n{}\n--- actual ---\n{}\n--- end ---",
-        e.join("\n"),
-        a.join("\n")
-    );
-}
-
-/// Gives the owner write permission on everything under `root` (not following links).
-pub(crate) fn make_writable(root: &Path) {
-    let Ok(m) = fs::symlink_metadata(root) else {
-        return;
-    };
-    if m.file_type().is_symlink() {
-        return;
-    }
-    let _ = fs::set_permissions(
-        root,
-        fs::Permissions::from_mode((m.mode() & 0o7777) | 0o700),
-    );
-    if m.is_dir() {
-        if let Ok(rd) = fs::read_dir(root) {
-            for e in rd.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
 }
 
 /// A folder made unwritable even for root, undone on drop: `chattr +i` where the

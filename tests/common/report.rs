@@ -5,22 +5,23 @@
 //! Every command runs with an emptied environment plus the variables set here, so nothing
 //! of the machine's own configuration leaks in. Outputs are normalized before they are
 //! compared: the world's path, dates and times, and the user running the tests.
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use hpcstage_lifecycle::report::{PulledMarker, PULLED_MARKER};
 use hpcstage_lifecycle::run::{Executor, InputRef, RunRecord, RunStore};
 use serde_json::Value;
 
+use super::fs::{read, write, TempRoot, WORLD_DIRS};
+use super::run::{self, Run};
+
 /// One test's world.
 pub(crate) struct Env {
-    dir: Option<tempfile::TempDir>,
+    _dir: TempRoot,
     /// Canonical path of the temporary folder.
     pub(crate) root: PathBuf,
     /// `$HPCSTAGE_STATE` for the next commands.
@@ -31,16 +32,10 @@ impl Env {
     /// A world with a `[purge]` policy of mtime, 30 days, warning 7 days, and the NAS and
     /// scratch roots configured in `$HPCSTAGE_CONFIG`.
     pub(crate) fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("hpcstage-report.")
-            .tempdir()
-            .expect("create a temporary folder");
-        let root = dir.path().canonicalize().expect("canonical temp path");
-        for sub in ["home", "xdg-config", "xdg-state", "state", "nas", "scratch"] {
-            fs::create_dir_all(root.join(sub)).expect("create env folder");
-        }
+        let dir = TempRoot::new("hpcstage-report.", WORLD_DIRS);
+        let root = dir.path().to_path_buf();
         let env = Env {
-            dir: Some(dir),
+            _dir: dir,
             state: root.join("state"),
             root,
         };
@@ -80,27 +75,12 @@ impl Env {
 
     /// The binary with a clean environment pointing into this world.
     pub(crate) fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hpcstage"));
-        cmd.env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
-            .env("XDG_STATE_HOME", self.path("xdg-state"))
-            .env("HPCSTAGE_STATE", &self.state)
-            .env("HPCSTAGE_SITE_CONFIG", self.path("site.toml"))
-            .env("HPCSTAGE_CONFIG", self.config())
-            .env("LC_ALL", "C")
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = run::hpcstage(&self.root, &self.state);
+        cmd.env("HPCSTAGE_CONFIG", self.config());
         cmd
     }
 
-    /// Runs `hpcstage ARGS...` to the end.
+    /// Runs `hpcstage ARGS...` to the end; its outputs are [normalized](normalize).
     pub(crate) fn run<I, S>(&self, args: I) -> Run
     where
         I: IntoIterator<Item = S>,
@@ -108,9 +88,7 @@ impl Env {
     {
         let mut cmd = self.command();
         cmd.args(args);
-        let shown = format!("{cmd:?}");
-        let out = cmd.output().expect("run hpcstage");
-        Run::new(shown, out, self.root.clone())
+        Run::of(cmd).in_world(&self.root).masked_by(normalize)
     }
 
     /// Instrument data → `nas/<project>/raw/<dataset>` with `hpcstage ingest`.
@@ -236,82 +214,8 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        // Raw data is read-only; give write permission back so the folder can go.
-        make_writable(&self.root);
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
-        }
-    }
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hpcstage_staging::hash::Digest::of(bytes).to_hex()
-}
-
-/// The outcome of one command, with everything needed to explain a failed assertion.
-pub(crate) struct Run {
-    pub(crate) command: String,
-    pub(crate) code: Option<i32>,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-    root: PathBuf,
-}
-
-impl Run {
-    fn new(command: String, out: Output, root: PathBuf) -> Run {
-        Run {
-            command,
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            root,
-        }
-    }
-
-    /// Asserts the exit code, printing the command and both streams when it differs.
-    #[track_caller]
-    pub(crate) fn code(&self, expected: i32) -> &Run {
-        assert!(
-            self.code == Some(expected),
-            "expected exit code {expected}, got {:?}\n{self}",
-            self.code
-        );
-        self
-    }
-
-    /// The world the command ran in.
-    pub(crate) fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Standard output, normalized (see [`normalize`]).
-    pub(crate) fn out(&self) -> String {
-        normalize(&self.stdout, &self.root)
-    }
-
-    /// Standard error, normalized.
-    pub(crate) fn err(&self) -> String {
-        normalize(&self.stderr, &self.root)
-    }
-
-    /// Standard output parsed as JSON.
-    #[track_caller]
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{self}"))
-    }
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "--- command ---\n{}\n--- exit code {:?} ---\n--- stdout ---\n{}--- stderr ---\n{}--- end ---",
-            self.command, self.code, self.stdout, self.stderr
-        )
-    }
 }
 
 /// Replaces what changes from run to run: the world's path by `[ROOT]`, RFC 3339
@@ -360,26 +264,6 @@ pub(crate) fn normalize(text: &str, root: &Path) -> String {
     out
 }
 
-/// Writes a file, creating its parent folders.
-pub(crate) fn write(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) {
-    let path = path.as_ref();
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).expect("create parent folders");
-    }
-    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-pub(crate) fn read(path: impl AsRef<Path>) -> Vec<u8> {
-    let path = path.as_ref();
-    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-pub(crate) fn chmod(path: impl AsRef<Path>, mode: u32) {
-    let path = path.as_ref();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
 /// Relative path, kind, size and mtime of everything under `root`, sorted: equal only
 /// when nothing was added, removed or changed.
 pub(crate) fn listing(root: &Path) -> Vec<String> {
@@ -425,25 +309,4 @@ pub(crate) fn age_files(root: &Path) -> jiff::Timestamp {
         }
     }
     then
-}
-
-/// Gives the owner write permission on everything under `root` (not following links).
-pub(crate) fn make_writable(root: &Path) {
-    let Ok(m) = fs::symlink_metadata(root) else {
-        return;
-    };
-    if m.file_type().is_symlink() {
-        return;
-    }
-    let _ = fs::set_permissions(
-        root,
-        fs::Permissions::from_mode((m.mode() & 0o7777) | 0o700),
-    );
-    if m.is_dir() {
-        if let Ok(rd) = fs::read_dir(root) {
-            for e in rd.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
 }

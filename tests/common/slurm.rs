@@ -10,115 +10,28 @@
 //!   nothing of the machine's own configuration leaks in. `sbatch` copies that environment
 //!   into the job, so the pull-back job sees the same configuration.
 //! - One test stops slurmctld; the tests that use SLURM therefore take one lock for their
-//!   whole length ([`cluster`]) and run one after another.
+//!   whole length ([`cluster`](super::cluster::cluster)) and run one after another.
 //! - Nothing waits without a bound: a chain that does not end within its timeout fails the
 //!   test with the run's status and the job logs.
 //! - A world whose test failed is kept (its path is printed) for a look at the logs; its
 //!   jobs still queued are cancelled either way, so they cannot hold the node for the next
 //!   test.
-#![allow(dead_code, clippy::print_stderr)]
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::cluster::{bounded, which, Chain};
+use super::fs::{write, TempRoot, WORLD_DIRS};
+use super::run::{self, pass_slurm_conf, Run};
+
 /// How long a whole chain (compute job, then pull-back job) may take on the test cluster.
 pub(crate) const CHAIN_TIMEOUT: Duration = Duration::from_secs(180);
-
-static CLUSTER: Mutex<()> = Mutex::new(());
-
-/// The test cluster, held by one test at a time.
-pub(crate) struct Cluster {
-    _guard: MutexGuard<'static, ()>,
-}
-
-/// Takes the test cluster for one test. `None` (after printing "skipped: no SLURM") when
-/// SLURM is not installed here; a test failure when it is installed but the controller
-/// does not answer, since then the cluster was meant to be there.
-pub(crate) fn cluster() -> Option<Cluster> {
-    if which("sinfo").is_none() {
-        eprintln!("skipped: no SLURM");
-        return None;
-    }
-    let guard = CLUSTER.lock().unwrap_or_else(PoisonError::into_inner);
-    let ping = bounded("scontrol", &["ping"], 20);
-    assert!(
-        ping.stdout.contains(" is UP"),
-        "SLURM is installed but its controller does not answer; start the test cluster \
-         with `bash tests/cluster/up.sh` (as root)\n{ping}"
-    );
-    wait_node_usable();
-    Some(Cluster { _guard: guard })
-}
-
-/// Waits (bounded) until the node takes jobs: after a controller restart it may be
-/// `unknown` or `down` for a moment.
-fn wait_node_usable() {
-    let started = Instant::now();
-    loop {
-        let states = bounded("sinfo", &["--noheader", "--format=%T"], 20);
-        let usable = states.stdout.lines().any(|l| {
-            matches!(
-                l.trim()
-                    .trim_end_matches(['*', '~', '#', '$', '@', '+', '-']),
-                "idle" | "mixed" | "allocated" | "completing"
-            )
-        });
-        if usable {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the test cluster's node does not take jobs; run `bash tests/cluster/up.sh`\n{states}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Leaves the test early when SLURM is not installed; holds the cluster otherwise.
-macro_rules! slurm_test {
-    () => {
-        match $crate::common_slurm::cluster() {
-            Some(cluster) => cluster,
-            None => return,
-        }
-    };
-}
-pub(crate) use slurm_test;
-
-/// `program` on PATH.
-pub(crate) fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
-/// Runs a command under `timeout(1)`, with LC_ALL=C and without the user's output
-/// format variables.
-pub(crate) fn bounded(program: &str, args: &[&str], secs: u32) -> Run {
-    let mut cmd = Command::new("timeout");
-    cmd.arg("-k")
-        .arg("5")
-        .arg(secs.to_string())
-        .arg(program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .env_remove("SQUEUE_FORMAT")
-        .env_remove("SACCT_FORMAT")
-        .env_remove("SLURM_TIME_FORMAT")
-        .stdin(Stdio::null());
-    let shown = describe(&cmd);
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {shown}: {e}"));
-    Run::new(shown, out, PathBuf::new())
-}
 
 /// A job as the scheduler lists it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,45 +114,9 @@ pub(crate) fn jobs_under(dir: &Path) -> Vec<Job> {
         .collect()
 }
 
-/// Job ids of a chain, as `stage-and-run --json` and `submit --json` print them.
-#[derive(Debug, Clone)]
-pub(crate) struct Chain {
-    pub(crate) run_id: String,
-    pub(crate) run_dir: PathBuf,
-    pub(crate) results_dir: PathBuf,
-    pub(crate) compute_job: String,
-    pub(crate) pull_job: Option<String>,
-}
-
-impl Chain {
-    fn from_json(v: &Value) -> Chain {
-        let s = |k: &str| {
-            v[k].as_str()
-                .unwrap_or_else(|| panic!("no {k} in {v:#}"))
-                .to_string()
-        };
-        Chain {
-            run_id: s("run_id"),
-            run_dir: s("run_dir").into(),
-            results_dir: s("results_dir").into(),
-            compute_job: s("compute_job"),
-            pull_job: v["pull_job"].as_str().map(str::to_string),
-        }
-    }
-
-    /// `<results>/../_failed/<run>`: where a failed run's logs go.
-    pub(crate) fn failed_dir(&self) -> PathBuf {
-        self.results_dir
-            .parent()
-            .expect("results folder has a parent")
-            .join("_failed")
-            .join(&self.run_id)
-    }
-}
-
 /// One test's world.
 pub(crate) struct World {
-    dir: Option<tempfile::TempDir>,
+    _dir: TempRoot,
     /// Canonical path of the temporary folder.
     pub(crate) root: PathBuf,
     /// Folders put before the inherited PATH.
@@ -249,26 +126,14 @@ pub(crate) struct World {
 impl World {
     /// A world with the NAS and scratch roots and a purge policy in the user config.
     pub(crate) fn new() -> World {
-        let dir = tempfile::Builder::new()
-            .prefix("hpcstage-slurm.")
-            .tempdir_in("/tmp")
-            .expect("create a temporary folder under /tmp");
-        let root = dir.path().canonicalize().expect("canonical temp path");
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod world");
-        for sub in [
-            "home",
-            "xdg-config/hpcstage",
-            "xdg-state",
-            "state",
-            "nas",
-            "scratch",
-            "bin",
-        ] {
-            fs::create_dir_all(root.join(sub)).expect("create world folder");
-        }
+        let dir = TempRoot::shared(
+            "hpcstage-slurm.",
+            &[WORLD_DIRS, &["xdg-config/hpcstage", "bin"]].concat(),
+        )
+        .keep_failed();
         let world = World {
-            dir: Some(dir),
-            root,
+            root: dir.path().to_path_buf(),
+            _dir: dir,
             path_prefix: Vec::new(),
         };
         write(
@@ -330,7 +195,7 @@ impl World {
 
     /// The PATH every command (and job) gets.
     pub(crate) fn path_var(&self) -> std::ffi::OsString {
-        let inherited = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        let inherited = run::inherited_path();
         let mut dirs: Vec<PathBuf> = self.path_prefix.clone();
         dirs.extend(std::env::split_paths(&inherited));
         std::env::join_paths(dirs).expect("PATH joins")
@@ -338,23 +203,9 @@ impl World {
 
     /// The binary with a clean environment pointing into this world, run from its root.
     pub(crate) fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hpcstage"));
-        cmd.env_clear()
-            .env("PATH", self.path_var())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
-            .env("XDG_STATE_HOME", self.path("xdg-state"))
-            .env("HPCSTAGE_STATE", self.state())
-            .env("HPCSTAGE_SITE_CONFIG", self.path("site.toml"))
-            .env("LC_ALL", "C")
-            .env("NO_COLOR", "1")
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(conf) = std::env::var_os("SLURM_CONF") {
-            cmd.env("SLURM_CONF", conf);
-        }
+        let mut cmd = run::hpcstage(&self.root, &self.state());
+        cmd.env("PATH", self.path_var()).env("NO_COLOR", "1");
+        pass_slurm_conf(&mut cmd);
         cmd
     }
 
@@ -366,9 +217,7 @@ impl World {
     {
         let mut cmd = self.command();
         cmd.args(args);
-        let shown = describe(&cmd);
-        let out = cmd.output().expect("run hpcstage");
-        Run::new(shown, out, self.root.clone())
+        Run::of(cmd).in_world(&self.root)
     }
 
     /// Runs a shell script in `dir` with the world's PATH.
@@ -380,9 +229,9 @@ impl World {
             .env("LC_ALL", "C")
             .current_dir(dir)
             .stdin(Stdio::null());
-        let shown = format!("bash -c {script:?} (in {})", dir.display());
-        let out = cmd.output().expect("run bash");
-        Run::new(shown, out, self.root.clone())
+        let mut run = Run::of(cmd).in_world(&self.root);
+        run.command = format!("bash -c {script:?} (in {})", dir.display());
+        run
     }
 
     /// Writes `files` (relative path, content) under `acq/<name>` and ingests the folder
@@ -415,7 +264,7 @@ impl World {
         all.push(OsStr::new("--json"));
         let run = self.run(all);
         run.code(0);
-        Chain::from_json(&run.json())
+        Chain::of(&run)
     }
 
     /// `hpcstage status RUN --json`.
@@ -472,14 +321,7 @@ impl Drop for World {
                 let _ = bounded("scancel", &[id], 20);
             }
         }
-        make_writable(&self.root);
-        if let Some(dir) = self.dir.take() {
-            if std::thread::panicking() {
-                eprintln!("kept the failed test's world: {}", dir.keep().display());
-            } else {
-                let _ = dir.close();
-            }
-        }
+        // The folder itself goes (or is kept) when `dir` drops, after this.
     }
 }
 
@@ -525,175 +367,4 @@ pub(crate) fn logs(run_dir: &Path) -> String {
         ));
     }
     text
-}
-
-/// Relative paths of the regular files below `dir`, sorted.
-pub(crate) fn files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap_or_else(|e| panic!("list {}: {e}", d.display())) {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(
-                    path.strip_prefix(dir)
-                        .expect("below dir")
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The outcome of one command, with everything needed to explain a failed assertion.
-pub(crate) struct Run {
-    pub(crate) command: String,
-    pub(crate) code: Option<i32>,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-    root: PathBuf,
-}
-
-impl Run {
-    fn new(command: String, out: Output, root: PathBuf) -> Run {
-        Run {
-            command,
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            root,
-        }
-    }
-
-    /// Asserts the exit code, printing the command and both streams when it differs.
-    #[track_caller]
-    pub(crate) fn code(&self, expected: i32) -> &Run {
-        assert!(
-            self.code == Some(expected),
-            "expected exit code {expected}, got {:?}\n{self}",
-            self.code
-        );
-        self
-    }
-
-    fn replace_root(&self, text: &str) -> String {
-        if self.root.as_os_str().is_empty() {
-            return text.to_string();
-        }
-        text.replace(&*self.root.to_string_lossy(), "[ROOT]")
-    }
-
-    /// Standard output with the world's path replaced by `[ROOT]`.
-    pub(crate) fn out(&self) -> String {
-        self.replace_root(&self.stdout)
-    }
-
-    /// Standard error with the world's path replaced by `[ROOT]`.
-    pub(crate) fn err(&self) -> String {
-        self.replace_root(&self.stderr)
-    }
-
-    /// Standard output parsed as JSON.
-    #[track_caller]
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{self}"))
-    }
-
-    /// Asserts that standard error holds `needle`.
-    #[track_caller]
-    pub(crate) fn err_has(&self, needle: &str) -> &Run {
-        assert!(
-            self.err().contains(needle),
-            "stderr lacks {needle:?}\n{self}"
-        );
-        self
-    }
-
-    /// Asserts that standard output holds `needle`.
-    #[track_caller]
-    pub(crate) fn out_has(&self, needle: &str) -> &Run {
-        assert!(
-            self.out().contains(needle),
-            "stdout lacks {needle:?}\n{self}"
-        );
-        self
-    }
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "--- command ---\n{}\n--- exit code {:?} ---\n--- stdout ---\n{}--- stderr ---\n{}--- end ---",
-            self.command, self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&format!("{:?}", a.to_string_lossy()));
-    }
-    s
-}
-
-/// Compares two lists of lines whole; on failure prints both.
-#[track_caller]
-pub(crate) fn assert_lines<A: AsRef<str> + fmt::Debug, B: AsRef<str> + fmt::Debug>(
-    actual: &[A],
-    expected: &[B],
-) {
-    let a: Vec<&str> = actual.iter().map(AsRef::as_ref).collect();
-    let e: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
-    assert!(
-        a == e,
-        "lines differ\n--- expected ---\n{}\n--- actual ---\n{}\n--- end ---",
-        e.join("\n"),
-        a.join("\n")
-    );
-}
-
-/// Writes a file, creating its parent folders.
-pub(crate) fn write(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) {
-    let path = path.as_ref();
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).expect("create parent folders");
-    }
-    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-pub(crate) fn read_text(path: impl AsRef<Path>) -> String {
-    let path = path.as_ref();
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// Gives write permission back below `root` (raw data is write-protected), so that the
-/// clean-up works for a non-root user too.
-fn make_writable(root: &Path) {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(meta) = fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.file_type().is_symlink() {
-            continue;
-        }
-        let mode = meta.permissions().mode();
-        if mode & 0o200 == 0 {
-            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(mode | 0o700));
-        }
-        if meta.is_dir() {
-            if let Ok(rd) = fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-    }
 }
