@@ -38,6 +38,12 @@ pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
     for w in warnings {
         output::warn(w);
     }
+    let mut items = items;
+    if settings.policy.whole_folder {
+        if let Some(root) = &settings.scratch_root {
+            hpcstage_lifecycle::report::apply_whole_folder(&mut items, root, now);
+        }
+    }
     let report = build(
         items,
         &Filter {

@@ -107,6 +107,12 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
         owner: None,
         project: None,
     };
+    let mut items = items;
+    if settings.policy.whole_folder {
+        if let Some(root) = &settings.scratch_root {
+            hpcstage_lifecycle::report::apply_whole_folder(&mut items, root, now);
+        }
+    }
     let report = build(items, &all, &settings.policy, now);
     if args.json {
         output::json(&serde_json::json!({ "runs": views, "items": report.items }));

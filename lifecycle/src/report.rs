@@ -375,6 +375,44 @@ fn same_folder(a: &Path, b: &Path) -> bool {
         )
 }
 
+/// On a site that deletes a whole top-level folder of scratch once any file in it
+/// qualifies, every item under the same top-level folder goes with the earliest of them:
+/// each takes the earliest deadline of its folder, and its reason names the item that set it.
+pub fn apply_whole_folder(items: &mut [Item], scratch_root: &Path, now: Timestamp) {
+    use std::collections::HashMap;
+    let top = |p: &Path| -> Option<PathBuf> {
+        let rel = p.strip_prefix(scratch_root).ok()?;
+        rel.components()
+            .next()
+            .map(|c| scratch_root.join(c.as_os_str()))
+    };
+    let mut earliest: HashMap<PathBuf, (Timestamp, String)> = HashMap::new();
+    for i in items.iter() {
+        if let Some(t) = top(&i.path) {
+            let e = earliest.entry(t).or_insert((i.deadline, i.name.clone()));
+            if i.deadline < e.0 {
+                *e = (i.deadline, i.name.clone());
+            }
+        }
+    }
+    for i in items.iter_mut() {
+        let Some(t) = top(&i.path) else { continue };
+        let (deadline, by) = &earliest[&t];
+        if *deadline < i.deadline {
+            i.deadline = *deadline;
+            i.days_left = days_left(*deadline, now);
+            i.reason = format!(
+                "{}; the site purges all of {} with {by}",
+                i.reason,
+                t.display()
+            );
+            if i.deadline <= now && i.safety == Safety::Safe {
+                i.safety = Safety::Expired;
+            }
+        }
+    }
+}
+
 /// Orders, filters and totals items into a report.
 pub fn build(
     mut items: Vec<Item>,
@@ -462,6 +500,60 @@ pub fn gather(
         items.extend(found_runs.iter().map(|r| run_item(r, None, policy, now)));
     }
     Ok((items, warnings))
+}
+
+#[cfg(test)]
+mod whole_folder_tests {
+    use super::*;
+
+    fn item(path: &str, name: &str, deadline: &str) -> Item {
+        let d: Timestamp = deadline.parse().unwrap();
+        Item {
+            kind: ItemKind::Stage,
+            project: "P".into(),
+            name: name.into(),
+            owner: "o".into(),
+            path: path.into(),
+            bytes: 0,
+            files: 0,
+            basis: PurgeBasis::Mtime,
+            oldest: d,
+            deadline: d,
+            days_left: 0,
+            safety: Safety::Safe,
+            reason: "raw data verified on the NAS".into(),
+            whole_folder: true,
+        }
+    }
+
+    #[test]
+    fn items_under_one_top_folder_share_its_earliest_deadline() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut items = vec![
+            item("/s/P/a", "a", "2026-01-10T00:00:00Z"),
+            item("/s/P/runs/r", "r", "2026-01-05T00:00:00Z"),
+            item("/s/Q/b", "b", "2026-01-20T00:00:00Z"),
+        ];
+        apply_whole_folder(&mut items, Path::new("/s"), now);
+        assert_eq!(
+            items[0].deadline,
+            "2026-01-05T00:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert!(
+            items[0].reason.contains("all of /s/P with r"),
+            "{}",
+            items[0].reason
+        );
+        assert_eq!(
+            items[1].deadline,
+            "2026-01-05T00:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert_eq!(
+            items[2].deadline,
+            "2026-01-20T00:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert_eq!(items[0].days_left, 4);
+    }
 }
 
 #[cfg(test)]
