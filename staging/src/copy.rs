@@ -797,22 +797,18 @@ fn copy_to_temporary(
     if !before.unchanged(&after) || total != before.size {
         return Err((
             FailureKind::SourceChanged,
-            Error::io(
-                &src_path,
-                std::io::Error::other("the file changed while it was being copied; run again"),
-            ),
+            Error::SourceChanged { path: src_path },
         ));
     }
     if let Some(expected) = job.expected {
         if expected != digest {
             return Err((
                 FailureKind::SourceCorrupt,
-                Error::io(
-                    &src_path,
-                    std::io::Error::other(format!(
-                        "SOURCE CORRUPT: content hashes to {digest} but the source MANIFEST.sha256 says {expected}; not copied"
-                    )),
-                ),
+                Error::SourceCorrupt {
+                    path: src_path,
+                    computed: digest.to_hex(),
+                    expected: expected.to_hex(),
+                },
             ));
         }
     }
@@ -935,13 +931,13 @@ fn finish_file(
     if readback != staged.digest || n != staged.meta.size {
         return Err((
             FailureKind::VerifyFailed,
-            Error::io(
-                ctx.dest.join(&job.rel),
-                std::io::Error::other(format!(
-                    "read-back mismatch: wrote {} ({} bytes) but storage returned {readback} ({n} bytes)",
-                    staged.digest, staged.meta.size
-                )),
-            ),
+            Error::ReadBackMismatch {
+                path: ctx.dest.join(&job.rel),
+                wrote: staged.digest.to_hex(),
+                wrote_len: staged.meta.size,
+                read: readback.to_hex(),
+                read_len: n,
+            },
         ));
     }
     std::fs::set_permissions(tmp_path, perm(staged.meta.mode))

@@ -33,6 +33,29 @@ pub enum Error {
         entry: String,
     },
 
+    /// A source file does not match its own manifest: corruption at the source.
+    #[error("{path}: SOURCE CORRUPT: content hashes to {computed} but the source MANIFEST.sha256 says {expected}; not copied")]
+    SourceCorrupt {
+        path: PathBuf,
+        /// Hex digests (kept as text so the error stays small on the hot path).
+        computed: String,
+        expected: String,
+    },
+
+    /// A source file changed while it was read (size, mtime, ctime or inode moved).
+    #[error("{path}: the file changed while it was being copied; run again")]
+    SourceChanged { path: PathBuf },
+
+    /// The bytes read back from storage differ from what was written.
+    #[error("{path}: read-back mismatch: wrote {wrote} ({wrote_len} bytes) but storage returned {read} ({read_len} bytes)")]
+    ReadBackMismatch {
+        path: PathBuf,
+        wrote: String,
+        wrote_len: u64,
+        read: String,
+        read_len: u64,
+    },
+
     /// The source tree of a copy does not exist or is not a folder.
     #[error("source {path} does not exist or is not a folder")]
     SourceMissing { path: PathBuf },
