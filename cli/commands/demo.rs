@@ -184,7 +184,16 @@ fn run_segmentation(
     let model = tools.join("unet-demo.model");
     fs_err::write(&model, b"demo U-Net weights (stand-in)\n")?;
 
-    let executor = super::submit::executor(settings, args.executor)?;
+    let mut executor = super::submit::executor(settings, args.executor)?;
+    if executor == Executor::Slurm && args.executor == crate::args::ExecutorArg::Auto {
+        // The demo must work wherever it is run: SLURM's commands installed without a
+        // controller running is common on laptops and fresh machines.
+        let client = hpcstage_slurm::client::SlurmClient::new(settings.client.clone());
+        if !client.ping().unwrap_or(false) {
+            output::note("sbatch is installed but slurmctld does not answer: the demo uses the local executor");
+            executor = Executor::Local;
+        }
+    }
     let template = super::template::store(settings).get("unet-seg")?;
     let mut params = std::collections::BTreeMap::new();
     params.insert("model".to_string(), model.display().to_string());
