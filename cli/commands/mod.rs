@@ -154,7 +154,7 @@ impl CopyJson {
             dirs: r.dirs,
             elapsed_secs: secs,
             bytes_per_sec: r.bytes_copied as f64 / secs.max(1e-3),
-            source_manifest_used: r.source_manifest_used,
+            source_manifest_used: r.source_manifest_digest.is_some(),
             unlisted_in_source: r
                 .unlisted_in_source
                 .iter()

@@ -19,7 +19,7 @@ use serde::Serialize;
 use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::policy::{days_left, format_age, PurgeBasis, PurgePolicy};
 use hpcstage_staging::record::{read_json, StageRecord};
-use hpcstage_staging::scan::scan;
+use hpcstage_staging::scan::{scan, Scan};
 use hpcstage_staging::walk::{MANIFEST_NAME, STATE_DIR};
 
 use crate::error::Result;
@@ -114,6 +114,24 @@ pub struct Totals {
     pub partly_purged: usize,
 }
 
+impl Item {
+    /// Sizes, counts and the deadline from a scan of the item's folder; `created` stands
+    /// in where the policy's basis has no timestamp (creation time).
+    fn take_scan(
+        &mut self,
+        found: &Scan,
+        policy: &PurgePolicy,
+        created: Timestamp,
+        now: Timestamp,
+    ) {
+        self.files = found.files;
+        self.bytes = found.bytes;
+        self.oldest = policy.reference_at(&found.oldest, created, now);
+        self.deadline = policy.deadline_at(&found.oldest, created, now);
+        self.days_left = days_left(self.deadline, now);
+    }
+}
+
 /// Assesses a staged copy on scratch.
 pub fn stage_item(record: &StageRecord, policy: &PurgePolicy, now: Timestamp) -> Item {
     let dest = &record.destination;
@@ -140,11 +158,7 @@ pub fn stage_item(record: &StageRecord, policy: &PurgePolicy, now: Timestamp) ->
         return item;
     }
     let found = scan(dest, true);
-    item.files = found.files;
-    item.bytes = found.bytes;
-    item.oldest = policy.reference_at(&found.oldest, record.staged_at, now);
-    item.deadline = policy.deadline_at(&found.oldest, record.staged_at, now);
-    item.days_left = days_left(item.deadline, now);
+    item.take_scan(&found, policy, record.staged_at, now);
     // Files in unreadable folders are not missing, only unseen.
     let missing = if found.errors.is_empty() {
         missing_files(dest, found.paths.as_ref(), record.files)
@@ -266,11 +280,7 @@ pub fn run_item(
         return item;
     }
     let found = scan(dir, false);
-    item.files = found.files;
-    item.bytes = found.bytes;
-    item.oldest = policy.reference_at(&found.oldest, record.created_at, now);
-    item.deadline = policy.deadline_at(&found.oldest, record.created_at, now);
-    item.days_left = days_left(item.deadline, now);
+    item.take_scan(&found, policy, record.created_at, now);
     (item.safety, item.reason) = if let Some((results, digest)) = &proof {
         match nas_results_state(results, digest) {
             Err(why) => (Safety::AtRisk, why),

@@ -181,8 +181,8 @@ pub struct CopyReport {
     pub warnings: Vec<String>,
     /// The destination's manifest (all files of this source now verified there).
     pub manifest: Manifest,
-    /// True when a source `MANIFEST.sha256` was used to check the source.
-    pub source_manifest_used: bool,
+    /// Digest of the source's `MANIFEST.sha256` when it was used to check the source.
+    pub source_manifest_digest: Option<Digest>,
     /// Source files not listed in the source manifest (copied, but unchecked at the source).
     pub unlisted_in_source: Vec<PathBuf>,
     pub oldest: OldestTimes,
@@ -238,7 +238,7 @@ pub fn copy_tree(
     } else {
         None
     };
-    report.source_manifest_used = source_manifest.is_some();
+    report.source_manifest_digest = source_manifest.as_ref().map(Manifest::digest);
     let expected: HashMap<&Path, Digest> = source_manifest
         .as_ref()
         .map(|m| m.to_map())
@@ -251,7 +251,7 @@ pub fn copy_tree(
     let guard = if opts.dry_run {
         None
     } else {
-        fs_err_create_dir_all(&state_dir)?;
+        ensure_dir(&state_dir)?;
         Some(RunGuard::acquire(&state_dir, dest)?)
     };
     let journal = Journal::load(&state_dir.join("journal"))?;
@@ -266,21 +266,17 @@ pub fn copy_tree(
     let mut oldest = OldestTimes::default();
     // Planning stats every destination file: do it in parallel (a round trip each on a
     // network filesystem), then decide in path order.
-    let plans: Vec<Option<Plan>> = {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.jobs.max(1))
-            .build()
-            .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))?;
-        pool.install(|| {
-            entries
-                .par_iter()
-                .map(|e| {
-                    (e.kind == Kind::File)
-                        .then(|| plan_file(dest, e, journal.get(&e.rel), opts.verify_existing))
-                })
-                .collect()
-        })
-    };
+    // The same pool then copies.
+    let pool = thread_pool(opts.jobs, dest)?;
+    let plans: Vec<Option<Plan>> = pool.install(|| {
+        entries
+            .par_iter()
+            .map(|e| {
+                (e.kind == Kind::File)
+                    .then(|| plan_file(dest, e, journal.get(&e.rel), opts.verify_existing))
+            })
+            .collect()
+    });
     for (e, plan) in entries.iter().zip(plans) {
         match e.kind {
             Kind::Dir => dirs.push(e),
@@ -356,7 +352,7 @@ pub fn copy_tree(
     }
 
     // Folders first (writable while we fill them; their modes are set at the end).
-    fs_err_create_dir_all(dest)?;
+    ensure_dir(dest)?;
     let mut dir_modes: HashMap<PathBuf, u32> = HashMap::new();
     for d in &dirs {
         let path = dest.join(&d.rel);
@@ -420,10 +416,6 @@ pub fn copy_tree(
         report.failed.extend(not_attempted);
     }
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs)
-        .build()
-        .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))?;
     let journal = Mutex::new(journal);
     let abort = AtomicBool::new(false);
     let dest_handle = File::open(dest).at(dest)?;
@@ -437,10 +429,7 @@ pub fn copy_tree(
     };
 
     let mut copied_digests: Vec<(PathBuf, Digest)> = Vec::new();
-    let verify_pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs)
-        .build()
-        .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))?;
+    let verify_pool = thread_pool(opts.jobs, dest)?;
     let (results, journal_errors) = run_pipeline(&ctx, &jobs, &pool, &verify_pool, &journal);
     for r in results {
         match r {
@@ -1044,7 +1033,15 @@ fn ensure_writable_dir(path: &Path) -> Result<u32> {
     }
 }
 
-fn fs_err_create_dir_all(path: &Path) -> Result<()> {
+/// A pool of `jobs` threads (at least one).
+fn thread_pool(jobs: usize, dest: &Path) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs.max(1))
+        .build()
+        .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))
+}
+
+fn ensure_dir(path: &Path) -> Result<()> {
     ensure_writable_dir(path).map(|_| ())
 }
 

@@ -8,11 +8,10 @@ use jiff::Timestamp;
 use crate::copy::{copy_tree, CopyOptions, CopyReport};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
-use crate::manifest::Manifest;
 use crate::policy::PurgePolicy;
 use crate::progress::Progress;
 use crate::record::{current_user, hostname, write_json, PurgeInfo, StageRecord};
-use crate::walk::{MANIFEST_NAME, STATE_DIR};
+use crate::walk::STATE_DIR;
 
 /// Everything a stage needs, already resolved.
 #[derive(Debug, Clone)]
@@ -164,12 +163,7 @@ pub fn stage(
         }
     }
     let staged_at = Timestamp::now();
-    let source_manifest = settings.source.join(MANIFEST_NAME);
-    let source_manifest_digest = if report.source_manifest_used {
-        Manifest::read(&source_manifest).ok().map(|m| m.digest())
-    } else {
-        None
-    };
+    let source_manifest_digest = report.source_manifest_digest;
     let policy = &settings.policy;
     let record = StageRecord {
         id: format!("{}/{}", settings.project, settings.dataset),

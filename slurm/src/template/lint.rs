@@ -25,6 +25,18 @@ enum Frame {
     Param,
 }
 
+/// The frame a `$(` or `${` opens (`next` is the byte after the `$`).
+fn expansion(next: Option<u8>) -> Frame {
+    if next == Some(b'(') {
+        Frame::Code {
+            parens: 0,
+            subst: true,
+        }
+    } else {
+        Frame::Param
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Mode {
     Normal,
@@ -196,15 +208,8 @@ pub(crate) fn check(template: &str, source: &str, trusted: &[&str]) -> Result<()
                         b'"' => {
                             stack.pop();
                         }
-                        b'$' if next == Some(b'(') => {
-                            stack.push(Frame::Code {
-                                parens: 0,
-                                subst: true,
-                            });
-                            i += 1;
-                        }
-                        b'$' if next == Some(b'{') => {
-                            stack.push(Frame::Param);
+                        b'$' if matches!(next, Some(b'(' | b'{')) => {
+                            stack.push(expansion(next));
                             i += 1;
                         }
                         b'`' => stack.push(Frame::Backtick),
@@ -217,15 +222,8 @@ pub(crate) fn check(template: &str, source: &str, trusted: &[&str]) -> Result<()
                         }
                         b'\'' => mode = Mode::Single,
                         b'"' => stack.push(Frame::Double),
-                        b'$' if next == Some(b'(') => {
-                            stack.push(Frame::Code {
-                                parens: 0,
-                                subst: true,
-                            });
-                            i += 1;
-                        }
-                        b'$' if next == Some(b'{') => {
-                            stack.push(Frame::Param);
+                        b'$' if matches!(next, Some(b'(' | b'{')) => {
+                            stack.push(expansion(next));
                             i += 1;
                         }
                         _ => {}
@@ -247,15 +245,8 @@ pub(crate) fn check(template: &str, source: &str, trusted: &[&str]) -> Result<()
                                 mode = Mode::AnsiC;
                                 i += 1;
                             }
-                            b'$' if next == Some(b'(') => {
-                                stack.push(Frame::Code {
-                                    parens: 0,
-                                    subst: true,
-                                });
-                                i += 1;
-                            }
-                            b'$' if next == Some(b'{') => {
-                                stack.push(Frame::Param);
+                            b'$' if matches!(next, Some(b'(' | b'{')) => {
+                                stack.push(expansion(next));
                                 i += 1;
                             }
                             b'(' => {
