@@ -183,6 +183,9 @@ pub(crate) struct ParallelArgs {
     /// Files processed in parallel (default: four per core, from the config's `jobs`)
     #[arg(short, long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
+    /// SSH connections used in parallel when the NAS is remote (default: [ssh] sessions, 4)
+    #[arg(long, value_name = "N")]
+    pub(crate) ssh_sessions: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -208,7 +211,8 @@ pub(crate) struct CopyArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StageArgs {
-    /// Dataset folder on the NAS, e.g. <nas_root>/PRJ1/raw/plate7
+    /// Dataset folder on the NAS, e.g. <nas_root>/PRJ1/raw/plate7, or on an SSH host:
+    /// [user@]host[:port]:/path (host aliases of ~/.ssh/config work)
     pub(crate) source: PathBuf,
     /// Destination (default: <scratch_root>/<project>/<dataset>)
     pub(crate) dest: Option<PathBuf>,

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Profile, Provider};
 use hpcstage_staging::policy::{PurgeBasis, PurgePolicy};
+use hpcstage_staging::remote::{Location, SshOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::args::GlobalArgs;
@@ -36,6 +37,29 @@ pub(crate) struct Config {
     pub(crate) template_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub(crate) slurm: SlurmConfig,
+    /// Remote NAS access (`nas_root = "host:/path"` or `user@host:port:/path` sources).
+    pub(crate) ssh: SshConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct SshConfig {
+    /// SSH connections used in parallel for one transfer.
+    pub(crate) sessions: usize,
+    /// How long one network operation may block before the connection counts as lost.
+    pub(crate) timeout: String,
+    /// Reconnects after a dropped connection before the transfer fails.
+    pub(crate) retries: u32,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            sessions: 4,
+            timeout: "60s".into(),
+            retries: 5,
+        }
+    }
 }
 
 /// `[slurm]`: how jobs are submitted.
@@ -95,6 +119,7 @@ impl Default for Config {
             },
             template_dirs: Vec::new(),
             slurm: SlurmConfig::default(),
+            ssh: SshConfig::default(),
         }
     }
 }
@@ -116,6 +141,7 @@ pub(crate) struct Settings {
     pub(crate) slurm: SlurmConfig,
     /// Settings of the SLURM client.
     pub(crate) client: hpcstage_slurm::client::ClientSettings,
+    pub(crate) ssh: SshOptions,
 }
 
 impl Settings {
@@ -223,7 +249,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         if let Some(v) = value {
             figment = figment.merge(Named {
                 name: "command line",
-                inner: Serialized::default(key, absolute(v)?),
+                inner: Serialized::default(key, location(v)?),
             });
         }
     }
@@ -312,6 +338,9 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
             config.slurm.command_timeout.clone(),
         ),
         ("slurm.retries", config.slurm.retries.to_string()),
+        ("ssh.sessions", config.ssh.sessions.to_string()),
+        ("ssh.timeout", config.ssh.timeout.clone()),
+        ("ssh.retries", config.ssh.retries.to_string()),
     ] {
         provenance.push((key.into(), value, source_of(key)));
     }
@@ -356,7 +385,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         config.jobs
     };
     Ok(Settings {
-        nas_root: config.nas_root.as_deref().map(absolute).transpose()?,
+        nas_root: config.nas_root.as_deref().map(location).transpose()?,
         scratch_root: config.scratch_root.as_deref().map(absolute).transpose()?,
         state_dir,
         jobs,
@@ -371,12 +400,38 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         template_dirs,
         slurm: config.slurm.clone(),
         client,
+        ssh: SshOptions {
+            sessions: config.ssh.sessions.max(1),
+            timeout: parse_duration(
+                "ssh.timeout",
+                &config.ssh.timeout,
+                &source_of("ssh.timeout"),
+            )?,
+            retries: config.ssh.retries,
+            ..SshOptions::default()
+        },
     })
 }
 
 fn parse_duration(key: &str, value: &str, source: &str) -> Result<Duration> {
     humantime::parse_duration(value).with_context(|| {
         format!("{key} = {value:?} (from {source}) is not a duration; write e.g. \"30d\" or \"60 days\"")
+    })
+}
+
+/// A local path made absolute, or `[user@]host[:port]:/path` kept as it is.
+pub(crate) fn location(path: &Path) -> Result<PathBuf> {
+    match Location::parse(path.as_os_str())? {
+        Location::Remote(_) => Ok(path.to_path_buf()),
+        Location::Local(p) => absolute(&p),
+    }
+}
+
+/// Reads a NAS path as a local folder (made absolute) or a remote one.
+pub(crate) fn parse_location(path: &Path) -> Result<Location> {
+    Ok(match Location::parse(path.as_os_str())? {
+        Location::Local(p) => Location::Local(absolute(&p)?),
+        remote => remote,
     })
 }
 

@@ -89,7 +89,8 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
     let bar = output::Bar::new("staging", false);
     let staged = stage(
         &StageSettings {
-            source: ingested.path.clone(),
+            source: hpcstage_staging::remote::Location::Local(ingested.path.clone()),
+            ssh: settings.ssh.clone(),
             destination: target.destination.clone(),
             project: target.project.clone(),
             dataset: target.dataset.clone(),

@@ -18,6 +18,7 @@ use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
 use hpcstage_staging::fmt::bytes;
 use hpcstage_staging::manifest::display_name;
+use hpcstage_staging::remote::SshOptions;
 use hpcstage_staging::walk::Filter;
 use serde::Serialize;
 
@@ -82,6 +83,14 @@ pub(crate) fn pool(settings: &Settings, args: &ParallelArgs) -> Result<rayon::Th
 }
 
 /// Copy options from the shared copy flags.
+/// SSH settings with the command line's `--ssh-sessions`.
+pub(crate) fn ssh_options(settings: &Settings, args: &ParallelArgs) -> SshOptions {
+    SshOptions {
+        sessions: args.ssh_sessions.unwrap_or(settings.ssh.sessions).max(1),
+        ..settings.ssh.clone()
+    }
+}
+
 pub(crate) fn copy_options(settings: &Settings, args: &CopyArgs) -> Result<CopyOptions> {
     Ok(CopyOptions {
         jobs: args.parallel.jobs.unwrap_or(settings.jobs).max(1),

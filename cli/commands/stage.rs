@@ -7,9 +7,9 @@ use hpcstage_staging::policy::days_left;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings, Target};
 use serde::Serialize;
 
-use super::{copy_options, copy_status, print_copy_report, CopyJson, Status};
+use super::{copy_options, copy_status, print_copy_report, ssh_options, CopyJson, Status};
 use crate::args::StageArgs;
-use crate::config::{absolute, Settings};
+use crate::config::{absolute, parse_location, Settings};
 use crate::output;
 
 #[derive(Serialize)]
@@ -34,7 +34,15 @@ pub(crate) fn stage_quietly(
     args: &StageArgs,
     print: bool,
 ) -> Result<(Status, Option<hpcstage_staging::record::StageRecord>)> {
-    let source = absolute(&args.source)?;
+    let source = parse_location(&args.source)?;
+    // Project and dataset come from the path's layout under the NAS root, wherever the
+    // NAS is reached from.
+    let nas_root = settings
+        .nas_root
+        .as_deref()
+        .map(|p| parse_location(p).map(|l| l.path().to_path_buf()))
+        .transpose()?;
+    let nas_root = nas_root.as_deref();
     let target = match &args.dest {
         Some(dest) => {
             let dest = absolute(dest)?;
@@ -42,7 +50,7 @@ pub(crate) fn stage_quietly(
                 .project
                 .clone()
                 .or_else(|| {
-                    derive_target(&source, settings.nas_root.as_deref(), &dest, None, None)
+                    derive_target(source.path(), nas_root, &dest, None, None)
                         .ok()
                         .map(|t| t.project)
                 })
@@ -63,8 +71,8 @@ pub(crate) fn stage_quietly(
             }
         }
         None => derive_target(
-            &source,
-            settings.nas_root.as_deref(),
+            source.path(),
+            nas_root,
             settings.scratch_root()?,
             args.project.as_deref(),
             args.dataset.as_deref(),
@@ -78,6 +86,7 @@ pub(crate) fn stage_quietly(
     }
     let stage_settings = StageSettings {
         source: source.clone(),
+        ssh: ssh_options(settings, &args.copy.parallel),
         destination: target.destination.clone(),
         project: target.project.clone(),
         dataset: target.dataset.clone(),
@@ -89,7 +98,7 @@ pub(crate) fn stage_quietly(
     if !args.copy.dry_run {
         output::note(format!(
             "staging {} → {}",
-            source.display(),
+            source,
             target.destination.display()
         ));
     }
@@ -106,7 +115,7 @@ pub(crate) fn stage_quietly(
     }
     if args.copy.json {
         output::json(&StageJson {
-            source: source.display().to_string(),
+            source: source.to_string(),
             destination: target.destination.display().to_string(),
             project: &target.project,
             dataset: &target.dataset,

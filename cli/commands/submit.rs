@@ -95,7 +95,10 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
             verify: false,
             include: Vec::new(),
             exclude: Vec::new(),
-            parallel: crate::args::ParallelArgs { jobs: None },
+            parallel: crate::args::ParallelArgs {
+                jobs: None,
+                ssh_sessions: None,
+            },
             json: args.run.json,
         },
     };

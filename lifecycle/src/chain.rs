@@ -138,10 +138,7 @@ pub fn prepare(store: &RunStore, s: &SubmitSettings<'_>) -> Result<Prepared> {
     })
 }
 
-/// Quotes a word for bash (single quotes where needed).
-pub fn shell_quote(s: &str) -> String {
-    shlex::try_quote(s).map_or_else(|_| "''".to_string(), |q| q.into_owned())
-}
+pub use hpcstage_staging::fmt::shell_quote;
 
 fn write_pull_script(
     path: &Path,

@@ -30,6 +30,7 @@ use crate::hash::{self, Digest, STREAM_THRESHOLD};
 use crate::journal::{Journal, JournalEntry};
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
+use crate::remote::Remote;
 use crate::walk::{self, Entry, Filter, Kind, Meta, MANIFEST_NAME, STATE_DIR, TMP_PREFIX};
 
 /// How to copy.
@@ -214,6 +215,50 @@ struct Staged {
     synced: bool,
 }
 
+/// Where a copy reads from: a local folder or a folder on an SSH host.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Local(&'a Path),
+    Remote(&'a Remote),
+}
+
+impl Source<'_> {
+    /// The source path of `rel`, for messages (`host:/path` for a remote one).
+    pub fn display(&self, rel: &Path) -> PathBuf {
+        match self {
+            Source::Local(root) => root.join(rel),
+            Source::Remote(r) => r.display(&r.path(rel)),
+        }
+    }
+
+    fn walk(&self, filter: &Filter) -> Result<walk::Tree> {
+        match self {
+            Source::Local(root) => walk::walk(root, filter),
+            Source::Remote(r) => r.walk(filter),
+        }
+    }
+
+    fn read_manifest(&self) -> Result<Option<Manifest>> {
+        match self {
+            Source::Local(root) => {
+                let path = root.join(MANIFEST_NAME);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => Manifest::read(&path).map(Some),
+                    _ => Ok(None),
+                }
+            }
+            Source::Remote(r) => r.read_manifest(),
+        }
+    }
+
+    fn read_link(&self, rel: &Path) -> Result<PathBuf> {
+        match self {
+            Source::Local(root) => std::fs::read_link(root.join(rel)).at(root.join(rel)),
+            Source::Remote(r) => r.read_link(rel),
+        }
+    }
+}
+
 /// Copies the tree `src` into `dest` with verification. Failures of single files are in
 /// the report; an `Err` means the run could not start or its bookkeeping failed.
 pub fn copy_tree(
@@ -222,19 +267,29 @@ pub fn copy_tree(
     opts: &CopyOptions,
     progress: &dyn Progress,
 ) -> Result<CopyReport> {
+    copy_from(Source::Local(src), dest, opts, progress)
+}
+
+/// [`copy_tree`] from a local or remote source.
+pub fn copy_from(
+    src: Source<'_>,
+    dest: &Path,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<CopyReport> {
     let started = Instant::now();
-    let tree = walk::walk(src, &opts.filter)?;
+    let tree = src.walk(&opts.filter)?;
     let mut report = CopyReport::default();
     for e in tree.errors {
         report.failed.push(Failure {
-            path: error_path(&e, src),
+            path: error_path(&e, &src.display(Path::new(""))),
             kind: FailureKind::Io,
             error: e,
         });
     }
 
     let source_manifest = if opts.use_source_manifest {
-        read_source_manifest(src)?
+        src.read_manifest()?
     } else {
         None
     };
@@ -283,7 +338,7 @@ pub fn copy_tree(
             Kind::Symlink => symlinks.push(e),
             Kind::Other => report.warnings.push(format!(
                 "{}: not a regular file, folder or symlink (socket, FIFO or device); not copied",
-                src.join(&e.rel).display()
+                src.display(&e.rel).display()
             )),
             Kind::File => {
                 report.files_total += 1;
@@ -327,7 +382,7 @@ pub fn copy_tree(
             }
         }
         for s in &symlinks {
-            if symlink_differs(src, dest, &s.rel) {
+            if symlink_differs(&src, dest, &s.rel) {
                 report.changes.push((s.rel.clone(), Change::Symlink));
             }
         }
@@ -420,7 +475,7 @@ pub fn copy_tree(
     let abort = AtomicBool::new(false);
     let dest_handle = File::open(dest).at(dest)?;
     let ctx = Ctx {
-        src,
+        src: &src,
         dest,
         dest_handle: &dest_handle,
         opts,
@@ -462,7 +517,7 @@ pub fn copy_tree(
                 path: rel.clone(),
                 kind: FailureKind::NotAttempted,
                 error: Error::io(
-                    src.join(rel),
+                    src.display(rel),
                     std::io::Error::other(format!(
                         "hard link to {} which was not copied",
                         primary.display()
@@ -489,13 +544,13 @@ pub fn copy_tree(
     }
 
     for s in &symlinks {
-        match copy_symlink(src, dest, &s.rel) {
+        match copy_symlink(&src, dest, &s.rel) {
             Ok(changed) => {
                 report.symlinks += 1;
                 if changed {
                     report.changes.push((s.rel.clone(), Change::Symlink));
                 }
-                if let Some(w) = symlink_warning(src, &s.rel) {
+                if let Some(w) = symlink_warning(&src, &s.rel) {
                     report.warnings.push(w);
                 }
             }
@@ -570,7 +625,7 @@ pub fn copy_tree(
 }
 
 struct Ctx<'a> {
-    src: &'a Path,
+    src: &'a Source<'a>,
     dest: &'a Path,
     /// Opened once before the first write: `syncfs` reports writeback errors that
     /// happened since the handle was opened (Linux 5.8+), so a handle opened per batch
@@ -702,7 +757,7 @@ fn run_pipeline(
                     Err(fail(
                         FailureKind::NotAttempted,
                         Error::io(
-                            ctx.src.join(&job.rel),
+                            ctx.src.display(&job.rel),
                             std::io::Error::other("not attempted: the run stopped after a fatal error (disk full?)"),
                         ),
                     ))
@@ -730,14 +785,9 @@ fn copy_to_temporary(
     job: &Job,
     job_index: usize,
 ) -> std::result::Result<Staged, (FailureKind, Error)> {
-    let src_path = ctx.src.join(&job.rel);
     let dest_path = ctx.dest.join(&job.rel);
     let parent = dest_path.parent().unwrap_or(ctx.dest);
     let io = |e: Error| (classify(&e), e);
-
-    let file = File::open(&src_path).at(&src_path).map_err(io)?;
-    hash::advise_sequential(&file);
-    let before = Meta::from_std(&file.metadata().at(&src_path).map_err(io)?);
     let tmp = tempfile::Builder::new()
         .prefix(TMP_PREFIX)
         .permissions(std::fs::Permissions::from_mode(0o600))
@@ -746,34 +796,13 @@ fn copy_to_temporary(
         .map_err(io)?;
     let (mut out, tmp) = tmp.into_parts();
     let tmp_path = tmp.to_path_buf();
-    let sparse = before.is_sparse();
-    let big = before.size >= ctx.opts.batch_bytes;
-    let (digest, total) = if before.size >= STREAM_THRESHOLD {
-        copy_streamed(
-            &file,
-            &src_path,
-            &mut out,
-            &tmp_path,
-            sparse,
-            ctx.progress,
-            big,
-        )?
-    } else {
-        hash::with_buffer(|buf| {
-            copy_simple(
-                &file,
-                &src_path,
-                &mut out,
-                &tmp_path,
-                sparse,
-                buf,
-                ctx.progress,
-            )
-        })?
+    let big = job.meta.size >= ctx.opts.batch_bytes;
+    let (digest, total, before, after) = match ctx.src {
+        Source::Local(root) => read_local(ctx, &root.join(&job.rel), &mut out, &tmp_path, big)?,
+        Source::Remote(remote) => {
+            read_remote(ctx, remote, &job.rel, &mut out, &tmp_path, big).map_err(io)?
+        }
     };
-    if sparse {
-        out.set_len(total).at(&tmp_path).map_err(io)?;
-    }
     if big {
         // Most of it is on its way to storage already (see copy_streamed); one fdatasync
         // per file this big costs little and lets its read-back start at once, instead of
@@ -782,7 +811,7 @@ fn copy_to_temporary(
     }
     drop(out);
 
-    let after = Meta::from_std(&file.metadata().at(&src_path).map_err(io)?);
+    let src_path = ctx.src.display(&job.rel);
     if !before.unchanged(&after) || total != before.size {
         return Err((
             FailureKind::SourceChanged,
@@ -808,6 +837,65 @@ fn copy_to_temporary(
         meta: before,
         synced: big,
     })
+}
+
+/// What reading one source file gives: digest, bytes read, metadata before and after.
+type SourceRead = (Digest, u64, Meta, Meta);
+
+/// One local file into `out`: holes kept, big files streamed by a reader thread.
+fn read_local(
+    ctx: &Ctx<'_>,
+    src_path: &Path,
+    out: &mut File,
+    tmp_path: &Path,
+    big: bool,
+) -> std::result::Result<SourceRead, (FailureKind, Error)> {
+    let io = |e: Error| (classify(&e), e);
+    let file = File::open(src_path).at(src_path).map_err(io)?;
+    hash::advise_sequential(&file);
+    let before = Meta::from_std(&file.metadata().at(src_path).map_err(io)?);
+    let sparse = before.is_sparse();
+    let (digest, total) = if before.size >= STREAM_THRESHOLD {
+        copy_streamed(&file, src_path, out, tmp_path, sparse, ctx.progress, big)?
+    } else {
+        hash::with_buffer(|buf| {
+            copy_simple(&file, src_path, out, tmp_path, sparse, buf, ctx.progress)
+        })?
+    };
+    if sparse {
+        out.set_len(total).at(tmp_path).map_err(io)?;
+    }
+    let after = Meta::from_std(&file.metadata().at(src_path).map_err(io)?);
+    Ok((digest, total, before, after))
+}
+
+/// One remote file into `out`, over a pooled connection (resumed at the byte reached
+/// when the connection drops).
+fn read_remote(
+    ctx: &Ctx<'_>,
+    remote: &Remote,
+    rel: &Path,
+    out: &mut File,
+    tmp_path: &Path,
+    big: bool,
+) -> Result<SourceRead> {
+    const KICK: u64 = 16 << 20;
+    let mut hasher = Sha256::new();
+    let (mut written, mut kicked) = (0u64, 0u64);
+    let (before, after, total) = hash::with_buffer(|buf| {
+        remote.stream_file(rel, buf, &mut |block| {
+            hasher.update(block);
+            out.write_all(block).at(tmp_path)?;
+            written += block.len() as u64;
+            if big && written - kicked >= KICK {
+                start_writeback(out, kicked, written - kicked);
+                kicked = written;
+            }
+            ctx.progress.add_bytes(block.len() as u64);
+            Ok(())
+        })
+    })?;
+    Ok((Digest::from_hasher(hasher), total, before, after))
 }
 
 fn copy_simple(
@@ -989,14 +1077,6 @@ fn plan_file(dest: &Path, e: &Entry, known: Option<&JournalEntry>, verify: bool)
     Plan::Skip(j.digest, dm)
 }
 
-fn read_source_manifest(src: &Path) -> Result<Option<Manifest>> {
-    let path = src.join(MANIFEST_NAME);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => Manifest::read(&path).map(Some),
-        _ => Ok(None),
-    }
-}
-
 fn perm(mode: u32) -> std::fs::Permissions {
     std::fs::Permissions::from_mode(mode & 0o7777)
 }
@@ -1064,19 +1144,16 @@ fn replace_with_hard_link(target: &Path, link: &Path) -> Result<()> {
     })
 }
 
-fn symlink_differs(src: &Path, dest: &Path, rel: &Path) -> bool {
-    match (
-        std::fs::read_link(src.join(rel)),
-        std::fs::read_link(dest.join(rel)),
-    ) {
+fn symlink_differs(src: &Source<'_>, dest: &Path, rel: &Path) -> bool {
+    match (src.read_link(rel), std::fs::read_link(dest.join(rel))) {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
     }
 }
 
 /// Copies a symlink as a link (never following it). Returns whether anything changed.
-fn copy_symlink(src: &Path, dest: &Path, rel: &Path) -> Result<bool> {
-    let target = std::fs::read_link(src.join(rel)).at(src.join(rel))?;
+fn copy_symlink(src: &Source<'_>, dest: &Path, rel: &Path) -> Result<bool> {
+    let target = src.read_link(rel)?;
     let link = dest.join(rel);
     if std::fs::read_link(&link).is_ok_and(|t| t == target) {
         return Ok(false);
@@ -1092,8 +1169,8 @@ fn copy_symlink(src: &Path, dest: &Path, rel: &Path) -> Result<bool> {
     Ok(true)
 }
 
-fn symlink_warning(src: &Path, rel: &Path) -> Option<String> {
-    let target = std::fs::read_link(src.join(rel)).ok()?;
+fn symlink_warning(src: &Source<'_>, rel: &Path) -> Option<String> {
+    let target = src.read_link(rel).ok()?;
     let mut depth: i64 = rel.components().count() as i64 - 1;
     let outside = target.is_absolute()
         || target.components().any(|c| {

@@ -92,6 +92,44 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
 
+    /// An SSH host's key is not the one `known_hosts` holds (or is not there at all).
+    #[error("{0}")]
+    HostKey(Box<HostKeyProblem>),
+
+    /// No key was accepted by the SSH server.
+    #[error("{user}@{host}: authentication refused (tried: {tried}); add your public key to the account's ~/.ssh/authorized_keys on the NAS host, or name the right key with IdentityFile in ~/.ssh/config")]
+    SshAuth {
+        user: String,
+        host: String,
+        tried: String,
+    },
+
+    /// The SSH host could not be reached or the SSH session could not start.
+    #[error("cannot connect to {host} ({address}): {source}")]
+    SshConnect {
+        host: String,
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The connection dropped and reconnecting did not help.
+    #[error("{path}: connection to {host} lost ({reason}); gave up after {attempts} attempts; run again to resume")]
+    ConnectionLost {
+        host: String,
+        path: PathBuf,
+        attempts: u32,
+        reason: String,
+    },
+
+    /// The SFTP server refused an operation on a remote path.
+    #[error("{path}: {}", remote_message(*.kind, .message))]
+    Remote {
+        path: PathBuf,
+        kind: crate::remote::RemoteErrorKind,
+        message: String,
+    },
+
     /// A value given by the user is not valid.
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid {
@@ -118,8 +156,67 @@ impl Error {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT)
             ),
             Error::InsufficientSpace { .. } => true,
+            Error::Remote { kind, .. } => *kind == crate::remote::RemoteErrorKind::NoSpace,
             _ => false,
         }
+    }
+}
+
+/// What an SSH host offered that `known_hosts` does not vouch for.
+#[derive(Debug)]
+pub struct HostKeyProblem {
+    /// As `known_hosts` names it: `host` or `[host]:port`.
+    pub host: String,
+    pub key_type: String,
+    /// `SHA256:...`, as OpenSSH prints it.
+    pub fingerprint: String,
+    pub known_hosts: PathBuf,
+    /// The file holds another key for this host (rather than none).
+    pub changed: bool,
+}
+
+impl std::fmt::Display for HostKeyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let HostKeyProblem {
+            host,
+            key_type,
+            fingerprint,
+            known_hosts,
+            changed,
+        } = self;
+        let known = known_hosts.display();
+        if *changed {
+            write!(
+                f,
+                "HOST KEY CHANGED for {host}: the server offers {key_type} key {fingerprint}, which is not the key {known} holds for it. \
+                 Someone may be intercepting the connection, or the host was reinstalled; refusing to connect. \
+                 Ask the NAS administrator for the right fingerprint before removing the old line (ssh-keygen -R '{host}' -f {known})"
+            )
+        } else {
+            let scan = match host.strip_prefix('[').and_then(|h| h.split_once("]:")) {
+                Some((h, port)) => format!("-p {port} {h}"),
+                None => host.to_string(),
+            };
+            write!(
+                f,
+                "unknown host key for {host}: the server offers {key_type} key {fingerprint}, which is not in {known}; refusing to connect. \
+                 Check the fingerprint with the NAS administrator, then add it (for example: ssh-keyscan -t {kt} {scan} >> {known}, or connect once with ssh)",
+                kt = key_type.to_ascii_lowercase(),
+            )
+        }
+    }
+}
+
+fn remote_message(kind: crate::remote::RemoteErrorKind, message: &str) -> String {
+    use crate::remote::RemoteErrorKind as K;
+    match kind {
+        K::NotFound => "no such file or folder on the remote host".to_string(),
+        K::PermissionDenied => {
+            "permission denied on the remote host (check the owner and mode there, or the user in ~/.ssh/config)".to_string()
+        }
+        K::AlreadyExists => "already exists on the remote host".to_string(),
+        K::NoSpace => "no space left on the remote host".to_string(),
+        K::Other => format!("the remote host refused: {message}"),
     }
 }
 

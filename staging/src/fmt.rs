@@ -16,6 +16,11 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Quotes a word for bash (single quotes where needed).
+pub fn shell_quote(s: &str) -> String {
+    shlex::try_quote(s).map_or_else(|_| "''".to_string(), |q| q.into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

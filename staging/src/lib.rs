@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod place;
 pub mod policy;
 pub mod record;
+pub mod remote;
 pub mod scan;
 pub mod stage;
 pub mod worm;

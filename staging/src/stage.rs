@@ -5,18 +5,22 @@ use std::path::{Component, Path, PathBuf};
 
 use jiff::Timestamp;
 
-use crate::copy::{copy_tree, CopyOptions, CopyReport};
+use crate::copy::{copy_from, CopyOptions, CopyReport, Source};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::policy::PurgePolicy;
 use crate::progress::Progress;
 use crate::record::{current_user, hostname, write_json, PurgeInfo, StageRecord};
+use crate::remote::{Location, Remote, SshOptions};
 use crate::walk::STATE_DIR;
 
 /// Everything a stage needs, already resolved.
 #[derive(Debug, Clone)]
 pub struct StageSettings {
-    pub source: PathBuf,
+    /// A local folder or `[user@]host[:port]:/path`.
+    pub source: Location,
+    /// How to talk to a remote source.
+    pub ssh: SshOptions,
     pub destination: PathBuf,
     pub project: String,
     pub dataset: String,
@@ -126,7 +130,20 @@ pub fn stage(
     copy.preserve_mtime = settings.policy.preserve_mtime();
     let record_path = settings.destination.join(STATE_DIR).join("stage.json");
     let previous: Option<StageRecord> = crate::record::read_json(&record_path).ok();
-    let report = copy_tree(&settings.source, &settings.destination, &copy, progress)?;
+    let report = match &settings.source {
+        Location::Local(path) => {
+            copy_from(Source::Local(path), &settings.destination, &copy, progress)?
+        }
+        Location::Remote(spec) => {
+            let remote = Remote::connect(spec, &settings.ssh)?;
+            copy_from(
+                Source::Remote(&remote),
+                &settings.destination,
+                &copy,
+                progress,
+            )?
+        }
+    };
     if copy.dry_run {
         return Ok(StageOutcome {
             report,
@@ -149,7 +166,7 @@ pub fn stage(
     if let Some(previous) = previous {
         let unchanged = report.changes.is_empty()
             && previous.manifest_digest == report.manifest.digest()
-            && previous.source == settings.source.display().to_string();
+            && previous.source == settings.source.to_string();
         if unchanged {
             // A no-op re-stage: nothing to write (the deadline still follows the files,
             // which did not change either).
@@ -169,7 +186,7 @@ pub fn stage(
         id: format!("{}/{}", settings.project, settings.dataset),
         project: settings.project.clone(),
         dataset: settings.dataset.clone(),
-        source: settings.source.display().to_string(),
+        source: settings.source.to_string(),
         destination: settings.destination.clone(),
         files: report.files_total,
         bytes: report.bytes_total,

@@ -291,7 +291,7 @@ fn walk_dir(root: &Path, rel_dir: &Path, filter: &Filter) -> Tree {
 }
 
 impl Tree {
-    fn merge(mut self, other: Tree) -> Tree {
+    pub(crate) fn merge(mut self, other: Tree) -> Tree {
         self.entries.extend(other.entries);
         self.errors.extend(other.errors);
         self

@@ -1,0 +1,288 @@
+//! Opening one SSH connection the way OpenSSH would: the host alias resolved through
+//! `~/.ssh/config` (`HostName`, `User`, `Port`, `IdentityFile`, `UserKnownHostsFile`),
+//! the host key checked against `known_hosts` (an unknown or changed key is refused with
+//! its fingerprint, never accepted), then ssh-agent and key files tried in turn.
+
+use std::io::BufReader;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, Session, Sftp};
+use ssh2_config::{ParseRule, SshConfig};
+
+use super::spec::RemoteSpec;
+use crate::error::{Error, HostKeyProblem, Result};
+
+/// Tunables of SSH transfers.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// Connections (each with its own SFTP channel) used in parallel.
+    pub sessions: usize,
+    /// How long one network operation may block before the connection counts as lost.
+    pub timeout: Duration,
+    /// Reconnect attempts after a lost connection before the transfer fails.
+    pub retries: u32,
+    /// First pause before reconnecting (doubled each attempt, with jitter).
+    pub backoff: Duration,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            sessions: 4,
+            timeout: Duration::from_secs(60),
+            retries: 5,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A host alias resolved into what a connection needs.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// As the user wrote it (for messages).
+    pub alias: String,
+    pub hostname: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_files: Vec<PathBuf>,
+    pub known_hosts: PathBuf,
+}
+
+impl Endpoint {
+    /// Resolves `spec` through `~/.ssh/config` (when there is one).
+    pub fn resolve(spec: &RemoteSpec) -> Result<Endpoint> {
+        let home = home_dir();
+        let ssh_dir = home.join(".ssh");
+        let config_path = ssh_dir.join("config");
+        let config = match std::fs::File::open(&config_path) {
+            Ok(f) => SshConfig::default()
+                .home_dir(&home)
+                .parse(
+                    &mut BufReader::new(f),
+                    ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
+                )
+                .map_err(|e| Error::Parse {
+                    path: config_path.clone(),
+                    reason: e.to_string(),
+                })?,
+            Err(_) => SshConfig::default(),
+        };
+        let params = config.query(&spec.host);
+        let expand = |p: &str| match p.strip_prefix("~/") {
+            Some(rest) => home.join(rest),
+            None => PathBuf::from(p),
+        };
+        let identity_files = params
+            .identity_file
+            .clone()
+            .unwrap_or_else(|| {
+                ["id_ed25519", "id_ecdsa", "id_rsa"]
+                    .iter()
+                    .map(|n| ssh_dir.join(n))
+                    .collect()
+            })
+            .into_iter()
+            .map(|p| expand(&p.to_string_lossy()))
+            .collect();
+        let known_hosts = params
+            .ignored_fields
+            .get("userknownhostsfile")
+            .or_else(|| params.unsupported_fields.get("userknownhostsfile"))
+            .and_then(|v| v.first())
+            .map(|p| expand(p))
+            .unwrap_or_else(|| ssh_dir.join("known_hosts"));
+        Ok(Endpoint {
+            alias: spec.authority(),
+            hostname: params
+                .host_name
+                .clone()
+                .unwrap_or_else(|| spec.host.clone()),
+            port: spec.port.or(params.port).unwrap_or(22),
+            user: spec
+                .user
+                .clone()
+                .or_else(|| params.user.clone())
+                .unwrap_or_else(crate::record::current_user),
+            identity_files,
+            known_hosts,
+        })
+    }
+
+    /// Opens an authenticated connection with an SFTP channel.
+    pub fn connect(&self, opts: &SshOptions) -> Result<(Session, Sftp)> {
+        let tcp = self.tcp(opts)?;
+        let mut session = Session::new().map_err(|e| self.failed("cannot start SSH", e))?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(u32::try_from(opts.timeout.as_millis()).unwrap_or(u32::MAX));
+        session
+            .handshake()
+            .map_err(|e| self.failed("SSH handshake failed", e))?;
+        self.check_host_key(&session)?;
+        self.authenticate(&session)?;
+        let sftp = session
+            .sftp()
+            .map_err(|e| self.failed("the server refused an SFTP channel", e))?;
+        Ok((session, sftp))
+    }
+
+    fn tcp(&self, opts: &SshOptions) -> Result<TcpStream> {
+        let unreachable = |source: std::io::Error| Error::SshConnect {
+            host: self.alias.clone(),
+            address: format!("{}:{}", self.hostname, self.port),
+            source,
+        };
+        let addrs = (self.hostname.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(unreachable)?;
+        let mut last = std::io::Error::other("the host name resolved to no address");
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, opts.timeout.min(Duration::from_secs(30))) {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(tcp);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(unreachable(last))
+    }
+
+    /// The `known_hosts` check, as `StrictHostKeyChecking yes`.
+    fn check_host_key(&self, session: &Session) -> Result<()> {
+        let (key, key_type) = session
+            .host_key()
+            .ok_or_else(|| self.refused("the server sent no host key"))?;
+        let fingerprint = fingerprint(session);
+        let key_type = key_type_name(key_type).to_string();
+        let mut known = session
+            .known_hosts()
+            .map_err(|e| self.failed("cannot read known hosts", e))?;
+        if self.known_hosts.exists() {
+            known
+                .read_file(&self.known_hosts, KnownHostFileKind::OpenSSH)
+                .map_err(|e| Error::Parse {
+                    path: self.known_hosts.clone(),
+                    reason: format!("not a known_hosts file libssh2 can read: {e}"),
+                })?;
+        }
+        let host_key_error = |changed: bool| {
+            Error::HostKey(Box::new(HostKeyProblem {
+                host: self.known_hosts_name(),
+                key_type: key_type.clone(),
+                fingerprint: fingerprint.clone(),
+                known_hosts: self.known_hosts.clone(),
+                changed,
+            }))
+        };
+        match known.check_port(&self.hostname, self.port, key) {
+            CheckResult::Match => Ok(()),
+            CheckResult::NotFound => Err(host_key_error(false)),
+            CheckResult::Mismatch => Err(host_key_error(true)),
+            CheckResult::Failure => Err(self.refused("the host key check failed")),
+        }
+    }
+
+    /// How OpenSSH names this host in `known_hosts`.
+    fn known_hosts_name(&self) -> String {
+        if self.port == 22 {
+            self.hostname.clone()
+        } else {
+            format!("[{}]:{}", self.hostname, self.port)
+        }
+    }
+
+    fn authenticate(&self, session: &Session) -> Result<()> {
+        let mut tried = Vec::new();
+        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+            tried.push("ssh-agent".to_string());
+            if session.userauth_agent(&self.user).is_ok() && session.authenticated() {
+                return Ok(());
+            }
+        }
+        for key in &self.identity_files {
+            if !key.exists() {
+                continue;
+            }
+            tried.push(key.display().to_string());
+            match session.userauth_pubkey_file(&self.user, None, key, None) {
+                Ok(()) if session.authenticated() => return Ok(()),
+                Ok(()) => {}
+                // A key that cannot be read at all (encrypted, unknown format) says so.
+                Err(e)
+                    if !matches!(
+                        e.code(),
+                        ssh2::ErrorCode::Session(KEY_REFUSED | KEY_UNVERIFIED)
+                    ) =>
+                {
+                    tried.pop();
+                    tried.push(format!("{} ({})", key.display(), e.message()));
+                }
+                Err(_) => {}
+            }
+        }
+        Err(Error::SshAuth {
+            user: self.user.clone(),
+            host: self.alias.clone(),
+            tried: if tried.is_empty() {
+                "no ssh-agent and no key file".to_string()
+            } else {
+                tried.join(", ")
+            },
+        })
+    }
+
+    fn failed(&self, what: &str, e: ssh2::Error) -> Error {
+        self.refused(&format!("{what}: {}", e.message()))
+    }
+
+    fn refused(&self, reason: &str) -> Error {
+        Error::SshConnect {
+            host: self.alias.clone(),
+            address: format!("{}:{}", self.hostname, self.port),
+            source: std::io::Error::other(reason.to_string()),
+        }
+    }
+}
+
+/// The host key's fingerprint as OpenSSH prints it (`SHA256:` + unpadded base64).
+fn fingerprint(session: &Session) -> String {
+    session
+        .host_key_hash(HashType::Sha256)
+        .map(|h| {
+            format!(
+                "SHA256:{}",
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)
+            )
+        })
+        .unwrap_or_else(|| "(no fingerprint)".to_string())
+}
+
+fn key_type_name(t: HostKeyType) -> &'static str {
+    match t {
+        HostKeyType::Rsa => "RSA",
+        HostKeyType::Dss => "DSA",
+        HostKeyType::Ecdsa256 | HostKeyType::Ecdsa384 | HostKeyType::Ecdsa521 => "ECDSA",
+        HostKeyType::Ed25519 => "ED25519",
+        _ => "unknown",
+    }
+}
+
+/// `$HOME`, else the passwd entry's home.
+pub(crate) fn home_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .unwrap_or_else(|| Path::new("/").to_path_buf())
+}
+
+/// libssh2's "the server refused this key" codes (LIBSSH2_ERROR_AUTHENTICATION_FAILED,
+/// LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED): the next key is tried.
+const KEY_REFUSED: i32 = -18;
+const KEY_UNVERIFIED: i32 = -19;

@@ -1,0 +1,19 @@
+//! Remote NAS access over SSH (SFTP through libssh2).
+//!
+//! A NAS path may be `[user@]host[:port]:/path` ([`Location`]). The host alias is
+//! resolved through `~/.ssh/config`, the host key must already be in `known_hosts`, and
+//! authentication uses ssh-agent or key files, as OpenSSH would. [`Remote`] keeps a pool
+//! of connections: the copy engine reads a remote tree through it with the same
+//! guarantees as a local one (see `copy::Source`), and pull and ingest write verified
+//! folders through it ([`Remote::upload_folder`]).
+
+mod connect;
+mod pool;
+mod read;
+mod spec;
+mod write;
+
+pub use connect::{Endpoint, SshOptions};
+pub use pool::{Remote, RemoteErrorKind};
+pub use spec::{Location, RemoteSpec};
+pub use write::{UploadOptions, UploadReport};

@@ -1,0 +1,255 @@
+//! A pool of SSH connections to one host, shared by the copy threads, with reconnects.
+//!
+//! Each connection carries one SFTP channel; a thread borrows one for a whole file, so
+//! `sessions` connections move that many files at once (many small files and a few big
+//! ones both keep every connection busy). A connection that fails mid-operation is
+//! dropped and the operation runs again on a fresh one after a back-off: the caller keeps
+//! its own position (a read resumes at the byte it reached).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use ssh2::{Session, Sftp};
+
+use super::connect::{Endpoint, SshOptions};
+use super::spec::RemoteSpec;
+use crate::error::{Error, Result};
+
+struct Conn {
+    sftp: Sftp,
+    // Kept after the SFTP channel so that the channel closes first.
+    _session: Session,
+}
+
+struct Slots {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
+/// Connections to one SSH host, rooted at a remote folder.
+pub struct Remote {
+    spec: RemoteSpec,
+    endpoint: Endpoint,
+    opts: SshOptions,
+    slots: Mutex<Slots>,
+    freed: Condvar,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Remote({})", self.spec)
+    }
+}
+
+/// What went wrong in one attempt of a remote operation.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    /// The server answered with an error: final (no such file, permission denied, ...).
+    Server(RemoteErrorKind, String),
+    /// The connection failed (or an I/O error came out of a remote read): reconnect and
+    /// try again.
+    Connection(String),
+    /// Our own side failed (a local write): final, passed through as it is.
+    Local(Error),
+}
+
+impl Fault {
+    /// Sorts an SFTP call's error: server answers are final, the rest is the connection.
+    pub(crate) fn of(e: ssh2::Error) -> Fault {
+        match e.code() {
+            ssh2::ErrorCode::SFTP(code) => Fault::Server(kind_of(code), e.message().to_string()),
+            ssh2::ErrorCode::Session(_) => Fault::Connection(e.message().to_string()),
+        }
+    }
+
+    /// An error of reading or writing a remote file's bytes.
+    pub(crate) fn io(e: std::io::Error) -> Fault {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => Fault::Server(RemoteErrorKind::NotFound, e.to_string()),
+            std::io::ErrorKind::AlreadyExists => {
+                Fault::Server(RemoteErrorKind::AlreadyExists, e.to_string())
+            }
+            _ => Fault::Connection(e.to_string()),
+        }
+    }
+}
+
+impl From<ssh2::Error> for Fault {
+    fn from(e: ssh2::Error) -> Self {
+        Fault::of(e)
+    }
+}
+
+impl Remote {
+    /// Connects once (so that a wrong host key, a refused key or an unreachable host is
+    /// reported before any work starts) and keeps that connection for the pool.
+    pub fn connect(spec: &RemoteSpec, opts: &SshOptions) -> Result<Remote> {
+        let endpoint = Endpoint::resolve(spec)?;
+        let (session, sftp) = endpoint.connect(opts)?;
+        Ok(Remote {
+            spec: spec.clone(),
+            endpoint,
+            opts: SshOptions {
+                sessions: opts.sessions.max(1),
+                ..opts.clone()
+            },
+            slots: Mutex::new(Slots {
+                idle: vec![Conn {
+                    sftp,
+                    _session: session,
+                }],
+                open: 1,
+            }),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// The folder this remote is rooted at.
+    pub fn root(&self) -> &Path {
+        &self.spec.path
+    }
+
+    pub fn spec(&self) -> &RemoteSpec {
+        &self.spec
+    }
+
+    pub fn options(&self) -> &SshOptions {
+        &self.opts
+    }
+
+    /// A remote path for messages: `host:/path`.
+    pub fn display(&self, path: &Path) -> PathBuf {
+        PathBuf::from(self.spec.with_path(path).to_string())
+    }
+
+    /// `root/rel` on the remote host.
+    pub fn path(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.spec.path.clone()
+        } else {
+            self.spec.path.join(rel)
+        }
+    }
+
+    /// Runs `op` with a pooled SFTP channel; after a lost connection, reconnects (with
+    /// back-off) and runs it again, at most `retries` times. `path` names the operation's
+    /// target in errors.
+    pub(crate) fn run<T>(
+        &self,
+        path: &Path,
+        mut op: impl FnMut(&Sftp) -> std::result::Result<T, Fault>,
+    ) -> Result<T> {
+        let mut attempt = 0u32;
+        loop {
+            let conn = match self.take() {
+                Ok(c) => c,
+                Err(e) if attempt < self.opts.retries && is_transient(&e) => {
+                    attempt += 1;
+                    self.pause(attempt);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match op(&conn.sftp) {
+                Ok(v) => {
+                    self.give_back(Some(conn));
+                    return Ok(v);
+                }
+                Err(Fault::Server(kind, message)) => {
+                    self.give_back(Some(conn));
+                    return Err(Error::Remote {
+                        path: self.display(path),
+                        kind,
+                        message,
+                    });
+                }
+                Err(Fault::Local(e)) => {
+                    self.give_back(Some(conn));
+                    return Err(e);
+                }
+                Err(Fault::Connection(reason)) => {
+                    self.give_back(None);
+                    if attempt >= self.opts.retries {
+                        return Err(Error::ConnectionLost {
+                            host: self.endpoint.alias.clone(),
+                            path: self.display(path),
+                            attempts: attempt + 1,
+                            reason,
+                        });
+                    }
+                    attempt += 1;
+                    self.pause(attempt);
+                }
+            }
+        }
+    }
+
+    fn pause(&self, attempt: u32) {
+        let base = self.opts.backoff.saturating_mul(1 << (attempt - 1).min(6));
+        let jitter = base.mul_f64(fastrand::f64() * 0.5);
+        std::thread::sleep((base + jitter).min(Duration::from_secs(30)));
+    }
+
+    fn take(&self) -> Result<Conn> {
+        let mut slots = self.slots.lock().expect("ssh pool lock");
+        loop {
+            if let Some(c) = slots.idle.pop() {
+                return Ok(c);
+            }
+            if slots.open < self.opts.sessions {
+                slots.open += 1;
+                drop(slots);
+                return match self.endpoint.connect(&self.opts) {
+                    Ok((session, sftp)) => Ok(Conn {
+                        sftp,
+                        _session: session,
+                    }),
+                    Err(e) => {
+                        self.give_back(None);
+                        Err(e)
+                    }
+                };
+            }
+            slots = self.freed.wait(slots).expect("ssh pool lock");
+        }
+    }
+
+    /// Returns a connection to the pool, or (None) frees its slot.
+    fn give_back(&self, conn: Option<Conn>) {
+        let mut slots = self.slots.lock().expect("ssh pool lock");
+        match conn {
+            Some(c) => slots.idle.push(c),
+            None => slots.open -= 1,
+        }
+        self.freed.notify_one();
+    }
+}
+
+/// Connecting again may help (the host restarts, the network returns); a refused key or
+/// host key never does.
+fn is_transient(e: &Error) -> bool {
+    matches!(e, Error::SshConnect { .. })
+}
+
+/// SFTP status codes (draft-ietf-secsh-filexfer-02 and later) by kind.
+fn kind_of(code: i32) -> RemoteErrorKind {
+    match code {
+        2 | 10 => RemoteErrorKind::NotFound,
+        3 => RemoteErrorKind::PermissionDenied,
+        11 => RemoteErrorKind::AlreadyExists,
+        14 | 15 => RemoteErrorKind::NoSpace,
+        _ => RemoteErrorKind::Other,
+    }
+}
+
+/// The kind of a server-side failure, for exit codes and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoteErrorKind {
+    NotFound,
+    PermissionDenied,
+    AlreadyExists,
+    NoSpace,
+    Other,
+}

@@ -1,0 +1,459 @@
+//! Writing a folder to a remote host: verified uploads into a hidden folder next to the
+//! target, a `MANIFEST.sha256`, then one rename into place, so a half-written folder never
+//! appears under its final name.
+//!
+//! Per file: the local file is read once and hashed while it is sent; the remote file is
+//! flushed (`fsync@openssh.com` where the server offers it), read back over SFTP and
+//! hashed; a mismatch fails the file. `--remote-verify` adds `sha256sum -c` run on the
+//! remote host itself over the whole folder before the rename.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use sha2::{Digest as _, Sha256};
+use ssh2::{FileStat, OpenFlags, OpenType, Sftp};
+
+use super::pool::{Fault, Remote, RemoteErrorKind};
+use crate::error::{Error, Result};
+use crate::hash::{self, Digest};
+use crate::manifest::{Manifest, ManifestEntry};
+use crate::progress::Progress;
+use crate::walk::{self, Filter, Kind, MANIFEST_NAME};
+
+/// How to upload.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    pub filter: Filter,
+    /// Run `sha256sum -c` on the remote host over the finished folder.
+    pub remote_verify: bool,
+    /// Give remote files the local mtimes.
+    pub preserve_mtime: bool,
+}
+
+/// What an upload did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct UploadReport {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files already complete in the hidden folder from an interrupted upload.
+    pub resumed: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    #[serde(skip)]
+    pub manifest: Manifest,
+    pub remote_verified: bool,
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// An upload in progress: files go into `tmp`, which becomes `dest` at [`Upload::finish`].
+pub struct Upload<'a> {
+    remote: &'a Remote,
+    tmp: PathBuf,
+    dest: PathBuf,
+    entries: Mutex<Vec<ManifestEntry>>,
+}
+
+impl Remote {
+    /// Starts writing the folder `dest` (absolute on the remote host): refuses when it
+    /// exists, makes its parents, and opens (or resumes) the hidden folder next to it.
+    pub fn begin_upload(&self, dest: &Path) -> Result<Upload<'_>> {
+        if self.exists(dest)? {
+            return Err(Error::Remote {
+                path: self.display(dest),
+                kind: RemoteErrorKind::AlreadyExists,
+                message: String::new(),
+            });
+        }
+        let parent = dest.parent().unwrap_or(Path::new("/"));
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Invalid {
+                what: "remote folder",
+                value: self.display(dest).display().to_string(),
+                reason: "has no folder name".to_string(),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        self.mkdir_all(parent)?;
+        let tmp = parent.join(format!(".{name}.upload"));
+        self.mkdir_all(&tmp)?;
+        Ok(Upload {
+            remote: self,
+            tmp,
+            dest: dest.to_path_buf(),
+            entries: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// True when something exists at `path` (not following a final link).
+    pub fn exists(&self, path: &Path) -> Result<bool> {
+        match self.run(path, |sftp| sftp.lstat(path).map_err(Fault::of)) {
+            Ok(_) => Ok(true),
+            Err(Error::Remote {
+                kind: RemoteErrorKind::NotFound,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `mkdir -p` on the remote host.
+    pub fn mkdir_all(&self, path: &Path) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut at = path.to_path_buf();
+        loop {
+            match self.run(&at, |sftp| sftp.stat(&at).map_err(Fault::of)) {
+                Ok(st) if st.is_dir() => break,
+                Ok(_) => {
+                    return Err(Error::Remote {
+                        path: self.display(&at),
+                        kind: RemoteErrorKind::AlreadyExists,
+                        message: "not a folder".to_string(),
+                    })
+                }
+                Err(Error::Remote {
+                    kind: RemoteErrorKind::NotFound,
+                    ..
+                }) => {
+                    missing.push(at.clone());
+                    match at.parent() {
+                        Some(p) => at = p.to_path_buf(),
+                        None => break,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for dir in missing.iter().rev() {
+            self.run(dir, |sftp| match sftp.mkdir(dir, 0o755) {
+                Ok(()) => Ok(()),
+                // Made meanwhile by a parallel worker.
+                Err(_) if sftp.stat(dir).is_ok_and(|s| s.is_dir()) => Ok(()),
+                Err(e) => Err(Fault::of(e)),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes a remote folder and everything in it read-only (`chmod -R a-w`).
+    pub fn protect(&self, dir: &Path) -> Result<u64> {
+        let listing = self.run(dir, |sftp| sftp.readdir(dir).map_err(Fault::of))?;
+        let mut count = 0;
+        for (path, st) in listing {
+            if st.is_dir() {
+                count += self.protect(&path)?;
+            } else if st.file_type() != ssh2::FileType::Symlink {
+                self.chmod(&path, st.perm.unwrap_or(0o644) & !0o222)?;
+                count += 1;
+            }
+        }
+        let st = self.run(dir, |sftp| sftp.stat(dir).map_err(Fault::of))?;
+        self.chmod(dir, st.perm.unwrap_or(0o755) & !0o222)?;
+        Ok(count + 1)
+    }
+
+    fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
+        self.run(path, |sftp| {
+            sftp.setstat(path, stat_with(Some(mode & 0o7777), None))
+                .map_err(Fault::of)
+        })
+    }
+
+    /// Runs `command` on the remote host through a shell; returns exit status and output.
+    pub fn exec(&self, command: &str) -> Result<(i32, String)> {
+        let endpoint = super::connect::Endpoint::resolve(self.spec())?;
+        let (session, _sftp) = endpoint.connect(self.options())?;
+        let lost = |e: ssh2::Error| Error::ConnectionLost {
+            host: self.spec().authority(),
+            path: self.display(self.root()),
+            attempts: 1,
+            reason: e.message().to_string(),
+        };
+        let mut channel = session.channel_session().map_err(lost)?;
+        channel.exec(command).map_err(lost)?;
+        let mut out = String::new();
+        channel
+            .read_to_string(&mut out)
+            .map_err(|e| Error::io(self.display(self.root()), e))?;
+        let mut err = String::new();
+        let _ = channel.stderr().read_to_string(&mut err);
+        channel.wait_close().map_err(lost)?;
+        let status = channel.exit_status().map_err(lost)?;
+        out.push_str(&err);
+        Ok((status, out))
+    }
+}
+
+impl Upload<'_> {
+    /// The hidden folder files go to.
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Uploads the local folder `src` (its top-level manifest and state excluded, as in
+    /// every copy) with `jobs` files in flight.
+    pub fn put_tree(
+        &self,
+        src: &Path,
+        opts: &UploadOptions,
+        progress: &dyn Progress,
+    ) -> Result<UploadReport> {
+        let started = Instant::now();
+        let tree = walk::walk(src, &opts.filter)?;
+        if let Some(e) = tree.errors.into_iter().next() {
+            return Err(e);
+        }
+        let mut entries = tree.entries;
+        walk::sort_by_bytes(&mut entries, |e| &e.rel);
+        let mut report = UploadReport::default();
+        for d in entries.iter().filter(|e| e.kind == Kind::Dir) {
+            self.remote.mkdir_all(&self.tmp.join(&d.rel))?;
+            report.dirs += 1;
+        }
+        let files: Vec<_> = entries.iter().filter(|e| e.kind == Kind::File).collect();
+        progress.start(files.len() as u64, files.iter().map(|e| e.meta.size).sum());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.remote.options().sessions)
+            .build()
+            .map_err(|e| Error::io(src, std::io::Error::other(e.to_string())))?;
+        let resumed = std::sync::atomic::AtomicU64::new(0);
+        let results: Vec<Result<()>> = pool.install(|| {
+            files
+                .par_iter()
+                .map(|e| {
+                    let local = src.join(&e.rel);
+                    let mtime = opts.preserve_mtime.then_some(e.meta.mtime_ns);
+                    let (digest, was_there) =
+                        self.put_file(&local, &e.rel, e.meta.mode, mtime, progress)?;
+                    if was_there {
+                        resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.entries
+                        .lock()
+                        .expect("entries lock")
+                        .push(ManifestEntry {
+                            path: e.rel.clone(),
+                            digest,
+                        });
+                    progress.add_file();
+                    Ok(())
+                })
+                .collect()
+        });
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        for s in entries.iter().filter(|e| e.kind == Kind::Symlink) {
+            let target =
+                std::fs::read_link(src.join(&s.rel)).map_err(|e| Error::io(src.join(&s.rel), e))?;
+            let link = self.tmp.join(&s.rel);
+            self.remote.run(&link, |sftp| {
+                let _ = sftp.unlink(&link);
+                // OpenSSH's server takes the two paths of SSH_FXP_SYMLINK in the opposite
+                // order to the draft, which libssh2 follows: target first.
+                sftp.symlink(&target, &link).map_err(Fault::of)
+            })?;
+            report.symlinks += 1;
+        }
+        report.files = files.len() as u64;
+        report.bytes = files.iter().map(|e| e.meta.size).sum();
+        report.resumed = resumed.into_inner();
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Uploads bytes as `rel` in the folder (for README, run.json, dataset.json).
+    pub fn put_bytes(&self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
+        let digest =
+            self.write_verified(rel, bytes.len() as u64, 0o644, None, &mut |w| w(bytes))?;
+        let mut entries = self.entries.lock().expect("entries lock");
+        entries.retain(|e| e.path != rel);
+        entries.push(ManifestEntry {
+            path: rel.to_path_buf(),
+            digest,
+        });
+        Ok(digest)
+    }
+
+    /// The manifest of what was put so far.
+    pub fn manifest(&self) -> Manifest {
+        Manifest::from_entries(self.entries.lock().expect("entries lock").clone())
+    }
+
+    /// Writes `MANIFEST.sha256`, checks the folder with the remote `sha256sum -c` when
+    /// asked, and renames the folder into place (never over an existing one).
+    pub fn finish(self, remote_verify: bool) -> Result<Manifest> {
+        let manifest = self.manifest();
+        self.write_verified(
+            Path::new(MANIFEST_NAME),
+            manifest.to_bytes().len() as u64,
+            0o644,
+            None,
+            &mut |w| w(&manifest.to_bytes()),
+        )?;
+        if remote_verify {
+            let command = format!(
+                "cd -- {} && sha256sum --check --quiet --strict {MANIFEST_NAME}",
+                crate::fmt::shell_quote(&self.tmp.to_string_lossy())
+            );
+            let (status, output) = self.remote.exec(&command)?;
+            if status != 0 {
+                let reason = if status == 127 {
+                    "the remote host has no sha256sum (drop --remote-verify there)".to_string()
+                } else {
+                    format!(
+                        "sha256sum -c on the remote host failed (exit {status}): {}",
+                        output.trim()
+                    )
+                };
+                return Err(Error::Remote {
+                    path: self.remote.display(&self.tmp),
+                    kind: RemoteErrorKind::Other,
+                    message: reason,
+                });
+            }
+        }
+        let (tmp, dest) = (&self.tmp, &self.dest);
+        self.remote.run(dest, |sftp| {
+            // OpenSSH renames a folder only when nothing is at the target (it checks
+            // first), which is the no-replace rename wanted here.
+            if sftp.lstat(dest).is_ok() {
+                return Err(Fault::Server(
+                    RemoteErrorKind::AlreadyExists,
+                    "already exists".to_string(),
+                ));
+            }
+            sftp.rename(tmp, dest, Some(ssh2::RenameFlags::NATIVE))
+                .map_err(Fault::of)
+        })?;
+        Ok(manifest)
+    }
+
+    /// Uploads one local file; returns its digest and whether an interrupted upload had
+    /// already put it there complete.
+    fn put_file(
+        &self,
+        local: &Path,
+        rel: &Path,
+        mode: u32,
+        mtime_ns: Option<i64>,
+        progress: &dyn Progress,
+    ) -> Result<(Digest, bool)> {
+        let size = std::fs::metadata(local)
+            .map_err(|e| Error::io(local, e))?
+            .len();
+        // Resume: a file of the right size is read back and compared before any write.
+        let remote_path = self.tmp.join(rel);
+        let present = self
+            .remote
+            .run(&remote_path, |sftp| Ok(sftp.lstat(&remote_path).ok()))?;
+        if present.is_some_and(|st| st.size == Some(size)) {
+            let (want, _) = hash::hash_file(local)?;
+            let (got, n) = self.read_back(rel)?;
+            if got == want && n == size {
+                progress.add_bytes(size);
+                return Ok((want, true));
+            }
+        }
+        let digest = self.write_verified(rel, size, mode, mtime_ns, &mut |w| {
+            let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
+            hash::with_buffer(|buf| loop {
+                let n = match file.read(buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io(local, e)),
+                };
+                w(&buf[..n])?;
+                progress.add_bytes(n as u64);
+            })
+        })?;
+        Ok((digest, false))
+    }
+
+    /// Writes a remote file from `fill` (which calls its writer with successive blocks),
+    /// hashing what is sent; flushes it, reads it back and compares. A lost connection
+    /// starts the file again on a new one.
+    fn write_verified(
+        &self,
+        rel: &Path,
+        size: u64,
+        mode: u32,
+        mtime_ns: Option<i64>,
+        fill: &mut dyn FnMut(&mut BlockWriter<'_>) -> Result<()>,
+    ) -> Result<Digest> {
+        let path = self.tmp.join(rel);
+        let sent = self.remote.run(&path, |sftp: &Sftp| {
+            let mut f = sftp.open_mode(
+                &path,
+                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+                0o600,
+                OpenType::File,
+            )?;
+            let mut hasher = Sha256::new();
+            let mut remote_error = None;
+            let mut n = 0u64;
+            let filled = fill(&mut |block: &[u8]| {
+                hasher.update(block);
+                n += block.len() as u64;
+                f.write_all(block).map_err(|e| {
+                    remote_error = Some(e);
+                    Error::io(&path, std::io::Error::other("remote write failed"))
+                })
+            });
+            if let Some(e) = remote_error {
+                return Err(Fault::io(e));
+            }
+            filled.map_err(Fault::Local)?;
+            // Not every server offers fsync@openssh.com; a read-back still follows.
+            let _ = f.fsync();
+            Ok((Digest::from_hasher(hasher), n))
+        })?;
+        let (digest, n) = sent;
+        let (back, back_len) = self.read_back(rel)?;
+        if back != digest || back_len != n || n != size {
+            return Err(Error::ReadBackMismatch {
+                path: self.remote.display(&path),
+                wrote: digest.to_hex(),
+                wrote_len: n,
+                read: back.to_hex(),
+                read_len: back_len,
+            });
+        }
+        let mtime = mtime_ns.map(|ns| u64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or(0));
+        self.remote.run(&path, |sftp| {
+            sftp.setstat(&path, stat_with(Some(mode & 0o7777), mtime))
+                .map_err(Fault::of)
+        })?;
+        Ok(digest)
+    }
+
+    /// Hashes a remote file of the folder as the server returns it.
+    fn read_back(&self, rel: &Path) -> Result<(Digest, u64)> {
+        let mut hasher = Sha256::new();
+        let (_, _, n) = hash::with_buffer(|buf| {
+            self.remote
+                .stream_file_at(&self.tmp.join(rel), buf, &mut |b| {
+                    hasher.update(b);
+                    Ok(())
+                })
+        })?;
+        Ok((Digest::from_hasher(hasher), n))
+    }
+}
+
+/// Takes the next block of a file being written.
+type BlockWriter<'w> = dyn FnMut(&[u8]) -> Result<()> + 'w;
+
+fn stat_with(perm: Option<u32>, mtime: Option<u64>) -> FileStat {
+    FileStat {
+        size: None,
+        uid: None,
+        gid: None,
+        perm,
+        atime: mtime,
+        mtime,
+    }
+}
