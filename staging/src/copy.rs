@@ -1418,6 +1418,6 @@ mod tests {
         let link = dir.path().join(rel);
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(target, &link).unwrap();
-        symlink_warning(dir.path(), Path::new(rel))
+        symlink_warning(&Source::Local(dir.path()), Path::new(rel))
     }
 }
