@@ -239,6 +239,10 @@ pub(crate) struct IngestArgs {
     /// Also set the immutable flag (chattr +i) where filesystem and privileges allow
     #[arg(long)]
     pub(crate) immutable: bool,
+    /// With a remote NAS (nas_root = "host:/path"): also check the uploaded folder with
+    /// `sha256sum -c` run on the NAS host itself, before it is renamed into place
+    #[arg(long)]
+    pub(crate) remote_verify: bool,
     #[command(flatten)]
     pub(crate) copy: CopyArgs,
 }
@@ -455,6 +459,11 @@ pub(crate) struct PullArgs {
     /// Write-protect the results folder (chmod -R a-w)
     #[arg(long)]
     pub(crate) worm: bool,
+    /// With a remote NAS (nas_root = "host:/path"): also check the uploaded folder with
+    /// `sha256sum -c` run on the NAS host itself, before it is renamed into place
+    /// (default: [ssh] remote_verify)
+    #[arg(long)]
+    pub(crate) remote_verify: bool,
     #[command(flatten)]
     pub(crate) parallel: ParallelArgs,
     /// Print JSON

@@ -50,6 +50,8 @@ pub(crate) struct SshConfig {
     pub(crate) timeout: String,
     /// Reconnects after a dropped connection before the transfer fails.
     pub(crate) retries: u32,
+    /// Check uploads with `sha256sum -c` on the NAS host (as `--remote-verify`).
+    pub(crate) remote_verify: bool,
 }
 
 impl Default for SshConfig {
@@ -58,6 +60,7 @@ impl Default for SshConfig {
             sessions: 4,
             timeout: "60s".into(),
             retries: 5,
+            remote_verify: false,
         }
     }
 }
@@ -142,6 +145,8 @@ pub(crate) struct Settings {
     /// Settings of the SLURM client.
     pub(crate) client: hpcstage_slurm::client::ClientSettings,
     pub(crate) ssh: SshOptions,
+    /// `[ssh] remote_verify`.
+    pub(crate) remote_verify: bool,
 }
 
 impl Settings {
@@ -341,6 +346,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         ("ssh.sessions", config.ssh.sessions.to_string()),
         ("ssh.timeout", config.ssh.timeout.clone()),
         ("ssh.retries", config.ssh.retries.to_string()),
+        ("ssh.remote_verify", config.ssh.remote_verify.to_string()),
     ] {
         provenance.push((key.into(), value, source_of(key)));
     }
@@ -410,6 +416,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
             retries: config.ssh.retries,
             ..SshOptions::default()
         },
+        remote_verify: config.ssh.remote_verify,
     })
 }
 

@@ -64,7 +64,9 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
     let ingested = ingest(
         &IngestSettings {
             source: instrument.clone(),
-            nas_root: nas.clone(),
+            nas_root: hpcstage_staging::remote::Location::Local(nas.clone()),
+            ssh: settings.ssh.clone(),
+            remote_verify: false,
             project: PROJECT.into(),
             dataset: DATASET.into(),
             immutable: false,

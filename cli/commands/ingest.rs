@@ -5,9 +5,9 @@ use hpcstage_staging::fmt::bytes;
 use hpcstage_staging::ingest::{ingest, IngestSettings};
 use serde::Serialize;
 
-use super::{copy_options, copy_status, print_copy_report, CopyJson, Status};
+use super::{copy_options, copy_status, print_copy_report, ssh_options, CopyJson, Status};
 use crate::args::IngestArgs;
-use crate::config::{absolute, Settings};
+use crate::config::{absolute, parse_location, Settings};
 use crate::output;
 
 #[derive(Serialize)]
@@ -23,7 +23,9 @@ struct IngestJson<'a> {
 pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
     let ingest_settings = IngestSettings {
         source: absolute(&args.source)?,
-        nas_root: settings.nas_root()?.to_path_buf(),
+        nas_root: parse_location(settings.nas_root()?)?,
+        ssh: ssh_options(settings, &args.copy.parallel),
+        remote_verify: args.remote_verify || settings.remote_verify,
         project: args.project.clone(),
         dataset: args.dataset.clone(),
         immutable: args.immutable,

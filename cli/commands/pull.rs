@@ -24,6 +24,8 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
         worm: args.worm,
         jobs: args.parallel.jobs.unwrap_or(settings.jobs).max(1),
         notify: |msg| output::note(msg),
+        ssh: super::ssh_options(settings, &args.parallel),
+        remote_verify: args.remote_verify || settings.remote_verify,
         ..PullOptions::default()
     };
     // Another pull of the same run (the pull-back job, or someone by hand) is waited for:

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::record::{read_json, StageRecord};
+use hpcstage_staging::remote::NasAccess;
 use hpcstage_staging::scan::{scan, Scan};
 use hpcstage_staging::walk::{is_bookkeeping, is_temporary, MANIFEST_NAME, STATE_DIR};
 use hpcstage_staging::worm::make_writable;
@@ -113,27 +114,47 @@ fn stage_refusal(record: &StageRecord, scratch_root: &Path) -> std::result::Resu
             ));
         }
     }
-    let nas = Manifest::read(&source.join(MANIFEST_NAME)).map_err(|_| {
+    let no_manifest = |why: String| {
         format!(
-            "no readable MANIFEST.sha256 at the NAS source {}; nothing proves a verified copy there",
+            "no readable MANIFEST.sha256 at the NAS source {}{why}; nothing proves a verified copy there",
             source.display()
         )
-    })?;
+    };
+    let folder = NasAccess::shared()
+        .folder(source)
+        .map_err(|e| no_manifest(format!(" ({e})")))?;
+    let nas = folder
+        .manifest()
+        .map_err(|e| no_manifest(format!(" ({e})")))?
+        .ok_or_else(|| no_manifest(String::new()))?;
     let nas = nas.to_map();
+    // A remote NAS is listed once (one round trip per folder) instead of a stat per file.
+    let remote_sizes =
+        match folder.remote() {
+            Some(_) => Some(folder.file_sizes().map_err(|e| {
+                format!("the NAS source {} cannot be listed ({e})", source.display())
+            })?),
+            None => None,
+        };
     for e in &scratch.entries {
         match nas.get(e.path.as_path()) {
             Some(d) if *d == e.digest => {
                 // The manifest vouches for the bytes; the file itself must still be there.
-                let on_nas = std::fs::metadata(source.join(&e.path));
+                let on_nas = match &remote_sizes {
+                    Some(sizes) => sizes.get(&e.path).copied().ok_or(()),
+                    None => std::fs::metadata(source.join(&e.path))
+                        .map(|m| m.size())
+                        .map_err(|_| ()),
+                };
                 let on_scratch = std::fs::symlink_metadata(dest.join(&e.path));
                 match (on_nas, on_scratch) {
-                    (Err(_), _) => {
+                    (Err(()), _) => {
                         return Err(format!(
                             "{} is in the NAS manifest but missing at the NAS source",
                             e.path.display()
                         ))
                     }
-                    (Ok(n), Ok(s)) if n.size() != s.size() => {
+                    (Ok(n), Ok(s)) if n != s.size() => {
                         return Err(format!(
                             "{} differs in size between scratch and the NAS source",
                             e.path.display()

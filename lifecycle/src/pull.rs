@@ -30,6 +30,7 @@ use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::manifest::{Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::{current_user, hostname, read_json, write_json};
+use hpcstage_staging::remote::{NasFolder, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
 use jiff::Timestamp;
 use nix::errno::Errno;
@@ -61,6 +62,10 @@ pub struct PullOptions {
     pub busy_timeout: Duration,
     /// Told once when this pull starts waiting for another one.
     pub notify: fn(&str),
+    /// How to reach a NAS over SSH (results folder `host:/path`).
+    pub ssh: SshOptions,
+    /// On a remote NAS, also run `sha256sum -c` there before the rename.
+    pub remote_verify: bool,
 }
 
 impl Default for PullOptions {
@@ -74,6 +79,8 @@ impl Default for PullOptions {
             validate_timeout: Duration::from_secs(600),
             busy_timeout: Duration::from_secs(3600),
             notify: |_| {},
+            ssh: SshOptions::default(),
+            remote_verify: false,
         }
     }
 }
@@ -157,7 +164,7 @@ pub fn pull(
     progress: &dyn Progress,
 ) -> Result<PullOutcome> {
     let view = store.load(id)?;
-    if let Some(done) = already_pulled(store, &view)? {
+    if let Some(done) = already_pulled(store, &view, opts)? {
         return Ok(PullOutcome::AlreadyPulled {
             results_dir: done,
             concurrent: None,
@@ -171,7 +178,7 @@ pub fn pull(
     let lock = PullLock::acquire(&view.record.run_dir, id, opts)?;
     // Whoever held the lock may have pulled the run meanwhile.
     let view = store.load(id)?;
-    if let Some(done) = already_pulled(store, &view)? {
+    if let Some(done) = already_pulled(store, &view, opts)? {
         return Ok(PullOutcome::AlreadyPulled {
             results_dir: done,
             concurrent: lock.waited_for,
@@ -210,9 +217,23 @@ pub fn pull(
 
 /// The results folder when the run is pulled: recorded in the ledger, or marked in the
 /// run folder by a pull stopped before its ledger event (which is then written).
-fn already_pulled(store: &RunStore, view: &RunView) -> Result<Option<PathBuf>> {
+fn already_pulled(store: &RunStore, view: &RunView, opts: &PullOptions) -> Result<Option<PathBuf>> {
     let results = &view.record.results_dir;
-    if !results.join(MANIFEST_NAME).is_file() {
+    let has_manifest = if NasFolder::is_remote_path(results) {
+        // Asking the NAS host costs a connection: the ledger's word is enough for a run
+        // it records as pulled, and the marker is checked before connecting otherwise.
+        if view.phase == Phase::Pulled {
+            return Ok(Some(results.clone()));
+        }
+        let marker = view.record.run_dir.join(STATE_DIR).join(PULLED_MARKER);
+        marker.is_file()
+            && NasFolder::open(results, &opts.ssh)?
+                .read(Path::new(MANIFEST_NAME))?
+                .is_some()
+    } else {
+        results.join(MANIFEST_NAME).is_file()
+    };
+    if !has_manifest {
         return Ok(None);
     }
     if view.phase == Phase::Pulled {
@@ -346,9 +367,10 @@ fn pull_finished(
     let run_dir = &record.run_dir;
     let rendered: Rendered = read_json(&run_dir.join(RENDERED_FILE))?;
     let results_dir = &record.results_dir;
-    if std::fs::symlink_metadata(results_dir).is_ok() {
+    let nas_folder = NasFolder::open(results_dir, &opts.ssh)?;
+    if nas_folder.exists()? {
         // Renamed into place by a pull stopped before its bookkeeping.
-        return adopt(store, record, &rendered, opts);
+        return adopt(store, record, &rendered, &nas_folder, opts);
     }
     let validation = validate(&rendered, run_dir, opts.validate_timeout)?;
     write_json(&run_dir.join("validation.json"), &validation)?;
@@ -377,6 +399,7 @@ fn pull_finished(
             &reasons.join("; "),
             &observed.facts,
             job_id,
+            &nas_folder,
             opts,
             progress,
         );
@@ -386,11 +409,17 @@ fn pull_finished(
     // Until the rename, only the NAS is written: a failure says so, and that scratch is
     // as it was.
     let nas = |e: hpcstage_staging::Error| nas_failure(results_dir, e);
-    std::fs::create_dir_all(parent).map_err(|e| nas(hpcstage_staging::Error::io(parent, e)))?;
     let name = results_dir
         .file_name()
         .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
-    let partial = parent.join(format!(".{name}.partial"));
+    // A local NAS gets the folder assembled next to its final place; a remote one gets it
+    // assembled on scratch first, then uploaded (see `place_remote`).
+    let partial = if nas_folder.remote().is_some() {
+        outbox(run_dir, &name)
+    } else {
+        std::fs::create_dir_all(parent).map_err(|e| nas(hpcstage_staging::Error::io(parent, e)))?;
+        parent.join(format!(".{name}.partial"))
+    };
     // Exactly what the purge will remove stays behind: the same resolved paths, so that
     // nothing is left off the NAS and then purged from scratch.
     let intermediates: Vec<PathBuf> = rendered
@@ -470,19 +499,32 @@ fn pull_finished(
     let state = partial.join(STATE_DIR);
     std::fs::remove_dir_all(&state).map_err(|e| nas(hpcstage_staging::Error::io(&state, e)))?;
 
-    match hpcstage_staging::place::rename_noreplace(&partial, results_dir) {
+    let placed = match nas_folder.remote() {
+        Some((remote, root)) => place_remote(remote, root, &partial, &manifest, opts, progress),
+        None => hpcstage_staging::place::rename_noreplace(&partial, results_dir)
+            .map_err(|e| hpcstage_staging::Error::io(results_dir, e)),
+    };
+    match placed {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        Err(e) if already_exists(&e) => {
             // A results folder appeared meanwhile: ours stays hidden and goes; the one in
             // place is adopted only if it is this run's.
             let _ = hpcstage_staging::worm::make_writable(&partial);
             let _ = std::fs::remove_dir_all(&partial);
-            return adopt(store, record, &rendered, opts);
+            return adopt(store, record, &rendered, &nas_folder, opts);
         }
-        Err(e) => return Err(nas(hpcstage_staging::Error::io(results_dir, e))),
+        Err(e) => return Err(nas(e)),
     }
     let digest = manifest.digest().to_hex();
-    let purged = finish(store, record, &rendered, opts, &digest, !incomplete)?;
+    let purged = finish(
+        store,
+        record,
+        &rendered,
+        &nas_folder,
+        opts,
+        &digest,
+        !incomplete,
+    )?;
     Ok(PullOutcome::Pulled {
         results_dir: results_dir.clone(),
         files: manifest.len() as u64,
@@ -491,6 +533,59 @@ fn pull_finished(
         purged,
         partial: incomplete,
     })
+}
+
+/// Where a results folder for a remote NAS is assembled before its upload.
+fn outbox(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(STATE_DIR).join("outbox").join(name)
+}
+
+fn already_exists(e: &hpcstage_staging::Error) -> bool {
+    match e {
+        hpcstage_staging::Error::Io { source, .. } => {
+            source.kind() == std::io::ErrorKind::AlreadyExists
+        }
+        hpcstage_staging::Error::Remote { kind, .. } => *kind == RemoteErrorKind::AlreadyExists,
+        _ => false,
+    }
+}
+
+/// Uploads the folder assembled at `local` into the remote results folder: verified
+/// files in a hidden folder next to it, checked against the local manifest (and with
+/// `sha256sum -c` on the NAS host when asked), then one rename into place. The local copy
+/// goes once the folder is in place.
+fn place_remote(
+    remote: &Remote,
+    dest: &Path,
+    local: &Path,
+    manifest: &Manifest,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> std::result::Result<(), hpcstage_staging::Error> {
+    let upload = remote.begin_upload(dest)?;
+    let upload_opts = UploadOptions {
+        preserve_mtime: true,
+        remote_verify: opts.remote_verify,
+        ..UploadOptions::default()
+    };
+    progress.phase("uploading");
+    upload.put_tree(local, &upload_opts, progress)?;
+    let sent = upload.manifest();
+    if sent.digest() != manifest.digest() {
+        return Err(hpcstage_staging::Error::Remote {
+            path: remote.display(upload.tmp()),
+            kind: RemoteErrorKind::Other,
+            message: format!(
+                "the uploaded files ({}) do not match the results manifest ({}); the hidden folder is kept and the next pull checks it again",
+                sent.len(),
+                manifest.len()
+            ),
+        });
+    }
+    upload.finish(opts.remote_verify)?;
+    let _ = hpcstage_staging::worm::make_writable(local);
+    std::fs::remove_dir_all(local).map_err(|e| hpcstage_staging::Error::io(local, e))?;
+    Ok(())
 }
 
 /// An I/O failure while writing the results to the NAS, saying what it means for the run.
@@ -515,13 +610,14 @@ fn finish(
     store: &RunStore,
     record: &RunRecord,
     rendered: &Rendered,
+    nas_folder: &NasFolder,
     opts: &PullOptions,
     digest: &str,
     purge: bool,
 ) -> Result<Vec<PathBuf>> {
     let results_dir = &record.results_dir;
     if opts.worm {
-        hpcstage_staging::worm::protect(results_dir, false)?;
+        nas_folder.protect()?;
     }
     let purged = if purge {
         purge_intermediates(rendered, record)?
@@ -554,6 +650,7 @@ fn adopt(
     store: &RunStore,
     record: &RunRecord,
     rendered: &Rendered,
+    nas_folder: &NasFolder,
     opts: &PullOptions,
 ) -> Result<PullOutcome> {
     let results_dir = &record.results_dir;
@@ -563,27 +660,36 @@ fn adopt(
             "the results folder exists but {why}; it was left as it is: move it away and pull again"
         ),
     };
-    let provenance: serde_json::Value = read_json(&results_dir.join("run.json"))
+    let provenance: serde_json::Value = nas_folder
+        .read(Path::new("run.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.ok_or_else(|| "it is missing".to_string()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| not_ours(format!("its run.json cannot be read ({e})")))?;
     let owner = provenance["run"]["id"].as_str().unwrap_or_default();
     if owner != record.id {
         return Err(not_ours(format!("holds run {owner:?}, not {}", record.id)));
     }
-    let manifest = Manifest::read(&results_dir.join(MANIFEST_NAME))
+    let manifest = nas_folder
+        .manifest()
+        .map_err(|e| e.to_string())
+        .and_then(|m| m.ok_or_else(|| "it is missing".to_string()))
         .map_err(|e| not_ours(format!("its manifest cannot be read ({e})")))?;
+    let sizes = nas_folder
+        .file_sizes()
+        .map_err(|e| not_ours(format!("it cannot be listed ({e})")))?;
     let mut bytes = 0;
     for entry in &manifest.entries {
-        let meta = std::fs::symlink_metadata(results_dir.join(&entry.path)).map_err(|e| {
+        bytes += sizes.get(&entry.path).ok_or_else(|| {
             not_ours(format!(
-                "{} of its manifest is missing ({e})",
+                "{} of its manifest is missing",
                 entry.path.display()
             ))
         })?;
-        bytes += meta.len();
     }
     let digest = manifest.digest().to_hex();
     let partial = provenance["partial"].as_bool().unwrap_or(false);
-    let purged = finish(store, record, rendered, opts, &digest, !partial)?;
+    let purged = finish(store, record, rendered, nas_folder, opts, &digest, !partial)?;
     Ok(PullOutcome::Pulled {
         results_dir: results_dir.clone(),
         files: manifest.len() as u64,
@@ -692,11 +798,24 @@ fn fail(
     reason: &str,
     facts: &JobFacts,
     job_id: &str,
+    nas_folder: &NasFolder,
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<PullOutcome> {
     let results_parent = record.results_dir.parent().unwrap_or(&record.results_dir);
     let failed_dir = results_parent.join("_failed").join(&record.id);
+    // On a remote NAS the folder is assembled on scratch, then uploaded.
+    let remote_failed = nas_folder.remote().map(|(remote, root)| {
+        let parent = root.parent().unwrap_or(root);
+        (remote, parent.join("_failed").join(&record.id))
+    });
+    let (failed_dir, shown_dir) = match &remote_failed {
+        Some((remote, dest)) => (
+            outbox(&record.run_dir, &format!("_failed-{}", record.id)),
+            remote.display(dest),
+        ),
+        None => (failed_dir.clone(), failed_dir),
+    };
     let copy = CopyOptions {
         jobs: opts.jobs,
         preserve_mtime: true,
@@ -756,13 +875,23 @@ fn fail(
         path: "README.md".into(),
         digest: hash_file(&readme)?.0,
     });
-    Manifest::from_entries(entries).write_atomic(&failed_dir.join(MANIFEST_NAME))?;
+    let manifest = Manifest::from_entries(entries);
+    manifest.write_atomic(&failed_dir.join(MANIFEST_NAME))?;
     let state = failed_dir.join(STATE_DIR);
     match std::fs::remove_dir_all(&state) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(hpcstage_staging::Error::io(&state, e).into())
         }
         _ => {}
+    }
+    if let Some((remote, dest)) = &remote_failed {
+        match place_remote(remote, dest, &failed_dir, &manifest, opts, progress) {
+            // An earlier pull of this run left its logs there already.
+            Err(e) if already_exists(&e) => {
+                let _ = std::fs::remove_dir_all(&failed_dir);
+            }
+            other => other.map_err(|e| nas_failure(&shown_dir, e))?,
+        }
     }
     store.append(
         &record.id,
@@ -771,7 +900,7 @@ fn fail(
         },
     )?;
     Ok(PullOutcome::Failed {
-        failed_dir,
+        failed_dir: shown_dir,
         reason: reason.to_string(),
     })
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::policy::{days_left, format_age, PurgeBasis, PurgePolicy};
 use hpcstage_staging::record::{read_json, StageRecord};
+use hpcstage_staging::remote::NasAccess;
 use hpcstage_staging::scan::{scan, Scan};
 use hpcstage_staging::walk::{MANIFEST_NAME, STATE_DIR};
 
@@ -197,19 +198,28 @@ fn note_unreadable(item: &mut Item, errors: &[hpcstage_staging::Error]) {
     }
 }
 
-/// `Ok` when the NAS source is still there and matches what was staged.
+/// `Ok` when the NAS source is still there and matches what was staged (asked over SSH
+/// for a remote NAS).
 fn nas_source_state(source: &Path, record: &StageRecord) -> Result<(), String> {
-    if !source.is_dir() {
-        return Err(format!(
-            "NAS source {} is not reachable; scratch may hold the only copy",
+    let unreachable = |why: String| {
+        format!(
+            "NAS source {} is not reachable{why}; scratch may hold the only copy",
             source.display()
-        ));
+        )
+    };
+    let folder = NasAccess::shared()
+        .folder(source)
+        .map_err(|e| unreachable(format!(" ({e})")))?;
+    match folder.is_dir() {
+        Ok(true) => {}
+        Ok(false) => return Err(unreachable(String::new())),
+        Err(e) => return Err(unreachable(format!(" ({e})"))),
     }
     match &record.source_manifest_digest {
-        Some(expected) => match Manifest::read(&source.join(MANIFEST_NAME)) {
-            Ok(m) if m.digest() == *expected => Ok(()),
-            Ok(_) => Err("NAS source manifest changed since staging".into()),
-            Err(_) => Err("NAS source manifest is gone or unreadable".into()),
+        Some(expected) => match folder.manifest() {
+            Ok(Some(m)) if m.digest() == *expected => Ok(()),
+            Ok(Some(_)) => Err("NAS source manifest changed since staging".into()),
+            Ok(None) | Err(_) => Err("NAS source manifest is gone or unreadable".into()),
         },
         None => Err("NAS source has no MANIFEST.sha256; nothing proves a verified copy".into()),
     }
@@ -325,17 +335,25 @@ pub fn pulled_proof(record: &RunRecord, view: Option<&RunView>) -> Option<(PathB
     })
 }
 
-/// `Ok` when the NAS results manifest is still the one recorded at the pull.
+/// `Ok` when the NAS results manifest is still the one recorded at the pull (asked over
+/// SSH for a remote NAS).
 pub fn nas_results_state(results_dir: &Path, digest: &str) -> Result<(), String> {
     let manifest = results_dir.join(MANIFEST_NAME);
-    match Manifest::read(&manifest) {
-        Ok(m) if m.digest().to_hex() == digest => Ok(()),
-        Ok(_) => Err(format!(
+    let read = NasAccess::shared()
+        .folder(results_dir)
+        .and_then(|f| f.manifest());
+    match read {
+        Ok(Some(m)) if m.digest().to_hex() == digest => Ok(()),
+        Ok(Some(_)) => Err(format!(
             "the NAS results manifest {} changed since the pull",
             manifest.display()
         )),
-        Err(_) => Err(format!(
+        Ok(None) => Err(format!(
             "the NAS results manifest {} is gone or unreadable; scratch may hold the only copy",
+            manifest.display()
+        )),
+        Err(e) => Err(format!(
+            "the NAS results manifest {} cannot be read ({e}); scratch may hold the only copy",
             manifest.display()
         )),
     }

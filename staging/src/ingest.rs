@@ -15,7 +15,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::hash_file;
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
-use crate::record::{current_user, hostname, write_json, DatasetInfo};
+use crate::record::{current_user, hostname, json_bytes, write_json, DatasetInfo};
+use crate::remote::{Location, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use crate::stage::check_name;
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
 use crate::worm::{protect, Protection};
@@ -24,7 +25,12 @@ use crate::worm::{protect, Protection};
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     pub source: PathBuf,
-    pub nas_root: PathBuf,
+    /// The NAS root: a local folder or `[user@]host[:port]:/path`.
+    pub nas_root: Location,
+    /// How to reach a remote NAS.
+    pub ssh: SshOptions,
+    /// On a remote NAS, also run `sha256sum -c` there before the rename.
+    pub remote_verify: bool,
     pub project: String,
     pub dataset: String,
     pub immutable: bool,
@@ -50,17 +56,17 @@ pub fn raw_path(nas_root: &Path, project: &str, dataset: &str) -> PathBuf {
 pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<IngestOutcome> {
     check_name("project", &settings.project)?;
     check_name("dataset", &settings.dataset)?;
-    let final_path = raw_path(&settings.nas_root, &settings.project, &settings.dataset);
+    check_source(&settings.source)?;
+    let nas_root = match &settings.nas_root {
+        Location::Local(root) => root,
+        Location::Remote(spec) => {
+            let remote = Remote::connect(spec, &settings.ssh)?;
+            return ingest_remote(settings, &remote, progress);
+        }
+    };
+    let final_path = raw_path(nas_root, &settings.project, &settings.dataset);
     if std::fs::symlink_metadata(&final_path).is_ok() {
         return Err(Error::DatasetExists { path: final_path });
-    }
-    if settings.source.join("dataset.json").is_file() {
-        return Err(Error::Invalid {
-            what: "source",
-            value: settings.source.display().to_string(),
-            reason: "it holds its own dataset.json at the top, which ingest writes; rename that file first"
-                .to_string(),
-        });
     }
     let raw = final_path.parent().expect("raw path has a parent");
     let partial = raw.join(format!(".{}.ingest", settings.dataset));
@@ -93,29 +99,12 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         });
     }
 
-    let mut formats = BTreeMap::new();
-    for e in &report.manifest.entries {
-        let ext = e
-            .path
-            .extension()
-            .map(|x| x.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        *formats.entry(ext).or_insert(0u64) += 1;
-    }
-    let source_path = std::fs::canonicalize(&settings.source).unwrap_or(settings.source.clone());
-    let mut info = DatasetInfo {
-        project: settings.project.clone(),
-        dataset: settings.dataset.clone(),
-        source_host: hostname(),
-        source_path: source_path.display().to_string(),
-        formats,
-        files: report.files_total,
-        bytes: report.bytes_total,
-        ingested_at: Timestamp::now(),
-        ingested_by: current_user(),
-        manifest_digest: Some(report.manifest.digest()),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    let mut info = dataset_info(
+        settings,
+        &report.manifest,
+        report.files_total,
+        report.bytes_total,
+    );
     let info_path = partial.join("dataset.json");
     write_json(&info_path, &info)?;
     let (info_digest, _) = hash_file(&info_path)?;
@@ -147,5 +136,119 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         path: final_path,
         info: Some(info),
         protection: Some(protection),
+    })
+}
+
+/// The source must not carry the file ingest writes.
+fn check_source(source: &Path) -> Result<()> {
+    if source.join("dataset.json").is_file() {
+        return Err(Error::Invalid {
+            what: "source",
+            value: source.display().to_string(),
+            reason: "it holds its own dataset.json at the top, which ingest writes; rename that file first"
+                .to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `dataset.json` for the files of `manifest`.
+fn dataset_info(
+    settings: &IngestSettings,
+    manifest: &Manifest,
+    files: u64,
+    bytes: u64,
+) -> DatasetInfo {
+    let mut formats = BTreeMap::new();
+    for e in &manifest.entries {
+        let ext = e
+            .path
+            .extension()
+            .map(|x| x.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        *formats.entry(ext).or_insert(0u64) += 1;
+    }
+    let source_path = std::fs::canonicalize(&settings.source).unwrap_or(settings.source.clone());
+    DatasetInfo {
+        project: settings.project.clone(),
+        dataset: settings.dataset.clone(),
+        source_host: hostname(),
+        source_path: source_path.display().to_string(),
+        formats,
+        files,
+        bytes,
+        ingested_at: Timestamp::now(),
+        ingested_by: current_user(),
+        manifest_digest: Some(manifest.digest()),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Ingest into a NAS reached over SSH: a verified upload into a hidden folder next to
+/// `raw/NAME`, `dataset.json` and `MANIFEST.sha256`, one rename into place (never over an
+/// existing dataset), then `chmod -R a-w` there. The immutable flag cannot be set over
+/// SFTP and is reported as not applied.
+fn ingest_remote(
+    settings: &IngestSettings,
+    remote: &Remote,
+    progress: &dyn Progress,
+) -> Result<IngestOutcome> {
+    let final_path = raw_path(remote.root(), &settings.project, &settings.dataset);
+    let exists = || Error::DatasetExists {
+        path: remote.display(&final_path),
+    };
+    if settings.copy.dry_run {
+        return Err(Error::Invalid {
+            what: "option",
+            value: "--dry-run".to_string(),
+            reason: "not available for a remote NAS; list the source with `find` instead"
+                .to_string(),
+        });
+    }
+    if remote.exists(&final_path)? {
+        return Err(exists());
+    }
+    let upload = remote.begin_upload(&final_path)?;
+    let opts = UploadOptions {
+        filter: settings.copy.filter.clone(),
+        remote_verify: settings.remote_verify,
+        preserve_mtime: true,
+    };
+    let sent = upload.put_tree(&settings.source, &opts, progress)?;
+    let data = upload.manifest();
+    let info = dataset_info(settings, &data, sent.files, sent.bytes);
+    let json = json_bytes(&remote.display(&upload.tmp().join("dataset.json")), &info)?;
+    upload.put_bytes(Path::new("dataset.json"), &json)?;
+    let manifest = match upload.finish(settings.remote_verify) {
+        Err(Error::Remote {
+            kind: RemoteErrorKind::AlreadyExists,
+            ..
+        }) => return Err(exists()),
+        other => other?,
+    };
+    remote.protect(&final_path)?;
+    let report = CopyReport {
+        files_total: sent.files,
+        bytes_total: sent.bytes,
+        bytes_to_copy: sent.bytes,
+        copied: sent.files - sent.resumed,
+        bytes_copied: sent.bytes,
+        skipped: sent.resumed,
+        symlinks: sent.symlinks,
+        dirs: sent.dirs,
+        manifest,
+        elapsed: sent.elapsed,
+        ..CopyReport::default()
+    };
+    Ok(IngestOutcome {
+        report,
+        path: remote.display(&final_path),
+        info: Some(info),
+        protection: Some(Protection {
+            read_only: true,
+            immutable: settings
+                .immutable
+                .then(|| Err("the immutable flag cannot be set over SFTP; ask the NAS administrator (chattr +i)".to_string())),
+        }),
     })
 }

@@ -65,15 +65,21 @@ pub struct DatasetInfo {
 
 /// Writes any record as pretty JSON, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = json_bytes(path, value)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    crate::manifest::write_atomic(path, &text)
+}
+
+/// A record as written to `path`: pretty JSON and a final newline.
+pub fn json_bytes<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
     let mut text = serde_json::to_vec_pretty(value).map_err(|e| Error::Parse {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     text.push(b'\n');
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).at(parent)?;
-    }
-    crate::manifest::write_atomic(path, &text)
+    Ok(text)
 }
 
 /// Reads a JSON record; a malformed one is an error naming the file.

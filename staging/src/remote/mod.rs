@@ -8,12 +8,14 @@
 //! folders through it ([`Remote::upload_folder`]).
 
 mod connect;
+mod folder;
 mod pool;
 mod read;
 mod spec;
 mod write;
 
 pub use connect::{Endpoint, SshOptions};
+pub use folder::{NasAccess, NasFolder};
 pub use pool::{Remote, RemoteErrorKind};
 pub use spec::{Location, RemoteSpec};
 pub use write::{UploadOptions, UploadReport};

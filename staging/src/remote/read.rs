@@ -48,7 +48,12 @@ impl Remote {
     /// Walks the remote root like [`crate::walk::walk`]: no links followed, bookkeeping
     /// and temporaries skipped, folders listed in parallel over the pool.
     pub fn walk(&self, filter: &Filter) -> Result<Tree> {
-        let root = self.root().to_path_buf();
+        self.walk_at(self.root(), filter)
+    }
+
+    /// [`Remote::walk`] of another folder of the host.
+    pub fn walk_at(&self, root: &Path, filter: &Filter) -> Result<Tree> {
+        let root = root.to_path_buf();
         let st = self.run(&root, |sftp| sftp.stat(&root).map_err(Fault::of));
         match st {
             Ok(st) if st.is_dir() => {}
@@ -63,11 +68,11 @@ impl Remote {
             }
             Err(e) => return Err(e),
         }
-        Ok(self.walk_dir(Path::new(""), filter))
+        Ok(self.walk_dir(&root, Path::new(""), filter))
     }
 
-    fn walk_dir(&self, rel_dir: &Path, filter: &Filter) -> Tree {
-        let dir = self.path(rel_dir);
+    fn walk_dir(&self, root: &Path, rel_dir: &Path, filter: &Filter) -> Tree {
+        let dir = root.join(rel_dir);
         let mut here = Tree::default();
         let listing = match self.run(&dir, |sftp| sftp.readdir(&dir).map_err(Fault::of)) {
             Ok(l) => l,
@@ -100,7 +105,7 @@ impl Remote {
         }
         subdirs
             .into_par_iter()
-            .map(|sub| self.walk_dir(&sub, filter))
+            .map(|sub| self.walk_dir(root, &sub, filter))
             .reduce(Tree::default, |mut a, b| {
                 a.entries.extend(b.entries);
                 a.errors.extend(b.errors);
@@ -111,7 +116,12 @@ impl Remote {
 
     /// The whole of a small remote file.
     pub fn read_small(&self, rel: &Path) -> Result<Vec<u8>> {
-        let path = self.path(rel);
+        self.read_small_at(&self.path(rel))
+    }
+
+    /// [`Remote::read_small`] for an absolute remote path.
+    pub fn read_small_at(&self, path: &Path) -> Result<Vec<u8>> {
+        let path = path.to_path_buf();
         self.run(&path, |sftp| {
             let mut f = sftp.open(&path)?;
             let mut out = Vec::new();

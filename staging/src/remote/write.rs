@@ -101,6 +101,18 @@ impl Remote {
         }
     }
 
+    /// True when `path` is a folder (following links).
+    pub fn is_dir(&self, path: &Path) -> Result<bool> {
+        match self.run(path, |sftp| sftp.stat(path).map_err(Fault::of)) {
+            Ok(st) => Ok(st.is_dir()),
+            Err(Error::Remote {
+                kind: RemoteErrorKind::NotFound,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `mkdir -p` on the remote host.
     pub fn mkdir_all(&self, path: &Path) -> Result<()> {
         let mut missing = Vec::new();
