@@ -393,16 +393,12 @@ fn pull_finished(
                 summarize(&validation)
             ));
         }
-        return fail(
-            store,
-            record,
-            &reasons.join("; "),
-            &observed.facts,
+        let rejected = Rejected {
+            reason: &reasons.join("; "),
+            facts: &observed.facts,
             job_id,
-            &nas_folder,
-            opts,
-            progress,
-        );
+        };
+        return fail(store, record, &rejected, &nas_folder, opts, progress);
     }
 
     let parent = results_dir.parent().unwrap_or(results_dir);
@@ -792,16 +788,26 @@ fn summarize(v: &Validation) -> String {
     parts.join("; ")
 }
 
+/// Why a run's results are not accepted, and the compute job's facts.
+struct Rejected<'a> {
+    reason: &'a str,
+    facts: &'a JobFacts,
+    job_id: &'a str,
+}
+
 fn fail(
     store: &RunStore,
     record: &RunRecord,
-    reason: &str,
-    facts: &JobFacts,
-    job_id: &str,
+    rejected: &Rejected<'_>,
     nas_folder: &NasFolder,
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<PullOutcome> {
+    let Rejected {
+        reason,
+        facts,
+        job_id,
+    } = *rejected;
     let results_parent = record.results_dir.parent().unwrap_or(&record.results_dir);
     let failed_dir = results_parent.join("_failed").join(&record.id);
     // On a remote NAS the folder is assembled on scratch, then uploaded.
