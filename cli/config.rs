@@ -158,6 +158,15 @@ impl Settings {
         )
     }
 
+    /// The path part of the NAS root (local or on the NAS host), against which dataset
+    /// paths are read as `<root>/<project>/raw/<dataset>`.
+    pub(crate) fn nas_layout_root(&self) -> Result<Option<PathBuf>> {
+        self.nas_root
+            .as_deref()
+            .map(|p| parse_location(p).map(|l| l.path().to_path_buf()))
+            .transpose()
+    }
+
     /// The NAS root, or an error that says how to set it.
     pub(crate) fn nas_root(&self) -> Result<&Path> {
         self.nas_root.as_deref().context(

@@ -135,7 +135,7 @@ impl hpcstage_staging::progress::Progress for Bar {
     fn add_file(&self) {
         let done = self.files.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(b) = &self.bar {
-            if done % 32 == 0 || done == self.total_files.load(Ordering::Relaxed) {
+            if done.is_multiple_of(32) || done == self.total_files.load(Ordering::Relaxed) {
                 b.set_message(format!(
                     "{done}/{} files",
                     self.total_files.load(Ordering::Relaxed)

@@ -37,11 +37,7 @@ pub(crate) fn stage_quietly(
     let source = parse_location(&args.source)?;
     // Project and dataset come from the path's layout under the NAS root, wherever the
     // NAS is reached from.
-    let nas_root = settings
-        .nas_root
-        .as_deref()
-        .map(|p| parse_location(p).map(|l| l.path().to_path_buf()))
-        .transpose()?;
+    let nas_root = settings.nas_layout_root()?;
     let nas_root = nas_root.as_deref();
     let target = match &args.dest {
         Some(dest) => {

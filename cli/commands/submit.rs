@@ -19,7 +19,7 @@ use hpcstage_staging::record::{read_json, StageRecord};
 
 use super::Status;
 use crate::args::{ExecutorArg, RunArgs, StageAndRunArgs, StageArgs, SubmitArgs};
-use crate::config::{absolute, Settings};
+use crate::config::{absolute, parse_location, Settings};
 use crate::output;
 
 /// The executor to use: SLURM when asked or when `sbatch` is found.
@@ -115,13 +115,15 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
 /// anything is staged, and not after a long copy.
 fn precheck(template: &Template, source: &Path, args: &RunArgs) -> Result<()> {
     let params = super::template::params(&args.job.params)?;
-    let source = absolute(source)?;
+    let location = parse_location(source)?;
+    let source = location.path().to_path_buf();
     let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
     let run_dir = std::env::temp_dir().join("hpcstage-precheck");
     let mut ctx = RenderContext::new(&run_dir, &source, "precheck", "precheck", exe);
     ctx.resources = super::template::overrides(&args.job);
-    if !source.is_dir() {
-        // Staging reports a missing source; only the parameters can be checked here.
+    if location.is_remote() || !source.is_dir() {
+        // Staging reports a missing source (and lists a remote one); only the parameters
+        // can be checked here.
         ctx.inputs = InputListing::Unknown;
     }
     match template.render(&params, &ctx) {
@@ -247,10 +249,10 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
     if executor(settings, args.run.executor)? != Executor::Slurm {
         bail!("--stage-in job needs SLURM (sbatch); without it, stage on this node (the default)");
     }
-    let source = absolute(&args.source)?;
+    let source = parse_location(&args.source)?;
     let target = hpcstage_staging::stage::derive_target(
-        &source,
-        settings.nas_root.as_deref(),
+        source.path(),
+        settings.nas_layout_root()?.as_deref(),
         settings.scratch_root()?,
         args.project.as_deref(),
         args.dataset.as_deref(),
@@ -313,7 +315,8 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
          set -euo pipefail\n\
          {global} stage {srcq} {destq} --project {project} --dataset {dataset}\n\
          exec {submit}\n",
-        src = source.display(),
+        // A comment line: control characters in the path must not start a new line.
+        src = source.to_string().escape_debug(),
         template = args.template,
         name = target
             .dataset
@@ -323,7 +326,7 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
         partition = settings.slurm.transfer_partition,
         time = settings.slurm.pull_time,
         dir = dir.display(),
-        srcq = quote(&source.display().to_string()),
+        srcq = quote(&source.to_string()),
         destq = quote(&target.destination.display().to_string()),
         project = quote(&target.project),
         dataset = quote(&target.dataset),
@@ -345,7 +348,7 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
         output::data(format!("stage-in job {} ({})", job.id, script.display()));
         output::data(format!(
             "  stages {} → {}",
-            source.display(),
+            source,
             target.destination.display()
         ));
         output::data(format!(

@@ -821,7 +821,7 @@ impl LocalExecutor {
             }
             if ending.is_none() {
                 let timed_out = limit.is_some_and(|l| now >= l);
-                let cancelled = polls % 5 == 0 && self.cancel_requested(job.job_id);
+                let cancelled = polls.is_multiple_of(5) && self.cancel_requested(job.job_id);
                 if timed_out || cancelled {
                     let state = if timed_out {
                         LocalState::Timeout

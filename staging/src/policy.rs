@@ -142,7 +142,7 @@ impl PurgePolicy {
 /// would come back as "1month 29days 13h 26m 24s".)
 pub fn format_age(age: Duration) -> String {
     let secs = age.as_secs();
-    if age.subsec_nanos() == 0 && secs > 0 && secs % 86_400 == 0 {
+    if age.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(86_400) {
         let days = secs / 86_400;
         format!("{days}day{}", if days == 1 { "" } else { "s" })
     } else {

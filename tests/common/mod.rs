@@ -6,6 +6,8 @@
 //! - [`fs`]: writing and reading files, permissions, listings, and the temporary folder
 //!   a test's world lives in.
 //! - [`cluster`]: the real test cluster, taken by one test at a time.
+//! - [`sshd`]: a real OpenSSH server on loopback for one test, with the world's HOME set
+//!   up as its client (`ssh nas`), for the tests of remote NAS access.
 //! - The worlds: [`Env`] here (a fresh temporary world per test, with tree builders and
 //!   comparisons that print both sides), [`report`] for report, status and clean,
 //!   [`pull`] and [`slurm`] for the tests against the test cluster.
@@ -20,6 +22,7 @@ pub(crate) mod pull;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod slurm;
+pub(crate) mod sshd;
 
 use std::ffi::OsStr;
 use std::fmt;
