@@ -35,7 +35,8 @@ pub(crate) struct GlobalArgs {
     /// Config file layered over the site and user files [env: HPCSTAGE_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Root of the lab NAS (holds <project>/raw and <project>/results)
+    /// Root of the lab NAS (holds <project>/raw and <project>/results): a folder, or
+    /// [user@]host[:port]:/path on an SSH host
     #[arg(long, global = true, value_name = "DIR")]
     pub(crate) nas_root: Option<PathBuf>,
     /// Root of scratch space (default: $SCRATCH)
@@ -53,7 +54,8 @@ pub(crate) struct GlobalArgs {
 pub(crate) enum Command {
     /// Copy instrument data into <nas_root>/<project>/raw/<dataset>, verified and write-protected
     #[command(
-        after_help = "Example:\n  hpcstage ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7"
+        after_help = "Examples:\n  hpcstage ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7\n  \
+hpcstage --nas-root nas.lab.org:/export/lab ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7 --remote-verify"
     )]
     Ingest(IngestArgs),
     /// Create or check MANIFEST.sha256 files (compatible with sha256sum)
@@ -63,7 +65,10 @@ pub(crate) enum Command {
     #[command(
         after_help = "Examples:\n  hpcstage stage /nas/lab/PRJ1/raw/plate7\n  \
 hpcstage stage /nas/lab/PRJ1/raw/plate7 --dry-run\n  \
-hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'"
+hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'\n  \
+hpcstage stage nas.lab.org:/export/lab/PRJ1/raw/plate7 --ssh-sessions 8\n\n\
+A source on an SSH host is reached as OpenSSH would (~/.ssh/config, ssh-agent or key files); its \
+host key must already be in ~/.ssh/known_hosts."
     )]
     Stage(StageArgs),
     /// List, show and render job templates
@@ -84,7 +89,8 @@ them to <nas_root>/<project>/results/<workflow>/<run>/. Follow it with `hpcstage
     StageAndRun(StageAndRunArgs),
     /// Validate a run's outputs and copy them to the NAS (what the pull-back job runs)
     #[command(
-        after_help = "Example:\n  hpcstage pull unet-seg-plate7-20261127T101500-3f2a --wait"
+        after_help = "Examples:\n  hpcstage pull unet-seg-plate7-20261127T101500-3f2a --wait\n  \
+hpcstage pull unet-seg-plate7-20261127T101500-3f2a --remote-verify   # nas_root on an SSH host"
     )]
     Pull(PullArgs),
     /// Show runs (with their jobs) and staged datasets, with purge deadlines

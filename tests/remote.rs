@@ -7,16 +7,22 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::fs::read_json;
 use common::run::{self, wait_child, Run};
 use common::sshd::{alive, Sshd};
-use common::{chmod, is_root, read_text, write, Env};
+use common::{
+    assert_final_names_match_source, chmod, fingerprint, is_root, mode, noise, read, read_text,
+    temporaries, tricky_tree, write, Env,
+};
+use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
 // The fixture itself: a real sshd, reachable as `nas` with the world's keys
@@ -385,4 +391,686 @@ fn fixture_drop_stops_the_server_and_its_sessions() {
 // hpcstage against the remote NAS
 // ---------------------------------------------------------------------------------------
 
-// None yet: they come with the SSH client in staging/src/remote/.
+/// A world with a purge policy (no warning noise) and its own sshd.
+fn remote_world() -> (Env, Sshd) {
+    let env = Env::new();
+    write(
+        env.user_config(),
+        "[purge]\nbasis = \"mtime\"\nage = \"30d\"\nwarn = \"7d\"\n",
+    );
+    let sshd = Sshd::start(&env);
+    (env, sshd)
+}
+
+/// The tricky tree as a dataset on the NAS host, `remote/P/raw/plate`, with a
+/// `MANIFEST.sha256`, owned by the login user. Returns the folder and its regular files.
+fn remote_dataset(env: &Env, sshd: &Sshd) -> (PathBuf, Vec<PathBuf>) {
+    let nas = sshd.remote_dir(env, "remote");
+    let src = nas.join("P/raw/plate");
+    let files = tricky_tree(&src);
+    env.run([
+        OsStr::new("manifest"),
+        OsStr::new("create"),
+        src.as_os_str(),
+    ])
+    .code(0);
+    sshd.give_to_login_user(&nas);
+    (src, files)
+}
+
+/// `SHA256:...` of the server's host key, as `ssh-keygen -l` prints it.
+fn host_fingerprint(env: &Env) -> String {
+    let run = run::tool(
+        "ssh-keygen",
+        &[
+            "-l",
+            "-f",
+            &env.path("sshd/ssh_host_ed25519_key.pub")
+                .display()
+                .to_string(),
+        ],
+    );
+    run.code(0);
+    run.stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("a fingerprint in ssh-keygen -l output")
+        .to_string()
+}
+
+fn json_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("a JSON list")
+        .iter()
+        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+        .collect()
+}
+
+#[test]
+fn stage_from_a_remote_nas_is_faithful_verified_and_incremental() {
+    let (env, sshd) = remote_world();
+    let (src, files) = remote_dataset(&env, &sshd);
+    let spec = sshd.spec(&src);
+
+    let run = env.run(["stage", &spec, "dest", "--project", "P", "--json"]);
+    run.code(0);
+    let j = run.json();
+    // SFTP knows no inodes: the two hard links arrive as files of their own.
+    assert_eq!(j["files_total"], 12, "{run}");
+    assert_eq!(j["copied"], 12, "{run}");
+    assert_eq!(j["symlinks"], 4, "{run}");
+    assert_eq!(j["source_manifest_used"], true, "{run}");
+    assert_eq!(j["source"], spec.as_str(), "{run}");
+    let warnings = json_list(&j["warnings"]);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("outside: symlink points outside the tree")),
+        "{warnings:?}"
+    );
+
+    let dest = env.path("dest");
+    assert_eq!(assert_final_names_match_source(&src, &dest), files.len());
+    for link in ["link", "sub/up", "outside", "sub/escape"] {
+        assert_eq!(
+            std::fs::read_link(dest.join(link)).expect("readlink dest"),
+            std::fs::read_link(src.join(link)).expect("readlink src"),
+            "{link}"
+        );
+    }
+    assert_eq!(mode(dest.join("ro-file.txt")), 0o400);
+    assert_eq!(mode(dest.join("ro/inner.txt")), 0o444);
+    assert_eq!(mode(dest.join("ro")), 0o555);
+    assert!(dest.join("empty-dir").is_dir() && dest.join("sub/empty-too").is_dir());
+    env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
+        .code(0);
+    let record = read_json(dest.join(".hpcstage/stage.json"));
+    assert_eq!(record["source"], spec.as_str());
+
+    // Nothing changed: nothing is copied. One changed file: only that one.
+    let again = env.run(["stage", &spec, "dest", "--project", "P", "--json"]);
+    again.code(0);
+    assert_eq!(again.json()["copied"], 0, "{again}");
+    assert_eq!(again.json()["skipped"], 12, "{again}");
+    std::fs::write(src.join("sub/deep/data.bin"), noise(99, 70_000)).expect("change a file");
+    env.run([
+        OsStr::new("manifest"),
+        OsStr::new("create"),
+        src.as_os_str(),
+        OsStr::new("--force"),
+    ])
+    .code(0);
+    sshd.give_to_login_user(&src);
+    let changed = env.run(["stage", &spec, "dest", "--project", "P", "--json"]);
+    changed.code(0);
+    assert_eq!(changed.json()["copied"], 1, "{changed}");
+    assert_eq!(
+        json_list(&changed.json()["changes"]),
+        vec![r#"[">","sub/deep/data.bin"]"#.to_string()]
+    );
+    assert_eq!(read(dest.join("sub/deep/data.bin")), noise(99, 70_000));
+
+    // The same host without the alias: user, address and port spelled out.
+    let direct = env.run([
+        "stage",
+        &sshd.direct_spec(&src),
+        "direct",
+        "--project",
+        "P",
+        "--dry-run",
+        "--json",
+    ]);
+    direct.code(0);
+    assert_eq!(direct.json()["files_total"], 12, "{direct}");
+    assert!(
+        !env.path("direct").exists(),
+        "a dry run made the destination"
+    );
+}
+
+#[test]
+fn a_remote_file_that_disagrees_with_its_manifest_is_source_corrupt() {
+    let (env, sshd) = remote_world();
+    let (src, _) = remote_dataset(&env, &sshd);
+    // Same size, other bytes: only the hash can tell.
+    std::fs::write(src.join("ünïcödé ✓.txt"), "UNICODE\n").expect("corrupt a file");
+
+    let run = env.run([
+        "stage",
+        &sshd.spec(&src),
+        "dest",
+        "--project",
+        "P",
+        "--json",
+    ]);
+    run.code(3);
+    let failed = &run.json()["failed"];
+    assert_eq!(failed.as_array().map(Vec::len), Some(1), "{run}");
+    assert_eq!(failed[0]["path"], "ünïcödé ✓.txt");
+    assert_eq!(failed[0]["kind"], "source-corrupt");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SOURCE CORRUPT"),
+        "{run}"
+    );
+    assert!(
+        !env.path("dest/ünïcödé ✓.txt").exists(),
+        "a corrupt file got its final name"
+    );
+    assert!(
+        env.path("dest/a b.txt").is_file(),
+        "the sound files were not copied"
+    );
+    assert!(
+        !env.path("dest/.hpcstage/stage.json").exists(),
+        "an incomplete stage was recorded"
+    );
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_with_its_fingerprint() {
+    let (env, sshd) = remote_world();
+    let (src, _) = remote_dataset(&env, &sshd);
+    sshd.write_known_hosts(&env, "");
+    let fingerprint = host_fingerprint(&env);
+
+    let run = env.run(["stage", &sshd.spec(&src), "dest", "--project", "P"]);
+    run.code(1);
+    let err = run.err();
+    assert!(
+        err.contains(&format!("unknown host key for [127.0.0.1]:{}", sshd.port())),
+        "{run}"
+    );
+    assert!(
+        err.contains(&fingerprint),
+        "the fingerprint {fingerprint} is not named: {run}"
+    );
+    assert!(err.contains("refusing to connect"), "{run}");
+    assert!(!env.path("dest").exists(), "something was copied: {run}");
+    // Never accepted behind the user's back.
+    assert_eq!(read_text(sshd.known_hosts_path()), "");
+}
+
+#[test]
+fn a_changed_host_key_is_refused_with_its_fingerprint() {
+    let (env, sshd) = remote_world();
+    let (src, _) = remote_dataset(&env, &sshd);
+    sshd.write_wrong_host_key(&env);
+    let before = read_text(sshd.known_hosts_path());
+    let fingerprint = host_fingerprint(&env);
+
+    let run = env.run(["stage", &sshd.spec(&src), "dest", "--project", "P"]);
+    run.code(1);
+    let err = run.err();
+    assert!(
+        err.contains(&format!("HOST KEY CHANGED for [127.0.0.1]:{}", sshd.port())),
+        "{run}"
+    );
+    assert!(err.contains(&fingerprint), "{run}");
+    assert!(!env.path("dest").exists(), "something was copied: {run}");
+    assert_eq!(read_text(sshd.known_hosts_path()), before);
+}
+
+#[test]
+fn a_key_the_server_does_not_accept_is_refused() {
+    let (env, sshd) = remote_world();
+    let (src, _) = remote_dataset(&env, &sshd);
+    sshd.wrong_user_key(&env);
+
+    let run = env.run(["stage", &sshd.spec(&src), "dest", "--project", "P"]);
+    run.code(1);
+    let err = run.err();
+    assert!(
+        err.contains(&format!("{}@nas: authentication refused", sshd.user())),
+        "{run}"
+    );
+    assert!(
+        err.contains("id_ed25519"),
+        "the key tried is not named: {run}"
+    );
+    assert!(!env.path("dest").exists(), "something was copied: {run}");
+}
+
+#[test]
+fn a_remote_path_that_does_not_exist_is_named() {
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    let missing = nas.join("P/raw/nope");
+    let spec = sshd.spec(&missing);
+
+    let run = env.run(["stage", &spec, "dest", "--project", "P"]);
+    run.code(1);
+    assert!(
+        run.err().contains(
+            "error: source nas:[ROOT]/remote/P/raw/nope does not exist or is not a folder\n\
+             hint: check the path on the NAS host"
+        ),
+        "{run}"
+    );
+    // Not the right shape for a remote path at all: said so before connecting.
+    let bad = env.run(["stage", "nas:relative/path", "dest", "--project", "P"]);
+    bad.code(1);
+    assert!(bad.err().contains("is not absolute"), "{bad}");
+}
+
+#[test]
+fn permission_denied_on_the_nas_fails_those_files_and_copies_the_rest() {
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    let src = nas.join("P/raw/plate");
+    write(src.join("ok.txt"), "readable\n");
+    write(src.join("secret.txt"), "not for you\n");
+    write(src.join("locked/inside.txt"), "behind a locked folder\n");
+    sshd.give_to_login_user(&nas);
+    chmod(src.join("secret.txt"), 0o000);
+    chmod(src.join("locked"), 0o000);
+
+    let run = env.run([
+        "stage",
+        &sshd.spec(&src),
+        "dest",
+        "--project",
+        "P",
+        "--json",
+    ]);
+    chmod(src.join("locked"), 0o755);
+    run.code(4);
+    let j = run.json();
+    assert_eq!(j["copied"], 1, "{run}");
+    assert_eq!(read_text(env.path("dest/ok.txt")), "readable\n");
+    let failed: Vec<(String, String)> = j["failed"]
+        .as_array()
+        .expect("failed list")
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap_or_default().to_string(),
+                f["error"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{run}");
+    for (path, error) in &failed {
+        assert!(
+            error.contains("permission denied on the remote host"),
+            "{path}: {error}"
+        );
+    }
+    assert!(failed.iter().any(|(p, _)| p == "secret.txt"), "{failed:?}");
+    assert!(
+        failed.iter().any(|(_, e)| e.contains("locked")),
+        "{failed:?}"
+    );
+    assert!(!env.path("dest/secret.txt").exists());
+    assert!(!env.path("dest/.hpcstage/stage.json").exists());
+}
+
+/// Waits (at most 60 s) until a temporary file under `dest` holds at least `bytes`.
+fn wait_for_partial_copy(dest: &Path, bytes: u64) {
+    let started = Instant::now();
+    loop {
+        let big = temporaries(dest)
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .any(|m| m.len() >= bytes);
+        if big {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no temporary file of {bytes} bytes appeared under {}",
+            dest.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_connection_killed_mid_transfer_is_resumed_where_it_stopped() {
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    let src = nas.join("P/raw/big");
+    let big = noise(5, 192 << 20);
+    write(src.join("big.bin"), &big);
+    write(src.join("small.txt"), "small\n");
+    sshd.give_to_login_user(&nas);
+
+    let mut cmd = env.command();
+    cmd.args([
+        "stage",
+        &sshd.spec(&src),
+        "dest",
+        "--project",
+        "P",
+        "--json",
+    ]);
+    let child = cmd.spawn().expect("start hpcstage stage");
+    let dest = env.path("dest");
+    wait_for_partial_copy(&dest, 16 << 20);
+    let killed = sshd.kill_connections();
+    assert!(killed >= 1, "no connection was killed");
+    let run = wait_child(
+        "hpcstage stage (killed connection)",
+        child,
+        Duration::from_secs(120),
+    )
+    .in_world(&env.root);
+    run.code(0);
+    let j = run.json();
+    assert_eq!(j["copied"], 2, "{run}");
+    let warnings = json_list(&j["warnings"]);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("the connection dropped") && w.contains("1 file(s) resumed")),
+        "no resume reported: {warnings:?}"
+    );
+    assert!(
+        read(dest.join("big.bin")) == big,
+        "big.bin differs after the resume"
+    );
+    assert!(temporaries(&dest).is_empty(), "{:?}", temporaries(&dest));
+    env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
+        .code(0);
+}
+
+#[test]
+fn ingest_into_a_remote_nas_places_a_verified_read_only_dataset_once() {
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    let acq = env.path("acq");
+    write(acq.join("plate/A01.tif"), noise(1, 300_000));
+    write(acq.join("plate/A02.tif"), noise(2, 10));
+    write(acq.join("notes with space.txt"), "notes\n");
+    let nas_root = sshd.spec(&nas);
+
+    let run = env.run([
+        "--nas-root",
+        &nas_root,
+        "ingest",
+        "acq",
+        "--project",
+        "P",
+        "--dataset",
+        "plate7",
+        "--remote-verify",
+        "--immutable",
+        "--json",
+    ]);
+    run.code(0);
+    let j = run.json();
+    let dataset = nas.join("P/raw/plate7");
+    assert_eq!(j["dataset_path"], sshd.spec(&dataset).as_str(), "{run}");
+    assert_eq!(j["read_only"], true);
+    assert!(
+        j["immutable"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("not applied"),
+        "{run}"
+    );
+    assert_eq!(read(dataset.join("plate/A01.tif")), noise(1, 300_000));
+    let manifest = read_text(dataset.join("MANIFEST.sha256"));
+    assert!(manifest.contains("  dataset.json\n"), "{manifest}");
+    assert!(manifest.contains("  plate/A01.tif\n"), "{manifest}");
+    env.sh(&dataset, "sha256sum --quiet --strict -c MANIFEST.sha256")
+        .code(0);
+    let info = read_json(dataset.join("dataset.json"));
+    assert_eq!(info["files"], 3);
+    for path in [
+        dataset.join("plate/A01.tif"),
+        dataset.join("plate"),
+        dataset.clone(),
+    ] {
+        assert_eq!(mode(&path) & 0o222, 0, "{} is writable", path.display());
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(nas.join("P/raw"))
+        .expect("list raw")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, vec!["plate7".to_string()]);
+
+    // Raw data is never replaced or appended to.
+    let before = fingerprint(&dataset);
+    let again = env.run([
+        "--nas-root",
+        &nas_root,
+        "ingest",
+        "acq",
+        "--project",
+        "P",
+        "--dataset",
+        "plate7",
+    ]);
+    again.code(1);
+    assert!(again.err().contains("already exists"), "{again}");
+    assert_eq!(fingerprint(&dataset), before);
+}
+
+#[test]
+fn permission_denied_on_the_nas_stops_an_ingest_before_anything_is_placed() {
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    std::fs::create_dir_all(nas.join("P/raw")).expect("mkdir raw");
+    sshd.give_to_login_user(&nas);
+    chmod(nas.join("P/raw"), 0o555);
+    write(env.path("acq/a.tif"), "a\n");
+
+    let run = env.run([
+        "--nas-root",
+        &sshd.spec(&nas),
+        "ingest",
+        "acq",
+        "--project",
+        "P",
+        "--dataset",
+        "plate7",
+    ]);
+    chmod(nas.join("P/raw"), 0o755);
+    run.code(1);
+    assert!(
+        run.err().contains("permission denied on the remote host"),
+        "{run}"
+    );
+    assert!(run.err().contains("P/raw"), "the path is not named: {run}");
+    assert_eq!(
+        std::fs::read_dir(nas.join("P/raw"))
+            .expect("list raw")
+            .count(),
+        0,
+        "something was placed"
+    );
+}
+
+#[test]
+fn a_connection_killed_mid_upload_starts_that_file_again_and_completes() {
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    let big = noise(8, 160 << 20);
+    write(env.path("acq/big.bin"), &big);
+    write(env.path("acq/small.txt"), "small\n");
+
+    let mut cmd = env.command();
+    cmd.args([
+        "--nas-root",
+        &sshd.spec(&nas),
+        "ingest",
+        "acq",
+        "--project",
+        "P",
+        "--dataset",
+        "big",
+        "--json",
+    ]);
+    let child = cmd.spawn().expect("start hpcstage ingest");
+    let upload = nas.join("P/raw/.big.upload/big.bin");
+    let started = Instant::now();
+    while std::fs::metadata(&upload).map_or(0, |m| m.len()) < 16 << 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the upload never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sshd.kill_connections() >= 1, "no connection was killed");
+    let run = wait_child(
+        "hpcstage ingest (killed connection)",
+        child,
+        Duration::from_secs(120),
+    )
+    .in_world(&env.root);
+    run.code(0);
+    let warnings = json_list(&run.json()["warnings"]);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("the connection dropped")),
+        "{warnings:?}"
+    );
+    assert!(
+        read(nas.join("P/raw/big/big.bin")) == big,
+        "big.bin differs on the NAS"
+    );
+    assert!(
+        !nas.join("P/raw/.big.upload").exists(),
+        "the hidden folder was left"
+    );
+}
+
+/// A unet-seg predict stand-in: writes a TIFF-looking mask and a table per image.
+const PREDICT: &str = "#!/bin/bash\nset -euo pipefail\n\
+while (($#)); do\n  case $1 in\n    --input) input=$2 ;;\n    --mask) mask=$2 ;;\n\
+    --table) table=$2 ;;\n  esac\n  shift 2\ndone\n\
+printf 'II*\\0mask of %s\\n' \"$(basename \"$input\")\" > \"$mask\"\n\
+printf 'cell,area\\n1,10\\n' > \"$table\"\n";
+
+#[test]
+fn a_run_is_pulled_to_a_remote_nas_only_into_a_folder_of_its_own() {
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    write(
+        env.user_config(),
+        format!(
+            "nas_root = \"{}\"\nscratch_root = \"{}\"\n\n[slurm]\nexecutor = \"local\"\n\n\
+             [purge]\nbasis = \"mtime\"\nage = \"30d\"\nwarn = \"7d\"\n",
+            sshd.spec(&nas),
+            env.scratch().display()
+        ),
+    );
+    write(env.path("acq/img1.tif"), b"II*\0image one\n");
+    write(
+        env.path("acq/img2.tif"),
+        b"II*\0image two, a little longer\n",
+    );
+    env.run(["ingest", "acq", "--project", "P", "--dataset", "plate"])
+        .code(0);
+    write(env.path("bin/predict"), PREDICT);
+    chmod(env.path("bin/predict"), 0o755);
+    write(env.path("model.pt"), "stand-in weights\n");
+
+    let raw = sshd.spec(&nas.join("P/raw/plate"));
+    let model = format!("model={}", env.path("model.pt").display());
+    let predict = format!(
+        "predict_cmd={} --model {{model}} --input {{input}} --mask {{mask}} --table {{table}}",
+        env.path("bin/predict").display()
+    );
+    let submitted = env.run([
+        "stage-and-run",
+        &raw,
+        "unet-seg",
+        "--no-pull",
+        "--json",
+        "-p",
+        &model,
+        "-p",
+        &predict,
+        "-p",
+        "cpus=1",
+        "-p",
+        "mem=500M",
+        "-p",
+        "time=10m",
+    ]);
+    submitted.code(0);
+    let id = submitted.json()["run_id"]
+        .as_str()
+        .expect("a run id")
+        .to_string();
+    let results = nas.join("P/results/segmentation").join(&id);
+    assert_eq!(
+        submitted.json()["results_dir"],
+        sshd.spec(&results).as_str()
+    );
+
+    // Something else already at the results path is never replaced.
+    write(results.join("foreign.txt"), "not this run's\n");
+    sshd.give_to_login_user(&nas.join("P/results"));
+    let refused = env.run(["pull", &id, "--wait"]);
+    refused.code(1);
+    assert!(
+        refused.err().contains("the results folder exists but"),
+        "{refused}"
+    );
+    assert_eq!(read_text(results.join("foreign.txt")), "not this run's\n");
+    std::fs::remove_dir_all(&results).expect("remove the squatter");
+
+    let pulled = env.run(["pull", &id, "--wait", "--remote-verify", "--worm", "--json"]);
+    pulled.code(0);
+    let j = pulled.json();
+    assert_eq!(j["outcome"], "pulled", "{pulled}");
+    assert_eq!(j["results_dir"], sshd.spec(&results).as_str());
+    env.sh(&results, "sha256sum --quiet --strict -c MANIFEST.sha256")
+        .code(0);
+    let manifest = read_text(results.join("MANIFEST.sha256"));
+    for listed in [
+        "README.md",
+        "run.json",
+        "masks/img1.ome.tif",
+        "tables/img2.csv",
+    ] {
+        assert!(
+            manifest.contains(&format!("  {listed}\n")),
+            "{listed}: {manifest}"
+        );
+    }
+    assert!(read_text(results.join("README.md")).contains(&id));
+    assert_eq!(
+        read_json(results.join("run.json"))["run"]["id"],
+        id.as_str()
+    );
+    assert_eq!(
+        mode(results.join("README.md")) & 0o222,
+        0,
+        "--worm left it writable"
+    );
+    let siblings: Vec<String> = std::fs::read_dir(nas.join("P/results/segmentation"))
+        .expect("list results")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        siblings,
+        vec![id.clone()],
+        "a hidden upload folder was left"
+    );
+    let run_dir = env.scratch().join("P/runs").join(&id);
+    assert!(
+        !run_dir.join(".hpcstage/outbox").join(&id).exists(),
+        "the assembled copy stayed on scratch"
+    );
+
+    // The run is safe now, asked of the NAS host; clean removes what the NAS holds.
+    let status = env.run(["status", &id, "--json"]);
+    status.code(0);
+    assert_eq!(status.json()["phase"], "pulled", "{status}");
+    let clean = env.run(["clean", "--json"]);
+    clean.code(0);
+    let removed = clean.json()["removed"].to_string();
+    assert!(removed.contains(&id), "{clean}");
+    assert!(removed.contains("P/plate"), "{clean}");
+    assert!(!run_dir.exists() && !env.scratch().join("P/plate").exists());
+    let again = env.run(["pull", &id, "--json"]);
+    again.code(0);
+    assert_eq!(again.json()["outcome"], "already-pulled", "{again}");
+}

@@ -18,7 +18,7 @@ use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
 use hpcstage_staging::fmt::bytes;
 use hpcstage_staging::manifest::display_name;
-use hpcstage_staging::remote::SshOptions;
+use hpcstage_staging::remote::{NasFolder, SshOptions};
 use hpcstage_staging::walk::Filter;
 use serde::Serialize;
 
@@ -66,7 +66,14 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
                 .into()
         }
         E::Locked { .. } => "wait for the other hpcstage process to finish, or check that it is still alive".into(),
+        E::SourceMissing { path } if NasFolder::is_remote_path(path) => {
+            "check the path on the NAS host (for example with `ssh HOST ls -ld PATH`)".into()
+        }
         E::SourceMissing { .. } => "check the path (and that the NAS is mounted on this node)".into(),
+        E::ConnectionLost { .. } => {
+            "run the same command again when the NAS host answers: it resumes where it stopped"
+                .into()
+        }
         E::Manifest { .. } | E::UnsafePath { .. } => {
             "fix or regenerate the manifest (`hpcstage manifest create DIR`); paths must be relative to its folder"
                 .into()

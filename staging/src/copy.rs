@@ -615,6 +615,9 @@ pub fn copy_from(
         // journal keeps what was verified and the next run writes the manifest again.
         std::fs::remove_file(&manifest_path).at(&manifest_path)?;
     }
+    if let Source::Remote(remote) = src {
+        report.warnings.extend(remote.reconnect_note());
+    }
     walk::sort_by_bytes(&mut report.changes, |c| &c.0);
     report.oldest = oldest;
     report.elapsed = started.elapsed();

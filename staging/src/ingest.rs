@@ -238,6 +238,7 @@ fn ingest_remote(
         dirs: sent.dirs,
         manifest,
         elapsed: sent.elapsed,
+        warnings: remote.reconnect_note().into_iter().collect(),
         ..CopyReport::default()
     };
     Ok(IngestOutcome {

@@ -7,6 +7,7 @@
 //! its own position (a read resumes at the byte it reached).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,10 @@ pub struct Remote {
     opts: SshOptions,
     slots: Mutex<Slots>,
     freed: Condvar,
+    /// Connections lost in the middle of an operation (each one retried).
+    lost: AtomicU64,
+    /// Reads that went on from the byte they had reached, after a reconnect.
+    pub(crate) resumed: AtomicU64,
 }
 
 impl std::fmt::Debug for Remote {
@@ -102,6 +107,8 @@ impl Remote {
                 open: 1,
             }),
             freed: Condvar::new(),
+            lost: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
         })
     }
 
@@ -116,6 +123,18 @@ impl Remote {
 
     pub fn options(&self) -> &SshOptions {
         &self.opts
+    }
+
+    /// What reconnecting took, for the summary: `None` when no connection was lost.
+    pub fn reconnect_note(&self) -> Option<String> {
+        let lost = self.lost.load(Ordering::Relaxed);
+        let resumed = self.resumed.load(Ordering::Relaxed);
+        (lost > 0).then(|| {
+            format!(
+                "{}: the connection dropped {lost} time(s); reconnected, {resumed} file(s) resumed at the byte they had reached",
+                self.spec.authority()
+            )
+        })
     }
 
     /// A remote path for messages: `host:/path`.
@@ -170,6 +189,7 @@ impl Remote {
                 }
                 Err(Fault::Connection(reason)) => {
                     self.give_back(None);
+                    self.lost.fetch_add(1, Ordering::Relaxed);
                     if attempt >= self.opts.retries {
                         return Err(Error::ConnectionLost {
                             host: self.endpoint.alias.clone(),

@@ -187,6 +187,8 @@ impl Remote {
             }
             if offset > 0 {
                 f.seek(SeekFrom::Start(offset)).map_err(Fault::io)?;
+                self.resumed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             loop {
                 let n = match f.read(buf) {
