@@ -14,9 +14,17 @@
 #   4. no-op re-stage    `hpcstage stage` on an already staged DEST vs `rsync -a` on an
 #                        up-to-date DEST3, dataset (b)
 #   5. peak memory       max RSS (`/usr/bin/time -f %M`) of `hpcstage stage` on dataset (b)
+#   6. deadline scan     `hpcstage report --all --scan DIR` vs `find DIR -printf ...`, dataset (c)
+#   7. stage over SSH    `hpcstage stage ALIAS:SRC DEST --project bench` (SFTP, default
+#                        `--ssh-sessions`) vs `rsync -a -e ssh ALIAS:SRC/ DEST2/` and vs
+#                        `scp -r ALIAS:SRC DEST3`, dataset (b), fresh destinations; ALIAS is
+#                        a private sshd the script starts on 127.0.0.1 (stopped on exit), so
+#                        the data crosses loopback: encryption and per-file round trips are
+#                        what is measured. hpcstage's copy is compared with the source once.
 # on two generated datasets of random bytes:
 #   (a) 4 files of 512 MiB (large sequential files: throughput of hashing and copying)
 #   (b) 20,000 files of 16 KiB in 100 folders (many small files: per-file overhead)
+# (6 uses a third one, (c): 200,000 tiny files in 400 folders with a stage marker)
 #
 # Why ratios: the benchmark machine is shared (other builds run in the same tree), so an
 # absolute time says little. hpcstage and its peer are measured in the same run, in
@@ -33,6 +41,9 @@
 # hpcstage runs with a configuration that cannot come from, or leak to, the machine:
 # HPCSTAGE_STATE, XDG_CONFIG_HOME, XDG_STATE_HOME and HPCSTAGE_SITE_CONFIG point under
 # BENCH_DIR, HPCSTAGE_CONFIG and SCRATCH are unset, and --scratch-root is always passed.
+# For 7, every side reaches the sshd through one generated client config under
+# BENCH_DIR/ssh/home/.ssh (host alias, generated key, known_hosts; hpcstage runs with HOME
+# there, ssh/rsync/scp get it with -F); SSH_AUTH_SOCK is unset, ciphers are the defaults.
 #
 # Environment:
 #   BENCH_DIR    work folder for data, destinations, logs   (default /var/tmp/hpcstage-bench)
@@ -40,6 +51,8 @@
 #   BENCH_SCALE  full | small (small: much smaller data, to check the script quickly)
 #   BENCH_CACHE  auto | cold | warm                          (default auto)
 #   BENCH_BIN    benchmark this hpcstage binary instead of building the release binary
+#   BENCH_ONLY   run only these measurements, e.g. "7" or "1 2" (default: all; 4 and 5
+#                need 3, which then runs too); for iterating, a report needs them all
 #
 # Exit status: 0 when every command ran, whether or not the targets were met (it is a
 # report); non-zero when a command failed, a tool is missing, or the tools disagree on
@@ -54,12 +67,24 @@ BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_SCALE=${BENCH_SCALE:-full}
 BENCH_CACHE=${BENCH_CACHE:-auto}
 BENCH_BIN=${BENCH_BIN:-}
+BENCH_ONLY=${BENCH_ONLY:-}
 
 die() {
     echo "bench: error: $*" >&2
     exit 1
 }
 say() { echo "bench: $*" >&2; }
+
+# Things to undo on exit, however the script ends (see cleanup below).
+SSHD_PID=
+POLICY_RC_D_ADDED=
+cleanup() {
+    if [[ -n $SSHD_PID ]]; then stop_sshd; fi
+    if [[ -n $POLICY_RC_D_ADDED ]]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 
 [[ $BENCH_RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer (got '$BENCH_RUNS')"
 case $BENCH_SCALE in
@@ -77,6 +102,17 @@ small)
 esac
 case $BENCH_CACHE in auto | cold | warm) ;; *) die "BENCH_CACHE must be auto, cold or warm" ;; esac
 case $BENCH_DIR in /*) ;; *) die "BENCH_DIR must be an absolute path (got '$BENCH_DIR')" ;; esac
+BENCH_ONLY=${BENCH_ONLY//,/ }
+for m in $BENCH_ONLY; do
+    [[ $m =~ ^[1-7]$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 7 (got '$BENCH_ONLY')"
+done
+# want N: measurement N is to run.
+want() { [[ -z ${BENCH_ONLY// /} || " $BENCH_ONLY " == *" $1 "* ]]; }
+if want 7; then
+    # Paths go unquoted into sshd_config, ssh_config and rsync -e.
+    [[ $BENCH_DIR != *[[:space:]\'\"\\]* ]] ||
+        die "BENCH_DIR must not contain spaces, quotes or backslashes for measurement 7 (got '$BENCH_DIR')"
+fi
 
 # --------------------------------------------------------------------------- tools
 
@@ -87,12 +123,25 @@ ensure_tools() {
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
     command -v sha256sum >/dev/null 2>&1 || pkgs+=(coreutils)
     command -v xargs >/dev/null 2>&1 || pkgs+=(findutils)
+    if want 7; then
+        [[ -x /usr/sbin/sshd && -x $SFTP_SERVER ]] || pkgs+=(openssh-server openssh-sftp-server)
+        { command -v ssh && command -v scp && command -v ssh-keygen; } >/dev/null 2>&1 ||
+            pkgs+=(openssh-client)
+    fi
     ((${#pkgs[@]})) || return 0
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
         die "missing tools (${pkgs[*]}); run as root on Debian to install them, or install them yourself"
     fi
     say "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Installing openssh-server must not start the machine's own sshd on port 22: services
+    # are held back (policy-rc.d, exit 101) while apt runs, unless a policy is in place.
+    if [[ " ${pkgs[*]} " == *" openssh-server "* && ! -e /usr/sbin/policy-rc.d ]]; then
+        POLICY_RC_D_ADDED=1
+        printf '#!/bin/sh\n# written by hpcstage bench/run.sh while it installs packages\nexit 101\n' \
+            >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+    fi
     # Update the package lists once, only when there are none or the install fails.
     if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
         apt-get update -qq
@@ -101,7 +150,12 @@ ensure_tools() {
         apt-get update -qq
         apt-get install -y -qq "${pkgs[@]}" >/dev/null
     fi
+    if [[ -n $POLICY_RC_D_ADDED ]]; then
+        rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_D_ADDED=
+    fi
 }
+SFTP_SERVER=/usr/lib/openssh/sftp-server
 ensure_tools
 
 # --------------------------------------------------------------------------- layout
@@ -142,8 +196,9 @@ cp -f "$BUILT" "$HPC.tmp" && mv -f "$HPC.tmp" "$HPC"
 
 # --------------------------------------------------------------------------- isolation
 
-# Nothing from /etc, ~/.config or the caller's environment reaches hpcstage.
-unset HPCSTAGE_CONFIG SCRATCH
+# Nothing from /etc, ~/.config or the caller's environment reaches hpcstage (nor, for 7,
+# an ssh-agent: every SSH client authenticates with the generated key).
+unset HPCSTAGE_CONFIG SCRATCH SSH_AUTH_SOCK
 export HPCSTAGE_STATE=$ENV_DIR/state
 export XDG_CONFIG_HOME=$ENV_DIR/xdg-config
 export XDG_STATE_HOME=$ENV_DIR/xdg-state
@@ -232,8 +287,12 @@ ensure_dataset() {
     sync
     echo "$desc" >"$stamp"
 }
-ensure_dataset a "$DATA_A" "$A_FILES files of $A_MIB MiB"
-ensure_dataset b "$DATA_B" "$B_FILES files of $B_KIB KiB in $B_DIRS folders"
+if want 1 || want 2 || want 3 || want 4 || want 5; then
+    ensure_dataset a "$DATA_A" "$A_FILES files of $A_MIB MiB"
+fi
+if want 1 || want 2 || want 3 || want 4 || want 5 || want 7; then
+    ensure_dataset b "$DATA_B" "$B_FILES files of $B_KIB KiB in $B_DIRS folders"
+fi
 
 # --------------------------------------------------------------------------- caches
 
@@ -256,6 +315,14 @@ warm_executables() {
     find --version >/dev/null
     xargs --version >/dev/null
     /usr/bin/time --version >/dev/null 2>&1 || true
+    if [[ -n $SSHD_PID ]]; then
+        # One login runs ssh, sshd, the remote shell, rsync and sftp-server once.
+        ssh -V 2>/dev/null
+        scp >/dev/null 2>&1 || true
+        ssh -F "$SSH_CFG" -o BatchMode=yes "$SSH_ALIAS" \
+            "rsync --version >/dev/null; $SFTP_SERVER -h >/dev/null 2>&1; true" </dev/null >/dev/null ||
+            die "the warm-up login to $SSH_ALIAS failed (sshd log: $SSHD_LOG)"
+    fi
 }
 
 # Puts the caches in the state the policy says; $@ are the trees the run will read.
@@ -270,6 +337,161 @@ prepare_caches() {
         done
     fi
     warm_executables
+}
+
+# --------------------------------------------------------------------------- ssh (7)
+
+# A private OpenSSH server on 127.0.0.1 for measurement 7, started just before it and
+# stopped right after (and by the EXIT trap, whatever happens): generated ed25519 host and
+# user keys and its own sshd_config under SSH_DIR, its log in LOG_DIR/sshd.log. The client
+# side is SSH_HOME/.ssh (config with the host alias, the user key, known_hosts): hpcstage
+# reads it with HOME=SSH_HOME, ssh/rsync/scp with -F.
+SSH_DIR=$BENCH_DIR/ssh
+SSH_HOME=$SSH_DIR/home
+SSH_CFG=$SSH_HOME/.ssh/config
+SSH_KNOWN=$SSH_HOME/.ssh/known_hosts
+SSH_ALIAS=hpcstage-bench-nas
+SSHD_LOG=$LOG_DIR/sshd.log
+SSH_USER=$(id -un)
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# sshd_banner PORT: the first line the server on 127.0.0.1:PORT sends (empty if none in 2 s).
+sshd_banner() {
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && head -n 1 <&3' _ "$1" 2>/dev/null || true
+}
+
+write_sshd_config() {
+    cat >"$SSH_DIR/sshd_config" <<EOF
+# Written by hpcstage bench/run.sh for measurement 7.
+Port $1
+ListenAddress 127.0.0.1
+AddressFamily inet
+HostKey $SSH_DIR/host_ed25519
+PidFile $SSH_DIR/sshd.pid
+AuthorizedKeysFile $SSH_DIR/authorized_keys
+AllowUsers $SSH_USER
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+HostbasedAuthentication no
+UsePAM no
+PermitRootLogin prohibit-password
+# hpcstage opens --ssh-sessions connections at once.
+MaxStartups 100:30:200
+MaxSessions 64
+LoginGraceTime 30
+UseDNS no
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+AllowAgentForwarding no
+Subsystem sftp $SFTP_SERVER
+# DEBUG1 names each client's software and the cipher it negotiated (once per connection).
+LogLevel DEBUG1
+EOF
+    # OpenSSH >= 9.8 penalizes a source address for refused or dropped connections.
+    if /usr/sbin/sshd -t -f "$SSH_DIR/sshd_config" -o PerSourcePenalties=no >/dev/null 2>&1; then
+        echo "PerSourcePenalties no" >>"$SSH_DIR/sshd_config"
+    fi
+}
+
+# Sets SSHD_PID and SSH_PORT, writes the client side, checks that a login works.
+start_sshd() {
+    local port i banner seen
+    rm -rf "$SSH_DIR"
+    mkdir -p "$SSH_HOME/.ssh"
+    chmod 700 "$SSH_DIR" "$SSH_HOME/.ssh"
+    ssh-keygen -q -t ed25519 -N '' -C hpcstage-bench-host -f "$SSH_DIR/host_ed25519"
+    ssh-keygen -q -t ed25519 -N '' -C hpcstage-bench-user -f "$SSH_HOME/.ssh/id_ed25519"
+    cp "$SSH_HOME/.ssh/id_ed25519.pub" "$SSH_DIR/authorized_keys"
+    if [[ $(id -u) -eq 0 ]]; then mkdir -p /run/sshd; fi
+    SSH_PORT=
+    for _ in 1 2 3 4 5; do
+        port=$(free_port)
+        write_sshd_config "$port"
+        seen=$(wc -l <"$SSHD_LOG" 2>/dev/null || echo 0)
+        /usr/sbin/sshd -t -f "$SSH_DIR/sshd_config" >>"$SSHD_LOG" 2>&1 ||
+            die "sshd rejects its configuration $SSH_DIR/sshd_config: $(tail -n 5 "$SSHD_LOG")"
+        /usr/sbin/sshd -D -e -f "$SSH_DIR/sshd_config" </dev/null >>"$SSHD_LOG" 2>&1 &
+        SSHD_PID=$!
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$SSHD_PID" 2>/dev/null || break
+            banner=$(sshd_banner "$port")
+            if [[ $banner == SSH-2.0-OpenSSH* ]]; then
+                # It answers: make sure it is ours, not another server that took the port.
+                sleep 0.1
+                if kill -0 "$SSHD_PID" 2>/dev/null; then SSH_PORT=$port; fi
+                break
+            fi
+            sleep 0.1
+        done
+        [[ -z $SSH_PORT ]] || break
+        stop_sshd
+        tail -n "+$((seen + 1))" "$SSHD_LOG" | grep -q 'Address already in use' ||
+            die "sshd did not start on 127.0.0.1:$port: $(tail -n 5 "$SSHD_LOG")"
+        say "port $port was taken before sshd bound it; trying another"
+    done
+    [[ -n $SSH_PORT ]] || die "sshd found no free port in 5 tries (log: $SSHD_LOG)"
+    cat >"$SSH_CFG" <<EOF
+# Written by hpcstage bench/run.sh: read by hpcstage (HOME=$SSH_HOME) and by ssh -F.
+Host $SSH_ALIAS
+    HostName 127.0.0.1
+    Port $SSH_PORT
+    User $SSH_USER
+    IdentityFile $SSH_HOME/.ssh/id_ed25519
+    IdentitiesOnly yes
+    UserKnownHostsFile $SSH_KNOWN
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    UpdateHostKeys no
+    BatchMode yes
+    ControlMaster no
+    ControlPath none
+    ForwardAgent no
+    ForwardX11 no
+EOF
+    chmod 600 "$SSH_CFG"
+    echo "[127.0.0.1]:$SSH_PORT $(cut -d ' ' -f 1,2 "$SSH_DIR/host_ed25519.pub")" >"$SSH_KNOWN"
+    ssh -F "$SSH_CFG" -o "UserKnownHostsFile=$SSH_KNOWN" -o BatchMode=yes "$SSH_ALIAS" true \
+        </dev/null >"$LOG_DIR/ssh-login.log" 2>&1 ||
+        die "cannot log in to the bench sshd: $(tail -n 5 "$LOG_DIR/ssh-login.log") (sshd log: $SSHD_LOG)"
+}
+
+# Stops the sshd and what it forked (connections left open by a run that failed).
+stop_sshd() {
+    local pid=$SSHD_PID stat line ppid
+    SSHD_PID=
+    [[ -n $pid ]] || return 0
+    for stat in /proc/[0-9]*/stat; do
+        read -r line 2>/dev/null <"$stat" || continue
+        read -r _ ppid _ <<<"${line##*) }"
+        if [[ $ppid == "$pid" ]]; then
+            kill "${stat//[!0-9]/}" 2>/dev/null || true
+        fi
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# The ciphers the clients negotiated, from the sshd log ("libssh2_1.11.0: aes128-ctr, ...").
+ssh_ciphers() {
+    awk '/remote software version / { sw = $0; sub(/.*remote software version /, "", sw); sub(/ .*/, "", sw) }
+         /kex: client->server cipher: / { c = $0; sub(/.*cipher: /, "", c); sub(/ .*/, "", c)
+                                          if (!((sw ": " c) in seen)) { seen[sw ": " c] = 1; out = out (out ? ", " : "") sw ": " c } }
+         END { print out }' "$SSHD_LOG"
+}
+
+# same_tree SRC COPY TAG: COPY holds exactly SRC's files and bytes (hpcstage's .hpcstage
+# folder and the manifests aside), or the script stops: the times would mean nothing.
+same_tree() {
+    local log=$LOG_DIR/$ROW-diff-$3.log
+    diff -r --exclude=.hpcstage --exclude=MANIFEST.sha256 "$1" "$2" >"$log" 2>&1 ||
+        die "the copy made by $3 differs from its source: diff -r $1 $2 (log: $log)"
+    say "      checked: the copy made by $3 is the source (diff -r)"
 }
 
 # --------------------------------------------------------------------------- timing
@@ -366,67 +588,114 @@ H='"$HPC" --scratch-root "$SCRATCH_ROOT"'
 FIND_SUM='find . -type f ! -name MANIFEST.sha256 -print0 | xargs -0 sha256sum'
 
 # 1. manifest create
-for ds in a b; do
-    dir_var=DATA_${ds^^}
-    measure "1 manifest create ($ds)" ratio_ge 6 sha256sum \
-        "" "$H manifest create \"\$$dir_var\" --force -o \"\$OUT_DIR/hpc-$ds.sha256\"" \
-        "" "cd \"\$$dir_var\" && $FIND_SUM > \"\$OUT_DIR/peer-$ds.sha256\"" \
-        "${!dir_var}"
-    # Both tools must have produced the same manifest (peer: unsorted, with ./ prefixes).
-    sed 's#^\([0-9a-f]\{64\}\)  \./#\1  #' "$OUT_DIR/peer-$ds.sha256" | sort -t $'\t' -k1.67 >"$OUT_DIR/peer-$ds.sorted"
-    cmp -s "$OUT_DIR/hpc-$ds.sha256" "$OUT_DIR/peer-$ds.sorted" ||
-        die "manifests of ($ds) differ: $OUT_DIR/hpc-$ds.sha256 vs $OUT_DIR/peer-$ds.sorted"
-done
+if want 1; then
+    for ds in a b; do
+        dir_var=DATA_${ds^^}
+        measure "1 manifest create ($ds)" ratio_ge 6 sha256sum \
+            "" "$H manifest create \"\$$dir_var\" --force -o \"\$OUT_DIR/hpc-$ds.sha256\"" \
+            "" "cd \"\$$dir_var\" && $FIND_SUM > \"\$OUT_DIR/peer-$ds.sha256\"" \
+            "${!dir_var}"
+        # Both tools must have produced the same manifest (peer: unsorted, with ./ prefixes).
+        sed 's#^\([0-9a-f]\{64\}\)  \./#\1  #' "$OUT_DIR/peer-$ds.sha256" | sort -t $'\t' -k1.67 >"$OUT_DIR/peer-$ds.sorted"
+        cmp -s "$OUT_DIR/hpc-$ds.sha256" "$OUT_DIR/peer-$ds.sorted" ||
+            die "manifests of ($ds) differ: $OUT_DIR/hpc-$ds.sha256 vs $OUT_DIR/peer-$ds.sorted"
+    done
+fi
 
 # 2. manifest verify
-for ds in a b; do
-    dir_var=DATA_${ds^^}
-    measure "2 manifest verify ($ds)" ratio_ge 6 "sha256sum -c" \
-        "" "$H manifest verify \"\$$dir_var\" --no-log" \
-        "" "cd \"\$$dir_var\" && sha256sum -c MANIFEST.sha256" \
-        "${!dir_var}"
-done
+if want 2; then
+    for ds in a b; do
+        dir_var=DATA_${ds^^}
+        measure "2 manifest verify ($ds)" ratio_ge 6 "sha256sum -c" \
+            "" "$H manifest verify \"\$$dir_var\" --no-log" \
+            "" "cd \"\$$dir_var\" && sha256sum -c MANIFEST.sha256" \
+            "${!dir_var}"
+    done
+fi
 
-# 3. stage, fresh destinations
-measure "3 stage (a) vs cp+sync" time_le 1.5 "cp -a+sync" \
-    'rm -rf "$SCRATCH_ROOT/bench/a"' "$H stage \"\$DATA_A\" \"\$SCRATCH_ROOT/bench/a\" --project bench" \
-    'rm -rf "$PEER_DIR/cp-a"' 'cp -a "$DATA_A" "$PEER_DIR/cp-a" && sync' \
-    "$DATA_A"
-rm -rf "$SCRATCH_ROOT/bench/a" "$PEER_DIR/cp-a"
+# 3. stage, fresh destinations (4 and 5 use its destinations and timed runs)
+if want 3 || want 4 || want 5; then
+    measure "3 stage (a) vs cp+sync" time_le 1.5 "cp -a+sync" \
+        'rm -rf "$SCRATCH_ROOT/bench/a"' "$H stage \"\$DATA_A\" \"\$SCRATCH_ROOT/bench/a\" --project bench" \
+        'rm -rf "$PEER_DIR/cp-a"' 'cp -a "$DATA_A" "$PEER_DIR/cp-a" && sync' \
+        "$DATA_A"
+    rm -rf "$SCRATCH_ROOT/bench/a" "$PEER_DIR/cp-a"
 
-measure "3 stage (b) vs rsync" ratio_gt 1 "rsync -a" \
-    'rm -rf "$SCRATCH_ROOT/bench/b"' "$H stage \"\$DATA_B\" \"\$SCRATCH_ROOT/bench/b\" --project bench" \
-    'rm -rf "$PEER_DIR/rsync-b"' 'rsync -a "$DATA_B/" "$PEER_DIR/rsync-b/"' \
-    "$DATA_B"
-STAGE_B_RSS_KB=$HPC_RSS_MAX_KB
-RSYNC_B_RSS_KB=$PEER_RSS_MAX_KB
+    measure "3 stage (b) vs rsync" ratio_gt 1 "rsync -a" \
+        'rm -rf "$SCRATCH_ROOT/bench/b"' "$H stage \"\$DATA_B\" \"\$SCRATCH_ROOT/bench/b\" --project bench" \
+        'rm -rf "$PEER_DIR/rsync-b"' 'rsync -a "$DATA_B/" "$PEER_DIR/rsync-b/"' \
+        "$DATA_B"
+    STAGE_B_RSS_KB=$HPC_RSS_MAX_KB
+    RSYNC_B_RSS_KB=$PEER_RSS_MAX_KB
+fi
 
 # 4. no-op: the destinations left by the last run of 3 (b) are complete and up to date.
-measure "4 no-op re-stage (b)" ratio_ge 1 "rsync -a" \
-    "" "$H stage \"\$DATA_B\" \"\$SCRATCH_ROOT/bench/b\" --project bench" \
-    "" 'rsync -a "$DATA_B/" "$PEER_DIR/rsync-b/"' \
-    "$DATA_B" "$SCRATCH_ROOT/bench/b" "$PEER_DIR/rsync-b"
-grep -q ' 0 copied' "$LOG_DIR/$ROW-hpc-$BENCH_RUNS.log" ||
-    die "the no-op re-stage copied files (log: $LOG_DIR/$ROW-hpc-$BENCH_RUNS.log)"
+if want 4; then
+    measure "4 no-op re-stage (b)" ratio_ge 1 "rsync -a" \
+        "" "$H stage \"\$DATA_B\" \"\$SCRATCH_ROOT/bench/b\" --project bench" \
+        "" 'rsync -a "$DATA_B/" "$PEER_DIR/rsync-b/"' \
+        "$DATA_B" "$SCRATCH_ROOT/bench/b" "$PEER_DIR/rsync-b"
+    grep -q ' 0 copied' "$LOG_DIR/$ROW-hpc-$BENCH_RUNS.log" ||
+        die "the no-op re-stage copied files (log: $LOG_DIR/$ROW-hpc-$BENCH_RUNS.log)"
+fi
 rm -rf "$SCRATCH_ROOT/bench/b" "$PEER_DIR/rsync-b"
 
 # 5. peak memory, from the timed runs of 3 (b)
-mem_verdict=$(awk -v k="$STAGE_B_RSS_KB" 'BEGIN { print (k < 64 * 1024) ? "PASS" : "FAIL" }')
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
-RESULTS+=("5 stage (b) peak RSS|$(mib "$STAGE_B_RSS_KB")|$(mib "$RSYNC_B_RSS_KB") (rsync -a)|-|< 64 MiB|$mem_verdict")
+if want 5; then
+    mem_verdict=$(awk -v k="$STAGE_B_RSS_KB" 'BEGIN { print (k < 64 * 1024) ? "PASS" : "FAIL" }')
+    mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+    RESULTS+=("5 stage (b) peak RSS|$(mib "$STAGE_B_RSS_KB")|$(mib "$RSYNC_B_RSS_KB") (rsync -a)|-|< 64 MiB|$mem_verdict")
+fi
 
 # 6. purge-deadline scan of a big scratch tree: `report --scan` against find's timestamp
 # listing (what a hand-written purge check would run).
-export DATA_C=$DATA/c
-if [[ ! -f $DATA_C.ready || $(cat "$DATA_C.ready") != "$C_FILES/$C_DIRS" ]]; then
-    say "generating dataset (c): $C_FILES files in $C_DIRS folders"
-    gen_c "$DATA_C"
-    echo "$C_FILES/$C_DIRS" >"$DATA_C.ready"
+if want 6; then
+    export DATA_C=$DATA/c
+    if [[ ! -f $DATA_C.ready || $(cat "$DATA_C.ready") != "$C_FILES/$C_DIRS" ]]; then
+        say "generating dataset (c): $C_FILES files in $C_DIRS folders"
+        gen_c "$DATA_C"
+        echo "$C_FILES/$C_DIRS" >"$DATA_C.ready"
+    fi
+    measure "6 deadline scan (c)" time_le 1.5 "find -printf" \
+        "" "$H report --all --scan \"\$DATA_C\" --format json > /dev/null" \
+        "" "find \"\$DATA_C\" -printf '%A@ %T@ %s\\n' > /dev/null" \
+        "$DATA_C"
 fi
-measure "6 deadline scan (c)" time_le 1.5 "find -printf" \
-    "" "$H report --all --scan \"\$DATA_C\" --format json > /dev/null" \
-    "" "find \"\$DATA_C\" -printf '%A@ %T@ %s\\n' > /dev/null" \
-    "$DATA_C"
+
+# 7. stage over SSH: dataset (b) pulled from the private sshd on 127.0.0.1 (section "ssh"
+# above) by hpcstage (SFTP, default --ssh-sessions), by rsync over ssh and by scp -r (which
+# speaks SFTP too since OpenSSH 9.0), every run into an empty destination. The same client
+# config, key and default ciphers for all; the data crosses loopback, so encryption and
+# per-file round trips are what is measured.
+SSH_NOTE=
+if want 7; then
+    start_sshd
+    export SSH_HOME SSH_CFG SSH_KNOWN SSH_ALIAS
+    SSH_VERSION=$(ssh -V 2>&1)
+    SSH_SESSIONS=$(HOME=$SSH_HOME "$HPC" --scratch-root "$SCRATCH_ROOT" config show --json |
+        python3 -c 'import json, sys; print(next(r["value"] + " (" + r["source"] + ")" for r in json.load(sys.stdin) if r["key"] == "ssh.sessions"))') ||
+        die "hpcstage config show --json did not give ssh.sessions"
+    say "sshd on 127.0.0.1:$SSH_PORT ($SSH_VERSION), user $SSH_USER, alias $SSH_ALIAS in $SSH_CFG, log $SSHD_LOG"
+    say "hpcstage SSH sessions: $SSH_SESSIONS"
+    SSH_E='ssh -F $SSH_CFG -o UserKnownHostsFile=$SSH_KNOWN -o BatchMode=yes'
+    measure "7 ssh stage (b) vs rsync" ratio_gt 1 "rsync -a -e ssh" \
+        'rm -rf "$SCRATCH_ROOT/bench/ssh-b"' "HOME=\"\$SSH_HOME\" $H stage \"\$SSH_ALIAS:\$DATA_B\" \"\$SCRATCH_ROOT/bench/ssh-b\" --project bench" \
+        'rm -rf "$PEER_DIR/ssh-rsync-b"' "rsync -a -e \"$SSH_E\" \"\$SSH_ALIAS:\$DATA_B/\" \"\$PEER_DIR/ssh-rsync-b/\"" \
+        "$DATA_B"
+    # Once, untimed: what was copied is the source (a run that copied nothing is fast too).
+    same_tree "$DATA_B" "$SCRATCH_ROOT/bench/ssh-b" hpcstage
+    same_tree "$DATA_B" "$PEER_DIR/ssh-rsync-b" rsync
+    rm -rf "$PEER_DIR/ssh-rsync-b"
+    measure "7 ssh stage (b) vs scp -r" ratio_gt 1 "scp -r" \
+        'rm -rf "$SCRATCH_ROOT/bench/ssh-b"' "HOME=\"\$SSH_HOME\" $H stage \"\$SSH_ALIAS:\$DATA_B\" \"\$SCRATCH_ROOT/bench/ssh-b\" --project bench" \
+        'rm -rf "$PEER_DIR/ssh-scp-b"' 'scp -F "$SSH_CFG" -o "UserKnownHostsFile=$SSH_KNOWN" -o BatchMode=yes -r -q "$SSH_ALIAS:$DATA_B" "$PEER_DIR/ssh-scp-b"' \
+        "$DATA_B"
+    same_tree "$DATA_B" "$PEER_DIR/ssh-scp-b" scp
+    SSH_NOTE="7: (b) over SSH from a private sshd on 127.0.0.1, $SSH_VERSION; hpcstage SSH sessions: $SSH_SESSIONS; ciphers negotiated: $(ssh_ciphers)"
+    say "${SSH_NOTE#7: }"
+    stop_sshd
+    rm -rf "$SCRATCH_ROOT/bench/ssh-b" "$PEER_DIR/ssh-scp-b"
+fi
 
 # --------------------------------------------------------------------------- report
 
@@ -434,11 +703,13 @@ measure "6 deadline scan (c)" time_le 1.5 "find -printf" \
     echo
     echo "hpcstage benchmark, scale $BENCH_SCALE: (a) $A_FILES x $A_MIB MiB, (b) $B_FILES x $B_KIB KiB in $B_DIRS folders, (c) $C_FILES files in $C_DIRS folders"
     echo "median of $BENCH_RUNS runs; ratio = peer / hpcstage (> 1: hpcstage faster)"
+    if [[ -n ${BENCH_ONLY// /} ]]; then echo "only measurements $BENCH_ONLY (BENCH_ONLY): not a full report"; fi
     if [[ $CACHE == cold ]]; then
         echo "cache policy: cold for both (sync; echo 3 > /proc/sys/vm/drop_caches before every timed run)"
     else
         echo "cache policy: WARM for both (caches could not be dropped here, or BENCH_CACHE=warm): input read once before every timed run"
     fi
+    if [[ -n $SSH_NOTE ]]; then echo "$SSH_NOTE"; fi
     echo
     printf '%-26s %-16s %-26s %-7s %-24s %s\n' measurement "hpcstage med s" "peer med s" ratio target result
     for row in "${RESULTS[@]}"; do

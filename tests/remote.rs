@@ -438,6 +438,14 @@ fn host_fingerprint(env: &Env) -> String {
         .to_string()
 }
 
+/// `hpcstage stage nas:SRC dest --project P EXTRA...`
+fn stage_remote(env: &Env, sshd: &Sshd, src: &Path, extra: &[&str]) -> Run {
+    let spec = sshd.spec(src);
+    let mut args = vec!["stage", spec.as_str(), "dest", "--project", "P"];
+    args.extend_from_slice(extra);
+    env.run(args)
+}
+
 fn json_list(v: &Value) -> Vec<String> {
     v.as_array()
         .expect("a JSON list")
@@ -452,7 +460,7 @@ fn stage_from_a_remote_nas_is_faithful_verified_and_incremental() {
     let (src, files) = remote_dataset(&env, &sshd);
     let spec = sshd.spec(&src);
 
-    let run = env.run(["stage", &spec, "dest", "--project", "P", "--json"]);
+    let run = stage_remote(&env, &sshd, &src, &["--json"]);
     run.code(0);
     let j = run.json();
     // SFTP knows no inodes: the two hard links arrive as files of their own.
@@ -488,7 +496,7 @@ fn stage_from_a_remote_nas_is_faithful_verified_and_incremental() {
     assert_eq!(record["source"], spec.as_str());
 
     // Nothing changed: nothing is copied. One changed file: only that one.
-    let again = env.run(["stage", &spec, "dest", "--project", "P", "--json"]);
+    let again = stage_remote(&env, &sshd, &src, &["--json"]);
     again.code(0);
     assert_eq!(again.json()["copied"], 0, "{again}");
     assert_eq!(again.json()["skipped"], 12, "{again}");
@@ -501,7 +509,7 @@ fn stage_from_a_remote_nas_is_faithful_verified_and_incremental() {
     ])
     .code(0);
     sshd.give_to_login_user(&src);
-    let changed = env.run(["stage", &spec, "dest", "--project", "P", "--json"]);
+    let changed = stage_remote(&env, &sshd, &src, &["--json"]);
     changed.code(0);
     assert_eq!(changed.json()["copied"], 1, "{changed}");
     assert_eq!(
@@ -535,14 +543,7 @@ fn a_remote_file_that_disagrees_with_its_manifest_is_source_corrupt() {
     // Same size, other bytes: only the hash can tell.
     std::fs::write(src.join("ünïcödé ✓.txt"), "UNICODE\n").expect("corrupt a file");
 
-    let run = env.run([
-        "stage",
-        &sshd.spec(&src),
-        "dest",
-        "--project",
-        "P",
-        "--json",
-    ]);
+    let run = stage_remote(&env, &sshd, &src, &["--json"]);
     run.code(3);
     let failed = &run.json()["failed"];
     assert_eq!(failed.as_array().map(Vec::len), Some(1), "{run}");
@@ -576,7 +577,7 @@ fn an_unknown_host_key_is_refused_with_its_fingerprint() {
     sshd.write_known_hosts(&env, "");
     let fingerprint = host_fingerprint(&env);
 
-    let run = env.run(["stage", &sshd.spec(&src), "dest", "--project", "P"]);
+    let run = stage_remote(&env, &sshd, &src, &[]);
     run.code(1);
     let err = run.err();
     assert!(
@@ -601,7 +602,7 @@ fn a_changed_host_key_is_refused_with_its_fingerprint() {
     let before = read_text(sshd.known_hosts_path());
     let fingerprint = host_fingerprint(&env);
 
-    let run = env.run(["stage", &sshd.spec(&src), "dest", "--project", "P"]);
+    let run = stage_remote(&env, &sshd, &src, &[]);
     run.code(1);
     let err = run.err();
     assert!(
@@ -619,7 +620,7 @@ fn a_key_the_server_does_not_accept_is_refused() {
     let (src, _) = remote_dataset(&env, &sshd);
     sshd.wrong_user_key(&env);
 
-    let run = env.run(["stage", &sshd.spec(&src), "dest", "--project", "P"]);
+    let run = stage_remote(&env, &sshd, &src, &[]);
     run.code(1);
     let err = run.err();
     assert!(
@@ -638,9 +639,8 @@ fn a_remote_path_that_does_not_exist_is_named() {
     let (env, sshd) = remote_world();
     let nas = sshd.remote_dir(&env, "remote");
     let missing = nas.join("P/raw/nope");
-    let spec = sshd.spec(&missing);
 
-    let run = env.run(["stage", &spec, "dest", "--project", "P"]);
+    let run = stage_remote(&env, &sshd, &missing, &[]);
     run.code(1);
     assert!(
         run.err().contains(
@@ -667,14 +667,7 @@ fn permission_denied_on_the_nas_fails_those_files_and_copies_the_rest() {
     chmod(src.join("secret.txt"), 0o000);
     chmod(src.join("locked"), 0o000);
 
-    let run = env.run([
-        "stage",
-        &sshd.spec(&src),
-        "dest",
-        "--project",
-        "P",
-        "--json",
-    ]);
+    let run = stage_remote(&env, &sshd, &src, &["--json"]);
     chmod(src.join("locked"), 0o755);
     run.code(4);
     let j = run.json();
