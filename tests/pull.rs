@@ -24,6 +24,7 @@ use common::pull::{
     wait_running, Lab, ReadOnly, User,
 };
 use common::run::{tool, wait_child};
+use common::sshd::Sshd;
 use common::{assert_lines, is_root, read_text, write, Run};
 use hpcstage_lifecycle::run::{new_record, Event, Executor, InputRef, JobRole, RunStore};
 
@@ -169,6 +170,58 @@ fn the_whole_chain_ends_with_verified_results_on_the_nas() {
         .code(0)
         .out_has("already pulled");
     assert_lines(&fingerprint(results), &before);
+}
+
+#[test]
+fn a_pull_back_job_uploads_the_results_to_a_nas_over_ssh() {
+    let Some(_cluster) = cluster() else { return };
+    let lab = Lab::new();
+    // The NAS is a folder of this machine reached only through a real sshd, as the
+    // unprivileged login user: whatever lands there came over SFTP.
+    let sshd = Sshd::start(&lab);
+    let nas = sshd.remote_dir(&lab, "nas");
+    lab.set_nas_root(&sshd.spec(&nas));
+    let raw = lab.ingest("d1");
+    let predict = lab.stand_in("predict", PREDICT_OK);
+    let run = lab.submit(Path::new(&sshd.spec(&raw)), &predict, &[], true);
+    let pull_job = run.pull_job.clone().expect("a pull-back job was submitted");
+    let compute = wait_ended(&run.compute_job, JOB_BOUND);
+    let pulled = wait_ended(&pull_job, JOB_BOUND);
+    assert_eq!(compute.state, "COMPLETED", "{compute:?}");
+    assert_eq!(
+        (pulled.state.as_str(), pulled.exit_code.as_str()),
+        ("COMPLETED", "0:0"),
+        "pull-back job: {pulled:?}\n{}",
+        read_text(run.run_dir.join(format!("logs/pull-{pull_job}.out")))
+    );
+
+    let results = lab.results_parent().join(&run.run_id);
+    assert_eq!(run.results_dir, Path::new(&sshd.spec(&results)));
+    assert_lines(&files(&results), &ok_outputs(&run.compute_job));
+    assert_manifest_verifies(&results);
+    assert_eq!(results_entries(&lab), vec![run.run_id.clone()]);
+    let owner = tool(
+        "stat",
+        &["-c", "%U", &results.join("run.json").display().to_string()],
+    );
+    assert_eq!(
+        owner.stdout.trim(),
+        sshd.user(),
+        "run.json was not uploaded over SFTP"
+    );
+    assert_eq!(
+        read_json(results.join("run.json"))["run"]["id"],
+        run.run_id.as_str()
+    );
+    assert!(
+        !run.run_dir
+            .join(".hpcstage/outbox")
+            .join(&run.run_id)
+            .exists(),
+        "the assembled copy stayed on scratch"
+    );
+    assert!(!run.run_dir.join("work").exists(), "work/ was not purged");
+    assert_eq!(lab.status(&run.run_id)["phase"], "pulled");
 }
 
 #[test]

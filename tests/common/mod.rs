@@ -51,6 +51,23 @@ macro_rules! needs_root {
 #[allow(unused_imports)]
 pub(crate) use needs_root;
 
+/// A temporary folder that is a test's whole world (its HOME is `home/` in it).
+pub(crate) trait World {
+    /// Canonical path of the folder.
+    fn root(&self) -> &Path;
+
+    /// A path inside the world.
+    fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.root().join(rel)
+    }
+}
+
+impl World for Env {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
 /// One test's world: a temporary folder holding everything the binary may touch.
 pub(crate) struct Env {
     _dir: TempRoot,
@@ -71,7 +88,7 @@ impl Env {
 
     /// A path inside the world.
     pub(crate) fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.root.join(rel)
+        World::path(self, rel)
     }
 
     pub(crate) fn nas(&self) -> PathBuf {

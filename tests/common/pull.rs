@@ -21,6 +21,12 @@ use super::cluster::Chain;
 use super::fs::{fnv, walk, write, TempRoot, WORLD_DIRS};
 use super::run::{self, describe, pass_slurm_conf, tool, Run};
 
+impl super::World for Lab {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
 /// One test's lab.
 pub(crate) struct Lab {
     _dir: TempRoot,
@@ -53,6 +59,18 @@ impl Lab {
 
     pub(crate) fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.root.join(rel)
+    }
+
+    /// Points `nas_root` elsewhere (a folder on an SSH host, say).
+    pub(crate) fn set_nas_root(&self, nas_root: &str) {
+        let config = self.path("xdg-config/hpcstage/config.toml");
+        let text = super::fs::read_text(&config);
+        let old = format!("nas_root = \"{}\"", self.nas().display());
+        assert!(text.contains(&old), "{text}");
+        write(
+            &config,
+            text.replace(&old, &format!("nas_root = \"{nas_root}\"")),
+        );
     }
 
     pub(crate) fn nas(&self) -> PathBuf {

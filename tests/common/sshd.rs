@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use super::fs::{chmod, read_text, write};
 use super::run::{self, Run};
-use super::{is_root, Env};
+use super::{is_root, World};
 
 /// The server binary.
 pub(crate) const SSHD: &str = "/usr/sbin/sshd";
@@ -69,17 +69,17 @@ pub(crate) struct Sshd {
 }
 
 impl Sshd {
-    /// Starts a server for `env`: fresh keys, a free port, the world's HOME set up as a
+    /// Starts a server for `world`: fresh keys, a free port, the world's HOME set up as a
     /// client of it (`ssh nas` works), and the port accepting connections. Fails the test
     /// with the server's log when it does not come up within 10 s.
-    pub(crate) fn start(env: &Env) -> Sshd {
-        let dir = env.path("sshd");
+    pub(crate) fn start(world: &impl World) -> Sshd {
+        let dir = world.path("sshd");
         fs::create_dir_all(&dir).expect("create the sshd fixture folder");
         let user = login_user();
         let (uid, gid) = (id_number(&user, "-u"), id_number(&user, "-g"));
         if is_root() {
             // The server reads the authorized keys as the login user.
-            open_path_to(env, &dir);
+            open_path_to(world, &dir);
         }
         chmod(&dir, 0o755);
 
@@ -125,7 +125,7 @@ impl Sshd {
 
         let sshd = Sshd {
             dir,
-            home: env.path("home"),
+            home: world.path("home"),
             port,
             user,
             uid,
@@ -133,13 +133,13 @@ impl Sshd {
             host_key,
             listener,
         };
-        sshd.write_client_side(env, &user_key_file);
+        sshd.write_client_side(world, &user_key_file);
         sshd
     }
 
     /// `~/.ssh/{id_ed25519,id_ed25519.pub,config,known_hosts}` in the world's HOME.
-    fn write_client_side(&self, env: &Env, user_key_file: &Path) {
-        let ssh_dir = env.path("home/.ssh");
+    fn write_client_side(&self, world: &impl World, user_key_file: &Path) {
+        let ssh_dir = world.path("home/.ssh");
         fs::create_dir_all(&ssh_dir).expect("create ~/.ssh");
         chmod(&ssh_dir, 0o700);
         let key = self.user_key_path();
@@ -156,7 +156,7 @@ impl Sshd {
                 key.display()
             ),
         );
-        self.write_known_hosts(env, &format!("{}\n", self.known_hosts_line()));
+        self.write_known_hosts(world, &format!("{}\n", self.known_hosts_line()));
     }
 
     /// The port the server listens on (127.0.0.1 only).
@@ -229,12 +229,12 @@ impl Sshd {
     /// A folder `<world>/NAME` (NAME may hold slashes) that the login user owns, with
     /// everything already in it, and that it can reach: the folders above it inside the
     /// world get `o+x` when the tests run as root.
-    pub(crate) fn remote_dir(&self, env: &Env, name: &str) -> PathBuf {
-        let path = env.path(name);
+    pub(crate) fn remote_dir(&self, world: &impl World, name: &str) -> PathBuf {
+        let path = world.path(name);
         fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("create remote folder {}: {e}", path.display()));
         if is_root() {
-            open_path_to(env, &path);
+            open_path_to(world, &path);
         }
         self.give_to_login_user(&path);
         path
@@ -275,8 +275,8 @@ impl Sshd {
     }
 
     /// Writes the world's `~/.ssh/known_hosts` (empty: the server's key is unknown).
-    pub(crate) fn write_known_hosts(&self, env: &Env, content: &str) {
-        let path = env.path("home/.ssh/known_hosts");
+    pub(crate) fn write_known_hosts(&self, world: &impl World, content: &str) {
+        let path = world.path("home/.ssh/known_hosts");
         write(&path, content);
         chmod(&path, 0o644);
     }
@@ -295,15 +295,15 @@ impl Sshd {
 
     /// Makes the world's `known_hosts` hold another key for `[127.0.0.1]:PORT`: to the
     /// client the server's host key has changed.
-    pub(crate) fn write_wrong_host_key(&self, env: &Env) {
+    pub(crate) fn write_wrong_host_key(&self, world: &impl World) {
         let line = self.other_host_key_line();
-        self.write_known_hosts(env, &format!("{line}\n"));
+        self.write_known_hosts(world, &format!("{line}\n"));
     }
 
     /// Replaces the world's `~/.ssh/id_ed25519` (and `.pub`) by a freshly generated key
     /// that the server does not accept.
-    pub(crate) fn wrong_user_key(&self, env: &Env) {
-        let key = env.path("home/.ssh/id_ed25519");
+    pub(crate) fn wrong_user_key(&self, world: &impl World) {
+        let key = world.path("home/.ssh/id_ed25519");
         keygen(&key);
         chmod(&key, 0o600);
     }
@@ -645,11 +645,11 @@ fn id_number(user: &str, flag: &str) -> u32 {
 
 /// Lets every user pass through the folders from the world's root down to `path` (`o+x`),
 /// and checks that the folders above the world already let them.
-fn open_path_to(env: &Env, path: &Path) {
+fn open_path_to(world: &impl World, path: &Path) {
     let inside = path
-        .strip_prefix(&env.root)
+        .strip_prefix(world.root())
         .unwrap_or_else(|_| panic!("{} is not inside the world", path.display()));
-    for above in env.root.ancestors().skip(1) {
+    for above in world.root().ancestors().skip(1) {
         let mode = fs::metadata(above)
             .expect("stat a folder above the world")
             .mode();
@@ -662,7 +662,7 @@ fn open_path_to(env: &Env, path: &Path) {
             mode & 0o7777
         );
     }
-    let mut dir = env.root.clone();
+    let mut dir = world.root().to_path_buf();
     let open = |dir: &Path| {
         let mode = fs::metadata(dir).expect("stat a world folder").mode() & 0o7777;
         if mode & 0o001 == 0 {
