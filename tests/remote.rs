@@ -1067,3 +1067,108 @@ fn a_run_is_pulled_to_a_remote_nas_only_into_a_folder_of_its_own() {
     again.code(0);
     assert_eq!(again.json()["outcome"], "already-pulled", "{again}");
 }
+
+#[test]
+fn the_config_names_the_key_and_the_sessions_are_as_many_as_asked() {
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    let src = nas.join("P/raw/many");
+    for i in 0..120 {
+        write(src.join(format!("d{}/f{i}.tif", i % 6)), noise(i, 4096));
+    }
+    sshd.give_to_login_user(&nas);
+    // The key only under a name of the config's choosing: no default name to fall back on.
+    let key = sshd.user_key_path();
+    let renamed = env.path("home/.ssh/lab_nas_key");
+    std::fs::rename(&key, &renamed).expect("rename the key");
+    let config = read_text(sshd.config_path());
+    let with_renamed = config.replace(
+        &format!("IdentityFile {}", key.display()),
+        &format!("IdentityFile {}", renamed.display()),
+    );
+    assert_ne!(
+        config, with_renamed,
+        "the fixture's config names no IdentityFile"
+    );
+    write(sshd.config_path(), with_renamed);
+
+    let accepted = || sshd.log().matches("Accepted publickey").count();
+    for sessions in [1usize, 3] {
+        let before = accepted();
+        let dest = format!("dest{sessions}");
+        let run = env.run([
+            "stage",
+            &sshd.spec(&src),
+            &dest,
+            "--project",
+            "P",
+            "--ssh-sessions",
+            &sessions.to_string(),
+            "--jobs",
+            "8",
+            "--json",
+        ]);
+        run.code(0);
+        assert_eq!(run.json()["copied"], 120, "{run}");
+        assert_eq!(
+            accepted() - before,
+            sessions,
+            "--ssh-sessions {sessions}: logins seen by the server\n{}",
+            sshd.log()
+        );
+    }
+}
+
+/// An ssh-agent of the test's own, killed when the test ends.
+struct Agent {
+    socket: PathBuf,
+    pid: i32,
+}
+
+impl Agent {
+    fn start(env: &Env) -> Agent {
+        let socket = env.path("agent.sock");
+        let run = run::tool("ssh-agent", &["-s", "-a", &socket.display().to_string()]);
+        run.code(0);
+        let pid = run
+            .stdout
+            .split(';')
+            .find_map(|part| part.trim().strip_prefix("SSH_AGENT_PID="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no agent pid in {run}"));
+        Agent { socket, pid }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the agent this test started.
+        unsafe {
+            libc::kill(self.pid, libc::SIGTERM);
+        }
+    }
+}
+
+#[test]
+fn a_key_held_only_by_ssh_agent_is_used() {
+    let (mut env, sshd) = remote_world();
+    let (src, _) = remote_dataset(&env, &sshd);
+    let agent = Agent::start(&env);
+    let mut add = run::clean("ssh-add");
+    add.env("SSH_AUTH_SOCK", &agent.socket)
+        .arg(sshd.user_key_path());
+    Run::of(add).code(0);
+    // No key file left for hpcstage to read: only the agent can answer.
+    std::fs::remove_file(sshd.user_key_path()).expect("remove the key file");
+
+    let without = stage_remote(&env, &sshd, &src, &[]);
+    without.code(1);
+    assert!(
+        without.err().contains("authentication refused"),
+        "{without}"
+    );
+    env.set_env("SSH_AUTH_SOCK", &agent.socket);
+    let with = stage_remote(&env, &sshd, &src, &["--json"]);
+    with.code(0);
+    assert_eq!(with.json()["copied"], 12, "{with}");
+}
