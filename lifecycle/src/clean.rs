@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
+use hpcstage_staging::journal::Journal;
 use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::record::{read_json, StageRecord};
 use hpcstage_staging::remote::NasAccess;
@@ -105,6 +106,10 @@ fn stage_refusal(record: &StageRecord, scratch_root: &Path) -> std::result::Resu
     }
     let scratch = Manifest::read(&dest.join(MANIFEST_NAME))
         .map_err(|_| "the scratch copy has no readable MANIFEST.sha256".to_string())?;
+    // What each file looked like when it was verified (hard links have no entry of their
+    // own; their inode is checked through the file they link to).
+    let journal = Journal::load(&dest.join(STATE_DIR).join("journal"))
+        .map_err(|e| format!("the stage journal cannot be read ({e})"))?;
     let source = Path::new(&record.source);
     if let (Ok(src), Ok(dst)) = (std::fs::canonicalize(source), std::fs::canonicalize(dest)) {
         if src.starts_with(&dst) || dst.starts_with(&src) {
@@ -159,6 +164,19 @@ fn stage_refusal(record: &StageRecord, scratch_root: &Path) -> std::result::Resu
                             "{} differs in size between scratch and the NAS source",
                             e.path.display()
                         ))
+                    }
+                    (_, Ok(s)) => {
+                        // Edited in place after staging (same size, say): the scratch
+                        // copy may hold work that exists nowhere else.
+                        let verified = journal.get(&e.path);
+                        if verified.is_some_and(|j| {
+                            j.dest_ino != s.ino() || j.dest_mtime_ns != mtime_ns(&s)
+                        }) {
+                            return Err(format!(
+                                "{} changed on scratch after it was staged and verified; it may hold work that is not on the NAS",
+                                e.path.display()
+                            ));
+                        }
                     }
                     _ => {}
                 }
@@ -255,6 +273,10 @@ pub fn remove(candidate: &Candidate) -> Result<()> {
     Ok(())
 }
 
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +301,52 @@ mod tests {
         c.refused
             .as_deref()
             .unwrap_or_else(|| panic!("{} was not refused", c.path.display()))
+    }
+
+    /// A stage through the real copy engine, so that its journal says what was verified.
+    fn staged_with_journal(w: &World, dataset: &str, files: &[(&str, &str)]) -> StageRecord {
+        let source = w.nas_dataset("P", dataset, files);
+        let record = w.stage(&source, "P", dataset);
+        let report = hpcstage_staging::copy::copy_tree(
+            &source,
+            &record.destination,
+            &hpcstage_staging::copy::CopyOptions::default(),
+            &hpcstage_staging::progress::NoProgress,
+        )
+        .unwrap();
+        assert!(report.ok(), "{:?}", report.failed);
+        record
+    }
+
+    #[test]
+    fn a_staged_file_edited_in_place_keeps_the_folder() {
+        let w = World::new();
+        let record = staged_with_journal(&w, "plate7", &[("a.tif", "aaaa"), ("b.tif", "bb")]);
+        assert_eq!(assess_stage(&record, &w.scratch()).refused, None);
+        let path = record.destination.join("a.tif");
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        // Same size, same mtime put back: only the inode gives the edit away.
+        let edited = record.destination.join("a.tif.new");
+        write(&edited, "AAAA");
+        std::fs::rename(&edited, &path).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let c = assess_stage(&record, &w.scratch());
+        assert!(
+            refused(&c).contains("a.tif changed on scratch after it was staged"),
+            "{c:?}"
+        );
+        // Written over in place (same inode), the mtime moves.
+        let record = staged_with_journal(&w, "plate8", &[("x.tif", "xx")]);
+        assert_eq!(assess_stage(&record, &w.scratch()).refused, None);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(record.destination.join("x.tif"), "XX").unwrap();
+        let c = assess_stage(&record, &w.scratch());
+        assert!(refused(&c).contains("x.tif changed on scratch"), "{c:?}");
     }
 
     #[test]

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
 use hpcstage_staging::hash::hash_file;
-use hpcstage_staging::manifest::{Manifest, ManifestEntry};
+use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
-use hpcstage_staging::record::{current_user, hostname, read_json, write_json};
+use hpcstage_staging::record::{current_user, hostname, json_bytes, read_json, write_json};
 use hpcstage_staging::remote::{NasFolder, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
 use jiff::Timestamp;
@@ -474,16 +474,28 @@ fn pull_finished(
         pulled_on: hostname(),
         hpcstage_version: env!("CARGO_PKG_VERSION"),
     };
-    write_json(&partial.join("run.json"), &provenance).map_err(nas)?;
-    let readme = partial.join("README.md");
-    std::fs::write(&readme, readme_text(&provenance, &rendered))
-        .map_err(|e| nas(hpcstage_staging::Error::io(&readme, e)))?;
+    let run_json = partial.join("run.json");
+    let described = [
+        (
+            "run.json",
+            json_bytes(&run_json, &provenance)
+                .and_then(|bytes| write_verified(&run_json, &bytes))
+                .map_err(nas)?,
+        ),
+        (
+            "README.md",
+            write_verified(
+                &partial.join("README.md"),
+                readme_text(&provenance, &rendered).as_bytes(),
+            )
+            .map_err(nas)?,
+        ),
+    ];
     let mut entries = report.manifest.entries.clone();
     entries.retain(|e| e.path != Path::new("run.json") && e.path != Path::new("README.md"));
-    for extra in ["run.json", "README.md"] {
-        let (digest, _) = hash_file(&partial.join(extra)).map_err(nas)?;
+    for (name, digest) in described {
         entries.push(ManifestEntry {
-            path: extra.into(),
+            path: name.into(),
             digest,
         });
     }
@@ -865,8 +877,7 @@ fn fail(
         "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
         record.id
     );
-    let readme = failed_dir.join("README.md");
-    std::fs::write(&readme, text).map_err(|e| hpcstage_staging::Error::io(&readme, e))?;
+    let readme = write_verified(&failed_dir.join("README.md"), text.as_bytes())?;
     if !report.ok() {
         return Err(Error::Staging(hpcstage_staging::Error::io(
             &failed_dir,
@@ -879,7 +890,7 @@ fn fail(
     entries.retain(|e| e.path != Path::new("README.md"));
     entries.push(ManifestEntry {
         path: "README.md".into(),
-        digest: hash_file(&readme)?.0,
+        digest: readme,
     });
     let manifest = Manifest::from_entries(entries);
     manifest.write_atomic(&failed_dir.join(MANIFEST_NAME))?;

@@ -12,10 +12,9 @@ use jiff::Timestamp;
 
 use crate::copy::{copy_tree, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
-use crate::hash::hash_file;
-use crate::manifest::{Manifest, ManifestEntry};
+use crate::manifest::{write_verified, Manifest, ManifestEntry};
 use crate::progress::Progress;
-use crate::record::{current_user, hostname, json_bytes, write_json, DatasetInfo};
+use crate::record::{current_user, hostname, json_bytes, DatasetInfo};
 use crate::remote::{Location, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use crate::stage::check_name;
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
@@ -106,8 +105,7 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         report.bytes_total,
     );
     let info_path = partial.join("dataset.json");
-    write_json(&info_path, &info)?;
-    let (info_digest, _) = hash_file(&info_path)?;
+    let info_digest = write_verified(&info_path, &json_bytes(&info_path, &info)?)?;
     let mut entries = report.manifest.entries.clone();
     entries.retain(|e| e.path != Path::new("dataset.json"));
     entries.push(ManifestEntry {

@@ -135,6 +135,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// [`write_atomic`], then reads the file back from storage (not the page cache) and
+/// checks it holds `bytes`: for the small files hpcstage writes itself into a verified
+/// folder (README.md, run.json, dataset.json). Returns their digest.
+pub fn write_verified(path: &Path, bytes: &[u8]) -> Result<Digest> {
+    write_atomic(path, bytes)?;
+    let wrote = Digest::of(bytes);
+    let (read, read_len) = crate::hash::hash_from_storage(path)?;
+    if read != wrote || read_len != bytes.len() as u64 {
+        return Err(Error::ReadBackMismatch {
+            path: path.to_path_buf(),
+            wrote: wrote.to_hex(),
+            wrote_len: bytes.len() as u64,
+            read: read.to_hex(),
+            read_len,
+        });
+    }
+    Ok(wrote)
+}
+
 /// Appends one GNU-format line for `name`.
 pub fn write_line(out: &mut Vec<u8>, digest: &Digest, name: &[u8]) {
     let escape = needs_escape(name);
