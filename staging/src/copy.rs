@@ -803,7 +803,7 @@ fn copy_to_temporary(
     let (digest, total, before, after) = match ctx.src {
         Source::Local(root) => read_local(ctx, &root.join(&job.rel), &mut out, &tmp_path, big)?,
         Source::Remote(remote) => {
-            read_remote(ctx, remote, &job.rel, &mut out, &tmp_path, big).map_err(io)?
+            read_remote(ctx, remote, job, &mut out, &tmp_path, big).map_err(io)?
         }
     };
     if big {
@@ -877,7 +877,7 @@ fn read_local(
 fn read_remote(
     ctx: &Ctx<'_>,
     remote: &Remote,
-    rel: &Path,
+    job: &Job,
     out: &mut File,
     tmp_path: &Path,
     big: bool,
@@ -886,7 +886,7 @@ fn read_remote(
     let mut hasher = Sha256::new();
     let (mut written, mut kicked) = (0u64, 0u64);
     let (before, after, total) = hash::with_buffer(|buf| {
-        remote.stream_file(rel, buf, &mut |block| {
+        remote.stream_file(&job.rel, Some(job.meta), buf, &mut |block| {
             hasher.update(block);
             out.write_all(block).at(tmp_path)?;
             written += block.len() as u64;

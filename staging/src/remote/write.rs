@@ -447,7 +447,7 @@ impl Upload<'_> {
         let mut hasher = Sha256::new();
         let (_, _, n) = hash::with_buffer(|buf| {
             self.remote
-                .stream_file_at(&self.tmp.join(rel), buf, &mut |b| {
+                .stream_file_at(&self.tmp.join(rel), None, buf, &mut |b| {
                     hasher.update(b);
                     Ok(())
                 })
