@@ -39,6 +39,16 @@ pub(crate) fn data_bytes(bytes: &[u8]) {
     }
 }
 
+/// Everything `reader` holds, to stdout.
+pub(crate) fn data_from(mut reader: impl std::io::Read) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = std::io::copy(&mut reader, &mut out).and_then(|_| out.flush()) {
+        exit_on_broken_pipe(&e);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Pretty JSON to stdout.
 pub(crate) fn json<T: Serialize>(value: &T) {
     let text = serde_json::to_string_pretty(value).expect("records serialize");

@@ -1,12 +1,13 @@
 //! `hpcstage manifest create|verify DIR`: sha256sum-compatible manifests.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use hpcstage_staging::fmt::bytes;
 use hpcstage_staging::ledger::file_safe;
 use hpcstage_staging::manifest::{self, display_name, Check, Manifest};
-use hpcstage_staging::walk::{Filter, MANIFEST_NAME};
+use hpcstage_staging::walk::{Filter, MANIFEST_NAME, TMP_PREFIX};
 use serde::Serialize;
 
 use super::{pool, Status};
@@ -42,41 +43,68 @@ pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<S
     }
     let started = std::time::Instant::now();
     let bar = output::Bar::new("hashing", args.json || to_stdout);
-    let created = pool(settings, &args.parallel)?
-        .install(|| manifest::create(&dir, &Filter::default(), &bar));
+    // The text is written as the files are hashed, into a temporary file next to its
+    // place (renamed there only when complete) or, for stdout, in the temporary folder:
+    // memory stays flat however many files there are.
+    let tmp_dir = if to_stdout {
+        std::env::temp_dir()
+    } else {
+        out_path.parent().unwrap_or(&dir).to_path_buf()
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(&tmp_dir)
+        .with_context(|| format!("cannot write a temporary file in {}", tmp_dir.display()))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let streamed = {
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let streamed = pool(settings, &args.parallel)?
+            .install(|| manifest::create_into(&dir, &Filter::default(), &bar, &mut writer));
+        writer
+            .flush()
+            .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+        streamed
+    };
     bar.finish();
-    let created = created?;
-    if !created.errors.is_empty() {
-        for e in &created.errors {
+    let streamed = streamed?;
+    if !streamed.errors.is_empty() {
+        for e in &streamed.errors {
             output::error(e.to_string());
         }
         bail!(
             "{} files could not be read; no manifest written (a manifest that silently leaves files out is worse than none)",
-            created.errors.len()
+            streamed.errors.len()
         );
     }
     let elapsed = started.elapsed();
     if to_stdout {
-        output::data_bytes(&created.manifest.to_bytes());
+        output::data_from(tmp.reopen()?)?;
         return Ok(Status::Success);
     }
-    created.manifest.write_atomic(&out_path)?;
+    tmp.as_file()
+        .sync_data()
+        .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.persist(&out_path)
+        .with_context(|| format!("cannot write {}", out_path.display()))?;
+    let digest = streamed.digest.map(|d| d.to_hex()).unwrap_or_default();
     if args.json {
         output::json(&CreateJson {
             manifest: out_path.display().to_string(),
-            files: created.manifest.len(),
-            bytes: created.bytes,
+            files: streamed.files as usize,
+            bytes: streamed.bytes,
             elapsed_secs: elapsed.as_secs_f64(),
-            digest: created.manifest.digest().to_hex(),
+            digest,
         });
     } else {
         output::data(format!(
             "wrote {} ({} files, {} hashed in {:.1}s, {})",
             out_path.display(),
-            created.manifest.len(),
-            bytes(created.bytes),
+            streamed.files,
+            bytes(streamed.bytes),
             elapsed.as_secs_f64(),
-            output::rate(created.bytes, elapsed)
+            output::rate(streamed.bytes, elapsed)
         ));
     }
     Ok(Status::Success)

@@ -10,6 +10,7 @@ pub mod fmt;
 pub mod hash;
 pub mod journal;
 pub mod manifest;
+pub mod ordered;
 pub mod progress;
 pub mod walk;
 

@@ -12,11 +12,12 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
+use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{hash_file, Digest};
 pub use crate::progress::{NoProgress, Progress};
-use crate::walk::{self, Filter, Kind};
+use crate::walk::{self, Filter, MANIFEST_NAME};
 
 /// One manifest line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,39 +285,89 @@ pub struct Created {
 /// Hashes every regular file under `dir` (not following links) in parallel.
 /// Files that cannot be read are listed in `errors`, not silently left out.
 pub fn create(dir: &Path, filter: &Filter, progress: &dyn Progress) -> Result<Created> {
-    let tree = walk::walk(dir, filter)?;
-    let mut errors = tree.errors;
-    let files: Vec<PathBuf> = tree
-        .entries
-        .into_iter()
-        .filter(|e| e.kind == Kind::File)
-        .map(|e| e.rel)
-        .collect();
-    let results: Vec<Result<(ManifestEntry, u64)>> = files
-        .into_par_iter()
-        .map(|rel| {
-            let (digest, n) = hash_file(&dir.join(&rel))?;
-            progress.add_bytes(n);
-            progress.add_file();
-            Ok((ManifestEntry { path: rel, digest }, n))
-        })
-        .collect();
-    let mut entries = Vec::with_capacity(results.len());
-    let mut bytes = 0;
-    for r in results {
-        match r {
-            Ok((e, n)) => {
-                bytes += n;
-                entries.push(e);
-            }
-            Err(e) => errors.push(e),
-        }
-    }
+    let mut text = Vec::new();
+    let streamed = create_into(dir, filter, progress, &mut text)?;
     Ok(Created {
-        manifest: Manifest::from_entries(entries),
-        bytes,
-        errors,
+        manifest: Manifest::parse(&text, &dir.join(MANIFEST_NAME))?,
+        bytes: streamed.bytes,
+        errors: streamed.errors,
     })
+}
+
+/// What [`create_into`] wrote.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    pub files: u64,
+    pub bytes: u64,
+    /// Of the manifest text written (as [`Manifest::digest`]).
+    pub digest: Option<Digest>,
+    /// Files and folders that could not be read (left out of the text: the caller must
+    /// not present it as complete).
+    pub errors: Vec<Error>,
+}
+
+/// Files in flight between the folder walk and the writer of [`create_into`].
+const STREAM_WINDOW: usize = 4096;
+
+/// Hashes every regular file under `dir` (not following links) and writes the manifest
+/// text to `out` as it goes, already in order: the folders are read one at a time in
+/// manifest order and the files hashed on the current pool's threads, with a bounded
+/// number in flight. Memory does not grow with the number of files.
+pub fn create_into(
+    dir: &Path,
+    filter: &Filter,
+    progress: &dyn Progress,
+    out: &mut dyn Write,
+) -> Result<Streamed> {
+    if !dir.is_dir() {
+        return Err(Error::SourceMissing {
+            path: dir.to_path_buf(),
+        });
+    }
+    let walk_errors = std::sync::Mutex::new(Vec::new());
+    let mut streamed = Streamed::default();
+    let mut text_hash = Sha256::new();
+    let mut write_error = None;
+    let mut line = Vec::with_capacity(256);
+    crate::ordered::ordered(
+        rayon::current_num_threads(),
+        STREAM_WINDOW,
+        |emit| {
+            let mut errors = Vec::new();
+            // The folder was checked above; a walk error is collected, not returned.
+            let _ = walk::files_in_order(dir, filter, &mut errors, emit);
+            walk_errors.lock().expect("errors lock").extend(errors);
+        },
+        |rel: PathBuf| {
+            let hashed = hash_file(&dir.join(&rel));
+            if let Ok((_, n)) = &hashed {
+                progress.add_bytes(*n);
+            }
+            progress.add_file();
+            (rel, hashed)
+        },
+        |(rel, hashed)| match hashed {
+            Ok((digest, n)) => {
+                line.clear();
+                write_line(&mut line, &digest, rel.as_os_str().as_bytes());
+                text_hash.update(&line);
+                if write_error.is_none() {
+                    write_error = out.write_all(&line).err();
+                }
+                streamed.files += 1;
+                streamed.bytes += n;
+            }
+            Err(e) => streamed.errors.push(e),
+        },
+    );
+    if let Some(e) = write_error {
+        return Err(Error::io(dir.join(MANIFEST_NAME), e));
+    }
+    streamed.digest = Some(Digest::from_hasher(text_hash));
+    streamed
+        .errors
+        .extend(walk_errors.into_inner().expect("errors lock"));
+    Ok(streamed)
 }
 
 /// Outcome for one manifest entry.

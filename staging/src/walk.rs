@@ -298,6 +298,87 @@ impl Tree {
     }
 }
 
+/// Calls `f` with every regular file under `root` (links not followed; bookkeeping,
+/// temporaries and what `filter` excludes skipped) in manifest order, the bytes of the
+/// relative path, reading one folder at a time: memory is bounded by the depth and the
+/// largest folder, not by the tree. Folders that cannot be read go to `errors`.
+///
+/// Sorting each folder's names with `/` appended to the subfolders' gives exactly the
+/// order of the full paths, as every path below a folder starts with its name and `/`.
+pub fn files_in_order(
+    root: &Path,
+    filter: &Filter,
+    errors: &mut Vec<Error>,
+    f: &mut dyn FnMut(PathBuf),
+) -> Result<()> {
+    if !std::fs::metadata(root).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::SourceMissing {
+            path: root.to_path_buf(),
+        });
+    }
+    files_in_order_below(root, Path::new(""), filter, errors, f);
+    Ok(())
+}
+
+fn files_in_order_below(
+    root: &Path,
+    rel_dir: &Path,
+    filter: &Filter,
+    errors: &mut Vec<Error>,
+    f: &mut dyn FnMut(PathBuf),
+) {
+    let dir = root.join(rel_dir);
+    let read = match std::fs::read_dir(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(Error::io(&dir, e));
+            return;
+        }
+    };
+    // (sort key, relative path, is a folder)
+    let mut children: Vec<(Vec<u8>, PathBuf, bool)> = Vec::new();
+    for dent in read {
+        let dent = match dent {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(Error::io(&dir, e));
+                continue;
+            }
+        };
+        let name = dent.file_name();
+        let rel = rel_dir.join(&name);
+        if is_bookkeeping(&rel) || is_temporary(&name) || filter.excluded(&rel) {
+            continue;
+        }
+        // The folder entry's type, without a stat where the filesystem records it.
+        let ft = match dent.file_type() {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(Error::io(dent.path(), e));
+                continue;
+            }
+        };
+        let is_dir = ft.is_dir();
+        let wanted_file = ft.is_file() && filter.takes_file(&rel);
+        if !(is_dir || wanted_file) {
+            continue;
+        }
+        let mut key = name.as_bytes().to_vec();
+        if is_dir {
+            key.push(b'/');
+        }
+        children.push((key, rel, is_dir));
+    }
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (_, rel, is_dir) in children {
+        if is_dir {
+            files_in_order_below(root, &rel, filter, errors, f);
+        } else {
+            f(rel);
+        }
+    }
+}
+
 /// Sorts paths by their bytes, the order manifests use.
 pub fn sort_by_bytes<T>(items: &mut [T], key: impl Fn(&T) -> &Path) {
     items.sort_unstable_by(|a, b| {
@@ -311,6 +392,31 @@ pub fn sort_by_bytes<T>(items: &mut [T], key: impl Fn(&T) -> &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_in_order_come_in_the_bytes_order_of_their_full_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        // Names that sort before '/' (space, '-', '.') next to a folder of the same stem.
+        let names = [
+            "a/x", "a b", "a-c/y", "a.d", "ab", "a/b/c", "a/b c", "a/b/d/e", "a!", "b", "a0/z",
+        ];
+        for n in names {
+            let p = dir.path().join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, n).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("empty/inner")).unwrap();
+        let mut seen = Vec::new();
+        let mut errors = Vec::new();
+        files_in_order(dir.path(), &Filter::default(), &mut errors, &mut |p| {
+            seen.push(p)
+        })
+        .unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut expected: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
+        sort_by_bytes(&mut expected, |p| p);
+        assert_eq!(seen, expected);
+    }
 
     #[test]
     fn bookkeeping_is_only_top_level_manifest_and_logs() {

@@ -1,0 +1,113 @@
+//! Work on many threads, results in order, memory bounded: for trees of millions of
+//! files, where holding every path at once is what must not happen.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::{Condvar, Mutex};
+
+/// Runs `work` on `threads` threads over the items `produce` emits one by one, and hands
+/// the results to `consume` on the calling thread in the order the items were produced.
+/// At most `window` items are between the producer and the consumer at any time (queued,
+/// in work, or waiting for an earlier one to finish), so memory does not grow with the
+/// number of items.
+pub fn ordered<T: Send, R: Send>(
+    threads: usize,
+    window: usize,
+    produce: impl FnOnce(&mut dyn FnMut(T)) + Send,
+    work: impl Fn(T) -> R + Sync,
+    mut consume: impl FnMut(R),
+) {
+    let window = window.max(1) as u64;
+    let (task_tx, task_rx) = sync_channel::<(u64, T)>(threads.max(1) * 2);
+    let task_rx = Mutex::new(task_rx);
+    let (done_tx, done_rx) = channel::<(u64, R)>();
+    // How many results the consumer has taken; the producer waits on it.
+    let consumed = (Mutex::new(0u64), Condvar::new());
+    std::thread::scope(|scope| {
+        let consumed_ref = &consumed;
+        scope.spawn(move || {
+            let mut seq = 0u64;
+            produce(&mut |item| {
+                let (lock, cv) = consumed_ref;
+                let mut taken = lock.lock().expect("window lock");
+                while seq >= *taken + window {
+                    taken = cv.wait(taken).expect("window lock");
+                }
+                drop(taken);
+                // The workers outlive the producer; a send fails only if they panicked.
+                let _ = task_tx.send((seq, item));
+                seq += 1;
+            });
+        });
+        for _ in 0..threads.max(1) {
+            let done_tx = done_tx.clone();
+            let (task_rx, work) = (&task_rx, &work);
+            scope.spawn(move || loop {
+                let next = task_rx.lock().expect("task lock").recv();
+                let Ok((seq, item)) = next else { break };
+                if done_tx.send((seq, work(item))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(done_tx);
+        let mut pending = BTreeMap::new();
+        let mut next = 0u64;
+        for (seq, result) in done_rx {
+            pending.insert(seq, result);
+            while let Some(result) = pending.remove(&next) {
+                consume(result);
+                next += 1;
+                let (lock, cv) = &consumed;
+                *lock.lock().expect("window lock") = next;
+                cv.notify_all();
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn results_come_in_order_and_the_window_holds() {
+        let in_flight = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let mut out = Vec::new();
+        ordered(
+            4,
+            8,
+            |emit| {
+                for i in 0..500u64 {
+                    emit(i);
+                }
+            },
+            |i| {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                // Uneven work, so that results finish out of order.
+                std::thread::sleep(std::time::Duration::from_micros((i % 7) * 100));
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                i * 2
+            },
+            |r| out.push(r),
+        );
+        assert_eq!(out, (0..500u64).map(|i| i * 2).collect::<Vec<_>>());
+        assert!(peak.load(Ordering::SeqCst) <= 4);
+    }
+
+    #[test]
+    fn one_thread_and_a_window_of_one_still_finish() {
+        let mut out = Vec::new();
+        ordered(
+            1,
+            1,
+            |emit| (0..20).for_each(&mut *emit),
+            |i: i32| -i,
+            |r| out.push(r),
+        );
+        assert_eq!(out, (0..20).map(|i| -i).collect::<Vec<_>>());
+    }
+}
