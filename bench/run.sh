@@ -409,14 +409,18 @@ start_sshd() {
     ssh-keygen -q -t ed25519 -N '' -C hpcstage-bench-user -f "$SSH_HOME/.ssh/id_ed25519"
     cp "$SSH_HOME/.ssh/id_ed25519.pub" "$SSH_DIR/authorized_keys"
     if [[ $(id -u) -eq 0 ]]; then mkdir -p /run/sshd; fi
+    : >>"$SSHD_LOG"
     SSH_PORT=
     for _ in 1 2 3 4 5; do
         port=$(free_port)
         write_sshd_config "$port"
-        seen=$(wc -l <"$SSHD_LOG" 2>/dev/null || echo 0)
+        seen=$(wc -l <"$SSHD_LOG")
         /usr/sbin/sshd -t -f "$SSH_DIR/sshd_config" >>"$SSHD_LOG" 2>&1 ||
             die "sshd rejects its configuration $SSH_DIR/sshd_config: $(tail -n 5 "$SSHD_LOG")"
-        /usr/sbin/sshd -D -e -f "$SSH_DIR/sshd_config" </dev/null >>"$SSHD_LOG" 2>&1 &
+        # -E: the server and its session processes log to the file, not to the clients
+        # (what it prints before it opens the file is appended there too).
+        # shellcheck disable=SC2094
+        /usr/sbin/sshd -D -E "$SSHD_LOG" -f "$SSH_DIR/sshd_config" </dev/null >>"$SSHD_LOG" 2>&1 &
         SSHD_PID=$!
         for ((i = 0; i < 100; i++)); do
             kill -0 "$SSHD_PID" 2>/dev/null || break

@@ -120,6 +120,14 @@ impl Bar {
         }
     }
 
+    /// Runs `f` with the bar off the screen (to print a line under it).
+    pub(crate) fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(b) => b.suspend(f),
+            None => f(),
+        }
+    }
+
     /// Removes the bar from the screen.
     pub(crate) fn finish(&self) {
         if let Some(b) = &self.bar {

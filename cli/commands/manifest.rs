@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use hpcstage_staging::fmt::bytes;
 use hpcstage_staging::ledger::file_safe;
-use hpcstage_staging::manifest::{self, display_name, Check, Manifest};
+use hpcstage_staging::manifest::{self, display_name, Check};
+use hpcstage_staging::verify;
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, TMP_PREFIX};
 use serde::Serialize;
 
@@ -141,24 +142,61 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
             dir.display()
         );
     }
-    let manifest = Manifest::read(&manifest_path)?;
+    // Every line is checked before any file is read; then the files are checked and
+    // reported one by one, so a manifest of millions of lines needs no more memory than
+    // a small one.
+    let plan = verify::Plan::open(&manifest_path)?;
+    let mut log = if args.no_log {
+        None
+    } else {
+        Some(open_log(
+            settings,
+            &dir,
+            &manifest_path,
+            args.log.as_deref(),
+        )?)
+    };
+    let mut log_error = None;
+    let (mut failed_names, mut missing_names, mut unreadable_names) =
+        (Vec::new(), Vec::new(), Vec::new());
     let bar = output::Bar::new("verifying", args.json);
-    let verified =
-        pool(settings, &args.parallel)?.install(|| manifest::verify(&dir, &manifest, &bar));
+    let totals = pool(settings, &args.parallel)?.install(|| {
+        plan.run(&dir, &bar, &mut |path, check| {
+            let name = display_name(path);
+            let line = match check {
+                Check::Ok => format!("{name}: OK"),
+                Check::Failed(_) => format!("{name}: FAILED"),
+                Check::Missing => format!("{name}: MISSING"),
+                Check::Unreadable(why) => format!("{name}: FAILED open or read ({why})"),
+            };
+            if let Some((path, writer)) = &mut log {
+                if log_error.is_none() {
+                    log_error = writeln!(writer, "{line}").err().map(|e| {
+                        anyhow::Error::new(e)
+                            .context(format!("cannot write log {}", path.display()))
+                    });
+                }
+            }
+            let quiet_ok = args.failures_only && *check == Check::Ok;
+            if !(args.json || quiet_ok) {
+                bar.suspend(|| output::data(&line));
+            }
+            match check {
+                Check::Ok => {}
+                Check::Failed(_) => failed_names.push(name),
+                Check::Missing => missing_names.push(name),
+                Check::Unreadable(why) => unreadable_names.push((name, why.clone())),
+            }
+        })
+    });
     bar.finish();
-    let verified = verified?;
-
-    let mut lines = Vec::with_capacity(verified.checks.len());
-    for (path, check) in &verified.checks {
-        let name = display_name(path);
-        lines.push(match check {
-            Check::Ok => format!("{name}: OK"),
-            Check::Failed(_) => format!("{name}: FAILED"),
-            Check::Missing => format!("{name}: MISSING"),
-            Check::Unreadable(why) => format!("{name}: FAILED open or read ({why})"),
-        });
+    let totals = totals?;
+    if let Some(e) = log_error {
+        return Err(e);
     }
-    let (ok, failed, missing, unreadable) = verified.counts();
+
+    let (ok, failed, missing, unreadable) =
+        (totals.ok, totals.failed, totals.missing, totals.unreadable);
     let mut summary = Vec::new();
     if failed > 0 {
         summary.push(format!(
@@ -178,14 +216,14 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
             plural(unreadable)
         ));
     }
-    if !verified.unlisted.is_empty() {
+    if !totals.unlisted.is_empty() {
         summary.push(format!(
             "WARNING: {} file{} present but not in the manifest:",
-            verified.unlisted.len(),
-            plural(verified.unlisted.len())
+            totals.unlisted.len(),
+            plural(totals.unlisted.len())
         ));
         summary.extend(
-            verified
+            totals
                 .unlisted
                 .iter()
                 .map(|p| format!("  {}", display_name(p))),
@@ -194,63 +232,41 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
     summary.push(format!(
         "{}: {ok} OK, {failed} FAILED, {missing} MISSING, {unreadable} unreadable, {} unlisted ({} checked)",
         dir.display(),
-        verified.unlisted.len(),
-        bytes(verified.bytes)
+        totals.unlisted.len(),
+        bytes(totals.bytes)
     ));
-
-    let log = if args.no_log {
-        None
-    } else {
-        Some(write_log(
-            settings,
-            &dir,
-            &manifest_path,
-            args.log.as_deref(),
-            &lines,
-            &summary,
-        )?)
+    let log = match log {
+        Some((path, mut writer)) => {
+            summary
+                .iter()
+                .try_for_each(|l| writeln!(writer, "{l}"))
+                .and_then(|()| writer.flush())
+                .with_context(|| format!("cannot write log {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
     };
 
-    let status = if verified.all_ok() {
+    let status = if totals.all_ok() {
         Status::Success
     } else {
         Status::Integrity
     };
     if args.json {
-        let pick = |want: fn(&Check) -> bool| -> Vec<String> {
-            verified
-                .checks
-                .iter()
-                .filter(|(_, c)| want(c))
-                .map(|(p, _)| display_name(p))
-                .collect()
-        };
         output::json(&VerifyJson {
             dir: dir.display().to_string(),
             manifest: manifest_path.display().to_string(),
-            ok: verified.all_ok(),
-            files: verified.checks.len(),
+            ok: totals.all_ok(),
+            files: ok + failed + missing + unreadable,
             passed: ok,
-            failed: pick(|c| matches!(c, Check::Failed(_))),
-            missing: pick(|c| matches!(c, Check::Missing)),
-            unreadable: verified
-                .checks
-                .iter()
-                .filter_map(|(p, c)| match c {
-                    Check::Unreadable(why) => Some((display_name(p), why.clone())),
-                    _ => None,
-                })
-                .collect(),
-            unlisted: verified.unlisted.iter().map(|p| display_name(p)).collect(),
-            bytes: verified.bytes,
+            failed: failed_names,
+            missing: missing_names,
+            unreadable: unreadable_names,
+            unlisted: totals.unlisted.iter().map(|p| display_name(p)).collect(),
+            bytes: totals.bytes,
             log: log.map(|p| p.display().to_string()),
         });
         return Ok(status);
-    }
-    for (line, (_, check)) in lines.iter().zip(&verified.checks) {
-        if !(args.failures_only && *check == Check::Ok) {
-            output::data(line);
-        }
     }
     for s in &summary {
         output::note(s);
@@ -269,38 +285,36 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// Writes the dated log into DIR (the `sha256sum -c | tee verify_$(date +%F).log` habit),
-/// or into the state folder when DIR is write-protected raw data.
-fn write_log(
+/// Opens the dated log in DIR (the `sha256sum -c | tee verify_$(date +%F).log` habit),
+/// or in the state folder when DIR is write-protected raw data, and writes its header.
+fn open_log(
     settings: &Settings,
     dir: &Path,
     manifest: &Path,
     explicit: Option<&Path>,
-    lines: &[String],
-    summary: &[String],
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, std::io::BufWriter<std::fs::File>)> {
     let now = jiff::Zoned::now();
     let date = now.strftime("%Y-%m-%d").to_string();
-    let mut text = format!(
+    let header = format!(
         "# hpcstage {} manifest verify {} against {} at {}\n",
         env!("CARGO_PKG_VERSION"),
         dir.display(),
         manifest.display(),
         now.strftime("%Y-%m-%dT%H:%M:%S%:z")
     );
-    for l in lines.iter().chain(summary) {
-        text.push_str(l);
-        text.push('\n');
-    }
+    let create = |path: &Path| -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        w.write_all(header.as_bytes())?;
+        Ok(w)
+    };
     if let Some(path) = explicit {
         let path = absolute(path)?;
-        std::fs::write(&path, &text)
-            .with_context(|| format!("cannot write log {}", path.display()))?;
-        return Ok(path);
+        let w = create(&path).with_context(|| format!("cannot write log {}", path.display()))?;
+        return Ok((path, w));
     }
     let in_dir = dir.join(format!("verify_{date}.log"));
-    match std::fs::write(&in_dir, &text) {
-        Ok(()) => Ok(in_dir),
+    match create(&in_dir) {
+        Ok(w) => Ok((in_dir, w)),
         Err(e)
             if matches!(
                 e.kind(),
@@ -315,13 +329,13 @@ fn write_log(
                 "verify_{}_{date}.log",
                 name.trim_start_matches('_')
             ));
-            std::fs::write(&fallback, &text)
+            let w = create(&fallback)
                 .with_context(|| format!("cannot write log {}", fallback.display()))?;
             output::note(format!(
                 "{} is write-protected; log written to the state folder instead",
                 dir.display()
             ));
-            Ok(fallback)
+            Ok((fallback, w))
         }
         Err(e) => Err(e).with_context(|| format!("cannot write log {}", in_dir.display())),
     }

@@ -23,4 +23,5 @@ pub mod record;
 pub mod remote;
 pub mod scan;
 pub mod stage;
+pub mod verify;
 pub mod worm;

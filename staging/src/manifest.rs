@@ -52,30 +52,16 @@ impl Manifest {
         let mut entries = Vec::new();
         let mut seen: HashMap<PathBuf, Digest> = HashMap::new();
         for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
-            let line_no = i + 1;
-            if raw.is_empty() || raw.starts_with(b"#") {
+            let Some(entry) = parse_entry(raw, i + 1, origin)? else {
                 continue;
-            }
-            let bad = |reason: &str| Error::Manifest {
-                path: origin.to_path_buf(),
-                line: line_no,
-                reason: reason.to_string(),
             };
-            let (digest, name) = parse_line(raw).map_err(&bad)?;
-            let path = safe_relative(&name).ok_or_else(|| Error::UnsafePath {
-                path: origin.to_path_buf(),
-                line: line_no,
-                entry: String::from_utf8_lossy(&name).into_owned(),
-            })?;
-            if let Some(prev) = seen.insert(path.clone(), digest) {
-                if prev != digest {
-                    return Err(bad(
-                        "the same path is listed twice with different checksums",
-                    ));
+            if let Some(prev) = seen.insert(entry.path.clone(), entry.digest) {
+                if prev != entry.digest {
+                    return Err(listed_twice(origin, i + 1));
                 }
                 continue;
             }
-            entries.push(ManifestEntry { path, digest });
+            entries.push(entry);
         }
         Ok(Manifest { entries })
     }
@@ -219,6 +205,37 @@ pub fn unescape(name: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// One line of manifest text: `None` for a blank line or a `#` comment, an error naming
+/// `origin` and the line number for anything malformed or unsafe.
+pub(crate) fn parse_entry(
+    raw: &[u8],
+    line_no: usize,
+    origin: &Path,
+) -> Result<Option<ManifestEntry>> {
+    if raw.is_empty() || raw.starts_with(b"#") {
+        return Ok(None);
+    }
+    let (digest, name) = parse_line(raw).map_err(|reason| Error::Manifest {
+        path: origin.to_path_buf(),
+        line: line_no,
+        reason: reason.to_string(),
+    })?;
+    let path = safe_relative(&name).ok_or_else(|| Error::UnsafePath {
+        path: origin.to_path_buf(),
+        line: line_no,
+        entry: String::from_utf8_lossy(&name).into_owned(),
+    })?;
+    Ok(Some(ManifestEntry { path, digest }))
+}
+
+pub(crate) fn listed_twice(origin: &Path, line_no: usize) -> Error {
+    Error::Manifest {
+        path: origin.to_path_buf(),
+        line: line_no,
+        reason: "the same path is listed twice with different checksums".to_string(),
+    }
+}
+
 fn parse_line(raw: &[u8]) -> std::result::Result<(Digest, Vec<u8>), &'static str> {
     let (escaped, line) = match raw.strip_prefix(b"\\") {
         Some(rest) => (true, rest),
@@ -324,6 +341,8 @@ pub fn create_into(
             path: dir.to_path_buf(),
         });
     }
+    // Metadata first, in one parallel sweep (see walk::warm); then the files in order.
+    walk::warm(dir, filter);
     let walk_errors = std::sync::Mutex::new(Vec::new());
     let mut streamed = Streamed::default();
     let mut text_hash = Sha256::new();
@@ -419,21 +438,7 @@ pub fn verify(dir: &Path, manifest: &Manifest, progress: &dyn Progress) -> Resul
         .entries
         .par_iter()
         .map(|e| {
-            let path = dir.join(&e.path);
-            let result = match std::fs::symlink_metadata(&path) {
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => (Check::Missing, 0),
-                Ok(m) if !m.is_file() => (Check::Unreadable("not a regular file".to_string()), 0),
-                _ => match hash_file(&path) {
-                    Ok((d, n)) if d == e.digest => (Check::Ok, n),
-                    Ok((d, n)) => (Check::Failed(d), n),
-                    Err(Error::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        (Check::Missing, 0)
-                    }
-                    Err(err) => (Check::Unreadable(err.to_string()), 0),
-                },
-            };
+            let result = check_entry(dir, e);
             progress.add_bytes(result.1);
             progress.add_file();
             (e.path.clone(), result.0, result.1)
@@ -454,6 +459,23 @@ pub fn verify(dir: &Path, manifest: &Manifest, progress: &dyn Progress) -> Resul
         unlisted,
         bytes,
     })
+}
+
+/// Hashes one listed file and compares: the outcome and the bytes read.
+pub(crate) fn check_entry(dir: &Path, e: &ManifestEntry) -> (Check, u64) {
+    let path = dir.join(&e.path);
+    match std::fs::symlink_metadata(&path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => (Check::Missing, 0),
+        Ok(m) if !m.is_file() => (Check::Unreadable("not a regular file".to_string()), 0),
+        _ => match hash_file(&path) {
+            Ok((d, n)) if d == e.digest => (Check::Ok, n),
+            Ok((d, n)) => (Check::Failed(d), n),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                (Check::Missing, 0)
+            }
+            Err(err) => (Check::Unreadable(err.to_string()), 0),
+        },
+    }
 }
 
 #[cfg(test)]

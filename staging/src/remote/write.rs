@@ -363,7 +363,7 @@ impl Upload<'_> {
             .run(&remote_path, |sftp| Ok(sftp.lstat(&remote_path).ok()))?;
         if present.is_some_and(|st| st.size == Some(size)) {
             let (want, _) = hash::hash_file(local)?;
-            let (got, n) = self.read_back(rel)?;
+            let (got, n) = self.read_back(rel, size)?;
             if got == want && n == size {
                 progress.add_bytes(size);
                 return Ok((want, true));
@@ -424,7 +424,7 @@ impl Upload<'_> {
             Ok((Digest::from_hasher(hasher), n))
         })?;
         let (digest, n) = sent;
-        let (back, back_len) = self.read_back(rel)?;
+        let (back, back_len) = self.read_back(rel, n)?;
         if back != digest || back_len != n || n != size {
             return Err(Error::ReadBackMismatch {
                 path: self.remote.display(&path),
@@ -442,12 +442,13 @@ impl Upload<'_> {
         Ok(digest)
     }
 
-    /// Hashes a remote file of the folder as the server returns it.
-    fn read_back(&self, rel: &Path) -> Result<(Digest, u64)> {
+    /// Hashes a remote file of the folder as the server returns it; `size` is what it
+    /// should hold (to size the reads; more or fewer bytes still show).
+    fn read_back(&self, rel: &Path, size: u64) -> Result<(Digest, u64)> {
         let mut hasher = Sha256::new();
         let (_, _, n) = hash::with_buffer(|buf| {
             self.remote
-                .stream_file_at(&self.tmp.join(rel), None, buf, &mut |b| {
+                .stream_file_at(&self.tmp.join(rel), None, Some(size), buf, &mut |b| {
                     hasher.update(b);
                     Ok(())
                 })
