@@ -354,7 +354,11 @@ pub fn create_into(
         |emit| {
             let mut errors = Vec::new();
             // The folder was checked above; a walk error is collected, not returned.
-            let _ = walk::files_in_order(dir, filter, &mut errors, emit);
+            let _ = walk::files_in_order(dir, filter, &mut errors, &mut |rel| {
+                // Cached by the sweep above; the size keeps big files apart.
+                let size = std::fs::symlink_metadata(dir.join(&rel)).map_or(0, |m| m.len());
+                emit(rel, size);
+            });
             walk_errors.lock().expect("errors lock").extend(errors);
         },
         |rel: PathBuf| {

@@ -13,13 +13,16 @@ use std::sync::{Condvar, Mutex};
 pub fn ordered<T: Send, R: Send>(
     threads: usize,
     window: usize,
-    produce: impl FnOnce(&mut dyn FnMut(T)) + Send,
+    produce: impl FnOnce(&mut dyn FnMut(T, u64)) + Send,
     work: impl Fn(T) -> R + Sync,
     mut consume: impl FnMut(R),
 ) {
     // Items travel in small batches: a channel operation, a wake-up and a reorder step
-    // per file would cost about as much as hashing a small cached file.
+    // per file would cost about as much as hashing a small cached file. A batch closes
+    // at eight items or at BATCH_WEIGHT of the weights the producer gives (bytes), so
+    // that big files still go one per worker.
     const BATCH: usize = 8;
+    const BATCH_WEIGHT: u64 = 1 << 20;
     let window = (window.max(1) as u64).div_ceil(BATCH as u64);
     let (task_tx, task_rx) = sync_channel::<(u64, Vec<T>)>(threads.max(1) * 2);
     let task_rx = Mutex::new(task_rx);
@@ -31,6 +34,7 @@ pub fn ordered<T: Send, R: Send>(
         scope.spawn(move || {
             let mut seq = 0u64;
             let mut batch = Vec::with_capacity(BATCH);
+            let mut weight = 0u64;
             let send = |batch: Vec<T>, seq: &mut u64| {
                 let (lock, cv) = consumed_ref;
                 let mut taken = lock.lock().expect("window lock");
@@ -42,13 +46,15 @@ pub fn ordered<T: Send, R: Send>(
                 let _ = task_tx.send((*seq, batch));
                 *seq += 1;
             };
-            produce(&mut |item| {
+            produce(&mut |item, item_weight| {
                 batch.push(item);
-                if batch.len() == BATCH {
+                weight = weight.saturating_add(item_weight);
+                if batch.len() == BATCH || weight >= BATCH_WEIGHT {
                     send(
                         std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
                         &mut seq,
                     );
+                    weight = 0;
                 }
             });
             if !batch.is_empty() {
@@ -98,7 +104,7 @@ mod tests {
             64,
             |emit| {
                 for i in 0..500u64 {
-                    emit(i);
+                    emit(i, 1);
                 }
             },
             |i| {
@@ -117,12 +123,31 @@ mod tests {
     }
 
     #[test]
+    fn heavy_items_go_one_per_worker() {
+        let in_flight = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        ordered(
+            4,
+            4096,
+            |emit| (0..4).for_each(|i| emit(i, 512 << 20)),
+            |_: i32| {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+            },
+            |()| {},
+        );
+        assert_eq!(peak.load(Ordering::SeqCst), 4, "big items were batched together");
+    }
+
+    #[test]
     fn one_thread_and_a_window_of_one_still_finish() {
         let mut out = Vec::new();
         ordered(
             1,
             1,
-            |emit| (0..20).for_each(&mut *emit),
+            |emit| (0..20).for_each(|i| emit(i, 1)),
             |i: i32| -i,
             |r| out.push(r),
         );

@@ -173,7 +173,12 @@ impl Plan {
                 };
                 loop {
                     match entries.next_entry() {
-                        Ok(Some(e)) => emit(e),
+                        Ok(Some(e)) => {
+                            // Cached by the sweep above; the size keeps big files apart.
+                            let size = std::fs::symlink_metadata(dir.join(&e.path))
+                                .map_or(0, |m| m.len());
+                            emit(e, size);
+                        }
                         Ok(None) => break,
                         // The file changed since it was checked.
                         Err(e) => return read_error = Some(e),
