@@ -138,7 +138,11 @@ mod tests {
             },
             |()| {},
         );
-        assert_eq!(peak.load(Ordering::SeqCst), 4, "big items were batched together");
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            4,
+            "big items were batched together"
+        );
     }
 
     #[test]

@@ -175,8 +175,8 @@ impl Plan {
                     match entries.next_entry() {
                         Ok(Some(e)) => {
                             // Cached by the sweep above; the size keeps big files apart.
-                            let size = std::fs::symlink_metadata(dir.join(&e.path))
-                                .map_or(0, |m| m.len());
+                            let size =
+                                std::fs::symlink_metadata(dir.join(&e.path)).map_or(0, |m| m.len());
                             emit(e, size);
                         }
                         Ok(None) => break,
