@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
+use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::journal::Journal;
 use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::record::{read_json, StageRecord};
@@ -167,11 +168,15 @@ fn stage_refusal(record: &StageRecord, scratch_root: &Path) -> std::result::Resu
                     }
                     (_, Ok(s)) => {
                         // Edited in place after staging (same size, say): the scratch
-                        // copy may hold work that exists nowhere else.
-                        let verified = journal.get(&e.path);
-                        if verified.is_some_and(|j| {
+                        // copy may hold work that exists nowhere else. A file whose inode
+                        // or mtime moved since it was verified is read again; only its
+                        // content decides (a `touch` is not an edit).
+                        let moved = journal.get(&e.path).is_some_and(|j| {
                             j.dest_ino != s.ino() || j.dest_mtime_ns != mtime_ns(&s)
-                        }) {
+                        });
+                        if moved
+                            && hash_file(&dest.join(&e.path)).map(|h| h.0).ok() != Some(e.digest)
+                        {
                             return Err(format!(
                                 "{} changed on scratch after it was staged and verified; it may hold work that is not on the NAS",
                                 e.path.display()
@@ -340,6 +345,16 @@ mod tests {
             refused(&c).contains("a.tif changed on scratch after it was staged"),
             "{c:?}"
         );
+        // Only touched (same bytes, new mtime): not an edit.
+        let record = staged_with_journal(&w, "plate9", &[("t.tif", "tt")]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::File::options()
+            .write(true)
+            .open(record.destination.join("t.tif"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        assert_eq!(assess_stage(&record, &w.scratch()).refused, None);
         // Written over in place (same inode), the mtime moves.
         let record = staged_with_journal(&w, "plate8", &[("x.tif", "xx")]);
         assert_eq!(assess_stage(&record, &w.scratch()).refused, None);
