@@ -778,6 +778,16 @@ fn ingest_into_a_remote_nas_places_a_verified_read_only_dataset_once() {
     write(acq.join("plate/A02.tif"), noise(2, 10));
     write(acq.join("notes with space.txt"), "notes\n");
     let nas_root = sshd.spec(&nas);
+    // What an interrupted ingest of other data left in the hidden folder stays out.
+    write(
+        nas.join("P/raw/.plate7.upload/stale.tif"),
+        "from another acquisition\n",
+    );
+    write(
+        nas.join("P/raw/.plate7.upload/plate/A02.tif"),
+        "other bytes\n",
+    );
+    sshd.give_to_login_user(&nas);
 
     let run = env.run([
         "--nas-root",
@@ -805,6 +815,11 @@ fn ingest_into_a_remote_nas_places_a_verified_read_only_dataset_once() {
         "{run}"
     );
     assert_eq!(read(dataset.join("plate/A01.tif")), noise(1, 300_000));
+    assert_eq!(read(dataset.join("plate/A02.tif")), noise(2, 10));
+    assert!(
+        !dataset.join("stale.tif").exists(),
+        "a stale file reached the dataset"
+    );
     let manifest = read_text(dataset.join("MANIFEST.sha256"));
     assert!(manifest.contains("  dataset.json\n"), "{manifest}");
     assert!(manifest.contains("  plate/A01.tif\n"), "{manifest}");

@@ -55,6 +55,8 @@ pub struct Upload<'a> {
     tmp: PathBuf,
     dest: PathBuf,
     entries: Mutex<Vec<ManifestEntry>>,
+    /// Symlinks this upload made.
+    links: Mutex<Vec<PathBuf>>,
 }
 
 impl Remote {
@@ -86,6 +88,7 @@ impl Remote {
             tmp,
             dest: dest.to_path_buf(),
             entries: Mutex::new(Vec::new()),
+            links: Mutex::new(Vec::new()),
         })
     }
 
@@ -268,6 +271,7 @@ impl Upload<'_> {
                 sftp.symlink(&target, &link).map_err(Fault::of)
             })?;
             report.symlinks += 1;
+            self.links.lock().expect("links lock").push(s.rel.clone());
         }
         report.files = files.len() as u64;
         report.bytes = files.iter().map(|e| e.meta.size).sum();
@@ -298,6 +302,7 @@ impl Upload<'_> {
     /// asked, and renames the folder into place (never over an existing one).
     pub fn finish(self, remote_verify: bool) -> Result<Manifest> {
         let manifest = self.manifest();
+        self.prune_unlisted(&manifest)?;
         self.write_verified(
             Path::new(MANIFEST_NAME),
             manifest.to_bytes().len() as u64,
@@ -341,6 +346,33 @@ impl Upload<'_> {
                 .map_err(Fault::of)
         })?;
         Ok(manifest)
+    }
+
+    /// Removes what an earlier, different upload left in the hidden folder (files the
+    /// manifest does not list, links this upload did not make), so that nothing unlisted
+    /// reaches the final folder.
+    fn prune_unlisted(&self, manifest: &Manifest) -> Result<()> {
+        let tree = self.remote.walk_at(&self.tmp, &Filter::default())?;
+        if let Some(e) = tree.errors.into_iter().next() {
+            return Err(e);
+        }
+        let listed: std::collections::HashSet<&Path> =
+            manifest.entries.iter().map(|e| e.path.as_path()).collect();
+        let links = self.links.lock().expect("links lock");
+        for e in tree.entries {
+            let keep = match e.kind {
+                Kind::Dir => true,
+                Kind::File => listed.contains(e.rel.as_path()),
+                Kind::Symlink => links.contains(&e.rel),
+                Kind::Other => false,
+            };
+            if !keep {
+                let path = self.tmp.join(&e.rel);
+                self.remote
+                    .run(&path, |sftp| sftp.unlink(&path).map_err(Fault::of))?;
+            }
+        }
+        Ok(())
     }
 
     /// Uploads one local file; returns its digest and whether an interrupted upload had
