@@ -19,8 +19,8 @@ use common::fs::read_json;
 use common::run::{self, wait_child, Run};
 use common::sshd::{alive, Sshd};
 use common::{
-    assert_final_names_match_source, chmod, fingerprint, is_root, mode, noise, read, read_text,
-    temporaries, tricky_tree, write, Env,
+    assert_final_names_match_source, chmod, fingerprint, is_root, mode, needs_root, noise, read,
+    read_text, temporaries, tricky_tree, write, Env, Mount,
 };
 use serde_json::Value;
 
@@ -446,6 +446,24 @@ fn stage_remote(env: &Env, sshd: &Sshd, src: &Path, extra: &[&str]) -> Run {
     env.run(args)
 }
 
+/// The arguments of `hpcstage --nas-root nas:NAS ingest acq --project P --dataset NAME EXTRA...`
+fn ingest_args(sshd: &Sshd, nas: &Path, dataset: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--nas-root",
+        &sshd.spec(nas),
+        "ingest",
+        "acq",
+        "--project",
+        "P",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(["--dataset".to_string(), dataset.to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 fn json_list(v: &Value) -> Vec<String> {
     v.as_array()
         .expect("a JSON list")
@@ -592,6 +610,21 @@ fn an_unknown_host_key_is_refused_with_its_fingerprint() {
     assert!(!env.path("dest").exists(), "something was copied: {run}");
     // Never accepted behind the user's back.
     assert_eq!(read_text(sshd.known_hosts_path()), "");
+}
+
+#[test]
+fn the_host_key_known_hosts_holds_is_found_whatever_its_type() {
+    let (env, sshd) = remote_world();
+    let (src, _) = remote_dataset(&env, &sshd);
+    // Only the server's second key is known: OpenSSH would connect, so must we.
+    sshd.write_known_hosts(&env, &format!("{}\n", sshd.ecdsa_known_hosts_line()));
+    let run = stage_remote(&env, &sshd, &src, &["--json"]);
+    run.code(0);
+    assert_eq!(run.json()["copied"], 12, "{run}");
+    // And only the first one.
+    sshd.write_known_hosts(&env, &format!("{}\n", sshd.known_hosts_line()));
+    let again = stage_remote(&env, &sshd, &src, &["--json"]);
+    again.code(0);
 }
 
 #[test]
@@ -777,7 +810,6 @@ fn ingest_into_a_remote_nas_places_a_verified_read_only_dataset_once() {
     write(acq.join("plate/A01.tif"), noise(1, 300_000));
     write(acq.join("plate/A02.tif"), noise(2, 10));
     write(acq.join("notes with space.txt"), "notes\n");
-    let nas_root = sshd.spec(&nas);
     // What an interrupted ingest of other data left in the hidden folder stays out.
     write(
         nas.join("P/raw/.plate7.upload/stale.tif"),
@@ -787,21 +819,23 @@ fn ingest_into_a_remote_nas_places_a_verified_read_only_dataset_once() {
         nas.join("P/raw/.plate7.upload/plate/A02.tif"),
         "other bytes\n",
     );
+    // A link left where a file goes is replaced, never written through.
+    let victim = env.path("victim.txt");
+    write(&victim, "outside the dataset\n");
+    std::os::unix::fs::symlink(
+        &victim,
+        nas.join("P/raw/.plate7.upload/notes with space.txt"),
+    )
+    .expect("plant a link");
     sshd.give_to_login_user(&nas);
+    sshd.give_to_login_user(&victim);
 
-    let run = env.run([
-        "--nas-root",
-        &nas_root,
-        "ingest",
-        "acq",
-        "--project",
-        "P",
-        "--dataset",
+    let run = env.run(ingest_args(
+        &sshd,
+        &nas,
         "plate7",
-        "--remote-verify",
-        "--immutable",
-        "--json",
-    ]);
+        &["--remote-verify", "--immutable", "--json"],
+    ));
     run.code(0);
     let j = run.json();
     let dataset = nas.join("P/raw/plate7");
@@ -820,6 +854,18 @@ fn ingest_into_a_remote_nas_places_a_verified_read_only_dataset_once() {
         !dataset.join("stale.tif").exists(),
         "a stale file reached the dataset"
     );
+    assert_eq!(
+        read_text(&victim),
+        "outside the dataset\n",
+        "written through a link"
+    );
+    let notes = dataset.join("notes with space.txt");
+    assert!(
+        std::fs::symlink_metadata(&notes).is_ok_and(|m| m.is_file()),
+        "{} is not a regular file",
+        notes.display()
+    );
+    assert_eq!(read_text(&notes), "notes\n");
     let manifest = read_text(dataset.join("MANIFEST.sha256"));
     assert!(manifest.contains("  dataset.json\n"), "{manifest}");
     assert!(manifest.contains("  plate/A01.tif\n"), "{manifest}");
@@ -842,16 +888,7 @@ fn ingest_into_a_remote_nas_places_a_verified_read_only_dataset_once() {
 
     // Raw data is never replaced or appended to.
     let before = fingerprint(&dataset);
-    let again = env.run([
-        "--nas-root",
-        &nas_root,
-        "ingest",
-        "acq",
-        "--project",
-        "P",
-        "--dataset",
-        "plate7",
-    ]);
+    let again = env.run(ingest_args(&sshd, &nas, "plate7", &[]));
     again.code(1);
     assert!(again.err().contains("already exists"), "{again}");
     assert_eq!(fingerprint(&dataset), before);
@@ -866,16 +903,7 @@ fn permission_denied_on_the_nas_stops_an_ingest_before_anything_is_placed() {
     chmod(nas.join("P/raw"), 0o555);
     write(env.path("acq/a.tif"), "a\n");
 
-    let run = env.run([
-        "--nas-root",
-        &sshd.spec(&nas),
-        "ingest",
-        "acq",
-        "--project",
-        "P",
-        "--dataset",
-        "plate7",
-    ]);
+    let run = env.run(ingest_args(&sshd, &nas, "plate7", &[]));
     chmod(nas.join("P/raw"), 0o755);
     run.code(1);
     assert!(
@@ -893,6 +921,29 @@ fn permission_denied_on_the_nas_stops_an_ingest_before_anything_is_placed() {
 }
 
 #[test]
+fn a_full_nas_is_a_clear_error_not_a_lost_connection() {
+    needs_root!();
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    let _small = Mount::new("tmpfs", "size=256k", &nas.join("P"));
+    sshd.give_to_login_user(&nas);
+    write(env.path("acq/big.bin"), noise(3, 1 << 20));
+    let started = Instant::now();
+    let run = env.run(ingest_args(&sshd, &nas, "big", &[]));
+    run.code(1);
+    assert!(!run.err().contains("connection"), "{run}");
+    assert!(run.err().contains("the remote host refused"), "{run}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "retried as if the connection had dropped: {run}"
+    );
+    assert!(
+        !nas.join("P/raw/big").exists(),
+        "a partial dataset was placed"
+    );
+}
+
+#[test]
 fn a_connection_killed_mid_upload_starts_that_file_again_and_completes() {
     let (env, sshd) = remote_world();
     let nas = sshd.remote_dir(&env, "remote");
@@ -901,17 +952,7 @@ fn a_connection_killed_mid_upload_starts_that_file_again_and_completes() {
     write(env.path("acq/small.txt"), "small\n");
 
     let mut cmd = env.command();
-    cmd.args([
-        "--nas-root",
-        &sshd.spec(&nas),
-        "ingest",
-        "acq",
-        "--project",
-        "P",
-        "--dataset",
-        "big",
-        "--json",
-    ]);
+    cmd.args(ingest_args(&sshd, &nas, "big", &["--json"]));
     let child = cmd.spawn().expect("start hpcstage ingest");
     let upload = nas.join("P/raw/.big.upload/big.bin");
     let started = Instant::now();

@@ -115,10 +115,20 @@ pub enum FailureKind {
     VerifyFailed,
     /// The destination ran out of space.
     DiskFull,
+    /// The remote NAS stopped answering (reconnecting did not help) or refused us.
+    Unreachable,
     /// Any other I/O failure.
     Io,
     /// Not tried because the run stopped early (disk full).
     NotAttempted,
+}
+
+impl FailureKind {
+    /// Failures after which the other files are not tried: they would fail the same way
+    /// (a full disk), or each wait through its own reconnects (a NAS host gone).
+    pub fn is_fatal(self) -> bool {
+        matches!(self, FailureKind::DiskFull | FailureKind::Unreachable)
+    }
 }
 
 /// One file that was not copied, and why.
@@ -728,7 +738,7 @@ fn run_pipeline(
                             let result = finish_file(ctx, job, s, journal);
                             ctx.progress.add_file();
                             result.map_err(|(kind, error)| {
-                                if kind == FailureKind::DiskFull {
+                                if kind.is_fatal() {
                                     ctx.abort.store(true, Ordering::Relaxed);
                                 }
                                 Failure {
@@ -761,12 +771,12 @@ fn run_pipeline(
                         FailureKind::NotAttempted,
                         Error::io(
                             ctx.src.display(&job.rel),
-                            std::io::Error::other("not attempted: the run stopped after a fatal error (disk full?)"),
+                            std::io::Error::other("not attempted: the run stopped after a fatal error (disk full, or the NAS host gone)"),
                         ),
                     ))
                 } else {
                     copy_to_temporary(ctx, job, i).map_err(|(kind, e)| {
-                        if kind == FailureKind::DiskFull {
+                        if kind.is_fatal() {
                             ctx.abort.store(true, Ordering::Relaxed);
                         }
                         fail(kind, e)
@@ -1250,6 +1260,14 @@ fn journal_failure(error: Error) -> Failure {
 fn classify(e: &Error) -> FailureKind {
     if e.is_disk_full() {
         FailureKind::DiskFull
+    } else if matches!(
+        e,
+        Error::ConnectionLost { .. }
+            | Error::SshConnect { .. }
+            | Error::HostKey(_)
+            | Error::SshAuth { .. }
+    ) {
+        FailureKind::Unreachable
     } else {
         FailureKind::Io
     }

@@ -26,9 +26,14 @@ pub fn ordered<T: Send, R: Send>(
     let window = (window.max(1) as u64).div_ceil(BATCH as u64);
     let (task_tx, task_rx) = sync_channel::<(u64, Vec<T>)>(threads.max(1) * 2);
     let task_rx = Mutex::new(task_rx);
-    let (done_tx, done_rx) = channel::<(u64, Vec<R>)>();
-    // How many batches the consumer has taken; the producer waits on it.
-    let consumed = (Mutex::new(0u64), Condvar::new());
+    // A worker's panic travels to the consumer, which re-raises it: otherwise the
+    // consumer would wait forever for the lost batch and the producer for the window.
+    type Done<R> = std::thread::Result<Vec<R>>;
+    let (done_tx, done_rx) = channel::<(u64, Done<R>)>();
+    // How many batches the consumer has taken (the producer waits on it), and whether
+    // to stop producing (a worker panicked).
+    let consumed = (Mutex::new((0u64, false)), Condvar::new());
+    let mut panicked = None;
     std::thread::scope(|scope| {
         let consumed_ref = &consumed;
         scope.spawn(move || {
@@ -37,11 +42,14 @@ pub fn ordered<T: Send, R: Send>(
             let mut weight = 0u64;
             let send = |batch: Vec<T>, seq: &mut u64| {
                 let (lock, cv) = consumed_ref;
-                let mut taken = lock.lock().expect("window lock");
-                while *seq >= *taken + window {
-                    taken = cv.wait(taken).expect("window lock");
+                let mut state = lock.lock().expect("window lock");
+                while !state.1 && *seq >= state.0 + window {
+                    state = cv.wait(state).expect("window lock");
                 }
-                drop(taken);
+                if state.1 {
+                    return;
+                }
+                drop(state);
                 // The workers outlive the producer; a send fails only if they panicked.
                 let _ = task_tx.send((*seq, batch));
                 *seq += 1;
@@ -67,7 +75,9 @@ pub fn ordered<T: Send, R: Send>(
             scope.spawn(move || loop {
                 let next = task_rx.lock().expect("task lock").recv();
                 let Ok((seq, items)) = next else { break };
-                let results = items.into_iter().map(work).collect();
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    items.into_iter().map(work).collect()
+                }));
                 if done_tx.send((seq, results)).is_err() {
                     break;
                 }
@@ -76,17 +86,29 @@ pub fn ordered<T: Send, R: Send>(
         drop(done_tx);
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
-        for (seq, results) in done_rx {
+        'receive: for (seq, results) in done_rx {
             pending.insert(seq, results);
             while let Some(results) = pending.remove(&next) {
-                results.into_iter().for_each(&mut consume);
-                next += 1;
                 let (lock, cv) = &consumed;
-                *lock.lock().expect("window lock") = next;
+                match results {
+                    Ok(results) => results.into_iter().for_each(&mut consume),
+                    Err(panic) => {
+                        // Stop the producer; dropping the receiver stops the workers.
+                        panicked = Some(panic);
+                        lock.lock().expect("window lock").1 = true;
+                        cv.notify_all();
+                        break 'receive;
+                    }
+                }
+                next += 1;
+                lock.lock().expect("window lock").0 = next;
                 cv.notify_all();
             }
         }
     });
+    if let Some(panic) = panicked {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +165,20 @@ mod tests {
             4,
             "big items were batched together"
         );
+    }
+
+    #[test]
+    fn a_panicking_worker_is_reported_not_waited_for() {
+        let outcome = std::panic::catch_unwind(|| {
+            ordered(
+                2,
+                16,
+                |emit| (0..20).for_each(|i| emit(i, 1)),
+                |i: i32| assert_ne!(i, 3, "item 3 fails"),
+                |()| {},
+            )
+        });
+        assert!(outcome.is_err(), "the panic was swallowed");
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub(crate) struct Sshd {
     gid: u32,
     /// `ssh-ed25519 AAAA...` (no comment).
     host_key: String,
+    /// The server's second host key (`ecdsa-sha2-nistp256 AAAA...`).
+    ecdsa_host_key: String,
     listener: Child,
 }
 
@@ -84,10 +86,15 @@ impl Sshd {
         chmod(&dir, 0o755);
 
         let host_key_file = dir.join("ssh_host_ed25519_key");
+        // A second host key of another type, as most servers have: clients must find
+        // the one their known_hosts holds.
+        let ecdsa_key_file = dir.join("ssh_host_ecdsa_key");
         let user_key_file = dir.join("user_ed25519");
         keygen(&host_key_file);
+        keygen_typed(&ecdsa_key_file, "ecdsa");
         keygen(&user_key_file);
         let host_key = public_key(&host_key_file);
+        let ecdsa_host_key = public_key(&ecdsa_key_file);
         let authorized = dir.join("authorized_keys");
         write(&authorized, read_text(pub_path(&user_key_file)));
         chmod(&authorized, 0o644);
@@ -106,7 +113,13 @@ impl Sshd {
             let port = free_port();
             write(
                 dir.join("sshd_config"),
-                config(&dir, port, &user, &host_key_file, &authorized),
+                config(
+                    &dir,
+                    port,
+                    &user,
+                    &[&host_key_file, &ecdsa_key_file],
+                    &authorized,
+                ),
             );
             match launch(&dir, port) {
                 Ok(child) => break (port, child),
@@ -131,6 +144,7 @@ impl Sshd {
             uid,
             gid,
             host_key,
+            ecdsa_host_key,
             listener,
         };
         sshd.write_client_side(world, &user_key_file);
@@ -204,6 +218,11 @@ impl Sshd {
     /// The world's `known_hosts` line for this server: `[127.0.0.1]:PORT ssh-ed25519 AAAA...`.
     pub(crate) fn known_hosts_line(&self) -> String {
         format!("[127.0.0.1]:{} {}", self.port, self.host_key)
+    }
+
+    /// The `known_hosts` line of the server's second (ECDSA) host key.
+    pub(crate) fn ecdsa_known_hosts_line(&self) -> String {
+        format!("[127.0.0.1]:{} {}", self.port, self.ecdsa_host_key)
     }
 
     /// The server's log so far (`sshd -e` at LogLevel VERBOSE).
@@ -458,7 +477,7 @@ fn banner(port: u16) -> Result<String, String> {
 }
 
 /// The server's configuration.
-fn config(dir: &Path, port: u16, user: &str, host_key: &Path, authorized: &Path) -> String {
+fn config(dir: &Path, port: u16, user: &str, host_keys: &[&Path], authorized: &Path) -> String {
     let sftp = if Path::new(SFTP_SERVER).exists() {
         SFTP_SERVER
     } else {
@@ -469,7 +488,7 @@ fn config(dir: &Path, port: u16, user: &str, host_key: &Path, authorized: &Path)
          Port {port}\n\
          ListenAddress 127.0.0.1\n\
          AddressFamily inet\n\
-         HostKey {host_key}\n\
+         {host_keys}\
          PidFile {pid}\n\
          AuthorizedKeysFile {authorized}\n\
          AllowUsers {user}\n\
@@ -489,7 +508,10 @@ fn config(dir: &Path, port: u16, user: &str, host_key: &Path, authorized: &Path)
          X11Forwarding no\n\
          Subsystem sftp {sftp}\n\
          LogLevel VERBOSE\n",
-        host_key = host_key.display(),
+        host_keys = host_keys
+            .iter()
+            .map(|k| format!("HostKey {}\n", k.display()))
+            .collect::<String>(),
         pid = dir.join("sshd.pid").display(),
         authorized = authorized.display(),
     );
@@ -529,6 +551,11 @@ fn free_port() -> u16 {
 
 /// `ssh-keygen -q -t ed25519 -N '' -f FILE` (replacing FILE and FILE.pub).
 fn keygen(file: &Path) {
+    keygen_typed(file, "ed25519");
+}
+
+/// `ssh-keygen -q -t TYPE -N '' -f FILE` (replacing FILE and FILE.pub).
+fn keygen_typed(file: &Path, key_type: &str) {
     for old in [file.to_path_buf(), pub_path(file)] {
         match fs::remove_file(&old) {
             Ok(()) => {}
@@ -537,7 +564,7 @@ fn keygen(file: &Path) {
         }
     }
     let mut cmd = run::clean("ssh-keygen");
-    cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "hpcstage-test", "-f"])
+    cmd.args(["-q", "-t", key_type, "-N", "", "-C", "hpcstage-test", "-f"])
         .arg(file);
     Run::of(cmd).code(0);
 }

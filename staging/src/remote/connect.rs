@@ -113,8 +113,33 @@ impl Endpoint {
 
     /// Opens an authenticated connection with an SFTP channel.
     pub fn connect(&self, opts: &SshOptions) -> Result<(Session, Sftp)> {
+        match self.connect_with(opts, None) {
+            Err(Error::HostKey(problem)) => {
+                // The server may also hold a key of another type, the one known_hosts
+                // has (OpenSSH asks for those types first; libssh2 takes its own
+                // preference). Only a key known_hosts vouches for is ever accepted.
+                for algorithm in HOST_KEY_ALGORITHMS {
+                    match self.connect_with(opts, Some(algorithm)) {
+                        Ok(connected) => return Ok(connected),
+                        Err(Error::HostKey(_) | Error::SshConnect { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(Error::HostKey(problem))
+            }
+            other => other,
+        }
+    }
+
+    /// One connection attempt, with the host key type fixed when given.
+    fn connect_with(&self, opts: &SshOptions, host_key: Option<&str>) -> Result<(Session, Sftp)> {
         let tcp = self.tcp(opts)?;
         let mut session = Session::new().map_err(|e| self.failed("cannot start SSH", e))?;
+        if let Some(algorithm) = host_key {
+            session
+                .method_pref(ssh2::MethodType::HostKey, algorithm)
+                .map_err(|e| self.failed("cannot choose a host key type", e))?;
+        }
         session.set_tcp_stream(tcp);
         session.set_timeout(u32::try_from(opts.timeout.as_millis()).unwrap_or(u32::MAX));
         session
@@ -160,13 +185,16 @@ impl Endpoint {
         let mut known = session
             .known_hosts()
             .map_err(|e| self.failed("cannot read known hosts", e))?;
-        if self.known_hosts.exists() {
-            known
-                .read_file(&self.known_hosts, KnownHostFileKind::OpenSSH)
-                .map_err(|e| Error::Parse {
-                    path: self.known_hosts.clone(),
-                    reason: format!("not a known_hosts file libssh2 can read: {e}"),
-                })?;
+        // The user's file, and the system-wide one clusters often fill for their hosts.
+        for file in [self.known_hosts.as_path(), Path::new(GLOBAL_KNOWN_HOSTS)] {
+            if file.exists() {
+                known
+                    .read_file(file, KnownHostFileKind::OpenSSH)
+                    .map_err(|e| Error::Parse {
+                        path: file.to_path_buf(),
+                        reason: format!("not a known_hosts file libssh2 can read: {e}"),
+                    })?;
+            }
         }
         let host_key_error = |changed: bool| {
             Error::HostKey(Box::new(HostKeyProblem {
@@ -281,6 +309,21 @@ pub(crate) fn home_dir() -> PathBuf {
         .map(|u| u.dir)
         .unwrap_or_else(|| Path::new("/").to_path_buf())
 }
+
+/// The system-wide known hosts, read after the user's.
+const GLOBAL_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
+
+/// Host key types tried one by one when the type negotiated first is not the one
+/// `known_hosts` holds.
+const HOST_KEY_ALGORITHMS: [&str; 7] = [
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ssh-rsa",
+];
 
 /// libssh2's "the server refused this key" codes (LIBSSH2_ERROR_AUTHENTICATION_FAILED,
 /// LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED): the next key is tried.

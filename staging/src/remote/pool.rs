@@ -188,6 +188,17 @@ impl Remote {
                     return Err(e);
                 }
                 Err(Fault::Connection(reason)) => {
+                    // ssh2 reports a server's answer to a read or write (a full disk, a
+                    // quota, an I/O error there) like a broken connection. A connection
+                    // that still answers says which it was: then the error is final.
+                    if conn.sftp.lstat(Path::new("/")).is_ok() {
+                        self.give_back(Some(conn));
+                        return Err(Error::Remote {
+                            path: self.display(path),
+                            kind: RemoteErrorKind::Other,
+                            message: reason,
+                        });
+                    }
                     self.give_back(None);
                     self.lost.fetch_add(1, Ordering::Relaxed);
                     if attempt >= self.opts.retries {

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::hash::{self, Digest};
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
-use crate::walk::{self, Filter, Kind, MANIFEST_NAME};
+use crate::walk::{self, Filter, Kind, Meta, MANIFEST_NAME};
 
 /// How to upload.
 #[derive(Debug, Clone, Default)]
@@ -55,8 +55,9 @@ pub struct Upload<'a> {
     tmp: PathBuf,
     dest: PathBuf,
     entries: Mutex<Vec<ManifestEntry>>,
-    /// Symlinks this upload made.
+    /// Symlinks and folders this upload made.
     links: Mutex<Vec<PathBuf>>,
+    dirs: Mutex<Vec<PathBuf>>,
 }
 
 impl Remote {
@@ -89,6 +90,7 @@ impl Remote {
             dest: dest.to_path_buf(),
             entries: Mutex::new(Vec::new()),
             links: Mutex::new(Vec::new()),
+            dirs: Mutex::new(Vec::new()),
         })
     }
 
@@ -182,6 +184,9 @@ impl Remote {
     pub fn exec(&self, command: &str) -> Result<(i32, String)> {
         let endpoint = super::connect::Endpoint::resolve(self.spec())?;
         let (session, _sftp) = endpoint.connect(self.options())?;
+        // The command prints nothing until it is done (`sha256sum --quiet` over a big
+        // folder takes as long as reading it): no time limit on waiting for it.
+        session.set_timeout(0);
         let lost = |e: ssh2::Error| Error::ConnectionLost {
             host: self.spec().authority(),
             path: self.display(self.root()),
@@ -227,6 +232,7 @@ impl Upload<'_> {
         let mut report = UploadReport::default();
         for d in entries.iter().filter(|e| e.kind == Kind::Dir) {
             self.remote.mkdir_all(&self.tmp.join(&d.rel))?;
+            self.dirs.lock().expect("dirs lock").push(d.rel.clone());
             report.dirs += 1;
         }
         let files: Vec<_> = entries.iter().filter(|e| e.kind == Kind::File).collect();
@@ -349,28 +355,54 @@ impl Upload<'_> {
     }
 
     /// Removes what an earlier, different upload left in the hidden folder (files the
-    /// manifest does not list, links this upload did not make), so that nothing unlisted
-    /// reaches the final folder.
+    /// manifest does not list, links and folders this upload did not make, bookkeeping
+    /// and temporaries included), so that nothing unlisted reaches the final folder.
     fn prune_unlisted(&self, manifest: &Manifest) -> Result<()> {
-        let tree = self.remote.walk_at(&self.tmp, &Filter::default())?;
-        if let Some(e) = tree.errors.into_iter().next() {
-            return Err(e);
-        }
         let listed: std::collections::HashSet<&Path> =
             manifest.entries.iter().map(|e| e.path.as_path()).collect();
         let links = self.links.lock().expect("links lock");
-        for e in tree.entries {
-            let keep = match e.kind {
-                Kind::Dir => true,
-                Kind::File => listed.contains(e.rel.as_path()),
-                Kind::Symlink => links.contains(&e.rel),
-                Kind::Other => false,
-            };
-            if !keep {
-                let path = self.tmp.join(&e.rel);
-                self.remote
-                    .run(&path, |sftp| sftp.unlink(&path).map_err(Fault::of))?;
+        let dirs = self.dirs.lock().expect("dirs lock");
+        let mut stale_dirs = Vec::new();
+        let mut pending = vec![PathBuf::new()];
+        while let Some(rel_dir) = pending.pop() {
+            let dir = self.tmp.join(&rel_dir);
+            let listing = self
+                .remote
+                .run(&dir, |sftp| sftp.readdir(&dir).map_err(Fault::of))?;
+            for (path, st) in listing {
+                let Some(name) = path.file_name() else {
+                    continue;
+                };
+                let rel = rel_dir.join(name);
+                let keep = match st.file_type() {
+                    ssh2::FileType::Directory => {
+                        pending.push(rel.clone());
+                        dirs.contains(&rel)
+                    }
+                    ssh2::FileType::Symlink => links.contains(&rel),
+                    ssh2::FileType::RegularFile => {
+                        listed.contains(rel.as_path()) || rel == Path::new(MANIFEST_NAME)
+                    }
+                    _ => false,
+                };
+                if keep {
+                    continue;
+                }
+                if st.is_dir() {
+                    stale_dirs.push(rel);
+                } else {
+                    let path = self.tmp.join(&rel);
+                    self.remote
+                        .run(&path, |sftp| sftp.unlink(&path).map_err(Fault::of))?;
+                }
             }
+        }
+        // Their contents are gone by now; deepest first.
+        stale_dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for rel in stale_dirs {
+            let path = self.tmp.join(&rel);
+            self.remote
+                .run(&path, |sftp| sftp.rmdir(&path).map_err(Fault::of))?;
         }
         Ok(())
     }
@@ -385,18 +417,22 @@ impl Upload<'_> {
         mtime_ns: Option<i64>,
         progress: &dyn Progress,
     ) -> Result<(Digest, bool)> {
-        let size = std::fs::metadata(local)
-            .map_err(|e| Error::io(local, e))?
-            .len();
-        // Resume: a file of the right size is read back and compared before any write.
+        let before = Meta::from_std(&std::fs::metadata(local).map_err(|e| Error::io(local, e))?);
+        let size = before.size;
+        // Resume: a regular file of the right size is read back and compared before any
+        // write (anything else there is replaced by write_verified).
         let remote_path = self.tmp.join(rel);
         let present = self
             .remote
             .run(&remote_path, |sftp| Ok(sftp.lstat(&remote_path).ok()))?;
-        if present.is_some_and(|st| st.size == Some(size)) {
+        let resumable = present.is_some_and(|st| {
+            st.file_type() == ssh2::FileType::RegularFile && st.size == Some(size)
+        });
+        if resumable {
             let (want, _) = hash::hash_file(local)?;
             let (got, n) = self.read_back(rel, size)?;
             if got == want && n == size {
+                self.set_meta(&remote_path, mode, mtime_ns)?;
                 progress.add_bytes(size);
                 return Ok((want, true));
             }
@@ -405,14 +441,23 @@ impl Upload<'_> {
             let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
             hash::with_buffer(|buf| loop {
                 let n = match file.read(buf) {
-                    Ok(0) => return Ok(()),
+                    Ok(0) => break Ok(()),
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io(local, e)),
+                    Err(e) => break Err(Error::io(local, e)),
                 };
                 w(&buf[..n])?;
                 progress.add_bytes(n as u64);
-            })
+            })?;
+            // The same check as a local copy: a file rewritten while it was read is not
+            // what any one moment held.
+            let after = Meta::from_std(&file.metadata().map_err(|e| Error::io(local, e))?);
+            if !before.unchanged(&after) {
+                return Err(Error::SourceChanged {
+                    path: local.to_path_buf(),
+                });
+            }
+            Ok(())
         })?;
         Ok((digest, false))
     }
@@ -430,9 +475,21 @@ impl Upload<'_> {
     ) -> Result<Digest> {
         let path = self.tmp.join(rel);
         let sent = self.remote.run(&path, |sftp: &Sftp| {
+            // Always a fresh regular file: whatever is at the name (a partial file, or a
+            // link an earlier attempt left, which a plain open would follow) goes first,
+            // and the exclusive create never writes through a link.
+            if let Ok(st) = sftp.lstat(&path) {
+                if st.is_dir() {
+                    return Err(Fault::Server(
+                        RemoteErrorKind::AlreadyExists,
+                        "a folder is where a file goes".to_string(),
+                    ));
+                }
+                sftp.unlink(&path).map_err(Fault::of)?;
+            }
             let mut f = sftp.open_mode(
                 &path,
-                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
                 0o600,
                 OpenType::File,
             )?;
@@ -451,8 +508,16 @@ impl Upload<'_> {
                 return Err(Fault::io(e));
             }
             filled.map_err(Fault::Local)?;
-            // Not every server offers fsync@openssh.com; a read-back still follows.
-            let _ = f.fsync();
+            // Not every server offers fsync@openssh.com (a read-back still follows); any
+            // other failure there, or at close, is the server's answer (a full disk, a
+            // quota) and final.
+            match f.fsync() {
+                Err(e) if e.code() != ssh2::ErrorCode::SFTP(FX_OP_UNSUPPORTED) => {
+                    return Err(Fault::of(e))
+                }
+                _ => {}
+            }
+            f.close().map_err(Fault::of)?;
             Ok((Digest::from_hasher(hasher), n))
         })?;
         let (digest, n) = sent;
@@ -466,12 +531,17 @@ impl Upload<'_> {
                 read_len: back_len,
             });
         }
-        let mtime = mtime_ns.map(|ns| u64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or(0));
-        self.remote.run(&path, |sftp| {
-            sftp.setstat(&path, stat_with(Some(mode & 0o7777), mtime))
-                .map_err(Fault::of)
-        })?;
+        self.set_meta(&path, mode, mtime_ns)?;
         Ok(digest)
+    }
+
+    /// Mode, and mtime when given, of a file of the folder.
+    fn set_meta(&self, path: &Path, mode: u32, mtime_ns: Option<i64>) -> Result<()> {
+        let mtime = mtime_ns.map(|ns| u64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or(0));
+        self.remote.run(path, |sftp| {
+            sftp.setstat(path, stat_with(Some(mode & 0o7777), mtime))
+                .map_err(Fault::of)
+        })
     }
 
     /// Hashes a remote file of the folder as the server returns it; `size` is what it
@@ -488,6 +558,9 @@ impl Upload<'_> {
         Ok((Digest::from_hasher(hasher), n))
     }
 }
+
+/// SSH_FX_OP_UNSUPPORTED: the server does not offer an extension.
+const FX_OP_UNSUPPORTED: i32 = 8;
 
 /// Takes the next block of a file being written.
 type BlockWriter<'w> = dyn FnMut(&[u8]) -> Result<()> + 'w;
