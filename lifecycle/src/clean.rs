@@ -20,7 +20,7 @@ use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::record::{read_json, StageRecord};
 use hpcstage_staging::remote::NasAccess;
 use hpcstage_staging::scan::{scan, Scan};
-use hpcstage_staging::walk::{is_bookkeeping, is_temporary, MANIFEST_NAME, STATE_DIR};
+use hpcstage_staging::walk::{is_bookkeeping, is_temporary, Meta, MANIFEST_NAME, STATE_DIR};
 use hpcstage_staging::worm::make_writable;
 
 use crate::error::Result;
@@ -172,7 +172,8 @@ fn stage_refusal(record: &StageRecord, scratch_root: &Path) -> std::result::Resu
                         // or mtime moved since it was verified is read again; only its
                         // content decides (a `touch` is not an edit).
                         let moved = journal.get(&e.path).is_some_and(|j| {
-                            j.dest_ino != s.ino() || j.dest_mtime_ns != mtime_ns(&s)
+                            let now = Meta::from_std(&s);
+                            j.dest_ino != now.ino || j.dest_mtime_ns != now.mtime_ns
                         });
                         if moved
                             && hash_file(&dest.join(&e.path)).map(|h| h.0).ok() != Some(e.digest)
@@ -278,10 +279,6 @@ pub fn remove(candidate: &Candidate) -> Result<()> {
     Ok(())
 }
 
-fn mtime_ns(m: &std::fs::Metadata) -> i64 {
-    m.mtime() * 1_000_000_000 + m.mtime_nsec()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,16 +286,6 @@ mod tests {
     use hpcstage_staging::hash::Digest;
     use hpcstage_staging::manifest::ManifestEntry;
     use hpcstage_staging::record::write_json;
-
-    fn staged(w: &World) -> (PathBuf, StageRecord) {
-        let source = w.nas_dataset(
-            "P",
-            "plate7",
-            &[("a.tif", "aaaa"), ("b.tif", "bb"), ("sub/c.csv", "c")],
-        );
-        let record = w.stage(&source, "P", "plate7");
-        (source, record)
-    }
 
     #[track_caller]
     fn refused(c: &Candidate) -> &str {
@@ -367,7 +354,7 @@ mod tests {
     #[test]
     fn a_safe_staged_copy_is_removed_read_only_parts_and_all() {
         let w = World::new();
-        let (_, record) = staged(&w);
+        let (_, record) = w.plate7();
         // Bookkeeping of hpcstage itself is not user data.
         write(&record.destination.join("verify_2026-01-01.log"), "ok\n");
         make_read_only(&record.destination);
@@ -386,7 +373,7 @@ mod tests {
     #[test]
     fn a_staged_copy_whose_nas_source_changed_is_refused() {
         let w = World::new();
-        let (source, record) = staged(&w);
+        let (source, record) = w.plate7();
         let mut nas = Manifest::read(&source.join(MANIFEST_NAME)).unwrap();
         nas.entries[1] = ManifestEntry {
             path: "b.tif".into(),
@@ -410,7 +397,7 @@ mod tests {
     #[test]
     fn a_staged_copy_is_refused_when_the_nas_lacks_one_of_its_files() {
         let w = World::new();
-        let (source, record) = staged(&w);
+        let (source, record) = w.plate7();
         // Listed in the NAS manifest but gone from the NAS.
         std::fs::remove_file(source.join("sub/c.csv")).unwrap();
         let c = assess_stage(&record, &w.scratch());
@@ -437,7 +424,7 @@ mod tests {
     #[test]
     fn files_written_into_a_staged_folder_after_staging_keep_it() {
         let w = World::new();
-        let (_, record) = staged(&w);
+        let (_, record) = w.plate7();
         write(&record.destination.join("sub/results.csv"), "only here");
         let c = assess_stage(&record, &w.scratch());
         assert_eq!(
@@ -484,7 +471,7 @@ mod tests {
     #[test]
     fn hostile_ledger_entries_pointing_outside_scratch_are_refused() {
         let w = World::new();
-        let (_, record) = staged(&w);
+        let (_, record) = w.plate7();
         let outside = w.root.join("sibling");
         let copy = |dest: &Path| {
             let mut r = record.clone();
@@ -545,7 +532,7 @@ mod tests {
     #[test]
     fn a_folder_without_its_own_marker_is_refused() {
         let w = World::new();
-        let (_, record) = staged(&w);
+        let (_, record) = w.plate7();
         let marker = record.destination.join(STATE_DIR).join("stage.json");
 
         // The marker names another path (a copied or moved folder).
@@ -575,7 +562,7 @@ mod tests {
     #[test]
     fn a_source_that_is_the_copy_itself_is_refused() {
         let w = World::new();
-        let (_, mut record) = staged(&w);
+        let (_, mut record) = w.plate7();
         record.source = record.destination.join("sub").display().to_string();
         std::fs::copy(
             record.destination.join(MANIFEST_NAME),
@@ -592,7 +579,7 @@ mod tests {
     #[test]
     fn a_folder_already_gone_is_refused_quietly() {
         let w = World::new();
-        let (_, record) = staged(&w);
+        let (_, record) = w.plate7();
         std::fs::remove_dir_all(&record.destination).unwrap();
         let c = assess_stage(&record, &w.scratch());
         assert_eq!(c.refused.as_deref(), Some("already gone"));

@@ -591,20 +591,10 @@ mod tests {
     use hpcstage_staging::record::write_json;
     use jiff::SignedDuration;
 
-    fn one_dataset(w: &World) -> (PathBuf, StageRecord) {
-        let source = w.nas_dataset(
-            "P",
-            "plate7",
-            &[("a.tif", "aaaa"), ("b.tif", "bb"), ("sub/c.csv", "c")],
-        );
-        let record = w.stage(&source, "P", "plate7");
-        (source, record)
-    }
-
     #[test]
     fn deadlines_follow_each_basis_from_the_files_real_timestamps() {
         let w = World::new();
-        let (_, mut record) = one_dataset(&w);
+        let (_, mut record) = w.plate7();
         let now = Timestamp::now();
         record.staged_at = days_before(now, 5);
         let before_ctime = days_before(now, 0);
@@ -655,7 +645,7 @@ mod tests {
     #[test]
     fn preserved_old_mtimes_on_an_mtime_purged_scratch_expire_at_once() {
         let w = World::new();
-        let (_, record) = one_dataset(&w);
+        let (_, record) = w.plate7();
         let acquired: Timestamp = "2020-03-01T00:00:00Z".parse().unwrap();
         set_times(&record.destination, acquired, acquired);
         let now = Timestamp::now();
@@ -673,7 +663,7 @@ mod tests {
     #[test]
     fn a_partly_purged_folder_says_how_many_files_are_gone() {
         let w = World::new();
-        let (_, record) = one_dataset(&w);
+        let (_, record) = w.plate7();
         let now = Timestamp::now();
         let p = PurgePolicy::default();
         std::fs::remove_file(record.destination.join("a.tif")).unwrap();
@@ -699,7 +689,7 @@ mod tests {
     #[test]
     fn the_whole_folder_policy_is_carried_into_items_and_the_report() {
         let w = World::new();
-        let (_, record) = one_dataset(&w);
+        let (_, record) = w.plate7();
         let run = w.run("P", "r1");
         let now = Timestamp::now();
         let all = Filter {
@@ -806,7 +796,7 @@ mod tests {
     #[test]
     fn a_stage_whose_nas_source_vanished_or_changed_is_at_risk() {
         let w = World::new();
-        let (source, record) = one_dataset(&w);
+        let (source, record) = w.plate7();
         let now = Timestamp::now();
         let p = PurgePolicy::default();
         assert_eq!(stage_item(&record, &p, now).safety, Safety::Safe);
@@ -1064,7 +1054,7 @@ mod tests {
     #[test]
     fn gather_reads_the_ledger_and_the_scanned_roots_once_each() {
         let w = World::new();
-        let (_, record) = one_dataset(&w);
+        let (_, record) = w.plate7();
         let state = w.root.join("state");
         let ledger = hpcstage_staging::ledger::Ledger::open(&state).unwrap();
         ledger.put_stage(&record).unwrap();

@@ -41,6 +41,17 @@ impl World {
         self.root.join("scratch")
     }
 
+    /// The dataset most tests use, `P/plate7` (three files), on the NAS and staged.
+    pub(crate) fn plate7(&self) -> (PathBuf, StageRecord) {
+        let source = self.nas_dataset(
+            "P",
+            "plate7",
+            &[("a.tif", "aaaa"), ("b.tif", "bb"), ("sub/c.csv", "c")],
+        );
+        let record = self.stage(&source, "P", "plate7");
+        (source, record)
+    }
+
     /// `nas/<project>/raw/<name>` holding `files` and their `MANIFEST.sha256`.
     pub(crate) fn nas_dataset(&self, project: &str, name: &str, files: &[(&str, &str)]) -> PathBuf {
         let dir = self.nas().join(project).join("raw").join(name);

@@ -192,8 +192,18 @@ fn ingest_remote(
     progress: &dyn Progress,
 ) -> Result<IngestOutcome> {
     let final_path = raw_path(remote.root(), &settings.project, &settings.dataset);
-    let exists = || Error::DatasetExists {
-        path: remote.display(&final_path),
+    // Refused at the start (or, if one appeared meanwhile, at the rename into place):
+    // raw data is never replaced.
+    let shown = remote.display(&final_path);
+    let exists = |e: Error| match e {
+        Error::Remote {
+            kind: RemoteErrorKind::AlreadyExists,
+            ref path,
+            ..
+        } if *path == shown => Error::DatasetExists {
+            path: shown.clone(),
+        },
+        e => e,
     };
     if settings.copy.dry_run {
         return Err(Error::Invalid {
@@ -203,10 +213,7 @@ fn ingest_remote(
                 .to_string(),
         });
     }
-    if remote.exists(&final_path)? {
-        return Err(exists());
-    }
-    let upload = remote.begin_upload(&final_path)?;
+    let upload = remote.begin_upload(&final_path).map_err(exists)?;
     let opts = UploadOptions {
         filter: settings.copy.filter.clone(),
         remote_verify: settings.remote_verify,
@@ -217,13 +224,7 @@ fn ingest_remote(
     let info = dataset_info(settings, &data, sent.files, sent.bytes);
     let json = json_bytes(&remote.display(&upload.tmp().join("dataset.json")), &info)?;
     upload.put_bytes(Path::new("dataset.json"), &json)?;
-    let manifest = match upload.finish(settings.remote_verify) {
-        Err(Error::Remote {
-            kind: RemoteErrorKind::AlreadyExists,
-            ..
-        }) => return Err(exists()),
-        other => other?,
-    };
+    let manifest = upload.finish(settings.remote_verify).map_err(exists)?;
     remote.protect(&final_path)?;
     let report = CopyReport {
         files_total: sent.files,

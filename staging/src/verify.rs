@@ -25,8 +25,8 @@ pub struct Plan {
     path: PathBuf,
     /// Entries in the file, duplicates (same path, same checksum) counted once.
     pub entries: u64,
-    /// Sorted by path bytes: verified by streaming. Otherwise in memory.
-    pub sorted: bool,
+    /// A manifest not sorted by path bytes, held in memory; `None`: streamed.
+    unsorted: Option<Manifest>,
 }
 
 /// Totals of a verification (the per-file outcomes went to the caller as they came).
@@ -125,16 +125,21 @@ impl Plan {
             count += 1;
             previous = Some(e.path);
         }
-        if !sorted {
-            // Duplicates far apart, and the in-memory check, need the whole list anyway.
-            let m = Manifest::read(path)?;
+        // Duplicates far apart, and the in-memory check, need the whole list anyway.
+        let unsorted = (!sorted).then(|| Manifest::read(path)).transpose()?;
+        if let Some(m) = &unsorted {
             count = m.len() as u64;
         }
         Ok(Plan {
             path: path.to_path_buf(),
             entries: count,
-            sorted,
+            unsorted,
         })
+    }
+
+    /// Sorted by path bytes: verified by streaming. Otherwise in memory.
+    pub fn sorted(&self) -> bool {
+        self.unsorted.is_none()
     }
 
     /// Checks every listed file under `dir`, calling `report` with each outcome in
@@ -147,9 +152,8 @@ impl Plan {
         report: &mut dyn FnMut(&Path, &Check),
     ) -> Result<Totals> {
         let mut totals = Totals::default();
-        if !self.sorted {
-            let m = Manifest::read(&self.path)?;
-            let v = manifest::verify(dir, &m, progress)?;
+        if let Some(m) = &self.unsorted {
+            let v = manifest::verify(dir, m, progress)?;
             for ((path, check), e) in v.checks.iter().zip(&m.entries) {
                 debug_assert_eq!(path, &e.path);
                 report(path, check);
@@ -274,7 +278,7 @@ mod tests {
         std::fs::write(dir.path().join("a/new.tif"), "new").unwrap();
 
         let (plan, streamed, totals) = outcomes(dir.path(), &sorted);
-        assert!(plan.sorted);
+        assert!(plan.sorted());
         assert_eq!(plan.entries, 4);
         assert_eq!(
             (totals.ok, totals.failed, totals.missing),
@@ -291,7 +295,7 @@ mod tests {
         let unsorted = dir.path().join("other.sha256");
         std::fs::write(&unsorted, lines.join("\n") + "\n").unwrap();
         let (plan, in_memory, totals2) = outcomes(dir.path(), &unsorted);
-        assert!(!plan.sorted);
+        assert!(!plan.sorted());
         assert_eq!(plan.entries, 4);
         let mut a = streamed.clone();
         let mut b = in_memory.clone();

@@ -151,6 +151,18 @@ impl Filter {
             || Self::matches(&self.exclude_name, &self.exclude_path, rel)
     }
 
+    /// Whether a walk leaves `rel` (named `name`) out before looking at it: hpcstage's own
+    /// bookkeeping and temporaries, and what `--exclude` names.
+    pub fn leaves_out(&self, rel: &Path, name: &OsStr) -> bool {
+        is_bookkeeping(rel) || is_temporary(name) || self.excluded(rel)
+    }
+
+    /// Whether a walk keeps an entry of this kind: files and links only when `--include`
+    /// takes them; folders always (they are walked into).
+    pub fn keeps(&self, kind: Kind, rel: &Path) -> bool {
+        !matches!(kind, Kind::File | Kind::Symlink) || self.takes_file(rel)
+    }
+
     /// True when a file at `rel` is taken.
     pub fn takes_file(&self, rel: &Path) -> bool {
         !self.excluded(rel)
@@ -294,7 +306,7 @@ fn walk_dir<G: Gather>(root: &Path, rel_dir: &Path, filter: &Filter) -> G {
         };
         let name = dent.file_name();
         let rel = rel_dir.join(&name);
-        if is_bookkeeping(&rel) || is_temporary(&name) || filter.excluded(&rel) {
+        if filter.leaves_out(&rel, &name) {
             continue;
         }
         let m = match std::fs::symlink_metadata(dent.path()) {
@@ -314,7 +326,7 @@ fn walk_dir<G: Gather>(root: &Path, rel_dir: &Path, filter: &Filter) -> G {
         } else {
             Kind::Other
         };
-        if matches!(kind, Kind::File | Kind::Symlink) && !filter.takes_file(&rel) {
+        if !filter.keeps(kind, &rel) {
             continue;
         }
         if kind == Kind::Dir {
@@ -382,7 +394,7 @@ fn files_in_order_below(
         };
         let name = dent.file_name();
         let rel = rel_dir.join(&name);
-        if is_bookkeeping(&rel) || is_temporary(&name) || filter.excluded(&rel) {
+        if filter.leaves_out(&rel, &name) {
             continue;
         }
         // The folder entry's type, without a stat where the filesystem records it.
@@ -394,8 +406,7 @@ fn files_in_order_below(
             }
         };
         let is_dir = ft.is_dir();
-        let wanted_file = ft.is_file() && filter.takes_file(&rel);
-        if !(is_dir || wanted_file) {
+        if !(is_dir || ft.is_file() && filter.keeps(Kind::File, &rel)) {
             continue;
         }
         let mut key = name.as_bytes().to_vec();

@@ -121,6 +121,11 @@ impl Remote {
         &self.spec
     }
 
+    /// The host as resolved through `~/.ssh/config`.
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     pub fn options(&self) -> &SshOptions {
         &self.opts
     }

@@ -10,9 +10,7 @@ use ssh2::{FileStat, FileType, Sftp};
 use super::pool::{Fault, Remote, RemoteErrorKind};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::walk::{
-    is_bookkeeping, is_temporary, Entry, Filter, Gather, Kind, Meta, Tree, MANIFEST_NAME,
-};
+use crate::walk::{Entry, Filter, Gather, Kind, Meta, Tree, MANIFEST_NAME};
 
 /// What SFTP tells of a file, in the engine's terms. SFTP carries no inode, link count,
 /// ctime or block count: hard links arrive as separate files and holes as zeros.
@@ -89,11 +87,11 @@ impl Remote {
                 continue;
             };
             let rel = rel_dir.join(name);
-            if is_bookkeeping(&rel) || is_temporary(name) || filter.excluded(&rel) {
+            if filter.leaves_out(&rel, name) {
                 continue;
             }
             let kind = kind_of(&st);
-            if matches!(kind, Kind::File | Kind::Symlink) && !filter.takes_file(&rel) {
+            if !filter.keeps(kind, &rel) {
                 continue;
             }
             if kind == Kind::Dir {

@@ -182,8 +182,7 @@ impl Remote {
 
     /// Runs `command` on the remote host through a shell; returns exit status and output.
     pub fn exec(&self, command: &str) -> Result<(i32, String)> {
-        let endpoint = super::connect::Endpoint::resolve(self.spec())?;
-        let (session, _sftp) = endpoint.connect(self.options())?;
+        let (session, _sftp) = self.endpoint().connect(self.options())?;
         // The command prints nothing until it is done (`sha256sum --quiet` over a big
         // folder takes as long as reading it): no time limit on waiting for it.
         session.set_timeout(0);
@@ -309,12 +308,13 @@ impl Upload<'_> {
     pub fn finish(self, remote_verify: bool) -> Result<Manifest> {
         let manifest = self.manifest();
         self.prune_unlisted(&manifest)?;
+        let text = manifest.to_bytes();
         self.write_verified(
             Path::new(MANIFEST_NAME),
-            manifest.to_bytes().len() as u64,
+            text.len() as u64,
             0o644,
             None,
-            &mut |w| w(&manifest.to_bytes()),
+            &mut |w| w(&text),
         )?;
         if remote_verify {
             let command = format!(
