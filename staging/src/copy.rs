@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 use tempfile::TempPath;
 
+use crate::direct;
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest, STREAM_THRESHOLD};
 use crate::journal::{Journal, JournalEntry};
@@ -223,6 +224,8 @@ struct Staged {
     meta: Meta,
     /// Already on storage (a big file, flushed by itself), so no batch flush is needed.
     synced: bool,
+    /// Digest and length read back from storage during the copy, if it was.
+    readback: Option<(Digest, u64)>,
 }
 
 /// Where a copy reads from: a local folder or a folder on an SSH host.
@@ -810,7 +813,7 @@ fn copy_to_temporary(
     let (mut out, tmp) = tmp.into_parts();
     let tmp_path = tmp.to_path_buf();
     let big = job.meta.size >= ctx.opts.batch_bytes;
-    let (digest, total, before, after) = match ctx.src {
+    let (copy, before, after) = match ctx.src {
         Source::Local(root) => read_local(ctx, &root.join(&job.rel), &mut out, &tmp_path, big)?,
         Source::Remote(remote) => {
             read_remote(ctx, remote, job, &mut out, &tmp_path, big).map_err(io)?
@@ -825,7 +828,8 @@ fn copy_to_temporary(
     drop(out);
 
     let src_path = ctx.src.display(&job.rel);
-    if !before.unchanged(&after) || total != before.size {
+    let digest = copy.digest;
+    if !before.unchanged(&after) || copy.bytes != before.size {
         return Err((
             FailureKind::SourceChanged,
             Error::SourceChanged { path: src_path },
@@ -849,11 +853,22 @@ fn copy_to_temporary(
         digest,
         meta: before,
         synced: big,
+        readback: copy.readback,
     })
 }
 
-/// What reading one source file gives: digest, bytes read, metadata before and after.
-type SourceRead = (Digest, u64, Meta, Meta);
+/// What copying one file's bytes gave.
+struct FileCopy {
+    /// Digest of the bytes read from the source.
+    digest: Digest,
+    bytes: u64,
+    /// Digest and length of the destination as read back from storage during the copy;
+    /// `None` when it still has to be read back.
+    readback: Option<(Digest, u64)>,
+}
+
+/// What reading one source file gives: the copy, metadata before and after.
+type SourceRead = (FileCopy, Meta, Meta);
 
 /// One local file into `out`: holes kept, big files streamed by a reader thread.
 fn read_local(
@@ -868,18 +883,23 @@ fn read_local(
     hash::advise_sequential(&file);
     let before = Meta::from_std(&file.metadata().at(src_path).map_err(io)?);
     let sparse = before.is_sparse();
-    let (digest, total) = if before.size >= STREAM_THRESHOLD {
+    let copy = if before.size >= STREAM_THRESHOLD {
         copy_streamed(&file, src_path, out, tmp_path, sparse, ctx.progress, big)?
     } else {
-        hash::with_buffer(|buf| {
+        let (digest, bytes) = hash::with_buffer(|buf| {
             copy_simple(&file, src_path, out, tmp_path, sparse, buf, ctx.progress)
-        })?
+        })?;
+        FileCopy {
+            digest,
+            bytes,
+            readback: None,
+        }
     };
     if sparse {
-        out.set_len(total).at(tmp_path).map_err(io)?;
+        out.set_len(copy.bytes).at(tmp_path).map_err(io)?;
     }
     let after = Meta::from_std(&file.metadata().at(src_path).map_err(io)?);
-    Ok((digest, total, before, after))
+    Ok((copy, before, after))
 }
 
 /// One remote file into `out`, over a pooled connection (resumed at the byte reached
@@ -908,7 +928,12 @@ fn read_remote(
             Ok(())
         })
     })?;
-    Ok((Digest::from_hasher(hasher), total, before, after))
+    let copy = FileCopy {
+        digest: Digest::from_hasher(hasher),
+        bytes: total,
+        readback: None,
+    };
+    Ok((copy, before, after))
 }
 
 fn copy_simple(
@@ -938,10 +963,11 @@ fn copy_simple(
     Ok((Digest::from_hasher(hasher), total))
 }
 
-/// A reader thread fills blocks while this thread hashes and writes them. With
-/// `writeback`, written ranges are handed to the kernel's writeback as they complete
-/// (`sync_file_range`), so storage writes overlap the copy instead of piling up for one
-/// long flush at the end.
+/// Big files go past the page cache where both filesystems allow it (see `direct`): a
+/// reader thread keeps direct reads in flight while this thread hashes and a writer thread
+/// writes. When the destination takes only buffered writes and `writeback` is set, written
+/// ranges are handed to the kernel's writeback as they complete (`sync_file_range`), so
+/// storage writes overlap the copy instead of piling up for one long flush at the end.
 fn copy_streamed(
     src: &File,
     src_path: &Path,
@@ -950,33 +976,54 @@ fn copy_streamed(
     sparse: bool,
     progress: &dyn Progress,
     writeback: bool,
-) -> std::result::Result<(Digest, u64), (FailureKind, Error)> {
+) -> std::result::Result<FileCopy, (FailureKind, Error)> {
     const KICK: u64 = 16 << 20;
+    direct::set_direct(src, true);
+    let out_direct = direct::set_direct(out, true);
+    let kick = writeback && !out_direct;
+    // The destination written past the cache can be read back from storage while the
+    // copy goes on (see `direct::read_back`); a sparse one only at the end, once its
+    // length is set.
+    let readback = (out_direct && !sparse)
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(out_path)
+                .ok()
+        })
+        .flatten();
     let mut hasher = Sha256::new();
-    let mut write_error = None;
-    let (mut written, mut kicked) = (0u64, 0u64);
-    let read = hash::stream_blocks(src, |block| {
-        hasher.update(block);
-        if let Err(e) = write_block(out, out_path, block, sparse) {
-            write_error = Some(e);
-            return Err(std::io::Error::other("write failed"));
-        }
-        written += block.len() as u64;
-        if writeback && written - kicked >= KICK {
-            start_writeback(out, kicked, written - kicked);
-            kicked = written;
-        }
-        progress.add_bytes(block.len() as u64);
-        Ok(())
-    });
-    if let Some(e) = write_error {
-        return Err((classify(&e), e));
-    }
-    let total = read.map_err(|e| {
-        let e = Error::io(src_path, e);
+    let mut kicked = 0u64;
+    let out_ref: &File = out;
+    let copied = direct::copy_blocks(
+        src,
+        out_ref,
+        sparse,
+        |block| {
+            hasher.update(block);
+            progress.add_bytes(block.len() as u64);
+        },
+        |written| {
+            if kick && written - kicked >= KICK {
+                start_writeback(out_ref, kicked, written - kicked);
+                kicked = written;
+            }
+        },
+        readback.as_ref(),
+    );
+    let copied = copied.map_err(|e| {
+        let e = match e {
+            direct::CopyError::Read(e) => Error::io(src_path, e),
+            direct::CopyError::Write(e) => Error::io(out_path, e),
+        };
         (classify(&e), e)
     })?;
-    Ok((Digest::from_hasher(hasher), total))
+    Ok(FileCopy {
+        digest: Digest::from_hasher(hasher),
+        bytes: copied.bytes,
+        readback: copied.readback,
+    })
 }
 
 /// Starts writeback of a byte range without waiting for it (advisory: errors surface at
@@ -1009,7 +1056,9 @@ fn finish_file(
 ) -> std::result::Result<(usize, Digest, Meta), (FailureKind, Error)> {
     let io = |e: Error| (classify(&e), e);
     let tmp_path: &Path = &staged.tmp;
-    let (readback, n) = if staged.meta.size >= STREAM_THRESHOLD {
+    let (readback, n) = if let Some(done) = staged.readback {
+        done
+    } else if staged.meta.size >= STREAM_THRESHOLD {
         hash::hash_from_storage(tmp_path).map_err(io)?
     } else {
         // Small files: the batch's syncfs made their pages clean, so dropping them sends

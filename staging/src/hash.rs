@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::direct::{self, Aligned};
 use crate::error::{IoContext, Result};
 
 /// Size of one read when hashing or copying.
@@ -161,6 +162,9 @@ pub fn hash_from_storage(path: &Path) -> Result<(Digest, u64)> {
         .custom_flags(libc::O_DIRECT)
         .open(path);
     if let Ok(file) = direct {
+        // Should a read refuse O_DIRECT half-way, the rest is read through the cache:
+        // it must hold none of the file's pages then.
+        drop_cache(&file);
         if let Ok(result) = hash_direct(&file) {
             return Ok(result);
         }
@@ -173,53 +177,19 @@ pub fn hash_from_storage(path: &Path) -> Result<(Digest, u64)> {
     hash_open_file(&file).at(path)
 }
 
-/// Alignment and size of O_DIRECT reads.
-const DIRECT_ALIGN: usize = 4096;
-const DIRECT_BLOCK: usize = 4 << 20;
-
-/// A heap buffer whose usable part starts at a `DIRECT_ALIGN` boundary.
-struct Aligned {
-    raw: Vec<u8>,
-    start: usize,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Self {
-        let raw = vec![0u8; len + DIRECT_ALIGN];
-        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        Aligned { raw, start }
-    }
-
-    fn buf(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + DIRECT_BLOCK]
-    }
-
-    fn data(&self, n: usize) -> &[u8] {
-        &self.raw[self.start..self.start + n]
-    }
-}
-
 fn hash_direct(file: &File) -> std::io::Result<(Digest, u64)> {
     const DEPTH: usize = 3;
     let (full_tx, full_rx) =
         std::sync::mpsc::sync_channel::<std::io::Result<(Aligned, usize)>>(DEPTH);
     let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Aligned>(DEPTH + 1);
     for _ in 0..=DEPTH {
-        empty_tx
-            .send(Aligned::new(DIRECT_BLOCK))
-            .expect("channel has room");
+        empty_tx.send(Aligned::new()).expect("channel has room");
     }
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            let mut src = file;
             while let Ok(mut buf) = empty_rx.recv() {
-                let r = loop {
-                    match src.read(buf.buf()) {
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        other => break other,
-                    }
-                };
-                let done = !matches!(r, Ok(n) if n > 0);
+                let r = direct::read_full(file, buf.buf());
+                let done = !matches!(r, Ok(direct::BLOCK));
                 if full_tx.send(r.map(|n| (buf, n))).is_err() || done {
                     return;
                 }

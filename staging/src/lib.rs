@@ -5,6 +5,7 @@
 //! of stage records. It does no argument parsing and no printing: the binary does both.
 
 pub mod copy;
+pub mod direct;
 pub mod error;
 pub mod fmt;
 pub mod hash;

@@ -1,0 +1,399 @@
+//! Direct I/O for big files: reads and writes that go past the page cache.
+//!
+//! Copying a big file through the page cache costs the kernel a memory copy per byte on
+//! each side (into the cache on read, into the cache again on write) and then a writeback
+//! of the whole file; measured on two cores, that kernel time, not the disk, bounded a
+//! verified copy (bench/README.md, measurement 3). With `O_DIRECT` the disk moves bytes
+//! straight to and from the aligned buffers here, and a read-back after it cannot be
+//! answered from the cache.
+//!
+//! Nothing here may make a copy fail that buffered I/O would have done: a filesystem that
+//! refuses `O_DIRECT` (tmpfs, some FUSE and network mounts), at open or at a read or
+//! write, gets the same bytes through the cache, and a tail that is not a whole number of
+//! blocks is written buffered.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::sync_channel;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::hash::Digest;
+
+/// Alignment of direct reads and writes (offset, length and memory).
+pub const ALIGN: usize = 4096;
+/// Size of one direct read or write.
+pub const BLOCK: usize = 4 << 20;
+
+/// A heap buffer of [`BLOCK`] bytes starting at an [`ALIGN`] boundary.
+pub struct Aligned {
+    raw: Vec<u8>,
+    start: usize,
+}
+
+impl Aligned {
+    pub fn new() -> Self {
+        let raw = vec![0u8; BLOCK + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN);
+        Aligned { raw, start }
+    }
+
+    /// The whole usable buffer.
+    pub fn buf(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + BLOCK]
+    }
+
+    /// The first `n` bytes.
+    pub fn data(&self, n: usize) -> &[u8] {
+        &self.raw[self.start..self.start + n]
+    }
+}
+
+impl Default for Aligned {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether `file` is open with `O_DIRECT`.
+pub fn is_direct(file: &File) -> bool {
+    // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_DIRECT != 0
+}
+
+/// Turns `O_DIRECT` on or off for an open file. Returns whether the file is now as asked
+/// (a filesystem without direct I/O refuses to turn it on).
+pub fn set_direct(file: &File, on: bool) -> bool {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return false;
+        }
+        let wanted = if on {
+            flags | libc::O_DIRECT
+        } else {
+            flags & !libc::O_DIRECT
+        };
+        wanted == flags || libc::fcntl(fd, libc::F_SETFL, wanted) == 0
+    }
+}
+
+fn refused(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read. A read that
+/// `O_DIRECT` makes impossible (EINVAL: the filesystem does not take it, or the file's end
+/// left the offset unaligned) turns it off and is tried again through the cache.
+pub fn read_full(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match (&*file).read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if refused(&e) && is_direct(file) => {
+                if !set_direct(file, false) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Writes all of `data` at the file's position. A part that is not a whole number of
+/// [`ALIGN`] blocks (a file's tail), or a write the filesystem refuses with `O_DIRECT`, is
+/// written through the cache instead.
+pub fn write_all(file: &File, data: &[u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let rest = &data[done..];
+        if !rest.len().is_multiple_of(ALIGN) && is_direct(file) {
+            set_direct(file, false);
+        }
+        match (&*file).write(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if refused(&e) && is_direct(file) => {
+                if !set_direct(file, false) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Which side of a copy failed.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// What [`copy_blocks`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Copied {
+    /// Bytes read from the source (and written).
+    pub bytes: u64,
+    /// Digest and length of what was read back from storage as the copy went, when a
+    /// read-back file was given and every read-back went to storage; `None` means the
+    /// caller must read the file back itself.
+    pub readback: Option<(Digest, u64)>,
+}
+
+/// Blocks in flight between the reader and the writer of one copy (each [`BLOCK`] bytes).
+const DEPTH: usize = 4;
+
+/// Copies `src` to `out` from their current positions in [`BLOCK`]s: a reader thread keeps
+/// reads going, this thread hands each block to `consume` (the hash), a writer thread
+/// writes it, so that reading, hashing and writing overlap. All-zero blocks of a `sparse`
+/// source become holes (the caller sets the length). `each_write` runs on the writer
+/// thread after every block with the bytes written so far.
+///
+/// With `readback` (the destination opened again with `O_DIRECT`), a fourth thread reads
+/// each written block back from storage (see [`read_back`]) and hashes it while the next
+/// blocks are copied, so the read-back overlaps the copy instead of following it.
+pub fn copy_blocks(
+    src: &File,
+    out: &File,
+    sparse: bool,
+    mut consume: impl FnMut(&[u8]),
+    mut each_write: impl FnMut(u64) + Send,
+    readback: Option<&File>,
+) -> Result<Copied, CopyError> {
+    let (empty_tx, empty_rx) = sync_channel::<Aligned>(DEPTH);
+    let (full_tx, full_rx) = sync_channel::<std::io::Result<(Aligned, usize)>>(DEPTH);
+    let (write_tx, write_rx) = sync_channel::<(Aligned, usize)>(DEPTH);
+    let (verify_tx, verify_rx) = sync_channel::<(Aligned, u64, usize)>(DEPTH);
+    for _ in 0..DEPTH {
+        empty_tx.send(Aligned::new()).expect("channel has room");
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Ok(mut buf) = empty_rx.recv() {
+                let r = read_full(src, buf.buf());
+                let done = !matches!(r, Ok(BLOCK));
+                if full_tx.send(r.map(|n| (buf, n))).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let verifier = readback.map(|file| {
+            let empty_tx = empty_tx.clone();
+            scope.spawn(move || {
+                let mut own = Aligned::new();
+                let mut hasher = Some(Sha256::new());
+                let mut got = 0u64;
+                for (buf, offset, n) in verify_rx {
+                    if let Some(h) = hasher.as_mut() {
+                        match read_back(file, offset, n, &mut own) {
+                            Ok(m) => {
+                                h.update(own.data(m));
+                                got += m as u64;
+                            }
+                            // Not verified here: the caller reads the file back itself,
+                            // and reports what goes wrong then.
+                            Err(_) => hasher = None,
+                        }
+                    }
+                    let _ = empty_tx.send(buf);
+                }
+                hasher.map(|h| (Digest::from_hasher(h), got))
+            })
+        });
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            let mut written = 0u64;
+            let mut out_pos = out;
+            for (buf, n) in write_rx {
+                let data = buf.data(n);
+                if sparse && data.iter().all(|&b| b == 0) {
+                    out_pos.seek(SeekFrom::Current(n as i64))?;
+                } else {
+                    write_all(out, data)?;
+                }
+                let offset = written;
+                written += n as u64;
+                each_write(written);
+                if readback.is_some() {
+                    if verify_tx.send((buf, offset, n)).is_err() {
+                        return Ok(());
+                    }
+                } else {
+                    // The reader may have stopped; a closed channel is fine.
+                    let _ = empty_tx.send(buf);
+                }
+            }
+            Ok(())
+        });
+        let mut total = 0u64;
+        let mut read_error = None;
+        for r in full_rx {
+            match r {
+                Ok((_, 0)) => break,
+                Ok((buf, n)) => {
+                    consume(buf.data(n));
+                    total += n as u64;
+                    if write_tx.send((buf, n)).is_err() {
+                        break; // the writer failed: its error is below
+                    }
+                }
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(write_tx);
+        let written = writer.join().expect("writer thread panicked");
+        let readback = verifier.and_then(|v| v.join().expect("read-back thread panicked"));
+        if let Some(e) = read_error {
+            return Err(CopyError::Read(e));
+        }
+        written.map_err(CopyError::Write)?;
+        Ok(Copied {
+            bytes: total,
+            readback,
+        })
+    })
+}
+
+/// Reads `n` bytes at `offset` of a file open with `O_DIRECT` from storage into `buf`;
+/// returns how many there were (fewer at the file's end). The range is flushed and its
+/// clean pages dropped first, so that a filesystem that quietly serves `O_DIRECT` reads
+/// from the cache (ext4 does for some inodes) still reads what storage holds. Any error,
+/// EINVAL from a file or filesystem without direct reads among them, means "not verified
+/// here", never "verified".
+pub fn read_back(file: &File, offset: u64, n: usize, buf: &mut Aligned) -> std::io::Result<usize> {
+    let fd = file.as_raw_fd();
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(n)) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: plain syscalls on a descriptor we own; no memory is passed.
+    let synced = unsafe { libc::sync_file_range(fd, off, len, flags) };
+    if synced != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    unsafe { libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_DONTNEED) };
+    let want = n.div_ceil(ALIGN) * ALIGN;
+    std::os::unix::fs::FileExt::read_at(file, &mut buf.buf()[..want], offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
+    }
+
+    fn copy(data: &[u8], sparse: bool, direct: bool) -> (Vec<u8>, u64, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, data).unwrap();
+        let src = File::open(&a).unwrap();
+        let out = File::create(&b).unwrap();
+        if direct {
+            set_direct(&src, true);
+            set_direct(&out, true);
+        }
+        let mut seen = Vec::new();
+        let copied = copy_blocks(
+            &src,
+            &out,
+            sparse,
+            |b| seen.extend_from_slice(b),
+            |_| {},
+            None,
+        )
+        .unwrap();
+        let n = copied.bytes;
+        out.set_len(n).unwrap();
+        drop(out);
+        (std::fs::read(&b).unwrap(), n, seen)
+    }
+
+    #[test]
+    fn copies_every_length_around_block_and_alignment_edges() {
+        for len in [
+            0,
+            1,
+            ALIGN - 1,
+            ALIGN,
+            ALIGN + 1,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            3 * BLOCK + 5 * ALIGN + 17,
+        ] {
+            let data = pattern(len);
+            for direct in [false, true] {
+                let (copied, n, seen) = copy(&data, false, direct);
+                assert_eq!(n, len as u64, "len {len} direct {direct}");
+                assert!(copied == data, "len {len} direct {direct}: bytes differ");
+                assert!(
+                    seen == data,
+                    "len {len} direct {direct}: hashed bytes differ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zero_blocks_of_a_sparse_source_become_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let mut data = vec![0u8; 4 * BLOCK];
+        data[BLOCK..BLOCK + 100].copy_from_slice(&pattern(100));
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, &data).unwrap();
+        let out = File::create(&b).unwrap();
+        let n = copy_blocks(&File::open(&a).unwrap(), &out, true, |_| {}, |_| {}, None)
+            .unwrap()
+            .bytes;
+        out.set_len(n).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), data);
+        // One block of data at most, not four (filesystems may round up a little).
+        let allocated = std::fs::metadata(&b).unwrap().blocks() * 512;
+        assert!(allocated <= 2 * BLOCK as u64, "allocated {allocated} bytes");
+    }
+
+    #[test]
+    fn a_write_error_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, pattern(BLOCK + 1)).unwrap();
+        // A file opened read-only cannot be written: EBADF on the first write.
+        let out = File::open(&a).unwrap();
+        let r = copy_blocks(&File::open(&a).unwrap(), &out, false, |_| {}, |_| {}, None);
+        assert!(matches!(r, Err(CopyError::Write(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_read_error_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = File::create(dir.path().join("b")).unwrap();
+        // A folder opened as a file: EISDIR on the first read.
+        let r = copy_blocks(
+            &File::open(dir.path()).unwrap(),
+            &out,
+            false,
+            |_| {},
+            |_| {},
+            None,
+        );
+        assert!(matches!(r, Err(CopyError::Read(_))), "{r:?}");
+    }
+}
