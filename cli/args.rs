@@ -186,7 +186,7 @@ pub(crate) struct ManifestVerifyArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ParallelArgs {
-    /// Files processed in parallel (default: four per core, from the config's `jobs`)
+    /// Files processed in parallel (default: sixteen per core, 16 to 64, from the config's `jobs`)
     #[arg(short, long, value_name = "N")]
     pub(crate) jobs: Option<usize>,
     /// SSH connections used in parallel when the NAS is remote (default: [ssh] sessions, 4)

@@ -47,6 +47,86 @@ fn wait_for(child: &mut std::process::Child, what: &str, ready: impl Fn() -> boo
     }
 }
 
+/// Starts `hpcstage stage src DEST --jobs 1 --json`, freezes it once `started` holds, lets
+/// another writer take all the space left in `disk` (the writer is returned: the space is
+/// free again once it is dropped and its file removed), lets the stage go on into the full
+/// disk, and returns its JSON summary after checking that it failed (exit 4) with the full
+/// disk, and only with it.
+fn fill_the_disk_under(
+    env: &Env,
+    dest: &str,
+    disk: &Path,
+    what: &str,
+    started: impl Fn() -> bool,
+) -> (serde_json::Value, fs::File) {
+    let mut cmd = env.command();
+    cmd.args([
+        "stage",
+        "src",
+        dest,
+        "--project",
+        "P",
+        "--jobs",
+        "1",
+        "--json",
+    ]);
+    let mut child = cmd.spawn().expect("start hpcstage");
+    wait_for(&mut child, what, started);
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+    // SAFETY: plain signal sends to our own child, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let mut filler = fs::File::create(disk.join("filler")).expect("create filler");
+    // write_all fills the last bit of room with a short write, then fails.
+    let chunk = vec![0x5a_u8; 1 << 16];
+    let full = loop {
+        if let Err(e) = filler.write_all(&chunk).and_then(|()| filler.sync_data()) {
+            break e;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let out = child.wait_with_output().expect("wait for hpcstage");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a full disk is \"some files failed\"\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    // Every failure is the full disk (or a file not tried after it), the journal included
+    // when it could not be written either.
+    let j: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
+    let failed = j["failed"].as_array().expect("failed list");
+    assert!(
+        failed.iter().any(|f| f["kind"] == "disk-full"
+            && f["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No space left on device"))),
+        "no disk-full failure reported:\n{stdout}"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|f| f["kind"] == "disk-full" || f["kind"] == "not-attempted"),
+        "{stdout}"
+    );
+    (j, filler)
+}
+
+/// What a copy that failed part-way leaves: every final name holds its source's bytes, no
+/// temporary file is left, and no manifest says the copy is complete.
+fn assert_a_failed_copy_left_nothing_unverified(src: &Path, dest: &Path) {
+    assert_final_names_match_source(src, dest);
+    assert_eq!(
+        temporaries(dest),
+        Vec::<PathBuf>::new(),
+        "temporaries were left"
+    );
+    assert!(!dest.join("MANIFEST.sha256").exists());
+}
+
 #[test]
 fn after_sigkill_mid_stage_no_unverified_file_has_a_final_name_and_a_rerun_finishes() {
     let env = Env::new();
@@ -279,60 +359,16 @@ fn a_disk_that_fills_up_during_the_copy_fails_those_files_and_a_rerun_finishes()
     // 48 MiB into 64 MiB passes the pre-flight check. Once the stage is well into the
     // copy (ten files written to temporary names), it is frozen, another writer takes all
     // the space left, and the stage goes on into a full disk.
-    let mut cmd = env.command();
-    cmd.args([
-        "stage",
-        "src",
+    let (j, filler) = fill_the_disk_under(
+        &env,
         "small/dest",
-        "--project",
-        "P",
-        "--jobs",
-        "1",
-        "--json",
-    ]);
-    let mut child = cmd.spawn().expect("start hpcstage");
-    wait_for(&mut child, "ten files were being copied", || {
-        temporaries(&small.join("dest/a")).len() >= 10
-    });
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-    // SAFETY: plain signal sends to our own child, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let mut filler = fs::File::create(small.join("filler")).expect("create filler");
-    let chunk = vec![0x5a_u8; 4096];
-    let full = loop {
-        if let Err(e) = filler.write_all(&chunk) {
-            break e;
-        }
-    };
-    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-    let out = child.wait_with_output().expect("wait for hpcstage");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "a full disk is \"some files failed\"\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        &small,
+        "ten files were being copied",
+        || temporaries(&small.join("dest/a")).len() >= 10,
     );
-
-    // Every failure is the full disk (or a file not tried after it), the journal included
-    // when it could not be written either; the rest was copied.
-    let j: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
     let failed = j["failed"].as_array().expect("failed list");
-    assert!(
-        failed.iter().any(|f| f["kind"] == "disk-full"
-            && f["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("No space left on device"))),
-        "no disk-full failure reported:\n{stdout}"
-    );
-    assert!(
-        failed
-            .iter()
-            .all(|f| f["kind"] == "disk-full" || f["kind"] == "not-attempted"),
-        "{stdout}"
-    );
+
+    // The rest was copied.
     let data_failures = failed
         .iter()
         .filter(|f| f["path"] != ".hpcstage/journal")
@@ -340,16 +376,10 @@ fn a_disk_that_fills_up_during_the_copy_fails_those_files_and_a_rerun_finishes()
     assert_eq!(
         j["copied"].as_u64().expect("copied") + data_failures as u64,
         192,
-        "{stdout}"
+        "{j}"
     );
     let dest = small.join("dest");
-    assert_final_names_match_source(&src, &dest);
-    assert_eq!(
-        temporaries(&dest),
-        Vec::<PathBuf>::new(),
-        "temporaries were left"
-    );
-    assert!(!dest.join("MANIFEST.sha256").exists());
+    assert_a_failed_copy_left_nothing_unverified(&src, &dest);
 
     // Room again: the same command completes. (Files the failed run copied but could not
     // journal are copied again, next to their unjournaled copies: give it room for that.)
@@ -359,6 +389,47 @@ fn a_disk_that_fills_up_during_the_copy_fails_those_files_and_a_rerun_finishes()
     env.run(["stage", "src", "small/dest", "--project", "P"])
         .code(0);
     assert_eq!(assert_final_names_match_source(&src, &dest), 192);
+    env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
+        .code(0);
+}
+
+#[test]
+fn a_disk_that_fills_up_during_a_direct_copy_of_big_files_fails_them_and_a_rerun_finishes() {
+    needs_root!();
+    let env = Env::new();
+    let src = env.path("src");
+    // Big files (streamed past the page cache) with tails that are not whole blocks.
+    for i in 0..3u64 {
+        write(
+            src.join(format!("big{i}.tif")),
+            noise(300 + i, (12 << 20) + 4097),
+        );
+    }
+    let small = env.path("disk");
+    let _mount = Mount::ext4_image(&env.path("disk.img"), 64, &small);
+
+    // The stage is frozen as its first temporary file appears, another writer takes all the
+    // space, and the stage goes on into a full disk with direct writes.
+    let (j, filler) = fill_the_disk_under(
+        &env,
+        "disk/dest",
+        &small,
+        "the first big file was being copied",
+        || !temporaries(&small.join("dest")).is_empty(),
+    );
+    let dest = small.join("dest");
+    assert!(
+        j["copied"].as_u64().expect("copied") < 3,
+        "nothing failed:\n{j}"
+    );
+    assert_a_failed_copy_left_nothing_unverified(&src, &dest);
+
+    // Room again: the same command completes, and sha256sum agrees.
+    drop(filler);
+    fs::remove_file(small.join("filler")).expect("remove filler");
+    env.run(["stage", "src", "disk/dest", "--project", "P"])
+        .code(0);
+    assert_eq!(assert_final_names_match_source(&src, &dest), 3);
     env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
         .code(0);
 }

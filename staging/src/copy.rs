@@ -880,7 +880,6 @@ fn read_local(
 ) -> std::result::Result<SourceRead, (FailureKind, Error)> {
     let io = |e: Error| (classify(&e), e);
     let file = File::open(src_path).at(src_path).map_err(io)?;
-    hash::advise_sequential(&file);
     let before = Meta::from_std(&file.metadata().at(src_path).map_err(io)?);
     let sparse = before.is_sparse();
     let copy = if before.size >= STREAM_THRESHOLD {
@@ -978,7 +977,9 @@ fn copy_streamed(
     writeback: bool,
 ) -> std::result::Result<FileCopy, (FailureKind, Error)> {
     const KICK: u64 = 16 << 20;
-    direct::set_direct(src, true);
+    if !direct::set_direct(src, true) {
+        hash::advise_sequential(src);
+    }
     let out_direct = direct::set_direct(out, true);
     let kick = writeback && !out_direct;
     // The destination written past the cache can be read back from storage while the
@@ -1065,7 +1066,9 @@ fn finish_file(
         // the read to storage without O_DIRECT's alignment games.
         let file = File::open(tmp_path).at(tmp_path).map_err(io)?;
         hash::drop_cache(&file);
-        hash::hash_open_file(&file).at(tmp_path).map_err(io)?
+        hash::with_buffer(|buf| hash::hash_reader(&file, buf))
+            .at(tmp_path)
+            .map_err(io)?
     };
     if readback != staged.digest || n != staged.meta.size {
         return Err((

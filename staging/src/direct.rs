@@ -16,6 +16,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::sync_channel;
+use std::sync::{Condvar, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
@@ -132,6 +133,38 @@ pub fn write_all(file: &File, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Big files streamed at once in this process, whatever the number of files in flight:
+/// each holds a few [`BLOCK`] buffers, and many small files in flight (what `--jobs` is
+/// sized for) must not become as many big ones.
+static STREAMS: Mutex<usize> = Mutex::new(0);
+static STREAM_DONE: Condvar = Condvar::new();
+
+fn max_streams() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (n.get() * 2).clamp(4, 16))
+}
+
+/// A turn to stream one big file; held until dropped.
+pub struct StreamSlot(());
+
+impl StreamSlot {
+    /// Waits until fewer than the maximum of big files are being streamed.
+    pub fn acquire() -> Self {
+        let mut busy = STREAMS.lock().expect("stream slots lock");
+        while *busy >= max_streams() {
+            busy = STREAM_DONE.wait(busy).expect("stream slots lock");
+        }
+        *busy += 1;
+        StreamSlot(())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        *STREAMS.lock().expect("stream slots lock") -= 1;
+        STREAM_DONE.notify_one();
+    }
+}
+
 /// Which side of a copy failed.
 #[derive(Debug)]
 pub enum CopyError {
@@ -170,6 +203,7 @@ pub fn copy_blocks(
     mut each_write: impl FnMut(u64) + Send,
     readback: Option<&File>,
 ) -> Result<Copied, CopyError> {
+    let _slot = StreamSlot::acquire();
     let (empty_tx, empty_rx) = sync_channel::<Aligned>(DEPTH);
     let (full_tx, full_rx) = sync_channel::<std::io::Result<(Aligned, usize)>>(DEPTH);
     let (write_tx, write_rx) = sync_channel::<(Aligned, usize)>(DEPTH);
@@ -349,6 +383,67 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Opens `path` for reading past the cache where the filesystem allows it.
+    fn open_for_read_back(path: &std::path::Path) -> File {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .or_else(|_| File::open(path))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_read_back_hashes_what_the_file_holds_not_what_was_written() {
+        let data = pattern(2 * BLOCK + 3 * ALIGN + 11);
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, &data).unwrap();
+        // Copies a to b with b written past the cache, reading `back` back as it goes.
+        let copy_reading_back = |back: &std::path::Path| {
+            let out = File::create(&b).unwrap();
+            set_direct(&out, true);
+            let readback = open_for_read_back(back);
+            let src = File::open(&a).unwrap();
+            copy_blocks(&src, &out, false, |_| {}, |_| {}, Some(&readback)).unwrap()
+        };
+        let copied = copy_reading_back(&b);
+        assert_eq!(copied.bytes, data.len() as u64);
+        assert_eq!(
+            copied.readback,
+            Some((Digest::of(&data), data.len() as u64))
+        );
+
+        // Read back from another file (storage that does not hold what was written): the
+        // digest says so.
+        let mut other = data.clone();
+        other[BLOCK + 5] ^= 1;
+        std::fs::write(&c, &other).unwrap();
+        let copied = copy_reading_back(&c);
+        assert_eq!(
+            copied.readback,
+            Some((Digest::of(&other), data.len() as u64))
+        );
+        assert_ne!(copied.readback.unwrap().0, Digest::of(&data));
+    }
+
+    #[test]
+    fn big_streams_take_turns() {
+        let slots: Vec<StreamSlot> = (0..max_streams()).map(|_| StreamSlot::acquire()).collect();
+        let waiting = std::thread::spawn(|| {
+            let _slot = StreamSlot::acquire();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "a stream started past the maximum");
+        drop(slots);
+        waiting.join().unwrap();
     }
 
     #[test]

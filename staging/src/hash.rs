@@ -179,6 +179,7 @@ pub fn hash_from_storage(path: &Path) -> Result<(Digest, u64)> {
 
 fn hash_direct(file: &File) -> std::io::Result<(Digest, u64)> {
     const DEPTH: usize = 3;
+    let _slot = direct::StreamSlot::acquire();
     let (full_tx, full_rx) =
         std::sync::mpsc::sync_channel::<std::io::Result<(Aligned, usize)>>(DEPTH);
     let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Aligned>(DEPTH + 1);

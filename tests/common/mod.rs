@@ -431,6 +431,41 @@ impl Mount {
 }
 
 impl Mount {
+    /// A fresh ext4 filesystem of `mib` MiB in the image file `image` (no blocks reserved
+    /// for root), loop-mounted at `path` (root only): a real disk filesystem, with direct
+    /// I/O, that can be filled up.
+    pub(crate) fn ext4_image(image: &Path, mib: u64, path: &Path) -> Mount {
+        std::fs::File::create(image)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("create the image file");
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(image)
+            .output()
+            .expect("run mkfs.ext4");
+        assert!(
+            out.status.success(),
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::create_dir_all(path).expect("create mount point");
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -o loop {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount {
+            path: path.to_path_buf(),
+        }
+    }
+
     /// `mount -o remount,OPTIONS PATH`, e.g. to give a tmpfs more room.
     pub(crate) fn remount(&self, options: &str) {
         let out = Command::new("mount")
