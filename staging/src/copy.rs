@@ -315,6 +315,9 @@ pub fn copy_from(
     let mut entries = tree.entries;
     walk::sort_by_bytes(&mut entries, |e| &e.rel);
 
+    // A destination that does not exist yet holds nothing to compare with: planning needs
+    // no look-up of each file there (20,000 of them on a first stage of 20,000 files).
+    let fresh = std::fs::symlink_metadata(dest).is_err();
     let state_dir = dest.join(STATE_DIR);
     let guard = if opts.dry_run {
         None
@@ -340,8 +343,13 @@ pub fn copy_from(
         entries
             .par_iter()
             .map(|e| {
-                (e.kind == Kind::File)
-                    .then(|| plan_file(dest, e, journal.get(&e.rel), opts.verify_existing))
+                (e.kind == Kind::File).then(|| {
+                    if fresh {
+                        Plan::Copy(Change::New)
+                    } else {
+                        plan_file(dest, e, journal.get(&e.rel), opts.verify_existing)
+                    }
+                })
             })
             .collect()
     });

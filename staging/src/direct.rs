@@ -249,11 +249,10 @@ pub fn copy_blocks(
         });
         let writer = scope.spawn(move || -> std::io::Result<()> {
             let mut written = 0u64;
-            let mut out_pos = out;
             for (buf, n) in write_rx {
                 let data = buf.data(n);
-                if sparse && data.iter().all(|&b| b == 0) {
-                    out_pos.seek(SeekFrom::Current(n as i64))?;
+                if sparse {
+                    write_sparse(out, out, data)?;
                 } else {
                     write_all(out, data)?;
                 }
@@ -301,6 +300,30 @@ pub fn copy_blocks(
             readback,
         })
     })
+}
+
+/// Holes of a sparse source are found in pieces of this size (a multiple of [`ALIGN`]).
+const HOLE: usize = 64 << 10;
+
+/// Writes `data` at the file's position, seeking over the all-zero [`HOLE`]-sized pieces
+/// instead, so that they stay holes.
+fn write_sparse(out: &File, mut pos: &File, data: &[u8]) -> std::io::Result<()> {
+    let zero = |piece: &[u8]| piece.iter().all(|&b| b == 0);
+    let mut pieces = data.chunks(HOLE).peekable();
+    while let Some(piece) = pieces.next() {
+        if zero(piece) {
+            pos.seek(SeekFrom::Current(piece.len() as i64))?;
+            continue;
+        }
+        // One write for a run of pieces with data.
+        let start = piece.as_ptr() as usize - data.as_ptr() as usize;
+        let mut end = start + piece.len();
+        while let Some(next) = pieces.next_if(|p| !zero(p)) {
+            end += next.len();
+        }
+        write_all(out, &data[start..end])?;
+    }
+    Ok(())
 }
 
 /// Reads `n` bytes at `offset` of a file open with `O_DIRECT` from storage into `buf`;
@@ -454,18 +477,26 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let mut data = vec![0u8; 4 * BLOCK];
         data[BLOCK..BLOCK + 100].copy_from_slice(&pattern(100));
+        data[BLOCK + 3 * HOLE - 1] = 9; // a run of data across two pieces
+        data[BLOCK + 3 * HOLE] = 9;
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, &data).unwrap();
-        let out = File::create(&b).unwrap();
-        let n = copy_blocks(&File::open(&a).unwrap(), &out, true, |_| {}, |_| {}, None)
-            .unwrap()
-            .bytes;
-        out.set_len(n).unwrap();
-        assert_eq!(std::fs::read(&b).unwrap(), data);
-        // One block of data at most, not four (filesystems may round up a little).
-        let allocated = std::fs::metadata(&b).unwrap().blocks() * 512;
-        assert!(allocated <= 2 * BLOCK as u64, "allocated {allocated} bytes");
+        for direct in [false, true] {
+            let out = File::create(&b).unwrap();
+            set_direct(&out, direct);
+            let n = copy_blocks(&File::open(&a).unwrap(), &out, true, |_| {}, |_| {}, None)
+                .unwrap()
+                .bytes;
+            out.set_len(n).unwrap();
+            assert!(std::fs::read(&b).unwrap() == data, "direct {direct}");
+            // Three pieces of data, not four blocks (filesystems may round up a little).
+            let allocated = std::fs::metadata(&b).unwrap().blocks() * 512;
+            assert!(
+                allocated <= 8 * HOLE as u64,
+                "direct {direct}: allocated {allocated} bytes"
+            );
+        }
     }
 
     #[test]
