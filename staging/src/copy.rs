@@ -317,7 +317,8 @@ pub fn copy_from(
 
     // A destination that does not exist yet holds nothing to compare with: planning needs
     // no look-up of each file there (20,000 of them on a first stage of 20,000 files).
-    let fresh = std::fs::symlink_metadata(dest).is_err();
+    let fresh =
+        std::fs::symlink_metadata(dest).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
     let state_dir = dest.join(STATE_DIR);
     let guard = if opts.dry_run {
         None

@@ -189,7 +189,8 @@ pub struct Copied {
 /// with the read-back's own block, 32 MiB per big file).
 const DEPTH: usize = 3;
 
-/// Copies `src` to `out` from their current positions in [`BLOCK`]s: a reader thread keeps
+/// Copies `src` from its current position to `out` from its start (a new file: the
+/// read-back reads from offset 0) in [`BLOCK`]s: a reader thread keeps
 /// reads going, this thread hands each block to `consume` (the hash), a writer thread
 /// writes it, so that reading, hashing and writing overlap. All-zero blocks of a `sparse`
 /// source become holes (the caller sets the length). `each_write` runs on the writer
@@ -261,7 +262,7 @@ pub fn copy_blocks(
                 each_write(written);
                 if readback.is_some() {
                     if verify_tx.send((buf, offset, n)).is_err() {
-                        return Ok(());
+                        return Err(std::io::Error::other("the read-back stopped"));
                     }
                 } else {
                     // The reader may have stopped; a closed channel is fine.
@@ -347,8 +348,21 @@ pub fn read_back(file: &File, offset: u64, n: usize, buf: &mut Aligned) -> std::
     }
     // SAFETY: as above.
     unsafe { libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_DONTNEED) };
+    // A short read before the end (some network filesystems make them) is read on from
+    // where it stopped; a direct read that an unaligned stop makes impossible is an error,
+    // that is "not verified here".
     let want = n.div_ceil(ALIGN) * ALIGN;
-    std::os::unix::fs::FileExt::read_at(file, &mut buf.buf()[..want], offset)
+    let mut got = 0;
+    while got < n {
+        let at = offset + got as u64;
+        match std::os::unix::fs::FileExt::read_at(file, &mut buf.buf()[got..want], at) {
+            Ok(0) => break,
+            Ok(m) => got += m,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got.min(n))
 }
 
 #[cfg(test)]
