@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -995,13 +995,7 @@ fn copy_streamed(
     // copy goes on (see `direct::read_back`); a sparse one only at the end, once its
     // length is set.
     let readback = (out_direct && !sparse)
-        .then(|| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(out_path)
-                .ok()
-        })
+        .then(|| direct::open_read(out_path).ok())
         .flatten();
     let mut hasher = Sha256::new();
     let mut kicked = 0u64;

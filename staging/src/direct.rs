@@ -15,7 +15,9 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::sync_channel;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Condvar, Mutex};
 
 use sha2::{Digest as _, Sha256};
@@ -85,8 +87,23 @@ pub fn set_direct(file: &File, on: bool) -> bool {
     }
 }
 
-fn refused(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINVAL)
+/// Opens `path` read-only with `O_DIRECT` (an error where the filesystem refuses it).
+pub fn open_read(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+/// Whether a read or write that failed with `e` is to be tried again: interrupted, or
+/// refused because of `O_DIRECT` (EINVAL), which is then turned off for `file`.
+fn try_again(file: &File, e: std::io::Error) -> std::io::Result<()> {
+    let refused = e.raw_os_error() == Some(libc::EINVAL) && is_direct(file);
+    if e.kind() == std::io::ErrorKind::Interrupted || (refused && set_direct(file, false)) {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read. A read that
@@ -98,13 +115,7 @@ pub fn read_full(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
         match (&*file).read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if refused(&e) && is_direct(file) => {
-                if !set_direct(file, false) {
-                    return Err(e);
-                }
-            }
-            Err(e) => return Err(e),
+            Err(e) => try_again(file, e)?,
         }
     }
     Ok(filled)
@@ -123,13 +134,7 @@ pub fn write_all(file: &File, data: &[u8]) -> std::io::Result<()> {
         match (&*file).write(rest) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if refused(&e) && is_direct(file) => {
-                if !set_direct(file, false) {
-                    return Err(e);
-                }
-            }
-            Err(e) => return Err(e),
+            Err(e) => try_again(file, e)?,
         }
     }
     Ok(())
@@ -185,6 +190,48 @@ pub struct Copied {
     pub readback: Option<(Digest, u64)>,
 }
 
+/// The reader thread of a stream: fills each empty buffer from `file` and passes it on,
+/// until the file ends, a read fails, or the other side stops.
+fn read_ahead(
+    file: &File,
+    empty: Receiver<Aligned>,
+    full: SyncSender<std::io::Result<(Aligned, usize)>>,
+) {
+    while let Ok(mut buf) = empty.recv() {
+        let r = read_full(file, buf.buf());
+        let done = !matches!(r, Ok(BLOCK));
+        if full.send(r.map(|n| (buf, n))).is_err() || done {
+            return;
+        }
+    }
+}
+
+/// Hashes `file` from its position in [`BLOCK`]s, a reader thread keeping the next read in
+/// flight while this thread hashes; returns the digest and the byte count.
+pub fn hash(file: &File) -> std::io::Result<(Digest, u64)> {
+    let _slot = StreamSlot::acquire();
+    let (empty_tx, empty_rx) = sync_channel::<Aligned>(DEPTH + 1);
+    let (full_tx, full_rx) = sync_channel::<std::io::Result<(Aligned, usize)>>(DEPTH);
+    for _ in 0..=DEPTH {
+        empty_tx.send(Aligned::new()).expect("channel has room");
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || read_ahead(file, empty_rx, full_tx));
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        for r in full_rx {
+            let (buf, n) = r?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(buf.data(n));
+            total += n as u64;
+            let _ = empty_tx.send(buf);
+        }
+        Ok((Digest::from_hasher(hasher), total))
+    })
+}
+
 /// Blocks in flight between the reader and the writer of one copy (each [`BLOCK`] bytes;
 /// with the read-back's own block, 32 MiB per big file).
 const DEPTH: usize = 3;
@@ -216,15 +263,7 @@ pub fn copy_blocks(
         empty_tx.send(Aligned::new()).expect("channel has room");
     }
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            while let Ok(mut buf) = empty_rx.recv() {
-                let r = read_full(src, buf.buf());
-                let done = !matches!(r, Ok(BLOCK));
-                if full_tx.send(r.map(|n| (buf, n))).is_err() || done {
-                    return;
-                }
-            }
-        });
+        scope.spawn(move || read_ahead(src, empty_rx, full_tx));
         let verifier = readback.map(|file| {
             let empty_tx = empty_tx.clone();
             scope.spawn(move || {
@@ -426,14 +465,8 @@ mod tests {
     }
 
     /// Opens `path` for reading past the cache where the filesystem allows it.
-    fn open_for_read_back(path: &std::path::Path) -> File {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .or_else(|_| File::open(path))
-            .unwrap()
+    fn open_for_read_back(path: &Path) -> File {
+        open_read(path).or_else(|_| File::open(path)).unwrap()
     }
 
     #[test]

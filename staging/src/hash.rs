@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::direct::{self, Aligned};
+use crate::direct;
 use crate::error::{IoContext, Result};
 
 /// Size of one read when hashing or copying.
@@ -136,7 +136,7 @@ pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
     let file = File::open(path).at(path)?;
     let big = file.metadata().is_ok_and(|m| m.len() >= STREAM_THRESHOLD);
     if big && direct::set_direct(&file, true) {
-        return hash_direct(&file).at(path);
+        return direct::hash(&file).at(path);
     }
     advise_sequential(&file);
     hash_open_file(&file).at(path)
@@ -162,16 +162,11 @@ pub fn hash_open_file(file: &File) -> std::io::Result<(Digest, u64)> {
 /// a reader thread ahead of the hasher), otherwise buffered after dropping the file's
 /// clean cached pages. The caller must have flushed the file (fdatasync or syncfs) first.
 pub fn hash_from_storage(path: &Path) -> Result<(Digest, u64)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let direct = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path);
-    if let Ok(file) = direct {
+    if let Ok(file) = direct::open_read(path) {
         // Should a read refuse O_DIRECT half-way, the rest is read through the cache:
         // it must hold none of the file's pages then.
         drop_cache(&file);
-        if let Ok(result) = hash_direct(&file) {
+        if let Ok(result) = direct::hash(&file) {
             return Ok(result);
         }
         // EINVAL from a filesystem that takes O_DIRECT at open but not the read: retry
@@ -181,41 +176,6 @@ pub fn hash_from_storage(path: &Path) -> Result<(Digest, u64)> {
     drop_cache(&file);
     advise_sequential(&file);
     hash_open_file(&file).at(path)
-}
-
-fn hash_direct(file: &File) -> std::io::Result<(Digest, u64)> {
-    const DEPTH: usize = 3;
-    let _slot = direct::StreamSlot::acquire();
-    let (full_tx, full_rx) =
-        std::sync::mpsc::sync_channel::<std::io::Result<(Aligned, usize)>>(DEPTH);
-    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Aligned>(DEPTH + 1);
-    for _ in 0..=DEPTH {
-        empty_tx.send(Aligned::new()).expect("channel has room");
-    }
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            while let Ok(mut buf) = empty_rx.recv() {
-                let r = direct::read_full(file, buf.buf());
-                let done = !matches!(r, Ok(direct::BLOCK));
-                if full_tx.send(r.map(|n| (buf, n))).is_err() || done {
-                    return;
-                }
-            }
-        });
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        loop {
-            let (buf, n) = match full_rx.recv() {
-                Ok(Ok((_, 0))) | Err(_) => break,
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(e),
-            };
-            hasher.update(buf.data(n));
-            total += n as u64;
-            let _ = empty_tx.send(buf);
-        }
-        Ok((Digest::from_hasher(hasher), total))
-    })
 }
 
 /// Reads `file` to its end in a separate thread, handing each block to `consume` on this

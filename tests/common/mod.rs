@@ -405,6 +405,16 @@ pub(crate) fn today() -> String {
         .to_string()
 }
 
+/// Runs `cmd` to the end and fails the test, with its stderr, unless it succeeded.
+fn must_succeed(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A filesystem mounted for one test and unmounted when the guard drops.
 pub(crate) struct Mount {
     pub(crate) path: PathBuf,
@@ -414,15 +424,11 @@ impl Mount {
     /// `mount -t FSTYPE -o OPTIONS FSTYPE PATH` (root only).
     pub(crate) fn new(fstype: &str, options: &str, path: &Path) -> Mount {
         std::fs::create_dir_all(path).expect("create mount point");
-        let out = Command::new("mount")
-            .args(["-t", fstype, "-o", options, fstype])
-            .arg(path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount -t {fstype} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        must_succeed(
+            Command::new("mount")
+                .args(["-t", fstype, "-o", options, fstype])
+                .arg(path),
+            &format!("mount -t {fstype}"),
         );
         Mount {
             path: path.to_path_buf(),
@@ -438,28 +444,19 @@ impl Mount {
         std::fs::File::create(image)
             .and_then(|f| f.set_len(mib << 20))
             .expect("create the image file");
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0"])
-            .arg(image)
-            .output()
-            .expect("run mkfs.ext4");
-        assert!(
-            out.status.success(),
-            "mkfs.ext4 failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        must_succeed(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0"])
+                .arg(image),
+            "mkfs.ext4",
         );
         std::fs::create_dir_all(path).expect("create mount point");
-        let out = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(image)
-            .arg(path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount -o loop {} failed: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr)
+        must_succeed(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(image)
+                .arg(path),
+            &format!("mount -o loop {}", image.display()),
         );
         Mount {
             path: path.to_path_buf(),
@@ -468,15 +465,11 @@ impl Mount {
 
     /// `mount -o remount,OPTIONS PATH`, e.g. to give a tmpfs more room.
     pub(crate) fn remount(&self, options: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(&self.path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "remount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        must_succeed(
+            Command::new("mount")
+                .args(["-o", &format!("remount,{options}")])
+                .arg(&self.path),
+            "remount",
         );
     }
 }
