@@ -81,6 +81,7 @@ POLICY_RC_D_ADDED=
 cleanup() {
     if [[ -n $SSHD_PID ]]; then stop_sshd; fi
     if [[ -n $POLICY_RC_D_ADDED ]]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [[ -n ${TRASH:-} ]]; then rm -rf "$TRASH"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -216,6 +217,30 @@ export HPC SCRATCH_ROOT DATA_A DATA_B PEER_DIR OUT_DIR
 
 "$HPC" --scratch-root "$SCRATCH_ROOT" config show >"$LOG_DIR/config-show.txt" 2>&1 ||
     die "hpcstage config show failed: $(cat "$LOG_DIR/config-show.txt")"
+
+# Destinations of the many-file measurements (3 and 7 on (b)) are set aside before each
+# timed run, renamed into TRASH, and deleted only when the script ends. Deleting them
+# between runs would make the next run pay for it: on ext4 without a journal (as on this
+# benchmark's machine) the inode allocator skips every inode freed in the last five
+# minutes, checking each one, so 20,000 files created right after deleting 20,000 cost
+# both tools seconds of system time that depend on how much was deleted and where, not on
+# the tool (`perf`: ext4 `recently_deleted`, a quarter of all CPU of such a run). The
+# destinations of (a), four files, are deleted as before (they hold 4 GiB a run).
+TRASH=$BENCH_DIR/trash
+set_aside() {
+    local d
+    for d in "$@"; do
+        [[ -e $d ]] || continue
+        mkdir -p "$TRASH"
+        mv "$d" "$(mktemp -d "$TRASH/XXXXXX")/"
+    done
+}
+export TRASH
+export -f set_aside
+if [[ -e $TRASH ]]; then
+    say "deleting destinations an interrupted earlier run set aside ($TRASH)"
+    rm -rf "$TRASH"
+fi
 
 # --------------------------------------------------------------------------- datasets
 
@@ -626,8 +651,8 @@ if want 3 || want 4 || want 5; then
     rm -rf "$SCRATCH_ROOT/bench/a" "$PEER_DIR/cp-a"
 
     measure "3 stage (b) vs rsync" ratio_gt 1 "rsync -a" \
-        'rm -rf "$SCRATCH_ROOT/bench/b"' "$H stage \"\$DATA_B\" \"\$SCRATCH_ROOT/bench/b\" --project bench" \
-        'rm -rf "$PEER_DIR/rsync-b"' 'rsync -a "$DATA_B/" "$PEER_DIR/rsync-b/"' \
+        'set_aside "$SCRATCH_ROOT/bench/b"' "$H stage \"\$DATA_B\" \"\$SCRATCH_ROOT/bench/b\" --project bench" \
+        'set_aside "$PEER_DIR/rsync-b"' 'rsync -a "$DATA_B/" "$PEER_DIR/rsync-b/"' \
         "$DATA_B"
     STAGE_B_RSS_KB=$HPC_RSS_MAX_KB
     RSYNC_B_RSS_KB=$PEER_RSS_MAX_KB
@@ -642,7 +667,7 @@ if want 4; then
     grep -q ' 0 copied' "$LOG_DIR/$ROW-hpc-$BENCH_RUNS.log" ||
         die "the no-op re-stage copied files (log: $LOG_DIR/$ROW-hpc-$BENCH_RUNS.log)"
 fi
-rm -rf "$SCRATCH_ROOT/bench/b" "$PEER_DIR/rsync-b"
+set_aside "$SCRATCH_ROOT/bench/b" "$PEER_DIR/rsync-b"
 
 # 5. peak memory, from the timed runs of 3 (b)
 if want 5; then
@@ -683,22 +708,22 @@ if want 7; then
     say "hpcstage SSH sessions: $SSH_SESSIONS"
     SSH_E='ssh -F $SSH_CFG -o UserKnownHostsFile=$SSH_KNOWN -o BatchMode=yes'
     measure "7 ssh stage (b) vs rsync" ratio_gt 1 "rsync -a -e ssh" \
-        'rm -rf "$SCRATCH_ROOT/bench/ssh-b"' "HOME=\"\$SSH_HOME\" $H stage \"\$SSH_ALIAS:\$DATA_B\" \"\$SCRATCH_ROOT/bench/ssh-b\" --project bench" \
-        'rm -rf "$PEER_DIR/ssh-rsync-b"' "rsync -a -e \"$SSH_E\" \"\$SSH_ALIAS:\$DATA_B/\" \"\$PEER_DIR/ssh-rsync-b/\"" \
+        'set_aside "$SCRATCH_ROOT/bench/ssh-b"' "HOME=\"\$SSH_HOME\" $H stage \"\$SSH_ALIAS:\$DATA_B\" \"\$SCRATCH_ROOT/bench/ssh-b\" --project bench" \
+        'set_aside "$PEER_DIR/ssh-rsync-b"' "rsync -a -e \"$SSH_E\" \"\$SSH_ALIAS:\$DATA_B/\" \"\$PEER_DIR/ssh-rsync-b/\"" \
         "$DATA_B"
     # Once, untimed: what was copied is the source (a run that copied nothing is fast too).
     same_tree "$DATA_B" "$SCRATCH_ROOT/bench/ssh-b" hpcstage
     same_tree "$DATA_B" "$PEER_DIR/ssh-rsync-b" rsync
-    rm -rf "$PEER_DIR/ssh-rsync-b"
+    set_aside "$PEER_DIR/ssh-rsync-b"
     measure "7 ssh stage (b) vs scp -r" ratio_gt 1 "scp -r" \
-        'rm -rf "$SCRATCH_ROOT/bench/ssh-b"' "HOME=\"\$SSH_HOME\" $H stage \"\$SSH_ALIAS:\$DATA_B\" \"\$SCRATCH_ROOT/bench/ssh-b\" --project bench" \
-        'rm -rf "$PEER_DIR/ssh-scp-b"' 'scp -F "$SSH_CFG" -o "UserKnownHostsFile=$SSH_KNOWN" -o BatchMode=yes -r -q "$SSH_ALIAS:$DATA_B" "$PEER_DIR/ssh-scp-b"' \
+        'set_aside "$SCRATCH_ROOT/bench/ssh-b"' "HOME=\"\$SSH_HOME\" $H stage \"\$SSH_ALIAS:\$DATA_B\" \"\$SCRATCH_ROOT/bench/ssh-b\" --project bench" \
+        'set_aside "$PEER_DIR/ssh-scp-b"' 'scp -F "$SSH_CFG" -o "UserKnownHostsFile=$SSH_KNOWN" -o BatchMode=yes -r -q "$SSH_ALIAS:$DATA_B" "$PEER_DIR/ssh-scp-b"' \
         "$DATA_B"
     same_tree "$DATA_B" "$PEER_DIR/ssh-scp-b" scp
     SSH_NOTE="7: (b) over SSH from a private sshd on 127.0.0.1, $SSH_VERSION; hpcstage SSH sessions: $SSH_SESSIONS; ciphers negotiated: $(ssh_ciphers)"
     say "${SSH_NOTE#7: }"
     stop_sshd
-    rm -rf "$SCRATCH_ROOT/bench/ssh-b" "$PEER_DIR/ssh-scp-b"
+    set_aside "$SCRATCH_ROOT/bench/ssh-b" "$PEER_DIR/ssh-scp-b"
 fi
 
 # --------------------------------------------------------------------------- report
