@@ -170,6 +170,9 @@ PEER_DIR=$BENCH_DIR/peer
 OUT_DIR=$BENCH_DIR/out
 RUN_ID=$(date +%Y%m%d-%H%M%S)
 LOG_DIR=$BENCH_DIR/logs/$RUN_ID
+# Every run starts with an empty ledger: `report --all` (6) reads every stage recorded in
+# it, so stages left by earlier runs (or by hand, with this environment) would be timed too.
+rm -rf "$ENV_DIR/state" "$ENV_DIR/xdg-state"
 mkdir -p "$DATA" "$ENV_DIR/state" "$ENV_DIR/xdg-config" "$ENV_DIR/xdg-state" \
     "$SCRATCH_ROOT" "$PEER_DIR" "$OUT_DIR" "$LOG_DIR" "$BENCH_DIR/bin"
 
