@@ -608,3 +608,58 @@ fn big_files_of_odd_lengths_arrive_exactly_with_or_without_direct_io() {
         );
     }
 }
+
+/// A folder of the destination can be another filesystem, mounted inside it. The batch
+/// flush of the destination's own filesystem does not reach it, so its files are flushed
+/// one by one: their read-back still comes from storage, here the loop device under the
+/// mount (every byte staged there is read from it), not from dirty cached pages.
+#[test]
+fn files_on_a_filesystem_mounted_inside_the_destination_are_read_back_from_its_device() {
+    common::needs_root!();
+    let env = Env::new();
+    let src = env.path("src");
+    write(src.join("top.dat"), noise(800, 1000));
+    let mut staged_there = 0;
+    for i in 0..24u64 {
+        let len = (150 << 10) + i as usize * 4099;
+        write(src.join(format!("sub/f{i:02}.dat")), noise(801 + i, len));
+        staged_there += len as u64;
+    }
+    // Streamed and read back past the cache as it is written.
+    write(src.join("sub/big.tif"), noise(830, (10 << 20) + 17));
+    staged_there += (10 << 20) + 17;
+
+    let dest = env.path("dest");
+    let mount = Mount::ext4_image(&env.path("sub.img"), 64, &dest.join("sub"));
+    let device = env
+        .sh(&env.root, "findmnt -n -o SOURCE --mountpoint dest/sub")
+        .code(0)
+        .stdout
+        .trim()
+        .to_string();
+    let name = device
+        .strip_prefix("/dev/")
+        .expect("a /dev path")
+        .to_string();
+    let sectors_read = || -> u64 {
+        let stat = fs::read_to_string(format!("/sys/block/{name}/stat")).expect("device stat");
+        stat.split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .expect("sectors read")
+    };
+
+    let before = sectors_read();
+    env.run(["stage", "src", "dest", "--project", "P"]).code(0);
+    let read_from_device = (sectors_read() - before) * 512;
+    assert!(
+        read_from_device >= staged_there,
+        "{read_from_device} bytes read from {device} during the stage, \
+         {staged_there} staged onto it: a read-back was answered by the cache"
+    );
+    assert_eq!(assert_final_names_match_source(&src, &dest), 26);
+    assert_eq!(temporaries(&dest), Vec::<std::path::PathBuf>::new());
+    env.sh(&dest, "sha256sum --quiet --strict -c MANIFEST.sha256")
+        .code(0);
+    drop(mount);
+}

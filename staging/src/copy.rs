@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -222,7 +222,8 @@ struct Staged {
     tmp: TempPath,
     digest: Digest,
     meta: Meta,
-    /// Already on storage (a big file, flushed by itself), so no batch flush is needed.
+    /// Already on storage (flushed by itself: a big file, or one on a filesystem mounted
+    /// inside the destination), so no batch flush is needed.
     synced: bool,
     /// Digest and length read back from storage during the copy, if it was.
     readback: Option<(Digest, u64)>,
@@ -496,10 +497,12 @@ pub fn copy_from(
     let journal = Mutex::new(journal);
     let abort = AtomicBool::new(false);
     let dest_handle = File::open(dest).at(dest)?;
+    let dest_dev = dest_handle.metadata().at(dest)?.dev();
     let ctx = Ctx {
         src: &src,
         dest,
         dest_handle: &dest_handle,
+        dest_dev,
         opts,
         progress,
         abort: &abort,
@@ -656,6 +659,8 @@ struct Ctx<'a> {
     /// happened since the handle was opened (Linux 5.8+), so a handle opened per batch
     /// could miss an error of an earlier batch.
     dest_handle: &'a File,
+    /// The filesystem `syncfs` on `dest_handle` flushes.
+    dest_dev: u64,
     opts: &'a CopyOptions,
     progress: &'a dyn Progress,
     abort: &'a AtomicBool,
@@ -828,10 +833,16 @@ fn copy_to_temporary(
             read_remote(ctx, remote, job, &mut out, &tmp_path, big).map_err(io)?
         }
     };
-    if big {
-        // Most of it is on its way to storage already (see copy_streamed); one fdatasync
-        // per file this big costs little and lets its read-back start at once, instead of
-        // waiting for a batch flush of the whole filesystem.
+    // A folder of the destination that is another filesystem (something mounted inside
+    // it) is not flushed by the batch's syncfs of the destination's own: its files are
+    // flushed one by one, or their read-back could be answered by dirty cached pages.
+    let elsewhere = out.metadata().at(&tmp_path).map_err(io)?.dev() != ctx.dest_dev;
+    let synced = big || elsewhere;
+    if synced {
+        // For a big file: most of it is on its way to storage already (see
+        // copy_streamed); one fdatasync per file this big costs little and lets its
+        // read-back start at once, instead of waiting for a batch flush of the whole
+        // filesystem.
         out.sync_data().at(&tmp_path).map_err(io)?;
     }
     drop(out);
@@ -861,7 +872,7 @@ fn copy_to_temporary(
         tmp,
         digest,
         meta: before,
-        synced: big,
+        synced,
         readback: copy.readback,
     })
 }
@@ -1194,7 +1205,6 @@ fn ensure_dir(path: &Path) -> Result<()> {
 }
 
 fn same_inode(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
     match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,

@@ -192,7 +192,9 @@ pub fn stream_blocks(
     for _ in 0..DEPTH + 2 {
         empty_tx.send(vec![0u8; BLOCK]).expect("channel has room");
     }
-    std::thread::scope(|scope| {
+    // The closure owns the receiving side of full blocks: however it returns (an error of
+    // `consume` among the ways), the reader's next send fails and the reader stops.
+    std::thread::scope(move |scope| {
         scope.spawn(move || {
             let mut src = file;
             while let Ok(mut buf) = empty_rx.recv() {
@@ -265,6 +267,29 @@ mod tests {
         assert_eq!(d.to_hex().parse::<Digest>().unwrap(), d);
         assert_eq!("abc".parse::<Digest>(), Err(BadHex));
         assert_eq!("z".repeat(64).parse::<Digest>(), Err(BadHex));
+    }
+
+    #[test]
+    fn a_consumer_error_ends_a_stream_and_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        // Far more than the blocks in flight, so the reader is still going when it fails.
+        std::fs::write(&path, vec![1u8; 16 * BLOCK]).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap();
+            let mut calls = 0;
+            let r = stream_blocks(&file, |_| {
+                calls += 1;
+                Err(std::io::Error::other("consumer failed"))
+            });
+            let _ = tx.send((r.map_err(|e| e.to_string()), calls));
+        });
+        let (result, calls) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("stream_blocks returned after its consumer failed");
+        assert_eq!(result, Err("consumer failed".to_string()));
+        assert_eq!(calls, 1);
     }
 
     #[test]
