@@ -226,6 +226,40 @@ fn a_rerun_copies_nothing_and_a_changed_source_file_is_copied_again() {
         .code(0);
 }
 
+/// A source file rewritten with its size and mtime kept (`cp -p`, `touch -r`) looks
+/// unchanged to the journal; once the source's manifest is made again it says otherwise,
+/// and the file is copied again.
+#[test]
+fn a_source_rewritten_with_its_mtime_kept_is_copied_again_when_its_manifest_says_so() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(src.join("a.txt"), "alpha\n");
+    write(src.join("b.txt"), "bravo\n");
+    env.run(["manifest", "create", "src"]).code(0);
+    let stage = || env.run(["stage", "src", "dest", "--project", "P", "--json"]);
+    stage().code(0);
+
+    let mtime =
+        FileTime::from_last_modification_time(&fs::metadata(src.join("b.txt")).expect("stat"));
+    write(src.join("b.txt"), "BRAVO\n");
+    filetime::set_file_mtime(src.join("b.txt"), mtime).expect("set mtime");
+    env.run(["manifest", "create", "src", "--force"]).code(0);
+    let run = stage();
+    run.code(0);
+    let j = run.json();
+    assert_eq!(
+        (&j["copied"], &j["skipped"], &j["changes"]),
+        (&json!(1), &json!(1), &json!([[">", "b.txt"]])),
+        "{run}"
+    );
+    assert_eq!(read(env.path("dest/b.txt")), b"BRAVO\n");
+    env.sh(
+        &env.path("dest"),
+        "sha256sum --quiet --strict -c MANIFEST.sha256",
+    )
+    .code(0);
+}
+
 #[test]
 fn dry_run_itemizes_what_would_change_and_writes_nothing() {
     let env = Env::new();

@@ -349,7 +349,9 @@ pub fn copy_from(
                     if fresh {
                         Plan::Copy(Change::New)
                     } else {
-                        plan_file(dest, e, journal.get(&e.rel), opts.verify_existing)
+                        let listed = expected.get(e.rel.as_path()).copied();
+                        let known = journal.get(&e.rel);
+                        plan_file(dest, e, known, listed, opts.verify_existing)
                     }
                 })
             })
@@ -1132,7 +1134,16 @@ enum Plan {
     Copy(Change),
 }
 
-fn plan_file(dest: &Path, e: &Entry, known: Option<&JournalEntry>, verify: bool) -> Plan {
+/// What to do with one source file. `listed` is its digest in the source's manifest: a
+/// source rewritten with its size and mtime kept (`cp -p`, `touch -r`) looks unchanged to
+/// the journal, but not to a manifest made again since.
+fn plan_file(
+    dest: &Path,
+    e: &Entry,
+    known: Option<&JournalEntry>,
+    listed: Option<Digest>,
+    verify: bool,
+) -> Plan {
     let dest_path = dest.join(&e.rel);
     let Ok(dm) = std::fs::symlink_metadata(&dest_path) else {
         return Plan::Copy(Change::New);
@@ -1141,7 +1152,10 @@ fn plan_file(dest: &Path, e: &Entry, known: Option<&JournalEntry>, verify: bool)
     let Some(j) = known else {
         return Plan::Copy(Change::Unverified);
     };
-    if j.size != e.meta.size || j.src_mtime_ns != e.meta.mtime_ns {
+    if j.size != e.meta.size
+        || j.src_mtime_ns != e.meta.mtime_ns
+        || listed.is_some_and(|d| d != j.digest)
+    {
         return Plan::Copy(Change::Changed);
     }
     if dm.size != j.size || dm.mtime_ns != j.dest_mtime_ns || dm.ino != j.dest_ino {
