@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     assert_final_names_match_source, assert_text, needs_root, noise, read, regular_files,
-    temporaries, write, Env, Mount,
+    temporaries, wait_for, write, Env, Mount,
 };
 use filetime::FileTime;
 use serde_json::json;
@@ -33,18 +33,6 @@ fn sha256_hex(env: &Env, path: &Path) -> String {
     );
     run.code(0);
     run.stdout[..64].to_string()
-}
-
-/// Waits until `ready` holds, failing the test if `child` ends first or time runs out.
-fn wait_for(child: &mut std::process::Child, what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ready() {
-        if let Some(status) = child.try_wait().expect("poll child") {
-            panic!("hpcstage ended ({status}) before {what}");
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_micros(200));
-    }
 }
 
 /// Starts `hpcstage stage src DEST --jobs 1 --json`, freezes it once `started` holds, lets

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    all_entries, assert_lines, fingerprint, name, needs_root, read, regular_files, write, Env,
-    Mount, NEWLINE,
+    all_entries, assert_lines, fingerprint, name, needs_root, read, regular_files, wait_for, write,
+    Env, Mount, NEWLINE,
 };
 use serde_json::json;
 
@@ -123,6 +123,64 @@ fn a_second_ingest_of_the_same_name_fails_and_changes_nothing() {
     );
     assert_eq!(run.stdout, "", "{run}");
     assert_lines(&fingerprint(&raw), &before);
+}
+
+/// Two ingests of one dataset name at once, from two instruments: the second is refused
+/// while the first runs (naming it), and touches nothing of what the first is filling;
+/// the dataset is then the first one's, whole and verified.
+#[test]
+fn a_concurrent_ingest_of_the_same_name_is_refused_while_the_first_runs() {
+    let env = Env::new();
+    acquisition(&env);
+    let other = env.path("other");
+    write(other.join("B01.tif"), "from the other instrument\n");
+    let raw = env.nas().join("PRJ/raw");
+    let lock = raw.join(".plate7.ingest.lock");
+
+    let mut first = env.command();
+    first.arg("--nas-root").arg(env.nas()).args([
+        "ingest",
+        "acq",
+        "--project",
+        "PRJ",
+        "--dataset",
+        "plate7",
+    ]);
+    let mut first = first.spawn().expect("start the first ingest");
+    let pid = first.id().to_string();
+    wait_for(&mut first, "the first ingest took its lock", || {
+        fs::read_to_string(&lock).is_ok_and(|p| p == pid)
+    });
+    let raw_pid = libc::pid_t::try_from(first.id()).expect("pid fits");
+    // SAFETY: a signal to our own child, not reaped yet.
+    assert_eq!(unsafe { libc::kill(raw_pid, libc::SIGSTOP) }, 0);
+
+    let second = env.run_roots(["ingest", "other", "--project", "PRJ", "--dataset", "plate7"]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(raw_pid, libc::SIGCONT) }, 0);
+    second.code(1).err_has(&format!(
+        "error: [ROOT]/nas/PRJ/raw/plate7 is locked by another hpcstage process (pid {pid})"
+    ));
+    let out = first.wait_with_output().expect("wait for the first ingest");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dataset = raw.join("plate7");
+    assert!(!dataset.join("B01.tif").exists());
+    assert_eq!(read(dataset.join("plate7/A01.tif")), b"tiff A01\n");
+    env.sh(&dataset, "sha256sum --quiet --strict -c MANIFEST.sha256")
+        .code(0);
+    assert_eq!(
+        fs::read_dir(&raw)
+            .expect("list raw")
+            .map(|e| e.expect("entry").file_name())
+            .collect::<Vec<_>>(),
+        vec![std::ffi::OsString::from("plate7")],
+        "only the dataset is left in raw/"
+    );
 }
 
 #[test]

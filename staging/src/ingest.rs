@@ -18,7 +18,7 @@ use crate::record::{current_user, hostname, json_bytes, DatasetInfo};
 use crate::remote::{Location, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use crate::stage::check_name;
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
-use crate::worm::{protect, Protection};
+use crate::worm::{make_read_only, seal, Protection};
 
 /// An ingest, resolved.
 #[derive(Debug, Clone)]
@@ -64,10 +64,15 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         }
     };
     let final_path = raw_path(nas_root, &settings.project, &settings.dataset);
+    let raw = final_path.parent().expect("raw path has a parent");
+    // Held until this ingest is over: another ingest of the same name must not take
+    // over (or remove) the folder this one is filling.
+    let _lock = (!settings.copy.dry_run)
+        .then(|| IngestLock::acquire(raw, &settings.dataset, &final_path))
+        .transpose()?;
     if std::fs::symlink_metadata(&final_path).is_ok() {
         return Err(Error::DatasetExists { path: final_path });
     }
-    let raw = final_path.parent().expect("raw path has a parent");
     let partial = raw.join(format!(".{}.ingest", settings.dataset));
     // A half-done ingest resumes only from the same source; another one starts afresh.
     let origin_path = partial.join(STATE_DIR).join("origin");
@@ -117,6 +122,10 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
     crate::place::prune_unlisted(&partial, &manifest)?;
     let state = partial.join(STATE_DIR);
     std::fs::remove_dir_all(&state).at(&state)?;
+    // Read-only before it gets its final name, so that no crash can leave a writable
+    // dataset there (a rename in the same folder needs no write permission on what it
+    // moves); the immutable flag, which forbids the rename, comes after it.
+    make_read_only(&partial)?;
 
     crate::place::rename_noreplace(&partial, &final_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -127,7 +136,7 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
             Error::io(&final_path, e)
         }
     })?;
-    let protection = protect(&final_path, settings.immutable)?;
+    let protection = seal(&final_path, settings.immutable);
     info.manifest_digest = Some(report.manifest.digest());
     Ok(IngestOutcome {
         report,
@@ -135,6 +144,63 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         info: Some(info),
         protection: Some(protection),
     })
+}
+
+/// The lock of one dataset name in a raw folder: `raw/.NAME.ingest.lock`, next to the
+/// folder being filled (not in it: a new ingest may remove that folder). Held by `flock`
+/// while the ingest runs; it holds the owner's pid. The file is removed once the dataset
+/// is in place: whoever locks a file removed or about to be finds the dataset there and
+/// stops, and a failed ingest keeps it for its rerun.
+struct IngestLock {
+    path: PathBuf,
+    final_path: PathBuf,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl IngestLock {
+    fn acquire(raw: &Path, dataset: &str, final_path: &Path) -> Result<Self> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::io::Write;
+        std::fs::create_dir_all(raw).at(raw)?;
+        let path = raw.join(format!(".{dataset}.ingest.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0).at(&path)?;
+                write!(lock, "{}", std::process::id()).at(&path)?;
+                Some(lock)
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(Error::Locked {
+                    path: final_path.to_path_buf(),
+                    pid: pid.trim().to_string(),
+                });
+            }
+            // A filesystem without locks (NFS mounted `nolock`): go on without one, as
+            // the copy does, rather than refuse every ingest there.
+            Err(_) => None,
+        };
+        Ok(IngestLock {
+            path,
+            final_path: final_path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for IngestLock {
+    fn drop(&mut self) {
+        if self.final_path.exists() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The source must not carry the file ingest writes.

@@ -22,6 +22,22 @@ pub struct Protection {
 /// Removes write permission from everything under `dir` (files first, folders last, so
 /// the walk itself is never locked out), then optionally sets the immutable flag.
 pub fn protect(dir: &Path, immutable: bool) -> Result<Protection> {
+    make_read_only(dir)?;
+    Ok(seal(dir, immutable))
+}
+
+/// Sets the immutable flag on `dir`, already read-only (see [`make_read_only`]), when
+/// `immutable` asks for it; says what was applied.
+pub fn seal(dir: &Path, immutable: bool) -> Protection {
+    Protection {
+        read_only: true,
+        immutable: immutable.then(|| set_immutable(dir)),
+    }
+}
+
+/// Removes write permission from everything under `dir`, files first, folders last (so
+/// the walk itself is never locked out).
+pub fn make_read_only(dir: &Path) -> Result<()> {
     let entries: Vec<_> = walkdir::WalkDir::new(dir)
         .follow_links(false)
         .contents_first(true)
@@ -52,11 +68,7 @@ pub fn protect(dir: &Path, immutable: bool) -> Result<Protection> {
                 .at(e.path())?;
         }
     }
-    let immutable = immutable.then(|| set_immutable(dir));
-    Ok(Protection {
-        read_only: true,
-        immutable,
-    })
+    Ok(())
 }
 
 fn set_immutable(dir: &Path) -> std::result::Result<(), String> {

@@ -405,6 +405,21 @@ pub(crate) fn today() -> String {
         .to_string()
 }
 
+/// Waits until `ready` holds, failing the test if `child` ends first or time runs out.
+pub(crate) fn wait_for(child: &mut std::process::Child, what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ready() {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            panic!("hpcstage ended ({status}) before {what}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 /// Runs `cmd` to the end and fails the test, with its stderr, unless it succeeded.
 fn must_succeed(cmd: &mut Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
