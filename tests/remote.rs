@@ -894,12 +894,43 @@ fn ingest_into_a_remote_nas_places_a_verified_read_only_dataset_once() {
     assert_eq!(fingerprint(&dataset), before);
 }
 
-#[test]
-fn permission_denied_on_the_nas_stops_an_ingest_before_anything_is_placed() {
+/// A remote world whose NAS (the returned folder) has `P/raw/`, the login user's.
+fn world_with_raw() -> (Env, Sshd, PathBuf) {
     let (env, sshd) = remote_world();
     let nas = sshd.remote_dir(&env, "remote");
     std::fs::create_dir_all(nas.join("P/raw")).expect("mkdir raw");
     sshd.give_to_login_user(&nas);
+    (env, sshd, nas)
+}
+
+/// A file of the acquisition folder that no longer matches the folder's own manifest is
+/// corruption at the source: an ingest into a remote NAS fails on it, naming it, and
+/// places nothing, as an ingest into a local one does.
+#[test]
+fn a_remote_ingest_refuses_a_source_file_that_no_longer_matches_its_manifest() {
+    let (env, sshd, nas) = world_with_raw();
+    let acq = env.path("acq");
+    write(acq.join("plate/A01.tif"), noise(1, 300_000));
+    write(acq.join("plate/A02.tif"), "good\n");
+    env.run(["manifest", "create", "acq"]).code(0);
+    write(acq.join("plate/A02.tif"), "rot!\n");
+
+    let run = env.run(ingest_args(&sshd, &nas, "plate7", &[]));
+    run.code(1);
+    assert!(run.err().contains("SOURCE CORRUPT"), "{run}");
+    assert!(
+        run.err().contains("plate/A02.tif"),
+        "the file is not named: {run}"
+    );
+    assert!(
+        !nas.join("P/raw/plate7").exists(),
+        "a dataset was placed: {run}"
+    );
+}
+
+#[test]
+fn permission_denied_on_the_nas_stops_an_ingest_before_anything_is_placed() {
+    let (env, sshd, nas) = world_with_raw();
     chmod(nas.join("P/raw"), 0o555);
     write(env.path("acq/a.tif"), "a\n");
 

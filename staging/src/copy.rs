@@ -254,13 +254,7 @@ impl Source<'_> {
 
     fn read_manifest(&self) -> Result<Option<Manifest>> {
         match self {
-            Source::Local(root) => {
-                let path = root.join(MANIFEST_NAME);
-                match std::fs::metadata(&path) {
-                    Ok(m) if m.is_file() => Manifest::read(&path).map(Some),
-                    _ => Ok(None),
-                }
-            }
+            Source::Local(root) => Manifest::read_if_present(root),
             Source::Remote(r) => r.read_manifest(),
         }
     }

@@ -284,6 +284,7 @@ fn ingest_remote(
         filter: settings.copy.filter.clone(),
         remote_verify: settings.remote_verify,
         preserve_mtime: true,
+        use_source_manifest: settings.copy.use_source_manifest,
     };
     let sent = upload.put_tree(&settings.source, &opts, progress)?;
     let data = upload.manifest();

@@ -40,6 +40,16 @@ impl Manifest {
         Manifest { entries }
     }
 
+    /// The `MANIFEST.sha256` at the top of `dir`, if there is one (a malformed or hostile
+    /// one is an error, not "none").
+    pub fn read_if_present(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(MANIFEST_NAME);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Self::read(&path).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Reads and parses a manifest file.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read(path).at(path)?;

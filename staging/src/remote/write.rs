@@ -31,6 +31,10 @@ pub struct UploadOptions {
     pub remote_verify: bool,
     /// Give remote files the local mtimes.
     pub preserve_mtime: bool,
+    /// Check each file against the `MANIFEST.sha256` at the top of the local folder, when
+    /// there is one (as a local copy does): a file that differs is corruption at the
+    /// source, and the upload fails.
+    pub use_source_manifest: bool,
 }
 
 /// What an upload did.
@@ -207,6 +211,28 @@ impl Remote {
     }
 }
 
+/// The line the remote check prints once `sha256sum -c` has passed. libssh2 gives exit
+/// status 0 when the server sent none (a command killed by a signal, some restricted
+/// shells), so success is this line, not the status alone.
+const VERIFIED: &str = "hpcstage: sha256sum -c passed";
+
+/// What the exit status and output of the remote check mean: passed, or why not.
+fn remote_verify_outcome(status: i32, output: &str) -> std::result::Result<(), String> {
+    let passed = output.lines().any(|l| l == VERIFIED);
+    match status {
+        0 if passed => Ok(()),
+        0 => Err(format!(
+            "sha256sum -c on the remote host did not say it passed (no exit status came back: was it killed?): {}",
+            output.trim()
+        )),
+        127 => Err("the remote host has no sha256sum (drop --remote-verify there)".to_string()),
+        _ => Err(format!(
+            "sha256sum -c on the remote host failed (exit {status}): {}",
+            output.trim()
+        )),
+    }
+}
+
 impl Upload<'_> {
     /// The hidden folder files go to.
     pub fn tmp(&self) -> &Path {
@@ -222,6 +248,15 @@ impl Upload<'_> {
         progress: &dyn Progress,
     ) -> Result<UploadReport> {
         let started = Instant::now();
+        let source_manifest = if opts.use_source_manifest {
+            Manifest::read_if_present(src)?
+        } else {
+            None
+        };
+        let expected = source_manifest
+            .as_ref()
+            .map(Manifest::to_map)
+            .unwrap_or_default();
         let tree = walk::walk(src, &opts.filter)?;
         if let Some(e) = tree.errors.into_iter().next() {
             return Err(e);
@@ -249,6 +284,17 @@ impl Upload<'_> {
                     let mtime = opts.preserve_mtime.then_some(e.meta.mtime_ns);
                     let (digest, was_there) =
                         self.put_file(&local, &e.rel, e.meta.mode, mtime, progress)?;
+                    // In the hidden folder only: the upload fails, nothing is placed.
+                    match expected.get(e.rel.as_path()) {
+                        Some(listed) if *listed != digest => {
+                            return Err(Error::SourceCorrupt {
+                                path: local,
+                                computed: digest.to_hex(),
+                                expected: listed.to_hex(),
+                            })
+                        }
+                        _ => {}
+                    }
                     if was_there {
                         resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -318,19 +364,11 @@ impl Upload<'_> {
         )?;
         if remote_verify {
             let command = format!(
-                "cd -- {} && sha256sum --check --quiet --strict {MANIFEST_NAME}",
+                "cd -- {} && sha256sum --check --quiet --strict {MANIFEST_NAME} && echo '{VERIFIED}'",
                 crate::fmt::shell_quote(&self.tmp.to_string_lossy())
             );
             let (status, output) = self.remote.exec(&command)?;
-            if status != 0 {
-                let reason = if status == 127 {
-                    "the remote host has no sha256sum (drop --remote-verify there)".to_string()
-                } else {
-                    format!(
-                        "sha256sum -c on the remote host failed (exit {status}): {}",
-                        output.trim()
-                    )
-                };
+            if let Err(reason) = remote_verify_outcome(status, &output) {
                 return Err(Error::Remote {
                     path: self.remote.display(&self.tmp),
                     kind: RemoteErrorKind::Other,
@@ -573,5 +611,31 @@ fn stat_with(perm: Option<u32>, mtime: Option<u64>) -> FileStat {
         perm,
         atime: mtime,
         mtime,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remote_check_passes_only_when_it_says_so() {
+        assert_eq!(remote_verify_outcome(0, &format!("{VERIFIED}\n")), Ok(()));
+        // Status 0 without the line: no exit status came back (killed, odd shell).
+        let silent = remote_verify_outcome(0, "").unwrap_err();
+        assert!(silent.contains("did not say it passed"), "{silent}");
+        let failed = remote_verify_outcome(
+            1,
+            "a.tif: FAILED\nsha256sum: WARNING: 1 computed checksum did NOT match\n",
+        )
+        .unwrap_err();
+        assert!(
+            failed.contains("(exit 1)") && failed.contains("a.tif: FAILED"),
+            "{failed}"
+        );
+        let missing = remote_verify_outcome(127, "sh: sha256sum: not found").unwrap_err();
+        assert!(missing.contains("no sha256sum"), "{missing}");
+        // The line must be a whole line, not part of another message.
+        assert!(remote_verify_outcome(0, &format!("not {VERIFIED}")).is_err());
     }
 }
