@@ -22,7 +22,7 @@ use common::{
     assert_final_names_match_source, chmod, fingerprint, is_root, mode, needs_root, noise, read,
     read_text, temporaries, tricky_tree, write, Env, Mount,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
 // The fixture itself: a real sshd, reachable as `nas` with the world's keys
@@ -901,6 +901,37 @@ fn world_with_raw() -> (Env, Sshd, PathBuf) {
     std::fs::create_dir_all(nas.join("P/raw")).expect("mkdir raw");
     sshd.give_to_login_user(&nas);
     (env, sshd, nas)
+}
+
+/// The files an interrupted upload completed are kept: one still writable (that upload
+/// may have ended between its write and its flush) is flushed and kept, one already given
+/// its read-only mode (flushed before that) is kept as it is.
+#[test]
+fn an_interrupted_upload_keeps_its_complete_files_whatever_their_mode() {
+    let (env, sshd, nas) = world_with_raw();
+    write(env.path("acq/a.tif"), noise(21, 70_000));
+    write(env.path("acq/b.tif"), noise(22, 5_000));
+    chmod(env.path("acq/b.tif"), 0o444);
+    let hidden = nas.join("P/raw/.plate7.upload");
+    write(hidden.join("a.tif"), noise(21, 70_000));
+    write(hidden.join("b.tif"), noise(22, 5_000));
+    sshd.give_to_login_user(&nas);
+    chmod(hidden.join("a.tif"), 0o600);
+    chmod(hidden.join("b.tif"), 0o444);
+
+    let run = env.run(ingest_args(&sshd, &nas, "plate7", &["--json"]));
+    run.code(0);
+    let j = run.json();
+    assert_eq!(
+        (&j["copied"], &j["skipped"]),
+        (&json!(0), &json!(2)),
+        "{run}"
+    );
+    let dataset = nas.join("P/raw/plate7");
+    assert_eq!(read(dataset.join("a.tif")), noise(21, 70_000));
+    assert_eq!(read(dataset.join("b.tif")), noise(22, 5_000));
+    env.sh(&dataset, "sha256sum --quiet --strict -c MANIFEST.sha256")
+        .code(0);
 }
 
 /// A file of the acquisition folder that no longer matches the folder's own manifest is

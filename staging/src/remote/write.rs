@@ -463,13 +463,28 @@ impl Upload<'_> {
         let present = self
             .remote
             .run(&remote_path, |sftp| Ok(sftp.lstat(&remote_path).ok()))?;
-        let resumable = present.is_some_and(|st| {
+        let resumable = present.as_ref().is_some_and(|st| {
             st.file_type() == ssh2::FileType::RegularFile && st.size == Some(size)
         });
         if resumable {
             let (want, _) = hash::hash_file(local)?;
             let (got, n) = self.read_back(rel, size)?;
             if got == want && n == size {
+                // Still writable: its upload may have been killed between the write and
+                // the flush, so it is flushed now. (Its mode is set after the flush: one
+                // made read-only was flushed, and cannot be opened to write.)
+                let writable = present
+                    .as_ref()
+                    .and_then(|st| st.perm)
+                    .is_some_and(|perm| perm & 0o200 != 0);
+                if writable {
+                    self.remote.run(&remote_path, |sftp| {
+                        let mut f =
+                            sftp.open_mode(&remote_path, OpenFlags::WRITE, 0, OpenType::File)?;
+                        flush_remote(&mut f)?;
+                        f.close().map_err(Fault::of)
+                    })?;
+                }
                 self.set_meta(&remote_path, mode, mtime_ns)?;
                 progress.add_bytes(size);
                 return Ok((want, true));
@@ -549,12 +564,7 @@ impl Upload<'_> {
             // Not every server offers fsync@openssh.com (a read-back still follows); any
             // other failure there, or at close, is the server's answer (a full disk, a
             // quota) and final.
-            match f.fsync() {
-                Err(e) if e.code() != ssh2::ErrorCode::SFTP(FX_OP_UNSUPPORTED) => {
-                    return Err(Fault::of(e))
-                }
-                _ => {}
-            }
+            flush_remote(&mut f)?;
             f.close().map_err(Fault::of)?;
             Ok((Digest::from_hasher(hasher), n))
         })?;
@@ -594,6 +604,16 @@ impl Upload<'_> {
                 })
         })?;
         Ok((Digest::from_hasher(hasher), n))
+    }
+}
+
+/// Flushes an open remote file to the NAS's storage (`fsync@openssh.com`). Not every
+/// server offers it (a read-back still follows); any other failure is the server's answer
+/// (a full disk, a quota) and final.
+fn flush_remote(f: &mut ssh2::File) -> std::result::Result<(), Fault> {
+    match f.fsync() {
+        Err(e) if e.code() != ssh2::ErrorCode::SFTP(FX_OP_UNSUPPORTED) => Err(Fault::of(e)),
+        _ => Ok(()),
     }
 }
 
