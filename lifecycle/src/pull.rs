@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
 use hpcstage_staging::hash::hash_file;
+use hpcstage_staging::lock::{try_lock, TryLock};
 use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::{current_user, hostname, json_bytes, read_json, write_json};
 use hpcstage_staging::remote::{NasFolder, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
 use jiff::Timestamp;
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::Serialize;
 
 use crate::backend::{Backend, Observed};
@@ -264,36 +264,22 @@ struct PullLock {
 
 impl PullLock {
     fn acquire(run_dir: &Path, id: &str, opts: &PullOptions) -> Result<PullLock> {
-        use std::io::Write as _;
         let path = run_dir.join(STATE_DIR).join("pull.lock");
-        let io = |e: std::io::Error| Error::Staging(hpcstage_staging::Error::io(&path, e));
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
+        // Who holds it, for the message of a pull that has to wait.
+        let me = format!("pid {} on {}", std::process::id(), hostname());
         let started = Instant::now();
         let mut waited_for: Option<String> = None;
         loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(mut lock) => {
-                    // Who holds it, for the message of a pull that has to wait.
-                    let me = format!("pid {} on {}", std::process::id(), hostname());
-                    let _ = lock.set_len(0);
-                    let _ = lock.write_all(me.as_bytes());
+            match try_lock(&path, &me).map_err(Error::Staging)? {
+                TryLock::Held(lock) => {
                     return Ok(PullLock {
                         _lock: Some(lock),
                         waited_for,
                     });
                 }
-                Err((f, Errno::EWOULDBLOCK)) => {
-                    file = f;
-                    let holder = std::fs::read_to_string(&path)
-                        .ok()
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
+                TryLock::Busy(holder) => {
+                    let holder = Some(holder)
+                        .filter(|h| !h.is_empty())
                         .unwrap_or_else(|| "another process".into());
                     if started.elapsed() >= opts.busy_timeout {
                         return Err(Error::PullBusy {
@@ -309,10 +295,7 @@ impl PullLock {
                     waited_for = Some(holder);
                     std::thread::sleep(Duration::from_millis(500));
                 }
-                Err((
-                    _,
-                    e @ (Errno::ENOSYS | Errno::ENOLCK | Errno::EOPNOTSUPP | Errno::EINVAL),
-                )) => {
+                TryLock::Unsupported(e) => {
                     (opts.notify)(&format!(
                         "{} cannot be locked ({e}); pulling without the run lock",
                         path.display()
@@ -322,7 +305,6 @@ impl PullLock {
                         waited_for,
                     });
                 }
-                Err((_, e)) => return Err(io(e.into())),
             }
         }
     }

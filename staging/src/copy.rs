@@ -29,6 +29,7 @@ use crate::direct;
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest, STREAM_THRESHOLD};
 use crate::journal::{Journal, JournalEntry};
+use crate::lock::{try_lock, TryLock};
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::remote::Remote;
@@ -1364,26 +1365,17 @@ struct RunGuard {
 impl RunGuard {
     fn acquire(state_dir: &Path, dest: &Path) -> Result<Self> {
         let lock_path = state_dir.join("lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .read(true)
-            .open(&lock_path)
-            .at(&lock_path)?;
-        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        {
-            Ok(l) => Some(l),
-            // A filesystem without locks (NFS mounted `nolock`, some Lustre set-ups): go on
-            // without one rather than refuse every copy.
-            Err((_, errno)) if errno != nix::errno::Errno::EWOULDBLOCK => None,
-            Err((_, _)) => {
-                let pid = std::fs::read_to_string(state_dir.join("running")).unwrap_or_default();
+        let lock = match try_lock(&lock_path, &std::process::id().to_string())? {
+            TryLock::Held(lock) => Some(lock),
+            TryLock::Busy(pid) => {
                 return Err(Error::Locked {
                     path: dest.to_path_buf(),
-                    pid: pid.trim().to_string(),
-                });
+                    pid,
+                })
             }
+            // A filesystem without locks (NFS mounted `nolock`, some Lustre set-ups): go
+            // on without one rather than refuse every copy.
+            TryLock::Unsupported(_) => None,
         };
         let marker = state_dir.join("running");
         if marker.exists() {

@@ -12,6 +12,7 @@ use jiff::Timestamp;
 
 use crate::copy::{copy_tree, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
+use crate::lock::{try_lock, TryLock};
 use crate::manifest::{write_verified, Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::record::{current_user, hostname, json_bytes, DatasetInfo};
@@ -159,33 +160,19 @@ struct IngestLock {
 
 impl IngestLock {
     fn acquire(raw: &Path, dataset: &str, final_path: &Path) -> Result<Self> {
-        use nix::fcntl::{Flock, FlockArg};
-        use std::io::Write;
         std::fs::create_dir_all(raw).at(raw)?;
         let path = raw.join(format!(".{dataset}.ingest.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut lock) => {
-                lock.set_len(0).at(&path)?;
-                write!(lock, "{}", std::process::id()).at(&path)?;
-                Some(lock)
-            }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+        let lock = match try_lock(&path, &std::process::id().to_string())? {
+            TryLock::Held(lock) => Some(lock),
+            TryLock::Busy(pid) => {
                 return Err(Error::Locked {
                     path: final_path.to_path_buf(),
-                    pid: pid.trim().to_string(),
-                });
+                    pid,
+                })
             }
-            // A filesystem without locks (NFS mounted `nolock`): go on without one, as
-            // the copy does, rather than refuse every ingest there.
-            Err(_) => None,
+            // No locks on this filesystem: go on without one, as the copy does, rather
+            // than refuse every ingest there.
+            TryLock::Unsupported(_) => None,
         };
         Ok(IngestLock {
             path,

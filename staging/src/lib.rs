@@ -18,6 +18,7 @@ pub mod walk;
 pub use error::{Error, Result};
 pub mod ingest;
 pub mod ledger;
+pub mod lock;
 pub mod place;
 pub mod policy;
 pub mod record;

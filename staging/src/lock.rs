@@ -1,0 +1,73 @@
+//! Exclusive advisory locks between hpcstage processes (`flock` on a file), taken without
+//! waiting. The file says who holds it, for the message of whoever finds it taken.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, IoContext, Result};
+
+/// What [`try_lock`] found.
+pub enum TryLock {
+    /// Held until dropped.
+    Held(Flock<File>),
+    /// Another process holds it; what the file says of it (empty when it says nothing).
+    Busy(String),
+    /// The filesystem has no locks (NFS mounted `nolock`, Lustre without `flock`).
+    Unsupported(Errno),
+}
+
+/// Tries to lock `path` (created when missing); once held, the file says `holder`.
+pub fn try_lock(path: &Path, holder: &str) -> Result<TryLock> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            // Only words for others' messages: the lock holds whether they are written.
+            let _ = lock
+                .set_len(0)
+                .and_then(|()| lock.write_all(holder.as_bytes()));
+            Ok(TryLock::Held(lock))
+        }
+        Err((_, Errno::EWOULDBLOCK)) => {
+            let said = std::fs::read_to_string(path).unwrap_or_default();
+            Ok(TryLock::Busy(said.trim().to_string()))
+        }
+        Err((_, e @ (Errno::ENOSYS | Errno::ENOLCK | Errno::EOPNOTSUPP | Errno::EINVAL))) => {
+            Ok(TryLock::Unsupported(e))
+        }
+        Err((_, e)) => Err(Error::io(path, e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_is_busy_for_the_next_taker_and_says_who_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let TryLock::Held(first) = try_lock(&path, "pid 1 on a").unwrap() else {
+            panic!("a free lock was not taken");
+        };
+        match try_lock(&path, "pid 2 on b").unwrap() {
+            TryLock::Busy(holder) => assert_eq!(holder, "pid 1 on a"),
+            _ => panic!("a held lock was taken again"),
+        }
+        drop(first);
+        assert!(matches!(
+            try_lock(&path, "pid 2 on b").unwrap(),
+            TryLock::Held(_)
+        ));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "pid 2 on b");
+    }
+}
