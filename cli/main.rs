@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             if let Some(hint) = commands::hint(&err) {
                 output::note(format!("hint: {hint}"));
             }
-            ExitCode::from(1)
+            ExitCode::from(commands::error_code(&err))
         }
     }
 }

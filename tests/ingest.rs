@@ -147,9 +147,11 @@ fn a_concurrent_ingest_of_the_same_name_is_refused_while_the_first_runs() {
         "plate7",
     ]);
     let mut first = first.spawn().expect("start the first ingest");
-    let pid = first.id().to_string();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    let (pid, host) = (first.id(), host.trim());
+    let holder = format!("pid {pid} on {host}");
     wait_for(&mut first, "the first ingest took its lock", || {
-        fs::read_to_string(&lock).is_ok_and(|p| p == pid)
+        fs::read_to_string(&lock).is_ok_and(|p| p == holder)
     });
     let raw_pid = libc::pid_t::try_from(first.id()).expect("pid fits");
     // SAFETY: a signal to our own child, not reaped yet.
@@ -159,7 +161,7 @@ fn a_concurrent_ingest_of_the_same_name_is_refused_while_the_first_runs() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(raw_pid, libc::SIGCONT) }, 0);
     second.code(1).err_has(&format!(
-        "error: [ROOT]/nas/PRJ/raw/plate7 is locked by another hpcstage process (pid {pid})"
+        "error: [ROOT]/nas/PRJ/raw/plate7 is locked by another hpcstage process ({holder})"
     ));
     let out = first.wait_with_output().expect("wait for the first ingest");
     assert!(

@@ -947,7 +947,8 @@ fn a_remote_ingest_refuses_a_source_file_that_no_longer_matches_its_manifest() {
     write(acq.join("plate/A02.tif"), "rot!\n");
 
     let run = env.run(ingest_args(&sshd, &nas, "plate7", &[]));
-    run.code(1);
+    // An integrity failure, as for a local ingest.
+    run.code(3);
     assert!(run.err().contains("SOURCE CORRUPT"), "{run}");
     assert!(
         run.err().contains("plate/A02.tif"),

@@ -50,6 +50,22 @@ impl Status {
     }
 }
 
+/// The exit code of a command that stopped with `err`: 3 when it stopped on an integrity
+/// failure (a source that does not match its manifest, a read-back that differs), as a
+/// copy that reports such files does; 1 otherwise.
+pub(crate) fn error_code(err: &anyhow::Error) -> u8 {
+    use hpcstage_staging::Error as E;
+    let integrity = err
+        .chain()
+        .filter_map(|e| e.downcast_ref::<E>())
+        .any(|e| matches!(e, E::SourceCorrupt { .. } | E::ReadBackMismatch { .. }));
+    if integrity {
+        Status::Integrity.code()
+    } else {
+        1
+    }
+}
+
 /// A hint for errors users can fix themselves.
 pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
     use hpcstage_staging::Error as E;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
 use hpcstage_staging::hash::hash_file;
-use hpcstage_staging::lock::{try_lock, TryLock};
+use hpcstage_staging::lock::{holder, try_lock, TryLock};
 use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::{current_user, hostname, json_bytes, read_json, write_json};
@@ -266,7 +266,7 @@ impl PullLock {
     fn acquire(run_dir: &Path, id: &str, opts: &PullOptions) -> Result<PullLock> {
         let path = run_dir.join(STATE_DIR).join("pull.lock");
         // Who holds it, for the message of a pull that has to wait.
-        let me = format!("pid {} on {}", std::process::id(), hostname());
+        let me = holder();
         let started = Instant::now();
         let mut waited_for: Option<String> = None;
         loop {
@@ -278,9 +278,6 @@ impl PullLock {
                     });
                 }
                 TryLock::Busy(holder) => {
-                    let holder = Some(holder)
-                        .filter(|h| !h.is_empty())
-                        .unwrap_or_else(|| "another process".into());
                     if started.elapsed() >= opts.busy_timeout {
                         return Err(Error::PullBusy {
                             id: id.to_string(),
@@ -419,10 +416,10 @@ fn pull_finished(
         ..CopyOptions::default()
     };
     let report = match copy_tree(run_dir, &partial, &copy, progress) {
-        Err(hpcstage_staging::Error::Locked { pid, .. }) => {
+        Err(hpcstage_staging::Error::Locked { holder, .. }) => {
             return Err(Error::PullBusy {
                 id: record.id.clone(),
-                holder: format!("pid {pid}"),
+                holder,
             })
         }
         other => other.map_err(nas)?,

@@ -29,7 +29,7 @@ use crate::direct;
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest, STREAM_THRESHOLD};
 use crate::journal::{Journal, JournalEntry};
-use crate::lock::{try_lock, TryLock};
+use crate::lock::{holder, try_lock, TryLock};
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::remote::Remote;
@@ -1365,12 +1365,12 @@ struct RunGuard {
 impl RunGuard {
     fn acquire(state_dir: &Path, dest: &Path) -> Result<Self> {
         let lock_path = state_dir.join("lock");
-        let lock = match try_lock(&lock_path, &std::process::id().to_string())? {
+        let lock = match try_lock(&lock_path, &holder())? {
             TryLock::Held(lock) => Some(lock),
-            TryLock::Busy(pid) => {
+            TryLock::Busy(holder) => {
                 return Err(Error::Locked {
                     path: dest.to_path_buf(),
-                    pid,
+                    holder,
                 })
             }
             // A filesystem without locks (NFS mounted `nolock`, some Lustre set-ups): go

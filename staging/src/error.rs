@@ -77,8 +77,8 @@ pub enum Error {
     DatasetExists { path: PathBuf },
 
     /// Another process holds the lock on a destination.
-    #[error("{path} is locked by another hpcstage process (pid {pid})")]
-    Locked { path: PathBuf, pid: String },
+    #[error("{path} is locked by another hpcstage process ({holder})")]
+    Locked { path: PathBuf, holder: String },
 
     /// A glob in --include/--exclude did not compile.
     #[error("invalid glob {glob:?}: {source}")]

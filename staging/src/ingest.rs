@@ -12,7 +12,7 @@ use jiff::Timestamp;
 
 use crate::copy::{copy_tree, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
-use crate::lock::{try_lock, TryLock};
+use crate::lock::{holder, try_lock, TryLock};
 use crate::manifest::{write_verified, Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::record::{current_user, hostname, json_bytes, DatasetInfo};
@@ -65,14 +65,25 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         }
     };
     let final_path = raw_path(nas_root, &settings.project, &settings.dataset);
+    let exists = |final_path: &Path| {
+        std::fs::symlink_metadata(final_path)
+            .is_ok()
+            .then(|| Error::DatasetExists {
+                path: final_path.to_path_buf(),
+            })
+    };
+    // Before the lock too: who may not write in raw/ still hears that the dataset exists.
+    if let Some(e) = exists(&final_path) {
+        return Err(e);
+    }
     let raw = final_path.parent().expect("raw path has a parent");
     // Held until this ingest is over: another ingest of the same name must not take
     // over (or remove) the folder this one is filling.
     let _lock = (!settings.copy.dry_run)
         .then(|| IngestLock::acquire(raw, &settings.dataset, &final_path))
         .transpose()?;
-    if std::fs::symlink_metadata(&final_path).is_ok() {
-        return Err(Error::DatasetExists { path: final_path });
+    if let Some(e) = exists(&final_path) {
+        return Err(e);
     }
     let partial = raw.join(format!(".{}.ingest", settings.dataset));
     // A half-done ingest resumes only from the same source; another one starts afresh.
@@ -129,6 +140,8 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
     make_read_only(&partial)?;
 
     crate::place::rename_noreplace(&partial, &final_path).map_err(|e| {
+        // Left where it is: writable again, so that its owner can remove it.
+        let _ = crate::worm::make_writable(&partial);
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             Error::DatasetExists {
                 path: final_path.clone(),
@@ -162,12 +175,12 @@ impl IngestLock {
     fn acquire(raw: &Path, dataset: &str, final_path: &Path) -> Result<Self> {
         std::fs::create_dir_all(raw).at(raw)?;
         let path = raw.join(format!(".{dataset}.ingest.lock"));
-        let lock = match try_lock(&path, &std::process::id().to_string())? {
+        let lock = match try_lock(&path, &holder())? {
             TryLock::Held(lock) => Some(lock),
-            TryLock::Busy(pid) => {
+            TryLock::Busy(holder) => {
                 return Err(Error::Locked {
                     path: final_path.to_path_buf(),
-                    pid,
+                    holder,
                 })
             }
             // No locks on this filesystem: go on without one, as the copy does, rather

@@ -14,21 +14,39 @@ use crate::error::{Error, IoContext, Result};
 pub enum TryLock {
     /// Held until dropped.
     Held(Flock<File>),
-    /// Another process holds it; what the file says of it (empty when it says nothing).
+    /// Another process holds it; what the file says of it (`pid N on HOST`), or that it
+    /// does not say.
     Busy(String),
     /// The filesystem has no locks (NFS mounted `nolock`, Lustre without `flock`).
     Unsupported(Errno),
 }
 
-/// Tries to lock `path` (created when missing); once held, the file says `holder`.
+/// How a lock file names its holder: `pid N on HOST` (a lock on a network filesystem can be
+/// held from another machine).
+pub fn holder() -> String {
+    format!(
+        "pid {} on {}",
+        std::process::id(),
+        crate::record::hostname()
+    )
+}
+
+/// Tries to lock `path` (created when missing); once held, the file says `holder`. A lock
+/// file another user left (not writable here) is locked all the same, read-only; it then
+/// keeps that user's words.
 pub fn try_lock(path: &Path, holder: &str) -> Result<TryLock> {
-    let file = OpenOptions::new()
+    let opened = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(path)
-        .at(path)?;
+        .open(path);
+    let file = match opened {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.is_file() => {
+            File::open(path).at(path)?
+        }
+        other => other.at(path)?,
+    };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             // Only words for others' messages: the lock holds whether they are written.
@@ -37,9 +55,15 @@ pub fn try_lock(path: &Path, holder: &str) -> Result<TryLock> {
                 .and_then(|()| lock.write_all(holder.as_bytes()));
             Ok(TryLock::Held(lock))
         }
-        Err((_, Errno::EWOULDBLOCK)) => {
+        // SMB/CIFS mounts answer a held lock with EACCES instead of EWOULDBLOCK.
+        Err((_, Errno::EWOULDBLOCK | Errno::EACCES)) => {
             let said = std::fs::read_to_string(path).unwrap_or_default();
-            Ok(TryLock::Busy(said.trim().to_string()))
+            let said = said.trim();
+            Ok(TryLock::Busy(if said.is_empty() {
+                "which one, its lock file does not say".to_string()
+            } else {
+                said.to_string()
+            }))
         }
         Err((_, e @ (Errno::ENOSYS | Errno::ENOLCK | Errno::EOPNOTSUPP | Errno::EINVAL))) => {
             Ok(TryLock::Unsupported(e))

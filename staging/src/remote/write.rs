@@ -469,22 +469,27 @@ impl Upload<'_> {
         if resumable {
             let (want, _) = hash::hash_file(local)?;
             let (got, n) = self.read_back(rel, size)?;
-            if got == want && n == size {
-                // Still writable: its upload may have been killed between the write and
-                // the flush, so it is flushed now. (Its mode is set after the flush: one
-                // made read-only was flushed, and cannot be opened to write.)
-                let writable = present
-                    .as_ref()
-                    .and_then(|st| st.perm)
-                    .is_some_and(|perm| perm & 0o200 != 0);
-                if writable {
-                    self.remote.run(&remote_path, |sftp| {
-                        let mut f =
-                            sftp.open_mode(&remote_path, OpenFlags::WRITE, 0, OpenType::File)?;
-                        flush_remote(&mut f)?;
-                        f.close().map_err(Fault::of)
-                    })?;
-                }
+            // Still writable: its upload may have been killed between the write and the
+            // flush, so it is flushed now. (Its mode is set after the flush: one made
+            // read-only was flushed, and cannot be opened to write.) A server that will not
+            // open it to write gets it uploaded again below.
+            let writable = present
+                .as_ref()
+                .and_then(|st| st.perm)
+                .is_some_and(|perm| perm & 0o200 != 0);
+            let flushed = || {
+                !writable
+                    || self
+                        .remote
+                        .run(&remote_path, |sftp| {
+                            let mut f =
+                                sftp.open_mode(&remote_path, OpenFlags::WRITE, 0, OpenType::File)?;
+                            flush_remote(&mut f)?;
+                            f.close().map_err(Fault::of)
+                        })
+                        .is_ok()
+            };
+            if got == want && n == size && flushed() {
                 self.set_meta(&remote_path, mode, mtime_ns)?;
                 progress.add_bytes(size);
                 return Ok((want, true));
