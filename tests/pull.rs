@@ -20,12 +20,11 @@ use std::time::{Duration, Instant};
 use common::cluster::cluster;
 use common::fs::{files, read_json};
 use common::pull::{
-    assert_manifest_verifies, chown_r, fingerprint, job_user, listing, sacct, wait_ended,
-    wait_running, Lab, ReadOnly, User,
+    chown_r, fingerprint, job_user, listing, sacct, wait_ended, wait_running, Lab, ReadOnly, User,
 };
 use common::run::{tool, wait_child};
 use common::sshd::Sshd;
-use common::{assert_lines, is_root, read_text, write, Run};
+use common::{assert_lines, assert_manifest_verifies, is_root, read_text, write, Run};
 use hpcstage_lifecycle::run::{new_record, Event, Executor, InputRef, JobRole, RunStore};
 
 /// How long a short job may take from submission to accounting saying it ended.

@@ -19,8 +19,8 @@ use common::fs::read_json;
 use common::run::{self, wait_child, Run};
 use common::sshd::{alive, Sshd};
 use common::{
-    assert_final_names_match_source, chmod, fingerprint, is_root, mode, needs_root, noise, read,
-    read_text, temporaries, tricky_tree, write, Env, Mount,
+    assert_final_names_match_source, assert_manifest_verifies, chmod, fingerprint, is_root, mode,
+    needs_root, noise, read, read_text, temporaries, tricky_tree, write, Env, Mount,
 };
 use serde_json::{json, Value};
 
@@ -930,8 +930,7 @@ fn an_interrupted_upload_keeps_its_complete_files_whatever_their_mode() {
     let dataset = nas.join("P/raw/plate7");
     assert_eq!(read(dataset.join("a.tif")), noise(21, 70_000));
     assert_eq!(read(dataset.join("b.tif")), noise(22, 5_000));
-    env.sh(&dataset, "sha256sum --quiet --strict -c MANIFEST.sha256")
-        .code(0);
+    assert_manifest_verifies(&dataset);
 }
 
 /// A file of the acquisition folder that no longer matches the folder's own manifest is

@@ -7,8 +7,9 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 use common::{
-    all_entries, assert_final_names_match_source, assert_lines, assert_text, is_root, mode, noise,
-    read, regular_files, temporaries, tricky_tree, write, Env, Mount,
+    all_entries, assert_final_names_match_source, assert_lines, assert_manifest_verifies,
+    assert_text, is_root, mode, noise, read, regular_files, temporaries, tricky_tree, write, Env,
+    Mount,
 };
 use filetime::FileTime;
 use serde_json::json;
@@ -253,11 +254,7 @@ fn a_source_rewritten_with_its_mtime_kept_is_copied_again_when_its_manifest_says
         "{run}"
     );
     assert_eq!(read(env.path("dest/b.txt")), b"BRAVO\n");
-    env.sh(
-        &env.path("dest"),
-        "sha256sum --quiet --strict -c MANIFEST.sha256",
-    )
-    .code(0);
+    assert_manifest_verifies(&env.path("dest"));
 }
 
 #[test]
@@ -630,8 +627,7 @@ fn big_files_of_odd_lengths_arrive_exactly_with_or_without_direct_io() {
             dest.display()
         );
         assert_eq!(temporaries(dest), Vec::<std::path::PathBuf>::new());
-        env.sh(dest, "sha256sum --quiet --strict -c MANIFEST.sha256")
-            .code(0);
+        assert_manifest_verifies(dest);
         let sparse = fs::metadata(dest.join("img/sparse.raw")).expect("stat");
         assert_eq!(sparse.len(), 20 << 20);
         assert!(
@@ -693,7 +689,6 @@ fn files_on_a_filesystem_mounted_inside_the_destination_are_read_back_from_its_d
     );
     assert_eq!(assert_final_names_match_source(&src, &dest), 26);
     assert_eq!(temporaries(&dest), Vec::<std::path::PathBuf>::new());
-    env.sh(&dest, "sha256sum --quiet --strict -c MANIFEST.sha256")
-        .code(0);
+    assert_manifest_verifies(&dest);
     drop(mount);
 }

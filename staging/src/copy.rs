@@ -29,8 +29,8 @@ use crate::direct;
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest, STREAM_THRESHOLD};
 use crate::journal::{Journal, JournalEntry};
-use crate::lock::{holder, try_lock, TryLock};
-use crate::manifest::{Manifest, ManifestEntry};
+use crate::lock::lock_or_refuse;
+use crate::manifest::{check_listed, Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::walk::{self, Entry, Filter, Kind, Meta, MANIFEST_NAME, STATE_DIR, TMP_PREFIX};
@@ -427,8 +427,10 @@ pub fn copy_from(
     }
 
     // Folders first (writable while we fill them; their modes are set at the end).
-    ensure_dir(dest)?;
+    let (_, dest_dev) = ensure_writable_dir(dest)?;
     let mut dir_modes: HashMap<PathBuf, u32> = HashMap::new();
+    // Folders that are another filesystem than the destination's (mounted inside it).
+    let mut elsewhere: HashSet<PathBuf> = HashSet::new();
     for d in &dirs {
         let path = dest.join(&d.rel);
         let existed = path.is_dir();
@@ -438,8 +440,11 @@ pub fn copy_from(
                 kind: classify(&e),
                 error: e,
             }),
-            Ok(mode) => {
+            Ok((mode, dev)) => {
                 dir_modes.insert(d.rel.clone(), mode);
+                if dev != dest_dev {
+                    elsewhere.insert(d.rel.clone());
+                }
                 if !existed {
                     report.changes.push((d.rel.clone(), Change::Dir));
                 }
@@ -494,12 +499,11 @@ pub fn copy_from(
     let journal = Mutex::new(journal);
     let abort = AtomicBool::new(false);
     let dest_handle = File::open(dest).at(dest)?;
-    let dest_dev = dest_handle.metadata().at(dest)?.dev();
     let ctx = Ctx {
         src: &src,
         dest,
         dest_handle: &dest_handle,
-        dest_dev,
+        elsewhere: &elsewhere,
         opts,
         progress,
         abort: &abort,
@@ -656,8 +660,9 @@ struct Ctx<'a> {
     /// happened since the handle was opened (Linux 5.8+), so a handle opened per batch
     /// could miss an error of an earlier batch.
     dest_handle: &'a File,
-    /// The filesystem `syncfs` on `dest_handle` flushes.
-    dest_dev: u64,
+    /// Folders of the destination on another filesystem than its own (mounted inside
+    /// it), which `syncfs` on `dest_handle` does not flush.
+    elsewhere: &'a HashSet<PathBuf>,
     opts: &'a CopyOptions,
     progress: &'a dyn Progress,
     abort: &'a AtomicBool,
@@ -833,7 +838,7 @@ fn copy_to_temporary(
     // A folder of the destination that is another filesystem (something mounted inside
     // it) is not flushed by the batch's syncfs of the destination's own: its files are
     // flushed one by one, or their read-back could be answered by dirty cached pages.
-    let elsewhere = out.metadata().at(&tmp_path).map_err(io)?.dev() != ctx.dest_dev;
+    let elsewhere = job.rel.parent().is_some_and(|p| ctx.elsewhere.contains(p));
     let synced = big || elsewhere;
     if synced {
         // For a big file: most of it is on its way to storage already (see
@@ -852,18 +857,7 @@ fn copy_to_temporary(
             Error::SourceChanged { path: src_path },
         ));
     }
-    if let Some(expected) = job.expected {
-        if expected != digest {
-            return Err((
-                FailureKind::SourceCorrupt,
-                Error::SourceCorrupt {
-                    path: src_path,
-                    computed: digest.to_hex(),
-                    expected: expected.to_hex(),
-                },
-            ));
-        }
-    }
+    check_listed(&src_path, job.expected, digest).map_err(|e| (FailureKind::SourceCorrupt, e))?;
     Ok(Staged {
         job_index,
         tmp,
@@ -1178,16 +1172,16 @@ fn set_mtime(path: &Path, mtime_ns: i64) -> Result<()> {
 }
 
 /// Makes sure `path` is a folder we can write into; returns its mode now (without the
-/// file type bits).
-fn ensure_writable_dir(path: &Path) -> Result<u32> {
+/// file type bits) and its device.
+fn ensure_writable_dir(path: &Path) -> Result<(u32, u64)> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
             let mode = m.permissions().mode() & 0o7777;
             if mode & 0o700 != 0o700 {
                 std::fs::set_permissions(path, perm(mode | 0o700)).at(path)?;
-                return Ok(mode | 0o700);
+                return Ok((mode | 0o700, m.dev()));
             }
-            Ok(mode)
+            Ok((mode, m.dev()))
         }
         Ok(_) => Err(Error::io(
             path,
@@ -1196,7 +1190,7 @@ fn ensure_writable_dir(path: &Path) -> Result<u32> {
         Err(_) => {
             std::fs::create_dir_all(path).at(path)?;
             let m = std::fs::symlink_metadata(path).at(path)?;
-            Ok(m.permissions().mode() & 0o7777)
+            Ok((m.permissions().mode() & 0o7777, m.dev()))
         }
     }
 }
@@ -1365,23 +1359,13 @@ struct RunGuard {
 impl RunGuard {
     fn acquire(state_dir: &Path, dest: &Path) -> Result<Self> {
         let lock_path = state_dir.join("lock");
-        let lock = match try_lock(&lock_path, &holder())? {
-            TryLock::Held(lock) => Some(lock),
-            TryLock::Busy(holder) => {
-                return Err(Error::Locked {
-                    path: dest.to_path_buf(),
-                    holder,
-                })
-            }
-            // A filesystem without locks (NFS mounted `nolock`, some Lustre set-ups): go
-            // on without one rather than refuse every copy.
-            TryLock::Unsupported(_) => None,
-        };
+        let lock = lock_or_refuse(&lock_path, dest)?;
+        // Only its presence counts: a run was under way (the lock file says who runs).
         let marker = state_dir.join("running");
         if marker.exists() {
             sweep_temporaries(dest);
         }
-        std::fs::write(&marker, std::process::id().to_string()).at(&marker)?;
+        File::create(&marker).at(&marker)?;
         Ok(RunGuard {
             marker,
             _lock: lock,

@@ -16,9 +16,6 @@ use sha2::{Digest as _, Sha256};
 use crate::direct;
 use crate::error::{IoContext, Result};
 
-/// Size of one read when hashing or copying.
-pub const BLOCK: usize = 1 << 20;
-
 /// A SHA-256 digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
@@ -134,27 +131,26 @@ pub const STREAM_THRESHOLD: u64 = 8 << 20;
 /// copies through the cache cost as much CPU as the hash itself.
 pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
     let file = File::open(path).at(path)?;
-    let big = file.metadata().is_ok_and(|m| m.len() >= STREAM_THRESHOLD);
-    if big && direct::set_direct(&file, true) {
-        return direct::hash(&file).at(path);
+    let big = is_big(&file);
+    if !(big && direct::set_direct(&file, true)) {
+        advise_sequential(&file);
     }
-    advise_sequential(&file);
-    hash_open_file(&file).at(path)
+    hash_open(&file, big).at(path)
 }
 
-/// Hashes an open file from its current position: streamed through a reader thread when
-/// it is big, with this thread's buffer otherwise.
-pub fn hash_open_file(file: &File) -> std::io::Result<(Digest, u64)> {
-    let big = file.metadata().is_ok_and(|m| m.len() >= STREAM_THRESHOLD);
-    if !big {
-        return with_buffer(|buf| hash_reader(file, buf));
+fn is_big(file: &File) -> bool {
+    file.metadata().is_ok_and(|m| m.len() >= STREAM_THRESHOLD)
+}
+
+/// Hashes an open file from its current position: a big one in blocks, a reader thread
+/// ahead of the hasher (see `direct::hash`, which reads with or without `O_DIRECT`), a
+/// small one with this thread's buffer.
+fn hash_open(file: &File, big: bool) -> std::io::Result<(Digest, u64)> {
+    if big {
+        direct::hash(file)
+    } else {
+        with_buffer(|buf| hash_reader(file, buf))
     }
-    let mut hasher = Sha256::new();
-    let total = stream_blocks(file, |block| {
-        hasher.update(block);
-        Ok(())
-    })?;
-    Ok((Digest::from_hasher(hasher), total))
 }
 
 /// Hashes a file as it is on storage, not as the page cache holds it: with O_DIRECT in
@@ -175,55 +171,7 @@ pub fn hash_from_storage(path: &Path) -> Result<(Digest, u64)> {
     let file = File::open(path).at(path)?;
     drop_cache(&file);
     advise_sequential(&file);
-    hash_open_file(&file).at(path)
-}
-
-/// Reads `file` to its end in a separate thread, handing each block to `consume` on this
-/// thread, so that the next read is in flight while a block is hashed or written. Returns
-/// the byte count; stops at the first error of either side.
-pub fn stream_blocks(
-    file: &File,
-    mut consume: impl FnMut(&[u8]) -> std::io::Result<()>,
-) -> std::io::Result<u64> {
-    const DEPTH: usize = 4;
-    let (full_tx, full_rx) =
-        std::sync::mpsc::sync_channel::<std::io::Result<(Vec<u8>, usize)>>(DEPTH);
-    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH + 2);
-    for _ in 0..DEPTH + 2 {
-        empty_tx.send(vec![0u8; BLOCK]).expect("channel has room");
-    }
-    // The closure owns the receiving side of full blocks: however it returns (an error of
-    // `consume` among the ways), the reader's next send fails and the reader stops.
-    std::thread::scope(move |scope| {
-        scope.spawn(move || {
-            let mut src = file;
-            while let Ok(mut buf) = empty_rx.recv() {
-                let r = loop {
-                    match src.read(&mut buf) {
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        other => break other,
-                    }
-                };
-                let done = !matches!(r, Ok(n) if n > 0);
-                if full_tx.send(r.map(|n| (buf, n))).is_err() || done {
-                    return;
-                }
-            }
-        });
-        let mut total = 0u64;
-        loop {
-            let (buf, n) = match full_rx.recv() {
-                Ok(Ok((_, 0))) | Err(_) => break,
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(e),
-            };
-            consume(&buf[..n])?;
-            total += n as u64;
-            // The reader may have stopped; a closed channel is fine.
-            let _ = empty_tx.send(buf);
-        }
-        Ok(total)
-    })
+    hash_open(&file, is_big(&file)).at(path)
 }
 
 thread_local! {
@@ -267,29 +215,6 @@ mod tests {
         assert_eq!(d.to_hex().parse::<Digest>().unwrap(), d);
         assert_eq!("abc".parse::<Digest>(), Err(BadHex));
         assert_eq!("z".repeat(64).parse::<Digest>(), Err(BadHex));
-    }
-
-    #[test]
-    fn a_consumer_error_ends_a_stream_and_is_returned() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("big");
-        // Far more than the blocks in flight, so the reader is still going when it fails.
-        std::fs::write(&path, vec![1u8; 16 * BLOCK]).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap();
-            let mut calls = 0;
-            let r = stream_blocks(&file, |_| {
-                calls += 1;
-                Err(std::io::Error::other("consumer failed"))
-            });
-            let _ = tx.send((r.map_err(|e| e.to_string()), calls));
-        });
-        let (result, calls) = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("stream_blocks returned after its consumer failed");
-        assert_eq!(result, Err("consumer failed".to_string()));
-        assert_eq!(calls, 1);
     }
 
     #[test]

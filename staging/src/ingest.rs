@@ -12,7 +12,7 @@ use jiff::Timestamp;
 
 use crate::copy::{copy_tree, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
-use crate::lock::{holder, try_lock, TryLock};
+use crate::lock::lock_or_refuse;
 use crate::manifest::{write_verified, Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::record::{current_user, hostname, json_bytes, DatasetInfo};
@@ -175,18 +175,7 @@ impl IngestLock {
     fn acquire(raw: &Path, dataset: &str, final_path: &Path) -> Result<Self> {
         std::fs::create_dir_all(raw).at(raw)?;
         let path = raw.join(format!(".{dataset}.ingest.lock"));
-        let lock = match try_lock(&path, &holder())? {
-            TryLock::Held(lock) => Some(lock),
-            TryLock::Busy(holder) => {
-                return Err(Error::Locked {
-                    path: final_path.to_path_buf(),
-                    holder,
-                })
-            }
-            // No locks on this filesystem: go on without one, as the copy does, rather
-            // than refuse every ingest there.
-            TryLock::Unsupported(_) => None,
-        };
+        let lock = lock_or_refuse(&path, final_path)?;
         Ok(IngestLock {
             path,
             final_path: final_path.to_path_buf(),

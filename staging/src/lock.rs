@@ -72,6 +72,20 @@ pub fn try_lock(path: &Path, holder: &str) -> Result<TryLock> {
     }
 }
 
+/// Locks `path` for this process, or refuses: `Error::Locked` says that `what` is locked
+/// and by whom. On a filesystem without locks (NFS mounted `nolock`, some Lustre set-ups)
+/// the caller goes on without one (`None`) rather than refuse every run there.
+pub fn lock_or_refuse(path: &Path, what: &Path) -> Result<Option<Flock<File>>> {
+    match try_lock(path, &holder())? {
+        TryLock::Held(lock) => Ok(Some(lock)),
+        TryLock::Busy(holder) => Err(Error::Locked {
+            path: what.to_path_buf(),
+            holder,
+        }),
+        TryLock::Unsupported(_) => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -309,6 +309,19 @@ pub struct Created {
     pub errors: Vec<Error>,
 }
 
+/// A file's digest as read against its line in the source's own manifest, when it has
+/// one: a difference is corruption at the source.
+pub fn check_listed(path: &Path, listed: Option<Digest>, computed: Digest) -> Result<()> {
+    match listed {
+        Some(listed) if listed != computed => Err(Error::SourceCorrupt {
+            path: path.to_path_buf(),
+            computed: computed.to_hex(),
+            expected: listed.to_hex(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Hashes every regular file under `dir` (not following links) in parallel.
 /// Files that cannot be read are listed in `errors`, not silently left out.
 pub fn create(dir: &Path, filter: &Filter, progress: &dyn Progress) -> Result<Created> {

@@ -420,6 +420,20 @@ pub(crate) fn wait_for(child: &mut std::process::Child, what: &str, ready: impl 
     }
 }
 
+/// `sha256sum -c MANIFEST.sha256` in `dir` (GNU coreutils, the reference).
+#[track_caller]
+pub(crate) fn assert_manifest_verifies(dir: &Path) {
+    let mut cmd = run::clean("sha256sum");
+    cmd.args(["--strict", "-c", "MANIFEST.sha256"])
+        .current_dir(dir);
+    let run = Run::of(cmd);
+    assert!(
+        run.code == Some(0) && !run.stdout.contains("FAILED"),
+        "sha256sum -c MANIFEST.sha256 fails in {}\n{run}",
+        dir.display()
+    );
+}
+
 /// Runs `cmd` to the end and fails the test, with its stderr, unless it succeeded.
 fn must_succeed(cmd: &mut Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));

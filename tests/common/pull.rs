@@ -341,20 +341,6 @@ pub(crate) fn fingerprint(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `sha256sum -c MANIFEST.sha256` in `dir` (GNU coreutils, the reference).
-#[track_caller]
-pub(crate) fn assert_manifest_verifies(dir: &Path) {
-    let mut cmd = run::clean("sha256sum");
-    cmd.args(["--strict", "-c", "MANIFEST.sha256"])
-        .current_dir(dir);
-    let run = Run::of(cmd);
-    assert!(
-        run.code == Some(0) && !run.stdout.contains("FAILED"),
-        "sha256sum -c MANIFEST.sha256 fails in {}\n{run}",
-        dir.display()
-    );
-}
-
 /// A folder made unwritable even for root, undone on drop: `chattr +i` where the
 /// filesystem supports it, else a read-only bind mount of the folder onto itself.
 pub(crate) struct ReadOnly {

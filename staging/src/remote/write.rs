@@ -19,7 +19,7 @@ use ssh2::{FileStat, OpenFlags, OpenType, Sftp};
 use super::pool::{Fault, Remote, RemoteErrorKind};
 use crate::error::{Error, Result};
 use crate::hash::{self, Digest};
-use crate::manifest::{Manifest, ManifestEntry};
+use crate::manifest::{check_listed, Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::walk::{self, Filter, Kind, Meta, MANIFEST_NAME};
 
@@ -285,16 +285,8 @@ impl Upload<'_> {
                     let (digest, was_there) =
                         self.put_file(&local, &e.rel, e.meta.mode, mtime, progress)?;
                     // In the hidden folder only: the upload fails, nothing is placed.
-                    match expected.get(e.rel.as_path()) {
-                        Some(listed) if *listed != digest => {
-                            return Err(Error::SourceCorrupt {
-                                path: local,
-                                computed: digest.to_hex(),
-                                expected: listed.to_hex(),
-                            })
-                        }
-                        _ => {}
-                    }
+                    let listed = expected.get(e.rel.as_path()).copied();
+                    check_listed(&local, listed, digest)?;
                     if was_there {
                         resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -447,6 +439,17 @@ impl Upload<'_> {
 
     /// Uploads one local file; returns its digest and whether an interrupted upload had
     /// already put it there complete.
+    /// Opens a complete remote file to write and flushes it; whether that worked.
+    fn flush_in_place(&self, path: &Path) -> bool {
+        self.remote
+            .run(path, |sftp| {
+                let mut f = sftp.open_mode(path, OpenFlags::WRITE, 0, OpenType::File)?;
+                flush_remote(&mut f)?;
+                f.close().map_err(Fault::of)
+            })
+            .is_ok()
+    }
+
     fn put_file(
         &self,
         local: &Path,
@@ -477,19 +480,7 @@ impl Upload<'_> {
                 .as_ref()
                 .and_then(|st| st.perm)
                 .is_some_and(|perm| perm & 0o200 != 0);
-            let flushed = || {
-                !writable
-                    || self
-                        .remote
-                        .run(&remote_path, |sftp| {
-                            let mut f =
-                                sftp.open_mode(&remote_path, OpenFlags::WRITE, 0, OpenType::File)?;
-                            flush_remote(&mut f)?;
-                            f.close().map_err(Fault::of)
-                        })
-                        .is_ok()
-            };
-            if got == want && n == size && flushed() {
+            if got == want && n == size && (!writable || self.flush_in_place(&remote_path)) {
                 self.set_meta(&remote_path, mode, mtime_ns)?;
                 progress.add_bytes(size);
                 return Ok((want, true));
