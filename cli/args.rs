@@ -196,7 +196,8 @@ pub(crate) struct ParallelArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct CopyArgs {
-    /// Show what would be copied, change nothing
+    /// Show what would be copied and change nothing (files listed in the source manifest are
+    /// read, to report any that no longer match it as the copy would)
     #[arg(short = 'n', long)]
     pub(crate) dry_run: bool,
     /// Re-read files already verified at the destination and repair any that changed
@@ -228,6 +229,9 @@ pub(crate) struct StageArgs {
     /// Dataset name (default: from SRC)
     #[arg(long)]
     pub(crate) dataset: Option<String>,
+    /// Stage SRC even though it is a project's whole raw/ area rather than one dataset
+    #[arg(long)]
+    pub(crate) allow_raw_area: bool,
     #[command(flatten)]
     pub(crate) copy: CopyArgs,
 }

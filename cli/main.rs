@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod config;
+mod exit;
 mod output;
 
 use std::process::ExitCode;
@@ -12,23 +13,24 @@ use clap::Parser;
 
 use crate::args::{Cli, Command, ConfigCommand, ManifestCommand, TemplateCommand};
 use crate::commands::Status;
+use crate::exit::ExitStatus;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitStatus::of_clap(&e).into();
         }
     };
     match run(cli) {
-        Ok(status) => ExitCode::from(status.code()),
+        Ok(status) => status.into(),
         Err(err) => {
             output::error(error_chain(&err));
             if let Some(hint) = commands::hint(&err) {
                 output::note(format!("hint: {hint}"));
             }
-            ExitCode::from(commands::error_code(&err))
+            ExitStatus::of_error(&err).into()
         }
     }
 }

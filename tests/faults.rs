@@ -572,3 +572,50 @@ fn a_nas_file_that_no_longer_matches_its_manifest_is_not_copied() {
     ));
     assert!(!dest.join("b.dat").exists());
 }
+
+/// A dry run says what the run will do: a listed file that no longer matches the NAS
+/// manifest is SOURCE CORRUPT there too, with the same exit code. The manifest is the
+/// kind a Windows acquisition PC writes (CRLF, upper-case hex).
+#[test]
+fn a_dry_run_reports_source_corrupt_as_the_run_does_from_a_windows_manifest() {
+    let env = Env::new();
+    let ds = env.nas().join("P/raw/ds");
+    for (f, seed) in [("a.dat", 41), ("b.dat", 42)] {
+        write(ds.join(f), noise(seed, 4096));
+    }
+    let windows: String = ["a.dat", "b.dat"]
+        .iter()
+        .map(|f| format!("{} *{f}\r\n", sha256_hex(&env, &ds.join(f)).to_uppercase()))
+        .collect();
+    write(ds.join("MANIFEST.sha256"), windows);
+    let mut bytes = read(ds.join("b.dat"));
+    bytes[100] ^= 1;
+    write(ds.join("b.dat"), &bytes);
+
+    let dry = env.run_roots(["stage".as_ref(), ds.as_os_str(), "--dry-run".as_ref()]);
+    dry.code(3)
+        .err_has("1 file would fail:")
+        .err_has("b.dat: SOURCE CORRUPT: content hashes to");
+    assert_eq!(dry.out().lines().collect::<Vec<_>>(), ["+ a.dat"], "{dry}");
+    assert!(!env.scratch().join("P/ds").exists(), "a dry run wrote");
+
+    let j = env
+        .run_roots([
+            "stage".as_ref(),
+            ds.as_os_str(),
+            "--dry-run".as_ref(),
+            "--json".as_ref(),
+        ])
+        .json();
+    assert_eq!(j["failed"][0]["kind"], "source-corrupt");
+    assert_eq!(j["source_manifest_used"], true);
+
+    let run = env.run_roots(["stage".as_ref(), ds.as_os_str()]);
+    run.code(3)
+        .err_has("1 file failed:")
+        .err_has("b.dat: SOURCE CORRUPT");
+    assert_eq!(
+        regular_files(&env.scratch().join("P/ds")),
+        [PathBuf::from("a.dat")]
+    );
+}

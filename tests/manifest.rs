@@ -359,8 +359,8 @@ fn verify_without_a_manifest_is_an_error_that_says_how_to_make_one() {
 fn verify_agrees_with_sha256sum_c_on_windows_written_manifests() {
     let env = Env::new();
     let dir = env.path("acq");
-    write(&dir.join("a.czi"), b"hello\n");
-    write(&dir.join("f\r"), b"x");
+    write(dir.join("a.czi"), b"hello\n");
+    write(dir.join("f\r"), b"x");
     let a = gnu_sha256sum(&dir, &[], &[PathBuf::from("a.czi")])[..64].to_string();
     let upper = a.to_uppercase();
     // (manifest text, whether GNU accepts it)
@@ -383,7 +383,7 @@ fn verify_agrees_with_sha256sum_c_on_windows_written_manifests() {
         (format!("{a}  a.czi\r\n{a} a.czi\r\n"), false),
     ];
     for (text, gnu_accepts) in cases {
-        write(&dir.join("MANIFEST.sha256"), text.as_bytes());
+        write(dir.join("MANIFEST.sha256"), text.as_bytes());
         let gnu = Command::new("sha256sum")
             .args(["-c", "--strict", "MANIFEST.sha256"])
             .current_dir(&dir)

@@ -17,6 +17,15 @@ use serde_json::json;
 const NO_POLICY_WARNING: &str = "warning: no purge policy configured; assuming mtime, 30 days \
 (set [purge] basis/age in /etc/hpcstage/config.toml)";
 
+/// The warning of a stage whose source has no `MANIFEST.sha256` (paths as the test shows them).
+fn no_manifest_warning(src: &str) -> String {
+    format!(
+        "no MANIFEST.sha256 in {src}: the copy is read back and checked on scratch, but nothing \
+         checks the files against the NAS's own checksums end to end (`hpcstage ingest` writes \
+         one for new data)"
+    )
+}
+
 /// The stdout lines of a copy summary, with the timing part of the bytes line cut off.
 fn summary_lines(stdout: &str) -> Vec<String> {
     stdout
@@ -52,7 +61,9 @@ fn stage_copies_a_tricky_tree_faithfully() {
         &format!(
             "{NO_POLICY_WARNING}\nstaging [ROOT]/src → [ROOT]/dest\n\
              warning: outside: symlink points outside the tree (/etc/passwd); copied as a link, not followed\n\
-             warning: sub/escape: symlink points outside the tree (../../elsewhere); copied as a link, not followed\n"
+             warning: sub/escape: symlink points outside the tree (../../elsewhere); copied as a link, not followed\n\
+             warning: {}\n",
+            no_manifest_warning("[ROOT]/src")
         ),
     );
 
@@ -275,7 +286,9 @@ fn dry_run_itemizes_what_would_change_and_writes_nothing() {
     assert_text(
         &run.err(),
         &format!(
-            "{NO_POLICY_WARNING}\ndry run: 6 to copy (30 B), 0 unchanged; nothing was written\n"
+            "{NO_POLICY_WARNING}\nwarning: {}\n\
+             dry run: 6 to copy (30 B), 0 unchanged; nothing was written\n",
+            no_manifest_warning("[ROOT]/src")
         ),
     );
     assert!(
@@ -549,7 +562,8 @@ fn the_json_summary_of_a_stage_parses_and_adds_up() {
         j["warnings"],
         json!([
             "outside: symlink points outside the tree (/etc/passwd); copied as a link, not followed",
-            "sub/escape: symlink points outside the tree (../../elsewhere); copied as a link, not followed"
+            "sub/escape: symlink points outside the tree (../../elsewhere); copied as a link, not followed",
+            no_manifest_warning(&src.display().to_string()),
         ])
     );
     let files: u64 = regular_files(&src)
@@ -691,4 +705,40 @@ fn files_on_a_filesystem_mounted_inside_the_destination_are_read_back_from_its_d
     assert_eq!(temporaries(&dest), Vec::<std::path::PathBuf>::new());
     assert_manifest_verifies(&dest);
     drop(mount);
+}
+
+/// `stage <nas>/PRJ/raw` (the dataset name forgotten) would copy every dataset of the
+/// project as one named `raw`: refused, naming a dataset to stage instead, unless asked.
+#[test]
+fn a_projects_whole_raw_area_is_refused_unless_asked_for() {
+    let env = Env::new();
+    let raw = env.nas().join("P/raw");
+    write(raw.join("plate7/a.tif"), "a");
+    write(raw.join("plate8/b.tif"), "b");
+
+    let run = env.run_roots(["stage".as_ref(), raw.as_os_str()]);
+    run.code(1).err_has(
+        "this is a project's raw/ area (it holds plate7, plate8, ...), not one dataset; \
+         stage one dataset, e.g. [ROOT]/nas/P/raw/plate7, or pass --allow-raw-area",
+    );
+    assert!(!env.scratch().join("P").exists());
+
+    // A dataset that is itself called `raw` is a dataset.
+    write(raw.join("raw/c.tif"), "c");
+    env.run_roots(["stage".as_ref(), raw.join("raw").as_os_str()])
+        .code(0);
+
+    let run = env.run_roots([
+        "stage".as_ref(),
+        raw.as_os_str(),
+        "--allow-raw-area".as_ref(),
+    ]);
+    run.code(0);
+    // Said once: nothing in a raw area as a whole is checked against a manifest.
+    assert_eq!(
+        run.err().matches("no MANIFEST.sha256 in").count(),
+        1,
+        "{run}"
+    );
+    assert!(env.scratch().join("P/raw/plate7/a.tif").is_file());
 }

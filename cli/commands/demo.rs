@@ -97,6 +97,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
             project: target.project.clone(),
             dataset: target.dataset.clone(),
             policy: settings.policy,
+            allow_raw_area: false,
             copy,
         },
         Some(&ledger),

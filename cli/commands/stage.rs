@@ -87,6 +87,7 @@ pub(crate) fn stage_quietly(
         project: target.project.clone(),
         dataset: target.dataset.clone(),
         policy: settings.policy,
+        allow_raw_area: args.allow_raw_area,
         copy: copy_options(settings, &args.copy)?,
     };
     let ledger = Ledger::open(&settings.state_dir)

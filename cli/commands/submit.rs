@@ -90,6 +90,7 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
         dest: None,
         project: args.project.clone(),
         dataset: args.dataset.clone(),
+        allow_raw_area: false,
         copy: crate::args::CopyArgs {
             dry_run: false,
             verify: false,

@@ -266,6 +266,23 @@ impl Source<'_> {
             Source::Remote(r) => r.read_link(rel),
         }
     }
+
+    /// The digest of the source file `rel` (a dry run's check against the manifest).
+    fn hash(&self, rel: &Path, listed: Meta) -> Result<Digest> {
+        match self {
+            Source::Local(root) => hash::hash_file(&root.join(rel)).map(|(digest, _)| digest),
+            Source::Remote(r) => {
+                let mut hasher = Sha256::new();
+                hash::with_buffer(|buf| {
+                    r.stream_file(rel, Some(listed), buf, &mut |block| {
+                        hasher.update(block);
+                        Ok(())
+                    })
+                })?;
+                Ok(Digest::from_hasher(hasher))
+            }
+        }
+    }
 }
 
 /// Copies the tree `src` into `dest` with verification. Failures of single files are in
@@ -388,6 +405,13 @@ pub fn copy_from(
                 }
             }
         }
+    }
+    if opts.dry_run {
+        // Say what the run will do: a listed file that no longer matches the source
+        // manifest is refused as SOURCE CORRUPT by the run, so the dry run reads it too.
+        let refused = pool.install(|| source_check(&src, &jobs));
+        jobs.retain(|j| !refused.iter().any(|f| f.path == j.rel));
+        report.failed.extend(refused);
     }
     report.skipped = known.len() as u64;
     report.bytes_to_copy = jobs.iter().map(|j| j.meta.size).sum();
@@ -878,6 +902,28 @@ struct FileCopy {
     readback: Option<(Digest, u64)>,
 }
 
+/// The files of `jobs` listed in the source manifest whose content no longer matches it,
+/// as the failures the copy would report (read in parallel on the current pool).
+fn source_check(src: &Source<'_>, jobs: &[Job]) -> Vec<Failure> {
+    let mut refused: Vec<Failure> = jobs
+        .par_iter()
+        .filter_map(|job| {
+            let listed = job.expected?;
+            let outcome = src
+                .hash(&job.rel, job.meta)
+                .and_then(|digest| check_listed(&src.display(&job.rel), Some(listed), digest));
+            let error = outcome.err()?;
+            Some(Failure {
+                path: job.rel.clone(),
+                kind: classify(&error),
+                error,
+            })
+        })
+        .collect();
+    walk::sort_by_bytes(&mut refused, |f| &f.path);
+    refused
+}
+
 /// What reading one source file gives: the copy, metadata before and after.
 type SourceRead = (FileCopy, Meta, Meta);
 
@@ -1326,7 +1372,9 @@ fn journal_failure(error: Error) -> Failure {
 }
 
 fn classify(e: &Error) -> FailureKind {
-    if e.is_disk_full() {
+    if matches!(e, Error::SourceCorrupt { .. }) {
+        FailureKind::SourceCorrupt
+    } else if e.is_disk_full() {
         FailureKind::DiskFull
     } else if matches!(
         e,

@@ -25,6 +25,8 @@ pub struct StageSettings {
     pub project: String,
     pub dataset: String,
     pub policy: PurgePolicy,
+    /// Stage a source even when it is a project's whole `raw/` area.
+    pub allow_raw_area: bool,
     pub copy: CopyOptions,
 }
 
@@ -100,6 +102,49 @@ pub fn derive_target(
     })
 }
 
+/// Refuses a source that is a project's `raw/` area (`<nas>/<project>/raw`), which holds
+/// datasets, rather than one dataset: staging it by mistake (the dataset name forgotten)
+/// copies every dataset of the project under a dataset named `raw`.
+fn refuse_raw_area(source: &Location) -> Result<()> {
+    let path = source.path();
+    let named = |p: &Path, name: &str| p.file_name().is_some_and(|n| n == name);
+    // `raw/raw` is a dataset that happens to be called `raw`.
+    if !named(path, "raw") || path.parent().is_some_and(|p| named(p, "raw")) {
+        return Ok(());
+    }
+    let examples = match source {
+        Location::Local(dir) => std::fs::read_dir(dir)
+            .map(|entries| {
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect();
+                names.sort();
+                names.truncate(3);
+                names
+            })
+            .unwrap_or_default(),
+        Location::Remote(_) => Vec::new(),
+    };
+    let example = examples.first().map_or("NAME", String::as_str);
+    let datasets = if examples.is_empty() {
+        String::new()
+    } else {
+        format!(" (it holds {}, ...)", examples.join(", "))
+    };
+    Err(Error::Invalid {
+        what: "source",
+        value: source.to_string(),
+        reason: format!(
+            "this is a project's raw/ area{datasets}, not one dataset; stage one dataset, \
+             e.g. {}, or pass --allow-raw-area to stage the whole area",
+            Path::new(&source.to_string()).join(example).display()
+        ),
+    })
+}
+
 /// A project or dataset name must be one plain path component.
 pub fn check_name(what: &'static str, name: &str) -> Result<()> {
     let bad = name.is_empty()
@@ -126,6 +171,9 @@ pub fn stage(
     ledger: Option<&Ledger>,
     progress: &dyn Progress,
 ) -> Result<StageOutcome> {
+    if !settings.allow_raw_area {
+        refuse_raw_area(&settings.source)?;
+    }
     let mut copy = settings.copy.clone();
     copy.preserve_mtime = settings.policy.preserve_mtime();
     let record_path = settings.destination.join(STATE_DIR).join("stage.json");
@@ -144,6 +192,15 @@ pub fn stage(
             )?
         }
     };
+    let mut report = report;
+    if copy.use_source_manifest && report.source_manifest_digest.is_none() {
+        report.warnings.push(format!(
+            "no MANIFEST.sha256 in {}: the copy is read back and checked on scratch, but \
+             nothing checks the files against the NAS's own checksums end to end \
+             (`hpcstage ingest` writes one for new data)",
+            settings.source
+        ));
+    }
     if copy.dry_run {
         return Ok(StageOutcome {
             report,
