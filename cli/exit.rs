@@ -27,6 +27,9 @@ pub(crate) enum ExitStatus {
     Partial,
     /// `report --fail-on-risk` found data that exists only on scratch.
     AtRisk,
+    /// SIGINT or SIGTERM stopped the work cleanly: 128 + the signal, as a shell reports a
+    /// process the signal ended.
+    Interrupted(i32),
 }
 
 impl ExitStatus {
@@ -39,6 +42,7 @@ impl ExitStatus {
             ExitStatus::Integrity => 3,
             ExitStatus::Partial => 4,
             ExitStatus::AtRisk => 5,
+            ExitStatus::Interrupted(signal) => u8::try_from(128 + signal).unwrap_or(130),
         }
     }
 
@@ -50,6 +54,7 @@ impl ExitStatus {
             Some(StagingError::SourceCorrupt { .. } | StagingError::ReadBackMismatch { .. }) => {
                 ExitStatus::Integrity
             }
+            Some(StagingError::Interrupted { signal, .. }) => ExitStatus::Interrupted(*signal),
             _ => ExitStatus::Failure,
         }
     }

@@ -58,6 +58,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         // Before loading config: a broken config file must not fail an Epilog.
         return Ok(commands::epilogue::run(&cli.global, args));
     }
+    // Long copies stop cleanly on Ctrl-C or SIGTERM (see hpcstage_staging::interrupt).
+    hpcstage_staging::interrupt::install();
     let settings = config::load(&cli.global)?;
     match &cli.command {
         Command::Ingest(args) => commands::ingest::run(&settings, args),

@@ -28,6 +28,7 @@ use tempfile::TempPath;
 use crate::direct;
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest, STREAM_THRESHOLD};
+use crate::interrupt;
 use crate::journal::{Journal, JournalEntry};
 use crate::lock::lock_or_refuse;
 use crate::manifest::{check_listed, Manifest, ManifestEntry};
@@ -535,7 +536,9 @@ pub fn copy_from(
 
     let mut copied_digests: Vec<(PathBuf, Digest)> = Vec::new();
     let verify_pool = thread_pool(opts.jobs, dest)?;
+    let watch = interrupt::watch();
     let (results, journal_errors) = run_pipeline(&ctx, &jobs, &pool, &verify_pool, &journal);
+    drop(watch);
     for r in results {
         match r {
             Ok((i, digest, dest_meta)) => {
@@ -557,6 +560,17 @@ pub fn copy_from(
     report
         .failed
         .extend(journal_errors.into_iter().map(journal_failure));
+    if let Some(signal) = interrupt::received() {
+        // What was verified is in place and journalled; the `running` marker stays (the
+        // guard is not finished), so the next run sweeps and finishes, and the stage
+        // shows as incomplete meanwhile.
+        return Err(Error::Interrupted {
+            signal,
+            verified: report.skipped + report.copied,
+            total: report.files_total,
+            dest: dest.to_path_buf(),
+        });
+    }
     known.extend(copied_digests);
 
     // Hard links, once their primary is verified.
@@ -817,6 +831,11 @@ fn run_pipeline(
                             std::io::Error::other("not attempted: the run stopped after a fatal error (disk full, or the NAS host gone)"),
                         ),
                     ))
+                } else if interrupt::received().is_some() {
+                    Err(fail(
+                        FailureKind::NotAttempted,
+                        Error::io(ctx.src.display(&job.rel), interrupt::stopped()),
+                    ))
                 } else {
                     copy_to_temporary(ctx, job, i).map_err(|(kind, e)| {
                         if kind.is_fatal() {
@@ -973,6 +992,9 @@ fn read_remote(
     let (mut written, mut kicked) = (0u64, 0u64);
     let (before, after, total) = hash::with_buffer(|buf| {
         remote.stream_file(&job.rel, Some(job.meta), buf, &mut |block| {
+            if interrupt::received().is_some() {
+                return Err(Error::io(tmp_path, interrupt::stopped()));
+            }
             hasher.update(block);
             out.write_all(block).at(tmp_path)?;
             written += block.len() as u64;
