@@ -12,15 +12,22 @@ use clap::{Args, Parser, Subcommand};
     name = "hpcstage",
     version,
     about,
-    long_about = "Move research data along its lifecycle on an HPC cluster: ingest instrument \
-data into the NAS raw area (with MANIFEST.sha256 and write protection), stage it to scratch with \
-verified parallel copies, and track when the scratch copy will be purged.\n\n\
+    long_about = "Move research data along its lifecycle on an HPC cluster, proving at every hop \
+that no byte changed:\n\n\
+  1. ingest         instrument data into <nas>/PRJ/raw/NAME: manifest, write protection\n\
+  2. stage          a dataset NAS -> scratch, verified and resumable; purge deadline kept\n\
+  3. stage-and-run  stage, then a SLURM compute job -> pull-back job; log out\n\
+  4. pull           validated outputs -> <nas>/PRJ/results/<workflow>/<run>, with provenance\n\
+  5. report         what scratch will purge soon, and what is not yet safe on the NAS\n\
+  6. clean          remove scratch copies that have a verified copy on the NAS\n\
+  also: manifest (sha256sum-compatible), status, template, submit, epilogue, demo\n\n\
 Configuration is layered: built-in defaults < /etc/hpcstage/config.toml < \
 ~/.config/hpcstage/config.toml < $HPCSTAGE_CONFIG (or --config) < flags. \
 Run `hpcstage config show` to see the result and where each value came from.",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 integrity failure \
 (checksum mismatch, missing or corrupt file), 4 some files failed (see the list printed), \
-5 `report --fail-on-risk` found data AT RISK."
+5 `report --fail-on-risk` found data AT RISK, 130/143 a copy stopped cleanly on SIGINT/SIGTERM \
+(run it again to finish)."
 )]
 pub(crate) struct Cli {
     #[command(flatten)]

@@ -691,3 +691,19 @@ fn sigint_or_sigterm_mid_stage_stops_cleanly_and_a_rerun_finishes() {
             .code(0);
     }
 }
+
+/// A scratch mounted read-only (maintenance) is named, with a hint instead of a bare
+/// `Read-only file system (os error 30)`.
+#[test]
+fn a_read_only_scratch_gets_a_hint() {
+    needs_root!();
+    let env = Env::new();
+    write(env.path("src/a.dat"), noise(51, 1024));
+    let scratch = env.path("ro-scratch");
+    let _mount = Mount::new("tmpfs", "ro,size=1m", &scratch);
+    let run = env.run(["stage", "src", "ro-scratch/P/ds", "--project", "P"]);
+    run.code(1)
+        .err_has("[ROOT]/ro-scratch")
+        .err_has("hint: that filesystem is mounted read-only")
+        .err_has("findmnt -T PATH");
+}

@@ -501,7 +501,8 @@ fn status_shows_the_stage_with_its_deadline() {
     assert_eq!(
         run.err(),
         "warning: no purge policy configured; assuming mtime, 30 days \
-         (set [purge] basis/age in /etc/hpcstage/config.toml)\n"
+         (set [purge] basis/age in [ROOT]/site.toml for the site, or in \
+         [ROOT]/xdg-config/hpcstage/config.toml for yourself)\n"
     );
 }
 

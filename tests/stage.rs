@@ -15,7 +15,8 @@ use filetime::FileTime;
 use serde_json::json;
 
 const NO_POLICY_WARNING: &str = "warning: no purge policy configured; assuming mtime, 30 days \
-(set [purge] basis/age in /etc/hpcstage/config.toml)";
+(set [purge] basis/age in [ROOT]/site.toml for the site, or in \
+[ROOT]/xdg-config/hpcstage/config.toml for yourself)";
 
 /// The warning of a stage whose source has no `MANIFEST.sha256` (paths as the test shows them).
 fn no_manifest_warning(src: &str) -> String {

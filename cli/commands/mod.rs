@@ -32,6 +32,17 @@ pub(crate) use crate::exit::ExitStatus as Status;
 /// A hint for errors users can fix themselves.
 pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
     use hpcstage_staging::Error as E;
+    let read_only = err
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::ReadOnlyFilesystem);
+    if read_only {
+        return Some(
+            "that filesystem is mounted read-only (scratch often is during maintenance, and a \
+             NAS export may be): check with `findmnt -T PATH`, or choose another --scratch-root"
+                .into(),
+        );
+    }
     let e = crate::exit::staging_error(err)?;
     Some(match e {
         E::InsufficientSpace { .. } => {

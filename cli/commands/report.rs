@@ -22,11 +22,8 @@ pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
             None => settings.policy.warn,
         })
     };
-    if !settings.policy_configured {
-        output::warn(
-            "no purge policy configured; assuming mtime, 30 days \
-             (set [purge] basis/age in /etc/hpcstage/config.toml)",
-        );
+    if let Some(warning) = settings.policy_warning() {
+        output::warn(warning);
     }
     let now = jiff::Timestamp::now();
     let roots = args

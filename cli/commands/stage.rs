@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use hpcstage_staging::fmt::bytes;
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::policy::days_left;
+use hpcstage_staging::remote::Location;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings, Target};
 use serde::Serialize;
 
@@ -35,6 +36,13 @@ pub(crate) fn stage_quietly(
     print: bool,
 ) -> Result<(Status, Option<hpcstage_staging::record::StageRecord>)> {
     let source = parse_location(&args.source)?;
+    // What the user typed first: a missing source says so before anything about the
+    // configuration (scratch root, NAS root) does.
+    if let Location::Local(path) = &source {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(hpcstage_staging::Error::SourceMissing { path: path.clone() }.into());
+        }
+    }
     // Project and dataset come from the path's layout under the NAS root, wherever the
     // NAS is reached from.
     let nas_root = settings.nas_layout_root()?;
@@ -74,11 +82,8 @@ pub(crate) fn stage_quietly(
             args.dataset.as_deref(),
         )?,
     };
-    if !settings.policy_configured && !args.copy.json {
-        output::warn(
-            "no purge policy configured; assuming mtime, 30 days \
-             (set [purge] basis/age in /etc/hpcstage/config.toml)",
-        );
+    if let Some(warning) = settings.policy_warning().filter(|_| !args.copy.json) {
+        output::warn(warning);
     }
     let stage_settings = StageSettings {
         source: source.clone(),

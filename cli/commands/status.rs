@@ -42,8 +42,8 @@ fn label<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
 }
 
 pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
-    if !settings.policy_configured && !args.json {
-        output::warn("no purge policy configured; assuming mtime, 30 days (set [purge] basis/age in /etc/hpcstage/config.toml)");
+    if let Some(warning) = settings.policy_warning().filter(|_| !args.json) {
+        output::warn(warning);
     }
     let store = RunStore::open(&settings.state_dir)?;
     let ids = match &args.run {
