@@ -527,7 +527,7 @@ fn report_heading_names_a_whole_folder_policy() {
     assert!(
         run.out().starts_with(
             "Scratch purge report, YYYY-MM-DD HH:MM UTC (all tracked items; \
-             policy: mtime older than 30days, whole folder at once)\n"
+             policy: mtime older than 30 days, whole folder at once)\n"
         ),
         "{run}"
     );

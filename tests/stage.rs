@@ -425,7 +425,7 @@ fn a_stage_is_recorded_next_to_the_data_and_in_the_ledger_with_its_purge_deadlin
     assert_eq!(record["files"], 3);
     assert_eq!(record["bytes"], 26);
     assert_eq!(record["purge"]["basis"], "mtime");
-    assert_eq!(record["purge"]["age"], "30days");
+    assert_eq!(record["purge"]["age"], "30 days");
     let digest = env.sh(&dest, "sha256sum < MANIFEST.sha256");
     assert_eq!(
         record["manifest_digest"].as_str(),
@@ -526,13 +526,18 @@ fn with_an_atime_purge_policy_source_mtimes_are_kept() {
     }
     let record = &run.json()["record"];
     assert_eq!(record["purge"]["basis"], "atime");
-    assert_eq!(record["purge"]["age"], "60days");
+    assert_eq!(record["purge"]["age"], "60 days");
     // atime under relatime can lag a day: the deadline is pulled in by one.
     let oldest = ts(&record["purge"]["oldest"]);
     assert_eq!(
         ts(&record["purge"]["deadline"]),
         oldest + jiff::SignedDuration::from_hours(59 * 24)
     );
+    // ... and the human output says why the days left are one fewer than the age.
+    let run = env.run(["stage", "src", "dest", "--project", "P"]);
+    run.code(0)
+        .out_has("purge: atime older than 60 days → deadline ")
+        .err_has("the atime deadline is a day early on purpose: under relatime");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! `hpcstage stage SRC [DEST]`: verified copy of a NAS dataset to scratch.
 
 use anyhow::{Context, Result};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::fmt::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
-use hpcstage_staging::policy::days_left;
+use hpcstage_staging::policy::{days_left, PurgeBasis};
 use hpcstage_staging::remote::Location;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings, Target};
 use serde::Serialize;
@@ -142,12 +142,21 @@ pub(crate) fn stage_quietly(
             record.manifest_digest
         ));
         output::data(format!(
-            "purge: {} older than {} → deadline {} ({} days left)",
+            "purge: {} older than {} → deadline {} ({} left)",
             record.purge.basis,
             record.purge.age,
             record.purge.deadline.strftime("%Y-%m-%d %H:%M UTC"),
-            days_left(record.purge.deadline, jiff::Timestamp::now())
+            count(
+                days_left(record.purge.deadline, jiff::Timestamp::now()).max(0) as u64,
+                "day"
+            )
         ));
+        if record.purge.basis == PurgeBasis::Atime {
+            output::note(
+                "the atime deadline is a day early on purpose: under relatime a read updates \
+                 atime at most once a day, so the purge may see a day-old atime",
+            );
+        }
     } else if !args.copy.dry_run {
         output::error("stage incomplete: no stage record written; fix the failures above and run the same command again");
     }

@@ -137,14 +137,14 @@ impl PurgePolicy {
     }
 }
 
-/// A policy age as people write it: a whole number of days as `60days`, anything else as
+/// A policy age as people write it: a whole number of days as `60 days`, anything else as
 /// humantime prints it. (humantime counts a month as 30.44 days, so a configured "60d"
 /// would come back as "1month 29days 13h 26m 24s".)
 pub fn format_age(age: Duration) -> String {
     let secs = age.as_secs();
     if age.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(86_400) {
         let days = secs / 86_400;
-        format!("{days}day{}", if days == 1 { "" } else { "s" })
+        crate::fmt::count(days, "day")
     } else {
         humantime::format_duration(age).to_string()
     }
