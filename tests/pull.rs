@@ -24,7 +24,7 @@ use common::pull::{
 };
 use common::run::{tool, wait_child};
 use common::sshd::Sshd;
-use common::{assert_lines, assert_manifest_verifies, is_root, read_text, write, Run};
+use common::{assert_lines, assert_manifest_verifies, needs_root, read_text, write, Run};
 use hpcstage_lifecycle::run::{new_record, Event, Executor, InputRef, JobRole, RunStore};
 
 /// How long a short job may take from submission to accounting saying it ended.
@@ -607,10 +607,7 @@ fn a_results_folder_in_place_is_adopted_only_when_it_is_this_runs() {
 #[test]
 fn an_unwritable_nas_fails_clearly_and_the_run_stays_pullable() {
     let Some(_cluster) = cluster() else { return };
-    if !is_root() {
-        eprintln!("skipped: needs root (chattr or a bind mount)");
-        return;
-    }
+    needs_root!();
     let lab = Lab::new();
     let raw = lab.ingest("d1");
     let predict = lab.stand_in("predict", PREDICT_OK);
@@ -618,10 +615,8 @@ fn an_unwritable_nas_fails_clearly_and_the_run_stays_pullable() {
     wait_ended(&run.compute_job, JOB_BOUND);
     let parent = lab.results_parent();
     std::fs::create_dir_all(&parent).expect("create the results parent");
-    let Some(read_only) = ReadOnly::new(&parent) else {
-        eprintln!("skipped: cannot make a folder read-only here (no chattr, no bind mount)");
-        return;
-    };
+    let read_only = ReadOnly::new(&parent)
+        .expect("as root, a folder can be made read-only (chattr +i or a read-only bind mount)");
     let scratch_before = fingerprint(&run.run_dir);
 
     let pull = lab.run(["pull", &run.run_id]);
@@ -713,10 +708,7 @@ fn job_env(job_id: &str, user: &User) -> Vec<(&'static str, String)> {
 
 #[test]
 fn epilogue_as_root_records_the_job_end_as_the_job_user() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    needs_root!();
     let user = job_user();
     let lab = Lab::new();
     let state = lab.path("state-epi");
@@ -773,10 +765,7 @@ fn epilogue_as_root_records_the_job_end_as_the_job_user() {
 
 #[test]
 fn epilogue_exits_0_in_time_whatever_the_ledger_or_environment() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    needs_root!();
     let user = job_user();
     let lab = Lab::new();
     let vars = job_env("515151", &user);

@@ -7,8 +7,8 @@
 //! and invalid parameters. The local executor runs the same chain without SLURM.
 //!
 //! Tests that use SLURM hold the cluster one at a time (one of them stops slurmctld); they
-//! print "skipped: no SLURM" where SLURM is not installed, and fail when it is installed
-//! but its controller does not answer.
+//! fail, saying how to start it, where the cluster is missing or does not answer (unless
+//! `HPCSTAGE_TEST_SKIP=cluster` opts out; see `tests/common/gate.rs`).
 
 mod common;
 
