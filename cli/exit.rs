@@ -6,6 +6,8 @@
 //! integrity failure are found through `anyhow` context and through the lifecycle's
 //! `#[error(transparent)]` wrapper of staging errors, which hides the inner error from
 //! `Error::chain()`.
+//!
+//! See docs/ARCHITECTURE.md#crates-and-what-each-may-import.
 
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
 //! The verified copy engine shared by `stage`, `ingest` and `pull`.
 //!
-//! Per file (DESIGN.md, "Verified copy"): read the source once, hashing as it is read;
+//! Per file (docs/ARCHITECTURE.md#the-verified-copy): read the source once, hashing as it is read;
 //! write to a temporary name in the destination folder; check the source did not change
 //! during the read; check the hash against the source manifest when there is one; read
 //! the written bytes back from storage and hash them; only then rename into place, set

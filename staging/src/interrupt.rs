@@ -10,6 +10,8 @@
 //!
 //! The handler only touches atomics and calls `signal_hook`'s async-signal-safe
 //! `emulate_default_handler`.
+//!
+//! See docs/ARCHITECTURE.md#incremental-and-resumable-runs.
 
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Once;

@@ -6,6 +6,8 @@
 //! CR). Reading takes what GNU `sha256sum -c` takes (see [`LineReader`]): binary-mode `*`
 //! lines, `./` prefixes, BSD `--tag` lines, CRLF line ends and upper-case hex.
 //! A manifest path that is absolute or climbs out with `..` is refused, never followed.
+//!
+//! See docs/ARCHITECTURE.md#manifests.
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -5,6 +5,8 @@
 //! files' real timestamps and conservatively: atime under `relatime` can lag by a day, so
 //! an atime deadline is pulled in by one day. Nothing here touches files to postpone a
 //! purge.
+//!
+//! See docs/ARCHITECTURE.md#purge-deadlines.
 
 use std::fmt;
 use std::str::FromStr;

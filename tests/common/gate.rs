@@ -12,6 +12,8 @@
 //! straight to stderr, past the test harness's capture.
 //!
 //! Shared with `slurm/tests/` by `#[path]`.
+//!
+//! See docs/ARCHITECTURE.md#tests.
 #![allow(dead_code)]
 
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! The script is assembled in a fixed order, because sbatch only honours `#SBATCH` lines
 //! before the first command: the shebang, the directives from typed resources, a comment
 //! naming the template and its hash, `set -euo pipefail`, the run facts as quoted shell
-//! variables, the USR1 trap (in-job safety, DESIGN.md "Epilog"/issue 4), two helpers, and
+//! variables, the USR1 trap (in-job safety, docs/ARCHITECTURE.md#the-epilog), two helpers, and
 //! then the template body. Rendering reads the input folder (to list inputs) but writes
 //! nothing; [`Rendered::write`] writes the run folder.
 
