@@ -27,6 +27,29 @@ fn stage_help() {
 #[test]
 fn usage_errors_exit_2() {
     let env = Env::new();
+    // Every command exits 2 on a flag it does not know.
+    for command in [
+        "ingest",
+        "manifest create",
+        "manifest verify",
+        "stage",
+        "template list",
+        "submit",
+        "stage-and-run",
+        "pull",
+        "status",
+        "epilogue",
+        "report",
+        "clean",
+        "config show",
+        "demo",
+    ] {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.push("--no-such-flag");
+        env.run(&args)
+            .code(2)
+            .err_has("unexpected argument '--no-such-flag'");
+    }
     for args in [
         vec!["stage"],
         vec!["stage", "src", "--no-such-flag"],
