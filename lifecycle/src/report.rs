@@ -706,7 +706,7 @@ mod tests {
             assert!(items.iter().all(|i| i.whole_folder == whole_folder));
             let report = build(items, &all, &p, now);
             assert_eq!(report.policy_whole_folder, whole_folder);
-            assert_eq!(report.policy_age, "30days");
+            assert_eq!(report.policy_age, "30 days");
             let json = serde_json::to_value(&report).unwrap();
             assert_eq!(json["items"][0]["whole_folder"], whole_folder);
         }

@@ -250,9 +250,9 @@ mod tests {
     #[test]
     fn ages_in_whole_days_read_as_days() {
         let day = Duration::from_secs(86_400);
-        assert_eq!(format_age(day), "1day");
-        assert_eq!(format_age(30 * day), "30days");
-        assert_eq!(format_age(60 * day), "60days");
+        assert_eq!(format_age(day), "1 day");
+        assert_eq!(format_age(30 * day), "30 days");
+        assert_eq!(format_age(60 * day), "60 days");
         assert_eq!(format_age(Duration::from_secs(36 * 3600)), "1day 12h");
     }
 }

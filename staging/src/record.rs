@@ -15,7 +15,7 @@ use crate::policy::PurgeBasis;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeInfo {
     pub basis: PurgeBasis,
-    /// Policy age, e.g. "30days".
+    /// Policy age, e.g. "30 days".
     pub age: String,
     pub whole_folder: bool,
     /// The oldest timestamp the purge looks at.
