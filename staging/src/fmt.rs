@@ -16,6 +16,11 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `n` and the noun in the number it needs: `1 file`, `2 files`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Quotes a word for bash (single quotes where needed).
 pub fn shell_quote(s: &str) -> String {
     shlex::try_quote(s).map_or_else(|_| "''".to_string(), |q| q.into_owned())
@@ -29,5 +34,12 @@ mod tests {
         assert_eq!(super::bytes(1023), "1023 B");
         assert_eq!(super::bytes(1536), "1.5 KiB");
         assert_eq!(super::bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+
+    #[test]
+    fn counts_take_the_noun_in_their_number() {
+        assert_eq!(super::count(0, "item", "items"), "0 items");
+        assert_eq!(super::count(1, "item", "items"), "1 item");
+        assert_eq!(super::count(2, "entry", "entries"), "2 entries");
     }
 }
