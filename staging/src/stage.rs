@@ -153,10 +153,12 @@ pub fn stage(
             failed: Vec::new(),
             failed_count: 0,
         });
-        if settings.destination.is_dir() || !settings.destination.exists() {
-            write_json(&record_path, &record)?;
+        // Best effort: a scratch too full for a record gets the copy's own clear error.
+        let written = (settings.destination.is_dir() || !settings.destination.exists())
+            && write_json(&record_path, &record).is_ok();
+        if written {
             if let Some(ledger) = ledger {
-                ledger.put_stage(&record)?;
+                let _ = ledger.put_stage(&record);
             }
             Some(record)
         } else {
@@ -205,6 +207,7 @@ pub fn stage(
         });
     }
     if !report.ok() {
+        let mut report = report;
         let staged_at = Timestamp::now();
         let mut record = match previous {
             Some(previous) => previous,
@@ -212,14 +215,26 @@ pub fn stage(
             None => new_record(settings, &report, staged_at),
         };
         record.incomplete = Some(incomplete_from(&report, staged_at));
+        // The failures are the outcome (a full disk may refuse these writes too): what
+        // could not be kept is told, not turned into another error.
+        let mut keep = |what: &str, done: Result<()>| {
+            if let Err(e) = done {
+                report.warnings.push(format!(
+                    "could not keep the {what} of the incomplete stage: {e}"
+                ));
+            }
+        };
         if let Some(bytes) = previous_manifest {
             if !manifest_path.exists() {
-                crate::manifest::write_atomic(&manifest_path, &bytes)?;
+                keep(
+                    "last complete MANIFEST.sha256",
+                    crate::manifest::write_atomic(&manifest_path, &bytes),
+                );
             }
         }
-        write_json(&record_path, &record)?;
+        keep("stage record", write_json(&record_path, &record));
         if let Some(ledger) = ledger {
-            ledger.put_stage(&record)?;
+            keep("ledger entry", ledger.put_stage(&record).map(|_| ()));
         }
         return Ok(StageOutcome {
             report,
