@@ -654,6 +654,16 @@ fn a_failed_restage_keeps_its_record_and_manifest_and_shows_incomplete() {
         serde_json::json!(["well_A02.tif SOURCE CORRUPT"])
     );
     assert_eq!(incomplete["failed_count"], 1);
+    // A second failing run keeps them as well.
+    env.run([OsStr::new("stage"), source.as_os_str()]).code(3);
+    assert_eq!(
+        std::fs::read(dest.join("MANIFEST.sha256")).expect("manifest"),
+        manifest
+    );
+    assert_eq!(
+        records(&env, &dest).0["manifest_digest"],
+        before["manifest_digest"]
+    );
 
     // status and report say INCOMPLETE, with what failed and the deadline.
     let status = env.run(["status"]);

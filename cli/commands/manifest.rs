@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::fmt::{bytes, count};
 use hpcstage_staging::ledger::file_safe;
 use hpcstage_staging::manifest::{self, display_name, Check};
 use hpcstage_staging::verify;
@@ -118,8 +118,8 @@ pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<S
             output::error(e.to_string());
         }
         bail!(
-            "{} files could not be read; no manifest written (a manifest that silently leaves files out is worse than none)",
-            streamed.errors.len()
+            "{} could not be read; no manifest written (a manifest that silently leaves files out is worse than none)",
+            count(streamed.errors.len() as u64, "file", "files")
         );
     }
     let elapsed = started.elapsed();
@@ -145,9 +145,9 @@ pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<S
         });
     } else {
         output::data(format!(
-            "wrote {} ({} files, {} hashed in {:.1}s, {})",
+            "wrote {} ({}, {} hashed in {:.1}s, {})",
             out_path.display(),
-            streamed.files,
+            count(streamed.files as u64, "file", "files"),
             bytes(streamed.bytes),
             elapsed.as_secs_f64(),
             output::rate(streamed.bytes, elapsed)

@@ -1596,6 +1596,29 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_that_did_not_finish_leaves_its_run_incomplete() {
+        let w = World::new();
+        let run = w.run("P", "r1");
+        let view = RunView {
+            record: run.clone(),
+            jobs: Vec::new(),
+            phase: Phase::Pulling,
+            events: Vec::new(),
+            damaged: Vec::new(),
+            partial: None,
+            cleaned_at: None,
+        };
+        let item = run_at(&run, Some(&view), &PurgePolicy::default(), Timestamp::now());
+        assert_eq!((item.safety, item.removable), (Safety::Incomplete, false));
+        assert_eq!(
+            item.reason,
+            "a pull started and did not finish (stopped, or still running); \
+             run `hpcstage pull r1` to finish it"
+        );
+        assert_eq!(item.days_left, 30);
+    }
+
+    #[test]
     fn a_pulled_run_past_its_deadline_is_expired_not_safe() {
         let w = World::new();
         let run = w.run("P", "r1");

@@ -138,11 +138,13 @@ pub fn stage(
     let record_path = settings.destination.join(STATE_DIR).join("stage.json");
     let previous: Option<StageRecord> = crate::record::read_json(&record_path).ok();
     let manifest_path = settings.destination.join(MANIFEST_NAME);
-    // The manifest of the last complete stage: the copy removes it when a file fails.
-    let previous_manifest = previous
-        .as_ref()
-        .filter(|p| p.incomplete.is_none())
-        .and_then(|_| std::fs::read(&manifest_path).ok());
+    // The manifest of the last complete stage (the one its record names): the copy
+    // removes it when a file fails.
+    let previous_manifest = previous.as_ref().and_then(|p| {
+        std::fs::read(&manifest_path)
+            .ok()
+            .filter(|bytes| crate::hash::Digest::of(bytes) == p.manifest_digest)
+    });
     let provisional = if copy.dry_run || previous.is_some() {
         None
     } else {
