@@ -919,3 +919,27 @@ fn clean_takes_a_project_or_an_item_and_report_scan_lists_only_its_root() {
         "{run}"
     );
 }
+
+#[test]
+fn stage_status_and_report_count_the_same_files() {
+    let env = Env::new();
+    let source = ingest(&env, "PRJ1", "plate7", 1);
+    let staged = env.stage(&source, None, "PRJ1");
+    let dest = env.scratch().join("PRJ1/plate7");
+    // A verify log next to the data is bookkeeping, like the manifest.
+    env.run([
+        OsStr::new("manifest"),
+        OsStr::new("verify"),
+        dest.as_os_str(),
+    ])
+    .code(0);
+    assert!(std::fs::read_dir(&dest)
+        .expect("read")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("verify_")));
+    let status = env.run(["status", "--json"]).json();
+    let report = env.run(["report", "--all", "--format", "json"]).json();
+    assert_eq!(staged["files"], 4, "3 data files and dataset.json");
+    assert_eq!(item(&status, "plate7")["files"], staged["files"]);
+    assert_eq!(item(&report, "plate7")["files"], staged["files"]);
+}
