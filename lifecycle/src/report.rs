@@ -436,7 +436,9 @@ pub fn stage_item(record: &StageRecord, ctx: &Assess<'_>) -> Item {
             Err(Check::Differs(why)) => facts.at_risk.push(why),
             Err(Check::Unknown(why)) => facts.refused = facts.refused.or(Some(why)),
         }
-    } else if let Err(why) = nas_source_state(Path::new(&record.source), record) {
+    } else if record.source.is_empty() {
+        // Found by --scan without a record: where it came from is not known.
+    } else if let Err(why) = nas_source_reachable(Path::new(&record.source)) {
         facts.notes.push(why);
     }
     note_unreadable(&mut facts, &found.errors);
@@ -615,9 +617,9 @@ fn nas_copy_state(
     Err(Check::Differs(text))
 }
 
-/// `Ok` when the NAS source is still there and matches what was staged (asked over SSH
-/// for a remote NAS).
-fn nas_source_state(source: &Path, record: &StageRecord) -> std::result::Result<(), String> {
+/// `Ok` when the NAS source of an unfinished stage is still there (asked over SSH for a
+/// remote NAS): if it is not, what the copy holds may be all there is.
+fn nas_source_reachable(source: &Path) -> std::result::Result<(), String> {
     let unreachable = |why: String| {
         format!(
             "NAS source {} is not reachable{why}; scratch may hold the only copy",
@@ -628,17 +630,9 @@ fn nas_source_state(source: &Path, record: &StageRecord) -> std::result::Result<
         .folder(source)
         .map_err(|e| unreachable(format!(" ({e})")))?;
     match folder.is_dir() {
-        Ok(true) => {}
-        Ok(false) => return Err(unreachable(String::new())),
-        Err(e) => return Err(unreachable(format!(" ({e})"))),
-    }
-    match &record.source_manifest_digest {
-        Some(expected) => match folder.manifest() {
-            Ok(Some(m)) if m.digest() == *expected => Ok(()),
-            Ok(Some(_)) => Err("NAS source manifest changed since staging".into()),
-            Ok(None) | Err(_) => Err("NAS source manifest is gone or unreadable".into()),
-        },
-        None => Err("NAS source has no MANIFEST.sha256; nothing proves a verified copy".into()),
+        Ok(true) => Ok(()),
+        Ok(false) => Err(unreachable(String::new())),
+        Err(e) => Err(unreachable(format!(" ({e})"))),
     }
 }
 
@@ -1482,6 +1476,19 @@ mod tests {
             "the last stage did not complete (1 of 3 files SOURCE CORRUPT): b.tif SOURCE CORRUPT"
         );
         assert_eq!((item.files, item.days_left), (3, 30));
+        // Its NAS source gone, what the copy holds may be all there is: said too.
+        let source = PathBuf::from(&record.source);
+        std::fs::rename(&source, w.nas().join("moved")).unwrap();
+        let item = stage_at(&record, &p, now);
+        assert!(
+            item.reason.ends_with(&format!(
+                "; NAS source {} is not reachable; scratch may hold the only copy",
+                source.display()
+            )),
+            "{}",
+            item.reason
+        );
+        std::fs::rename(w.nas().join("moved"), &source).unwrap();
 
         // A copy killed in the middle: its marker and a temporary file are left.
         record.incomplete = None;
