@@ -692,3 +692,17 @@ fn files_on_a_filesystem_mounted_inside_the_destination_are_read_back_from_its_d
     assert_manifest_verifies(&dest);
     drop(mount);
 }
+
+#[test]
+fn a_stage_that_cannot_start_leaves_no_record() {
+    let env = Env::new();
+    let missing = env.nas().join("P1/raw/nothing");
+    env.run_roots(["stage".as_ref(), missing.as_os_str()])
+        .code(1);
+    assert!(!env.scratch().join("P1/nothing").exists());
+    let ledger = env.state().join("stages");
+    assert!(
+        fs::read_dir(&ledger).map_or(true, |mut d| d.next().is_none()),
+        "a ledger entry was left for a stage that never started"
+    );
+}

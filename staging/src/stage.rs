@@ -145,7 +145,9 @@ pub fn stage(
             .ok()
             .filter(|bytes| crate::hash::Digest::of(bytes) == p.manifest_digest)
     });
-    let provisional = if copy.dry_run || previous.is_some() {
+    // A local source that is not there gets its own error before anything is written.
+    let missing_source = matches!(&settings.source, Location::Local(p) if !p.is_dir());
+    let provisional = if copy.dry_run || previous.is_some() || missing_source {
         None
     } else {
         let mut record = new_record(settings, &CopyReport::default(), Timestamp::now());
