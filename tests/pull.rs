@@ -989,6 +989,17 @@ fn a_pull_in_which_nothing_validates_is_refused_even_with_allow_partial() {
         );
     assert!(!run.results_dir.exists(), "nothing is published as results");
     assert_eq!(results_entries(&lab), vec!["_failed".to_string()]);
+    let readme = read_text(
+        lab.results_parent()
+            .join("_failed")
+            .join(&run.run_id)
+            .join("README.md"),
+    );
+    assert!(
+        readme.contains("No expected output validated, so there is nothing to pull")
+            && !readme.contains("--allow-partial`."),
+        "{readme}"
+    );
     let status = lab.status(&run.run_id);
     assert_eq!(status["phase"], "pull-failed");
 }

@@ -394,6 +394,7 @@ fn pull_finished(
             reason: &reasons.join("; "),
             facts: &observed.facts,
             job_id,
+            nothing,
         };
         return fail(store, record, &rejected, &nas_folder, opts, progress);
     }
@@ -901,6 +902,8 @@ struct Rejected<'a> {
     reason: &'a str,
     facts: &'a JobFacts,
     job_id: &'a str,
+    /// No expected output validated: `--allow-partial` has nothing to pull either.
+    nothing: bool,
 }
 
 fn fail(
@@ -915,6 +918,7 @@ fn fail(
         reason,
         facts,
         job_id,
+        nothing,
     } = *rejected;
     let results_parent = record.results_dir.parent().unwrap_or(&record.results_dir);
     let failed_dir = results_parent.join("_failed").join(&record.id);
@@ -968,11 +972,19 @@ fn fail(
             let _ = writeln!(text, "  - {}", line.trim());
         }
     }
-    let _ = writeln!(
-        text,
-        "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
-        record.id
-    );
+    if nothing {
+        let _ = writeln!(
+            text,
+            "\nNo expected output validated, so there is nothing to pull (`--allow-partial` is \
+             refused too). After fixing the cause, resubmit."
+        );
+    } else {
+        let _ = writeln!(
+            text,
+            "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
+            record.id
+        );
+    }
     let readme = write_verified(&failed_dir.join("README.md"), text.as_bytes())?;
     if !report.ok() {
         return Err(Error::Staging(hpcstage_staging::Error::io(
