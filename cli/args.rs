@@ -126,7 +126,12 @@ Weekly from cron:\n  0 7 * * MON  hpcstage report --within 7d --format markdown 
 or from scrontab (`scrontab -e`):\n  #SCRON --partition=transfer --time=00:10:00\n  0 7 * * MON  hpcstage report --within 7d --format markdown")]
     Report(ReportArgs),
     /// Remove scratch copies that are provably safe on the NAS
-    #[command(after_help = "Examples:\n  hpcstage clean --dry-run\n  hpcstage clean")]
+    #[command(
+        after_help = "Examples:\n  hpcstage clean --dry-run                 # what would go, and why the rest stays\n  \
+hpcstage clean\n  \
+hpcstage clean --project PRJ1\n  \
+hpcstage clean PRJ1/plate7               # one staged dataset (or a run id)"
+    )]
     Clean(CleanArgs),
     /// Inspect the resolved configuration
     #[command(subcommand)]
@@ -319,7 +324,8 @@ pub(crate) struct ReportArgs {
     /// Everything tracked, whatever its deadline
     #[arg(long)]
     pub(crate) all: bool,
-    /// Also find staged folders and runs under ROOT by their .hpcstage markers (repeatable)
+    /// Only staged folders and runs under ROOT, found by their .hpcstage markers (also
+    /// other users'; repeatable)
     #[arg(long, value_name = "ROOT")]
     pub(crate) scan: Vec<PathBuf>,
     /// Only items of this owner
@@ -338,10 +344,17 @@ pub(crate) struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct CleanArgs {
+    /// Only this item: a staged dataset as PROJECT/DATASET, a run id (or a unique prefix),
+    /// or its folder
+    #[arg(value_name = "ITEM")]
+    pub(crate) item: Option<String>,
     /// List what would be removed and the space it returns; remove nothing
     #[arg(short = 'n', long)]
     pub(crate) dry_run: bool,
-    /// Also consider folders found under ROOT by their .hpcstage markers (repeatable)
+    /// Only items of this project
+    #[arg(long)]
+    pub(crate) project: Option<String>,
+    /// Only folders found under ROOT by their .hpcstage markers (repeatable)
     #[arg(long, value_name = "ROOT")]
     pub(crate) scan: Vec<PathBuf>,
     /// Print JSON

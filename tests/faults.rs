@@ -156,8 +156,21 @@ fn after_sigkill_mid_stage_no_unverified_file_has_a_final_name_and_a_rerun_finis
         finished < 2048,
         "all {finished} files were done: the kill came too late"
     );
-    assert!(!dest.join(".hpcstage/stage.json").exists());
+    // Still tracked, as incomplete: its record was written before the copy started.
+    let record: serde_json::Value =
+        serde_json::from_slice(&read(dest.join(".hpcstage/stage.json"))).expect("stage.json");
+    assert!(record["incomplete"].is_object(), "{record}");
     assert!(!dest.join("MANIFEST.sha256").exists());
+    let status = env.run(["status", "--json"]);
+    status.code(0);
+    let item = status.json()["items"][0].clone();
+    assert_eq!(item["safety"], "INCOMPLETE", "{status}");
+    assert!(
+        item["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("staging started and has not finished")),
+        "{item}"
+    );
 
     // The rerun resumes (trusting what the journal verified) and completes.
     let run = env.run([
@@ -403,7 +416,12 @@ fn a_disk_that_fills_up_during_a_direct_copy_of_big_files_fails_them_and_a_rerun
         "disk/dest",
         &small,
         "the first big file was being copied",
-        || !temporaries(&small.join("dest")).is_empty(),
+        // Data temporaries, not the stage record's (written first, in `.hpcstage/`).
+        || {
+            temporaries(&small.join("dest"))
+                .iter()
+                .any(|t| !t.starts_with(small.join("dest/.hpcstage")))
+        },
     );
     let dest = small.join("dest");
     assert!(

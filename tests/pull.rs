@@ -1,5 +1,5 @@
 //! `hpcstage pull` and `hpcstage epilogue` against the real single-node cluster of
-//! `tests/cluster/` (issue 4): the whole chain stage-and-run → compute → pull-back, jobs
+//! `tests/cluster/`: the whole chain stage-and-run → compute → pull-back, jobs
 //! that fail, are cancelled, time out or miss an output, a pull refused while the job
 //! runs, two pulls at once, a pull killed in the middle, a NAS folder that cannot be
 //! written, and the Epilog hook run as root for a job user.
@@ -378,8 +378,55 @@ if [[ $(basename "$input") != img2.tif ]]; then printf 'label,area\n1,9\n' >"$ta
         .filter(|f| f.starts_with("masks/") || f.starts_with("tables/"))
         .collect();
     assert_lines(&outputs, &["masks/img1.ome.tif", "tables/img1.csv"]);
-    assert_eq!(read_json(results.join("run.json"))["partial"], true);
-    assert!(read_text(results.join("README.md")).contains("- validation: PARTIAL"));
+    let provenance = read_json(results.join("run.json"));
+    assert_eq!(provenance["partial"], true);
+    let missing = [
+        "masks/**/*.ome.tif: 1 of 2; no output for input img2",
+        "tables/**/*.csv: 1 of 2; no output for input img2",
+    ];
+    assert_eq!(provenance["missing"], serde_json::json!(missing));
+    // The README says PARTIAL in its title and lists what is missing.
+    let readme = read_text(results.join("README.md"));
+    assert!(
+        readme.starts_with(&format!(
+            "# PARTIAL segmentation results: run {}\n\nPARTIAL outputs of a `unet-seg` job",
+            run.run_id
+        )),
+        "{readme}"
+    );
+    assert!(
+        readme.contains(
+            "## Missing\n\n- masks/**/*.ome.tif: 1 of 2; no output for input img2\n\
+             - tables/**/*.csv: 1 of 2; no output for input img2\n"
+        ),
+        "{readme}"
+    );
+    assert!(!readme.contains("Validated outputs"), "{readme}");
+    assert!(readme.contains("- validation: PARTIAL"));
+    // status and report say PARTIAL, with the missing outputs.
+    let status = lab.status(&run.run_id);
+    assert_eq!(status["phase"], "pulled");
+    assert_eq!(status["partial"], serde_json::json!(missing));
+    lab.run(["status", &run.run_id])
+        .code(0)
+        .out_has(&format!("run {} (pulled PARTIAL)", run.run_id))
+        .out_has("  missing:   tables/**/*.csv: 1 of 2; no output for input img2");
+    let report = lab.run(["report", "--all", "--format", "json"]);
+    let json = report.json();
+    let item = json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["name"] == run.run_id.as_str())
+        .unwrap_or_else(|| panic!("no run in the report\n{report}"))
+        .clone();
+    assert_eq!(item["safety"], "PARTIAL", "{item}");
+    assert!(
+        item["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("; tables/**/*.csv: 1 of 2; no output for input img2")),
+        "{item}"
+    );
     // Scratch of a failed job stays as it was, intermediates included.
     assert!(run.run_dir.join("work/partial/img2.ome.tif").is_file());
     lab.run(["pull", &run.run_id])
@@ -829,4 +876,119 @@ fn epilogue_exits_0_in_time_whatever_the_ledger_or_environment() {
     epilogue(&lab, &garbage, &ghost, "5s")
         .code(0)
         .err_has("unknown job user");
+}
+
+/// `hpcstage ARGS...` in the lab with no SLURM command on its PATH: the scheduler cannot
+/// be asked.
+fn without_slurm(lab: &Lab, args: &[&str]) -> Run {
+    let mut cmd = lab.command();
+    cmd.env("PATH", lab.path("bin")).args(args);
+    Run::of(cmd)
+}
+
+#[test]
+fn clean_keeps_a_stage_that_a_held_job_reads_even_when_slurm_cannot_be_asked() {
+    let Some(_cluster) = cluster() else { return };
+    let lab = Lab::new();
+    let raw = lab.ingest("d1");
+    let predict = lab.stand_in("predict", PREDICT_OK);
+    // Two array tasks (one image each), submitted held: the job waits in the queue.
+    let run = lab.submit_with_env(
+        &raw,
+        &predict,
+        &["chunk_size=1"],
+        false,
+        &[("SBATCH_HOLD", "1")],
+    );
+    let stage = lab.scratch().join("P/d1");
+    assert!(stage.join("img1.tif").is_file());
+    let still_there = |what: &str| {
+        assert!(
+            stage.join("img1.tif").is_file() && stage.join("img2.tif").is_file(),
+            "{what}: the stage the held job reads was removed"
+        );
+    };
+
+    // No scheduler to ask, and no job state recorded yet: the stage is kept.
+    let blind = without_slurm(&lab, &["clean"]);
+    blind.code(0);
+    still_there("clean without SLURM");
+    blind.out_has(&format!("keep    {} (IN USE; ", stage.display()));
+    blind.out_has(&format!(
+        "in use by run {} (compute job {} state not known yet)",
+        run.run_id, run.compute_job
+    ));
+    blind.err_has("job states may be out of date");
+
+    // With SLURM: the held job is PENDING (one batched sacct, as `status` makes).
+    let acct = sacct(&run.compute_job);
+    assert!(acct.iter().all(|a| a.state == "PENDING"), "{acct:?}");
+    let clean = lab.run(["clean"]);
+    clean.code(0);
+    still_there("clean");
+    clean.out_has(&format!(
+        "in use by run {} (compute job {} PENDING)",
+        run.run_id, run.compute_job
+    ));
+    let report = lab.run(["report", "--all", "--format", "json"]);
+    report.code(0);
+    let json = report.json();
+    let item = json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "stage")
+        .unwrap_or_else(|| panic!("no stage in the report\n{report}"))
+        .clone();
+    assert_eq!(item["safety"], "IN_USE", "{item}");
+    assert_eq!(item["removable"], false);
+    assert!(
+        item["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&run.run_id)),
+        "{item}"
+    );
+    lab.run(["status"])
+        .code(0)
+        .out_has(&format!("P/d1: IN USE: in use by run {}", run.run_id));
+
+    // Cancelled and never pulled, the run may still be retried: the stage stays.
+    tool("scancel", &[&run.compute_job]).code(0);
+    wait_ended(&run.compute_job, JOB_BOUND);
+    lab.run(["clean"]).code(0).out_has("(not pulled yet)");
+    still_there("clean after the cancel");
+}
+
+#[test]
+fn a_pull_in_which_nothing_validates_is_refused_even_with_allow_partial() {
+    let Some(_cluster) = cluster() else { return };
+    let lab = Lab::new();
+    let raw = lab.ingest("d1");
+    let predict = lab.stand_in("predict", "sleep 60");
+    let run = lab.submit(&raw, &predict, &[], false);
+    wait_running(&run.compute_job, JOB_BOUND);
+    tool("scancel", &[&run.compute_job]).code(0);
+    wait_ended(&run.compute_job, JOB_BOUND);
+
+    lab.run(["pull", &run.run_id, "--allow-partial"])
+        .code(4)
+        .err_has("ended CANCELLED")
+        .err_has(
+            "no expected output validated, so there is nothing to pull even with --allow-partial",
+        );
+    assert!(!run.results_dir.exists(), "nothing is published as results");
+    assert_eq!(results_entries(&lab), vec!["_failed".to_string()]);
+    let readme = read_text(
+        lab.results_parent()
+            .join("_failed")
+            .join(&run.run_id)
+            .join("README.md"),
+    );
+    assert!(
+        readme.contains("No expected output validated, so there is nothing to pull")
+            && !readme.contains("--allow-partial`."),
+        "{readme}"
+    );
+    let status = lab.status(&run.run_id);
+    assert_eq!(status["phase"], "pull-failed");
 }

@@ -748,3 +748,17 @@ fn a_projects_whole_raw_area_is_refused_unless_asked_for() {
     );
     assert!(env.scratch().join("P/raw/plate7/a.tif").is_file());
 }
+
+#[test]
+fn a_stage_that_cannot_start_leaves_no_record() {
+    let env = Env::new();
+    let missing = env.nas().join("P1/raw/nothing");
+    env.run_roots(["stage".as_ref(), missing.as_os_str()])
+        .code(1);
+    assert!(!env.scratch().join("P1/nothing").exists());
+    let ledger = env.state().join("stages");
+    assert!(
+        fs::read_dir(&ledger).map_or(true, |mut d| d.next().is_none()),
+        "a ledger entry was left for a stage that never started"
+    );
+}

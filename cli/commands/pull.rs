@@ -5,7 +5,7 @@ use anyhow::Result;
 use hpcstage_lifecycle::backend::Backend;
 use hpcstage_lifecycle::pull::{pull, PullOptions, PullOutcome};
 use hpcstage_lifecycle::run::RunStore;
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::fmt::{bytes, count};
 
 use super::Status;
 use crate::args::PullArgs;
@@ -66,15 +66,21 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
             manifest_digest,
             purged,
             partial,
+            missing,
         } => {
             if !args.json {
                 output::data(format!(
-                    "pulled run {id} → {} ({files} files, {}; MANIFEST.sha256 {manifest_digest})",
+                    "pulled run {id}{} → {} ({}, {}; MANIFEST.sha256 {manifest_digest})",
+                    if partial { " PARTIAL" } else { "" },
                     results_dir.display(),
+                    count(files, "file"),
                     bytes(size)
                 ));
                 if partial {
-                    output::warn("partial pull (--allow-partial): see validation in README.md");
+                    output::warn(format!(
+                        "partial pull (--allow-partial): outputs missing: {}",
+                        missing.join("; ")
+                    ));
                 }
                 for p in purged {
                     output::note(format!("purged intermediate {}", p.display()));

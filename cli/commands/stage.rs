@@ -130,10 +130,10 @@ pub(crate) fn stage_quietly(
     print_copy_report(&outcome.report, args.copy.dry_run);
     if let Some(record) = &outcome.record {
         output::data(format!(
-            "staged {} → {} ({} files, {})",
+            "staged {} → {} ({}, {})",
             record.id,
             record.destination.display(),
-            record.files,
+            hpcstage_staging::fmt::count(record.files, "file"),
             bytes(record.bytes)
         ));
         output::data(format!(

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use hpcstage_lifecycle::refresh::{ended, refresh};
-use hpcstage_lifecycle::report::{build, gather, Filter};
+use hpcstage_lifecycle::report::{build, Filter, Safety};
 use hpcstage_lifecycle::run::{JobView, RunStore, RunView};
 use hpcstage_staging::fmt::bytes;
 
@@ -46,27 +46,23 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
         output::warn(warning);
     }
     let store = RunStore::open(&settings.state_dir)?;
-    let ids = match &args.run {
-        Some(r) => vec![store.resolve(r)?],
-        None => store.ids()?,
-    };
-    let mut views: Vec<RunView> = Vec::new();
-    for id in &ids {
-        match store.load(id) {
-            Ok(v) => views.push(v),
-            Err(e) => output::warn(format!("skipping damaged run {id}: {e}")),
-        }
-    }
-    for w in refresh(&store, &mut views, &settings.state_dir, &settings.client) {
-        output::warn(w);
-    }
     if let Some(run) = &args.run {
+        let id = store.resolve(run)?;
+        let mut views: Vec<RunView> = vec![store.load(&id)?];
+        for w in refresh(&store, &mut views, &settings.state_dir, &settings.client) {
+            output::warn(w);
+        }
         let view = &views[0];
         if args.json {
             output::json(view);
         } else {
             let r = &view.record;
-            output::data(format!("run {} ({})", r.id, label(view.phase)));
+            output::data(format!("run {} ({})", r.id, phase_cell(view)));
+            if let Some(missing) = &view.partial {
+                for m in missing {
+                    output::data(format!("  missing:   {m}"));
+                }
+            }
             output::data(format!(
                 "  template:  {} {} ({} executor)",
                 r.template,
@@ -92,27 +88,18 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
                     ));
                 }
             }
-            let _ = run;
         }
         return Ok(Status::Success);
     }
 
+    // One batched scheduler query for every run; the same states decide what is IN USE.
     let now = jiff::Timestamp::now();
-    let (items, warnings) = gather(&settings.state_dir, &[], &settings.policy, now)?;
-    for w in warnings {
-        output::warn(w);
-    }
+    let (items, views) = super::report::tracked(settings, &[], now)?;
     let all = Filter {
         within: None,
         owner: None,
         project: None,
     };
-    let mut items = items;
-    if settings.policy.whole_folder {
-        if let Some(root) = &settings.scratch_root {
-            hpcstage_lifecycle::report::apply_whole_folder(&mut items, root, now);
-        }
-    }
     let report = build(items, &all, &settings.policy, now);
     if args.json {
         output::json(&serde_json::json!({ "runs": views, "items": report.items }));
@@ -132,7 +119,7 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
             t.add_row(vec![
                 v.record.id.clone(),
                 v.record.template.clone(),
-                label(v.phase),
+                phase_cell(v),
                 job_cell(v.job(JobRole::Compute)),
                 job_cell(v.job(JobRole::PullBack)),
             ]);
@@ -150,17 +137,40 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
         "status",
     ]);
     for i in &report.items {
+        let [deadline, days_left] = i.deadline_cells();
         t.add_row(vec![
             format!("{:?}", i.kind).to_lowercase(),
             format!("{}/{}", i.project, i.name),
             i.path.display().to_string(),
             i.files.to_string(),
             bytes(i.bytes),
-            i.deadline.strftime("%Y-%m-%d").to_string(),
-            i.days_left.to_string(),
+            deadline,
+            days_left,
             i.safety.label().to_string(),
         ]);
     }
     output::data(t.to_string());
+    // What is not simply SAFE says why (what failed, which run reads it, what is missing).
+    for i in report.items.iter().filter(|i| i.safety != Safety::Safe) {
+        output::data(format!(
+            "{}/{}: {}: {}",
+            i.project,
+            i.name,
+            i.safety.label(),
+            i.reason
+        ));
+    }
     Ok(Status::Success)
+}
+
+/// A run's phase, with PARTIAL for a partial pull and the clean-up.
+fn phase_cell(v: &RunView) -> String {
+    let mut text = label(v.phase);
+    if v.partial.is_some() {
+        text.push_str(" PARTIAL");
+    }
+    if v.cleaned_at.is_some() {
+        text.push_str(", cleaned");
+    }
+    text
 }

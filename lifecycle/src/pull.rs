@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, SIGNAL_MARKER};
+use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, INPUTS_FILE, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
 use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::lock::{holder, try_lock, TryLock};
@@ -106,6 +106,9 @@ pub enum PullOutcome {
         purged: Vec<PathBuf>,
         /// Some outputs were missing or invalid (`--allow-partial`).
         partial: bool,
+        /// The expected outputs that are missing (of a partial pull).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        missing: Vec<String>,
     },
     /// The job failed or its outputs did not validate: logs are in `failed_dir`.
     Failed { failed_dir: PathBuf, reason: String },
@@ -140,6 +143,10 @@ pub struct Provenance<'a> {
     pub validation: &'a Validation,
     /// Pulled with `--allow-partial` although the job failed or outputs did not validate.
     pub partial: bool,
+    /// What a partial pull lacks: each failed output rule, and the inputs without an
+    /// output where that can be told.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
     pub timed_out_warning: bool,
     pub pulled_at: Timestamp,
     pub pulled_by: String,
@@ -248,6 +255,7 @@ fn already_pulled(store: &RunStore, view: &RunView, opts: &PullOptions) -> Resul
         Event::Pulled {
             results_dir: results.clone(),
             manifest_digest: marker.manifest_digest,
+            partial: marker.partial,
         },
     )?;
     Ok(Some(results.clone()))
@@ -357,7 +365,10 @@ fn pull_finished(
 
     let job_ok = observed.success;
     let incomplete = !(job_ok && validation.ok);
-    if incomplete && !opts.allow_partial {
+    // A pull in which nothing validates would publish nothing but logs as results: it is
+    // refused even with --allow-partial.
+    let nothing = incomplete && nothing_validates(&validation);
+    if incomplete && (!opts.allow_partial || nothing) {
         let mut reasons = Vec::new();
         if !job_ok {
             reasons.push(format!(
@@ -372,10 +383,18 @@ fn pull_finished(
                 summarize(&validation)
             ));
         }
+        if nothing && opts.allow_partial {
+            reasons.push(
+                "no expected output validated, so there is nothing to pull even with \
+                 --allow-partial"
+                    .to_string(),
+            );
+        }
         let rejected = Rejected {
             reason: &reasons.join("; "),
             facts: &observed.facts,
             job_id,
+            nothing,
         };
         return fail(store, record, &rejected, &nas_folder, opts, progress);
     }
@@ -447,6 +466,11 @@ fn pull_finished(
         gpus: gpu_lines(run_dir),
         validation: &validation,
         partial: incomplete,
+        missing: if incomplete {
+            missing_outputs(&validation, run_dir)
+        } else {
+            Vec::new()
+        },
         timed_out_warning,
         pulled_at: Timestamp::now(),
         pulled_by: current_user(),
@@ -503,6 +527,7 @@ fn pull_finished(
         Err(e) => return Err(nas(e)),
     }
     let digest = manifest.digest().to_hex();
+    let missing = incomplete.then(|| provenance.missing.clone());
     let purged = finish(
         store,
         record,
@@ -510,7 +535,7 @@ fn pull_finished(
         &nas_folder,
         opts,
         &digest,
-        !incomplete,
+        missing.clone(),
     )?;
     Ok(PullOutcome::Pulled {
         results_dir: results_dir.clone(),
@@ -519,6 +544,7 @@ fn pull_finished(
         manifest_digest: digest,
         purged,
         partial: incomplete,
+        missing: missing.unwrap_or_default(),
     })
 }
 
@@ -591,8 +617,9 @@ fn nas_failure(results_dir: &Path, e: hpcstage_staging::Error) -> Error {
 
 /// What follows a results folder in place, in an order a killed pull can resume:
 /// write protection, purge of the intermediates, the run folder's marker, the ledger.
-/// A partial pull (`--allow-partial` of a failed or invalid job) purges nothing: scratch
-/// of a failed job is left as it is, for whoever finds out why.
+/// A partial pull (`--allow-partial` of a failed or invalid job, `partial` lists what is
+/// missing) purges nothing: scratch of a failed job is left as it is, for whoever finds
+/// out why.
 fn finish(
     store: &RunStore,
     record: &RunRecord,
@@ -600,13 +627,13 @@ fn finish(
     nas_folder: &NasFolder,
     opts: &PullOptions,
     digest: &str,
-    purge: bool,
+    partial: Option<Vec<String>>,
 ) -> Result<Vec<PathBuf>> {
     let results_dir = &record.results_dir;
     if opts.worm {
         nas_folder.protect()?;
     }
-    let purged = if purge {
+    let purged = if partial.is_none() {
         purge_intermediates(rendered, record)?
     } else {
         Vec::new()
@@ -618,6 +645,7 @@ fn finish(
             results_dir: results_dir.clone(),
             manifest_digest: digest.to_string(),
             pulled_at: Timestamp::now(),
+            partial: partial.clone(),
         },
     )?;
     store.append(
@@ -625,6 +653,7 @@ fn finish(
         Event::Pulled {
             results_dir: results_dir.clone(),
             manifest_digest: digest.to_string(),
+            partial,
         },
     )?;
     Ok(purged)
@@ -676,7 +705,23 @@ fn adopt(
     }
     let digest = manifest.digest().to_hex();
     let partial = provenance["partial"].as_bool().unwrap_or(false);
-    let purged = finish(store, record, rendered, nas_folder, opts, &digest, !partial)?;
+    let missing: Vec<String> = provenance["missing"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let purged = finish(
+        store,
+        record,
+        rendered,
+        nas_folder,
+        opts,
+        &digest,
+        partial.then(|| missing.clone()),
+    )?;
     Ok(PullOutcome::Pulled {
         results_dir: results_dir.clone(),
         files: manifest.len() as u64,
@@ -684,6 +729,7 @@ fn adopt(
         manifest_digest: digest,
         purged,
         partial,
+        missing,
     })
 }
 
@@ -746,20 +792,100 @@ fn run_validation(cmd: &str, dir: &Path, timeout: Duration) -> CommandResult {
     }
 }
 
+/// True when no expected output validated: no rule of one output per input matched a
+/// file with content (the results themselves; a rule like the model's checksum, written
+/// when the job starts, says nothing of them), or, without such rules, no rule did; and,
+/// without any rules, the validation command failed.
+fn nothing_validates(v: &Validation) -> bool {
+    if v.checks.is_empty() {
+        return !v.ok;
+    }
+    let per_input: Vec<&OutputCheck> = v
+        .checks
+        .iter()
+        .filter(|c| matches!(c.expected, Expected::Exactly(_)))
+        .collect();
+    let rules = if per_input.is_empty() {
+        v.checks.iter().collect()
+    } else {
+        per_input
+    };
+    rules
+        .iter()
+        .all(|c| c.matched.iter().all(|m| c.empty.contains(m)))
+}
+
+/// What a partial pull lacks: each output rule that failed, with how many matched, and
+/// the inputs (of `.hpcstage/inputs.list`) none of whose outputs of that rule is there,
+/// told by the input's name before its first dot (`img2.tif` → `masks/img2.ome.tif`).
+fn missing_outputs(v: &Validation, run_dir: &Path) -> Vec<String> {
+    // NUL-separated, as the render writes it.
+    let listed = std::fs::read(run_dir.join(INPUTS_FILE)).unwrap_or_default();
+    let inputs: Vec<String> = String::from_utf8_lossy(&listed)
+        .split('\0')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let name = Path::new(l)
+                .file_name()
+                .map_or_else(|| l.to_string(), |n| n.to_string_lossy().into_owned());
+            name.split('.').next().unwrap_or(&name).to_string()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for c in v.checks.iter().filter(|c| !c.ok) {
+        let good: Vec<&String> = c.matched.iter().filter(|m| !c.empty.contains(m)).collect();
+        let stem = |m: &str| {
+            let name = m.rsplit('/').next().unwrap_or(m);
+            name.split('.').next().unwrap_or(name).to_string()
+        };
+        let have: std::collections::HashSet<String> = good.iter().map(|m| stem(m)).collect();
+        let lacking: Vec<&String> = inputs.iter().filter(|i| !have.contains(*i)).collect();
+        let mut line = format!("{}: {} of {}", c.glob, good.len(), expected(c.expected));
+        if !c.empty.is_empty() {
+            let _ = write!(line, "; empty: {}", c.empty.join(", "));
+        }
+        // Only when the rule is one output per input is an input without one a gap.
+        if matches!(c.expected, Expected::Exactly(n) if n as usize == inputs.len())
+            && !lacking.is_empty()
+        {
+            let names: Vec<&str> = lacking.iter().map(|s| s.as_str()).collect();
+            let _ = write!(line, "; no output for input {}", names.join(", "));
+        }
+        out.push(line);
+    }
+    out.extend(command_failure(v));
+    out
+}
+
+/// An output rule's expected count, in words.
+fn expected(e: Expected) -> String {
+    match e {
+        Expected::AtLeast(n) => format!("at least {n}"),
+        Expected::Exactly(n) => format!("{n}"),
+    }
+}
+
+/// How the validation command failed, if it did.
+fn command_failure(v: &Validation) -> Option<String> {
+    let c = v.command.as_ref().filter(|c| c.exit_code != Some(0))?;
+    Some(if c.timed_out {
+        "validation command timed out".into()
+    } else {
+        format!("validation command exited {:?}", c.exit_code)
+    })
+}
+
 fn summarize(v: &Validation) -> String {
     let mut parts: Vec<String> = v
         .checks
         .iter()
         .filter(|c| !c.ok)
         .map(|c| {
-            let expected = match c.expected {
-                Expected::AtLeast(n) => format!("at least {n}"),
-                Expected::Exactly(n) => format!("{n}"),
-            };
             let mut text = format!(
-                "{} matched {} (expected {expected})",
+                "{} matched {} (expected {})",
                 c.glob,
-                c.matched.len()
+                c.matched.len(),
+                expected(c.expected)
             );
             if !c.empty.is_empty() {
                 let _ = write!(text, ", {} of them empty", c.empty.len());
@@ -767,15 +893,7 @@ fn summarize(v: &Validation) -> String {
             text
         })
         .collect();
-    if let Some(c) = &v.command {
-        if c.exit_code != Some(0) {
-            parts.push(if c.timed_out {
-                "validation command timed out".into()
-            } else {
-                format!("validation command exited {:?}", c.exit_code)
-            });
-        }
-    }
+    parts.extend(command_failure(v));
     parts.join("; ")
 }
 
@@ -784,6 +902,8 @@ struct Rejected<'a> {
     reason: &'a str,
     facts: &'a JobFacts,
     job_id: &'a str,
+    /// No expected output validated: `--allow-partial` has nothing to pull either.
+    nothing: bool,
 }
 
 fn fail(
@@ -798,6 +918,7 @@ fn fail(
         reason,
         facts,
         job_id,
+        nothing,
     } = *rejected;
     let results_parent = record.results_dir.parent().unwrap_or(&record.results_dir);
     let failed_dir = results_parent.join("_failed").join(&record.id);
@@ -851,11 +972,19 @@ fn fail(
             let _ = writeln!(text, "  - {}", line.trim());
         }
     }
-    let _ = writeln!(
-        text,
-        "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
-        record.id
-    );
+    if nothing {
+        let _ = writeln!(
+            text,
+            "\nNo expected output validated, so there is nothing to pull (`--allow-partial` is \
+             refused too). After fixing the cause, resubmit."
+        );
+    } else {
+        let _ = writeln!(
+            text,
+            "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
+            record.id
+        );
+    }
     let readme = write_verified(&failed_dir.join("README.md"), text.as_bytes())?;
     if !report.ok() {
         return Err(Error::Staging(hpcstage_staging::Error::io(
@@ -939,13 +1068,29 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
     let j = p.compute_job;
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
     let mut t = String::new();
-    let _ = writeln!(t, "# {} results: run {}\n", r.workflow, r.id);
-    let _ = writeln!(
-        t,
-        "Validated outputs of a `{}` job, copied from scratch with every file verified. \
-         Check them with `sha256sum -c MANIFEST.sha256`; `run.json` holds the same facts for programs.\n",
-        r.template
-    );
+    if p.partial {
+        let _ = writeln!(t, "# PARTIAL {} results: run {}\n", r.workflow, r.id);
+        let _ = writeln!(
+            t,
+            "PARTIAL outputs of a `{}` job (pulled with `--allow-partial`): the job failed or \
+             not every expected output validated. What is here was copied from scratch with \
+             every file verified; check it with `sha256sum -c MANIFEST.sha256`.\n",
+            r.template
+        );
+        let _ = writeln!(t, "## Missing\n");
+        for m in &p.missing {
+            let _ = writeln!(t, "- {m}");
+        }
+        let _ = writeln!(t);
+    } else {
+        let _ = writeln!(t, "# {} results: run {}\n", r.workflow, r.id);
+        let _ = writeln!(
+            t,
+            "Validated outputs of a `{}` job, copied from scratch with every file verified. \
+             Check them with `sha256sum -c MANIFEST.sha256`; `run.json` holds the same facts for programs.\n",
+            r.template
+        );
+    }
     let _ = writeln!(t, "## Workflow\n");
     let _ = writeln!(
         t,

@@ -113,12 +113,20 @@ pub enum Event {
     Pulled {
         results_dir: PathBuf,
         manifest_digest: String,
+        /// Pulled with `--allow-partial`: these expected outputs are missing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partial: Option<Vec<String>>,
     },
     PullFailed {
         reason: String,
     },
     Note {
         text: String,
+    },
+    /// `hpcstage clean` removed the run folder from scratch (its results are on the NAS).
+    Cleaned {
+        path: PathBuf,
+        bytes: u64,
     },
 }
 
@@ -164,6 +172,12 @@ pub struct RunView {
     pub events: Vec<Stamped>,
     /// Event files that could not be read.
     pub damaged: Vec<String>,
+    /// The pull was partial (`--allow-partial`): the expected outputs that are missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Vec<String>>,
+    /// When `hpcstage clean` removed the run folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleaned_at: Option<Timestamp>,
 }
 
 impl RunView {
@@ -303,6 +317,8 @@ impl RunStore {
 fn fold(record: RunRecord, events: Vec<Stamped>, damaged: Vec<String>) -> RunView {
     let mut jobs: Vec<JobView> = Vec::new();
     let mut phase = Phase::Created;
+    let mut partial = None;
+    let mut cleaned_at = None;
     for s in &events {
         match &s.event {
             Event::Submitted {
@@ -333,13 +349,17 @@ fn fold(record: RunRecord, events: Vec<Stamped>, damaged: Vec<String>) -> RunVie
                     phase = Phase::Pulling;
                 }
             }
-            Event::Pulled { .. } => phase = Phase::Pulled,
+            Event::Pulled { partial: p, .. } => {
+                phase = Phase::Pulled;
+                partial.clone_from(p);
+            }
             Event::PullFailed { .. } => {
                 if phase != Phase::Pulled {
                     phase = Phase::PullFailed;
                 }
             }
             Event::Note { .. } => {}
+            Event::Cleaned { .. } => cleaned_at = Some(s.at),
         }
     }
     RunView {
@@ -348,6 +368,8 @@ fn fold(record: RunRecord, events: Vec<Stamped>, damaged: Vec<String>) -> RunVie
         phase,
         events,
         damaged,
+        partial,
+        cleaned_at,
     }
 }
 

@@ -627,7 +627,7 @@ fn resources(
         })?);
     }
 
-    // In-job safety: USR1 to the batch shell `grace` before the limit (issue 4).
+    // In-job safety: USR1 to the batch shell `grace` before the limit.
     let grace_text = field("signal_grace", r.signal_grace.clone(), &o.signal_grace)?;
     let mut grace = match grace_text {
         None => DEFAULT_SIGNAL_GRACE,
