@@ -9,6 +9,7 @@ pub(crate) mod ingest;
 pub(crate) mod manifest;
 pub(crate) mod pull;
 pub(crate) mod report;
+pub(crate) mod retry;
 pub(crate) mod stage;
 pub(crate) mod status;
 pub(crate) mod submit;

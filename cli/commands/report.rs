@@ -136,7 +136,7 @@ fn table(r: &Report) -> String {
         let colour = match i.safety {
             Safety::AtRisk => Some(Color::Red),
             Safety::PartlyPurged | Safety::Expired => Some(Color::Yellow),
-            Safety::Safe => None,
+            Safety::Dismissed | Safety::Safe => None,
         };
         t.add_row(row(i).into_iter().enumerate().map(|(n, text)| {
             let cell = Cell::new(text);

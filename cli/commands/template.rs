@@ -45,6 +45,7 @@ pub(crate) fn overrides(job: &JobArgs) -> ResourceOverrides {
         time: job.time.clone(),
         partition: job.partition.clone(),
         account: job.account.clone(),
+        array: job.array.clone(),
         ..ResourceOverrides::default()
     }
 }

@@ -260,6 +260,11 @@ fn run_refusal(record: &RunRecord, scratch_root: &Path) -> std::result::Result<(
     if marker.run_dir != *dir || marker.id != record.id {
         return Err("the folder's run record names another run".into());
     }
+    // Its owner gave the results up (`hpcstage dismiss`, which refuses while a job of
+    // the run is queued or running): the usual checks above are all that is left.
+    if crate::run::dismissal(record, None).is_some() {
+        return Ok(());
+    }
     let pulled: PulledMarker =
         read_json(&dir.join(STATE_DIR).join(PULLED_MARKER)).map_err(|_| {
             "results were not pulled back to the NAS yet (run `hpcstage pull`)".to_string()

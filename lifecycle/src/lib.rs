@@ -12,6 +12,7 @@ pub mod chain;
 pub mod clean;
 pub mod epilogue;
 pub mod error;
+pub mod failures;
 pub mod pull;
 pub mod refresh;
 pub mod report;

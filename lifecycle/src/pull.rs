@@ -842,6 +842,13 @@ fn fail(
         version = record.template_version,
         run_dir = record.run_dir.display(),
     );
+    let failed = crate::failures::failed_tasks(Some(facts), &record.run_dir);
+    if !failed.is_empty() {
+        let _ = writeln!(text, "- failed:");
+        for t in &failed {
+            let _ = writeln!(text, "  - {}", t.describe());
+        }
+    }
     if let Ok(signal) = std::fs::read_to_string(record.run_dir.join(SIGNAL_MARKER)) {
         let _ = writeln!(
             text,
@@ -853,8 +860,10 @@ fn fail(
     }
     let _ = writeln!(
         text,
-        "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
-        record.id
+        "\nAfter fixing the cause, re-run the failed tasks with `hpcstage retry {id}`, pull what \
+         there is with `hpcstage pull {id} --allow-partial`, or give the run up with \
+         `hpcstage dismiss {id}`.",
+        id = record.id
     );
     let readme = write_verified(&failed_dir.join("README.md"), text.as_bytes())?;
     if !report.ok() {

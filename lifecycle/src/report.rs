@@ -44,6 +44,8 @@ pub enum Safety {
     AtRisk,
     PartlyPurged,
     Expired,
+    /// Its owner gave up the results (`hpcstage dismiss`): nothing to protect.
+    Dismissed,
     Safe,
 }
 
@@ -54,6 +56,7 @@ impl Safety {
             Safety::AtRisk => "AT RISK",
             Safety::PartlyPurged => "PARTLY PURGED",
             Safety::Expired => "EXPIRED",
+            Safety::Dismissed => "DISMISSED",
             Safety::Safe => "SAFE",
         }
     }
@@ -300,6 +303,15 @@ pub fn run_item(
             ),
             Ok(()) => (Safety::Safe, "results verified on the NAS".into()),
         }
+    } else if let Some(d) = crate::run::dismissal(record, view) {
+        (
+            Safety::Dismissed,
+            format!(
+                "dismissed by {}{}; results were not pulled",
+                d.by,
+                d.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            ),
+        )
     } else if view.is_some_and(|v| v.phase == Phase::PullFailed) {
         (
             Safety::AtRisk,
@@ -459,7 +471,7 @@ pub fn build(
                         jiff::SignedDuration::try_from(w).unwrap_or(jiff::SignedDuration::MAX),
                     )
                     .unwrap_or(Timestamp::MAX);
-                i.deadline <= limit || i.safety != Safety::Safe
+                i.deadline <= limit || !matches!(i.safety, Safety::Safe | Safety::Dismissed)
             })
     });
     items.sort_by(|a, b| {
@@ -480,7 +492,7 @@ pub fn build(
             }
             Safety::Expired => totals.expired += 1,
             Safety::PartlyPurged => totals.partly_purged += 1,
-            Safety::Safe => {}
+            Safety::Dismissed | Safety::Safe => {}
         }
     }
     Report {

@@ -620,11 +620,28 @@ fn resources(
         None => array_text,
     };
     if let Some(t) = array_text {
-        args.array = Some(check::array(&t).map_err(|reason| TemplateError::Resource {
+        let array = check::array(&t).map_err(|reason| TemplateError::Resource {
             field: "array",
             value: t.clone(),
             reason,
-        })?);
+        })?;
+        // An `--array` override keeps `per_task`: a task past the last input would run
+        // with no inputs at all.
+        if let (Some(per), Some(list), Some(_)) = (per_task, inputs, &o.array) {
+            let n_tasks = (list.len() as u64).div_ceil(per);
+            if let Some(bad) = array.tasks().iter().find(|&&t| u64::from(t) >= n_tasks) {
+                return Err(TemplateError::Resource {
+                    field: "array",
+                    value: t.clone(),
+                    reason: format!(
+                        "task {bad} has no inputs: {} inputs at {per} per task make tasks 0-{}",
+                        list.len(),
+                        n_tasks.saturating_sub(1)
+                    ),
+                });
+            }
+        }
+        args.array = Some(array);
     }
 
     // In-job safety: USR1 to the batch shell `grace` before the limit (issue 4).
