@@ -161,6 +161,9 @@ fn launch(
     };
     let prepared = prepare(&store, &submit_settings)?;
     let backend = Backend::for_executor(executor, &settings.state_dir, &settings.client);
+    if let Backend::Slurm(client) = &backend {
+        warn_beyond_partition(client, &prepared.rendered.sbatch);
+    }
     let chain = submit(&store, &prepared, &backend, !args.no_pull).with_context(|| {
         // The client's error names the command that failed; say why it most likely did.
         let controller_down = match &backend {
@@ -188,6 +191,21 @@ fn launch(
     }
     print_chain(&chain, args.json, finished);
     Ok(Status::Success)
+}
+
+/// Warns when the compute job asks for more than its partition's nodes have: such a job
+/// may be accepted and then wait forever (`PartitionConfig`). Only a warning: `sinfo`
+/// not answering does not stop a submission.
+fn warn_beyond_partition(client: &SlurmClient, sbatch: &hpcstage_slurm::template::SbatchArgs) {
+    let Ok(partitions) = client.partitions() else {
+        return;
+    };
+    for problem in hpcstage_slurm::partition::exceeds(&partitions, sbatch) {
+        output::warn(format!(
+            "the compute job {problem} (sinfo); it may wait forever in the queue: lower the \
+             request (-p cpus=..., -p mem=..., --time ...) or pick another partition (--partition)"
+        ));
+    }
 }
 
 /// Prints what was submitted; `finished` when the chain already ran (`--executor local

@@ -372,6 +372,28 @@ impl SlurmClient {
         self.block_on(self.cancel_async(id))?
     }
 
+    /// What each partition's largest node offers, from `sinfo --Node` (see
+    /// [`crate::partition`]).
+    pub fn partitions(&self) -> Result<Vec<crate::partition::PartitionLimits>> {
+        self.block_on(async {
+            let inv = self.query_invocation(
+                "sinfo",
+                vec![
+                    "--noheader".into(),
+                    "--Node".into(),
+                    format!("--format={}", crate::partition::SINFO_FORMAT),
+                ],
+            )?;
+            let out = self.run_retrying(&inv).await?;
+            if !out.status.success() {
+                return Err(failed(&inv, &out));
+            }
+            Ok(crate::partition::parse_sinfo(&String::from_utf8_lossy(
+                &out.stdout,
+            )))
+        })?
+    }
+
     /// Whether the controller answers `scontrol ping` (one try, no retries).
     pub fn ping(&self) -> Result<bool> {
         self.block_on(self.ping_async())?

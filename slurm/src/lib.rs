@@ -8,6 +8,7 @@
 pub mod client;
 pub mod error;
 pub mod local;
+pub mod partition;
 pub mod state;
 pub mod template;
 

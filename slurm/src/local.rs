@@ -584,7 +584,7 @@ impl LocalExecutor {
             error: args.error.clone(),
             append: args.open_mode.as_deref() == Some("append"),
             cpus_per_task: args.cpus_per_task,
-            mem_mb: args.mem.as_deref().and_then(mem_to_mb),
+            mem_mb: args.mem.as_deref().and_then(crate::partition::mem_to_mb),
         })
     }
 
@@ -979,20 +979,6 @@ fn expand_pattern(pattern: &str, v: &PatternVars<'_>) -> String {
         }
     }
     out
-}
-
-/// `16G` → 16384 (megabytes, as `SLURM_MEM_PER_NODE`); a bare number is megabytes.
-fn mem_to_mb(mem: &str) -> Option<u64> {
-    let m = mem.trim();
-    let (num, unit) = m.split_at(m.find(|c: char| !c.is_ascii_digit()).unwrap_or(m.len()));
-    let n: u64 = num.parse().ok()?;
-    match unit.to_ascii_uppercase().as_str() {
-        "K" => Some(n.div_ceil(1024)),
-        "" | "M" => Some(n),
-        "G" => n.checked_mul(1024),
-        "T" => n.checked_mul(1024 * 1024),
-        _ => None,
-    }
 }
 
 fn send(pid: i32, sig: i32) {
