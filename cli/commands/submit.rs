@@ -160,6 +160,7 @@ fn launch(
         worm: args.worm,
     };
     let prepared = prepare(&store, &submit_settings)?;
+    super::template::note_skipped_links(&prepared.rendered);
     let backend = Backend::for_executor(executor, &settings.state_dir, &settings.client);
     if let Backend::Slurm(client) = &backend {
         warn_beyond_partition(client, &prepared.rendered.sbatch);

@@ -40,6 +40,30 @@ pub(crate) fn params(raw: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 /// Resource overrides from the command line.
+/// Says which symbolic links the input globs matched and left out (inputs are regular
+/// files).
+pub(crate) fn note_skipped_links(rendered: &hpcstage_slurm::template::Rendered) {
+    let links = &rendered.skipped_links;
+    if links.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 5;
+    let mut names: Vec<&str> = links.iter().take(SHOWN).map(String::as_str).collect();
+    let more = links.len().saturating_sub(SHOWN);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    names.sort_unstable();
+    output::note(format!(
+        "skipped {} symbolic link{} among the inputs (inputs are regular files): {}{more}",
+        links.len(),
+        if links.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    ));
+}
+
 pub(crate) fn overrides(job: &JobArgs) -> ResourceOverrides {
     ResourceOverrides {
         time: job.time.clone(),
@@ -128,6 +152,7 @@ pub(crate) fn render(settings: &Settings, args: &RenderArgs) -> Result<Status> {
     ctx.inputs = listing;
     ctx.resources = overrides(&args.job);
     let rendered = template.render(&params(&args.job.params)?, &ctx)?;
+    note_skipped_links(&rendered);
     output::data(&rendered.script);
     if args.check {
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
