@@ -119,7 +119,11 @@ running (cancel it first) and for a run whose results were pulled."
 with /usr/local/sbin/hpcstage-epilog:\n  #!/bin/sh\n  exec /usr/local/bin/hpcstage epilogue --timeout 5s\n\n\
 It reads SLURM_JOB_ID, SLURM_JOB_USER, SLURM_JOB_EXIT_CODE2, SLURM_JOB_DERIVED_EC and \
 SLURM_JOB_GPUS, becomes the job's user, adds one event to that user's ledger when the job \
-belongs to an hpcstage run, and always exits 0 (a failing Epilog drains the node)."
+belongs to an hpcstage run, and always exits 0 (a failing Epilog drains the node). The ledger \
+is the job user's state folder: state_dir in their ~/.config/hpcstage/config.toml or the \
+site's, else ~/.local/state/hpcstage under their home.\n\n\
+Test an install as root with a job of yours that ended:\n  \
+SLURM_JOB_ID=123 SLURM_JOB_USER=alice SLURM_JOB_EXIT_CODE2=0:0 hpcstage epilogue --verbose"
     )]
     Epilogue(EpilogueArgs),
     /// Runs a run's jobs with the local executor (started detached by submit)
@@ -530,6 +534,10 @@ pub(crate) struct EpilogueArgs {
     /// Hard time limit; the command exits 0 when it is reached
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     pub(crate) timeout: humantime::Duration,
+    /// Say each step on stderr (the job user, the state folder chosen and why, the run
+    /// found or not), to test an install by hand
+    #[arg(short, long)]
+    pub(crate) verbose: bool,
 }
 
 /// Where `stage-and-run` stages the data.
