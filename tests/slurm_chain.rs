@@ -891,6 +891,75 @@ fn a_request_beyond_the_partition_warns_waits_with_its_reason_and_can_be_dismiss
     assert!(!chain.run_dir.exists());
 }
 
+/// Every file and folder under `dir` (itself included) without a write bit.
+fn assert_write_protected(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut all = vec![String::new()];
+    all.extend(files_and_dirs_deep(dir));
+    for rel in all {
+        let mode = fs::symlink_metadata(dir.join(&rel))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o222,
+            0,
+            "{rel:?} of {} is writable: {mode:o}",
+            dir.display()
+        );
+    }
+}
+
+fn files_and_dirs_deep(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(dir.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let child = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(child.clone());
+            }
+            out.push(child.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn worm_protects_results_from_the_pull_back_job_and_from_a_later_pull() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let raw = world.dataset("plate5", &IMAGES[..1]);
+    let predict = predict(&world, "fake-predict", "");
+    let mut params = unet_params(&model(&world), &predict, &["gpus=0", "partition=debug"]);
+
+    // Without --worm the results stay writable; a later `pull --worm` protects them.
+    let chain = world.stage_and_run(&raw, "unet-seg", &strs(&params));
+    assert_eq!(world.wait_chain(&chain, CHAIN_TIMEOUT)["phase"], "pulled");
+    let mode = fs::metadata(chain.results_dir.join("README.md"))
+        .unwrap()
+        .permissions();
+    assert!(!mode.readonly(), "not protected without --worm");
+    world
+        .run(["pull", &chain.run_id, "--worm"])
+        .code(0)
+        .out_has("was already pulled to ")
+        .out_has("; write-protected it (--worm)");
+    assert_write_protected(&chain.results_dir);
+
+    // stage-and-run --worm: the pull-back job protects them itself.
+    params.push("--worm".into());
+    let chain = world.stage_and_run(&raw, "unet-seg", &strs(&params));
+    let pull_script = read_text(chain.run_dir.join("pull.sbatch"));
+    assert!(
+        pull_script.contains(&format!(" pull {} --worm\n", chain.run_id)),
+        "{pull_script}"
+    );
+    assert_eq!(world.wait_chain(&chain, CHAIN_TIMEOUT)["phase"], "pulled");
+    assert_write_protected(&chain.results_dir);
+}
+
 #[test]
 fn the_pull_back_job_waits_for_every_array_task() {
     let _cluster = slurm_test!();

@@ -95,6 +95,9 @@ pub enum PullOutcome {
         /// The other pull this one waited for, when they ran at the same time.
         #[serde(skip_serializing_if = "Option::is_none")]
         concurrent: Option<String>,
+        /// `--worm` write-protected the results folder now.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        protected: bool,
     },
     /// Results are verified on the NAS.
     Pulled {
@@ -166,6 +169,7 @@ pub fn pull(
     let view = store.load(id)?;
     if let Some(done) = already_pulled(store, &view, opts)? {
         return Ok(PullOutcome::AlreadyPulled {
+            protected: protect_if_asked(&done, opts)?,
             results_dir: done,
             concurrent: None,
         });
@@ -180,6 +184,7 @@ pub fn pull(
     let view = store.load(id)?;
     if let Some(done) = already_pulled(store, &view, opts)? {
         return Ok(PullOutcome::AlreadyPulled {
+            protected: protect_if_asked(&done, opts)?,
             results_dir: done,
             concurrent: lock.waited_for,
         });
@@ -213,6 +218,14 @@ pub fn pull(
     }
     drop(lock);
     result
+}
+
+/// `pull --worm` on a run pulled before still write-protects its results folder.
+fn protect_if_asked(results_dir: &Path, opts: &PullOptions) -> Result<bool> {
+    if opts.worm {
+        NasFolder::open(results_dir, &opts.ssh)?.protect()?;
+    }
+    Ok(opts.worm)
 }
 
 /// The results folder when the run is pulled: recorded in the ledger, or marked in the
