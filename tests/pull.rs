@@ -129,10 +129,29 @@ fn the_whole_chain_ends_with_verified_results_on_the_nas() {
     assert_eq!(prov["run"]["id"], run.run_id.as_str());
     assert_eq!(prov["validation"]["ok"], true);
     assert_eq!(prov["partial"], false);
-    let model_line = prov["model"]["sha256"][0].as_str().unwrap_or_default();
-    assert!(
-        model_line.ends_with(&format!("  {}", lab.model().display())),
-        "model fingerprint {model_line:?}"
+    // The model's fingerprint as data, and the same digest sha256sum gives.
+    let model = lab.model().display().to_string();
+    let expected = tool("sha256sum", &[&model]);
+    expected.code(0);
+    let hex = expected
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default();
+    assert_eq!(
+        prov["model"]["sha256"],
+        serde_json::json!([{ "path": model, "sha256": hex }]),
+        "{prov:#}"
+    );
+    // And as a path parameter the pull hashed.
+    let inputs = prov["param_inputs"].as_array().expect("param_inputs");
+    let model_input = inputs
+        .iter()
+        .find(|i| i["param"] == "model")
+        .unwrap_or_else(|| panic!("model in {inputs:#?}"));
+    assert_eq!(
+        model_input["files"],
+        serde_json::json!([{ "path": model, "sha256": hex }])
     );
     let readme = read_text(results.join("README.md"));
     for needle in [

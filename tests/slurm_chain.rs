@@ -324,6 +324,29 @@ fn align_runs_minimap2_and_samtools_per_sample_and_pulls_sorted_indexed_bams() {
         );
     }
 
+    // The reference is a path parameter: its SHA-256 is part of the provenance.
+    let sums = world.sh(results, &format!("sha256sum {}", reference.display()));
+    sums.code(0);
+    let hex = sums.stdout.split_whitespace().next().unwrap().to_string();
+    let run: Value = serde_json::from_str(&read_text(results.join("run.json"))).unwrap();
+    let reference_input = run["param_inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["param"] == "reference")
+        .unwrap_or_else(|| panic!("reference in {run:#}"))
+        .clone();
+    assert_eq!(
+        reference_input["files"],
+        serde_json::json!([{ "path": reference.display().to_string(), "sha256": hex }]),
+        "{run:#}"
+    );
+    let readme = read_text(results.join("README.md"));
+    assert!(
+        readme.contains(&format!("  - sha256: {hex}  {}\n", reference.display())),
+        "{readme}"
+    );
+
     // Scratch: the input stays, the intermediates (work/) are gone.
     assert_input_kept(&world, "reads");
     assert!(chain.run_dir.join("bam/s1.bam").is_file());

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod chain;
 pub mod clean;
+pub mod digests;
 pub mod epilogue;
 pub mod error;
 pub mod failures;

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
-use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::lock::{holder, try_lock, TryLock};
 use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
@@ -139,6 +138,8 @@ pub struct Provenance<'a> {
     pub compute_job: &'a JobFacts,
     pub array_size: Option<u32>,
     pub model: Option<ModelInfo>,
+    /// What each `path` parameter named, hashed (a reference genome, a sample sheet).
+    pub param_inputs: Vec<crate::digests::ParamInput>,
     pub gpus: Vec<String>,
     pub validation: &'a Validation,
     /// Pulled with `--allow-partial` although the job failed or outputs did not validate.
@@ -150,13 +151,7 @@ pub struct Provenance<'a> {
     pub hpcstage_version: &'static str,
 }
 
-/// The model a run used and its fingerprint.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    pub path: String,
-    /// `sha256sum` lines of the model file(s), as the job recorded them.
-    pub sha256: Vec<String>,
-}
+pub use crate::digests::ModelInfo;
 
 /// Pulls run `id`.
 pub fn pull(
@@ -456,7 +451,8 @@ fn pull_finished(
         compute_job_id: job_id.to_string(),
         compute_job: &observed.facts,
         array_size,
-        model: model_info(record, run_dir),
+        model: crate::digests::model_info(record, run_dir),
+        param_inputs: crate::digests::param_inputs(&rendered),
         gpus: gpu_lines(run_dir),
         validation: &validation,
         partial: incomplete,
@@ -923,17 +919,6 @@ fn fail(
     })
 }
 
-fn model_info(record: &RunRecord, run_dir: &Path) -> Option<ModelInfo> {
-    let path = record.params.get("model")?.clone();
-    let sha256 = std::fs::read_to_string(run_dir.join("qc/model.sha256"))
-        .map(|t| t.lines().map(str::to_string).collect())
-        .unwrap_or_else(|_| match hash_file(Path::new(&path)) {
-            Ok((d, _)) => vec![format!("{d}  {path}")],
-            Err(_) => Vec::new(),
-        });
-    Some(ModelInfo { path, sha256 })
-}
-
 fn gpu_lines(run_dir: &Path) -> Vec<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(run_dir.join("qc"))
         .into_iter()
@@ -1008,8 +993,27 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
     if let Some(m) = &p.model {
         let _ = writeln!(t, "\n## Model\n");
         let _ = writeln!(t, "- path: {}", m.path);
-        for line in &m.sha256 {
-            let _ = writeln!(t, "- sha256: {line}");
+        for d in &m.sha256 {
+            let _ = writeln!(t, "- sha256: {}  {}", d.sha256, d.path);
+        }
+    }
+    if !p.param_inputs.is_empty() {
+        let _ = writeln!(t, "\n## Files named by parameters\n");
+        for i in &p.param_inputs {
+            match &i.resolved {
+                None => {
+                    let _ = writeln!(t, "- {} = {}: not found when pulled", i.param, i.value);
+                }
+                Some(at) => {
+                    let _ = writeln!(t, "- {} = {} ({}):", i.param, i.value, at.display());
+                    for d in &i.files {
+                        let _ = writeln!(t, "  - sha256: {}  {}", d.sha256, d.path);
+                    }
+                    for e in &i.unreadable {
+                        let _ = writeln!(t, "  - unreadable: {e}");
+                    }
+                }
+            }
         }
     }
     let _ = writeln!(t, "\n## Job\n");
