@@ -177,13 +177,14 @@ fn test_only(
     timeout: std::time::Duration,
 ) -> Result<std::process::Output> {
     use std::process::{Command, Stdio};
-    let mut child = Command::new("sbatch")
-        .arg("--test-only")
+    let mut cmd = Command::new("sbatch");
+    cmd.arg("--test-only")
         .arg(script)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = hpcstage_slurm::process::own_group(&mut cmd)
         .spawn()
         .context("`sbatch --test-only` could not run (is SLURM installed here?)")?;
     let started = std::time::Instant::now();
@@ -192,7 +193,7 @@ fn test_only(
             return Ok(child.wait_with_output()?);
         }
         if started.elapsed() > timeout {
-            let _ = child.kill();
+            hpcstage_slurm::process::kill_group(child.id());
             let _ = child.wait();
             bail!(
                 "`sbatch --test-only` did not answer within {} (is the SLURM controller up? try `scontrol ping`)",

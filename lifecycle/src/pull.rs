@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hpcstage_slurm::process::{kill_group, own_group};
 use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
 use hpcstage_staging::lock::{holder, try_lock, TryLock};
@@ -716,21 +717,23 @@ fn run_validation(cmd: &str, dir: &Path, timeout: Duration) -> CommandResult {
     let out_path = dir.join(STATE_DIR).join("validate.out");
     let result = (|| -> std::io::Result<(Option<i32>, bool)> {
         let out = std::fs::File::create(&out_path)?;
-        let mut child = Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .arg("-c")
             .arg(cmd)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()?;
+            .stderr(out);
+        // Its own process group, so that a timeout stops what it started too.
+        let mut child = own_group(&mut command).spawn()?;
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok((status.code(), false));
             }
             if started.elapsed() > timeout {
-                let _ = child.kill();
+                kill_group(child.id());
                 let _ = child.wait();
                 return Ok((None, true));
             }
@@ -1117,4 +1120,36 @@ fn purge_intermediates(rendered: &Rendered, record: &RunRecord) -> Result<Vec<Pa
         purged.push(path);
     }
     Ok(purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// True while `pid` exists and is not a zombie.
+    fn running(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    }
+
+    #[test]
+    fn a_validation_command_past_its_timeout_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        let result = run_validation(
+            "sleep 300 & echo $! > child.pid; wait",
+            dir.path(),
+            Duration::from_millis(500),
+        );
+        assert!(result.timed_out, "{result:?}");
+        let child = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
+        let child = child.trim();
+        let started = Instant::now();
+        while running(child) {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the validation command's child {child} outlived its timeout"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

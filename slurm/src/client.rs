@@ -312,12 +312,8 @@ fn random_u64() -> u64 {
 
 /// Kills the process group a child leads (it was spawned with `process_group(0)`).
 fn kill_process_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0) {
-        // SAFETY: kill(2) takes plain integers and touches no memory of ours; a
-        // negative pid addresses the child's own process group, never ours.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
+    if let Some(pid) = pid {
+        crate::process::kill_group(pid);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod client;
 pub mod error;
 pub mod local;
 pub mod partition;
+pub mod process;
 pub mod state;
 pub mod template;
 
