@@ -912,6 +912,8 @@ fn a_request_beyond_the_partition_warns_waits_with_its_reason_and_can_be_dismiss
         .code(0)
         .out_has(&format!("removed [ROOT]/scratch/P/runs/{} (", chain.run_id));
     assert!(!chain.run_dir.exists());
+    // Gone and dismissed is not AT RISK either.
+    world.run(["report", "--all", "--fail-on-risk"]).code(0);
 }
 
 /// Every file and folder under `dir` (itself included) without a write bit.

@@ -278,6 +278,13 @@ pub fn run_item(
     };
     let proof = pulled_proof(record, view);
     let pulled = proof.is_some();
+    let dismissed = crate::run::dismissal(record, view);
+    if !dir.is_dir() && !pulled && dismissed.is_some() {
+        item.safety = Safety::Dismissed;
+        item.reason = "dismissed; its folder is gone".into();
+        item.days_left = days_left(item.deadline, now);
+        return item;
+    }
     if !dir.is_dir() {
         item.safety = if pulled {
             Safety::Expired
@@ -303,7 +310,7 @@ pub fn run_item(
             ),
             Ok(()) => (Safety::Safe, "results verified on the NAS".into()),
         }
-    } else if let Some(d) = crate::run::dismissal(record, view) {
+    } else if let Some(d) = dismissed {
         (
             Safety::Dismissed,
             format!(
