@@ -925,7 +925,8 @@ fn epilogue_without_hpcstage_state_finds_the_job_users_own_state_folder() {
             "hpcstage epilogue: state folder {} (the default under the job user's home)\n",
             state.display()
         ))
-        .err_has(&format!("job 717171 of run {id} recorded"));
+        .err_has(&format!("job 717171 of run {id} recorded"))
+        .err_lacks("error:");
 
     // A state_dir in the user's own config wins over the default.
     let elsewhere = lab.path("state-configured");

@@ -31,7 +31,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &EpilogueArgs) -> Status {
     let verbose = args.verbose;
     let say = |msg: String| {
         if verbose {
-            output::error(format!("hpcstage epilogue: {msg}"));
+            output::note(format!("hpcstage epilogue: {msg}"));
         }
     };
     let Some(env) = EpilogEnv::from_env(|k| std::env::var(k).ok()) else {
