@@ -751,6 +751,22 @@ fn retry_reruns_only_the_failed_task_in_the_same_run_and_one_pull_collects_every
         "task 0 did not run again: {present:#?}"
     );
     assert_results_verified(&world, results);
+    // The provenance says which jobs the outputs come from.
+    let readme = read_text(results.join("README.md"));
+    let first = &chain.compute_job;
+    assert!(
+        readme.contains(&format!(
+            "- retried after job {first} (FAILED exit 7:0): outputs of its completed tasks {first}_0, {first}_2 are included\n"
+        )),
+        "{readme}"
+    );
+    let run: Value = serde_json::from_str(&read_text(results.join("run.json"))).unwrap();
+    assert_eq!(run["compute_job_id"], again.compute_job.as_str());
+    assert_eq!(
+        run["earlier_compute_jobs"][0]["job_id"],
+        first.as_str(),
+        "{run:#}"
+    );
 
     // A pulled run has nothing to retry or dismiss.
     world

@@ -138,6 +138,10 @@ pub struct Provenance<'a> {
     pub compute_job_id: String,
     pub compute_job: &'a JobFacts,
     pub array_size: Option<u32>,
+    /// Compute jobs before the last one (`hpcstage retry`): the outputs of their tasks
+    /// that completed are part of these results.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_compute_jobs: Vec<EarlierJob>,
     pub model: Option<ModelInfo>,
     /// What each `path` parameter named, hashed (a reference genome, a sample sheet).
     pub param_inputs: Vec<crate::digests::ParamInput>,
@@ -153,6 +157,39 @@ pub struct Provenance<'a> {
 }
 
 pub use crate::digests::ModelInfo;
+
+/// A compute job of the run before a retry, as last observed.
+#[derive(Debug, Clone, Serialize)]
+pub struct EarlierJob {
+    pub job_id: String,
+    pub state: Option<String>,
+    pub exit_code: Option<String>,
+    /// Its array tasks and their states.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, String>,
+}
+
+/// Every compute job of the run but the last.
+fn earlier_compute_jobs(view: &RunView) -> Vec<EarlierJob> {
+    let compute: Vec<_> = view
+        .jobs
+        .iter()
+        .filter(|j| j.role == JobRole::Compute)
+        .collect();
+    compute[..compute.len().saturating_sub(1)]
+        .iter()
+        .map(|j| EarlierJob {
+            job_id: j.job_id.clone(),
+            state: j.facts.as_ref().map(|f| f.state.clone()),
+            exit_code: j.facts.as_ref().and_then(|f| f.exit_code.clone()),
+            tasks: j
+                .facts
+                .as_ref()
+                .map(|f| f.tasks.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
 
 /// Pulls run `id`.
 pub fn pull(
@@ -452,6 +489,7 @@ fn pull_finished(
         compute_job_id: job_id.to_string(),
         compute_job: &observed.facts,
         array_size,
+        earlier_compute_jobs: earlier_compute_jobs(view),
         model: crate::digests::model_info(record, run_dir),
         param_inputs: crate::digests::param_inputs(&rendered),
         gpus: gpu_lines(run_dir),
@@ -1024,6 +1062,32 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
     let _ = writeln!(t, "- job id: {}", p.compute_job_id);
     if let Some(n) = p.array_size {
         let _ = writeln!(t, "- array tasks: {n}");
+    }
+    for e in &p.earlier_compute_jobs {
+        let done: Vec<&str> = e
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.as_str() == "COMPLETED")
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let _ = writeln!(
+            t,
+            "- retried after job {} ({}{}){}",
+            e.job_id,
+            e.state.as_deref().unwrap_or("state unknown"),
+            e.exit_code
+                .as_deref()
+                .map(|c| format!(" exit {c}"))
+                .unwrap_or_default(),
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": outputs of its completed tasks {} are included",
+                    done.join(", ")
+                )
+            }
+        );
     }
     let _ = writeln!(t, "- state: {}", j.state);
     let _ = writeln!(
