@@ -1743,6 +1743,70 @@ fn the_local_executor_runs_the_whole_chain_in_the_foreground_with_wait() {
 }
 
 #[test]
+fn the_local_executor_retries_the_failed_task_in_a_detached_runner() {
+    let world = World::new();
+    let raw = world.dataset("plate4", &IMAGES);
+    let fixed = world.path("fixed");
+    let predict = flaky_predict(&world, &fixed);
+    let mut args = unet_params(&model(&world), &predict, &["chunk_size=1", "gpus=0"]);
+    args.extend(["--executor".into(), "local".into(), "--wait".into()]);
+    let chain = world.stage_and_run(&raw, "unet-seg", &strs(&args));
+    let status = world.status(&chain.run_id);
+    assert_eq!(status["phase"], "pull-failed", "{status:#}");
+    assert_eq!(status["failed_tasks"][0]["task"], 1, "{status:#}");
+
+    common::write(&fixed, "");
+    let retried = world.run(["retry", &chain.run_id, "--json"]);
+    retried.code(0);
+    let again = Chain::of(&retried);
+    // The local executor reads --array from the script: a copy with only that line changed.
+    let copies: Vec<PathBuf> = fs::read_dir(chain.run_dir.join(".hpcstage"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".sbatch"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let original = read_text(chain.run_dir.join("job.sbatch"));
+    let copy = read_text(&copies[0]);
+    assert_eq!(
+        copy,
+        original.replace("#SBATCH --array=0-2\n", "#SBATCH --array=1\n"),
+        "{copy}"
+    );
+    let started = Instant::now();
+    let status = loop {
+        let status = world.status(&chain.run_id);
+        if matches!(status["phase"].as_str(), Some("pulled" | "pull-failed"))
+            && job(&status, "pull-back").is_some_and(|j| {
+                j["job_id"] == again.pull_job.as_deref().unwrap_or_default()
+                    && j["facts"]["state"]
+                        .as_str()
+                        .is_some_and(common::slurm::ended)
+            })
+        {
+            break status;
+        }
+        assert!(started.elapsed() < CHAIN_TIMEOUT, "{status:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(status["phase"], "pulled", "{status:#}");
+    let tasks: Vec<&String> = compute(&status)["tasks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(tasks, [&format!("{}_1", again.compute_job)], "{status:#}");
+    for f in [
+        "masks/img1.ome.tif",
+        "masks/img2.ome.tif",
+        "masks/sub/img3.ome.tif",
+    ] {
+        assert!(chain.results_dir.join(f).is_file(), "{f}");
+    }
+    assert_results_verified(&world, &chain.results_dir);
+}
+
+#[test]
 fn the_local_executor_without_wait_returns_at_once_and_a_detached_runner_finishes() {
     let world = World::new();
     let raw = world.dataset("plate1", &IMAGES[..2]);
