@@ -930,6 +930,30 @@ fn a_request_beyond_the_partition_warns_waits_with_its_reason_and_can_be_dismiss
     assert!(!chain.run_dir.exists());
     // Gone and dismissed is not AT RISK either.
     world.run(["report", "--all", "--fail-on-risk"]).code(0);
+
+    // More GPUs and memory than the node has: warned, then refused by sbatch. The run that
+    // could not be submitted is AT RISK until dismissed.
+    let mut more = unet_params(&model(&world), &predict, &["mem=5000M"]);
+    more.extend(["-p".into(), "gpus=3".into()]);
+    let mut all: Vec<&str> = vec!["stage-and-run", raw.to_str().unwrap(), "unet-seg"];
+    all.extend(strs(&more));
+    let refused = world.run(&all);
+    refused
+        .code(1)
+        .err_has("warning: the compute job asks for 5000M of memory; the nodes of partition gpu have at most 4000 MB")
+        .err_has("warning: the compute job asks for 3 GPUs; the nodes of partition gpu have at most 2")
+        .err_has("could not be submitted");
+    let failed_run = refused
+        .err()
+        .split("run ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id in\n{refused}"))
+        .to_string();
+    assert_eq!(world.status(&failed_run)["phase"], "submit-failed");
+    world.run(["report", "--fail-on-risk"]).code(5);
+    world.run(["dismiss", &failed_run]).code(0);
+    world.run(["report", "--all", "--fail-on-risk"]).code(0);
 }
 
 /// Every file and folder under `dir` (itself included) without a write bit.
