@@ -4,6 +4,7 @@
 pub(crate) mod clean;
 pub(crate) mod config;
 pub(crate) mod demo;
+pub(crate) mod dismiss;
 pub(crate) mod epilogue;
 pub(crate) mod ingest;
 pub(crate) mod manifest;

@@ -1,21 +1,20 @@
-//! `hpcstage retry RUN` and `hpcstage dismiss RUN`: the two ways to finish a run whose
-//! jobs failed. Retry resubmits the failed array tasks into the same run folder with a new
-//! pull-back job; dismiss records that the owner gives the results up, so the run stops
-//! being AT RISK and `clean` may remove it.
+//! `hpcstage retry RUN`: one of the two ways to finish a run whose jobs failed (the other
+//! is `dismiss`). It resubmits the failed array tasks into the same run folder with a new
+//! pull-back job, so that one pull collects the outputs of every task.
 
 use anyhow::Result;
 use hpcstage_lifecycle::backend::Backend;
 use hpcstage_lifecycle::chain::retry as retry_run;
 use hpcstage_lifecycle::refresh::refresh;
-use hpcstage_lifecycle::run::{dismiss as dismiss_run, Executor, RunStore, RunView};
+use hpcstage_lifecycle::run::{Executor, RunStore, RunView};
 
 use super::Status;
-use crate::args::{DismissArgs, RetryArgs};
+use crate::args::RetryArgs;
 use crate::config::Settings;
 use crate::output;
 
 /// The run, with its job states brought up to date.
-fn refreshed(settings: &Settings, store: &RunStore, run: &str) -> Result<RunView> {
+pub(crate) fn refreshed(settings: &Settings, store: &RunStore, run: &str) -> Result<RunView> {
     let id = store.resolve(run)?;
     let mut views = vec![store.load(&id)?];
     for w in refresh(store, &mut views, &settings.state_dir, &settings.client) {
@@ -24,7 +23,7 @@ fn refreshed(settings: &Settings, store: &RunStore, run: &str) -> Result<RunView
     Ok(views.remove(0))
 }
 
-pub(crate) fn retry(settings: &Settings, args: &RetryArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &RetryArgs) -> Result<Status> {
     let store = RunStore::open(&settings.state_dir)?;
     let view = refreshed(settings, &store, &args.run)?;
     let backend =
@@ -35,25 +34,5 @@ pub(crate) fn retry(settings: &Settings, args: &RetryArgs) -> Result<Status> {
         super::submit::spawn_local_runner(settings, &exe, &chain)?;
     }
     super::submit::print_chain(&chain, args.json, false);
-    Ok(Status::Success)
-}
-
-pub(crate) fn dismiss(settings: &Settings, args: &DismissArgs) -> Result<Status> {
-    let store = RunStore::open(&settings.state_dir)?;
-    let view = refreshed(settings, &store, &args.run)?;
-    let d = dismiss_run(&store, &view, args.reason.clone())?;
-    if args.json {
-        output::json(&d);
-    } else {
-        output::data(format!(
-            "run {} dismissed{}: no longer AT RISK; `hpcstage clean` may remove {}",
-            d.run_id,
-            d.reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default(),
-            view.record.run_dir.display()
-        ));
-    }
     Ok(Status::Success)
 }
