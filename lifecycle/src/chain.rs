@@ -380,8 +380,9 @@ pub fn retry(
                 facts.is_some_and(|f| f.tasks.is_empty() && f.state != "COMPLETED");
             if failed.is_empty() && !whole_job_failed {
                 return Err(not_now(format!(
-                    "every task of compute job {} completed; nothing failed (give --array LIST to re-run chosen tasks)",
-                    compute.job_id
+                    "every task of compute job {} completed; nothing failed to retry (give --array LIST \
+                     to re-run chosen tasks; if only the pull failed, run `hpcstage pull {}` again)",
+                    compute.job_id, record.id
                 )));
             }
             (!failed.is_empty()).then(|| {
