@@ -100,6 +100,23 @@ them to <nas_root>/<project>/results/<workflow>/<run>/. Follow it with `hpcstage
 hpcstage pull unet-seg-plate7-20261127T101500-3f2a --remote-verify   # nas_root on an SSH host"
     )]
     Pull(PullArgs),
+    /// Resubmit the failed array tasks of a run into its folder, with a new pull-back job
+    #[command(
+        after_help = "Examples:\n  hpcstage retry unet-seg-plate7-20261127T101500-3f2a\n  \
+hpcstage retry unet-seg-plate7-20261127T101500-3f2a --array 3,7   # chosen tasks\n\n\
+The tasks run again with their own inputs in the same run folder, so that the new pull-back \
+job collects the outputs of every task into one results folder. A task whose outputs exist \
+already skips them (the built-in templates do)."
+    )]
+    Retry(RetryArgs),
+    /// Give up a run's results: it leaves the AT RISK count and `clean` may remove it
+    #[command(
+        after_help = "Examples:\n  hpcstage dismiss unet-seg-plate7-20261127T101500-3f2a --reason 'wrong model'\n  \
+hpcstage clean --dry-run   # the dismissed run's scratch folder may now go\n\n\
+Recorded in the ledger and in the run folder. Refused while a job of the run is queued or \
+running (cancel it first) and for a run whose results were pulled."
+    )]
+    Dismiss(DismissArgs),
     /// Show runs (with their jobs) and staged datasets, with purge deadlines
     #[command(after_help = "Examples:\n  hpcstage status\n  hpcstage status RUN --json")]
     Status(StatusArgs),
@@ -109,7 +126,11 @@ hpcstage pull unet-seg-plate7-20261127T101500-3f2a --remote-verify   # nas_root 
 with /usr/local/sbin/hpcstage-epilog:\n  #!/bin/sh\n  exec /usr/local/bin/hpcstage epilogue --timeout 5s\n\n\
 It reads SLURM_JOB_ID, SLURM_JOB_USER, SLURM_JOB_EXIT_CODE2, SLURM_JOB_DERIVED_EC and \
 SLURM_JOB_GPUS, becomes the job's user, adds one event to that user's ledger when the job \
-belongs to an hpcstage run, and always exits 0 (a failing Epilog drains the node)."
+belongs to an hpcstage run, and always exits 0 (a failing Epilog drains the node). The ledger \
+is the job user's state folder: state_dir in their ~/.config/hpcstage/config.toml or the \
+site's, else ~/.local/state/hpcstage under their home.\n\n\
+Test an install as root with a job of yours that ended:\n  \
+SLURM_JOB_ID=123 SLURM_JOB_USER=alice SLURM_JOB_EXIT_CODE2=0:0 hpcstage epilogue --verbose"
     )]
     Epilogue(EpilogueArgs),
     /// Runs a run's jobs with the local executor (started detached by submit)
@@ -408,6 +429,10 @@ pub(crate) struct JobArgs {
     /// Override the account
     #[arg(long)]
     pub(crate) account: Option<String>,
+    /// Run only these array tasks, in SLURM's syntax (e.g. 3,7 or 0-9%2); each task keeps
+    /// its inputs, so `--array 3,7` re-runs exactly the inputs of tasks 3 and 7
+    #[arg(long, value_name = "LIST")]
+    pub(crate) array: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -440,6 +465,9 @@ pub(crate) struct RunArgs {
     /// With the local executor: run the chain in the foreground and return when done
     #[arg(long)]
     pub(crate) wait: bool,
+    /// The pull-back job write-protects the results it puts on the NAS (`pull --worm`)
+    #[arg(long, conflicts_with = "no_pull")]
+    pub(crate) worm: bool,
     /// Print JSON
     #[arg(long)]
     pub(crate) json: bool,
@@ -502,10 +530,38 @@ pub(crate) struct PullArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct RetryArgs {
+    /// Run id (or unique prefix)
+    pub(crate) run: String,
+    /// Re-run these array tasks instead of the failed ones, in SLURM's syntax (e.g. 3,7)
+    #[arg(long, value_name = "LIST")]
+    pub(crate) array: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DismissArgs {
+    /// Run id (or unique prefix)
+    pub(crate) run: String,
+    /// Why, for the ledger and the report
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct EpilogueArgs {
     /// Hard time limit; the command exits 0 when it is reached
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     pub(crate) timeout: humantime::Duration,
+    /// Say each step on stderr (the job user, the state folder chosen and why, the run
+    /// found or not), to test an install by hand
+    #[arg(short, long)]
+    pub(crate) verbose: bool,
 }
 
 /// Where `stage-and-run` stages the data.

@@ -85,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Submit(args) => commands::submit::run_submit(&settings, args),
         Command::StageAndRun(args) => commands::submit::run_stage_and_run(&settings, args),
         Command::Pull(args) => commands::pull::run(&settings, args),
+        Command::Retry(args) => commands::retry::run(&settings, args),
+        Command::Dismiss(args) => commands::dismiss::run(&settings, args),
         Command::RunLocal { run } => commands::submit::run_local(&settings, run),
         Command::Epilogue(_) => unreachable!("handled before loading the config"),
         Command::Report(args) => commands::report::run(&settings, args),

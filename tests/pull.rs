@@ -129,10 +129,29 @@ fn the_whole_chain_ends_with_verified_results_on_the_nas() {
     assert_eq!(prov["run"]["id"], run.run_id.as_str());
     assert_eq!(prov["validation"]["ok"], true);
     assert_eq!(prov["partial"], false);
-    let model_line = prov["model"]["sha256"][0].as_str().unwrap_or_default();
-    assert!(
-        model_line.ends_with(&format!("  {}", lab.model().display())),
-        "model fingerprint {model_line:?}"
+    // The model's fingerprint as data, and the same digest sha256sum gives.
+    let model = lab.model().display().to_string();
+    let expected = tool("sha256sum", &[&model]);
+    expected.code(0);
+    let hex = expected
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default();
+    assert_eq!(
+        prov["model"]["sha256"],
+        serde_json::json!([{ "path": model, "sha256": hex }]),
+        "{prov:#}"
+    );
+    // And as a path parameter the pull hashed.
+    let inputs = prov["param_inputs"].as_array().expect("param_inputs");
+    let model_input = inputs
+        .iter()
+        .find(|i| i["param"] == "model")
+        .unwrap_or_else(|| panic!("model in {inputs:#?}"));
+    assert_eq!(
+        model_input["files"],
+        serde_json::json!([{ "path": model, "sha256": hex }])
     );
     let readme = read_text(results.join("README.md"));
     for needle in [
@@ -729,13 +748,23 @@ fn run_owned_by(lab: &Lab, state: &Path, job_id: &str, user: &User) -> String {
 
 /// `hpcstage epilogue --timeout <timeout>` as root with a job's Epilog environment.
 fn epilogue(lab: &Lab, state: &Path, vars: &[(&str, String)], timeout: &str) -> Run {
+    epilogue_with(lab, Some(state), vars, &["--timeout", timeout])
+}
+
+/// `hpcstage epilogue ARGS` as root with a job's Epilog environment; `state: None` as
+/// under a real Epilog, which slurmd starts without the user's `$HPCSTAGE_STATE`.
+fn epilogue_with(lab: &Lab, state: Option<&Path>, vars: &[(&str, String)], args: &[&str]) -> Run {
     let mut cmd = lab.command();
-    cmd.env("HPCSTAGE_STATE", state)
-        .args(["epilogue", "--timeout", timeout]);
+    match state {
+        Some(state) => cmd.env("HPCSTAGE_STATE", state),
+        None => cmd.env_remove("HPCSTAGE_STATE"),
+    };
+    cmd.arg("epilogue").args(args);
+    let timeout = args.join(" ");
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    let shown = format!("hpcstage epilogue --timeout {timeout} with {vars:?}");
+    let shown = format!("hpcstage epilogue {timeout} with {vars:?}");
     let child = cmd.spawn().expect("start hpcstage epilogue");
     wait_child(&shown, child, Duration::from_secs(30))
 }
@@ -875,7 +904,88 @@ fn epilogue_exits_0_in_time_whatever_the_ledger_or_environment() {
     ];
     epilogue(&lab, &garbage, &ghost, "5s")
         .code(0)
-        .err_has("unknown job user");
+        .err_has("job 616161: /etc/passwd: unknown job user no-such-user-hpcstage (SLURM_JOB_USER)")
+        .err_lacks("Some(");
+}
+
+/// A job user whose home is `home` (made and owned by them).
+fn user_with_home(home: &Path) -> User {
+    let name = "hpcstage-epihome";
+    if tool("id", &["-u", name]).code != Some(0) {
+        tool(
+            "useradd",
+            &["--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        )
+        .code(0);
+    }
+    tool("usermod", &["--home", home.to_str().expect("UTF-8"), name]).code(0);
+    std::fs::create_dir_all(home).expect("make the home");
+    let id = |flag: &str| -> u32 {
+        let run = tool("id", &[flag, name]);
+        run.code(0);
+        run.stdout.trim().parse().expect("numeric id")
+    };
+    let user = User {
+        name: name.to_string(),
+        uid: id("-u"),
+        gid: id("-g"),
+    };
+    chown_r(home, &user);
+    user
+}
+
+#[test]
+fn epilogue_without_hpcstage_state_finds_the_job_users_own_state_folder() {
+    needs_root!();
+    let lab = Lab::new();
+    let home = lab.path("home-epi");
+    let user = user_with_home(&home);
+
+    // Nothing configured: the XDG default under the job user's home, whatever root's
+    // HOME and XDG_STATE_HOME say.
+    let state = home.join(".local/state/hpcstage");
+    let id = run_owned_by(&lab, &state, "717171", &user);
+    let run = epilogue_with(&lab, None, &job_env("717171", &user), &["--verbose"]);
+    run.code(0)
+        .err_has(&format!(
+            "hpcstage epilogue: job 717171: user {} (uid {}), home {}; running as uid {}\n",
+            user.name,
+            user.uid,
+            home.display(),
+            user.uid
+        ))
+        .err_has(&format!(
+            "hpcstage epilogue: state folder {} (the default under the job user's home)\n",
+            state.display()
+        ))
+        .err_has(&format!("job 717171 of run {id} recorded"))
+        .err_lacks("error:");
+
+    // A state_dir in the user's own config wins over the default.
+    let elsewhere = lab.path("state-configured");
+    write(
+        home.join(".config/hpcstage/config.toml"),
+        format!("state_dir = {:?}\n", elsewhere.display().to_string()),
+    );
+    chown_r(&home, &user);
+    let id = run_owned_by(&lab, &elsewhere, "727272", &user);
+    epilogue_with(&lab, None, &job_env("727272", &user), &["--verbose"])
+        .code(0)
+        .err_has(&format!(
+            "state folder {} (state_dir in {}/.config/hpcstage/config.toml)",
+            elsewhere.display(),
+            home.display()
+        ))
+        .err_has(&format!("job 727272 of run {id} recorded"));
+
+    // A job of no run says so with --verbose, and nothing without.
+    epilogue_with(&lab, None, &job_env("737373", &user), &["--verbose"])
+        .code(0)
+        .err_has("no run in ")
+        .err_has(" holds job 737373");
+    let quiet = epilogue_with(&lab, None, &job_env("737373", &user), &[]);
+    quiet.code(0);
+    assert_eq!(quiet.err(), "", "{quiet}");
 }
 
 /// `hpcstage ARGS...` in the lab with no SLURM command on its PATH: the scheduler cannot

@@ -4,11 +4,13 @@
 pub(crate) mod clean;
 pub(crate) mod config;
 pub(crate) mod demo;
+pub(crate) mod dismiss;
 pub(crate) mod epilogue;
 pub(crate) mod ingest;
 pub(crate) mod manifest;
 pub(crate) mod pull;
 pub(crate) mod report;
+pub(crate) mod retry;
 pub(crate) mod stage;
 pub(crate) mod status;
 pub(crate) mod submit;

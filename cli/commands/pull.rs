@@ -44,8 +44,14 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
         PullOutcome::AlreadyPulled {
             results_dir,
             concurrent,
+            protected,
         } => {
-            if !args.json {
+            if !args.json && protected {
+                output::data(format!(
+                    "run {id} was already pulled to {}; write-protected it (--worm)",
+                    results_dir.display()
+                ));
+            } else if !args.json {
                 output::data(match concurrent {
                     Some(holder) => format!(
                         "run {id} was pulled to {} by another process ({holder}) while this one waited; nothing to do",

@@ -179,7 +179,7 @@ fn table(r: &Report) -> String {
             | Safety::Partial
             | Safety::PartlyPurged
             | Safety::Expired => Some(Color::Yellow),
-            Safety::Safe | Safety::Cleaned => None,
+            Safety::Dismissed | Safety::Safe | Safety::Cleaned => None,
         };
         t.add_row(row(i).into_iter().enumerate().map(|(n, text)| {
             let cell = Cell::new(text);

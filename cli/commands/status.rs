@@ -2,9 +2,10 @@
 //! scheduler query) and staged datasets, with purge deadlines.
 
 use anyhow::Result;
+use hpcstage_lifecycle::failures::failed_tasks;
 use hpcstage_lifecycle::refresh::{ended, refresh};
 use hpcstage_lifecycle::report::{build, Filter, Safety};
-use hpcstage_lifecycle::run::{JobView, RunStore, RunView};
+use hpcstage_lifecycle::run::{state_label, JobRole, JobView, RunStore, RunView};
 use hpcstage_staging::fmt::bytes;
 
 use super::Status;
@@ -17,19 +18,42 @@ fn job_cell(job: Option<&JobView>) -> String {
         None => "-".into(),
         Some(j) => match &j.facts {
             None => format!("{} (submitted)", j.job_id),
-            // sacct reports 0:0 for jobs still pending or running: no exit code yet.
+            // sacct reports 0:0 for jobs still pending or running: no exit code yet;
+            // a pending job says why it waits, as squeue does.
             Some(f) => format!(
-                "{} {}{}",
+                "{} {}{}{}",
                 j.job_id,
-                f.state,
+                state_label(&f.state),
                 f.exit_code
                     .as_ref()
                     .filter(|_| ended(&f.state))
                     .map(|c| format!(" exit {c}"))
+                    .unwrap_or_default(),
+                f.reason
+                    .as_ref()
+                    .filter(|_| !ended(&f.state))
+                    .map(|r| format!(" ({r})"))
                     .unwrap_or_default()
             ),
         },
     }
+}
+
+/// The compute job's cell in the runs table, with the array tasks that failed.
+fn compute_cell(view: &RunView) -> String {
+    let job = view.job(JobRole::Compute);
+    let mut cell = job_cell(job);
+    if let Some(j) = job {
+        let failed = failed_tasks(j.facts.as_ref(), &view.record.run_dir);
+        let tasks: Vec<String> = failed
+            .iter()
+            .filter_map(|t| t.task.map(|n| n.to_string()))
+            .collect();
+        if !tasks.is_empty() {
+            cell.push_str(&format!("; failed tasks {}", tasks.join(", ")));
+        }
+    }
+    cell
 }
 
 /// A phase, role or executor as `--json` spells it (`pull-failed`), so that the table and
@@ -54,7 +78,13 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
         }
         let view = &views[0];
         if args.json {
-            output::json(view);
+            let mut json = serde_json::to_value(view)?;
+            json["failed_tasks"] = serde_json::to_value(
+                view.job(JobRole::Compute)
+                    .map(|j| failed_tasks(j.facts.as_ref(), &view.record.run_dir))
+                    .unwrap_or_default(),
+            )?;
+            output::json(&json);
         } else {
             let r = &view.record;
             output::data(format!("run {} ({})", r.id, phase_cell(view)));
@@ -88,6 +118,19 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
                     ));
                 }
             }
+            if let Some(j) = view.job(JobRole::Compute) {
+                let failed = failed_tasks(j.facts.as_ref(), &r.run_dir);
+                if !failed.is_empty() {
+                    output::data("  failed:");
+                    for t in &failed {
+                        output::data(format!("    {}", t.describe()));
+                    }
+                    output::data(format!(
+                        "  retry them with `hpcstage retry {}`, or give the run up with `hpcstage dismiss {}`",
+                        r.id, r.id
+                    ));
+                }
+            }
         }
         return Ok(Status::Success);
     }
@@ -115,12 +158,11 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
     if !views.is_empty() {
         let mut t = output::table(&["run", "template", "phase", "compute job", "pull-back job"]);
         for v in &views {
-            use hpcstage_lifecycle::run::JobRole;
             t.add_row(vec![
                 v.record.id.clone(),
                 v.record.template.clone(),
                 phase_cell(v),
-                job_cell(v.job(JobRole::Compute)),
+                compute_cell(v),
                 job_cell(v.job(JobRole::PullBack)),
             ]);
         }

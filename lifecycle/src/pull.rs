@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hpcstage_slurm::process::{kill_group, own_group};
 use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, INPUTS_FILE, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
-use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::lock::{holder, try_lock, TryLock};
 use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
@@ -95,6 +95,9 @@ pub enum PullOutcome {
         /// The other pull this one waited for, when they ran at the same time.
         #[serde(skip_serializing_if = "Option::is_none")]
         concurrent: Option<String>,
+        /// `--worm` write-protected the results folder now.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        protected: bool,
     },
     /// Results are verified on the NAS.
     Pulled {
@@ -138,7 +141,13 @@ pub struct Provenance<'a> {
     pub compute_job_id: String,
     pub compute_job: &'a JobFacts,
     pub array_size: Option<u32>,
+    /// Compute jobs before the last one (`hpcstage retry`): the outputs of their tasks
+    /// that completed are part of these results.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_compute_jobs: Vec<EarlierJob>,
     pub model: Option<ModelInfo>,
+    /// What each `path` parameter named, hashed (a reference genome, a sample sheet).
+    pub param_inputs: Vec<crate::digests::ParamInput>,
     pub gpus: Vec<String>,
     pub validation: &'a Validation,
     /// Pulled with `--allow-partial` although the job failed or outputs did not validate.
@@ -154,12 +163,39 @@ pub struct Provenance<'a> {
     pub hpcstage_version: &'static str,
 }
 
-/// The model a run used and its fingerprint.
+pub use crate::digests::ModelInfo;
+
+/// A compute job of the run before a retry, as last observed.
 #[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    pub path: String,
-    /// `sha256sum` lines of the model file(s), as the job recorded them.
-    pub sha256: Vec<String>,
+pub struct EarlierJob {
+    pub job_id: String,
+    pub state: Option<String>,
+    pub exit_code: Option<String>,
+    /// Its array tasks and their states.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, String>,
+}
+
+/// Every compute job of the run but the last.
+fn earlier_compute_jobs(view: &RunView) -> Vec<EarlierJob> {
+    let compute: Vec<_> = view
+        .jobs
+        .iter()
+        .filter(|j| j.role == JobRole::Compute)
+        .collect();
+    compute[..compute.len().saturating_sub(1)]
+        .iter()
+        .map(|j| EarlierJob {
+            job_id: j.job_id.clone(),
+            state: j.facts.as_ref().map(|f| f.state.clone()),
+            exit_code: j.facts.as_ref().and_then(|f| f.exit_code.clone()),
+            tasks: j
+                .facts
+                .as_ref()
+                .map(|f| f.tasks.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Pulls run `id`.
@@ -173,6 +209,7 @@ pub fn pull(
     let view = store.load(id)?;
     if let Some(done) = already_pulled(store, &view, opts)? {
         return Ok(PullOutcome::AlreadyPulled {
+            protected: protect_if_asked(&done, opts)?,
             results_dir: done,
             concurrent: None,
         });
@@ -187,6 +224,7 @@ pub fn pull(
     let view = store.load(id)?;
     if let Some(done) = already_pulled(store, &view, opts)? {
         return Ok(PullOutcome::AlreadyPulled {
+            protected: protect_if_asked(&done, opts)?,
             results_dir: done,
             concurrent: lock.waited_for,
         });
@@ -220,6 +258,14 @@ pub fn pull(
     }
     drop(lock);
     result
+}
+
+/// `pull --worm` on a run pulled before still write-protects its results folder.
+fn protect_if_asked(results_dir: &Path, opts: &PullOptions) -> Result<bool> {
+    if opts.worm {
+        NasFolder::open(results_dir, &opts.ssh)?.protect()?;
+    }
+    Ok(opts.worm)
 }
 
 /// The results folder when the run is pulled: recorded in the ledger, or marked in the
@@ -462,7 +508,9 @@ fn pull_finished(
         compute_job_id: job_id.to_string(),
         compute_job: &observed.facts,
         array_size,
-        model: model_info(record, run_dir),
+        earlier_compute_jobs: earlier_compute_jobs(view),
+        model: crate::digests::model_info(record, run_dir),
+        param_inputs: crate::digests::param_inputs(&rendered),
         gpus: gpu_lines(run_dir),
         validation: &validation,
         partial: incomplete,
@@ -753,21 +801,23 @@ fn run_validation(cmd: &str, dir: &Path, timeout: Duration) -> CommandResult {
     let out_path = dir.join(STATE_DIR).join("validate.out");
     let result = (|| -> std::io::Result<(Option<i32>, bool)> {
         let out = std::fs::File::create(&out_path)?;
-        let mut child = Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .arg("-c")
             .arg(cmd)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()?;
+            .stderr(out);
+        // Its own process group, so that a timeout stops what it started too.
+        let mut child = own_group(&mut command).spawn()?;
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok((status.code(), false));
             }
             if started.elapsed() > timeout {
-                let _ = child.kill();
+                kill_group(child.id());
                 let _ = child.wait();
                 return Ok((None, true));
             }
@@ -963,6 +1013,13 @@ fn fail(
         version = record.template_version,
         run_dir = record.run_dir.display(),
     );
+    let failed = crate::failures::failed_tasks(Some(facts), &record.run_dir);
+    if !failed.is_empty() {
+        let _ = writeln!(text, "- failed:");
+        for t in &failed {
+            let _ = writeln!(text, "  - {}", t.describe());
+        }
+    }
     if let Ok(signal) = std::fs::read_to_string(record.run_dir.join(SIGNAL_MARKER)) {
         let _ = writeln!(
             text,
@@ -976,13 +1033,17 @@ fn fail(
         let _ = writeln!(
             text,
             "\nNo expected output validated, so there is nothing to pull (`--allow-partial` is \
-             refused too). After fixing the cause, resubmit."
+             refused too). After fixing the cause, re-run the failed tasks with `hpcstage retry \
+             {id}`, or give the run up with `hpcstage dismiss {id}`.",
+            id = record.id
         );
     } else {
         let _ = writeln!(
             text,
-            "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
-            record.id
+            "\nAfter fixing the cause, re-run the failed tasks with `hpcstage retry {id}`, pull what \
+             there is with `hpcstage pull {id} --allow-partial`, or give the run up with \
+             `hpcstage dismiss {id}`.",
+            id = record.id
         );
     }
     let readme = write_verified(&failed_dir.join("README.md"), text.as_bytes())?;
@@ -1028,17 +1089,6 @@ fn fail(
         failed_dir: shown_dir,
         reason: reason.to_string(),
     })
-}
-
-fn model_info(record: &RunRecord, run_dir: &Path) -> Option<ModelInfo> {
-    let path = record.params.get("model")?.clone();
-    let sha256 = std::fs::read_to_string(run_dir.join("qc/model.sha256"))
-        .map(|t| t.lines().map(str::to_string).collect())
-        .unwrap_or_else(|_| match hash_file(Path::new(&path)) {
-            Ok((d, _)) => vec![format!("{d}  {path}")],
-            Err(_) => Vec::new(),
-        });
-    Some(ModelInfo { path, sha256 })
 }
 
 fn gpu_lines(run_dir: &Path) -> Vec<String> {
@@ -1131,8 +1181,27 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
     if let Some(m) = &p.model {
         let _ = writeln!(t, "\n## Model\n");
         let _ = writeln!(t, "- path: {}", m.path);
-        for line in &m.sha256 {
-            let _ = writeln!(t, "- sha256: {line}");
+        for d in &m.sha256 {
+            let _ = writeln!(t, "- sha256: {}  {}", d.sha256, d.path);
+        }
+    }
+    if !p.param_inputs.is_empty() {
+        let _ = writeln!(t, "\n## Files named by parameters\n");
+        for i in &p.param_inputs {
+            match &i.resolved {
+                None => {
+                    let _ = writeln!(t, "- {} = {}: not found when pulled", i.param, i.value);
+                }
+                Some(at) => {
+                    let _ = writeln!(t, "- {} = {} ({}):", i.param, i.value, at.display());
+                    for d in &i.files {
+                        let _ = writeln!(t, "  - sha256: {}  {}", d.sha256, d.path);
+                    }
+                    for e in &i.unreadable {
+                        let _ = writeln!(t, "  - unreadable: {e}");
+                    }
+                }
+            }
         }
     }
     let _ = writeln!(t, "\n## Job\n");
@@ -1140,6 +1209,32 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
     let _ = writeln!(t, "- job id: {}", p.compute_job_id);
     if let Some(n) = p.array_size {
         let _ = writeln!(t, "- array tasks: {n}");
+    }
+    for e in &p.earlier_compute_jobs {
+        let done: Vec<&str> = e
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.as_str() == "COMPLETED")
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let _ = writeln!(
+            t,
+            "- retried after job {} ({}{}){}",
+            e.job_id,
+            e.state.as_deref().unwrap_or("state unknown"),
+            e.exit_code
+                .as_deref()
+                .map(|c| format!(" exit {c}"))
+                .unwrap_or_default(),
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": outputs of its completed tasks {} are included",
+                    done.join(", ")
+                )
+            }
+        );
     }
     let _ = writeln!(t, "- state: {}", j.state);
     let _ = writeln!(
@@ -1236,4 +1331,36 @@ fn purge_intermediates(rendered: &Rendered, record: &RunRecord) -> Result<Vec<Pa
         purged.push(path);
     }
     Ok(purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// True while `pid` exists and is not a zombie.
+    fn running(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    }
+
+    #[test]
+    fn a_validation_command_past_its_timeout_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        let result = run_validation(
+            "sleep 300 & echo $! > child.pid; wait",
+            dir.path(),
+            Duration::from_millis(500),
+        );
+        assert!(result.timed_out, "{result:?}");
+        let child = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
+        let child = child.trim();
+        let started = Instant::now();
+        while running(child) {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the validation command's child {child} outlived its timeout"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

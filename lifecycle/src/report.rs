@@ -57,6 +57,8 @@ pub enum Safety {
     Partial,
     PartlyPurged,
     Expired,
+    /// Its owner gave up the results (`hpcstage dismiss`): nothing to protect.
+    Dismissed,
     Safe,
     Cleaned,
 }
@@ -71,6 +73,7 @@ impl Safety {
             Safety::Partial => "PARTIAL",
             Safety::PartlyPurged => "PARTLY PURGED",
             Safety::Expired => "EXPIRED",
+            Safety::Dismissed => "DISMISSED",
             Safety::Safe => "SAFE",
             Safety::Cleaned => "CLEANED",
         }
@@ -256,6 +259,8 @@ struct Facts {
     partial: Option<String>,
     /// What the purge already took.
     purged: Option<String>,
+    /// Its owner gave the results up (`hpcstage dismiss`): nothing left to protect.
+    dismissed: Option<String>,
     expired: bool,
     /// Why it is safe when nothing above applies.
     safe: &'static str,
@@ -275,6 +280,7 @@ fn decide(item: &mut Item, facts: Facts) {
         in_use,
         partial,
         purged,
+        dismissed,
         expired,
         safe,
         refused,
@@ -292,6 +298,8 @@ fn decide(item: &mut Item, facts: Facts) {
         (Safety::Partial, vec![why])
     } else if let Some(why) = purged.clone() {
         (Safety::PartlyPurged, vec![why])
+    } else if let Some(why) = dismissed {
+        (Safety::Dismissed, vec![why])
     } else if let Some(why) = expired.clone() {
         (Safety::Expired, vec![format!("{why}; {safe}")])
     } else {
@@ -310,7 +318,7 @@ fn decide(item: &mut Item, facts: Facts) {
     item.safety = safety;
     item.reason = parts.join("; ");
     let kept = match safety {
-        Safety::Safe | Safety::Expired | Safety::PartlyPurged => refused,
+        Safety::Safe | Safety::Expired | Safety::PartlyPurged | Safety::Dismissed => refused,
         _ => Some(refused.map_or_else(|| item.reason.clone(), |r| format!("{}; {r}", item.reason))),
     };
     item.removable = kept.is_none();
@@ -667,9 +675,29 @@ pub fn run_item(record: &RunRecord, view: Option<&RunView>, ctx: &Assess<'_>) ->
         item.kept = Some(why);
         return item;
     }
+    let dismissed = crate::run::dismissal(record, view).filter(|_| proof.is_none());
+    let dismissed_why = dismissed.as_ref().map(|d| {
+        format!(
+            "dismissed by {}{}; results were not pulled",
+            d.by,
+            d.reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )
+    });
     if !dir.is_dir() {
         let cleaned = view.and_then(|v| v.cleaned_at);
-        // `clean` removes a run folder only once its results are proven on the NAS.
+        // `clean` removes a run folder only once its results are proven on the NAS, or
+        // once its owner dismissed them.
+        if let Some(why) = dismissed_why {
+            item.gone(
+                Safety::Dismissed,
+                format!("{why}; its folder is gone"),
+                ctx.now,
+            );
+            return item;
+        }
         match (&proof, cleaned) {
             (_, Some(at)) => item.gone(
                 Safety::Cleaned,
@@ -749,6 +777,8 @@ pub fn run_item(record: &RunRecord, view: Option<&RunView>, ctx: &Assess<'_>) ->
                 }
             ));
         }
+    } else if dismissed_why.is_some() {
+        facts.dismissed = dismissed_why;
     } else if facts.incomplete.is_some() {
         // INCOMPLETE says why already; results are only on scratch.
     } else if phase == Some(Phase::PullFailed) {
@@ -992,7 +1022,7 @@ pub fn build(
             Safety::InUse => totals.in_use += 1,
             Safety::Expired => totals.expired += 1,
             Safety::PartlyPurged => totals.partly_purged += 1,
-            Safety::Partial | Safety::Safe | Safety::Cleaned => {}
+            Safety::Partial | Safety::Dismissed | Safety::Safe | Safety::Cleaned => {}
         }
     }
     Report {
