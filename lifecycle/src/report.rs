@@ -615,8 +615,9 @@ fn nas_copy_state(
     }
     let n = changed.len();
     let mut text = format!(
-        "{} not the verified NAS copy: {}",
-        hpcstage_staging::fmt::count(n as u64, "file is"),
+        "{} {} not the verified NAS copy: {}",
+        hpcstage_staging::fmt::count(n as u64, "file"),
+        if n == 1 { "is" } else { "are" },
         changed[..n.min(NAMED)].join(", ")
     );
     if n > NAMED {
