@@ -5,12 +5,19 @@
 //! reject rename flags (EINVAL). There the fallback is a plain rename after checking the
 //! target is absent; rename(2) itself refuses to replace a non-empty folder, so an
 //! existing dataset or results folder (never empty) still cannot be overwritten.
+//!
+//! renameat2 is called as a raw system call (Linux 3.15 and later), not through glibc's
+//! wrapper: the wrapper only exists from glibc 2.28, and the portable binary of
+//! `scripts/dist` must run on glibc 2.17. A kernel without it answers ENOSYS, which takes
+//! the same fallback.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, RenameFlags};
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::Manifest;
@@ -19,7 +26,7 @@ use crate::walk::{MANIFEST_NAME, STATE_DIR};
 /// Renames `from` to `to` unless `to` exists. An existing target is an
 /// `ErrorKind::AlreadyExists` error.
 pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
+    match renameat2_noreplace(from, to) {
         Ok(()) => Ok(()),
         Err(Errno::EEXIST | Errno::ENOTEMPTY) => Err(ErrorKind::AlreadyExists.into()),
         Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
@@ -34,6 +41,29 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
             }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE)` through `syscall(2)`.
+fn renameat2_noreplace(from: &Path, to: &Path) -> std::result::Result<(), Errno> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that live across the call; the
+    // system call reads them and nothing else.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
     }
 }
 
