@@ -367,6 +367,15 @@ mod tests {
             .join("\n")
     }
 
+    /// A config file's text over the built-in defaults, as `config::load` layers it.
+    fn layered(text: &str) -> Config {
+        use figment::providers::{Format, Serialized, Toml};
+        figment::Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
     /// Every key path (`slurm.retries`) of a TOML table.
     fn keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
         for (k, v) in table {
@@ -438,14 +447,14 @@ mod tests {
             ])),
             accounting: Some(Ok(true)),
         };
-        let user: Config = toml::from_str(&render_commented(&d, false)).unwrap();
+        let user = layered(&render_commented(&d, false));
         assert_eq!(
             user.scratch_root.as_deref(),
             Some(Path::new("/scratch/alice"))
         );
         assert_eq!(user.slurm.transfer_partition, "dtn");
         // A site file never pins one user's $SCRATCH.
-        let site: Config = toml::from_str(&render_commented(&d, true)).unwrap();
+        let site = layered(&render_commented(&d, true));
         assert_eq!(site.scratch_root, None);
     }
 

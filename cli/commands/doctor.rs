@@ -279,11 +279,12 @@ fn remote_nas(settings: &Settings, spec: &RemoteSpec, report: &mut Report) {
         }
         Err(e) => {
             let fix = match &e {
-                hpcstage_staging::Error::HostKey(_) => format!(
-                    "check the fingerprint with the NAS admins, then add the key: ssh-keyscan {}{} >> ~/.ssh/known_hosts",
-                    spec.port.map(|p| format!("-p {p} ")).unwrap_or_default(),
-                    spec.host
-                ),
+                hpcstage_staging::Error::HostKey(p) if p.changed => {
+                    "ask the NAS admins for the host's fingerprint before replacing the old key (the ssh-keygen -R line above)".to_string()
+                }
+                hpcstage_staging::Error::HostKey(_) => {
+                    "check the fingerprint with the NAS admins, then add the key to known_hosts (the ssh-keyscan line above)".to_string()
+                }
                 _ => format!("check that `ssh {}` works from this node", spec.authority()),
             };
             report.fail("ssh", Level::Fail, e.to_string(), fix);
@@ -350,13 +351,19 @@ fn remote_nas(settings: &Settings, spec: &RemoteSpec, report: &mut Report) {
 }
 
 fn purge(settings: &Settings, report: &mut Report) {
-    let p = &settings.policy;
+    let value = |key: &str| {
+        settings
+            .provenance
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map_or("?", |(_, v, _)| v.as_str())
+    };
     let detail = format!(
         "basis {}, age {}, warn {}{}",
-        p.basis,
-        humantime::format_duration(p.age),
-        humantime::format_duration(p.warn),
-        if p.whole_folder {
+        value("purge.basis"),
+        value("purge.age"),
+        value("purge.warn"),
+        if settings.policy.whole_folder {
             ", whole folders"
         } else {
             ""
