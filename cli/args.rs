@@ -121,7 +121,7 @@ or from scrontab (`scrontab -e`):\n  #SCRON --partition=transfer --time=00:10:00
     /// Remove scratch copies that are provably safe on the NAS
     #[command(after_help = "Examples:\n  hpcstage clean --dry-run\n  hpcstage clean")]
     Clean(CleanArgs),
-    /// Inspect the resolved configuration
+    /// Show the resolved configuration, or write a commented one (config init)
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Run the whole lifecycle on a generated dataset in a temporary NAS and scratch
