@@ -505,3 +505,69 @@ fn doctor_checks_an_ssh_nas_host_key_folder_and_sha256sum() {
     );
     assert_line(&out, "nas_root", "skip", "needs the SSH connection");
 }
+
+/// A folder of SLURM commands for the world's PATH: the real ones, except that
+/// `scontrol show config` reports `Epilog = EPILOG` (the test cluster has none, and its
+/// slurm.conf is shared: it is not changed).
+fn slurm_with_epilog(env: &Env, epilog: &str) -> PathBuf {
+    let dir = env.path("slurm-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for tool in ["sinfo", "sacct", "sbatch", "squeue"] {
+        let real = which(tool).unwrap();
+        let link = dir.join(tool);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(real, link).unwrap();
+    }
+    let scontrol = which("scontrol").unwrap();
+    let script = dir.join("scontrol");
+    write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1 $2\" = 'show config' ]; then\n  {real} show config | sed 's|^Epilog .*|Epilog                  = {epilog}|'\nelse\n  exec {real} \"$@\"\nfi\n",
+            real = scontrol.display()
+        ),
+    );
+    common::chmod(&script, 0o755);
+    dir
+}
+
+#[test]
+fn doctor_checks_the_epilog_slurm_conf_names() {
+    let _cluster = slurm_test!();
+    let mut env = Env::new();
+    configured(&env, "");
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/hpcstage-epilog");
+    let path = |dir: &Path| {
+        format!(
+            "{}:{}",
+            dir.display(),
+            run::inherited_path().to_string_lossy()
+        )
+    };
+    // The wrapper of the release tarball: it runs `hpcstage epilogue`.
+    let dir = slurm_with_epilog(&env, wrapper.to_str().unwrap());
+    env.set_env("PATH", path(&dir));
+    let out = with_cluster(&env, &["doctor"]);
+    out.code(0);
+    assert_line(
+        &out,
+        "epilog",
+        "ok",
+        "hpcstage-epilog runs `hpcstage epilogue`",
+    );
+    // Another site's Epilog, without hpcstage in it: a warning.
+    slurm_with_epilog(&env, "/bin/true");
+    let out = with_cluster(&env, &["doctor"]);
+    out.code(0);
+    assert_line(
+        &out,
+        "epilog",
+        "warn",
+        "Epilog=/bin/true does not run `hpcstage epilogue`",
+    );
+    // Named but missing on this node, which runs slurmd: SLURM would drain it.
+    slurm_with_epilog(&env, "/usr/local/sbin/hpcstage-epilog-missing");
+    let out = with_cluster(&env, &["doctor"]);
+    out.code(1).err_has("(epilog)");
+    assert_line(&out, "epilog", "FAIL", "missing on this compute node");
+}

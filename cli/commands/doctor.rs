@@ -60,6 +60,7 @@ struct Check {
 struct Report(Vec<Check>);
 
 impl Report {
+    /// A check that needs no fix (ok or skipped).
     fn push(&mut self, check: &'static str, status: Level, detail: impl AsRef<str>) {
         self.0.push(Check {
             check,
@@ -69,7 +70,8 @@ impl Report {
         });
     }
 
-    fn fail(
+    /// A check that failed or warns, with how to fix it.
+    fn with_fix(
         &mut self,
         check: &'static str,
         status: Level,
@@ -95,7 +97,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Status> {
             purge(&settings, &mut report);
             slurm(&settings, &mut report);
         }
-        Err(e) => report.fail(
+        Err(e) => report.with_fix(
             "config",
             Level::Fail,
             format!("{e:#}"),
@@ -163,7 +165,7 @@ fn config_sources(global: &GlobalArgs) -> String {
 fn folders(settings: &Settings, report: &mut Report) {
     match &settings.scratch_root {
         Some(dir) => local_dir(report, "scratch_root", dir, "scratch_root"),
-        None => report.fail(
+        None => report.with_fix(
             "scratch_root",
             Level::Warn,
             "not set: `stage` needs a destination",
@@ -185,7 +187,7 @@ fn folders(settings: &Settings, report: &mut Report) {
                     parent.display()
                 ),
             ),
-            _ => report.fail(
+            _ => report.with_fix(
                 "state_dir",
                 Level::Fail,
                 format!("{} cannot be created here", state.display()),
@@ -204,7 +206,7 @@ fn local_dir(report: &mut Report, check: &'static str, dir: &Path, key: &str) {
         } else {
             "does not exist"
         };
-        return report.fail(
+        return report.with_fix(
             check,
             Level::Fail,
             format!("{shown} {what}"),
@@ -213,7 +215,7 @@ fn local_dir(report: &mut Report, check: &'static str, dir: &Path, key: &str) {
     }
     match writable(dir) {
         Ok(()) => report.push(check, Level::Ok, format!("{shown} exists and is writable")),
-        Err(e) => report.fail(
+        Err(e) => report.with_fix(
             check,
             Level::Fail,
             format!("{shown} is not writable: {e}"),
@@ -234,7 +236,7 @@ fn writable(dir: &Path) -> std::io::Result<()> {
 /// `sha256sum` for `--remote-verify`.
 fn nas(settings: &Settings, report: &mut Report) {
     let Some(root) = &settings.nas_root else {
-        report.fail(
+        report.with_fix(
             "nas_root",
             Level::Warn,
             "not set: `ingest` and `pull` need it",
@@ -252,7 +254,7 @@ fn nas(settings: &Settings, report: &mut Report) {
                 "the NAS is a local folder: no SSH needed",
             );
         }
-        Err(e) => report.fail(
+        Err(e) => report.with_fix(
             "nas_root",
             Level::Fail,
             e.to_string(),
@@ -287,7 +289,7 @@ fn remote_nas(settings: &Settings, spec: &RemoteSpec, report: &mut Report) {
                 }
                 _ => format!("check that `ssh {}` works from this node", spec.authority()),
             };
-            report.fail("ssh", Level::Fail, e.to_string(), fix);
+            report.with_fix("ssh", Level::Fail, e.to_string(), fix);
             report.push("nas_root", Level::Skip, "needs the SSH connection");
             report.push("sha256sum", Level::Skip, "needs the SSH connection");
             return;
@@ -305,7 +307,7 @@ fn remote_nas(settings: &Settings, spec: &RemoteSpec, report: &mut Report) {
                 format!("{}:{root} exists and is writable", spec.authority()),
             );
         }
-        Ok((_, out)) => report.fail(
+        Ok((_, out)) => report.with_fix(
             "nas_root",
             Level::Fail,
             format!(
@@ -315,7 +317,7 @@ fn remote_nas(settings: &Settings, spec: &RemoteSpec, report: &mut Report) {
             ),
             "create it on the NAS host or ask for write access, or set nas_root to another folder",
         ),
-        Err(e) => report.fail(
+        Err(e) => report.with_fix(
             "nas_root",
             Level::Fail,
             e.to_string(),
@@ -335,13 +337,13 @@ fn remote_nas(settings: &Settings, spec: &RemoteSpec, report: &mut Report) {
                 format!("on the NAS host: {} (--remote-verify works)", out.trim()),
             );
         }
-        Ok(_) => report.fail(
+        Ok(_) => report.with_fix(
             "sha256sum",
             level,
             "the NAS host has no sha256sum: --remote-verify cannot run there",
             "install GNU coreutils on the NAS host, or leave [ssh] remote_verify = false",
         ),
-        Err(e) => report.fail(
+        Err(e) => report.with_fix(
             "sha256sum",
             level,
             e.to_string(),
@@ -372,7 +374,7 @@ fn purge(settings: &Settings, report: &mut Report) {
     if settings.policy_configured {
         report.push("purge policy", Level::Ok, detail);
     } else {
-        report.fail(
+        report.with_fix(
             "purge policy",
             Level::Warn,
             format!("not configured: deadlines assume {detail}"),
@@ -401,7 +403,7 @@ fn slurm(settings: &Settings, report: &mut Report) {
                 "sbatch is not on PATH: jobs run with the local executor on this node",
             )
         };
-        report.fail(
+        report.with_fix(
             "sinfo",
             level,
             detail,
@@ -423,7 +425,7 @@ fn slurm(settings: &Settings, report: &mut Report) {
             Some(p)
         }
         Err(e) => {
-            report.fail(
+            report.with_fix(
                 "sinfo",
                 Level::Fail,
                 e.to_string(),
@@ -446,13 +448,13 @@ fn slurm(settings: &Settings, report: &mut Report) {
     }
     match client.accounting_enabled() {
         Ok(true) => report.push("sacct", Level::Ok, "answers; accounting is on"),
-        Ok(false) => report.fail(
+        Ok(false) => report.with_fix(
             "sacct",
             Level::Warn,
             "accounting storage is disabled: finished jobs are known only until the controller forgets them (MinJobAge)",
             "admins: AccountingStorageType=accounting_storage/slurmdbd in slurm.conf",
         ),
-        Err(e) => report.fail(
+        Err(e) => report.with_fix(
             "sacct",
             Level::Fail,
             e.to_string(),
@@ -480,7 +482,7 @@ fn transfer_partition(
         let suggestion = super::config::transfer_like(partitions)
             .map(|p| format!("set [slurm] transfer_partition = \"{p}\""))
             .unwrap_or_else(|| "ask the admins which partition runs data transfers, and set [slurm] transfer_partition".into());
-        report.fail(
+        report.with_fix(
             "transfer partition",
             Level::Fail,
             format!("{transfer:?} is not a partition sinfo lists: pull-back jobs would be refused"),
@@ -500,7 +502,7 @@ fn transfer_partition(
             Level::Ok,
             format!("the controller accepts a job on {transfer} (sbatch --test-only)"),
         ),
-        Err(e) => report.fail(
+        Err(e) => report.with_fix(
             "sbatch",
             Level::Fail,
             e.to_string(),
@@ -516,20 +518,20 @@ fn epilog(client: &SlurmClient, report: &mut Report) {
     let value = match client.config_value("Epilog") {
         Ok(Some(v)) => v,
         Ok(None) => {
-            return report.fail(
+            return report.with_fix(
                 "epilog",
                 Level::Warn,
                 "no Epilog in slurm.conf: job ends are recorded only when someone runs `hpcstage status`",
                 install,
             )
         }
-        Err(e) => return report.fail("epilog", Level::Warn, e.to_string(), "check `scontrol show config`"),
+        Err(e) => return report.with_fix("epilog", Level::Warn, e.to_string(), "check `scontrol show config`"),
     };
     let scripts: Vec<PathBuf> = value.split(',').map(|s| PathBuf::from(s.trim())).collect();
     let present: Vec<&PathBuf> = scripts.iter().filter(|p| p.is_file()).collect();
     if present.is_empty() {
         if compute_node() {
-            report.fail(
+            report.with_fix(
                 "epilog",
                 Level::Fail,
                 format!("slurm.conf names Epilog={value}, which is missing on this compute node: SLURM drains a node whose Epilog fails"),
@@ -546,7 +548,7 @@ fn epilog(client: &SlurmClient, report: &mut Report) {
     }
     match present.iter().find(|p| calls_hpcstage(p)) {
         Some(p) => report.push("epilog", Level::Ok, format!("{} runs `hpcstage epilogue`", p.display())),
-        None => report.fail(
+        None => report.with_fix(
             "epilog",
             Level::Warn,
             format!("Epilog={value} does not run `hpcstage epilogue`"),
@@ -558,7 +560,10 @@ fn epilog(client: &SlurmClient, report: &mut Report) {
 /// Whether an Epilog script calls `hpcstage epilogue`.
 fn calls_hpcstage(script: &Path) -> bool {
     std::fs::read(script)
-        .map(|b| String::from_utf8_lossy(&b[..b.len().min(64 * 1024)]).contains("epilogue"))
+        .map(|b| {
+            let text = String::from_utf8_lossy(&b[..b.len().min(64 * 1024)]);
+            text.contains("hpcstage") && text.contains("epilogue")
+        })
         .unwrap_or(false)
 }
 

@@ -127,6 +127,28 @@ mod tests {
     }
 
     #[test]
+    fn never_replaces_an_empty_folder_or_a_file() {
+        // rename(2) alone would replace both; RENAME_NOREPLACE (or the check before the
+        // fallback) must not.
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(a.join("x")).unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "keep").unwrap();
+        for target in [&empty, &file] {
+            let err = rename_noreplace(&a, target).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{}", target.display());
+        }
+        assert!(a.join("x").is_dir() && empty.is_dir());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+        // A path that cannot be a C string is an error, not a panic.
+        let err = rename_noreplace(&a, Path::new("b\0c")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
     fn prunes_what_the_manifest_does_not_list() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
