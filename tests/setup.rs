@@ -119,35 +119,23 @@ fn man_pages_cover_every_subcommand_and_render_cleanly() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    let expected = [
-        "clean",
-        "completions",
-        "config",
-        "config-init",
-        "config-show",
-        "demo",
-        "doctor",
-        "epilogue",
-        "ingest",
-        "manifest",
-        "manifest-create",
-        "manifest-verify",
-        "manpages",
-        "pull",
-        "report",
-        "stage",
-        "stage-and-run",
-        "status",
-        "submit",
-        "template",
-        "template-list",
-        "template-render",
-        "template-show",
-    ];
-    let mut expected: Vec<String> = std::iter::once("hpcstage.1".to_string())
-        .chain(expected.iter().map(|n| format!("hpcstage-{n}.1")))
-        .collect();
+    // One page per command `--help` lists, at every level (less `help`).
+    let mut expected = vec!["hpcstage.1".to_string()];
+    let mut todo = vec![Vec::<String>::new()];
+    while let Some(path) = todo.pop() {
+        let mut args = path.clone();
+        args.push("--help".into());
+        let help = env.run(&args);
+        help.code(0);
+        for sub in listed_commands(&help.stdout) {
+            let mut sub_path = path.clone();
+            sub_path.push(sub);
+            expected.push(format!("hpcstage-{}.1", sub_path.join("-")));
+            todo.push(sub_path);
+        }
+    }
     expected.sort();
+    assert!(expected.len() > 20, "{expected:?}");
     assert_eq!(names, expected, "man pages written\n{out}");
     // Every listed path is one written.
     assert_eq!(out.stdout.lines().count(), expected.len(), "{out}");
@@ -183,6 +171,20 @@ fn man_pages_cover_every_subcommand_and_render_cleanly() {
             "man page lacks {needle:?}\n{page}"
         );
     }
+}
+
+/// The names under `Commands:` in a `--help` text, without `help`.
+fn listed_commands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // A wrapped description continues further in.
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
