@@ -59,16 +59,22 @@ pub(crate) fn probe_settings(base: &ClientSettings) -> ClientSettings {
     }
 }
 
-/// The first partition whose name says it is for data movement ("transfer", "xfer",
-/// "dtn", "datamover", "copy", "io", in that order of preference).
+/// The first partition whose name says it is for data movement: one holding "transfer",
+/// "xfer", "dtn", "datamover" or "copy" (in that order of preference), else one named
+/// "io" or "data" (not any name holding those letters: "bioinfo" is no transfer partition).
 pub(crate) fn transfer_like(partitions: &[Partition]) -> Option<&str> {
-    const HINTS: &[&str] = &["transfer", "xfer", "dtn", "datamover", "copy", "io"];
-    HINTS.iter().find_map(|hint| {
-        partitions
-            .iter()
-            .find(|p| p.name.to_ascii_lowercase().contains(hint))
-            .map(|p| p.name.as_str())
-    })
+    const PARTS: &[&str] = &["transfer", "xfer", "dtn", "datamover", "copy"];
+    const WHOLE: &[&str] = &["io", "data"];
+    let lower = |p: &Partition| p.name.to_ascii_lowercase();
+    PARTS
+        .iter()
+        .find_map(|hint| partitions.iter().find(|p| lower(p).contains(hint)))
+        .or_else(|| {
+            partitions
+                .iter()
+                .find(|p| WHOLE.contains(&lower(p).as_str()))
+        })
+        .map(|p| p.name.as_str())
 }
 
 /// `hpcstage config init`: writes a commented config, never over an existing file.
@@ -88,18 +94,14 @@ pub(crate) fn init(args: &ConfigInitArgs) -> Result<Status> {
     } else {
         config::user_file().context("cannot tell where the user config goes: $HOME is not set")?
     };
+    let needs_root = if args.site {
+        " (writing the site config needs root)"
+    } else {
+        ""
+    };
     if let Some(dir) = path.parent() {
-        fs_err::create_dir_all(dir).with_context(|| {
-            format!(
-                "cannot create {}{}",
-                dir.display(),
-                if args.site {
-                    " (writing the site config needs root)"
-                } else {
-                    ""
-                }
-            )
-        })?;
+        fs_err::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}{needs_root}", dir.display()))?;
     }
     let mut file = match std::fs::OpenOptions::new()
         .write(true)
@@ -113,13 +115,8 @@ pub(crate) fn init(args: &ConfigInitArgs) -> Result<Status> {
             path.display()
         ),
         Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "cannot create {}{}",
-                    path.display(),
-                    if args.site { " (writing the site config needs root)" } else { "" }
-                )
-            })
+            return Err(e)
+                .with_context(|| format!("cannot create {}{needs_root}", path.display()))
         }
     };
     file.write_all(text.as_bytes())
@@ -446,5 +443,7 @@ mod tests {
             Some("data_xfer")
         );
         assert_eq!(transfer_like(&p(&["cpu", "gpu"])), None);
+        assert_eq!(transfer_like(&p(&["bioinfo", "prio"])), None);
+        assert_eq!(transfer_like(&p(&["cpu", "IO"])), Some("IO"));
     }
 }
