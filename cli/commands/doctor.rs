@@ -358,7 +358,8 @@ fn purge(settings: &Settings, report: &mut Report) {
             .provenance
             .iter()
             .find(|(k, _, _)| k == key)
-            .map_or("?", |(_, v, _)| v.as_str())
+            .and_then(|(_, v, _)| v.as_deref())
+            .unwrap_or("?")
     };
     let detail = format!(
         "basis {}, age {}, warn {}{}",
@@ -414,7 +415,7 @@ fn slurm(settings: &Settings, report: &mut Report) {
         }
         return;
     }
-    let partitions = match client.partitions() {
+    let partitions = match client.partition_names() {
         Ok(p) => {
             let names: Vec<String> = p.iter().map(|p| p.name.clone()).collect();
             report.push(

@@ -36,7 +36,7 @@ impl Detected {
             scratch: std::env::var_os("SCRATCH")
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
-            partitions: slurm.then(|| client.partitions().map_err(|e| e.to_string())),
+            partitions: slurm.then(|| client.partition_names().map_err(|e| e.to_string())),
             accounting: slurm.then(|| client.accounting_enabled().map_err(|e| e.to_string())),
         }
     }
