@@ -154,7 +154,7 @@ hpcstage clean --project PRJ1\n  \
 hpcstage clean PRJ1/plate7               # one staged dataset (or a run id)"
     )]
     Clean(CleanArgs),
-    /// Inspect the resolved configuration
+    /// Show the resolved configuration, or write a commented one (config init)
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Run the whole lifecycle on a generated dataset in a temporary NAS and scratch
@@ -162,6 +162,53 @@ hpcstage clean PRJ1/plate7               # one staged dataset (or a run id)"
         after_help = "Examples:\n  hpcstage demo\n  hpcstage demo --dir /tmp/hpcstage-demo --executor local"
     )]
     Demo(DemoArgs),
+    /// Check this machine for what hpcstage needs: one line per check, with the fix
+    #[command(
+        after_help = "Examples:\n  hpcstage doctor\n  hpcstage doctor --json\n\n\
+Checks: the config resolves; scratch, NAS and state folders exist and are writable (over SSH \
+for a remote NAS: known_hosts entry, login, sha256sum for --remote-verify); sinfo, sacct and \
+sbatch answer and accounting is on; the transfer partition exists and accepts jobs; a purge \
+policy is configured; the Epilog is installed where this is a compute node. Exits 0 only when \
+everything the configuration uses works; a warning alone does not fail it."
+    )]
+    Doctor(DoctorArgs),
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Examples:\n  \
+hpcstage completions bash > ~/.local/share/bash-completion/completions/hpcstage\n  \
+hpcstage completions zsh > ~/.zfunc/_hpcstage        # with fpath+=(~/.zfunc) before compinit\n  \
+hpcstage completions fish > ~/.config/fish/completions/hpcstage.fish")]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of hpcstage and of every subcommand into a folder
+    #[command(after_help = "Example:\n  \
+hpcstage manpages ~/.local/share/man/man1 && man hpcstage-stage")]
+    Manpages {
+        /// Folder to write hpcstage.1, hpcstage-stage.1, ... into (created if missing)
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// Print JSON: one object per check (check, status, detail, fix)
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigInitArgs {
+    /// Write the site file (/etc/hpcstage/config.toml, or $HPCSTAGE_SITE_CONFIG) instead of
+    /// the user's (~/.config/hpcstage/config.toml)
+    #[arg(long)]
+    pub(crate) site: bool,
+    /// Print the config to stdout instead of writing a file
+    #[arg(long)]
+    pub(crate) print: bool,
+    /// Ask nothing of this machine ($SCRATCH, sinfo, sacct): the built-in defaults only
+    #[arg(long)]
+    pub(crate) no_detect: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,6 +348,14 @@ pub(crate) enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a commented config file with what this machine tells ($SCRATCH, partitions,
+    /// accounting); never overwrites one
+    #[command(
+        after_help = "Examples:\n  hpcstage config init                 # ~/.config/hpcstage/config.toml\n  \
+sudo hpcstage config init --site     # /etc/hpcstage/config.toml, for every user\n  \
+hpcstage config init --site --print --no-detect   # the example site config, every key commented"
+    )]
+    Init(ConfigInitArgs),
 }
 
 #[derive(Debug, Args)]

@@ -218,11 +218,11 @@ fn env_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Site config file (`$HPCSTAGE_SITE_CONFIG` overrides the location).
-fn site_file() -> PathBuf {
+pub(crate) fn site_file() -> PathBuf {
     env_path("HPCSTAGE_SITE_CONFIG").unwrap_or_else(|| PathBuf::from("/etc/hpcstage/config.toml"))
 }
 
-fn user_file() -> Option<PathBuf> {
+pub(crate) fn user_file() -> Option<PathBuf> {
     env_path("XDG_CONFIG_HOME")
         .or_else(|| home().map(|h| h.join(".config")))
         .map(|d| d.join("hpcstage/config.toml"))

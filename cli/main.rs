@@ -58,6 +58,14 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         // Before loading config: a broken config file must not fail an Epilog.
         return Ok(commands::epilogue::run(&cli.global, args));
     }
+    // Before loading config too: these set up or check the config, or need none.
+    match &cli.command {
+        Command::Completions { shell } => return Ok(commands::completions::completions(*shell)),
+        Command::Manpages { dir } => return commands::completions::manpages(dir),
+        Command::Config(ConfigCommand::Init(args)) => return commands::config::init(args),
+        Command::Doctor(args) => return commands::doctor::run(&cli.global, args),
+        _ => {}
+    }
     // Long copies stop cleanly on Ctrl-C or SIGTERM (see hpcstage_staging::interrupt).
     hpcstage_staging::interrupt::install();
     let settings = config::load(&cli.global)?;
@@ -91,5 +99,9 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Epilogue(_) => unreachable!("handled before loading the config"),
         Command::Report(args) => commands::report::run(&settings, args),
         Command::Clean(args) => commands::clean::run(&settings, args),
+        Command::Completions { .. }
+        | Command::Manpages { .. }
+        | Command::Config(ConfigCommand::Init(_))
+        | Command::Doctor(_) => unreachable!("handled before loading the config"),
     }
 }

@@ -1,8 +1,12 @@
 //! `hpcstage config show`: the resolved configuration and where each value came from.
+//! `hpcstage config init` lives in `config/init.rs`.
+
+mod init;
 
 use anyhow::Result;
 use serde::Serialize;
 
+pub(crate) use self::init::{init, one_line, probe_settings, transfer_like};
 use super::Status;
 use crate::config::Settings;
 use crate::output;

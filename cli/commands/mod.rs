@@ -2,9 +2,11 @@
 //! live here.
 
 pub(crate) mod clean;
+pub(crate) mod completions;
 pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod dismiss;
+pub(crate) mod doctor;
 pub(crate) mod epilogue;
 pub(crate) mod ingest;
 pub(crate) mod manifest;

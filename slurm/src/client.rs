@@ -200,6 +200,15 @@ pub struct Submitted {
     pub attempts: u32,
 }
 
+/// A partition as `sinfo` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// Its name.
+    pub name: String,
+    /// Whether it is the default partition (`sinfo` marks it with `*`).
+    pub is_default: bool,
+}
+
 /// Runs SLURM commands. The blocking methods drive a private single-threaded runtime
 /// and must not be called from inside an async runtime: use the `_async` ones there.
 #[derive(Debug, Default)]
@@ -393,6 +402,30 @@ impl SlurmClient {
     /// Whether the controller answers `scontrol ping` (one try, no retries).
     pub fn ping(&self) -> Result<bool> {
         self.block_on(self.ping_async())?
+    }
+
+    /// The partitions `sinfo` lists, by name in its order (for `config init` and `doctor`);
+    /// [`SlurmClient::partitions`] has what their nodes offer.
+    pub fn partition_names(&self) -> Result<Vec<Partition>> {
+        self.block_on(self.partition_names_async())?
+    }
+
+    /// Whether accounting is on: `Ok(false)` when `sacct` says accounting storage is
+    /// disabled, an error when `sacct` cannot answer (slurmdbd down, a timeout).
+    pub fn accounting_enabled(&self) -> Result<bool> {
+        self.block_on(self.accounting_enabled_async())?
+    }
+
+    /// Asks the controller whether it would accept a one-minute job on `partition`
+    /// (`sbatch --test-only`): nothing is submitted.
+    pub fn test_submit(&self, partition: &str) -> Result<()> {
+        self.block_on(self.test_submit_async(partition))?
+    }
+
+    /// One value of the controller's configuration (`scontrol show config`), `None` when
+    /// it is unset (`(null)`) or not listed.
+    pub fn config_value(&self, key: &str) -> Result<Option<String>> {
+        self.block_on(self.config_value_async(key))?
     }
 
     fn block_on<F: Future>(&self, fut: F) -> Result<F::Output> {
@@ -918,6 +951,78 @@ impl SlurmClient {
             return Err(failed(&inv, &out));
         }
         Ok(())
+    }
+
+    /// Async form of [`SlurmClient::partition_names`].
+    pub async fn partition_names_async(&self) -> Result<Vec<Partition>> {
+        let inv =
+            self.query_invocation("sinfo", vec!["--noheader".into(), "--format=%P".into()])?;
+        let out = self.run_retrying(&inv).await?;
+        if !out.status.success() {
+            return Err(failed(&inv, &out));
+        }
+        let mut seen = BTreeSet::new();
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| Partition {
+                name: l.trim_end_matches('*').to_owned(),
+                is_default: l.ends_with('*'),
+            })
+            .filter(|p| seen.insert(p.name.clone()))
+            .collect())
+    }
+
+    /// Async form of [`SlurmClient::accounting_enabled`].
+    pub async fn accounting_enabled_async(&self) -> Result<bool> {
+        let args = [
+            "--noheader",
+            "--allocations",
+            "--starttime=now",
+            "--format=JobID",
+        ];
+        let inv = self.query_invocation("sacct", args.map(String::from).to_vec())?;
+        let out = self.run_retrying(&inv).await?;
+        if out.status.success() {
+            Ok(true)
+        } else if accounting_disabled(&String::from_utf8_lossy(&out.stderr)) {
+            Ok(false)
+        } else {
+            Err(failed(&inv, &out))
+        }
+    }
+
+    /// Async form of [`SlurmClient::test_submit`].
+    pub async fn test_submit_async(&self, partition: &str) -> Result<()> {
+        let args = vec![
+            "--test-only".to_owned(),
+            format!("--partition={partition}"),
+            "--time=1".to_owned(),
+            "--output=/dev/null".to_owned(),
+            "--wrap=true".to_owned(),
+        ];
+        let inv = self.query_invocation("sbatch", args)?;
+        let out = self.run_retrying(&inv).await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(failed(&inv, &out))
+        }
+    }
+
+    /// Async form of [`SlurmClient::config_value`].
+    pub async fn config_value_async(&self, key: &str) -> Result<Option<String>> {
+        let inv = self.query_invocation("scontrol", vec!["show".into(), "config".into()])?;
+        let out = self.run_retrying(&inv).await?;
+        if !out.status.success() {
+            return Err(failed(&inv, &out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            (k.trim() == key && v != "(null)" && !v.is_empty()).then(|| v.to_owned())
+        }))
     }
 
     /// Async form of [`SlurmClient::ping`].

@@ -5,12 +5,19 @@
 //! reject rename flags (EINVAL). There the fallback is a plain rename after checking the
 //! target is absent; rename(2) itself refuses to replace a non-empty folder, so an
 //! existing dataset or results folder (never empty) still cannot be overwritten.
+//!
+//! renameat2 is called as a raw system call (Linux 3.15 and later), not through glibc's
+//! wrapper: the wrapper only exists from glibc 2.28, and the portable binary of
+//! `scripts/dist` must run on glibc 2.17. A kernel without it answers ENOSYS, which takes
+//! the same fallback.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, RenameFlags};
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::Manifest;
@@ -19,7 +26,7 @@ use crate::walk::{MANIFEST_NAME, STATE_DIR};
 /// Renames `from` to `to` unless `to` exists. An existing target is an
 /// `ErrorKind::AlreadyExists` error.
 pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
+    match renameat2_noreplace(from, to) {
         Ok(()) => Ok(()),
         Err(Errno::EEXIST | Errno::ENOTEMPTY) => Err(ErrorKind::AlreadyExists.into()),
         Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
@@ -34,6 +41,29 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
             }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE)` through `syscall(2)`.
+fn renameat2_noreplace(from: &Path, to: &Path) -> std::result::Result<(), Errno> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that live across the call; the
+    // system call reads them and nothing else.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
     }
 }
 
@@ -94,6 +124,28 @@ mod tests {
         let c = dir.path().join("c");
         rename_noreplace(&a, &c).unwrap();
         assert!(c.join("x").exists());
+    }
+
+    #[test]
+    fn never_replaces_an_empty_folder_or_a_file() {
+        // rename(2) alone would replace both; RENAME_NOREPLACE (or the check before the
+        // fallback) must not.
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(a.join("x")).unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "keep").unwrap();
+        for target in [&empty, &file] {
+            let err = rename_noreplace(&a, target).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{}", target.display());
+        }
+        assert!(a.join("x").is_dir() && empty.is_dir());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+        // A path that cannot be a C string is an error, not a panic.
+        let err = rename_noreplace(&a, Path::new("b\0c")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]
