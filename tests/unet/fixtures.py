@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Fixtures of the unet-predict tests, built with the real libraries (onnx, tifffile, numpy,
+scikit-image), never with hpcstage's own code.
+
+    fixtures.py model OUT.onnx [--fixed N]   a tiny U-Net (encoder, decoder, skip connection)
+                                             whose weights separate bright disks from background
+    fixtures.py disks IMAGE TRUTH [--size N] [--z N] [--seed N] [--channels N] [--ome]
+                                             bright disks on noise, and their true labels
+    fixtures.py compare MASK TRUTH           JSON: objects found and true, IoU of each true
+                                             object with its best match
+    fixtures.py inspect MASK                 JSON: what tifffile sees in a mask
+    fixtures.py bad-mask KIND OUT [--like MASK]   masks a validator must refuse
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def unet_model(out, fixed=None):
+    """x (N,1,H,W) -> enc conv 3x3 -> maxpool -> bottleneck conv -> upsample -> concat with
+    the encoder's features (the skip connection) -> dec conv -> 1x1 head -> sigmoid.
+
+    Channel 0 of the encoder is a 3x3 mean minus 0.4 (normalized disks are ~0.9, background
+    ~0.1), rectified; the bottleneck adds a coarse view of it; the head weighs the fine skip
+    path most, so the boundary sits where the local mean crosses 0.5. The other channels are
+    zero-weighted: the network has a U-Net's shape with the behaviour of a known filter."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    h = w = fixed if fixed else None
+    dims = ["N", 1, h or "H", w or "W"]
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("foreground", TensorProto.FLOAT, ["N", 1, h or "H", w or "W"])
+    inits = []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
+        return name
+
+    w1 = np.zeros((4, 1, 3, 3))
+    w1[0, 0] = 1 / 9
+    b1 = np.array([-0.4, 0, 0, 0])
+    w2 = np.zeros((8, 4, 3, 3))
+    w2[0, 0] = 1 / 9
+    b2 = np.zeros(8)
+    w3 = np.zeros((4, 12, 3, 3))
+    w3[0, 8, 1, 1] = 1.0  # the skip path: encoder channel 0, full resolution
+    w3[0, 0, 1, 1] = 0.1  # the coarse path from the bottleneck
+    b3 = np.zeros(4)
+    w4 = np.zeros((1, 4, 1, 1))
+    w4[0, 0] = 40.0
+    b4 = np.array([-4.0])
+    nodes = [
+        helper.make_node("Conv", ["image", const("enc.w", w1), const("enc.b", b1)], ["e1c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["e1c"], ["e1"]),
+        helper.make_node("MaxPool", ["e1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", const("mid.w", w2), const("mid.b", b2)], ["e2c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["e2c"], ["e2"]),
+        helper.make_node("Resize", ["e2", "", const("scales", [1, 1, 2, 2])], ["up"], mode="nearest"),
+        helper.make_node("Concat", ["up", "e1"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", const("dec.w", w3), const("dec.b", b3)], ["d1c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d1c"], ["d1"]),
+        helper.make_node("Conv", ["d1", const("head.w", w4), const("head.b", b4)], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["foreground"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny-unet", [x], [y], inits)
+    model = helper.make_model(graph, producer_name="hpcstage-tests", producer_version="1",
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in {"size_divisor": "2", "percentiles": "1,99.8"}.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.checker.check_model(model)
+    onnx.save(model, out)
+
+
+def disks(image_path, truth_path, size, z, seed, channels, ome):
+    """Disks (radius 7..12, bright ~0.9) on noise (~0.1): the image and its true labels."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    shape = (z, size, size) if z > 1 else (size, size)
+    truth = np.zeros(shape, dtype=np.uint16)
+    yy, xx = np.mgrid[:size, :size]
+    n = 0
+    attempts = 0
+    centres = []
+    while attempts < 2000 and n < max(3, size * size // 2500):
+        attempts += 1
+        r = rng.uniform(7, 12)
+        cy, cx = rng.uniform(r + 2, size - r - 2, 2)
+        if any(np.hypot(cy - a, cx - b) < r + rb + 4 for a, b, rb in centres):
+            continue
+        centres.append((cy, cx, r))
+        n += 1
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        if z > 1:
+            z0 = rng.integers(0, z)
+            for k in range(max(0, z0 - 1), min(z, z0 + 2)):
+                truth[k][disk] = n
+        else:
+            truth[disk] = n
+    img = np.where(truth > 0, 0.9, 0.1) + rng.normal(0, 0.05, shape)
+    img = np.clip(img * 4000, 0, 65535).astype(np.uint16)
+    if channels > 1:
+        # Channel 0 carries the disks; others are noise.
+        extra = [np.clip(rng.normal(500, 50, shape), 0, 65535).astype(np.uint16) for _ in range(channels - 1)]
+        img = np.stack([img] + extra, axis=-3)
+    axes = ("Z" if z > 1 else "") + ("C" if channels > 1 else "") + "YX"
+    if ome:
+        tifffile.imwrite(image_path, img, ome=True, photometric="minisblack",
+                         metadata={"axes": axes, "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65,
+                                   "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm",
+                                   **({"PhysicalSizeZ": 2.0} if z > 1 else {})})
+    else:
+        tifffile.imwrite(image_path, img, photometric="minisblack", metadata={"axes": axes})
+    tifffile.imwrite(truth_path, truth)
+
+
+def compare(mask_path, truth_path):
+    import tifffile
+
+    mask = tifffile.imread(mask_path)
+    truth = tifffile.imread(truth_path)
+    if mask.shape != truth.shape:
+        return {"error": f"shape {mask.shape} != truth {truth.shape}"}
+    ious = []
+    for t in range(1, int(truth.max()) + 1):
+        obj = truth == t
+        hits = np.unique(mask[obj])
+        hits = hits[hits > 0]
+        best = 0.0
+        for m in hits:
+            other = mask == m
+            best = max(best, float((obj & other).sum() / (obj | other).sum()))
+        ious.append(round(best, 4))
+    return {"objects": int(len(np.unique(mask)) - (1 if (mask == 0).any() else 0)),
+            "max_label": int(mask.max()), "truth": int(truth.max()), "ious": ious,
+            "min_iou": min(ious) if ious else None}
+
+
+def inspect(mask_path):
+    import tifffile
+
+    with tifffile.TiffFile(mask_path) as tif:
+        page = tif.pages[0]
+        series = tif.series[0]
+        ome = tif.ome_metadata or ""
+        return {"is_ome": tif.is_ome, "has_ome_xml": "<OME" in ome, "shape": list(series.shape),
+                "axes": series.axes, "dtype": str(series.dtype), "compression": page.compression.name,
+                "physical_size_x": ("PhysicalSizeX=" in ome)}
+
+
+def bad_mask(kind, out, like):
+    """truncated | wrong-size | float: masks that are not what they claim to be."""
+    import tifffile
+
+    mask = tifffile.imread(like)
+    if kind == "truncated":
+        data = open(like, "rb").read()
+        open(out, "wb").write(data[: len(data) // 2])
+    elif kind == "wrong-size":
+        tifffile.imwrite(out, mask[..., : mask.shape[-2] // 2, :], ome=True, compression="zlib")
+    elif kind == "float":
+        tifffile.imwrite(out, mask.astype(np.float32) - 0.5, ome=True, compression="zlib")
+    else:
+        sys.exit(f"unknown kind {kind}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("model")
+    m.add_argument("out")
+    m.add_argument("--fixed", type=int)
+    d = sub.add_parser("disks")
+    d.add_argument("image")
+    d.add_argument("truth")
+    d.add_argument("--size", type=int, default=128)
+    d.add_argument("--z", type=int, default=1)
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--channels", type=int, default=1)
+    d.add_argument("--ome", action="store_true")
+    c = sub.add_parser("compare")
+    c.add_argument("mask")
+    c.add_argument("truth")
+    i = sub.add_parser("inspect")
+    i.add_argument("mask")
+    b = sub.add_parser("bad-mask")
+    b.add_argument("kind")
+    b.add_argument("out")
+    b.add_argument("--like", required=True)
+    a = p.parse_args()
+    if a.cmd == "model":
+        unet_model(a.out, a.fixed)
+    elif a.cmd == "disks":
+        disks(a.image, a.truth, a.size, a.z, a.seed, a.channels, a.ome)
+    elif a.cmd == "compare":
+        print(json.dumps(compare(a.mask, a.truth)))
+    elif a.cmd == "inspect":
+        print(json.dumps(inspect(a.mask)))
+    elif a.cmd == "bad-mask":
+        bad_mask(a.kind, a.out, a.like)
+
+
+if __name__ == "__main__":
+    main()
