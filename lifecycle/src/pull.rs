@@ -689,7 +689,7 @@ fn adopt(
 
 /// Checks the spec's expected outputs and runs its validation command.
 pub fn validate(rendered: &Rendered, run_dir: &Path, timeout: Duration) -> Result<Validation> {
-    let checks = rendered.outputs.check(run_dir)?;
+    let checks = rendered.check_outputs(run_dir)?;
     let command = rendered
         .outputs
         .validate
@@ -763,6 +763,13 @@ fn summarize(v: &Validation) -> String {
             );
             if !c.empty.is_empty() {
                 let _ = write!(text, ", {} of them empty", c.empty.len());
+            }
+            if !c.invalid.is_empty() {
+                let _ = write!(text, ", {} of them invalid", c.invalid.len());
+            }
+            // Each invalid output named with its reason (validation.json lists them all).
+            for bad in c.invalid.iter().take(10) {
+                let _ = write!(text, "; {}: {}", bad.path, bad.reason);
             }
             text
         })
