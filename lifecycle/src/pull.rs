@@ -153,6 +153,10 @@ pub struct ModelInfo {
     pub path: String,
     /// `sha256sum` lines of the model file(s), as the job recorded them.
     pub sha256: Vec<String>,
+    /// The model's own metadata (producer, opset, inputs, outputs) as the job recorded it
+    /// in `qc/model.json`, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// Pulls run `id`.
@@ -916,7 +920,41 @@ fn model_info(record: &RunRecord, run_dir: &Path) -> Option<ModelInfo> {
             Ok((d, _)) => vec![format!("{d}  {path}")],
             Err(_) => Vec::new(),
         });
-    Some(ModelInfo { path, sha256 })
+    let metadata = std::fs::read(run_dir.join("qc/model.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Some(ModelInfo {
+        path,
+        sha256,
+        metadata,
+    })
+}
+
+/// One line on the model's own metadata (`qc/model.json`, written by the ONNX predictor).
+fn model_summary(m: &serde_json::Value) -> String {
+    let text = |k: &str| m[k].as_str().unwrap_or("").to_string();
+    let io = |k: &str| {
+        m[k].as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{} {}", v["name"].as_str().unwrap_or("?"), v["shape"]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let opset = m["opset"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| format!("{} {}", o["domain"].as_str().unwrap_or("?"), o["version"]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "ONNX, producer {} {}, opset {opset}; inputs: {}; outputs: {}",
+        text("producer_name"),
+        text("producer_version"),
+        io("inputs"),
+        io("outputs")
+    )
 }
 
 fn gpu_lines(run_dir: &Path) -> Vec<String> {
@@ -995,6 +1033,9 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
         let _ = writeln!(t, "- path: {}", m.path);
         for line in &m.sha256 {
             let _ = writeln!(t, "- sha256: {line}");
+        }
+        if let Some(meta) = &m.metadata {
+            let _ = writeln!(t, "- model: {} (qc/model.json)", model_summary(meta));
         }
     }
     let _ = writeln!(t, "\n## Job\n");

@@ -9,6 +9,7 @@ scikit-image), never with hpcstage's own code.
     fixtures.py compare MASK TRUTH           JSON: objects found and true, IoU of each true
                                              object with its best match
     fixtures.py inspect MASK                 JSON: what tifffile sees in a mask
+    fixtures.py equal A B                    JSON: shapes and the number of pixels that differ
     fixtures.py bad-mask KIND OUT [--like MASK]   masks a validator must refuse
 """
 
@@ -154,6 +155,15 @@ def inspect(mask_path):
                 "physical_size_x": ("PhysicalSizeX=" in ome)}
 
 
+def equal(a_path, b_path):
+    import tifffile
+
+    a = tifffile.imread(a_path)
+    b = tifffile.imread(b_path)
+    return {"shapes": [list(a.shape), list(b.shape)],
+            "differing": int((a != b).sum()) if a.shape == b.shape else None}
+
+
 def bad_mask(kind, out, like):
     """truncated | wrong-size | float: masks that are not what they claim to be."""
     import tifffile
@@ -189,6 +199,9 @@ def main():
     c.add_argument("truth")
     i = sub.add_parser("inspect")
     i.add_argument("mask")
+    e = sub.add_parser("equal")
+    e.add_argument("a")
+    e.add_argument("b")
     b = sub.add_parser("bad-mask")
     b.add_argument("kind")
     b.add_argument("out")
@@ -202,6 +215,8 @@ def main():
         print(json.dumps(compare(a.mask, a.truth)))
     elif a.cmd == "inspect":
         print(json.dumps(inspect(a.mask)))
+    elif a.cmd == "equal":
+        print(json.dumps(equal(a.a, a.b)))
     elif a.cmd == "bad-mask":
         bad_mask(a.kind, a.out, a.like)
 

@@ -92,6 +92,11 @@ pub(crate) fn read_mask(path: &Path) -> Result<MaskFacts, String> {
     let mut z = 0u64;
     let mut max_label = 0u64;
     loop {
+        // Every tag's value is read, so that a file cut short anywhere (tifffile writes
+        // the OME-XML after the pixels) fails here, not only one cut in its pixels.
+        for tag in d.tag_iter() {
+            tag.map_err(undecodable)?;
+        }
         if !is_reduced(&mut d) {
             z += 1;
             let dims = d.dimensions().map_err(undecodable)?;
