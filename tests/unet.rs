@@ -534,16 +534,92 @@ fn stage_and_run_on_the_gpu_partition_brings_back_ome_tiff_masks_made_on_the_cpu
         "{readme}"
     );
     assert!(
-        readme.contains("- model: ONNX, producer hpcstage-tests 1, opset ai.onnx 17; inputs: image [\"N\",1,\"H\",\"W\"]; outputs: foreground"),
+        readme.contains("- model: ONNX, producer hpcstage-unet-tiny-model 1, opset ai.onnx 17; inputs: image [\"N\",1,\"H\",\"W\"]; outputs: foreground"),
         "{readme}"
     );
     let run_json: Value = serde_json::from_str(&read_text(results.join("run.json"))).unwrap();
     let meta = &run_json["model"]["metadata"];
-    assert_eq!(meta["producer_name"], "hpcstage-tests", "{run_json:#}");
+    assert_eq!(
+        meta["producer_name"], "hpcstage-unet-tiny-model",
+        "{run_json:#}"
+    );
     assert_eq!(meta["inputs"][0]["name"], "image");
     assert_eq!(meta["outputs"][0]["name"], "foreground");
     assert!(
         results.join("tools/unet-predict").is_file(),
         "the code that ran is kept"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The demo
+// ---------------------------------------------------------------------------------------
+
+/// Runs `hpcstage demo` (local executor, a small dataset) with `python3` on PATH being
+/// `python`; returns the run and the results folder of its segmentation.
+fn demo_with(python: &Path) -> (Run, PathBuf) {
+    let mut world = World::new();
+    let bin = world.path("python-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(python, bin.join("python3")).unwrap();
+    world.prepend_path(&bin);
+    let dir = world.path("demo");
+    let run = world.run([
+        OsStr::new("demo"),
+        OsStr::new("--executor"),
+        OsStr::new("local"),
+        OsStr::new("--small-files"),
+        OsStr::new("20"),
+        OsStr::new("--large-mib"),
+        OsStr::new("1"),
+        OsStr::new("--dir"),
+        dir.as_os_str(),
+    ]);
+    run.code(0);
+    let results = dir.join("nas/demo-lab/results/segmentation");
+    let run_dir = std::fs::read_dir(&results)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{run}", results.display()))
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.ends_with("_failed"))
+        .unwrap_or_else(|| panic!("no results\n{run}"));
+    // The demo leaves read-only data behind; its world goes with the test.
+    world.sh(&dir, "chmod -R u+w .").code(0);
+    (run, run_dir)
+}
+
+#[test]
+fn the_demo_runs_the_real_predictor_when_python_has_its_packages() {
+    let (run, results) = demo_with(&python());
+    run.out_has("the real predictor: unet-predict with onnxruntime and a tiny U-Net")
+        .out_has("6/6 pulled validated results");
+    let readme = read_text(results.join("README.md"));
+    assert!(
+        readme.contains("- model: ONNX, producer hpcstage-unet-tiny-model 1"),
+        "{readme}"
+    );
+    let summary = read_text(results.join("qc/summary-0.tsv"));
+    let rows: Vec<&str> = summary.lines().skip(1).collect();
+    assert_eq!(rows.len(), 13, "12 field images and the preview link\n{summary}");
+    for row in rows {
+        let cols: Vec<&str> = row.split('\t').collect();
+        assert_eq!((cols[3], cols[5], cols[8]), ("ok", "3", "CPU"), "three disks per field: {row}");
+    }
+}
+
+#[test]
+fn the_demo_says_it_uses_the_stand_in_when_python_lacks_the_packages() {
+    let py = python();
+    let bare = tempfile::tempdir().unwrap();
+    let made = Command::new(&py)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(bare.path())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (run, results) = demo_with(&bare.path().join("bin/python"));
+    run.out_has("a stand-in predictor")
+        .out_has("6/6 pulled validated results")
+        .err_has("the stand-in predictor was used because")
+        .err_has("cannot import numpy");
+    assert!(results.join("masks/preview.ome.tif").is_file());
 }

@@ -2,8 +2,9 @@
 """Fixtures of the unet-predict tests, built with the real libraries (onnx, tifffile, numpy,
 scikit-image), never with hpcstage's own code.
 
-    fixtures.py model OUT.onnx [--fixed N]   a tiny U-Net (encoder, decoder, skip connection)
-                                             whose weights separate bright disks from background
+    fixtures.py model OUT.onnx               the tiny U-Net of templates/tools/unet-tiny-model
+                                             (encoder, decoder, skip connection) whose weights
+                                             separate bright disks from background
     fixtures.py disks IMAGE TRUTH [--size N] [--z N] [--seed N] [--channels N] [--ome]
                                              bright disks on noise, and their true labels
     fixtures.py compare MASK TRUTH           JSON: objects found and true, IoU of each true
@@ -15,67 +16,19 @@ scikit-image), never with hpcstage's own code.
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
 
 
-def unet_model(out, fixed=None):
-    """x (N,1,H,W) -> enc conv 3x3 -> maxpool -> bottleneck conv -> upsample -> concat with
-    the encoder's features (the skip connection) -> dec conv -> 1x1 head -> sigmoid.
+def unet_model(out):
+    """The tiny U-Net shipped for trying the template (templates/tools/unet-tiny-model)."""
+    import runpy
 
-    Channel 0 of the encoder is a 3x3 mean minus 0.4 (normalized disks are ~0.9, background
-    ~0.1), rectified; the bottleneck adds a coarse view of it; the head weighs the fine skip
-    path most, so the boundary sits where the local mean crosses 0.5. The other channels are
-    zero-weighted: the network has a U-Net's shape with the behaviour of a known filter."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    h = w = fixed if fixed else None
-    dims = ["N", 1, h or "H", w or "W"]
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)
-    y = helper.make_tensor_value_info("foreground", TensorProto.FLOAT, ["N", 1, h or "H", w or "W"])
-    inits = []
-
-    def const(name, arr):
-        inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
-        return name
-
-    w1 = np.zeros((4, 1, 3, 3))
-    w1[0, 0] = 1 / 9
-    b1 = np.array([-0.4, 0, 0, 0])
-    w2 = np.zeros((8, 4, 3, 3))
-    w2[0, 0] = 1 / 9
-    b2 = np.zeros(8)
-    w3 = np.zeros((4, 12, 3, 3))
-    w3[0, 8, 1, 1] = 1.0  # the skip path: encoder channel 0, full resolution
-    w3[0, 0, 1, 1] = 0.1  # the coarse path from the bottleneck
-    b3 = np.zeros(4)
-    w4 = np.zeros((1, 4, 1, 1))
-    w4[0, 0] = 40.0
-    b4 = np.array([-4.0])
-    nodes = [
-        helper.make_node("Conv", ["image", const("enc.w", w1), const("enc.b", b1)], ["e1c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["e1c"], ["e1"]),
-        helper.make_node("MaxPool", ["e1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Conv", ["p1", const("mid.w", w2), const("mid.b", b2)], ["e2c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["e2c"], ["e2"]),
-        helper.make_node("Resize", ["e2", "", const("scales", [1, 1, 2, 2])], ["up"], mode="nearest"),
-        helper.make_node("Concat", ["up", "e1"], ["cat"], axis=1),
-        helper.make_node("Conv", ["cat", const("dec.w", w3), const("dec.b", b3)], ["d1c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["d1c"], ["d1"]),
-        helper.make_node("Conv", ["d1", const("head.w", w4), const("head.b", b4)], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["foreground"]),
-    ]
-    graph = helper.make_graph(nodes, "tiny-unet", [x], [y], inits)
-    model = helper.make_model(graph, producer_name="hpcstage-tests", producer_version="1",
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for k, v in {"size_divisor": "2", "percentiles": "1,99.8"}.items():
-        p = model.metadata_props.add()
-        p.key, p.value = k, v
-    onnx.checker.check_model(model)
-    onnx.save(model, out)
+    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../templates/tools/unet-tiny-model")
+    sys.argv = [tool, out]
+    runpy.run_path(tool, run_name="__main__")
 
 
 def disks(image_path, truth_path, size, z, seed, channels, ome):
@@ -185,7 +138,6 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("model")
     m.add_argument("out")
-    m.add_argument("--fixed", type=int)
     d = sub.add_parser("disks")
     d.add_argument("image")
     d.add_argument("truth")
@@ -208,7 +160,7 @@ def main():
     b.add_argument("--like", required=True)
     a = p.parse_args()
     if a.cmd == "model":
-        unet_model(a.out, a.fixed)
+        unet_model(a.out)
     elif a.cmd == "disks":
         disks(a.image, a.truth, a.size, a.z, a.seed, a.channels, a.ome)
     elif a.cmd == "compare":

@@ -253,3 +253,54 @@ pub(crate) fn count_rows(path: &Path) -> Result<u64, String> {
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn z_comes_from_the_image_description() {
+        let ome = r#"<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0"><Pixels DimensionOrder="XYCZT" ID="Pixels:0" SizeC="2" SizeT="1" SizeX="128" SizeY="96" SizeZ="6" Type="uint16"></Pixels></Image></OME>"#;
+        assert_eq!(described_z(ome), Some(6));
+        assert_eq!(
+            described_z("ImageJ=1.11a\nimages=12\nchannels=2\nslices=6\nhyperstack=true\n"),
+            Some(6)
+        );
+        assert_eq!(described_z("ImageJ=1.11a\nimages=5\n"), Some(5));
+        assert_eq!(
+            described_z(r#"{"shape": [6, 2, 64, 64], "axes": "ZCYX"}"#),
+            Some(6)
+        );
+        assert_eq!(described_z(r#"{"shape": [3, 64, 64]}"#), Some(3));
+        assert_eq!(described_z("a microscope's own words"), None);
+    }
+
+    #[test]
+    fn a_mask_is_read_to_its_largest_label_and_a_signed_one_is_refused() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.tif");
+        let mut file = File::create(&path).unwrap();
+        let mut enc = TiffEncoder::new(&mut file).unwrap();
+        for plane in 0..3u16 {
+            let pixels: Vec<u16> = (0..12)
+                .map(|i| if i == 5 { 300 + plane } else { 0 })
+                .collect();
+            enc.write_image::<colortype::Gray16>(4, 3, &pixels).unwrap();
+        }
+        drop(file);
+        let facts = read_mask(&path).unwrap();
+        assert_eq!(facts.shape, Shape { z: 3, y: 3, x: 4 });
+        assert_eq!(facts.max_label, 302);
+
+        let signed = dir.path().join("s.tif");
+        let mut file = File::create(&signed).unwrap();
+        TiffEncoder::new(&mut file)
+            .unwrap()
+            .write_image::<colortype::GrayI16>(4, 3, &[-1i16; 12])
+            .unwrap();
+        drop(file);
+        let err = read_mask(&signed).unwrap_err();
+        assert!(err.contains("16-bit signed integer values"), "{err}");
+    }
+}

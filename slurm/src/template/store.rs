@@ -40,13 +40,22 @@ const BUILTINS: &[(&str, &str, &str)] =
     &[builtin!("unet-seg"), builtin!("align"), builtin!("convert")];
 
 /// Programs shipped with the built-in templates (`[tools] files`), from `templates/tools/`.
-const BUILTIN_TOOLS: &[(&str, &str)] = &[(
-    "unet-predict",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../templates/tools/unet-predict"
-    )),
-)];
+const BUILTIN_TOOLS: &[(&str, &str)] = &[
+    (
+        "unet-predict",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../templates/tools/unet-predict"
+        )),
+    ),
+    (
+        "unet-tiny-model",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../templates/tools/unet-tiny-model"
+        )),
+    ),
+];
 
 const SPEC_EXT: &str = "toml";
 const BODY_SUFFIX: &str = ".sbatch.j2";
