@@ -1056,7 +1056,8 @@ fn invalid_parameters_and_unknown_templates_are_refused_before_anything_is_submi
     let raw = raw.to_str().unwrap();
     let model = model(&world);
     let model = format!("model={}", model.display());
-    let all_params = "valid parameters: model, predict_cmd, chunk_size, gpus, partition, cpus, \
+    let all_params =
+        "valid parameters: model, predict_cmd, python, chunk_size, gpus, partition, cpus, \
                       mem, time, max_parallel";
     let cases: Vec<(Vec<&str>, String)> = vec![
         (

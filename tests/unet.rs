@@ -282,18 +282,25 @@ fn plate(world: &World) -> (PathBuf, PathBuf) {
     (world.nas().join("P/raw/plate"), model)
 }
 
-fn unet_args(model: &Path, python: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        format!("model={}", model.display()),
-        format!("python={}", python.display()),
-        "cpus=1".into(),
-        "mem=1G".into(),
-        "time=10m".into(),
-    ]
-    .into_iter()
-    .chain(extra.iter().map(|s| (*s).to_string()))
-    .flat_map(|p| ["-p".to_string(), p])
-    .collect();
+/// `stage-and-run RAW unet-seg -p ... --json` with the real predictor and `python`.
+fn unet_args(raw: &Path, model: &Path, python: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "stage-and-run".into(),
+        raw.display().to_string(),
+        "unet-seg".into(),
+    ];
+    args.extend(
+        [
+            format!("model={}", model.display()),
+            format!("python={}", python.display()),
+            "cpus=1".into(),
+            "mem=1G".into(),
+            "time=10m".into(),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|s| (*s).to_string()))
+        .flat_map(|p| ["-p".to_string(), p]),
+    );
     args.push("--json".into());
     args
 }
@@ -311,12 +318,7 @@ fn the_pull_reads_every_mask_back_and_refuses_those_that_are_not_what_they_claim
     let world = World::new();
     let py = python();
     let (raw, model) = plate(&world);
-    let mut args = vec![
-        "stage-and-run".to_string(),
-        raw.display().to_string(),
-        "unet-seg".into(),
-    ];
-    args.extend(unet_args(&model, &py, &["gpus=0", "chunk_size=3"]));
+    let mut args = unet_args(&raw, &model, &py, &["gpus=0", "chunk_size=3"]);
     args.extend([
         "--executor".into(),
         "local".into(),
@@ -437,12 +439,7 @@ fn a_missing_python_package_stops_the_job_before_any_image_is_read() {
         }
     }
     let (raw, model) = plate(&world);
-    let mut args = vec![
-        "stage-and-run".to_string(),
-        raw.display().to_string(),
-        "unet-seg".into(),
-    ];
-    args.extend(unet_args(&model, &bare_py, &["gpus=0"]));
+    let mut args = unet_args(&raw, &model, &bare_py, &["gpus=0"]);
     args.extend(["--executor".into(), "local".into(), "--wait".into()]);
     let run = world.run(&args);
     let chain = common::cluster::Chain::of(&run);
@@ -473,16 +470,12 @@ fn stage_and_run_on_the_gpu_partition_brings_back_ome_tiff_masks_made_on_the_cpu
     let world = World::new();
     let py = python();
     let (raw, model) = plate(&world);
-    let mut args = vec![
-        "stage-and-run".to_string(),
-        raw.display().to_string(),
-        "unet-seg".into(),
-    ];
-    args.extend(unet_args(
+    let args = unet_args(
+        &raw,
         &model,
         &py,
         &["partition=gpu", "gpus=1", "chunk_size=3"],
-    ));
+    );
     let run = world.run(&args);
     run.code(0);
     let chain = common::cluster::Chain::of(&run);
@@ -555,14 +548,12 @@ fn stage_and_run_on_the_gpu_partition_brings_back_ome_tiff_masks_made_on_the_cpu
 // The demo
 // ---------------------------------------------------------------------------------------
 
-/// Runs `hpcstage demo` (local executor, a small dataset) with `python3` on PATH being
-/// `python`; returns the run and the results folder of its segmentation.
-fn demo_with(python: &Path) -> (Run, PathBuf) {
+/// Runs `hpcstage demo` (local executor, a small dataset) with the `python3` of the
+/// environment `venv` first on PATH; returns its world, the run and the results folder of
+/// its segmentation.
+fn demo_with(venv: &Path) -> (World, Run, PathBuf) {
     let mut world = World::new();
-    let bin = world.path("python-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(python, bin.join("python3")).unwrap();
-    world.prepend_path(&bin);
+    world.prepend_path(venv.join("bin"));
     let dir = world.path("demo");
     let run = world.run([
         OsStr::new("demo"),
@@ -584,12 +575,13 @@ fn demo_with(python: &Path) -> (Run, PathBuf) {
         .unwrap_or_else(|| panic!("no results\n{run}"));
     // The demo leaves read-only data behind; its world goes with the test.
     world.sh(&dir, "chmod -R u+w .").code(0);
-    (run, run_dir)
+    (world, run, run_dir)
 }
 
 #[test]
 fn the_demo_runs_the_real_predictor_when_python_has_its_packages() {
-    let (run, results) = demo_with(&python());
+    let venv = python().parent().unwrap().parent().unwrap().to_path_buf();
+    let (_world, run, results) = demo_with(&venv);
     run.out_has("the real predictor: unet-predict with onnxruntime and a tiny U-Net")
         .out_has("6/6 pulled validated results");
     let readme = read_text(results.join("README.md"));
@@ -599,10 +591,18 @@ fn the_demo_runs_the_real_predictor_when_python_has_its_packages() {
     );
     let summary = read_text(results.join("qc/summary-0.tsv"));
     let rows: Vec<&str> = summary.lines().skip(1).collect();
-    assert_eq!(rows.len(), 13, "12 field images and the preview link\n{summary}");
+    assert_eq!(
+        rows.len(),
+        13,
+        "12 field images and the preview link\n{summary}"
+    );
     for row in rows {
         let cols: Vec<&str> = row.split('\t').collect();
-        assert_eq!((cols[3], cols[5], cols[8]), ("ok", "3", "CPU"), "three disks per field: {row}");
+        assert_eq!(
+            (cols[3], cols[5], cols[8]),
+            ("ok", "3", "CPU"),
+            "three disks per field: {row}"
+        );
     }
 }
 
@@ -616,7 +616,7 @@ fn the_demo_says_it_uses_the_stand_in_when_python_lacks_the_packages() {
         .status()
         .unwrap();
     assert!(made.success());
-    let (run, results) = demo_with(&bare.path().join("bin/python"));
+    let (_world, run, results) = demo_with(bare.path());
     run.out_has("a stand-in predictor")
         .out_has("6/6 pulled validated results")
         .err_has("the stand-in predictor was used because")
