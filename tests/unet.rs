@@ -238,6 +238,64 @@ fn a_z_stack_gives_a_z_stack_mask() {
         .err_has("the image has 2 channel(s), the model takes 1: choose them with --channels");
 }
 
+#[test]
+fn a_3d_model_segments_a_z_stack_as_a_volume() {
+    let bench = Bench::new();
+    let model = bench.path("unet3d.onnx");
+    fixture(&[OsStr::new("model"), p(&model), OsStr::new("--3d")]);
+    let (image, truth) = bench.disks("vol", &["--size", "96", "--z", "6", "--ome", "--seed", "8"]);
+    let mask = bench.path("vol.mask.ome.tif");
+    let table = bench.path("vol.csv");
+    predict(&[
+        OsStr::new("--model"),
+        p(&model),
+        OsStr::new("--input"),
+        p(&image),
+        OsStr::new("--mask"),
+        p(&mask),
+        OsStr::new("--table"),
+        p(&table),
+    ])
+    .code(0);
+    let m = fixture_json(&[OsStr::new("inspect"), p(&mask)]);
+    assert_eq!(m["shape"], serde_json::json!([6, 96, 96]), "{m}");
+    assert_matches_truth(&mask, &truth, &table);
+    let described = predict(&[OsStr::new("--describe-model"), p(&model)]);
+    described.code(0);
+    assert_eq!(
+        described.json()["inputs"][0]["shape"],
+        serde_json::json!(["N", 1, "Z", "Y", "X"])
+    );
+}
+
+#[test]
+fn touching_objects_are_split_and_specks_below_the_minimum_size_dropped() {
+    let bench = Bench::new();
+    let image = bench.path("touching.tif");
+    let truth = bench.path("touching.truth.tif");
+    fixture(&[OsStr::new("touching"), p(&image), p(&truth)]);
+    let (split, table, _) = bench.predict(&image, "split", &[]);
+    let c = fixture_json(&[OsStr::new("compare"), p(&split), p(&truth)]);
+    assert_eq!((&c["objects"], &c["truth"]), (&2.into(), &2.into()), "{c}");
+    assert!(c["min_iou"].as_f64().unwrap() >= 0.9, "IoU per object: {c}");
+    assert_eq!(
+        read_text(&table).lines().count() - 1,
+        2,
+        "one row per object"
+    );
+
+    // Without the watershed the two are one object; without a minimum size the speck
+    // is one too.
+    let (merged, _, _) =
+        bench.predict(&image, "merged", &["--split-depth", "0", "--min-size", "1"]);
+    let c = fixture_json(&[OsStr::new("compare"), p(&merged), p(&truth)]);
+    assert_eq!(c["objects"], 2, "{c}");
+    assert!(
+        c["min_iou"].as_f64().unwrap() < 0.6,
+        "the pair is merged: {c}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The template around it
 // ---------------------------------------------------------------------------------------
@@ -527,7 +585,7 @@ fn stage_and_run_on_the_gpu_partition_brings_back_ome_tiff_masks_made_on_the_cpu
         "{readme}"
     );
     assert!(
-        readme.contains("- model: ONNX, producer hpcstage-unet-tiny-model 1, opset ai.onnx 17; inputs: image [\"N\",1,\"H\",\"W\"]; outputs: foreground"),
+        readme.contains("- model: ONNX, producer hpcstage-unet-tiny-model 1, opset ai.onnx 17; inputs: image [\"N\",1,\"Y\",\"X\"]; outputs: foreground"),
         "{readme}"
     );
     let run_json: Value = serde_json::from_str(&read_text(results.join("run.json"))).unwrap();

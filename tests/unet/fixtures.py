@@ -2,11 +2,12 @@
 """Fixtures of the unet-predict tests, built with the real libraries (onnx, tifffile, numpy,
 scikit-image), never with hpcstage's own code.
 
-    fixtures.py model OUT.onnx               the tiny U-Net of templates/tools/unet-tiny-model
+    fixtures.py model OUT.onnx [--3d]        the tiny U-Net of templates/tools/unet-tiny-model
                                              (encoder, decoder, skip connection) whose weights
                                              separate bright disks from background
     fixtures.py disks IMAGE TRUTH [--size N] [--z N] [--seed N] [--channels N] [--ome]
                                              bright disks on noise, and their true labels
+    fixtures.py touching IMAGE TRUTH         two disks touching over a neck, and a speck
     fixtures.py compare MASK TRUTH           JSON: objects found and true, IoU of each true
                                              object with its best match
     fixtures.py inspect MASK                 JSON: what tifffile sees in a mask
@@ -22,12 +23,12 @@ import sys
 import numpy as np
 
 
-def unet_model(out):
+def unet_model(out, three_d=False):
     """The tiny U-Net shipped for trying the template (templates/tools/unet-tiny-model)."""
     import runpy
 
     tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../templates/tools/unet-tiny-model")
-    sys.argv = [tool, out]
+    sys.argv = [tool, out] + (["--3d"] if three_d else [])
     runpy.run_path(tool, run_name="__main__")
 
 
@@ -71,6 +72,24 @@ def disks(image_path, truth_path, size, z, seed, channels, ome):
                                    **({"PhysicalSizeZ": 2.0} if z > 1 else {})})
     else:
         tifffile.imwrite(image_path, img, photometric="minisblack", metadata={"axes": axes})
+    tifffile.imwrite(truth_path, truth)
+
+
+def touching(image_path, truth_path):
+    """Two disks of radius 11 whose centres are 18 px apart (they touch over a neck), and a
+    3 x 3 speck: two true objects; the speck is noise below the minimum size."""
+    import tifffile
+
+    rng = np.random.default_rng(7)
+    size = 96
+    yy, xx = np.mgrid[:size, :size]
+    truth = np.zeros((size, size), dtype=np.uint16)
+    for n, (cy, cx) in enumerate([(48, 36), (48, 54)], start=1):
+        truth[((yy - cy) ** 2 + (xx - cx) ** 2 <= 121) & (truth == 0)] = n
+    bright = truth > 0
+    bright[10:13, 10:13] = True
+    img = np.where(bright, 0.9, 0.1) + rng.normal(0, 0.05, truth.shape)
+    tifffile.imwrite(image_path, np.clip(img * 4000, 0, 65535).astype(np.uint16))
     tifffile.imwrite(truth_path, truth)
 
 
@@ -138,6 +157,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("model")
     m.add_argument("out")
+    m.add_argument("--3d", dest="three_d", action="store_true")
     d = sub.add_parser("disks")
     d.add_argument("image")
     d.add_argument("truth")
@@ -146,6 +166,9 @@ def main():
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--channels", type=int, default=1)
     d.add_argument("--ome", action="store_true")
+    t = sub.add_parser("touching")
+    t.add_argument("image")
+    t.add_argument("truth")
     c = sub.add_parser("compare")
     c.add_argument("mask")
     c.add_argument("truth")
@@ -160,9 +183,11 @@ def main():
     b.add_argument("--like", required=True)
     a = p.parse_args()
     if a.cmd == "model":
-        unet_model(a.out)
+        unet_model(a.out, a.three_d)
     elif a.cmd == "disks":
         disks(a.image, a.truth, a.size, a.z, a.seed, a.channels, a.ome)
+    elif a.cmd == "touching":
+        touching(a.image, a.truth)
     elif a.cmd == "compare":
         print(json.dumps(compare(a.mask, a.truth)))
     elif a.cmd == "inspect":
