@@ -12,15 +12,22 @@ use clap::{Args, Parser, Subcommand};
     name = "hpcstage",
     version,
     about,
-    long_about = "Move research data along its lifecycle on an HPC cluster: ingest instrument \
-data into the NAS raw area (with MANIFEST.sha256 and write protection), stage it to scratch with \
-verified parallel copies, and track when the scratch copy will be purged.\n\n\
+    long_about = "Move research data along its lifecycle on an HPC cluster, proving at every hop \
+that no byte changed:\n\n\
+  1. ingest         instrument data into <nas>/PRJ/raw/NAME: manifest, write protection\n\
+  2. stage          a dataset NAS -> scratch, verified and resumable; purge deadline kept\n\
+  3. stage-and-run  stage, then a SLURM compute job -> pull-back job; log out\n\
+  4. pull           validated outputs -> <nas>/PRJ/results/<workflow>/<run>, with provenance\n\
+  5. report         what scratch will purge soon, and what is not yet safe on the NAS\n\
+  6. clean          remove scratch copies that have a verified copy on the NAS\n\
+  also: manifest (sha256sum-compatible), status, template, submit, epilogue, demo\n\n\
 Configuration is layered: built-in defaults < /etc/hpcstage/config.toml < \
 ~/.config/hpcstage/config.toml < $HPCSTAGE_CONFIG (or --config) < flags. \
 Run `hpcstage config show` to see the result and where each value came from.",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 integrity failure \
 (checksum mismatch, missing or corrupt file), 4 some files failed (see the list printed), \
-5 `report --fail-on-risk` found data AT RISK."
+5 `report --fail-on-risk` found data AT RISK, 130/143 a copy stopped cleanly on SIGINT/SIGTERM \
+(run it again to finish)."
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -93,6 +100,23 @@ them to <nas_root>/<project>/results/<workflow>/<run>/. Follow it with `hpcstage
 hpcstage pull unet-seg-plate7-20261127T101500-3f2a --remote-verify   # nas_root on an SSH host"
     )]
     Pull(PullArgs),
+    /// Resubmit the failed array tasks of a run into its folder, with a new pull-back job
+    #[command(
+        after_help = "Examples:\n  hpcstage retry unet-seg-plate7-20261127T101500-3f2a\n  \
+hpcstage retry unet-seg-plate7-20261127T101500-3f2a --array 3,7   # chosen tasks\n\n\
+The tasks run again with their own inputs in the same run folder, so that the new pull-back \
+job collects the outputs of every task into one results folder. A task whose outputs exist \
+already skips them (the built-in templates do)."
+    )]
+    Retry(RetryArgs),
+    /// Give up a run's results: it leaves the AT RISK count and `clean` may remove it
+    #[command(
+        after_help = "Examples:\n  hpcstage dismiss unet-seg-plate7-20261127T101500-3f2a --reason 'wrong model'\n  \
+hpcstage clean --dry-run   # the dismissed run's scratch folder may now go\n\n\
+Recorded in the ledger and in the run folder. Refused while a job of the run is queued or \
+running (cancel it first) and for a run whose results were pulled."
+    )]
+    Dismiss(DismissArgs),
     /// Show runs (with their jobs) and staged datasets, with purge deadlines
     #[command(after_help = "Examples:\n  hpcstage status\n  hpcstage status RUN --json")]
     Status(StatusArgs),
@@ -102,7 +126,11 @@ hpcstage pull unet-seg-plate7-20261127T101500-3f2a --remote-verify   # nas_root 
 with /usr/local/sbin/hpcstage-epilog:\n  #!/bin/sh\n  exec /usr/local/bin/hpcstage epilogue --timeout 5s\n\n\
 It reads SLURM_JOB_ID, SLURM_JOB_USER, SLURM_JOB_EXIT_CODE2, SLURM_JOB_DERIVED_EC and \
 SLURM_JOB_GPUS, becomes the job's user, adds one event to that user's ledger when the job \
-belongs to an hpcstage run, and always exits 0 (a failing Epilog drains the node)."
+belongs to an hpcstage run, and always exits 0 (a failing Epilog drains the node). The ledger \
+is the job user's state folder: state_dir in their ~/.config/hpcstage/config.toml or the \
+site's, else ~/.local/state/hpcstage under their home.\n\n\
+Test an install as root with a job of yours that ended:\n  \
+SLURM_JOB_ID=123 SLURM_JOB_USER=alice SLURM_JOB_EXIT_CODE2=0:0 hpcstage epilogue --verbose"
     )]
     Epilogue(EpilogueArgs),
     /// Runs a run's jobs with the local executor (started detached by submit)
@@ -119,7 +147,12 @@ Weekly from cron:\n  0 7 * * MON  hpcstage report --within 7d --format markdown 
 or from scrontab (`scrontab -e`):\n  #SCRON --partition=transfer --time=00:10:00\n  0 7 * * MON  hpcstage report --within 7d --format markdown")]
     Report(ReportArgs),
     /// Remove scratch copies that are provably safe on the NAS
-    #[command(after_help = "Examples:\n  hpcstage clean --dry-run\n  hpcstage clean")]
+    #[command(
+        after_help = "Examples:\n  hpcstage clean --dry-run                 # what would go, and why the rest stays\n  \
+hpcstage clean\n  \
+hpcstage clean --project PRJ1\n  \
+hpcstage clean PRJ1/plate7               # one staged dataset (or a run id)"
+    )]
     Clean(CleanArgs),
     /// Inspect the resolved configuration
     #[command(subcommand)]
@@ -196,7 +229,8 @@ pub(crate) struct ParallelArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct CopyArgs {
-    /// Show what would be copied, change nothing
+    /// Show what would be copied and change nothing (files listed in the source manifest are
+    /// read, to report any that no longer match it as the copy would)
     #[arg(short = 'n', long)]
     pub(crate) dry_run: bool,
     /// Re-read files already verified at the destination and repair any that changed
@@ -228,6 +262,9 @@ pub(crate) struct StageArgs {
     /// Dataset name (default: from SRC)
     #[arg(long)]
     pub(crate) dataset: Option<String>,
+    /// Stage SRC even though it is a project's whole raw/ area rather than one dataset
+    #[arg(long)]
+    pub(crate) allow_raw_area: bool,
     #[command(flatten)]
     pub(crate) copy: CopyArgs,
 }
@@ -308,7 +345,8 @@ pub(crate) struct ReportArgs {
     /// Everything tracked, whatever its deadline
     #[arg(long)]
     pub(crate) all: bool,
-    /// Also find staged folders and runs under ROOT by their .hpcstage markers (repeatable)
+    /// Only staged folders and runs under ROOT, found by their .hpcstage markers (also
+    /// other users'; repeatable)
     #[arg(long, value_name = "ROOT")]
     pub(crate) scan: Vec<PathBuf>,
     /// Only items of this owner
@@ -327,10 +365,17 @@ pub(crate) struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct CleanArgs {
+    /// Only this item: a staged dataset as PROJECT/DATASET, a run id (or a unique prefix),
+    /// or its folder
+    #[arg(value_name = "ITEM")]
+    pub(crate) item: Option<String>,
     /// List what would be removed and the space it returns; remove nothing
     #[arg(short = 'n', long)]
     pub(crate) dry_run: bool,
-    /// Also consider folders found under ROOT by their .hpcstage markers (repeatable)
+    /// Only items of this project
+    #[arg(long)]
+    pub(crate) project: Option<String>,
+    /// Only folders found under ROOT by their .hpcstage markers (repeatable)
     #[arg(long, value_name = "ROOT")]
     pub(crate) scan: Vec<PathBuf>,
     /// Print JSON
@@ -384,6 +429,10 @@ pub(crate) struct JobArgs {
     /// Override the account
     #[arg(long)]
     pub(crate) account: Option<String>,
+    /// Run only these array tasks, in SLURM's syntax (e.g. 3,7 or 0-9%2); each task keeps
+    /// its inputs, so `--array 3,7` re-runs exactly the inputs of tasks 3 and 7
+    #[arg(long, value_name = "LIST")]
+    pub(crate) array: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -416,6 +465,9 @@ pub(crate) struct RunArgs {
     /// With the local executor: run the chain in the foreground and return when done
     #[arg(long)]
     pub(crate) wait: bool,
+    /// The pull-back job write-protects the results it puts on the NAS (`pull --worm`)
+    #[arg(long, conflicts_with = "no_pull")]
+    pub(crate) worm: bool,
     /// Print JSON
     #[arg(long)]
     pub(crate) json: bool,
@@ -478,10 +530,38 @@ pub(crate) struct PullArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct RetryArgs {
+    /// Run id (or unique prefix)
+    pub(crate) run: String,
+    /// Re-run these array tasks instead of the failed ones, in SLURM's syntax (e.g. 3,7)
+    #[arg(long, value_name = "LIST")]
+    pub(crate) array: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DismissArgs {
+    /// Run id (or unique prefix)
+    pub(crate) run: String,
+    /// Why, for the ledger and the report
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct EpilogueArgs {
     /// Hard time limit; the command exits 0 when it is reached
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     pub(crate) timeout: humantime::Duration,
+    /// Say each step on stderr (the job user, the state folder chosen and why, the run
+    /// found or not), to test an install by hand
+    #[arg(short, long)]
+    pub(crate) verbose: bool,
 }
 
 /// Where `stage-and-run` stages the data.

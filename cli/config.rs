@@ -137,8 +137,8 @@ pub(crate) struct Settings {
     pub(crate) policy: PurgePolicy,
     /// False when no layer set the purge policy (the defaults are a guess).
     pub(crate) policy_configured: bool,
-    /// (key, value, source) for `config show`.
-    pub(crate) provenance: Vec<(String, String, String)>,
+    /// (key, value, source) for `config show`; `None` for a value nothing set.
+    pub(crate) provenance: Vec<(String, Option<String>, String)>,
     /// Template folders in override order (site, user, configured).
     pub(crate) template_dirs: Vec<PathBuf>,
     pub(crate) slurm: SlurmConfig,
@@ -165,6 +165,21 @@ impl Settings {
             .as_deref()
             .map(|p| parse_location(p).map(|l| l.path().to_path_buf()))
             .transpose()
+    }
+
+    /// The warning of a command that uses the purge policy when no layer set it.
+    pub(crate) fn policy_warning(&self) -> Option<String> {
+        (!self.policy_configured).then(|| {
+            let user = user_file().map_or_else(
+                || "~/.config/hpcstage/config.toml".to_string(),
+                |p| p.display().to_string(),
+            );
+            format!(
+                "no purge policy configured; assuming mtime, 30 days (set [purge] basis/age in \
+                 {} for the site, or in {user} for yourself)",
+                site_file().display()
+            )
+        })
     }
 
     /// The NAS root, or an error that says how to set it.
@@ -270,15 +285,12 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
 
     let config: Config = figment
         .extract()
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(explain)
         .context("invalid configuration (run `hpcstage config show` after fixing it)")?;
 
     let source_of = |key: &str| -> String {
         match figment.find_metadata(key) {
-            Some(m) => match &m.source {
-                Some(src) => format!("{src}"),
-                None => m.name.to_string(),
-            },
+            Some(m) => source_name(m),
             None => "unset".to_string(),
         }
     };
@@ -287,18 +299,25 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         .basis
         .parse()
         .with_context(|| format!("purge.basis (from {})", source_of("purge.basis")))?;
-    let age = parse_duration("purge.age", &config.purge.age, &source_of("purge.age"))?;
-    let warn = parse_duration("purge.warn", &config.purge.warn, &source_of("purge.warn"))?;
+    let age = parse_duration(
+        "purge.age",
+        &config.purge.age,
+        &source_of("purge.age"),
+        DAYS,
+    )?;
+    let warn = parse_duration(
+        "purge.warn",
+        &config.purge.warn,
+        &source_of("purge.warn"),
+        DAYS,
+    )?;
     let policy_configured = ["purge.basis", "purge.age"]
         .iter()
         .any(|k| source_of(k) != "built-in default");
 
     let state_dir = config.state_dir.clone().unwrap_or_else(default_state_dir);
     let mut provenance = Vec::new();
-    let show = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map_or("(unset)".to_string(), |p| p.display().to_string())
-    };
+    let show = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     provenance.push((
         "nas_root".into(),
         show(&config.nas_root),
@@ -311,34 +330,22 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
     ));
     provenance.push((
         "state_dir".into(),
-        state_dir.display().to_string(),
+        Some(state_dir.display().to_string()),
         if config.state_dir.is_some() {
             source_of("state_dir")
         } else {
             "built-in default ($XDG_STATE_HOME/hpcstage)".into()
         },
     ));
-    provenance.push(("jobs".into(), config.jobs.to_string(), source_of("jobs")));
-    provenance.push((
-        "purge.basis".into(),
-        basis.to_string(),
-        source_of("purge.basis"),
-    ));
-    provenance.push((
-        "purge.age".into(),
-        config.purge.age.clone(),
-        source_of("purge.age"),
-    ));
-    provenance.push((
-        "purge.warn".into(),
-        config.purge.warn.clone(),
-        source_of("purge.warn"),
-    ));
-    provenance.push((
-        "purge.whole_folder".into(),
-        config.purge.whole_folder.to_string(),
-        source_of("purge.whole_folder"),
-    ));
+    for (key, value) in [
+        ("jobs", config.jobs.to_string()),
+        ("purge.basis", basis.to_string()),
+        ("purge.age", config.purge.age.clone()),
+        ("purge.warn", config.purge.warn.clone()),
+        ("purge.whole_folder", config.purge.whole_folder.to_string()),
+    ] {
+        provenance.push((key.into(), Some(value), source_of(key)));
+    }
 
     for (key, value) in [
         ("slurm.executor", config.slurm.executor.clone()),
@@ -357,7 +364,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         ("ssh.retries", config.ssh.retries.to_string()),
         ("ssh.remote_verify", config.ssh.remote_verify.to_string()),
     ] {
-        provenance.push((key.into(), value, source_of(key)));
+        provenance.push((key.into(), Some(value), source_of(key)));
     }
     if !matches!(config.slurm.executor.as_str(), "auto" | "slurm" | "local") {
         bail!(
@@ -370,6 +377,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         "slurm.command_timeout",
         &config.slurm.command_timeout,
         &source_of("slurm.command_timeout"),
+        SECONDS,
     )?;
     let mut template_dirs = vec![site_file().with_file_name("templates")];
     if let Some(user) = user_file() {
@@ -378,11 +386,13 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
     template_dirs.extend(config.template_dirs.iter().cloned());
     provenance.push((
         "template_dirs".into(),
-        template_dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        Some(
+            template_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         "site and user folders, then template_dirs".into(),
     ));
     let client = hpcstage_slurm::client::ClientSettings {
@@ -423,6 +433,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
                 "ssh.timeout",
                 &config.ssh.timeout,
                 &source_of("ssh.timeout"),
+                SECONDS,
             )?,
             retries: config.ssh.retries,
             ..SshOptions::default()
@@ -431,10 +442,112 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
     })
 }
 
-fn parse_duration(key: &str, value: &str, source: &str) -> Result<Duration> {
-    humantime::parse_duration(value).with_context(|| {
-        format!("{key} = {value:?} (from {source}) is not a duration; write e.g. \"30d\" or \"60 days\"")
+/// The unit a bare number of a duration key most likely meant, and an example.
+struct Unit {
+    suffix: &'static str,
+    name: &'static str,
+    example: &'static str,
+}
+
+const DAYS: Unit = Unit {
+    suffix: "d",
+    name: "days",
+    example: "\"30d\" or \"60 days\"",
+};
+const SECONDS: Unit = Unit {
+    suffix: "s",
+    name: "seconds",
+    example: "\"30s\" or \"2m\"",
+};
+
+fn parse_duration(key: &str, value: &str, source: &str, unit: Unit) -> Result<Duration> {
+    let value = value.trim();
+    if value.parse::<f64>().is_ok() {
+        bail!(
+            "{key} = {value:?} (from {source}) has no unit; write \"{value}{}\" for {value} {}",
+            unit.suffix,
+            unit.name
+        );
+    }
+    humantime::parse_duration(value).map_err(|e| {
+        anyhow::anyhow!(
+            "{key} = {value:?} (from {source}) is not a duration ({e}); write e.g. {}",
+            unit.example
+        )
     })
+}
+
+/// Where a configuration value came from: the file's absolute path (figment shows files
+/// relative to the current folder, which from `/` reads `etc/hpcstage/...`), or the
+/// layer's name.
+fn source_name(m: &Metadata) -> String {
+    match &m.source {
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        Some(other) => other.to_string(),
+        None => m.name.to_string(),
+    }
+}
+
+/// A configuration error as a user can act on it: the file and line of the key, and for
+/// an unknown key the known one it was probably meant to be.
+fn explain(errors: figment::Error) -> anyhow::Error {
+    let lines: Vec<String> = errors.into_iter().map(|e| explain_one(&e)).collect();
+    anyhow::anyhow!("{}", lines.join("; "))
+}
+
+fn explain_one(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let file = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(path)) => Some(path.clone()),
+        _ => None,
+    };
+    let leaf = e.path.last().map_or("", String::as_str);
+    let place = match &file {
+        Some(path) => match line_of(path, leaf) {
+            Some(line) => format!("{}:{line}: ", path.display()),
+            None => format!("{}: ", path.display()),
+        },
+        None => e
+            .metadata
+            .as_ref()
+            .map_or(String::new(), |m| format!("{}: ", source_name(m))),
+    };
+    match &e.kind {
+        figment::error::Kind::UnknownField(field, expected) => {
+            let known = expected.join(", ");
+            match closest(field, expected) {
+                Some(guess) => format!(
+                    "{place}unknown key `{key}`: did you mean `{guess}`? (known here: {known})"
+                ),
+                None => format!("{place}unknown key `{key}` (known here: {known})"),
+            }
+        }
+        kind => format!("{place}{key}: {kind}"),
+    }
+}
+
+/// The 1-based line of `key = ...` in a TOML file, when it can be found.
+fn line_of(path: &Path, key: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .or_else(|| l.strip_prefix(&format!("\"{key}\"")))
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// The known key a typo most likely meant: a few letters off (`scratch_rot`), or one
+/// holding the other (`max_age` for `age`).
+fn closest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(typed, k), *k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 3) || typed.contains(k) || k.contains(typed))
+        .min()
+        .map(|(_, k)| k)
 }
 
 /// A local path made absolute, or `[user@]host[:port]:/path` kept as it is.

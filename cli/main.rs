@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod config;
+mod exit;
 mod output;
 
 use std::process::ExitCode;
@@ -12,23 +13,24 @@ use clap::Parser;
 
 use crate::args::{Cli, Command, ConfigCommand, ManifestCommand, TemplateCommand};
 use crate::commands::Status;
+use crate::exit::ExitStatus;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitStatus::of_clap(&e).into();
         }
     };
     match run(cli) {
-        Ok(status) => ExitCode::from(status.code()),
+        Ok(status) => status.into(),
         Err(err) => {
             output::error(error_chain(&err));
             if let Some(hint) = commands::hint(&err) {
                 output::note(format!("hint: {hint}"));
             }
-            ExitCode::from(commands::error_code(&err))
+            ExitStatus::of_error(&err).into()
         }
     }
 }
@@ -56,6 +58,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         // Before loading config: a broken config file must not fail an Epilog.
         return Ok(commands::epilogue::run(&cli.global, args));
     }
+    // Long copies stop cleanly on Ctrl-C or SIGTERM (see hpcstage_staging::interrupt).
+    hpcstage_staging::interrupt::install();
     let settings = config::load(&cli.global)?;
     match &cli.command {
         Command::Ingest(args) => commands::ingest::run(&settings, args),
@@ -81,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Submit(args) => commands::submit::run_submit(&settings, args),
         Command::StageAndRun(args) => commands::submit::run_stage_and_run(&settings, args),
         Command::Pull(args) => commands::pull::run(&settings, args),
+        Command::Retry(args) => commands::retry::run(&settings, args),
+        Command::Dismiss(args) => commands::dismiss::run(&settings, args),
         Command::RunLocal { run } => commands::submit::run_local(&settings, run),
         Command::Epilogue(_) => unreachable!("handled before loading the config"),
         Command::Report(args) => commands::report::run(&settings, args),

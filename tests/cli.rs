@@ -27,6 +27,29 @@ fn stage_help() {
 #[test]
 fn usage_errors_exit_2() {
     let env = Env::new();
+    // Every command exits 2 on a flag it does not know.
+    for command in [
+        "ingest",
+        "manifest create",
+        "manifest verify",
+        "stage",
+        "template list",
+        "submit",
+        "stage-and-run",
+        "pull",
+        "status",
+        "epilogue",
+        "report",
+        "clean",
+        "config show",
+        "demo",
+    ] {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.push("--no-such-flag");
+        env.run(&args)
+            .code(2)
+            .err_has("unexpected argument '--no-such-flag'");
+    }
     for args in [
         vec!["stage"],
         vec!["stage", "src", "--no-such-flag"],
@@ -102,17 +125,22 @@ fn config_layers_override_in_order_and_say_where_each_value_came_from() {
     env.set_env("SCRATCH", "/env/scratch");
 
     let got = rows(&shown(&env, &["--nas-root", "/flag/nas"]));
+    let (site, user, explicit) = (
+        env.site_config().display().to_string(),
+        env.user_config().display().to_string(),
+        env.path("explicit.toml").display().to_string(),
+    );
     assert_eq!(
         got,
         json!([
             {"key": "nas_root", "value": "/flag/nas", "source": "command line"},
-            {"key": "scratch_root", "value": "/user/scratch", "source": "xdg-config/hpcstage/config.toml"},
+            {"key": "scratch_root", "value": "/user/scratch", "source": user},
             {"key": "state_dir", "value": env.state().display().to_string(), "source": "$HPCSTAGE_STATE"},
-            {"key": "jobs", "value": "5", "source": "explicit.toml"},
-            {"key": "purge.basis", "value": "atime", "source": "site.toml"},
-            {"key": "purge.age", "value": "45d", "source": "xdg-config/hpcstage/config.toml"},
-            {"key": "purge.warn", "value": "10d", "source": "site.toml"},
-            {"key": "purge.whole_folder", "value": "true", "source": "explicit.toml"},
+            {"key": "jobs", "value": "5", "source": explicit},
+            {"key": "purge.basis", "value": "atime", "source": site},
+            {"key": "purge.age", "value": "45d", "source": user},
+            {"key": "purge.warn", "value": "10d", "source": site},
+            {"key": "purge.whole_folder", "value": "true", "source": explicit},
         ])
     );
 
@@ -151,7 +179,7 @@ fn scratch_is_the_default_scratch_root_and_files_override_it() {
     let got = shown(&env, &[]);
     assert_eq!(
         row(&got, "scratch_root"),
-        json!({"key": "scratch_root", "value": "/site/scratch", "source": "site.toml"})
+        json!({"key": "scratch_root", "value": "/site/scratch", "source": env.site_config().display().to_string()})
     );
 }
 
@@ -179,10 +207,10 @@ fn an_unknown_key_in_a_config_file_is_an_error_naming_it() {
         "nas_root = \"/nas\"\nscrach_root = \"/typo\"\n",
     );
     let run = env.run(["config", "show"]);
-    run.code(1)
-        .err_has("error: invalid configuration")
-        .err_has("unknown field: found `scrach_root`")
-        .err_has("xdg-config/hpcstage/config.toml");
+    run.code(1).err_has("error: invalid configuration").err_has(
+        "[ROOT]/xdg-config/hpcstage/config.toml:2: unknown key `scrach_root`: \
+             did you mean `scratch_root`?",
+    );
     assert_text(&run.stdout, "");
 
     // Inside a table too, and for any command, not only `config show`.
@@ -193,9 +221,10 @@ fn an_unknown_key_in_a_config_file_is_an_error_naming_it() {
     );
     write(env.path("d/x"), "x");
     let run = env.run(["manifest", "create", "d"]);
-    run.code(1)
-        .err_has("unknown field: found `max_age`")
-        .err_has("site.toml");
+    run.code(1).err_has(
+        "[ROOT]/site.toml:3: unknown key `purge.max_age`: did you mean `age`? \
+         (known here: basis, age, warn, whole_folder)",
+    );
     assert!(!env.path("d/MANIFEST.sha256").exists());
 }
 
@@ -205,14 +234,24 @@ fn a_bad_value_names_the_key_and_the_file_it_came_from() {
     write(env.site_config(), "[purge]\nbasis = \"weekly\"\n");
     env.run(["config", "show"])
         .code(1)
-        .err_has("purge.basis (from site.toml)")
+        .err_has("purge.basis (from [ROOT]/site.toml)")
         .err_has("invalid purge basis \"weekly\": expected atime, mtime, ctime or created");
 
     let env = Env::new();
     write(env.user_config(), "[purge]\nage = \"a month or so\"\n");
     env.run(["config", "show"]).code(1).err_has(
-        "purge.age = \"a month or so\" (from xdg-config/hpcstage/config.toml) is not a duration",
+        "purge.age = \"a month or so\" (from [ROOT]/xdg-config/hpcstage/config.toml) is not a duration",
     );
+
+    // A bare number asks for a unit, in days for a purge age.
+    let env = Env::new();
+    write(env.user_config(), "[purge]\nage = \"30\"\n");
+    let run = env.run(["config", "show"]);
+    run.code(1).err_has(
+        "purge.age = \"30\" (from [ROOT]/xdg-config/hpcstage/config.toml) has no unit; \
+         write \"30d\" for 30 days",
+    );
+    assert!(!run.err().contains("30sec"), "{run}");
 }
 
 #[test]
@@ -254,4 +293,36 @@ fn an_io_error_is_printed_once_with_its_path() {
         )],
         "{run}"
     );
+}
+
+/// `config show` run from `/` names files by their absolute paths, and `--json` gives
+/// `null` for what nothing set.
+#[test]
+fn config_show_from_the_root_folder_names_files_absolutely_and_unset_is_null() {
+    let env = Env::new();
+    write(env.site_config(), "jobs = 7\n");
+    let mut cmd = env.command();
+    cmd.current_dir("/").args(["config", "show", "--json"]);
+    let run = env.finish(cmd);
+    run.code(0);
+    let j = run.json();
+    assert_eq!(
+        row(&j, "jobs"),
+        json!({"key": "jobs", "value": "7", "source": env.site_config().display().to_string()})
+    );
+    assert_eq!(
+        row(&j, "nas_root")["value"],
+        serde_json::Value::Null,
+        "{run}"
+    );
+}
+
+/// What the user typed is checked first: a missing source is named before anything is
+/// said about the configuration.
+#[test]
+fn a_missing_source_is_reported_before_a_missing_scratch_root() {
+    let env = Env::new();
+    let run = env.run(["stage", "/does/not/exist"]);
+    run.code(1).err_has("/does/not/exist");
+    assert!(!run.err().contains("scratch root"), "{run}");
 }

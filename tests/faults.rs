@@ -156,8 +156,21 @@ fn after_sigkill_mid_stage_no_unverified_file_has_a_final_name_and_a_rerun_finis
         finished < 2048,
         "all {finished} files were done: the kill came too late"
     );
-    assert!(!dest.join(".hpcstage/stage.json").exists());
+    // Still tracked, as incomplete: its record was written before the copy started.
+    let record: serde_json::Value =
+        serde_json::from_slice(&read(dest.join(".hpcstage/stage.json"))).expect("stage.json");
+    assert!(record["incomplete"].is_object(), "{record}");
     assert!(!dest.join("MANIFEST.sha256").exists());
+    let status = env.run(["status", "--json"]);
+    status.code(0);
+    let item = status.json()["items"][0].clone();
+    assert_eq!(item["safety"], "INCOMPLETE", "{status}");
+    assert!(
+        item["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("staging started and has not finished")),
+        "{item}"
+    );
 
     // The rerun resumes (trusting what the journal verified) and completes.
     let run = env.run([
@@ -403,7 +416,12 @@ fn a_disk_that_fills_up_during_a_direct_copy_of_big_files_fails_them_and_a_rerun
         "disk/dest",
         &small,
         "the first big file was being copied",
-        || !temporaries(&small.join("dest")).is_empty(),
+        // Data temporaries, not the stage record's (written first, in `.hpcstage/`).
+        || {
+            temporaries(&small.join("dest"))
+                .iter()
+                .any(|t| !t.starts_with(small.join("dest/.hpcstage")))
+        },
     );
     let dest = small.join("dest");
     assert!(
@@ -571,4 +589,139 @@ fn a_nas_file_that_no_longer_matches_its_manifest_is_not_copied() {
          but the source MANIFEST.sha256 says {listed}; not copied"
     ));
     assert!(!dest.join("b.dat").exists());
+}
+
+/// A dry run says what the run will do: a listed file that no longer matches the NAS
+/// manifest is SOURCE CORRUPT there too, with the same exit code. The manifest is the
+/// kind a Windows acquisition PC writes (CRLF, upper-case hex).
+#[test]
+fn a_dry_run_reports_source_corrupt_as_the_run_does_from_a_windows_manifest() {
+    let env = Env::new();
+    let ds = env.nas().join("P/raw/ds");
+    for (f, seed) in [("a.dat", 41), ("b.dat", 42)] {
+        write(ds.join(f), noise(seed, 4096));
+    }
+    let windows: String = ["a.dat", "b.dat"]
+        .iter()
+        .map(|f| format!("{} *{f}\r\n", sha256_hex(&env, &ds.join(f)).to_uppercase()))
+        .collect();
+    write(ds.join("MANIFEST.sha256"), windows);
+    let mut bytes = read(ds.join("b.dat"));
+    bytes[100] ^= 1;
+    write(ds.join("b.dat"), &bytes);
+
+    let dry = env.run_roots(["stage".as_ref(), ds.as_os_str(), "--dry-run".as_ref()]);
+    dry.code(3)
+        .err_has("1 file would fail:")
+        .err_has("b.dat: SOURCE CORRUPT: content hashes to");
+    assert_eq!(dry.out().lines().collect::<Vec<_>>(), ["+ a.dat"], "{dry}");
+    assert!(!env.scratch().join("P/ds").exists(), "a dry run wrote");
+
+    let j = env
+        .run_roots([
+            "stage".as_ref(),
+            ds.as_os_str(),
+            "--dry-run".as_ref(),
+            "--json".as_ref(),
+        ])
+        .json();
+    assert_eq!(j["failed"][0]["kind"], "source-corrupt");
+    assert_eq!(j["source_manifest_used"], true);
+
+    let run = env.run_roots(["stage".as_ref(), ds.as_os_str()]);
+    run.code(3)
+        .err_has("1 file failed:")
+        .err_has("b.dat: SOURCE CORRUPT");
+    assert_eq!(
+        regular_files(&env.scratch().join("P/ds")),
+        [PathBuf::from("a.dat")]
+    );
+}
+
+/// Ctrl-C (or SIGTERM from `scancel`/a session's end) mid-stage: the run stops reading,
+/// removes the temporaries of the files in flight, keeps what it verified, says so, and
+/// exits 128 + the signal; a rerun finishes.
+#[test]
+fn sigint_or_sigterm_mid_stage_stops_cleanly_and_a_rerun_finishes() {
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let env = Env::new();
+        let src = env.path("src");
+        // Many small files and two big ones (streamed past the cache), so that the signal
+        // finds files in flight of both kinds.
+        let base = noise(7, 128 << 10);
+        for f in 0..1024u64 {
+            let mut data = base.clone();
+            data[..8].copy_from_slice(&f.to_le_bytes());
+            write(src.join(format!("d/f{f:04}.bin")), data);
+        }
+        write(src.join("big/a.raw"), noise(8, 96 << 20));
+        write(src.join("big/b.raw"), noise(9, 96 << 20));
+        let dest = env.path("dest");
+        let journal = dest.join(".hpcstage/journal");
+
+        let mut cmd = env.command();
+        cmd.args(["stage", "src", "dest", "--project", "P", "--jobs", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start hpcstage");
+        wait_for(&mut child, "the journal got its first lines", || {
+            fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+        });
+        let pid = i32::try_from(child.id()).expect("pid");
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let out = child.wait_with_output().expect("reap");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(128 + signal),
+            "{name}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains(&format!("error: interrupted by {name}: "))
+                && stderr.contains("files verified in")
+                && stderr.contains("run the same command again to finish"),
+            "{stderr}"
+        );
+        assert_eq!(
+            temporaries(&dest),
+            Vec::<PathBuf>::new(),
+            "{name}: temporary files were left"
+        );
+        let finished = assert_final_names_match_source(&src, &dest);
+        assert!(
+            finished < 1026,
+            "{name} came after the end: nothing was tested"
+        );
+        assert!(
+            dest.join(".hpcstage/running").exists(),
+            "the interrupted stage is not marked as unfinished"
+        );
+        assert!(!dest.join(".hpcstage/stage.json").exists());
+
+        let run = env.run(["stage", "src", "dest", "--project", "P", "--json"]);
+        run.code(0);
+        let j = run.json();
+        assert!(j["skipped"].as_u64().expect("skipped") > 0, "{run}");
+        assert_eq!(assert_final_names_match_source(&src, &dest), 1026);
+        assert!(!dest.join(".hpcstage/running").exists());
+        env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
+            .code(0);
+    }
+}
+
+/// A scratch mounted read-only (maintenance) is named, with a hint instead of a bare
+/// `Read-only file system (os error 30)`.
+#[test]
+fn a_read_only_scratch_gets_a_hint() {
+    needs_root!();
+    let env = Env::new();
+    write(env.path("src/a.dat"), noise(51, 1024));
+    let scratch = env.path("ro-scratch");
+    let _mount = Mount::new("tmpfs", "ro,size=1m", &scratch);
+    let run = env.run(["stage", "src", "ro-scratch/P/ds", "--project", "P"]);
+    run.code(1)
+        .err_has("[ROOT]/ro-scratch")
+        .err_has("hint: that filesystem is mounted read-only")
+        .err_has("findmnt -T PATH");
 }

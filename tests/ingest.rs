@@ -294,3 +294,29 @@ fn ingest_refuses_names_that_are_not_one_folder() {
         all_entries(&env.nas())
     );
 }
+
+/// An acquisition folder whose own manifest (here written on Windows: CRLF, upper-case
+/// hex) no longer matches a file is refused as an integrity failure, exit 3, and nothing
+/// appears under the dataset's name.
+#[test]
+fn an_acquisition_that_disagrees_with_its_own_manifest_exits_3() {
+    let env = Env::new();
+    let acq = acquisition(&env);
+    let listed = |f: &str| {
+        let out = std::process::Command::new("sha256sum")
+            .arg(acq.join(f))
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)[..64].to_uppercase()
+    };
+    let manifest = format!(
+        "{}  plate7/A01.tif\r\n{}  plate7/A02.TIF\r\n",
+        listed("plate7/A01.tif"),
+        listed("plate7/A02.TIF")
+    );
+    write(acq.join("MANIFEST.sha256"), manifest);
+    write(acq.join("plate7/A02.TIF"), "tiff A02, damaged\n");
+    let run = ingest(&env, "plate7", &[]);
+    run.code(3).err_has("SOURCE CORRUPT");
+    assert!(!env.nas().join("PRJ/raw/plate7").exists(), "{run}");
+}

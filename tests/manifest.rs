@@ -351,3 +351,60 @@ fn verify_without_a_manifest_is_an_error_that_says_how_to_make_one() {
     );
     assert_text(&run.stdout, "");
 }
+
+/// Manifests as Windows acquisition PCs write them (CRLF, upper-case hex), and lines GNU
+/// refuses: `hpcstage manifest verify` and `sha256sum -c` (run in the same folder) agree
+/// on every one.
+#[test]
+fn verify_agrees_with_sha256sum_c_on_windows_written_manifests() {
+    let env = Env::new();
+    let dir = env.path("acq");
+    write(dir.join("a.czi"), b"hello\n");
+    write(dir.join("f\r"), b"x");
+    let a = gnu_sha256sum(&dir, &[], &[PathBuf::from("a.czi")])[..64].to_string();
+    let upper = a.to_uppercase();
+    // (manifest text, whether GNU accepts it)
+    let cases = [
+        (format!("{a}  a.czi\r\n"), true),
+        (format!("{a} *a.czi\r\n"), true),
+        (format!("SHA256 (a.czi) = {a}\r\n"), true),
+        (format!("{upper}  a.czi\r\n"), true),
+        (format!("SHA256 (a.czi) = {upper}\r\n"), true),
+        (format!("{a}  a.czi\r"), true),
+        (format!("\r\n{a}  ./a.czi\r\n\r\n"), true),
+        (format!("  {a}  a.czi\r\n"), true),
+        (format!("SHA256 (a.czi)={a}\r\n"), true),
+        (format!("{a} a.czi\r\n"), true),
+        // A second CR is part of the name: `a.czi\r` does not exist.
+        (format!("{a}  a.czi\r\r\n"), false),
+        (format!("SHA256 (a.czi) = {a}\r\r\n"), false),
+        (format!("{a}\r  a.czi\r\n"), false),
+        (format!("sha256 (a.czi) = {a}\r\n"), false),
+        (format!("{a}  a.czi\r\n{a} a.czi\r\n"), false),
+    ];
+    for (text, gnu_accepts) in cases {
+        write(dir.join("MANIFEST.sha256"), text.as_bytes());
+        let gnu = Command::new("sha256sum")
+            .args(["-c", "--strict", "MANIFEST.sha256"])
+            .current_dir(&dir)
+            .env("LC_ALL", "C")
+            .output()
+            .expect("run sha256sum");
+        assert_eq!(
+            gnu.status.success(),
+            gnu_accepts,
+            "sha256sum -c on {text:?}: {}",
+            String::from_utf8_lossy(&gnu.stderr)
+        );
+        let ours = env.run(["manifest", "verify", "acq"]);
+        if gnu_accepts {
+            ours.code(0);
+            assert!(ours.out().contains("a.czi: OK"), "{text:?}: {ours}");
+            // The file named `f\r` is not the `a.czi` of a CRLF line: it stays unlisted.
+            let unlisted_f = ours.out().contains("f\\r") || ours.err().contains("f\\r");
+            assert!(unlisted_f, "f\\r is not listed, so it is reported: {ours}");
+        } else {
+            assert_ne!(ours.code, Some(0), "{text:?} accepted: {ours}");
+        }
+    }
+}

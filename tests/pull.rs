@@ -1,5 +1,5 @@
 //! `hpcstage pull` and `hpcstage epilogue` against the real single-node cluster of
-//! `tests/cluster/` (issue 4): the whole chain stage-and-run → compute → pull-back, jobs
+//! `tests/cluster/`: the whole chain stage-and-run → compute → pull-back, jobs
 //! that fail, are cancelled, time out or miss an output, a pull refused while the job
 //! runs, two pulls at once, a pull killed in the middle, a NAS folder that cannot be
 //! written, and the Epilog hook run as root for a job user.
@@ -24,7 +24,7 @@ use common::pull::{
 };
 use common::run::{tool, wait_child};
 use common::sshd::Sshd;
-use common::{assert_lines, assert_manifest_verifies, is_root, read_text, write, Run};
+use common::{assert_lines, assert_manifest_verifies, needs_root, read_text, write, Run};
 use hpcstage_lifecycle::run::{new_record, Event, Executor, InputRef, JobRole, RunStore};
 
 /// How long a short job may take from submission to accounting saying it ended.
@@ -131,10 +131,29 @@ fn the_whole_chain_ends_with_verified_results_on_the_nas() {
     assert_eq!(prov["run"]["id"], run.run_id.as_str());
     assert_eq!(prov["validation"]["ok"], true);
     assert_eq!(prov["partial"], false);
-    let model_line = prov["model"]["sha256"][0].as_str().unwrap_or_default();
-    assert!(
-        model_line.ends_with(&format!("  {}", lab.model().display())),
-        "model fingerprint {model_line:?}"
+    // The model's fingerprint as data, and the same digest sha256sum gives.
+    let model = lab.model().display().to_string();
+    let expected = tool("sha256sum", &[&model]);
+    expected.code(0);
+    let hex = expected
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default();
+    assert_eq!(
+        prov["model"]["sha256"],
+        serde_json::json!([{ "path": model, "sha256": hex }]),
+        "{prov:#}"
+    );
+    // And as a path parameter the pull hashed.
+    let inputs = prov["param_inputs"].as_array().expect("param_inputs");
+    let model_input = inputs
+        .iter()
+        .find(|i| i["param"] == "model")
+        .unwrap_or_else(|| panic!("model in {inputs:#?}"));
+    assert_eq!(
+        model_input["files"],
+        serde_json::json!([{ "path": model, "sha256": hex }])
     );
     let readme = read_text(results.join("README.md"));
     for needle in [
@@ -380,8 +399,55 @@ if [[ $(basename "$input") != img2.tif ]]; then printf 'label,area\n1,9\n' >"$ta
         .filter(|f| f.starts_with("masks/") || f.starts_with("tables/"))
         .collect();
     assert_lines(&outputs, &["masks/img1.ome.tif", "tables/img1.csv"]);
-    assert_eq!(read_json(results.join("run.json"))["partial"], true);
-    assert!(read_text(results.join("README.md")).contains("- validation: PARTIAL"));
+    let provenance = read_json(results.join("run.json"));
+    assert_eq!(provenance["partial"], true);
+    let missing = [
+        "masks/**/*.ome.tif: 1 of 2; no output for input img2",
+        "tables/**/*.csv: 1 of 2; no output for input img2",
+    ];
+    assert_eq!(provenance["missing"], serde_json::json!(missing));
+    // The README says PARTIAL in its title and lists what is missing.
+    let readme = read_text(results.join("README.md"));
+    assert!(
+        readme.starts_with(&format!(
+            "# PARTIAL segmentation results: run {}\n\nPARTIAL outputs of a `unet-seg` job",
+            run.run_id
+        )),
+        "{readme}"
+    );
+    assert!(
+        readme.contains(
+            "## Missing\n\n- masks/**/*.ome.tif: 1 of 2; no output for input img2\n\
+             - tables/**/*.csv: 1 of 2; no output for input img2\n"
+        ),
+        "{readme}"
+    );
+    assert!(!readme.contains("Validated outputs"), "{readme}");
+    assert!(readme.contains("- validation: PARTIAL"));
+    // status and report say PARTIAL, with the missing outputs.
+    let status = lab.status(&run.run_id);
+    assert_eq!(status["phase"], "pulled");
+    assert_eq!(status["partial"], serde_json::json!(missing));
+    lab.run(["status", &run.run_id])
+        .code(0)
+        .out_has(&format!("run {} (pulled PARTIAL)", run.run_id))
+        .out_has("  missing:   tables/**/*.csv: 1 of 2; no output for input img2");
+    let report = lab.run(["report", "--all", "--format", "json"]);
+    let json = report.json();
+    let item = json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["name"] == run.run_id.as_str())
+        .unwrap_or_else(|| panic!("no run in the report\n{report}"))
+        .clone();
+    assert_eq!(item["safety"], "PARTIAL", "{item}");
+    assert!(
+        item["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("; tables/**/*.csv: 1 of 2; no output for input img2")),
+        "{item}"
+    );
     // Scratch of a failed job stays as it was, intermediates included.
     assert!(run.run_dir.join("work/partial/img2.ome.tif").is_file());
     lab.run(["pull", &run.run_id])
@@ -609,10 +675,7 @@ fn a_results_folder_in_place_is_adopted_only_when_it_is_this_runs() {
 #[test]
 fn an_unwritable_nas_fails_clearly_and_the_run_stays_pullable() {
     let Some(_cluster) = cluster() else { return };
-    if !is_root() {
-        eprintln!("skipped: needs root (chattr or a bind mount)");
-        return;
-    }
+    needs_root!();
     let lab = Lab::new();
     let raw = lab.ingest("d1");
     let predict = lab.stand_in("predict", PREDICT_OK);
@@ -620,10 +683,8 @@ fn an_unwritable_nas_fails_clearly_and_the_run_stays_pullable() {
     wait_ended(&run.compute_job, JOB_BOUND);
     let parent = lab.results_parent();
     std::fs::create_dir_all(&parent).expect("create the results parent");
-    let Some(read_only) = ReadOnly::new(&parent) else {
-        eprintln!("skipped: cannot make a folder read-only here (no chattr, no bind mount)");
-        return;
-    };
+    let read_only = ReadOnly::new(&parent)
+        .expect("as root, a folder can be made read-only (chattr +i or a read-only bind mount)");
     let scratch_before = fingerprint(&run.run_dir);
 
     let pull = lab.run(["pull", &run.run_id]);
@@ -689,13 +750,23 @@ fn run_owned_by(lab: &Lab, state: &Path, job_id: &str, user: &User) -> String {
 
 /// `hpcstage epilogue --timeout <timeout>` as root with a job's Epilog environment.
 fn epilogue(lab: &Lab, state: &Path, vars: &[(&str, String)], timeout: &str) -> Run {
+    epilogue_with(lab, Some(state), vars, &["--timeout", timeout])
+}
+
+/// `hpcstage epilogue ARGS` as root with a job's Epilog environment; `state: None` as
+/// under a real Epilog, which slurmd starts without the user's `$HPCSTAGE_STATE`.
+fn epilogue_with(lab: &Lab, state: Option<&Path>, vars: &[(&str, String)], args: &[&str]) -> Run {
     let mut cmd = lab.command();
-    cmd.env("HPCSTAGE_STATE", state)
-        .args(["epilogue", "--timeout", timeout]);
+    match state {
+        Some(state) => cmd.env("HPCSTAGE_STATE", state),
+        None => cmd.env_remove("HPCSTAGE_STATE"),
+    };
+    cmd.arg("epilogue").args(args);
+    let timeout = args.join(" ");
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    let shown = format!("hpcstage epilogue --timeout {timeout} with {vars:?}");
+    let shown = format!("hpcstage epilogue {timeout} with {vars:?}");
     let child = cmd.spawn().expect("start hpcstage epilogue");
     wait_child(&shown, child, Duration::from_secs(30))
 }
@@ -715,10 +786,7 @@ fn job_env(job_id: &str, user: &User) -> Vec<(&'static str, String)> {
 
 #[test]
 fn epilogue_as_root_records_the_job_end_as_the_job_user() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    needs_root!();
     let user = job_user();
     let lab = Lab::new();
     let state = lab.path("state-epi");
@@ -775,10 +843,7 @@ fn epilogue_as_root_records_the_job_end_as_the_job_user() {
 
 #[test]
 fn epilogue_exits_0_in_time_whatever_the_ledger_or_environment() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    needs_root!();
     let user = job_user();
     let lab = Lab::new();
     let vars = job_env("515151", &user);
@@ -841,5 +906,201 @@ fn epilogue_exits_0_in_time_whatever_the_ledger_or_environment() {
     ];
     epilogue(&lab, &garbage, &ghost, "5s")
         .code(0)
-        .err_has("unknown job user");
+        .err_has("job 616161: /etc/passwd: unknown job user no-such-user-hpcstage (SLURM_JOB_USER)")
+        .err_lacks("Some(");
+}
+
+/// A job user whose home is `home` (made and owned by them).
+fn user_with_home(home: &Path) -> User {
+    let name = "hpcstage-epihome";
+    if tool("id", &["-u", name]).code != Some(0) {
+        tool(
+            "useradd",
+            &["--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        )
+        .code(0);
+    }
+    tool("usermod", &["--home", home.to_str().expect("UTF-8"), name]).code(0);
+    std::fs::create_dir_all(home).expect("make the home");
+    let id = |flag: &str| -> u32 {
+        let run = tool("id", &[flag, name]);
+        run.code(0);
+        run.stdout.trim().parse().expect("numeric id")
+    };
+    let user = User {
+        name: name.to_string(),
+        uid: id("-u"),
+        gid: id("-g"),
+    };
+    chown_r(home, &user);
+    user
+}
+
+#[test]
+fn epilogue_without_hpcstage_state_finds_the_job_users_own_state_folder() {
+    needs_root!();
+    let lab = Lab::new();
+    let home = lab.path("home-epi");
+    let user = user_with_home(&home);
+
+    // Nothing configured: the XDG default under the job user's home, whatever root's
+    // HOME and XDG_STATE_HOME say.
+    let state = home.join(".local/state/hpcstage");
+    let id = run_owned_by(&lab, &state, "717171", &user);
+    let run = epilogue_with(&lab, None, &job_env("717171", &user), &["--verbose"]);
+    run.code(0)
+        .err_has(&format!(
+            "hpcstage epilogue: job 717171: user {} (uid {}), home {}; running as uid {}\n",
+            user.name,
+            user.uid,
+            home.display(),
+            user.uid
+        ))
+        .err_has(&format!(
+            "hpcstage epilogue: state folder {} (the default under the job user's home)\n",
+            state.display()
+        ))
+        .err_has(&format!("job 717171 of run {id} recorded"))
+        .err_lacks("error:");
+
+    // A state_dir in the user's own config wins over the default.
+    let elsewhere = lab.path("state-configured");
+    write(
+        home.join(".config/hpcstage/config.toml"),
+        format!("state_dir = {:?}\n", elsewhere.display().to_string()),
+    );
+    chown_r(&home, &user);
+    let id = run_owned_by(&lab, &elsewhere, "727272", &user);
+    epilogue_with(&lab, None, &job_env("727272", &user), &["--verbose"])
+        .code(0)
+        .err_has(&format!(
+            "state folder {} (state_dir in {}/.config/hpcstage/config.toml)",
+            elsewhere.display(),
+            home.display()
+        ))
+        .err_has(&format!("job 727272 of run {id} recorded"));
+
+    // A job of no run says so with --verbose, and nothing without.
+    epilogue_with(&lab, None, &job_env("737373", &user), &["--verbose"])
+        .code(0)
+        .err_has("no run in ")
+        .err_has(" holds job 737373");
+    let quiet = epilogue_with(&lab, None, &job_env("737373", &user), &[]);
+    quiet.code(0);
+    assert_eq!(quiet.err(), "", "{quiet}");
+}
+
+/// `hpcstage ARGS...` in the lab with no SLURM command on its PATH: the scheduler cannot
+/// be asked.
+fn without_slurm(lab: &Lab, args: &[&str]) -> Run {
+    let mut cmd = lab.command();
+    cmd.env("PATH", lab.path("bin")).args(args);
+    Run::of(cmd)
+}
+
+#[test]
+fn clean_keeps_a_stage_that_a_held_job_reads_even_when_slurm_cannot_be_asked() {
+    let Some(_cluster) = cluster() else { return };
+    let lab = Lab::new();
+    let raw = lab.ingest("d1");
+    let predict = lab.stand_in("predict", PREDICT_OK);
+    // Two array tasks (one image each), submitted held: the job waits in the queue.
+    let run = lab.submit_with_env(
+        &raw,
+        &predict,
+        &["chunk_size=1"],
+        false,
+        &[("SBATCH_HOLD", "1")],
+    );
+    let stage = lab.scratch().join("P/d1");
+    assert!(stage.join("img1.tif").is_file());
+    let still_there = |what: &str| {
+        assert!(
+            stage.join("img1.tif").is_file() && stage.join("img2.tif").is_file(),
+            "{what}: the stage the held job reads was removed"
+        );
+    };
+
+    // No scheduler to ask, and no job state recorded yet: the stage is kept.
+    let blind = without_slurm(&lab, &["clean"]);
+    blind.code(0);
+    still_there("clean without SLURM");
+    blind.out_has(&format!("keep    {} (IN USE; ", stage.display()));
+    blind.out_has(&format!(
+        "in use by run {} (compute job {} state not known yet)",
+        run.run_id, run.compute_job
+    ));
+    blind.err_has("job states may be out of date");
+
+    // With SLURM: the held job is PENDING (one batched sacct, as `status` makes).
+    let acct = sacct(&run.compute_job);
+    assert!(acct.iter().all(|a| a.state == "PENDING"), "{acct:?}");
+    let clean = lab.run(["clean"]);
+    clean.code(0);
+    still_there("clean");
+    clean.out_has(&format!(
+        "in use by run {} (compute job {} PENDING)",
+        run.run_id, run.compute_job
+    ));
+    let report = lab.run(["report", "--all", "--format", "json"]);
+    report.code(0);
+    let json = report.json();
+    let item = json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "stage")
+        .unwrap_or_else(|| panic!("no stage in the report\n{report}"))
+        .clone();
+    assert_eq!(item["safety"], "IN_USE", "{item}");
+    assert_eq!(item["removable"], false);
+    assert!(
+        item["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&run.run_id)),
+        "{item}"
+    );
+    lab.run(["status"])
+        .code(0)
+        .out_has(&format!("P/d1: IN USE: in use by run {}", run.run_id));
+
+    // Cancelled and never pulled, the run may still be retried: the stage stays.
+    tool("scancel", &[&run.compute_job]).code(0);
+    wait_ended(&run.compute_job, JOB_BOUND);
+    lab.run(["clean"]).code(0).out_has("(not pulled yet)");
+    still_there("clean after the cancel");
+}
+
+#[test]
+fn a_pull_in_which_nothing_validates_is_refused_even_with_allow_partial() {
+    let Some(_cluster) = cluster() else { return };
+    let lab = Lab::new();
+    let raw = lab.ingest("d1");
+    let predict = lab.stand_in("predict", "sleep 60");
+    let run = lab.submit(&raw, &predict, &[], false);
+    wait_running(&run.compute_job, JOB_BOUND);
+    tool("scancel", &[&run.compute_job]).code(0);
+    wait_ended(&run.compute_job, JOB_BOUND);
+
+    lab.run(["pull", &run.run_id, "--allow-partial"])
+        .code(4)
+        .err_has("ended CANCELLED")
+        .err_has(
+            "no expected output validated, so there is nothing to pull even with --allow-partial",
+        );
+    assert!(!run.results_dir.exists(), "nothing is published as results");
+    assert_eq!(results_entries(&lab), vec!["_failed".to_string()]);
+    let readme = read_text(
+        lab.results_parent()
+            .join("_failed")
+            .join(&run.run_id)
+            .join("README.md"),
+    );
+    assert!(
+        readme.contains("No expected output validated, so there is nothing to pull")
+            && !readme.contains("--allow-partial`."),
+        "{readme}"
+    );
+    let status = lab.status(&run.run_id);
+    assert_eq!(status["phase"], "pull-failed");
 }

@@ -582,10 +582,14 @@ fn a_remote_file_that_disagrees_with_its_manifest_is_source_corrupt() {
         env.path("dest/a b.txt").is_file(),
         "the sound files were not copied"
     );
-    assert!(
-        !env.path("dest/.hpcstage/stage.json").exists(),
-        "an incomplete stage was recorded"
-    );
+    assert_recorded_incomplete(&env.path("dest"));
+}
+
+/// An incomplete stage is recorded as such, never as a complete one.
+fn assert_recorded_incomplete(dest: &Path) {
+    let record = read_json(dest.join(".hpcstage/stage.json"));
+    assert!(record["incomplete"].is_object(), "{record:#}");
+    assert!(!dest.join("MANIFEST.sha256").exists());
 }
 
 #[test]
@@ -730,7 +734,7 @@ fn permission_denied_on_the_nas_fails_those_files_and_copies_the_rest() {
         "{failed:?}"
     );
     assert!(!env.path("dest/secret.txt").exists());
-    assert!(!env.path("dest/.hpcstage/stage.json").exists());
+    assert_recorded_incomplete(&env.path("dest"));
 }
 
 /// Waits (at most 60 s) until a temporary file under `dest` holds at least `bytes`.

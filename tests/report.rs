@@ -209,10 +209,22 @@ fn within_hides_safe_items_beyond_the_window() {
             .starts_with("Scratch purge report, YYYY-MM-DD HH:MM UTC (expiring within 7 days;"),
         "{run}"
     );
+    // An empty report says so in words, not with an empty table.
+    assert_eq!(
+        run.out(),
+        "Scratch purge report, YYYY-MM-DD HH:MM UTC (expiring within 7 days; policy: mtime \
+         older than 30 days)\nNothing expires within 7 days and nothing is at risk.\n"
+    );
+    let json = env
+        .run(["report", "--within", "7d", "--format", "json"])
+        .json();
+    assert_eq!(json["items"], serde_json::json!([]));
+    let md = env.run(["report", "--within", "7d", "--format", "markdown"]);
     assert!(
-        run.out()
-            .ends_with("0 items, 0 B in 0 files; 0 AT RISK (0 B), 0 expired, 0 partly purged\n"),
-        "{run}"
+        md.out()
+            .trim_end()
+            .ends_with("\n\nNothing expires within 7 days and nothing is at risk."),
+        "{md}"
     );
 }
 
@@ -324,7 +336,11 @@ fn clean_removes_what_is_safe_and_refuses_the_rest_with_reasons() {
         decided,
         [
             ("PRJ0/scans".to_string(), "removed".to_string()),
-            ("PRJ1/plate7".to_string(), "removed".to_string()),
+            // seg-r1 reads it and was not pulled: it may still need it.
+            (
+                "PRJ1/plate7".to_string(),
+                "in use by run seg-r1 (not pulled yet)".to_string()
+            ),
             (
                 "PRJ1/plate8".to_string(),
                 format!(
@@ -335,21 +351,17 @@ fn clean_removes_what_is_safe_and_refuses_the_rest_with_reasons() {
             ("PRJ1/plate9".to_string(), "removed".to_string()),
             (
                 "seg-r1".to_string(),
-                "results were not pulled back to the NAS yet (run `hpcstage pull`)".to_string()
+                "results not yet pulled back to the NAS".to_string()
             ),
             ("seg-r2".to_string(), "removed".to_string()),
         ]
     );
     let scratch = env.scratch();
-    for gone in [
-        "PRJ0/scans",
-        "PRJ1/plate7",
-        "PRJ1/plate9",
-        "PRJ1/runs/seg-r2",
-    ] {
+    for gone in ["PRJ0/scans", "PRJ1/plate9", "PRJ1/runs/seg-r2"] {
         assert!(!scratch.join(gone).exists(), "{gone} is still there");
     }
     for kept in [
+        "PRJ1/plate7/well_A01.tif",
         "PRJ1/plate8/well_A01.tif",
         "PRJ1/runs/seg-r1/masks/well_A01.tif",
     ] {
@@ -361,16 +373,51 @@ fn clean_removes_what_is_safe_and_refuses_the_rest_with_reasons() {
         .nas()
         .join("PRJ1/results/segmentation/seg-r2/masks/well_A01.tif")
         .is_file());
-    // Removed stages leave the ledger; what is left is what the report shows.
+    // Removed stages leave the ledger; a removed run stays, shown as cleaned (not as
+    // EXPIRED with days left).
     let report = env.run(["report", "--all", "--format", "json"]);
     let json = report.json();
-    let names: Vec<&str> = json["items"]
+    let names: Vec<(&str, &str)> = json["items"]
         .as_array()
         .expect("items")
         .iter()
-        .map(|i| i["name"].as_str().expect("name"))
+        .map(|i| {
+            (
+                i["name"].as_str().expect("name"),
+                i["safety"].as_str().expect("safety"),
+            )
+        })
         .collect();
-    assert_eq!(names, ["plate8", "seg-r1", "seg-r2"], "{report}");
+    assert_eq!(
+        names,
+        [
+            ("plate8", "AT_RISK"),
+            ("seg-r1", "AT_RISK"),
+            ("plate7", "IN_USE"),
+            ("seg-r2", "CLEANED")
+        ],
+        "{report}"
+    );
+    let table = env.run(["report", "--all"]);
+    let row = table
+        .out()
+        .lines()
+        .find(|l| l.contains("seg-r2"))
+        .unwrap_or_else(|| panic!("no seg-r2\n{table}"))
+        .to_string();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[8..=10],
+        ["-", "-", "CLEANED"],
+        "no deadline or days left for a folder that is gone: {row}"
+    );
+    let status = env.run(["status"]);
+    assert!(
+        status
+            .out()
+            .contains("seg-r2: CLEANED: removed by `hpcstage clean` on YYYY-MM-DD"),
+        "{status}"
+    );
 
     // The human form says why each refused folder is kept.
     let run = env.run(["clean"]);
@@ -378,7 +425,11 @@ fn clean_removes_what_is_safe_and_refuses_the_rest_with_reasons() {
     let mut lines: Vec<String> = run.out().lines().map(str::to_string).collect();
     lines.sort();
     insta::assert_snapshot!("clean_refusals", lines.join("\n"));
-    assert_eq!(run.err(), "0 B freed\n");
+    // Nothing is left to remove: clean says so, and why for each folder it keeps.
+    assert_eq!(
+        run.err(),
+        "nothing can be removed: 3 folders are kept, each for the reason shown\n0 B freed\n"
+    );
 }
 
 #[test]
@@ -416,7 +467,7 @@ fn clean_never_follows_a_hostile_ledger_entry_out_of_scratch() {
             victim.join("chapter1.tex").is_file(),
             "{dest} was removed\n{run}"
         );
-        assert!(run.stdout.contains(&format!("keep    {dest}: ")), "{run}");
+        assert!(run.stdout.contains(&format!("keep    {dest} (")), "{run}");
     }
     // A symlink inside scratch that points out.
     let link = env.scratch().join("PRJ1/thesis");
@@ -435,10 +486,11 @@ fn clean_never_follows_a_hostile_ledger_entry_out_of_scratch() {
     assert!(victim.join("chapter1.tex").is_file(), "{run}");
     assert!(
         run.stdout.contains(&format!(
-            "keep    {}: {} is a symbolic link; refusing to remove it",
-            link.display(),
+            "{} is a symbolic link; refusing to remove it",
             link.display()
-        )),
+        )) && run
+            .stdout
+            .contains(&format!("keep    {} (", link.display())),
         "{run}"
     );
 }
@@ -472,7 +524,8 @@ fn status_shows_the_stage_with_its_deadline() {
             "stage",
             "PRJ1/plate7",
             path.as_str(),
-            "5",
+            // What `stage` counted: the manifest is bookkeeping.
+            "4",
             "1.0",
             "MiB",
             deadline,
@@ -501,7 +554,8 @@ fn status_shows_the_stage_with_its_deadline() {
     assert_eq!(
         run.err(),
         "warning: no purge policy configured; assuming mtime, 30 days \
-         (set [purge] basis/age in /etc/hpcstage/config.toml)\n"
+         (set [purge] basis/age in [ROOT]/site.toml for the site, or in \
+         [ROOT]/xdg-config/hpcstage/config.toml for yourself)\n"
     );
 }
 
@@ -526,11 +580,367 @@ fn report_heading_names_a_whole_folder_policy() {
     assert!(
         run.out().starts_with(
             "Scratch purge report, YYYY-MM-DD HH:MM UTC (all tracked items; \
-             policy: mtime older than 30days, whole folder at once)\n"
+             policy: mtime older than 30 days, whole folder at once)\n"
         ),
         "{run}"
     );
     let json = env.run(["report", "--all", "--format", "json"]).json();
     assert_eq!(json["policy_whole_folder"], true);
     assert_eq!(json["items"][0]["whole_folder"], true);
+}
+
+/// The stage record next to the data, and the ledger's copy of it.
+fn records(env: &Env, dest: &std::path::Path) -> (Value, Vec<Value>) {
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(dest.join(".hpcstage/stage.json")).expect("read"))
+            .expect("JSON");
+    let ledger: Vec<Value> = std::fs::read_dir(env.state.join("stages"))
+        .expect("ledger")
+        .flatten()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("JSON"))
+        .collect();
+    (marker, ledger)
+}
+
+/// The row of `name` in a JSON report or status.
+fn item<'a>(json: &'a Value, name: &str) -> &'a Value {
+    json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no item {name} in {json:#}"))
+}
+
+/// Replaces a file on the NAS (raw data is write-protected after ingest).
+fn rewrite_on_nas(source: &std::path::Path, rel: &str, text: &str) {
+    chmod(source, 0o755);
+    chmod(source.join(rel), 0o644);
+    write(source.join(rel), text);
+}
+
+#[test]
+fn a_failed_restage_keeps_its_record_and_manifest_and_shows_incomplete() {
+    let (env, source) = safe_lab();
+    let dest = env.scratch().join("PRJ1/plate7");
+    let manifest = std::fs::read(dest.join("MANIFEST.sha256")).expect("manifest");
+    let (before, _) = records(&env, &dest);
+    let original = std::fs::read_to_string(source.join("well_A02.tif")).expect("read");
+
+    // One NAS file no longer matches the NAS manifest: SOURCE CORRUPT, exit 3.
+    rewrite_on_nas(&source, "well_A02.tif", &"x".repeat(original.len()));
+    let run = env.run([OsStr::new("stage"), source.as_os_str()]);
+    run.code(3).err_has("SOURCE CORRUPT");
+
+    // The good copy stays tracked: manifest, record and ledger entry.
+    assert_eq!(
+        std::fs::read(dest.join("MANIFEST.sha256")).expect("manifest"),
+        manifest
+    );
+    let (after, ledger) = records(&env, &dest);
+    assert_eq!(
+        ledger,
+        std::slice::from_ref(&after),
+        "the ledger holds the same record"
+    );
+    let mut unchanged = after.clone();
+    let incomplete = unchanged
+        .as_object_mut()
+        .expect("object")
+        .remove("incomplete")
+        .expect("marked incomplete");
+    assert_eq!(unchanged, before, "the rest is the last complete stage's");
+    assert_eq!(
+        incomplete["failed"],
+        serde_json::json!(["well_A02.tif SOURCE CORRUPT"])
+    );
+    assert_eq!(incomplete["failed_count"], 1);
+    // A second failing run keeps them as well.
+    env.run([OsStr::new("stage"), source.as_os_str()]).code(3);
+    assert_eq!(
+        std::fs::read(dest.join("MANIFEST.sha256")).expect("manifest"),
+        manifest
+    );
+    assert_eq!(
+        records(&env, &dest).0["manifest_digest"],
+        before["manifest_digest"]
+    );
+
+    // status and report say INCOMPLETE, with what failed and the deadline.
+    let status = env.run(["status"]);
+    status.code(0);
+    assert!(
+        status.out().contains(
+            "PRJ1/plate7: INCOMPLETE: the last stage did not complete (1 of 4 files SOURCE \
+             CORRUPT); rerun `hpcstage stage` to finish: well_A02.tif SOURCE CORRUPT"
+        ),
+        "{status}"
+    );
+    let report = env.run(["report", "--all", "--format", "json"]).json();
+    let plate7 = item(&report, "plate7");
+    assert_eq!(plate7["safety"], "INCOMPLETE");
+    assert_eq!(plate7["days_left"], 28);
+    assert_eq!(plate7["removable"], false);
+    assert_eq!(report["totals"]["incomplete"], 1);
+    let clean = env.run(["clean", "--dry-run"]);
+    clean.code(0);
+    assert!(
+        clean.out().starts_with(&format!(
+            "keep    {} (INCOMPLETE; 1.0 MiB, 4 files; deadline YYYY-MM-DD, 28 days left): \
+             the last stage did not complete",
+            "[ROOT]/scratch/PRJ1/plate7"
+        )),
+        "{clean}"
+    );
+    assert!(
+        clean
+            .err()
+            .starts_with("nothing can be removed: 1 folder is kept, each for the reason shown\n"),
+        "{clean}"
+    );
+
+    // Without its manifest, verify points at the stage, never at `manifest create`.
+    chmod(&dest, 0o755);
+    std::fs::remove_file(dest.join("MANIFEST.sha256")).expect("remove");
+    let verify = env.run([
+        OsStr::new("manifest"),
+        OsStr::new("verify"),
+        dest.as_os_str(),
+    ]);
+    verify
+        .code(1)
+        .err_has("do not create a manifest over it")
+        .err_has("`hpcstage stage [ROOT]/nas/PRJ1/raw/plate7 [ROOT]/scratch/PRJ1/plate7`");
+    verify.err_lacks("create one with");
+    let create = env.run([
+        OsStr::new("manifest"),
+        OsStr::new("create"),
+        dest.as_os_str(),
+    ]);
+    create.code(1).err_has("its last stage did not complete");
+    assert!(!dest.join("MANIFEST.sha256").exists());
+
+    // Once the source is right again, a rerun completes and the mark goes.
+    write(source.join("well_A02.tif"), &original);
+    env.run([OsStr::new("stage"), source.as_os_str()]).code(0);
+    let (done, _) = records(&env, &dest);
+    assert!(done.get("incomplete").is_none(), "{done:#}");
+    assert_eq!(
+        env.run(["report", "--all", "--format", "json"]).json()["items"][0]["safety"],
+        "SAFE"
+    );
+}
+
+#[test]
+fn a_first_stage_that_fails_is_tracked_as_incomplete() {
+    let env = Env::new();
+    let source = ingest(&env, "PRJ1", "plate7", 1);
+    rewrite_on_nas(&source, "notes/plate.txt", "plate 99\n");
+    env.run([OsStr::new("stage"), source.as_os_str()]).code(3);
+    let status = env.run(["status", "--json"]);
+    status.code(0);
+    let json = status.json();
+    let plate7 = item(&json, "plate7");
+    assert_eq!(plate7["safety"], "INCOMPLETE", "{json:#}");
+    assert_eq!(plate7["files"], 3, "what was verified is on scratch");
+    assert!(
+        plate7["reason"]
+            .as_str()
+            .expect("reason")
+            .ends_with("notes/plate.txt SOURCE CORRUPT"),
+        "{plate7}"
+    );
+    assert_eq!(plate7["days_left"], 30);
+}
+
+#[test]
+fn an_interrupted_stage_shows_as_incomplete_everywhere() {
+    let (env, _) = safe_lab();
+    let dest = env.scratch().join("PRJ1/plate7");
+    // What a kill in the middle of a re-stage leaves: the `running` marker and the
+    // temporary file of a file in flight.
+    chmod(&dest, 0o755);
+    write(dest.join(".hpcstage/running"), "");
+    write(
+        dest.join(".hpcstage-tmp.well_A03.tif.4f2a"),
+        "x".repeat(3000),
+    );
+    let status = env.run(["status"]);
+    assert!(
+        status.out().contains(
+            "PRJ1/plate7: INCOMPLETE: a copy into it started and did not finish (stopped, or \
+             still running); 1 temporary file left by an interrupted copy (2.9 KiB)"
+        ),
+        "{status}"
+    );
+    // A first stage killed before any record: found by --scan only.
+    let other = env.scratch().join("PRJ2/plate1");
+    write(other.join(".hpcstage/journal"), "");
+    write(other.join(".hpcstage/running"), "");
+    write(other.join("well_A01.tif"), "a");
+    write(other.join(".hpcstage-tmp.well_A02.tif.1"), "half");
+    let scan = env.run([
+        OsStr::new("report"),
+        OsStr::new("--all"),
+        OsStr::new("--scan"),
+        env.scratch().as_os_str(),
+        OsStr::new("--format"),
+        OsStr::new("json"),
+    ]);
+    scan.code(0);
+    let json = scan.json();
+    for (name, bytes) in [("plate7", None), ("plate1", Some(5))] {
+        let i = item(&json, name);
+        assert_eq!(i["safety"], "INCOMPLETE", "{i}");
+        assert_eq!(i["days_left"], if name == "plate7" { 28 } else { 30 });
+        if let Some(b) = bytes {
+            assert_eq!(i["bytes"], b, "temporaries count in the size");
+        }
+    }
+    let clean = env.run([
+        OsStr::new("clean"),
+        OsStr::new("--scan"),
+        env.scratch().as_os_str(),
+    ]);
+    clean.code(0);
+    assert!(dest.join("well_A01.tif").is_file() && other.join("well_A01.tif").is_file());
+    assert_eq!(clean.out().lines().count(), 2, "{clean}");
+    assert!(
+        clean
+            .out()
+            .lines()
+            .all(|l| l.starts_with("keep    ") && l.contains("(INCOMPLETE; ")),
+        "{clean}"
+    );
+}
+
+#[test]
+fn report_and_clean_agree_that_a_changed_nas_file_or_a_scratch_edit_is_at_risk() {
+    let env = Env::new();
+    for dataset in ["plate7", "plate8"] {
+        let source = ingest(&env, "PRJ1", dataset, 1);
+        env.stage(&source, None, "PRJ1");
+    }
+    // plate7: a NAS file appended to after staging (its NAS manifest untouched).
+    let source = env.nas().join("PRJ1/raw/plate7");
+    chmod(&source, 0o755);
+    chmod(source.join("notes"), 0o755);
+    chmod(source.join("notes/plate.txt"), 0o644);
+    common::append(&source.join("notes/plate.txt"), b"appended on the NAS\n");
+    // plate8: a staged file edited in place on scratch, same size.
+    let edited = env.scratch().join("PRJ1/plate8/well_A01.tif");
+    chmod(&edited, 0o644);
+    let size = std::fs::metadata(&edited).expect("stat").len() as usize;
+    write(&edited, "z".repeat(size));
+
+    let report = env.run(["report", "--all", "--format", "json"]).json();
+    let clean = env.run(["clean", "--dry-run", "--json"]).json();
+    let kept = |name: &str| -> String {
+        clean["candidates"]
+            .as_array()
+            .expect("candidates")
+            .iter()
+            .find(|c| c["name"] == format!("PRJ1/{name}"))
+            .and_then(|c| c["refused"].as_str())
+            .unwrap_or_else(|| panic!("{name} not kept: {clean:#}"))
+            .to_string()
+    };
+    for (name, why) in [
+        (
+            "plate7",
+            "1 file is not the verified NAS copy: notes/plate.txt (changed on the NAS or on \
+             scratch: 28 bytes there, 8 here)",
+        ),
+        (
+            "plate8",
+            "1 file is not the verified NAS copy: well_A01.tif (edited on scratch after it was \
+             verified)",
+        ),
+    ] {
+        let i = item(&report, name);
+        assert_eq!(
+            (i["safety"].as_str(), i["reason"].as_str()),
+            (Some("AT_RISK"), Some(why))
+        );
+        assert_eq!(kept(name), why, "clean keeps it for the same reason");
+    }
+}
+
+#[test]
+fn clean_takes_a_project_or_an_item_and_report_scan_lists_only_its_root() {
+    let env = lab();
+    // Only PRJ0: PRJ1's removable plate9 stays.
+    let run = env.run(["clean", "--project", "PRJ0"]);
+    run.code(0);
+    assert!(!env.scratch().join("PRJ0/scans").exists());
+    assert!(env.scratch().join("PRJ1/plate9").exists());
+    // One item by name: a stage as PROJECT/DATASET, a run by id prefix.
+    let run = env.run(["clean", "PRJ1/plate9", "--dry-run"]);
+    run.code(0);
+    assert_eq!(
+        run.out(),
+        "remove  [ROOT]/scratch/PRJ1/plate9 (1.0 MiB, 3 files)\n"
+    );
+    let run = env.run(["clean", "seg-r"]);
+    run.code(1)
+        .err_has("\"seg-r\" names 2 runs: seg-r1, seg-r2");
+    env.run(["clean", "seg-r2"]).code(0);
+    assert!(!env.scratch().join("PRJ1/runs/seg-r2").exists());
+    assert!(env.scratch().join("PRJ1/plate9").exists());
+    env.run(["clean", "PRJ9/nothing"])
+        .code(1)
+        .err_has("no staged dataset or run \"PRJ9/nothing\" is tracked");
+
+    // --scan ROOT: only what lies under ROOT, not the rest of the ledger.
+    let root = env.scratch().join("PRJ1/runs");
+    let run = env.run([
+        OsStr::new("report"),
+        OsStr::new("--all"),
+        OsStr::new("--scan"),
+        root.as_os_str(),
+        OsStr::new("--format"),
+        OsStr::new("json"),
+    ]);
+    let names: Vec<String> = run.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["name"].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(names, ["seg-r1", "seg-r2"], "{run}");
+    let run = env.run([
+        OsStr::new("report"),
+        OsStr::new("--all"),
+        OsStr::new("--scan"),
+        root.as_os_str(),
+    ]);
+    assert!(
+        run.out()
+            .ends_with("2 items, 31 B in 3 files; 1 AT RISK (31 B), 0 expired, 0 partly purged\n"),
+        "{run}"
+    );
+}
+
+#[test]
+fn stage_status_and_report_count_the_same_files() {
+    let env = Env::new();
+    let source = ingest(&env, "PRJ1", "plate7", 1);
+    let staged = env.stage(&source, None, "PRJ1");
+    let dest = env.scratch().join("PRJ1/plate7");
+    // A verify log next to the data is bookkeeping, like the manifest.
+    env.run([
+        OsStr::new("manifest"),
+        OsStr::new("verify"),
+        dest.as_os_str(),
+    ])
+    .code(0);
+    assert!(std::fs::read_dir(&dest)
+        .expect("read")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("verify_")));
+    let status = env.run(["status", "--json"]).json();
+    let report = env.run(["report", "--all", "--format", "json"]).json();
+    assert_eq!(staged["files"], 4, "3 data files and dataset.json");
+    assert_eq!(item(&status, "plate7")["files"], staged["files"]);
+    assert_eq!(item(&report, "plate7")["files"], staged["files"]);
 }

@@ -7,8 +7,8 @@
 //! and invalid parameters. The local executor runs the same chain without SLURM.
 //!
 //! Tests that use SLURM hold the cluster one at a time (one of them stops slurmctld); they
-//! print "skipped: no SLURM" where SLURM is not installed, and fail when it is installed
-//! but its controller does not answer.
+//! fail, saying how to start it, where the cluster is missing or does not answer (unless
+//! `HPCSTAGE_TEST_SKIP=cluster` opts out; see `tests/common/gate.rs`).
 
 mod common;
 
@@ -327,6 +327,29 @@ fn align_runs_minimap2_and_samtools_per_sample_and_pulls_sorted_indexed_bams() {
         );
     }
 
+    // The reference is a path parameter: its SHA-256 is part of the provenance.
+    let sums = world.sh(results, &format!("sha256sum {}", reference.display()));
+    sums.code(0);
+    let hex = sums.stdout.split_whitespace().next().unwrap().to_string();
+    let run: Value = serde_json::from_str(&read_text(results.join("run.json"))).unwrap();
+    let reference_input = run["param_inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["param"] == "reference")
+        .unwrap_or_else(|| panic!("reference in {run:#}"))
+        .clone();
+    assert_eq!(
+        reference_input["files"],
+        serde_json::json!([{ "path": reference.display().to_string(), "sha256": hex }]),
+        "{run:#}"
+    );
+    let readme = read_text(results.join("README.md"));
+    assert!(
+        readme.contains(&format!("  - sha256: {hex}  {}\n", reference.display())),
+        "{readme}"
+    );
+
     // Scratch: the input stays, the intermediates (work/) are gone.
     assert_input_kept(&world, "reads");
     assert!(chain.run_dir.join("bam/s1.bam").is_file());
@@ -625,6 +648,387 @@ fn files_and_dirs(dir: &Path) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // 3. Arrays
 // ---------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------
+// 2b. Finishing a failed run: retry, chosen tasks, dismiss; what failed and why it waits
+// ---------------------------------------------------------------------------------------
+
+/// A predict command that fails with exit 7 on `img2.tif` until `fixed` exists.
+fn flaky_predict(world: &World, fixed: &Path) -> PathBuf {
+    predict(
+        world,
+        "flaky-predict",
+        &format!(
+            r#"for a; do
+    if [[ $a == */img2.tif && ! -e {} ]]; then echo "segfault on $a" >&2; exit 7; fi
+done"#,
+            fixed.display()
+        ),
+    )
+}
+
+#[test]
+fn retry_reruns_only_the_failed_task_in_the_same_run_and_one_pull_collects_every_output() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let raw = world.dataset("plate9", &test_images());
+    let fixed = world.path("fixed");
+    let predict = flaky_predict(&world, &fixed);
+    let params = unet_params(
+        &model(&world),
+        &predict,
+        &["gpus=0", "partition=debug", "chunk_size=1"],
+    );
+    let chain = world.stage_and_run(&raw, "unet-seg", &strs(&params));
+    let status = world.wait_chain(&chain, CHAIN_TIMEOUT);
+    assert_eq!(status["phase"], "pull-failed", "{status:#}");
+
+    // What failed is named: task 1, image img2.tif (from qc/summary-1.tsv), exit 7.
+    assert_eq!(
+        status["failed_tasks"],
+        serde_json::json!([{
+            "task": 1, "state": "FAILED", "exit_code": "7:0",
+            "inputs": ["img2.tif"], "inputs_failed_known": true
+        }]),
+        "{status:#}"
+    );
+    let text = world.run(["status", &chain.run_id]);
+    text.code(0)
+        .out_has("  failed:\n    task 1 (FAILED exit 7:0): failed on img2.tif\n")
+        .out_has(&format!("hpcstage retry {}", chain.run_id));
+    let table = world.run(["status"]);
+    table.code(0).out_has(&format!(
+        "{} FAILED exit 7:0; failed tasks 1",
+        chain.compute_job
+    ));
+    let readme = read_text(chain.failed_dir().join("README.md"));
+    assert!(
+        readme.contains("- failed:\n  - task 1 (FAILED exit 7:0): failed on img2.tif\n"),
+        "{readme}"
+    );
+    assert!(
+        readme.contains(&format!("`hpcstage retry {}`", chain.run_id)),
+        "{readme}"
+    );
+
+    // Fixed: retry resubmits task 1 only, into the same run folder, with a new pull-back.
+    common::write(&fixed, "");
+    let retried = world.run(["retry", &chain.run_id, "--json"]);
+    retried.code(0);
+    let again = Chain::of(&retried);
+    assert_eq!(again.run_id, chain.run_id);
+    assert_eq!(again.run_dir, chain.run_dir);
+    assert_ne!(again.compute_job, chain.compute_job);
+    let status = world.wait_chain(&again, CHAIN_TIMEOUT);
+    assert_eq!(status["phase"], "pulled", "{status:#}");
+    let facts = compute(&status);
+    assert_eq!(facts["state"], "COMPLETED", "{status:#}");
+    assert_eq!(job(&status, "compute").unwrap()["array_size"], 1);
+    let tasks: Vec<&String> = facts["tasks"].as_object().unwrap().keys().collect();
+    assert_eq!(tasks, [&format!("{}_1", again.compute_job)], "{status:#}");
+    assert!(status["failed_tasks"].as_array().unwrap().is_empty());
+
+    // One results folder with every image's outputs: tasks 0 and 2 of the first job, task 1
+    // of the retry.
+    let results = &chain.results_dir;
+    let present = files(results);
+    for f in [
+        "masks/img1.ome.tif",
+        "masks/img2.ome.tif",
+        "masks/sub/img3.ome.tif",
+        "tables/img2.csv",
+        "qc/summary-0.tsv",
+        "qc/summary-1.tsv",
+        "qc/summary-2.tsv",
+    ] {
+        assert!(present.iter().any(|p| p == f), "{f} in {present:#?}");
+    }
+    assert!(
+        present
+            .iter()
+            .any(|p| *p == format!("logs/unet-seg-{}_1.out", again.compute_job)),
+        "{present:#?}"
+    );
+    assert!(
+        !present
+            .iter()
+            .any(|p| p.starts_with(&format!("logs/unet-seg-{}_0", again.compute_job))),
+        "task 0 did not run again: {present:#?}"
+    );
+    assert_results_verified(&world, results);
+    // The provenance says which jobs the outputs come from.
+    let readme = read_text(results.join("README.md"));
+    let first = &chain.compute_job;
+    assert!(
+        readme.contains(&format!(
+            "- retried after job {first} (FAILED exit 7:0): outputs of its completed tasks {first}_0, {first}_2 are included\n"
+        )),
+        "{readme}"
+    );
+    let run: Value = serde_json::from_str(&read_text(results.join("run.json"))).unwrap();
+    assert_eq!(run["compute_job_id"], again.compute_job.as_str());
+    assert_eq!(
+        run["earlier_compute_jobs"][0]["job_id"],
+        first.as_str(),
+        "{run:#}"
+    );
+
+    // A pulled run has nothing to retry or dismiss.
+    world
+        .run(["retry", &chain.run_id])
+        .code(1)
+        .err_has("there is nothing to retry");
+    world
+        .run(["dismiss", &chain.run_id])
+        .code(1)
+        .err_has("there is nothing to dismiss");
+}
+
+#[test]
+fn submit_array_runs_only_the_chosen_tasks_with_their_own_inputs() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let raw = world.dataset("plate8", &test_images());
+    world.run(["stage", &raw.to_string_lossy()]).code(0);
+    let predict = predict(&world, "fake-predict", "");
+    let mut args: Vec<String> = vec![
+        "submit".into(),
+        "unet-seg".into(),
+        "--input".into(),
+        "P/plate8".into(),
+    ];
+    args.extend(unet_params(
+        &model(&world),
+        &predict,
+        &["gpus=0", "partition=debug", "chunk_size=1"],
+    ));
+    // A task past the last input is refused before anything is submitted.
+    let mut beyond = args.clone();
+    beyond.extend(["--array".into(), "1,5".into()]);
+    world
+        .run(&beyond)
+        .code(1)
+        .err_has("task 5 has no inputs: 3 inputs at 1 per task make tasks 0-2");
+    assert!(jobs_under(&world.root).is_empty(), "nothing submitted");
+
+    args.extend(["--array".into(), "0,2".into(), "--json".into()]);
+    let run = world.run(&args);
+    run.code(0);
+    let chain = Chain::of(&run);
+    let script = read_text(chain.run_dir.join("job.sbatch"));
+    assert!(script.contains("#SBATCH --array=0,2\n"), "{script}");
+    let status = world.wait_chain(&chain, CHAIN_TIMEOUT);
+    assert_eq!(job(&status, "compute").unwrap()["array_size"], 2);
+    let facts = compute(&status);
+    let tasks: Vec<&String> = facts["tasks"].as_object().unwrap().keys().collect();
+    let id = &chain.compute_job;
+    assert_eq!(
+        tasks,
+        [&format!("{id}_0"), &format!("{id}_2")],
+        "{status:#}"
+    );
+    // Tasks 0 and 2 segmented their own images; task 1's image was not run.
+    assert!(chain.run_dir.join("masks/img1.ome.tif").is_file());
+    assert!(chain.run_dir.join("masks/sub/img3.ome.tif").is_file());
+    assert!(!chain.run_dir.join("masks/img2.ome.tif").exists());
+}
+
+#[test]
+fn a_request_beyond_the_partition_warns_waits_with_its_reason_and_can_be_dismissed() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let raw = world.dataset("plate6", &test_images()[..1]);
+    let predict = predict(&world, "fake-predict", "");
+    // The test node has 2 CPUs and 4000 MB.
+    let params = unet_params(
+        &model(&world),
+        &predict,
+        &["gpus=0", "partition=debug", "cpus=4"],
+    );
+    let mut all: Vec<&str> = vec!["stage-and-run", raw.to_str().unwrap(), "unet-seg"];
+    all.extend(strs(&params));
+    all.push("--json");
+    let run = world.run(&all);
+    run.code(0).err_has(
+        "warning: the compute job asks for 4 CPUs per task; the nodes of partition debug have at most 2 (sinfo)",
+    );
+    let chain = Chain::of(&run);
+
+    // status says why it waits, as squeue does.
+    let started = Instant::now();
+    let reason = loop {
+        let status = world.status(&chain.run_id);
+        if let Some(r) = compute(&status)["reason"].as_str() {
+            break r.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{status:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(reason, "PartitionConfig");
+    world
+        .run(["status", &chain.run_id])
+        .code(0)
+        .out_has(&format!(
+            "  compute job: {} PENDING (PartitionConfig)\n",
+            chain.compute_job
+        ));
+
+    // Not dismissed while a job could still run; cancelled, it ends AT RISK.
+    world
+        .run(["dismiss", &chain.run_id])
+        .code(1)
+        .err_has(&format!(
+            "its compute job {id} is PENDING; cancel it first (scancel {id})",
+            id = chain.compute_job
+        ));
+    bounded("scancel", &[&chain.compute_job], 20).code(0);
+    let status = world.wait_chain(&chain, CHAIN_TIMEOUT);
+    assert_eq!(status["phase"], "pull-failed", "{status:#}");
+    // Accounting says `CANCELLED by 0` for a job cancelled while it ran (shown as
+    // `CANCELLED by root`); the controller says just CANCELLED for a pending one.
+    let shown = world.run(["status", &chain.run_id]);
+    shown
+        .code(0)
+        .out_has(&format!("  compute job: {} CANCELLED", chain.compute_job))
+        .out_has("    task 0 (CANCELLED");
+    assert!(!shown.out().contains("CANCELLED by 0"), "{shown}");
+    world
+        .run(["report", "--fail-on-risk"])
+        .code(5)
+        .out_has("pull failed; results only on scratch");
+
+    // Dismissed: it leaves the AT RISK count and clean may remove its folder.
+    world
+        .run([
+            "dismiss",
+            &chain.run_id,
+            "--reason",
+            "asked for too many CPUs",
+        ])
+        .code(0)
+        .out_has(&format!(
+            "run {} dismissed (asked for too many CPUs)",
+            chain.run_id
+        ));
+    assert_eq!(world.status(&chain.run_id)["phase"], "dismissed");
+    let report = world.run(["report", "--all", "--fail-on-risk", "--format", "json"]);
+    report.code(0);
+    let items = report.json()["items"].clone();
+    let item = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == chain.run_id.as_str())
+        .unwrap_or_else(|| panic!("the run in {items:#}"));
+    assert_eq!(item["safety"], "DISMISSED", "{item:#}");
+    assert!(
+        item["reason"]
+            .as_str()
+            .unwrap()
+            .contains("(asked for too many CPUs)"),
+        "{item:#}"
+    );
+    world
+        .run(["clean"])
+        .code(0)
+        .out_has(&format!("removed [ROOT]/scratch/P/runs/{} (", chain.run_id));
+    assert!(!chain.run_dir.exists());
+    // Gone and dismissed is not AT RISK either.
+    world.run(["report", "--all", "--fail-on-risk"]).code(0);
+
+    // More GPUs and memory than the node has: warned, then refused by sbatch. The run that
+    // could not be submitted is AT RISK until dismissed.
+    let mut more = unet_params(&model(&world), &predict, &["mem=5000M"]);
+    more.extend(["-p".into(), "gpus=3".into()]);
+    let mut all: Vec<&str> = vec!["stage-and-run", raw.to_str().unwrap(), "unet-seg"];
+    all.extend(strs(&more));
+    let refused = world.run(&all);
+    refused
+        .code(1)
+        .err_has("warning: the compute job asks for 5000M of memory; the nodes of partition gpu have at most 4000 MB")
+        .err_has("warning: the compute job asks for 3 GPUs; the nodes of partition gpu have at most 2")
+        .err_has("could not be submitted");
+    let failed_run = refused
+        .err()
+        .split("run ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id in\n{refused}"))
+        .to_string();
+    assert_eq!(world.status(&failed_run)["phase"], "submit-failed");
+    world.run(["report", "--fail-on-risk"]).code(5);
+    world.run(["dismiss", &failed_run]).code(0);
+    world.run(["report", "--all", "--fail-on-risk"]).code(0);
+}
+
+/// Every file and folder under `dir` (itself included) without a write bit.
+fn assert_write_protected(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut all = vec![String::new()];
+    all.extend(files_and_dirs_deep(dir));
+    for rel in all {
+        let mode = fs::symlink_metadata(dir.join(&rel))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o222,
+            0,
+            "{rel:?} of {} is writable: {mode:o}",
+            dir.display()
+        );
+    }
+}
+
+fn files_and_dirs_deep(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(dir.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let child = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(child.clone());
+            }
+            out.push(child.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn worm_protects_results_from_the_pull_back_job_and_from_a_later_pull() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let raw = world.dataset("plate5", &test_images()[..1]);
+    let predict = predict(&world, "fake-predict", "");
+    let mut params = unet_params(&model(&world), &predict, &["gpus=0", "partition=debug"]);
+
+    // Without --worm the results stay writable; a later `pull --worm` protects them.
+    let chain = world.stage_and_run(&raw, "unet-seg", &strs(&params));
+    assert_eq!(world.wait_chain(&chain, CHAIN_TIMEOUT)["phase"], "pulled");
+    let mode = fs::metadata(chain.results_dir.join("README.md"))
+        .unwrap()
+        .permissions();
+    assert!(!mode.readonly(), "not protected without --worm");
+    world
+        .run(["pull", &chain.run_id, "--worm"])
+        .code(0)
+        .out_has("was already pulled to ")
+        .out_has("; write-protected it (--worm)");
+    assert_write_protected(&chain.results_dir);
+
+    // stage-and-run --worm: the pull-back job protects them itself.
+    params.push("--worm".into());
+    let chain = world.stage_and_run(&raw, "unet-seg", &strs(&params));
+    let pull_script = read_text(chain.run_dir.join("pull.sbatch"));
+    assert!(
+        pull_script.contains(&format!(" pull {} --worm\n", chain.run_id)),
+        "{pull_script}"
+    );
+    assert_eq!(world.wait_chain(&chain, CHAIN_TIMEOUT)["phase"], "pulled");
+    assert_write_protected(&chain.results_dir);
+}
 
 #[test]
 fn the_pull_back_job_waits_for_every_array_task() {
@@ -1353,6 +1757,83 @@ fn the_local_executor_runs_the_whole_chain_in_the_foreground_with_wait() {
     assert!(read_text(results.join("README.md")).contains("- executor: Local\n"));
     assert!(!chain.run_dir.join("work").exists(), "work/ was purged");
     assert_input_kept(&world, "plate1");
+
+    // Done when it returns: nothing left to follow.
+    let mut again: Vec<String> = vec![
+        "submit".into(),
+        "unet-seg".into(),
+        "--input".into(),
+        "P/plate1".into(),
+    ];
+    again.extend(args);
+    let run = world.run(&again);
+    run.code(0)
+        .err_has("done; see how it ended with: hpcstage status ")
+        .err_lacks("follow it with");
+}
+
+#[test]
+fn the_local_executor_retries_the_failed_task_in_a_detached_runner() {
+    let world = World::new();
+    let raw = world.dataset("plate4", &test_images());
+    let fixed = world.path("fixed");
+    let predict = flaky_predict(&world, &fixed);
+    let mut args = unet_params(&model(&world), &predict, &["chunk_size=1", "gpus=0"]);
+    args.extend(["--executor".into(), "local".into(), "--wait".into()]);
+    let chain = world.stage_and_run(&raw, "unet-seg", &strs(&args));
+    let status = world.status(&chain.run_id);
+    assert_eq!(status["phase"], "pull-failed", "{status:#}");
+    assert_eq!(status["failed_tasks"][0]["task"], 1, "{status:#}");
+
+    common::write(&fixed, "");
+    let retried = world.run(["retry", &chain.run_id, "--json"]);
+    retried.code(0);
+    let again = Chain::of(&retried);
+    // The local executor reads --array from the script: a copy with only that line changed.
+    let copies: Vec<PathBuf> = fs::read_dir(chain.run_dir.join(".hpcstage"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".sbatch"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let original = read_text(chain.run_dir.join("job.sbatch"));
+    let copy = read_text(&copies[0]);
+    assert_eq!(
+        copy,
+        original.replace("#SBATCH --array=0-2\n", "#SBATCH --array=1\n"),
+        "{copy}"
+    );
+    let started = Instant::now();
+    let status = loop {
+        let status = world.status(&chain.run_id);
+        if matches!(status["phase"].as_str(), Some("pulled" | "pull-failed"))
+            && job(&status, "pull-back").is_some_and(|j| {
+                j["job_id"] == again.pull_job.as_deref().unwrap_or_default()
+                    && j["facts"]["state"]
+                        .as_str()
+                        .is_some_and(common::slurm::ended)
+            })
+        {
+            break status;
+        }
+        assert!(started.elapsed() < CHAIN_TIMEOUT, "{status:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(status["phase"], "pulled", "{status:#}");
+    let tasks: Vec<&String> = compute(&status)["tasks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(tasks, [&format!("{}_1", again.compute_job)], "{status:#}");
+    for f in [
+        "masks/img1.ome.tif",
+        "masks/img2.ome.tif",
+        "masks/sub/img3.ome.tif",
+    ] {
+        assert!(chain.results_dir.join(f).is_file(), "{f}");
+    }
+    assert_results_verified(&world, &chain.results_dir);
 }
 
 #[test]

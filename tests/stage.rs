@@ -15,7 +15,17 @@ use filetime::FileTime;
 use serde_json::json;
 
 const NO_POLICY_WARNING: &str = "warning: no purge policy configured; assuming mtime, 30 days \
-(set [purge] basis/age in /etc/hpcstage/config.toml)";
+(set [purge] basis/age in [ROOT]/site.toml for the site, or in \
+[ROOT]/xdg-config/hpcstage/config.toml for yourself)";
+
+/// The warning of a stage whose source has no `MANIFEST.sha256` (paths as the test shows them).
+fn no_manifest_warning(src: &str) -> String {
+    format!(
+        "no MANIFEST.sha256 in {src}: the copy is read back and checked on scratch, but nothing \
+         checks the files against the NAS's own checksums end to end (`hpcstage ingest` writes \
+         one for new data)"
+    )
+}
 
 /// The stdout lines of a copy summary, with the timing part of the bytes line cut off.
 fn summary_lines(stdout: &str) -> Vec<String> {
@@ -52,7 +62,9 @@ fn stage_copies_a_tricky_tree_faithfully() {
         &format!(
             "{NO_POLICY_WARNING}\nstaging [ROOT]/src → [ROOT]/dest\n\
              warning: outside: symlink points outside the tree (/etc/passwd); copied as a link, not followed\n\
-             warning: sub/escape: symlink points outside the tree (../../elsewhere); copied as a link, not followed\n"
+             warning: sub/escape: symlink points outside the tree (../../elsewhere); copied as a link, not followed\n\
+             warning: {}\n",
+            no_manifest_warning("[ROOT]/src")
         ),
     );
 
@@ -275,7 +287,9 @@ fn dry_run_itemizes_what_would_change_and_writes_nothing() {
     assert_text(
         &run.err(),
         &format!(
-            "{NO_POLICY_WARNING}\ndry run: 6 to copy (30 B), 0 unchanged; nothing was written\n"
+            "{NO_POLICY_WARNING}\nwarning: {}\n\
+             dry run: 6 to copy (30 B), 0 unchanged; nothing was written\n",
+            no_manifest_warning("[ROOT]/src")
         ),
     );
     assert!(
@@ -411,7 +425,7 @@ fn a_stage_is_recorded_next_to_the_data_and_in_the_ledger_with_its_purge_deadlin
     assert_eq!(record["files"], 3);
     assert_eq!(record["bytes"], 26);
     assert_eq!(record["purge"]["basis"], "mtime");
-    assert_eq!(record["purge"]["age"], "30days");
+    assert_eq!(record["purge"]["age"], "30 days");
     let digest = env.sh(&dest, "sha256sum < MANIFEST.sha256");
     assert_eq!(
         record["manifest_digest"].as_str(),
@@ -512,13 +526,18 @@ fn with_an_atime_purge_policy_source_mtimes_are_kept() {
     }
     let record = &run.json()["record"];
     assert_eq!(record["purge"]["basis"], "atime");
-    assert_eq!(record["purge"]["age"], "60days");
+    assert_eq!(record["purge"]["age"], "60 days");
     // atime under relatime can lag a day: the deadline is pulled in by one.
     let oldest = ts(&record["purge"]["oldest"]);
     assert_eq!(
         ts(&record["purge"]["deadline"]),
         oldest + jiff::SignedDuration::from_hours(59 * 24)
     );
+    // ... and the human output says why the days left are one fewer than the age.
+    let run = env.run(["stage", "src", "dest", "--project", "P"]);
+    run.code(0)
+        .out_has("purge: atime older than 60 days → deadline ")
+        .err_has("the atime deadline is a day early on purpose: under relatime");
 }
 
 #[test]
@@ -549,7 +568,8 @@ fn the_json_summary_of_a_stage_parses_and_adds_up() {
         j["warnings"],
         json!([
             "outside: symlink points outside the tree (/etc/passwd); copied as a link, not followed",
-            "sub/escape: symlink points outside the tree (../../elsewhere); copied as a link, not followed"
+            "sub/escape: symlink points outside the tree (../../elsewhere); copied as a link, not followed",
+            no_manifest_warning(&src.display().to_string()),
         ])
     );
     let files: u64 = regular_files(&src)
@@ -691,4 +711,54 @@ fn files_on_a_filesystem_mounted_inside_the_destination_are_read_back_from_its_d
     assert_eq!(temporaries(&dest), Vec::<std::path::PathBuf>::new());
     assert_manifest_verifies(&dest);
     drop(mount);
+}
+
+/// `stage <nas>/PRJ/raw` (the dataset name forgotten) would copy every dataset of the
+/// project as one named `raw`: refused, naming a dataset to stage instead, unless asked.
+#[test]
+fn a_projects_whole_raw_area_is_refused_unless_asked_for() {
+    let env = Env::new();
+    let raw = env.nas().join("P/raw");
+    write(raw.join("plate7/a.tif"), "a");
+    write(raw.join("plate8/b.tif"), "b");
+
+    let run = env.run_roots(["stage".as_ref(), raw.as_os_str()]);
+    run.code(1).err_has(
+        "this is a project's raw/ area (it holds plate7, plate8, ...), not one dataset; \
+         stage one dataset, e.g. [ROOT]/nas/P/raw/plate7, or pass --allow-raw-area",
+    );
+    assert!(!env.scratch().join("P").exists());
+
+    // A dataset that is itself called `raw` is a dataset.
+    write(raw.join("raw/c.tif"), "c");
+    env.run_roots(["stage".as_ref(), raw.join("raw").as_os_str()])
+        .code(0);
+
+    let run = env.run_roots([
+        "stage".as_ref(),
+        raw.as_os_str(),
+        "--allow-raw-area".as_ref(),
+    ]);
+    run.code(0);
+    // Said once: nothing in a raw area as a whole is checked against a manifest.
+    assert_eq!(
+        run.err().matches("no MANIFEST.sha256 in").count(),
+        1,
+        "{run}"
+    );
+    assert!(env.scratch().join("P/raw/plate7/a.tif").is_file());
+}
+
+#[test]
+fn a_stage_that_cannot_start_leaves_no_record() {
+    let env = Env::new();
+    let missing = env.nas().join("P1/raw/nothing");
+    env.run_roots(["stage".as_ref(), missing.as_os_str()])
+        .code(1);
+    assert!(!env.scratch().join("P1/nothing").exists());
+    let ledger = env.state().join("stages");
+    assert!(
+        fs::read_dir(&ledger).map_or(true, |mut d| d.next().is_none()),
+        "a ledger entry was left for a stage that never started"
+    );
 }

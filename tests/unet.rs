@@ -651,8 +651,8 @@ fn the_demo_runs_the_real_predictor_when_python_has_its_packages() {
     let rows: Vec<&str> = summary.lines().skip(1).collect();
     assert_eq!(
         rows.len(),
-        13,
-        "12 field images and the preview link\n{summary}"
+        12,
+        "12 field images; the preview link is not an input\n{summary}"
     );
     for row in rows {
         let cols: Vec<&str> = row.split('\t').collect();
@@ -679,5 +679,11 @@ fn the_demo_says_it_uses_the_stand_in_when_python_lacks_the_packages() {
         .out_has("6/6 pulled validated results")
         .err_has("the stand-in predictor was used because")
         .err_has("cannot import numpy");
-    assert!(results.join("masks/preview.ome.tif").is_file());
+    assert!(results
+        .join("masks/plate7/well_A01/field_0000.ome.tif")
+        .is_file());
+    assert!(
+        !results.join("masks/preview.ome.tif").exists(),
+        "a symbolic link is not an input"
+    );
 }

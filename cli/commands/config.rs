@@ -10,7 +10,8 @@ use crate::output;
 #[derive(Serialize)]
 struct Row<'a> {
     key: &'a str,
-    value: &'a str,
+    /// `null` for a value nothing set.
+    value: Option<&'a str>,
     source: &'a str,
 }
 
@@ -19,20 +20,21 @@ pub(crate) fn show(settings: &Settings, json: bool) -> Result<Status> {
         let rows: Vec<Row<'_>> = settings
             .provenance
             .iter()
-            .map(|(key, value, source)| Row { key, value, source })
+            .map(|(key, value, source)| Row {
+                key,
+                value: value.as_deref(),
+                source,
+            })
             .collect();
         output::json(&rows);
     } else {
         let mut t = output::table(&["key", "value", "source"]);
         for (k, v, s) in &settings.provenance {
-            t.add_row(vec![k, v, s]);
+            t.add_row(vec![k, v.as_deref().unwrap_or("(unset)"), s]);
         }
         output::data(t.to_string());
-        if !settings.policy_configured {
-            output::warn(
-                "no purge policy configured; the defaults (mtime, 30 days) are a guess: \
-                 set [purge] basis/age in /etc/hpcstage/config.toml",
-            );
+        if let Some(warning) = settings.policy_warning() {
+            output::warn(warning);
         }
     }
     Ok(Status::Success)

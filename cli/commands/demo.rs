@@ -98,6 +98,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
             project: target.project.clone(),
             dataset: target.dataset.clone(),
             policy: settings.policy,
+            allow_raw_area: false,
             copy,
         },
         Some(&ledger),
@@ -237,6 +238,7 @@ fn run_segmentation(
             pull_back: true,
             pull_partition: settings.slurm.transfer_partition.clone(),
             pull_time: "00:30:00".into(),
+            worm: false,
         },
     )?;
     let backend = Backend::for_executor(executor, state, &settings.client);

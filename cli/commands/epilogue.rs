@@ -3,10 +3,11 @@
 //! Whatever happens (no job id, unknown user, unreadable ledger, a hang), it reports on
 //! stderr (slurmd's log) and returns success: a non-zero or hanging Epilog drains the node.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hpcstage_lifecycle::epilogue::{
-    default_state_dir, drop_to_job_user, record_job_end, EpilogEnv,
+    default_state_dir, default_user_config, drop_to_job_user, record_job_end, EpilogEnv,
 };
 
 use super::Status;
@@ -27,32 +28,86 @@ pub(crate) fn run(global: &GlobalArgs, args: &EpilogueArgs) -> Status {
             libc::_exit(0);
         }
     });
+    let verbose = args.verbose;
+    let say = |msg: String| {
+        if verbose {
+            output::note(format!("hpcstage epilogue: {msg}"));
+        }
+    };
     let Some(env) = EpilogEnv::from_env(|k| std::env::var(k).ok()) else {
         output::error("hpcstage epilogue: no SLURM_JOB_ID in the environment; nothing to record");
         return Status::Success;
     };
-    let home = match drop_to_job_user(&env) {
-        Ok(home) => home,
+    let user = match drop_to_job_user(&env) {
+        Ok(user) => user,
         Err(e) => {
             output::error(format!("hpcstage epilogue: job {}: {e}", env.job_id));
             return Status::Success;
         }
     };
-    let state_dir = global
-        .state_dir
-        .clone()
-        .or_else(|| std::env::var_os("HPCSTAGE_STATE").map(Into::into))
-        .or_else(|| home.as_deref().map(default_state_dir));
-    let Some(state_dir) = state_dir else {
-        return Status::Success;
-    };
+    say(format!(
+        "job {}{}: user {} (uid {}), home {}; running as uid {}",
+        env.job_id,
+        match (&env.array_job_id, &env.array_task_id) {
+            (Some(a), Some(t)) => format!(" (array task {a}_{t})"),
+            _ => String::new(),
+        },
+        user.name,
+        user.uid,
+        user.home.display(),
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        unsafe { libc::geteuid() }
+    ));
+    let (state_dir, why) = job_user_state_dir(global, &user.home);
+    say(format!("state folder {} ({why})", state_dir.display()));
     match record_job_end(&state_dir, &env) {
         Ok(Some(run)) => output::note(format!(
             "hpcstage epilogue: job {} of run {run} recorded",
             env.job_id
         )),
-        Ok(None) => {}
+        Ok(None) => say(format!(
+            "no run in {} holds job {}: not an hpcstage job, or another state folder",
+            state_dir.display(),
+            env.job_id
+        )),
         Err(e) => output::error(format!("hpcstage epilogue: job {}: {e}", env.job_id)),
     }
     Status::Success
+}
+
+/// The job user's state folder, found as that user's own `hpcstage` would find it, with
+/// why: `--state-dir`, then `$HPCSTAGE_STATE` (which slurmd passes to a TaskEpilog but not
+/// to an Epilog), then `state_dir` in the user's config (`~/.config/hpcstage/config.toml`)
+/// or the site's, then the XDG default under the user's home. Read after dropping to the
+/// user, so only what the user may read is read; a config that does not parse is passed
+/// over (a broken file must not fail the Epilog).
+fn job_user_state_dir(global: &GlobalArgs, home: &Path) -> (PathBuf, String) {
+    if let Some(dir) = &global.state_dir {
+        return (dir.clone(), "--state-dir".into());
+    }
+    if let Some(dir) = std::env::var_os("HPCSTAGE_STATE").filter(|v| !v.is_empty()) {
+        return (dir.into(), "$HPCSTAGE_STATE".into());
+    }
+    let site = std::env::var_os("HPCSTAGE_SITE_CONFIG")
+        .map_or_else(|| PathBuf::from("/etc/hpcstage/config.toml"), PathBuf::from);
+    for file in [default_user_config(home), site] {
+        if let Some(dir) = configured_state_dir(&file) {
+            return (dir, format!("state_dir in {}", file.display()));
+        }
+    }
+    (
+        default_state_dir(home),
+        "the default under the job user's home".into(),
+    )
+}
+
+/// `state_dir` of a config file, when it has one and parses.
+fn configured_state_dir(file: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    table
+        .get("state_dir")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
 }

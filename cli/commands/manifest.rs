@@ -4,11 +4,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::fmt::{bytes, count};
 use hpcstage_staging::ledger::file_safe;
 use hpcstage_staging::manifest::{self, display_name, Check};
 use hpcstage_staging::verify;
-use hpcstage_staging::walk::{Filter, MANIFEST_NAME, TMP_PREFIX};
+use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR, TMP_PREFIX};
 use serde::Serialize;
 
 use super::{pool, Status};
@@ -25,12 +25,57 @@ struct CreateJson {
     digest: String,
 }
 
+/// When `dir` is a staged copy whose stage did not complete (its record says so, its
+/// copy's `running` marker or its journal is there without a record), what to do instead
+/// of hashing it: a manifest made from the files as they are would vouch for content that
+/// no stage verified against its source. Rerunning the stage finishes the copy
+/// and writes the manifest from its journal.
+fn unfinished_stage(dir: &Path) -> Option<String> {
+    use hpcstage_staging::record::{read_json, StageRecord};
+    let state = dir.join(STATE_DIR);
+    let record = read_json::<StageRecord>(&state.join("stage.json")).ok();
+    let why = match &record {
+        Some(r) if r.incomplete.is_some() => "its last stage did not complete",
+        Some(_) if state.join("running").exists() => "a stage into it did not finish",
+        Some(_) => return None,
+        None if state.join("running").exists() || state.join("journal").exists() => {
+            "a stage into it did not finish"
+        }
+        None => return None,
+    };
+    let rerun = match &record {
+        Some(r) if !r.source.is_empty() => format!(
+            "hpcstage stage {} {}",
+            hpcstage_staging::fmt::shell_quote(&r.source),
+            hpcstage_staging::fmt::shell_quote(&dir.display().to_string())
+        ),
+        _ => format!(
+            "hpcstage stage SOURCE {}",
+            hpcstage_staging::fmt::shell_quote(&dir.display().to_string())
+        ),
+    };
+    Some(format!(
+        "{} is a staged copy and {why}, so its journal does not verify every file; \
+         do not create a manifest over it: finish the copy with `{rerun}`, which writes the \
+         manifest of what it verified",
+        dir.display()
+    ))
+}
+
 pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<Status> {
     let dir = absolute(&args.dir)?;
     if !dir.is_dir() {
         bail!("{} does not exist or is not a folder", dir.display());
     }
     let to_stdout = args.output.as_deref() == Some(Path::new("-"));
+    if !args.force {
+        if let Some(advice) = unfinished_stage(&dir) {
+            bail!(
+                "{advice} (pass --force to hash the files as they are, knowing that nothing \
+                 checked them against their source)"
+            );
+        }
+    }
     let out_path = match &args.output {
         Some(p) if !to_stdout => absolute(p)?,
         _ => dir.join(MANIFEST_NAME),
@@ -73,8 +118,8 @@ pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<S
             output::error(e.to_string());
         }
         bail!(
-            "{} files could not be read; no manifest written (a manifest that silently leaves files out is worse than none)",
-            streamed.errors.len()
+            "{} could not be read; no manifest written (a manifest that silently leaves files out is worse than none)",
+            count(streamed.errors.len() as u64, "file")
         );
     }
     let elapsed = started.elapsed();
@@ -100,9 +145,9 @@ pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<S
         });
     } else {
         output::data(format!(
-            "wrote {} ({} files, {} hashed in {:.1}s, {})",
+            "wrote {} ({}, {} hashed in {:.1}s, {})",
             out_path.display(),
-            streamed.files,
+            count(streamed.files as u64, "file"),
             bytes(streamed.bytes),
             elapsed.as_secs_f64(),
             output::rate(streamed.bytes, elapsed)
@@ -136,6 +181,9 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
         None => dir.join(MANIFEST_NAME),
     };
     if !manifest_path.is_file() {
+        if let Some(advice) = unfinished_stage(&dir) {
+            bail!("no manifest at {}: {advice}", manifest_path.display());
+        }
         bail!(
             "no manifest at {}; create one with `hpcstage manifest create {}`",
             manifest_path.display(),

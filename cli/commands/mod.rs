@@ -4,11 +4,13 @@
 pub(crate) mod clean;
 pub(crate) mod config;
 pub(crate) mod demo;
+pub(crate) mod dismiss;
 pub(crate) mod epilogue;
 pub(crate) mod ingest;
 pub(crate) mod manifest;
 pub(crate) mod pull;
 pub(crate) mod report;
+pub(crate) mod retry;
 pub(crate) mod stage;
 pub(crate) mod status;
 pub(crate) mod submit;
@@ -16,7 +18,7 @@ pub(crate) mod template;
 
 use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::fmt::{bytes, count};
 use hpcstage_staging::manifest::display_name;
 use hpcstage_staging::remote::{NasFolder, SshOptions};
 use hpcstage_staging::walk::Filter;
@@ -26,50 +28,24 @@ use crate::args::{CopyArgs, ParallelArgs};
 use crate::config::Settings;
 use crate::output;
 
-/// How a command that ran to the end went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Status {
-    Success,
-    /// A checksum did not match, a file is missing, or the source is corrupt.
-    Integrity,
-    /// Some files failed for other reasons (I/O, disk full, changed while read).
-    Partial,
-    /// `report --fail-on-risk` found data that exists only on scratch.
-    AtRisk,
-}
-
-impl Status {
-    /// The process exit code (documented in the README and `--help`).
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            Status::Success => 0,
-            Status::Integrity => 3,
-            Status::Partial => 4,
-            Status::AtRisk => 5,
-        }
-    }
-}
-
-/// The exit code of a command that stopped with `err`: 3 when it stopped on an integrity
-/// failure (a source that does not match its manifest, a read-back that differs), as a
-/// copy that reports such files does; 1 otherwise.
-pub(crate) fn error_code(err: &anyhow::Error) -> u8 {
-    use hpcstage_staging::Error as E;
-    let integrity = err
-        .chain()
-        .filter_map(|e| e.downcast_ref::<E>())
-        .any(|e| matches!(e, E::SourceCorrupt { .. } | E::ReadBackMismatch { .. }));
-    if integrity {
-        Status::Integrity.code()
-    } else {
-        1
-    }
-}
+/// How a command that ran to the end went (the exit codes live in [`crate::exit`]).
+pub(crate) use crate::exit::ExitStatus as Status;
 
 /// A hint for errors users can fix themselves.
 pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
     use hpcstage_staging::Error as E;
-    let e = err.chain().find_map(|e| e.downcast_ref::<E>())?;
+    let read_only = err
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::ReadOnlyFilesystem);
+    if read_only {
+        return Some(
+            "that filesystem is mounted read-only (scratch often is during maintenance, and a \
+             NAS export may be): check with `findmnt -T PATH`, or choose another --scratch-root"
+                .into(),
+        );
+    }
+    let e = crate::exit::staging_error(err)?;
     Some(match e {
         E::InsufficientSpace { .. } => {
             "free space at the destination, stage fewer files with --include/--exclude, \
@@ -220,12 +196,18 @@ pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
         for (path, change) in &r.changes {
             output::data(format!("{} {}", change.code(), display_name(path)));
         }
+        for w in &r.warnings {
+            output::warn(w);
+        }
+        print_failures(r, "would fail");
+        let to_copy = r
+            .changes
+            .iter()
+            .filter(|(_, c)| !matches!(c, hpcstage_staging::copy::Change::Dir))
+            .count();
         output::note(format!(
             "dry run: {} to copy ({}), {} unchanged; nothing was written",
-            r.changes
-                .iter()
-                .filter(|(_, c)| !matches!(c, hpcstage_staging::copy::Change::Dir))
-                .count(),
+            to_copy,
             bytes(r.bytes_to_copy),
             r.skipped
         ));
@@ -247,14 +229,14 @@ pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
         ));
     }
     output::data(format!(
-        "files: {} total, {} copied, {} unchanged, {} failed; {} hard links, {} symlinks, {} folders",
+        "files: {} total, {} copied, {} unchanged, {} failed; {}, {}, {}",
         r.files_total,
         r.copied,
         r.skipped,
         r.failed.len(),
-        r.hard_links,
-        r.symlinks,
-        r.dirs
+        count(r.hard_links, "hard link"),
+        count(r.symlinks, "symlink"),
+        count(r.dirs, "folder")
     ));
     output::data(format!(
         "bytes: {} copied of {} in {:.1}s ({})",
@@ -263,10 +245,30 @@ pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
         r.elapsed.as_secs_f64(),
         output::rate(r.bytes_copied, r.elapsed)
     ));
-    if !r.failed.is_empty() {
-        output::error(format!("{} files failed:", r.failed.len()));
-        for f in &r.failed {
-            output::error(format!("  {}: {}", display_name(&f.path), f.error));
-        }
+    print_failures(r, "failed");
+}
+
+/// Every failure of a copy, on stderr, under "N files failed:" (or "would fail"); files
+/// the run did not try, because it stopped, are counted apart.
+fn print_failures(r: &CopyReport, verb: &str) {
+    let not_tried = r
+        .failed
+        .iter()
+        .filter(|f| f.kind == FailureKind::NotAttempted)
+        .count();
+    let failed = r.failed.len() - not_tried;
+    let headline = match (failed, not_tried) {
+        (0, 0) => return,
+        (_, 0) => format!("{} {verb}:", count(failed as u64, "file")),
+        (0, _) => format!("{} not attempted:", count(not_tried as u64, "file")),
+        _ => format!(
+            "{} {verb}, {} not attempted:",
+            count(failed as u64, "file"),
+            not_tried
+        ),
+    };
+    output::error(headline);
+    for f in &r.failed {
+        output::error(format!("  {}: {}", display_name(&f.path), f.error));
     }
 }

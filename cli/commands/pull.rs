@@ -5,7 +5,7 @@ use anyhow::Result;
 use hpcstage_lifecycle::backend::Backend;
 use hpcstage_lifecycle::pull::{pull, PullOptions, PullOutcome};
 use hpcstage_lifecycle::run::RunStore;
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::fmt::{bytes, count};
 
 use super::Status;
 use crate::args::PullArgs;
@@ -44,8 +44,14 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
         PullOutcome::AlreadyPulled {
             results_dir,
             concurrent,
+            protected,
         } => {
-            if !args.json {
+            if !args.json && protected {
+                output::data(format!(
+                    "run {id} was already pulled to {}; write-protected it (--worm)",
+                    results_dir.display()
+                ));
+            } else if !args.json {
                 output::data(match concurrent {
                     Some(holder) => format!(
                         "run {id} was pulled to {} by another process ({holder}) while this one waited; nothing to do",
@@ -66,15 +72,21 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
             manifest_digest,
             purged,
             partial,
+            missing,
         } => {
             if !args.json {
                 output::data(format!(
-                    "pulled run {id} → {} ({files} files, {}; MANIFEST.sha256 {manifest_digest})",
+                    "pulled run {id}{} → {} ({}, {}; MANIFEST.sha256 {manifest_digest})",
+                    if partial { " PARTIAL" } else { "" },
                     results_dir.display(),
+                    count(files, "file"),
                     bytes(size)
                 ));
                 if partial {
-                    output::warn("partial pull (--allow-partial): see validation in README.md");
+                    output::warn(format!(
+                        "partial pull (--allow-partial): outputs missing: {}",
+                        missing.join("; ")
+                    ));
                 }
                 for p in purged {
                     output::note(format!("purged intermediate {}", p.display()));

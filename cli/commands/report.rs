@@ -3,13 +3,49 @@
 
 use anyhow::{Context, Result};
 use comfy_table::{Cell, Color};
-use hpcstage_lifecycle::report::{build, gather, Filter, Report, Safety};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_lifecycle::report::{
+    apply_whole_folder, build, gather, load_runs, Filter, Item, Report, Safety, Sources,
+};
+use hpcstage_lifecycle::run::RunView;
+use hpcstage_staging::fmt::{bytes, count};
 
 use super::Status;
 use crate::args::{ReportArgs, ReportFormat};
 use crate::config::{absolute, Settings};
 use crate::output;
+
+/// Every tracked item with its verdict (the one `report`, `status` and `clean` share),
+/// under the `scan` roots when any are given, and the ledger's runs. Job states come from
+/// one batched scheduler query (the one `status` makes): a stage a job still reads is IN
+/// USE. Warnings are printed.
+pub(crate) fn tracked(
+    settings: &Settings,
+    scan: &[std::path::PathBuf],
+    now: jiff::Timestamp,
+) -> Result<(Vec<Item>, Vec<RunView>)> {
+    let roots = scan
+        .iter()
+        .map(|r| absolute(r))
+        .collect::<Result<Vec<_>>>()?;
+    let (views, warnings) = load_runs(&settings.state_dir, Some(&settings.client))?;
+    let (mut items, more) = gather(&Sources {
+        state_dir: &settings.state_dir,
+        views: &views,
+        scan_roots: &roots,
+        policy: &settings.policy,
+        scratch_root: settings.scratch_root.as_deref(),
+        now,
+    })?;
+    for w in warnings.into_iter().chain(more) {
+        output::warn(w);
+    }
+    if settings.policy.whole_folder {
+        if let Some(root) = &settings.scratch_root {
+            apply_whole_folder(&mut items, root, now);
+        }
+    }
+    Ok((items, views))
+}
 
 pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
     let within = if args.all {
@@ -22,28 +58,11 @@ pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
             None => settings.policy.warn,
         })
     };
-    if !settings.policy_configured {
-        output::warn(
-            "no purge policy configured; assuming mtime, 30 days \
-             (set [purge] basis/age in /etc/hpcstage/config.toml)",
-        );
+    if let Some(warning) = settings.policy_warning() {
+        output::warn(warning);
     }
     let now = jiff::Timestamp::now();
-    let roots = args
-        .scan
-        .iter()
-        .map(|r| absolute(r))
-        .collect::<Result<Vec<_>>>()?;
-    let (items, warnings) = gather(&settings.state_dir, &roots, &settings.policy, now)?;
-    for w in warnings {
-        output::warn(w);
-    }
-    let mut items = items;
-    if settings.policy.whole_folder {
-        if let Some(root) = &settings.scratch_root {
-            hpcstage_lifecycle::report::apply_whole_folder(&mut items, root, now);
-        }
-    }
+    let (items, _) = tracked(settings, &args.scan, now)?;
     let report = build(
         items,
         &Filter {
@@ -67,10 +86,6 @@ pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
     })
 }
 
-fn date(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%d").to_string()
-}
-
 fn heading(r: &Report) -> String {
     let window = r.within_days.map_or("all tracked items".to_string(), |d| {
         format!("expiring within {d} days")
@@ -89,16 +104,36 @@ fn heading(r: &Report) -> String {
 }
 
 fn totals_line(r: &Report) -> String {
-    format!(
-        "{} items, {} in {} files; {} AT RISK ({}), {} expired, {} partly purged",
-        r.totals.items,
-        bytes(r.totals.bytes),
-        r.totals.files,
-        r.totals.at_risk,
-        bytes(r.totals.at_risk_bytes),
-        r.totals.expired,
-        r.totals.partly_purged
-    )
+    let t = &r.totals;
+    let mut line = format!(
+        "{}, {} in {}; {} AT RISK ({})",
+        count(t.items as u64, "item"),
+        bytes(t.bytes),
+        count(t.files, "file"),
+        t.at_risk,
+        bytes(t.at_risk_bytes),
+    );
+    for (n, what) in [(t.incomplete, "INCOMPLETE"), (t.in_use, "IN USE")] {
+        if n > 0 {
+            line.push_str(&format!(", {n} {what}"));
+        }
+    }
+    line.push_str(&format!(
+        ", {} expired, {} partly purged",
+        t.expired, t.partly_purged
+    ));
+    line
+}
+
+/// What an empty report says instead of an empty table.
+fn nothing(r: &Report) -> String {
+    match r.within_days {
+        Some(d) => format!(
+            "Nothing expires within {} and nothing is at risk.",
+            count(d, "day")
+        ),
+        None => "Nothing is tracked on scratch.".to_string(),
+    }
 }
 
 const HEADER: [&str; 10] = [
@@ -114,7 +149,8 @@ const HEADER: [&str; 10] = [
     "why",
 ];
 
-fn row(i: &hpcstage_lifecycle::report::Item) -> [String; 10] {
+fn row(i: &Item) -> [String; 10] {
+    let [deadline, days_left] = i.deadline_cells();
     [
         i.project.clone(),
         i.owner.clone(),
@@ -122,21 +158,28 @@ fn row(i: &hpcstage_lifecycle::report::Item) -> [String; 10] {
         i.name.clone(),
         bytes(i.bytes),
         i.files.to_string(),
-        date(i.deadline),
-        i.days_left.to_string(),
+        deadline,
+        days_left,
         i.safety.label().to_string(),
         i.reason.clone(),
     ]
 }
 
 fn table(r: &Report) -> String {
+    if r.items.is_empty() {
+        return format!("{}\n{}", heading(r), nothing(r));
+    }
     let mut t = output::table(&HEADER);
     for i in &r.items {
         // Colour shows only on a terminal (output::table turns styling off elsewhere).
         let colour = match i.safety {
             Safety::AtRisk => Some(Color::Red),
-            Safety::PartlyPurged | Safety::Expired => Some(Color::Yellow),
-            Safety::Safe => None,
+            Safety::Incomplete
+            | Safety::InUse
+            | Safety::Partial
+            | Safety::PartlyPurged
+            | Safety::Expired => Some(Color::Yellow),
+            Safety::Dismissed | Safety::Safe | Safety::Cleaned => None,
         };
         t.add_row(row(i).into_iter().enumerate().map(|(n, text)| {
             let cell = Cell::new(text);
@@ -153,13 +196,14 @@ fn markdown(r: &Report) -> String {
     let mut out = format!("## {}\n\n", heading(r));
     if r.totals.at_risk > 0 {
         out.push_str(&format!(
-            "**{} item(s) AT RISK**: data that may exist only on scratch. Get it onto the \
+            "**{} AT RISK**: data that may exist only on scratch. Get it onto the \
              NAS before the deadline (`hpcstage pull RUN` for run results).\n\n",
-            r.totals.at_risk
+            count(r.totals.at_risk as u64, "item")
         ));
     }
     if r.items.is_empty() {
-        out.push_str("Nothing expires in this window.\n");
+        out.push_str(&nothing(r));
+        out.push('\n');
         return out;
     }
     out.push_str(&format!("| {} |\n", HEADER.join(" | ")));
@@ -199,6 +243,7 @@ fn csv(r: &Report) -> Result<Vec<u8>> {
         "whole_folder",
         "status",
         "reason",
+        "removable",
     ])?;
     for i in &r.items {
         w.write_record([
@@ -216,6 +261,7 @@ fn csv(r: &Report) -> Result<Vec<u8>> {
             i.whole_folder.to_string(),
             i.safety.label().to_string(),
             i.reason.clone(),
+            i.removable.to_string(),
         ])?;
     }
     Ok(w.into_inner()?)

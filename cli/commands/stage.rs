@@ -1,9 +1,10 @@
 //! `hpcstage stage SRC [DEST]`: verified copy of a NAS dataset to scratch.
 
 use anyhow::{Context, Result};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::fmt::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
-use hpcstage_staging::policy::days_left;
+use hpcstage_staging::policy::{days_left, PurgeBasis};
+use hpcstage_staging::remote::Location;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings, Target};
 use serde::Serialize;
 
@@ -35,6 +36,13 @@ pub(crate) fn stage_quietly(
     print: bool,
 ) -> Result<(Status, Option<hpcstage_staging::record::StageRecord>)> {
     let source = parse_location(&args.source)?;
+    // What the user typed first: a missing source says so before anything about the
+    // configuration (scratch root, NAS root) does.
+    if let Location::Local(path) = &source {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(hpcstage_staging::Error::SourceMissing { path: path.clone() }.into());
+        }
+    }
     // Project and dataset come from the path's layout under the NAS root, wherever the
     // NAS is reached from.
     let nas_root = settings.nas_layout_root()?;
@@ -74,11 +82,8 @@ pub(crate) fn stage_quietly(
             args.dataset.as_deref(),
         )?,
     };
-    if !settings.policy_configured && !args.copy.json {
-        output::warn(
-            "no purge policy configured; assuming mtime, 30 days \
-             (set [purge] basis/age in /etc/hpcstage/config.toml)",
-        );
+    if let Some(warning) = settings.policy_warning().filter(|_| !args.copy.json) {
+        output::warn(warning);
     }
     let stage_settings = StageSettings {
         source: source.clone(),
@@ -87,6 +92,7 @@ pub(crate) fn stage_quietly(
         project: target.project.clone(),
         dataset: target.dataset.clone(),
         policy: settings.policy,
+        allow_raw_area: args.allow_raw_area,
         copy: copy_options(settings, &args.copy)?,
     };
     let ledger = Ledger::open(&settings.state_dir)
@@ -124,10 +130,10 @@ pub(crate) fn stage_quietly(
     print_copy_report(&outcome.report, args.copy.dry_run);
     if let Some(record) = &outcome.record {
         output::data(format!(
-            "staged {} → {} ({} files, {})",
+            "staged {} → {} ({}, {})",
             record.id,
             record.destination.display(),
-            record.files,
+            hpcstage_staging::fmt::count(record.files, "file"),
             bytes(record.bytes)
         ));
         output::data(format!(
@@ -136,12 +142,21 @@ pub(crate) fn stage_quietly(
             record.manifest_digest
         ));
         output::data(format!(
-            "purge: {} older than {} → deadline {} ({} days left)",
+            "purge: {} older than {} → deadline {} ({} left)",
             record.purge.basis,
             record.purge.age,
             record.purge.deadline.strftime("%Y-%m-%d %H:%M UTC"),
-            days_left(record.purge.deadline, jiff::Timestamp::now())
+            count(
+                days_left(record.purge.deadline, jiff::Timestamp::now()).max(0) as u64,
+                "day"
+            )
         ));
+        if record.purge.basis == PurgeBasis::Atime {
+            output::note(
+                "the atime deadline is a day early on purpose: under relatime a read updates \
+                 atime at most once a day, so the purge may see a day-old atime",
+            );
+        }
     } else if !args.copy.dry_run {
         output::error("stage incomplete: no stage record written; fix the failures above and run the same command again");
     }

@@ -2,9 +2,10 @@
 //! scheduler query) and staged datasets, with purge deadlines.
 
 use anyhow::Result;
+use hpcstage_lifecycle::failures::failed_tasks;
 use hpcstage_lifecycle::refresh::{ended, refresh};
-use hpcstage_lifecycle::report::{build, gather, Filter};
-use hpcstage_lifecycle::run::{JobView, RunStore, RunView};
+use hpcstage_lifecycle::report::{build, Filter, Safety};
+use hpcstage_lifecycle::run::{state_label, JobRole, JobView, RunStore, RunView};
 use hpcstage_staging::fmt::bytes;
 
 use super::Status;
@@ -17,19 +18,42 @@ fn job_cell(job: Option<&JobView>) -> String {
         None => "-".into(),
         Some(j) => match &j.facts {
             None => format!("{} (submitted)", j.job_id),
-            // sacct reports 0:0 for jobs still pending or running: no exit code yet.
+            // sacct reports 0:0 for jobs still pending or running: no exit code yet;
+            // a pending job says why it waits, as squeue does.
             Some(f) => format!(
-                "{} {}{}",
+                "{} {}{}{}",
                 j.job_id,
-                f.state,
+                state_label(&f.state),
                 f.exit_code
                     .as_ref()
                     .filter(|_| ended(&f.state))
                     .map(|c| format!(" exit {c}"))
+                    .unwrap_or_default(),
+                f.reason
+                    .as_ref()
+                    .filter(|_| !ended(&f.state))
+                    .map(|r| format!(" ({r})"))
                     .unwrap_or_default()
             ),
         },
     }
+}
+
+/// The compute job's cell in the runs table, with the array tasks that failed.
+fn compute_cell(view: &RunView) -> String {
+    let job = view.job(JobRole::Compute);
+    let mut cell = job_cell(job);
+    if let Some(j) = job {
+        let failed = failed_tasks(j.facts.as_ref(), &view.record.run_dir);
+        let tasks: Vec<String> = failed
+            .iter()
+            .filter_map(|t| t.task.map(|n| n.to_string()))
+            .collect();
+        if !tasks.is_empty() {
+            cell.push_str(&format!("; failed tasks {}", tasks.join(", ")));
+        }
+    }
+    cell
 }
 
 /// A phase, role or executor as `--json` spells it (`pull-failed`), so that the table and
@@ -42,31 +66,33 @@ fn label<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
 }
 
 pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
-    if !settings.policy_configured && !args.json {
-        output::warn("no purge policy configured; assuming mtime, 30 days (set [purge] basis/age in /etc/hpcstage/config.toml)");
+    if let Some(warning) = settings.policy_warning().filter(|_| !args.json) {
+        output::warn(warning);
     }
     let store = RunStore::open(&settings.state_dir)?;
-    let ids = match &args.run {
-        Some(r) => vec![store.resolve(r)?],
-        None => store.ids()?,
-    };
-    let mut views: Vec<RunView> = Vec::new();
-    for id in &ids {
-        match store.load(id) {
-            Ok(v) => views.push(v),
-            Err(e) => output::warn(format!("skipping damaged run {id}: {e}")),
-        }
-    }
-    for w in refresh(&store, &mut views, &settings.state_dir, &settings.client) {
-        output::warn(w);
-    }
     if let Some(run) = &args.run {
+        let id = store.resolve(run)?;
+        let mut views: Vec<RunView> = vec![store.load(&id)?];
+        for w in refresh(&store, &mut views, &settings.state_dir, &settings.client) {
+            output::warn(w);
+        }
         let view = &views[0];
         if args.json {
-            output::json(view);
+            let mut json = serde_json::to_value(view)?;
+            json["failed_tasks"] = serde_json::to_value(
+                view.job(JobRole::Compute)
+                    .map(|j| failed_tasks(j.facts.as_ref(), &view.record.run_dir))
+                    .unwrap_or_default(),
+            )?;
+            output::json(&json);
         } else {
             let r = &view.record;
-            output::data(format!("run {} ({})", r.id, label(view.phase)));
+            output::data(format!("run {} ({})", r.id, phase_cell(view)));
+            if let Some(missing) = &view.partial {
+                for m in missing {
+                    output::data(format!("  missing:   {m}"));
+                }
+            }
             output::data(format!(
                 "  template:  {} {} ({} executor)",
                 r.template,
@@ -92,27 +118,31 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
                     ));
                 }
             }
-            let _ = run;
+            if let Some(j) = view.job(JobRole::Compute) {
+                let failed = failed_tasks(j.facts.as_ref(), &r.run_dir);
+                if !failed.is_empty() {
+                    output::data("  failed:");
+                    for t in &failed {
+                        output::data(format!("    {}", t.describe()));
+                    }
+                    output::data(format!(
+                        "  retry them with `hpcstage retry {}`, or give the run up with `hpcstage dismiss {}`",
+                        r.id, r.id
+                    ));
+                }
+            }
         }
         return Ok(Status::Success);
     }
 
+    // One batched scheduler query for every run; the same states decide what is IN USE.
     let now = jiff::Timestamp::now();
-    let (items, warnings) = gather(&settings.state_dir, &[], &settings.policy, now)?;
-    for w in warnings {
-        output::warn(w);
-    }
+    let (items, views) = super::report::tracked(settings, &[], now)?;
     let all = Filter {
         within: None,
         owner: None,
         project: None,
     };
-    let mut items = items;
-    if settings.policy.whole_folder {
-        if let Some(root) = &settings.scratch_root {
-            hpcstage_lifecycle::report::apply_whole_folder(&mut items, root, now);
-        }
-    }
     let report = build(items, &all, &settings.policy, now);
     if args.json {
         output::json(&serde_json::json!({ "runs": views, "items": report.items }));
@@ -128,12 +158,11 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
     if !views.is_empty() {
         let mut t = output::table(&["run", "template", "phase", "compute job", "pull-back job"]);
         for v in &views {
-            use hpcstage_lifecycle::run::JobRole;
             t.add_row(vec![
                 v.record.id.clone(),
                 v.record.template.clone(),
-                label(v.phase),
-                job_cell(v.job(JobRole::Compute)),
+                phase_cell(v),
+                compute_cell(v),
                 job_cell(v.job(JobRole::PullBack)),
             ]);
         }
@@ -150,17 +179,40 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
         "status",
     ]);
     for i in &report.items {
+        let [deadline, days_left] = i.deadline_cells();
         t.add_row(vec![
             format!("{:?}", i.kind).to_lowercase(),
             format!("{}/{}", i.project, i.name),
             i.path.display().to_string(),
             i.files.to_string(),
             bytes(i.bytes),
-            i.deadline.strftime("%Y-%m-%d").to_string(),
-            i.days_left.to_string(),
+            deadline,
+            days_left,
             i.safety.label().to_string(),
         ]);
     }
     output::data(t.to_string());
+    // What is not simply SAFE says why (what failed, which run reads it, what is missing).
+    for i in report.items.iter().filter(|i| i.safety != Safety::Safe) {
+        output::data(format!(
+            "{}/{}: {}: {}",
+            i.project,
+            i.name,
+            i.safety.label(),
+            i.reason
+        ));
+    }
     Ok(Status::Success)
+}
+
+/// A run's phase, with PARTIAL for a partial pull and the clean-up.
+fn phase_cell(v: &RunView) -> String {
+    let mut text = label(v.phase);
+    if v.partial.is_some() {
+        text.push_str(" PARTIAL");
+    }
+    if v.cleaned_at.is_some() {
+        text.push_str(", cleaned");
+    }
+    text
 }

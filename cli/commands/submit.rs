@@ -90,6 +90,7 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
         dest: None,
         project: args.project.clone(),
         dataset: args.dataset.clone(),
+        allow_raw_area: false,
         copy: crate::args::CopyArgs {
             dry_run: false,
             verify: false,
@@ -157,9 +158,14 @@ fn launch(
         pull_back: !args.no_pull,
         pull_partition: settings.slurm.transfer_partition.clone(),
         pull_time: settings.slurm.pull_time.clone(),
+        worm: args.worm,
     };
     let prepared = prepare(&store, &submit_settings)?;
+    super::template::note_skipped_links(&prepared.rendered);
     let backend = Backend::for_executor(executor, &settings.state_dir, &settings.client);
+    if let Backend::Slurm(client) = &backend {
+        warn_beyond_partition(client, &prepared.rendered.sbatch);
+    }
     let chain = submit(&store, &prepared, &backend, !args.no_pull).with_context(|| {
         // The client's error names the command that failed; say why it most likely did.
         let controller_down = match &backend {
@@ -176,6 +182,7 @@ fn launch(
             }
         )
     })?;
+    let finished = executor == Executor::Local && args.wait;
     if executor == Executor::Local {
         if args.wait {
             let exec = LocalExecutor::new(local_state_dir(&settings.state_dir));
@@ -184,11 +191,28 @@ fn launch(
             spawn_local_runner(settings, &exe, &chain)?;
         }
     }
-    print_chain(&chain, args.json);
+    print_chain(&chain, args.json, finished);
     Ok(Status::Success)
 }
 
-fn print_chain(chain: &Chain, json: bool) {
+/// Warns when the compute job asks for more than its partition's nodes have: such a job
+/// may be accepted and then wait forever (`PartitionConfig`). Only a warning: `sinfo`
+/// not answering does not stop a submission.
+fn warn_beyond_partition(client: &SlurmClient, sbatch: &hpcstage_slurm::template::SbatchArgs) {
+    let Ok(partitions) = client.partitions() else {
+        return;
+    };
+    for problem in hpcstage_slurm::partition::exceeds(&partitions, sbatch) {
+        output::warn(format!(
+            "the compute job {problem} (sinfo); it may wait forever in the queue: lower the \
+             request (-p cpus=..., -p mem=..., --time ...) or pick another partition (--partition)"
+        ));
+    }
+}
+
+/// Prints what was submitted; `finished` when the chain already ran (`--executor local
+/// --wait`), so that there is nothing left to follow.
+pub(crate) fn print_chain(chain: &Chain, json: bool, finished: bool) {
     if json {
         output::json(chain);
         return;
@@ -203,12 +227,19 @@ fn print_chain(chain: &Chain, json: bool) {
         ));
     }
     output::data(format!("  results:      {}", chain.results_dir.display()));
-    output::note(format!("follow it with: hpcstage status {}", chain.run_id));
+    if finished {
+        output::note(format!(
+            "done; see how it ended with: hpcstage status {}",
+            chain.run_id
+        ));
+    } else {
+        output::note(format!("follow it with: hpcstage status {}", chain.run_id));
+    }
 }
 
 /// Starts `hpcstage run-local RUN` in its own session, detached from this terminal, with
 /// its output in the run's logs.
-fn spawn_local_runner(settings: &Settings, exe: &Path, chain: &Chain) -> Result<()> {
+pub(crate) fn spawn_local_runner(settings: &Settings, exe: &Path, chain: &Chain) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let log = chain.run_dir.join("logs").join("local-runner.log");
     let out = fs_err::File::create(&log)?.into_parts().0;
@@ -289,6 +320,7 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
         ("--time", &args.run.job.time),
         ("--partition", &args.run.job.partition),
         ("--account", &args.run.job.account),
+        ("--array", &args.run.job.array),
     ] {
         if let Some(v) = value {
             submit.push_str(&format!(" {flag} {}", quote(v)));
@@ -302,6 +334,9 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
     }
     if args.run.no_pull {
         submit.push_str(" --no-pull");
+    }
+    if args.run.worm {
+        submit.push_str(" --worm");
     }
     let script = dir.join("stage-in.sbatch");
     let text = format!(

@@ -40,11 +40,36 @@ pub(crate) fn params(raw: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 /// Resource overrides from the command line.
+/// Says which symbolic links the input globs matched and left out (inputs are regular
+/// files).
+pub(crate) fn note_skipped_links(rendered: &hpcstage_slurm::template::Rendered) {
+    let links = &rendered.skipped_links;
+    if links.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 5;
+    let mut names: Vec<&str> = links.iter().take(SHOWN).map(String::as_str).collect();
+    let more = links.len().saturating_sub(SHOWN);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    names.sort_unstable();
+    output::note(format!(
+        "skipped {} symbolic link{} among the inputs (inputs are regular files): {}{more}",
+        links.len(),
+        if links.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    ));
+}
+
 pub(crate) fn overrides(job: &JobArgs) -> ResourceOverrides {
     ResourceOverrides {
         time: job.time.clone(),
         partition: job.partition.clone(),
         account: job.account.clone(),
+        array: job.array.clone(),
         ..ResourceOverrides::default()
     }
 }
@@ -127,6 +152,7 @@ pub(crate) fn render(settings: &Settings, args: &RenderArgs) -> Result<Status> {
     ctx.inputs = listing;
     ctx.resources = overrides(&args.job);
     let rendered = template.render(&params(&args.job.params)?, &ctx)?;
+    note_skipped_links(&rendered);
     output::data(&rendered.script);
     if args.check {
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
@@ -151,13 +177,14 @@ fn test_only(
     timeout: std::time::Duration,
 ) -> Result<std::process::Output> {
     use std::process::{Command, Stdio};
-    let mut child = Command::new("sbatch")
-        .arg("--test-only")
+    let mut cmd = Command::new("sbatch");
+    cmd.arg("--test-only")
         .arg(script)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = hpcstage_slurm::process::own_group(&mut cmd)
         .spawn()
         .context("`sbatch --test-only` could not run (is SLURM installed here?)")?;
     let started = std::time::Instant::now();
@@ -166,7 +193,7 @@ fn test_only(
             return Ok(child.wait_with_output()?);
         }
         if started.elapsed() > timeout {
-            let _ = child.kill();
+            hpcstage_slurm::process::kill_group(child.id());
             let _ = child.wait();
             bail!(
                 "`sbatch --test-only` did not answer within {} (is the SLURM controller up? try `scontrol ping`)",

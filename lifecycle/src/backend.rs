@@ -99,10 +99,29 @@ pub fn from_slurm(info: &JobInfo) -> Observed {
                 .iter()
                 .map(|t| (t.job_ref().to_string(), t.state.to_string()))
                 .collect(),
+            task_exit_codes: info
+                .tasks
+                .iter()
+                .filter(|t| t.state.is_terminal())
+                .filter_map(|t| code(t.exit_code).map(|c| (t.job_ref().to_string(), c)))
+                .collect(),
+            reason: pending_reason(info),
         },
         terminal,
         success,
     }
+}
+
+/// Why a job (or the first of an array's tasks) waits: squeue's reason while it is
+/// pending; `None` for "None" and once it runs.
+fn pending_reason(info: &JobInfo) -> Option<String> {
+    let waiting = |i: &JobInfo| matches!(i.state, JobState::Pending | JobState::Requeued);
+    let row = if waiting(info) {
+        Some(info)
+    } else {
+        info.tasks.iter().find(|t| waiting(t))
+    }?;
+    row.reason.clone().filter(|r| r != "None" && !r.is_empty())
 }
 
 /// Facts from a local executor record.
@@ -124,6 +143,20 @@ pub fn from_local(job: &LocalJob) -> Observed {
             alloc_tres: None,
             gpus: None,
             restarts: Some(0),
+            task_exit_codes: job
+                .tasks
+                .iter()
+                .filter(|t| t.state.is_terminal())
+                .filter_map(|t| {
+                    let a = t.array_task_id?;
+                    let code = t.exit_code?;
+                    Some((
+                        format!("{}_{a}", job.job_id),
+                        format!("{code}:{}", t.signal.unwrap_or(0)),
+                    ))
+                })
+                .collect(),
+            reason: None,
             tasks: job
                 .tasks
                 .iter()

@@ -12,13 +12,17 @@ use std::path::{Path, PathBuf};
 
 use hpcstage_slurm::client::{new_token, SubmitRequest};
 use hpcstage_slurm::local::{LocalExecutor, LocalStep};
-use hpcstage_slurm::template::{RenderContext, Rendered, ResourceOverrides, Template};
+use hpcstage_slurm::template::{ArraySpec, RenderContext, Rendered, ResourceOverrides, Template};
 use hpcstage_staging::record::{write_json, StageRecord};
 use jiff::Timestamp;
 
 use crate::backend::{from_local, Backend};
 use crate::error::{Error, Result};
-use crate::run::{new_record, new_run_id, Event, Executor, InputRef, JobRole, RunRecord, RunStore};
+use crate::refresh::ended;
+use crate::run::{
+    new_record, new_run_id, Event, Executor, InputRef, JobRole, JobView, Phase, RunRecord,
+    RunStore, RunView,
+};
 
 /// File names inside a run folder.
 pub const RUN_MARKER: &str = ".hpcstage/run.json";
@@ -45,6 +49,8 @@ pub struct SubmitSettings<'a> {
     pub pull_partition: String,
     /// Time limit of the pull-back job, SLURM format.
     pub pull_time: String,
+    /// The pull-back job write-protects the results (`pull --worm`).
+    pub worm: bool,
 }
 
 /// A run ready to submit.
@@ -56,6 +62,8 @@ pub struct Prepared {
     pub pull_script: PathBuf,
     pub compute_token: String,
     pub pull_token: String,
+    /// Submit only these array tasks (SLURM's `--array` syntax) instead of the script's.
+    pub array_override: Option<String>,
 }
 
 /// What was submitted.
@@ -135,6 +143,7 @@ pub fn prepare(store: &RunStore, s: &SubmitSettings<'_>) -> Result<Prepared> {
         pull_script,
         compute_token,
         pull_token,
+        array_override: None,
     })
 }
 
@@ -161,13 +170,14 @@ fn write_pull_script(
          #SBATCH --comment={token}\n\
          set -euo pipefail\n\
          export HPCSTAGE_STATE={state}\n\
-         exec {exe} pull {idq}\n",
+         exec {exe} pull {idq}{worm}\n",
         id = record.id,
         partition = s.pull_partition,
         time = s.pull_time,
         state = shell_quote(&s.state_dir.display().to_string()),
         exe = shell_quote(&s.hpcstage.display().to_string()),
         idq = shell_quote(&record.id),
+        worm = if s.worm { " --worm" } else { "" },
     );
     std::fs::write(path, text).map_err(|e| hpcstage_staging::Error::io(path, e))?;
     Ok(())
@@ -200,6 +210,10 @@ pub fn submit(store: &RunStore, p: &Prepared, backend: &Backend, pull_back: bool
             let mut req = SubmitRequest::new(&p.compute_script);
             req.workdir = Some(run_dir.clone());
             req.token = p.compute_token.clone();
+            if let Some(array) = &p.array_override {
+                // The command line wins over the script's `#SBATCH --array`.
+                req.args.push(format!("--array={array}"));
+            }
             let sub = client
                 .submit(&req)
                 .map_err(Error::from)
@@ -211,7 +225,7 @@ pub fn submit(store: &RunStore, p: &Prepared, backend: &Backend, pull_back: bool
                     role: JobRole::Compute,
                     job_id: chain.compute_job.clone(),
                     token: sub.token,
-                    array_size: array_size(&p.rendered),
+                    array_size: array_size(p),
                 },
             )?;
             if pull_back {
@@ -236,7 +250,11 @@ pub fn submit(store: &RunStore, p: &Prepared, backend: &Backend, pull_back: bool
             }
         }
         Backend::Local(exec) => {
-            let mut steps = vec![LocalStep::new(&p.compute_script, run_dir)];
+            let script = match &p.array_override {
+                Some(array) => local_retry_script(p, array)?,
+                None => p.compute_script.clone(),
+            };
+            let mut steps = vec![LocalStep::new(&script, run_dir)];
             if pull_back {
                 steps.push(LocalStep::new(&p.pull_script, run_dir).after_any());
             }
@@ -252,7 +270,7 @@ pub fn submit(store: &RunStore, p: &Prepared, backend: &Backend, pull_back: bool
                         job_id: job.to_string(),
                         token: String::new(),
                         array_size: if role == JobRole::Compute {
-                            array_size(&p.rendered)
+                            array_size(p)
                         } else {
                             None
                         },
@@ -267,20 +285,196 @@ pub fn submit(store: &RunStore, p: &Prepared, backend: &Backend, pull_back: bool
     Ok(chain)
 }
 
-fn array_size(r: &Rendered) -> Option<u32> {
-    let array = r.sbatch.array.as_ref()?;
-    u32::try_from(array.tasks().len()).ok()
+fn array_size(p: &Prepared) -> Option<u32> {
+    let tasks = match &p.array_override {
+        Some(a) => ArraySpec::parse(a).ok()?.tasks().len(),
+        None => p.rendered.sbatch.array.as_ref()?.tasks().len(),
+    };
+    u32::try_from(tasks).ok()
+}
+
+/// The local executor reads `--array` from the script only: a copy of the job script
+/// with its array line replaced, kept with the run's records.
+fn local_retry_script(p: &Prepared, array: &str) -> Result<PathBuf> {
+    let io = |path: &Path, e| Error::Staging(hpcstage_staging::Error::io(path, e));
+    let text = std::fs::read_to_string(&p.compute_script).map_err(|e| io(&p.compute_script, e))?;
+    let mut replaced = false;
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("#SBATCH --array=") && !replaced {
+            out.push(format!("#SBATCH --array={array}"));
+            replaced = true;
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    if !replaced {
+        // A script without an array: the directive goes with the other #SBATCH lines.
+        let at = out
+            .iter()
+            .rposition(|l| l.starts_with("#SBATCH "))
+            .map_or(1, |i| i + 1);
+        out.insert(at.min(out.len()), format!("#SBATCH --array={array}"));
+    }
+    let path = p
+        .record
+        .run_dir
+        .join(".hpcstage")
+        .join(format!("retry-{}.sbatch", p.compute_token));
+    std::fs::write(&path, out.join("\n") + "\n").map_err(|e| io(&path, e))?;
+    Ok(path)
+}
+
+/// Resubmits the array tasks of a run's last compute job that did not complete (or the
+/// tasks `array` names, in SLURM's syntax) into the same run folder, with a new pull-back
+/// job: outputs of the earlier tasks stay where they are, so that one pull collects
+/// them all. A job without an array is resubmitted whole. `view` must be refreshed.
+pub fn retry(
+    store: &RunStore,
+    view: &RunView,
+    backend: &Backend,
+    array: Option<&str>,
+) -> Result<Chain> {
+    let record = &view.record;
+    let not_now = |reason: String| Error::NotNow {
+        id: record.id.clone(),
+        reason,
+    };
+    match view.phase {
+        Phase::Pulled => {
+            return Err(not_now(format!(
+                "its results were pulled to {}; there is nothing to retry",
+                record.results_dir.display()
+            )))
+        }
+        Phase::Dismissed => return Err(not_now("it was dismissed".into())),
+        _ => {}
+    }
+    let compute = view.job(JobRole::Compute).ok_or_else(|| Error::NoJob {
+        id: record.id.clone(),
+        role: "compute".into(),
+    })?;
+    for job in [Some(compute), view.job(JobRole::PullBack)]
+        .into_iter()
+        .flatten()
+    {
+        let state = job.facts.as_ref().map_or("submitted", |f| f.state.as_str());
+        if !ended(state) {
+            return Err(not_now(format!(
+                "its {} job {} is {state}; retry once it has ended",
+                if job.role == JobRole::Compute {
+                    "compute"
+                } else {
+                    "pull-back"
+                },
+                job.job_id
+            )));
+        }
+    }
+    let facts = compute.facts.as_ref();
+    let tasks = match array {
+        Some(a) => Some(a.to_string()),
+        None => {
+            let failed = failed_task_ids(compute);
+            let whole_job_failed =
+                facts.is_some_and(|f| f.tasks.is_empty() && f.state != "COMPLETED");
+            if failed.is_empty() && !whole_job_failed {
+                return Err(not_now(format!(
+                    "every task of compute job {} completed; nothing failed to retry (give --array LIST \
+                     to re-run chosen tasks; if only the pull failed, run `hpcstage pull {}` again)",
+                    compute.job_id, record.id
+                )));
+            }
+            (!failed.is_empty()).then(|| {
+                failed
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        }
+    };
+    let rendered: Rendered =
+        hpcstage_staging::record::read_json(&record.run_dir.join(RENDERED_FILE))?;
+    // Keep the run's throttle (`%N`).
+    let tasks = tasks.map(|t| {
+        match rendered
+            .sbatch
+            .array
+            .as_ref()
+            .and_then(ArraySpec::max_parallel)
+        {
+            Some(n) if !t.contains('%') && n > 0 => format!("{t}%{n}"),
+            _ => t,
+        }
+    });
+    if let Some(t) = &tasks {
+        ArraySpec::parse(t).map_err(|reason| {
+            hpcstage_slurm::template::TemplateError::Resource {
+                field: "array",
+                value: t.clone(),
+                reason,
+            }
+        })?;
+    }
+    let prepared = Prepared {
+        record: record.clone(),
+        compute_script: record.run_dir.join(hpcstage_slurm::template::SCRIPT_FILE),
+        pull_script: record.run_dir.join(PULL_SCRIPT),
+        rendered,
+        compute_token: format!("{}-compute", new_token()),
+        pull_token: format!("{}-pull", new_token()),
+        array_override: tasks.clone(),
+    };
+    store.append(
+        &record.id,
+        Event::Note {
+            text: format!(
+                "retry of compute job {}: {}",
+                compute.job_id,
+                tasks
+                    .as_deref()
+                    .map_or("the whole job".into(), |t| format!("array tasks {t}"))
+            ),
+        },
+    )?;
+    submit(store, &prepared, backend, prepared.pull_script.is_file())
+}
+
+/// The array task ids of a job that ended other than COMPLETED, from its recorded tasks
+/// (`<job>_<task>` → state).
+pub fn failed_task_ids(job: &JobView) -> Vec<u32> {
+    let Some(facts) = &job.facts else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = facts
+        .tasks
+        .iter()
+        .filter(|(_, state)| state.as_str() != "COMPLETED")
+        .filter_map(|(key, _)| key.rsplit_once('_').and_then(|(_, t)| t.parse().ok()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Runs the local jobs of a run (in this process) and records how they ended. This is
 /// what the detached `hpcstage run-local` does after `submit` on a machine without SLURM.
 pub fn run_local(store: &RunStore, run_id: &str, exec: &LocalExecutor) -> Result<()> {
     let view = store.load(run_id)?;
-    let ids: Vec<(JobRole, u64)> = view
-        .jobs
-        .iter()
-        .filter_map(|j| j.job_id.parse().ok().map(|n| (j.role, n)))
-        .collect();
+    // Only the jobs still pending: a retried run also holds the jobs that ran before.
+    let mut ids: Vec<(JobRole, u64)> = Vec::new();
+    for j in &view.jobs {
+        let Ok(n) = j.job_id.parse::<u64>() else {
+            continue;
+        };
+        if exec
+            .job(n)?
+            .is_some_and(|job| job.state == hpcstage_slurm::local::LocalState::Pending)
+        {
+            ids.push((j.role, n));
+        }
+    }
     let numbers: Vec<u64> = ids.iter().map(|(_, n)| *n).collect();
     let jobs = exec.run_submitted(&numbers)?;
     for (job, (role, _)) in jobs.iter().zip(&ids) {

@@ -55,25 +55,39 @@ impl EpilogEnv {
     }
 }
 
+/// The user a job ran as, from the passwd database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUser {
+    pub name: String,
+    pub uid: u32,
+    pub home: PathBuf,
+}
+
 /// Becomes the job's user when running as root (group list first, then gid, then uid;
-/// the reverse order would lose the right to change groups). Returns the user's home.
-pub fn drop_to_job_user(env: &EpilogEnv) -> Result<Option<PathBuf>> {
-    let user = match (&env.user, env.uid) {
-        (Some(name), _) => User::from_name(name).ok().flatten(),
-        (None, Some(uid)) => User::from_uid(Uid::from_raw(uid)).ok().flatten(),
-        (None, None) => None,
+/// the reverse order would lose the right to change groups). Returns who that is.
+pub fn drop_to_job_user(env: &EpilogEnv) -> Result<JobUser> {
+    let unknown = |reason: String| Error::Record {
+        path: PathBuf::from("/etc/passwd"),
+        reason,
     };
-    let Some(user) = user else {
-        return Err(Error::Record {
-            path: PathBuf::from("/etc/passwd"),
-            reason: format!("unknown job user {:?} (uid {:?})", env.user, env.uid),
-        });
+    let user = match (&env.user, env.uid) {
+        (Some(name), _) => User::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| unknown(format!("unknown job user {name} (SLURM_JOB_USER)")))?,
+        (None, Some(uid)) => User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .ok_or_else(|| unknown(format!("unknown job uid {uid} (SLURM_JOB_UID)")))?,
+        (None, None) => {
+            return Err(unknown(
+                "neither SLURM_JOB_USER nor SLURM_JOB_UID is set: no job user to record for".into(),
+            ))
+        }
     };
     if Uid::effective().is_root() && !user.uid.is_root() {
-        let name = std::ffi::CString::new(user.name.clone()).map_err(|_| Error::Record {
-            path: PathBuf::from("/etc/passwd"),
-            reason: "user name holds a NUL byte".into(),
-        })?;
+        let name = std::ffi::CString::new(user.name.clone())
+            .map_err(|_| unknown("user name holds a NUL byte".into()))?;
         let errno = |e: nix::errno::Errno| {
             Error::Staging(hpcstage_staging::Error::io("/proc/self", e.into()))
         };
@@ -81,12 +95,22 @@ pub fn drop_to_job_user(env: &EpilogEnv) -> Result<Option<PathBuf>> {
         nix::unistd::setgid(Gid::from_raw(user.gid.as_raw())).map_err(errno)?;
         nix::unistd::setuid(user.uid).map_err(errno)?;
     }
-    Ok(Some(user.dir))
+    Ok(JobUser {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        home: user.dir,
+    })
 }
 
-/// The user's state folder when nothing says otherwise.
+/// The user's state folder when nothing says otherwise: `$XDG_STATE_HOME/hpcstage` with
+/// XDG's default for `$XDG_STATE_HOME`, under the user's home.
 pub fn default_state_dir(home: &Path) -> PathBuf {
     home.join(".local/state/hpcstage")
+}
+
+/// The user's own config file with XDG's default for `$XDG_CONFIG_HOME`.
+pub fn default_user_config(home: &Path) -> PathBuf {
+    home.join(".config/hpcstage/config.toml")
 }
 
 /// Finds the run a job belongs to and records its end. Returns the run id, or `None`

@@ -43,6 +43,10 @@ pub enum Error {
     #[error("{id:?} matches several runs: {matches}")]
     Ambiguous { id: String, matches: String },
 
+    /// The run cannot be retried or dismissed in the state it is in.
+    #[error("run {id}: {reason}")]
+    NotNow { id: String, reason: String },
+
     /// A run record or event could not be read.
     #[error("{path}: {reason}")]
     Record { path: PathBuf, reason: String },

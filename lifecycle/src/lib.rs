@@ -10,8 +10,10 @@
 pub mod backend;
 pub mod chain;
 pub mod clean;
+pub mod digests;
 pub mod epilogue;
 pub mod error;
+pub mod failures;
 pub mod pull;
 pub mod refresh;
 pub mod report;

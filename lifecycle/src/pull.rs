@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, SIGNAL_MARKER};
+use hpcstage_slurm::process::{kill_group, own_group};
+use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, INPUTS_FILE, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
-use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::lock::{holder, try_lock, TryLock};
 use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
@@ -95,6 +95,9 @@ pub enum PullOutcome {
         /// The other pull this one waited for, when they ran at the same time.
         #[serde(skip_serializing_if = "Option::is_none")]
         concurrent: Option<String>,
+        /// `--worm` write-protected the results folder now.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        protected: bool,
     },
     /// Results are verified on the NAS.
     Pulled {
@@ -106,6 +109,9 @@ pub enum PullOutcome {
         purged: Vec<PathBuf>,
         /// Some outputs were missing or invalid (`--allow-partial`).
         partial: bool,
+        /// The expected outputs that are missing (of a partial pull).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        missing: Vec<String>,
     },
     /// The job failed or its outputs did not validate: logs are in `failed_dir`.
     Failed { failed_dir: PathBuf, reason: String },
@@ -135,11 +141,21 @@ pub struct Provenance<'a> {
     pub compute_job_id: String,
     pub compute_job: &'a JobFacts,
     pub array_size: Option<u32>,
+    /// Compute jobs before the last one (`hpcstage retry`): the outputs of their tasks
+    /// that completed are part of these results.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_compute_jobs: Vec<EarlierJob>,
     pub model: Option<ModelInfo>,
+    /// What each `path` parameter named, hashed (a reference genome, a sample sheet).
+    pub param_inputs: Vec<crate::digests::ParamInput>,
     pub gpus: Vec<String>,
     pub validation: &'a Validation,
     /// Pulled with `--allow-partial` although the job failed or outputs did not validate.
     pub partial: bool,
+    /// What a partial pull lacks: each failed output rule, and the inputs without an
+    /// output where that can be told.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
     pub timed_out_warning: bool,
     pub pulled_at: Timestamp,
     pub pulled_by: String,
@@ -147,16 +163,39 @@ pub struct Provenance<'a> {
     pub hpcstage_version: &'static str,
 }
 
-/// The model a run used and its fingerprint.
+pub use crate::digests::ModelInfo;
+
+/// A compute job of the run before a retry, as last observed.
 #[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    pub path: String,
-    /// `sha256sum` lines of the model file(s), as the job recorded them.
-    pub sha256: Vec<String>,
-    /// The model's own metadata (producer, opset, inputs, outputs) as the job recorded it
-    /// in `qc/model.json`, when it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<serde_json::Value>,
+pub struct EarlierJob {
+    pub job_id: String,
+    pub state: Option<String>,
+    pub exit_code: Option<String>,
+    /// Its array tasks and their states.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, String>,
+}
+
+/// Every compute job of the run but the last.
+fn earlier_compute_jobs(view: &RunView) -> Vec<EarlierJob> {
+    let compute: Vec<_> = view
+        .jobs
+        .iter()
+        .filter(|j| j.role == JobRole::Compute)
+        .collect();
+    compute[..compute.len().saturating_sub(1)]
+        .iter()
+        .map(|j| EarlierJob {
+            job_id: j.job_id.clone(),
+            state: j.facts.as_ref().map(|f| f.state.clone()),
+            exit_code: j.facts.as_ref().and_then(|f| f.exit_code.clone()),
+            tasks: j
+                .facts
+                .as_ref()
+                .map(|f| f.tasks.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Pulls run `id`.
@@ -170,6 +209,7 @@ pub fn pull(
     let view = store.load(id)?;
     if let Some(done) = already_pulled(store, &view, opts)? {
         return Ok(PullOutcome::AlreadyPulled {
+            protected: protect_if_asked(&done, opts)?,
             results_dir: done,
             concurrent: None,
         });
@@ -184,6 +224,7 @@ pub fn pull(
     let view = store.load(id)?;
     if let Some(done) = already_pulled(store, &view, opts)? {
         return Ok(PullOutcome::AlreadyPulled {
+            protected: protect_if_asked(&done, opts)?,
             results_dir: done,
             concurrent: lock.waited_for,
         });
@@ -219,6 +260,14 @@ pub fn pull(
     result
 }
 
+/// `pull --worm` on a run pulled before still write-protects its results folder.
+fn protect_if_asked(results_dir: &Path, opts: &PullOptions) -> Result<bool> {
+    if opts.worm {
+        NasFolder::open(results_dir, &opts.ssh)?.protect()?;
+    }
+    Ok(opts.worm)
+}
+
 /// The results folder when the run is pulled: recorded in the ledger, or marked in the
 /// run folder by a pull stopped before its ledger event (which is then written).
 fn already_pulled(store: &RunStore, view: &RunView, opts: &PullOptions) -> Result<Option<PathBuf>> {
@@ -252,6 +301,7 @@ fn already_pulled(store: &RunStore, view: &RunView, opts: &PullOptions) -> Resul
         Event::Pulled {
             results_dir: results.clone(),
             manifest_digest: marker.manifest_digest,
+            partial: marker.partial,
         },
     )?;
     Ok(Some(results.clone()))
@@ -361,7 +411,10 @@ fn pull_finished(
 
     let job_ok = observed.success;
     let incomplete = !(job_ok && validation.ok);
-    if incomplete && !opts.allow_partial {
+    // A pull in which nothing validates would publish nothing but logs as results: it is
+    // refused even with --allow-partial.
+    let nothing = incomplete && nothing_validates(&validation);
+    if incomplete && (!opts.allow_partial || nothing) {
         let mut reasons = Vec::new();
         if !job_ok {
             reasons.push(format!(
@@ -376,10 +429,18 @@ fn pull_finished(
                 summarize(&validation)
             ));
         }
+        if nothing && opts.allow_partial {
+            reasons.push(
+                "no expected output validated, so there is nothing to pull even with \
+                 --allow-partial"
+                    .to_string(),
+            );
+        }
         let rejected = Rejected {
             reason: &reasons.join("; "),
             facts: &observed.facts,
             job_id,
+            nothing,
         };
         return fail(store, record, &rejected, &nas_folder, opts, progress);
     }
@@ -447,10 +508,17 @@ fn pull_finished(
         compute_job_id: job_id.to_string(),
         compute_job: &observed.facts,
         array_size,
-        model: model_info(record, run_dir),
+        earlier_compute_jobs: earlier_compute_jobs(view),
+        model: crate::digests::model_info(record, run_dir),
+        param_inputs: crate::digests::param_inputs(&rendered),
         gpus: gpu_lines(run_dir),
         validation: &validation,
         partial: incomplete,
+        missing: if incomplete {
+            missing_outputs(&validation, run_dir)
+        } else {
+            Vec::new()
+        },
         timed_out_warning,
         pulled_at: Timestamp::now(),
         pulled_by: current_user(),
@@ -507,6 +575,7 @@ fn pull_finished(
         Err(e) => return Err(nas(e)),
     }
     let digest = manifest.digest().to_hex();
+    let missing = incomplete.then(|| provenance.missing.clone());
     let purged = finish(
         store,
         record,
@@ -514,7 +583,7 @@ fn pull_finished(
         &nas_folder,
         opts,
         &digest,
-        !incomplete,
+        missing.clone(),
     )?;
     Ok(PullOutcome::Pulled {
         results_dir: results_dir.clone(),
@@ -523,6 +592,7 @@ fn pull_finished(
         manifest_digest: digest,
         purged,
         partial: incomplete,
+        missing: missing.unwrap_or_default(),
     })
 }
 
@@ -595,8 +665,9 @@ fn nas_failure(results_dir: &Path, e: hpcstage_staging::Error) -> Error {
 
 /// What follows a results folder in place, in an order a killed pull can resume:
 /// write protection, purge of the intermediates, the run folder's marker, the ledger.
-/// A partial pull (`--allow-partial` of a failed or invalid job) purges nothing: scratch
-/// of a failed job is left as it is, for whoever finds out why.
+/// A partial pull (`--allow-partial` of a failed or invalid job, `partial` lists what is
+/// missing) purges nothing: scratch of a failed job is left as it is, for whoever finds
+/// out why.
 fn finish(
     store: &RunStore,
     record: &RunRecord,
@@ -604,13 +675,13 @@ fn finish(
     nas_folder: &NasFolder,
     opts: &PullOptions,
     digest: &str,
-    purge: bool,
+    partial: Option<Vec<String>>,
 ) -> Result<Vec<PathBuf>> {
     let results_dir = &record.results_dir;
     if opts.worm {
         nas_folder.protect()?;
     }
-    let purged = if purge {
+    let purged = if partial.is_none() {
         purge_intermediates(rendered, record)?
     } else {
         Vec::new()
@@ -622,6 +693,7 @@ fn finish(
             results_dir: results_dir.clone(),
             manifest_digest: digest.to_string(),
             pulled_at: Timestamp::now(),
+            partial: partial.clone(),
         },
     )?;
     store.append(
@@ -629,6 +701,7 @@ fn finish(
         Event::Pulled {
             results_dir: results_dir.clone(),
             manifest_digest: digest.to_string(),
+            partial,
         },
     )?;
     Ok(purged)
@@ -680,7 +753,23 @@ fn adopt(
     }
     let digest = manifest.digest().to_hex();
     let partial = provenance["partial"].as_bool().unwrap_or(false);
-    let purged = finish(store, record, rendered, nas_folder, opts, &digest, !partial)?;
+    let missing: Vec<String> = provenance["missing"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let purged = finish(
+        store,
+        record,
+        rendered,
+        nas_folder,
+        opts,
+        &digest,
+        partial.then(|| missing.clone()),
+    )?;
     Ok(PullOutcome::Pulled {
         results_dir: results_dir.clone(),
         files: manifest.len() as u64,
@@ -688,6 +777,7 @@ fn adopt(
         manifest_digest: digest,
         purged,
         partial,
+        missing,
     })
 }
 
@@ -711,21 +801,23 @@ fn run_validation(cmd: &str, dir: &Path, timeout: Duration) -> CommandResult {
     let out_path = dir.join(STATE_DIR).join("validate.out");
     let result = (|| -> std::io::Result<(Option<i32>, bool)> {
         let out = std::fs::File::create(&out_path)?;
-        let mut child = Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .arg("-c")
             .arg(cmd)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()?;
+            .stderr(out);
+        // Its own process group, so that a timeout stops what it started too.
+        let mut child = own_group(&mut command).spawn()?;
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok((status.code(), false));
             }
             if started.elapsed() > timeout {
-                let _ = child.kill();
+                kill_group(child.id());
                 let _ = child.wait();
                 return Ok((None, true));
             }
@@ -750,20 +842,100 @@ fn run_validation(cmd: &str, dir: &Path, timeout: Duration) -> CommandResult {
     }
 }
 
+/// True when no expected output validated: no rule of one output per input matched a
+/// file with content (the results themselves; a rule like the model's checksum, written
+/// when the job starts, says nothing of them), or, without such rules, no rule did; and,
+/// without any rules, the validation command failed.
+fn nothing_validates(v: &Validation) -> bool {
+    if v.checks.is_empty() {
+        return !v.ok;
+    }
+    let per_input: Vec<&OutputCheck> = v
+        .checks
+        .iter()
+        .filter(|c| matches!(c.expected, Expected::Exactly(_)))
+        .collect();
+    let rules = if per_input.is_empty() {
+        v.checks.iter().collect()
+    } else {
+        per_input
+    };
+    rules
+        .iter()
+        .all(|c| c.matched.iter().all(|m| c.empty.contains(m)))
+}
+
+/// What a partial pull lacks: each output rule that failed, with how many matched, and
+/// the inputs (of `.hpcstage/inputs.list`) none of whose outputs of that rule is there,
+/// told by the input's name before its first dot (`img2.tif` → `masks/img2.ome.tif`).
+fn missing_outputs(v: &Validation, run_dir: &Path) -> Vec<String> {
+    // NUL-separated, as the render writes it.
+    let listed = std::fs::read(run_dir.join(INPUTS_FILE)).unwrap_or_default();
+    let inputs: Vec<String> = String::from_utf8_lossy(&listed)
+        .split('\0')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let name = Path::new(l)
+                .file_name()
+                .map_or_else(|| l.to_string(), |n| n.to_string_lossy().into_owned());
+            name.split('.').next().unwrap_or(&name).to_string()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for c in v.checks.iter().filter(|c| !c.ok) {
+        let good: Vec<&String> = c.matched.iter().filter(|m| !c.empty.contains(m)).collect();
+        let stem = |m: &str| {
+            let name = m.rsplit('/').next().unwrap_or(m);
+            name.split('.').next().unwrap_or(name).to_string()
+        };
+        let have: std::collections::HashSet<String> = good.iter().map(|m| stem(m)).collect();
+        let lacking: Vec<&String> = inputs.iter().filter(|i| !have.contains(*i)).collect();
+        let mut line = format!("{}: {} of {}", c.glob, good.len(), expected(c.expected));
+        if !c.empty.is_empty() {
+            let _ = write!(line, "; empty: {}", c.empty.join(", "));
+        }
+        // Only when the rule is one output per input is an input without one a gap.
+        if matches!(c.expected, Expected::Exactly(n) if n as usize == inputs.len())
+            && !lacking.is_empty()
+        {
+            let names: Vec<&str> = lacking.iter().map(|s| s.as_str()).collect();
+            let _ = write!(line, "; no output for input {}", names.join(", "));
+        }
+        out.push(line);
+    }
+    out.extend(command_failure(v));
+    out
+}
+
+/// An output rule's expected count, in words.
+fn expected(e: Expected) -> String {
+    match e {
+        Expected::AtLeast(n) => format!("at least {n}"),
+        Expected::Exactly(n) => format!("{n}"),
+    }
+}
+
+/// How the validation command failed, if it did.
+fn command_failure(v: &Validation) -> Option<String> {
+    let c = v.command.as_ref().filter(|c| c.exit_code != Some(0))?;
+    Some(if c.timed_out {
+        "validation command timed out".into()
+    } else {
+        format!("validation command exited {:?}", c.exit_code)
+    })
+}
+
 fn summarize(v: &Validation) -> String {
     let mut parts: Vec<String> = v
         .checks
         .iter()
         .filter(|c| !c.ok)
         .map(|c| {
-            let expected = match c.expected {
-                Expected::AtLeast(n) => format!("at least {n}"),
-                Expected::Exactly(n) => format!("{n}"),
-            };
             let mut text = format!(
-                "{} matched {} (expected {expected})",
+                "{} matched {} (expected {})",
                 c.glob,
-                c.matched.len()
+                c.matched.len(),
+                expected(c.expected)
             );
             if !c.empty.is_empty() {
                 let _ = write!(text, ", {} of them empty", c.empty.len());
@@ -778,15 +950,7 @@ fn summarize(v: &Validation) -> String {
             text
         })
         .collect();
-    if let Some(c) = &v.command {
-        if c.exit_code != Some(0) {
-            parts.push(if c.timed_out {
-                "validation command timed out".into()
-            } else {
-                format!("validation command exited {:?}", c.exit_code)
-            });
-        }
-    }
+    parts.extend(command_failure(v));
     parts.join("; ")
 }
 
@@ -795,6 +959,8 @@ struct Rejected<'a> {
     reason: &'a str,
     facts: &'a JobFacts,
     job_id: &'a str,
+    /// No expected output validated: `--allow-partial` has nothing to pull either.
+    nothing: bool,
 }
 
 fn fail(
@@ -809,6 +975,7 @@ fn fail(
         reason,
         facts,
         job_id,
+        nothing,
     } = *rejected;
     let results_parent = record.results_dir.parent().unwrap_or(&record.results_dir);
     let failed_dir = results_parent.join("_failed").join(&record.id);
@@ -853,6 +1020,13 @@ fn fail(
         version = record.template_version,
         run_dir = record.run_dir.display(),
     );
+    let failed = crate::failures::failed_tasks(Some(facts), &record.run_dir);
+    if !failed.is_empty() {
+        let _ = writeln!(text, "- failed:");
+        for t in &failed {
+            let _ = writeln!(text, "  - {}", t.describe());
+        }
+    }
     if let Ok(signal) = std::fs::read_to_string(record.run_dir.join(SIGNAL_MARKER)) {
         let _ = writeln!(
             text,
@@ -862,11 +1036,23 @@ fn fail(
             let _ = writeln!(text, "  - {}", line.trim());
         }
     }
-    let _ = writeln!(
-        text,
-        "\nAfter fixing the cause, resubmit, or pull what there is with `hpcstage pull {} --allow-partial`.",
-        record.id
-    );
+    if nothing {
+        let _ = writeln!(
+            text,
+            "\nNo expected output validated, so there is nothing to pull (`--allow-partial` is \
+             refused too). After fixing the cause, re-run the failed tasks with `hpcstage retry \
+             {id}`, or give the run up with `hpcstage dismiss {id}`.",
+            id = record.id
+        );
+    } else {
+        let _ = writeln!(
+            text,
+            "\nAfter fixing the cause, re-run the failed tasks with `hpcstage retry {id}`, pull what \
+             there is with `hpcstage pull {id} --allow-partial`, or give the run up with \
+             `hpcstage dismiss {id}`.",
+            id = record.id
+        );
+    }
     let readme = write_verified(&failed_dir.join("README.md"), text.as_bytes())?;
     if !report.ok() {
         return Err(Error::Staging(hpcstage_staging::Error::io(
@@ -909,24 +1095,6 @@ fn fail(
     Ok(PullOutcome::Failed {
         failed_dir: shown_dir,
         reason: reason.to_string(),
-    })
-}
-
-fn model_info(record: &RunRecord, run_dir: &Path) -> Option<ModelInfo> {
-    let path = record.params.get("model")?.clone();
-    let sha256 = std::fs::read_to_string(run_dir.join("qc/model.sha256"))
-        .map(|t| t.lines().map(str::to_string).collect())
-        .unwrap_or_else(|_| match hash_file(Path::new(&path)) {
-            Ok((d, _)) => vec![format!("{d}  {path}")],
-            Err(_) => Vec::new(),
-        });
-    let metadata = std::fs::read(run_dir.join("qc/model.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    Some(ModelInfo {
-        path,
-        sha256,
-        metadata,
     })
 }
 
@@ -984,13 +1152,29 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
     let j = p.compute_job;
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
     let mut t = String::new();
-    let _ = writeln!(t, "# {} results: run {}\n", r.workflow, r.id);
-    let _ = writeln!(
-        t,
-        "Validated outputs of a `{}` job, copied from scratch with every file verified. \
-         Check them with `sha256sum -c MANIFEST.sha256`; `run.json` holds the same facts for programs.\n",
-        r.template
-    );
+    if p.partial {
+        let _ = writeln!(t, "# PARTIAL {} results: run {}\n", r.workflow, r.id);
+        let _ = writeln!(
+            t,
+            "PARTIAL outputs of a `{}` job (pulled with `--allow-partial`): the job failed or \
+             not every expected output validated. What is here was copied from scratch with \
+             every file verified; check it with `sha256sum -c MANIFEST.sha256`.\n",
+            r.template
+        );
+        let _ = writeln!(t, "## Missing\n");
+        for m in &p.missing {
+            let _ = writeln!(t, "- {m}");
+        }
+        let _ = writeln!(t);
+    } else {
+        let _ = writeln!(t, "# {} results: run {}\n", r.workflow, r.id);
+        let _ = writeln!(
+            t,
+            "Validated outputs of a `{}` job, copied from scratch with every file verified. \
+             Check them with `sha256sum -c MANIFEST.sha256`; `run.json` holds the same facts for programs.\n",
+            r.template
+        );
+    }
     let _ = writeln!(t, "## Workflow\n");
     let _ = writeln!(
         t,
@@ -1031,11 +1215,30 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
     if let Some(m) = &p.model {
         let _ = writeln!(t, "\n## Model\n");
         let _ = writeln!(t, "- path: {}", m.path);
-        for line in &m.sha256 {
-            let _ = writeln!(t, "- sha256: {line}");
+        for d in &m.sha256 {
+            let _ = writeln!(t, "- sha256: {}  {}", d.sha256, d.path);
         }
         if let Some(meta) = &m.metadata {
             let _ = writeln!(t, "- model: {} (qc/model.json)", model_summary(meta));
+        }
+    }
+    if !p.param_inputs.is_empty() {
+        let _ = writeln!(t, "\n## Files named by parameters\n");
+        for i in &p.param_inputs {
+            match &i.resolved {
+                None => {
+                    let _ = writeln!(t, "- {} = {}: not found when pulled", i.param, i.value);
+                }
+                Some(at) => {
+                    let _ = writeln!(t, "- {} = {} ({}):", i.param, i.value, at.display());
+                    for d in &i.files {
+                        let _ = writeln!(t, "  - sha256: {}  {}", d.sha256, d.path);
+                    }
+                    for e in &i.unreadable {
+                        let _ = writeln!(t, "  - unreadable: {e}");
+                    }
+                }
+            }
         }
     }
     let _ = writeln!(t, "\n## Job\n");
@@ -1043,6 +1246,32 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
     let _ = writeln!(t, "- job id: {}", p.compute_job_id);
     if let Some(n) = p.array_size {
         let _ = writeln!(t, "- array tasks: {n}");
+    }
+    for e in &p.earlier_compute_jobs {
+        let done: Vec<&str> = e
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.as_str() == "COMPLETED")
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let _ = writeln!(
+            t,
+            "- retried after job {} ({}{}){}",
+            e.job_id,
+            e.state.as_deref().unwrap_or("state unknown"),
+            e.exit_code
+                .as_deref()
+                .map(|c| format!(" exit {c}"))
+                .unwrap_or_default(),
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": outputs of its completed tasks {} are included",
+                    done.join(", ")
+                )
+            }
+        );
     }
     let _ = writeln!(t, "- state: {}", j.state);
     let _ = writeln!(
@@ -1139,4 +1368,36 @@ fn purge_intermediates(rendered: &Rendered, record: &RunRecord) -> Result<Vec<Pa
         purged.push(path);
     }
     Ok(purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// True while `pid` exists and is not a zombie.
+    fn running(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    }
+
+    #[test]
+    fn a_validation_command_past_its_timeout_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        let result = run_validation(
+            "sleep 300 & echo $! > child.pid; wait",
+            dir.path(),
+            Duration::from_millis(500),
+        );
+        assert!(result.timed_out, "{result:?}");
+        let child = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
+        let child = child.trim();
+        let started = Instant::now();
+        while running(child) {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the validation command's child {child} outlived its timeout"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

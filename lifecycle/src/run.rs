@@ -82,6 +82,13 @@ pub struct JobFacts {
     /// Array tasks: task id → state (all must be terminal before a pull).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tasks: BTreeMap<String, String>,
+    /// Array tasks that ended: task id → exit code (`7:0`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_exit_codes: BTreeMap<String, String>,
+    /// Why a pending job waits, as squeue says (`Resources`, `PartitionConfig`,
+    /// `JobHeldUser`, `Dependency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Something that happened to a run.
@@ -113,12 +120,26 @@ pub enum Event {
     Pulled {
         results_dir: PathBuf,
         manifest_digest: String,
+        /// Pulled with `--allow-partial`: these expected outputs are missing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partial: Option<Vec<String>>,
     },
     PullFailed {
         reason: String,
     },
     Note {
         text: String,
+    },
+    /// `hpcstage clean` removed the run folder from scratch (its results are on the NAS).
+    Cleaned {
+        path: PathBuf,
+        bytes: u64,
+    },
+    /// The owner gave up on the run's results (`hpcstage dismiss`): it is no longer AT
+    /// RISK and `clean` may remove its folder.
+    Dismissed {
+        #[serde(default)]
+        reason: Option<String>,
     },
 }
 
@@ -153,6 +174,7 @@ pub enum Phase {
     Pulled,
     PullFailed,
     SubmitFailed,
+    Dismissed,
 }
 
 /// A run and everything that happened to it.
@@ -164,6 +186,12 @@ pub struct RunView {
     pub events: Vec<Stamped>,
     /// Event files that could not be read.
     pub damaged: Vec<String>,
+    /// The pull was partial (`--allow-partial`): the expected outputs that are missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Vec<String>>,
+    /// When `hpcstage clean` removed the run folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleaned_at: Option<Timestamp>,
 }
 
 impl RunView {
@@ -303,6 +331,8 @@ impl RunStore {
 fn fold(record: RunRecord, events: Vec<Stamped>, damaged: Vec<String>) -> RunView {
     let mut jobs: Vec<JobView> = Vec::new();
     let mut phase = Phase::Created;
+    let mut partial = None;
+    let mut cleaned_at = None;
     for s in &events {
         match &s.event {
             Event::Submitted {
@@ -318,7 +348,8 @@ fn fold(record: RunRecord, events: Vec<Stamped>, damaged: Vec<String>) -> RunVie
                     array_size: *array_size,
                     facts: None,
                 });
-                if phase == Phase::Created {
+                // After a failure, a new submission is a retry (`hpcstage retry`).
+                if !matches!(phase, Phase::Pulled | Phase::Dismissed) {
                     phase = Phase::Submitted;
                 }
             }
@@ -333,13 +364,22 @@ fn fold(record: RunRecord, events: Vec<Stamped>, damaged: Vec<String>) -> RunVie
                     phase = Phase::Pulling;
                 }
             }
-            Event::Pulled { .. } => phase = Phase::Pulled,
+            Event::Pulled { partial: p, .. } => {
+                phase = Phase::Pulled;
+                partial.clone_from(p);
+            }
             Event::PullFailed { .. } => {
                 if phase != Phase::Pulled {
                     phase = Phase::PullFailed;
                 }
             }
+            Event::Dismissed { .. } => {
+                if phase != Phase::Pulled {
+                    phase = Phase::Dismissed;
+                }
+            }
             Event::Note { .. } => {}
+            Event::Cleaned { .. } => cleaned_at = Some(s.at),
         }
     }
     RunView {
@@ -348,7 +388,106 @@ fn fold(record: RunRecord, events: Vec<Stamped>, damaged: Vec<String>) -> RunVie
         phase,
         events,
         damaged,
+        partial,
+        cleaned_at,
     }
+}
+
+/// A job state as users read it: SLURM's `CANCELLED by 1000` names the user
+/// (`CANCELLED by alice`); anything else is shown as recorded.
+pub fn state_label(state: &str) -> String {
+    if let Some(uid) = state
+        .strip_prefix("CANCELLED by ")
+        .and_then(|u| u.trim().parse::<u32>().ok())
+    {
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            return format!("CANCELLED by {}", user.name);
+        }
+    }
+    state.to_string()
+}
+
+/// Written into the run folder's `.hpcstage/` by `hpcstage dismiss`, so that `report
+/// --scan` and `clean` see the dismissal without the owner's ledger.
+pub const DISMISSED_MARKER: &str = "dismissed.json";
+
+/// A run whose results its owner gave up (`hpcstage dismiss`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dismissal {
+    pub run_id: String,
+    pub reason: Option<String>,
+    pub at: Timestamp,
+    pub by: String,
+}
+
+/// Whether the run was dismissed: the folder's marker, else the ledger's event. The one
+/// place `report` and `clean` learn it.
+pub fn dismissal(record: &RunRecord, view: Option<&RunView>) -> Option<Dismissal> {
+    let marker = record.run_dir.join(".hpcstage").join(DISMISSED_MARKER);
+    if let Ok(d) = read_json::<Dismissal>(&marker) {
+        if d.run_id == record.id {
+            return Some(d);
+        }
+    }
+    let view = view.filter(|v| v.phase == Phase::Dismissed)?;
+    view.events.iter().rev().find_map(|s| match &s.event {
+        Event::Dismissed { reason } => Some(Dismissal {
+            run_id: record.id.clone(),
+            reason: reason.clone(),
+            at: s.at,
+            by: s.user.clone(),
+        }),
+        _ => None,
+    })
+}
+
+/// Records that the owner gives up the results of a run whose jobs have all ended (the
+/// caller refreshes their states first): an event in the ledger and a marker in the run
+/// folder. A pulled run has nothing at risk, and a job still queued or running could
+/// still write results, so both are refused.
+pub fn dismiss(store: &RunStore, view: &RunView, reason: Option<String>) -> Result<Dismissal> {
+    let id = &view.record.id;
+    let not_now = |reason: String| Error::NotNow {
+        id: id.clone(),
+        reason,
+    };
+    if view.phase == Phase::Pulled {
+        return Err(not_now(format!(
+            "its results were pulled to {}; there is nothing to dismiss (`hpcstage clean` removes the scratch folder)",
+            view.record.results_dir.display()
+        )));
+    }
+    for j in &view.jobs {
+        let state = j.facts.as_ref().map_or("submitted", |f| f.state.as_str());
+        if !crate::refresh::ended(state) {
+            return Err(not_now(format!(
+                "its {} job {} is {state}; cancel it first (scancel {}) or let it end",
+                serde_json::to_value(j.role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                j.job_id,
+                j.job_id
+            )));
+        }
+    }
+    let stamped = store.append(
+        id,
+        Event::Dismissed {
+            reason: reason.clone(),
+        },
+    )?;
+    let dismissal = Dismissal {
+        run_id: id.clone(),
+        reason,
+        at: stamped.at,
+        by: stamped.user,
+    };
+    let state = view.record.run_dir.join(".hpcstage");
+    if state.is_dir() {
+        write_json(&state.join(DISMISSED_MARKER), &dismissal)?;
+    }
+    Ok(dismissal)
 }
 
 /// A new run id: `<template>-<dataset>-<UTC time>-<4 hex>`, readable and sortable by time
@@ -462,6 +601,13 @@ mod tests {
         assert_eq!(job.facts.as_ref().unwrap().state, "FAILED");
         assert_eq!(store.resolve("r").unwrap(), "r1");
         assert!(matches!(store.resolve("x"), Err(Error::UnknownRun { .. })));
+    }
+
+    #[test]
+    fn a_cancelling_uid_is_shown_as_its_user_name() {
+        assert_eq!(state_label("CANCELLED by 0"), "CANCELLED by root");
+        assert_eq!(state_label("CANCELLED by 4000000"), "CANCELLED by 4000000");
+        assert_eq!(state_label("FAILED"), "FAILED");
     }
 
     #[test]

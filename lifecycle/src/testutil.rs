@@ -116,6 +116,7 @@ impl World {
                 deadline: policy.deadline(&Default::default(), staged_at),
             },
             tool_version: "test".into(),
+            incomplete: None,
         };
         write_json(&dest.join(STATE_DIR).join("stage.json"), &record).unwrap();
         record
@@ -168,6 +169,7 @@ impl World {
             results_dir: run.results_dir.clone(),
             manifest_digest: manifest.digest().to_hex(),
             pulled_at: Timestamp::now(),
+            partial: None,
         };
         write_json(&run.run_dir.join(STATE_DIR).join(PULLED_MARKER), &marker).unwrap();
         marker
@@ -238,4 +240,42 @@ pub(crate) fn make_read_only(dir: &Path) {
         };
         std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).unwrap();
     }
+}
+
+/// Calls `f` with the context of a verdict: nothing reads any stage, removal only inside
+/// `scratch_root` (none: nothing is removable, as in a report without a scratch root).
+pub(crate) fn judged<T>(
+    policy: &PurgePolicy,
+    now: Timestamp,
+    scratch_root: Option<&Path>,
+    f: impl FnOnce(&crate::report::Assess<'_>) -> T,
+) -> T {
+    let readers = crate::report::Readers::default();
+    f(&crate::report::Assess {
+        policy,
+        now,
+        scratch_root,
+        readers: &readers,
+    })
+}
+
+/// The verdict of a staged copy, outside any scratch root.
+pub(crate) fn stage_at(
+    record: &StageRecord,
+    policy: &PurgePolicy,
+    now: Timestamp,
+) -> crate::report::Item {
+    judged(policy, now, None, |c| crate::report::stage_item(record, c))
+}
+
+/// The verdict of a run folder, outside any scratch root.
+pub(crate) fn run_at(
+    record: &RunRecord,
+    view: Option<&crate::run::RunView>,
+    policy: &PurgePolicy,
+    now: Timestamp,
+) -> crate::report::Item {
+    judged(policy, now, None, |c| {
+        crate::report::run_item(record, view, c)
+    })
 }

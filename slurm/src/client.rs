@@ -47,7 +47,9 @@
 //! pending (`123_[2-5]`), which are summarised into one record with `tasks`. Jobs
 //! `sacct` does not know (accounting disabled, or a job slurmdbd has not recorded yet)
 //! are asked of `squeue --jobs=...` in one call, then of `scontrol show job -o <id>` for
-//! exit codes and TRES. So are jobs whose accounting may be incomplete, as seen on the
+//! exit codes and TRES. So are pending jobs, for the controller's current reason why
+//! they wait (`Resources`, `PartitionConfig`, `JobHeldUser`), and jobs whose accounting
+//! may be incomplete, as seen on the
 //! test cluster (22.05): a job that just ended shows `COMPLETED` with an empty
 //! `Partition` for a moment, and an array can show all its recorded tasks finished
 //! before a task split off moments earlier is recorded at all. A job no source knows
@@ -69,7 +71,7 @@ use tokio::runtime::Runtime;
 use crate::error::{Error, Result};
 use crate::state::{
     format_time, parse_sacct, parse_sbatch_output, parse_scontrol, parse_squeue, JobId, JobInfo,
-    JobRef, SACCT_FORMAT, SQUEUE_FORMAT,
+    JobRef, JobState, SACCT_FORMAT, SQUEUE_FORMAT,
 };
 
 /// Environment variables removed for query commands: exact names...
@@ -310,12 +312,8 @@ fn random_u64() -> u64 {
 
 /// Kills the process group a child leads (it was spawned with `process_group(0)`).
 fn kill_process_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0) {
-        // SAFETY: kill(2) takes plain integers and touches no memory of ours; a
-        // negative pid addresses the child's own process group, never ours.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
+    if let Some(pid) = pid {
+        crate::process::kill_group(pid);
     }
 }
 
@@ -368,6 +366,28 @@ impl SlurmClient {
     /// Cancels a job (all tasks of an array). A job already finished is not an error.
     pub fn cancel(&self, id: JobId) -> Result<()> {
         self.block_on(self.cancel_async(id))?
+    }
+
+    /// What each partition's largest node offers, from `sinfo --Node` (see
+    /// [`crate::partition`]).
+    pub fn partitions(&self) -> Result<Vec<crate::partition::PartitionLimits>> {
+        self.block_on(async {
+            let inv = self.query_invocation(
+                "sinfo",
+                vec![
+                    "--noheader".into(),
+                    "--Node".into(),
+                    format!("--format={}", crate::partition::SINFO_FORMAT),
+                ],
+            )?;
+            let out = self.run_retrying(&inv).await?;
+            if !out.status.success() {
+                return Err(failed(&inv, &out));
+            }
+            Ok(crate::partition::parse_sinfo(&String::from_utf8_lossy(
+                &out.stdout,
+            )))
+        })?
     }
 
     /// Whether the controller answers `scontrol ping` (one try, no retries).
@@ -746,20 +766,30 @@ impl SlurmClient {
         }
 
         // Ask the controller about jobs accounting does not know, or may not know
-        // completely yet (see `accounting_unsure`).
+        // completely yet (see `accounting_unsure`), and about pending ones: why a job
+        // waits is the controller's current word (accounting records it late).
         let ask: BTreeSet<JobId> = wanted
             .iter()
             .filter(|id| {
-                found
-                    .get(id)
-                    .is_none_or(|rows| accounting_unsure(**id, rows))
+                found.get(id).is_none_or(|rows| {
+                    accounting_unsure(**id, rows)
+                        || rows.iter().any(|r| r.state == JobState::Pending)
+                })
             })
             .copied()
             .collect();
         if !ask.is_empty() {
             let mut from_ctld: HashMap<JobId, Vec<JobInfo>> = HashMap::new();
+            // Only a pending job's reason is at stake when accounting answered for every
+            // job asked: its rows stand if the controller does not answer.
+            let only_pending = ask.iter().all(|id| {
+                found
+                    .get(id)
+                    .is_some_and(|rows| !accounting_unsure(*id, rows))
+            });
             match self.squeue_rows(&ask).await {
                 Ok(rows) => assign(rows, &ask, &mut from_ctld),
+                Err(_) if only_pending => {}
                 Err(e) => return Err(sacct_error.unwrap_or(e)),
             }
             // squeue knows no exit codes and no TRES: ask scontrol about finished jobs,
@@ -1418,7 +1448,10 @@ echo 99"#,
                 format_time(since.checked_sub(SignedDuration::from_hours(1)).unwrap())
             )]
         );
-        assert!(f.calls("squeue").is_empty());
+        // Only the array with pending tasks is asked of the controller, for its reason;
+        // the controller not answering leaves accounting's word.
+        assert_eq!(f.calls("squeue").len(), 0, "no fake squeue: the call fails");
+        assert_eq!(got[&JobId(50)].tasks[1].reason.as_deref(), Some("Priority"));
         assert_eq!(got.len(), 3);
         assert_eq!(got[&JobId(41)].state, JobState::Completed);
         assert_eq!(got[&JobId(43)].state, JobState::OutOfMemory);
@@ -1428,6 +1461,32 @@ echo 99"#,
         assert!(!array.state.is_terminal());
         assert_eq!(array.tasks.len(), 2);
         assert_eq!(array.tasks[0].raw_id, JobId(51));
+    }
+
+    #[test]
+    fn a_pending_job_gets_the_controllers_current_reason() {
+        let f = Fakes::new();
+        f.write(
+            "sacct",
+            &sacct_printing(
+                "70|70|PENDING|0:0|0:0|0|Unknown|Unknown|None assigned|gpu|lab||alice|None||unet\n\
+                 41|41|COMPLETED|0:0|0:0|2|2024-05-02T10:00:01|2024-05-02T10:00:03|localhost|debug|root|billing=1,cpu=1,node=1|root|None|t41|hello",
+            ),
+        );
+        f.write(
+            "squeue",
+            "echo '70|70|PENDING|0:00|N/A|N/A||gpu|lab|alice|PartitionConfig|gres:gpu:1|t70|unet'",
+        );
+        let got = f.client().query(&[JobId(70), JobId(41)]).unwrap();
+        let squeue = f.calls("squeue");
+        assert_eq!(squeue.len(), 1);
+        assert!(
+            squeue[0].contains("--jobs=70 "),
+            "only the pending job: {squeue:?}"
+        );
+        assert_eq!(got[&JobId(70)].reason.as_deref(), Some("PartitionConfig"));
+        assert_eq!(got[&JobId(70)].state, JobState::Pending);
+        assert_eq!(got[&JobId(41)].state, JobState::Completed);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 pub mod client;
 pub mod error;
 pub mod local;
+pub mod partition;
+pub mod process;
 pub mod state;
 pub mod template;
 

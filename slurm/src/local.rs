@@ -28,7 +28,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::process::{signal_group, signal_process};
 use crate::template::{SbatchArgs, SlurmDuration};
 
 /// Errors of the local executor. A job that fails is not an error: it is a result with
@@ -584,7 +585,7 @@ impl LocalExecutor {
             error: args.error.clone(),
             append: args.open_mode.as_deref() == Some("append"),
             cpus_per_task: args.cpus_per_task,
-            mem_mb: args.mem.as_deref().and_then(mem_to_mb),
+            mem_mb: args.mem.as_deref().and_then(crate::partition::mem_to_mb),
         })
     }
 
@@ -772,8 +773,8 @@ impl LocalExecutor {
             .current_dir(&plan.work_dir)
             .stdin(Stdio::null())
             .stdout(logs.0)
-            .stderr(logs.1)
-            .process_group(0);
+            .stderr(logs.1);
+        crate::process::own_group(&mut cmd);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("SLURM") {
                 cmd.env_remove(&key);
@@ -793,7 +794,7 @@ impl LocalExecutor {
                 return Ok(task);
             }
         };
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        let pid = child.id();
 
         let limit = plan.time_limit.map(SlurmDuration::to_std);
         let warn_at = match (limit, plan.signal) {
@@ -815,7 +816,11 @@ impl LocalExecutor {
             if let (Some(at), Some((batch_only, sig, _))) = (warn_at, plan.signal) {
                 if !task.warning_signal_sent && now >= at && ending.is_none() {
                     // B: signals only the batch shell; otherwise the job's processes.
-                    send(if batch_only { pid } else { -pid }, sig);
+                    if batch_only {
+                        signal_process(pid, sig);
+                    } else {
+                        signal_group(pid, sig);
+                    }
                     task.warning_signal_sent = true;
                 }
             }
@@ -828,13 +833,13 @@ impl LocalExecutor {
                     } else {
                         LocalState::Cancelled
                     };
-                    send(-pid, libc::SIGTERM);
+                    signal_group(pid, libc::SIGTERM);
                     ending = Some((state, Instant::now() + self.kill_wait));
                 }
             }
             if let Some((_, kill_at)) = ending {
                 if !killed && Instant::now() >= kill_at {
-                    send(-pid, libc::SIGKILL);
+                    signal_group(pid, libc::SIGKILL);
                     killed = true;
                 }
             }
@@ -843,7 +848,7 @@ impl LocalExecutor {
         };
         // Whatever the script left running in the background goes with it, as SLURM's
         // process tracking does at the end of a batch job.
-        send(-pid, libc::SIGKILL);
+        signal_group(pid, libc::SIGKILL);
 
         task.elapsed_secs = started.elapsed().as_secs_f64();
         task.end = Some(Timestamp::now());
@@ -979,27 +984,6 @@ fn expand_pattern(pattern: &str, v: &PatternVars<'_>) -> String {
         }
     }
     out
-}
-
-/// `16G` → 16384 (megabytes, as `SLURM_MEM_PER_NODE`); a bare number is megabytes.
-fn mem_to_mb(mem: &str) -> Option<u64> {
-    let m = mem.trim();
-    let (num, unit) = m.split_at(m.find(|c: char| !c.is_ascii_digit()).unwrap_or(m.len()));
-    let n: u64 = num.parse().ok()?;
-    match unit.to_ascii_uppercase().as_str() {
-        "K" => Some(n.div_ceil(1024)),
-        "" | "M" => Some(n),
-        "G" => n.checked_mul(1024),
-        "T" => n.checked_mul(1024 * 1024),
-        _ => None,
-    }
-}
-
-fn send(pid: i32, sig: i32) {
-    // SAFETY: kill(2) has no memory effects; a vanished target only yields ESRCH.
-    unsafe {
-        libc::kill(pid, sig);
-    }
 }
 
 fn process_alive(pid: u32) -> bool {

@@ -31,11 +31,18 @@ fn settings() -> ClientSettings {
     }
 }
 
-/// The client, or `None` (test skipped) when SLURM is not installed.
-#[allow(clippy::print_stderr)]
+#[path = "../../tests/common/gate.rs"]
+mod gate;
+
+/// The client; a test failure when SLURM is not installed or does not answer, `None`
+/// (the test is skipped and counted) only under `HPCSTAGE_TEST_SKIP=cluster`.
 fn cluster() -> Option<SlurmClient> {
-    if on_path("sinfo").is_none() {
-        eprintln!("skipped: SLURM is not installed here (no `sinfo` on PATH)");
+    if !gate::service(
+        "cluster",
+        on_path("sinfo").is_some(),
+        "SLURM is not installed (no `sinfo` on PATH); start the test cluster with \
+         `bash tests/cluster/up.sh` (as root)",
+    ) {
         return None;
     }
     let client = SlurmClient::new(settings());

@@ -1,6 +1,6 @@
 //! The verified copy engine shared by `stage`, `ingest` and `pull`.
 //!
-//! Per file (DESIGN.md, "Verified copy"): read the source once, hashing as it is read;
+//! Per file (docs/ARCHITECTURE.md#the-verified-copy): read the source once, hashing as it is read;
 //! write to a temporary name in the destination folder; check the source did not change
 //! during the read; check the hash against the source manifest when there is one; read
 //! the written bytes back from storage and hash them; only then rename into place, set
@@ -28,6 +28,7 @@ use tempfile::TempPath;
 use crate::direct;
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest, STREAM_THRESHOLD};
+use crate::interrupt;
 use crate::journal::{Journal, JournalEntry};
 use crate::lock::lock_or_refuse;
 use crate::manifest::{check_listed, Manifest, ManifestEntry};
@@ -266,6 +267,23 @@ impl Source<'_> {
             Source::Remote(r) => r.read_link(rel),
         }
     }
+
+    /// The digest of the source file `rel` (a dry run's check against the manifest).
+    fn hash(&self, rel: &Path, listed: Meta) -> Result<Digest> {
+        match self {
+            Source::Local(root) => hash::hash_file(&root.join(rel)).map(|(digest, _)| digest),
+            Source::Remote(r) => {
+                let mut hasher = Sha256::new();
+                hash::with_buffer(|buf| {
+                    r.stream_file(rel, Some(listed), buf, &mut |block| {
+                        hasher.update(block);
+                        Ok(())
+                    })
+                })?;
+                Ok(Digest::from_hasher(hasher))
+            }
+        }
+    }
 }
 
 /// Copies the tree `src` into `dest` with verification. Failures of single files are in
@@ -389,6 +407,13 @@ pub fn copy_from(
             }
         }
     }
+    if opts.dry_run {
+        // Say what the run will do: a listed file that no longer matches the source
+        // manifest is refused as SOURCE CORRUPT by the run, so the dry run reads it too.
+        let refused = pool.install(|| source_check(&src, &jobs));
+        jobs.retain(|j| !refused.iter().any(|f| f.path == j.rel));
+        report.failed.extend(refused);
+    }
     report.skipped = known.len() as u64;
     report.bytes_to_copy = jobs.iter().map(|j| j.meta.size).sum();
     for j in &jobs {
@@ -511,7 +536,9 @@ pub fn copy_from(
 
     let mut copied_digests: Vec<(PathBuf, Digest)> = Vec::new();
     let verify_pool = thread_pool(opts.jobs, dest)?;
+    let watch = interrupt::watch();
     let (results, journal_errors) = run_pipeline(&ctx, &jobs, &pool, &verify_pool, &journal);
+    drop(watch);
     for r in results {
         match r {
             Ok((i, digest, dest_meta)) => {
@@ -533,6 +560,17 @@ pub fn copy_from(
     report
         .failed
         .extend(journal_errors.into_iter().map(journal_failure));
+    if let Some(signal) = interrupt::received() {
+        // What was verified is in place and journalled; the `running` marker stays (the
+        // guard is not finished), so the next run sweeps and finishes, and the stage
+        // shows as incomplete meanwhile.
+        return Err(Error::Interrupted {
+            signal,
+            verified: report.skipped + report.copied,
+            total: report.files_total,
+            dest: dest.to_path_buf(),
+        });
+    }
     known.extend(copied_digests);
 
     // Hard links, once their primary is verified.
@@ -793,6 +831,11 @@ fn run_pipeline(
                             std::io::Error::other("not attempted: the run stopped after a fatal error (disk full, or the NAS host gone)"),
                         ),
                     ))
+                } else if interrupt::received().is_some() {
+                    Err(fail(
+                        FailureKind::NotAttempted,
+                        Error::io(ctx.src.display(&job.rel), interrupt::stopped()),
+                    ))
                 } else {
                     copy_to_temporary(ctx, job, i).map_err(|(kind, e)| {
                         if kind.is_fatal() {
@@ -878,6 +921,28 @@ struct FileCopy {
     readback: Option<(Digest, u64)>,
 }
 
+/// The files of `jobs` listed in the source manifest whose content no longer matches it,
+/// as the failures the copy would report (read in parallel on the current pool).
+fn source_check(src: &Source<'_>, jobs: &[Job]) -> Vec<Failure> {
+    let mut refused: Vec<Failure> = jobs
+        .par_iter()
+        .filter_map(|job| {
+            let listed = job.expected?;
+            let outcome = src
+                .hash(&job.rel, job.meta)
+                .and_then(|digest| check_listed(&src.display(&job.rel), Some(listed), digest));
+            let error = outcome.err()?;
+            Some(Failure {
+                path: job.rel.clone(),
+                kind: classify(&error),
+                error,
+            })
+        })
+        .collect();
+    walk::sort_by_bytes(&mut refused, |f| &f.path);
+    refused
+}
+
 /// What reading one source file gives: the copy, metadata before and after.
 type SourceRead = (FileCopy, Meta, Meta);
 
@@ -927,6 +992,9 @@ fn read_remote(
     let (mut written, mut kicked) = (0u64, 0u64);
     let (before, after, total) = hash::with_buffer(|buf| {
         remote.stream_file(&job.rel, Some(job.meta), buf, &mut |block| {
+            if interrupt::received().is_some() {
+                return Err(Error::io(tmp_path, interrupt::stopped()));
+            }
             hasher.update(block);
             out.write_all(block).at(tmp_path)?;
             written += block.len() as u64;
@@ -1326,7 +1394,9 @@ fn journal_failure(error: Error) -> Failure {
 }
 
 fn classify(e: &Error) -> FailureKind {
-    if e.is_disk_full() {
+    if matches!(e, Error::SourceCorrupt { .. }) {
+        FailureKind::SourceCorrupt
+    } else if e.is_disk_full() {
         FailureKind::DiskFull
     } else if matches!(
         e,

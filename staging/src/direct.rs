@@ -198,7 +198,11 @@ fn read_ahead(
     full: SyncSender<std::io::Result<(Aligned, usize)>>,
 ) {
     while let Ok(mut buf) = empty.recv() {
-        let r = read_full(file, buf.buf());
+        // A run asked to stop does not read a big file to its end first.
+        let r = match crate::interrupt::received() {
+            Some(_) => Err(crate::interrupt::stopped()),
+            None => read_full(file, buf.buf()),
+        };
         let done = !matches!(r, Ok(BLOCK));
         if full.send(r.map(|n| (buf, n))).is_err() || done {
             return;

@@ -76,6 +76,20 @@ pub enum Error {
     #[error("dataset {path} already exists; raw data is never overwritten or appended to")]
     DatasetExists { path: PathBuf },
 
+    /// SIGINT or SIGTERM stopped a copy cleanly (see [`crate::interrupt`]).
+    #[error(
+        "interrupted by {}: {verified} of {total} files verified in {}; the files in flight were \
+         removed; run the same command again to finish",
+        crate::interrupt::name(*signal),
+        dest.display()
+    )]
+    Interrupted {
+        signal: i32,
+        verified: u64,
+        total: u64,
+        dest: PathBuf,
+    },
+
     /// Another process holds the lock on a destination.
     #[error("{path} is locked by another hpcstage process ({holder})")]
     Locked { path: PathBuf, holder: String },

@@ -16,6 +16,18 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `n` and the noun, plural unless `n` is 1: `1 file`, `3 files`, `2 entries`.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    match noun.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 /// Quotes a word for bash (single quotes where needed).
 pub fn shell_quote(s: &str) -> String {
     shlex::try_quote(s).map_or_else(|_| "''".to_string(), |q| q.into_owned())
@@ -29,5 +41,14 @@ mod tests {
         assert_eq!(super::bytes(1023), "1023 B");
         assert_eq!(super::bytes(1536), "1.5 KiB");
         assert_eq!(super::bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+
+    #[test]
+    fn counts_say_one_item_and_two_items() {
+        assert_eq!(super::count(1u64, "item"), "1 item");
+        assert_eq!(super::count(0u64, "item"), "0 items");
+        assert_eq!(super::count(2u64, "symlink"), "2 symlinks");
+        assert_eq!(super::count(2u64, "entry"), "2 entries");
+        assert_eq!(super::count(2u64, "day"), "2 days");
     }
 }

@@ -4,7 +4,7 @@
 //! `<sha256> <size> <source mtime ns> <dest mtime ns> <dest inode> <escaped path>`.
 //! Only lines that end in a newline count, so a line torn by a killed process is ignored
 //! and its file is simply checked again. The journal keeps the source's mtime, so the
-//! destination does not have to carry it (see the purge hazard in DESIGN.md).
+//! destination does not have to carry it (see docs/ARCHITECTURE.md#purge-deadlines).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

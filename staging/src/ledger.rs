@@ -3,6 +3,8 @@
 //! Home folders are shared across nodes, often over NFS, so every write is a whole-file
 //! atomic rename of a record; there is no database and no long-held lock. A damaged
 //! record is reported by name and skipped, never fatal for the others.
+//!
+//! See docs/ARCHITECTURE.md#on-disk-layouts.
 
 use std::path::{Path, PathBuf};
 

@@ -17,6 +17,7 @@ pub mod walk;
 
 pub use error::{Error, Result};
 pub mod ingest;
+pub mod interrupt;
 pub mod ledger;
 pub mod lock;
 pub mod place;

@@ -1,5 +1,7 @@
 //! Exclusive advisory locks between hpcstage processes (`flock` on a file), taken without
 //! waiting. The file says who holds it, for the message of whoever finds it taken.
+//!
+//! See docs/ARCHITECTURE.md#locks.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

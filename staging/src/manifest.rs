@@ -3,8 +3,11 @@
 //!
 //! Written manifests are byte-compatible with `sha256sum` (text mode, two spaces, names
 //! relative to the manifest's folder, sorted by bytes, GNU escaping for `\`, newline and
-//! CR). Reading also takes binary-mode `*` lines, `./` prefixes and BSD `--tag` lines.
+//! CR). Reading takes what GNU `sha256sum -c` takes (see [`LineReader`]): binary-mode `*`
+//! lines, `./` prefixes, BSD `--tag` lines, CRLF line ends and upper-case hex.
 //! A manifest path that is absolute or climbs out with `..` is refused, never followed.
+//!
+//! See docs/ARCHITECTURE.md#manifests.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -61,8 +64,9 @@ impl Manifest {
     pub fn parse(text: &[u8], origin: &Path) -> Result<Self> {
         let mut entries = Vec::new();
         let mut seen: HashMap<PathBuf, Digest> = HashMap::new();
+        let mut lines = LineReader::default();
         for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
-            let Some(entry) = parse_entry(raw, i + 1, origin)? else {
+            let Some(entry) = lines.entry(raw, i + 1, origin)? else {
                 continue;
             };
             if let Some(prev) = seen.insert(entry.path.clone(), entry.digest) {
@@ -215,27 +219,132 @@ pub fn unescape(name: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// One line of manifest text: `None` for a blank line or a `#` comment, an error naming
-/// `origin` and the line number for anything malformed or unsafe.
-pub(crate) fn parse_entry(
-    raw: &[u8],
-    line_no: usize,
-    origin: &Path,
-) -> Result<Option<ManifestEntry>> {
-    if raw.is_empty() || raw.starts_with(b"#") {
-        return Ok(None);
+/// Reads manifest lines one after another the way GNU `sha256sum -c` (coreutils 9.1)
+/// does, so that a manifest it accepts is accepted here and one it refuses is refused:
+/// - a trailing CR is dropped (Windows tools write CRLF), once: a second CR is part of
+///   the name, as for GNU;
+/// - leading blanks are skipped; hex digits may be upper case;
+/// - `SHA256 (name) = hex` tag lines, with or without blanks around `=`, the name up to
+///   the last `)`;
+/// - `hex  name` (text), `hex *name` (binary), and the "reversed" `hex name` form; GNU
+///   refuses a manifest that mixes the reversed form with the others, and so does this.
+///
+/// Where GNU only warns about a malformed line, this refuses it with its line number:
+/// a manifest that is partly unreadable does not vouch for anything.
+#[derive(Default)]
+pub(crate) struct LineReader {
+    /// `Some(true)` once a reversed `hex name` line was read, `Some(false)` once a
+    /// `hex  name` or `hex *name` line was.
+    reversed: Option<bool>,
+}
+
+impl LineReader {
+    /// One line of manifest text (without its `\n`): `None` for a blank line or a `#`
+    /// comment, an error naming `origin` and the line number for anything malformed or
+    /// unsafe.
+    pub(crate) fn entry(
+        &mut self,
+        raw: &[u8],
+        line_no: usize,
+        origin: &Path,
+    ) -> Result<Option<ManifestEntry>> {
+        if raw.starts_with(b"#") {
+            return Ok(None);
+        }
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let (digest, name) = self.parse(raw).map_err(|reason| Error::Manifest {
+            path: origin.to_path_buf(),
+            line: line_no,
+            reason: reason.to_string(),
+        })?;
+        let path = safe_relative(&name).ok_or_else(|| Error::UnsafePath {
+            path: origin.to_path_buf(),
+            line: line_no,
+            entry: String::from_utf8_lossy(&name).into_owned(),
+        })?;
+        Ok(Some(ManifestEntry { path, digest }))
     }
-    let (digest, name) = parse_line(raw).map_err(|reason| Error::Manifest {
-        path: origin.to_path_buf(),
-        line: line_no,
-        reason: reason.to_string(),
-    })?;
-    let path = safe_relative(&name).ok_or_else(|| Error::UnsafePath {
-        path: origin.to_path_buf(),
-        line: line_no,
-        entry: String::from_utf8_lossy(&name).into_owned(),
-    })?;
-    Ok(Some(ManifestEntry { path, digest }))
+
+    fn parse(&mut self, raw: &[u8]) -> std::result::Result<(Digest, Vec<u8>), &'static str> {
+        let start = raw.iter().position(|b| !is_blank(*b)).unwrap_or(raw.len());
+        let line = &raw[start..];
+        let (escaped, line) = match line.strip_prefix(b"\\") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        let (hex, name) = match tag_body(line) {
+            Some(body) => split_tag(body)?,
+            None => self.split_plain(line)?,
+        };
+        let hex = std::str::from_utf8(hex).map_err(|_| "checksum is not hex")?;
+        let digest: Digest = hex
+            .parse()
+            .map_err(|_| "bad checksum (expected 64 hex digits)")?;
+        if name.is_empty() {
+            return Err("missing path");
+        }
+        let name = if escaped {
+            unescape(name).ok_or("bad escape in path (only \\\\, \\n and \\r are allowed)")?
+        } else {
+            name.to_vec()
+        };
+        Ok((digest, name))
+    }
+
+    /// `hex  name`, `hex *name` or the reversed `hex name`.
+    fn split_plain<'a>(
+        &mut self,
+        line: &'a [u8],
+    ) -> std::result::Result<(&'a [u8], &'a [u8]), &'static str> {
+        if line.len() < 66 {
+            return Err("truncated line (expected 64 hex digits, two spaces or ' *', a path)");
+        }
+        let (hex, rest) = line.split_at(64);
+        if !is_blank(rest[0]) {
+            return Err("malformed line (expected 64 hex digits, then '  ' or ' *', then a path)");
+        }
+        let rest = &rest[1..];
+        let reversed = rest.len() == 1 || !matches!(rest[0], b' ' | b'*');
+        if reversed {
+            if self.reversed == Some(false) {
+                return Err("a `hex name` line (one blank) among `hex  name` lines; GNU sha256sum refuses such a mix too");
+            }
+            self.reversed = Some(true);
+            return Ok((hex, rest));
+        }
+        if self.reversed == Some(true) {
+            // GNU keeps the whole rest as the name once the manifest is in reversed form.
+            return Ok((hex, rest));
+        }
+        self.reversed = Some(false);
+        Ok((hex, &rest[1..]))
+    }
+}
+
+fn is_blank(b: u8) -> bool {
+    matches!(b, b' ' | b'\t')
+}
+
+/// What follows `SHA256 (` or `SHA256(` on a BSD tag line.
+fn tag_body(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"SHA256")?;
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    rest.strip_prefix(b"(")
+}
+
+/// `name) = hex`: the name runs to the last `)` (BSD tools do not escape names), blanks
+/// may surround the `=`.
+fn split_tag(body: &[u8]) -> std::result::Result<(&[u8], &[u8]), &'static str> {
+    const MALFORMED: &str = "malformed --tag line (expected `SHA256 (path) = hex`)";
+    let close = body.iter().rposition(|&b| b == b')').ok_or(MALFORMED)?;
+    let (name, after) = (&body[..close], &body[close + 1..]);
+    let after = &after[after.iter().take_while(|b| is_blank(**b)).count()..];
+    let after = after.strip_prefix(b"=").ok_or(MALFORMED)?;
+    let hex = &after[after.iter().take_while(|b| is_blank(**b)).count()..];
+    Ok((hex, name))
 }
 
 pub(crate) fn listed_twice(origin: &Path, line_no: usize) -> Error {
@@ -244,43 +353,6 @@ pub(crate) fn listed_twice(origin: &Path, line_no: usize) -> Error {
         line: line_no,
         reason: "the same path is listed twice with different checksums".to_string(),
     }
-}
-
-fn parse_line(raw: &[u8]) -> std::result::Result<(Digest, Vec<u8>), &'static str> {
-    let (escaped, line) = match raw.strip_prefix(b"\\") {
-        Some(rest) => (true, rest),
-        None => (false, raw),
-    };
-    let (hex, name) = if let Some(rest) = line.strip_prefix(b"SHA256 (") {
-        // BSD tag: `SHA256 (name) = hex`; the name may itself hold ") = ".
-        let split = rest
-            .windows(4)
-            .rposition(|w| w == b") = ")
-            .ok_or("malformed --tag line (expected `SHA256 (path) = hex`)")?;
-        (&rest[split + 4..], &rest[..split])
-    } else {
-        if line.len() < 66 {
-            return Err("truncated line (expected 64 hex digits, two spaces or ' *', a path)");
-        }
-        let (hex, rest) = line.split_at(64);
-        if rest[0] != b' ' || !matches!(rest[1], b' ' | b'*') {
-            return Err("malformed line (expected 64 hex digits, then '  ' or ' *', then a path)");
-        }
-        (hex, &rest[2..])
-    };
-    let hex = std::str::from_utf8(hex).map_err(|_| "checksum is not hex")?;
-    let digest: Digest = hex
-        .parse()
-        .map_err(|_| "bad checksum (expected 64 hex digits)")?;
-    if name.is_empty() {
-        return Err("missing path");
-    }
-    let name = if escaped {
-        unescape(name).ok_or("bad escape in path (only \\\\, \\n and \\r are allowed)")?
-    } else {
-        name.to_vec()
-    };
-    Ok((digest, name))
 }
 
 /// Turns a manifest name into a relative path that stays inside its folder.

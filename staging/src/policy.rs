@@ -5,6 +5,8 @@
 //! files' real timestamps and conservatively: atime under `relatime` can lag by a day, so
 //! an atime deadline is pulled in by one day. Nothing here touches files to postpone a
 //! purge.
+//!
+//! See docs/ARCHITECTURE.md#purge-deadlines.
 
 use std::fmt;
 use std::str::FromStr;
@@ -137,14 +139,14 @@ impl PurgePolicy {
     }
 }
 
-/// A policy age as people write it: a whole number of days as `60days`, anything else as
+/// A policy age as people write it: a whole number of days as `60 days`, anything else as
 /// humantime prints it. (humantime counts a month as 30.44 days, so a configured "60d"
 /// would come back as "1month 29days 13h 26m 24s".)
 pub fn format_age(age: Duration) -> String {
     let secs = age.as_secs();
     if age.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(86_400) {
         let days = secs / 86_400;
-        format!("{days}day{}", if days == 1 { "" } else { "s" })
+        crate::fmt::count(days, "day")
     } else {
         humantime::format_duration(age).to_string()
     }
@@ -248,9 +250,9 @@ mod tests {
     #[test]
     fn ages_in_whole_days_read_as_days() {
         let day = Duration::from_secs(86_400);
-        assert_eq!(format_age(day), "1day");
-        assert_eq!(format_age(30 * day), "30days");
-        assert_eq!(format_age(60 * day), "60days");
+        assert_eq!(format_age(day), "1 day");
+        assert_eq!(format_age(30 * day), "30 days");
+        assert_eq!(format_age(60 * day), "60 days");
         assert_eq!(format_age(Duration::from_secs(36 * 3600)), "1day 12h");
     }
 }

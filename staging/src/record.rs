@@ -15,7 +15,7 @@ use crate::policy::PurgeBasis;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeInfo {
     pub basis: PurgeBasis,
-    /// Policy age, e.g. "30days".
+    /// Policy age, e.g. "30 days".
     pub age: String,
     pub whole_folder: bool,
     /// The oldest timestamp the purge looks at.
@@ -44,6 +44,45 @@ pub struct StageRecord {
     pub host: String,
     pub purge: PurgeInfo,
     pub tool_version: String,
+    /// Set while the copy is not complete: the last stage failed or was stopped, or is
+    /// still running. The rest of the record is then the last complete stage's (or, for a
+    /// first stage, what the unfinished copy had verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<Incomplete>,
+}
+
+/// Why a staged copy is not complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incomplete {
+    /// When the stage that did not complete ran.
+    pub at: Timestamp,
+    /// What happened, in a few words.
+    pub reason: String,
+    /// The first files that failed, as `path: what`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// How many files failed in all.
+    #[serde(default)]
+    pub failed_count: u64,
+}
+
+impl Incomplete {
+    /// How many failed files [`Incomplete::failed`] names at most.
+    pub const SHOWN: usize = 3;
+
+    /// One line for a table: the reason, the files named and how many more there are.
+    pub fn summary(&self) -> String {
+        let mut text = self.reason.clone();
+        if !self.failed.is_empty() {
+            text.push_str(": ");
+            text.push_str(&self.failed.join(", "));
+            let more = self.failed_count.saturating_sub(self.failed.len() as u64);
+            if more > 0 {
+                text.push_str(&format!(" and {more} more"));
+            }
+        }
+        text
+    }
 }
 
 /// `dataset.json` of an ingested raw dataset.

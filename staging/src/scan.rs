@@ -12,13 +12,21 @@ use rayon::prelude::*;
 
 use crate::copy::OldestTimes;
 use crate::error::Error;
-use crate::walk::{Meta, STATE_DIR};
+use crate::walk::{is_bookkeeping, is_temporary, Meta, STATE_DIR};
 
 /// What a scan found.
 #[derive(Debug, Default)]
 pub struct Scan {
+    /// Regular files, not counting hpcstage's own bookkeeping at the top
+    /// (`MANIFEST.sha256`, `verify_*.log`) nor temporary files: the number `stage`
+    /// reports for the same folder.
     pub files: u64,
+    /// Bytes of every regular file (bookkeeping and temporaries included: the purge takes
+    /// them too).
     pub bytes: u64,
+    /// Temporary files an interrupted copy left (`.hpcstage-tmp.*`), and their bytes.
+    pub temporaries: u64,
+    pub temporary_bytes: u64,
     pub oldest: OldestTimes,
     /// Relative paths of regular files (only when asked for).
     pub paths: Option<HashSet<PathBuf>>,
@@ -30,6 +38,8 @@ impl Scan {
     fn merge(mut self, other: Scan) -> Scan {
         self.files += other.files;
         self.bytes += other.bytes;
+        self.temporaries += other.temporaries;
+        self.temporary_bytes += other.temporary_bytes;
         self.oldest.merge(&other.oldest);
         match (&mut self.paths, other.paths) {
             (Some(a), Some(b)) => a.extend(b),
@@ -89,11 +99,16 @@ fn scan_dir(root: &Path, rel: &Path, collect_paths: bool, top: bool) -> Scan {
             subdirs.push(child);
         } else if meta.is_file() {
             let m = Meta::from_std(&meta);
-            here.files += 1;
             here.bytes += m.size;
             here.oldest.add(&m);
-            if let Some(paths) = &mut here.paths {
-                paths.insert(child);
+            if is_temporary(&name) {
+                here.temporaries += 1;
+                here.temporary_bytes += m.size;
+            } else if !(top && is_bookkeeping(&child)) {
+                here.files += 1;
+                if let Some(paths) = &mut here.paths {
+                    paths.insert(child);
+                }
             }
         }
     }
@@ -117,14 +132,22 @@ mod tests {
         std::fs::write(root.join(".hpcstage/journal"), "xxxx").unwrap();
         std::fs::write(root.join("a/b/old"), "12").unwrap();
         std::fs::write(root.join("new"), "123").unwrap();
+        std::fs::write(root.join("MANIFEST.sha256"), "m").unwrap();
+        std::fs::write(root.join("a/.hpcstage-tmp.x"), "tmp").unwrap();
         let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
         filetime::set_file_times(root.join("a/b/old"), old, old).unwrap();
         let s = scan(root, true);
-        assert_eq!((s.files, s.bytes), (2, 5));
+        assert_eq!(
+            (s.files, s.bytes),
+            (2, 9),
+            "the manifest and temporaries are not data"
+        );
+        assert_eq!((s.temporaries, s.temporary_bytes), (1, 3));
         assert_eq!(s.oldest.mtime_ns, Some(1_600_000_000_000_000_000));
         assert_eq!(s.oldest.atime_ns, Some(1_600_000_000_000_000_000));
         let paths = s.paths.unwrap();
         assert!(paths.contains(Path::new("a/b/old")) && paths.contains(Path::new("new")));
+        assert_eq!(paths.len(), 2);
         assert!(s.errors.is_empty());
     }
 }

@@ -5,14 +5,14 @@ use std::path::{Component, Path, PathBuf};
 
 use jiff::Timestamp;
 
-use crate::copy::{copy_from, CopyOptions, CopyReport, Source};
+use crate::copy::{copy_from, CopyOptions, CopyReport, FailureKind, Source};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::policy::PurgePolicy;
 use crate::progress::Progress;
-use crate::record::{current_user, hostname, write_json, PurgeInfo, StageRecord};
+use crate::record::{current_user, hostname, write_json, Incomplete, PurgeInfo, StageRecord};
 use crate::remote::{Location, Remote, SshOptions};
-use crate::walk::STATE_DIR;
+use crate::walk::{MANIFEST_NAME, STATE_DIR};
 
 /// Everything a stage needs, already resolved.
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct StageSettings {
     pub project: String,
     pub dataset: String,
     pub policy: PurgePolicy,
+    /// Stage a source even when it is a project's whole `raw/` area.
+    pub allow_raw_area: bool,
     pub copy: CopyOptions,
 }
 
@@ -100,6 +102,49 @@ pub fn derive_target(
     })
 }
 
+/// Refuses a source that is a project's `raw/` area (`<nas>/<project>/raw`), which holds
+/// datasets, rather than one dataset: staging it by mistake (the dataset name forgotten)
+/// copies every dataset of the project under a dataset named `raw`.
+fn refuse_raw_area(source: &Location) -> Result<()> {
+    let path = source.path();
+    let named = |p: &Path, name: &str| p.file_name().is_some_and(|n| n == name);
+    // `raw/raw` is a dataset that happens to be called `raw`.
+    if !named(path, "raw") || path.parent().is_some_and(|p| named(p, "raw")) {
+        return Ok(());
+    }
+    let examples = match source {
+        Location::Local(dir) => std::fs::read_dir(dir)
+            .map(|entries| {
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect();
+                names.sort();
+                names.truncate(3);
+                names
+            })
+            .unwrap_or_default(),
+        Location::Remote(_) => Vec::new(),
+    };
+    let example = examples.first().map_or("NAME", String::as_str);
+    let datasets = if examples.is_empty() {
+        String::new()
+    } else {
+        format!(" (it holds {}, ...)", examples.join(", "))
+    };
+    Err(Error::Invalid {
+        what: "source",
+        value: source.to_string(),
+        reason: format!(
+            "this is a project's raw/ area{datasets}, not one dataset; stage one dataset, \
+             e.g. {}, or pass --allow-raw-area to stage the whole area",
+            Path::new(&source.to_string()).join(example).display()
+        ),
+    })
+}
+
 /// A project or dataset name must be one plain path component.
 pub fn check_name(what: &'static str, name: &str) -> Result<()> {
     let bad = name.is_empty()
@@ -121,29 +166,101 @@ pub fn check_name(what: &'static str, name: &str) -> Result<()> {
 }
 
 /// Stages `settings.source` to `settings.destination` and records it.
+///
+/// The record (`DEST/.hpcstage/stage.json` and the ledger) is written before the copy
+/// starts when there is none yet, marked incomplete, so that a stage stopped by a kill
+/// still shows in `status`, `report` and `clean` with its deadline and size. A stage that
+/// does not complete keeps the last complete stage's record and `MANIFEST.sha256`, marked
+/// incomplete with what failed: the copy stays tracked, and nothing makes it
+/// look complete.
 pub fn stage(
     settings: &StageSettings,
     ledger: Option<&Ledger>,
     progress: &dyn Progress,
 ) -> Result<StageOutcome> {
+    if !settings.allow_raw_area {
+        refuse_raw_area(&settings.source)?;
+    }
     let mut copy = settings.copy.clone();
     copy.preserve_mtime = settings.policy.preserve_mtime();
     let record_path = settings.destination.join(STATE_DIR).join("stage.json");
     let previous: Option<StageRecord> = crate::record::read_json(&record_path).ok();
-    let report = match &settings.source {
-        Location::Local(path) => {
-            copy_from(Source::Local(path), &settings.destination, &copy, progress)?
+    let manifest_path = settings.destination.join(MANIFEST_NAME);
+    // The manifest of the last complete stage (the one its record names): the copy
+    // removes it when a file fails.
+    let previous_manifest = previous.as_ref().and_then(|p| {
+        std::fs::read(&manifest_path)
+            .ok()
+            .filter(|bytes| crate::hash::Digest::of(bytes) == p.manifest_digest)
+    });
+    // A local source that is not there gets its own error before anything is written.
+    let missing_source = matches!(&settings.source, Location::Local(p) if !p.is_dir());
+    let provisional = if copy.dry_run || previous.is_some() || missing_source {
+        None
+    } else {
+        let mut record = new_record(settings, &CopyReport::default(), Timestamp::now());
+        record.incomplete = Some(Incomplete {
+            at: record.staged_at,
+            reason: "staging started and has not finished (stopped, or still running)".into(),
+            failed: Vec::new(),
+            failed_count: 0,
+        });
+        // Best effort: a scratch too full for a record gets the copy's own clear error.
+        let written = (settings.destination.is_dir() || !settings.destination.exists())
+            && write_json(&record_path, &record).is_ok();
+        if written {
+            if let Some(ledger) = ledger {
+                let _ = ledger.put_stage(&record);
+            }
+            Some(record)
+        } else {
+            None
         }
-        Location::Remote(spec) => {
-            let remote = Remote::connect(spec, &settings.ssh)?;
+    };
+    let copied = match &settings.source {
+        Location::Local(path) => {
+            copy_from(Source::Local(path), &settings.destination, &copy, progress)
+        }
+        Location::Remote(spec) => Remote::connect(spec, &settings.ssh).and_then(|remote| {
             copy_from(
                 Source::Remote(&remote),
                 &settings.destination,
                 &copy,
                 progress,
-            )?
+            )
+        }),
+    };
+    let report = match copied {
+        Ok(report) => report,
+        Err(e) => {
+            // Nothing was copied (the source is missing, another stage holds the folder):
+            // the provisional record goes again, unless a copy got under way.
+            if let Some(record) = &provisional {
+                if !settings
+                    .destination
+                    .join(STATE_DIR)
+                    .join("running")
+                    .exists()
+                {
+                    let _ = std::fs::remove_file(&record_path);
+                    if let Some(ledger) = ledger {
+                        let _ = ledger.remove_stage(record);
+                    }
+                    remove_empty(&settings.destination);
+                }
+            }
+            return Err(e);
         }
     };
+    let mut report = report;
+    if copy.use_source_manifest && report.source_manifest_digest.is_none() {
+        report.warnings.push(format!(
+            "no MANIFEST.sha256 in {}: the copy is read back and checked on scratch, but \
+             nothing checks the files against the NAS's own checksums end to end \
+             (`hpcstage ingest` writes one for new data)",
+            settings.source
+        ));
+    }
     if copy.dry_run {
         return Ok(StageOutcome {
             report,
@@ -151,12 +268,34 @@ pub fn stage(
         });
     }
     if !report.ok() {
-        // The old record describes a complete copy; this one is not.
-        if let Some(previous) = &previous {
-            std::fs::remove_file(&record_path).map_err(|e| Error::io(&record_path, e))?;
-            if let Some(ledger) = ledger {
-                ledger.remove_stage(previous)?;
+        let mut report = report;
+        let staged_at = Timestamp::now();
+        let mut record = match previous {
+            Some(previous) => previous,
+            // A first stage: what it verified so far, with its deadline.
+            None => new_record(settings, &report, staged_at),
+        };
+        record.incomplete = Some(incomplete_from(&report, staged_at));
+        // The failures are the outcome (a full disk may refuse these writes too): what
+        // could not be kept is told, not turned into another error.
+        let mut keep = |what: &str, done: Result<()>| {
+            if let Err(e) = done {
+                report.warnings.push(format!(
+                    "could not keep the {what} of the incomplete stage: {e}"
+                ));
             }
+        };
+        if let Some(bytes) = previous_manifest {
+            if !manifest_path.exists() {
+                keep(
+                    "last complete MANIFEST.sha256",
+                    crate::manifest::write_atomic(&manifest_path, &bytes),
+                );
+            }
+        }
+        keep("stage record", write_json(&record_path, &record));
+        if let Some(ledger) = ledger {
+            keep("ledger entry", ledger.put_stage(&record).map(|_| ()));
         }
         return Ok(StageOutcome {
             report,
@@ -165,6 +304,7 @@ pub fn stage(
     }
     if let Some(previous) = previous {
         let unchanged = report.changes.is_empty()
+            && previous.incomplete.is_none()
             && previous.manifest_digest == report.manifest.digest()
             && previous.source == settings.source.to_string();
         if unchanged {
@@ -179,10 +319,21 @@ pub fn stage(
             });
         }
     }
-    let staged_at = Timestamp::now();
-    let source_manifest_digest = report.source_manifest_digest;
+    let record = new_record(settings, &report, Timestamp::now());
+    write_json(&record_path, &record)?;
+    if let Some(ledger) = ledger {
+        ledger.put_stage(&record)?;
+    }
+    Ok(StageOutcome {
+        report,
+        record: Some(record),
+    })
+}
+
+/// The record of a stage whose copy ended with `report`.
+fn new_record(settings: &StageSettings, report: &CopyReport, staged_at: Timestamp) -> StageRecord {
     let policy = &settings.policy;
-    let record = StageRecord {
+    StageRecord {
         id: format!("{}/{}", settings.project, settings.dataset),
         project: settings.project.clone(),
         dataset: settings.dataset.clone(),
@@ -191,7 +342,7 @@ pub fn stage(
         files: report.files_total,
         bytes: report.bytes_total,
         manifest_digest: report.manifest.digest(),
-        source_manifest_digest,
+        source_manifest_digest: report.source_manifest_digest,
         staged_at,
         owner: current_user(),
         host: hostname(),
@@ -203,15 +354,55 @@ pub fn stage(
             deadline: policy.deadline(&report.oldest, staged_at),
         },
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    write_json(&record_path, &record)?;
-    if let Some(ledger) = ledger {
-        ledger.put_stage(&record)?;
+        incomplete: None,
     }
-    Ok(StageOutcome {
-        report,
-        record: Some(record),
-    })
+}
+
+/// What a copy with failures left undone, for the stage record.
+fn incomplete_from(report: &CopyReport, at: Timestamp) -> Incomplete {
+    let worst = report
+        .failed
+        .iter()
+        .map(|f| f.kind)
+        .min_by_key(|k| u8::from(*k != FailureKind::SourceCorrupt))
+        .map_or("failed", failure_words);
+    Incomplete {
+        at,
+        reason: format!(
+            "the last stage did not complete ({} of {} files {worst}); rerun `hpcstage stage` to finish",
+            report.failed.len(),
+            report.files_total
+        ),
+        failed: report
+            .failed
+            .iter()
+            .take(Incomplete::SHOWN)
+            .map(|f| format!("{} {}", f.path.display(), failure_words(f.kind)))
+            .collect(),
+        failed_count: report.failed.len() as u64,
+    }
+}
+
+/// A failure kind as users read it.
+fn failure_words(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::SourceCorrupt => "SOURCE CORRUPT",
+        FailureKind::SourceChanged => "changed while read",
+        FailureKind::VerifyFailed => "read back differently",
+        FailureKind::DiskFull => "disk full",
+        FailureKind::Unreachable => "NAS unreachable",
+        FailureKind::Io => "unreadable or unwritable",
+        FailureKind::NotAttempted => "not attempted",
+    }
+}
+
+/// Removes `dir` and its `.hpcstage/` when they hold nothing else (a stage that never
+/// started copying leaves no folder behind).
+fn remove_empty(dir: &Path) {
+    let state = dir.join(STATE_DIR);
+    let _ = std::fs::remove_file(state.join("lock"));
+    let _ = std::fs::remove_dir(&state);
+    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::manifest::{self, check_entry, parse_entry, Check, Manifest, ManifestEntry};
+use crate::manifest::{self, check_entry, Check, LineReader, Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::walk::{self, Filter};
 
@@ -64,6 +64,7 @@ struct Entries {
     origin: PathBuf,
     line_no: usize,
     buf: Vec<u8>,
+    lines: LineReader,
     last: Option<ManifestEntry>,
 }
 
@@ -75,6 +76,7 @@ impl Entries {
             origin: path.to_path_buf(),
             line_no: 0,
             buf: Vec::new(),
+            lines: LineReader::default(),
             last: None,
         })
     }
@@ -94,7 +96,7 @@ impl Entries {
             if self.buf.last() == Some(&b'\n') {
                 self.buf.pop();
             }
-            let Some(entry) = parse_entry(&self.buf, self.line_no, &self.origin)? else {
+            let Some(entry) = self.lines.entry(&self.buf, self.line_no, &self.origin)? else {
                 continue;
             };
             if let Some(last) = &self.last {

@@ -4,6 +4,8 @@
 //! Walking never follows a symlink (a link to `/` inside a dataset must not pull in the
 //! whole machine) and skips hpcstage's own bookkeeping: the `.hpcstage/` folder, its
 //! temporary files, and the top-level manifest and verify logs of the tree.
+//!
+//! See docs/ARCHITECTURE.md#one-file-from-stage-to-the-journal.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

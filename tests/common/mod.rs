@@ -18,6 +18,7 @@
 
 pub(crate) mod cluster;
 pub(crate) mod fs;
+pub(crate) mod gate;
 pub(crate) mod pull;
 pub(crate) mod report;
 pub(crate) mod run;
@@ -42,8 +43,11 @@ pub(crate) use self::run::Run;
 #[allow(unused_macros)]
 macro_rules! needs_root {
     () => {
-        if !$crate::common::is_root() {
-            eprintln!("skipped: needs root");
+        if !$crate::common::gate::service(
+            "root",
+            $crate::common::is_root(),
+            "run the tests as root, as scripts/test and CI do",
+        ) {
             return;
         }
     };
@@ -198,10 +202,7 @@ pub(crate) fn assert_lines<A: AsRef<str> + fmt::Debug, B: AsRef<str> + fmt::Debu
     );
 }
 
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+pub(crate) use self::gate::is_root;
 
 /// Deterministic pseudo-random bytes.
 pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {

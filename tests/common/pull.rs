@@ -173,6 +173,19 @@ impl Lab {
         extra: &[&str],
         pull_back: bool,
     ) -> Chain {
+        self.submit_with_env(raw, stand_in, extra, pull_back, &[])
+    }
+
+    /// [`Lab::submit`] with more environment variables for hpcstage and the `sbatch` it
+    /// runs (`SBATCH_HOLD=1` submits the jobs held, say).
+    pub(crate) fn submit_with_env(
+        &self,
+        raw: &Path,
+        stand_in: &Path,
+        extra: &[&str],
+        pull_back: bool,
+        vars: &[(&str, &str)],
+    ) -> Chain {
         let predict = format!(
             "predict_cmd={} --model {{model}} --input {{input}} --mask {{mask}} --table {{table}}",
             stand_in.display()
@@ -200,7 +213,9 @@ impl Lab {
             args.push("-p".into());
             args.push(p.into());
         }
-        let run = self.run(&args);
+        let mut cmd = self.command();
+        cmd.envs(vars.iter().copied()).args(&args);
+        let run = Run::of(cmd);
         run.code(0);
         Chain::of(&run)
     }

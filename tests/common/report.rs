@@ -204,6 +204,7 @@ impl Env {
                 results_dir,
                 manifest_digest: sha256_hex(&manifest),
                 pulled_at: jiff::Timestamp::now(),
+                partial: None,
             };
             write(
                 run_dir.join(".hpcstage").join(PULLED_MARKER),

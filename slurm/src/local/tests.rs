@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::partition::mem_to_mb;
 use crate::template::{render, RenderContext, TemplateSpec, SIGNAL_MARKER};
 
 /// Write a script and return its path.

@@ -276,6 +276,8 @@ pub(crate) struct Entry {
     /// Relative, `/`-separated.
     pub(crate) rel: String,
     pub(crate) is_dir: bool,
+    /// A symbolic link (never followed: a link to a folder is not walked into).
+    pub(crate) is_link: bool,
     pub(crate) len: u64,
 }
 
@@ -337,6 +339,7 @@ pub(crate) fn walk(root: &Path) -> Result<Vec<Entry>, TemplateError> {
             out.push(Entry {
                 rel: child,
                 is_dir,
+                is_link: meta.file_type().is_symlink(),
                 len: meta.len(),
             });
         }

@@ -3,7 +3,7 @@
 //! The script is assembled in a fixed order, because sbatch only honours `#SBATCH` lines
 //! before the first command: the shebang, the directives from typed resources, a comment
 //! naming the template and its hash, `set -euo pipefail`, the run facts as quoted shell
-//! variables, the USR1 trap (in-job safety, DESIGN.md "Epilog"/issue 4), two helpers, and
+//! variables, the USR1 trap (in-job safety, docs/ARCHITECTURE.md#the-epilog), two helpers, and
 //! then the template body. Rendering reads the input folder (to list inputs) but writes
 //! nothing; [`Rendered::write`] writes the run folder.
 
@@ -119,6 +119,10 @@ pub struct Rendered {
     /// Programs shipped with the template, written to the run folder's `tools/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ShippedTool>,
+    /// Symbolic links the input globs matched, left out: inputs are regular files (a link
+    /// `latest.czi` to a file already listed would be processed twice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_links: Vec<String>,
 }
 
 /// A program shipped with a template (`[tools] files`): its name, its SHA-256 for the
@@ -245,11 +249,16 @@ pub fn render(
         .map(|(k, v)| (k.clone(), plain_value(v)))
         .collect();
 
+    let mut skipped_links = Vec::new();
     let inputs = match (&ctx.inputs, &spec.inputs) {
         (InputListing::Given(list), _) => Some(check_given_inputs(name, list)?),
-        (InputListing::Scan, Some(ispec)) => {
-            Some(scan_inputs(name, ispec, &ctx.input_dir, &plain)?)
-        }
+        (InputListing::Scan, Some(ispec)) => Some(scan_inputs(
+            name,
+            ispec,
+            &ctx.input_dir,
+            &plain,
+            &mut skipped_links,
+        )?),
         (InputListing::Scan, None) | (InputListing::Unknown, _) => None,
     };
     if let (Some(list), Some(ispec)) = (&inputs, &spec.inputs) {
@@ -367,6 +376,7 @@ pub fn render(
         per_task,
         outputs,
         tools: Vec::new(),
+        skipped_links,
     })
 }
 
@@ -477,11 +487,14 @@ fn expr(text: &str, ctx: &BTreeMap<String, Value>) -> Result<String, String> {
         .map_err(|e| describe(&e, text))
 }
 
+/// The inputs: sheet rows, or the regular files the globs match. Links the globs match
+/// go to `skipped_links` instead.
 fn scan_inputs(
     template: &str,
     spec: &InputsSpec,
     input_dir: &Path,
     ctx: &BTreeMap<String, Value>,
+    skipped_links: &mut Vec<String>,
 ) -> Result<Vec<String>, TemplateError> {
     let err = |reason: String| TemplateError::Inputs {
         template: template.to_string(),
@@ -521,11 +534,18 @@ fn scan_inputs(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "input folder not found"),
         });
     }
-    Ok(walk(input_dir)?
-        .into_iter()
-        .filter(|e| !e.is_dir && matchers.iter().any(|m| m.is_match(&e.rel)))
-        .map(|e| e.rel)
-        .collect())
+    let mut inputs = Vec::new();
+    for e in walk(input_dir)? {
+        if e.is_dir || !matchers.iter().any(|m| m.is_match(&e.rel)) {
+            continue;
+        }
+        if e.is_link {
+            skipped_links.push(e.rel);
+        } else {
+            inputs.push(e.rel);
+        }
+    }
+    Ok(inputs)
 }
 
 /// Build the `sbatch` options from spec expressions, parameters and overrides.
@@ -672,14 +692,31 @@ fn resources(
         None => array_text,
     };
     if let Some(t) = array_text {
-        args.array = Some(check::array(&t).map_err(|reason| TemplateError::Resource {
+        let array = check::array(&t).map_err(|reason| TemplateError::Resource {
             field: "array",
             value: t.clone(),
             reason,
-        })?);
+        })?;
+        // An `--array` override keeps `per_task`: a task past the last input would run
+        // with no inputs at all.
+        if let (Some(per), Some(list), Some(_)) = (per_task, inputs, &o.array) {
+            let n_tasks = (list.len() as u64).div_ceil(per);
+            if let Some(bad) = array.tasks().iter().find(|&&t| u64::from(t) >= n_tasks) {
+                return Err(TemplateError::Resource {
+                    field: "array",
+                    value: t.clone(),
+                    reason: format!(
+                        "task {bad} has no inputs: {} inputs at {per} per task make tasks 0-{}",
+                        list.len(),
+                        n_tasks.saturating_sub(1)
+                    ),
+                });
+            }
+        }
+        args.array = Some(array);
     }
 
-    // In-job safety: USR1 to the batch shell `grace` before the limit (issue 4).
+    // In-job safety: USR1 to the batch shell `grace` before the limit.
     let grace_text = field("signal_grace", r.signal_grace.clone(), &o.signal_grace)?;
     let mut grace = match grace_text {
         None => DEFAULT_SIGNAL_GRACE,

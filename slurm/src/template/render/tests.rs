@@ -481,6 +481,42 @@ fn inputs_are_listed_sorted_and_split_among_array_tasks() {
 }
 
 #[test]
+fn symbolic_links_are_never_inputs_and_are_named_as_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("ds");
+    touch(&input, "a.tif");
+    touch(&input, "plates/b.tif");
+    std::os::unix::fs::symlink("a.tif", input.join("latest.tif")).unwrap();
+    // A link to a folder of images is not walked into either.
+    std::os::unix::fs::symlink("plates", input.join("current")).unwrap();
+    let run = tmp.path().join("run");
+    let r = render(&spec(SEG_SPEC), SEG_BODY, &params(&[]), &ctx(&run, &input)).unwrap();
+    assert_eq!(r.inputs.as_deref().unwrap(), ["a.tif", "plates/b.tif"]);
+    assert_eq!(r.skipped_links, ["latest.tif"]);
+}
+
+#[test]
+fn an_array_override_keeps_per_task_and_refuses_tasks_without_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("ds");
+    for f in ["a.tif", "b.tif", "c.tif"] {
+        touch(&input, f);
+    }
+    let run = tmp.path().join("run");
+    let mut c = ctx(&run, &input);
+    c.resources.array = Some("1".into());
+    let r = render(&spec(SEG_SPEC), SEG_BODY, &params(&[]), &c).unwrap();
+    assert_eq!(r.sbatch.array.as_ref().unwrap().as_str(), "1");
+    assert_eq!(r.per_task, Some(2));
+    c.resources.array = Some("0,2".into());
+    let e = render(&spec(SEG_SPEC), SEG_BODY, &params(&[]), &c).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "resource array = \"0,2\" is not valid: task 2 has no inputs: 3 inputs at 2 per task make tasks 0-1"
+    );
+}
+
+#[test]
 fn missing_or_unknown_inputs_are_explained() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("empty");
