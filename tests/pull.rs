@@ -4,8 +4,8 @@
 //! runs, two pulls at once, a pull killed in the middle, a NAS folder that cannot be
 //! written, and the Epilog hook run as root for a job user.
 //!
-//! The predict command is a bash stand-in that writes a mask starting with the TIFF magic
-//! and a CSV table per image, so the template's own validation runs on real files.
+//! The predict command is a bash stand-in that writes a real (tiny) label mask and a CSV
+//! table per image, so the template's own validation reads real files.
 //! Timings and skips are printed on stderr (`--nocapture` shows them).
 #![allow(clippy::print_stderr)]
 
@@ -30,8 +30,8 @@ use hpcstage_lifecycle::run::{new_record, Event, Executor, InputRef, JobRole, Ru
 /// How long a short job may take from submission to accounting saying it ended.
 const JOB_BOUND: Duration = Duration::from_secs(120);
 
-/// A predict step that works: TIFF magic plus a label, and a one-row table.
-const PREDICT_OK: &str = r#"printf 'II*\0mask of %s\n' "$(basename "$input")" >"$mask"
+/// A predict step that works: a label mask of one object, and a one-row table.
+const PREDICT_OK: &str = r#"{ tiny_mask; printf 'mask of %s\n' "$(basename "$input")"; } >"$mask"
 printf 'label,area\n1,%s\n' "$(stat -c %s "$input")" >"$table""#;
 
 fn ok_outputs(job: &str) -> Vec<String> {
@@ -47,6 +47,8 @@ fn ok_outputs(job: &str) -> Vec<String> {
         "run.json",
         "tables/img1.csv",
         "tables/img2.csv",
+        "tools/unet-predict",
+        "tools/unet-tiny-model",
         "validation.json",
     ]
     .iter()
@@ -366,7 +368,7 @@ fn a_missing_output_fails_validation_and_allow_partial_pulls_what_is_there() {
     let raw = lab.ingest("d1");
     let predict = lab.stand_in(
         "predict",
-        r#"printf 'II*\0mask\n' >"$mask"
+        r#"{ tiny_mask; echo mask; } >"$mask"
 if [[ $(basename "$input") != img2.tif ]]; then printf 'label,area\n1,9\n' >"$table"; fi"#,
     );
     let run = lab.submit(&raw, &predict, &[], false);
@@ -495,7 +497,7 @@ fn two_pulls_at_once_give_one_results_folder() {
     // 2 x 60 MB of masks: one pull takes long enough for the other to find it busy.
     let predict = lab.stand_in(
         "predict",
-        r#"{ printf 'II*\0'; head -c 60000000 /dev/urandom; } >"$mask"
+        r#"{ tiny_mask; head -c 60000000 /dev/urandom; } >"$mask"
 printf 'label,area\n1,1\n' >"$table""#,
     );
     let run = lab.submit(&raw, &predict, &[], false);
@@ -547,7 +549,7 @@ fn a_pull_killed_in_the_middle_is_completed_by_the_next_one() {
     // 2 x 150 MB of masks: the copy takes long enough to be killed in the middle.
     let predict = lab.stand_in(
         "predict",
-        r#"{ printf 'II*\0'; head -c 150000000 /dev/urandom; } >"$mask"
+        r#"{ tiny_mask; head -c 150000000 /dev/urandom; } >"$mask"
 printf 'label,area\n1,1\n' >"$table""#,
     );
     let run = lab.submit(&raw, &predict, &[], false);

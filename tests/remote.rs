@@ -1054,12 +1054,17 @@ fn a_connection_killed_mid_upload_starts_that_file_again_and_completes() {
     );
 }
 
-/// A unet-seg predict stand-in: writes a TIFF-looking mask and a table per image.
-const PREDICT: &str = "#!/bin/bash\nset -euo pipefail\n\
-while (($#)); do\n  case $1 in\n    --input) input=$2 ;;\n    --mask) mask=$2 ;;\n\
-    --table) table=$2 ;;\n  esac\n  shift 2\ndone\n\
-printf 'II*\\0mask of %s\\n' \"$(basename \"$input\")\" > \"$mask\"\n\
-printf 'cell,area\\n1,10\\n' > \"$table\"\n";
+/// A unet-seg predict stand-in: writes a (tiny, real) label mask and a table per image.
+fn predict_stand_in() -> String {
+    format!(
+        "#!/bin/bash\nset -euo pipefail\n{}\
+         while (($#)); do\n  case $1 in\n    --input) input=$2 ;;\n    --mask) mask=$2 ;;\n\
+         \x20   --table) table=$2 ;;\n  esac\n  shift 2\ndone\n\
+         {{ tiny_mask; printf 'mask of %s\\n' \"$(basename \"$input\")\"; }} > \"$mask\"\n\
+         printf 'cell,area\\n1,10\\n' > \"$table\"\n",
+        common::fs::tiny_mask_function()
+    )
+}
 
 #[test]
 fn a_run_is_pulled_to_a_remote_nas_only_into_a_folder_of_its_own() {
@@ -1074,14 +1079,17 @@ fn a_run_is_pulled_to_a_remote_nas_only_into_a_folder_of_its_own() {
             env.scratch().display()
         ),
     );
-    write(env.path("acq/img1.tif"), b"II*\0image one\n");
+    write(
+        env.path("acq/img1.tif"),
+        common::fs::tiny_tiff([1, 2, 3, 4], b"image one\n"),
+    );
     write(
         env.path("acq/img2.tif"),
-        b"II*\0image two, a little longer\n",
+        common::fs::tiny_tiff([5, 6, 7, 8], b"image two, a little longer\n"),
     );
     env.run(["ingest", "acq", "--project", "P", "--dataset", "plate"])
         .code(0);
-    write(env.path("bin/predict"), PREDICT);
+    write(env.path("bin/predict"), predict_stand_in());
     chmod(env.path("bin/predict"), 0o755);
     write(env.path("model.pt"), "stand-in weights\n");
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::cluster::{bounded, slurm_test, which, Chain};
-use common::fs::files;
+use common::fs::{files, tiny_mask_function, tiny_tiff};
 use common::slurm::{job, jobs_under, World, CHAIN_TIMEOUT};
 use common::{assert_lines, read_text};
 use serde_json::Value;
@@ -28,14 +28,15 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------------------
 
 /// A stand-in for a U-Net predict command: checks it can read the model and the image,
-/// writes a TIFF-headed mask and a measurement table. `prelude` runs first (a sleep, an
-/// exit).
+/// writes a (tiny, real) label mask of one object and a measurement table. `prelude` runs
+/// first (a sleep, an exit).
 fn predict(world: &World, name: &str, prelude: &str) -> PathBuf {
+    let tiny_mask = tiny_mask_function();
     world.script(
         name,
         &format!(
             r#"set -eu
-{prelude}
+{tiny_mask}{prelude}
 while (($#)); do
     case $1 in
         --model) model=$2; shift 2 ;;
@@ -47,7 +48,7 @@ while (($#)); do
 done
 [[ -r $model ]] || {{ echo "cannot read the model $model" >&2; exit 2; }}
 [[ -r $input ]] || {{ echo "cannot read the image $input" >&2; exit 2; }}
-{{ printf 'II*\0'; printf 'labels of %s\n' "$(basename "$input")"; }} >"$mask"
+{{ tiny_mask; printf 'labels of %s\n' "$(basename "$input")"; }} >"$mask"
 printf 'object,area\n1,%s\n' "$(wc -c <"$input")" >"$table"
 "#
         ),
@@ -75,11 +76,13 @@ fn strs(v: &[String]) -> Vec<&str> {
 }
 
 /// Three small images, one in a subfolder (its folder is mirrored in the outputs).
-const IMAGES: [(&str, &[u8]); 3] = [
-    ("img1.tif", b"II*\0pixels of one"),
-    ("img2.tif", b"II*\0pixels of two"),
-    ("sub/img3.tif", b"II*\0pixels of three"),
-];
+fn test_images() -> [(&'static str, Vec<u8>); 3] {
+    [
+        ("img1.tif", tiny_tiff([1, 2, 3, 4], b"pixels of one")),
+        ("img2.tif", tiny_tiff([5, 6, 7, 8], b"pixels of two")),
+        ("sub/img3.tif", tiny_tiff([9, 8, 7, 6], b"pixels of three")),
+    ]
+}
 
 fn model(world: &World) -> PathBuf {
     let path = world.path("models/unet-v3.pt");
@@ -357,7 +360,7 @@ fn align_runs_minimap2_and_samtools_per_sample_and_pulls_sorted_indexed_bams() {
 fn unet_seg_runs_on_the_gpu_partition_and_records_the_gpu_and_node() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate1", &IMAGES);
+    let raw = world.dataset("plate1", &test_images());
     let predict = predict(&world, "fake-predict", "");
     let params = unet_params(&model(&world), &predict, &[]);
     let chain = world.stage_and_run(&raw, "unet-seg", &strs(&params));
@@ -393,14 +396,16 @@ fn unet_seg_runs_on_the_gpu_partition_and_records_the_gpu_and_node() {
         "tables/img1.csv".into(),
         "tables/img2.csv".into(),
         "tables/sub/img3.csv".into(),
+        "tools/unet-predict".into(),
+        "tools/unet-tiny-model".into(),
         "validation.json".into(),
     ];
     expected.extend(array_logs("unet-seg", &chain.compute_job, 1));
     assert_lines(&files(results), &sorted(expected));
     assert_results_verified(&world, results);
     assert_eq!(
-        read_text(results.join("masks/sub/img3.ome.tif")),
-        "II*\0labels of img3.tif\n"
+        common::read(results.join("masks/sub/img3.ome.tif")),
+        [tiny_tiff([1, 0, 0, 0], b"labels of img3.tif\n")].concat()
     );
 
     let readme = read_text(results.join("README.md"));
@@ -541,7 +546,7 @@ cp "$input" "$output/0/0/0"
 fn a_failing_job_still_gets_its_pull_back_job_which_files_logs_not_results() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate1", &IMAGES[..1]);
+    let raw = world.dataset("plate1", &test_images()[..1]);
     let predict = predict(
         &world,
         "broken-predict",
@@ -666,7 +671,7 @@ done"#,
 fn retry_reruns_only_the_failed_task_in_the_same_run_and_one_pull_collects_every_output() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate9", &IMAGES);
+    let raw = world.dataset("plate9", &test_images());
     let fixed = world.path("fixed");
     let predict = flaky_predict(&world, &fixed);
     let params = unet_params(
@@ -783,7 +788,7 @@ fn retry_reruns_only_the_failed_task_in_the_same_run_and_one_pull_collects_every
 fn submit_array_runs_only_the_chosen_tasks_with_their_own_inputs() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate8", &IMAGES);
+    let raw = world.dataset("plate8", &test_images());
     world.run(["stage", &raw.to_string_lossy()]).code(0);
     let predict = predict(&world, "fake-predict", "");
     let mut args: Vec<String> = vec![
@@ -832,7 +837,7 @@ fn submit_array_runs_only_the_chosen_tasks_with_their_own_inputs() {
 fn a_request_beyond_the_partition_warns_waits_with_its_reason_and_can_be_dismissed() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate6", &IMAGES[..1]);
+    let raw = world.dataset("plate6", &test_images()[..1]);
     let predict = predict(&world, "fake-predict", "");
     // The test node has 2 CPUs and 4000 MB.
     let params = unet_params(
@@ -995,7 +1000,7 @@ fn files_and_dirs_deep(dir: &Path) -> Vec<String> {
 fn worm_protects_results_from_the_pull_back_job_and_from_a_later_pull() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate5", &IMAGES[..1]);
+    let raw = world.dataset("plate5", &test_images()[..1]);
     let predict = predict(&world, "fake-predict", "");
     let mut params = unet_params(&model(&world), &predict, &["gpus=0", "partition=debug"]);
 
@@ -1029,7 +1034,7 @@ fn worm_protects_results_from_the_pull_back_job_and_from_a_later_pull() {
 fn the_pull_back_job_waits_for_every_array_task() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate1", &IMAGES);
+    let raw = world.dataset("plate1", &test_images());
     // Tasks take a while and (one CPU each, two on the node) cannot all run at once.
     let predict = predict(&world, "slow-predict", "sleep 3");
     let params = unet_params(
@@ -1116,7 +1121,7 @@ fn the_pull_back_job_waits_for_every_array_task() {
 fn an_sbatch_that_hangs_after_submitting_leaves_exactly_one_job_and_the_chain_goes_on() {
     let _cluster = slurm_test!();
     let mut world = World::new();
-    let raw = world.dataset("plate1", &IMAGES[..1]);
+    let raw = world.dataset("plate1", &test_images()[..1]);
     let real_sbatch = which("sbatch").expect("sbatch on PATH");
     let wrap_dir = world.path("wrap");
     // Submits, then hangs as an sbatch stuck on a slow controller's answer would (the
@@ -1254,7 +1259,7 @@ fn status_warns_while_the_controller_is_down_and_the_chain_completes_after_resta
     let _cluster = slurm_test!();
     let world = World::new();
     world.configure("[slurm]\ncommand_timeout = \"5s\"\nretries = 1\n");
-    let raw = world.dataset("plate1", &IMAGES[..1]);
+    let raw = world.dataset("plate1", &test_images()[..1]);
     let predict = predict(&world, "slow-predict", "sleep 20");
     let params = unet_params(&model(&world), &predict, &["gpus=0", "partition=debug"]);
     let chain = world.stage_and_run(&raw, "unet-seg", &strs(&params));
@@ -1361,7 +1366,7 @@ fn status_warns_while_the_controller_is_down_and_the_chain_completes_after_resta
 fn hostile_parameters_reach_the_program_as_plain_bytes() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate1", &IMAGES[..1]);
+    let raw = world.dataset("plate1", &test_images()[..1]);
     let markers: Vec<PathBuf> = (1..=3)
         .map(|n| PathBuf::from(format!("/tmp/pwned-{}-{n}", std::process::id())))
         .collect();
@@ -1451,11 +1456,12 @@ fn hostile_parameters_reach_the_program_as_plain_bytes() {
 fn invalid_parameters_and_unknown_templates_are_refused_before_anything_is_submitted() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate1", &IMAGES[..1]);
+    let raw = world.dataset("plate1", &test_images()[..1]);
     let raw = raw.to_str().unwrap();
     let model = model(&world);
     let model = format!("model={}", model.display());
-    let all_params = "valid parameters: model, predict_cmd, chunk_size, gpus, partition, cpus, \
+    let all_params =
+        "valid parameters: model, predict_cmd, python, chunk_size, gpus, partition, cpus, \
                       mem, time, max_parallel";
     let cases: Vec<(Vec<&str>, String)> = vec![
         (
@@ -1665,7 +1671,7 @@ fn template_render_check_passes_sbatch_test_only() {
     let _cluster = slurm_test!();
     let world = World::new();
     let images = world.path("images");
-    for (name, content) in IMAGES {
+    for (name, content) in test_images() {
         common::write(images.join(name), content);
     }
     let images = images.to_str().unwrap();
@@ -1720,7 +1726,7 @@ fn template_render_check_passes_sbatch_test_only() {
 #[test]
 fn the_local_executor_runs_the_whole_chain_in_the_foreground_with_wait() {
     let world = World::new();
-    let raw = world.dataset("plate1", &IMAGES);
+    let raw = world.dataset("plate1", &test_images());
     let predict = predict(&world, "fake-predict", "");
     let mut args = unet_params(&model(&world), &predict, &["chunk_size=2", "gpus=0"]);
     args.extend(["--executor".into(), "local".into(), "--wait".into()]);
@@ -1769,7 +1775,7 @@ fn the_local_executor_runs_the_whole_chain_in_the_foreground_with_wait() {
 #[test]
 fn the_local_executor_retries_the_failed_task_in_a_detached_runner() {
     let world = World::new();
-    let raw = world.dataset("plate4", &IMAGES);
+    let raw = world.dataset("plate4", &test_images());
     let fixed = world.path("fixed");
     let predict = flaky_predict(&world, &fixed);
     let mut args = unet_params(&model(&world), &predict, &["chunk_size=1", "gpus=0"]);
@@ -1833,7 +1839,7 @@ fn the_local_executor_retries_the_failed_task_in_a_detached_runner() {
 #[test]
 fn the_local_executor_without_wait_returns_at_once_and_a_detached_runner_finishes() {
     let world = World::new();
-    let raw = world.dataset("plate1", &IMAGES[..2]);
+    let raw = world.dataset("plate1", &test_images()[..2]);
     let predict = predict(&world, "slow-predict", "sleep 3");
     let mut args = unet_params(&model(&world), &predict, &["gpus=0"]);
     args.extend(["--executor".into(), "local".into()]);
@@ -1860,7 +1866,7 @@ fn the_local_executor_without_wait_returns_at_once_and_a_detached_runner_finishe
 fn stage_in_as_a_job_stages_on_the_transfer_partition_then_submits_the_chain() {
     let _cluster = slurm_test!();
     let world = World::new();
-    let raw = world.dataset("plate1", &IMAGES);
+    let raw = world.dataset("plate1", &test_images());
     let predict = predict(&world, "fake-predict", "");
     let params = unet_params(&model(&world), &predict, &[]);
     let mut args: Vec<&OsStr> = vec![

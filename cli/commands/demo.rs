@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use hpcstage_slurm::template::Template;
 use hpcstage_staging::copy::CopyOptions;
 use hpcstage_staging::fmt::bytes;
 use hpcstage_staging::ingest::{ingest, IngestSettings};
@@ -159,9 +160,10 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
     })
 }
 
-/// Steps 5 and 6: the U-Net segmentation template over the staged plate (with a stand-in
-/// predictor, since there is no GPU or trained model here), then the pull-back job's
-/// verified copy of the results to the NAS. Returns whether the results were pulled.
+/// Steps 5 and 6: the U-Net segmentation template over the staged plate, then the
+/// pull-back job's verified copy of the results to the NAS. The predictor is the real one
+/// (the template's unet-predict, on the CPU, with the tiny hand-set model it ships) when
+/// `python3` has its packages, else a stand-in. Returns whether the results were pulled.
 #[allow(clippy::too_many_arguments)]
 fn run_segmentation(
     settings: &Settings,
@@ -177,16 +179,27 @@ fn run_segmentation(
     use hpcstage_lifecycle::refresh::refresh;
     use hpcstage_lifecycle::run::{Executor, Phase, RunStore};
 
+    let template = super::template::store(settings).get("unet-seg")?;
     let tools = base.join("tools");
     fs_err::create_dir_all(&tools)?;
-    let predictor = tools.join("unet-predict-standin");
-    fs_err::write(&predictor, STANDIN_PREDICTOR)?;
-    fs_err::set_permissions(
-        &predictor,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let model = tools.join("unet-demo.model");
-    fs_err::write(&model, b"demo U-Net weights (stand-in)\n")?;
+    let predictor = choose_predictor(&template, &tools)?;
+    let mut params = std::collections::BTreeMap::new();
+    match &predictor {
+        Predictor::Real { python, model } => {
+            params.insert("model".to_string(), model.display().to_string());
+            params.insert("python".to_string(), python.display().to_string());
+        }
+        Predictor::StandIn { script, model, .. } => {
+            params.insert("model".to_string(), model.display().to_string());
+            params.insert(
+                "predict_cmd".to_string(),
+                format!(
+                    "{} --model {{model}} --input {{input}} --mask {{mask}} --table {{table}}",
+                    script.display()
+                ),
+            );
+        }
+    }
 
     let mut executor = super::submit::executor(settings, args.executor)?;
     if executor == Executor::Slurm && args.executor == crate::args::ExecutorArg::Auto {
@@ -198,16 +211,6 @@ fn run_segmentation(
             executor = Executor::Local;
         }
     }
-    let template = super::template::store(settings).get("unet-seg")?;
-    let mut params = std::collections::BTreeMap::new();
-    params.insert("model".to_string(), model.display().to_string());
-    params.insert(
-        "predict_cmd".to_string(),
-        format!(
-            "{} --model {{model}} --input {{input}} --mask {{mask}} --table {{table}}",
-            predictor.display()
-        ),
-    );
     params.insert("chunk_size".into(), "100".into());
     params.insert("gpus".into(), "0".into());
     params.insert("cpus".into(), "1".into());
@@ -241,13 +244,20 @@ fn run_segmentation(
     let backend = Backend::for_executor(executor, state, &settings.client);
     let chain = submit(&store, &prepared, &backend, true)?;
     output::data(format!(
-        "5/6 submitted run {} with the {:?} executor: compute job {} (unet-seg, {} images) → pull-back job {} (afterany)",
+        "5/6 submitted run {} with the {:?} executor: compute job {} (unet-seg, {} images, {}) → pull-back job {} (afterany)",
         chain.run_id,
         executor,
         chain.compute_job,
         prepared.rendered.inputs.as_ref().map_or(0, Vec::len),
+        predictor.describe(),
         chain.pull_job.as_deref().unwrap_or("-")
     ));
+    if let Predictor::StandIn { why, .. } = &predictor {
+        output::note(format!(
+            "the stand-in predictor was used because {why}; with numpy, tifffile, onnxruntime, onnx and scikit-image \
+             importable by python3 the demo runs the real one (see README: the real predictor on your own model)"
+        ));
+    }
     match executor {
         Executor::Local => {
             let exec = hpcstage_slurm::local::LocalExecutor::new(local_state_dir(state));
@@ -287,10 +297,98 @@ fn run_segmentation(
     Ok(pulled)
 }
 
-/// Stands in for a U-Net predictor: a label mask (a minimal TIFF) and a measurement table
-/// per image, as the real command would write them.
+/// Which predictor the demo's segmentation runs.
+enum Predictor {
+    /// The template's own unet-predict with this Python and the tiny model.
+    Real { python: PathBuf, model: PathBuf },
+    /// A bash stand-in; `why` the real one could not run.
+    StandIn {
+        script: PathBuf,
+        model: PathBuf,
+        why: String,
+    },
+}
+
+impl Predictor {
+    fn describe(&self) -> String {
+        match self {
+            Predictor::Real { python, .. } => format!(
+                "the real predictor: unet-predict with onnxruntime and a tiny U-Net, Python {}",
+                python.display()
+            ),
+            Predictor::StandIn { .. } => "a stand-in predictor".to_string(),
+        }
+    }
+}
+
+/// The Python modules unet-predict needs, as the template names them.
+fn python_missing(template: &Template) -> Result<PathBuf, String> {
+    let modules: Vec<&String> = template.spec.tools.python_modules.keys().collect();
+    let code = format!(
+        "import importlib, sys\nmissing = []\nfor m in {modules:?}:\n    try:\n        importlib.import_module(m)\n    except Exception:\n        missing.append(m)\nprint(sys.executable)\nprint(' '.join(missing))\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .output()
+        .map_err(|e| format!("python3 cannot be run ({e})"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    match (out.status.success(), lines.next(), lines.next()) {
+        (true, Some(exe), Some("")) => Ok(PathBuf::from(exe)),
+        (true, Some(exe), Some(missing)) => Err(format!("{exe} cannot import {missing}")),
+        _ => Err(format!(
+            "python3 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// The real predictor when python3 has its packages (with the tiny model written by the
+/// template's unet-tiny-model), else the stand-in.
+fn choose_predictor(template: &Template, tools: &Path) -> Result<Predictor> {
+    let why = match python_missing(template) {
+        Ok(python) => {
+            let model = tools.join("unet-tiny.onnx");
+            let maker = tools.join("unet-tiny-model");
+            let text = template
+                .tools
+                .iter()
+                .find(|t| t.name == "unet-tiny-model")
+                .map(|t| t.content.clone())
+                .context("the unet-seg template in use does not ship unet-tiny-model")?;
+            fs_err::write(&maker, text)?;
+            let made = std::process::Command::new(&python)
+                .arg(&maker)
+                .arg(&model)
+                .output()
+                .with_context(|| format!("cannot run {}", python.display()))?;
+            if made.status.success() {
+                return Ok(Predictor::Real { python, model });
+            }
+            format!(
+                "the tiny model could not be written: {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            )
+        }
+        Err(why) => why,
+    };
+    let script = tools.join("unet-predict-standin");
+    fs_err::write(&script, STANDIN_PREDICTOR)?;
+    fs_err::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    fs_err::write(
+        tools.join("standin-mask.ome.tif"),
+        tiff_bytes(&standin_mask(), false)?,
+    )?;
+    let model = tools.join("unet-demo.model");
+    fs_err::write(&model, b"demo U-Net weights (stand-in)\n")?;
+    Ok(Predictor::StandIn { script, model, why })
+}
+
+/// Stands in for a U-Net predictor: every image (all are FIELD x FIELD) gets the same
+/// label mask, one disk labelled 1, and a table of one row, as the real command would
+/// write them. The pull reads the masks back, so they are real TIFFs.
 const STANDIN_PREDICTOR: &str = r#"#!/bin/bash
-# Stand-in for a U-Net predictor (no GPU or trained model in the demo).
+# Stand-in for a U-Net predictor (the demo found no Python with its packages).
 set -euo pipefail
 while (($#)); do
     case $1 in
@@ -300,34 +398,100 @@ while (($#)); do
     esac
     shift
 done
-size=$(stat -c %s "$input")
-{ printf 'II*\0'; head -c 256 "$input"; } >"$mask"
-printf 'label,area_px,mean_intensity
-1,%d,0.5
-2,%d,0.7
-' $((size % 997)) $((size % 491)) >"$table"
+cp "$(dirname "$0")/standin-mask.ome.tif" "$mask"
+printf 'label,area,source_bytes\n1,113,%d\n' "$(stat -L -c %s "$input")" >"$table"
 "#;
 
+/// Side of the demo's field images, in pixels.
+const FIELD: u32 = 64;
+
+/// The stand-in's mask: one disk of radius 6 labelled 1.
+fn standin_mask() -> Vec<u16> {
+    (0..FIELD * FIELD)
+        .map(|i| {
+            let (y, x) = (f64::from(i / FIELD), f64::from(i % FIELD));
+            u16::from((y - 32.0).hypot(x - 32.0) <= 6.0)
+        })
+        .collect()
+}
+
+/// A field image: three bright disks on a noisy background, 16-bit.
+fn field_image(rng: &mut fastrand::Rng) -> Vec<u16> {
+    let disks: Vec<(f64, f64, f64)> = (0..3)
+        .map(|k| {
+            let r = 5.0 + rng.f64() * 3.0;
+            let cx = 12.0 + 20.0 * f64::from(k) + rng.f64() * 2.0;
+            let cy = 12.0 + rng.f64() * 40.0;
+            (cy, cx, r)
+        })
+        .collect();
+    (0..FIELD * FIELD)
+        .map(|i| {
+            let (y, x) = (f64::from(i / FIELD), f64::from(i % FIELD));
+            let inside = disks.iter().any(|&(cy, cx, r)| (y - cy).hypot(x - cx) <= r);
+            let base = if inside { 3600 } else { 400 };
+            base + rng.u16(..200)
+        })
+        .collect()
+}
+
+/// A FIELD x FIELD grayscale TIFF of `pixels`: 16-bit, or 8-bit for a mask.
+fn tiff_bytes(pixels: &[u16], sixteen_bit: bool) -> Result<Vec<u8>> {
+    use tiff::encoder::{colortype, TiffEncoder};
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut enc = TiffEncoder::new(&mut out).context("cannot encode a TIFF")?;
+    if sixteen_bit {
+        enc.write_image::<colortype::Gray16>(FIELD, FIELD, pixels)
+    } else {
+        let bytes: Vec<u8> = pixels
+            .iter()
+            .map(|&v| u8::try_from(v).unwrap_or(u8::MAX))
+            .collect();
+        enc.write_image::<colortype::Gray8>(FIELD, FIELD, &bytes)
+    }
+    .context("cannot encode a TIFF")?;
+    Ok(out.into_inner())
+}
+
+/// How many of the small files are images to segment (the rest are raw frames).
+const IMAGES: usize = 12;
+
 /// Writes a small synthetic acquisition: plates of wells with image-like files (a few
-/// large, many small), awkward names, an empty folder, a link, and instrument metadata.
+/// large raw frames, many small ones, and FIELD x FIELD TIFF images of bright disks to
+/// segment), awkward names, an empty folder, a link, and instrument metadata.
 fn generate(root: &Path, small_files: usize, large_mib: usize) -> Result<(usize, u64)> {
     let mut rng = fastrand::Rng::with_seed(7);
     let mut files = 0;
     let mut total = 0u64;
-    let mut write = |path: PathBuf, len: usize, rng: &mut fastrand::Rng| -> Result<()> {
+    // A file of `len` random bytes, or of `image`'s bytes.
+    let mut write = |path: PathBuf,
+                     len: usize,
+                     image: Option<Vec<u8>>,
+                     rng: &mut fastrand::Rng|
+     -> Result<()> {
         if let Some(parent) = path.parent() {
             fs_err::create_dir_all(parent)?;
         }
         let mut f = std::io::BufWriter::new(fs_err::File::create(&path)?);
-        let mut left = len;
-        let mut block = vec![0u8; 1 << 16];
-        while left > 0 {
-            let n = left.min(block.len());
-            rng.fill(&mut block[..n]);
-            f.write_all(&block[..n])
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            left -= n;
-        }
+        let len = match image {
+            Some(bytes) => {
+                f.write_all(&bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                bytes.len()
+            }
+            None => {
+                let mut left = len;
+                let mut block = vec![0u8; 1 << 16];
+                while left > 0 {
+                    let n = left.min(block.len());
+                    rng.fill(&mut block[..n]);
+                    f.write_all(&block[..n])
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    left -= n;
+                }
+                len
+            }
+        };
         f.flush()
             .with_context(|| format!("cannot write {}", path.display()))?;
         files += 1;
@@ -336,18 +500,31 @@ fn generate(root: &Path, small_files: usize, large_mib: usize) -> Result<(usize,
     };
     for i in 0..3 {
         write(
-            root.join(format!("overview/stitched_{i}.ome.tif")),
+            root.join(format!("overview/stitched_{i}.raw")),
             large_mib << 20,
+            None,
             &mut rng,
         )?;
     }
     let rows = ["A", "B", "C", "D"];
     for i in 0..small_files {
         let well = format!("{}{:02}", rows[i % rows.len()], (i / rows.len()) % 12 + 1);
+        if i < IMAGES {
+            // A real image for the segmentation step.
+            let image = tiff_bytes(&field_image(&mut rng), true)?;
+            write(
+                root.join(format!("plate7/well_{well}/field_{i:04}.tif")),
+                0,
+                Some(image),
+                &mut rng,
+            )?;
+            continue;
+        }
         let len = 4096 + rng.usize(..60_000);
         write(
-            root.join(format!("plate7/well_{well}/field_{i:04}_ch{}.tif", i % 3)),
+            root.join(format!("plate7/well_{well}/field_{i:04}_ch{}.raw", i % 3)),
             len,
+            None,
             &mut rng,
         )?;
     }
@@ -357,11 +534,14 @@ fn generate(root: &Path, small_files: usize, large_mib: usize) -> Result<(usize,
         "notes/back\\slash.txt",
         "notes/new\nline.txt",
     ] {
-        write(root.join(name), 100 + rng.usize(..500), &mut rng)?;
+        write(root.join(name), 100 + rng.usize(..500), None, &mut rng)?;
     }
-    write(root.join("acquisition.czi"), 200_000, &mut rng)?;
+    write(root.join("acquisition.czi"), 200_000, None, &mut rng)?;
     fs_err::create_dir_all(root.join("plate7/well_H12"))?;
-    std::os::unix::fs::symlink("overview/stitched_0.ome.tif", root.join("preview.ome.tif"))
-        .with_context(|| format!("cannot create a link in {}", root.display()))?;
+    std::os::unix::fs::symlink(
+        "plate7/well_A01/field_0000.tif",
+        root.join("preview.ome.tif"),
+    )
+    .with_context(|| format!("cannot create a link in {}", root.display()))?;
     Ok((files, total))
 }

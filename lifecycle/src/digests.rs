@@ -47,6 +47,10 @@ pub struct ModelInfo {
     /// `sha256sum` lines here; they are read into the same shape.
     #[serde(deserialize_with = "digests_or_lines")]
     pub sha256: Vec<FileDigest>,
+    /// The model's own metadata (producer, opset, inputs, outputs) as the job recorded it
+    /// in `qc/model.json`, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// Reads `[{"path", "sha256"}]` or, from older records, `["<hex>  <path>"]`.
@@ -85,7 +89,14 @@ pub fn model_info(record: &RunRecord, run_dir: &Path) -> Option<ModelInfo> {
             Err(_) => Vec::new(),
         },
     };
-    Some(ModelInfo { path, sha256 })
+    let metadata = std::fs::read(run_dir.join("qc/model.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Some(ModelInfo {
+        path,
+        sha256,
+        metadata,
+    })
 }
 
 /// One `path` parameter and what it named when the results were pulled.

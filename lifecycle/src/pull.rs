@@ -783,7 +783,7 @@ fn adopt(
 
 /// Checks the spec's expected outputs and runs its validation command.
 pub fn validate(rendered: &Rendered, run_dir: &Path, timeout: Duration) -> Result<Validation> {
-    let checks = rendered.outputs.check(run_dir)?;
+    let checks = rendered.check_outputs(run_dir)?;
     let command = rendered
         .outputs
         .validate
@@ -940,6 +940,13 @@ fn summarize(v: &Validation) -> String {
             if !c.empty.is_empty() {
                 let _ = write!(text, ", {} of them empty", c.empty.len());
             }
+            if !c.invalid.is_empty() {
+                let _ = write!(text, ", {} of them invalid", c.invalid.len());
+            }
+            // Each invalid output named with its reason (validation.json lists them all).
+            for bad in c.invalid.iter().take(10) {
+                let _ = write!(text, "; {}: {}", bad.path, bad.reason);
+            }
             text
         })
         .collect();
@@ -1091,6 +1098,33 @@ fn fail(
     })
 }
 
+/// One line on the model's own metadata (`qc/model.json`, written by the ONNX predictor).
+fn model_summary(m: &serde_json::Value) -> String {
+    let text = |k: &str| m[k].as_str().unwrap_or("").to_string();
+    let io = |k: &str| {
+        m[k].as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{} {}", v["name"].as_str().unwrap_or("?"), v["shape"]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let opset = m["opset"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| format!("{} {}", o["domain"].as_str().unwrap_or("?"), o["version"]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "ONNX, producer {} {}, opset {opset}; inputs: {}; outputs: {}",
+        text("producer_name"),
+        text("producer_version"),
+        io("inputs"),
+        io("outputs")
+    )
+}
+
 fn gpu_lines(run_dir: &Path) -> Vec<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(run_dir.join("qc"))
         .into_iter()
@@ -1183,6 +1217,9 @@ fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
         let _ = writeln!(t, "- path: {}", m.path);
         for d in &m.sha256 {
             let _ = writeln!(t, "- sha256: {}  {}", d.sha256, d.path);
+        }
+        if let Some(meta) = &m.metadata {
+            let _ = writeln!(t, "- model: {} (qc/model.json)", model_summary(meta));
         }
     }
     if !p.param_inputs.is_empty() {

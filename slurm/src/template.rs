@@ -26,6 +26,7 @@
 #[cfg(test)]
 mod builtin_tests;
 mod lint;
+mod masks;
 mod outputs;
 mod params;
 mod quote;
@@ -36,18 +37,20 @@ mod store;
 
 use std::path::PathBuf;
 
-pub use outputs::{Expected, OutputCheck, ResolvedOutputRule, ResolvedOutputs};
+pub use outputs::{
+    Expected, InvalidOutput, OutputCheck, ResolvedOutputRule, ResolvedOutputs, RunInputs,
+};
 pub use params::ParamValue;
 pub use render::{
-    render, InputListing, RenderContext, Rendered, INPUTS_FILE, LOG_DIR, SCRIPT_FILE,
-    SIGNAL_MARKER, STATE_DIR,
+    render, InputListing, RenderContext, Rendered, ShippedTool, INPUTS_FILE, LOG_DIR, SCRIPT_FILE,
+    SIGNAL_MARKER, STATE_DIR, TOOLS_DIR,
 };
 pub use sbatch::{
     ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, SlurmDuration, DEFAULT_SIGNAL_GRACE,
 };
 pub use spec::{
-    ArrayRule, InputsSpec, OutputRule, OutputsSpec, ParamSpec, ParamType, PerInputArray,
-    ResourceExpr, ResourcesSpec, TemplateMeta, TemplateSpec,
+    ArrayRule, InputsSpec, OutputKind, OutputRule, OutputsSpec, ParamSpec, ParamType,
+    PerInputArray, ResourceExpr, ResourcesSpec, TemplateMeta, TemplateSpec, ToolsSpec,
 };
 pub use store::{Template, TemplateInfo, TemplateOrigin, TemplateStore};
 

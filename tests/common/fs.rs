@@ -186,3 +186,46 @@ impl Drop for TempRoot {
         }
     }
 }
+
+/// A 2 x 2 grayscale uint8 TIFF (uncompressed, one strip) holding `pixels`, then `note`
+/// (readers ignore bytes no tag points at): a real image, or label mask, small enough for
+/// a bash stand-in to write with printf (see [`tiny_tiff_printf`]). The pull decodes
+/// masks and compares them with their input image, so stand-ins write real ones.
+pub(crate) fn tiny_tiff(pixels: [u8; 4], note: &[u8]) -> Vec<u8> {
+    let mut t = b"II*\0\x08\0\0\0".to_vec();
+    // (tag, type: 3 SHORT / 4 LONG, value); the pixels follow the IFD at offset 122.
+    let entries: [(u16, u16, u32); 9] = [
+        (256, 3, 2),   // ImageWidth
+        (257, 3, 2),   // ImageLength
+        (258, 3, 8),   // BitsPerSample
+        (259, 3, 1),   // Compression: none
+        (262, 3, 1),   // PhotometricInterpretation: BlackIsZero
+        (273, 4, 122), // StripOffsets
+        (277, 3, 1),   // SamplesPerPixel
+        (278, 3, 2),   // RowsPerStrip
+        (279, 4, 4),   // StripByteCounts
+    ];
+    t.extend_from_slice(&9u16.to_le_bytes());
+    for (tag, kind, value) in entries {
+        t.extend_from_slice(&tag.to_le_bytes());
+        t.extend_from_slice(&kind.to_le_bytes());
+        t.extend_from_slice(&1u32.to_le_bytes());
+        t.extend_from_slice(&value.to_le_bytes());
+    }
+    t.extend_from_slice(&0u32.to_le_bytes());
+    assert_eq!(t.len(), 122);
+    t.extend_from_slice(&pixels);
+    t.extend_from_slice(note);
+    t
+}
+
+/// A bash function `tiny_mask` printing a [`tiny_tiff`] label mask with one object
+/// (label 1), for stand-in predictors: `{ tiny_mask; echo note; } >"$mask"` and a table
+/// with one row.
+pub(crate) fn tiny_mask_function() -> String {
+    let bytes: String = tiny_tiff([1, 0, 0, 0], b"")
+        .iter()
+        .map(|b| format!("\\x{b:02x}"))
+        .collect();
+    format!("tiny_mask() {{ printf '{bytes}'; }}\n")
+}

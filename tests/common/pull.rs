@@ -125,8 +125,14 @@ impl Lab {
     /// Ingests two images as raw dataset `P/<dataset>` and returns its NAS folder.
     pub(crate) fn ingest(&self, dataset: &str) -> PathBuf {
         let acq = self.path(format!("acq-{dataset}"));
-        write(acq.join("img1.tif"), b"II*\0image one\n");
-        write(acq.join("img2.tif"), b"II*\0image two, a little longer\n");
+        write(
+            acq.join("img1.tif"),
+            super::fs::tiny_tiff([1, 2, 3, 4], b"image one\n"),
+        );
+        write(
+            acq.join("img2.tif"),
+            super::fs::tiny_tiff([5, 6, 7, 8], b"image two, a little longer\n"),
+        );
         self.run([
             OsStr::new("ingest"),
             acq.as_os_str(),
@@ -140,15 +146,17 @@ impl Lab {
     }
 
     /// Writes an executable predict stand-in `bin/<name>` whose body sees `$model`,
-    /// `$input`, `$mask` and `$table` (from `--model/--input/--mask/--table`).
+    /// `$input`, `$mask` and `$table` (from `--model/--input/--mask/--table`) and can call
+    /// `tiny_mask` to print a real label mask of one object.
     pub(crate) fn stand_in(&self, name: &str, body: &str) -> PathBuf {
         let path = self.path("bin").join(name);
         write(
             &path,
             format!(
-                "#!/bin/bash\nset -euo pipefail\n\
+                "#!/bin/bash\nset -euo pipefail\n{}\
                  while (($#)); do\n  case $1 in\n    --model) model=$2 ;;\n    --input) input=$2 ;;\n\
-                 \x20   --mask) mask=$2 ;;\n    --table) table=$2 ;;\n  esac\n  shift 2\ndone\n{body}\n"
+                 \x20   --mask) mask=$2 ;;\n    --table) table=$2 ;;\n  esac\n  shift 2\ndone\n{body}\n",
+                super::fs::tiny_mask_function()
             ),
         );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod stand-in");

@@ -236,7 +236,7 @@ impl World {
 
     /// Writes `files` (relative path, content) under `acq/<name>` and ingests the folder
     /// as dataset `name` of project `P`; returns the raw dataset on the NAS.
-    pub(crate) fn dataset(&self, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    pub(crate) fn dataset<B: AsRef<[u8]>>(&self, name: &str, files: &[(&str, B)]) -> PathBuf {
         let acq = self.path("acq").join(name);
         for (rel, content) in files {
             write(acq.join(rel), content);

@@ -4,13 +4,17 @@
 //! The pull decides what to do with the result (copy, refuse, `--allow-partial`); this
 //! module only says what matched. Globs are relative to the run folder; `*` stays within one
 //! folder and `**` crosses folders. A match may be a folder (an OME-Zarr store is one): a
-//! folder counts as non-empty when it holds at least one non-empty file.
+//! folder counts as non-empty when it holds at least one non-empty file. A rule of kind
+//! `label-mask` also reads each match (see [`super::masks`]) against its input image and
+//! its table.
 
 use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
+use super::masks::check_label_mask;
+use super::spec::OutputKind;
 use super::TemplateError;
 
 /// An output rule with its glob rendered.
@@ -19,6 +23,14 @@ pub struct ResolvedOutputRule {
     pub glob: String,
     pub expected: Expected,
     pub non_empty: bool,
+    #[serde(default)]
+    pub kind: OutputKind,
+    /// `label-mask`: glob of the inputs the matches belong to (rendered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
+    /// `label-mask`: each match's table, `{stem}` to replace (rendered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
 }
 
 /// How many matches a rule wants.
@@ -58,13 +70,38 @@ pub struct OutputCheck {
     pub matched: Vec<String>,
     /// Matches that are empty files or folders without a non-empty file.
     pub empty: Vec<String>,
+    /// Matches that are not what the rule's kind says they are, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<InvalidOutput>,
     pub ok: bool,
+}
+
+/// An output that exists but is not what it claims to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidOutput {
+    /// Relative to the run folder.
+    pub path: String,
+    /// One sentence: what is wrong with it.
+    pub reason: String,
+}
+
+/// The run's inputs, for rules that compare an output with its input.
+#[derive(Debug, Clone, Copy)]
+pub struct RunInputs<'a> {
+    /// The staged dataset (absolute).
+    pub dir: &'a Path,
+    /// Relative to `dir`; `None` when the run did not list them.
+    pub list: Option<&'a [String]>,
 }
 
 impl ResolvedOutputs {
     /// Check the run folder against every rule. The first rule that fails does not stop the
     /// others: every result is returned.
-    pub fn check(&self, run_dir: &Path) -> Result<Vec<OutputCheck>, TemplateError> {
+    pub fn check(
+        &self,
+        run_dir: &Path,
+        inputs: RunInputs<'_>,
+    ) -> Result<Vec<OutputCheck>, TemplateError> {
         let entries = walk(run_dir)?;
         let mut checks = Vec::new();
         for rule in &self.expect {
@@ -81,13 +118,25 @@ impl ResolvedOutputs {
                     }
                 }
             }
+            let invalid = match rule.kind {
+                OutputKind::File => Vec::new(),
+                OutputKind::LabelMask => {
+                    let masks: Vec<&str> = matched
+                        .iter()
+                        .filter(|e| !empty.contains(&e.rel))
+                        .map(|e| e.rel.as_str())
+                        .collect();
+                    check_masks(rule, run_dir, inputs, &masks)?
+                }
+            };
             let count = matched.len() as u64;
             checks.push(OutputCheck {
                 glob: rule.glob.clone(),
                 expected: rule.expected,
-                ok: rule.expected.accepts(count) && empty.is_empty(),
+                ok: rule.expected.accepts(count) && empty.is_empty() && invalid.is_empty(),
                 matched: matched.into_iter().map(|e| e.rel.clone()).collect(),
                 empty,
+                invalid,
             });
         }
         Ok(checks)
@@ -116,6 +165,90 @@ impl ResolvedOutputs {
         }
         Ok(out.into_iter().map(|r| run_dir.join(r)).collect())
     }
+}
+
+/// Reads each mask of a `label-mask` rule against the input of the same stem and its table.
+fn check_masks(
+    rule: &ResolvedOutputRule,
+    run_dir: &Path,
+    inputs: RunInputs<'_>,
+    masks: &[&str],
+) -> Result<Vec<InvalidOutput>, TemplateError> {
+    let bad_glob = |reason| TemplateError::Spec {
+        origin: "outputs".to_string(),
+        reason,
+    };
+    let matcher = compile_glob(rule.matches.as_deref().unwrap_or("**"), true).map_err(bad_glob)?;
+    let by_stem: std::collections::HashMap<String, &String> = inputs
+        .list
+        .unwrap_or_default()
+        .iter()
+        .filter(|i| matcher.is_match(i.as_str()))
+        .map(|i| (input_stem(i), i))
+        .collect();
+    let mut invalid = Vec::new();
+    for &mask in masks {
+        let stem = output_stem(&rule.glob, mask);
+        let result = match by_stem.get(&stem) {
+            None => Err(format!(
+                "no input image is named {stem:?} (with .tif, .tiff, .ome.tif or .ome.tiff), so its shape cannot be checked{}",
+                if inputs.list.is_none() { " (the run has no input list)" } else { "" }
+            )),
+            Some(input) => {
+                let table = rule
+                    .table
+                    .as_ref()
+                    .map(|t| run_dir.join(t.replace("{stem}", &stem)));
+                match &table {
+                    Some(t) if !t.is_file() => Err(format!(
+                        "its table {} is missing",
+                        t.strip_prefix(run_dir).unwrap_or(t).display()
+                    )),
+                    _ => check_label_mask(&run_dir.join(mask), &inputs.dir.join(input), table.as_deref())
+                        .map(|_| ()),
+                }
+            }
+        };
+        if let Err(reason) = result {
+            invalid.push(InvalidOutput {
+                path: mask.to_string(),
+                reason: reason.replace(&format!("{}/", run_dir.display()), ""),
+            });
+        }
+    }
+    Ok(invalid)
+}
+
+/// An input's stem: its path without the extension, and without `.ome` before it.
+fn input_stem(rel: &str) -> String {
+    let (dir, name) = rel.rsplit_once('/').map_or(("", rel), |(d, n)| (d, n));
+    let mut stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    if stem.len() > 4 && stem[stem.len() - 4..].eq_ignore_ascii_case(".ome") {
+        stem = &stem[..stem.len() - 4];
+    }
+    if dir.is_empty() {
+        stem.to_string()
+    } else {
+        format!("{dir}/{stem}")
+    }
+}
+
+/// An output's stem: its path without the glob's literal leading folders and literal suffix
+/// (`masks/a/b.ome.tif` of `masks/**/*.ome.tif` is `a/b`).
+fn output_stem(glob: &str, rel: &str) -> String {
+    const META: &[char] = &['*', '?', '[', ']', '{', '}'];
+    let mut prefix = String::new();
+    for part in glob.split('/') {
+        if part.contains(META) {
+            break;
+        }
+        prefix.push_str(part);
+        prefix.push('/');
+    }
+    let last = glob.rsplit('/').next().unwrap_or(glob);
+    let suffix = last.rfind(META).map_or("", |i| &last[i + 1..]);
+    let rel = rel.strip_prefix(prefix.as_str()).unwrap_or(rel);
+    rel.strip_suffix(suffix).unwrap_or(rel).to_string()
 }
 
 /// A glob for paths relative to a root: not absolute, no `..`, one line.
@@ -225,6 +358,36 @@ mod tests {
         std::fs::write(p, content).unwrap();
     }
 
+    fn rule(glob: &str, expected: Expected, non_empty: bool) -> ResolvedOutputRule {
+        ResolvedOutputRule {
+            glob: glob.into(),
+            expected,
+            non_empty,
+            kind: OutputKind::File,
+            matches: None,
+            table: None,
+        }
+    }
+
+    fn no_inputs(root: &Path) -> RunInputs<'_> {
+        RunInputs {
+            dir: root,
+            list: None,
+        }
+    }
+
+    #[test]
+    fn stems_pair_masks_with_their_images() {
+        assert_eq!(input_stem("plate/a.ome.TIF"), "plate/a");
+        assert_eq!(input_stem("b.tiff"), "b");
+        assert_eq!(input_stem("c.v2.tif"), "c.v2");
+        assert_eq!(
+            output_stem("masks/**/*.ome.tif", "masks/plate/a.ome.tif"),
+            "plate/a"
+        );
+        assert_eq!(output_stem("masks/*.ome.tif", "masks/c.v2.ome.tif"), "c.v2");
+    }
+
     #[test]
     fn rules_count_matches_and_report_empty_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -237,30 +400,14 @@ mod tests {
         touch(root, ".hpcstage/inputs.list", "x");
         let outputs = ResolvedOutputs {
             expect: vec![
-                ResolvedOutputRule {
-                    glob: "masks/**/*.ome.tif".into(),
-                    expected: Expected::Exactly(2),
-                    non_empty: true,
-                },
-                ResolvedOutputRule {
-                    glob: "tables/*.csv".into(),
-                    expected: Expected::Exactly(2),
-                    non_empty: true,
-                },
-                ResolvedOutputRule {
-                    glob: "out/*.ome.zarr".into(),
-                    expected: Expected::AtLeast(1),
-                    non_empty: true,
-                },
-                ResolvedOutputRule {
-                    glob: "**/inputs.list".into(),
-                    expected: Expected::AtLeast(0),
-                    non_empty: false,
-                },
+                rule("masks/**/*.ome.tif", Expected::Exactly(2), true),
+                rule("tables/*.csv", Expected::Exactly(2), true),
+                rule("out/*.ome.zarr", Expected::AtLeast(1), true),
+                rule("**/inputs.list", Expected::AtLeast(0), false),
             ],
             ..ResolvedOutputs::default()
         };
-        let checks = outputs.check(root).unwrap();
+        let checks = outputs.check(root, no_inputs(root)).unwrap();
         assert_eq!(
             checks[0].matched,
             ["masks/a.ome.tif", "masks/sub/b.ome.tif"]

@@ -15,7 +15,9 @@ use minijinja::value::Value;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::outputs::{compile_glob, walk, Expected, ResolvedOutputRule, ResolvedOutputs};
+use super::outputs::{
+    compile_glob, walk, Expected, OutputCheck, ResolvedOutputRule, ResolvedOutputs, RunInputs,
+};
 use super::params::{self, ParamValue};
 use super::quote::{describe, plain_env, quote, shell_env};
 use super::sbatch::{
@@ -114,13 +116,51 @@ pub struct Rendered {
     /// Inputs per array task, when the array is sized from the inputs.
     pub per_task: Option<u64>,
     pub outputs: ResolvedOutputs,
+    /// Programs shipped with the template, written to the run folder's `tools/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ShippedTool>,
     /// Symbolic links the input globs matched, left out: inputs are regular files (a link
     /// `latest.czi` to a file already listed would be processed twice).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_links: Vec<String>,
 }
 
+/// A program shipped with a template (`[tools] files`): its name, its SHA-256 for the
+/// run's records, and its text (not kept in the records: the run folder has the file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShippedTool {
+    pub name: String,
+    pub sha256: String,
+    #[serde(skip)]
+    pub content: String,
+}
+
+impl ShippedTool {
+    pub fn new(name: impl Into<String>, content: String) -> Self {
+        ShippedTool {
+            name: name.into(),
+            sha256: hex_digest(content.as_bytes()),
+            content,
+        }
+    }
+}
+
+/// Where shipped tools go in the run folder.
+pub const TOOLS_DIR: &str = "tools";
+
 impl Rendered {
+    /// Check the run folder (`run_dir`, where this job's outputs are) against the expected
+    /// outputs, with this run's inputs for the rules that compare outputs with them.
+    pub fn check_outputs(&self, run_dir: &Path) -> Result<Vec<OutputCheck>, TemplateError> {
+        self.outputs.check(
+            run_dir,
+            RunInputs {
+                dir: &self.input_dir,
+                list: self.inputs.as_deref(),
+            },
+        )
+    }
+
     /// Write the run folder: the script ([`SCRIPT_FILE`]), the input list ([`INPUTS_FILE`])
     /// and empty `logs/` and `.hpcstage/` folders (SLURM does not create log folders; a
     /// job whose log folder is missing fails at start). Returns the script's path.
@@ -137,6 +177,17 @@ impl Rendered {
                 bytes.push(0);
             }
             write_atomic(&dir.join(INPUTS_FILE), &bytes)?;
+        }
+        for tool in self.tools.iter().filter(|t| !t.content.is_empty()) {
+            let folder = dir.join(TOOLS_DIR);
+            std::fs::create_dir_all(&folder).map_err(|source| TemplateError::Io {
+                path: folder.clone(),
+                source,
+            })?;
+            let path = folder.join(&tool.name);
+            write_atomic(&path, tool.content.as_bytes())?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|source| TemplateError::Io { path, source })?;
         }
         let script = dir.join(SCRIPT_FILE);
         write_atomic(&script, self.script.as_bytes())?;
@@ -156,11 +207,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TemplateError> {
 
 /// `sha256(spec || 0x00 || template)` as lowercase hex.
 pub(crate) fn template_hash(spec_source: &str, template_source: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(spec_source.as_bytes());
-    h.update([0u8]);
-    h.update(template_source.as_bytes());
-    h.finalize()
+    hex_digest(&[spec_source.as_bytes(), &[0u8], template_source.as_bytes()].concat())
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .fold(String::with_capacity(64), |mut s, b| {
             let _ = write!(s, "{b:02x}");
@@ -324,6 +375,7 @@ pub fn render(
         inputs,
         per_task,
         outputs,
+        tools: Vec::new(),
         skipped_links,
     })
 }
@@ -730,10 +782,19 @@ fn resolve_outputs(
             (true, None) => Expected::AtLeast(rule.min_count.unwrap_or(1)),
             (false, _) => Expected::AtLeast(rule.min_count.unwrap_or(1)),
         };
+        let rendered =
+            |text: &Option<String>, what: &str| -> Result<Option<String>, TemplateError> {
+                text.as_ref()
+                    .map(|t| expr(t, plain).map_err(|e| bad(what, t, e)))
+                    .transpose()
+            };
         expect.push(ResolvedOutputRule {
             glob,
             expected,
             non_empty: rule.non_empty,
+            kind: rule.kind,
+            matches: rendered(&rule.matches, "input glob")?,
+            table: rendered(&rule.table, "table")?,
         });
     }
     let mut intermediates = Vec::new();
@@ -797,6 +858,36 @@ hpcstage_task_inputs() {
 }
 "#;
 
+/// The start-up check of a template whose tools need Python modules ([tools]
+/// python_modules): pairs of import name and what to install follow it, as
+/// HPCSTAGE_PYTHON_MODULES.
+const REQUIRE_PYTHON: &str = r#"
+# hpcstage_require_python PYTHON: stop the job, before it reads any input, when PYTHON is
+# missing or cannot import a module the template's tools need (every missing one named).
+hpcstage_require_python() {
+    local py=$1
+    if ! command -v "$py" >/dev/null 2>&1; then
+        echo "hpcstage: no Python '$py' on $(hostname): load its module or activate its environment before submitting (sbatch passes the environment on), or give the template's python parameter the interpreter's path" >&2
+        exit 1
+    fi
+    "$py" - "${HPCSTAGE_PYTHON_MODULES[@]}" <<'PY' || exit 1
+import importlib, sys
+args = sys.argv[1:]
+missing = []
+for name, install in zip(args[::2], args[1::2]):
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        missing.append("%s (install %s; %s: %s)" % (name, install, type(e).__name__, e))
+if missing:
+    sys.stderr.write("hpcstage: missing Python package%s for this job: %s. Python: %s. "
+                     "Install them in that environment, or point the template's python parameter "
+                     "at one that has them.\n" % ("s" if len(missing) > 1 else "", "; ".join(missing), sys.executable))
+    sys.exit(1)
+PY
+}
+"#;
+
 #[allow(clippy::too_many_arguments)]
 fn assemble(
     spec: &TemplateSpec,
@@ -846,6 +937,16 @@ fn assemble(
     );
     s.push_str("cd \"$HPCSTAGE_RUN_DIR\"\nmkdir -p .hpcstage logs\n\n");
     s.push_str(HELPERS);
+    if !spec.tools.python_modules.is_empty() {
+        s.push_str(REQUIRE_PYTHON);
+        let words: Vec<String> = spec
+            .tools
+            .python_modules
+            .iter()
+            .flat_map(|(module, install)| [q(module), q(install)])
+            .collect::<Result<_, _>>()?;
+        let _ = writeln!(s, "HPCSTAGE_PYTHON_MODULES=({})", words.join(" "));
+    }
     let _ = writeln!(s, "\n# ---- template {} ----", spec.template.name);
     s.push_str(body);
     if !body.ends_with('\n') {

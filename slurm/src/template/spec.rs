@@ -6,7 +6,7 @@
 //! expressions, globs) is checked at render time. The format is documented in
 //! `templates/README.md`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,8 @@ pub struct TemplateSpec {
     pub resources: ResourcesSpec,
     #[serde(default)]
     pub outputs: OutputsSpec,
+    #[serde(default)]
+    pub tools: ToolsSpec,
     /// The spec's text as read, hashed with the body for provenance.
     #[serde(skip)]
     pub source: String,
@@ -205,6 +207,36 @@ pub struct OutputsSpec {
     pub intermediates: Vec<String>,
 }
 
+/// `[tools]`: programs shipped with the template and what they need from the job's
+/// environment.
+///
+/// The files live in `tools/` beside the spec (built-ins: `templates/tools/`, compiled in)
+/// and are copied into the run folder's `tools/` when it is rendered, so the job finds them
+/// on whatever node it runs, and the results on the NAS keep the exact code that ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSpec {
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Python modules the tools import: import name → what to install. The script gets
+    /// `hpcstage_require_python PYTHON`, which imports each and stops the job naming every
+    /// one that is missing, before any input is read.
+    #[serde(default)]
+    pub python_modules: BTreeMap<String, String>,
+}
+
+/// What an expected output must be, beyond existing and being non-empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputKind {
+    /// Any file or folder.
+    #[default]
+    File,
+    /// A label mask (TIFF): decodes, unsigned integer pixels, its input image's shape, and
+    /// as many rows in its table as its largest label.
+    LabelMask,
+}
+
 /// `[[outputs.expect]]`: one expected output glob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +253,16 @@ pub struct OutputRule {
     /// Every match must be a non-empty file, or a folder holding a non-empty file.
     #[serde(default = "yes")]
     pub non_empty: bool,
+    #[serde(default)]
+    pub kind: OutputKind,
+    /// `label-mask`: a glob of the inputs the masks belong to (case-insensitive); a mask
+    /// pairs with the input of the same stem (the input's path without its extension, and
+    /// `.ome` before it; the mask's path without the glob's leading folders and suffix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
+    /// `label-mask`: the mask's table, relative to the run folder, `{stem}` replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
 }
 
 /// Names the render context uses; parameters cannot take them.
@@ -364,6 +406,36 @@ impl TemplateSpec {
         for rule in &self.outputs.expect {
             if rule.glob.trim().is_empty() {
                 return Err("an [[outputs.expect]] glob is empty".to_string());
+            }
+            if rule.kind != OutputKind::LabelMask
+                && (rule.matches.is_some() || rule.table.is_some())
+            {
+                return Err(format!(
+                    "output {:?}: matches and table belong to kind = \"label-mask\"",
+                    rule.glob
+                ));
+            }
+            if rule.table.as_ref().is_some_and(|t| !t.contains("{stem}")) {
+                return Err(format!(
+                    "output {:?}: its table needs {{stem}}, e.g. \"tables/{{stem}}.csv\"",
+                    rule.glob
+                ));
+            }
+        }
+        for file in &self.tools.files {
+            if !super::is_simple_name(file) {
+                return Err(format!(
+                    "tool {file:?} must be a file name in the template folder's tools/ (letters, digits, '_', '-', '.')"
+                ));
+            }
+        }
+        for module in self.tools.python_modules.keys() {
+            let ident = module.split('.').all(|part| {
+                part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+            if !ident {
+                return Err(format!("python module {module:?} is not an import name"));
             }
         }
         Ok(())

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::render::{render, template_hash, RenderContext, Rendered};
+use super::render::{render, template_hash, RenderContext, Rendered, ShippedTool};
 use super::spec::TemplateSpec;
 use super::{lint, quote, TemplateError};
 
@@ -38,6 +38,24 @@ macro_rules! builtin {
 /// The built-in templates: (name, spec, body), embedded at build time from `templates/`.
 const BUILTINS: &[(&str, &str, &str)] =
     &[builtin!("unet-seg"), builtin!("align"), builtin!("convert")];
+
+/// Programs shipped with the built-in templates (`[tools] files`), from `templates/tools/`.
+const BUILTIN_TOOLS: &[(&str, &str)] = &[
+    (
+        "unet-predict",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../templates/tools/unet-predict"
+        )),
+    ),
+    (
+        "unet-tiny-model",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../templates/tools/unet-tiny-model"
+        )),
+    ),
+];
 
 const SPEC_EXT: &str = "toml";
 const BODY_SUFFIX: &str = ".sbatch.j2";
@@ -68,6 +86,8 @@ pub struct Template {
     /// The `.sbatch.j2` text.
     pub body: String,
     pub origin: TemplateOrigin,
+    /// The spec's `[tools] files`, read: copied into every run folder it renders.
+    pub tools: Vec<ShippedTool>,
 }
 
 impl Template {
@@ -109,10 +129,17 @@ impl Template {
             .map(|p| p.name.as_str())
             .collect();
         lint::check(&name, body, &trusted)?;
+        let tools = spec
+            .tools
+            .files
+            .iter()
+            .map(|file| read_tool(&name, &origin, file))
+            .collect::<Result<_, _>>()?;
         Ok(Template {
             spec,
             body: body.to_string(),
             origin,
+            tools,
         })
     }
 
@@ -163,7 +190,9 @@ impl Template {
         params: &BTreeMap<String, String>,
         ctx: &RenderContext,
     ) -> Result<Rendered, TemplateError> {
-        render(&self.spec, &self.body, params, ctx)
+        let mut rendered = render(&self.spec, &self.body, params, ctx)?;
+        rendered.tools.clone_from(&self.tools);
+        Ok(rendered)
     }
 
     /// The listing entry of this template.
@@ -317,6 +346,42 @@ impl TemplateStore {
 }
 
 /// `<name>` of `<dir>/<name>.toml`, when it is a usable template name.
+/// A file of `[tools] files`: compiled in for a built-in, else `tools/<file>` beside the spec.
+fn read_tool(
+    template: &str,
+    origin: &TemplateOrigin,
+    file: &str,
+) -> Result<ShippedTool, TemplateError> {
+    let content = match origin {
+        TemplateOrigin::BuiltIn => BUILTIN_TOOLS
+            .iter()
+            .find(|(n, _)| *n == file)
+            .map(|(_, text)| (*text).to_string())
+            .ok_or_else(|| TemplateError::MissingFile {
+                name: template.to_string(),
+                path: PathBuf::from("templates/tools").join(file),
+            })?,
+        TemplateOrigin::File(spec) => {
+            let path = spec
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("tools")
+                .join(file);
+            std::fs::read_to_string(&path).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    TemplateError::MissingFile {
+                        name: template.to_string(),
+                        path,
+                    }
+                } else {
+                    TemplateError::Io { path, source }
+                }
+            })?
+        }
+    };
+    Ok(ShippedTool::new(file, content))
+}
+
 fn template_name(spec_path: &Path) -> Option<String> {
     if spec_path.extension()? != SPEC_EXT {
         return None;
