@@ -27,10 +27,11 @@
 #   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, AWS_DEFAULT_REGION
 #                              the same values, for the AWS CLI and SDKs
 #   AWS_REQUEST_CHECKSUM_CALCULATION=when_required, AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
-#                              new AWS SDKs otherwise send aws-chunked CRC trailers that
-#                              RGW 16 does not understand (see README.md)
+#                              SDKs then add no CRC checksums of their own: RGW 16 ignores
+#                              checksum headers and rejects checksum trailers (see README.md)
 #   AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE
 #                              /dev/null, so a developer's ~/.aws cannot change the tests
+#                              (and AWS_PROFILE, AWS_SESSION_TOKEN, AWS_CA_BUNDLE are unset)
 #   RCLONE_CONFIG_HPCS3_*      an rclone remote named `hpcs3` for this server
 # and puts $HPCSTAGE_S3_TOOLS_DIR/bin (holding only `aws`) first on PATH.
 
@@ -57,7 +58,9 @@ export AWS_REQUEST_CHECKSUM_CALCULATION=when_required
 export AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
 export AWS_CONFIG_FILE=/dev/null
 export AWS_SHARED_CREDENTIALS_FILE=/dev/null
-unset AWS_PROFILE AWS_SESSION_TOKEN
+# The endpoint is plain HTTP. A machine-wide AWS_CA_BUNDLE is of no use to it
+# and makes rclone fail ("LoadCustomCABundleError ... unsupported transport").
+unset AWS_PROFILE AWS_SESSION_TOKEN AWS_CA_BUNDLE
 
 export RCLONE_CONFIG_HPCS3_TYPE=s3
 export RCLONE_CONFIG_HPCS3_PROVIDER=Ceph
