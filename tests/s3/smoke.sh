@@ -267,6 +267,7 @@ fi
 
 # ------------------------------------------------------ no orphan uploads
 for bucket in "$B" "$L"; do
+  # shellcheck disable=SC2016 # backticks are JMESPath literals, not command substitution
   left=$(aws s3api list-multipart-uploads --bucket "$bucket" --query 'length(Uploads || `[]`)' --output text)
   if [[ $left == 0 ]]; then
     ok "ListMultipartUploads on $bucket is empty"

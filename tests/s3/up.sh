@@ -158,6 +158,10 @@ rgw thread pool size = 64
 # Quota checks read fresh bucket stats, so a test sees its quota at once.
 rgw bucket quota ttl = 0
 rgw user quota bucket sync interval = 0
+# Deleted objects' data is freed by RGW's garbage collector, by default after 2 h;
+# the OSD keeps it in memory, so free it after a minute.
+rgw gc obj min wait = 60
+rgw gc processor period = 60
 log file = $LOG_DIR/\$name.log
 pid file = $RUN_DIR/\$name.pid
 admin socket = $RUN_DIR/\$name.asok
@@ -189,8 +193,10 @@ start_daemon() {
   [[ -s $pidfile ]] || sleep 0.5
 }
 
+# stop_all [SECONDS]: stop radosgw, the OSD and the monitor. radosgw waits for
+# its in-flight requests, so give it less time when the OSD is known to be gone.
 stop_all() {
-  stop_daemon radosgw "$RGW_PID" 30
+  stop_daemon radosgw "$RGW_PID" "${1:-30}"
   stop_osd
   stop_daemon ceph-mon "$MON_PID" 30
 }
@@ -199,7 +205,7 @@ stop_all() {
 bootstrap() {
   local fsid uuid id
   say "creating a new one-node Ceph cluster in $DATA_DIR"
-  stop_all
+  stop_all 5
   rm -rf -- "$DATA_DIR" "$ETC_DIR"/*.keyring "$ETC_DIR/monmap"
   mkdir -p "$DATA_DIR"
   : >"$LOG_DIR/bootstrap.log"
