@@ -12,6 +12,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Profile, Provider};
 use hpcstage_staging::policy::{PurgeBasis, PurgePolicy};
 use hpcstage_staging::remote::{Location, SshOptions};
+use hpcstage_staging::storage::{LockMode, Retention, S3Options};
 use serde::{Deserialize, Serialize};
 
 use crate::args::GlobalArgs;
@@ -39,6 +40,44 @@ pub(crate) struct Config {
     pub(crate) slurm: SlurmConfig,
     /// Remote NAS access (`nas_root = "host:/path"` or `user@host:port:/path` sources).
     pub(crate) ssh: SshConfig,
+    /// S3 object storage (`nas_root = "s3://bucket/prefix"`, `stage s3://...`).
+    #[serde(default)]
+    pub(crate) s3: S3Config,
+}
+
+/// `[s3]`: where the S3 service is and how WORM data is kept there. Credentials are not
+/// configured here: they come from the AWS chain (environment, ~/.aws/credentials, the
+/// profile named here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct S3Config {
+    /// e.g. "https://s3.lab.org"; unset: AWS (or $AWS_ENDPOINT_URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) region: Option<String>,
+    /// A profile of ~/.aws/config and ~/.aws/credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) profile: Option<String>,
+    /// http://host/bucket/key addressing (on-site servers); false: bucket.host.
+    pub(crate) path_style: bool,
+    /// Object Lock mode of WORM data: "COMPLIANCE" or "GOVERNANCE".
+    pub(crate) lock_mode: String,
+    /// How long WORM data is retained, e.g. "10y".
+    pub(crate) retain: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: None,
+            profile: None,
+            path_style: true,
+            lock_mode: "COMPLIANCE".into(),
+            retain: "10y".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +162,7 @@ impl Default for Config {
             template_dirs: Vec::new(),
             slurm: SlurmConfig::default(),
             ssh: SshConfig::default(),
+            s3: S3Config::default(),
         }
     }
 }
@@ -147,6 +187,7 @@ pub(crate) struct Settings {
     pub(crate) ssh: SshOptions,
     /// `[ssh] remote_verify`.
     pub(crate) remote_verify: bool,
+    pub(crate) s3: S3Options,
 }
 
 impl Settings {
@@ -363,9 +404,20 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         ("ssh.timeout", config.ssh.timeout.clone()),
         ("ssh.retries", config.ssh.retries.to_string()),
         ("ssh.remote_verify", config.ssh.remote_verify.to_string()),
+        ("s3.path_style", config.s3.path_style.to_string()),
+        ("s3.lock_mode", config.s3.lock_mode.clone()),
+        ("s3.retain", config.s3.retain.clone()),
     ] {
         provenance.push((key.into(), Some(value), source_of(key)));
     }
+    for (key, value) in [
+        ("s3.endpoint", &config.s3.endpoint),
+        ("s3.region", &config.s3.region),
+        ("s3.profile", &config.s3.profile),
+    ] {
+        provenance.push((key.into(), value.clone(), source_of(key)));
+    }
+    let s3 = s3_options(&config.s3, &source_of)?;
     if !matches!(config.slurm.executor.as_str(), "auto" | "slurm" | "local") {
         bail!(
             "slurm.executor = {:?} (from {}): expected auto, slurm or local",
@@ -439,6 +491,42 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
             ..SshOptions::default()
         },
         remote_verify: config.ssh.remote_verify,
+        s3,
+    })
+}
+
+/// `[s3]` resolved: the lock mode and retention checked.
+fn s3_options(config: &S3Config, source_of: &dyn Fn(&str) -> String) -> Result<S3Options> {
+    let mode = LockMode::parse(&config.lock_mode).with_context(|| {
+        format!(
+            "s3.lock_mode = {:?} (from {}): expected \"COMPLIANCE\" or \"GOVERNANCE\"",
+            config.lock_mode,
+            source_of("s3.lock_mode")
+        )
+    })?;
+    let keep = parse_duration("s3.retain", &config.retain, &source_of("s3.retain"), YEARS)?;
+    if keep < Duration::from_secs(86_400) {
+        bail!(
+            "s3.retain = {:?} (from {}) is shorter than a day; WORM retention is counted in days or years, e.g. \"10y\"",
+            config.retain,
+            source_of("s3.retain")
+        );
+    }
+    if let Some(endpoint) = &config.endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            bail!(
+                "s3.endpoint = {endpoint:?} (from {}) is not a URL; write e.g. \"https://s3.lab.org\"",
+                source_of("s3.endpoint")
+            );
+        }
+    }
+    Ok(S3Options {
+        endpoint: config.endpoint.clone(),
+        region: config.region.clone(),
+        profile: config.profile.clone(),
+        path_style: config.path_style,
+        retention: Retention { mode, keep },
+        ..S3Options::default()
     })
 }
 
@@ -453,6 +541,11 @@ const DAYS: Unit = Unit {
     suffix: "d",
     name: "days",
     example: "\"30d\" or \"60 days\"",
+};
+const YEARS: Unit = Unit {
+    suffix: "y",
+    name: "years",
+    example: "\"10y\" or \"3650d\"",
 };
 const SECONDS: Unit = Unit {
     suffix: "s",
@@ -553,7 +646,7 @@ fn closest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
 /// A local path made absolute, or `[user@]host[:port]:/path` kept as it is.
 pub(crate) fn location(path: &Path) -> Result<PathBuf> {
     match Location::parse(path.as_os_str())? {
-        Location::Remote(_) => Ok(path.to_path_buf()),
+        Location::Remote(_) | Location::S3(_) => Ok(path.to_path_buf()),
         Location::Local(p) => absolute(&p),
     }
 }

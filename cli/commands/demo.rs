@@ -67,6 +67,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
             source: instrument.clone(),
             nas_root: hpcstage_staging::remote::Location::Local(nas.clone()),
             ssh: settings.ssh.clone(),
+            s3: settings.s3.clone(),
             remote_verify: false,
             project: PROJECT.into(),
             dataset: DATASET.into(),
@@ -94,6 +95,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
         &StageSettings {
             source: hpcstage_staging::remote::Location::Local(ingested.path.clone()),
             ssh: settings.ssh.clone(),
+            s3: settings.s3.clone(),
             destination: target.destination.clone(),
             project: target.project.clone(),
             dataset: target.dataset.clone(),

@@ -246,6 +246,7 @@ fn nas(settings: &Settings, report: &mut Report) {
     };
     match Location::parse(root.as_os_str()) {
         Ok(Location::Remote(spec)) => remote_nas(settings, &spec, report),
+        Ok(Location::S3(url)) => s3_nas(settings, &url, report),
         Ok(Location::Local(dir)) => {
             local_dir(report, "nas_root", &dir, "nas_root");
             report.push(
@@ -259,6 +260,35 @@ fn nas(settings: &Settings, report: &mut Report) {
             Level::Fail,
             e.to_string(),
             "write nas_root as /path or [user@]host[:port]:/path",
+        ),
+    }
+}
+
+/// An S3 NAS: the bucket answers with these credentials, and has Object Lock (which
+/// `ingest` needs to write-protect).
+fn s3_nas(settings: &Settings, url: &hpcstage_staging::storage::S3Url, report: &mut Report) {
+    use hpcstage_staging::storage::S3Store;
+    report.push("ssh", Level::Skip, "the NAS is an S3 bucket: no SSH needed");
+    let store = match S3Store::connect(url, &settings.s3) {
+        Ok(store) => store,
+        Err(e) => {
+            report.with_fix(
+                "nas_root",
+                Level::Fail,
+                e.to_string(),
+                "check [s3] endpoint and the AWS credentials (environment, ~/.aws/credentials, [s3] profile)",
+            );
+            return;
+        }
+    };
+    report.push("nas_root", Level::Ok, format!("{url}: bucket reachable"));
+    match store.require_object_lock() {
+        Ok(()) => report.push("worm", Level::Ok, format!("{url}: Object Lock enabled")),
+        Err(e) => report.with_fix(
+            "worm",
+            Level::Warn,
+            e.to_string(),
+            "ingest into this bucket is refused; use a bucket with Object Lock",
         ),
     }
 }

@@ -18,6 +18,9 @@ struct IngestJson<'a> {
     dataset: Option<&'a hpcstage_staging::record::DatasetInfo>,
     read_only: bool,
     immutable: Option<String>,
+    /// On S3: the Object Lock retention applied (and read back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention: Option<String>,
 }
 
 pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
@@ -25,6 +28,7 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
         source: absolute(&args.source)?,
         nas_root: parse_location(settings.nas_root()?)?,
         ssh: ssh_options(settings, &args.copy.parallel),
+        s3: settings.s3.clone(),
         remote_verify: args.remote_verify || settings.remote_verify,
         project: args.project.clone(),
         dataset: args.dataset.clone(),
@@ -51,6 +55,7 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
             dataset: outcome.info.as_ref(),
             read_only: outcome.protection.as_ref().is_some_and(|p| p.read_only),
             immutable,
+            retention: outcome.retention.clone(),
         });
         return Ok(status);
     }
@@ -64,7 +69,10 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
             info.files,
             bytes(info.bytes)
         ));
-        output::data("write protection: read-only (chmod -R a-w)");
+        match &outcome.retention {
+            Some(retention) => output::data(format!("write protection: {retention}")),
+            None => output::data("write protection: read-only (chmod -R a-w)"),
+        }
         if let Some(imm) = immutable {
             output::data(format!("immutable flag: {imm}"));
         }

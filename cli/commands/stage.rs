@@ -88,6 +88,7 @@ pub(crate) fn stage_quietly(
     let stage_settings = StageSettings {
         source: source.clone(),
         ssh: ssh_options(settings, &args.copy.parallel),
+        s3: settings.s3.clone(),
         destination: target.destination.clone(),
         project: target.project.clone(),
         dataset: target.dataset.clone(),

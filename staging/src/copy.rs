@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::TempPath;
 
 use crate::direct;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::hash::{self, Digest, STREAM_THRESHOLD};
 use crate::interrupt;
 use crate::journal::{Journal, JournalEntry};
@@ -34,6 +34,7 @@ use crate::lock::lock_or_refuse;
 use crate::manifest::{check_listed, Manifest, ManifestEntry};
 use crate::progress::Progress;
 use crate::remote::Remote;
+use crate::storage::Storage;
 use crate::walk::{self, Entry, Filter, Kind, Meta, MANIFEST_NAME, STATE_DIR, TMP_PREFIX};
 
 /// How to copy.
@@ -231,11 +232,13 @@ struct Staged {
     readback: Option<(Digest, u64)>,
 }
 
-/// Where a copy reads from: a local folder or a folder on an SSH host.
+/// Where a copy reads from: a local folder, a folder on an SSH host, or any
+/// [`Storage`] (an S3 prefix).
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
     Local(&'a Path),
     Remote(&'a Remote),
+    Store(&'a dyn Storage),
 }
 
 impl Source<'_> {
@@ -244,6 +247,7 @@ impl Source<'_> {
         match self {
             Source::Local(root) => root.join(rel),
             Source::Remote(r) => r.display(&r.path(rel)),
+            Source::Store(s) => s.display(rel),
         }
     }
 
@@ -251,6 +255,7 @@ impl Source<'_> {
         match self {
             Source::Local(root) => walk::walk(root, filter),
             Source::Remote(r) => r.walk(filter),
+            Source::Store(s) => s.list(filter),
         }
     }
 
@@ -258,6 +263,17 @@ impl Source<'_> {
         match self {
             Source::Local(root) => Manifest::read_if_present(root),
             Source::Remote(r) => r.read_manifest(),
+            Source::Store(s) => {
+                let rel = Path::new(MANIFEST_NAME);
+                let bytes = s.read_small(rel)?;
+                match bytes {
+                    Some(bytes) => Manifest::parse(&bytes, &s.display(rel)).map(Some),
+                    None if s.capabilities().manifest_marks_complete => Err(Error::Incomplete {
+                        location: s.display(Path::new("")).display().to_string(),
+                    }),
+                    None => Ok(None),
+                }
+            }
         }
     }
 
@@ -265,6 +281,10 @@ impl Source<'_> {
         match self {
             Source::Local(root) => std::fs::read_link(root.join(rel)).at(root.join(rel)),
             Source::Remote(r) => r.read_link(rel),
+            Source::Store(s) => Err(Error::io(
+                s.display(rel),
+                std::io::Error::other("this storage holds no symbolic links"),
+            )),
         }
     }
 
@@ -279,6 +299,14 @@ impl Source<'_> {
                         hasher.update(block);
                         Ok(())
                     })
+                })?;
+                Ok(Digest::from_hasher(hasher))
+            }
+            Source::Store(s) => {
+                let mut hasher = Sha256::new();
+                s.read(rel, 0, &mut |block| {
+                    hasher.update(block);
+                    Ok(())
                 })?;
                 Ok(Digest::from_hasher(hasher))
             }
@@ -305,6 +333,13 @@ pub fn copy_from(
     progress: &dyn Progress,
 ) -> Result<CopyReport> {
     let started = Instant::now();
+    if let Source::Store(s) = src {
+        if s.capabilities().manifest_marks_complete && s.stat(Path::new(MANIFEST_NAME))?.is_none() {
+            return Err(Error::Incomplete {
+                location: s.display(Path::new("")).display().to_string(),
+            });
+        }
+    }
     let tree = src.walk(&opts.filter)?;
     let mut report = CopyReport::default();
     for e in tree.errors {
@@ -315,7 +350,11 @@ pub fn copy_from(
         });
     }
 
-    let source_manifest = if opts.use_source_manifest {
+    // On a store where the manifest marks a complete tree, it is read whatever the
+    // options say: a prefix without one is refused as incomplete.
+    let must_have_manifest =
+        matches!(src, Source::Store(s) if s.capabilities().manifest_marks_complete);
+    let source_manifest = if opts.use_source_manifest || must_have_manifest {
         src.read_manifest()?
     } else {
         None
@@ -877,6 +916,7 @@ fn copy_to_temporary(
         Source::Remote(remote) => {
             read_remote(ctx, remote, job, &mut out, &tmp_path, big).map_err(io)?
         }
+        Source::Store(store) => read_store(ctx, *store, job, &mut out, &tmp_path).map_err(io)?,
     };
     // A folder of the destination that is another filesystem (something mounted inside
     // it) is not flushed by the batch's syncfs of the destination's own: its files are
@@ -919,6 +959,17 @@ struct FileCopy {
     /// Digest and length of the destination as read back from storage during the copy;
     /// `None` when it still has to be read back.
     readback: Option<(Digest, u64)>,
+}
+
+impl FileCopy {
+    /// A copy of `bytes` bytes hashed by `hasher`, still to be read back.
+    fn unread(hasher: Sha256, bytes: u64) -> FileCopy {
+        FileCopy {
+            digest: Digest::from_hasher(hasher),
+            bytes,
+            readback: None,
+        }
+    }
 }
 
 /// The files of `jobs` listed in the source manifest whose content no longer matches it,
@@ -1006,12 +1057,39 @@ fn read_remote(
             Ok(())
         })
     })?;
-    let copy = FileCopy {
-        digest: Digest::from_hasher(hasher),
-        bytes: total,
-        readback: None,
+    Ok((FileCopy::unread(hasher, total), before, after))
+}
+
+/// One file of a [`Storage`] into `out`, hashed as it streams; the metadata after is the
+/// object as read (its identity moves when it was replaced meanwhile).
+fn read_store(
+    ctx: &Ctx<'_>,
+    store: &dyn Storage,
+    job: &Job,
+    out: &mut File,
+    tmp_path: &Path,
+) -> Result<SourceRead> {
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let after = store.read(&job.rel, 0, &mut |block| {
+        if interrupt::received().is_some() {
+            return Err(Error::io(tmp_path, interrupt::stopped()));
+        }
+        hasher.update(block);
+        out.write_all(block).at(tmp_path)?;
+        total += block.len() as u64;
+        ctx.progress.add_bytes(block.len() as u64);
+        Ok(())
+    })?;
+    let copy = FileCopy::unread(hasher, total);
+    // Compared: the size and the object's identity (its ETag); the listed mtime is
+    // finer than the one a GET reports.
+    let after = Meta {
+        size: after.size,
+        ino: after.ino,
+        ..job.meta
     };
-    Ok((copy, before, after))
+    Ok((copy, job.meta, after))
 }
 
 fn copy_simple(
@@ -1396,11 +1474,23 @@ fn journal_failure(error: Error) -> Failure {
 fn classify(e: &Error) -> FailureKind {
     if matches!(e, Error::SourceCorrupt { .. }) {
         FailureKind::SourceCorrupt
-    } else if e.is_disk_full() {
+    } else if e.is_disk_full()
+        || matches!(
+            e,
+            Error::Storage {
+                kind: StorageErrorKind::Quota,
+                ..
+            }
+        )
+    {
         FailureKind::DiskFull
     } else if matches!(
         e,
         Error::ConnectionLost { .. }
+            | Error::Storage {
+                kind: StorageErrorKind::Unreachable | StorageErrorKind::Auth,
+                ..
+            }
             | Error::SshConnect { .. }
             | Error::HostKey(_)
             | Error::SshAuth { .. }

@@ -144,6 +144,20 @@ pub enum Error {
         message: String,
     },
 
+    /// An object store refused or failed a request (the location names bucket and key).
+    #[error("{location}: {reason}; {hint}")]
+    Storage {
+        location: String,
+        kind: StorageErrorKind,
+        reason: String,
+        hint: String,
+    },
+
+    /// A prefix on an object store without its `MANIFEST.sha256`: an upload that never
+    /// finished, not a dataset.
+    #[error("{location} has no MANIFEST.sha256: it is an incomplete upload, not a dataset; finish it with the `hpcstage ingest` (or `pull`) that wrote it, or name the right prefix")]
+    Incomplete { location: String },
+
     /// A value given by the user is not valid.
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid {
@@ -151,6 +165,21 @@ pub enum Error {
         value: String,
         reason: String,
     },
+}
+
+/// What kind of object-store failure an [`Error::Storage`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    NotFound,
+    /// Credentials missing, wrong, or not allowed on the bucket.
+    Auth,
+    /// The endpoint did not answer, or kept answering 503 SlowDown.
+    Unreachable,
+    /// The bucket's quota is exceeded.
+    Quota,
+    /// WORM asked of a bucket without Object Lock, or a retention not applied.
+    NoObjectLock,
+    Other,
 }
 
 impl Error {

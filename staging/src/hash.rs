@@ -182,6 +182,24 @@ thread_local! {
 /// few syscalls, small enough that dozens of I/O threads stay light.
 const SMALL_BLOCK: usize = 256 << 10;
 
+/// Reads `reader` (the file at `path`) to its end in blocks of this thread's buffer,
+/// handing each block to `sink`.
+pub fn for_each_block(
+    mut reader: impl Read,
+    path: &Path,
+    sink: &mut dyn FnMut(&[u8]) -> crate::Result<()>,
+) -> crate::Result<()> {
+    with_buffer(|buf| loop {
+        let n = match reader.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(crate::Error::io(path, e)),
+        };
+        sink(&buf[..n])?;
+    })
+}
+
 /// Runs `f` with this thread's reusable buffer, so hashing a million small files does not
 /// allocate a million buffers.
 pub fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {

@@ -18,6 +18,7 @@ use crate::progress::Progress;
 use crate::record::{current_user, hostname, json_bytes, DatasetInfo};
 use crate::remote::{Location, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use crate::stage::check_name;
+use crate::storage::{put_tree, put_verified, PutOptions, S3Options, S3Store, S3Url, Storage};
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
 use crate::worm::{make_read_only, seal, Protection};
 
@@ -29,6 +30,8 @@ pub struct IngestSettings {
     pub nas_root: Location,
     /// How to reach a remote NAS.
     pub ssh: SshOptions,
+    /// How to reach an S3 NAS (and the retention of what ingest places there).
+    pub s3: S3Options,
     /// On a remote NAS, also run `sha256sum -c` there before the rename.
     pub remote_verify: bool,
     pub project: String,
@@ -45,6 +48,8 @@ pub struct IngestOutcome {
     pub path: PathBuf,
     pub info: Option<DatasetInfo>,
     pub protection: Option<Protection>,
+    /// On S3: the Object Lock retention set on every object (and read back).
+    pub retention: Option<String>,
 }
 
 /// `<nas_root>/<project>/raw/<dataset>`.
@@ -63,6 +68,7 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
             let remote = Remote::connect(spec, &settings.ssh)?;
             return ingest_remote(settings, &remote, progress);
         }
+        Location::S3(url) => return ingest_s3(settings, url, progress),
     };
     let final_path = raw_path(nas_root, &settings.project, &settings.dataset);
     let exists = |final_path: &Path| {
@@ -112,6 +118,7 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
             path: final_path,
             info: None,
             protection: None,
+            retention: None,
         });
     }
 
@@ -157,6 +164,7 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         path: final_path,
         info: Some(info),
         protection: Some(protection),
+        retention: None,
     })
 }
 
@@ -306,5 +314,92 @@ fn ingest_remote(
                 .immutable
                 .then(|| Err("the immutable flag cannot be set over SFTP; ask the NAS administrator (chattr +i)".to_string())),
         }),
+        retention: None,
+    })
+}
+
+/// Ingest into an S3 prefix: every object uploaded, read back and given the Object Lock
+/// retention of `[s3]`, then `dataset.json`, then `MANIFEST.sha256` last, which is what
+/// makes the prefix a dataset. A bucket without Object Lock is refused before anything is
+/// written (ingest write-protects what it places); a rerun of a stopped ingest aborts the
+/// multipart uploads it left and skips the objects already verified and protected.
+fn ingest_s3(
+    settings: &IngestSettings,
+    url: &S3Url,
+    progress: &dyn Progress,
+) -> Result<IngestOutcome> {
+    if settings.copy.dry_run {
+        return Err(Error::Invalid {
+            what: "option",
+            value: "--dry-run".to_string(),
+            reason: "not available for an S3 NAS; list the source with `find` instead".to_string(),
+        });
+    }
+    let prefix = raw_path(&url.prefix, &settings.project, &settings.dataset);
+    let store = S3Store::connect(&url.with_prefix(prefix), &settings.s3)?;
+    let shown = store.display(Path::new(""));
+    if store.stat(Path::new(MANIFEST_NAME))?.is_some() {
+        return Err(Error::DatasetExists { path: shown });
+    }
+    let retention = settings.s3.retention;
+    store.require_object_lock()?;
+    store.abort_orphans()?;
+    let opts = PutOptions {
+        filter: settings.copy.filter.clone(),
+        jobs: settings.copy.jobs,
+        retention: Some(retention),
+        use_source_manifest: settings.copy.use_source_manifest,
+    };
+    let sent = put_tree(&settings.source, &store, &opts, progress)?;
+    let mut report = CopyReport {
+        files_total: sent.files,
+        bytes_total: sent.bytes,
+        bytes_to_copy: sent.bytes,
+        copied: sent.manifest.entries.len() as u64 - sent.resumed,
+        bytes_copied: sent.bytes,
+        skipped: sent.resumed,
+        source_manifest_digest: sent.source_manifest_digest,
+        elapsed: sent.elapsed,
+        warnings: sent.warnings,
+        failed: sent.failed,
+        ..CopyReport::default()
+    };
+    if !report.ok() {
+        return Ok(IngestOutcome {
+            report,
+            path: shown,
+            info: None,
+            protection: None,
+            retention: None,
+        });
+    }
+    let mut info = dataset_info(settings, &sent.manifest, sent.files, sent.bytes);
+    let info_rel = Path::new("dataset.json");
+    let json = json_bytes(&store.display(info_rel), &info)?;
+    let info_written = put_verified(&store, info_rel, &json, Some(retention))?;
+    let mut entries = sent.manifest.entries.clone();
+    entries.push(ManifestEntry {
+        path: info_rel.into(),
+        digest: info_written.digest,
+    });
+    let manifest = Manifest::from_entries(entries);
+    put_verified(
+        &store,
+        Path::new(MANIFEST_NAME),
+        &manifest.to_bytes(),
+        Some(retention),
+    )?;
+    info.manifest_digest = Some(sent.manifest.digest());
+    report.manifest = manifest;
+    Ok(IngestOutcome {
+        report,
+        path: shown,
+        info: Some(info),
+        protection: None,
+        retention: Some(format!(
+            "Object Lock {} for {} on every object (read back from the server)",
+            retention.mode.as_str(),
+            humantime::format_duration(retention.keep)
+        )),
     })
 }

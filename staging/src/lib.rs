@@ -26,5 +26,6 @@ pub mod record;
 pub mod remote;
 pub mod scan;
 pub mod stage;
+pub mod storage;
 pub mod verify;
 pub mod worm;

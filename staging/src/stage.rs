@@ -12,6 +12,7 @@ use crate::policy::PurgePolicy;
 use crate::progress::Progress;
 use crate::record::{current_user, hostname, write_json, Incomplete, PurgeInfo, StageRecord};
 use crate::remote::{Location, Remote, SshOptions};
+use crate::storage::{S3Options, S3Store};
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
 
 /// Everything a stage needs, already resolved.
@@ -21,6 +22,8 @@ pub struct StageSettings {
     pub source: Location,
     /// How to talk to a remote source.
     pub ssh: SshOptions,
+    /// How to reach an S3 source.
+    pub s3: S3Options,
     pub destination: PathBuf,
     pub project: String,
     pub dataset: String,
@@ -126,7 +129,7 @@ fn refuse_raw_area(source: &Location) -> Result<()> {
                 names
             })
             .unwrap_or_default(),
-        Location::Remote(_) => Vec::new(),
+        Location::Remote(_) | Location::S3(_) => Vec::new(),
     };
     let example = examples.first().map_or("NAME", String::as_str);
     let datasets = if examples.is_empty() {
@@ -224,6 +227,14 @@ pub fn stage(
         Location::Remote(spec) => Remote::connect(spec, &settings.ssh).and_then(|remote| {
             copy_from(
                 Source::Remote(&remote),
+                &settings.destination,
+                &copy,
+                progress,
+            )
+        }),
+        Location::S3(url) => S3Store::connect(url, &settings.s3).and_then(|store| {
+            copy_from(
+                Source::Store(&store),
                 &settings.destination,
                 &copy,
                 progress,

@@ -160,6 +160,15 @@ impl NasAccess {
         let spec = match Location::parse(path.as_os_str())? {
             Location::Local(p) => return Ok(NasFolder::Local(p)),
             Location::Remote(spec) => spec,
+            Location::S3(url) => {
+                return Err(Error::Invalid {
+                    what: "NAS folder",
+                    value: url.to_string(),
+                    reason: "pull, report and clean do not reach S3 yet; use a folder or an SSH \
+                             NAS here (stage and ingest take s3:// locations)"
+                        .to_string(),
+                })
+            }
         };
         let key = spec.authority();
         let mut hosts = self.hosts.lock().expect("hosts lock");

@@ -52,11 +52,12 @@ impl fmt::Display for RemoteSpec {
     }
 }
 
-/// A folder on this machine or on an SSH host.
+/// A folder on this machine or on an SSH host, or a prefix in an S3 bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Local(PathBuf),
     Remote(RemoteSpec),
+    S3(crate::storage::S3Url),
 }
 
 impl Location {
@@ -65,6 +66,9 @@ impl Location {
     /// scp and rsync.
     pub fn parse(text: &OsStr) -> Result<Location> {
         let bytes = text.as_bytes();
+        if crate::storage::S3Url::is_s3(bytes) {
+            return crate::storage::S3Url::parse(&text.to_string_lossy()).map(Location::S3);
+        }
         let first_slash = bytes.iter().position(|&b| b == b'/');
         let colon = if bytes.first() == Some(&b'[') {
             // [v6addr]... : the colon after the closing bracket.
@@ -136,6 +140,7 @@ impl Location {
         match self {
             Location::Local(p) => p,
             Location::Remote(r) => &r.path,
+            Location::S3(u) => &u.prefix,
         }
     }
 
@@ -144,11 +149,13 @@ impl Location {
         match self {
             Location::Local(_) => Location::Local(path.into()),
             Location::Remote(r) => Location::Remote(r.with_path(path)),
+            Location::S3(u) => Location::S3(u.with_prefix(path)),
         }
     }
 
+    /// Reached over the network (SSH or S3), not a folder of this machine.
     pub fn is_remote(&self) -> bool {
-        matches!(self, Location::Remote(_))
+        !matches!(self, Location::Local(_))
     }
 }
 
@@ -157,6 +164,7 @@ impl fmt::Display for Location {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
             Location::Remote(r) => r.fmt(f),
+            Location::S3(u) => u.fmt(f),
         }
     }
 }

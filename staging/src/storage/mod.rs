@@ -1,0 +1,171 @@
+//! One interface for "a place that holds a tree of files": a local folder or an S3 bucket
+//! prefix (an SFTP host still goes through `remote::Remote`; see docs/ARCHITECTURE.md#storage).
+//!
+//! The engine asks a [`Storage`] to list, stat, read (with a byte offset, so an interrupted
+//! read resumes), write a file that is not visible under its final name until committed,
+//! read it back and compare, commit, protect and remove. What a backend cannot do is said
+//! once, in its [`Capabilities`], never discovered by a branch on the backend's kind.
+//! This module must not print, and must never hold or show credentials.
+
+mod local;
+mod s3;
+mod tree;
+mod url;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::hash::Digest;
+use crate::walk::{Filter, Meta, Tree};
+
+pub use local::LocalDir;
+pub use s3::{orphan_uploads, S3Options, S3Store};
+pub use tree::{put_tree, PutOptions, PutReport};
+pub use url::S3Url;
+
+/// What a backend can and cannot do, said in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Files can be renamed: a written file stays under a temporary name until committed.
+    /// Without it (S3), a file is visible once written, and a tree exists only once its
+    /// `MANIFEST.sha256` is written, last.
+    pub rename: bool,
+    /// A tree without its `MANIFEST.sha256` is an incomplete upload, not a dataset.
+    pub manifest_marks_complete: bool,
+    pub symlinks: bool,
+    pub hard_links: bool,
+    /// Sparse files keep their holes.
+    pub holes: bool,
+}
+
+impl Capabilities {
+    /// What a run should be told once about what this backend does not keep.
+    pub fn limits(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.symlinks {
+            out.push("symbolic links are not kept");
+        }
+        if !self.hard_links {
+            out.push("hard links are stored as separate copies");
+        }
+        if !self.holes {
+            out.push("sparse files are stored in full");
+        }
+        out
+    }
+}
+
+/// How long protected data is kept write-once, and how strictly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Nobody, not even an administrator, can shorten or remove the retention.
+    Compliance,
+    /// Users with the bypass permission can.
+    Governance,
+}
+
+impl LockMode {
+    /// Reads `COMPLIANCE` or `GOVERNANCE` (any case).
+    pub fn parse(text: &str) -> Option<LockMode> {
+        match text.to_ascii_uppercase().as_str() {
+            "COMPLIANCE" => Some(LockMode::Compliance),
+            "GOVERNANCE" => Some(LockMode::Governance),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        }
+    }
+}
+
+/// Write protection asked of [`Storage::protect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub mode: LockMode,
+    pub keep: Duration,
+}
+
+/// A file written but not yet committed under its final name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub rel: PathBuf,
+    pub digest: Digest,
+    pub bytes: u64,
+    /// The S3 version written (objects in a versioned bucket), for retention and read-back.
+    pub version: Option<String>,
+    /// Where the bytes are until commit (a local temporary file).
+    pub(crate) pending: Option<PathBuf>,
+}
+
+/// A file being written: bytes go in with [`Upload::write`]; [`Upload::finish`] makes them
+/// durable (the temporary file flushed, the multipart upload completed). Dropped without
+/// `finish`, it leaves nothing behind (the temporary removed, the multipart upload
+/// aborted).
+pub trait Upload: Send {
+    fn write(&mut self, block: &[u8]) -> Result<()>;
+    /// Flushes; fails with `SourceChanged` when the bytes do not hash to the digest given
+    /// to [`Storage::create`].
+    fn finish(self: Box<Self>) -> Result<Written>;
+}
+
+/// A place that holds a tree of files. Paths are relative to the place's root.
+pub trait Storage: std::fmt::Debug + Send + Sync {
+    /// How `rel` is shown in messages (`/nas/x/a.tif`, `s3://bucket/prefix/a.tif`).
+    fn display(&self, rel: &Path) -> PathBuf;
+    fn capabilities(&self) -> Capabilities;
+    /// The whole tree, bookkeeping and temporaries left out, in no particular order.
+    fn list(&self, filter: &Filter) -> Result<Tree>;
+    /// `None` when there is nothing at `rel`.
+    fn stat(&self, rel: &Path) -> Result<Option<Meta>>;
+    /// Streams `rel` from byte `from` to the end into `sink`; returns the file's metadata
+    /// as it was read (an object's identity moves when it is replaced).
+    fn read(
+        &self,
+        rel: &Path,
+        from: u64,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Meta>;
+    /// Starts writing `rel`, whose bytes must hash to `digest` (known from the source).
+    fn create(&self, rel: &Path, size: u64, digest: Digest) -> Result<Box<dyn Upload + '_>>;
+    /// Reads a written file back from storage and compares it with what was written.
+    fn verify(&self, written: &Written) -> Result<()>;
+    /// Gives a verified file its final name (a no-op where writing already did).
+    fn commit(&self, written: &Written) -> Result<()>;
+    /// Makes a committed file write-once; an error when that cannot be applied.
+    fn protect(&self, written: &Written, retention: Option<Retention>) -> Result<()>;
+    fn remove(&self, rel: &Path) -> Result<()>;
+
+    /// A small file in full, or `None` when it does not exist.
+    fn read_small(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
+        if self.stat(rel)?.is_none() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        self.read(rel, 0, &mut |block| {
+            bytes.extend_from_slice(block);
+            Ok(())
+        })?;
+        Ok(Some(bytes))
+    }
+}
+
+/// Writes `bytes` to `rel` through the whole sequence: write, read back, commit, protect.
+pub fn put_verified(
+    store: &dyn Storage,
+    rel: &Path,
+    bytes: &[u8],
+    retention: Option<Retention>,
+) -> Result<Written> {
+    let mut upload = store.create(rel, bytes.len() as u64, Digest::of(bytes))?;
+    upload.write(bytes)?;
+    let written = upload.finish()?;
+    store.verify(&written)?;
+    store.commit(&written)?;
+    store.protect(&written, retention)?;
+    Ok(written)
+}
