@@ -22,6 +22,7 @@ pub(crate) mod gate;
 pub(crate) mod pull;
 pub(crate) mod report;
 pub(crate) mod run;
+pub(crate) mod s3;
 pub(crate) mod slurm;
 pub(crate) mod sshd;
 

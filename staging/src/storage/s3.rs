@@ -127,8 +127,16 @@ impl S3Store {
                 loader = loader.endpoint_url(e);
             }
             let shared = loader.load().await;
-            let mut conf =
-                aws_sdk_s3::config::Builder::from(&shared).force_path_style(opts.path_style);
+            // Integrity is ours (Content-MD5, SHA-256 in metadata, read-back): no CRC
+            // headers or trailers of the SDK's, which RGW 16 rejects.
+            let mut conf = aws_sdk_s3::config::Builder::from(&shared)
+                .force_path_style(opts.path_style)
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .response_checksum_validation(
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+                );
             if shared.region().is_none() {
                 // On-site servers take any region in the signature; AWS needs the right one.
                 conf = conf.region(aws_config::Region::new("us-east-1"));
@@ -187,6 +195,11 @@ impl S3Store {
                 format!("{op}: no answer from the S3 endpoint {}", self.endpoint),
                 "check that the endpoint in [s3] is right and the server is up, then run again (it resumes)".to_string(),
             ),
+            (_, "QuotaExceeded", _) => (
+                StorageErrorKind::Quota,
+                format!("{op}: the bucket's quota is exceeded"),
+                "free space in the bucket or ask its administrator to raise the quota, then run again (it resumes)".to_string(),
+            ),
             (_, "NoSuchBucket", _) => (
                 StorageErrorKind::NotFound,
                 format!("{op}: the bucket {} does not exist", self.url.bucket),
@@ -197,11 +210,6 @@ impl S3Store {
                 StorageErrorKind::Auth,
                 format!("{op}: the S3 service refused the credentials ({})", if code.is_empty() { "403" } else { &code }),
                 "check the access key and secret (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, or `profile` in [s3]) and that they may use this bucket".to_string(),
-            ),
-            (_, "QuotaExceeded", _) => (
-                StorageErrorKind::Quota,
-                format!("{op}: the bucket's quota is exceeded"),
-                "free space in the bucket or ask its administrator to raise the quota, then run again (it resumes)".to_string(),
             ),
             (_, "SlowDown", _) | (_, _, Some(503)) => (
                 StorageErrorKind::Unreachable,

@@ -145,6 +145,21 @@ pub fn put_tree(
         }
     }
     walk::sort_by_bytes(&mut report.failed, |f| &f.path);
+    // A refused credential, a full quota or a gone endpoint is the run's outcome, not one
+    // file's: said once, as an error.
+    if let Some(i) = report.failed.iter().position(|f| {
+        matches!(
+            f.error,
+            Error::Storage {
+                kind: StorageErrorKind::Quota
+                    | StorageErrorKind::Auth
+                    | StorageErrorKind::Unreachable,
+                ..
+            }
+        )
+    }) {
+        return Err(report.failed.swap_remove(i).error);
+    }
     report.manifest = Manifest::from_entries(entries);
     report.elapsed = started.elapsed();
     Ok(report)

@@ -1,0 +1,228 @@
+//! The S3 test server (Ceph RadosGW started by `tests/s3/up.sh`) for one test: a fresh
+//! world whose config points `[s3]` at it, a prefix of its own in each bucket, and the
+//! AWS CLI (the peer tool) to look at what hpcstage left there.
+//!
+//! The server's facts come from `tests/s3/env.sh` when it was sourced, else from the same
+//! fixed test values. A test whose server is not up fails, saying how to start it (see
+//! `gate`); after each test no multipart upload may be left under its prefixes.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::run::{self, Run};
+use super::{gate, write, Env};
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+pub(crate) fn endpoint() -> String {
+    format!("http://127.0.0.1:{}", var("HPCSTAGE_S3_PORT", "7480"))
+}
+
+pub(crate) fn plain_bucket() -> String {
+    var("HPCSTAGE_S3_BUCKET", "hpcstage-plain")
+}
+
+pub(crate) fn locked_bucket() -> String {
+    var("HPCSTAGE_S3_LOCKED_BUCKET", "hpcstage-locked")
+}
+
+fn access_key() -> String {
+    var("HPCSTAGE_S3_ACCESS_KEY", "HPCSTAGETESTACCESSK0")
+}
+
+fn secret_key() -> String {
+    var(
+        "HPCSTAGE_S3_SECRET_KEY",
+        "hpcstage-test-only-secret-key-0123456789",
+    )
+}
+
+fn aws_cli() -> String {
+    var(
+        "HPCSTAGE_S3_AWS",
+        &format!(
+            "{}/bin/aws",
+            var("HPCSTAGE_S3_TOOLS_DIR", "/opt/hpcstage-s3-tools")
+        ),
+    )
+}
+
+/// A test world with the S3 server configured, or `None` (after the gate said so) when
+/// the server is missing under an explicit opt-out.
+pub(crate) struct S3World {
+    pub(crate) env: Env,
+    /// A prefix no other test uses (`t-<pid>-<nanos>-<name>`).
+    pub(crate) prefix: String,
+}
+
+impl S3World {
+    #[track_caller]
+    pub(crate) fn new(name: &str) -> Option<S3World> {
+        let port = var("HPCSTAGE_S3_PORT", "7480");
+        let up = TcpStream::connect(format!("127.0.0.1:{port}")).is_ok()
+            && Path::new(&aws_cli()).exists();
+        if !gate::service(
+            "s3",
+            up,
+            "start the S3 test server with `bash tests/s3/up.sh` (as root)",
+        ) {
+            return None;
+        }
+        let mut env = Env::new();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let prefix = format!("t-{}-{nanos}-{name}", std::process::id());
+        write(
+            env.user_config(),
+            format!(
+                "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nlock_mode = \"GOVERNANCE\"\nretain = \"1d\"\n\n[purge]\nbasis = \"mtime\"\nage = \"30d\"\n",
+                endpoint()
+            ),
+        );
+        for (k, v) in credentials(&access_key(), &secret_key()) {
+            env.set_env(k, v);
+        }
+        Some(S3World { env, prefix })
+    }
+
+    /// `s3://bucket/<prefix>/rel`.
+    pub(crate) fn url(&self, bucket: &str, rel: &str) -> String {
+        if rel.is_empty() {
+            format!("s3://{bucket}/{}", self.prefix)
+        } else {
+            format!("s3://{bucket}/{}/{rel}", self.prefix)
+        }
+    }
+
+    /// The key of `rel` under this test's prefix.
+    pub(crate) fn key(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.prefix)
+    }
+
+    /// Runs the AWS CLI against the test server with the test credentials.
+    pub(crate) fn aws(&self, args: &[&str]) -> Run {
+        let mut cmd = run::clean(&aws_cli());
+        for (k, v) in credentials(&access_key(), &secret_key()) {
+            cmd.env(k, v);
+        }
+        cmd.env("AWS_ENDPOINT_URL", endpoint())
+            .env("HOME", self.env.path("home"))
+            .args(args);
+        Run::of(cmd)
+    }
+
+    /// Uploads the local tree `dir` under `<prefix>/<rel>` with the AWS CLI.
+    pub(crate) fn upload(&self, dir: &Path, bucket: &str, rel: &str) {
+        self.aws(&[
+            "s3",
+            "cp",
+            "--recursive",
+            "--quiet",
+            &dir.display().to_string(),
+            &self.url(bucket, rel),
+        ])
+        .code(0);
+    }
+
+    /// Asserts that no multipart upload is left under this test's prefix in `bucket`.
+    #[track_caller]
+    pub(crate) fn assert_no_multipart_uploads(&self, bucket: &str) {
+        let run = self.aws(&[
+            "s3api",
+            "list-multipart-uploads",
+            "--bucket",
+            bucket,
+            "--prefix",
+            &self.prefix,
+            "--output",
+            "json",
+        ]);
+        run.code(0);
+        let out = run.out();
+        assert!(
+            !out.contains("UploadId"),
+            "multipart uploads left under s3://{bucket}/{}:\n{out}",
+            self.prefix
+        );
+    }
+
+    /// Removes what can be removed under this test's prefix (GOVERNANCE-locked versions
+    /// with the bypass); COMPLIANCE-locked versions stay until the server is purged.
+    pub(crate) fn cleanup(&self, bucket: &str) {
+        let run = self.aws(&[
+            "s3api",
+            "list-object-versions",
+            "--bucket",
+            bucket,
+            "--prefix",
+            &self.prefix,
+            "--output",
+            "json",
+        ]);
+        let Ok(listing) = serde_json::from_str::<serde_json::Value>(&run.stdout) else {
+            return;
+        };
+        for group in ["Versions", "DeleteMarkers"] {
+            for v in listing[group].as_array().into_iter().flatten() {
+                let (Some(key), Some(id)) = (v["Key"].as_str(), v["VersionId"].as_str()) else {
+                    continue;
+                };
+                let _ = self.aws(&[
+                    "s3api",
+                    "delete-object",
+                    "--bucket",
+                    bucket,
+                    "--key",
+                    key,
+                    "--version-id",
+                    id,
+                    "--bypass-governance-retention",
+                ]);
+            }
+        }
+    }
+}
+
+/// The variables that give the binary (or the AWS CLI) these credentials and nothing of
+/// the machine's own AWS configuration.
+pub(crate) fn credentials(access: &str, secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", access.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_CONFIG_FILE", "/dev/null".to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
+        (
+            "AWS_REQUEST_CHECKSUM_CALCULATION",
+            "when_required".to_string(),
+        ),
+        (
+            "AWS_RESPONSE_CHECKSUM_VALIDATION",
+            "when_required".to_string(),
+        ),
+    ]
+}
+
+/// `radosgw-admin ARGS...` with the test cluster's ceph.conf.
+pub(crate) fn radosgw_admin(args: &[&str]) -> Run {
+    let mut cmd = run::clean("radosgw-admin");
+    cmd.env(
+        "CEPH_CONF",
+        var(
+            "CEPH_CONF",
+            &format!(
+                "{}/etc/ceph.conf",
+                var("HPCSTAGE_S3_DIR", "/var/tmp/hpcstage-s3")
+            ),
+        ),
+    )
+    .args(args);
+    Run::of(cmd)
+}
