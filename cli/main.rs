@@ -69,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
     // Long copies stop cleanly on Ctrl-C or SIGTERM (see hpcstage_staging::interrupt).
     hpcstage_staging::interrupt::install();
     let settings = config::load(&cli.global)?;
+    hpcstage_staging::storage::S3Options::set_process(settings.s3.clone());
     match &cli.command {
         Command::Ingest(args) => commands::ingest::run(&settings, args),
         Command::Manifest(ManifestCommand::Create(args)) => {

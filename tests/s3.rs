@@ -499,3 +499,43 @@ fn an_ingest_killed_mid_upload_is_finished_by_a_rerun_without_orphan_parts() {
     assert_manifest_verifies(&fetched);
     w.cleanup(&bucket);
 }
+
+#[test]
+fn report_and_clean_trust_a_stage_from_s3_only_while_the_scratch_copy_matches_the_bucket() {
+    let Some(w) = S3World::new("clean") else {
+        return;
+    };
+    let bucket = plain_bucket();
+    let src = dataset(&w.env, "src");
+    w.upload(&src, &bucket, "P/raw/ds");
+    let nas = w.url(&bucket, "");
+    let roots = |args: &[&str]| {
+        let mut all = vec![
+            "--nas-root".to_string(),
+            nas.clone(),
+            "--scratch-root".to_string(),
+            w.env.scratch().display().to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        w.env.run(all)
+    };
+    roots(&["stage", &format!("{nas}/P/raw/ds")]).code(0);
+    let staged = w.env.scratch().join("P/ds");
+    roots(&["report", "--within", "60d"])
+        .code(0)
+        .out_has("SAFE     raw data verified on the NAS");
+
+    // Edited on scratch: the only copy of that work, kept.
+    write(staged.join("A01.tif"), "tiff A01 edited\n");
+    roots(&["clean"])
+        .code(0)
+        .out_has("keep")
+        .out_has("A01.tif (changed on the NAS or on scratch");
+    assert!(staged.join("A01.tif").exists());
+
+    // Back as verified: the bucket holds it, so the scratch copy goes.
+    write(staged.join("A01.tif"), "tiff A01\n");
+    roots(&["clean"]).code(0).out_has("remove");
+    assert!(!staged.exists());
+    w.cleanup(&bucket);
+}

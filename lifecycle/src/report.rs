@@ -542,14 +542,15 @@ fn nas_copy_state(
         .ok_or_else(|| no_manifest(String::new()))?;
     let nas = nas.to_map();
     // A remote NAS is listed once (one round trip per folder) instead of a stat per file.
-    let remote_sizes = match folder.remote() {
-        Some(_) => Some(folder.file_sizes().map_err(|e| {
+    let remote_sizes = if folder.is_remote() {
+        Some(folder.file_sizes().map_err(|e| {
             Check::Differs(format!(
                 "the NAS source {} cannot be listed ({e}); scratch may hold the only copy",
                 source.display()
             ))
-        })?),
-        None => None,
+        })?)
+    } else {
+        None
     };
     let mut changed: Vec<String> = Vec::new();
     for e in &scratch.entries {

@@ -1,6 +1,6 @@
-//! NAS folders, local or over SSH, for the whole-folder questions of the run lifecycle
-//! and the reports: is it there, what does a small file in it hold, which files does it
-//! have and how big are they, write-protect it.
+//! NAS folders, local, over SSH or an S3 prefix, for the whole-folder questions of the run
+//! lifecycle and the reports: is it there, what does a small file in it hold, which files
+//! does it have and how big are they, write-protect it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,19 +11,34 @@ use super::spec::Location;
 use super::SshOptions;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
+use crate::storage::{S3Options, S3Store, S3Url, Storage};
 use crate::walk::{Filter, Kind, MANIFEST_NAME};
 
 /// A folder on the NAS (its path may be `[user@]host[:port]:/path`).
 #[derive(Debug, Clone)]
 pub enum NasFolder {
     Local(PathBuf),
-    Remote { remote: Arc<Remote>, root: PathBuf },
+    Remote {
+        remote: Arc<Remote>,
+        root: PathBuf,
+    },
+    /// A prefix of an object store: it is there only once its `MANIFEST.sha256` is.
+    Store(Arc<dyn Storage>),
 }
 
 impl NasFolder {
     /// Reads `path` as a location; a remote one is connected to at once (so an unknown
     /// host key or a refused key is the first thing reported).
     pub fn open(path: &Path, ssh: &SshOptions) -> Result<NasFolder> {
+        if let Location::S3(url) = Location::parse(path.as_os_str())? {
+            return Err(Error::Invalid {
+                what: "NAS folder",
+                value: url.to_string(),
+                reason: "pull does not write to S3 yet; use a folder or an SSH NAS as nas_root \
+                         for pull (stage, ingest, report and clean take s3:// locations)"
+                    .to_string(),
+            });
+        }
         NasAccess::new(ssh.clone()).folder(path)
     }
 
@@ -37,13 +52,19 @@ impl NasFolder {
         match self {
             NasFolder::Local(p) => p.clone(),
             NasFolder::Remote { remote, root } => remote.display(root),
+            NasFolder::Store(store) => store.display(Path::new("")),
         }
+    }
+
+    /// True when the folder is not on this machine (listed rather than stat'ed per file).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, NasFolder::Local(_))
     }
 
     /// The connection and the folder's path on the host, for a remote folder.
     pub fn remote(&self) -> Option<(&Remote, &Path)> {
         match self {
-            NasFolder::Local(_) => None,
+            NasFolder::Local(_) | NasFolder::Store(_) => None,
             NasFolder::Remote { remote, root } => Some((remote, root)),
         }
     }
@@ -53,6 +74,7 @@ impl NasFolder {
         match self {
             NasFolder::Local(p) => Ok(std::fs::symlink_metadata(p).is_ok()),
             NasFolder::Remote { remote, root } => remote.exists(root),
+            NasFolder::Store(store) => self.is_complete(store.as_ref()),
         }
     }
 
@@ -61,7 +83,13 @@ impl NasFolder {
         match self {
             NasFolder::Local(p) => Ok(p.is_dir()),
             NasFolder::Remote { remote, root } => remote.is_dir(root),
+            NasFolder::Store(store) => self.is_complete(store.as_ref()),
         }
+    }
+
+    /// An object-store prefix counts as there only when its manifest is.
+    fn is_complete(&self, store: &dyn Storage) -> Result<bool> {
+        Ok(store.stat(Path::new(MANIFEST_NAME))?.is_some())
     }
 
     /// A small file of the folder; `None` when it is not there.
@@ -76,6 +104,7 @@ impl NasFolder {
                 std::fs::read(p.join(rel)).map_err(|e| Error::io(p.join(rel), e))
             }
             NasFolder::Remote { remote, root } => remote.read_small_at(&root.join(rel)),
+            NasFolder::Store(store) => return store.read_small(rel),
         };
         match read {
             Ok(bytes) => Ok(Some(bytes)),
@@ -98,6 +127,7 @@ impl NasFolder {
         let tree = match self {
             NasFolder::Local(p) => crate::walk::walk(p, &Filter::default())?,
             NasFolder::Remote { remote, root } => remote.walk_at(root, &Filter::default())?,
+            NasFolder::Store(store) => store.list(&Filter::default())?,
         };
         if let Some(e) = tree.errors.into_iter().next() {
             return Err(e);
@@ -115,6 +145,13 @@ impl NasFolder {
         match self {
             NasFolder::Local(p) => crate::worm::protect(p, false).map(|_| ()),
             NasFolder::Remote { remote, root } => remote.protect(root).map(|_| ()),
+            NasFolder::Store(store) => Err(Error::Invalid {
+                what: "NAS folder",
+                value: store.display(Path::new("")).display().to_string(),
+                reason:
+                    "an S3 prefix is protected per object (Object Lock retention) as it is written"
+                        .to_string(),
+            }),
         }
     }
 }
@@ -125,6 +162,8 @@ impl NasFolder {
 pub struct NasAccess {
     ssh: SshOptions,
     hosts: Mutex<HashMap<String, std::result::Result<Arc<Remote>, String>>>,
+    /// One S3 connection per bucket.
+    buckets: Mutex<HashMap<String, std::result::Result<Arc<S3Store>, String>>>,
 }
 
 impl Default for NasAccess {
@@ -134,6 +173,26 @@ impl Default for NasAccess {
 }
 
 impl NasAccess {
+    /// An S3 prefix, over the bucket's one connection (made with the process's `[s3]`
+    /// settings, [`crate::storage::S3Options::process`]).
+    fn prefix(&self, url: &S3Url) -> Result<NasFolder> {
+        let mut buckets = self.buckets.lock().expect("buckets lock");
+        let entry = buckets.entry(url.bucket.clone()).or_insert_with(|| {
+            S3Store::connect(&url.with_prefix(""), &S3Options::process())
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        match entry {
+            Ok(store) => Ok(NasFolder::Store(Arc::new(store.at(url.prefix.clone())))),
+            Err(reason) => Err(Error::Storage {
+                location: format!("s3://{}", url.bucket),
+                kind: crate::error::StorageErrorKind::Unreachable,
+                reason: reason.clone(),
+                hint: "see the error above".to_string(),
+            }),
+        }
+    }
+
     /// The process's shared access: reports and clean ask many records about a few NAS
     /// hosts, and one connection per host serves them all.
     pub fn shared() -> &'static NasAccess {
@@ -152,6 +211,7 @@ impl NasAccess {
         NasAccess {
             ssh,
             hosts: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -160,15 +220,7 @@ impl NasAccess {
         let spec = match Location::parse(path.as_os_str())? {
             Location::Local(p) => return Ok(NasFolder::Local(p)),
             Location::Remote(spec) => spec,
-            Location::S3(url) => {
-                return Err(Error::Invalid {
-                    what: "NAS folder",
-                    value: url.to_string(),
-                    reason: "pull, report and clean do not reach S3 yet; use a folder or an SSH \
-                             NAS here (stage and ingest take s3:// locations)"
-                        .to_string(),
-                })
-            }
+            Location::S3(url) => return self.prefix(&url),
         };
         let key = spec.authority();
         let mut hosts = self.hosts.lock().expect("hosts lock");

@@ -79,6 +79,22 @@ impl Default for S3Options {
     }
 }
 
+static PROCESS_OPTIONS: std::sync::OnceLock<S3Options> = std::sync::OnceLock::new();
+
+impl S3Options {
+    /// Makes `opts` the settings of S3 locations found in records (a report or a clean
+    /// asks about stages whose source is an S3 prefix); the binary sets them once from
+    /// `[s3]`.
+    pub fn set_process(opts: S3Options) {
+        let _ = PROCESS_OPTIONS.set(opts);
+    }
+
+    /// The settings [`S3Options::set_process`] gave, or the defaults.
+    pub fn process() -> S3Options {
+        PROCESS_OPTIONS.get().cloned().unwrap_or_default()
+    }
+}
+
 /// A bucket prefix as a [`Storage`].
 pub struct S3Store {
     url: S3Url,
