@@ -539,3 +539,64 @@ fn report_and_clean_trust_a_stage_from_s3_only_while_the_scratch_copy_matches_th
     assert!(!staged.exists());
     w.cleanup(&bucket);
 }
+
+/// A server that answers every request with 503 SlowDown, counting them.
+fn slow_down_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 8192];
+            let _ = stream.read(&mut buf);
+            let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, count)
+}
+
+#[test]
+fn a_503_slow_down_is_retried_with_back_off_then_told_with_the_bucket_named() {
+    // No RadosGW needed: the fault comes from a stand-in that always says SlowDown.
+    let env = Env::new();
+    let (port, count) = slow_down_server();
+    write(
+        env.user_config(),
+        format!("[s3]\nendpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\n"),
+    );
+    let mut cmd = env.command();
+    for (k, v) in common::s3::credentials("AKIDEXAMPLE", "secret") {
+        cmd.env(k, v);
+    }
+    cmd.args([
+        "--scratch-root",
+        &env.scratch().display().to_string(),
+        "stage",
+        "s3://lab-raw/P/raw/ds",
+        &env.path("scratch/P/ds").display().to_string(),
+    ]);
+    let started = Instant::now();
+    let run = env.finish(cmd);
+    run.code(1)
+        .err_has("s3://lab-raw: HeadBucket: the S3 service asked to slow down (503) and kept asking after the retries")
+        .err_has("lower --jobs");
+    let tries = count.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tries >= 4, "only {tries} requests: not retried");
+    // Backed off, not hammered: the retries took time.
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!env.path("scratch/P/ds").exists());
+}
