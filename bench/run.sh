@@ -21,6 +21,12 @@
 #                        a private sshd the script starts on 127.0.0.1 (stopped on exit), so
 #                        the data crosses loopback: encryption and per-file round trips are
 #                        what is measured. hpcstage's copy is compared with the source once.
+#   8. stage from S3     `hpcstage stage s3://BUCKET/bench/X DEST --project bench` (every object
+#                        hashed and checked against the prefix's MANIFEST.sha256, the copy
+#                        read back from storage) vs `rclone copy` and vs `aws s3 sync`, on the
+#                        S3 test server (Ceph RadosGW on 127.0.0.1, tests/s3/up.sh, as root),
+#                        dataset (b) and (l): 2 files of 128 MiB (16 MiB at scale small);
+#                        fresh destinations; each tool with its default parallelism
 # on two generated datasets of random bytes:
 #   (a) 4 files of 512 MiB (large sequential files: throughput of hashing and copying)
 #   (b) 20,000 files of 16 KiB in 100 folders (many small files: per-file overhead)
@@ -105,7 +111,7 @@ case $BENCH_CACHE in auto | cold | warm) ;; *) die "BENCH_CACHE must be auto, co
 case $BENCH_DIR in /*) ;; *) die "BENCH_DIR must be an absolute path (got '$BENCH_DIR')" ;; esac
 BENCH_ONLY=${BENCH_ONLY//,/ }
 for m in $BENCH_ONLY; do
-    [[ $m =~ ^[1-7]$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 7 (got '$BENCH_ONLY')"
+    [[ $m =~ ^[1-8]$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 8 (got '$BENCH_ONLY')"
 done
 # want N: measurement N is to run.
 want() { [[ -z ${BENCH_ONLY// /} || " $BENCH_ONLY " == *" $1 "* ]]; }
@@ -124,6 +130,9 @@ ensure_tools() {
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
     command -v sha256sum >/dev/null 2>&1 || pkgs+=(coreutils)
     command -v xargs >/dev/null 2>&1 || pkgs+=(findutils)
+    if want 8; then
+        command -v rclone >/dev/null 2>&1 || pkgs+=(rclone)
+    fi
     if want 7; then
         [[ -x /usr/sbin/sshd && -x $SFTP_SERVER ]] || pkgs+=(openssh-server openssh-sftp-server)
         { command -v ssh && command -v scp && command -v ssh-keygen; } >/dev/null 2>&1 ||
@@ -762,6 +771,51 @@ if want 7; then
     set_aside "$SCRATCH_ROOT/bench/ssh-b" "$PEER_DIR/ssh-scp-b"
 fi
 
+# 8. stage from S3: datasets (b) and (l) uploaded once (untimed, with their manifests) to
+# the plain bucket of the S3 test server, then fetched by hpcstage (verifying), rclone copy
+# and aws s3 sync, every run into an empty destination.
+S3_NOTE=
+if want 8; then
+    [[ $(id -u) -eq 0 ]] || die "measurement 8 starts the S3 test server (tests/s3/up.sh) and needs root"
+    bash "$REPO/tests/s3/up.sh" >"$LOG_DIR/s3-up.log" 2>&1 ||
+        die "the S3 test server did not start (log: $LOG_DIR/s3-up.log)"
+    # shellcheck source=/dev/null
+    source "$REPO/tests/s3/env.sh"
+    ensure_dataset b "$DATA_B" "$B_FILES files of $B_KIB KiB in $B_DIRS folders"
+    L_MIB=128
+    [[ $BENCH_SCALE == small ]] && L_MIB=16
+    gen_l() {
+        local i
+        rm -rf "$1" && mkdir -p "$1"
+        for i in 1 2; do head -c "$((L_MIB << 20))" /dev/urandom >"$1/large$i.bin"; done
+    }
+    export DATA_L=$DATA/l
+    ensure_dataset l "$DATA_L" "2 files of $L_MIB MiB"
+    export BENCH_SCALE S3_BASE="s3://$HPCSTAGE_S3_BUCKET/bench-$BENCH_SCALE"
+    for x in b l; do
+        src=$DATA_B
+        [[ $x == l ]] && src=$DATA_L
+        "$HPCSTAGE_S3_AWS" s3 sync --quiet --delete --exclude '.hpcstage/*' "$src" "$S3_BASE/$x" \
+            >"$LOG_DIR/s3-upload-$x.log" 2>&1 || die "upload of ($x) to $S3_BASE/$x failed (log: $LOG_DIR/s3-upload-$x.log)"
+    done
+    for x in b l; do
+        src=$DATA_B
+        [[ $x == l ]] && src=$DATA_L
+        measure "8 s3 stage ($x) vs rclone" ratio_ge 1 "rclone copy" \
+            "set_aside \"\$SCRATCH_ROOT/bench/s3-$x\"" "$H stage \"\$S3_BASE/$x\" \"\$SCRATCH_ROOT/bench/s3-$x\" --project bench" \
+            "set_aside \"\$PEER_DIR/s3-rclone-$x\"" "rclone copy \"hpcs3:\$HPCSTAGE_S3_BUCKET/bench-\$BENCH_SCALE/$x\" \"\$PEER_DIR/s3-rclone-$x\""
+        same_tree "$src" "$SCRATCH_ROOT/bench/s3-$x" hpcstage
+        same_tree "$src" "$PEER_DIR/s3-rclone-$x" rclone
+        set_aside "$PEER_DIR/s3-rclone-$x"
+        measure "8 s3 stage ($x) vs aws s3 sync" ratio_ge 1 "aws s3 sync" \
+            "set_aside \"\$SCRATCH_ROOT/bench/s3-$x\"" "$H stage \"\$S3_BASE/$x\" \"\$SCRATCH_ROOT/bench/s3-$x\" --project bench" \
+            "set_aside \"\$PEER_DIR/s3-aws-$x\"" "\"\$HPCSTAGE_S3_AWS\" s3 sync --quiet \"\$S3_BASE/$x\" \"\$PEER_DIR/s3-aws-$x\""
+        same_tree "$src" "$PEER_DIR/s3-aws-$x" "aws s3 sync"
+        set_aside "$SCRATCH_ROOT/bench/s3-$x" "$PEER_DIR/s3-aws-$x"
+    done
+    S3_NOTE="8: from Ceph RadosGW on $HPCSTAGE_S3_ENDPOINT (memstore OSD); $(rclone version 2>/dev/null | head -n 1); $("$HPCSTAGE_S3_AWS" --version 2>&1)"
+fi
+
 # --------------------------------------------------------------------------- report
 
 {
@@ -775,6 +829,7 @@ fi
         echo "cache policy: WARM for both (caches could not be dropped here, or BENCH_CACHE=warm): input read once before every timed run"
     fi
     if [[ -n $SSH_NOTE ]]; then echo "$SSH_NOTE"; fi
+    if [[ -n $S3_NOTE ]]; then echo "$S3_NOTE"; fi
     echo
     printf '%-26s %-16s %-26s %-7s %-24s %s\n' measurement "hpcstage med s" "peer med s" ratio target result
     for row in "${RESULTS[@]}"; do
