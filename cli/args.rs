@@ -42,8 +42,8 @@ pub(crate) struct GlobalArgs {
     /// Config file layered over the site and user files [env: HPCSTAGE_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Root of the lab NAS (holds <project>/raw and <project>/results): a folder, or
-    /// [user@]host[:port]:/path on an SSH host
+    /// Root of the lab NAS (holds <project>/raw and <project>/results): a folder,
+    /// [user@]host[:port]:/path on an SSH host, or s3://bucket/prefix
     #[arg(long, global = true, value_name = "DIR")]
     pub(crate) nas_root: Option<PathBuf>,
     /// Root of scratch space (default: $SCRATCH)
@@ -62,7 +62,8 @@ pub(crate) enum Command {
     /// Copy instrument data into <nas_root>/<project>/raw/<dataset>, verified and write-protected
     #[command(
         after_help = "Examples:\n  hpcstage ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7\n  \
-hpcstage --nas-root nas.lab.org:/export/lab ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7 --remote-verify"
+hpcstage --nas-root nas.lab.org:/export/lab ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7 --remote-verify\n  \
+hpcstage --nas-root s3://lab-raw ingest /mnt/microscope/2026-11-27 --project PRJ1 --dataset plate7   # Object Lock retention from [s3]"
     )]
     Ingest(IngestArgs),
     /// Create or check MANIFEST.sha256 files (compatible with sha256sum)
@@ -73,9 +74,11 @@ hpcstage --nas-root nas.lab.org:/export/lab ingest /mnt/microscope/2026-11-27 --
         after_help = "Examples:\n  hpcstage stage /nas/lab/PRJ1/raw/plate7\n  \
 hpcstage stage /nas/lab/PRJ1/raw/plate7 --dry-run\n  \
 hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'\n  \
-hpcstage stage nas.lab.org:/export/lab/PRJ1/raw/plate7 --ssh-sessions 8\n\n\
+hpcstage stage nas.lab.org:/export/lab/PRJ1/raw/plate7 --ssh-sessions 8\n  \
+hpcstage stage s3://lab-raw/PRJ1/raw/plate7\n\n\
 A source on an SSH host is reached as OpenSSH would (~/.ssh/config, ssh-agent or key files); its \
-host key must already be in ~/.ssh/known_hosts."
+host key must already be in ~/.ssh/known_hosts. An S3 source ([s3] in the config, credentials from \
+the AWS chain) is a dataset only once its MANIFEST.sha256 object exists."
     )]
     Stage(StageArgs),
     /// List, show and render job templates

@@ -154,9 +154,8 @@ impl Upload for LocalUpload {
             return Err(Error::SourceChanged { path: this.rel });
         }
         this.file.sync_all().at(&*this.tmp)?;
-        // Kept until commit renames it; removed by whoever drops the `Written` unused is
-        // not possible with a plain path, so a failed verify leaves it for the next run's
-        // sweep of temporaries.
+        // Kept under its temporary name until commit renames it; one whose read-back
+        // failed stays a `.hpcstage-tmp.*` file, which walks skip and the next run sweeps.
         let pending = this
             .tmp
             .keep()
@@ -168,5 +167,58 @@ impl Upload for LocalUpload {
             version: None,
             pending: Some(pending),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_file_has_no_final_name_until_verified_and_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path());
+        let rel = Path::new("a/b.txt");
+        let mut upload = store.create(rel, 5, Digest::of(b"hello")).unwrap();
+        upload.write(b"hel").unwrap();
+        upload.write(b"lo").unwrap();
+        let written = upload.finish().unwrap();
+        assert!(store.stat(rel).unwrap().is_none(), "visible before commit");
+        store.verify(&written).unwrap();
+        store.commit(&written).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(rel)).unwrap(), b"hello");
+        let mut read = Vec::new();
+        store
+            .read(rel, 2, &mut |b| {
+                read.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(read, b"llo");
+    }
+
+    #[test]
+    fn bytes_that_do_not_hash_to_the_source_digest_are_refused_and_a_bad_read_back_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path());
+        let mut upload = store
+            .create(Path::new("x"), 5, Digest::of(b"hello"))
+            .unwrap();
+        upload.write(b"HELLO").unwrap();
+        assert!(matches!(upload.finish(), Err(Error::SourceChanged { .. })));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "temporary left"
+        );
+
+        let mut upload = store.create(Path::new("y"), 2, Digest::of(b"ok")).unwrap();
+        upload.write(b"ok").unwrap();
+        let written = upload.finish().unwrap();
+        std::fs::write(written.pending.as_ref().unwrap(), b"KO").unwrap();
+        assert!(matches!(
+            store.verify(&written),
+            Err(Error::ReadBackMismatch { .. })
+        ));
     }
 }
