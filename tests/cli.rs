@@ -255,6 +255,42 @@ fn a_bad_value_names_the_key_and_the_file_it_came_from() {
 }
 
 #[test]
+fn s3_settings_are_checked_like_the_other_keys() {
+    for (toml, expected) in [
+        (
+            "[s3]\nlock_mode = \"strict\"\n",
+            "s3.lock_mode = \"strict\" (from [ROOT]/xdg-config/hpcstage/config.toml): expected \"COMPLIANCE\" or \"GOVERNANCE\"",
+        ),
+        (
+            "[s3]\nretain = \"10\"\n",
+            "s3.retain = \"10\" (from [ROOT]/xdg-config/hpcstage/config.toml) has no unit; write \"10y\" for 10 years",
+        ),
+        (
+            "[s3]\nendpoint = \"s3.lab.org\"\n",
+            "s3.endpoint = \"s3.lab.org\" (from [ROOT]/xdg-config/hpcstage/config.toml) is not a URL",
+        ),
+        (
+            "[s3]\nlockmode = \"COMPLIANCE\"\n",
+            "unknown key `s3.lockmode`: did you mean `lock_mode`?",
+        ),
+    ] {
+        let env = Env::new();
+        write(env.user_config(), toml);
+        env.run(["config", "show"]).code(1).err_has(expected);
+    }
+    let env = Env::new();
+    write(
+        env.user_config(),
+        "[s3]\nendpoint = \"https://s3.lab.org\"\nlock_mode = \"governance\"\nretain = \"7y\"\n",
+    );
+    env.run(["config", "show"])
+        .code(0)
+        .out_has("s3.endpoint")
+        .out_has("https://s3.lab.org")
+        .out_has("s3.retain");
+}
+
+#[test]
 fn a_missing_explicit_config_file_is_an_error() {
     let env = Env::new();
     env.run(["--config", "nope.toml", "config", "show"])
