@@ -117,6 +117,19 @@ Recorded in the ledger and in the run folder. Refused while a job of the run is 
 running (cancel it first) and for a run whose results were pulled."
     )]
     Dismiss(DismissArgs),
+    /// Make a deposit-ready BagIt bag of a pulled run (BioImage Archive, Zenodo, ENA)
+    #[command(
+        after_help = "Examples:\n  hpcstage release init unet-seg-plate7-20261127T101500-3f2a   # writes release.toml to fill in\n  \
+hpcstage release unet-seg-plate7-20261127T101500-3f2a --sample 8\n  \
+hpcstage release unet-seg-plate7-20261127T101500-3f2a --metadata ~/plate7.toml --to /tmp/bag\n  \
+hpcstage release verify /nas/lab/PRJ1/release/unet-seg-plate7-20261127T101500-3f2a\n\n\
+The bag goes to <nas>/<PRJ>/release/<run>/ (BagIt: data/ holds ro-crate-metadata.json, bia/, \
+zenodo/ and, for alignment runs, ena/). Only a run pulled and verified on the NAS is \
+released; a run that failed is refused. `release verify` exits 3 when a file does not match.",
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true
+    )]
+    Release(ReleaseArgs),
     /// Show runs (with their jobs) and staged datasets, with purge deadlines
     #[command(after_help = "Examples:\n  hpcstage status\n  hpcstage status RUN --json")]
     Status(StatusArgs),
@@ -591,6 +604,60 @@ pub(crate) struct RetryArgs {
     /// Re-run these array tasks instead of the failed ones, in SLURM's syntax (e.g. 3,7)
     #[arg(long, value_name = "LIST")]
     pub(crate) array: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<ReleaseCommand>,
+    /// Run id (or unique prefix)
+    #[arg(required = true)]
+    pub(crate) run: Option<String>,
+    /// Put the bag here instead of <nas>/<PRJ>/release/<run>/ (a new folder)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) to: Option<PathBuf>,
+    /// Representative images (each with its mask) for the BioImage Archive, chosen
+    /// evenly over the dataset, the same on every rerun
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub(crate) sample: usize,
+    /// The release's metadata (`hpcstage release init RUN` writes one to fill in)
+    #[arg(long, short, value_name = "FILE", default_value = "release.toml")]
+    pub(crate) metadata: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReleaseCommand {
+    /// Write a commented release.toml for RUN, pre-filled with what the run knows
+    #[command(
+        after_help = "Example:\n  hpcstage release init unet-seg-plate7-20261127T101500-3f2a -o plate7.toml"
+    )]
+    Init(ReleaseInitArgs),
+    /// Check a bag: BagIt completeness, every checksum, the RO-Crate (exit 3 when one fails)
+    #[command(
+        after_help = "Example:\n  hpcstage release verify /nas/lab/PRJ1/release/unet-seg-plate7-20261127T101500-3f2a"
+    )]
+    Verify(ReleaseVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseInitArgs {
+    /// Run id (or unique prefix)
+    pub(crate) run: String,
+    /// Where to write it (never over an existing file)
+    #[arg(long, short, value_name = "FILE", default_value = "release.toml")]
+    pub(crate) output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseVerifyArgs {
+    /// The bag's folder (it holds bagit.txt)
+    pub(crate) dir: PathBuf,
     /// Print JSON
     #[arg(long)]
     pub(crate) json: bool,

@@ -95,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Pull(args) => commands::pull::run(&settings, args),
         Command::Retry(args) => commands::retry::run(&settings, args),
         Command::Dismiss(args) => commands::dismiss::run(&settings, args),
+        Command::Release(args) => commands::release::run(&settings, args),
         Command::RunLocal { run } => commands::submit::run_local(&settings, run),
         Command::Epilogue(_) => unreachable!("handled before loading the config"),
         Command::Report(args) => commands::report::run(&settings, args),

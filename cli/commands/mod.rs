@@ -11,6 +11,7 @@ pub(crate) mod epilogue;
 pub(crate) mod ingest;
 pub(crate) mod manifest;
 pub(crate) mod pull;
+pub(crate) mod release;
 pub(crate) mod report;
 pub(crate) mod retry;
 pub(crate) mod stage;

@@ -15,6 +15,10 @@ pub enum Error {
     #[error(transparent)]
     Template(#[from] hpcstage_slurm::template::TemplateError),
 
+    /// A release was refused or failed.
+    #[error(transparent)]
+    Release(#[from] crate::release::ReleaseError),
+
     /// The local executor failed.
     #[error(transparent)]
     Local(#[from] hpcstage_slurm::local::LocalError),

@@ -38,7 +38,8 @@ mod store;
 use std::path::PathBuf;
 
 pub use outputs::{
-    Expected, InvalidOutput, OutputCheck, ResolvedOutputRule, ResolvedOutputs, RunInputs,
+    input_stem, Expected, InvalidOutput, OutputCheck, ResolvedOutputRule, ResolvedOutputs,
+    RunInputs,
 };
 pub use params::ParamValue;
 pub use render::{

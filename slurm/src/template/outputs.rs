@@ -220,7 +220,7 @@ fn check_masks(
 }
 
 /// An input's stem: its path without the extension, and without `.ome` before it.
-fn input_stem(rel: &str) -> String {
+pub fn input_stem(rel: &str) -> String {
     let (dir, name) = rel.rsplit_once('/').map_or(("", rel), |(d, n)| (d, n));
     let mut stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
     if stem.len() > 4 && stem[stem.len() - 4..].eq_ignore_ascii_case(".ome") {
