@@ -521,4 +521,192 @@ fn a_run_not_pulled_and_a_release_toml_without_authors_are_refused() {
     ))
     .err_has(&format!("hpcstage pull {unpulled}"));
     assert!(!to.exists(), "nothing is made");
+
+    // A run whose job failed: its pull-back job puts the logs in _failed/, and the release
+    // refuses it.
+    let mut failing: Vec<String> = args
+        .iter()
+        .filter(|a| a.as_str() != "--no-pull")
+        .cloned()
+        .collect();
+    failing.extend(["-p".into(), "predict_cmd=false".into()]);
+    let submitted = in_demo(&world, &dir, &failing);
+    submitted.code(0);
+    let failed = submitted.json()["run_id"].as_str().unwrap().to_string();
+    in_demo(
+        &world,
+        &dir,
+        &[
+            OsStr::new("release"),
+            OsStr::new(&failed),
+            OsStr::new("--metadata"),
+            dir.join("release.toml").as_os_str(),
+            OsStr::new("--to"),
+            to.as_os_str(),
+        ],
+    )
+    .code(1)
+    .err_has(&format!(
+        "run {failed} cannot be released: its results were not accepted"
+    ));
+    assert!(!to.exists(), "nothing is made");
+}
+
+/// A reference of `len` bases and `n` reads of 100 bases taken from it, as FASTA and
+/// FASTQ (a fixed linear congruential sequence: the same on every run).
+fn reference_and_reads(len: usize, n: usize, seed: u64) -> (String, String) {
+    let mut state = seed;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize
+    };
+    let reference: Vec<u8> = (0..len).map(|_| b"ACGT"[next() % 4]).collect();
+    let mut fasta = String::from(">chrT\n");
+    for line in reference.chunks(60) {
+        fasta.push_str(std::str::from_utf8(line).unwrap());
+        fasta.push('\n');
+    }
+    let mut fastq = String::new();
+    for i in 0..n {
+        let p = next() % (len - 100);
+        let read = std::str::from_utf8(&reference[p..p + 100]).unwrap();
+        fastq.push_str(&format!("@read{i}\n{read}\n+\n{}\n", "I".repeat(100)));
+    }
+    (fasta, fastq)
+}
+
+#[test]
+fn an_alignment_run_gets_an_ena_manifest_per_sample_with_the_reads_md5() {
+    let venv = venv();
+    for tool in ["minimap2", "samtools", "md5sum"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "{tool} is not installed (apt-get install -y minimap2 samtools coreutils)"
+        );
+    }
+    let world = World::new();
+    let (fasta, s1) = reference_and_reads(3000, 40, 7);
+    let (_, s2) = reference_and_reads(3000, 60, 7);
+    let reference = world.path("ref/chrT.fa");
+    common::write(&reference, &fasta);
+    let raw = world.dataset("reads", &[("s1_R1.fastq", s1), ("s2_R1.fastq", s2)]);
+    let run = world.run([
+        OsStr::new("stage-and-run"),
+        raw.as_os_str(),
+        OsStr::new("align"),
+        OsStr::new("-p"),
+        OsStr::new(&format!("reference={}", reference.display())),
+        OsStr::new("-p"),
+        OsStr::new("threads=1"),
+        OsStr::new("--executor"),
+        OsStr::new("local"),
+        OsStr::new("--wait"),
+        OsStr::new("--json"),
+    ]);
+    run.code(0);
+    let id = run.json()["run_id"].as_str().unwrap().to_string();
+
+    let toml = world.path("release.toml");
+    world
+        .run([
+            OsStr::new("release"),
+            OsStr::new("init"),
+            OsStr::new(&id),
+            OsStr::new("-o"),
+            toml.as_os_str(),
+        ])
+        .code(0);
+    let template = read_text(&toml);
+    // The [ena] section must be filled in: the release names the first field missing.
+    world
+        .run([
+            OsStr::new("release"),
+            OsStr::new(&id),
+            OsStr::new("-m"),
+            toml.as_os_str(),
+        ])
+        .code(1)
+        .err_has("required field `authors` is missing");
+    let filled = template
+        .replace(
+            "# [[authors]]\n# given = \"Ada\"\n# family = \"Lovelace\"",
+            "[[authors]]\ngiven = \"Ada\"\nfamily = \"Lovelace\"",
+        )
+        .replace("study = \"\"", "study = \"PRJEB00001\"")
+        .replace(
+            "instrument = \"\"",
+            "instrument = \"Illumina NovaSeq 6000\"",
+        )
+        .replace("# sampleA = \"ERS0000001\"", "s1 = \"ERS0000001\"");
+    common::write(&toml, &filled);
+    let released = world.run([
+        OsStr::new("release"),
+        OsStr::new(&id),
+        OsStr::new("-m"),
+        toml.as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    released.code(0);
+    let bag = PathBuf::from(released.json()["dir"].as_str().unwrap());
+    assert_eq!(
+        bag,
+        world.nas().join("P/release").join(&id),
+        "the default place"
+    );
+    assert_eq!(
+        released.json()["ena_samples"],
+        serde_json::json!(["s1", "s2"])
+    );
+
+    let ena = bag.join("data/ena");
+    assert_eq!(
+        read_text(ena.join("s1.manifest.txt")),
+        format!(
+            "STUDY\tPRJEB00001\nSAMPLE\tERS0000001\nNAME\t{id}-s1\nPLATFORM\tILLUMINA\nINSTRUMENT\tIllumina NovaSeq 6000\n\
+             LIBRARY_SOURCE\tGENOMIC\nLIBRARY_SELECTION\tRANDOM\nLIBRARY_STRATEGY\tWGS\nBAM\tbam/s1.bam\n"
+        )
+    );
+    assert!(
+        read_text(ena.join("s2.manifest.txt")).contains("SAMPLE\ts2\n"),
+        "a sample not listed keeps its name"
+    );
+    // The reads' checksums, as ENA checks them, by GNU md5sum; the BAMs are the pulled ones.
+    world
+        .sh(&ena, "md5sum -c MD5SUMS")
+        .code(0)
+        .out_has("bam/s1.bam: OK");
+    for s in ["s1", "s2"] {
+        assert_eq!(
+            std::fs::read(ena.join(format!("bam/{s}.bam"))).unwrap(),
+            std::fs::read(
+                world
+                    .nas()
+                    .join("P/results/alignment")
+                    .join(&id)
+                    .join(format!("bam/{s}.bam"))
+            )
+            .unwrap()
+        );
+    }
+    assert!(bag.join("data/zenodo/qc/s1.flagstat.txt").is_file());
+    assert!(
+        !bag.join("data/bia").exists(),
+        "no BioImage Archive part for reads"
+    );
+    tool(
+        &venv,
+        "bagit.py",
+        &[OsStr::new("--validate"), bag.as_os_str()],
+    )
+    .code(0);
+    world
+        .run([OsStr::new("release"), OsStr::new("verify"), bag.as_os_str()])
+        .code(0);
 }
