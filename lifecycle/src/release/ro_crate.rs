@@ -129,7 +129,7 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
         "@type": "Dataset",
         "name": meta.title(),
         "description": meta.description(),
-        "datePublished": whole_seconds(provenance["pulled_at"].as_str().unwrap_or("1970-01-01T00:00:00Z")),
+        "datePublished": iso_time(provenance["pulled_at"].as_str().unwrap_or("1970-01-01T00:00:00Z")),
         "license": {"@id": license_id},
         "author": one_or_many(authors),
         "version": meta.version(),
@@ -138,6 +138,14 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
         "hasPart": one_or_many(parts.iter().map(|p| json!({"@id": p.path})).collect()),
         "mentions": {"@id": format!("#job-{job_id}")},
     });
+    if let Some(org) = meta
+        .meta
+        .authors
+        .iter()
+        .find_map(|a| a.affiliation.as_deref())
+    {
+        root["publisher"] = json!({"@id": format!("#organization-{}", slug(org))});
+    }
     if !meta.meta.keywords.is_empty() {
         root["keywords"] = json!(meta.meta.keywords.join(", "));
     }
@@ -336,12 +344,12 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
         "object": one_or_many(objects),
         "result": one_or_many(results),
         "agent": {"@id": "#agent"},
-        "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+        "actionStatus": "http://schema.org/CompletedActionStatus",
         "resourceUsage": one_or_many(usage_ids),
     });
     for (key, field) in [("startTime", "start"), ("endTime", "end")] {
         if let Some(t) = job[field].as_str() {
-            action[key] = json!(whole_seconds(t));
+            action[key] = json!(iso_time(t));
         }
     }
     graph.push(action);
@@ -364,18 +372,21 @@ fn one_or_many(mut values: Vec<Value>) -> Value {
     }
 }
 
-/// An ISO 8601 time without its fraction of a second (`2026-12-07T11:38:08.6144Z` →
-/// `2026-12-07T11:38:08Z`), the form validators accept; SLURM's own times have none.
-fn whole_seconds(t: &str) -> String {
-    match t.find('.') {
-        Some(dot) => {
-            let rest = &t[dot + 1..];
-            let zone = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .map_or("", |i| &rest[i..]);
-            format!("{}{zone}", &t[..dot])
-        }
-        None => t.to_string(),
+/// A time as ISO 8601 with whole seconds and a numeric offset
+/// (`2026-12-07T11:38:08.6144Z` → `2026-12-07T11:38:08+00:00`), the form the Process Run
+/// Crate checks ask for. SLURM reports local times without a zone
+/// (`2026-12-07T11:38:08`): they get this machine's offset at that time.
+fn iso_time(t: &str) -> String {
+    let zoned = t
+        .parse::<jiff::Timestamp>()
+        .map(|ts| ts.to_zoned(jiff::tz::TimeZone::UTC))
+        .or_else(|_| {
+            t.parse::<jiff::civil::DateTime>()
+                .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::system()))
+        });
+    match zoned {
+        Ok(z) => z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+        Err(_) => t.to_string(),
     }
 }
 
@@ -524,5 +535,22 @@ fn has_type(e: &Value, t: &str) -> bool {
         Value::String(s) => s == t,
         Value::Array(a) => a.iter().any(|x| x == t),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_get_whole_seconds_and_an_offset() {
+        assert_eq!(
+            iso_time("2026-12-07T11:38:08.614484264Z"),
+            "2026-12-07T11:38:08+00:00"
+        );
+        assert_eq!(iso_time("2026-12-07T11:38:08+02:00"), "2026-12-07T09:38:08+00:00");
+        let local = iso_time("2026-12-07T11:38:08");
+        assert!(local.starts_with("2026-12-07T") && local.len() == 25, "{local}");
+        assert_eq!(iso_time("unknown"), "unknown");
     }
 }
