@@ -11,7 +11,6 @@
 
 use std::process::ExitCode;
 
-use hpcstage_lifecycle::release::ReleaseError;
 use hpcstage_lifecycle::Error as LifecycleError;
 use hpcstage_staging::Error as StagingError;
 
@@ -56,7 +55,7 @@ impl ExitStatus {
         let bad_bag = err.chain().any(|cause| {
             matches!(
                 cause.downcast_ref::<LifecycleError>(),
-                Some(LifecycleError::Release(ReleaseError::Invalid { .. }))
+                Some(LifecycleError::Release(e)) if e.is_integrity()
             )
         });
         if bad_bag {
@@ -117,6 +116,7 @@ mod tests {
 
     #[test]
     fn a_bag_that_fails_its_own_check_is_an_integrity_failure() {
+        use hpcstage_lifecycle::release::ReleaseError;
         let err: anyhow::Error = LifecycleError::Release(ReleaseError::Invalid {
             dir: PathBuf::from("/nas/P/release/.r.partial"),
             problems: vec!["data/a: FAILED sha256 check".into()],

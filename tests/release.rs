@@ -433,7 +433,7 @@ fn a_rerun_gives_the_same_payload_and_a_flipped_byte_fails_verify_and_bagit() {
 }
 
 #[test]
-fn a_run_not_pulled_and_a_release_toml_without_authors_are_refused() {
+fn a_run_not_pulled_failed_or_damaged_and_a_release_toml_without_authors_are_refused() {
     let (world, dir, id, _bag) = demo();
 
     // `release init` writes the template; without authors, a release names the field.
@@ -472,6 +472,36 @@ fn a_run_not_pulled_and_a_release_toml_without_authors_are_refused() {
         .err_has("required field `authors` is missing")
         .err_has("[ROOT]/demo/mine.toml");
     assert!(!to.exists(), "nothing is made");
+
+    // A results file on the NAS that no longer matches its manifest: nothing is released.
+    let results = dir.join("nas/demo-lab/results/segmentation").join(&id);
+    let table = results.join("tables/plate7/well_B02/field_0005.csv");
+    let mut bytes = std::fs::read(&table).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&table, &bytes).unwrap();
+    in_demo(
+        &world,
+        &dir,
+        &[
+            OsStr::new("release"),
+            OsStr::new(&id),
+            OsStr::new("--metadata"),
+            dir.join("release.toml").as_os_str(),
+            OsStr::new("--to"),
+            to.as_os_str(),
+        ],
+    )
+    .code(3)
+    .err_has("[ROOT]/demo/nas/demo-lab/results/segmentation/")
+    .err_has("tables/plate7/well_B02/field_0005.csv")
+    .err_has("nothing was released");
+    assert!(!to.exists(), "nothing is made");
+    assert!(
+        !world.path(".bag.partial").exists(),
+        "no half-made bag is left"
+    );
+    bytes[0] ^= 0x20;
+    std::fs::write(&table, &bytes).unwrap();
 
     // A second run of the same template over the same dataset, compute job only.
     let provenance: Value = serde_json::from_str(&read_text(

@@ -19,7 +19,7 @@ pub mod ro_crate;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use hpcstage_staging::copy::{copy_tree, CopyOptions};
+use hpcstage_staging::copy::{copy_tree, CopyOptions, FailureKind};
 use hpcstage_staging::manifest::{write_verified, Manifest};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::remote::NasFolder;
@@ -60,12 +60,28 @@ pub enum ReleaseError {
     #[error("the bag assembled in {dir} failed its check ({}); it was not put in place", problems.join("; "))]
     Invalid { dir: PathBuf, problems: Vec<String> },
 
+    /// A file on the NAS no longer matches the manifest it is listed in: nothing is
+    /// released from damaged data.
+    #[error(
+        "{path}: {reason}; nothing was released (restore it from a backup, then release again)"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+
     /// Something else is where the bag goes.
     #[error("{path} exists and is not a valid bag of run {id}; move it away or give another --to")]
     Occupied { path: PathBuf, id: String },
 }
 
 impl ReleaseError {
+    /// True for an integrity failure (exit code 3): a damaged source, a bag that fails
+    /// its own check.
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            ReleaseError::Corrupt { .. } | ReleaseError::Invalid { .. }
+        )
+    }
+
     pub(crate) fn io(path: PathBuf, source: std::io::Error) -> Self {
         ReleaseError::Io { path, source }
     }
@@ -293,6 +309,18 @@ fn assemble(
             ..CopyOptions::default()
         };
         let report = copy_tree(src, dest, &opts, progress)?;
+        if let Some(bad) = report.failed.iter().find(|f| {
+            matches!(
+                f.kind,
+                FailureKind::SourceCorrupt | FailureKind::VerifyFailed
+            )
+        }) {
+            return Err(ReleaseError::Corrupt {
+                path: src.join(&bad.path),
+                reason: bad.error.to_string(),
+            }
+            .into());
+        }
         if let Some(first) = report.failed.first() {
             return Err(ReleaseError::io(
                 src.join(&first.path),

@@ -548,9 +548,15 @@ mod tests {
             iso_time("2026-12-07T11:38:08.614484264Z"),
             "2026-12-07T11:38:08+00:00"
         );
-        assert_eq!(iso_time("2026-12-07T11:38:08+02:00"), "2026-12-07T09:38:08+00:00");
+        assert_eq!(
+            iso_time("2026-12-07T11:38:08+02:00"),
+            "2026-12-07T09:38:08+00:00"
+        );
         let local = iso_time("2026-12-07T11:38:08");
-        assert!(local.starts_with("2026-12-07T") && local.len() == 25, "{local}");
+        assert!(
+            local.starts_with("2026-12-07T") && local.len() == 25,
+            "{local}"
+        );
         assert_eq!(iso_time("unknown"), "unknown");
     }
 }
