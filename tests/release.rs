@@ -90,6 +90,29 @@ fn in_demo<S: AsRef<OsStr>>(world: &World, dir: &Path, args: &[S]) -> Run {
     world.run(all)
 }
 
+/// `hpcstage release RUN --metadata FILE --to DIR` in the demo's ledger.
+fn release_to(world: &World, dir: &Path, id: &str, metadata: &Path, to: &Path) -> Run {
+    release_sample(world, dir, id, metadata, to, "5")
+}
+
+/// [`release_to`] with `--sample N`.
+fn release_sample(world: &World, dir: &Path, id: &str, metadata: &Path, to: &Path, n: &str) -> Run {
+    in_demo(
+        world,
+        dir,
+        &[
+            OsStr::new("release"),
+            OsStr::new(id),
+            OsStr::new("--sample"),
+            OsStr::new(n),
+            OsStr::new("--metadata"),
+            metadata.as_os_str(),
+            OsStr::new("--to"),
+            to.as_os_str(),
+        ],
+    )
+}
+
 /// The rows of the BioImage Archive file list, by column name.
 fn file_list(bag: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     let text = read_text(bag.join("data/bia/files.tsv"));
@@ -330,21 +353,7 @@ fn a_rerun_gives_the_same_payload_and_a_flipped_byte_fails_verify_and_bagit() {
         .map(|n| world.path(n))
         .collect();
     for to in &again {
-        in_demo(
-            &world,
-            &dir,
-            &[
-                OsStr::new("release"),
-                OsStr::new(&id),
-                OsStr::new("--sample"),
-                OsStr::new("4"),
-                OsStr::new("--metadata"),
-                metadata.as_os_str(),
-                OsStr::new("--to"),
-                to.as_os_str(),
-            ],
-        )
-        .code(0);
+        release_sample(&world, &dir, &id, &metadata, to, "4").code(0);
     }
     for manifest in ["manifest-sha256.txt", "manifest-sha512.txt"] {
         let first = read_text(bag.join(manifest));
@@ -360,21 +369,7 @@ fn a_rerun_gives_the_same_payload_and_a_flipped_byte_fails_verify_and_bagit() {
     assert_eq!(file_list(&again[0]), file_list(&bag));
     // A smaller sample is chosen the same way: spread over the plate, first and last.
     let small = world.path("small");
-    in_demo(
-        &world,
-        &dir,
-        &[
-            OsStr::new("release"),
-            OsStr::new(&id),
-            OsStr::new("--sample"),
-            OsStr::new("2"),
-            OsStr::new("--metadata"),
-            metadata.as_os_str(),
-            OsStr::new("--to"),
-            small.as_os_str(),
-        ],
-    )
-    .code(0);
+    release_sample(&world, &dir, &id, &metadata, &small, "2").code(0);
     let images: Vec<String> = file_list(&small)
         .into_iter()
         .filter(|r| r["type"] == "image")
@@ -456,18 +451,7 @@ fn a_run_not_pulled_failed_or_damaged_and_a_release_toml_without_authors_are_ref
         "{text}"
     );
     let to = world.path("bag");
-    let run = in_demo(
-        &world,
-        &dir,
-        &[
-            OsStr::new("release"),
-            OsStr::new(&id),
-            OsStr::new("--metadata"),
-            toml.as_os_str(),
-            OsStr::new("--to"),
-            to.as_os_str(),
-        ],
-    );
+    let run = release_to(&world, &dir, &id, &toml, &to);
     run.code(1)
         .err_has("required field `authors` is missing")
         .err_has("[ROOT]/demo/mine.toml");
@@ -479,22 +463,11 @@ fn a_run_not_pulled_failed_or_damaged_and_a_release_toml_without_authors_are_ref
     let mut bytes = std::fs::read(&table).unwrap();
     bytes[0] ^= 0x20;
     std::fs::write(&table, &bytes).unwrap();
-    in_demo(
-        &world,
-        &dir,
-        &[
-            OsStr::new("release"),
-            OsStr::new(&id),
-            OsStr::new("--metadata"),
-            dir.join("release.toml").as_os_str(),
-            OsStr::new("--to"),
-            to.as_os_str(),
-        ],
-    )
-    .code(3)
-    .err_has("[ROOT]/demo/nas/demo-lab/results/segmentation/")
-    .err_has("tables/plate7/well_B02/field_0005.csv")
-    .err_has("nothing was released");
+    release_to(&world, &dir, &id, &dir.join("release.toml"), &to)
+        .code(3)
+        .err_has("[ROOT]/demo/nas/demo-lab/results/segmentation/")
+        .err_has("tables/plate7/well_B02/field_0005.csv")
+        .err_has("nothing was released");
     assert!(!to.exists(), "nothing is made");
     assert!(
         !world.path(".bag.partial").exists(),
@@ -533,23 +506,12 @@ fn a_run_not_pulled_failed_or_damaged_and_a_release_toml_without_authors_are_ref
     let submitted = in_demo(&world, &dir, &args);
     submitted.code(0);
     let unpulled = submitted.json()["run_id"].as_str().unwrap().to_string();
-    in_demo(
-        &world,
-        &dir,
-        &[
-            OsStr::new("release"),
-            OsStr::new(&unpulled),
-            OsStr::new("--metadata"),
-            dir.join("release.toml").as_os_str(),
-            OsStr::new("--to"),
-            to.as_os_str(),
-        ],
-    )
-    .code(1)
-    .err_has(&format!(
+    release_to(&world, &dir, &unpulled, &dir.join("release.toml"), &to)
+        .code(1)
+        .err_has(&format!(
         "run {unpulled} cannot be released: its results were never pulled and verified on the NAS"
     ))
-    .err_has(&format!("hpcstage pull {unpulled}"));
+        .err_has(&format!("hpcstage pull {unpulled}"));
     assert!(!to.exists(), "nothing is made");
 
     // A run whose job failed: its pull-back job puts the logs in _failed/, and the release
@@ -563,22 +525,11 @@ fn a_run_not_pulled_failed_or_damaged_and_a_release_toml_without_authors_are_ref
     let submitted = in_demo(&world, &dir, &failing);
     submitted.code(0);
     let failed = submitted.json()["run_id"].as_str().unwrap().to_string();
-    in_demo(
-        &world,
-        &dir,
-        &[
-            OsStr::new("release"),
-            OsStr::new(&failed),
-            OsStr::new("--metadata"),
-            dir.join("release.toml").as_os_str(),
-            OsStr::new("--to"),
-            to.as_os_str(),
-        ],
-    )
-    .code(1)
-    .err_has(&format!(
-        "run {failed} cannot be released: its results were not accepted"
-    ));
+    release_to(&world, &dir, &failed, &dir.join("release.toml"), &to)
+        .code(1)
+        .err_has(&format!(
+            "run {failed} cannot be released: its results were not accepted"
+        ));
     assert!(!to.exists(), "nothing is made");
 }
 
