@@ -17,6 +17,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::cluster::slurm_test;
 use common::read_text;
 use common::run::Run;
 use common::slurm::World;
@@ -51,12 +52,17 @@ fn tool(venv: &Path, name: &str, args: &[&OsStr]) -> Run {
 /// The demo (local executor) in a fresh world; returns the world, the demo's folder, its
 /// run id and the bag it released.
 fn demo() -> (World, PathBuf, String, PathBuf) {
+    demo_on("local")
+}
+
+/// [`demo`] with the given executor.
+fn demo_on(executor: &str) -> (World, PathBuf, String, PathBuf) {
     let world = World::new();
     let dir = world.path("demo");
     let run = world.run([
         OsStr::new("demo"),
         OsStr::new("--executor"),
-        OsStr::new("local"),
+        OsStr::new(executor),
         OsStr::new("--small-files"),
         OsStr::new("20"),
         OsStr::new("--large-mib"),
@@ -275,7 +281,7 @@ fn the_demo_release_passes_bagit_rocrate_validator_and_cffconvert_offline() {
         .iter()
         .map(|u| entity(u["@id"].as_str().unwrap())["name"].as_str().unwrap())
         .collect();
-    for name in ["nodes", "elapsed", "gpu_models"] {
+    for name in ["gpus", "alloc_tres", "nodes", "elapsed", "gpu_models"] {
         assert!(usage.contains(&name), "{name} in {usage:?}");
     }
     let results_in_crate: Vec<&str> = action["result"]
@@ -690,4 +696,49 @@ fn an_alignment_run_gets_an_ena_manifest_per_sample_with_the_reads_md5() {
     world
         .run([OsStr::new("release"), OsStr::new("verify"), bag.as_os_str()])
         .code(0);
+}
+
+#[test]
+fn the_crate_of_a_job_on_the_cluster_holds_what_slurm_accounted() {
+    let _cluster = slurm_test!();
+    let (_world, dir, id, bag) = demo_on("slurm");
+    let provenance: Value = serde_json::from_str(&read_text(
+        dir.join("nas/demo-lab/results/segmentation")
+            .join(&id)
+            .join("run.json"),
+    ))
+    .unwrap();
+    let job = &provenance["compute_job"];
+    assert_eq!(job["state"], "COMPLETED", "{provenance:#}");
+    let doc: Value =
+        serde_json::from_str(&read_text(bag.join("data/ro-crate-metadata.json"))).unwrap();
+    let graph = doc["@graph"].as_array().unwrap();
+    let value = |name: &str| {
+        graph
+            .iter()
+            .find(|e| e["@id"] == format!("#resource-{name}"))
+            .unwrap_or_else(|| panic!("no {name}\n{doc:#}"))["value"]
+            .clone()
+    };
+    let tres = value("alloc_tres");
+    assert!(
+        tres.as_str().is_some_and(|t| t.contains("cpu=1")),
+        "the TRES sacct gave: {tres}"
+    );
+    assert_eq!(tres, job["alloc_tres"]);
+    assert_eq!(value("nodes"), job["nodes"]);
+    assert_eq!(value("partition"), job["partition"]);
+    assert_eq!(value("elapsed"), job["elapsed_secs"]);
+    let action = graph.iter().find(|e| e["@type"] == "CreateAction").unwrap();
+    assert_eq!(
+        action["@id"],
+        format!("#job-{}", provenance["compute_job_id"].as_str().unwrap())
+    );
+    // SLURM's times are local, without a zone: the crate gives them an offset.
+    let start = action["startTime"].as_str().unwrap();
+    assert_eq!(start.len(), 25, "{start}");
+    assert!(
+        start.starts_with(&job["start"].as_str().unwrap()[..19]),
+        "{start} {job:#}"
+    );
 }

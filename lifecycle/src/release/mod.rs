@@ -183,6 +183,12 @@ pub fn check_releasable(view: &RunView) -> Result<String, ReleaseError> {
             r.results_dir.display()
         )));
     }
+    if Kind::of(r) == Kind::Imaging && NasFolder::is_remote_path(Path::new(&r.input.source)) {
+        return Err(refuse(format!(
+            "its dataset is on a NAS reached over SSH ({}); release reads the images from a mounted NAS",
+            r.input.source
+        )));
+    }
     let recorded = view
         .events
         .iter()

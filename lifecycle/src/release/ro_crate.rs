@@ -312,7 +312,16 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
         }
         usage.push(pv);
     };
-    property("gpus", job["gpus"].clone(), None);
+    // What a reader of a run asks first (GPUs, TRES, node, elapsed) is always there, as
+    // "unknown" when the scheduler did not say (the local executor has no TRES).
+    let known = |v: &Value| {
+        if v.is_null() {
+            json!("unknown")
+        } else {
+            v.clone()
+        }
+    };
+    property("gpus", known(&job["gpus"]), None);
     property(
         "gpu_models",
         json!(provenance["gpus"].as_array().map(|g| g
@@ -322,10 +331,10 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
             .join("; "))),
         None,
     );
-    property("alloc_tres", job["alloc_tres"].clone(), None);
-    property("nodes", job["nodes"].clone(), None);
+    property("alloc_tres", known(&job["alloc_tres"]), None);
+    property("nodes", known(&job["nodes"]), None);
     property("partition", job["partition"].clone(), None);
-    property("elapsed", job["elapsed_secs"].clone(), Some("s"));
+    property("elapsed", known(&job["elapsed_secs"]), Some("s"));
     property("exit_code", job["exit_code"].clone(), None);
     property("state", job["state"].clone(), None);
     property("array_size", provenance["array_size"].clone(), None);
