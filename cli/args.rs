@@ -616,7 +616,7 @@ pub(crate) struct ReleaseArgs {
     /// Run id (or unique prefix)
     #[arg(required = true)]
     pub(crate) run: Option<String>,
-    /// Put the bag here instead of <nas>/<PRJ>/release/<run>/ (a new folder)
+    /// Put the bag here instead of <nas>/<PRJ>/release/<run>/ (a new or empty folder)
     #[arg(long, value_name = "DIR")]
     pub(crate) to: Option<PathBuf>,
     /// Representative images (each with its mask) for the BioImage Archive, chosen

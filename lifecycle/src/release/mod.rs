@@ -230,6 +230,11 @@ pub fn release(
         Some(d) => d.clone(),
         None => default_dest(view)?,
     };
+    let empty = std::fs::read_dir(&dest).is_ok_and(|mut d| d.next().is_none());
+    if empty {
+        // An empty folder given with --to takes the bag (renamed into its place).
+        std::fs::remove_dir(&dest).map_err(|e| ReleaseError::io(dest.clone(), e))?;
+    }
     if dest.exists() {
         let check = bag::verify(&dest)?;
         let ours = std::fs::read_to_string(dest.join(bag::BAG_INFO)).is_ok_and(|t| {
