@@ -340,6 +340,103 @@ fn read_info(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
 mod tests {
     use super::*;
 
+    /// A bag of two files and a minimal crate, valid.
+    fn small_bag(dir: &Path) {
+        let data = dir.join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::write(data.join("a.txt"), "a\n").unwrap();
+        std::fs::write(data.join("sub/b%1.txt"), "b\n").unwrap();
+        let graph = serde_json::json!({
+            "@context": "https://w3id.org/ro/crate/1.3/context",
+            "@graph": [
+                {"@id": "ro-crate-metadata.json", "@type": "CreativeWork", "about": {"@id": "./"},
+                 "conformsTo": {"@id": "https://w3id.org/ro/crate/1.3"}},
+                {"@id": "./", "@type": "Dataset", "name": "n", "description": "d",
+                 "datePublished": "2026-12-07", "license": {"@id": "https://spdx.org/licenses/CC0-1.0"},
+                 "hasPart": [{"@id": "a.txt"}]},
+                {"@id": "a.txt", "@type": "File"}
+            ]
+        });
+        std::fs::write(data.join("ro-crate-metadata.json"), graph.to_string()).unwrap();
+        let info = BagInfo {
+            source_organization: "Lab".into(),
+            external_identifier: "run-1".into(),
+            external_description: "t".into(),
+            contact_name: None,
+            bagging_date: "2026-12-07".into(),
+        };
+        for (name, bytes) in tag_files(&hash_payload(dir).unwrap(), &info) {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_complete_bag_verifies_and_each_damage_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        small_bag(dir);
+        let check = verify(dir).unwrap();
+        assert!(check.ok(), "{:?}", check.problems);
+        assert_eq!(check.files, 3);
+        assert!(std::fs::read_to_string(dir.join("manifest-sha256.txt"))
+            .unwrap()
+            .contains("  data/sub/b%251.txt\n"));
+
+        std::fs::write(dir.join("data/extra.txt"), "x").unwrap();
+        std::fs::remove_file(dir.join("data/sub/b%1.txt")).unwrap();
+        std::fs::write(dir.join("bag-info.txt"), "Payload-Oxum: 1.1\n").unwrap();
+        let problems = verify(dir).unwrap().problems;
+        for expected in [
+            "data/sub/b%1.txt: MISSING (listed in manifest-sha256.txt)",
+            "data/extra.txt: not listed in manifest-sha512.txt",
+            "bag-info.txt: FAILED sha256 check (tagmanifest-sha256.txt)",
+        ] {
+            assert!(
+                problems.iter().any(|p| p == expected),
+                "{expected}\n{problems:#?}"
+            );
+        }
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("Payload-Oxum is 1.1")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn a_crate_that_is_not_ro_crate_1_2_or_1_3_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        small_bag(dir);
+        let path = dir.join("data/ro-crate-metadata.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("1.3", "1.1");
+        let text = text.replace(
+            "{\"@id\":\"a.txt\",\"@type\":\"File\"}",
+            "{\"@id\":\"gone.txt\",\"@type\":\"File\"}",
+        );
+        std::fs::write(&path, text).unwrap();
+        let mut problems = Vec::new();
+        let payload = hash_payload(dir).unwrap();
+        super::super::ro_crate::check(&dir.join("data"), &payload, &mut problems);
+        let all = problems.join("\n");
+        assert!(
+            all.contains("@context names no RO-Crate 1.2 or 1.3 context"),
+            "{all}"
+        );
+        assert!(all.contains("not RO-Crate 1.2 or 1.3"), "{all}");
+        assert!(
+            all.contains("\"./\" has part \"a.txt\", which the graph does not describe"),
+            "{all}"
+        );
+        assert!(
+            all.contains("File \"gone.txt\" is not in the payload"),
+            "{all}"
+        );
+    }
+
     #[test]
     fn manifest_paths_are_percent_encoded_both_ways() {
         let p = "data/a%b\nc\rd";
