@@ -11,25 +11,22 @@
 //! inputs, no clock): a rerun gives the same payload bytes. Layout:
 //! docs/ARCHITECTURE.md#release-bags.
 
+mod assemble;
 pub mod bag;
 pub mod deposit;
 pub mod meta;
 pub mod ro_crate;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use hpcstage_staging::copy::{copy_tree, CopyOptions, FailureKind};
-use hpcstage_staging::manifest::{write_verified, Manifest};
+use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::remote::NasFolder;
-use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
+use hpcstage_staging::walk::MANIFEST_NAME;
 use serde::Serialize;
 
 use crate::run::{Event, JobRole, Phase, RunView};
-use deposit::Pair;
-use meta::{Kind, Metadata};
-use ro_crate::{Part, Role};
+use meta::Kind;
 
 /// Errors of a release.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +227,24 @@ pub fn release(
         Some(d) => d.clone(),
         None => default_dest(view)?,
     };
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
+    std::fs::create_dir_all(parent).map_err(|e| ReleaseError::io(parent.to_path_buf(), e))?;
+    let lock_path = parent.join(format!(".{name}.release.lock"));
+    let _lock =
+        match hpcstage_staging::lock::try_lock(&lock_path, &hpcstage_staging::lock::holder())? {
+            hpcstage_staging::lock::TryLock::Held(l) => Some(l),
+            hpcstage_staging::lock::TryLock::Busy(holder) => {
+                return Err(ReleaseError::Refused {
+                    id: record.id.clone(),
+                    reason: format!("another release of it is under way ({holder})"),
+                }
+                .into())
+            }
+            hpcstage_staging::lock::TryLock::Unsupported(_) => None,
+        };
     let empty = std::fs::read_dir(&dest).is_ok_and(|mut d| d.next().is_none());
     if empty {
         // An empty folder given with --to takes the bag (renamed into its place).
@@ -258,31 +273,13 @@ pub fn release(
         }
         .into());
     }
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
-    std::fs::create_dir_all(parent).map_err(|e| ReleaseError::io(parent.to_path_buf(), e))?;
-    let lock_path = parent.join(format!(".{name}.release.lock"));
-    let _lock =
-        match hpcstage_staging::lock::try_lock(&lock_path, &hpcstage_staging::lock::holder())? {
-            hpcstage_staging::lock::TryLock::Held(l) => Some(l),
-            hpcstage_staging::lock::TryLock::Busy(holder) => {
-                return Err(ReleaseError::Refused {
-                    id: record.id.clone(),
-                    reason: format!("another release of it is under way ({holder})"),
-                }
-                .into())
-            }
-            hpcstage_staging::lock::TryLock::Unsupported(_) => None,
-        };
     let hidden = parent.join(format!(".{name}.partial"));
     if hidden.exists() {
         // What an interrupted release left: made again from the NAS.
         let _ = hpcstage_staging::worm::make_writable(&hidden);
         std::fs::remove_dir_all(&hidden).map_err(|e| ReleaseError::io(hidden.clone(), e))?;
     }
-    let assembled = assemble(view, &meta, kind, &results_digest, opts, &hidden, progress);
+    let assembled = assemble::assemble(view, &meta, kind, &results_digest, opts, &hidden, progress);
     let released = match assembled {
         Ok(r) => r,
         Err(e) => {
@@ -296,352 +293,4 @@ pub fn release(
         dir: dest,
         ..released
     })
-}
-
-/// Builds the whole bag in `hidden` and checks it.
-fn assemble(
-    view: &RunView,
-    meta: &Metadata,
-    kind: Kind,
-    results_digest: &str,
-    opts: &ReleaseOptions,
-    hidden: &Path,
-    progress: &dyn Progress,
-) -> Result<Released, crate::Error> {
-    let record = &view.record;
-    let results = &record.results_dir;
-    let data = hidden.join("data");
-    let copy = |src: &Path, dest: &Path, filter: Filter| -> Result<(), crate::Error> {
-        let opts = CopyOptions {
-            jobs: opts.jobs.max(1),
-            preserve_mtime: true,
-            use_source_manifest: true,
-            filter,
-            ..CopyOptions::default()
-        };
-        let report = copy_tree(src, dest, &opts, progress)?;
-        if let Some(bad) = report.failed.iter().find(|f| {
-            matches!(
-                f.kind,
-                FailureKind::SourceCorrupt | FailureKind::VerifyFailed
-            )
-        }) {
-            return Err(ReleaseError::Corrupt {
-                path: src.join(&bad.path),
-                reason: bad.error.to_string(),
-            }
-            .into());
-        }
-        if let Some(first) = report.failed.first() {
-            return Err(ReleaseError::io(
-                src.join(&first.path),
-                std::io::Error::other(format!(
-                    "{} of {} files could not be copied into the bag (first: {})",
-                    report.failed.len(),
-                    report.files_total,
-                    first.error
-                )),
-            )
-            .into());
-        }
-        if let Some(unlisted) = report.unlisted_in_source.first() {
-            return Err(ReleaseError::io(
-                src.join(unlisted),
-                std::io::Error::other(
-                    "not listed in the NAS manifest of its folder, so it is not verified data",
-                ),
-            )
-            .into());
-        }
-        for leftover in [dest.join(MANIFEST_NAME), dest.join(STATE_DIR)] {
-            let gone = if leftover.is_dir() {
-                std::fs::remove_dir_all(&leftover)
-            } else {
-                std::fs::remove_file(&leftover)
-            };
-            gone.map_err(|e| ReleaseError::io(leftover.clone(), e))?;
-        }
-        Ok(())
-    };
-    let write = |rel: &str, bytes: &[u8]| -> Result<(), crate::Error> {
-        let path = data.join(rel);
-        if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p).map_err(|e| ReleaseError::io(p.to_path_buf(), e))?;
-        }
-        write_verified(&path, bytes)?;
-        Ok(())
-    };
-
-    progress.phase("copying results");
-    let zenodo_globs = [
-        "tables/**",
-        "qc/**",
-        "/job.sbatch",
-        "/README.md",
-        "/run.json",
-    ];
-    let zenodo_files = Manifest::read(&results.join(MANIFEST_NAME))?;
-    let zenodo_paths: Vec<PathBuf> = zenodo_files
-        .entries
-        .iter()
-        .map(|e| e.path.clone())
-        .filter(|p| {
-            let s = p.to_string_lossy();
-            zenodo_globs.iter().any(|g| match g.strip_prefix('/') {
-                Some(exact) => s == exact,
-                None => s.starts_with(g.trim_end_matches("**")),
-            })
-        })
-        .collect();
-    copy(
-        results,
-        &data.join("zenodo"),
-        Filter::only_paths(zenodo_paths),
-    )?;
-    let mut template_parts = Vec::new();
-    for (file, bytes) in &opts.template_files {
-        let rel = format!("zenodo/template/{file}");
-        write(&rel, bytes)?;
-        template_parts.push(rel);
-    }
-
-    let provenance: serde_json::Value = std::fs::read(results.join("run.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-
-    let mut images = Vec::new();
-    let mut masks: HashMap<String, String> = HashMap::new();
-    if kind == Kind::Imaging {
-        progress.phase("copying images");
-        let pairs = pairs(record, &zenodo_files)?;
-        let chosen = deposit::representative(pairs, opts.sample);
-        copy(
-            Path::new(&record.input.source),
-            &data.join("bia/images"),
-            Filter::only_paths(chosen.iter().map(|p| PathBuf::from(&p.image))),
-        )?;
-        copy(
-            results,
-            &data.join("bia"),
-            Filter::only_paths(chosen.iter().map(|p| PathBuf::from(&p.mask))),
-        )?;
-        write(
-            "bia/files.tsv",
-            deposit::bia_file_list(&chosen, "images", "masks").as_bytes(),
-        )?;
-        write(
-            "bia/study-rembi.tsv",
-            deposit::rembi_study(meta, record, chosen.len()).as_bytes(),
-        )?;
-        for p in &chosen {
-            masks.insert(format!("bia/{}", p.mask), p.image.clone());
-        }
-        images = chosen.into_iter().map(|p| p.image).collect();
-    }
-    let mut ena_samples = Vec::new();
-    if kind == Kind::Sequencing {
-        progress.phase("copying reads");
-        let bams: Vec<PathBuf> = zenodo_files
-            .entries
-            .iter()
-            .map(|e| e.path.clone())
-            .filter(|p| {
-                p.starts_with("bam") && p.extension().is_some_and(|x| x == "bam" || x == "cram")
-            })
-            .collect();
-        copy(results, &data.join("ena"), Filter::only_paths(bams.clone()))?;
-        let mut md5s = String::new();
-        for bam in &bams {
-            let file_name = bam
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let sample = file_name
-                .split('.')
-                .next()
-                .unwrap_or(&file_name)
-                .to_string();
-            let field = if file_name.ends_with(".cram") {
-                "CRAM"
-            } else {
-                "BAM"
-            };
-            let rel = bam.to_string_lossy().into_owned();
-            write(
-                &format!("ena/{sample}.manifest.txt"),
-                deposit::ena_manifest(meta, record, &sample, field, &rel).as_bytes(),
-            )?;
-            let path = data.join("ena").join(bam);
-            let md5 = md5_file(&path).map_err(|e| ReleaseError::io(path.clone(), e))?;
-            md5s.push_str(&format!("{md5}  {rel}\n"));
-            ena_samples.push(sample);
-        }
-        write("ena/MD5SUMS", md5s.as_bytes())?;
-    }
-
-    write("zenodo/.zenodo.json", &deposit::zenodo_json(meta))?;
-    write(
-        "zenodo/CITATION.cff",
-        deposit::citation_cff(meta, record).as_bytes(),
-    )?;
-
-    progress.phase("describing");
-    // The copies keep the folders their filters left empty; a bag holds files.
-    remove_empty_dirs(&data)?;
-    let payload = bag::hash_payload(hidden)?;
-    let parts: Vec<Part> = payload
-        .iter()
-        .map(|f| {
-            let rel = f.rel.trim_start_matches("data/");
-            let (role, description) = describe(rel, &masks, &template_parts);
-            Part::new(f, role, description)
-        })
-        .collect();
-    let crate_json = ro_crate::build(&ro_crate::CrateInput {
-        record,
-        provenance: &provenance,
-        meta,
-        parts: &parts,
-        results_digest,
-        template_files: &template_parts,
-    });
-    write(ro_crate::METADATA_FILE, &crate_json)?;
-
-    let payload = bag::hash_payload(hidden)?;
-    let contact = meta.meta.authors.first().map(meta::Author::full_name);
-    let info = bag::BagInfo {
-        source_organization: meta.organization(),
-        external_identifier: record.id.clone(),
-        external_description: meta.title().to_string(),
-        contact_name: contact,
-        bagging_date: jiff::Zoned::now().strftime("%Y-%m-%d").to_string(),
-    };
-    for (name, bytes) in bag::tag_files(&payload, &info) {
-        write_verified(&hidden.join(name), &bytes)?;
-    }
-    progress.phase("checking the bag");
-    let check = bag::verify(hidden)?;
-    if !check.ok() {
-        return Err(ReleaseError::Invalid {
-            dir: hidden.to_path_buf(),
-            problems: check.problems,
-        }
-        .into());
-    }
-    Ok(Released {
-        run_id: record.id.clone(),
-        dir: hidden.to_path_buf(),
-        existed: false,
-        files: check.files,
-        bytes: check.bytes,
-        images,
-        ena_samples,
-    })
-}
-
-/// Each mask of the results (`masks/...` with a TIFF name) with the dataset image of the
-/// same stem (as the pull paired them to check their shapes).
-fn pairs(record: &crate::run::RunRecord, results: &Manifest) -> Result<Vec<Pair>, crate::Error> {
-    let raw = Manifest::read(&Path::new(&record.input.source).join(MANIFEST_NAME))?;
-    let is_tiff = |p: &str| {
-        let l = p.to_ascii_lowercase();
-        l.ends_with(".tif") || l.ends_with(".tiff")
-    };
-    let by_stem: HashMap<String, String> = raw
-        .entries
-        .iter()
-        .map(|e| e.path.to_string_lossy().into_owned())
-        .filter(|p| is_tiff(p))
-        .map(|p| (hpcstage_slurm::template::input_stem(&p), p))
-        .collect();
-    Ok(results
-        .entries
-        .iter()
-        .map(|e| e.path.to_string_lossy().into_owned())
-        .filter(|p| p.starts_with("masks/") && is_tiff(p))
-        .filter_map(|mask| {
-            let stem = hpcstage_slurm::template::input_stem(&mask["masks/".len()..]);
-            by_stem.get(&stem).map(|image| Pair {
-                image: image.clone(),
-                mask,
-            })
-        })
-        .collect())
-}
-
-/// The role and description of a payload file in the crate.
-fn describe(rel: &str, masks: &HashMap<String, String>, template: &[String]) -> (Role, String) {
-    if let Some(image) = masks.get(rel) {
-        return (Role::Output, format!("Label mask of {image}"));
-    }
-    if let Some(image) = rel.strip_prefix("bia/images/") {
-        return (Role::Input, format!("Image {image} of the input dataset"));
-    }
-    if template.iter().any(|t| t == rel) {
-        return (
-            Role::Script,
-            "The job template (spec and script) as installed".into(),
-        );
-    }
-    match rel {
-        "zenodo/job.sbatch" => (Role::Script, "The rendered SLURM job script".into()),
-        "zenodo/run.json" => (
-            Role::Description,
-            "Provenance of the results, as pulled (machine-readable)".into(),
-        ),
-        "zenodo/README.md" => (
-            Role::Description,
-            "Provenance of the results, as pulled".into(),
-        ),
-        "zenodo/.zenodo.json" => (Role::Description, "Zenodo deposit metadata".into()),
-        "zenodo/CITATION.cff" => (
-            Role::Description,
-            "How to cite these data (Citation File Format 1.2.0)".into(),
-        ),
-        "bia/files.tsv" => (Role::Description, "BioImage Archive file list".into()),
-        "bia/study-rembi.tsv" => (
-            Role::Description,
-            "BioImage Archive study, in REMBI sections".into(),
-        ),
-        "ena/MD5SUMS" => (
-            Role::Description,
-            "MD5 of the read files, as ENA checks them".into(),
-        ),
-        _ if rel.starts_with("ena/") && rel.ends_with(".manifest.txt") => (
-            Role::Description,
-            "ENA Webin-CLI read submission manifest".into(),
-        ),
-        _ if rel.starts_with("ena/") => (Role::Output, "Aligned reads".into()),
-        _ if rel.starts_with("zenodo/tables/") => (Role::Output, "Measurement table".into()),
-        _ if rel.starts_with("zenodo/qc/") => (Role::Output, "Quality control".into()),
-        _ => (Role::Output, "Result of the run".into()),
-    }
-}
-
-/// Removes every empty folder under `dir` (not `dir`).
-fn remove_empty_dirs(dir: &Path) -> Result<(), ReleaseError> {
-    for entry in walkdir::WalkDir::new(dir).min_depth(1).contents_first(true) {
-        let entry = entry.map_err(|e| ReleaseError::io(dir.to_path_buf(), e.into()))?;
-        if entry.file_type().is_dir() {
-            let path = entry.path();
-            let empty = std::fs::read_dir(path)
-                .map_err(|e| ReleaseError::io(path.to_path_buf(), e))?
-                .next()
-                .is_none();
-            if empty {
-                std::fs::remove_dir(path).map_err(|e| ReleaseError::io(path.to_path_buf(), e))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn md5_file(path: &Path) -> std::io::Result<String> {
-    use md5::Digest as _;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = md5::Md5::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
 }
