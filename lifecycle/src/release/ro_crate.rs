@@ -78,24 +78,41 @@ pub struct CrateInput<'a> {
 
 /// The crate's JSON, pretty-printed with a final newline.
 pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
+    let mut graph: Vec<Value> = vec![json!({
+        "@id": METADATA_FILE,
+        "@type": "CreativeWork",
+        "about": {"@id": "./"},
+        "conformsTo": {"@id": SPEC},
+    })];
+    describe_root(input, &mut graph);
+    describe_files(input.parts, &mut graph);
+    let template_id = describe_software(input, &mut graph);
+    describe_job(input, &template_id, &mut graph);
+    let doc = json!({
+        "@context": [CONTEXT, {"resourceUsage": RESOURCE_USAGE}],
+        "@graph": graph,
+    });
+    let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// The compute job's id, as `run.json` records it.
+fn job_id(provenance: &Value) -> &str {
+    provenance["compute_job_id"].as_str().unwrap_or("unknown")
+}
+
+/// The root dataset (inserted after the descriptor) with its authors, publisher, funding,
+/// citations, license and profile.
+fn describe_root(input: &CrateInput<'_>, graph: &mut Vec<Value>) {
     let CrateInput {
         record,
         provenance,
         meta,
         parts,
-        results_digest,
-        template_files,
+        ..
     } = input;
-    let job = &provenance["compute_job"];
-    let job_id = provenance["compute_job_id"].as_str().unwrap_or("unknown");
-    let mut graph: Vec<Value> = Vec::new();
-    graph.push(json!({
-        "@id": METADATA_FILE,
-        "@type": "CreativeWork",
-        "about": {"@id": "./"},
-        "conformsTo": {"@id": SPEC},
-    }));
-
+    let job_id = job_id(provenance);
     let license_id = format!("https://spdx.org/licenses/{}", meta.license());
     let mut authors = Vec::new();
     let mut organizations: BTreeMap<String, Value> = BTreeMap::new();
@@ -209,7 +226,11 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
         "description": format!("SPDX license {}", meta.license()),
     }));
 
-    for p in *parts {
+}
+
+/// Every payload file, with its size, SHA-256 and media type.
+fn describe_files(parts: &[Part], graph: &mut Vec<Value>) {
+    for p in parts {
         graph.push(json!({
             "@id": p.path,
             "@type": "File",
@@ -221,6 +242,17 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
         }));
     }
 
+}
+
+/// The template (the job's instrument) and the hpcstage that ran it; returns the
+/// template's id.
+fn describe_software(input: &CrateInput<'_>, graph: &mut Vec<Value>) -> String {
+    let CrateInput {
+        record,
+        provenance,
+        template_files,
+        ..
+    } = input;
     let template_id = format!("#template-{}-{}", record.template, record.template_version);
     let hpcstage_version = provenance["hpcstage_version"]
         .as_str()
@@ -255,6 +287,21 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
         "description": "Staged the input to scratch, submitted the job and pulled its validated results back to the NAS with verified copies; made this bag.",
     }));
 
+    template_id
+}
+
+/// The compute job as a `CreateAction`: what it used, what it made, who ran it, when, and
+/// with which resources.
+fn describe_job(input: &CrateInput<'_>, template_id: &str, graph: &mut Vec<Value>) {
+    let CrateInput {
+        record,
+        provenance,
+        parts,
+        results_digest,
+        ..
+    } = input;
+    let job = &provenance["compute_job"];
+    let job_id = job_id(provenance);
     let mut objects = vec![json!({"@id": "#input-dataset"})];
     graph.push(json!({
         "@id": "#input-dataset",
@@ -300,6 +347,37 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
         "name": owner,
         "description": format!("The account that submitted run {} on {}.", record.id, record.host),
     }));
+    let usage = resource_usage(provenance);
+    let usage_ids: Vec<Value> = usage.iter().map(|u| json!({"@id": u["@id"]})).collect();
+    graph.extend(usage);
+
+    let mut action = json!({
+        "@id": format!("#job-{job_id}"),
+        "@type": "CreateAction",
+        "name": format!("SLURM job {job_id}: {} over {}", record.template, record.input.stage_id),
+        "description": format!(
+            "Compute job of run {} ({:?} executor); its results were validated and pulled to the NAS (results manifest sha256:{results_digest}).",
+            record.id, record.executor
+        ),
+        "instrument": {"@id": template_id},
+        "object": one_or_many(objects),
+        "result": one_or_many(results),
+        "agent": {"@id": "#agent"},
+        "actionStatus": "http://schema.org/CompletedActionStatus",
+        "resourceUsage": one_or_many(usage_ids),
+    });
+    for (key, field) in [("startTime", "start"), ("endTime", "end")] {
+        if let Some(t) = job[field].as_str() {
+            action[key] = json!(iso_time(t));
+        }
+    }
+    graph.push(action);
+
+}
+
+/// What the job used, as `PropertyValue`s, from `run.json`.
+fn resource_usage(provenance: &Value) -> Vec<Value> {
+    let job = &provenance["compute_job"];
     let mut usage = Vec::new();
     let mut property = |name: &str, value: Value, unit: Option<&str>| {
         if value.is_null() {
@@ -338,38 +416,7 @@ pub fn build(input: &CrateInput<'_>) -> Vec<u8> {
     property("exit_code", job["exit_code"].clone(), None);
     property("state", job["state"].clone(), None);
     property("array_size", provenance["array_size"].clone(), None);
-    let usage_ids: Vec<Value> = usage.iter().map(|u| json!({"@id": u["@id"]})).collect();
-    graph.extend(usage);
-
-    let mut action = json!({
-        "@id": format!("#job-{job_id}"),
-        "@type": "CreateAction",
-        "name": format!("SLURM job {job_id}: {} over {}", record.template, record.input.stage_id),
-        "description": format!(
-            "Compute job of run {} ({:?} executor); its results were validated and pulled to the NAS (results manifest sha256:{results_digest}).",
-            record.id, record.executor
-        ),
-        "instrument": {"@id": template_id},
-        "object": one_or_many(objects),
-        "result": one_or_many(results),
-        "agent": {"@id": "#agent"},
-        "actionStatus": "http://schema.org/CompletedActionStatus",
-        "resourceUsage": one_or_many(usage_ids),
-    });
-    for (key, field) in [("startTime", "start"), ("endTime", "end")] {
-        if let Some(t) = job[field].as_str() {
-            action[key] = json!(iso_time(t));
-        }
-    }
-    graph.push(action);
-
-    let doc = json!({
-        "@context": [CONTEXT, {"resourceUsage": RESOURCE_USAGE}],
-        "@graph": graph,
-    });
-    let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
+    usage
 }
 
 /// One value as itself, several as an array (RO-Crate 1.3 prefers no singleton arrays).
