@@ -225,7 +225,6 @@ fn describe_root(input: &CrateInput<'_>, graph: &mut Vec<Value>) {
         "identifier": meta.license(),
         "description": format!("SPDX license {}", meta.license()),
     }));
-
 }
 
 /// Every payload file, with its size, SHA-256 and media type.
@@ -241,7 +240,6 @@ fn describe_files(parts: &[Part], graph: &mut Vec<Value>) {
             "encodingFormat": media_type(&p.path),
         }));
     }
-
 }
 
 /// The template (the job's instrument) and the hpcstage that ran it; returns the
@@ -372,7 +370,6 @@ fn describe_job(input: &CrateInput<'_>, template_id: &str, graph: &mut Vec<Value
         }
     }
     graph.push(action);
-
 }
 
 /// What the job used, as `PropertyValue`s, from `run.json`.
