@@ -469,4 +469,40 @@ mod tests {
             toml::from_str("title = \"t\"\ndescription = \"d\"\nlicense = \"CC-BY-4.0\"").unwrap();
         assert_eq!(check(&m, Kind::Other).unwrap_err().0, "authors");
     }
+
+    #[test]
+    fn each_kind_of_run_names_what_its_service_needs() {
+        let base = "title = \"t\"\ndescription = \"d\"\nlicense = \"CC-BY-4.0\"\n\
+                    [[authors]]\ngiven = \"A\"\nfamily = \"B\"\n";
+        let m: ReleaseMeta = toml::from_str(base).unwrap();
+        assert!(check(&m, Kind::Other).is_ok());
+        assert_eq!(check(&m, Kind::Imaging).unwrap_err().0, "rembi.organism");
+        assert_eq!(check(&m, Kind::Sequencing).unwrap_err().0, "ena.study");
+        let m: ReleaseMeta =
+            toml::from_str(&format!("{base}orcid = \"0000-0002-1825-0098\"\n")).unwrap();
+        assert_eq!(check(&m, Kind::Other).unwrap_err().0, "authors[0].orcid");
+        let m: ReleaseMeta = toml::from_str(&base.replace("CC-BY-4.0", "CC BY")).unwrap();
+        assert_eq!(check(&m, Kind::Other).unwrap_err().0, "license");
+    }
+
+    #[test]
+    fn the_init_template_parses_and_lacks_only_what_people_know() {
+        let record: crate::run::RunRecord = serde_json::from_value(serde_json::json!({
+            "id": "unet-seg-p-1", "project": "P", "template": "unet-seg",
+            "template_version": "1.0.0", "template_hash": "00", "workflow": "segmentation",
+            "params": {}, "input": {"stage_id": "P/p", "path": "/s/P/p",
+            "manifest_digest": "00", "source": "/n/P/raw/p"}, "run_dir": "/s/P/runs/r",
+            "results_dir": "/n/P/results/segmentation/r", "executor": "local",
+            "created_at": "2026-12-07T10:00:00Z", "owner": "ada", "host": "h",
+            "tool_version": "0.1.0"
+        }))
+        .unwrap();
+        let text = template(&record, Kind::Imaging, Some("/m/unet.onnx"));
+        let m: ReleaseMeta = toml::from_str(&text).unwrap();
+        assert_eq!(
+            m.title.as_deref(),
+            Some("Segmentation of P/p with unet-seg 1.0.0")
+        );
+        assert_eq!(check(&m, Kind::Imaging).unwrap_err().0, "authors");
+    }
 }
