@@ -16,6 +16,7 @@ pub mod progress;
 pub mod walk;
 
 pub use error::{Error, Result};
+pub mod archive;
 pub mod ingest;
 pub mod interrupt;
 pub mod ledger;
