@@ -53,9 +53,11 @@ impl ExitStatus {
     /// wherever they were raised; anything else is [`ExitStatus::Failure`].
     pub(crate) fn of_error(err: &anyhow::Error) -> ExitStatus {
         match staging_error(err) {
-            Some(StagingError::SourceCorrupt { .. } | StagingError::ReadBackMismatch { .. }) => {
-                ExitStatus::Integrity
-            }
+            Some(
+                StagingError::SourceCorrupt { .. }
+                | StagingError::ReadBackMismatch { .. }
+                | StagingError::ArchiveMismatch { .. },
+            ) => ExitStatus::Integrity,
             Some(StagingError::Interrupted { signal, .. }) => ExitStatus::Interrupted(*signal),
             _ => ExitStatus::Failure,
         }

@@ -1,7 +1,8 @@
 //! The plan of an archive: which members, in which order, in which chunk, at which byte.
 //!
-//! Everything is decided here, before a byte is written, from the dataset alone: members
-//! in the byte order of their paths (the dataset's `MANIFEST.sha256` among them), each
+//! Everything is decided here, before a byte is written, from the dataset alone: files,
+//! links and then folders, each in the byte order of their paths (the dataset's
+//! `MANIFEST.sha256` among the files), each
 //! hard link right after the first name of its inode (so that the link and its data share
 //! a chunk), members packed greedily into chunks of at most the chunk size, and a file too
 //! big for a chunk cut into parts of its own. The offsets follow from the header sizes.
@@ -282,7 +283,12 @@ pub fn plan(root: &Path, top: &str, chunk_size: u64) -> Result<Plan> {
         header_offset: 0,
         header_len: 0,
     };
-    members.push(base(
+    // Folders go after everything else (in byte order too), so that extracting the chunks
+    // one after the other with plain tar creates them writable as it goes and gives them
+    // their modes and times last: a read-only folder of chunk 1 would refuse the files of
+    // chunk 2, and a file written into a folder changes its mtime.
+    let mut dirs: Vec<Member> = Vec::new();
+    dirs.push(base(
         MemberKind::Dir,
         PathBuf::new(),
         root_meta_mode(&root_meta),
@@ -301,7 +307,7 @@ pub fn plan(root: &Path, top: &str, chunk_size: u64) -> Result<Plan> {
     for e in entries {
         let m = &e.meta;
         match e.kind {
-            Kind::Dir => members.push(base(MemberKind::Dir, e.rel, m.mode, m.mtime_ns)),
+            Kind::Dir => dirs.push(base(MemberKind::Dir, e.rel, m.mode, m.mtime_ns)),
             Kind::Symlink => {
                 let path = root.join(&e.rel);
                 let mut member = base(MemberKind::Symlink, e.rel, 0o777, m.mtime_ns);
@@ -348,7 +354,8 @@ pub fn plan(root: &Path, top: &str, chunk_size: u64) -> Result<Plan> {
     }
     // Hard links right after their first name, in byte order among themselves.
     let order = group_links(&members, &links_of);
-    let members: Vec<Member> = order.into_iter().map(|i| members[i].clone()).collect();
+    let mut members: Vec<Member> = order.into_iter().map(|i| members[i].clone()).collect();
+    members.extend(dirs);
 
     let (members, chunks) = layout(members, top_bytes, chunk_size);
     let mut plan = Plan {

@@ -265,8 +265,7 @@ pub fn read_range(
         let mut pos = offset / align * align;
         let mut ok = true;
         while pos < end {
-            let want = (end - pos).div_ceil(align) * align;
-            let want = want.min(block) as usize;
+            let want = ((end - pos).min(block).div_ceil(align) * align) as usize;
             let n = match read_at_full(&file, &mut buf.buf()[..want], pos) {
                 Ok(n) => n,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => {
