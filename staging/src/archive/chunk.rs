@@ -8,7 +8,8 @@
 //!
 //! Readers: GNU tar 1.x and bsdtar read everything here. A name or link target that is not
 //! printable ASCII, or does not fit the ustar fields, goes in a pax `path`/`linkpath`
-//! record (with `hdrcharset=BINARY` when it is not UTF-8); the ustar field then holds an
+//! record (with `hdrcharset=BINARY` when it is not ASCII: the bytes are restored as they
+//! are, whatever the reader's locale); the ustar field then holds an
 //! ASCII stand-in. A sparse file is a GNU sparse 1.0 member (what `tar --format=posix
 //! --sparse` writes): the map of data regions at the start of its data, then the regions.
 //!
@@ -63,7 +64,9 @@ pub struct Head<'a> {
 /// header. The member's data (if any) follows them, padded to a block.
 pub fn header_bytes(h: &Head<'_>) -> Vec<u8> {
     let mut pax: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
-    let mut binary = std::str::from_utf8(h.name).is_err();
+    // Names are bytes: with `hdrcharset=BINARY` readers restore them as they are, whatever
+    // their locale (bsdtar in the C locale refuses UTF-8 names otherwise).
+    let mut binary = !h.name.is_ascii();
     let mut ustar = tar::Header::new_ustar();
     let (type_flag, size, link) = match &h.kind {
         HeadKind::Dir => (tar::EntryType::Directory, 0, None),
@@ -94,7 +97,7 @@ pub fn header_bytes(h: &Head<'_>) -> Vec<u8> {
             }
         }
         if let Some(target) = link {
-            binary |= std::str::from_utf8(target).is_err();
+            binary |= !target.is_ascii();
             if plain_ascii(target) && target.len() <= 100 {
                 fill(&mut fields.linkname, target);
             } else {

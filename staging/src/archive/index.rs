@@ -319,7 +319,8 @@ fn unescape(name: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn pax_like_time(ns: i64) -> String {
+/// A time as pax writes it: seconds, a dot, nine digits of nanoseconds.
+pub fn pax_like_time(ns: i64) -> String {
     let sign = if ns < 0 { "-" } else { "" };
     let abs = ns.unsigned_abs();
     format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)

@@ -364,11 +364,15 @@ pub fn readme(index: &Index) -> String {
                     )
                 })
                 .collect();
+            let whole = format!(
+                "'{top}/{}'",
+                String::from_utf8_lossy(r.path.as_os_str().as_encoded_bytes())
+            );
             format!(
-                "    cat {} > '{top}/{}' && rm {}\n",
-                names.join(" "),
-                String::from_utf8_lossy(r.path.as_os_str().as_encoded_bytes()),
-                names.join(" ")
+                "    cat {parts} > {whole} && rm {parts}\n    chmod {:04o} {whole} && touch -m -d @{} {whole}\n",
+                r.mode,
+                index::pax_like_time(r.mtime_ns),
+                parts = names.join(" "),
             )
         })
         .collect();
@@ -427,7 +431,7 @@ Inside the chunks, {top}/MANIFEST.sha256 lists the SHA-256 of every file of the 
             "
    Files larger than a chunk were stored in parts (NAME.part-0001, NAME.part-0002,
    ...), each in chunks of their own. Put them back together, in the order of their
-   numbers, after extracting:
+   numbers, after extracting, and give them their mode and time:
 
 ",
         );
