@@ -458,3 +458,76 @@ fn kill_9_mid_archive_leaves_no_unverified_chunk_and_a_rerun_completes() {
         assert!(fs::read(&c).unwrap() == fs::read(dir.join(c.file_name().unwrap())).unwrap());
     }
 }
+
+#[test]
+fn copies_says_3_2_1_fails_for_one_copy_and_holds_after_an_archive_and_declared_copies() {
+    let env = Env::new();
+    let acq = env.path("acq");
+    write(acq.join("a.txt"), "a\n");
+    write(acq.join("sub/b.bin"), noise(3, 4096));
+    env.run_roots(["ingest", "acq", "--project", "PRJ", "--dataset", "ds"])
+        .code(0);
+
+    let one = env.run_roots(["copies", "PRJ/ds", "--json"]);
+    one.code(0);
+    let d = &one.json()[0];
+    assert_eq!(d["holds"], false, "{one}");
+    assert_eq!(d["copies"].as_array().unwrap().len(), 1);
+    assert_eq!(d["copies"][0]["kind"], "nas");
+    env.run_roots(["copies", "--fail-on-risk"])
+        .code(5)
+        .out_has("3-2-1: FAILS (1 of the 3 copies needed; one kind of media (disk), 2 needed; no copy off-site)");
+
+    // An archive to an off-site tape, and a USB disk declared in the config.
+    env.run_roots([
+        "archive",
+        "PRJ/raw/ds",
+        "--to",
+        "tape",
+        "--media",
+        "tape",
+        "--offsite",
+    ])
+    .code(0);
+    let usb = env.path("usb/PRJ/ds");
+    fs::create_dir_all(usb.parent().unwrap()).unwrap();
+    env.sh(
+        &env.root,
+        &format!(
+            "cp -a '{}' '{}'",
+            env.nas().join("PRJ/raw/ds").display(),
+            usb.display()
+        ),
+    )
+    .code(0);
+    write(
+        env.user_config(),
+        format!(
+            "[[copies]]\nname = \"usb\"\nlocation = \"{}/usb/{{project}}/{{dataset}}\"\nmedia = \"disk\"\noffsite = false\n",
+            env.root.display()
+        ),
+    );
+    let three = env.run_roots(["copies", "PRJ/ds", "--verify", "--fail-on-risk", "--json"]);
+    three.code(0);
+    let d = &three.json()[0];
+    assert_eq!(d["holds"], true, "{three}");
+    let kinds: Vec<&str> = d["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["nas", "archive", "declared"]);
+    for c in d["copies"].as_array().unwrap() {
+        assert_eq!(c["status"], "ok", "{c}");
+        assert!(c["last_verified"].is_string(), "{c}");
+    }
+
+    // A damaged declared copy is found by --verify and no longer counts.
+    common::fs::make_writable(&usb);
+    write(usb.join("a.txt"), "b\n");
+    let bad = env.run_roots(["copies", "PRJ/ds", "--verify"]);
+    bad.code(3)
+        .out_has("failed: 1 FAILED")
+        .out_has("3-2-1: FAILS (2 of the 3 copies needed)");
+}

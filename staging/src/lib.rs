@@ -17,6 +17,7 @@ pub mod walk;
 
 pub use error::{Error, Result};
 pub mod archive;
+pub mod copies;
 pub mod ingest;
 pub mod interrupt;
 pub mod ledger;
