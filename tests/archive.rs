@@ -531,3 +531,46 @@ fn copies_says_3_2_1_fails_for_one_copy_and_holds_after_an_archive_and_declared_
         .out_has("failed: 1 FAILED")
         .out_has("3-2-1: FAILS (2 of the 3 copies needed)");
 }
+
+#[test]
+fn the_results_of_a_pulled_run_are_archived_by_its_id() {
+    let Some(_cluster) = common::cluster::cluster() else {
+        return;
+    };
+    let lab = common::pull::Lab::new();
+    let raw = lab.ingest("d1");
+    let predict = lab.stand_in(
+        "predict",
+        r#"{ tiny_mask; printf 'mask of %s\n' "$(basename "$input")"; } >"$mask"
+printf 'label,area\n1,%s\n' "$(stat -c %s "$input")" >"$table""#,
+    );
+    let chain = lab.submit(&raw, &predict, &[], true);
+    let bound = std::time::Duration::from_secs(120);
+    common::pull::wait_ended(&chain.compute_job, bound);
+    let pulled = common::pull::wait_ended(chain.pull_job.as_deref().expect("pull-back job"), bound);
+    assert_eq!(pulled.state, "COMPLETED", "{pulled:?}");
+
+    let run = lab.run(["archive", &chain.run_id, "--to", "tape", "--json"]);
+    run.code(0);
+    let record = &run.json()["record"];
+    assert_eq!(record["kind"], "run");
+    assert_eq!(record["name"], chain.run_id.as_str());
+    assert_eq!(record["source"], chain.results_dir.to_str().unwrap());
+    let dir = PathBuf::from(record["location"].as_str().unwrap());
+    let into = lab.path("x");
+    fs::create_dir_all(&into).unwrap();
+    for c in chunks(&dir) {
+        let mut tar = common::run::clean("tar");
+        tar.arg("-xf").arg(&c).current_dir(&into);
+        Run::of(tar).code(0);
+    }
+    assert_manifest_verifies(&into.join(&chain.run_id));
+    // The record beside the results on the NAS.
+    let beside = chain
+        .results_dir
+        .parent()
+        .unwrap()
+        .join(".hpcstage-archives")
+        .join(&chain.run_id);
+    assert_eq!(fs::read_dir(beside).expect("NAS record").count(), 1);
+}
