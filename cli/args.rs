@@ -142,7 +142,8 @@ SLURM_JOB_ID=123 SLURM_JOB_USER=alice SLURM_JOB_EXIT_CODE2=0:0 hpcstage epilogue
     /// Report what scratch will purge soon, and whether that would lose data
     #[command(after_help = "Examples:\n  hpcstage report --within 7d\n  \
 hpcstage report --scan /scratch/lab --format markdown   # the whole lab, for an email\n  \
-hpcstage report --fail-on-risk                          # exit 5 when anything is AT RISK\n\n\
+hpcstage report --fail-on-risk                          # exit 5 when anything is AT RISK\n  \
+hpcstage report --copies                                # and the datasets that break 3-2-1\n\n\
 Weekly from cron:\n  0 7 * * MON  hpcstage report --within 7d --format markdown | mail -s 'scratch expiring' lab@example.org\n\
 or from scrontab (`scrontab -e`):\n  #SCRON --partition=transfer --time=00:10:00\n  0 7 * * MON  hpcstage report --within 7d --format markdown")]
     Report(ReportArgs),
@@ -439,9 +440,12 @@ pub(crate) struct ReportArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub(crate) format: ReportFormat,
-    /// Exit with code 5 when anything is AT RISK
+    /// Exit with code 5 when anything is AT RISK (with --copies: or breaks 3-2-1)
     #[arg(long)]
     pub(crate) fail_on_risk: bool,
+    /// Add a section of the raw datasets that break 3-2-1 (see `hpcstage copies`)
+    #[arg(long)]
+    pub(crate) copies: bool,
 }
 
 #[derive(Debug, Args)]

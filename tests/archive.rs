@@ -478,6 +478,12 @@ fn copies_says_3_2_1_fails_for_one_copy_and_holds_after_an_archive_and_declared_
         .code(5)
         .out_has("3-2-1: FAILS (1 of the 3 copies needed; one kind of media (disk), 2 needed; no copy off-site)");
 
+    // The weekly report names it.
+    env.run_roots(["report", "--copies", "--fail-on-risk"])
+        .code(5)
+        .out_has("3-2-1: 1 raw datasets break it")
+        .out_has("PRJ/ds");
+
     // An archive to an off-site tape, and a USB disk declared in the config.
     env.run_roots([
         "archive",
@@ -522,6 +528,17 @@ fn copies_says_3_2_1_fails_for_one_copy_and_holds_after_an_archive_and_declared_
         assert_eq!(c["status"], "ok", "{c}");
         assert!(c["last_verified"].is_string(), "{c}");
     }
+
+    env.run_roots([
+        "report",
+        "--copies",
+        "--fail-on-risk",
+        "--format",
+        "markdown",
+    ])
+    .code(0)
+    .out_has("## Raw datasets that break 3-2-1")
+    .out_has("None: every raw dataset has 3 copies");
 
     // A damaged declared copy is found by --verify and no longer counts.
     common::fs::make_writable(&usb);

@@ -6,7 +6,7 @@ use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::remote::Location;
 
 use super::Status;
-use crate::args::CopiesArgs;
+use crate::args::{CopiesArgs, ReportFormat};
 use crate::config::{parse_location, Settings};
 use crate::output;
 
@@ -119,4 +119,85 @@ fn print(d: &DatasetCopies) {
     } else {
         output::data(format!("3-2-1: FAILS ({})", d.reasons.join("; ")));
     }
+}
+
+/// The raw datasets that break 3-2-1 (for `report --copies`).
+pub(crate) fn breaking(settings: &Settings) -> Result<Vec<DatasetCopies>> {
+    let ledger = Ledger::open(&settings.state_dir)?;
+    Ok(gather(settings, &ledger, None, false)?
+        .into_iter()
+        .filter(|d| !d.holds)
+        .collect())
+}
+
+/// The `report --copies` section in the report's format (JSON goes with the report).
+pub(crate) fn print_section(breaking: &[DatasetCopies], format: ReportFormat) -> Result<()> {
+    let line = |d: &DatasetCopies| -> [String; 4] {
+        [
+            format!("{}/{}", d.project, d.dataset),
+            d.copies.iter().filter(|c| c.counts()).count().to_string(),
+            d.copies
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} ({}{})",
+                        c.name,
+                        c.media,
+                        if c.offsite { ", off-site" } else { "" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            d.reasons.join("; "),
+        ]
+    };
+    const HEADER: [&str; 4] = ["DATASET", "COPIES", "WHERE", "WHY 3-2-1 FAILS"];
+    match format {
+        ReportFormat::Json => {}
+        ReportFormat::Table => {
+            output::data("");
+            if breaking.is_empty() {
+                output::data("3-2-1: every raw dataset holds (hpcstage copies shows them)");
+                return Ok(());
+            }
+            output::data(format!(
+                "3-2-1: {} raw datasets break it (hpcstage copies PRJ/DATASET for details)",
+                breaking.len()
+            ));
+            let mut t = output::table(&HEADER);
+            for d in breaking {
+                t.add_row(line(d).to_vec());
+            }
+            output::data(t.to_string());
+        }
+        ReportFormat::Markdown => {
+            let mut out = String::from("\n## Raw datasets that break 3-2-1\n\n");
+            if breaking.is_empty() {
+                out.push_str(
+                    "None: every raw dataset has 3 copies, on 2 kinds of media, 1 off-site.\n",
+                );
+            } else {
+                out.push_str(&format!(
+                    "| {} |\n|{}\n",
+                    HEADER.join(" | "),
+                    "---|".repeat(HEADER.len())
+                ));
+                for d in breaking {
+                    out.push_str(&format!("| {} |\n", line(d).join(" | ")));
+                }
+            }
+            output::data(out);
+        }
+        ReportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["dataset", "copies", "where", "why"])?;
+            for d in breaking {
+                w.write_record(line(d))?;
+            }
+            let mut bytes = b"\n".to_vec();
+            bytes.extend(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?);
+            output::data_bytes(&bytes);
+        }
+    }
+    Ok(())
 }
