@@ -173,7 +173,7 @@ fn pax_header(name: &[u8], records: &BTreeMap<&str, Vec<u8>>) -> Vec<u8> {
 
 /// A pax time: seconds, a dot and nine digits of nanoseconds (negative times keep their
 /// sign in front).
-fn pax_time(ns: i64) -> String {
+pub fn pax_time(ns: i64) -> String {
     let sign = if ns < 0 { "-" } else { "" };
     let abs = ns.unsigned_abs();
     format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)

@@ -10,6 +10,7 @@
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use super::chunk::pax_time;
 use super::plan::{MemberKind, Plan};
 use crate::error::{Error, Result};
 use crate::hash::Digest;
@@ -173,7 +174,7 @@ impl Index {
                     r.kind.as_bytes(),
                     r.size.to_string().as_bytes(),
                     format!("{:04o}", r.mode).as_bytes(),
-                    pax_like_time(r.mtime_ns).as_bytes(),
+                    pax_time(r.mtime_ns).as_bytes(),
                     digest.as_bytes(),
                     &escape(r.path.as_os_str().as_bytes()),
                     &target,
@@ -301,29 +302,10 @@ pub fn escape(name: &[u8]) -> Vec<u8> {
 }
 
 fn unescape(name: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(name.len());
-    let mut it = name.iter();
-    while let Some(&b) = it.next() {
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        out.push(match it.next()? {
-            b'\\' => b'\\',
-            b't' => b'\t',
-            b'n' => b'\n',
-            b'r' => b'\r',
-            _ => return None,
-        });
-    }
-    Some(out)
-}
-
-/// A time as pax writes it: seconds, a dot, nine digits of nanoseconds.
-pub fn pax_like_time(ns: i64) -> String {
-    let sign = if ns < 0 { "-" } else { "" };
-    let abs = ns.unsigned_abs();
-    format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
+    crate::manifest::unescape_with(
+        name,
+        &[(b'\\', b'\\'), (b't', b'\t'), (b'n', b'\n'), (b'r', b'\r')],
+    )
 }
 
 fn parse_time(s: &str) -> Option<i64> {

@@ -371,7 +371,7 @@ pub fn readme(index: &Index) -> String {
             format!(
                 "    cat {parts} > {whole} && rm {parts}\n    chmod {:04o} {whole} && touch -m -d @{} {whole}\n",
                 r.mode,
-                index::pax_like_time(r.mtime_ns),
+                chunk::pax_time(r.mtime_ns),
                 parts = names.join(" "),
             )
         })

@@ -114,14 +114,7 @@ impl Unpack {
 fn hash_piece(hasher: &mut Sha256, piece: Piece<'_>) {
     match piece {
         Piece::Data(_, d) => hasher.update(d),
-        Piece::Zeros(mut n) => {
-            static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-            while n > 0 {
-                let k = n.min(ZEROS.len() as u64) as usize;
-                hasher.update(&ZEROS[..k]);
-                n -= k as u64;
-            }
-        }
+        Piece::Zeros(n) => super::write::hash_zeros(hasher, n),
     }
 }
 

@@ -268,7 +268,8 @@ impl Write for HashSink<'_> {
     }
 }
 
-fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
+/// Hashes `n` zero bytes (the holes of a sparse file).
+pub(crate) fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
     static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     while n > 0 {
         let k = n.min(ZEROS.len() as u64) as usize;
