@@ -155,7 +155,7 @@ hpcstage clean --project PRJ1\n  \
 hpcstage clean PRJ1/plate7               # one staged dataset (or a run id)"
     )]
     Clean(CleanArgs),
-    /// Pack a NAS dataset (or a pulled run's results) into a cold archive: tar chunks, index, README
+    /// Pack a raw dataset or a run's results into a cold archive (tar chunks, index)
     #[command(
         args_conflicts_with_subcommands = true,
         subcommand_negates_reqs = true,
@@ -171,7 +171,7 @@ a README.txt on restoring with tar and sha256sum alone. The same dataset gives t
 chunks byte for byte; a killed archive resumes when run again."
     )]
     Archive(ArchiveArgs),
-    /// The 3-2-1 check: every known copy of each dataset, when it was verified, and whether 3-2-1 holds
+    /// The 3-2-1 check: every copy of each dataset, when verified, whether 3-2-1 holds
     #[command(after_help = "Examples:\n  hpcstage copies PRJ1/plate7\n  \
 hpcstage copies --verify          # re-check every reachable copy\n  \
 hpcstage copies --json\n\n\
