@@ -591,3 +591,118 @@ printf 'label,area\n1,%s\n' "$(stat -c %s "$input")" >"$table""#,
         .join(&chain.run_id);
     assert_eq!(fs::read_dir(beside).expect("NAS record").count(), 1);
 }
+
+/// A ZFS pool on a file vdev under the test's folder, mounted at `mountpoint`; destroyed
+/// (holds released) when dropped. Needs the zfs-fuse daemon (scripts/test starts it).
+struct Pool {
+    name: String,
+}
+
+impl Pool {
+    fn new(env: &Env, mountpoint: &Path) -> Option<Pool> {
+        let answers = Command::new("zpool")
+            .arg("list")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !common::gate::service(
+            "zfs",
+            answers,
+            "zfs-fuse is not running: install zfs-fuse and start it as root (`zfs-fuse`), as scripts/test does",
+        ) {
+            return None;
+        }
+        let name = format!("hpcst{}", std::process::id());
+        let vdev = env.path("vdev.img");
+        fs::File::create(&vdev).unwrap().set_len(128 << 20).unwrap();
+        let mut cmd = common::run::clean("zpool");
+        cmd.args(["create", "-o", "cachefile=none", "-m"])
+            .arg(mountpoint)
+            .arg(&name)
+            .arg(&vdev);
+        Run::of(cmd).code(0);
+        Some(Pool { name })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let snaps = Command::new("zfs")
+            .args([
+                "list", "-H", "-t", "snapshot", "-o", "name", "-r", &self.name,
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for s in snaps.lines() {
+            let _ = Command::new("zfs")
+                .args(["release", "hpcstage", s])
+                .output();
+        }
+        let _ = Command::new("zpool")
+            .args(["destroy", "-f", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn on_zfs_ingest_and_archive_take_a_held_snapshot_that_cannot_be_destroyed() {
+    let env = Env::new();
+    // The NAS is a ZFS filesystem.
+    let Some(pool) = Pool::new(&env, &env.nas()) else {
+        return;
+    };
+    let acq = env.path("acq");
+    write(acq.join("a.txt"), "a\n");
+    let ingest = env.run_roots([
+        "ingest",
+        "acq",
+        "--project",
+        "PRJ",
+        "--dataset",
+        "ds",
+        "--json",
+    ]);
+    ingest.code(0);
+    let zfs = ingest.json()["zfs"].as_str().unwrap().to_string();
+    let snapshot = format!(
+        "{}@hpcstage-PRJ-ds-{}",
+        pool.name,
+        common::today().replace('-', "")
+    );
+    assert_eq!(zfs, format!("ZFS snapshot {snapshot} held (hpcstage)"));
+    let listed = common::run::tool("zfs", &["list", "-H", "-t", "snapshot", "-o", "name"]);
+    assert!(listed.stdout.lines().any(|l| l == snapshot), "{listed}");
+    // The hold keeps it.
+    let destroy = common::run::tool("zfs", &["destroy", &snapshot]);
+    assert_ne!(destroy.code, Some(0), "{destroy}");
+    assert!(destroy.stderr.contains("dataset is busy"), "{destroy}");
+
+    let archive = env.run_roots(["archive", "PRJ/raw/ds", "--to", "tape", "--json"]);
+    archive.code(0);
+    assert_eq!(archive.json()["record"]["zfs_snapshot"], zfs.as_str());
+    // `copies` shows the snapshot, and does not count it.
+    let copies = env.run_roots(["copies", "PRJ/ds", "--json"]);
+    let kinds: Vec<String> = copies.json()[0]["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["kind"].as_str().unwrap(),
+                c["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&format!("snapshot {snapshot}")), "{kinds:?}");
+    assert!(copies.out().contains("taken by ingest"), "{copies}");
+}
+
+#[test]
+fn elsewhere_ingest_says_there_is_no_zfs_snapshot() {
+    let env = Env::new();
+    write(env.path("acq/a.txt"), "a\n");
+    env.run_roots(["ingest", "acq", "--project", "PRJ", "--dataset", "ds"])
+        .code(0)
+        .err_has("not on a ZFS filesystem: no snapshot; protected by chmod");
+}

@@ -154,6 +154,13 @@ fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<St
         ));
         output::data(format!("archive id: {}", r.id));
         output::data("write protection: read-only (chmod -R a-w)");
+        if let Some(zfs) = &r.zfs_snapshot {
+            if zfs.starts_with("ZFS snapshot ") {
+                output::data(zfs);
+            } else {
+                output::note(zfs);
+            }
+        }
         if let Some(imm) = &r.immutable {
             output::data(match imm {
                 Ok(()) => "immutable flag: applied (chattr +i)".to_string(),

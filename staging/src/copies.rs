@@ -76,9 +76,10 @@ pub struct Copy {
 }
 
 impl Copy {
-    /// Whether it counts towards 3-2-1: everything but a copy whose last check failed.
+    /// Whether it counts towards 3-2-1: everything but a copy whose last check failed and
+    /// a snapshot (on the same pool as the folder it protects).
     pub fn counts(&self) -> bool {
-        self.status != "failed"
+        self.status != "failed" && self.kind != "snapshot"
     }
 }
 
@@ -174,6 +175,23 @@ pub fn of_dataset(
             detail: String::new(),
         },
     ));
+
+    // ZFS snapshots held by hpcstage: shown, not counted (they share the NAS's pool).
+    for snap in crate::zfs::recorded(&path)? {
+        copies.push(Copy {
+            name: snap.snapshot.clone(),
+            kind: "snapshot".into(),
+            location: snap.snapshot.clone(),
+            media: "disk".into(),
+            offsite: false,
+            last_verified: None,
+            status: "held".into(),
+            detail: format!(
+                "taken by {} (hold {}); same pool as the NAS folder: not counted",
+                snap.by, snap.hold
+            ),
+        });
+    }
 
     // Archives: the ledger's and those recorded beside the dataset.
     let mut records: BTreeMap<(String, String), ArchiveRecord> = BTreeMap::new();

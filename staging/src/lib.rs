@@ -30,3 +30,4 @@ pub mod scan;
 pub mod stage;
 pub mod verify;
 pub mod worm;
+pub mod zfs;

@@ -89,6 +89,10 @@ pub struct ArchiveRecord {
     pub read_only: bool,
     /// `None`: not asked for; else applied, or why not.
     pub immutable: Option<std::result::Result<(), String>>,
+    /// The ZFS snapshot held of the archived folder's filesystem (see [`crate::zfs`]), or
+    /// why there is none.
+    #[serde(default)]
+    pub zfs_snapshot: Option<String>,
     pub tool_version: String,
 }
 
@@ -150,6 +154,11 @@ pub fn create(
         let protection = store.retain(settings.immutable)?;
         (index, false, w.resumed, w.written, Some(protection))
     };
+    let snapshot = crate::zfs::snapshot_and_hold(
+        &settings.source,
+        &format!("{}-{}", settings.project, settings.name),
+        "archive",
+    );
     let now = Timestamp::now();
     let earlier = ledger
         .archive(&id)
@@ -183,6 +192,7 @@ pub fn create(
             Some(p) => p.immutable.clone(),
             None => earlier.as_ref().and_then(|r| r.immutable.clone()),
         },
+        zfs_snapshot: Some(crate::zfs::describe(&snapshot)),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     ledger.put_archive(&record)?;
@@ -224,6 +234,10 @@ pub fn nas_records(source: &Path) -> Vec<Result<ArchiveRecord>> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"zfs-"))
+        })
         .collect();
     paths.sort();
     paths.iter().map(|p| read_json(p)).collect()
