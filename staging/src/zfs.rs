@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::NAS_RECORDS;
 use crate::error::Result;
+use crate::ledger::file_safe;
 use crate::record::{read_json, write_json};
 
 /// The hold tag hpcstage puts on its snapshots.
@@ -60,17 +61,7 @@ pub fn snapshot_and_hold(
     };
     let now = Timestamp::now();
     let date = now.strftime("%Y%m%d").to_string();
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let snapshot = format!("{fs}@hpcstage-{safe}-{date}");
+    let snapshot = format!("{fs}@hpcstage-{}-{date}", file_safe(name));
     if !exists(&snapshot) {
         zfs(&["snapshot", &snapshot])?;
     }
@@ -124,16 +115,7 @@ fn zfs(args: &[&str]) -> std::result::Result<(), String> {
 fn record_path(path: &Path, snapshot: &str) -> PathBuf {
     let parent = path.parent().unwrap_or(Path::new("/"));
     let name = path.file_name().map(PathBuf::from).unwrap_or_default();
-    let file: String = snapshot
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let file = file_safe(snapshot);
     parent
         .join(NAS_RECORDS)
         .join(name)
