@@ -26,7 +26,7 @@
 #                        `tar --format=posix -cf X.tar DIR && sha256sum X.tar`, datasets (a), (b)
 #   9. restore one file  `hpcstage archive restore ARCHIVE --file f2b.bin` from a 4-chunk
 #                        archive vs `tar -xf` of the chunk that holds it, at two archive sizes:
-#                        (d) fillers of 64 MiB, (e) of 512 MiB, beside the same 16 MiB file
+#                        (d) fillers of 64 MiB, (e) of 256 MiB, beside the same 16 MiB file
 #                        sharing chunk 2 with a filler (the restore should not grow with them)
 # on two generated datasets of random bytes:
 #   (a) 4 files of 512 MiB (large sequential files: throughput of hashing and copying)
@@ -100,7 +100,7 @@ full)
     A_FILES=4 A_MIB=512
     B_FILES=20000 B_DIRS=100 B_KIB=16
     C_FILES=200000 C_DIRS=400
-    D_MIB=64 E_MIB=512 TARGET_MIB=16
+    D_MIB=64 E_MIB=256 TARGET_MIB=16
     ;;
 small)
     A_FILES=4 A_MIB=16
@@ -788,7 +788,7 @@ if want 8; then
 fi
 
 # 9. one file out of a 4-chunk archive: hpcstage reads its bytes with a seek; tar reads the
-# chunk that holds it up to the file. Two archives whose fillers differ 8-fold in size,
+# chunk that holds it up to the file. Two archives whose fillers differ 4-fold in size,
 # the same 16 MiB file f2b.bin after a filler in chunk 2.
 gen_fill() {
     local dir=$1 mib=$2 f
@@ -822,6 +822,7 @@ if want 9; then
             "$adir"
         cmp -s "$OUT_DIR/restore/f2b.bin" "$dir/f2b.bin" || die "the restored f2b.bin of ($ds) differs"
         cmp -s "$OUT_DIR/restore-tar/$ds/f2b.bin" "$dir/f2b.bin" || die "tar's f2b.bin of ($ds) differs"
+        chmod -R u+w "$arch" && rm -rf "$arch" "$OUT_DIR/restore" "$OUT_DIR/restore-tar"
     done
 fi
 

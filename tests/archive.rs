@@ -228,6 +228,22 @@ fn the_same_dataset_archived_again_gives_identical_chunks() {
             name.display()
         );
     }
+    // Run again: nothing written; an archive left writable (killed before its protection)
+    // is protected now.
+    common::fs::make_writable(&a);
+    let again = archive(&env, "tape1", &[]);
+    again.code(0);
+    assert_eq!(again.json()["already"], true);
+    assert_eq!(
+        fs::metadata(&a).unwrap().mode() & 0o222,
+        0,
+        "read-only again"
+    );
+    assert_eq!(
+        fs::metadata(a.join("chunk-00001.tar")).unwrap().mode() & 0o222,
+        0
+    );
+
     // Two copies of one archive: `archive verify ID` asks which.
     let id = first.json()["record"]["id"].as_str().unwrap().to_string();
     env.run(["archive", "verify", &id])

@@ -17,6 +17,7 @@ pub mod read;
 pub mod store;
 pub mod write;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -134,7 +135,12 @@ pub fn create(
     let dataset_label = format!("{}/{}", settings.project, settings.name);
     let (index, already, resumed, written, protection) = if complete {
         let index = read_index(&store)?;
-        (index, true, 0, 0, None)
+        // Killed between its last write and its protection: protected now.
+        let writable = std::fs::metadata(&dir).at(&dir)?.permissions().mode() & 0o222 != 0;
+        let protection = writable
+            .then(|| store.retain(settings.immutable))
+            .transpose()?;
+        (index, true, 0, 0, protection)
     } else {
         store.prepare()?;
         let w = write::write_chunks(&settings.source, &plan, &store, progress)?;
