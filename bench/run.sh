@@ -801,6 +801,7 @@ gen_fill() {
 gen_d() { gen_fill "$1" "$D_MIB"; }
 gen_e() { gen_fill "$1" "$E_MIB"; }
 if want 9; then
+    declare -A RESTORE_HPC RESTORE_TAR
     for ds in d e; do
         mib_var=${ds^^}_MIB
         dir=$DATA/$ds
@@ -825,13 +826,13 @@ if want 9; then
         cmp -s "$OUT_DIR/restore/f2b.bin" "$dir/f2b.bin" || die "the restored f2b.bin of ($ds) differs"
         cmp -s "$OUT_DIR/restore-tar/$ds/f2b.bin" "$dir/f2b.bin" || die "tar's f2b.bin of ($ds) differs"
         chmod -R u+w "$arch" && rm -rf "$arch" "$OUT_DIR/restore" "$OUT_DIR/restore-tar"
-        printf -v "RESTORE_HPC_$ds" '%s' "$HPC_MED"
-        printf -v "RESTORE_TAR_$ds" '%s' "$PEER_MED"
+        RESTORE_HPC[$ds]=$HPC_MED
+        RESTORE_TAR[$ds]=$PEER_MED
     done
     # The target of the issue: the time of a one-file restore does not grow with the archive.
     grow() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "inf" }'; }
-    g_hpc=$(grow "$RESTORE_HPC_d" "$RESTORE_HPC_e")
-    g_tar=$(grow "$RESTORE_TAR_d" "$RESTORE_TAR_e")
+    g_hpc=$(grow "${RESTORE_HPC[d]}" "${RESTORE_HPC[e]}")
+    g_tar=$(grow "${RESTORE_TAR[d]}" "${RESTORE_TAR[e]}")
     g_verdict=$(awk -v g="$g_hpc" 'BEGIN { print (g <= 1.5) ? "PASS" : "FAIL" }')
     RESULTS+=("9 restore time (e)/(d)|$g_hpc|$g_tar (tar -xf chunk)|-|hpc (e)/(d) <= 1.5|$g_verdict")
 fi
