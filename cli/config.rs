@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Profile, Provider};
+use hpcstage_staging::copies::{DeclaredCopy, MEDIA};
 use hpcstage_staging::policy::{PurgeBasis, PurgePolicy};
 use hpcstage_staging::remote::{Location, SshOptions};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,9 @@ pub(crate) struct Config {
     pub(crate) slurm: SlurmConfig,
     /// Remote NAS access (`nas_root = "host:/path"` or `user@host:port:/path` sources).
     pub(crate) ssh: SshConfig,
+    /// Copies of the raw data kept outside hpcstage (`[[copies]]`), for `hpcstage copies`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) copies: Vec<DeclaredCopy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +127,7 @@ impl Default for Config {
             template_dirs: Vec::new(),
             slurm: SlurmConfig::default(),
             ssh: SshConfig::default(),
+            copies: Vec::new(),
         }
     }
 }
@@ -147,6 +152,8 @@ pub(crate) struct Settings {
     pub(crate) ssh: SshOptions,
     /// `[ssh] remote_verify`.
     pub(crate) remote_verify: bool,
+    /// `[[copies]]`.
+    pub(crate) copies: Vec<DeclaredCopy>,
 }
 
 impl Settings {
@@ -379,6 +386,16 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         &source_of("slurm.command_timeout"),
         SECONDS,
     )?;
+    for c in &config.copies {
+        if !MEDIA.contains(&c.media.as_str()) {
+            bail!(
+                "copies: {:?} has media = {:?} (from {}): expected disk, tape or object",
+                c.name,
+                c.media,
+                source_of("copies")
+            );
+        }
+    }
     let mut template_dirs = vec![site_file().with_file_name("templates")];
     if let Some(user) = user_file() {
         template_dirs.push(user.with_file_name("templates"));
@@ -439,6 +456,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
             ..SshOptions::default()
         },
         remote_verify: config.ssh.remote_verify,
+        copies: config.copies.clone(),
     })
 }
 

@@ -62,9 +62,11 @@ impl ExitStatus {
             return ExitStatus::Integrity;
         }
         match staging_error(err) {
-            Some(StagingError::SourceCorrupt { .. } | StagingError::ReadBackMismatch { .. }) => {
-                ExitStatus::Integrity
-            }
+            Some(
+                StagingError::SourceCorrupt { .. }
+                | StagingError::ReadBackMismatch { .. }
+                | StagingError::ArchiveMismatch { .. },
+            ) => ExitStatus::Integrity,
             Some(StagingError::Interrupted { signal, .. }) => ExitStatus::Interrupted(*signal),
             _ => ExitStatus::Failure,
         }

@@ -100,6 +100,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Epilogue(_) => unreachable!("handled before loading the config"),
         Command::Report(args) => commands::report::run(&settings, args),
         Command::Clean(args) => commands::clean::run(&settings, args),
+        Command::Archive(args) => commands::archive::run(&settings, args),
+        Command::Copies(args) => commands::copies::run(&settings, args),
         Command::Completions { .. }
         | Command::Manpages { .. }
         | Command::Config(ConfigCommand::Init(_))

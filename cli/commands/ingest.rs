@@ -18,6 +18,8 @@ struct IngestJson<'a> {
     dataset: Option<&'a hpcstage_staging::record::DatasetInfo>,
     read_only: bool,
     immutable: Option<String>,
+    /// The ZFS snapshot and hold, or why there is none.
+    zfs: Option<String>,
 }
 
 pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
@@ -36,6 +38,10 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
     bar.finish();
     let outcome = outcome?;
     let status = copy_status(&outcome.report);
+    let zfs = outcome
+        .snapshot
+        .as_ref()
+        .map(hpcstage_staging::zfs::describe);
     let immutable = outcome
         .protection
         .as_ref()
@@ -51,6 +57,7 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
             dataset: outcome.info.as_ref(),
             read_only: outcome.protection.as_ref().is_some_and(|p| p.read_only),
             immutable,
+            zfs,
         });
         return Ok(status);
     }
@@ -67,6 +74,11 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
         output::data("write protection: read-only (chmod -R a-w)");
         if let Some(imm) = immutable {
             output::data(format!("immutable flag: {imm}"));
+        }
+        match (&outcome.snapshot, zfs) {
+            (Some(Ok(None)), Some(note)) => output::note(note),
+            (_, Some(zfs)) => output::data(zfs),
+            _ => {}
         }
     } else if !args.copy.dry_run {
         output::error(

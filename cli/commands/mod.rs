@@ -1,9 +1,11 @@
 //! One module per command; shared pieces (outcome status, copy options, the copy summary)
 //! live here.
 
+pub(crate) mod archive;
 pub(crate) mod clean;
 pub(crate) mod completions;
 pub(crate) mod config;
+pub(crate) mod copies;
 pub(crate) mod demo;
 pub(crate) mod dismiss;
 pub(crate) mod doctor;

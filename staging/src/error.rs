@@ -144,6 +144,11 @@ pub enum Error {
         message: String,
     },
 
+    /// An archive, or the dataset being archived, does not hold what its index or
+    /// manifest says.
+    #[error("{path}: {reason}")]
+    ArchiveMismatch { path: PathBuf, reason: String },
+
     /// A value given by the user is not valid.
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid {

@@ -45,6 +45,9 @@ pub struct IngestOutcome {
     pub path: PathBuf,
     pub info: Option<DatasetInfo>,
     pub protection: Option<Protection>,
+    /// The ZFS snapshot and hold taken of the placed dataset (see [`crate::zfs`]); `None`
+    /// when nothing was placed or the NAS is remote.
+    pub snapshot: Option<std::result::Result<Option<crate::zfs::Snapshot>, String>>,
 }
 
 /// `<nas_root>/<project>/raw/<dataset>`.
@@ -112,6 +115,7 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
             path: final_path,
             info: None,
             protection: None,
+            snapshot: None,
         });
     }
 
@@ -151,12 +155,18 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         }
     })?;
     let protection = seal(&final_path, settings.immutable);
+    let snapshot = crate::zfs::snapshot_and_hold(
+        &final_path,
+        &format!("{}-{}", settings.project, settings.dataset),
+        "ingest",
+    );
     info.manifest_digest = Some(report.manifest.digest());
     Ok(IngestOutcome {
         report,
         path: final_path,
         info: Some(info),
         protection: Some(protection),
+        snapshot: Some(snapshot),
     })
 }
 
@@ -306,5 +316,6 @@ fn ingest_remote(
                 .immutable
                 .then(|| Err("the immutable flag cannot be set over SFTP; ask the NAS administrator (chattr +i)".to_string())),
         }),
+        snapshot: None,
     })
 }

@@ -16,6 +16,8 @@ pub mod progress;
 pub mod walk;
 
 pub use error::{Error, Result};
+pub mod archive;
+pub mod copies;
 pub mod ingest;
 pub mod interrupt;
 pub mod ledger;
@@ -28,3 +30,4 @@ pub mod scan;
 pub mod stage;
 pub mod verify;
 pub mod worm;
+pub mod zfs;
