@@ -1,6 +1,10 @@
 //! `hpcstage archive`: cold-archive packages read back with GNU tar, bsdtar and sha256sum,
 //! byte-identical when made again, checked by `archive verify`, restored one file at a
-//! time with a seek, and resumed after `kill -9`.
+//! time with a seek, and resumed after `kill -9`; the results of a pulled run archived by
+//! its id; `copies` (3-2-1) before and after an archive and declared copies; snapshots and
+//! holds on zfs-fuse.
+
+#![allow(clippy::print_stderr)]
 
 mod common;
 
@@ -654,9 +658,18 @@ impl Drop for Pool {
                 .args(["release", "hpcstage", s])
                 .output();
         }
-        let _ = Command::new("zpool")
-            .args(["destroy", "-f", &self.name])
-            .output();
+        // The FUSE mount may still be busy for a moment after the last command.
+        for _ in 0..20 {
+            let destroyed = Command::new("zpool")
+                .args(["destroy", "-f", &self.name])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if destroyed {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        eprintln!("zpool destroy -f {} failed: destroy it by hand", self.name);
     }
 }
 
