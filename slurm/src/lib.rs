@@ -8,6 +8,7 @@
 pub mod client;
 pub mod error;
 pub mod local;
+pub mod parse;
 pub mod partition;
 pub mod process;
 pub mod state;

@@ -6,7 +6,7 @@
 //! `PartitionConfig` or `PartitionTimeLimit`): whether SLURM refuses it at once depends on
 //! the site's `EnforcePartLimits`. So hpcstage compares the request with
 //! `sinfo --Node --format=%P|%c|%m|%G|%l` before submitting and warns. This module parses
-//! and compares; `client.rs` runs `sinfo`. It prints nothing.
+//! and compares; `client/` runs `sinfo`. It prints nothing.
 
 use crate::template::{SbatchArgs, SlurmDuration};
 

@@ -4,6 +4,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use std::process::Command;
+use std::time::Instant;
+
+use super::env::{expand_pattern, PatternVars};
 use super::*;
 use crate::partition::mem_to_mb;
 use crate::template::{render, RenderContext, TemplateSpec, SIGNAL_MARKER};
