@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use hpcstage_slurm::template::Template;
 use hpcstage_staging::copy::CopyOptions;
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::human::bytes;
 use hpcstage_staging::ingest::{ingest, IngestSettings};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::manifest::{self, Manifest};

@@ -7,7 +7,7 @@ use hpcstage_lifecycle::report::{
     apply_whole_folder, build, gather, load_runs, Filter, Item, Report, Safety, Sources,
 };
 use hpcstage_lifecycle::run::RunView;
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 
 use super::Status;
 use crate::args::{ReportArgs, ReportFormat};

@@ -6,7 +6,7 @@ use hpcstage_lifecycle::failures::failed_tasks;
 use hpcstage_lifecycle::refresh::{ended, refresh};
 use hpcstage_lifecycle::report::{build, Filter, Safety};
 use hpcstage_lifecycle::run::{state_label, JobRole, JobView, RunStore, RunView};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::human::bytes;
 
 use super::Status;
 use crate::args::StatusArgs;

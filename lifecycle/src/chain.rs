@@ -147,7 +147,7 @@ pub fn prepare(store: &RunStore, s: &SubmitSettings<'_>) -> Result<Prepared> {
     })
 }
 
-pub use hpcstage_staging::fmt::shell_quote;
+pub use hpcstage_staging::human::shell_quote;
 
 fn write_pull_script(
     path: &Path,

@@ -43,7 +43,7 @@ pub use outputs::{
 pub use params::ParamValue;
 pub use render::{
     render, InputListing, RenderContext, Rendered, ShippedTool, INPUTS_FILE, LOG_DIR, SCRIPT_FILE,
-    SIGNAL_MARKER, STATE_DIR, TOOLS_DIR,
+    SIGNAL_MARKER, TOOLS_DIR,
 };
 pub use sbatch::{
     ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, SlurmDuration, DEFAULT_SIGNAL_GRACE,

@@ -22,7 +22,7 @@ use std::sync::{Condvar, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::hash::Digest;
+use crate::digest::Digest;
 
 /// Alignment of direct reads and writes (offset, length and memory).
 pub const ALIGN: usize = 4096;

@@ -63,8 +63,8 @@ pub enum Error {
     /// The destination cannot hold what is about to be copied.
     #[error(
         "not enough space at {path}: {need} needed, {available} available",
-        need = crate::fmt::bytes(*need),
-        available = crate::fmt::bytes(*available)
+        need = crate::human::bytes(*need),
+        available = crate::human::bytes(*available)
     )]
     InsufficientSpace {
         path: PathBuf,

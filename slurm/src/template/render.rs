@@ -29,8 +29,6 @@ use super::{lint, TemplateError};
 
 /// The job script's file name in the run folder.
 pub const SCRIPT_FILE: &str = "job.sbatch";
-/// hpcstage's own records inside a run folder (never an output).
-pub const STATE_DIR: &str = ".hpcstage";
 /// The run's input list: relative paths (or sample-sheet rows), each ended by a NUL byte.
 pub const INPUTS_FILE: &str = ".hpcstage/inputs.list";
 /// Written by the USR1 trap when SLURM announces the time limit; one line per task.
@@ -166,7 +164,10 @@ impl Rendered {
     /// job whose log folder is missing fails at start). Returns the script's path.
     pub fn write(&self) -> Result<PathBuf, TemplateError> {
         let dir = &self.run_dir;
-        for sub in [LOG_DIR, STATE_DIR] {
+        // `.hpcstage/`: hpcstage's own records (`hpcstage_staging::walk::STATE_DIR`), which
+        // hold the input list.
+        let state = Path::new(INPUTS_FILE).parent().unwrap_or(Path::new(""));
+        for sub in [Path::new(LOG_DIR), state] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(|source| TemplateError::Io { path: p, source })?;
         }
