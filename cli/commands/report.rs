@@ -154,7 +154,7 @@ fn row(i: &Item) -> [String; 10] {
     [
         i.project.clone(),
         i.owner.clone(),
-        format!("{:?}", i.kind).to_lowercase(),
+        i.kind.as_str().to_owned(),
         i.name.clone(),
         bytes(i.bytes),
         i.files.to_string(),
@@ -249,7 +249,7 @@ fn csv(r: &Report) -> Result<Vec<u8>> {
         w.write_record([
             i.project.clone(),
             i.owner.clone(),
-            format!("{:?}", i.kind).to_lowercase(),
+            i.kind.as_str().to_owned(),
             i.name.clone(),
             i.path.display().to_string(),
             i.bytes.to_string(),

@@ -181,7 +181,7 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
     for i in &report.items {
         let [deadline, days_left] = i.deadline_cells();
         t.add_row(vec![
-            format!("{:?}", i.kind).to_lowercase(),
+            i.kind.as_str().to_owned(),
             format!("{}/{}", i.project, i.name),
             i.path.display().to_string(),
             i.files.to_string(),

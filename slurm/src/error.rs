@@ -22,13 +22,13 @@ pub enum Error {
     },
 
     /// A command could not be started or waited for.
-    #[error("could not run `{command}`: {source}")]
+    #[error("could not run `{command}`: {error}")]
     Spawn {
         /// The command line.
         command: String,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error, printed in the message (not returned again as
+        /// `source()`: each cause is printed once).
+        error: std::io::Error,
     },
 
     /// A command did not finish in time (it was killed, with its process group).
@@ -108,7 +108,7 @@ pub enum Error {
 
     /// The runtime that drives child processes could not be created.
     #[error("could not start the runtime for SLURM commands: {0}")]
-    Runtime(#[source] std::io::Error),
+    Runtime(std::io::Error),
 
     /// A template could not be loaded, validated or rendered.
     #[error(transparent)]

@@ -46,7 +46,8 @@ pub use render::{
     SIGNAL_MARKER, TOOLS_DIR,
 };
 pub use sbatch::{
-    ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, SlurmDuration, DEFAULT_SIGNAL_GRACE,
+    ArraySpec, DurationError, ResourceOverrides, SbatchArgs, SignalSpec, SlurmDuration,
+    DEFAULT_SIGNAL_GRACE,
 };
 pub use spec::{
     ArrayRule, InputsSpec, OutputKind, OutputRule, OutputsSpec, ParamSpec, ParamType,
@@ -61,11 +62,12 @@ pub use store::{Template, TemplateInfo, TemplateOrigin, TemplateStore};
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     /// Reading a template file or folder, or writing a rendered job, failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error, printed in the message (and so not returned
+        /// again as `source()`: each cause is printed once).
+        error: std::io::Error,
     },
 
     /// A spec is not valid TOML or breaks a rule of the spec format.

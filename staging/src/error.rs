@@ -95,11 +95,11 @@ pub enum Error {
     Locked { path: PathBuf, holder: String },
 
     /// A glob in --include/--exclude did not compile.
-    #[error("invalid glob {glob:?}: {source}")]
+    #[error("invalid glob {glob:?}: {error}")]
     Glob {
         glob: String,
-        #[source]
-        source: globset::Error,
+        /// Printed in the message, so not returned again as `source()`.
+        error: globset::Error,
     },
 
     /// A record or config value could not be parsed.

@@ -46,6 +46,16 @@ pub enum ItemKind {
     Run,
 }
 
+impl ItemKind {
+    /// The name the table, the CSV and `--json` give it (`stage`, `run`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Stage => "stage",
+            ItemKind::Run => "run",
+        }
+    }
+}
+
 /// Whether losing the folder would lose data. Ordered: most urgent first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -229,7 +229,7 @@ impl SlurmClient {
                 Err(source) => {
                     return Err(Error::Spawn {
                         command: inv.command_line(),
-                        source,
+                        error: source,
                     })
                 }
             }
@@ -241,7 +241,7 @@ impl SlurmClient {
                 kill_process_group(pid);
                 Err(Error::Spawn {
                     command: inv.command_line(),
-                    source,
+                    error: source,
                 })
             }
             Err(_elapsed) => {

@@ -47,11 +47,12 @@ use store::process_alive;
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
     /// An I/O call failed on a named path.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error, printed in the message (and so not returned
+        /// again as `source()`: each cause is printed once).
+        error: std::io::Error,
     },
 
     /// A script's `#SBATCH` directive cannot be understood.
@@ -320,7 +321,7 @@ impl LocalExecutor {
             let absolute = |p: &Path| {
                 std::path::absolute(p).map_err(|source| LocalError::Io {
                     path: p.to_path_buf(),
-                    source,
+                    error: source,
                 })
             };
             let step = &LocalStep {
@@ -431,6 +432,9 @@ impl LocalExecutor {
             return Err(LocalError::UnknownJob { job_id });
         }
         let path = self.cancel_path(job_id);
-        std::fs::write(&path, b"").map_err(|source| LocalError::Io { path, source })
+        std::fs::write(&path, b"").map_err(|source| LocalError::Io {
+            path,
+            error: source,
+        })
     }
 }

@@ -34,12 +34,12 @@ impl LocalExecutor {
         let dir = &self.state_dir;
         std::fs::create_dir_all(dir).map_err(|source| LocalError::Io {
             path: dir.clone(),
-            source,
+            error: source,
         })?;
         let path = dir.join("next-job-id");
         let io = |source| LocalError::Io {
             path: path.clone(),
-            source,
+            error: source,
         };
         let mut f = OpenOptions::new()
             .read(true)
@@ -70,7 +70,12 @@ impl LocalExecutor {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(LocalError::Io { path, source }),
+            Err(source) => {
+                return Err(LocalError::Io {
+                    path,
+                    error: source,
+                })
+            }
         };
         serde_json::from_str(&text)
             .map(Some)
@@ -84,7 +89,7 @@ impl LocalExecutor {
         let dir = self.jobs_dir();
         std::fs::create_dir_all(&dir).map_err(|source| LocalError::Io {
             path: dir.clone(),
-            source,
+            error: source,
         })?;
         let path = self.record_path(job.job_id);
         let tmp = dir.join(format!(".{}.json.{}", job.job_id, std::process::id()));
@@ -94,9 +99,12 @@ impl LocalExecutor {
         })?;
         std::fs::write(&tmp, text).map_err(|source| LocalError::Io {
             path: tmp.clone(),
-            source,
+            error: source,
         })?;
-        std::fs::rename(&tmp, &path).map_err(|source| LocalError::Io { path, source })
+        std::fs::rename(&tmp, &path).map_err(|source| LocalError::Io {
+            path,
+            error: source,
+        })
     }
 }
 

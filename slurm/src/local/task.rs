@@ -35,7 +35,7 @@ impl LocalExecutor {
     pub(super) fn plan(&self, step: &LocalStep) -> Result<JobPlan, LocalError> {
         let text = std::fs::read_to_string(&step.script).map_err(|source| LocalError::Io {
             path: step.script.clone(),
-            source,
+            error: source,
         })?;
         let args =
             SbatchArgs::from_script(&text).map_err(|(line, reason)| LocalError::Directive {
@@ -246,7 +246,7 @@ impl LocalExecutor {
         let status = loop {
             let status = child.try_wait().map_err(|source| LocalError::Io {
                 path: job.script.clone(),
-                source,
+                error: source,
             })?;
             if let Some(status) = status {
                 break status;

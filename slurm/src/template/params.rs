@@ -87,7 +87,7 @@ pub(crate) fn check_value(spec: &ParamSpec, raw: &str) -> Result<ParamValue, Tem
         }
         ParamType::Duration => SlurmDuration::parse(raw)
             .map(ParamValue::Duration)
-            .map_err(invalid),
+            .map_err(|e| invalid(e.to_string())),
         ParamType::Enum => {
             if spec.choices.iter().any(|c| c == raw) {
                 Ok(ParamValue::Enum(raw.to_string()))

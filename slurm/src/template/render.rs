@@ -169,7 +169,10 @@ impl Rendered {
         let state = Path::new(INPUTS_FILE).parent().unwrap_or(Path::new(""));
         for sub in [Path::new(LOG_DIR), state] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(|source| TemplateError::Io { path: p, source })?;
+            std::fs::create_dir_all(&p).map_err(|source| TemplateError::Io {
+                path: p,
+                error: source,
+            })?;
         }
         if let Some(inputs) = &self.inputs {
             let mut bytes = Vec::new();
@@ -183,12 +186,15 @@ impl Rendered {
             let folder = dir.join(TOOLS_DIR);
             std::fs::create_dir_all(&folder).map_err(|source| TemplateError::Io {
                 path: folder.clone(),
-                source,
+                error: source,
             })?;
             let path = folder.join(&tool.name);
             write_atomic(&path, tool.content.as_bytes())?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(|source| TemplateError::Io { path, source })?;
+                .map_err(|source| TemplateError::Io {
+                    path,
+                    error: source,
+                })?;
         }
         let script = dir.join(SCRIPT_FILE);
         write_atomic(&script, self.script.as_bytes())?;
@@ -200,7 +206,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TemplateError> {
     let tmp = path.with_extension("tmp-hpcstage");
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| TemplateError::Io { path: p, source }
+        move |source| TemplateError::Io {
+            path: p,
+            error: source,
+        }
     };
     std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
@@ -507,7 +516,7 @@ fn scan_inputs(
             let path = input_dir.join(&rel);
             let text = std::fs::read_to_string(&path).map_err(|source| TemplateError::Io {
                 path: path.clone(),
-                source,
+                error: source,
             })?;
             let mut rows: Vec<String> = text
                 .lines()
@@ -532,7 +541,7 @@ fn scan_inputs(
     if !input_dir.is_dir() {
         return Err(TemplateError::Io {
             path: input_dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "input folder not found"),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, "input folder not found"),
         });
     }
     let mut inputs = Vec::new();
@@ -721,10 +730,10 @@ fn resources(
     let grace_text = field("signal_grace", r.signal_grace.clone(), &o.signal_grace)?;
     let mut grace = match grace_text {
         None => DEFAULT_SIGNAL_GRACE,
-        Some(t) => SlurmDuration::parse(&t).map_err(|reason| TemplateError::Resource {
+        Some(t) => SlurmDuration::parse(&t).map_err(|e| TemplateError::Resource {
             field: "signal_grace",
             value: t.clone(),
-            reason,
+            reason: e.to_string(),
         })?,
     };
     if let Some(limit) = args.time {

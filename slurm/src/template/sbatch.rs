@@ -54,34 +54,54 @@ impl SlurmDuration {
         }
     }
 
-    /// Parse a duration; the error is a reason fit to follow the value in a message.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Parse a duration; the error's message is a reason fit to follow the value.
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
         let t = text.trim();
         if t.is_empty() {
-            return Err("empty duration".to_string());
+            return Err(DurationError::Empty);
         }
         if t.contains(':') || t.contains('-') {
             return parse_slurm_form(t);
         }
         if t.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "a bare number is ambiguous: write {t}s, {t}m or {t}h (or HH:MM:SS)"
-            ));
+            return Err(DurationError::BareNumber(t.to_owned()));
         }
         parse_units(t)
     }
 }
 
-fn parse_slurm_form(t: &str) -> Result<SlurmDuration, String> {
-    let bad = || {
-        "not a duration; use units (90m, 2h, 1d 2h) or SLURM form (HH:MM:SS, D-HH:MM:SS)"
-            .to_string()
-    };
-    let num = |s: &str| -> Result<u64, String> {
+/// Why a duration could not be read. Each message is fit to follow the value
+/// (`--time=60: a bare number is ambiguous ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("a bare number is ambiguous: write {0}s, {0}m or {0}h (or HH:MM:SS)")]
+    BareNumber(String),
+    #[error("not a duration; use units (90m, 2h, 1d 2h) or SLURM form (HH:MM:SS, D-HH:MM:SS)")]
+    NotADuration,
+    #[error("minutes and seconds must be below 60")]
+    FieldOver60,
+    #[error("hours after a day part must be below 24")]
+    HoursOver24,
+    #[error("duration too large")]
+    TooLarge,
+    #[error("expected a number at {0:?}; use units like 90m, 2h, 1d 2h")]
+    ExpectedNumber(String),
+    #[error("number too large")]
+    NumberTooLarge,
+    #[error("missing unit after {0}; use s, m, h, d or w")]
+    MissingUnit(u64),
+    #[error("unknown unit {0:?}; use s, m, h, d or w")]
+    UnknownUnit(String),
+}
+
+fn parse_slurm_form(t: &str) -> Result<SlurmDuration, DurationError> {
+    let num = |s: &str| -> Result<u64, DurationError> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
+            return Err(DurationError::NotADuration);
         }
-        s.parse::<u64>().map_err(|_| bad())
+        s.parse::<u64>().map_err(|_| DurationError::NotADuration)
     };
     let (days, clock) = match t.split_once('-') {
         Some((d, rest)) => (num(d)?, Some(rest)),
@@ -91,7 +111,7 @@ fn parse_slurm_form(t: &str) -> Result<SlurmDuration, String> {
     let nums = fields
         .iter()
         .map(|f| num(f))
-        .collect::<Result<Vec<u64>, String>>()?;
+        .collect::<Result<Vec<u64>, DurationError>>()?;
     // With a day part, fields are hours[:minutes[:seconds]]; without, minutes:seconds or
     // hours:minutes:seconds (sbatch(1), --time).
     let secs = match (clock.is_some(), nums.as_slice()) {
@@ -100,22 +120,22 @@ fn parse_slurm_form(t: &str) -> Result<SlurmDuration, String> {
         (true, [h, m, s]) => h * 3600 + m * 60 + s,
         (false, [m, s]) => m * 60 + s,
         (false, [h, m, s]) => h * 3600 + m * 60 + s,
-        _ => return Err(bad()),
+        _ => return Err(DurationError::NotADuration),
     };
     // The first field may exceed its usual range (90:00 is 90 minutes); the others may not.
     if nums.iter().skip(1).any(|&n| n >= 60) {
-        return Err("minutes and seconds must be below 60".to_string());
+        return Err(DurationError::FieldOver60);
     }
     if clock.is_some() && nums[0] >= 24 && nums.len() > 1 {
-        return Err("hours after a day part must be below 24".to_string());
+        return Err(DurationError::HoursOver24);
     }
     days.checked_mul(86_400)
         .and_then(|d| d.checked_add(secs))
         .map(SlurmDuration)
-        .ok_or_else(|| "duration too large".to_string())
+        .ok_or(DurationError::TooLarge)
 }
 
-fn parse_units(t: &str) -> Result<SlurmDuration, String> {
+fn parse_units(t: &str) -> Result<SlurmDuration, DurationError> {
     let mut total: u64 = 0;
     let mut rest = t;
     let mut seen_any = false;
@@ -123,13 +143,11 @@ fn parse_units(t: &str) -> Result<SlurmDuration, String> {
         rest = rest.trim_start();
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!(
-                "expected a number at {rest:?}; use units like 90m, 2h, 1d 2h"
-            ));
+            return Err(DurationError::ExpectedNumber(rest.to_owned()));
         }
         let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| "number too large".to_string())?;
+            .map_err(|_| DurationError::NumberTooLarge)?;
         rest = rest[digits..].trim_start();
         let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = rest[..letters].to_ascii_lowercase();
@@ -140,18 +158,18 @@ fn parse_units(t: &str) -> Result<SlurmDuration, String> {
             "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
             "d" | "day" | "days" => 86_400,
             "w" | "week" | "weeks" => 7 * 86_400,
-            "" => return Err(format!("missing unit after {n}; use s, m, h, d or w")),
-            other => return Err(format!("unknown unit {other:?}; use s, m, h, d or w")),
+            "" => return Err(DurationError::MissingUnit(n)),
+            other => return Err(DurationError::UnknownUnit(other.to_owned())),
         };
         total = n
             .checked_mul(factor)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| "duration too large".to_string())?;
+            .ok_or(DurationError::TooLarge)?;
         seen_any = true;
         rest = rest.trim_start_matches([' ', ',']);
     }
     if !seen_any {
-        return Err("empty duration".to_string());
+        return Err(DurationError::Empty);
     }
     Ok(SlurmDuration(total))
 }
@@ -163,9 +181,9 @@ impl fmt::Display for SlurmDuration {
 }
 
 impl FromStr for SlurmDuration {
-    type Err = String;
+    type Err = DurationError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, DurationError> {
         SlurmDuration::parse(s)
     }
 }
@@ -800,7 +818,7 @@ pub(crate) mod check {
     }
 
     pub(crate) fn time(value: &str) -> Result<SlurmDuration, String> {
-        let d = SlurmDuration::parse(value)?;
+        let d = SlurmDuration::parse(value).map_err(|e| e.to_string())?;
         if d.as_secs() == 0 {
             return Err("a time limit must be longer than zero".to_string());
         }
@@ -853,7 +871,7 @@ mod tests {
         ] {
             assert!(SlurmDuration::parse(text).is_err(), "{text:?} should fail");
         }
-        let err = SlurmDuration::parse("60").unwrap_err();
+        let err = SlurmDuration::parse("60").unwrap_err().to_string();
         assert!(err.contains("60m"), "{err}");
     }
 
