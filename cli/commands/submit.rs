@@ -254,7 +254,7 @@ pub(crate) fn spawn_local_runner(settings: &Settings, exe: &Path, chain: &Chain)
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }

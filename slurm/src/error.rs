@@ -106,10 +106,6 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The runtime that drives child processes could not be created.
-    #[error("could not start the runtime for SLURM commands: {0}")]
-    Runtime(std::io::Error),
-
     /// A template could not be loaded, validated or rendered.
     #[error(transparent)]
     Template(#[from] crate::template::TemplateError),

@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 use crate::error::{Error, Result};
 use crate::parse::parse_error;
@@ -47,7 +48,9 @@ impl FromStr for JobId {
 }
 
 /// The task part of an array job id: `4` in `123_4`, `[2-5%2]` in `123_[2-5%2]`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, SerializeDisplay, DeserializeFromStr,
+)]
 pub enum ArrayTask {
     /// One task, by index.
     Index(u32),
@@ -100,21 +103,10 @@ impl FromStr for ArrayTask {
     }
 }
 
-impl Serialize for ArrayTask {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ArrayTask {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// A job as SLURM writes it in `JobID` columns: `123`, `123_4` or `123_[2-5]`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, SerializeDisplay, DeserializeFromStr,
+)]
 pub struct JobRef {
     /// The job id, or the array's base id.
     pub job: JobId,
@@ -154,21 +146,8 @@ impl FromStr for JobRef {
     }
 }
 
-impl Serialize for JobRef {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for JobRef {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// A job state, spelled as SLURM spells it (`JOB STATE CODES` in sacct(1)).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]
 pub enum JobState {
     /// Waiting for resources, a dependency or a begin time.
     Pending,
@@ -318,20 +297,6 @@ impl FromStr for JobState {
             "RESIZING" => Self::Resizing,
             _ => Self::Unknown(t.to_owned()),
         };
-        Ok(state)
-    }
-}
-
-impl Serialize for JobState {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for JobState {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let Ok(state) = s.parse();
         Ok(state)
     }
 }

@@ -3,16 +3,15 @@
 //! command line. See the module docs of [`super`] for the rules.
 
 use std::ffi::OsString;
-use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use jiff::Timestamp;
-use tokio::process::Command;
+use std::process::Command;
 
 use super::SlurmClient;
 use crate::error::{Error, Result};
+use crate::process::output_within;
 
 /// Environment variables removed for query commands: exact names...
 const CLEANED_VARS: &[&str] = &[
@@ -120,42 +119,11 @@ pub(super) fn clean_stderr(bytes: &[u8]) -> String {
     text[..end].to_owned()
 }
 
-pub(super) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // `RandomState` is seeded from the OS per process and varies per instance: enough
-    // randomness for jitter and tokens without another dependency.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_i128(Timestamp::now().as_nanosecond());
-    hasher.finish()
-}
-
-/// Kills the process group a child leads (it was spawned with `process_group(0)`).
-pub(super) fn kill_process_group(pid: Option<u32>) {
-    if let Some(pid) = pid {
-        crate::process::kill_group(pid);
-    }
-}
-
 pub(super) fn current_uid() -> u32 {
-    // SAFETY: getuid(2) has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    nix::unistd::getuid().as_raw()
 }
 
 impl SlurmClient {
-    pub(super) fn block_on<F: Future>(&self, fut: F) -> Result<F::Output> {
-        let runtime = match self.runtime.get() {
-            Some(rt) => rt,
-            None => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(Error::Runtime)?;
-                self.runtime.get_or_init(|| rt)
-            }
-        };
-        Ok(runtime.block_on(fut))
-    }
-
     /// The path of a SLURM command.
     pub(super) fn program(&self, name: &str) -> Result<PathBuf> {
         if let Some(dir) = &self.settings.bin_dir {
@@ -190,9 +158,7 @@ impl SlurmClient {
         cmd.args(&inv.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
+            .stderr(Stdio::piped());
         if inv.clean_env {
             for var in CLEANED_VARS {
                 cmd.env_remove(var);
@@ -215,16 +181,17 @@ impl SlurmClient {
     }
 
     /// Runs once, within the timeout. Errors only when the command cannot be started.
-    pub(super) async fn run_once(&self, inv: &Invocation) -> Result<Outcome> {
+    pub(super) fn run_once(&self, inv: &Invocation) -> Result<Outcome> {
         let mut tries = 0;
-        let child = loop {
-            match self.command(inv).spawn() {
-                Ok(child) => break child,
+        loop {
+            match output_within(&mut self.command(inv), self.settings.timeout) {
+                Ok(Some(output)) => return Ok(Outcome::Exited(output)),
+                Ok(None) => return Ok(Outcome::TimedOut),
                 // ETXTBSY: a wrapper script just written is still open for writing in a
                 // child another thread forked; that lasts until its exec.
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
                     tries += 1;
-                    tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                    std::thread::sleep(Duration::from_millis(20 * tries));
                 }
                 Err(source) => {
                     return Err(Error::Spawn {
@@ -233,34 +200,18 @@ impl SlurmClient {
                     })
                 }
             }
-        };
-        let pid = child.id();
-        match tokio::time::timeout(self.settings.timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) => Ok(Outcome::Exited(output)),
-            Ok(Err(source)) => {
-                kill_process_group(pid);
-                Err(Error::Spawn {
-                    command: inv.command_line(),
-                    error: source,
-                })
-            }
-            Err(_elapsed) => {
-                // The child itself is killed on drop; its descendants share its group.
-                kill_process_group(pid);
-                Ok(Outcome::TimedOut)
-            }
         }
     }
 
     /// Runs a query command, retrying timeouts and transient errors with backoff.
     /// Returns the output of the first run that exited with a non-transient result
     /// (success or not).
-    pub(super) async fn run_retrying(&self, inv: &Invocation) -> Result<Output> {
+    pub(super) fn run_retrying(&self, inv: &Invocation) -> Result<Output> {
         let attempts = self.settings.retries + 1;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.run_once(inv).await? {
+            let error = match self.run_once(inv)? {
                 Outcome::Exited(out) if out.status.success() => return Ok(out),
                 Outcome::Exited(out) => {
                     let stderr = clean_stderr(&out.stderr);
@@ -282,7 +233,7 @@ impl SlurmClient {
             if attempt >= attempts {
                 return Err(error);
             }
-            tokio::time::sleep(self.backoff(attempt)).await;
+            std::thread::sleep(self.backoff(attempt));
         }
     }
 
@@ -290,7 +241,7 @@ impl SlurmClient {
     /// output with `read`. `None` when it failed with a stderr `absent` recognises (a
     /// job id the controller does not know, accounting disabled); any other failure is
     /// an error naming the command.
-    pub(super) async fn ask<T>(
+    pub(super) fn ask<T>(
         &self,
         name: &str,
         args: Vec<String>,
@@ -298,7 +249,7 @@ impl SlurmClient {
         read: impl FnOnce(&str) -> Result<T>,
     ) -> Result<Option<T>> {
         let inv = self.query_invocation(name, args)?;
-        let out = self.run_retrying(&inv).await?;
+        let out = self.run_retrying(&inv)?;
         if !out.status.success() {
             if absent(&String::from_utf8_lossy(&out.stderr)) {
                 return Ok(None);
@@ -311,10 +262,8 @@ impl SlurmClient {
     }
 
     /// Like [`Self::ask`], for a command whose every failure is an error.
-    pub(super) async fn ask_text(&self, name: &str, args: Vec<String>) -> Result<String> {
-        let text = self
-            .ask(name, args, |_| false, |t| Ok(t.to_owned()))
-            .await?;
+    pub(super) fn ask_text(&self, name: &str, args: Vec<String>) -> Result<String> {
+        let text = self.ask(name, args, |_| false, |t| Ok(t.to_owned()))?;
         Ok(text.unwrap_or_default())
     }
 
@@ -328,8 +277,7 @@ impl SlurmClient {
             .saturating_mul(factor)
             .min(self.settings.backoff_max);
         let half = full / 2;
-        let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        half + half.mul_f64(unit)
+        half + half.mul_f64(fastrand::f64())
     }
 }
 
@@ -370,15 +318,10 @@ pub(super) fn unexpected(inv: &Invocation, e: Error) -> Error {
 }
 
 pub(super) fn find_on_path(name: &str, path: Option<OsString>) -> Option<PathBuf> {
-    std::env::split_paths(&path?)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-}
-
-pub(super) fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    // An empty entry would mean the current folder: never look for SLURM there.
+    let path = path?;
+    let dirs = std::env::split_paths(&path).filter(|dir| !dir.as_os_str().is_empty());
+    let path = std::env::join_paths(dirs).ok()?;
+    let cwd = std::env::current_dir().ok()?;
+    which::which_in(name, Some(path), cwd).ok()
 }

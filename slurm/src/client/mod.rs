@@ -64,11 +64,9 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::runtime::Runtime;
 
 use crate::error::Result;
 use crate::state::{JobId, JobInfo};
@@ -164,21 +162,16 @@ pub struct Partition {
     pub is_default: bool,
 }
 
-/// Runs SLURM commands. The blocking methods drive a private single-threaded runtime
-/// and must not be called from inside an async runtime: use the `_async` ones there.
+/// Runs SLURM commands, each as a child process that the calling thread waits for.
 #[derive(Debug, Default)]
 pub struct SlurmClient {
     settings: ClientSettings,
-    runtime: OnceLock<Runtime>,
 }
 
 impl SlurmClient {
     /// A client with these settings.
     pub fn new(settings: ClientSettings) -> Self {
-        Self {
-            settings,
-            runtime: OnceLock::new(),
-        }
+        Self { settings }
     }
 
     /// The settings in use.
@@ -191,16 +184,11 @@ impl SlurmClient {
         self.program("sbatch").is_ok()
     }
 
-    /// Submits a job; see the module docs for the de-duplication.
-    pub fn submit(&self, req: &SubmitRequest) -> Result<Submitted> {
-        self.block_on(self.submit_async(req))?
-    }
-
     /// Asks for the state of jobs, looking `sacct_lookback` back in accounting.
     ///
     /// Every requested id is a key of the answer; see the module docs.
     pub fn query(&self, ids: &[JobId]) -> Result<HashMap<JobId, JobInfo>> {
-        self.block_on(self.query_async(ids, None))?
+        self.query_from(ids, None)
     }
 
     /// Like [`SlurmClient::query`], with the earliest submission time of the jobs as
@@ -210,54 +198,18 @@ impl SlurmClient {
         ids: &[JobId],
         earliest: Timestamp,
     ) -> Result<HashMap<JobId, JobInfo>> {
-        self.block_on(self.query_async(ids, Some(earliest)))?
-    }
-
-    /// Cancels a job (all tasks of an array). A job already finished is not an error.
-    pub fn cancel(&self, id: JobId) -> Result<()> {
-        self.block_on(self.cancel_async(id))?
+        self.query_from(ids, Some(earliest))
     }
 
     /// What each partition's largest node offers, from `sinfo --Node` (see
     /// [`crate::partition`]).
     pub fn partitions(&self) -> Result<Vec<crate::partition::PartitionLimits>> {
-        self.block_on(async {
-            let args = vec![
-                "--noheader".into(),
-                "--Node".into(),
-                format!("--format={}", crate::partition::SINFO_FORMAT),
-            ];
-            let text = self.ask_text("sinfo", args).await?;
-            Ok(crate::partition::parse_sinfo(&text))
-        })?
-    }
-
-    /// Whether the controller answers `scontrol ping` (one try, no retries).
-    pub fn ping(&self) -> Result<bool> {
-        self.block_on(self.ping_async())?
-    }
-
-    /// The partitions `sinfo` lists, by name in its order (for `config init` and `doctor`);
-    /// [`SlurmClient::partitions`] has what their nodes offer.
-    pub fn partition_names(&self) -> Result<Vec<Partition>> {
-        self.block_on(self.partition_names_async())?
-    }
-
-    /// Whether accounting is on: `Ok(false)` when `sacct` says accounting storage is
-    /// disabled, an error when `sacct` cannot answer (slurmdbd down, a timeout).
-    pub fn accounting_enabled(&self) -> Result<bool> {
-        self.block_on(self.accounting_enabled_async())?
-    }
-
-    /// Asks the controller whether it would accept a one-minute job on `partition`
-    /// (`sbatch --test-only`): nothing is submitted.
-    pub fn test_submit(&self, partition: &str) -> Result<()> {
-        self.block_on(self.test_submit_async(partition))?
-    }
-
-    /// One value of the controller's configuration (`scontrol show config`), `None` when
-    /// it is unset (`(null)`) or not listed.
-    pub fn config_value(&self, key: &str) -> Result<Option<String>> {
-        self.block_on(self.config_value_async(key))?
+        let args = vec![
+            "--noheader".into(),
+            "--Node".into(),
+            format!("--format={}", crate::partition::SINFO_FORMAT),
+        ];
+        let text = self.ask_text("sinfo", args)?;
+        Ok(crate::partition::parse_sinfo(&text))
     }
 }

@@ -15,8 +15,9 @@ use crate::parse::{
 use crate::state::{JobId, JobInfo, JobState};
 
 impl SlurmClient {
-    /// Async form of [`SlurmClient::query`] / [`SlurmClient::query_since`].
-    pub async fn query_async(
+    /// [`SlurmClient::query`] and [`SlurmClient::query_since`]: `earliest` is the
+    /// earliest submission time of the jobs, if known.
+    pub(super) fn query_from(
         &self,
         ids: &[JobId],
         earliest: Option<Timestamp>,
@@ -38,7 +39,7 @@ impl SlurmClient {
 
         let mut found: HashMap<JobId, Vec<JobInfo>> = HashMap::new();
         let mut sacct_error = None;
-        match self.sacct_rows(&wanted, since).await {
+        match self.sacct_rows(&wanted, since) {
             Ok(Some(rows)) => assign(rows, &wanted, &mut found),
             Ok(None) => {}
             Err(e @ (Error::ControllerUnreachable { .. } | Error::Timeout { .. })) => {
@@ -69,7 +70,7 @@ impl SlurmClient {
                     .get(id)
                     .is_some_and(|rows| !accounting_unsure(*id, rows))
             });
-            match self.squeue_rows(&ask).await {
+            match self.squeue_rows(&ask) {
                 Ok(rows) => assign(rows, &ask, &mut from_ctld),
                 Err(_) if only_pending => {}
                 Err(e) => return Err(sacct_error.unwrap_or(e)),
@@ -85,7 +86,7 @@ impl SlurmClient {
                     continue;
                 }
                 let mut rows = HashMap::new();
-                match self.scontrol_rows(*id).await {
+                match self.scontrol_rows(*id) {
                     Ok(r) => assign(r, &BTreeSet::from([*id]), &mut rows),
                     Err(e) => return Err(sacct_error.unwrap_or(e)),
                 }
@@ -117,11 +118,7 @@ impl SlurmClient {
     }
 
     /// `sacct` rows for `ids`; `None` when accounting is disabled.
-    async fn sacct_rows(
-        &self,
-        ids: &BTreeSet<JobId>,
-        since: Timestamp,
-    ) -> Result<Option<Vec<JobInfo>>> {
+    fn sacct_rows(&self, ids: &BTreeSet<JobId>, since: Timestamp) -> Result<Option<Vec<JobInfo>>> {
         self.ask(
             "sacct",
             vec![
@@ -135,10 +132,9 @@ impl SlurmClient {
             accounting_disabled,
             parse_sacct,
         )
-        .await
     }
 
-    async fn squeue_rows(&self, ids: &BTreeSet<JobId>) -> Result<Vec<JobInfo>> {
+    fn squeue_rows(&self, ids: &BTreeSet<JobId>) -> Result<Vec<JobInfo>> {
         // One unknown id: `slurm_load_jobs error: Invalid job id specified`.
         let rows = self.ask(
             "squeue",
@@ -152,10 +148,10 @@ impl SlurmClient {
             invalid_job_id,
             parse_squeue,
         );
-        Ok(rows.await?.unwrap_or_default())
+        Ok(rows?.unwrap_or_default())
     }
 
-    async fn scontrol_rows(&self, id: JobId) -> Result<Vec<JobInfo>> {
+    fn scontrol_rows(&self, id: JobId) -> Result<Vec<JobInfo>> {
         let rows = self.ask(
             "scontrol",
             vec![
@@ -168,14 +164,13 @@ impl SlurmClient {
             invalid_job_id,
             parse_scontrol,
         );
-        Ok(rows.await?.unwrap_or_default())
+        Ok(rows?.unwrap_or_default())
     }
 
-    /// Async form of [`SlurmClient::partition_names`].
-    pub async fn partition_names_async(&self) -> Result<Vec<Partition>> {
-        let text = self
-            .ask_text("sinfo", vec!["--noheader".into(), "--format=%P".into()])
-            .await?;
+    /// The partitions `sinfo` lists, by name in its order (for `config init` and `doctor`);
+    /// [`SlurmClient::partitions`] has what their nodes offer.
+    pub fn partition_names(&self) -> Result<Vec<Partition>> {
+        let text = self.ask_text("sinfo", vec!["--noheader".into(), "--format=%P".into()])?;
         let mut seen = BTreeSet::new();
         Ok(text
             .lines()
@@ -189,8 +184,9 @@ impl SlurmClient {
             .collect())
     }
 
-    /// Async form of [`SlurmClient::accounting_enabled`].
-    pub async fn accounting_enabled_async(&self) -> Result<bool> {
+    /// Whether accounting is on: `Ok(false)` when `sacct` says accounting storage is
+    /// disabled, an error when `sacct` cannot answer (slurmdbd down, a timeout).
+    pub fn accounting_enabled(&self) -> Result<bool> {
         let args = [
             "--noheader",
             "--allocations",
@@ -203,14 +199,13 @@ impl SlurmClient {
             accounting_disabled,
             |_| Ok(()),
         );
-        Ok(answer.await?.is_some())
+        Ok(answer?.is_some())
     }
 
-    /// Async form of [`SlurmClient::config_value`].
-    pub async fn config_value_async(&self, key: &str) -> Result<Option<String>> {
-        let text = self
-            .ask_text("scontrol", vec!["show".into(), "config".into()])
-            .await?;
+    /// One value of the controller's configuration (`scontrol show config`), `None` when
+    /// it is unset (`(null)`) or not listed.
+    pub fn config_value(&self, key: &str) -> Result<Option<String>> {
+        let text = self.ask_text("scontrol", vec!["show".into(), "config".into()])?;
         Ok(text.lines().find_map(|l| {
             let (k, v) = l.split_once('=')?;
             let v = v.trim();
@@ -218,10 +213,10 @@ impl SlurmClient {
         }))
     }
 
-    /// Async form of [`SlurmClient::ping`].
-    pub async fn ping_async(&self) -> Result<bool> {
+    /// Whether the controller answers `scontrol ping` (one try, no retries).
+    pub fn ping(&self) -> Result<bool> {
         let inv = self.query_invocation("scontrol", vec!["ping".into()])?;
-        match self.run_once(&inv).await? {
+        match self.run_once(&inv)? {
             Outcome::Exited(out) => {
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 Ok(stdout.lines().any(|l| l.trim_end().ends_with(" is UP")))

@@ -6,8 +6,7 @@ use std::collections::BTreeSet;
 use jiff::{SignedDuration, Timestamp};
 
 use super::exec::{
-    accounting_disabled, classify, clean_stderr, current_uid, failed, random_u64, Failure,
-    Invocation, Outcome,
+    accounting_disabled, classify, clean_stderr, current_uid, failed, Failure, Invocation, Outcome,
 };
 use super::{SlurmClient, SubmitRequest, Submitted};
 use crate::error::{Error, Result};
@@ -21,7 +20,7 @@ pub fn new_token() -> String {
         "hpcstage-{}-{}-{:08x}",
         now.as_microsecond(),
         std::process::id(),
-        random_u64() as u32
+        fastrand::u32(..)
     )
 }
 
@@ -75,8 +74,8 @@ impl SlurmClient {
         })
     }
 
-    /// Async form of [`SlurmClient::submit`].
-    pub async fn submit_async(&self, req: &SubmitRequest) -> Result<Submitted> {
+    /// Submits a job; see the module docs for the de-duplication.
+    pub fn submit(&self, req: &SubmitRequest) -> Result<Submitted> {
         validate_token(&req.token)?;
         let inv = self.sbatch_invocation(req)?;
         let first_try = Timestamp::now();
@@ -91,7 +90,7 @@ impl SlurmClient {
                 found_by_lookup: true,
                 attempts: attempt,
             };
-            let (error, look_up) = match self.run_once(&inv).await? {
+            let (error, look_up) = match self.run_once(&inv)? {
                 Outcome::Exited(out) if out.status.success() => {
                     let stdout = String::from_utf8_lossy(&out.stdout);
                     if let Ok((id, cluster)) = parse_sbatch_output(&stdout) {
@@ -109,7 +108,7 @@ impl SlurmClient {
                         what: "job id",
                         text: stdout.trim().to_owned(),
                     };
-                    return match self.lookup_token(req, first_try).await {
+                    return match self.lookup_token(req, first_try) {
                         Ok(Some(id)) => Ok(found(id)),
                         Ok(None) | Err(_) => Err(unexpected),
                     };
@@ -143,8 +142,8 @@ impl SlurmClient {
             if look_up {
                 // Wait first: a controller slow enough to time sbatch out may still be
                 // registering the job.
-                tokio::time::sleep(self.backoff(attempt)).await;
-                match self.lookup_token(req, first_try).await {
+                std::thread::sleep(self.backoff(attempt));
+                match self.lookup_token(req, first_try) {
                     Ok(Some(id)) => return Ok(found(id)),
                     Ok(None) => {}
                     Err(lookup) => {
@@ -160,13 +159,13 @@ impl SlurmClient {
                 return Err(error);
             }
             if !look_up {
-                tokio::time::sleep(self.backoff(attempt)).await;
+                std::thread::sleep(self.backoff(attempt));
             }
         }
     }
 
     /// Finds the job carrying `req.token`; see the module docs.
-    async fn lookup_token(&self, req: &SubmitRequest, since: Timestamp) -> Result<Option<JobId>> {
+    fn lookup_token(&self, req: &SubmitRequest, since: Timestamp) -> Result<Option<JobId>> {
         let user = self.user_filter();
         let args = vec![
             "--noheader".into(),
@@ -175,7 +174,7 @@ impl SlurmClient {
             format!("--user={user}"),
             "--format=%F|%k".into(),
         ];
-        let stdout = self.ask_text("squeue", args).await?;
+        let stdout = self.ask_text("squeue", args)?;
         let ids: BTreeSet<JobId> = stdout
             .lines()
             .filter_map(|l| l.trim().split_once('|'))
@@ -198,7 +197,7 @@ impl SlurmClient {
             "--format=JobID,Comment,JobName".into(),
         ];
         let answer = self.ask("sacct", args, accounting_disabled, |t| Ok(t.to_owned()));
-        let Some(stdout) = answer.await? else {
+        let Some(stdout) = answer? else {
             return Ok(None);
         };
         let ids: BTreeSet<JobId> = stdout
@@ -214,10 +213,10 @@ impl SlurmClient {
         Ok(ids.first().copied())
     }
 
-    /// Async form of [`SlurmClient::cancel`].
-    pub async fn cancel_async(&self, id: JobId) -> Result<()> {
+    /// Cancels a job (all tasks of an array). A job already finished is not an error.
+    pub fn cancel(&self, id: JobId) -> Result<()> {
         let inv = self.query_invocation("scancel", vec![id.to_string()])?;
-        let out = self.run_retrying(&inv).await?;
+        let out = self.run_retrying(&inv)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("already completing or completed") {
             return Ok(());
@@ -228,8 +227,9 @@ impl SlurmClient {
         Ok(())
     }
 
-    /// Async form of [`SlurmClient::test_submit`].
-    pub async fn test_submit_async(&self, partition: &str) -> Result<()> {
+    /// Asks the controller whether it would accept a one-minute job on `partition`
+    /// (`sbatch --test-only`): nothing is submitted.
+    pub fn test_submit(&self, partition: &str) -> Result<()> {
         let args = vec![
             "--test-only".to_owned(),
             format!("--partition={partition}"),
@@ -237,6 +237,6 @@ impl SlurmClient {
             "--output=/dev/null".to_owned(),
             "--wrap=true".to_owned(),
         ];
-        self.ask_text("sbatch", args).await.map(drop)
+        self.ask_text("sbatch", args).map(drop)
     }
 }

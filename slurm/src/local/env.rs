@@ -121,17 +121,12 @@ pub(super) fn expand_pattern(pattern: &str, v: &PatternVars<'_>) -> String {
 
 /// This machine's name up to the first dot, as SLURM names nodes.
 pub(super) fn short_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let name = if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        std::env::var_os("HOSTNAME")
+    let name = match nix::unistd::gethostname() {
+        Ok(name) => name.to_string_lossy().into_owned(),
+        Err(_) => std::env::var_os("HOSTNAME")
             .map(OsString::into_string)
             .and_then(Result::ok)
-            .unwrap_or_else(|| "localhost".to_string())
+            .unwrap_or_else(|| "localhost".to_string()),
     };
     name.split('.').next().unwrap_or("localhost").to_string()
 }

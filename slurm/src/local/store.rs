@@ -1,11 +1,15 @@
 //! The state folder of the local executor: the job-id counter (locked with flock(2))
 //! and one JSON record per job, written atomically; and whether a runner still lives.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 
 use super::{LocalError, LocalExecutor, LocalJob};
 
@@ -41,14 +45,15 @@ impl LocalExecutor {
             path: path.clone(),
             error: source,
         };
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        flock_exclusive(&f).map_err(io)?;
+        // Released when `f` is dropped.
+        let mut f = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))?;
         let mut text = String::new();
         f.read_to_string(&mut text).map_err(io)?;
         let first: u64 = match text.trim() {
@@ -112,17 +117,6 @@ pub(super) fn process_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-pub(super) fn flock_exclusive(f: &File) -> std::io::Result<()> {
-    // SAFETY: flock(2) on a descriptor we own; released when the file is closed.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // Signal 0 only checks that the process exists (EPERM: it does, as someone else's).
+    matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(Errno::EPERM))
 }

@@ -10,7 +10,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 /// The grace period before the time limit at which SLURM signals the batch shell, when the
 /// spec does not say (`--signal=B:USR1@300`). SLURM may send it up to a minute early.
@@ -24,7 +25,9 @@ const MAX_SIGNAL_SECS: u64 = 65_535;
 /// Parsed from human units (`90s`, `45m`, `2h`, `1d 2h`, `1h30m`) or SLURM's own forms
 /// (`MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`). A bare number is refused: SLURM
 /// reads it as minutes, most people as seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, SerializeDisplay, DeserializeFromStr,
+)]
 pub struct SlurmDuration(u64);
 
 impl SlurmDuration {
@@ -188,21 +191,8 @@ impl FromStr for SlurmDuration {
     }
 }
 
-impl Serialize for SlurmDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_slurm())
-    }
-}
-
-impl<'de> Deserialize<'de> for SlurmDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        SlurmDuration::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// A job array: `0-9`, `1,3,5-7`, `0-15:4`, optionally throttled with `%N`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
 pub struct ArraySpec {
     text: String,
     tasks: Vec<u32>,
@@ -315,28 +305,23 @@ impl ArraySpec {
     }
 }
 
+impl FromStr for ArraySpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        ArraySpec::parse(s)
+    }
+}
+
 impl fmt::Display for ArraySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
 }
 
-impl Serialize for ArraySpec {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for ArraySpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        ArraySpec::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// `--signal=[B:]SIG[@SECS]`: which signal SLURM sends how long before the time limit, and
 /// whether only to the batch shell (`B:`) or to the job steps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
 pub struct SignalSpec {
     /// `B:` — the batch shell only (what the templates' USR1 trap needs).
     pub batch_only: bool,
@@ -413,25 +398,20 @@ pub(crate) fn signal_number(name: &str) -> Option<i32> {
     })
 }
 
+impl FromStr for SignalSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        SignalSpec::parse(s)
+    }
+}
+
 impl fmt::Display for SignalSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.batch_only {
             f.write_str("B:")?;
         }
         write!(f, "{}@{}", self.signal, self.seconds)
-    }
-}
-
-impl Serialize for SignalSpec {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for SignalSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        SignalSpec::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
