@@ -25,6 +25,7 @@
 
 #[cfg(test)]
 mod builtin_tests;
+mod duration;
 mod lint;
 mod masks;
 mod outputs;
@@ -37,6 +38,7 @@ mod store;
 
 use std::path::PathBuf;
 
+pub use duration::{DurationError, SlurmDuration};
 pub use outputs::{
     Expected, InvalidOutput, OutputCheck, ResolvedOutputRule, ResolvedOutputs, RunInputs,
 };
@@ -45,10 +47,7 @@ pub use render::{
     render, InputListing, RenderContext, Rendered, ShippedTool, INPUTS_FILE, LOG_DIR, SCRIPT_FILE,
     SIGNAL_MARKER, TOOLS_DIR,
 };
-pub use sbatch::{
-    ArraySpec, DurationError, ResourceOverrides, SbatchArgs, SignalSpec, SlurmDuration,
-    DEFAULT_SIGNAL_GRACE,
-};
+pub use sbatch::{ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, DEFAULT_SIGNAL_GRACE};
 pub use spec::{
     ArrayRule, InputsSpec, OutputKind, OutputRule, OutputsSpec, ParamSpec, ParamType,
     PerInputArray, ResourceExpr, ResourcesSpec, TemplateMeta, TemplateSpec, ToolsSpec,

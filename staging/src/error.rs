@@ -162,6 +162,15 @@ impl Error {
         }
     }
 
+    /// A failed step of a folder walk, on the path it failed at (`dir` when it names none).
+    pub fn walk(dir: &std::path::Path, e: walkdir::Error) -> Self {
+        let path = e.path().unwrap_or(dir).to_path_buf();
+        let source = e
+            .into_io_error()
+            .unwrap_or_else(|| std::io::Error::other("walk failed"));
+        Error::io(path, source)
+    }
+
     /// True when the error is "no space left on device" (or over quota).
     pub fn is_disk_full(&self) -> bool {
         match self {

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::sbatch::SlurmDuration;
+use super::duration::SlurmDuration;
 use super::spec::{ParamSpec, ParamType, TemplateSpec};
 use super::TemplateError;
 

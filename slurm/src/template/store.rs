@@ -122,13 +122,7 @@ impl Template {
                 template: name.clone(),
                 reason: quote::describe(&e, body),
             })?;
-        let trusted: Vec<&str> = spec
-            .params
-            .iter()
-            .filter(|p| p.trusted)
-            .map(|p| p.name.as_str())
-            .collect();
-        lint::check(&name, body, &trusted)?;
+        lint::check(&name, body, &spec.trusted_params())?;
         let tools = spec
             .tools
             .files
