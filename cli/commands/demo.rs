@@ -8,7 +8,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hpcstage_slurm::template::Template;
 use hpcstage_staging::copy::CopyOptions;
 use hpcstage_staging::human::bytes;
 use hpcstage_staging::ingest::{ingest, IngestSettings};
@@ -16,6 +15,7 @@ use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::manifest::{self, Manifest};
 use hpcstage_staging::policy::days_left;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings};
+use hpcstage_template::Template;
 
 use super::Status;
 use crate::args::DemoArgs;

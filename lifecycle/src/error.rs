@@ -8,10 +8,14 @@ pub enum Error {
     #[error(transparent)]
     Staging(#[from] hpcstage_staging::Error),
 
-    /// A SLURM command, a template or the local executor failed (templates and the local
-    /// executor reach here as `hpcstage_slurm::Error::Template` and `::Local`).
+    /// A SLURM command or the local executor failed (the local executor's errors reach
+    /// here as `hpcstage_slurm::Error::Local`).
     #[error(transparent)]
     Slurm(#[from] hpcstage_slurm::Error),
+
+    /// A template could not be loaded, validated or rendered.
+    #[error(transparent)]
+    Template(#[from] hpcstage_template::TemplateError),
 
     /// The compute job has not finished; a pull needs its final state.
     #[error("run {id}: compute job {job_id} is {state}; pull once it has ended (or pass --wait)")]
@@ -44,12 +48,6 @@ pub enum Error {
     /// A run record or event could not be read.
     #[error("{path}: {reason}")]
     Record { path: PathBuf, reason: String },
-}
-
-impl From<hpcstage_slurm::template::TemplateError> for Error {
-    fn from(e: hpcstage_slurm::template::TemplateError) -> Self {
-        Error::Slurm(e.into())
-    }
 }
 
 impl From<hpcstage_slurm::local::LocalError> for Error {

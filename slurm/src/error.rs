@@ -1,4 +1,4 @@
-//! Typed errors of the SLURM client, templates and the local executor.
+//! Typed errors of the SLURM client and the local executor.
 //!
 //! Each variant carries what a user needs to act without rerunning with debug flags:
 //! the command line that ran, how long we waited, the exit status and the child's
@@ -8,7 +8,7 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
-/// Errors from SLURM commands, templates and the local executor.
+/// Errors from SLURM commands and the local executor.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A SLURM command is not installed (not on `PATH`, or not in the configured
@@ -105,10 +105,6 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-
-    /// A template could not be loaded, validated or rendered.
-    #[error(transparent)]
-    Template(#[from] crate::template::TemplateError),
 
     /// The local executor failed.
     #[error(transparent)]

@@ -8,7 +8,8 @@
 //! `sinfo --Node --format=%P|%c|%m|%G|%l` before submitting and warns. This module parses
 //! and compares; `client/` runs `sinfo`. It prints nothing.
 
-use crate::template::{SbatchArgs, SlurmDuration};
+use crate::duration::SlurmDuration;
+use crate::sbatch::SbatchArgs;
 
 /// The `--format` for [`parse_sinfo`]: partition (`*` marks the default), CPUs, memory
 /// (MB), generic resources and time limit, one line per node and partition (`--Node`).

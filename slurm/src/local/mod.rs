@@ -35,7 +35,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::template::SlurmDuration;
+use crate::duration::SlurmDuration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 

@@ -11,8 +11,9 @@ use jiff::Timestamp;
 
 use super::env::{expand_pattern, PatternVars};
 use super::{Dependency, LocalError, LocalExecutor, LocalJob, LocalState, LocalStep, LocalTask};
+use crate::duration::SlurmDuration;
 use crate::process::{signal_group, signal_process};
-use crate::template::{SbatchArgs, SlurmDuration};
+use crate::sbatch::SbatchArgs;
 
 /// What a task needs from the script's directives.
 #[derive(Debug, Clone)]

@@ -1,4 +1,5 @@
-//! Job templates: typed specs, shell-safe rendering and `#SBATCH` directives.
+//! hpcstage-template: job templates, as typed specs, shell-safe rendering into `sbatch`
+//! scripts, and the checks of what a job must leave behind.
 //!
 //! A template is a pair of files: `<name>.toml`, the spec (typed parameters, resources,
 //! inputs, expected outputs, intermediates), and `<name>.sbatch.j2`, the body of the job
@@ -20,25 +21,32 @@
 //! - Path parameters are not checked for existence: the job node may mount things the login
 //!   node does not see.
 //!
-//! This module does no printing and runs no job; see [`crate::local`] for running a rendered
-//! script without SLURM.
+//! A crate of its own (docs/ARCHITECTURE.md#crates-and-what-each-may-import): nothing here
+//! talks to SLURM. It uses `hpcstage-slurm` only for the typed `sbatch` options
+//! ([`SbatchArgs`], [`SlurmDuration`]), which the local executor reads back from a script;
+//! it does no printing and runs no job (`hpcstage_slurm::local` runs a rendered script
+//! without SLURM).
 
 #[cfg(test)]
 mod builtin_tests;
-mod duration;
+mod check;
 mod lint;
+#[cfg(test)]
+mod local_tests;
 mod masks;
 mod outputs;
 mod params;
 mod quote;
 mod render;
-mod sbatch;
 mod spec;
 mod store;
 
 use std::path::PathBuf;
 
-pub use duration::{DurationError, SlurmDuration};
+pub use hpcstage_slurm::duration::{DurationError, SlurmDuration};
+pub use hpcstage_slurm::sbatch::{
+    ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, DEFAULT_SIGNAL_GRACE,
+};
 pub use outputs::{
     Expected, InvalidOutput, OutputCheck, ResolvedOutputRule, ResolvedOutputs, RunInputs,
 };
@@ -47,7 +55,6 @@ pub use render::{
     render, InputListing, RenderContext, Rendered, ShippedTool, INPUTS_FILE, LOG_DIR, SCRIPT_FILE,
     SIGNAL_MARKER, TOOLS_DIR,
 };
-pub use sbatch::{ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, DEFAULT_SIGNAL_GRACE};
 pub use spec::{
     ArrayRule, InputsSpec, OutputKind, OutputRule, OutputsSpec, ParamSpec, ParamType,
     PerInputArray, ResourceExpr, ResourcesSpec, TemplateMeta, TemplateSpec, ToolsSpec,

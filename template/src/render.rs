@@ -15,15 +15,15 @@ use minijinja::value::Value;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::duration::SlurmDuration;
 use super::outputs::{
     compile_glob, walk, Expected, OutputCheck, ResolvedOutputRule, ResolvedOutputs, RunInputs,
 };
 use super::params::{self, ParamValue};
 use super::quote::{describe, plain_env, quote, shell_env};
-use super::sbatch::{ResourceOverrides, SbatchArgs};
 use super::spec::{InputsSpec, TemplateSpec};
 use super::{lint, TemplateError};
+use hpcstage_slurm::duration::SlurmDuration;
+use hpcstage_slurm::sbatch::{ResourceOverrides, SbatchArgs};
 
 /// The job script's file name in the run folder.
 pub const SCRIPT_FILE: &str = "job.sbatch";

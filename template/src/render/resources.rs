@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use minijinja::value::Value;
 
 use super::{expr, ContextPaths, RenderContext, LOG_DIR};
-use crate::template::duration::SlurmDuration;
-use crate::template::sbatch::{check, ArraySpec, SbatchArgs, SignalSpec, DEFAULT_SIGNAL_GRACE};
-use crate::template::spec::{ArrayRule, ResourceExpr, TemplateSpec};
-use crate::template::{is_simple_name, TemplateError};
+use crate::check;
+use crate::spec::{ArrayRule, ResourceExpr, TemplateSpec};
+use crate::{is_simple_name, TemplateError};
+use hpcstage_slurm::duration::SlurmDuration;
+use hpcstage_slurm::sbatch::{ArraySpec, SbatchArgs, SignalSpec, DEFAULT_SIGNAL_GRACE};
 
 /// Build the `sbatch` options from spec expressions, parameters and overrides.
 pub(super) fn resources(

@@ -9,9 +9,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::duration::SlurmDuration;
 use super::spec::{ParamSpec, ParamType, TemplateSpec};
 use super::TemplateError;
+use hpcstage_slurm::duration::SlurmDuration;
 
 /// A checked parameter value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
