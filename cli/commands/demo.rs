@@ -244,7 +244,7 @@ fn run_segmentation(
     let backend = Backend::for_executor(executor, state, &settings.client);
     let chain = submit(&store, &prepared, &backend, true)?;
     output::data(format!(
-        "5/6 submitted run {} with the {:?} executor: compute job {} (unet-seg, {} images, {}) → pull-back job {} (afterany)",
+        "5/6 submitted run {} with the {} executor: compute job {} (unet-seg, {} images, {}) → pull-back job {} (afterany)",
         chain.run_id,
         executor,
         chain.compute_job,
@@ -289,8 +289,8 @@ fn run_segmentation(
         ));
     } else {
         output::error(format!(
-            "6/6 the run was not pulled ({:?}); see {}",
-            view.phase,
+            "6/6 the run was not pulled ({}); see {}",
+            super::status::label(view.phase),
             view.record.run_dir.join("logs").display()
         ));
     }

@@ -58,7 +58,7 @@ fn compute_cell(view: &RunView) -> String {
 
 /// A phase, role or executor as `--json` spells it (`pull-failed`), so that the table and
 /// the JSON agree.
-fn label<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
+pub(crate) fn label<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
     serde_json::to_value(&value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -32,6 +32,16 @@ pub enum Executor {
     Local,
 }
 
+impl std::fmt::Display for Executor {
+    /// As a sentence or the provenance README names it: `Slurm`, `Local`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Executor::Slurm => "Slurm",
+            Executor::Local => "Local",
+        })
+    }
+}
+
 /// The staged input of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRef {

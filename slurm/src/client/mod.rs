@@ -6,6 +6,7 @@
 //! `SQUEUE_FORMAT`/`SACCT_FORMAT` in their shell. Every caller of SLURM in hpcstage goes
 //! through this module so that those cases are handled once. It parses nothing itself
 //! (`parse.rs` does) and prints nothing.
+//! The contract it keeps is docs/ARCHITECTURE.md#slurm-calls.
 //!
 //! **Every call** has a timeout (default 30 s); on timeout the child's whole process
 //! group is killed (a wrapper script's `sleep` too). Query commands run with
