@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use etcetera::BaseStrategy;
 use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Profile, Provider};
 use hpcstage_staging::copies::{DeclaredCopy, MEDIA};
@@ -214,10 +215,6 @@ impl<P: Provider> Provider for Named<P> {
     }
 }
 
-fn home() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from)
-}
-
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
@@ -229,15 +226,19 @@ pub(crate) fn site_file() -> PathBuf {
     env_path("HPCSTAGE_SITE_CONFIG").unwrap_or_else(|| PathBuf::from("/etc/hpcstage/config.toml"))
 }
 
+/// `$XDG_CONFIG_HOME/hpcstage/config.toml` (`~/.config/...` by default); `None` when
+/// there is no home to put it in.
 pub(crate) fn user_file() -> Option<PathBuf> {
-    env_path("XDG_CONFIG_HOME")
-        .or_else(|| home().map(|h| h.join(".config")))
-        .map(|d| d.join("hpcstage/config.toml"))
+    let xdg = etcetera::choose_base_strategy().ok()?;
+    Some(xdg.config_dir().join("hpcstage/config.toml"))
 }
 
+/// `$XDG_STATE_HOME/hpcstage` (`~/.local/state/hpcstage` by default), `/tmp/hpcstage`
+/// without a home.
 fn default_state_dir() -> PathBuf {
-    env_path("XDG_STATE_HOME")
-        .or_else(|| home().map(|h| h.join(".local/state")))
+    etcetera::choose_base_strategy()
+        .ok()
+        .and_then(|xdg| xdg.state_dir())
         .unwrap_or_else(|| PathBuf::from("/tmp"))
         .join("hpcstage")
 }

@@ -35,9 +35,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, like anyhow's `{:#}`, except that a cause is not
-/// repeated when the message before it already ends with it: library errors such as
-/// `{path}: {source}` print their I/O cause themselves and also expose it as `source()`.
+/// The error and its causes on one line, like anyhow's `{:#}`. Library errors print an
+/// operating-system cause in their own message and do not return it again as `source()`
+/// (`LocalError::Io`, `TemplateError::Io`, `slurm::Error::Spawn`), except two of
+/// `staging::Error` (`Io`, `SshConnect`), whose field is matched by name in the copy
+/// engine and the pull: for those, a cause the message already ends with is not repeated.
 fn error_chain(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {

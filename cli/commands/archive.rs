@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use hpcstage_lifecycle::run::RunStore;
 use hpcstage_staging::archive::{self, read, ArchiveSettings};
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::remote::Location;
 use hpcstage_staging::walk::MANIFEST_NAME;

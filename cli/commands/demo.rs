@@ -8,14 +8,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hpcstage_slurm::template::Template;
 use hpcstage_staging::copy::CopyOptions;
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::human::bytes;
 use hpcstage_staging::ingest::{ingest, IngestSettings};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::manifest::{self, Manifest};
 use hpcstage_staging::policy::days_left;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings};
+use hpcstage_template::Template;
 
 use super::Status;
 use crate::args::DemoArgs;
@@ -244,7 +244,7 @@ fn run_segmentation(
     let backend = Backend::for_executor(executor, state, &settings.client);
     let chain = submit(&store, &prepared, &backend, true)?;
     output::data(format!(
-        "5/6 submitted run {} with the {:?} executor: compute job {} (unet-seg, {} images, {}) → pull-back job {} (afterany)",
+        "5/6 submitted run {} with the {} executor: compute job {} (unet-seg, {} images, {}) → pull-back job {} (afterany)",
         chain.run_id,
         executor,
         chain.compute_job,
@@ -290,8 +290,8 @@ fn run_segmentation(
         release_run(settings, base, &view)?;
     } else {
         output::error(format!(
-            "6/6 the run was not pulled ({:?}); see {}",
-            view.phase,
+            "6/6 the run was not pulled ({}); see {}",
+            super::status::label(view.phase),
             view.record.run_dir.join("logs").display()
         ));
     }

@@ -1,7 +1,7 @@
 //! `hpcstage ingest SRC --project P --dataset N`: instrument data into the NAS raw area.
 
 use anyhow::Result;
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::human::bytes;
 use hpcstage_staging::ingest::{ingest, IngestSettings};
 use serde::Serialize;
 

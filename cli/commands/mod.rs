@@ -23,7 +23,7 @@ pub(crate) mod template;
 
 use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::manifest::display_name;
 use hpcstage_staging::remote::{NasFolder, SshOptions};
 use hpcstage_staging::walk::Filter;

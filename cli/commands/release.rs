@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use hpcstage_lifecycle::release::{self, bag, meta, ReleaseOptions, Released};
 use hpcstage_lifecycle::run::{RunStore, RunView};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::human::bytes;
 
 use super::Status;
 use crate::args::{ReleaseArgs, ReleaseCommand, ReleaseInitArgs, ReleaseVerifyArgs};

@@ -7,7 +7,7 @@ use hpcstage_lifecycle::report::{
     apply_whole_folder, build, gather, load_runs, Filter, Item, Report, Safety, Sources,
 };
 use hpcstage_lifecycle::run::RunView;
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 
 use super::Status;
 use crate::args::{ReportArgs, ReportFormat};
@@ -168,7 +168,7 @@ fn row(i: &Item) -> [String; 10] {
     [
         i.project.clone(),
         i.owner.clone(),
-        format!("{:?}", i.kind).to_lowercase(),
+        i.kind.as_str().to_owned(),
         i.name.clone(),
         bytes(i.bytes),
         i.files.to_string(),
@@ -263,7 +263,7 @@ fn csv(r: &Report) -> Result<Vec<u8>> {
         w.write_record([
             i.project.clone(),
             i.owner.clone(),
-            format!("{:?}", i.kind).to_lowercase(),
+            i.kind.as_str().to_owned(),
             i.name.clone(),
             i.path.display().to_string(),
             i.bytes.to_string(),

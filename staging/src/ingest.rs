@@ -12,10 +12,11 @@ use jiff::Timestamp;
 
 use crate::copy::{copy_tree, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
+use crate::host::{current_user, hostname};
 use crate::lock::lock_or_refuse;
 use crate::manifest::{write_verified, Manifest, ManifestEntry};
 use crate::progress::Progress;
-use crate::record::{current_user, hostname, json_bytes, DatasetInfo};
+use crate::record::{json_bytes, DatasetInfo};
 use crate::remote::{Location, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use crate::stage::check_name;
 use crate::walk::{MANIFEST_NAME, STATE_DIR};

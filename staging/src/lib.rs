@@ -5,10 +5,11 @@
 //! of stage records. It does no argument parsing and no printing: the binary does both.
 
 pub mod copy;
+pub mod digest;
 pub mod direct;
 pub mod error;
-pub mod fmt;
 pub mod hash;
+pub mod human;
 pub mod journal;
 pub mod manifest;
 pub mod ordered;
@@ -18,6 +19,7 @@ pub mod walk;
 pub use error::{Error, Result};
 pub mod archive;
 pub mod copies;
+pub mod host;
 pub mod ingest;
 pub mod interrupt;
 pub mod ledger;

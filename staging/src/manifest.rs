@@ -18,9 +18,9 @@ use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::hash::{hash_file, Digest};
 pub use crate::progress::{NoProgress, Progress};
 use crate::walk::{self, Filter, MANIFEST_NAME};
+use crate::{digest::Digest, hash::hash_file};
 
 /// One manifest line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -196,7 +196,7 @@ fn compile(globs: &[String]) -> Result<(Option<GlobSet>, Option<GlobSet>)> {
     for g in globs {
         let glob = Glob::new(g).map_err(|source| Error::Glob {
             glob: g.clone(),
-            source,
+            error: source,
         })?;
         if g.contains('/') {
             paths.add(glob);
@@ -212,7 +212,7 @@ fn compile(globs: &[String]) -> Result<(Option<GlobSet>, Option<GlobSet>)> {
         }
         b.build().map(Some).map_err(|source| Error::Glob {
             glob: g.join(" "),
-            source,
+            error: source,
         })
     };
     Ok((build(names, n, globs)?, build(paths, p, globs)?))

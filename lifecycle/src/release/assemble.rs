@@ -331,7 +331,7 @@ fn pairs(record: &RunRecord, results: &Manifest) -> Result<Vec<Pair>, crate::Err
         .iter()
         .map(|e| e.path.to_string_lossy().into_owned())
         .filter(|p| is_tiff(p))
-        .map(|p| (hpcstage_slurm::template::input_stem(&p), p))
+        .map(|p| (hpcstage_template::input_stem(&p), p))
         .collect();
     Ok(results
         .entries
@@ -339,7 +339,7 @@ fn pairs(record: &RunRecord, results: &Manifest) -> Result<Vec<Pair>, crate::Err
         .map(|e| e.path.to_string_lossy().into_owned())
         .filter(|p| p.starts_with("masks/") && is_tiff(p))
         .filter_map(|mask| {
-            let stem = hpcstage_slurm::template::input_stem(&mask["masks/".len()..]);
+            let stem = hpcstage_template::input_stem(&mask["masks/".len()..]);
             by_stem.get(&stem).map(|image| Pair {
                 image: image.clone(),
                 mask,

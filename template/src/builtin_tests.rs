@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{Expected, InputListing, RenderContext, Rendered, TemplateStore};
-use crate::local::{LocalExecutor, LocalJob, LocalState, LocalStep};
+use hpcstage_slurm::local::{LocalExecutor, LocalJob, LocalState, LocalStep};
 
 struct Lab {
     _tmp: tempfile::TempDir,

@@ -10,7 +10,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+
+use crate::duration::SlurmDuration;
 
 /// The grace period before the time limit at which SLURM signals the batch shell, when the
 /// spec does not say (`--signal=B:USR1@300`). SLURM may send it up to a minute early.
@@ -19,172 +22,8 @@ pub const DEFAULT_SIGNAL_GRACE: SlurmDuration = SlurmDuration::from_secs(300);
 /// The largest `--signal` lead time SLURM accepts, in seconds (`sbatch(1)`: 0..65535).
 const MAX_SIGNAL_SECS: u64 = 65_535;
 
-/// A duration as SLURM writes time limits: `HH:MM:SS`, or `D-HH:MM:SS` from a day on.
-///
-/// Parsed from human units (`90s`, `45m`, `2h`, `1d 2h`, `1h30m`) or SLURM's own forms
-/// (`MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`). A bare number is refused: SLURM
-/// reads it as minutes, most people as seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SlurmDuration(u64);
-
-impl SlurmDuration {
-    /// A duration of `secs` seconds.
-    pub const fn from_secs(secs: u64) -> Self {
-        SlurmDuration(secs)
-    }
-
-    /// Whole seconds.
-    pub const fn as_secs(self) -> u64 {
-        self.0
-    }
-
-    /// As [`std::time::Duration`].
-    pub const fn to_std(self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.0)
-    }
-
-    /// SLURM's format: `HH:MM:SS` below a day, `D-HH:MM:SS` from a day on.
-    pub fn to_slurm(self) -> String {
-        let (days, rest) = (self.0 / 86_400, self.0 % 86_400);
-        let (h, m, s) = (rest / 3600, rest % 3600 / 60, rest % 60);
-        if days > 0 {
-            format!("{days}-{h:02}:{m:02}:{s:02}")
-        } else {
-            format!("{h:02}:{m:02}:{s:02}")
-        }
-    }
-
-    /// Parse a duration; the error is a reason fit to follow the value in a message.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        if t.is_empty() {
-            return Err("empty duration".to_string());
-        }
-        if t.contains(':') || t.contains('-') {
-            return parse_slurm_form(t);
-        }
-        if t.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "a bare number is ambiguous: write {t}s, {t}m or {t}h (or HH:MM:SS)"
-            ));
-        }
-        parse_units(t)
-    }
-}
-
-fn parse_slurm_form(t: &str) -> Result<SlurmDuration, String> {
-    let bad = || {
-        "not a duration; use units (90m, 2h, 1d 2h) or SLURM form (HH:MM:SS, D-HH:MM:SS)"
-            .to_string()
-    };
-    let num = |s: &str| -> Result<u64, String> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        s.parse::<u64>().map_err(|_| bad())
-    };
-    let (days, clock) = match t.split_once('-') {
-        Some((d, rest)) => (num(d)?, Some(rest)),
-        None => (0, None),
-    };
-    let fields: Vec<&str> = clock.unwrap_or(t).split(':').collect();
-    let nums = fields
-        .iter()
-        .map(|f| num(f))
-        .collect::<Result<Vec<u64>, String>>()?;
-    // With a day part, fields are hours[:minutes[:seconds]]; without, minutes:seconds or
-    // hours:minutes:seconds (sbatch(1), --time).
-    let secs = match (clock.is_some(), nums.as_slice()) {
-        (true, [h]) => h * 3600,
-        (true, [h, m]) => h * 3600 + m * 60,
-        (true, [h, m, s]) => h * 3600 + m * 60 + s,
-        (false, [m, s]) => m * 60 + s,
-        (false, [h, m, s]) => h * 3600 + m * 60 + s,
-        _ => return Err(bad()),
-    };
-    // The first field may exceed its usual range (90:00 is 90 minutes); the others may not.
-    if nums.iter().skip(1).any(|&n| n >= 60) {
-        return Err("minutes and seconds must be below 60".to_string());
-    }
-    if clock.is_some() && nums[0] >= 24 && nums.len() > 1 {
-        return Err("hours after a day part must be below 24".to_string());
-    }
-    days.checked_mul(86_400)
-        .and_then(|d| d.checked_add(secs))
-        .map(SlurmDuration)
-        .ok_or_else(|| "duration too large".to_string())
-}
-
-fn parse_units(t: &str) -> Result<SlurmDuration, String> {
-    let mut total: u64 = 0;
-    let mut rest = t;
-    let mut seen_any = false;
-    while !rest.is_empty() {
-        rest = rest.trim_start();
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!(
-                "expected a number at {rest:?}; use units like 90m, 2h, 1d 2h"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| "number too large".to_string())?;
-        rest = rest[digits..].trim_start();
-        let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = rest[..letters].to_ascii_lowercase();
-        rest = &rest[letters..];
-        let factor = match unit.as_str() {
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86_400,
-            "w" | "week" | "weeks" => 7 * 86_400,
-            "" => return Err(format!("missing unit after {n}; use s, m, h, d or w")),
-            other => return Err(format!("unknown unit {other:?}; use s, m, h, d or w")),
-        };
-        total = n
-            .checked_mul(factor)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| "duration too large".to_string())?;
-        seen_any = true;
-        rest = rest.trim_start_matches([' ', ',']);
-    }
-    if !seen_any {
-        return Err("empty duration".to_string());
-    }
-    Ok(SlurmDuration(total))
-}
-
-impl fmt::Display for SlurmDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_slurm())
-    }
-}
-
-impl FromStr for SlurmDuration {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        SlurmDuration::parse(s)
-    }
-}
-
-impl Serialize for SlurmDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_slurm())
-    }
-}
-
-impl<'de> Deserialize<'de> for SlurmDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        SlurmDuration::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// A job array: `0-9`, `1,3,5-7`, `0-15:4`, optionally throttled with `%N`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
 pub struct ArraySpec {
     text: String,
     tasks: Vec<u32>,
@@ -297,28 +136,23 @@ impl ArraySpec {
     }
 }
 
+impl FromStr for ArraySpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        ArraySpec::parse(s)
+    }
+}
+
 impl fmt::Display for ArraySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
 }
 
-impl Serialize for ArraySpec {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for ArraySpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        ArraySpec::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// `--signal=[B:]SIG[@SECS]`: which signal SLURM sends how long before the time limit, and
 /// whether only to the batch shell (`B:`) or to the job steps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
 pub struct SignalSpec {
     /// `B:` — the batch shell only (what the templates' USR1 trap needs).
     pub batch_only: bool,
@@ -395,6 +229,14 @@ pub(crate) fn signal_number(name: &str) -> Option<i32> {
     })
 }
 
+impl FromStr for SignalSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        SignalSpec::parse(s)
+    }
+}
+
 impl fmt::Display for SignalSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.batch_only {
@@ -404,22 +246,9 @@ impl fmt::Display for SignalSpec {
     }
 }
 
-impl Serialize for SignalSpec {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for SignalSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        SignalSpec::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// The `sbatch` options of one job, typed.
 ///
-/// Built by [`crate::template::render`] from a spec's resources, written into the script as
+/// Built by `hpcstage_template::render` from a spec's resources, written into the script as
 /// `#SBATCH` lines ([`SbatchArgs::directives`]) and available as command-line arguments
 /// ([`SbatchArgs::to_args`]). [`SbatchArgs::from_script`] reads them back from any script.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -733,137 +562,9 @@ pub struct ResourceOverrides {
     pub signal_grace: Option<String>,
 }
 
-/// Validators for resource values; each returns the normalized value or a reason.
-pub(crate) mod check {
-    use super::{ArraySpec, SlurmDuration};
-
-    fn charset(value: &str, extra: &[u8], what: &str) -> Result<String, String> {
-        if value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
-        {
-            Ok(value.to_string())
-        } else {
-            Err(format!(
-                "{what} may contain only letters, digits and {}",
-                String::from_utf8_lossy(extra)
-            ))
-        }
-    }
-
-    /// Partition, account or QOS names (a partition may be a comma list).
-    pub(crate) fn name_list(value: &str) -> Result<String, String> {
-        charset(value, b"_.-,", "a name")
-    }
-
-    /// `gpu:1`, `gpu:a100:2`, `gpu:1,shard:2`.
-    pub(crate) fn gres(value: &str) -> Result<String, String> {
-        let ok = value.split(',').all(|item| {
-            let mut parts = item.split(':');
-            let name_ok = parts.next().is_some_and(|n| {
-                !n.is_empty()
-                    && n.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'/'))
-            });
-            name_ok
-                && parts.all(|p| {
-                    !p.is_empty()
-                        && p.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-                })
-        });
-        if ok {
-            Ok(value.to_string())
-        } else {
-            Err("expected NAME[:TYPE][:COUNT], comma-separated (gpu:1)".to_string())
-        }
-    }
-
-    pub(crate) fn cpus(value: &str) -> Result<u32, String> {
-        value
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| "expected a whole number of CPUs, at least 1".to_string())
-    }
-
-    /// `16G`, `500M`, `64000` (megabytes); the unit is upper-cased.
-    pub(crate) fn mem(value: &str) -> Result<String, String> {
-        let v = value.trim();
-        let digits = v.bytes().take_while(u8::is_ascii_digit).count();
-        let unit = &v[digits..];
-        if digits == 0 || !matches!(unit, "" | "K" | "M" | "G" | "T" | "k" | "m" | "g" | "t") {
-            return Err("expected a number with an optional unit K, M, G or T (16G)".to_string());
-        }
-        Ok(v.to_ascii_uppercase())
-    }
-
-    pub(crate) fn time(value: &str) -> Result<SlurmDuration, String> {
-        let d = SlurmDuration::parse(value)?;
-        if d.as_secs() == 0 {
-            return Err("a time limit must be longer than zero".to_string());
-        }
-        Ok(d)
-    }
-
-    pub(crate) fn constraint(value: &str) -> Result<String, String> {
-        charset(value, b"_.,&|!*[]()-:", "a constraint")
-    }
-
-    pub(crate) fn array(value: &str) -> Result<ArraySpec, String> {
-        ArraySpec::parse(value)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_from_units_and_slurm_forms() {
-        let cases = [
-            ("90s", 90),
-            ("45m", 2700),
-            ("2h", 7200),
-            ("1d 2h", 93_600),
-            ("1d2h30m", 95_400),
-            ("1h30m", 5400),
-            ("2 hours", 7200),
-            ("02:00:00", 7200),
-            ("1-02:00:00", 93_600),
-            ("1-2", 93_600),
-            ("1-2:30", 95_400),
-            ("90:00", 5400),
-            ("0:03", 3),
-        ];
-        for (text, secs) in cases {
-            assert_eq!(
-                SlurmDuration::parse(text),
-                Ok(SlurmDuration(secs)),
-                "{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn durations_refuse_ambiguous_or_broken_text() {
-        for text in [
-            "", "60", "2x", "h", "1:2:3:4", "1-25:00", "00:61", "-5m", "1d -2h",
-        ] {
-            assert!(SlurmDuration::parse(text).is_err(), "{text:?} should fail");
-        }
-        let err = SlurmDuration::parse("60").unwrap_err();
-        assert!(err.contains("60m"), "{err}");
-    }
-
-    #[test]
-    fn durations_render_in_slurm_format() {
-        assert_eq!(SlurmDuration(7200).to_slurm(), "02:00:00");
-        assert_eq!(SlurmDuration(93_600).to_slurm(), "1-02:00:00");
-        assert_eq!(SlurmDuration(59).to_slurm(), "00:00:59");
-        assert_eq!(SlurmDuration(3 * 86_400 + 61).to_slurm(), "3-00:01:01");
-    }
 
     #[test]
     fn arrays_parse_ranges_lists_steps_and_throttles() {
@@ -930,18 +631,5 @@ mod tests {
         assert_eq!(a.other, vec!["--exclusive".to_string()]);
         let err = SbatchArgs::from_script("#SBATCH --time\n").unwrap_err();
         assert_eq!(err.0, 1);
-    }
-
-    #[test]
-    fn resource_checks() {
-        assert_eq!(check::mem("16g").unwrap(), "16G");
-        assert!(check::mem("16 GB").is_err());
-        assert!(check::gres("gpu:a100:2,shard:1").is_ok());
-        assert!(check::gres("gpu:1\n#SBATCH --x").is_err());
-        assert!(check::name_list("gpu,debug").is_ok());
-        assert!(check::name_list("gpu debug").is_err());
-        assert_eq!(check::cpus("4").unwrap(), 4);
-        assert!(check::cpus("0").is_err());
-        assert!(check::time("0s").is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Job templates: typed specs, shell-safe rendering and `#SBATCH` directives.
+//! hpcstage-template: job templates, as typed specs, shell-safe rendering into `sbatch`
+//! scripts, and the checks of what a job must leave behind.
 //!
 //! A template is a pair of files: `<name>.toml`, the spec (typed parameters, resources,
 //! inputs, expected outputs, intermediates), and `<name>.sbatch.j2`, the body of the job
@@ -20,23 +21,32 @@
 //! - Path parameters are not checked for existence: the job node may mount things the login
 //!   node does not see.
 //!
-//! This module does no printing and runs no job; see [`crate::local`] for running a rendered
-//! script without SLURM.
+//! A crate of its own (docs/ARCHITECTURE.md#crates-and-what-each-may-import): nothing here
+//! talks to SLURM. It uses `hpcstage-slurm` only for the typed `sbatch` options
+//! ([`SbatchArgs`], [`SlurmDuration`]), which the local executor reads back from a script;
+//! it does no printing and runs no job (`hpcstage_slurm::local` runs a rendered script
+//! without SLURM).
 
 #[cfg(test)]
 mod builtin_tests;
+mod check;
 mod lint;
+#[cfg(test)]
+mod local_tests;
 mod masks;
 mod outputs;
 mod params;
 mod quote;
 mod render;
-mod sbatch;
 mod spec;
 mod store;
 
 use std::path::PathBuf;
 
+pub use hpcstage_slurm::duration::{DurationError, SlurmDuration};
+pub use hpcstage_slurm::sbatch::{
+    ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, DEFAULT_SIGNAL_GRACE,
+};
 pub use outputs::{
     input_stem, Expected, InvalidOutput, OutputCheck, ResolvedOutputRule, ResolvedOutputs,
     RunInputs,
@@ -44,10 +54,7 @@ pub use outputs::{
 pub use params::ParamValue;
 pub use render::{
     render, InputListing, RenderContext, Rendered, ShippedTool, INPUTS_FILE, LOG_DIR, SCRIPT_FILE,
-    SIGNAL_MARKER, STATE_DIR, TOOLS_DIR,
-};
-pub use sbatch::{
-    ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, SlurmDuration, DEFAULT_SIGNAL_GRACE,
+    SIGNAL_MARKER, TOOLS_DIR,
 };
 pub use spec::{
     ArrayRule, InputsSpec, OutputKind, OutputRule, OutputsSpec, ParamSpec, ParamType,
@@ -62,11 +69,12 @@ pub use store::{Template, TemplateInfo, TemplateOrigin, TemplateStore};
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     /// Reading a template file or folder, or writing a rendered job, failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error, printed in the message (and so not returned
+        /// again as `source()`: each cause is printed once).
+        error: std::io::Error,
     },
 
     /// A spec is not valid TOML or breaks a rule of the spec format.

@@ -20,17 +20,13 @@ use super::outputs::{
 };
 use super::params::{self, ParamValue};
 use super::quote::{describe, plain_env, quote, shell_env};
-use super::sbatch::{
-    check, ArraySpec, ResourceOverrides, SbatchArgs, SignalSpec, SlurmDuration,
-    DEFAULT_SIGNAL_GRACE,
-};
-use super::spec::{ArrayRule, InputsSpec, ResourceExpr, TemplateSpec};
+use super::spec::{InputsSpec, TemplateSpec};
 use super::{lint, TemplateError};
+use hpcstage_slurm::duration::SlurmDuration;
+use hpcstage_slurm::sbatch::{ResourceOverrides, SbatchArgs};
 
 /// The job script's file name in the run folder.
 pub const SCRIPT_FILE: &str = "job.sbatch";
-/// hpcstage's own records inside a run folder (never an output).
-pub const STATE_DIR: &str = ".hpcstage";
 /// The run's input list: relative paths (or sample-sheet rows), each ended by a NUL byte.
 pub const INPUTS_FILE: &str = ".hpcstage/inputs.list";
 /// Written by the USR1 trap when SLURM announces the time limit; one line per task.
@@ -166,9 +162,15 @@ impl Rendered {
     /// job whose log folder is missing fails at start). Returns the script's path.
     pub fn write(&self) -> Result<PathBuf, TemplateError> {
         let dir = &self.run_dir;
-        for sub in [LOG_DIR, STATE_DIR] {
+        // `.hpcstage/`: hpcstage's own records (`hpcstage_staging::walk::STATE_DIR`), which
+        // hold the input list.
+        let state = Path::new(INPUTS_FILE).parent().unwrap_or(Path::new(""));
+        for sub in [Path::new(LOG_DIR), state] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(|source| TemplateError::Io { path: p, source })?;
+            std::fs::create_dir_all(&p).map_err(|source| TemplateError::Io {
+                path: p,
+                error: source,
+            })?;
         }
         if let Some(inputs) = &self.inputs {
             let mut bytes = Vec::new();
@@ -182,12 +184,15 @@ impl Rendered {
             let folder = dir.join(TOOLS_DIR);
             std::fs::create_dir_all(&folder).map_err(|source| TemplateError::Io {
                 path: folder.clone(),
-                source,
+                error: source,
             })?;
             let path = folder.join(&tool.name);
             write_atomic(&path, tool.content.as_bytes())?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(|source| TemplateError::Io { path, source })?;
+                .map_err(|source| TemplateError::Io {
+                    path,
+                    error: source,
+                })?;
         }
         let script = dir.join(SCRIPT_FILE);
         write_atomic(&script, self.script.as_bytes())?;
@@ -199,7 +204,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TemplateError> {
     let tmp = path.with_extension("tmp-hpcstage");
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| TemplateError::Io { path: p, source }
+        move |source| TemplateError::Io {
+            path: p,
+            error: source,
+        }
     };
     std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
@@ -232,12 +240,7 @@ pub fn render(
 ) -> Result<Rendered, TemplateError> {
     let name = spec.template.name.as_str();
     let ctx_paths = check_context(ctx)?;
-    let trusted: Vec<&str> = spec
-        .params
-        .iter()
-        .filter(|p| p.trusted)
-        .map(|p| p.name.as_str())
-        .collect();
+    let trusted = spec.trusted_params();
     lint::check(name, template_source, &trusted)?;
     if let Some(cmd) = &spec.outputs.validate {
         lint::check(&format!("{name} (outputs.validate)"), cmd, &trusted)?;
@@ -506,7 +509,7 @@ fn scan_inputs(
             let path = input_dir.join(&rel);
             let text = std::fs::read_to_string(&path).map_err(|source| TemplateError::Io {
                 path: path.clone(),
-                source,
+                error: source,
             })?;
             let mut rows: Vec<String> = text
                 .lines()
@@ -531,7 +534,7 @@ fn scan_inputs(
     if !input_dir.is_dir() {
         return Err(TemplateError::Io {
             path: input_dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "input folder not found"),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, "input folder not found"),
         });
     }
     let mut inputs = Vec::new();
@@ -546,221 +549,6 @@ fn scan_inputs(
         }
     }
     Ok(inputs)
-}
-
-/// Build the `sbatch` options from spec expressions, parameters and overrides.
-fn resources(
-    spec: &TemplateSpec,
-    ctx: &RenderContext,
-    paths: &ContextPaths,
-    plain: &BTreeMap<String, Value>,
-    inputs: Option<&Vec<String>>,
-) -> Result<(SbatchArgs, Option<u64>), TemplateError> {
-    let r = &spec.resources;
-    let o = &ctx.resources;
-    let field = |name: &'static str,
-                 from_spec: Option<String>,
-                 over: &Option<String>|
-     -> Result<Option<String>, TemplateError> {
-        let text = match (over, from_spec) {
-            (Some(v), _) => v.trim().to_string(),
-            (None, Some(t)) => expr(&t, plain).map_err(|reason| TemplateError::Resource {
-                field: name,
-                value: t.clone(),
-                reason,
-            })?,
-            (None, None) => return Ok(None),
-        };
-        if text.contains(['\n', '\r', '\0']) {
-            return Err(TemplateError::Resource {
-                field: name,
-                value: text,
-                reason: "must be one line".to_string(),
-            });
-        }
-        Ok((!text.is_empty()).then_some(text))
-    };
-    let checked =
-        |name: &'static str, value: Option<String>, f: fn(&str) -> Result<String, String>| {
-            value
-                .map(|v| {
-                    f(&v).map_err(|reason| TemplateError::Resource {
-                        field: name,
-                        value: v.clone(),
-                        reason,
-                    })
-                })
-                .transpose()
-        };
-    let text_of = |e: &Option<ResourceExpr>| e.as_ref().map(ResourceExpr::as_text);
-
-    let mut args = SbatchArgs {
-        partition: checked(
-            "partition",
-            field("partition", r.partition.clone(), &o.partition)?,
-            check::name_list,
-        )?,
-        account: checked(
-            "account",
-            field("account", r.account.clone(), &o.account)?,
-            check::name_list,
-        )?,
-        qos: checked(
-            "qos",
-            field("qos", r.qos.clone(), &o.qos)?,
-            check::name_list,
-        )?,
-        gres: checked("gres", field("gres", r.gres.clone(), &o.gres)?, check::gres)?,
-        mem: checked("mem", field("mem", r.mem.clone(), &o.mem)?, check::mem)?,
-        constraint: checked(
-            "constraint",
-            field("constraint", r.constraint.clone(), &o.constraint)?,
-            check::constraint,
-        )?,
-        ..SbatchArgs::default()
-    };
-    if let Some(v) = field("cpus_per_task", text_of(&r.cpus_per_task), &o.cpus_per_task)? {
-        args.cpus_per_task = Some(check::cpus(&v).map_err(|reason| TemplateError::Resource {
-            field: "cpus_per_task",
-            value: v.clone(),
-            reason,
-        })?);
-    }
-    if let Some(v) = field("time", r.time.clone(), &o.time)? {
-        args.time = Some(check::time(&v).map_err(|reason| TemplateError::Resource {
-            field: "time",
-            value: v.clone(),
-            reason,
-        })?);
-    }
-
-    // The array: an explicit range, or one task per `per_task` inputs.
-    let mut per_task = None;
-    let array_text =
-        match &r.array {
-            Some(ArrayRule::Range(t)) => field("array", Some(t.clone()), &None)?,
-            Some(ArrayRule::PerInput(rule)) => {
-                let per = field("array.per_task", Some(rule.per_task.as_text()), &None)?
-                    .unwrap_or_default();
-                let per: u64 = per.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
-                    TemplateError::Resource {
-                        field: "array.per_task",
-                        value: per.clone(),
-                        reason: "expected a whole number of inputs per task, at least 1"
-                            .to_string(),
-                    }
-                })?;
-                per_task = Some(per);
-                let max_parallel = match &rule.max_parallel {
-                    Some(e) => {
-                        let t = field("array.max_parallel", Some(e.as_text()), &None)?
-                            .unwrap_or_default();
-                        if t.is_empty() {
-                            None
-                        } else {
-                            Some(t.parse::<u32>().map_err(|_| TemplateError::Resource {
-                                field: "array.max_parallel",
-                                value: t.clone(),
-                                reason: "expected a whole number (0 for no limit)".to_string(),
-                            })?)
-                        }
-                    }
-                    None => None,
-                };
-                match (inputs, &o.array) {
-                    (_, Some(_)) => None,
-                    (None, None) => {
-                        return Err(TemplateError::InputsUnknown {
-                            template: spec.template.name.clone(),
-                        })
-                    }
-                    (Some(list), None) => {
-                        let n = (list.len() as u64).div_ceil(per);
-                        let n = u32::try_from(n).map_err(|_| TemplateError::Resource {
-                            field: "array",
-                            value: n.to_string(),
-                            reason: "too many array tasks".to_string(),
-                        })?;
-                        ArraySpec::zero_based(n, max_parallel).map(|a| a.to_string())
-                    }
-                }
-            }
-            None => None,
-        };
-    let array_text = match &o.array {
-        Some(v) => field("array", None, &Some(v.clone()))?,
-        None => array_text,
-    };
-    if let Some(t) = array_text {
-        let array = check::array(&t).map_err(|reason| TemplateError::Resource {
-            field: "array",
-            value: t.clone(),
-            reason,
-        })?;
-        // An `--array` override keeps `per_task`: a task past the last input would run
-        // with no inputs at all.
-        if let (Some(per), Some(list), Some(_)) = (per_task, inputs, &o.array) {
-            let n_tasks = (list.len() as u64).div_ceil(per);
-            if let Some(bad) = array.tasks().iter().find(|&&t| u64::from(t) >= n_tasks) {
-                return Err(TemplateError::Resource {
-                    field: "array",
-                    value: t.clone(),
-                    reason: format!(
-                        "task {bad} has no inputs: {} inputs at {per} per task make tasks 0-{}",
-                        list.len(),
-                        n_tasks.saturating_sub(1)
-                    ),
-                });
-            }
-        }
-        args.array = Some(array);
-    }
-
-    // In-job safety: USR1 to the batch shell `grace` before the limit.
-    let grace_text = field("signal_grace", r.signal_grace.clone(), &o.signal_grace)?;
-    let mut grace = match grace_text {
-        None => DEFAULT_SIGNAL_GRACE,
-        Some(t) => SlurmDuration::parse(&t).map_err(|reason| TemplateError::Resource {
-            field: "signal_grace",
-            value: t.clone(),
-            reason,
-        })?,
-    };
-    if let Some(limit) = args.time {
-        // A grace as long as the limit would signal at start; keep at most half of it.
-        if grace.as_secs() * 2 > limit.as_secs() {
-            grace = SlurmDuration::from_secs(limit.as_secs() / 2);
-        }
-    }
-    if grace.as_secs() > 0 {
-        args.signal = Some(SignalSpec::usr1_before(grace));
-    }
-
-    let job_name = ctx
-        .job_name
-        .clone()
-        .unwrap_or_else(|| spec.template.name.clone());
-    if !super::is_simple_name(&job_name) {
-        return Err(TemplateError::Context {
-            what: "job name",
-            value: job_name,
-            reason: "use letters, digits, '_', '-' and '.'".to_string(),
-        });
-    }
-    args.job_name = Some(job_name);
-    let logs = format!("{}/{LOG_DIR}", paths.run_dir.replace('%', "%%"));
-    let pattern = if args.array.is_some() {
-        "%x-%A_%a"
-    } else {
-        "%x-%j"
-    };
-    args.chdir = Some(paths.run_dir.clone());
-    args.output = Some(format!("{logs}/{pattern}.out"));
-    args.error = Some(format!("{logs}/{pattern}.err"));
-    // Requeued jobs (NODE_FAIL, preemption) keep their earlier log lines.
-    args.open_mode = Some("append".to_string());
-    args.comment = Some(ctx.token.clone());
-    Ok((args, per_task))
 }
 
 fn resolve_outputs(
@@ -810,150 +598,10 @@ fn resolve_outputs(
     })
 }
 
-/// The in-job helpers every script gets. Plain text, no values: those are set above it.
-const HELPERS: &str = r#"# In-job safety: sbatch --signal=B:USR1@<grace> makes SLURM send USR1 to this shell
-# <grace> seconds before the time limit. The trap records it in the run folder, so that
-# `hpcstage pull` reports TIMEOUT with partial outputs instead of a bare kill, and lets the
-# current step go on until SLURM stops the job.
-hpcstage_on_usr1() {
-    local marker="$HPCSTAGE_RUN_DIR/.hpcstage/signal-USR1"
-    printf '%s job=%s array_job=%s task=%s host=%s: time limit imminent\n' \
-        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SLURM_JOB_ID:-}" "${SLURM_ARRAY_JOB_ID:-}" \
-        "${SLURM_ARRAY_TASK_ID:-}" "${HOSTNAME:-}" >>"$marker" || true
-    sync "$marker" 2>/dev/null || true
-    echo "hpcstage: USR1 received, the time limit is near" >&2
-}
-trap hpcstage_on_usr1 USR1
+mod resources;
+mod script;
 
-# hpcstage_run CMD [ARG...]: run one long step. Bash runs a trap only once the foreground
-# command has finished, which would be too late; a step started in the background and
-# awaited lets the trap run at once while the step goes on.
-hpcstage_run() {
-    "$@" &
-    local pid=$! rc
-    while :; do
-        rc=0
-        wait "$pid" || rc=$?
-        # Above 128 with the step still alive: a trapped signal interrupted the wait.
-        if ((rc > 128)) && kill -0 "$pid" 2>/dev/null; then
-            continue
-        fi
-        return "$rc"
-    done
-}
-
-# hpcstage_task_inputs: this array task's share of the input list into the array
-# TASK_INPUTS (paths relative to $HPCSTAGE_INPUT_DIR, or sample-sheet rows). Task N takes
-# items N*per_task .. N*per_task+per_task-1, so a re-run of single tasks (--array=3,7)
-# processes the same items.
-hpcstage_task_inputs() {
-    local -a all=()
-    if [[ ! -r $HPCSTAGE_INPUTS ]]; then
-        echo "hpcstage: input list $HPCSTAGE_INPUTS is missing" >&2
-        return 1
-    fi
-    mapfile -d '' -t all <"$HPCSTAGE_INPUTS"
-    local task=${SLURM_ARRAY_TASK_ID:-0}
-    TASK_INPUTS=("${all[@]:task*HPCSTAGE_PER_TASK:HPCSTAGE_PER_TASK}")
-}
-"#;
-
-/// The start-up check of a template whose tools need Python modules ([tools]
-/// python_modules): pairs of import name and what to install follow it, as
-/// HPCSTAGE_PYTHON_MODULES.
-const REQUIRE_PYTHON: &str = r#"
-# hpcstage_require_python PYTHON: stop the job, before it reads any input, when PYTHON is
-# missing or cannot import a module the template's tools need (every missing one named).
-hpcstage_require_python() {
-    local py=$1
-    if ! command -v "$py" >/dev/null 2>&1; then
-        echo "hpcstage: no Python '$py' on $(hostname): load its module or activate its environment before submitting (sbatch passes the environment on), or give the template's python parameter the interpreter's path" >&2
-        exit 1
-    fi
-    "$py" - "${HPCSTAGE_PYTHON_MODULES[@]}" <<'PY' || exit 1
-import importlib, sys
-args = sys.argv[1:]
-missing = []
-for name, install in zip(args[::2], args[1::2]):
-    try:
-        importlib.import_module(name)
-    except Exception as e:
-        missing.append("%s (install %s; %s: %s)" % (name, install, type(e).__name__, e))
-if missing:
-    sys.stderr.write("hpcstage: missing Python package%s for this job: %s. Python: %s. "
-                     "Install them in that environment, or point the template's python parameter "
-                     "at one that has them.\n" % ("s" if len(missing) > 1 else "", "; ".join(missing), sys.executable))
-    sys.exit(1)
-PY
-}
-"#;
-
-#[allow(clippy::too_many_arguments)]
-fn assemble(
-    spec: &TemplateSpec,
-    ctx: &RenderContext,
-    paths: &ContextPaths,
-    sbatch: &SbatchArgs,
-    per_task: Option<u64>,
-    inputs: Option<&Vec<String>>,
-    hash: &str,
-    body: &str,
-) -> Result<String, TemplateError> {
-    let q = |s: &str| {
-        quote(s).map_err(|e| TemplateError::Context {
-            what: "run value",
-            value: s.to_string(),
-            reason: e.to_string(),
-        })
-    };
-    let per_task = per_task.unwrap_or_else(|| inputs.map_or(1, |l| l.len().max(1) as u64));
-    let mut s = String::new();
-    s.push_str("#!/bin/bash\n");
-    s.push_str(&sbatch.directives());
-    let _ = writeln!(
-        s,
-        "#\n# Job script of run {run}, rendered by hpcstage from template {name} {version}.\n\
-         # Template sha256: {hash}\n\
-         # Change the template, not this file: every run renders it anew.\n",
-        run = ctx.run_id,
-        name = spec.template.name,
-        version = spec.template.version,
-    );
-    s.push_str("set -euo pipefail\n\n");
-    s.push_str("# Run facts, fixed at render time.\n");
-    let _ = writeln!(s, "HPCSTAGE_RUN_ID={}", q(&ctx.run_id)?);
-    let _ = writeln!(s, "HPCSTAGE_RUN_DIR={}", q(&paths.run_dir)?);
-    let _ = writeln!(s, "HPCSTAGE_INPUT_DIR={}", q(&paths.input_dir)?);
-    let _ = writeln!(
-        s,
-        "HPCSTAGE_INPUTS={}",
-        q(&format!("{}/{INPUTS_FILE}", paths.run_dir))?
-    );
-    let _ = writeln!(s, "HPCSTAGE_PER_TASK={per_task}");
-    let _ = writeln!(s, "HPCSTAGE_BIN={}", q(&paths.hpcstage)?);
-    s.push_str(
-        "export HPCSTAGE_RUN_ID HPCSTAGE_RUN_DIR HPCSTAGE_INPUT_DIR HPCSTAGE_INPUTS \
-         HPCSTAGE_PER_TASK HPCSTAGE_BIN\n",
-    );
-    s.push_str("cd \"$HPCSTAGE_RUN_DIR\"\nmkdir -p .hpcstage logs\n\n");
-    s.push_str(HELPERS);
-    if !spec.tools.python_modules.is_empty() {
-        s.push_str(REQUIRE_PYTHON);
-        let words: Vec<String> = spec
-            .tools
-            .python_modules
-            .iter()
-            .flat_map(|(module, install)| [q(module), q(install)])
-            .collect::<Result<_, _>>()?;
-        let _ = writeln!(s, "HPCSTAGE_PYTHON_MODULES=({})", words.join(" "));
-    }
-    let _ = writeln!(s, "\n# ---- template {} ----", spec.template.name);
-    s.push_str(body);
-    if !body.ends_with('\n') {
-        s.push('\n');
-    }
-    Ok(s)
-}
-
+use resources::resources;
+use script::assemble;
 #[cfg(test)]
 mod tests;

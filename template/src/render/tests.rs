@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use super::*;
-use crate::template::{TemplateError, TemplateStore};
+use crate::{TemplateError, TemplateStore};
 
 const ECHO_SPEC: &str = r#"
 [template]

@@ -9,9 +9,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::sbatch::SlurmDuration;
 use super::spec::{ParamSpec, ParamType, TemplateSpec};
 use super::TemplateError;
+use hpcstage_slurm::duration::SlurmDuration;
 
 /// A checked parameter value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ pub(crate) fn check_value(spec: &ParamSpec, raw: &str) -> Result<ParamValue, Tem
         }
         ParamType::Duration => SlurmDuration::parse(raw)
             .map(ParamValue::Duration)
-            .map_err(invalid),
+            .map_err(|e| invalid(e.to_string())),
         ParamType::Enum => {
             if spec.choices.iter().any(|c| c == raw) {
                 Ok(ParamValue::Enum(raw.to_string()))

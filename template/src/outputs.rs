@@ -306,7 +306,7 @@ pub(crate) fn walk(root: &Path) -> Result<Vec<Entry>, TemplateError> {
         };
         let io = |source| TemplateError::Io {
             path: dir.clone(),
-            source,
+            error: source,
         };
         for entry in std::fs::read_dir(&dir).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -314,7 +314,7 @@ pub(crate) fn walk(root: &Path) -> Result<Vec<Entry>, TemplateError> {
             let Some(name) = name.to_str() else {
                 return Err(TemplateError::Io {
                     path: entry.path(),
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         "file name is not valid UTF-8",
                     ),
@@ -330,7 +330,7 @@ pub(crate) fn walk(root: &Path) -> Result<Vec<Entry>, TemplateError> {
             };
             let meta = entry.metadata().map_err(|source| TemplateError::Io {
                 path: entry.path(),
-                source,
+                error: source,
             })?;
             let is_dir = meta.is_dir();
             if is_dir {

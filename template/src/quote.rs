@@ -12,7 +12,7 @@
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 
-use super::sbatch::SlurmDuration;
+use hpcstage_slurm::duration::SlurmDuration;
 
 /// The auto-escape mode name of job bodies.
 const SHELL: &str = "shell";

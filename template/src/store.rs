@@ -122,13 +122,7 @@ impl Template {
                 template: name.clone(),
                 reason: quote::describe(&e, body),
             })?;
-        let trusted: Vec<&str> = spec
-            .params
-            .iter()
-            .filter(|p| p.trusted)
-            .map(|p| p.name.as_str())
-            .collect();
-        lint::check(&name, body, &trusted)?;
+        lint::check(&name, body, &spec.trusted_params())?;
         let tools = spec
             .tools
             .files
@@ -160,7 +154,7 @@ impl Template {
                 } else {
                     TemplateError::Io {
                         path: p.to_path_buf(),
-                        source,
+                        error: source,
                     }
                 }
             })
@@ -374,7 +368,10 @@ fn read_tool(
                         path,
                     }
                 } else {
-                    TemplateError::Io { path, source }
+                    TemplateError::Io {
+                        path,
+                        error: source,
+                    }
                 }
             })?
         }
@@ -402,7 +399,7 @@ fn spec_files(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
         Err(source) => {
             return Err(TemplateError::Io {
                 path: dir.to_path_buf(),
-                source,
+                error: source,
             })
         }
     };
@@ -410,7 +407,7 @@ fn spec_files(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
     for entry in entries {
         let entry = entry.map_err(|source| TemplateError::Io {
             path: dir.to_path_buf(),
-            source,
+            error: source,
         })?;
         let path = entry.path();
         if path.extension().is_some_and(|e| e == SPEC_EXT) && path.is_file() {

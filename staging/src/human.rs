@@ -1,4 +1,6 @@
-//! Small formatting helpers shared by error messages and records (sizes, durations).
+//! Numbers and words as people read them (sizes, counts with their noun, shell-quoted
+//! paths), shared by error messages, records and the binary. Named `human`, not `fmt`,
+//! so that it never shadows `std::fmt`.
 
 /// Formats a byte count with binary units, e.g. `1.5 GiB`.
 pub fn bytes(n: u64) -> String {

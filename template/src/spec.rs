@@ -291,6 +291,15 @@ pub(crate) const RESERVED: &[&str] = &[
 ];
 
 impl TemplateSpec {
+    /// The parameters marked `trusted`, whose values the lint lets into raw places.
+    pub fn trusted_params(&self) -> Vec<&str> {
+        self.params
+            .iter()
+            .filter(|p| p.trusted)
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
     /// Parse and check a spec. `origin` names it in errors (a path or `built-in unet-seg`).
     pub fn parse(text: &str, origin: &str) -> Result<Self, TemplateError> {
         let err = |reason: String| TemplateError::Spec {
