@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::meta::Metadata;
+use super::meta::{Funding, Metadata};
 use crate::run::RunRecord;
 
 /// An image of the dataset and the mask the run made of it (paths relative to the raw
@@ -95,15 +95,7 @@ pub fn rembi_study(meta: &Metadata, record: &RunRecord, images: usize) -> String
                 "Funding",
                 m.funding
                     .iter()
-                    .map(|f| {
-                        format!(
-                            "{} {}",
-                            f.funder.as_deref().unwrap_or_default(),
-                            f.award.as_deref().unwrap_or_default()
-                        )
-                        .trim()
-                        .to_string()
-                    })
+                    .map(Funding::label)
                     .collect::<Vec<_>>()
                     .join("; "),
             ),
@@ -212,19 +204,7 @@ pub fn zenodo_json(meta: &Metadata) -> Vec<u8> {
         "version": meta.version(),
         "related_identifiers": related,
     });
-    let funding: Vec<String> = m
-        .funding
-        .iter()
-        .map(|f| {
-            format!(
-                "{} {}",
-                f.funder.as_deref().unwrap_or_default(),
-                f.award.as_deref().unwrap_or_default()
-            )
-            .trim()
-            .to_string()
-        })
-        .collect();
+    let funding: Vec<String> = m.funding.iter().map(Funding::label).collect();
     if !funding.is_empty() {
         doc["notes"] = json!(format!("Funding: {}", funding.join("; ")));
     }

@@ -92,6 +92,19 @@ pub struct Funding {
     pub award: Option<String>,
 }
 
+impl Funding {
+    /// `Funder Award`, either part left out when it is not given.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {}",
+            self.funder.as_deref().unwrap_or_default(),
+            self.award.as_deref().unwrap_or_default()
+        )
+        .trim()
+        .to_string()
+    }
+}
+
 /// A related publication or dataset.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
