@@ -21,7 +21,16 @@
 #                        a private sshd the script starts on 127.0.0.1 (stopped on exit), so
 #                        the data crosses loopback: encryption and per-file round trips are
 #                        what is measured. hpcstage's copy is compared with the source once.
-#   8. stage from S3     `hpcstage stage s3://BUCKET/bench/X DEST --project bench` (every object
+#   8. archive           `hpcstage archive DIR --to OUT` (chunks hashed as written, read back
+#                        from storage and compared, index, manifest, README) vs
+#                        `tar --format=posix -cf X.tar DIR && sha256sum X.tar`, datasets (a), (b)
+#   9. restore one file  `hpcstage archive restore ARCHIVE --file f2b.bin` from a 4-chunk
+#                        archive vs `tar -xf` of the chunk that holds it, at two archive sizes:
+#                        (d) fillers of 64 MiB, (e) of 256 MiB, beside the same 16 MiB file
+#                        sharing chunk 2 with a filler; target: hpcstage's restore time grows
+#                        by at most 1.5x from (d) to (e) (GNU tar seeks over members in a
+#                        file too; hpcstage also fsyncs the file and checks its sha256)
+#  10. stage from S3     `hpcstage stage s3://BUCKET/bench/X DEST --project bench` (every object
 #                        hashed and checked against the prefix's MANIFEST.sha256, the copy
 #                        read back from storage) vs `rclone copy` and vs `aws s3 sync`, on the
 #                        S3 test server (Ceph RadosGW on 127.0.0.1, tests/s3/up.sh, as root),
@@ -99,11 +108,13 @@ full)
     A_FILES=4 A_MIB=512
     B_FILES=20000 B_DIRS=100 B_KIB=16
     C_FILES=200000 C_DIRS=400
+    D_MIB=64 E_MIB=256 TARGET_MIB=16
     ;;
 small)
     A_FILES=4 A_MIB=16
     B_FILES=2000 B_DIRS=20 B_KIB=16
     C_FILES=20000 C_DIRS=40
+    D_MIB=8 E_MIB=32 TARGET_MIB=2
     ;;
 *) die "BENCH_SCALE must be 'full' or 'small' (got '$BENCH_SCALE')" ;;
 esac
@@ -111,7 +122,7 @@ case $BENCH_CACHE in auto | cold | warm) ;; *) die "BENCH_CACHE must be auto, co
 case $BENCH_DIR in /*) ;; *) die "BENCH_DIR must be an absolute path (got '$BENCH_DIR')" ;; esac
 BENCH_ONLY=${BENCH_ONLY//,/ }
 for m in $BENCH_ONLY; do
-    [[ $m =~ ^[1-8]$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 8 (got '$BENCH_ONLY')"
+    [[ $m =~ ^([1-9]|10)$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 10 (got '$BENCH_ONLY')"
 done
 # want N: measurement N is to run.
 want() { [[ -z ${BENCH_ONLY// /} || " $BENCH_ONLY " == *" $1 "* ]]; }
@@ -130,7 +141,7 @@ ensure_tools() {
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
     command -v sha256sum >/dev/null 2>&1 || pkgs+=(coreutils)
     command -v xargs >/dev/null 2>&1 || pkgs+=(findutils)
-    if want 8; then
+    if want 10; then
         command -v rclone >/dev/null 2>&1 || pkgs+=(rclone)
     fi
     if want 7; then
@@ -324,10 +335,10 @@ ensure_dataset() {
     sync
     echo "$desc" >"$stamp"
 }
-if want 1 || want 2 || want 3 || want 4 || want 5; then
+if want 1 || want 2 || want 3 || want 4 || want 5 || want 8; then
     ensure_dataset a "$DATA_A" "$A_FILES files of $A_MIB MiB"
 fi
-if want 1 || want 2 || want 3 || want 4 || want 5 || want 7; then
+if want 1 || want 2 || want 3 || want 4 || want 5 || want 7 || want 8; then
     ensure_dataset b "$DATA_B" "$B_FILES files of $B_KIB KiB in $B_DIRS folders"
 fi
 
@@ -351,6 +362,7 @@ warm_executables() {
     cp --version >/dev/null
     find --version >/dev/null
     xargs --version >/dev/null
+    tar --version >/dev/null
     /usr/bin/time --version >/dev/null 2>&1 || true
     if [[ -n $SSHD_PID ]]; then
         # One login runs ssh, sshd, the remote shell, rsync and sftp-server once.
@@ -771,12 +783,75 @@ if want 7; then
     set_aside "$SCRATCH_ROOT/bench/ssh-b" "$PEER_DIR/ssh-scp-b"
 fi
 
-# 8. stage from S3: datasets (b) and (l) uploaded once (untimed, with their manifests) to
+# 8. archive: hpcstage's chunks (hashed as written, each read back from storage and
+# compared before it is renamed, then index, manifest and README) against one tar of the
+# dataset and a sha256sum of it. Archives are write-protected: made writable to delete.
+if want 8; then
+    wipe='chmod -R u+w "$OUT_DIR/arch" "$PEER_DIR/tar" 2>/dev/null; rm -rf "$OUT_DIR/arch" "$PEER_DIR/tar"; mkdir -p "$PEER_DIR/tar"'
+    for ds in a b; do
+        dir_var=DATA_${ds^^}
+        measure "8 archive ($ds) vs tar+sha256sum" time_le 1.2 "tar -cf+sha256sum" \
+            "$wipe" "$H archive \"\$$dir_var\" --to \"\$OUT_DIR/arch\"" \
+            "$wipe" "cd \"\$$dir_var/..\" && tar --format=posix -cf \"\$PEER_DIR/tar/$ds.tar\" $ds && sha256sum \"\$PEER_DIR/tar/$ds.tar\"" \
+            "${!dir_var}"
+    done
+    bash -c "$wipe"
+fi
+
+# 9. one file out of a 4-chunk archive: hpcstage reads its bytes with a seek; tar reads the
+# chunk that holds it up to the file. Two archives whose fillers differ 4-fold in size,
+# the same 16 MiB file f2b.bin after a filler in chunk 2.
+gen_fill() {
+    local dir=$1 mib=$2 f
+    rm -rf "$dir" && mkdir -p "$dir"
+    for f in f1 f2 f3 f4; do head -c "$((mib << 20))" /dev/urandom >"$dir/$f.bin"; done
+    head -c "$((TARGET_MIB << 20))" /dev/urandom >"$dir/f2b.bin"
+}
+gen_d() { gen_fill "$1" "$D_MIB"; }
+gen_e() { gen_fill "$1" "$E_MIB"; }
+if want 9; then
+    declare -A RESTORE_HPC RESTORE_TAR
+    for ds in d e; do
+        mib_var=${ds^^}_MIB
+        dir=$DATA/$ds
+        ensure_dataset "$ds" "$dir" "4 fillers of ${!mib_var} MiB and f2b.bin of $TARGET_MIB MiB"
+        arch=$OUT_DIR/arch-$ds
+        chmod -R u+w "$arch" 2>/dev/null || true
+        rm -rf "$arch"
+        "$HPC" --scratch-root "$SCRATCH_ROOT" archive "$dir" --to "$arch" \
+            --chunk-size "$((${!mib_var} + TARGET_MIB + 1))MiB" >"$LOG_DIR/archive-$ds.log" 2>&1 ||
+            die "hpcstage archive $dir failed (log: $LOG_DIR/archive-$ds.log)"
+        adir=$(echo "$arch"/*/)
+        adir=${adir%/}
+        nchunks=$(find "$adir" -name 'chunk-*.tar' | wc -l)
+        [[ $nchunks == 4 ]] || die "the archive of ($ds) has $nchunks chunks, not 4: $adir"
+        chunk=$(awk -F'\t' '$1 == "member" && $10 == "f2b.bin" { print $2 }' "$adir/ARCHIVE-INDEX.tsv")
+        [[ $chunk == chunk-00002.tar ]] || die "f2b.bin is in '$chunk', not chunk 2: $adir"
+        export ADIR=$adir CHUNK=$chunk DS=$ds
+        measure "9 restore 1 file ($ds)" time_le 3 "tar -xf chunk" \
+            'rm -rf "$OUT_DIR/restore"' "$H archive restore \"\$ADIR\" --file f2b.bin --to \"\$OUT_DIR/restore\"" \
+            'rm -rf "$OUT_DIR/restore-tar"; mkdir -p "$OUT_DIR/restore-tar"' 'tar -xf "$ADIR/$CHUNK" -C "$OUT_DIR/restore-tar" "$DS/f2b.bin"' \
+            "$adir"
+        cmp -s "$OUT_DIR/restore/f2b.bin" "$dir/f2b.bin" || die "the restored f2b.bin of ($ds) differs"
+        cmp -s "$OUT_DIR/restore-tar/$ds/f2b.bin" "$dir/f2b.bin" || die "tar's f2b.bin of ($ds) differs"
+        chmod -R u+w "$arch" && rm -rf "$arch" "$OUT_DIR/restore" "$OUT_DIR/restore-tar"
+        RESTORE_HPC[$ds]=$HPC_MED
+        RESTORE_TAR[$ds]=$PEER_MED
+    done
+    # The target of the issue: the time of a one-file restore does not grow with the archive.
+    grow() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "inf" }'; }
+    g_hpc=$(grow "${RESTORE_HPC[d]}" "${RESTORE_HPC[e]}")
+    g_tar=$(grow "${RESTORE_TAR[d]}" "${RESTORE_TAR[e]}")
+    g_verdict=$(awk -v g="$g_hpc" 'BEGIN { print (g <= 1.5) ? "PASS" : "FAIL" }')
+    RESULTS+=("9 restore time (e)/(d)|$g_hpc|$g_tar (tar -xf chunk)|-|hpc (e)/(d) <= 1.5|$g_verdict")
+fi
+
+# 10. stage from S3: datasets (b) and (l) uploaded once (untimed, with their manifests) to
 # the plain bucket of the S3 test server, then fetched by hpcstage (verifying), rclone copy
 # and aws s3 sync, every run into an empty destination.
 S3_NOTE=
-if want 8; then
-    [[ $(id -u) -eq 0 ]] || die "measurement 8 starts the S3 test server (tests/s3/up.sh) and needs root"
+if want 10; then
+    [[ $(id -u) -eq 0 ]] || die "measurement 10 starts the S3 test server (tests/s3/up.sh) and needs root"
     bash "$REPO/tests/s3/up.sh" >"$LOG_DIR/s3-up.log" 2>&1 ||
         die "the S3 test server did not start (log: $LOG_DIR/s3-up.log)"
     # shellcheck source=/dev/null
@@ -801,13 +876,13 @@ if want 8; then
     for x in b l; do
         src=$DATA_B
         [[ $x == l ]] && src=$DATA_L
-        measure "8 s3 stage ($x) vs rclone" ratio_ge 1 "rclone copy" \
+        measure "10 s3 stage ($x) vs rclone" ratio_ge 1 "rclone copy" \
             "set_aside \"\$SCRATCH_ROOT/bench/s3-$x\"" "$H stage \"\$S3_BASE/$x\" \"\$SCRATCH_ROOT/bench/s3-$x\" --project bench" \
             "set_aside \"\$PEER_DIR/s3-rclone-$x\"" "rclone copy \"hpcs3:\$HPCSTAGE_S3_BUCKET/bench-\$BENCH_SCALE/$x\" \"\$PEER_DIR/s3-rclone-$x\""
         same_tree "$src" "$SCRATCH_ROOT/bench/s3-$x" hpcstage
         same_tree "$src" "$PEER_DIR/s3-rclone-$x" rclone
         set_aside "$PEER_DIR/s3-rclone-$x"
-        measure "8 s3 stage ($x) vs aws s3 sync" ratio_ge 1 "aws s3 sync" \
+        measure "10 s3 stage ($x) vs aws s3 sync" ratio_ge 1 "aws s3 sync" \
             "set_aside \"\$SCRATCH_ROOT/bench/s3-$x\"" "$H stage \"\$S3_BASE/$x\" \"\$SCRATCH_ROOT/bench/s3-$x\" --project bench" \
             "set_aside \"\$PEER_DIR/s3-aws-$x\"" "\"\$HPCSTAGE_S3_AWS\" s3 sync --quiet \"\$S3_BASE/$x\" \"\$PEER_DIR/s3-aws-$x\""
         same_tree "$src" "$PEER_DIR/s3-aws-$x" "aws s3 sync"
@@ -816,7 +891,7 @@ if want 8; then
     # The server keeps its objects in memory (memstore, about 2 GiB): they go again.
     "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_BASE" >/dev/null 2>&1 ||
         say "could not remove $S3_BASE from the S3 test server"
-    S3_NOTE="8: from Ceph RadosGW on $HPCSTAGE_S3_ENDPOINT (memstore OSD); $(rclone version 2>/dev/null | head -n 1); $("$HPCSTAGE_S3_AWS" --version 2>&1)"
+    S3_NOTE="10: from Ceph RadosGW on $HPCSTAGE_S3_ENDPOINT (memstore OSD); $(rclone version 2>/dev/null | head -n 1); $("$HPCSTAGE_S3_AWS" --version 2>&1)"
 fi
 
 # --------------------------------------------------------------------------- report

@@ -120,6 +120,19 @@ Recorded in the ledger and in the run folder. Refused while a job of the run is 
 running (cancel it first) and for a run whose results were pulled."
     )]
     Dismiss(DismissArgs),
+    /// Make a deposit-ready BagIt bag of a pulled run (BioImage Archive, Zenodo, ENA)
+    #[command(
+        after_help = "Examples:\n  hpcstage release init unet-seg-plate7-20261127T101500-3f2a   # writes release.toml to fill in\n  \
+hpcstage release unet-seg-plate7-20261127T101500-3f2a --sample 8\n  \
+hpcstage release unet-seg-plate7-20261127T101500-3f2a --metadata ~/plate7.toml --to /tmp/bag\n  \
+hpcstage release verify /nas/lab/PRJ1/release/unet-seg-plate7-20261127T101500-3f2a\n\n\
+The bag goes to <nas>/<PRJ>/release/<run>/ (BagIt: data/ holds ro-crate-metadata.json, bia/, \
+zenodo/ and, for alignment runs, ena/). Only a run pulled and verified on the NAS is \
+released; a run that failed is refused. `release verify` exits 3 when a file does not match.",
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true
+    )]
+    Release(ReleaseArgs),
     /// Show runs (with their jobs) and staged datasets, with purge deadlines
     #[command(after_help = "Examples:\n  hpcstage status\n  hpcstage status RUN --json")]
     Status(StatusArgs),
@@ -145,7 +158,8 @@ SLURM_JOB_ID=123 SLURM_JOB_USER=alice SLURM_JOB_EXIT_CODE2=0:0 hpcstage epilogue
     /// Report what scratch will purge soon, and whether that would lose data
     #[command(after_help = "Examples:\n  hpcstage report --within 7d\n  \
 hpcstage report --scan /scratch/lab --format markdown   # the whole lab, for an email\n  \
-hpcstage report --fail-on-risk                          # exit 5 when anything is AT RISK\n\n\
+hpcstage report --fail-on-risk                          # exit 5 when anything is AT RISK\n  \
+hpcstage report --copies                                # and the datasets that break 3-2-1\n\n\
 Weekly from cron:\n  0 7 * * MON  hpcstage report --within 7d --format markdown | mail -s 'scratch expiring' lab@example.org\n\
 or from scrontab (`scrontab -e`):\n  #SCRON --partition=transfer --time=00:10:00\n  0 7 * * MON  hpcstage report --within 7d --format markdown")]
     Report(ReportArgs),
@@ -157,6 +171,32 @@ hpcstage clean --project PRJ1\n  \
 hpcstage clean PRJ1/plate7               # one staged dataset (or a run id)"
     )]
     Clean(CleanArgs),
+    /// Pack a raw dataset or a run's results into a cold archive (tar chunks, index)
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        after_help = "Examples:\n  hpcstage archive PRJ1/raw/plate7 --to /tape/staging\n  \
+hpcstage archive PRJ1/raw/plate7 --to /mnt/ltfs --media tape --offsite --chunk-size 50GiB\n  \
+hpcstage archive unet-seg-plate7-20261127T101500-3f2a --to /tape/staging   # a run's results\n  \
+hpcstage archive list PRJ1-plate7-1a2b3c4d\n  \
+hpcstage archive verify /tape/staging/PRJ1-plate7-1a2b3c4d\n  \
+hpcstage archive restore PRJ1-plate7-1a2b3c4d --file images/A01.tif --to /tmp/back\n\n\
+The archive goes into DIR/<ID>/ (ID = PRJ-NAME-<8 hex digits of its layout>): POSIX tar \
+chunks readable alone with GNU tar or bsdtar, ARCHIVE-INDEX.tsv, ARCHIVE-MANIFEST.sha256 and \
+a README.txt on restoring with tar and sha256sum alone. The same dataset gives the same \
+chunks byte for byte; a killed archive resumes when run again."
+    )]
+    Archive(ArchiveArgs),
+    /// The 3-2-1 check: every copy of each dataset, when verified, whether 3-2-1 holds
+    #[command(after_help = "Examples:\n  hpcstage copies PRJ1/plate7\n  \
+hpcstage copies --verify          # re-check every reachable copy\n  \
+hpcstage copies --json\n\n\
+Copies are the NAS raw folder, the archives made by `hpcstage archive`, and the [[copies]] \
+declared in the config:\n  [[copies]]\n  name = \"tape-2026\"\n  location = \"/mnt/ltfs/{project}/{dataset}\"\n  \
+media = \"tape\"      # disk, tape or object\n  offsite = true\n\n\
+3-2-1 holds with three copies or more, on two kinds of media or more, one of them off-site. \
+Exit 5 with --fail-on-risk when a dataset breaks it.")]
+    Copies(CopiesArgs),
     /// Show the resolved configuration, or write a commented one (config init)
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -416,9 +456,12 @@ pub(crate) struct ReportArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub(crate) format: ReportFormat,
-    /// Exit with code 5 when anything is AT RISK
+    /// Exit with code 5 when anything is AT RISK (with --copies: or breaks 3-2-1)
     #[arg(long)]
     pub(crate) fail_on_risk: bool,
+    /// Add a section of the raw datasets that break 3-2-1 (see `hpcstage copies`)
+    #[arg(long)]
+    pub(crate) copies: bool,
 }
 
 #[derive(Debug, Args)]
@@ -600,6 +643,60 @@ pub(crate) struct RetryArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ReleaseArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<ReleaseCommand>,
+    /// Run id (or unique prefix)
+    #[arg(required = true)]
+    pub(crate) run: Option<String>,
+    /// Put the bag here instead of <nas>/<PRJ>/release/<run>/ (a new or empty folder)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) to: Option<PathBuf>,
+    /// Representative images (each with its mask) for the BioImage Archive, chosen
+    /// evenly over the dataset, the same on every rerun
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub(crate) sample: usize,
+    /// The release's metadata (`hpcstage release init RUN` writes one to fill in)
+    #[arg(long, short, value_name = "FILE", default_value = "release.toml")]
+    pub(crate) metadata: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReleaseCommand {
+    /// Write a commented release.toml for RUN, pre-filled with what the run knows
+    #[command(
+        after_help = "Example:\n  hpcstage release init unet-seg-plate7-20261127T101500-3f2a -o plate7.toml"
+    )]
+    Init(ReleaseInitArgs),
+    /// Check a bag: BagIt completeness, every checksum, the RO-Crate (exit 3 when one fails)
+    #[command(
+        after_help = "Example:\n  hpcstage release verify /nas/lab/PRJ1/release/unet-seg-plate7-20261127T101500-3f2a"
+    )]
+    Verify(ReleaseVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseInitArgs {
+    /// Run id (or unique prefix)
+    pub(crate) run: String,
+    /// Where to write it (never over an existing file)
+    #[arg(long, short, value_name = "FILE", default_value = "release.toml")]
+    pub(crate) output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseVerifyArgs {
+    /// The bag's folder (it holds bagit.txt)
+    pub(crate) dir: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct DismissArgs {
     /// Run id (or unique prefix)
     pub(crate) run: String,
@@ -629,4 +726,119 @@ pub(crate) enum StageIn {
     Login,
     /// In a job on the transfer partition (SLURM only)
     Job,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ArchiveArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<ArchiveCommand>,
+    /// PRJ/raw/NAME under nas_root (or the dataset's path), or the id of a pulled run
+    #[arg(required = true)]
+    pub(crate) what: Option<String>,
+    /// Folder the archive folder goes into (a tape staging area, a mounted LTFS volume)
+    #[arg(long, required = true, value_name = "DIR")]
+    pub(crate) to: Option<PathBuf>,
+    /// Largest chunk: bytes, or with KiB, MiB, GiB, TiB (KB, MB, GB, TB: powers of 1000)
+    #[arg(long, default_value = "10GiB", value_parser = parse_size)]
+    pub(crate) chunk_size: u64,
+    /// What DIR is, for the 3-2-1 check
+    #[arg(long, default_value = "disk", value_parser = ["disk", "tape", "object"])]
+    pub(crate) media: String,
+    /// DIR is off-site (for the 3-2-1 check)
+    #[arg(long)]
+    pub(crate) offsite: bool,
+    /// Also set the immutable flag (chattr +i) where filesystem and privileges allow
+    #[arg(long)]
+    pub(crate) immutable: bool,
+    /// Print the outcome as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ArchiveCommand {
+    /// Re-read every chunk and every member against the index (exit 3 on a difference)
+    #[command(
+        after_help = "Examples:\n  hpcstage archive verify PRJ1-plate7-1a2b3c4d\n  \
+hpcstage archive verify /tape/staging/PRJ1-plate7-1a2b3c4d --json"
+    )]
+    Verify {
+        /// Archive id (from the ledger) or archive folder
+        archive: String,
+        /// Print the outcome as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore one file, reading only its bytes from the chunks, checked against its SHA-256
+    #[command(after_help = "Example:\n  \
+hpcstage archive restore PRJ1-plate7-1a2b3c4d --file images/A01.tif --to /tmp/back")]
+    Restore {
+        /// Archive id (from the ledger) or archive folder
+        archive: String,
+        /// The file's path in the dataset (as `archive list` shows it)
+        #[arg(long)]
+        file: PathBuf,
+        /// Folder to restore into (default: the current folder)
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        to: PathBuf,
+        /// Print the outcome as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the members of an archive: kind, size, chunk, path
+    #[command(
+        after_help = "Examples:\n  hpcstage archive list PRJ1-plate7-1a2b3c4d\n  \
+hpcstage archive list /tape/staging/PRJ1-plate7-1a2b3c4d --json"
+    )]
+    List {
+        /// Archive id (from the ledger) or archive folder
+        archive: String,
+        /// Print the members as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CopiesArgs {
+    /// PRJ/DATASET (default: every dataset under nas_root)
+    pub(crate) dataset: Option<String>,
+    /// Re-check every reachable copy (the NAS folder against its manifest, archives by
+    /// their chunk digests, declared folders against the dataset's manifest)
+    #[arg(long)]
+    pub(crate) verify: bool,
+    /// Exit 5 when a dataset breaks 3-2-1
+    #[arg(long)]
+    pub(crate) fail_on_risk: bool,
+    /// Print the copies as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A size: bytes, or a number with KiB, MiB, GiB, TiB (K, M, G, T alike) or KB, MB, GB, TB.
+pub(crate) fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 10GiB, 512MiB, 1048576)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use KiB, MiB, GiB, TiB or KB, MB, GB, TB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use etcetera::BaseStrategy;
 use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Profile, Provider};
+use hpcstage_staging::copies::{DeclaredCopy, MEDIA};
 use hpcstage_staging::policy::{PurgeBasis, PurgePolicy};
 use hpcstage_staging::remote::{Location, SshOptions};
 use hpcstage_staging::storage::{LockMode, Retention, S3Options};
@@ -40,6 +42,9 @@ pub(crate) struct Config {
     pub(crate) slurm: SlurmConfig,
     /// Remote NAS access (`nas_root = "host:/path"` or `user@host:port:/path` sources).
     pub(crate) ssh: SshConfig,
+    /// Copies of the raw data kept outside hpcstage (`[[copies]]`), for `hpcstage copies`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) copies: Vec<DeclaredCopy>,
     /// S3 object storage (`nas_root = "s3://bucket/prefix"`, `stage s3://...`).
     #[serde(default)]
     pub(crate) s3: S3Config,
@@ -163,6 +168,7 @@ impl Default for Config {
             slurm: SlurmConfig::default(),
             ssh: SshConfig::default(),
             s3: S3Config::default(),
+            copies: Vec::new(),
         }
     }
 }
@@ -188,6 +194,8 @@ pub(crate) struct Settings {
     /// `[ssh] remote_verify`.
     pub(crate) remote_verify: bool,
     pub(crate) s3: S3Options,
+    /// `[[copies]]`.
+    pub(crate) copies: Vec<DeclaredCopy>,
 }
 
 impl Settings {
@@ -248,10 +256,6 @@ impl<P: Provider> Provider for Named<P> {
     }
 }
 
-fn home() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from)
-}
-
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
@@ -263,15 +267,19 @@ pub(crate) fn site_file() -> PathBuf {
     env_path("HPCSTAGE_SITE_CONFIG").unwrap_or_else(|| PathBuf::from("/etc/hpcstage/config.toml"))
 }
 
+/// `$XDG_CONFIG_HOME/hpcstage/config.toml` (`~/.config/...` by default); `None` when
+/// there is no home to put it in.
 pub(crate) fn user_file() -> Option<PathBuf> {
-    env_path("XDG_CONFIG_HOME")
-        .or_else(|| home().map(|h| h.join(".config")))
-        .map(|d| d.join("hpcstage/config.toml"))
+    let xdg = etcetera::choose_base_strategy().ok()?;
+    Some(xdg.config_dir().join("hpcstage/config.toml"))
 }
 
+/// `$XDG_STATE_HOME/hpcstage` (`~/.local/state/hpcstage` by default), `/tmp/hpcstage`
+/// without a home.
 fn default_state_dir() -> PathBuf {
-    env_path("XDG_STATE_HOME")
-        .or_else(|| home().map(|h| h.join(".local/state")))
+    etcetera::choose_base_strategy()
+        .ok()
+        .and_then(|xdg| xdg.state_dir())
         .unwrap_or_else(|| PathBuf::from("/tmp"))
         .join("hpcstage")
 }
@@ -431,6 +439,16 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         &source_of("slurm.command_timeout"),
         SECONDS,
     )?;
+    for c in &config.copies {
+        if !MEDIA.contains(&c.media.as_str()) {
+            bail!(
+                "copies: {:?} has media = {:?} (from {}): expected disk, tape or object",
+                c.name,
+                c.media,
+                source_of("copies")
+            );
+        }
+    }
     let mut template_dirs = vec![site_file().with_file_name("templates")];
     if let Some(user) = user_file() {
         template_dirs.push(user.with_file_name("templates"));
@@ -491,6 +509,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
             ..SshOptions::default()
         },
         remote_verify: config.ssh.remote_verify,
+        copies: config.copies.clone(),
         s3,
     })
 }

@@ -52,10 +52,21 @@ impl ExitStatus {
     /// does not match its manifest, a read-back that differs) are [`ExitStatus::Integrity`]
     /// wherever they were raised; anything else is [`ExitStatus::Failure`].
     pub(crate) fn of_error(err: &anyhow::Error) -> ExitStatus {
+        let bad_bag = err.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<LifecycleError>(),
+                Some(LifecycleError::Release(e)) if e.is_integrity()
+            )
+        });
+        if bad_bag {
+            return ExitStatus::Integrity;
+        }
         match staging_error(err) {
-            Some(StagingError::SourceCorrupt { .. } | StagingError::ReadBackMismatch { .. }) => {
-                ExitStatus::Integrity
-            }
+            Some(
+                StagingError::SourceCorrupt { .. }
+                | StagingError::ReadBackMismatch { .. }
+                | StagingError::ArchiveMismatch { .. },
+            ) => ExitStatus::Integrity,
             Some(StagingError::Interrupted { signal, .. }) => ExitStatus::Interrupted(*signal),
             _ => ExitStatus::Failure,
         }
@@ -103,6 +114,20 @@ mod tests {
             read: "b".repeat(64),
             read_len: 10,
         }
+    }
+
+    #[test]
+    fn a_bag_that_fails_its_own_check_is_an_integrity_failure() {
+        use hpcstage_lifecycle::release::ReleaseError;
+        let err: anyhow::Error = LifecycleError::Release(ReleaseError::Invalid {
+            dir: PathBuf::from("/nas/P/release/.r.partial"),
+            problems: vec!["data/a: FAILED sha256 check".into()],
+        })
+        .into();
+        assert_eq!(
+            ExitStatus::of_error(&err.context("release")),
+            ExitStatus::Integrity
+        );
     }
 
     #[test]

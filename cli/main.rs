@@ -35,9 +35,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, like anyhow's `{:#}`, except that a cause is not
-/// repeated when the message before it already ends with it: library errors such as
-/// `{path}: {source}` print their I/O cause themselves and also expose it as `source()`.
+/// The error and its causes on one line, like anyhow's `{:#}`. Library errors print an
+/// operating-system cause in their own message and do not return it again as `source()`
+/// (`LocalError::Io`, `TemplateError::Io`, `slurm::Error::Spawn`), except two of
+/// `staging::Error` (`Io`, `SshConnect`), whose field is matched by name in the copy
+/// engine and the pull: for those, a cause the message already ends with is not repeated.
 fn error_chain(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
@@ -96,10 +98,13 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Pull(args) => commands::pull::run(&settings, args),
         Command::Retry(args) => commands::retry::run(&settings, args),
         Command::Dismiss(args) => commands::dismiss::run(&settings, args),
+        Command::Release(args) => commands::release::run(&settings, args),
         Command::RunLocal { run } => commands::submit::run_local(&settings, run),
         Command::Epilogue(_) => unreachable!("handled before loading the config"),
         Command::Report(args) => commands::report::run(&settings, args),
         Command::Clean(args) => commands::clean::run(&settings, args),
+        Command::Archive(args) => commands::archive::run(&settings, args),
+        Command::Copies(args) => commands::copies::run(&settings, args),
         Command::Completions { .. }
         | Command::Manpages { .. }
         | Command::Config(ConfigCommand::Init(_))

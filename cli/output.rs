@@ -174,6 +174,6 @@ pub(crate) fn rate(bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     format!(
         "{}/s",
-        hpcstage_staging::fmt::bytes((bytes as f64 / secs) as u64)
+        hpcstage_staging::human::bytes((bytes as f64 / secs) as u64)
     )
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use hpcstage_lifecycle::clean::{remove, Candidate};
 use hpcstage_lifecycle::report::{Item, ItemKind, GONE};
 use hpcstage_lifecycle::run::{Event, RunStore};
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
 
 use super::Status;

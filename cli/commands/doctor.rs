@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use hpcstage_slurm::client::{Partition, SlurmClient};
-use hpcstage_staging::fmt::shell_quote;
+use hpcstage_staging::human::shell_quote;
 use hpcstage_staging::remote::{Location, Remote, RemoteSpec, SshOptions};
 use serde::Serialize;
 

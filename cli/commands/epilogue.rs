@@ -55,8 +55,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &EpilogueArgs) -> Status {
         user.name,
         user.uid,
         user.home.display(),
-        // SAFETY: geteuid(2) has no preconditions and cannot fail.
-        unsafe { libc::geteuid() }
+        nix::unistd::geteuid()
     ));
     let (state_dir, why) = job_user_state_dir(global, &user.home);
     say(format!("state folder {} ({why})", state_dir.display()));

@@ -1,7 +1,7 @@
 //! `hpcstage ingest SRC --project P --dataset N`: instrument data into the NAS raw area.
 
 use anyhow::Result;
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::human::bytes;
 use hpcstage_staging::ingest::{ingest, IngestSettings};
 use serde::Serialize;
 
@@ -21,6 +21,8 @@ struct IngestJson<'a> {
     /// On S3: the Object Lock retention applied (and read back).
     #[serde(skip_serializing_if = "Option::is_none")]
     retention: Option<String>,
+    /// The ZFS snapshot and hold, or why there is none.
+    zfs: Option<String>,
 }
 
 pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
@@ -40,6 +42,10 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
     bar.finish();
     let outcome = outcome?;
     let status = copy_status(&outcome.report);
+    let zfs = outcome
+        .snapshot
+        .as_ref()
+        .map(hpcstage_staging::zfs::describe);
     let immutable = outcome
         .protection
         .as_ref()
@@ -56,6 +62,7 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
             read_only: outcome.protection.as_ref().is_some_and(|p| p.read_only),
             immutable,
             retention: outcome.retention.clone(),
+            zfs,
         });
         return Ok(status);
     }
@@ -75,6 +82,11 @@ pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
         }
         if let Some(imm) = immutable {
             output::data(format!("immutable flag: {imm}"));
+        }
+        match (&outcome.snapshot, zfs) {
+            (Some(Ok(None)), Some(note)) => output::note(note),
+            (_, Some(zfs)) => output::data(zfs),
+            _ => {}
         }
     } else if !args.copy.dry_run {
         output::error(

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::file_safe;
 use hpcstage_staging::manifest::{self, display_name, Check};
 use hpcstage_staging::verify;
@@ -46,12 +46,12 @@ fn unfinished_stage(dir: &Path) -> Option<String> {
     let rerun = match &record {
         Some(r) if !r.source.is_empty() => format!(
             "hpcstage stage {} {}",
-            hpcstage_staging::fmt::shell_quote(&r.source),
-            hpcstage_staging::fmt::shell_quote(&dir.display().to_string())
+            hpcstage_staging::human::shell_quote(&r.source),
+            hpcstage_staging::human::shell_quote(&dir.display().to_string())
         ),
         _ => format!(
             "hpcstage stage SOURCE {}",
-            hpcstage_staging::fmt::shell_quote(&dir.display().to_string())
+            hpcstage_staging::human::shell_quote(&dir.display().to_string())
         ),
     };
     Some(format!(

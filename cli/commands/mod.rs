@@ -1,9 +1,11 @@
 //! One module per command; shared pieces (outcome status, copy options, the copy summary)
 //! live here.
 
+pub(crate) mod archive;
 pub(crate) mod clean;
 pub(crate) mod completions;
 pub(crate) mod config;
+pub(crate) mod copies;
 pub(crate) mod demo;
 pub(crate) mod dismiss;
 pub(crate) mod doctor;
@@ -11,6 +13,7 @@ pub(crate) mod epilogue;
 pub(crate) mod ingest;
 pub(crate) mod manifest;
 pub(crate) mod pull;
+pub(crate) mod release;
 pub(crate) mod report;
 pub(crate) mod retry;
 pub(crate) mod stage;
@@ -20,7 +23,7 @@ pub(crate) mod template;
 
 use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::manifest::display_name;
 use hpcstage_staging::remote::{NasFolder, SshOptions};
 use hpcstage_staging::walk::Filter;

@@ -5,7 +5,7 @@ use anyhow::Result;
 use hpcstage_lifecycle::backend::Backend;
 use hpcstage_lifecycle::pull::{pull, PullOptions, PullOutcome};
 use hpcstage_lifecycle::run::RunStore;
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 
 use super::Status;
 use crate::args::PullArgs;

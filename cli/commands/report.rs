@@ -7,7 +7,7 @@ use hpcstage_lifecycle::report::{
     apply_whole_folder, build, gather, load_runs, Filter, Item, Report, Safety, Sources,
 };
 use hpcstage_lifecycle::run::RunView;
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 
 use super::Status;
 use crate::args::{ReportArgs, ReportFormat};
@@ -73,17 +73,31 @@ pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
         &settings.policy,
         now,
     );
-    match args.format {
-        ReportFormat::Json => output::json(&report),
-        ReportFormat::Csv => output::data_bytes(&csv(&report)?),
-        ReportFormat::Markdown => output::data(markdown(&report)),
-        ReportFormat::Table => output::data(table(&report)),
-    }
-    Ok(if args.fail_on_risk && report.totals.at_risk > 0 {
-        Status::AtRisk
+    let breaking = if args.copies {
+        Some(super::copies::breaking(settings)?)
     } else {
-        Status::Success
-    })
+        None
+    };
+    match (args.format, &breaking) {
+        (ReportFormat::Json, Some(b)) => {
+            output::json(&serde_json::json!({ "report": report, "breaking_321": b }))
+        }
+        (ReportFormat::Json, None) => output::json(&report),
+        (ReportFormat::Csv, _) => output::data_bytes(&csv(&report)?),
+        (ReportFormat::Markdown, _) => output::data(markdown(&report)),
+        (ReportFormat::Table, _) => output::data(table(&report)),
+    }
+    if let Some(b) = &breaking {
+        super::copies::print_section(b, args.format)?;
+    }
+    let breaks_321 = breaking.as_ref().is_some_and(|b| !b.is_empty());
+    Ok(
+        if args.fail_on_risk && (report.totals.at_risk > 0 || breaks_321) {
+            Status::AtRisk
+        } else {
+            Status::Success
+        },
+    )
 }
 
 fn heading(r: &Report) -> String {
@@ -154,7 +168,7 @@ fn row(i: &Item) -> [String; 10] {
     [
         i.project.clone(),
         i.owner.clone(),
-        format!("{:?}", i.kind).to_lowercase(),
+        i.kind.as_str().to_owned(),
         i.name.clone(),
         bytes(i.bytes),
         i.files.to_string(),
@@ -249,7 +263,7 @@ fn csv(r: &Report) -> Result<Vec<u8>> {
         w.write_record([
             i.project.clone(),
             i.owner.clone(),
-            format!("{:?}", i.kind).to_lowercase(),
+            i.kind.as_str().to_owned(),
             i.name.clone(),
             i.path.display().to_string(),
             i.bytes.to_string(),

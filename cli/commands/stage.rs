@@ -1,7 +1,7 @@
 //! `hpcstage stage SRC [DEST]`: verified copy of a NAS dataset to scratch.
 
 use anyhow::{Context, Result};
-use hpcstage_staging::fmt::{bytes, count};
+use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::policy::{days_left, PurgeBasis};
 use hpcstage_staging::remote::Location;
@@ -134,7 +134,7 @@ pub(crate) fn stage_quietly(
             "staged {} → {} ({}, {})",
             record.id,
             record.destination.display(),
-            hpcstage_staging::fmt::count(record.files, "file"),
+            hpcstage_staging::human::count(record.files, "file"),
             bytes(record.bytes)
         ));
         output::data(format!(

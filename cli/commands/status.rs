@@ -6,7 +6,7 @@ use hpcstage_lifecycle::failures::failed_tasks;
 use hpcstage_lifecycle::refresh::{ended, refresh};
 use hpcstage_lifecycle::report::{build, Filter, Safety};
 use hpcstage_lifecycle::run::{state_label, JobRole, JobView, RunStore, RunView};
-use hpcstage_staging::fmt::bytes;
+use hpcstage_staging::human::bytes;
 
 use super::Status;
 use crate::args::StatusArgs;
@@ -58,7 +58,7 @@ fn compute_cell(view: &RunView) -> String {
 
 /// A phase, role or executor as `--json` spells it (`pull-failed`), so that the table and
 /// the JSON agree.
-fn label<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
+pub(crate) fn label<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
     serde_json::to_value(&value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -181,7 +181,7 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
     for i in &report.items {
         let [deadline, days_left] = i.deadline_cells();
         t.add_row(vec![
-            format!("{:?}", i.kind).to_lowercase(),
+            i.kind.as_str().to_owned(),
             format!("{}/{}", i.project, i.name),
             i.path.display().to_string(),
             i.files.to_string(),

@@ -13,9 +13,9 @@ use hpcstage_lifecycle::chain::{
 use hpcstage_lifecycle::run::{Executor, RunStore};
 use hpcstage_slurm::client::SlurmClient;
 use hpcstage_slurm::local::LocalExecutor;
-use hpcstage_slurm::template::{InputListing, RenderContext, Template, TemplateError};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::record::{read_json, StageRecord};
+use hpcstage_template::{InputListing, RenderContext, Template, TemplateError};
 
 use super::Status;
 use crate::args::{ExecutorArg, RunArgs, StageAndRunArgs, StageArgs, SubmitArgs};
@@ -198,7 +198,7 @@ fn launch(
 /// Warns when the compute job asks for more than its partition's nodes have: such a job
 /// may be accepted and then wait forever (`PartitionConfig`). Only a warning: `sinfo`
 /// not answering does not stop a submission.
-fn warn_beyond_partition(client: &SlurmClient, sbatch: &hpcstage_slurm::template::SbatchArgs) {
+fn warn_beyond_partition(client: &SlurmClient, sbatch: &hpcstage_template::SbatchArgs) {
     let Ok(partitions) = client.partitions() else {
         return;
     };
@@ -254,7 +254,7 @@ pub(crate) fn spawn_local_runner(settings: &Settings, exe: &Path, chain: &Chain)
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use hpcstage_slurm::template::{
-    InputListing, RenderContext, ResourceOverrides, Template, TemplateStore,
-};
+use hpcstage_template::{InputListing, RenderContext, ResourceOverrides, Template, TemplateStore};
 
 use super::Status;
 use crate::args::{JobArgs, RenderArgs};
@@ -42,7 +40,7 @@ pub(crate) fn params(raw: &[String]) -> Result<BTreeMap<String, String>> {
 /// Resource overrides from the command line.
 /// Says which symbolic links the input globs matched and left out (inputs are regular
 /// files).
-pub(crate) fn note_skipped_links(rendered: &hpcstage_slurm::template::Rendered) {
+pub(crate) fn note_skipped_links(rendered: &hpcstage_template::Rendered) {
     let links = &rendered.skipped_links;
     if links.is_empty() {
         return;

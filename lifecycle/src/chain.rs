@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use hpcstage_slurm::client::{new_token, SubmitRequest};
 use hpcstage_slurm::local::{LocalExecutor, LocalStep};
-use hpcstage_slurm::template::{ArraySpec, RenderContext, Rendered, ResourceOverrides, Template};
 use hpcstage_staging::record::{write_json, StageRecord};
+use hpcstage_template::{ArraySpec, RenderContext, Rendered, ResourceOverrides, Template};
 use jiff::Timestamp;
 
 use crate::backend::{from_local, Backend};
@@ -147,7 +147,7 @@ pub fn prepare(store: &RunStore, s: &SubmitSettings<'_>) -> Result<Prepared> {
     })
 }
 
-pub use hpcstage_staging::fmt::shell_quote;
+pub use hpcstage_staging::human::shell_quote;
 
 fn write_pull_script(
     path: &Path,
@@ -409,17 +409,15 @@ pub fn retry(
         }
     });
     if let Some(t) = &tasks {
-        ArraySpec::parse(t).map_err(|reason| {
-            hpcstage_slurm::template::TemplateError::Resource {
-                field: "array",
-                value: t.clone(),
-                reason,
-            }
+        ArraySpec::parse(t).map_err(|reason| hpcstage_template::TemplateError::Resource {
+            field: "array",
+            value: t.clone(),
+            reason,
         })?;
     }
     let prepared = Prepared {
         record: record.clone(),
-        compute_script: record.run_dir.join(hpcstage_slurm::template::SCRIPT_FILE),
+        compute_script: record.run_dir.join(hpcstage_template::SCRIPT_FILE),
         pull_script: record.run_dir.join(PULL_SCRIPT),
         rendered,
         compute_token: format!("{}-compute", new_token()),

@@ -145,9 +145,10 @@ pub fn remove(candidate: &Candidate) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{run_item, stage_item, PULLED_MARKER};
+    use crate::report::{run_item, stage_item};
+    use crate::run::PULLED_MARKER;
     use crate::testutil::{judged, make_read_only, write, write_manifest, World};
-    use hpcstage_staging::hash::Digest;
+    use hpcstage_staging::digest::Digest;
     use hpcstage_staging::manifest::Manifest;
     use hpcstage_staging::manifest::ManifestEntry;
     use hpcstage_staging::policy::PurgePolicy;

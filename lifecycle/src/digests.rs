@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use hpcstage_slurm::template::{ParamValue, Rendered};
 use hpcstage_staging::hash::hash_file;
+use hpcstage_template::{ParamValue, Rendered};
 
 use crate::run::RunRecord;
 

@@ -8,16 +8,18 @@ pub enum Error {
     #[error(transparent)]
     Staging(#[from] hpcstage_staging::Error),
 
+    /// A SLURM command or the local executor failed (the local executor's errors reach
+    /// here as `hpcstage_slurm::Error::Local`).
     #[error(transparent)]
     Slurm(#[from] hpcstage_slurm::Error),
 
-    /// A template could not be loaded or rendered.
+    /// A template could not be loaded, validated or rendered.
     #[error(transparent)]
-    Template(#[from] hpcstage_slurm::template::TemplateError),
+    Template(#[from] hpcstage_template::TemplateError),
 
-    /// The local executor failed.
+    /// A release was refused or failed.
     #[error(transparent)]
-    Local(#[from] hpcstage_slurm::local::LocalError),
+    Release(#[from] crate::release::ReleaseError),
 
     /// The compute job has not finished; a pull needs its final state.
     #[error("run {id}: compute job {job_id} is {state}; pull once it has ended (or pass --wait)")]
@@ -50,6 +52,12 @@ pub enum Error {
     /// A run record or event could not be read.
     #[error("{path}: {reason}")]
     Record { path: PathBuf, reason: String },
+}
+
+impl From<hpcstage_slurm::local::LocalError> for Error {
+    fn from(e: hpcstage_slurm::local::LocalError) -> Self {
+        Error::Slurm(e.into())
+    }
 }
 
 /// Result alias used across the crate.

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use hpcstage_slurm::template::INPUTS_FILE;
 use hpcstage_staging::record::read_json;
+use hpcstage_template::INPUTS_FILE;
 
 use crate::chain::RENDERED_FILE;
 use crate::run::JobFacts;

@@ -16,6 +16,7 @@ pub mod error;
 pub mod failures;
 pub mod pull;
 pub mod refresh;
+pub mod release;
 pub mod report;
 pub mod run;
 

@@ -25,14 +25,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hpcstage_slurm::process::{kill_group, own_group};
-use hpcstage_slurm::template::{Expected, OutputCheck, Rendered, INPUTS_FILE, SIGNAL_MARKER};
 use hpcstage_staging::copy::{copy_tree, CopyOptions};
+use hpcstage_staging::host::{current_user, hostname};
 use hpcstage_staging::lock::{holder, try_lock, TryLock};
 use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
-use hpcstage_staging::record::{current_user, hostname, json_bytes, read_json, write_json};
+use hpcstage_staging::record::{json_bytes, read_json, write_json};
 use hpcstage_staging::remote::{NasFolder, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
+use hpcstage_template::{Expected, OutputCheck, Rendered, INPUTS_FILE, SIGNAL_MARKER};
 use jiff::Timestamp;
 use nix::fcntl::Flock;
 use serde::Serialize;
@@ -40,8 +41,8 @@ use serde::Serialize;
 use crate::backend::{Backend, Observed};
 use crate::chain::RENDERED_FILE;
 use crate::error::{Error, Result};
-use crate::report::{PulledMarker, PULLED_MARKER};
 use crate::run::{Event, JobFacts, JobRole, Phase, RunRecord, RunStore, RunView};
+use crate::run::{PulledMarker, PULLED_MARKER};
 
 /// How to pull.
 #[derive(Debug, Clone)]

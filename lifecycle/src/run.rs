@@ -12,7 +12,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use hpcstage_staging::record::{current_user, hostname, read_json, write_json};
+use hpcstage_staging::host::{current_user, hostname};
+use hpcstage_staging::record::{read_json, write_json};
 
 /// What a job does in a run's chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -29,6 +30,16 @@ pub enum JobRole {
 pub enum Executor {
     Slurm,
     Local,
+}
+
+impl std::fmt::Display for Executor {
+    /// As a sentence or the provenance README names it: `Slurm`, `Local`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Executor::Slurm => "Slurm",
+            Executor::Local => "Local",
+        })
+    }
 }
 
 /// The staged input of a run.
@@ -405,6 +416,22 @@ pub fn state_label(state: &str) -> String {
         }
     }
     state.to_string()
+}
+
+/// The marker a pull leaves in a run folder (`.hpcstage/pulled.json`).
+pub const PULLED_MARKER: &str = "pulled.json";
+
+/// Marker written into a run folder once its results are verified on the NAS, so that a
+/// `--scan` by another user (who cannot read the owner's ledger) sees it is safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulledMarker {
+    pub run_id: String,
+    pub results_dir: PathBuf,
+    pub manifest_digest: String,
+    pub pulled_at: Timestamp,
+    /// A partial pull: the expected outputs that are missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Vec<String>>,
 }
 
 /// Written into the run folder's `.hpcstage/` by `hpcstage dismiss`, so that `report

@@ -15,8 +15,8 @@ use hpcstage_staging::policy::{format_age, PurgeBasis, PurgePolicy};
 use hpcstage_staging::record::{write_json, PurgeInfo, StageRecord};
 use hpcstage_staging::walk::{is_bookkeeping, Filter, MANIFEST_NAME, STATE_DIR};
 
-use crate::report::{PulledMarker, PULLED_MARKER};
 use crate::run::{Executor, InputRef, RunRecord};
+use crate::run::{PulledMarker, PULLED_MARKER};
 
 /// One test's folders: `nas/` and `scratch/` under a fresh temporary folder.
 pub(crate) struct World {

@@ -1,4 +1,4 @@
-//! Typed errors of the SLURM client, templates and the local executor.
+//! Typed errors of the SLURM client and the local executor.
 //!
 //! Each variant carries what a user needs to act without rerunning with debug flags:
 //! the command line that ran, how long we waited, the exit status and the child's
@@ -8,7 +8,7 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
-/// Errors from SLURM commands, templates and the local executor.
+/// Errors from SLURM commands and the local executor.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A SLURM command is not installed (not on `PATH`, or not in the configured
@@ -22,13 +22,13 @@ pub enum Error {
     },
 
     /// A command could not be started or waited for.
-    #[error("could not run `{command}`: {source}")]
+    #[error("could not run `{command}`: {error}")]
     Spawn {
         /// The command line.
         command: String,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error, printed in the message (not returned again as
+        /// `source()`: each cause is printed once).
+        error: std::io::Error,
     },
 
     /// A command did not finish in time (it was killed, with its process group).
@@ -105,14 +105,6 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-
-    /// The runtime that drives child processes could not be created.
-    #[error("could not start the runtime for SLURM commands: {0}")]
-    Runtime(#[source] std::io::Error),
-
-    /// A template could not be loaded, validated or rendered.
-    #[error(transparent)]
-    Template(#[from] crate::template::TemplateError),
 
     /// The local executor failed.
     #[error(transparent)]

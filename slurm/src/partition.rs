@@ -6,9 +6,10 @@
 //! `PartitionConfig` or `PartitionTimeLimit`): whether SLURM refuses it at once depends on
 //! the site's `EnforcePartLimits`. So hpcstage compares the request with
 //! `sinfo --Node --format=%P|%c|%m|%G|%l` before submitting and warns. This module parses
-//! and compares; `client.rs` runs `sinfo`. It prints nothing.
+//! and compares; `client/` runs `sinfo`. It prints nothing.
 
-use crate::template::{SbatchArgs, SlurmDuration};
+use crate::duration::SlurmDuration;
+use crate::sbatch::SbatchArgs;
 
 /// The `--format` for [`parse_sinfo`]: partition (`*` marks the default), CPUs, memory
 /// (MB), generic resources and time limit, one line per node and partition (`--Node`).

@@ -20,9 +20,10 @@ use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Condvar, Mutex};
 
+use nix::fcntl::{fcntl, posix_fadvise, FcntlArg, OFlag, PosixFadviseAdvice};
 use sha2::{Digest as _, Sha256};
 
-use crate::hash::Digest;
+use crate::digest::Digest;
 
 /// Alignment of direct reads and writes (offset, length and memory).
 pub const ALIGN: usize = 4096;
@@ -63,28 +64,25 @@ impl Default for Aligned {
 
 /// Whether `file` is open with `O_DIRECT`.
 pub fn is_direct(file: &File) -> bool {
-    // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    flags >= 0 && flags & libc::O_DIRECT != 0
+    status_flags(file).is_some_and(|flags| flags.contains(OFlag::O_DIRECT))
 }
 
 /// Turns `O_DIRECT` on or off for an open file. Returns whether the file is now as asked
 /// (a filesystem without direct I/O refuses to turn it on).
 pub fn set_direct(file: &File, on: bool) -> bool {
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            return false;
-        }
-        let wanted = if on {
-            flags | libc::O_DIRECT
-        } else {
-            flags & !libc::O_DIRECT
-        };
-        wanted == flags || libc::fcntl(fd, libc::F_SETFL, wanted) == 0
-    }
+    let Some(flags) = status_flags(file) else {
+        return false;
+    };
+    let mut wanted = flags;
+    wanted.set(OFlag::O_DIRECT, on);
+    wanted == flags || fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(wanted)).is_ok()
+}
+
+/// The file's status flags (`F_GETFL`).
+fn status_flags(file: &File) -> Option<OFlag> {
+    fcntl(file.as_raw_fd(), FcntlArg::F_GETFL)
+        .ok()
+        .map(OFlag::from_bits_retain)
 }
 
 /// Opens `path` read-only with `O_DIRECT` (an error where the filesystem refuses it).
@@ -384,13 +382,13 @@ pub fn read_back(file: &File, offset: u64, n: usize, buf: &mut Aligned) -> std::
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: plain syscalls on a descriptor we own; no memory is passed.
+    // SAFETY: a plain syscall on a descriptor we own; no memory is passed (nix has no
+    // sync_file_range).
     let synced = unsafe { libc::sync_file_range(fd, off, len, flags) };
     if synced != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: as above.
-    unsafe { libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_DONTNEED) };
+    let _ = posix_fadvise(fd, off, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
     // A short read before the end (some network filesystems make them) is read on from
     // where it stopped; a direct read that an unaligned stop makes impossible is an error,
     // that is "not verified here".

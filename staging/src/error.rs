@@ -63,8 +63,8 @@ pub enum Error {
     /// The destination cannot hold what is about to be copied.
     #[error(
         "not enough space at {path}: {need} needed, {available} available",
-        need = crate::fmt::bytes(*need),
-        available = crate::fmt::bytes(*available)
+        need = crate::human::bytes(*need),
+        available = crate::human::bytes(*available)
     )]
     InsufficientSpace {
         path: PathBuf,
@@ -95,11 +95,11 @@ pub enum Error {
     Locked { path: PathBuf, holder: String },
 
     /// A glob in --include/--exclude did not compile.
-    #[error("invalid glob {glob:?}: {source}")]
+    #[error("invalid glob {glob:?}: {error}")]
     Glob {
         glob: String,
-        #[source]
-        source: globset::Error,
+        /// Printed in the message, so not returned again as `source()`.
+        error: globset::Error,
     },
 
     /// A record or config value could not be parsed.
@@ -158,6 +158,11 @@ pub enum Error {
     #[error("{location} has no MANIFEST.sha256: it is an incomplete upload, not a dataset; finish it with the `hpcstage ingest` (or `pull`) that wrote it, or name the right prefix")]
     Incomplete { location: String },
 
+    /// An archive, or the dataset being archived, does not hold what its index or
+    /// manifest says.
+    #[error("{path}: {reason}")]
+    ArchiveMismatch { path: PathBuf, reason: String },
+
     /// A value given by the user is not valid.
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid {
@@ -189,6 +194,15 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// A failed step of a folder walk, on the path it failed at (`dir` when it names none).
+    pub fn walk(dir: &std::path::Path, e: walkdir::Error) -> Self {
+        let path = e.path().unwrap_or(dir).to_path_buf();
+        let source = e
+            .into_io_error()
+            .unwrap_or_else(|| std::io::Error::other("walk failed"));
+        Error::io(path, source)
     }
 
     /// True when the error is "no space left on device" (or over quota).

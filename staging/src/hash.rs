@@ -4,81 +4,19 @@
 //! nothing here may enable its `force-soft` feature. Hashing reads in large blocks and
 //! tells the kernel the access is sequential so readahead stays ahead of the hasher.
 
-use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
 use crate::direct;
 use crate::error::{IoContext, Result};
 
-/// A SHA-256 digest.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    /// Digest of everything `hasher` has seen.
-    pub fn from_hasher(hasher: Sha256) -> Self {
-        Digest(hasher.finalize().into())
-    }
-
-    /// Digest of a byte slice.
-    pub fn of(bytes: &[u8]) -> Self {
-        Digest(Sha256::digest(bytes).into())
-    }
-
-    /// Lowercase hex, as `sha256sum` writes it.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.to_hex())
-    }
-}
-
-/// Error for text that is not 64 hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected 64 hex digits")]
-pub struct BadHex;
-
-impl FromStr for Digest {
-    type Err = BadHex;
-
-    fn from_str(s: &str) -> std::result::Result<Self, BadHex> {
-        let mut out = [0u8; 32];
-        if s.len() != 64 {
-            return Err(BadHex);
-        }
-        hex::decode_to_slice(s, &mut out).map_err(|_| BadHex)?;
-        Ok(Digest(out))
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// What every function here returns, defined on its own so that `direct.rs` can make one
+/// without importing this module (which imports it).
+pub use crate::digest::{BadHex, Digest};
 
 /// Hints the kernel that `file` will be read sequentially from start to end.
 pub fn advise_sequential(file: &File) {

@@ -12,10 +12,11 @@ use jiff::Timestamp;
 
 use crate::copy::{copy_tree, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
+use crate::host::{current_user, hostname};
 use crate::lock::lock_or_refuse;
 use crate::manifest::{write_verified, Manifest, ManifestEntry};
 use crate::progress::Progress;
-use crate::record::{current_user, hostname, json_bytes, DatasetInfo};
+use crate::record::{json_bytes, DatasetInfo};
 use crate::remote::{Location, Remote, RemoteErrorKind, SshOptions, UploadOptions};
 use crate::stage::check_name;
 use crate::storage::{put_tree, put_verified, PutOptions, S3Options, S3Store, S3Url, Storage};
@@ -50,6 +51,9 @@ pub struct IngestOutcome {
     pub protection: Option<Protection>,
     /// On S3: the Object Lock retention set on every object (and read back).
     pub retention: Option<String>,
+    /// The ZFS snapshot and hold taken of the placed dataset (see [`crate::zfs`]); `None`
+    /// when nothing was placed or the NAS is remote.
+    pub snapshot: Option<std::result::Result<Option<crate::zfs::Snapshot>, String>>,
 }
 
 /// `<nas_root>/<project>/raw/<dataset>`.
@@ -119,6 +123,7 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
             info: None,
             protection: None,
             retention: None,
+            snapshot: None,
         });
     }
 
@@ -158,6 +163,11 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         }
     })?;
     let protection = seal(&final_path, settings.immutable);
+    let snapshot = crate::zfs::snapshot_and_hold(
+        &final_path,
+        &format!("{}-{}", settings.project, settings.dataset),
+        "ingest",
+    );
     info.manifest_digest = Some(report.manifest.digest());
     Ok(IngestOutcome {
         report,
@@ -165,6 +175,7 @@ pub fn ingest(settings: &IngestSettings, progress: &dyn Progress) -> Result<Inge
         info: Some(info),
         protection: Some(protection),
         retention: None,
+        snapshot: Some(snapshot),
     })
 }
 
@@ -314,6 +325,7 @@ fn ingest_remote(
                 .immutable
                 .then(|| Err("the immutable flag cannot be set over SFTP; ask the NAS administrator (chattr +i)".to_string())),
         }),
+        snapshot: None,
         retention: None,
     })
 }
@@ -371,6 +383,7 @@ fn ingest_s3(
             info: None,
             protection: None,
             retention: None,
+            snapshot: None,
         });
     }
     let mut info = dataset_info(settings, &sent.manifest, sent.files, sent.bytes);
@@ -396,6 +409,7 @@ fn ingest_s3(
         path: shown,
         info: Some(info),
         protection: None,
+        snapshot: None,
         retention: Some(format!(
             "Object Lock {} for {} on every object (read back from the server)",
             retention.mode.as_str(),

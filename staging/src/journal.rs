@@ -12,8 +12,8 @@ use std::io::{BufWriter, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use crate::digest::Digest;
 use crate::error::{IoContext, Result};
-use crate::hash::Digest;
 use crate::manifest::{escape_into, unescape, write_atomic};
 
 /// What the journal knows of one verified file.

@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::digest::Digest;
 use crate::error::{IoContext, Result};
-use crate::hash::Digest;
 use crate::record::{read_json, write_json, StageRecord};
 
 /// The state directory.

@@ -5,10 +5,11 @@
 //! of stage records. It does no argument parsing and no printing: the binary does both.
 
 pub mod copy;
+pub mod digest;
 pub mod direct;
 pub mod error;
-pub mod fmt;
 pub mod hash;
+pub mod human;
 pub mod journal;
 pub mod manifest;
 pub mod ordered;
@@ -16,6 +17,9 @@ pub mod progress;
 pub mod walk;
 
 pub use error::{Error, Result};
+pub mod archive;
+pub mod copies;
+pub mod host;
 pub mod ingest;
 pub mod interrupt;
 pub mod ledger;
@@ -29,3 +33,4 @@ pub mod stage;
 pub mod storage;
 pub mod verify;
 pub mod worm;
+pub mod zfs;

@@ -26,11 +26,7 @@ pub enum TryLock {
 /// How a lock file names its holder: `pid N on HOST` (a lock on a network filesystem can be
 /// held from another machine).
 pub fn holder() -> String {
-    format!(
-        "pid {} on {}",
-        std::process::id(),
-        crate::record::hostname()
-    )
+    format!("pid {} on {}", std::process::id(), crate::host::hostname())
 }
 
 /// Tries to lock `path` (created when missing); once held, the file says `holder`. A lock

@@ -18,9 +18,9 @@ use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::hash::{hash_file, Digest};
 pub use crate::progress::{NoProgress, Progress};
 use crate::walk::{self, Filter, MANIFEST_NAME};
+use crate::{digest::Digest, hash::hash_file};
 
 /// One manifest line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +202,12 @@ pub fn display_name(path: &Path) -> String {
 
 /// Reverses [`escape_into`]; `None` for an unknown escape.
 pub fn unescape(name: &[u8]) -> Option<Vec<u8>> {
+    unescape_with(name, &[(b'\\', b'\\'), (b'n', b'\n'), (b'r', b'\r')])
+}
+
+/// Reverses backslash escapes: `\\` followed by the first byte of a pair of `escapes`
+/// stands for its second byte; `None` for any other escape.
+pub fn unescape_with(name: &[u8], escapes: &[(u8, u8)]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(name.len());
     let mut it = name.iter();
     while let Some(&b) = it.next() {
@@ -209,12 +215,8 @@ pub fn unescape(name: &[u8]) -> Option<Vec<u8>> {
             out.push(b);
             continue;
         }
-        match it.next() {
-            Some(b'\\') => out.push(b'\\'),
-            Some(b'n') => out.push(b'\n'),
-            Some(b'r') => out.push(b'\r'),
-            _ => return None,
-        }
+        let next = it.next()?;
+        out.push(escapes.iter().find(|(k, _)| k == next)?.1);
     }
     Some(out)
 }

@@ -79,14 +79,7 @@ pub fn prune_unlisted(dir: &Path, manifest: &Manifest) -> Result<Vec<PathBuf>> {
         .min_depth(1)
         .into_iter();
     while let Some(entry) = it.next() {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(dir).to_path_buf();
-            Error::io(
-                path,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("walk failed")),
-            )
-        })?;
+        let entry = entry.map_err(|e| Error::walk(dir, e))?;
         let rel = entry
             .path()
             .strip_prefix(dir)

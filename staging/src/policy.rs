@@ -146,7 +146,7 @@ pub fn format_age(age: Duration) -> String {
     let secs = age.as_secs();
     if age.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(86_400) {
         let days = secs / 86_400;
-        crate::fmt::count(days, "day")
+        crate::human::count(days, "day")
     } else {
         humantime::format_duration(age).to_string()
     }

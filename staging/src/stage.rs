@@ -7,10 +7,11 @@ use jiff::Timestamp;
 
 use crate::copy::{copy_from, CopyOptions, CopyReport, FailureKind, Source};
 use crate::error::{Error, Result};
+use crate::host::{current_user, hostname};
 use crate::ledger::Ledger;
 use crate::policy::PurgePolicy;
 use crate::progress::Progress;
-use crate::record::{current_user, hostname, write_json, Incomplete, PurgeInfo, StageRecord};
+use crate::record::{write_json, Incomplete, PurgeInfo, StageRecord};
 use crate::remote::{Location, Remote, SshOptions};
 use crate::storage::{S3Options, S3Store};
 use crate::walk::{MANIFEST_NAME, STATE_DIR};

@@ -112,6 +112,8 @@ pub struct Filter {
     exclude_path: Option<GlobSet>,
     /// Exact relative paths to leave out (with everything below them).
     exclude_exact: std::collections::HashSet<PathBuf>,
+    /// When set, only these exact relative file paths are taken.
+    include_exact: Option<std::collections::HashSet<PathBuf>>,
 }
 
 impl Filter {
@@ -125,7 +127,16 @@ impl Filter {
             exclude_name,
             exclude_path,
             exclude_exact: Default::default(),
+            include_exact: None,
         })
+    }
+
+    /// Takes only these exact relative file paths (names are never read as globs).
+    pub fn only_paths(paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        Filter {
+            include_exact: Some(paths.into_iter().collect()),
+            ..Filter::default()
+        }
     }
 
     /// Also leaves out these exact relative paths (and, for folders, what they hold).
@@ -136,7 +147,7 @@ impl Filter {
 
     /// True when there are include globs (then only matching files are taken).
     pub fn has_includes(&self) -> bool {
-        self.include_name.is_some() || self.include_path.is_some()
+        self.include_name.is_some() || self.include_path.is_some() || self.include_exact.is_some()
     }
 
     fn matches(name: &Option<GlobSet>, path: &Option<GlobSet>, rel: &Path) -> bool {
@@ -168,7 +179,13 @@ impl Filter {
     /// True when a file at `rel` is taken.
     pub fn takes_file(&self, rel: &Path) -> bool {
         !self.excluded(rel)
-            && (!self.has_includes() || Self::matches(&self.include_name, &self.include_path, rel))
+            && match &self.include_exact {
+                Some(paths) => paths.contains(rel),
+                None => {
+                    !self.has_includes()
+                        || Self::matches(&self.include_name, &self.include_path, rel)
+                }
+            }
     }
 }
 
@@ -179,7 +196,7 @@ fn compile(globs: &[String]) -> Result<(Option<GlobSet>, Option<GlobSet>)> {
     for g in globs {
         let glob = Glob::new(g).map_err(|source| Error::Glob {
             glob: g.clone(),
-            source,
+            error: source,
         })?;
         if g.contains('/') {
             paths.add(glob);
@@ -195,7 +212,7 @@ fn compile(globs: &[String]) -> Result<(Option<GlobSet>, Option<GlobSet>)> {
         }
         b.build().map(Some).map_err(|source| Error::Glob {
             glob: g.join(" "),
-            source,
+            error: source,
         })
     };
     Ok((build(names, n, globs)?, build(paths, p, globs)?))

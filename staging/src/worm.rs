@@ -43,14 +43,7 @@ pub fn make_read_only(dir: &Path) -> Result<()> {
         .contents_first(true)
         .into_iter()
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| {
-            let path = e.path().unwrap_or(dir).to_path_buf();
-            Error::io(
-                path,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("walk failed")),
-            )
-        })?;
+        .map_err(|e| Error::walk(dir, e))?;
     for e in entries {
         if e.file_type().is_symlink() {
             continue;

@@ -12,8 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hpcstage_lifecycle::report::{PulledMarker, PULLED_MARKER};
 use hpcstage_lifecycle::run::{Executor, InputRef, RunRecord, RunStore};
+use hpcstage_lifecycle::run::{PulledMarker, PULLED_MARKER};
 use serde_json::Value;
 
 use super::fs::{read, write, TempRoot, WORLD_DIRS};

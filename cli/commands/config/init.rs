@@ -227,6 +227,18 @@ pub(crate) fn render_commented(d: &Detected, site: bool) -> String {
     line("# More job template folders, after /etc/hpcstage/templates and ~/.config/hpcstage/templates.");
     line("# template_dirs = []");
     line("");
+    line(
+        "# Copies of the raw data kept outside hpcstage, for the 3-2-1 check of `hpcstage copies`:",
+    );
+    line("# name, location ({project} and {dataset} are filled in; a folder reachable here is");
+    line(
+        "# re-checked by `copies --verify`), media (disk | tape | object), offsite, and optionally",
+    );
+    line(
+        "# datasets, PRJ/NAME globs (default: every dataset). One [[copies]] table each, or inline:",
+    );
+    line("# copies = [{ name = \"tape-2026\", location = \"/mnt/ltfs/{project}/{dataset}\", media = \"tape\", offsite = true }]");
+    line("");
     line("[slurm]");
     line("# auto (SLURM when sbatch is found) | slurm | local (bash on this node, no SLURM)");
     line(&format!("# executor = {}", quoted(&slurm.executor)));
@@ -380,6 +392,13 @@ mod tests {
             scratch_root: Some("/s".into()),
             state_dir: Some("/st".into()),
             template_dirs: vec!["/t".into()],
+            copies: vec![hpcstage_staging::copies::DeclaredCopy {
+                name: "t".into(),
+                location: "/l".into(),
+                media: "tape".into(),
+                offsite: true,
+                datasets: Vec::new(),
+            }],
             ..Config::default()
         };
         let mut all = Vec::new();

@@ -105,7 +105,7 @@ impl Endpoint {
                 .user
                 .clone()
                 .or_else(|| params.user.clone())
-                .unwrap_or_else(crate::record::current_user),
+                .unwrap_or_else(crate::host::current_user),
             identity_files,
             known_hosts,
         })

@@ -357,7 +357,7 @@ impl Upload<'_> {
         if remote_verify {
             let command = format!(
                 "cd -- {} && sha256sum --check --quiet --strict {MANIFEST_NAME} && echo '{VERIFIED}'",
-                crate::fmt::shell_quote(&self.tmp.to_string_lossy())
+                crate::human::shell_quote(&self.tmp.to_string_lossy())
             );
             let (status, output) = self.remote.exec(&command)?;
             if let Err(reason) = remote_verify_outcome(status, &output) {

@@ -94,7 +94,7 @@ pub fn put_tree(
         report.warnings.push(format!(
             "{}: {} not uploaded, S3 holds no links or special files ({})",
             store.display(Path::new("")).display(),
-            crate::fmt::count(links.len() as u64, "symbolic link or special file"),
+            crate::human::count(links.len() as u64, "symbolic link or special file"),
             links.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
         ));
     }
