@@ -209,7 +209,9 @@ fn ingest_to_s3_sets_compliance_retention_that_refuses_a_delete() {
         .out_has("\"sha256\": \"e266d4bf")
         .out_has("\"ObjectLockMode\": \"COMPLIANCE\"");
     let version: serde_json::Value = serde_json::from_str(&head.stdout).unwrap();
-    let version = version["VersionId"].as_str().unwrap().to_string();
+    // One argument (`--version-id=ID`): a version id may start with `-`, which the AWS
+    // CLI would take for an option.
+    let version = format!("--version-id={}", version["VersionId"].as_str().unwrap());
     let retention = w.aws(&[
         "s3api",
         "get-object-retention",
@@ -217,7 +219,6 @@ fn ingest_to_s3_sets_compliance_retention_that_refuses_a_delete() {
         &bucket,
         "--key",
         &key,
-        "--version-id",
         &version,
     ]);
     retention.code(0).out_has("\"Mode\": \"COMPLIANCE\"");
@@ -228,7 +229,6 @@ fn ingest_to_s3_sets_compliance_retention_that_refuses_a_delete() {
         &bucket,
         "--key",
         &key,
-        "--version-id",
         &version,
         "--bypass-governance-retention",
     ]);
