@@ -519,7 +519,7 @@ pub(crate) enum ExecutorArg {
 #[derive(Debug, Args)]
 pub(crate) struct JobArgs {
     /// Template parameter (repeatable), e.g. -p model=/models/unet.pt
-    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = key_value)]
     pub(crate) params: Vec<String>,
     /// Override the time limit, e.g. 2h
     #[arg(long, value_name = "DURATION")]
@@ -841,4 +841,14 @@ pub(crate) fn parse_size(s: &str) -> std::result::Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A `-p KEY=VALUE` as given, refused by the parser (a usage error, exit 2) when it has no
+/// `=` or no name.
+fn key_value(p: &str) -> Result<String, String> {
+    match p.split_once('=') {
+        Some(("", _)) => Err("the parameter name is empty; write KEY=VALUE".into()),
+        Some(_) => Ok(p.to_string()),
+        None => Err("expected KEY=VALUE, e.g. -p model=/models/unet.onnx".into()),
+    }
 }

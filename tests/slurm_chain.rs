@@ -1490,10 +1490,6 @@ fn invalid_parameters_and_unknown_templates_are_refused_before_anything_is_submi
                 .into(),
         ),
         (
-            vec!["unet-seg", "-p", &model, "-p", "novalue"],
-            "error: -p \"novalue\": expected KEY=VALUE".into(),
-        ),
-        (
             vec!["unet-segment", "-p", &model],
             "error: unknown template \"unet-segment\"; available: align, convert, unet-seg".into(),
         ),
@@ -1517,6 +1513,17 @@ fn invalid_parameters_and_unknown_templates_are_refused_before_anything_is_submi
         all.extend(&args[1..]);
         let run = world.run(&all);
         run.code(1).err_has(message);
+    }
+    // A -p without `=` is a usage error: the argument parser refuses it (exit 2).
+    for start in [
+        vec!["stage-and-run", raw, "unet-seg"],
+        vec!["submit", "unet-seg", "--input", "P/plate1"],
+    ] {
+        let mut all = start;
+        all.extend(["-p", model.as_str(), "-p", "novalue"]);
+        world.run(&all).code(2).err_has(
+            "invalid value 'novalue' for '--param <KEY=VALUE>': expected KEY=VALUE, e.g. -p model=/models/unet.onnx",
+        );
     }
     assert!(!world.scratch().join("P/runs").exists(), "no run folder");
     let status = world.run(["status", "--json"]);

@@ -922,7 +922,10 @@ fn command_failure(v: &Validation) -> Option<String> {
     Some(if c.timed_out {
         "validation command timed out".into()
     } else {
-        format!("validation command exited {:?}", c.exit_code)
+        match c.exit_code {
+            Some(code) => format!("validation command exited {code}"),
+            None => "validation command was killed by a signal".into(),
+        }
     })
 }
 
