@@ -20,7 +20,10 @@ that no byte changed:\n\n\
   4. pull           validated outputs -> <nas>/PRJ/results/<workflow>/<run>, with provenance\n\
   5. report         what scratch will purge soon, and what is not yet safe on the NAS\n\
   6. clean          remove scratch copies that have a verified copy on the NAS\n\
-  also: manifest (sha256sum-compatible), status, template, submit, epilogue, demo\n\n\
+  7. release        a pulled run as a BagIt bag to deposit (BioImage Archive, Zenodo, ENA)\n\
+  8. archive        cold-archive packages (tar chunks, index); copies: the 3-2-1 check\n\
+  also: manifest (sha256sum-compatible), status, retry, dismiss, template, submit, epilogue,\n\
+  config, doctor, demo\n\n\
 Configuration is layered: built-in defaults < /etc/hpcstage/config.toml < \
 ~/.config/hpcstage/config.toml < $HPCSTAGE_CONFIG (or --config) < flags. \
 Run `hpcstage config show` to see the result and where each value came from.",
