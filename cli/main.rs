@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::args::{Cli, Command, ConfigCommand, ManifestCommand, TemplateCommand};
-use crate::commands::Status;
 use crate::exit::ExitStatus;
 
 fn main() -> ExitCode {
@@ -54,7 +53,7 @@ fn error_chain(err: &anyhow::Error) -> String {
     text
 }
 
-fn run(cli: Cli) -> anyhow::Result<Status> {
+fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     output::set_quiet(cli.global.quiet);
     if let Command::Epilogue(args) = &cli.command {
         // Before loading config: a broken config file must not fail an Epilog.

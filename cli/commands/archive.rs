@@ -11,12 +11,12 @@ use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::remote::Location;
 use hpcstage_staging::walk::MANIFEST_NAME;
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::{ArchiveArgs, ArchiveCommand};
 use crate::config::{absolute, parse_location, Settings};
 use crate::output;
 
-pub(crate) fn run(settings: &Settings, args: &ArchiveArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &ArchiveArgs) -> Result<ExitStatus> {
     let ledger = Ledger::open(&settings.state_dir)?;
     match &args.command {
         Some(ArchiveCommand::Verify { archive, json }) => verify(&ledger, archive, *json),
@@ -100,7 +100,7 @@ pub(crate) fn resolve(
     Ok((results, view.record.project.clone(), id, "run"))
 }
 
-fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<Status> {
+fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<ExitStatus> {
     let what = args.what.as_deref().expect("clap requires it");
     let to = absolute(args.to.as_deref().expect("clap requires it"))?;
     let (source, project, name, kind) = resolve(settings, what)?;
@@ -129,7 +129,7 @@ fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<St
             "written": outcome.written,
             "nas_record": outcome.nas_record.as_ref().map(|p| p.display().to_string()).map_err(Clone::clone),
         }));
-        return Ok(Status::Success);
+        return Ok(ExitStatus::Success);
     }
     if outcome.already {
         output::data(format!(
@@ -174,10 +174,10 @@ fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<St
             "recorded in the ledger, but not beside the dataset on the NAS: {why}"
         )),
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
-fn verify(ledger: &Ledger, id: &str, json: bool) -> Result<Status> {
+fn verify(ledger: &Ledger, id: &str, json: bool) -> Result<ExitStatus> {
     let (store, record) = archive::open(id, ledger)?;
     let bar = output::Bar::new("verifying", json);
     let v = read::verify(&store, record.as_ref().map(|r| r.index_sha256), &bar);
@@ -223,13 +223,13 @@ fn verify(ledger: &Ledger, id: &str, json: bool) -> Result<Status> {
         }
     }
     Ok(if v.ok() {
-        Status::Success
+        ExitStatus::Success
     } else {
-        Status::Integrity
+        ExitStatus::Integrity
     })
 }
 
-fn restore(ledger: &Ledger, id: &str, file: &Path, to: &Path, json: bool) -> Result<Status> {
+fn restore(ledger: &Ledger, id: &str, file: &Path, to: &Path, json: bool) -> Result<ExitStatus> {
     let (store, _) = archive::open(id, ledger)?;
     let r = read::restore(&store, file, &absolute(to)?)?;
     if json {
@@ -244,10 +244,10 @@ fn restore(ledger: &Ledger, id: &str, file: &Path, to: &Path, json: bool) -> Res
             r.bytes_read
         ));
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
-fn list(ledger: &Ledger, id: &str, json: bool) -> Result<Status> {
+fn list(ledger: &Ledger, id: &str, json: bool) -> Result<ExitStatus> {
     let (store, _) = archive::open(id, ledger)?;
     let index = archive::read_index(&store)?;
     if json {
@@ -257,7 +257,7 @@ fn list(ledger: &Ledger, id: &str, json: bool) -> Result<Status> {
             "chunks": index.chunks,
             "members": index.rows,
         }));
-        return Ok(Status::Success);
+        return Ok(ExitStatus::Success);
     }
     let mut table = output::table(&["KIND", "SIZE", "CHUNK", "PATH"]);
     for r in &index.rows {
@@ -274,5 +274,5 @@ fn list(ledger: &Ledger, id: &str, json: bool) -> Result<Status> {
         ]);
     }
     output::data(table.to_string());
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }

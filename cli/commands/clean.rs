@@ -8,7 +8,7 @@ use hpcstage_lifecycle::run::{Event, RunStore};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::CleanArgs;
 use crate::config::Settings;
 use crate::output;
@@ -24,7 +24,7 @@ fn named(item: &Item, name: &str) -> bool {
     by_name || (path.is_absolute() && item.path == path)
 }
 
-pub(crate) fn run(settings: &Settings, args: &CleanArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &CleanArgs) -> Result<ExitStatus> {
     // Nothing is removed without a scratch root to stay inside.
     settings.scratch_root()?;
     let ledger = Ledger::open(&settings.state_dir)?;
@@ -137,9 +137,9 @@ pub(crate) fn run(settings: &Settings, args: &CleanArgs) -> Result<Status> {
         }
     }
     Ok(if failed > 0 {
-        Status::Partial
+        ExitStatus::Partial
     } else {
-        Status::Success
+        ExitStatus::Success
     })
 }
 

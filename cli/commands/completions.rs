@@ -12,21 +12,21 @@ use anyhow::{Context, Result};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::Cli;
 use crate::output;
 
 /// Prints the completion script for `shell` to stdout.
-pub(crate) fn completions(shell: Shell) -> Status {
+pub(crate) fn completions(shell: Shell) -> ExitStatus {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "hpcstage", &mut script);
     output::data_bytes(&script);
-    Status::Success
+    ExitStatus::Success
 }
 
 /// Writes `hpcstage.1` and one page per visible subcommand (`hpcstage-stage.1`,
 /// `hpcstage-manifest-create.1`, ...) into `dir`, and lists them on stdout.
-pub(crate) fn manpages(dir: &Path) -> Result<Status> {
+pub(crate) fn manpages(dir: &Path) -> Result<ExitStatus> {
     fs_err::create_dir_all(dir)
         .with_context(|| format!("cannot create the man page folder {}", dir.display()))?;
     let mut cmd = Cli::command().disable_help_subcommand(true);
@@ -36,7 +36,7 @@ pub(crate) fn manpages(dir: &Path) -> Result<Status> {
     for path in &written {
         output::data(path.display().to_string());
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 /// The page of `cmd`, then those of its visible subcommands, depth first.

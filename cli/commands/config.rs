@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 pub(crate) use self::init::{init, one_line, probe_settings, transfer_like};
-use super::Status;
+use super::ExitStatus;
 use crate::config::Settings;
 use crate::output;
 
@@ -19,7 +19,7 @@ struct Row<'a> {
     source: &'a str,
 }
 
-pub(crate) fn show(settings: &Settings, json: bool) -> Result<Status> {
+pub(crate) fn show(settings: &Settings, json: bool) -> Result<ExitStatus> {
     if json {
         let rows: Vec<Row<'_>> = settings
             .provenance
@@ -41,5 +41,5 @@ pub(crate) fn show(settings: &Settings, json: bool) -> Result<Status> {
             output::warn(warning);
         }
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }

@@ -5,12 +5,12 @@ use hpcstage_staging::copies::{self, DatasetCopies};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::remote::Location;
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::{CopiesArgs, ReportFormat};
 use crate::config::{parse_location, Settings};
 use crate::output;
 
-pub(crate) fn run(settings: &Settings, args: &CopiesArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &CopiesArgs) -> Result<ExitStatus> {
     let ledger = Ledger::open(&settings.state_dir)?;
     let all = gather(settings, &ledger, args.dataset.as_deref(), args.verify)?;
     if args.json {
@@ -30,11 +30,11 @@ pub(crate) fn run(settings: &Settings, args: &CopiesArgs) -> Result<Status> {
         .iter()
         .any(|d| args.verify && d.copies.iter().any(|c| c.status == "failed"));
     Ok(if failed_check {
-        Status::Integrity
+        ExitStatus::Integrity
     } else if args.fail_on_risk && all.iter().any(|d| !d.holds) {
-        Status::AtRisk
+        ExitStatus::AtRisk
     } else {
-        Status::Success
+        ExitStatus::Success
     })
 }
 

@@ -17,7 +17,7 @@ use hpcstage_staging::policy::days_left;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings};
 use hpcstage_template::Template;
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::DemoArgs;
 use crate::config::{absolute, Settings};
 use crate::output;
@@ -25,7 +25,7 @@ use crate::output;
 const PROJECT: &str = "demo-lab";
 const DATASET: &str = "plate7";
 
-pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<ExitStatus> {
     let base = match &args.dir {
         Some(dir) => {
             let dir = absolute(dir)?;
@@ -141,7 +141,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
         record.purge.age
     ));
     if !verified.all_ok() {
-        return Ok(Status::Integrity);
+        return Ok(ExitStatus::Integrity);
     }
 
     let pulled = run_segmentation(settings, args, &base, &nas, &scratch, &state, &record)?;
@@ -156,9 +156,9 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<Status> {
         base.display()
     ));
     Ok(if pulled {
-        Status::Success
+        ExitStatus::Success
     } else {
-        Status::Partial
+        ExitStatus::Partial
     })
 }
 

@@ -6,12 +6,12 @@ use anyhow::Result;
 use hpcstage_lifecycle::run::{dismiss as dismiss_run, RunStore};
 
 use super::retry::refreshed;
-use super::Status;
+use super::ExitStatus;
 use crate::args::DismissArgs;
 use crate::config::Settings;
 use crate::output;
 
-pub(crate) fn run(settings: &Settings, args: &DismissArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &DismissArgs) -> Result<ExitStatus> {
     let store = RunStore::open(&settings.state_dir)?;
     let view = refreshed(settings, &store, &args.run)?;
     let d = dismiss_run(&store, &view, args.reason.clone())?;
@@ -28,5 +28,5 @@ pub(crate) fn run(settings: &Settings, args: &DismissArgs) -> Result<Status> {
             view.record.run_dir.display()
         ));
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }

@@ -17,7 +17,7 @@ use hpcstage_staging::remote::{Location, Remote, RemoteSpec, SshOptions};
 use serde::Serialize;
 
 use super::config::{one_line, probe_settings};
-use super::Status;
+use super::ExitStatus;
 use crate::args::{DoctorArgs, GlobalArgs};
 use crate::config::{self, Settings};
 use crate::output;
@@ -87,7 +87,7 @@ impl Report {
     }
 }
 
-pub(crate) fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Status> {
+pub(crate) fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<ExitStatus> {
     let mut report = Report::default();
     match config::load(global) {
         Ok(settings) => {
@@ -135,7 +135,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<Status> {
             failed.join(", ")
         );
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 /// Which config files resolved.

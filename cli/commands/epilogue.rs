@@ -10,11 +10,11 @@ use hpcstage_lifecycle::epilogue::{
     default_state_dir, default_user_config, drop_to_job_user, record_job_end, EpilogEnv,
 };
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::{EpilogueArgs, GlobalArgs};
 use crate::output;
 
-pub(crate) fn run(global: &GlobalArgs, args: &EpilogueArgs) -> Status {
+pub(crate) fn run(global: &GlobalArgs, args: &EpilogueArgs) -> ExitStatus {
     let limit: Duration = args.timeout.into();
     std::thread::spawn(move || {
         std::thread::sleep(limit);
@@ -36,13 +36,13 @@ pub(crate) fn run(global: &GlobalArgs, args: &EpilogueArgs) -> Status {
     };
     let Some(env) = EpilogEnv::from_env(|k| std::env::var(k).ok()) else {
         output::error("hpcstage epilogue: no SLURM_JOB_ID in the environment; nothing to record");
-        return Status::Success;
+        return ExitStatus::Success;
     };
     let user = match drop_to_job_user(&env) {
         Ok(user) => user,
         Err(e) => {
             output::error(format!("hpcstage epilogue: job {}: {e}", env.job_id));
-            return Status::Success;
+            return ExitStatus::Success;
         }
     };
     say(format!(
@@ -71,7 +71,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &EpilogueArgs) -> Status {
         )),
         Err(e) => output::error(format!("hpcstage epilogue: job {}: {e}", env.job_id)),
     }
-    Status::Success
+    ExitStatus::Success
 }
 
 /// The job user's state folder, found as that user's own `hpcstage` would find it, with

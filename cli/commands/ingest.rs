@@ -5,7 +5,7 @@ use hpcstage_staging::human::bytes;
 use hpcstage_staging::ingest::{ingest, IngestSettings};
 use serde::Serialize;
 
-use super::{copy_options, copy_status, print_copy_report, ssh_options, CopyJson, Status};
+use super::{copy_options, copy_status, print_copy_report, ssh_options, CopyJson, ExitStatus};
 use crate::args::IngestArgs;
 use crate::config::{absolute, parse_location, Settings};
 use crate::output;
@@ -25,7 +25,7 @@ struct IngestJson<'a> {
     zfs: Option<String>,
 }
 
-pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &IngestArgs) -> Result<ExitStatus> {
     let ingest_settings = IngestSettings {
         source: absolute(&args.source)?,
         nas_root: parse_location(settings.nas_root()?)?,

@@ -11,7 +11,7 @@ use hpcstage_staging::verify;
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR, TMP_PREFIX};
 use serde::Serialize;
 
-use super::{pool, Status};
+use super::{pool, ExitStatus};
 use crate::args::{ManifestCreateArgs, ManifestVerifyArgs};
 use crate::config::{absolute, Settings};
 use crate::output;
@@ -62,7 +62,7 @@ fn unfinished_stage(dir: &Path) -> Option<String> {
     ))
 }
 
-pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<Status> {
+pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<ExitStatus> {
     let dir = absolute(&args.dir)?;
     if !dir.is_dir() {
         bail!("{} does not exist or is not a folder", dir.display());
@@ -125,7 +125,7 @@ pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<S
     let elapsed = started.elapsed();
     if to_stdout {
         output::data_from(tmp.reopen()?)?;
-        return Ok(Status::Success);
+        return Ok(ExitStatus::Success);
     }
     tmp.as_file()
         .sync_data()
@@ -153,7 +153,7 @@ pub(crate) fn create(settings: &Settings, args: &ManifestCreateArgs) -> Result<S
             output::rate(streamed.bytes, elapsed)
         ));
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 #[derive(Serialize)]
@@ -171,7 +171,7 @@ struct VerifyJson {
     log: Option<String>,
 }
 
-pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<Status> {
+pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<ExitStatus> {
     let dir = absolute(&args.dir)?;
     if !dir.is_dir() {
         bail!("{} does not exist or is not a folder", dir.display());
@@ -296,9 +296,9 @@ pub(crate) fn verify(settings: &Settings, args: &ManifestVerifyArgs) -> Result<S
     };
 
     let status = if totals.all_ok() {
-        Status::Success
+        ExitStatus::Success
     } else {
-        Status::Integrity
+        ExitStatus::Integrity
     };
     if args.json {
         output::json(&VerifyJson {

@@ -34,7 +34,7 @@ use crate::config::Settings;
 use crate::output;
 
 /// How a command that ran to the end went (the exit codes live in [`crate::exit`]).
-pub(crate) use crate::exit::ExitStatus as Status;
+pub(crate) use crate::exit::ExitStatus;
 
 /// A hint for errors users can fix themselves.
 pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
@@ -106,7 +106,7 @@ pub(crate) fn copy_options(settings: &Settings, args: &CopyArgs) -> Result<CopyO
 }
 
 /// The exit status a copy report deserves.
-pub(crate) fn copy_status(report: &CopyReport) -> Status {
+pub(crate) fn copy_status(report: &CopyReport) -> ExitStatus {
     let integrity = report.failed.iter().any(|f| {
         matches!(
             f.kind,
@@ -114,11 +114,11 @@ pub(crate) fn copy_status(report: &CopyReport) -> Status {
         )
     });
     if integrity {
-        Status::Integrity
+        ExitStatus::Integrity
     } else if report.failed.is_empty() {
-        Status::Success
+        ExitStatus::Success
     } else {
-        Status::Partial
+        ExitStatus::Partial
     }
 }
 

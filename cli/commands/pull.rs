@@ -7,12 +7,12 @@ use hpcstage_lifecycle::pull::{pull, PullOptions, PullOutcome};
 use hpcstage_lifecycle::run::RunStore;
 use hpcstage_staging::human::{bytes, count};
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::PullArgs;
 use crate::config::Settings;
 use crate::output;
 
-pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<ExitStatus> {
     let store = RunStore::open(&settings.state_dir)?;
     let id = store.resolve(&args.run)?;
     let view = store.load(&id)?;
@@ -63,7 +63,7 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
                     ),
                 });
             }
-            Status::Success
+            ExitStatus::Success
         }
         PullOutcome::Pulled {
             results_dir,
@@ -92,7 +92,7 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
                     output::note(format!("purged intermediate {}", p.display()));
                 }
             }
-            Status::Success
+            ExitStatus::Success
         }
         PullOutcome::Failed { failed_dir, reason } => {
             if !args.json {
@@ -102,7 +102,7 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<Status> {
                     failed_dir.display()
                 ));
             }
-            Status::Partial
+            ExitStatus::Partial
         }
     })
 }

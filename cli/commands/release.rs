@@ -9,12 +9,12 @@ use hpcstage_lifecycle::release::{self, bag, meta, ReleaseOptions, Released};
 use hpcstage_lifecycle::run::{RunStore, RunView};
 use hpcstage_staging::human::bytes;
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::{ReleaseArgs, ReleaseCommand, ReleaseInitArgs, ReleaseVerifyArgs};
 use crate::config::{absolute, Settings};
 use crate::output;
 
-pub(crate) fn run(settings: &Settings, args: &ReleaseArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &ReleaseArgs) -> Result<ExitStatus> {
     match &args.command {
         Some(ReleaseCommand::Init(a)) => return init(settings, a),
         Some(ReleaseCommand::Verify(a)) => return verify(a),
@@ -38,7 +38,7 @@ pub(crate) fn run(settings: &Settings, args: &ReleaseArgs) -> Result<Status> {
     } else {
         print(&released);
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 /// Makes the bag, with a progress bar.
@@ -116,7 +116,7 @@ pub(crate) fn template_files(settings: &Settings, view: &RunView) -> Vec<(String
     }
 }
 
-fn init(settings: &Settings, args: &ReleaseInitArgs) -> Result<Status> {
+fn init(settings: &Settings, args: &ReleaseInitArgs) -> Result<ExitStatus> {
     let store = RunStore::open(&settings.state_dir)?;
     let view = store.load(&store.resolve(&args.run)?)?;
     if args.output.exists() {
@@ -140,10 +140,10 @@ fn init(settings: &Settings, args: &ReleaseInitArgs) -> Result<Status> {
         view.record.id,
         args.output.display()
     ));
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
-fn verify(args: &ReleaseVerifyArgs) -> Result<Status> {
+fn verify(args: &ReleaseVerifyArgs) -> Result<ExitStatus> {
     let check = bag::verify(&args.dir)?;
     if args.json {
         output::json(&check);
@@ -168,8 +168,8 @@ fn verify(args: &ReleaseVerifyArgs) -> Result<Status> {
         }
     }
     Ok(if check.ok() {
-        Status::Success
+        ExitStatus::Success
     } else {
-        Status::Integrity
+        ExitStatus::Integrity
     })
 }

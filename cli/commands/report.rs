@@ -9,7 +9,7 @@ use hpcstage_lifecycle::report::{
 use hpcstage_lifecycle::run::RunView;
 use hpcstage_staging::human::{bytes, count};
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::{ReportArgs, ReportFormat};
 use crate::config::{absolute, Settings};
 use crate::output;
@@ -47,7 +47,7 @@ pub(crate) fn tracked(
     Ok((items, views))
 }
 
-pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<ExitStatus> {
     let within = if args.all {
         None
     } else {
@@ -93,9 +93,9 @@ pub(crate) fn run(settings: &Settings, args: &ReportArgs) -> Result<Status> {
     let breaks_321 = breaking.as_ref().is_some_and(|b| !b.is_empty());
     Ok(
         if args.fail_on_risk && (report.totals.at_risk > 0 || breaks_321) {
-            Status::AtRisk
+            ExitStatus::AtRisk
         } else {
-            Status::Success
+            ExitStatus::Success
         },
     )
 }

@@ -8,7 +8,7 @@ use hpcstage_lifecycle::chain::retry as retry_run;
 use hpcstage_lifecycle::refresh::refresh;
 use hpcstage_lifecycle::run::{Executor, RunStore, RunView};
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::RetryArgs;
 use crate::config::Settings;
 use crate::output;
@@ -23,7 +23,7 @@ pub(crate) fn refreshed(settings: &Settings, store: &RunStore, run: &str) -> Res
     Ok(views.remove(0))
 }
 
-pub(crate) fn run(settings: &Settings, args: &RetryArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &RetryArgs) -> Result<ExitStatus> {
     let store = RunStore::open(&settings.state_dir)?;
     let view = refreshed(settings, &store, &args.run)?;
     let backend =
@@ -34,5 +34,5 @@ pub(crate) fn run(settings: &Settings, args: &RetryArgs) -> Result<Status> {
         super::submit::spawn_local_runner(settings, &exe, &chain)?;
     }
     super::submit::print_chain(&chain, args.json, false);
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }

@@ -8,7 +8,7 @@ use hpcstage_staging::remote::Location;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings, Target};
 use serde::Serialize;
 
-use super::{copy_options, copy_status, print_copy_report, ssh_options, CopyJson, Status};
+use super::{copy_options, copy_status, print_copy_report, ssh_options, CopyJson, ExitStatus};
 use crate::args::StageArgs;
 use crate::config::{absolute, parse_location, Settings};
 use crate::output;
@@ -25,7 +25,7 @@ struct StageJson<'a> {
     record: Option<&'a hpcstage_staging::record::StageRecord>,
 }
 
-pub(crate) fn run(settings: &Settings, args: &StageArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &StageArgs) -> Result<ExitStatus> {
     stage_quietly(settings, args, true).map(|(status, _)| status)
 }
 
@@ -34,7 +34,7 @@ pub(crate) fn stage_quietly(
     settings: &Settings,
     args: &StageArgs,
     print: bool,
-) -> Result<(Status, Option<hpcstage_staging::record::StageRecord>)> {
+) -> Result<(ExitStatus, Option<hpcstage_staging::record::StageRecord>)> {
     let source = parse_location(&args.source)?;
     // What the user typed first: a missing source says so before anything about the
     // configuration (scratch root, NAS root) does.

@@ -8,7 +8,7 @@ use hpcstage_lifecycle::report::{build, Filter, Safety};
 use hpcstage_lifecycle::run::{state_label, JobRole, JobView, RunStore, RunView};
 use hpcstage_staging::human::bytes;
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::StatusArgs;
 use crate::config::Settings;
 use crate::output;
@@ -65,7 +65,7 @@ pub(crate) fn label<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
         .unwrap_or_else(|| format!("{value:?}"))
 }
 
-pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
+pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<ExitStatus> {
     if let Some(warning) = settings.policy_warning().filter(|_| !args.json) {
         output::warn(warning);
     }
@@ -132,7 +132,7 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
                 }
             }
         }
-        return Ok(Status::Success);
+        return Ok(ExitStatus::Success);
     }
 
     // One batched scheduler query for every run; the same states decide what is IN USE.
@@ -146,14 +146,14 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
     let report = build(items, &all, &settings.policy, now);
     if args.json {
         output::json(&serde_json::json!({ "runs": views, "items": report.items }));
-        return Ok(Status::Success);
+        return Ok(ExitStatus::Success);
     }
     if report.items.is_empty() && views.is_empty() {
         output::note(format!(
             "nothing tracked yet in {} (stage a dataset with `hpcstage stage`)",
             settings.state_dir.display()
         ));
-        return Ok(Status::Success);
+        return Ok(ExitStatus::Success);
     }
     if !views.is_empty() {
         let mut t = output::table(&["run", "template", "phase", "compute job", "pull-back job"]);
@@ -202,7 +202,7 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<Status> {
             i.reason
         ));
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 /// A run's phase, with PARTIAL for a partial pull and the clean-up.

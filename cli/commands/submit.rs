@@ -17,7 +17,7 @@ use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::record::{read_json, StageRecord};
 use hpcstage_template::{InputListing, RenderContext, Template, TemplateError};
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::{ExecutorArg, RunArgs, StageAndRunArgs, StageArgs, SubmitArgs};
 use crate::config::{absolute, parse_location, Settings};
 use crate::output;
@@ -73,12 +73,12 @@ pub(crate) fn find_stage(settings: &Settings, input: &str) -> Result<StageRecord
     }
 }
 
-pub(crate) fn run_submit(settings: &Settings, args: &SubmitArgs) -> Result<Status> {
+pub(crate) fn run_submit(settings: &Settings, args: &SubmitArgs) -> Result<ExitStatus> {
     let stage = find_stage(settings, &args.input)?;
     launch(settings, &args.template, &stage, &args.run)
 }
 
-pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
+pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> Result<ExitStatus> {
     // Fail on a bad template or parameter before copying anything.
     let template = super::template::store(settings).get(&args.template)?;
     precheck(&template, &args.source, &args.run)?;
@@ -138,7 +138,7 @@ fn launch(
     template: &str,
     stage: &StageRecord,
     args: &RunArgs,
-) -> Result<Status> {
+) -> Result<ExitStatus> {
     let template = super::template::store(settings).get(template)?;
     let executor = executor(settings, args.executor)?;
     let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
@@ -192,7 +192,7 @@ fn launch(
         }
     }
     print_chain(&chain, args.json, finished);
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 /// Warns when the compute job asks for more than its partition's nodes have: such a job
@@ -263,12 +263,12 @@ pub(crate) fn spawn_local_runner(settings: &Settings, exe: &Path, chain: &Chain)
     Ok(())
 }
 
-pub(crate) fn run_local(settings: &Settings, run: &str) -> Result<Status> {
+pub(crate) fn run_local(settings: &Settings, run: &str) -> Result<ExitStatus> {
     let store = RunStore::open(&settings.state_dir)?;
     let id = store.resolve(run)?;
     let exec = LocalExecutor::new(local_state_dir(&settings.state_dir));
     run_local_chain(&store, &id, &exec)?;
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 use hpcstage_lifecycle::chain::shell_quote as quote;
@@ -276,7 +276,7 @@ use hpcstage_lifecycle::chain::shell_quote as quote;
 /// `--stage-in job`: a job on the transfer partition stages the data and then submits the
 /// compute → pull-back chain itself (`hpcstage submit` from inside the job), so that the
 /// login node does no copying at all. Only the stage-in job id is known at return.
-fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
+fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<ExitStatus> {
     if executor(settings, args.run.executor)? != Executor::Slurm {
         bail!("--stage-in job needs SLURM (sbatch); without it, stage on this node (the default)");
     }
@@ -393,5 +393,5 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<Status> {
             job.id
         ));
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }

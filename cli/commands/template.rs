@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use hpcstage_template::{InputListing, RenderContext, ResourceOverrides, Template, TemplateStore};
 
-use super::Status;
+use super::ExitStatus;
 use crate::args::{JobArgs, RenderArgs};
 use crate::config::{absolute, Settings};
 use crate::output;
@@ -72,7 +72,7 @@ pub(crate) fn overrides(job: &JobArgs) -> ResourceOverrides {
     }
 }
 
-pub(crate) fn list(settings: &Settings, json: bool) -> Result<Status> {
+pub(crate) fn list(settings: &Settings, json: bool) -> Result<ExitStatus> {
     let infos = store(settings).list()?;
     if json {
         let rows: Vec<_> = infos
@@ -85,7 +85,7 @@ pub(crate) fn list(settings: &Settings, json: bool) -> Result<Status> {
             })
             .collect();
         output::json(&rows);
-        return Ok(Status::Success);
+        return Ok(ExitStatus::Success);
     }
     let mut t = output::table(&["name", "version", "workflow", "origin", "description"]);
     for i in &infos {
@@ -102,10 +102,10 @@ pub(crate) fn list(settings: &Settings, json: bool) -> Result<Status> {
         ]);
     }
     output::data(t.to_string());
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
-pub(crate) fn show(settings: &Settings, name: &str) -> Result<Status> {
+pub(crate) fn show(settings: &Settings, name: &str) -> Result<ExitStatus> {
     let t: Template = store(settings).get(name)?;
     let m = &t.spec.template;
     output::data(format!(
@@ -132,10 +132,10 @@ pub(crate) fn show(settings: &Settings, name: &str) -> Result<Status> {
     output::data(table.to_string());
     output::data(format!("\n--- {}.toml ---\n{}", m.name, t.spec.source));
     output::data(format!("--- {}.sbatch.j2 ---\n{}", m.name, t.body));
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
-pub(crate) fn render(settings: &Settings, args: &RenderArgs) -> Result<Status> {
+pub(crate) fn render(settings: &Settings, args: &RenderArgs) -> Result<ExitStatus> {
     let template = store(settings).get(&args.name)?;
     let run_dir = std::env::temp_dir().join(format!("hpcstage-render-{}", std::process::id()));
     let (input_dir, listing) = match &args.input {
@@ -163,7 +163,7 @@ pub(crate) fn render(settings: &Settings, args: &RenderArgs) -> Result<Status> {
         }
         output::note(format!("sbatch --test-only: {}", text.trim()));
     }
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 /// `sbatch --test-only SCRIPT`, killed after `timeout` like every other SLURM call (a

@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use hpcstage_slurm::client::{ClientSettings, Partition, SlurmClient};
 
 use crate::args::ConfigInitArgs;
-use crate::commands::Status;
 use crate::config::{self, Config};
+use crate::exit::ExitStatus;
 use crate::output;
 
 /// What `config init` found on this machine to fill in.
@@ -78,7 +78,7 @@ pub(crate) fn transfer_like(partitions: &[Partition]) -> Option<&str> {
 }
 
 /// `hpcstage config init`: writes a commented config, never over an existing file.
-pub(crate) fn init(args: &ConfigInitArgs) -> Result<Status> {
+pub(crate) fn init(args: &ConfigInitArgs) -> Result<ExitStatus> {
     let detected = if args.no_detect {
         Detected::default()
     } else {
@@ -87,7 +87,7 @@ pub(crate) fn init(args: &ConfigInitArgs) -> Result<Status> {
     let text = render_commented(&detected, args.site);
     if args.print {
         output::data_bytes(text.as_bytes());
-        return Ok(Status::Success);
+        return Ok(ExitStatus::Success);
     }
     let path = if args.site {
         config::site_file()
@@ -126,7 +126,7 @@ pub(crate) fn init(args: &ConfigInitArgs) -> Result<Status> {
         output::note(line);
     }
     output::note("check it with `hpcstage config show` and `hpcstage doctor`");
-    Ok(Status::Success)
+    Ok(ExitStatus::Success)
 }
 
 /// One line per thing detected, for the terminal.
