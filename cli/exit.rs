@@ -90,14 +90,19 @@ impl From<ExitStatus> for ExitCode {
 
 /// The staging error behind `err`, however it was wrapped.
 pub(crate) fn staging_error(err: &anyhow::Error) -> Option<&StagingError> {
-    err.chain().find_map(|cause| {
-        cause.downcast_ref::<StagingError>().or_else(|| {
-            match cause.downcast_ref::<LifecycleError>() {
-                Some(LifecycleError::Staging(inner)) => Some(inner),
-                _ => None,
-            }
+    err.chain().find_map(staging_error_in)
+}
+
+/// The staging error one cause is, bare or as the lifecycle wraps it.
+pub(crate) fn staging_error_in<'a>(
+    cause: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a StagingError> {
+    cause
+        .downcast_ref::<StagingError>()
+        .or_else(|| match cause.downcast_ref::<LifecycleError>() {
+            Some(LifecycleError::Staging(inner)) => Some(inner),
+            _ => None,
         })
-    })
 }
 
 #[cfg(test)]

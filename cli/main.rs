@@ -36,19 +36,16 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, like anyhow's `{:#}`. Library errors print an
 /// operating-system cause in their own message and do not return it again as `source()`
-/// (`LocalError::Io`, `TemplateError::Io`, `slurm::Error::Spawn`), except two of
-/// `staging::Error` (`Io`, `SshConnect`), whose field is matched by name in the copy
-/// engine and the pull: for those, a cause the message already ends with is not repeated.
+/// (`staging::Error::Io` and `SshConnect`, `LocalError::Io`, `TemplateError::Io`,
+/// `ReleaseError::Io`, `slurm::Error::Spawn`), so each cause is printed once.
 fn error_chain(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
         let cause = cause.to_string();
-        if text.is_empty() {
-            text = cause;
-        } else if !text.ends_with(&cause) {
+        if !text.is_empty() {
             text.push_str(": ");
-            text.push_str(&cause);
         }
+        text.push_str(&cause);
     }
     text
 }

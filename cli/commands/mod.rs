@@ -39,9 +39,16 @@ pub(crate) use crate::exit::ExitStatus;
 /// A hint for errors users can fix themselves.
 pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
     use hpcstage_staging::Error as E;
+    // The operating system's error, bare or inside the staging error that names its path.
     let read_only = err
         .chain()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .filter_map(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .or_else(|| match crate::exit::staging_error_in(e)? {
+                    E::Io { error, .. } => Some(error),
+                    _ => None,
+                })
+        })
         .any(|e| e.kind() == std::io::ErrorKind::ReadOnlyFilesystem);
     if read_only {
         return Some(

@@ -604,7 +604,7 @@ fn outbox(run_dir: &Path, name: &str) -> PathBuf {
 
 fn already_exists(e: &hpcstage_staging::Error) -> bool {
     match e {
-        hpcstage_staging::Error::Io { source, .. } => {
+        hpcstage_staging::Error::Io { error: source, .. } => {
             source.kind() == std::io::ErrorKind::AlreadyExists
         }
         hpcstage_staging::Error::Remote { kind, .. } => *kind == RemoteErrorKind::AlreadyExists,

@@ -10,11 +10,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O call failed on a named path.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error, printed in the message (and so not returned
+        /// again as `source()`: each cause is printed once).
+        error: std::io::Error,
     },
 
     /// A manifest line could not be read.
@@ -119,12 +120,12 @@ pub enum Error {
     },
 
     /// The SSH host could not be reached or the SSH session could not start.
-    #[error("cannot connect to {host} ({address}): {source}")]
+    #[error("cannot connect to {host} ({address}): {error}")]
     SshConnect {
         host: String,
         address: String,
-        #[source]
-        source: std::io::Error,
+        /// Why, printed in the message (not returned again as `source()`).
+        error: std::io::Error,
     },
 
     /// The connection dropped and reconnecting did not help.
@@ -192,7 +193,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -208,7 +209,7 @@ impl Error {
     /// True when the error is "no space left on device" (or over quota).
     pub fn is_disk_full(&self) -> bool {
         match self {
-            Error::Io { source, .. } => matches!(
+            Error::Io { error: source, .. } => matches!(
                 source.raw_os_error(),
                 Some(libc::ENOSPC) | Some(libc::EDQUOT)
             ),

@@ -571,7 +571,9 @@ pub(crate) fn check_entry(dir: &Path, e: &ManifestEntry) -> (Check, u64) {
         _ => match hash_file(&path) {
             Ok((d, n)) if d == e.digest => (Check::Ok, n),
             Ok((d, n)) => (Check::Failed(d), n),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Io { error: source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 (Check::Missing, 0)
             }
             Err(err) => (Check::Unreadable(err.to_string()), 0),

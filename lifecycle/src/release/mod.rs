@@ -47,10 +47,11 @@ pub enum ReleaseError {
         hint: String,
     },
 
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Printed in the message, not returned again as `source()`.
+        error: std::io::Error,
     },
 
     /// The assembled bag failed its own check: it was not put in place.
@@ -80,7 +81,10 @@ impl ReleaseError {
     }
 
     pub(crate) fn io(path: PathBuf, source: std::io::Error) -> Self {
-        ReleaseError::Io { path, source }
+        ReleaseError::Io {
+            path,
+            error: source,
+        }
     }
 }
 

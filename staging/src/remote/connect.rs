@@ -157,7 +157,7 @@ impl Endpoint {
         let unreachable = |source: std::io::Error| Error::SshConnect {
             host: self.alias.clone(),
             address: format!("{}:{}", self.hostname, self.port),
-            source,
+            error: source,
         };
         let addrs = (self.hostname.as_str(), self.port)
             .to_socket_addrs()
@@ -270,7 +270,7 @@ impl Endpoint {
         Error::SshConnect {
             host: self.alias.clone(),
             address: format!("{}:{}", self.hostname, self.port),
-            source: std::io::Error::other(reason.to_string()),
+            error: std::io::Error::other(reason.to_string()),
         }
     }
 }

@@ -95,7 +95,7 @@ impl NasFolder {
     /// A small file of the folder; `None` when it is not there.
     pub fn read(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
         let missing = |e: &Error| match e {
-            Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            Error::Io { error: source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             Error::Remote { kind, .. } => *kind == RemoteErrorKind::NotFound,
             _ => false,
         };
@@ -237,7 +237,7 @@ impl NasAccess {
             Err(reason) => Err(Error::SshConnect {
                 host: key,
                 address: spec.host.clone(),
-                source: std::io::Error::other(reason.clone()),
+                error: std::io::Error::other(reason.clone()),
             }),
         }
     }
