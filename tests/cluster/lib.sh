@@ -31,13 +31,8 @@ SLURMD_PID="$RUN_DIR/slurmd.pid"
 
 say() { printf '[cluster] %s\n' "$*"; }
 
-# alive PID: true when PID exists and is not a zombie (an orphaned daemon may
-# stay a zombie if PID 1 in a container does not reap it).
-alive() {
-  local state
-  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z && $state != X ]]
-}
+# shellcheck source=SCRIPTDIR/../lib/daemons.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/daemons.sh"
 
 # pid_of NAME PIDFILE: print the pid of a live process called NAME, taken from
 # PIDFILE, or else the oldest process whose command name is exactly NAME.
@@ -60,29 +55,3 @@ pid_of() {
   return 1
 }
 
-# stop_pid NAME PID [SECONDS]: SIGTERM, wait, then SIGKILL.
-stop_pid() {
-  local name=$1 pid=$2 wait_s=${3:-30} i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < wait_s * 5; i++)); do
-    alive "$pid" || return 0
-    sleep 0.2
-  done
-  say "$name (pid $pid) ignored SIGTERM for ${wait_s}s; sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  sleep 0.5
-}
-
-# stop_daemon NAME PIDFILE [SECONDS]: stop every process called NAME.
-stop_daemon() {
-  local name=$1 pidfile=$2 wait_s=${3:-30} pid tries=0
-  while pid=$(pid_of "$name" "$pidfile"); do
-    if ((tries++ >= 5)); then
-      say "could not stop $name (pid $pid)" >&2
-      return 1
-    fi
-    say "stopping $name (pid $pid)"
-    stop_pid "$name" "$pid" "$wait_s"
-  done
-  rm -f "$pidfile"
-}

@@ -56,17 +56,8 @@ fi
 
 # ---------------------------------------------------------------- failure dump
 dump_logs() {
-  local f
-  echo "================ cluster bring-up failed; daemon logs follow ================" >&2
-  for f in "$MUNGE_LOG" "$LOG_DIR/mariadb.log" "$LOG_DIR/slurmdbd.log" "$LOG_DIR/slurmdbd.stderr" \
-    "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.stderr" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.stderr"; do
-    if [[ -s $f ]]; then
-      echo "---------------- last 40 lines of $f ----------------" >&2
-      tail -n 40 "$f" >&2
-    else
-      echo "---------------- $f: missing or empty ----------------" >&2
-    fi
-  done
+  tail_logs "cluster bring-up" "$MUNGE_LOG" "$LOG_DIR/mariadb.log" "$LOG_DIR/slurmdbd.log" "$LOG_DIR/slurmdbd.stderr" \
+    "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.stderr" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.stderr"
   if command -v scontrol >/dev/null; then
     echo "---------------- scontrol show node $HPCSTAGE_CLUSTER_NODE ----------------" >&2
     timeout 10 scontrol show node "$HPCSTAGE_CLUSTER_NODE" >&2 || true

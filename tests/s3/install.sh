@@ -39,38 +39,14 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-  # dpkg -s succeeds for removed-but-configured packages too, so check Status.
-  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
-    missing+=("$pkg")
-  fi
-done
+# shellcheck source=SCRIPTDIR/../lib/daemons.sh
+. "$HERE/../lib/daemons.sh"
 
+mapfile -t missing < <(missing_packages "${PACKAGES[@]}")
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "install.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # The packages' maintainer scripts would try to start ceph services; up.sh
-  # starts the daemons itself. Block service starts for the install unless a
-  # policy already exists (Docker images ship one).
-  policy=/usr/sbin/policy-rc.d
-  created_policy=0
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    created_policy=1
-  fi
-  cleanup() {
-    if [[ $created_policy -eq 1 ]]; then
-      rm -f "$policy"
-    fi
-  }
-  trap cleanup EXIT
-
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends \
-    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-    "${missing[@]}" </dev/null
+  # Maintainer scripts would try to start ceph services; up.sh starts the daemons itself.
+  apt_install_quietly "${missing[@]}"
 fi
 
 venv="$HPCSTAGE_S3_TOOLS_DIR/awscli"

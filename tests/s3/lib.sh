@@ -35,17 +35,12 @@ OSD_CLEAN="$OSD_DATA/.stopped-cleanly"
 
 say() { printf '[s3] %s\n' "$*"; }
 
+# shellcheck source=SCRIPTDIR/../lib/daemons.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/daemons.sh"
+
 # ceph_cli ARGS...: the ceph CLI as client.admin, never hanging for long.
 ceph_cli() { timeout 30 ceph -c "$CONF" --connect-timeout 10 "$@"; }
 rgw_admin() { timeout 60 radosgw-admin -c "$CONF" "$@"; }
-
-# alive PID: true when PID exists and is not a zombie (an orphaned daemon may
-# stay a zombie if PID 1 in a container does not reap it).
-alive() {
-  local state
-  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z && $state != X ]]
-}
 
 # pid_of NAME PIDFILE: print the pid from PIDFILE if that process is alive and
 # called NAME, or else the pid of a live NAME process whose command line names
@@ -69,32 +64,6 @@ pid_of() {
   return 1
 }
 
-# stop_pid NAME PID [SECONDS]: SIGTERM, wait, then SIGKILL.
-stop_pid() {
-  local name=$1 pid=$2 wait_s=${3:-30} i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < wait_s * 5; i++)); do
-    alive "$pid" || return 0
-    sleep 0.2
-  done
-  say "$name (pid $pid) ignored SIGTERM for ${wait_s}s; sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  sleep 0.5
-}
-
-# stop_daemon NAME PIDFILE [SECONDS]: stop every NAME process of this server.
-stop_daemon() {
-  local name=$1 pidfile=$2 wait_s=${3:-30} pid tries=0
-  while pid=$(pid_of "$name" "$pidfile"); do
-    if ((tries++ >= 5)); then
-      say "could not stop $name (pid $pid)" >&2
-      return 1
-    fi
-    say "stopping $name (pid $pid)"
-    stop_pid "$name" "$pid" "$wait_s"
-  done
-  rm -f "$pidfile"
-}
 
 # stop_osd: stop the OSD so that memstore writes its objects to disk, and mark
 # the data as complete. An OSD that had to be killed (or crashed, or was killed

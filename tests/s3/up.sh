@@ -50,17 +50,8 @@ fi
 
 # ---------------------------------------------------------------- failure dump
 dump_logs() {
-  local f
-  echo "================ S3 server bring-up failed; daemon logs follow ================" >&2
-  for f in "$MON_LOG" "$LOG_DIR/mon.stderr" "$OSD_LOG" "$LOG_DIR/osd.stderr" \
-    "$RGW_LOG" "$LOG_DIR/radosgw.stderr" "$LOG_DIR/ceph.log" "$LOG_DIR/bootstrap.log"; do
-    if [[ -s $f ]]; then
-      echo "---------------- last 40 lines of $f ----------------" >&2
-      tail -n 40 "$f" >&2
-    else
-      echo "---------------- $f: missing or empty ----------------" >&2
-    fi
-  done
+  tail_logs "S3 server bring-up" "$MON_LOG" "$LOG_DIR/mon.stderr" "$OSD_LOG" "$LOG_DIR/osd.stderr" \
+    "$RGW_LOG" "$LOG_DIR/radosgw.stderr" "$LOG_DIR/ceph.log" "$LOG_DIR/bootstrap.log"
   if [[ -s $MON_PID ]] && pid_of ceph-mon "$MON_PID" >/dev/null; then
     echo "---------------- ceph -s ----------------" >&2
     ceph_cli -s >&2 2>&1 || true
