@@ -11,7 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use hpcstage_slurm::client::{Partition, SlurmClient};
+use hpcstage_slurm::client::SlurmClient;
+use hpcstage_slurm::partition::PartitionLimits as Partition;
 use hpcstage_staging::human::shell_quote;
 use hpcstage_staging::remote::{Location, Remote, RemoteSpec, SshOptions};
 use serde::Serialize;
@@ -445,7 +446,7 @@ fn slurm(settings: &Settings, report: &mut Report) {
         }
         return;
     }
-    let partitions = match client.partition_names() {
+    let partitions = match client.partitions() {
         Ok(p) => {
             let names: Vec<String> = p.iter().map(|p| p.name.clone()).collect();
             report.push(

@@ -220,22 +220,19 @@ fn markdown(r: &Report) -> String {
         out.push('\n');
         return out;
     }
-    out.push_str(&format!("| {} |\n", HEADER.join(" | ")));
-    out.push_str(&format!("|{}\n", "---|".repeat(HEADER.len())));
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    t.force_no_tty();
+    t.set_header(HEADER.to_vec());
     for i in &r.items {
-        let cells: Vec<String> = row(i)
-            .iter()
-            .map(|c| c.replace('|', "\\|").replace('\n', " "))
-            .collect();
-        let status = if i.safety == Safety::AtRisk {
-            format!("**{}**", cells[8])
-        } else {
-            cells[8].clone()
-        };
-        let mut cells = cells;
-        cells[8] = status;
-        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        let mut cells = row(i).map(|c| c.replace('|', "\\|").replace('\n', " "));
+        if i.safety == Safety::AtRisk {
+            cells[8] = format!("**{}**", cells[8]);
+        }
+        t.add_row(cells);
     }
+    out.push_str(&t.to_string());
+    out.push('\n');
     out.push_str(&format!("\n{}\n", totals_line(r)));
     out
 }

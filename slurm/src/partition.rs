@@ -16,7 +16,7 @@ use crate::sbatch::SbatchArgs;
 pub const SINFO_FORMAT: &str = "%P|%c|%m|%G|%l";
 
 /// The largest node of a partition and its time limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionLimits {
     pub name: String,
     /// The cluster's default partition (`debug*` in sinfo).

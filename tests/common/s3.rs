@@ -174,6 +174,9 @@ impl S3World {
                 let (Some(key), Some(id)) = (v["Key"].as_str(), v["VersionId"].as_str()) else {
                     continue;
                 };
+                // One argument: a version id may start with `-`, which the AWS CLI would
+                // take for an option.
+                let version = format!("--version-id={id}");
                 let _ = self.aws(&[
                     "s3api",
                     "delete-object",
@@ -181,8 +184,7 @@ impl S3World {
                     bucket,
                     "--key",
                     key,
-                    "--version-id",
-                    id,
+                    &version,
                     "--bypass-governance-retention",
                 ]);
             }

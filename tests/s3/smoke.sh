@@ -85,7 +85,7 @@ cleanup() {
     --query '[Versions[].[Key,VersionId],DeleteMarkers[].[Key,VersionId]][]' --output text 2>/dev/null |
     while read -r k v; do
       [[ -n $k && $k != None ]] || continue
-      aws s3api delete-object --bucket "$L" --key "$k" --version-id "$v" >/dev/null 2>&1 || true
+      aws s3api delete-object --bucket "$L" --key "$k" --version-id="$v" >/dev/null 2>&1 || true
     done
   if aws s3api head-bucket --bucket "$Q" >/dev/null 2>&1; then
     aws s3 rm --quiet --recursive "s3://$Q/" >/dev/null 2>&1 || true
@@ -192,9 +192,9 @@ printf 'locked %s\n' "$RUN" >"$WORK/locked.txt"
 version=$(aws s3api put-object --bucket "$L" --key "$RUN/locked.txt" --body "$WORK/locked.txt" \
   --content-md5 "$(md5_b64 "$WORK/locked.txt")" --query VersionId --output text)
 until_date=$(in_hours 1)
-aws s3api put-object-retention --bucket "$L" --key "$RUN/locked.txt" --version-id "$version" \
+aws s3api put-object-retention --bucket "$L" --key "$RUN/locked.txt" --version-id="$version" \
   --retention "{\"Mode\":\"COMPLIANCE\",\"RetainUntilDate\":\"$until_date\"}"
-retention=$(aws s3api get-object-retention --bucket "$L" --key "$RUN/locked.txt" --version-id "$version" \
+retention=$(aws s3api get-object-retention --bucket "$L" --key "$RUN/locked.txt" --version-id="$version" \
   --query '[Retention.Mode,Retention.RetainUntilDate]' --output text)
 if [[ $retention == COMPLIANCE$'\t'"${until_date%Z}"* ]]; then
   ok "PutObjectRetention COMPLIANCE, read back by GetObjectRetention ($retention)"
@@ -202,13 +202,13 @@ else
   bad "GetObjectRetention" "got '$retention', want COMPLIANCE until $until_date"
 fi
 expect_error "delete of the COMPLIANCE-locked version is refused" "403 AccessDenied" \
-  s3api delete-object --bucket "$L" --key "$RUN/locked.txt" --version-id "$version"
+  s3api delete-object --bucket "$L" --key "$RUN/locked.txt" --version-id="$version"
 expect_error "fact: ... also with the governance bypass" "403 AccessDenied" \
-  s3api delete-object --bucket "$L" --key "$RUN/locked.txt" --version-id "$version" --bypass-governance-retention
+  s3api delete-object --bucket "$L" --key "$RUN/locked.txt" --version-id="$version" --bypass-governance-retention
 expect_error "fact: shortening a COMPLIANCE retention is refused" "403 AccessDenied" \
-  s3api put-object-retention --bucket "$L" --key "$RUN/locked.txt" --version-id "$version" \
+  s3api put-object-retention --bucket "$L" --key "$RUN/locked.txt" --version-id="$version" \
   --retention "{\"Mode\":\"COMPLIANCE\",\"RetainUntilDate\":\"$(date -u -d '+10 minutes' +%Y-%m-%dT%H:%M:%SZ)\"}"
-if aws s3api get-object --bucket "$L" --key "$RUN/locked.txt" --version-id "$version" "$WORK/locked.back" >/dev/null &&
+if aws s3api get-object --bucket "$L" --key "$RUN/locked.txt" --version-id="$version" "$WORK/locked.back" >/dev/null &&
   cmp -s "$WORK/locked.txt" "$WORK/locked.back"; then
   ok "the locked version still reads back"
 else
@@ -219,9 +219,9 @@ version=$(aws s3api put-object --bucket "$L" --key "$RUN/governance.txt" --body 
   --content-md5 "$(md5_b64 "$WORK/locked.txt")" --object-lock-mode GOVERNANCE \
   --object-lock-retain-until-date "$(in_hours 1)" --query VersionId --output text)
 expect_error "fact: a GOVERNANCE-locked version is kept without the bypass" "403 AccessDenied" \
-  s3api delete-object --bucket "$L" --key "$RUN/governance.txt" --version-id "$version"
+  s3api delete-object --bucket "$L" --key "$RUN/governance.txt" --version-id="$version"
 expect_error "fact: ... and deleted with it (lock headers on PutObject are applied)" "ok" \
-  s3api delete-object --bucket "$L" --key "$RUN/governance.txt" --version-id "$version" --bypass-governance-retention
+  s3api delete-object --bucket "$L" --key "$RUN/governance.txt" --version-id="$version" --bypass-governance-retention
 
 upload=$(aws s3api create-multipart-upload --bucket "$L" --key "$RUN/mp-locked" --object-lock-mode COMPLIANCE \
   --object-lock-retain-until-date "$until_date" --query UploadId --output text)

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hpcstage_slurm::client::{ClientSettings, Partition, SlurmClient};
+use hpcstage_slurm::client::{ClientSettings, SlurmClient};
+use hpcstage_slurm::partition::PartitionLimits as Partition;
 
 use crate::args::ConfigInitArgs;
 use crate::config::{self, Config};
@@ -36,7 +37,7 @@ impl Detected {
             scratch: std::env::var_os("SCRATCH")
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
-            partitions: slurm.then(|| client.partition_names().map_err(|e| e.to_string())),
+            partitions: slurm.then(|| client.partitions().map_err(|e| e.to_string())),
             accounting: slurm.then(|| client.accounting_enabled().map_err(|e| e.to_string())),
         }
     }
@@ -423,10 +424,11 @@ mod tests {
                 Partition {
                     name: "debug".into(),
                     is_default: true,
+                    ..Partition::default()
                 },
                 Partition {
                     name: "dtn".into(),
-                    is_default: false,
+                    ..Partition::default()
                 },
             ])),
             accounting: Some(Ok(true)),
@@ -449,7 +451,7 @@ mod tests {
                 .iter()
                 .map(|n| Partition {
                     name: (*n).into(),
-                    is_default: false,
+                    ..Partition::default()
                 })
                 .collect()
         };

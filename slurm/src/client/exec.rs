@@ -40,11 +40,11 @@ impl Invocation {
     /// The command as a user could paste it into a shell.
     pub(super) fn command_line(&self) -> String {
         let program = self.program.to_string_lossy();
-        std::iter::once(program.as_ref())
+        let words: Vec<&str> = std::iter::once(program.as_ref())
             .chain(self.args.iter().map(String::as_str))
-            .map(shell_word)
-            .collect::<Vec<_>>()
-            .join(" ")
+            .collect();
+        // Only a NUL byte cannot be quoted; such a word cannot reach a command anyway.
+        shlex::try_join(words.iter().copied()).unwrap_or_else(|_| words.join(" "))
     }
 }
 
@@ -278,23 +278,6 @@ impl SlurmClient {
             .min(self.settings.backoff_max);
         let half = full / 2;
         half + half.mul_f64(fastrand::f64())
-    }
-}
-
-/// Quotes a word for a shell only when it needs it (`--jobs=1,2` stays as is).
-pub(super) fn shell_word(word: &str) -> std::borrow::Cow<'_, str> {
-    let plain = !word.is_empty()
-        && word.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'_' | b'.' | b'/' | b'=' | b':' | b',' | b'%' | b'@' | b'+'
-                )
-        });
-    if plain {
-        word.into()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''")).into()
     }
 }
 

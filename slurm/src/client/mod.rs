@@ -154,15 +154,6 @@ pub struct Submitted {
     pub attempts: u32,
 }
 
-/// A partition as `sinfo` lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Partition {
-    /// Its name.
-    pub name: String,
-    /// Whether it is the default partition (`sinfo` marks it with `*`).
-    pub is_default: bool,
-}
-
 /// Runs SLURM commands, each as a child process that the calling thread waits for.
 #[derive(Debug, Default)]
 pub struct SlurmClient {

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use jiff::{SignedDuration, Timestamp};
 
 use super::exec::{accounting_disabled, invalid_job_id, Outcome};
-use super::{Partition, SlurmClient};
+use super::SlurmClient;
 use crate::error::{Error, Result};
 use crate::parse::{
     format_time, parse_sacct, parse_scontrol, parse_squeue, SACCT_FORMAT, SQUEUE_FORMAT,
@@ -165,23 +165,6 @@ impl SlurmClient {
             parse_scontrol,
         );
         Ok(rows?.unwrap_or_default())
-    }
-
-    /// The partitions `sinfo` lists, by name in its order (for `config init` and `doctor`);
-    /// [`SlurmClient::partitions`] has what their nodes offer.
-    pub fn partition_names(&self) -> Result<Vec<Partition>> {
-        let text = self.ask_text("sinfo", vec!["--noheader".into(), "--format=%P".into()])?;
-        let mut seen = BTreeSet::new();
-        Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(|l| Partition {
-                name: l.trim_end_matches('*').to_owned(),
-                is_default: l.ends_with('*'),
-            })
-            .filter(|p| seen.insert(p.name.clone()))
-            .collect())
     }
 
     /// Whether accounting is on: `Ok(false)` when `sacct` says accounting storage is

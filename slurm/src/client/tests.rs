@@ -1,7 +1,7 @@
 //! The client against fake SLURM commands: shell scripts in a temp `bin_dir` that
 //! log their arguments to `<name>.calls` and answer as recorded from real clusters.
 
-use super::exec::{classify, current_uid, find_on_path, shell_word, Failure};
+use super::exec::{classify, current_uid, find_on_path, Failure, Invocation};
 use super::submit::validate_token;
 use super::*;
 use crate::error::Error;
@@ -866,10 +866,18 @@ fn errors_name_the_command_and_keep_stderr() {
 
 #[test]
 fn command_lines_paste_into_a_shell() {
-    assert_eq!(shell_word("--jobs=1,2"), "--jobs=1,2");
-    assert_eq!(shell_word("--format=%F|%k"), "'--format=%F|%k'");
-    assert_eq!(shell_word("it's"), r"'it'\''s'");
-    assert_eq!(shell_word(""), "''");
+    let words = ["--noheader", "--jobs=1,2", "--format=%F|%k", "it's", ""];
+    let inv = Invocation {
+        program: "sacct".into(),
+        args: words.iter().map(|w| w.to_string()).collect(),
+        env: Vec::new(),
+        cwd: None,
+        clean_env: false,
+    };
+    let line = inv.command_line();
+    assert!(line.starts_with("sacct --noheader "), "{line}");
+    let back = shlex::split(&line).expect("a shell splits it");
+    assert_eq!(back[1..], words.map(String::from), "{line}");
 }
 
 #[test]
