@@ -1,7 +1,6 @@
 //! The provenance of pulled results: `run.json` for programs, `README.md` for people.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use hpcstage_template::Rendered;
@@ -9,6 +8,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::validate::{summarize, Validation};
+use crate::error::{Error, Result};
 use crate::run::{JobFacts, JobRole, RunRecord, RunView};
 
 /// Machine-readable provenance, `run.json` in the results folder.
@@ -124,194 +124,210 @@ pub(super) fn gpu_lines(run_dir: &Path) -> Vec<String> {
     lines
 }
 
-pub(super) fn readme_text(p: &Provenance<'_>, rendered: &Rendered) -> String {
-    let r = p.run;
-    let j = p.compute_job;
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
-    let mut t = String::new();
-    if p.partial {
-        let _ = writeln!(t, "# PARTIAL {} results: run {}\n", r.workflow, r.id);
-        let _ = writeln!(
-            t,
-            "PARTIAL outputs of a `{}` job (pulled with `--allow-partial`): the job failed or \
-             not every expected output validated. What is here was copied from scratch with \
-             every file verified; check it with `sha256sum -c MANIFEST.sha256`.\n",
-            r.template
-        );
-        let _ = writeln!(t, "## Missing\n");
-        for m in &p.missing {
-            let _ = writeln!(t, "- {m}");
-        }
-        let _ = writeln!(t);
+/// The provenance README's layout (people read it; `run.json` is for programs).
+const README_TEMPLATE: &str = include_str!("README.md.j2");
+
+/// `README.md` of a results folder, rendered from [`README_TEMPLATE`] with the facts of
+/// `run.json` and a few lines worked out here.
+pub(super) fn readme_text(p: &Provenance<'_>, params: &BTreeMap<String, String>) -> Result<String> {
+    let retries: Vec<String> = p.earlier_compute_jobs.iter().map(retried_line).collect();
+    let validation = if p.validation.ok {
+        "all expected outputs present".to_string()
     } else {
-        let _ = writeln!(t, "# {} results: run {}\n", r.workflow, r.id);
-        let _ = writeln!(
-            t,
-            "Validated outputs of a `{}` job, copied from scratch with every file verified. \
-             Check them with `sha256sum -c MANIFEST.sha256`; `run.json` holds the same facts for programs.\n",
-            r.template
-        );
-    }
-    let _ = writeln!(t, "## Workflow\n");
-    let _ = writeln!(
-        t,
-        "- template: {} version {}",
-        r.template, r.template_version
-    );
-    let _ = writeln!(
-        t,
-        "- template hash (sha256 of spec and script): {}",
-        r.template_hash
-    );
-    let _ = writeln!(t, "- hpcstage: {}", p.hpcstage_version);
-    let _ = writeln!(t, "\n## Parameters\n");
-    let params: BTreeMap<&String, String> = rendered
+        format!("PARTIAL: {}", summarize(p.validation))
+    };
+    let model_summary = p
+        .model
+        .as_ref()
+        .and_then(|m| m.metadata.as_ref())
+        .map(model_summary);
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(true);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_filter("or_unknown", |v: minijinja::Value| {
+        if v.is_none() || v.is_undefined() {
+            "unknown".to_string()
+        } else {
+            v.to_string()
+        }
+    });
+    let context = minijinja::context! {
+        p => minijinja::Value::from_serialize(p),
+        params => params.iter().collect::<Vec<_>>(),
+        retries => retries,
+        validation => validation,
+        model_summary => model_summary,
+        executor => p.run.executor.to_string(),
+    };
+    env.render_str(README_TEMPLATE, context)
+        .map_err(|e| Error::Record {
+            path: PathBuf::from("lifecycle/src/pull/README.md.j2"),
+            reason: format!(
+                "the provenance README template does not render ({e:#}); please report this"
+            ),
+        })
+}
+
+/// Each parameter of the run and its value as JSON (`"a"`, `0.5`), by name.
+pub(super) fn param_values(rendered: &Rendered) -> BTreeMap<String, String> {
+    rendered
         .params
         .iter()
         .map(|(k, v)| {
             (
-                k,
+                k.clone(),
                 serde_json::to_value(v)
                     .ok()
                     .and_then(|v| v.get("value").map(|x| x.to_string()))
                     .unwrap_or_default(),
             )
         })
+        .collect()
+}
+
+/// `retried after job 41 (FAILED exit 1:0): outputs of its completed tasks 0, 2 are included`.
+fn retried_line(e: &EarlierJob) -> String {
+    let done: Vec<&str> = e
+        .tasks
+        .iter()
+        .filter(|(_, s)| s.as_str() == "COMPLETED")
+        .map(|(k, _)| k.as_str())
         .collect();
-    for (k, v) in params {
-        let _ = writeln!(t, "- {k} = {v}");
-    }
-    let _ = writeln!(t, "\n## Input\n");
-    let _ = writeln!(
-        t,
-        "- dataset: {} (NAS: {})",
-        r.input.stage_id, r.input.source
-    );
-    let _ = writeln!(t, "- staged copy: {}", r.input.path.display());
-    let _ = writeln!(t, "- manifest digest: {}", r.input.manifest_digest);
-    if let Some(m) = &p.model {
-        let _ = writeln!(t, "\n## Model\n");
-        let _ = writeln!(t, "- path: {}", m.path);
-        for d in &m.sha256 {
-            let _ = writeln!(t, "- sha256: {}  {}", d.sha256, d.path);
+    format!(
+        "retried after job {} ({}{}){}",
+        e.job_id,
+        e.state.as_deref().unwrap_or("state unknown"),
+        e.exit_code
+            .as_deref()
+            .map(|c| format!(" exit {c}"))
+            .unwrap_or_default(),
+        if done.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": outputs of its completed tasks {} are included",
+                done.join(", ")
+            )
         }
-        if let Some(meta) = &m.metadata {
-            let _ = writeln!(t, "- model: {} (qc/model.json)", model_summary(meta));
-        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digests::{FileDigest, ParamInput};
+    use crate::run::JobFacts;
+    use crate::testutil::World;
+
+    fn fixture(world: &World, partial: bool) -> (RunRecord, JobFacts, Validation) {
+        let run = world.run("P", "r1");
+        let facts = JobFacts {
+            state: "COMPLETED".into(),
+            exit_code: Some("0:0".into()),
+            nodes: Some("node1".into()),
+            gpus: Some(1),
+            restarts: Some(0),
+            elapsed_secs: Some(0),
+            ..JobFacts::default()
+        };
+        let validation = Validation {
+            checks: Vec::new(),
+            command: None,
+            ok: !partial,
+        };
+        (run, facts, validation)
     }
-    if !p.param_inputs.is_empty() {
-        let _ = writeln!(t, "\n## Files named by parameters\n");
-        for i in &p.param_inputs {
-            match &i.resolved {
-                None => {
-                    let _ = writeln!(t, "- {} = {}: not found when pulled", i.param, i.value);
-                }
-                Some(at) => {
-                    let _ = writeln!(t, "- {} = {} ({}):", i.param, i.value, at.display());
-                    for d in &i.files {
-                        let _ = writeln!(t, "  - sha256: {}  {}", d.sha256, d.path);
-                    }
-                    for e in &i.unreadable {
-                        let _ = writeln!(t, "  - unreadable: {e}");
-                    }
-                }
-            }
-        }
-    }
-    let _ = writeln!(t, "\n## Job\n");
-    let _ = writeln!(t, "- executor: {:?}", r.executor);
-    let _ = writeln!(t, "- job id: {}", p.compute_job_id);
-    if let Some(n) = p.array_size {
-        let _ = writeln!(t, "- array tasks: {n}");
-    }
-    for e in &p.earlier_compute_jobs {
-        let done: Vec<&str> = e
-            .tasks
-            .iter()
-            .filter(|(_, s)| s.as_str() == "COMPLETED")
-            .map(|(k, _)| k.as_str())
-            .collect();
-        let _ = writeln!(
-            t,
-            "- retried after job {} ({}{}){}",
-            e.job_id,
-            e.state.as_deref().unwrap_or("state unknown"),
-            e.exit_code
-                .as_deref()
-                .map(|c| format!(" exit {c}"))
-                .unwrap_or_default(),
-            if done.is_empty() {
-                String::new()
+
+    /// Every section in order, the executor in users' words, unknowns said as such.
+    #[test]
+    fn the_readme_tells_every_fact_in_its_section_and_the_executor_as_users_know_it() {
+        let world = World::new();
+        for partial in [false, true] {
+            let (run, facts, validation) = fixture(&world, partial);
+            let p = Provenance {
+                run: &run,
+                compute_job_id: "42".into(),
+                compute_job: &facts,
+                array_size: partial.then_some(3),
+                earlier_compute_jobs: if partial { vec![EarlierJob { job_id: "41".into(), state: Some("FAILED".into()), exit_code: Some("1:0".into()), tasks: [("0".to_string(), "COMPLETED".to_string()), ("1".into(), "FAILED".into())].into() }] } else { vec![] },
+                model: partial.then(|| ModelInfo { path: "/m.onnx".into(), sha256: vec![FileDigest { path: "/m.onnx".into(), sha256: "ab".into() }], metadata: Some(serde_json::json!({"producer_name": "torch", "producer_version": "2", "opset": [{"domain": "", "version": 17}], "inputs": [{"name": "x", "shape": [1, 3]}], "outputs": []})) }),
+                param_inputs: if partial { vec![ParamInput { param: "ref".into(), value: "g.fa".into(), resolved: None, files: vec![], unreadable: vec![] }, ParamInput { param: "sheet".into(), value: "s.csv".into(), resolved: Some("/d/s.csv".into()), files: vec![FileDigest { path: "/d/s.csv".into(), sha256: "cd".into() }], unreadable: vec!["/d/x: denied".into()] }] } else { vec![] },
+                gpus: if partial { vec!["A100".into(), "driver 550".into()] } else { vec![] },
+                validation: &validation,
+                partial,
+                missing: if partial { vec!["masks/*.tif: 1 of 2".into()] } else { vec![] },
+                timed_out_warning: partial,
+                pulled_at: jiff::Timestamp::now(),
+                pulled_by: "bob".into(),
+                pulled_on: "node1".into(),
+                hpcstage_version: "0.1.0",
+            };
+            let params: BTreeMap<String, String> = [
+                ("a".to_string(), "\"x\"".to_string()),
+                ("b".into(), "0.5".into()),
+            ]
+            .into();
+            let text = readme_text(&p, &params).unwrap();
+            let mut expected = vec![
+                if partial {
+                    "# PARTIAL segmentation results: run r1"
+                } else {
+                    "# segmentation results: run r1"
+                },
+                "## Workflow",
+                "- template: unet-seg version 1",
+                "## Parameters",
+                "- a = \"x\"",
+                "- b = 0.5",
+                "## Input",
+                "- dataset: P/d (NAS: ",
+                "## Job",
+                "- executor: local",
+                "- job id: 42",
+                "- exit code: 0:0 (derived unknown)",
+                "- restarts: 0",
+                "## Provenance",
+                "- submitted by alice on login1 at ",
+            ];
+            if partial {
+                expected.extend([
+                    "## Missing",
+                    "- masks/*.tif: 1 of 2",
+                    "## Model",
+                    "- sha256: ab  /m.onnx",
+                    "- model: ONNX, producer torch 2, opset  17; inputs: x [1,3]; outputs:  (qc/model.json)",
+                    "- ref = g.fa: not found when pulled",
+                    "- sheet = s.csv (/d/s.csv):",
+                    "  - sha256: cd  /d/s.csv",
+                    "  - unreadable: /d/x: denied",
+                    "- array tasks: 3",
+                    "- retried after job 41 (FAILED exit 1:0): outputs of its completed tasks 0 are included",
+                    "- GPUs allocated: 1; model and driver (nvidia-smi in the job): A100; driver 550",
+                    "- warning: the job received its time-limit signal (USR1) before it ended",
+                ]);
             } else {
-                format!(
-                    ": outputs of its completed tasks {} are included",
-                    done.join(", ")
-                )
+                assert!(
+                    !text.contains("## Model") && !text.contains("array tasks"),
+                    "{text}"
+                );
+                assert!(
+                    text.contains("(nvidia-smi in the job): not recorded\n"),
+                    "{text}"
+                );
             }
-        );
-    }
-    let _ = writeln!(t, "- state: {}", j.state);
-    let _ = writeln!(
-        t,
-        "- exit code: {} (derived {})",
-        opt(&j.exit_code),
-        opt(&j.derived_exit_code)
-    );
-    let _ = writeln!(t, "- nodes: {}", opt(&j.nodes));
-    let _ = writeln!(
-        t,
-        "- partition: {}, account: {}",
-        opt(&j.partition),
-        opt(&j.account)
-    );
-    let _ = writeln!(t, "- allocated TRES: {}", opt(&j.alloc_tres));
-    let _ = writeln!(
-        t,
-        "- GPUs allocated: {}; model and driver (nvidia-smi in the job): {}",
-        j.gpus.map_or("unknown".to_string(), |n| n.to_string()),
-        if p.gpus.is_empty() {
-            "not recorded".to_string()
-        } else {
-            p.gpus.join("; ")
+            for line in expected {
+                assert!(
+                    text.lines().any(|l| l.starts_with(line)),
+                    "README lacks {line:?}:\n{text}"
+                );
+            }
+            assert!(!text.contains("\n\n\n"), "{text}");
+            assert!(
+                text.ends_with("validation: PARTIAL: \n") == partial,
+                "{text}"
+            );
         }
-    );
-    let _ = writeln!(
-        t,
-        "- start: {}, end: {}, elapsed: {} s",
-        opt(&j.start),
-        opt(&j.end),
-        j.elapsed_secs.map_or("unknown".into(), |s| s.to_string())
-    );
-    let _ = writeln!(
-        t,
-        "- restarts: {}",
-        j.restarts.map_or("unknown".into(), |n| n.to_string())
-    );
-    if p.timed_out_warning {
-        let _ = writeln!(
-            t,
-            "- warning: the job received its time-limit signal (USR1) before it ended"
-        );
     }
-    let _ = writeln!(t, "\n## Provenance\n");
-    let _ = writeln!(
-        t,
-        "- submitted by {} on {} at {}",
-        r.owner, r.host, r.created_at
-    );
-    let _ = writeln!(
-        t,
-        "- pulled by {} on {} at {}",
-        p.pulled_by, p.pulled_on, p.pulled_at
-    );
-    let _ = writeln!(
-        t,
-        "- validation: {}",
-        if p.validation.ok {
-            "all expected outputs present".to_string()
-        } else {
-            format!("PARTIAL: {}", summarize(p.validation))
-        }
-    );
-    t
 }

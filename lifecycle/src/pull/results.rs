@@ -14,7 +14,7 @@ use hpcstage_template::{Rendered, SIGNAL_MARKER};
 use jiff::Timestamp;
 
 use super::failed::{publish_failed_logs, Rejected};
-use super::provenance::{earlier_compute_jobs, gpu_lines, readme_text, Provenance};
+use super::provenance::{earlier_compute_jobs, gpu_lines, param_values, readme_text, Provenance};
 use super::validate::{missing_outputs, nothing_validates, summarize, validate};
 use super::{PullOptions, PullOutcome};
 use crate::backend::Observed;
@@ -173,7 +173,7 @@ pub(super) fn pull_finished(
             "README.md",
             write_verified(
                 &partial.join("README.md"),
-                readme_text(&provenance, &rendered).as_bytes(),
+                readme_text(&provenance, &param_values(&rendered))?.as_bytes(),
             )
             .map_err(nas)?,
         ),
