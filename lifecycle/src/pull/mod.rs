@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use hpcstage_staging::lock::{holder, try_lock, TryLock};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::read_json;
-use hpcstage_staging::remote::{NasFolder, SshOptions};
+use hpcstage_staging::remote::{Location, SshOptions};
+use hpcstage_staging::storage::S3Options;
 use hpcstage_staging::walk::{MANIFEST_NAME, STATE_DIR};
 use nix::fcntl::Flock;
 use serde::Serialize;
@@ -37,12 +38,14 @@ use crate::run::{PulledMarker, PULLED_MARKER};
 mod failed;
 mod provenance;
 mod results;
+mod target;
 mod validate;
 
 pub use provenance::{EarlierJob, ModelInfo, Provenance};
 pub use validate::{validate, CommandResult, Validation};
 
 use results::pull_finished;
+use target::Target;
 
 /// How to pull.
 #[derive(Debug, Clone)]
@@ -53,7 +56,8 @@ pub struct PullOptions {
     pub wait_timeout: Duration,
     /// Pull what validates even when the job failed or some outputs are missing.
     pub allow_partial: bool,
-    /// Write-protect the results folder.
+    /// Write-protect the results folder (on S3: Object Lock retention of every object,
+    /// from `s3.retention`).
     pub worm: bool,
     /// Parallel files.
     pub jobs: usize,
@@ -67,6 +71,9 @@ pub struct PullOptions {
     pub ssh: SshOptions,
     /// On a remote NAS, also run `sha256sum -c` there before the rename.
     pub remote_verify: bool,
+    /// How to reach an S3 NAS (results folder `s3://bucket/prefix`), and the retention of
+    /// `--worm` there.
+    pub s3: S3Options,
 }
 
 impl Default for PullOptions {
@@ -82,6 +89,7 @@ impl Default for PullOptions {
             notify: |_| {},
             ssh: SshOptions::default(),
             remote_verify: false,
+            s3: S3Options::default(),
         }
     }
 }
@@ -183,7 +191,7 @@ pub fn pull(
 /// `pull --worm` on a run pulled before still write-protects its results folder.
 fn protect_if_asked(results_dir: &Path, opts: &PullOptions) -> Result<bool> {
     if opts.worm {
-        NasFolder::open(results_dir, &opts.ssh)?.protect()?;
+        Target::open(results_dir, opts)?.protect(opts)?;
     }
     Ok(opts.worm)
 }
@@ -192,15 +200,18 @@ fn protect_if_asked(results_dir: &Path, opts: &PullOptions) -> Result<bool> {
 /// run folder by a pull stopped before its ledger event (which is then written).
 fn already_pulled(store: &RunStore, view: &RunView, opts: &PullOptions) -> Result<Option<PathBuf>> {
     let results = &view.record.results_dir;
-    let has_manifest = if NasFolder::is_remote_path(results) {
-        // Asking the NAS host costs a connection: the ledger's word is enough for a run
-        // it records as pulled, and the marker is checked before connecting otherwise.
+    let local = matches!(Location::parse(results.as_os_str()), Ok(Location::Local(_)));
+    let has_manifest = if !local {
+        // Asking the NAS host or the object store costs a connection: the ledger's word
+        // is enough for a run it records as pulled, and the marker is checked before
+        // connecting otherwise.
         if view.phase == Phase::Pulled {
             return Ok(Some(results.clone()));
         }
         let marker = view.record.run_dir.join(STATE_DIR).join(PULLED_MARKER);
         marker.is_file()
-            && NasFolder::open(results, &opts.ssh)?
+            && Target::open(results, opts)?
+                .folder
                 .read(Path::new(MANIFEST_NAME))?
                 .is_some()
     } else {

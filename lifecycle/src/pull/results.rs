@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hpcstage_staging::copy::{copy_tree, CopyOptions};
+use hpcstage_staging::copy::{copy_tree, CopyOptions, Failure};
 use hpcstage_staging::host::{current_user, hostname};
 use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
@@ -15,6 +15,7 @@ use jiff::Timestamp;
 
 use super::failed::{publish_failed_logs, Rejected};
 use super::provenance::{earlier_compute_jobs, gpu_lines, param_values, readme_text, Provenance};
+use super::target::{upload_to_store, Target};
 use super::validate::{missing_outputs, nothing_validates, summarize, validate};
 use super::{PullOptions, PullOutcome};
 use crate::backend::Observed;
@@ -36,10 +37,14 @@ pub(super) fn pull_finished(
     let run_dir = &record.run_dir;
     let rendered: Rendered = read_json(&run_dir.join(RENDERED_FILE))?;
     let results_dir = &record.results_dir;
-    let nas_folder = NasFolder::open(results_dir, &opts.ssh)?;
-    if nas_folder.exists()? {
-        // Renamed into place by a pull stopped before its bookkeeping.
-        return adopt(store, record, &rendered, &nas_folder, opts);
+    let target = &Target::open(results_dir, opts)?;
+    if opts.worm {
+        // Before anything is written: WORM that cannot be applied is refused, not skipped.
+        target.check_protectable()?;
+    }
+    if target.folder.exists()? {
+        // Placed (or, on S3, its manifest written) by a pull stopped before its bookkeeping.
+        return adopt(store, record, &rendered, target, opts);
     }
     let validation = validate(&rendered, run_dir, opts.validate_timeout)?;
     write_json(&run_dir.join("validation.json"), &validation)?;
@@ -78,24 +83,9 @@ pub(super) fn pull_finished(
             job_id,
             nothing,
         };
-        return publish_failed_logs(store, record, &rejected, &nas_folder, opts, progress);
+        return publish_failed_logs(store, record, &rejected, target, opts, progress);
     }
 
-    let parent = results_dir.parent().unwrap_or(results_dir);
-    // Until the rename, only the NAS is written: a failure says so, and that scratch is
-    // as it was.
-    let nas = |e: hpcstage_staging::Error| nas_failure(results_dir, e);
-    let name = results_dir
-        .file_name()
-        .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
-    // A local NAS gets the folder assembled next to its final place; a remote one gets it
-    // assembled on scratch first, then uploaded (see `place_remote`).
-    let partial = if nas_folder.remote().is_some() {
-        outbox(run_dir, &name)
-    } else {
-        std::fs::create_dir_all(parent).map_err(|e| nas(hpcstage_staging::Error::io(parent, e)))?;
-        parent.join(format!(".{name}.partial"))
-    };
     // Exactly what the purge will remove stays behind: the same resolved paths, so that
     // nothing is left off the NAS and then purged from scratch.
     let intermediates: Vec<PathBuf> = rendered
@@ -109,35 +99,7 @@ pub(super) fn pull_finished(
     // copy runs; they would fail the source-changed check and say nothing about results.
     exclude.push("logs/pull-*".to_string());
     exclude.push("logs/local-runner.log".to_string());
-    let copy = CopyOptions {
-        jobs: opts.jobs,
-        preserve_mtime: true,
-        use_source_manifest: false,
-        filter: Filter::new(&[], &exclude)?.excluding_paths(intermediates),
-        ..CopyOptions::default()
-    };
-    let report = match copy_tree(run_dir, &partial, &copy, progress) {
-        Err(hpcstage_staging::Error::Locked { holder, .. }) => {
-            return Err(Error::PullBusy {
-                id: record.id.clone(),
-                holder,
-            })
-        }
-        other => other.map_err(nas)?,
-    };
-    if !report.ok() {
-        let first = &report.failed[0];
-        return Err(Error::Staging(hpcstage_staging::Error::io(
-            &partial,
-            std::io::Error::other(format!(
-                "{} of {} files could not be copied to the NAS (first: {}: {}); scratch is untouched and the run can be pulled again",
-                report.failed.len(),
-                report.files_total,
-                first.path.display(),
-                first.error
-            )),
-        )));
-    }
+    let filter = Filter::new(&[], &exclude)?.excluding_paths(intermediates);
 
     let provenance = Provenance {
         run: record,
@@ -161,29 +123,113 @@ pub(super) fn pull_finished(
         pulled_on: hostname(),
         hpcstage_version: env!("CARGO_PKG_VERSION"),
     };
-    let run_json = partial.join("run.json");
     let described = [
         (
             "run.json",
-            json_bytes(&run_json, &provenance)
-                .and_then(|bytes| write_verified(&run_json, &bytes))
-                .map_err(nas)?,
+            json_bytes(&results_dir.join("run.json"), &provenance)?,
         ),
         (
             "README.md",
-            write_verified(
-                &partial.join("README.md"),
-                readme_text(&provenance, &param_values(&rendered))?.as_bytes(),
-            )
-            .map_err(nas)?,
+            readme_text(&provenance, &param_values(&rendered))?.into_bytes(),
         ),
     ];
+    let written = match &target.store {
+        Some(objects) => {
+            let retention = opts.worm.then_some(opts.s3.retention);
+            upload_to_store(
+                objects, run_dir, filter, &described, retention, opts, progress,
+            )
+            .map_err(|e| nas_failure(results_dir, e))?
+        }
+        None => {
+            match write_to_folder(record, &target.folder, filter, &described, opts, progress)? {
+                Some(written) => written,
+                // A results folder appeared meanwhile: the one in place is adopted only if it
+                // is this run's.
+                None => return adopt(store, record, &rendered, target, opts),
+            }
+        }
+    };
+    let (manifest, bytes) = written;
+    let digest = manifest.digest().to_hex();
+    let missing = incomplete.then(|| provenance.missing.clone());
+    let purged = finish(
+        store,
+        record,
+        &rendered,
+        target,
+        opts,
+        &digest,
+        missing.clone(),
+    )?;
+    Ok(PullOutcome::Pulled {
+        results_dir: results_dir.clone(),
+        files: manifest.len() as u64,
+        bytes,
+        manifest_digest: digest,
+        purged,
+        partial: incomplete,
+        missing: missing.unwrap_or_default(),
+    })
+}
+
+/// A results folder on a local or SSH NAS: copied with the verified copy engine into a
+/// hidden folder (next to its final place, or on scratch for an SSH NAS), described,
+/// listed in its manifest, then renamed (or uploaded and renamed) into place. Returns the
+/// manifest and the bytes of the results, or `None` when a results folder appeared under
+/// the final name meanwhile.
+// The SFTP branch (`place_remote`) goes once the SFTP storage backend writes through
+// `Storage` like the S3 one (see `upload_to_store`).
+fn write_to_folder(
+    record: &RunRecord,
+    nas_folder: &NasFolder,
+    filter: Filter,
+    described: &[(&str, Vec<u8>)],
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<Option<(Manifest, u64)>> {
+    let results_dir = &record.results_dir;
+    let run_dir = &record.run_dir;
+    let parent = results_dir.parent().unwrap_or(results_dir);
+    // Until the rename, only the NAS is written: a failure says so, and that scratch is
+    // as it was.
+    let nas = |e: hpcstage_staging::Error| nas_failure(results_dir, e);
+    let name = results_dir
+        .file_name()
+        .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
+    // A local NAS gets the folder assembled next to its final place; a remote one gets it
+    // assembled on scratch first, then uploaded (see `place_remote`).
+    let partial = if nas_folder.remote().is_some() {
+        outbox(run_dir, &name)
+    } else {
+        std::fs::create_dir_all(parent).map_err(|e| nas(hpcstage_staging::Error::io(parent, e)))?;
+        parent.join(format!(".{name}.partial"))
+    };
+    let copy = CopyOptions {
+        jobs: opts.jobs,
+        preserve_mtime: true,
+        use_source_manifest: false,
+        filter,
+        ..CopyOptions::default()
+    };
+    let report = match copy_tree(run_dir, &partial, &copy, progress) {
+        Err(hpcstage_staging::Error::Locked { holder, .. }) => {
+            return Err(Error::PullBusy {
+                id: record.id.clone(),
+                holder,
+            })
+        }
+        other => other.map_err(nas)?,
+    };
+    if !report.ok() {
+        return Err(not_copied(&partial, &report.failed, report.files_total));
+    }
     let mut entries = report.manifest.entries.clone();
-    entries.retain(|e| e.path != Path::new("run.json") && e.path != Path::new("README.md"));
-    for (name, digest) in described {
+    entries.retain(|e| described.iter().all(|(name, _)| e.path != Path::new(name)));
+    for (name, bytes) in described {
         entries.push(ManifestEntry {
             path: name.into(),
-            digest,
+            digest: write_verified(&partial.join(name), bytes).map_err(nas)?,
         });
     }
     let manifest = Manifest::from_entries(entries);
@@ -200,36 +246,31 @@ pub(super) fn pull_finished(
             .map_err(|e| hpcstage_staging::Error::io(results_dir, e)),
     };
     match placed {
-        Ok(()) => {}
+        Ok(()) => Ok(Some((manifest, report.bytes_total))),
         Err(e) if already_exists(&e) => {
-            // A results folder appeared meanwhile: ours stays hidden and goes; the one in
-            // place is adopted only if it is this run's.
+            // Ours stays hidden and goes.
             let _ = hpcstage_staging::worm::make_writable(&partial);
             let _ = std::fs::remove_dir_all(&partial);
-            return adopt(store, record, &rendered, &nas_folder, opts);
+            Ok(None)
         }
-        Err(e) => return Err(nas(e)),
+        Err(e) => Err(nas(e)),
     }
-    let digest = manifest.digest().to_hex();
-    let missing = incomplete.then(|| provenance.missing.clone());
-    let purged = finish(
-        store,
-        record,
-        &rendered,
-        &nas_folder,
-        opts,
-        &digest,
-        missing.clone(),
-    )?;
-    Ok(PullOutcome::Pulled {
-        results_dir: results_dir.clone(),
-        files: manifest.len() as u64,
-        bytes: report.bytes_total,
-        manifest_digest: digest,
-        purged,
-        partial: incomplete,
-        missing: missing.unwrap_or_default(),
-    })
+}
+
+/// Files that could not be written to the NAS, the first named, saying that scratch is
+/// as it was.
+pub(super) fn not_copied(to: &Path, failed: &[Failure], total: u64) -> Error {
+    let first = &failed[0];
+    Error::Staging(hpcstage_staging::Error::io(
+        to,
+        std::io::Error::other(format!(
+            "{} of {} files could not be copied to the NAS (first: {}: {}); scratch is untouched and the run can be pulled again",
+            failed.len(),
+            total,
+            first.path.display(),
+            first.error
+        )),
+    ))
 }
 
 /// Where a results folder for a remote NAS is assembled before its upload.
@@ -308,14 +349,14 @@ fn finish(
     store: &RunStore,
     record: &RunRecord,
     rendered: &Rendered,
-    nas_folder: &NasFolder,
+    target: &Target,
     opts: &PullOptions,
     digest: &str,
     partial: Option<Vec<String>>,
 ) -> Result<Vec<PathBuf>> {
     let results_dir = &record.results_dir;
     if opts.worm {
-        nas_folder.protect()?;
+        target.protect(opts)?;
     }
     let purged = if partial.is_none() {
         purge_intermediates(rendered, record)?
@@ -350,7 +391,7 @@ fn adopt(
     store: &RunStore,
     record: &RunRecord,
     rendered: &Rendered,
-    nas_folder: &NasFolder,
+    target: &Target,
     opts: &PullOptions,
 ) -> Result<PullOutcome> {
     let results_dir = &record.results_dir;
@@ -360,7 +401,8 @@ fn adopt(
             "the results folder exists but {why}; it was left as it is: move it away and pull again"
         ),
     };
-    let provenance: serde_json::Value = nas_folder
+    let provenance: serde_json::Value = target
+        .folder
         .read(Path::new("run.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| b.ok_or_else(|| "it is missing".to_string()))
@@ -370,12 +412,14 @@ fn adopt(
     if owner != record.id {
         return Err(not_ours(format!("holds run {owner:?}, not {}", record.id)));
     }
-    let manifest = nas_folder
+    let manifest = target
+        .folder
         .manifest()
         .map_err(|e| e.to_string())
         .and_then(|m| m.ok_or_else(|| "it is missing".to_string()))
         .map_err(|e| not_ours(format!("its manifest cannot be read ({e})")))?;
-    let sizes = nas_folder
+    let sizes = target
+        .folder
         .file_sizes()
         .map_err(|e| not_ours(format!("it cannot be listed ({e})")))?;
     let mut bytes = 0;
@@ -401,7 +445,7 @@ fn adopt(
         store,
         record,
         rendered,
-        nas_folder,
+        target,
         opts,
         &digest,
         partial.then(|| missing.clone()),
