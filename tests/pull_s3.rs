@@ -17,7 +17,9 @@ use common::cluster::{cluster, Chain};
 use common::fs::read_json;
 use common::pull::{wait_ended, Lab};
 use common::run::wait_child;
-use common::s3::{credentials, endpoint, locked_bucket, plain_bucket, S3World};
+use common::s3::{
+    access_key, credentials, endpoint, locked_bucket, plain_bucket, secret_key, S3World,
+};
 use common::{assert_manifest_verifies, read, read_text, regular_files, write, Run};
 
 /// How long a short job may take from submission to accounting saying it ended.
@@ -61,7 +63,7 @@ impl S3Lab {
     /// The binary in the lab with the test server's credentials.
     fn command(&self) -> Command {
         let mut cmd = self.lab.command();
-        for (k, v) in credentials_of_the_test_server() {
+        for (k, v) in credentials(&access_key(), &secret_key()) {
             cmd.env(k, v);
         }
         cmd
@@ -203,23 +205,6 @@ impl S3Lab {
         run.code(0);
         serde_json::from_str(&run.stdout).expect("head-object JSON")
     }
-}
-
-/// The test server's fixed credentials, as the binary's environment.
-fn credentials_of_the_test_server() -> Vec<(&'static str, String)> {
-    let key = |name: &str, default: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| default.to_string())
-    };
-    credentials(
-        &key("HPCSTAGE_S3_ACCESS_KEY", "HPCSTAGETESTACCESSK0"),
-        &key(
-            "HPCSTAGE_S3_SECRET_KEY",
-            "hpcstage-test-only-secret-key-0123456789",
-        ),
-    )
 }
 
 /// Every file of the fetched results, but the three pull writes, equals its scratch copy.

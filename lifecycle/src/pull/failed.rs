@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use hpcstage_staging::copy::{copy_tree, CopyOptions};
+use hpcstage_staging::copy::copy_tree;
 use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::remote::NasFolder;
@@ -12,7 +12,7 @@ use hpcstage_staging::storage::Storage;
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
 use hpcstage_template::SIGNAL_MARKER;
 
-use super::results::{already_exists, nas_failure, outbox, place_remote};
+use super::results::{already_exists, copy_options, nas_failure, outbox, place_remote};
 use super::target::{upload_to_store, Target};
 use super::{PullOptions, PullOutcome};
 use crate::error::{Error, Result};
@@ -121,13 +121,7 @@ fn write_failed_folder(
         ),
         None => (failed_dir.to_path_buf(), failed_dir.to_path_buf()),
     };
-    let copy = CopyOptions {
-        jobs: opts.jobs,
-        preserve_mtime: true,
-        use_source_manifest: false,
-        filter,
-        ..CopyOptions::default()
-    };
+    let copy = copy_options(opts, filter);
     let report = copy_tree(&record.run_dir, &failed_dir, &copy, progress)
         .map_err(|e| nas_failure(&failed_dir, e))?;
     let readme = write_verified(&failed_dir.join("README.md"), readme.as_bytes())?;

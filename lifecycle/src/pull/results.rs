@@ -151,26 +151,13 @@ pub(super) fn pull_finished(
         }
     };
     let (manifest, bytes) = written;
-    let digest = manifest.digest().to_hex();
-    let missing = incomplete.then(|| provenance.missing.clone());
-    let purged = finish(
-        store,
-        record,
-        &rendered,
-        target,
-        opts,
-        &digest,
-        missing.clone(),
-    )?;
-    Ok(PullOutcome::Pulled {
-        results_dir: results_dir.clone(),
+    let placed = Placed {
         files: manifest.len() as u64,
         bytes,
-        manifest_digest: digest,
-        purged,
-        partial: incomplete,
-        missing: missing.unwrap_or_default(),
-    })
+        digest: manifest.digest().to_hex(),
+        missing: incomplete.then(|| provenance.missing.clone()),
+    };
+    finish(store, record, &rendered, target, opts, placed)
 }
 
 /// A results folder on a local or SSH NAS: copied with the verified copy engine into a
@@ -205,13 +192,7 @@ fn write_to_folder(
         std::fs::create_dir_all(parent).map_err(|e| nas(hpcstage_staging::Error::io(parent, e)))?;
         parent.join(format!(".{name}.partial"))
     };
-    let copy = CopyOptions {
-        jobs: opts.jobs,
-        preserve_mtime: true,
-        use_source_manifest: false,
-        filter,
-        ..CopyOptions::default()
-    };
+    let copy = copy_options(opts, filter);
     let report = match copy_tree(run_dir, &partial, &copy, progress) {
         Err(hpcstage_staging::Error::Locked { holder, .. }) => {
             return Err(Error::PullBusy {
@@ -254,6 +235,17 @@ fn write_to_folder(
             Ok(None)
         }
         Err(e) => Err(nas(e)),
+    }
+}
+
+/// How pull copies files of the run folder to a NAS folder: verified, mtimes kept.
+pub(super) fn copy_options(opts: &PullOptions, filter: Filter) -> CopyOptions {
+    CopyOptions {
+        jobs: opts.jobs,
+        preserve_mtime: true,
+        use_source_manifest: false,
+        filter,
+        ..CopyOptions::default()
     }
 }
 
@@ -351,9 +343,14 @@ fn finish(
     rendered: &Rendered,
     target: &Target,
     opts: &PullOptions,
-    digest: &str,
-    partial: Option<Vec<String>>,
-) -> Result<Vec<PathBuf>> {
+    placed: Placed,
+) -> Result<PullOutcome> {
+    let Placed {
+        files,
+        bytes,
+        digest,
+        missing: partial,
+    } = placed;
     let results_dir = &record.results_dir;
     if opts.worm {
         target.protect(opts)?;
@@ -368,7 +365,7 @@ fn finish(
         &PulledMarker {
             run_id: record.id.clone(),
             results_dir: results_dir.clone(),
-            manifest_digest: digest.to_string(),
+            manifest_digest: digest.clone(),
             pulled_at: Timestamp::now(),
             partial: partial.clone(),
         },
@@ -377,11 +374,28 @@ fn finish(
         &record.id,
         Event::Pulled {
             results_dir: results_dir.clone(),
-            manifest_digest: digest.to_string(),
-            partial,
+            manifest_digest: digest.clone(),
+            partial: partial.clone(),
         },
     )?;
-    Ok(purged)
+    Ok(PullOutcome::Pulled {
+        results_dir: results_dir.clone(),
+        files,
+        bytes,
+        manifest_digest: digest,
+        purged,
+        partial: partial.is_some(),
+        missing: partial.unwrap_or_default(),
+    })
+}
+
+/// Results in place: how many files and bytes, the manifest's digest, and for a partial
+/// pull what is missing.
+struct Placed {
+    files: u64,
+    bytes: u64,
+    digest: String,
+    missing: Option<Vec<String>>,
 }
 
 /// Takes over a results folder already under its final name: it is complete (folders are
@@ -441,24 +455,13 @@ fn adopt(
                 .collect()
         })
         .unwrap_or_default();
-    let purged = finish(
-        store,
-        record,
-        rendered,
-        target,
-        opts,
-        &digest,
-        partial.then(|| missing.clone()),
-    )?;
-    Ok(PullOutcome::Pulled {
-        results_dir: results_dir.clone(),
+    let placed = Placed {
         files: manifest.len() as u64,
         bytes,
-        manifest_digest: digest,
-        purged,
-        partial,
-        missing,
-    })
+        digest,
+        missing: partial.then_some(missing),
+    };
+    finish(store, record, rendered, target, opts, placed)
 }
 
 /// Removes the spec's intermediates from the run folder: never the input, never anything
