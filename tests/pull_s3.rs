@@ -80,8 +80,8 @@ impl S3Lab {
     }
 
     /// `stage-and-run` of the raw dataset with the stand-in, no pull-back job; waits for
-    /// the compute job to end.
-    fn run_job(&self, predict: &str) -> Chain {
+    /// the compute job to end in `state`.
+    fn run_job(&self, predict: &str, state: &str) -> Chain {
         let stand_in = self.lab.stand_in("predict", predict);
         let run = self.run([
             "stage-and-run".to_string(),
@@ -116,7 +116,7 @@ impl S3Lab {
             "results go to <nas_root>/<project>/results/<workflow>/<run>"
         );
         let compute = wait_ended(&chain.compute_job, JOB_BOUND);
-        assert_eq!(compute.state, "COMPLETED", "{compute:?}");
+        assert_eq!(compute.state, state, "{compute:?}");
         chain
     }
 
@@ -166,8 +166,13 @@ impl S3Lab {
     /// Downloads the results prefix object by object with the AWS CLI into a fresh local
     /// folder (`aws s3 cp --recursive` fails on empty objects of RGW, like empty logs).
     fn fetch(&self, chain: &Chain, name: &str) -> PathBuf {
+        self.fetch_rel(&self.results_rel(chain), name)
+    }
+
+    /// Downloads `<test prefix>/<rel>/` into a fresh local folder `name`.
+    fn fetch_rel(&self, rel: &str, name: &str) -> PathBuf {
         let dest = self.lab.path(name);
-        let prefix = format!("{}/{}/", self.w.prefix, self.results_rel(chain));
+        let prefix = format!("{}/{rel}/", self.w.prefix);
         for key in self.keys() {
             let Some(rel) = key.strip_prefix(&prefix) else {
                 continue;
@@ -231,7 +236,7 @@ fn a_run_pulled_to_s3_has_every_output_read_back_equal_to_scratch_and_its_manife
         return;
     };
     let s3 = S3Lab::new(w, plain_bucket());
-    let chain = s3.run_job(PREDICT_OK);
+    let chain = s3.run_job(PREDICT_OK, "COMPLETED");
     let id = chain.run_id.as_str();
     let bucket = s3.bucket.clone();
 
@@ -358,6 +363,7 @@ fn a_pull_to_s3_killed_mid_upload_is_finished_by_a_rerun_and_worm_locks_every_ob
     let chain = s3.run_job(
         r#"{ tiny_mask; head -c 40000000 /dev/urandom; } >"$mask"
 printf 'label,area\n1,1\n' >"$table""#,
+        "COMPLETED",
     );
     let id = chain.run_id.as_str();
     let bucket = s3.bucket.clone();
@@ -432,4 +438,87 @@ printf 'label,area\n1,1\n' >"$table""#,
     }
     assert_eq!(s3.lab.status(id)["phase"], "pulled");
     s3.w.cleanup(&bucket);
+}
+
+#[test]
+fn a_failed_run_gets_its_logs_under_failed_on_s3_and_no_results_prefix() {
+    let Some(_cluster) = cluster() else { return };
+    let Some(w) = S3World::new("pullfail") else {
+        return;
+    };
+    let s3 = S3Lab::new(w, plain_bucket());
+    let chain = s3.run_job("echo 'predict: out of cheese' >&2\nexit 3", "FAILED");
+    let id = chain.run_id.as_str();
+    let bucket = s3.bucket.clone();
+    let failed_rel = format!("P/results/segmentation/_failed/{id}");
+    s3.run(["pull", id])
+        .code(4)
+        .err_has("not accepted")
+        .err_has(&format!("compute job {} ended FAILED", chain.compute_job))
+        .err_has(&s3.w.url(&bucket, &failed_rel));
+
+    let failed = s3.fetch_rel(&failed_rel, "failed");
+    assert_manifest_verifies(&failed);
+    let readme = read_text(failed.join("README.md"));
+    assert!(readme.starts_with("# FAILED"), "{readme}");
+    let err_log = format!("logs/unet-seg-{}_0.err", chain.compute_job);
+    assert!(read_text(failed.join(&err_log)).contains("out of cheese"));
+    let manifest = read_text(failed.join("MANIFEST.sha256"));
+    for name in ["README.md", err_log.as_str(), "validation.json"] {
+        assert!(
+            manifest.contains(&format!("  {name}\n")),
+            "{name} not in\n{manifest}"
+        );
+    }
+    let results = format!("{}/{}/", s3.w.prefix, s3.results_rel(&chain));
+    assert!(
+        !s3.keys().iter().any(|k| k.starts_with(&results)),
+        "a failed run reached the results prefix"
+    );
+    assert_eq!(s3.lab.status(id)["phase"], "pull-failed");
+    assert!(chain.run_dir.join("work").is_dir(), "intermediates purged");
+
+    // Pulling again fails the same way and leaves the logs as they are.
+    let keys = s3.objects();
+    s3.run(["pull", id]).code(4);
+    assert_eq!(s3.objects(), keys);
+    s3.w.assert_no_multipart_uploads(&bucket);
+    s3.w.cleanup(&bucket);
+}
+
+#[test]
+fn pull_worm_of_a_run_pulled_to_s3_before_locks_every_object_it_lists() {
+    let Some(_cluster) = cluster() else { return };
+    let Some(w) = S3World::new("pullworm") else {
+        return;
+    };
+    let s3 = S3Lab::new(w, locked_bucket());
+    let chain = s3.run_job(PREDICT_OK, "COMPLETED");
+    let id = chain.run_id.as_str();
+    s3.run(["pull", id]).code(0).out_has("pulled run");
+    let head = s3.head(&chain, "masks/img1.ome.tif");
+    assert!(head.get("ObjectLockMode").is_none(), "{head:#}");
+
+    s3.run(["pull", id, "--worm"])
+        .code(0)
+        .out_has("already pulled")
+        .out_has("write-protected it (--worm)");
+    let manifest = read_text(s3.fetch(&chain, "fetched").join("MANIFEST.sha256"));
+    let mut rels: Vec<&str> = manifest.lines().map(|l| &l[66..]).collect();
+    rels.push("MANIFEST.sha256");
+    for rel in rels {
+        let head = s3.head(&chain, rel);
+        assert_eq!(head["ObjectLockMode"], "GOVERNANCE", "{rel}: {head:#}");
+        let retention = s3.w.aws(&[
+            "s3api",
+            "get-object-retention",
+            "--bucket",
+            &s3.bucket,
+            "--key",
+            &s3.w.key(&format!("{}/{rel}", s3.results_rel(&chain))),
+            &format!("--version-id={}", head["VersionId"].as_str().unwrap()),
+        ]);
+        retention.code(0).out_has("\"Mode\": \"GOVERNANCE\"");
+    }
+    s3.w.cleanup(&s3.bucket);
 }
