@@ -17,6 +17,13 @@
 //! waits, then finds the run pulled and says so. A pull killed at any point leaves either
 //! the hidden folder (the next pull resumes the copy) or the complete results folder under
 //! its final name (the next pull adopts it and finishes purge and bookkeeping).
+//!
+//! An S3 nas_root has no rename: the results are uploaded object by object, each read
+//! back, and exist once their `MANIFEST.sha256` is written, last (`target.rs`).
+//!
+//! The parts: `results.rs` (the results written, adopted, finished), `target.rs` (where
+//! they go, and the S3 writer), `failed.rs` (`_failed/<run>`), `validate.rs`,
+//! `provenance.rs` (`run.json`, `README.md` from `README.md.j2`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

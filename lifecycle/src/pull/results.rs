@@ -156,6 +156,8 @@ pub(super) fn pull_finished(
         bytes,
         digest: manifest.digest().to_hex(),
         missing: incomplete.then(|| provenance.missing.clone()),
+        // Objects uploaded with `--worm` got their retention one by one, read back.
+        protected: target.store.is_some() && opts.worm,
     };
     finish(store, record, &rendered, target, opts, placed)
 }
@@ -350,9 +352,10 @@ fn finish(
         bytes,
         digest,
         missing: partial,
+        protected,
     } = placed;
     let results_dir = &record.results_dir;
-    if opts.worm {
+    if opts.worm && !protected {
         target.protect(opts)?;
     }
     let purged = if partial.is_none() {
@@ -396,6 +399,8 @@ struct Placed {
     bytes: u64,
     digest: String,
     missing: Option<Vec<String>>,
+    /// Already write-protected as it was written.
+    protected: bool,
 }
 
 /// Takes over a results folder already under its final name: it is complete (folders are
@@ -460,6 +465,7 @@ fn adopt(
         bytes,
         digest,
         missing: partial.then_some(missing),
+        protected: false,
     };
     finish(store, record, rendered, target, opts, placed)
 }
