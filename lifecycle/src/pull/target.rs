@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hpcstage_staging::copy::Failure;
+use hpcstage_staging::error::StorageErrorKind;
 use hpcstage_staging::manifest::{Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::remote::{Location, NasAccess, NasFolder};
@@ -128,11 +129,13 @@ fn not_uploaded(
     failed: usize,
     total: u64,
 ) -> hpcstage_staging::Error {
-    hpcstage_staging::Error::io(
-        store.display(&first.path),
-        std::io::Error::other(format!(
-            "{failed} of {total} files could not be uploaded (first: {}); no MANIFEST.sha256 was written, scratch is untouched and the run can be pulled again",
+    hpcstage_staging::Error::Storage {
+        location: store.display(Path::new("")).display().to_string(),
+        kind: StorageErrorKind::Other,
+        reason: format!(
+            "{failed} of {total} files could not be uploaded (first: {}), so no MANIFEST.sha256 was written",
             first.error
-        )),
-    )
+        ),
+        hint: "scratch is untouched; pull the run again (it resumes)".to_string(),
+    }
 }

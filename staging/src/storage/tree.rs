@@ -237,17 +237,8 @@ pub fn protect_listed(store: &S3Store, manifest: &Manifest, retention: Retention
     let mut set = 0;
     for (rel, digest) in listed {
         let size = store.stat(&rel)?.map_or(0, |m| m.size);
-        // RGW answers GetObjectRetention of an object without one with 404
-        // ObjectLockConfigurationNotFoundError, which `holds_protected` reports as
-        // NotFound; the object is there (just stat'ed), so it is simply not protected.
-        match store.holds_protected(&rel, size, digest, retention) {
-            Ok(true) => continue,
-            Ok(false)
-            | Err(Error::Storage {
-                kind: StorageErrorKind::NotFound,
-                ..
-            }) => {}
-            Err(e) => return Err(e),
+        if store.holds_protected(&rel, size, digest, retention)? {
+            continue;
         }
         // `holds_protected` is false too for an object whose bytes are not the listed
         // ones: those are refused (read back and compared), never protected as results.
