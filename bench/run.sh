@@ -35,7 +35,13 @@
 #                        read back from storage) vs `rclone copy` and vs `aws s3 sync`, on the
 #                        S3 test server (Ceph RadosGW on 127.0.0.1, tests/s3/up.sh, as root),
 #                        dataset (b) and (l): 2 files of 128 MiB (16 MiB at scale small);
-#                        fresh destinations; each tool with its default parallelism
+#                        fresh destinations; each tool with its default parallelism.
+#                        Pull to S3: `hpcstage pull RUN` of a finished run (template convert,
+#                        local executor, `cp` as converter: its outputs are the 2 files of (m),
+#                        as large as (l)) to an s3:// nas_root (every object hashed, uploaded,
+#                        read back with a GET; run.json, README.md, MANIFEST.sha256 last) vs
+#                        `rclone copy` and `aws s3 sync` of the same run folder (without its
+#                        intermediates and bookkeeping) to a fresh prefix
 # on two generated datasets of random bytes:
 #   (a) 4 files of 512 MiB (large sequential files: throughput of hashing and copying)
 #   (b) 20,000 files of 16 KiB in 100 folders (many small files: per-file overhead)
@@ -846,7 +852,7 @@ if want 9; then
     RESULTS+=("9 restore time (e)/(d)|$g_hpc|$g_tar (tar -xf chunk)|-|hpc (e)/(d) <= 1.5|$g_verdict")
 fi
 
-# 10. stage from S3: datasets (b) and (l) uploaded once (untimed, with their manifests) to
+# 10. stage from S3 (and pull to S3, below): datasets (b) and (l) uploaded once (untimed, with their manifests) to
 # the plain bucket of the S3 test server, then fetched by hpcstage (verifying), rclone copy
 # and aws s3 sync, every run into an empty destination.
 S3_NOTE=
@@ -888,6 +894,59 @@ if want 10; then
         same_tree "$src" "$PEER_DIR/s3-aws-$x" "aws s3 sync"
         set_aside "$SCRATCH_ROOT/bench/s3-$x" "$PEER_DIR/s3-aws-$x"
     done
+    # Pull to S3: a fresh run before each timed pull (untimed); each tool writes a fresh
+    # prefix, emptied before the next run (the server keeps its objects in memory).
+    gen_m() {
+        local i
+        rm -rf "$1" && mkdir -p "$1"
+        for i in 1 2; do
+            { printf 'II*\0'; head -c "$(((L_MIB << 20) - 4))" /dev/urandom; } >"$1/large$i.czi"
+        done
+    }
+    export DATA_M=$DATA/m
+    ensure_dataset m "$DATA_M" "2 files of $L_MIB MiB, TIFF magic, .czi"
+    export S3_PULL="$S3_BASE/pull"
+    # pull_run_prepare: the prefixes emptied, then a run of (m) whose job has ended; its id
+    # in $OUT_DIR/pull-run, its folder in $OUT_DIR/pull-run-dir.
+    pull_run_prepare() {
+        local out id state i
+        "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_PULL" >/dev/null 2>&1
+        out=$("$HPC" --scratch-root "$SCRATCH_ROOT" --nas-root "$S3_PULL/nas" -q stage-and-run \
+            "$DATA_M" convert --project bench --executor local --no-pull --json \
+            -p format=ome-tiff -p 'converter=cp {input} {output}' -p threads=1 -p mem=1G) || return 1
+        id=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["run_id"])' <<<"$out")
+        for ((i = 0; i < 600; i++)); do
+            state=$("$HPC" -q status "$id" --json | python3 -c 'import json, sys
+v = json.load(sys.stdin)
+print(((v["jobs"] or [{}])[0].get("facts") or {}).get("state", ""))')
+            [[ $state == COMPLETED ]] && break
+            sleep 0.2
+        done
+        [[ $state == COMPLETED ]] || { echo "run $id: job state $state"; return 1; }
+        echo "$id" >"$OUT_DIR/pull-run"
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["run_dir"])' <<<"$out" >"$OUT_DIR/pull-run-dir"
+    }
+    export -f pull_run_prepare
+    PEER_EXCLUDE_RCLONE="--exclude '.hpcstage/**' --exclude 'work/**' --exclude 'pull.sbatch'"
+    measure "10 s3 pull (m) vs rclone" ratio_ge 1 "rclone copy" \
+        "pull_run_prepare" "$H pull \"\$(cat \"\$OUT_DIR/pull-run\")\"" \
+        "pull_run_prepare" "rclone copy $PEER_EXCLUDE_RCLONE \"\$(cat \"\$OUT_DIR/pull-run-dir\")\" \"hpcs3:\$HPCSTAGE_S3_BUCKET/bench-\$BENCH_SCALE/pull/rclone\""
+    measure "10 s3 pull (m) vs aws s3 sync" ratio_ge 1 "aws s3 sync" \
+        "pull_run_prepare" "$H pull \"\$(cat \"\$OUT_DIR/pull-run\")\"" \
+        "pull_run_prepare" "\"\$HPCSTAGE_S3_AWS\" s3 sync --quiet --exclude '.hpcstage/*' --exclude 'work/*' --exclude pull.sbatch \"\$(cat \"\$OUT_DIR/pull-run-dir\")\" \"\$S3_PULL/aws\""
+    # One more pull, checked: its manifest lists each output with the digest of its source.
+    (pull_run_prepare && "$HPC" --scratch-root "$SCRATCH_ROOT" -q pull "$(cat "$OUT_DIR/pull-run")") \
+        >"$LOG_DIR/pull-check.log" 2>&1 || die "the checked pull failed (log: $LOG_DIR/pull-check.log)"
+    pulled_manifest=$OUT_DIR/pull-manifest.sha256
+    "$HPCSTAGE_S3_AWS" s3 cp --quiet \
+        "$S3_PULL/nas/bench/results/conversion/$(cat "$OUT_DIR/pull-run")/MANIFEST.sha256" "$pulled_manifest" ||
+        die "the pulled results have no MANIFEST.sha256"
+    for i in 1 2; do
+        sum=$(sha256sum "$DATA_M/large$i.czi" | cut -c1-64)
+        grep -qx "$sum  converted/large$i.ome.tif" "$pulled_manifest" ||
+            die "the pulled manifest $pulled_manifest does not list large$i.ome.tif with the digest of its source"
+    done
+    say "      checked: the pulled manifest lists each output with its source's SHA-256"
     # The server keeps its objects in memory (memstore, about 2 GiB): they go again.
     "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_BASE" >/dev/null 2>&1 ||
         say "could not remove $S3_BASE from the S3 test server"

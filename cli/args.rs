@@ -103,7 +103,8 @@ them to <nas_root>/<project>/results/<workflow>/<run>/. Follow it with `hpcstage
     /// Validate a run's outputs and copy them to the NAS (what the pull-back job runs)
     #[command(
         after_help = "Examples:\n  hpcstage pull unet-seg-plate7-20261127T101500-3f2a --wait\n  \
-hpcstage pull unet-seg-plate7-20261127T101500-3f2a --remote-verify   # nas_root on an SSH host"
+hpcstage pull unet-seg-plate7-20261127T101500-3f2a --remote-verify   # nas_root on an SSH host\n  \
+hpcstage pull unet-seg-plate7-20261127T101500-3f2a --worm   # on S3: Object Lock retention"
     )]
     Pull(PullArgs),
     /// Resubmit the failed array tasks of a run into its folder, with a new pull-back job
@@ -618,7 +619,8 @@ pub(crate) struct PullArgs {
     /// Pull what validates even when the job failed or outputs are missing
     #[arg(long)]
     pub(crate) allow_partial: bool,
-    /// Write-protect the results folder (chmod -R a-w)
+    /// Write-protect the results folder (chmod -R a-w; on S3, the Object Lock retention of
+    /// [s3] on every object, refused for a bucket without Object Lock)
     #[arg(long)]
     pub(crate) worm: bool,
     /// With a remote NAS (nas_root = "host:/path"): also check the uploaded folder with

@@ -1761,7 +1761,7 @@ fn the_local_executor_runs_the_whole_chain_in_the_foreground_with_wait() {
         assert!(present.iter().any(|p| p == f), "{f} in {present:#?}");
     }
     assert_results_verified(&world, results);
-    assert!(read_text(results.join("README.md")).contains("- executor: Local\n"));
+    assert!(read_text(results.join("README.md")).contains("- executor: local\n"));
     assert!(!chain.run_dir.join("work").exists(), "work/ was purged");
     assert_input_kept(&world, "plate1");
 

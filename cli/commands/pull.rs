@@ -26,6 +26,7 @@ pub(crate) fn run(settings: &Settings, args: &PullArgs) -> Result<ExitStatus> {
         notify: |msg| output::note(msg),
         ssh: super::ssh_options(settings, &args.parallel),
         remote_verify: args.remote_verify || settings.remote_verify,
+        s3: settings.s3.clone(),
         ..PullOptions::default()
     };
     // Another pull of the same run (the pull-back job, or someone by hand) is waited for:

@@ -33,11 +33,12 @@ pub enum Executor {
 }
 
 impl std::fmt::Display for Executor {
-    /// As a sentence or the provenance README names it: `Slurm`, `Local`.
+    /// As a sentence or the provenance README names it, in the words users know:
+    /// `SLURM`, `local`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Executor::Slurm => "Slurm",
-            Executor::Local => "Local",
+            Executor::Slurm => "SLURM",
+            Executor::Local => "local",
         })
     }
 }

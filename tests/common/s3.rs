@@ -32,11 +32,11 @@ pub(crate) fn locked_bucket() -> String {
     var("HPCSTAGE_S3_LOCKED_BUCKET", "hpcstage-locked")
 }
 
-fn access_key() -> String {
+pub(crate) fn access_key() -> String {
     var("HPCSTAGE_S3_ACCESS_KEY", "HPCSTAGETESTACCESSK0")
 }
 
-fn secret_key() -> String {
+pub(crate) fn secret_key() -> String {
     var(
         "HPCSTAGE_S3_SECRET_KEY",
         "hpcstage-test-only-secret-key-0123456789",

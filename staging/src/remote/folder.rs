@@ -30,15 +30,6 @@ impl NasFolder {
     /// Reads `path` as a location; a remote one is connected to at once (so an unknown
     /// host key or a refused key is the first thing reported).
     pub fn open(path: &Path, ssh: &SshOptions) -> Result<NasFolder> {
-        if let Location::S3(url) = Location::parse(path.as_os_str())? {
-            return Err(Error::Invalid {
-                what: "NAS folder",
-                value: url.to_string(),
-                reason: "pull does not write to S3 yet; use a folder or an SSH NAS as nas_root \
-                         for pull (stage, ingest, report and clean take s3:// locations)"
-                    .to_string(),
-            });
-        }
         NasAccess::new(ssh.clone()).folder(path)
     }
 

@@ -21,7 +21,7 @@ use crate::walk::{Filter, Meta, Tree};
 
 pub use local::LocalDir;
 pub use s3::{orphan_uploads, S3Options, S3Store};
-pub use tree::{put_tree, PutOptions, PutReport};
+pub use tree::{protect_listed, put_tree, PutOptions, PutReport};
 pub use url::S3Url;
 
 /// What a backend can and cannot do, said in one place.

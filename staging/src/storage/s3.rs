@@ -393,7 +393,16 @@ impl S3Store {
                     r.retain_until_date()?.secs(),
                 ))
             })),
-            Err(e) if e.code() == Some("NoSuchObjectLockConfiguration") => Ok(None),
+            // No retention on this version: AWS says NoSuchObjectLockConfiguration, Ceph
+            // RGW 404 ObjectLockConfigurationNotFoundError.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("NoSuchObjectLockConfiguration" | "ObjectLockConfigurationNotFoundError")
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(self.error("GetObjectRetention", Some(rel), e)),
         }
     }

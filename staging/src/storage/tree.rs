@@ -218,3 +218,40 @@ pub(crate) fn failure_kind(e: &Error) -> FailureKind {
         _ => FailureKind::Io,
     }
 }
+
+/// Gives every object `manifest` lists, and the manifest itself, the `retention` where it
+/// lacks it (results written without `--worm`, protected by a later `pull --worm`); each
+/// object must still hold the SHA-256 the manifest lists. Returns how many were set now.
+pub fn protect_listed(store: &S3Store, manifest: &Manifest, retention: Retention) -> Result<u64> {
+    let bytes = store
+        .read_small(Path::new(crate::walk::MANIFEST_NAME))?
+        .unwrap_or_else(|| manifest.to_bytes());
+    let listed = manifest
+        .entries
+        .iter()
+        .map(|e| (e.path.clone(), e.digest))
+        .chain([(
+            PathBuf::from(crate::walk::MANIFEST_NAME),
+            Digest::of(&bytes),
+        )]);
+    let mut set = 0;
+    for (rel, digest) in listed {
+        let size = store.stat(&rel)?.map_or(0, |m| m.size);
+        if store.holds_protected(&rel, size, digest, retention)? {
+            continue;
+        }
+        // `holds_protected` is false too for an object whose bytes are not the listed
+        // ones: those are refused (read back and compared), never protected as results.
+        let written = super::Written {
+            rel,
+            digest,
+            bytes: size,
+            version: None,
+            pending: None,
+        };
+        store.verify(&written)?;
+        store.protect(&written, Some(retention))?;
+        set += 1;
+    }
+    Ok(set)
+}

@@ -1,0 +1,502 @@
+//! Writing validated results to the NAS: assembled, verified, described and placed, or
+//! adopted when a stopped pull already placed them; then the bookkeeping.
+
+use std::path::{Path, PathBuf};
+
+use hpcstage_staging::copy::{copy_tree, CopyOptions, Failure};
+use hpcstage_staging::host::{current_user, hostname};
+use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
+use hpcstage_staging::progress::Progress;
+use hpcstage_staging::record::{json_bytes, read_json, write_json};
+use hpcstage_staging::remote::{NasFolder, Remote, RemoteErrorKind, UploadOptions};
+use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
+use hpcstage_template::{Rendered, SIGNAL_MARKER};
+use jiff::Timestamp;
+
+use super::failed::{publish_failed_logs, Rejected};
+use super::provenance::{earlier_compute_jobs, gpu_lines, param_values, readme_text, Provenance};
+use super::target::{upload_to_store, Target};
+use super::validate::{missing_outputs, nothing_validates, summarize, validate};
+use super::{PullOptions, PullOutcome};
+use crate::backend::Observed;
+use crate::chain::RENDERED_FILE;
+use crate::error::{Error, Result};
+use crate::run::{Event, RunRecord, RunStore, RunView};
+use crate::run::{PulledMarker, PULLED_MARKER};
+
+pub(super) fn pull_finished(
+    store: &RunStore,
+    view: &RunView,
+    job_id: &str,
+    array_size: Option<u32>,
+    observed: &Observed,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<PullOutcome> {
+    let record = &view.record;
+    let run_dir = &record.run_dir;
+    let rendered: Rendered = read_json(&run_dir.join(RENDERED_FILE))?;
+    let results_dir = &record.results_dir;
+    let target = &Target::open(results_dir, opts)?;
+    if opts.worm {
+        // Before anything is written: WORM that cannot be applied is refused, not skipped.
+        target.check_protectable()?;
+    }
+    if target.folder.exists()? {
+        // Placed (or, on S3, its manifest written) by a pull stopped before its bookkeeping.
+        return adopt(store, record, &rendered, target, opts);
+    }
+    let validation = validate(&rendered, run_dir, opts.validate_timeout)?;
+    write_json(&run_dir.join("validation.json"), &validation)?;
+    let timed_out_warning = run_dir.join(SIGNAL_MARKER).exists();
+
+    let job_ok = observed.success;
+    let incomplete = !(job_ok && validation.ok);
+    // A pull in which nothing validates would publish nothing but logs as results: it is
+    // refused even with --allow-partial.
+    let nothing = incomplete && nothing_validates(&validation);
+    if incomplete && (!opts.allow_partial || nothing) {
+        let mut reasons = Vec::new();
+        if !job_ok {
+            reasons.push(format!(
+                "compute job {job_id} ended {} (exit code {})",
+                observed.facts.state,
+                observed.facts.exit_code.as_deref().unwrap_or("unknown")
+            ));
+        }
+        if !validation.ok {
+            reasons.push(format!(
+                "outputs did not validate: {}",
+                summarize(&validation)
+            ));
+        }
+        if nothing && opts.allow_partial {
+            reasons.push(
+                "no expected output validated, so there is nothing to pull even with \
+                 --allow-partial"
+                    .to_string(),
+            );
+        }
+        let rejected = Rejected {
+            reason: &reasons.join("; "),
+            facts: &observed.facts,
+            job_id,
+            nothing,
+        };
+        return publish_failed_logs(store, record, &rejected, target, opts, progress);
+    }
+
+    // Exactly what the purge will remove stays behind: the same resolved paths, so that
+    // nothing is left off the NAS and then purged from scratch.
+    let intermediates: Vec<PathBuf> = rendered
+        .outputs
+        .intermediate_paths(run_dir)?
+        .into_iter()
+        .filter_map(|p| p.strip_prefix(run_dir).ok().map(Path::to_path_buf))
+        .collect();
+    let mut exclude: Vec<String> = vec![crate::chain::PULL_SCRIPT.to_string()];
+    // The pull-back job's own log (and the local runner's) are being written while this
+    // copy runs; they would fail the source-changed check and say nothing about results.
+    exclude.push("logs/pull-*".to_string());
+    exclude.push("logs/local-runner.log".to_string());
+    let filter = Filter::new(&[], &exclude)?.excluding_paths(intermediates);
+
+    let provenance = Provenance {
+        run: record,
+        compute_job_id: job_id.to_string(),
+        compute_job: &observed.facts,
+        array_size,
+        earlier_compute_jobs: earlier_compute_jobs(view),
+        model: crate::digests::model_info(record, run_dir),
+        param_inputs: crate::digests::param_inputs(&rendered),
+        gpus: gpu_lines(run_dir),
+        validation: &validation,
+        partial: incomplete,
+        missing: if incomplete {
+            missing_outputs(&validation, run_dir)
+        } else {
+            Vec::new()
+        },
+        timed_out_warning,
+        pulled_at: Timestamp::now(),
+        pulled_by: current_user(),
+        pulled_on: hostname(),
+        hpcstage_version: env!("CARGO_PKG_VERSION"),
+    };
+    let described = [
+        (
+            "run.json",
+            json_bytes(&results_dir.join("run.json"), &provenance)?,
+        ),
+        (
+            "README.md",
+            readme_text(&provenance, &param_values(&rendered))?.into_bytes(),
+        ),
+    ];
+    let written = match &target.store {
+        Some(objects) => {
+            let retention = opts.worm.then_some(opts.s3.retention);
+            upload_to_store(
+                objects, run_dir, filter, &described, retention, opts, progress,
+            )
+            .map_err(|e| nas_failure(results_dir, e))?
+        }
+        None => {
+            match write_to_folder(record, &target.folder, filter, &described, opts, progress)? {
+                Some(written) => written,
+                // A results folder appeared meanwhile: the one in place is adopted only if it
+                // is this run's.
+                None => return adopt(store, record, &rendered, target, opts),
+            }
+        }
+    };
+    let (manifest, bytes) = written;
+    let placed = Placed {
+        files: manifest.len() as u64,
+        bytes,
+        digest: manifest.digest().to_hex(),
+        missing: incomplete.then(|| provenance.missing.clone()),
+        // Objects uploaded with `--worm` got their retention one by one, read back.
+        protected: target.store.is_some() && opts.worm,
+    };
+    finish(store, record, &rendered, target, opts, placed)
+}
+
+/// A results folder on a local or SSH NAS: copied with the verified copy engine into a
+/// hidden folder (next to its final place, or on scratch for an SSH NAS), described,
+/// listed in its manifest, then renamed (or uploaded and renamed) into place. Returns the
+/// manifest and the bytes of the results, or `None` when a results folder appeared under
+/// the final name meanwhile.
+// The SFTP branch (`place_remote`) goes once the SFTP storage backend writes through
+// `Storage` like the S3 one (see `upload_to_store`).
+fn write_to_folder(
+    record: &RunRecord,
+    nas_folder: &NasFolder,
+    filter: Filter,
+    described: &[(&str, Vec<u8>)],
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<Option<(Manifest, u64)>> {
+    let results_dir = &record.results_dir;
+    let run_dir = &record.run_dir;
+    let parent = results_dir.parent().unwrap_or(results_dir);
+    // Until the rename, only the NAS is written: a failure says so, and that scratch is
+    // as it was.
+    let nas = |e: hpcstage_staging::Error| nas_failure(results_dir, e);
+    let name = results_dir
+        .file_name()
+        .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
+    // A local NAS gets the folder assembled next to its final place; a remote one gets it
+    // assembled on scratch first, then uploaded (see `place_remote`).
+    let partial = if nas_folder.remote().is_some() {
+        outbox(run_dir, &name)
+    } else {
+        std::fs::create_dir_all(parent).map_err(|e| nas(hpcstage_staging::Error::io(parent, e)))?;
+        parent.join(format!(".{name}.partial"))
+    };
+    let copy = copy_options(opts, filter);
+    let report = match copy_tree(run_dir, &partial, &copy, progress) {
+        Err(hpcstage_staging::Error::Locked { holder, .. }) => {
+            return Err(Error::PullBusy {
+                id: record.id.clone(),
+                holder,
+            })
+        }
+        other => other.map_err(nas)?,
+    };
+    if !report.ok() {
+        return Err(not_copied(&partial, &report.failed, report.files_total));
+    }
+    let mut entries = report.manifest.entries.clone();
+    entries.retain(|e| described.iter().all(|(name, _)| e.path != Path::new(name)));
+    for (name, bytes) in described {
+        entries.push(ManifestEntry {
+            path: name.into(),
+            digest: write_verified(&partial.join(name), bytes).map_err(nas)?,
+        });
+    }
+    let manifest = Manifest::from_entries(entries);
+    manifest
+        .write_atomic(&partial.join(MANIFEST_NAME))
+        .map_err(nas)?;
+    hpcstage_staging::place::prune_unlisted(&partial, &manifest).map_err(nas)?;
+    let state = partial.join(STATE_DIR);
+    std::fs::remove_dir_all(&state).map_err(|e| nas(hpcstage_staging::Error::io(&state, e)))?;
+
+    let placed = match nas_folder.remote() {
+        Some((remote, root)) => place_remote(remote, root, &partial, &manifest, opts, progress),
+        None => hpcstage_staging::place::rename_noreplace(&partial, results_dir)
+            .map_err(|e| hpcstage_staging::Error::io(results_dir, e)),
+    };
+    match placed {
+        Ok(()) => Ok(Some((manifest, report.bytes_total))),
+        Err(e) if already_exists(&e) => {
+            // Ours stays hidden and goes.
+            let _ = hpcstage_staging::worm::make_writable(&partial);
+            let _ = std::fs::remove_dir_all(&partial);
+            Ok(None)
+        }
+        Err(e) => Err(nas(e)),
+    }
+}
+
+/// How pull copies files of the run folder to a NAS folder: verified, mtimes kept.
+pub(super) fn copy_options(opts: &PullOptions, filter: Filter) -> CopyOptions {
+    CopyOptions {
+        jobs: opts.jobs,
+        preserve_mtime: true,
+        use_source_manifest: false,
+        filter,
+        ..CopyOptions::default()
+    }
+}
+
+/// Files that could not be written to the NAS, the first named, saying that scratch is
+/// as it was.
+pub(super) fn not_copied(to: &Path, failed: &[Failure], total: u64) -> Error {
+    let first = &failed[0];
+    Error::Staging(hpcstage_staging::Error::io(
+        to,
+        std::io::Error::other(format!(
+            "{} of {} files could not be copied to the NAS (first: {}: {}); scratch is untouched and the run can be pulled again",
+            failed.len(),
+            total,
+            first.path.display(),
+            first.error
+        )),
+    ))
+}
+
+/// Where a results folder for a remote NAS is assembled before its upload.
+pub(super) fn outbox(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(STATE_DIR).join("outbox").join(name)
+}
+
+pub(super) fn already_exists(e: &hpcstage_staging::Error) -> bool {
+    match e {
+        hpcstage_staging::Error::Io { error: source, .. } => {
+            source.kind() == std::io::ErrorKind::AlreadyExists
+        }
+        hpcstage_staging::Error::Remote { kind, .. } => *kind == RemoteErrorKind::AlreadyExists,
+        _ => false,
+    }
+}
+
+/// Uploads the folder assembled at `local` into the remote results folder: verified
+/// files in a hidden folder next to it, checked against the local manifest (and with
+/// `sha256sum -c` on the NAS host when asked), then one rename into place. The local copy
+/// goes once the folder is in place.
+pub(super) fn place_remote(
+    remote: &Remote,
+    dest: &Path,
+    local: &Path,
+    manifest: &Manifest,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> std::result::Result<(), hpcstage_staging::Error> {
+    let upload = remote.begin_upload(dest)?;
+    let upload_opts = UploadOptions {
+        preserve_mtime: true,
+        remote_verify: opts.remote_verify,
+        ..UploadOptions::default()
+    };
+    progress.phase("uploading");
+    upload.put_tree(local, &upload_opts, progress)?;
+    let sent = upload.manifest();
+    if sent.digest() != manifest.digest() {
+        return Err(hpcstage_staging::Error::Remote {
+            path: remote.display(upload.tmp()),
+            kind: RemoteErrorKind::Other,
+            message: format!(
+                "the uploaded files ({}) do not match the results manifest ({}); the hidden folder is kept and the next pull checks it again",
+                sent.len(),
+                manifest.len()
+            ),
+        });
+    }
+    upload.finish(opts.remote_verify)?;
+    let _ = hpcstage_staging::worm::make_writable(local);
+    std::fs::remove_dir_all(local).map_err(|e| hpcstage_staging::Error::io(local, e))?;
+    Ok(())
+}
+
+/// An I/O failure while writing the results to the NAS, saying what it means for the run.
+/// Other errors (no space, a lock) already say what to do and pass through.
+pub(super) fn nas_failure(results_dir: &Path, e: hpcstage_staging::Error) -> Error {
+    match e {
+        hpcstage_staging::Error::Io { .. } => Error::Staging(hpcstage_staging::Error::io(
+            results_dir,
+            std::io::Error::other(format!(
+                "cannot write the results to the NAS ({e}); scratch is untouched and the run can be pulled again"
+            )),
+        )),
+        other => Error::Staging(other),
+    }
+}
+
+/// What follows a results folder in place, in an order a killed pull can resume:
+/// write protection, purge of the intermediates, the run folder's marker, the ledger.
+/// A partial pull (`--allow-partial` of a failed or invalid job, `partial` lists what is
+/// missing) purges nothing: scratch of a failed job is left as it is, for whoever finds
+/// out why.
+fn finish(
+    store: &RunStore,
+    record: &RunRecord,
+    rendered: &Rendered,
+    target: &Target,
+    opts: &PullOptions,
+    placed: Placed,
+) -> Result<PullOutcome> {
+    let Placed {
+        files,
+        bytes,
+        digest,
+        missing: partial,
+        protected,
+    } = placed;
+    let results_dir = &record.results_dir;
+    if opts.worm && !protected {
+        target.protect(opts)?;
+    }
+    let purged = if partial.is_none() {
+        purge_intermediates(rendered, record)?
+    } else {
+        Vec::new()
+    };
+    write_json(
+        &record.run_dir.join(STATE_DIR).join(PULLED_MARKER),
+        &PulledMarker {
+            run_id: record.id.clone(),
+            results_dir: results_dir.clone(),
+            manifest_digest: digest.clone(),
+            pulled_at: Timestamp::now(),
+            partial: partial.clone(),
+        },
+    )?;
+    store.append(
+        &record.id,
+        Event::Pulled {
+            results_dir: results_dir.clone(),
+            manifest_digest: digest.clone(),
+            partial: partial.clone(),
+        },
+    )?;
+    Ok(PullOutcome::Pulled {
+        results_dir: results_dir.clone(),
+        files,
+        bytes,
+        manifest_digest: digest,
+        purged,
+        partial: partial.is_some(),
+        missing: partial.unwrap_or_default(),
+    })
+}
+
+/// Results in place: how many files and bytes, the manifest's digest, and for a partial
+/// pull what is missing.
+struct Placed {
+    files: u64,
+    bytes: u64,
+    digest: String,
+    missing: Option<Vec<String>>,
+    /// Already write-protected as it was written.
+    protected: bool,
+}
+
+/// Takes over a results folder already under its final name: it is complete (folders are
+/// renamed into place only once verified) when its `run.json` names this run and every
+/// file of its manifest is there. Anything else at that name is left alone.
+fn adopt(
+    store: &RunStore,
+    record: &RunRecord,
+    rendered: &Rendered,
+    target: &Target,
+    opts: &PullOptions,
+) -> Result<PullOutcome> {
+    let results_dir = &record.results_dir;
+    let not_ours = |why: String| Error::Record {
+        path: results_dir.clone(),
+        reason: format!(
+            "the results folder exists but {why}; it was left as it is: move it away and pull again"
+        ),
+    };
+    let provenance: serde_json::Value = target
+        .folder
+        .read(Path::new("run.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.ok_or_else(|| "it is missing".to_string()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| not_ours(format!("its run.json cannot be read ({e})")))?;
+    let owner = provenance["run"]["id"].as_str().unwrap_or_default();
+    if owner != record.id {
+        return Err(not_ours(format!("holds run {owner:?}, not {}", record.id)));
+    }
+    let manifest = target
+        .folder
+        .manifest()
+        .map_err(|e| e.to_string())
+        .and_then(|m| m.ok_or_else(|| "it is missing".to_string()))
+        .map_err(|e| not_ours(format!("its manifest cannot be read ({e})")))?;
+    let sizes = target
+        .folder
+        .file_sizes()
+        .map_err(|e| not_ours(format!("it cannot be listed ({e})")))?;
+    let mut bytes = 0;
+    for entry in &manifest.entries {
+        bytes += sizes.get(&entry.path).ok_or_else(|| {
+            not_ours(format!(
+                "{} of its manifest is missing",
+                entry.path.display()
+            ))
+        })?;
+    }
+    let digest = manifest.digest().to_hex();
+    let partial = provenance["partial"].as_bool().unwrap_or(false);
+    let missing: Vec<String> = provenance["missing"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let placed = Placed {
+        files: manifest.len() as u64,
+        bytes,
+        digest,
+        missing: partial.then_some(missing),
+        protected: false,
+    };
+    finish(store, record, rendered, target, opts, placed)
+}
+
+/// Removes the spec's intermediates from the run folder: never the input, never anything
+/// outside the run folder.
+fn purge_intermediates(rendered: &Rendered, record: &RunRecord) -> Result<Vec<PathBuf>> {
+    let run_dir = std::fs::canonicalize(&record.run_dir)
+        .map_err(|e| hpcstage_staging::Error::io(&record.run_dir, e))?;
+    let input = std::fs::canonicalize(&record.input.path).unwrap_or(record.input.path.clone());
+    let mut purged = Vec::new();
+    for path in rendered.outputs.intermediate_paths(&record.run_dir)? {
+        // The path itself, not what a link there points to: a link to masks/ must not
+        // take masks/ with it.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let Some(parent) = path.parent().and_then(|p| std::fs::canonicalize(p).ok()) else {
+            continue;
+        };
+        let real = parent.join(path.file_name().unwrap_or_default());
+        if !real.starts_with(&run_dir) || real == run_dir || real.starts_with(&input) {
+            continue;
+        }
+        let result = if meta.is_dir() {
+            std::fs::remove_dir_all(&real)
+        } else {
+            std::fs::remove_file(&real)
+        };
+        result.map_err(|e| hpcstage_staging::Error::io(&real, e))?;
+        purged.push(path);
+    }
+    Ok(purged)
+}
