@@ -2,7 +2,9 @@
 //! byte-identical when made again, checked by `archive verify`, restored one file at a
 //! time with a seek, and resumed after `kill -9`; the results of a pulled run archived by
 //! its id; `copies` (3-2-1) before and after an archive and declared copies; snapshots and
-//! holds on zfs-fuse.
+//! holds on zfs-fuse; archives on S3 (the Ceph RadosGW of tests/s3/): round trip, a
+//! one-file restore whose bytes are counted at a relay, a changed chunk caught, Object
+//! Lock retention, `kill -9` and rerun, refused credentials, 3-2-1 with an object store.
 
 #![allow(clippy::print_stderr)]
 
