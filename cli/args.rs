@@ -752,7 +752,7 @@ pub(crate) struct ArchiveArgs {
     /// for s3://]
     #[arg(long, value_parser = ["disk", "tape", "object"])]
     pub(crate) media: Option<String>,
-    /// The destination is off-site (for the 3-2-1 check)
+    /// The destination is off-site (for the 3-2-1 check; on s3:// also `[s3] offsite = true`)
     #[arg(long)]
     pub(crate) offsite: bool,
     /// Also set the immutable flag (chattr +i) where filesystem and privileges allow

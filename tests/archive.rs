@@ -1249,7 +1249,7 @@ fn an_archive_to_s3_with_wrong_credentials_is_refused_with_the_bucket_named() {
 }
 
 #[test]
-fn copies_holds_after_an_archive_to_an_offsite_object_store_and_a_declared_tape() {
+fn copies_holds_after_an_archive_to_an_offsite_object_store_and_a_declared_tape_copy() {
     let Some(w) = S3World::new("archive-321") else {
         return;
     };
@@ -1263,8 +1263,14 @@ fn copies_holds_after_an_archive_to_an_offsite_object_store_and_a_declared_tape(
         .code(5)
         .out_has("3-2-1: FAILS (1 of the 3 copies needed; one kind of media (disk), 2 needed; no copy off-site)");
 
-    archive_to(&w, &w.url(&bucket, "cold"), &["--offsite"]).code(0);
-    let mut config = fs::read_to_string(w.env.user_config()).unwrap();
+    // The S3 service is declared off-site in the config (`--offsite` would do as well).
+    let mut config = fs::read_to_string(w.env.user_config()).unwrap().replacen(
+        "[s3]\n",
+        "[s3]\noffsite = true\n",
+        1,
+    );
+    write(w.env.user_config(), &config);
+    archive_to(&w, &w.url(&bucket, "cold"), &[]).code(0);
     config.push_str(
         "\n[[copies]]\nname = \"lto-2026\"\nlocation = \"vault:LTO-0042\"\nmedia = \"tape\"\noffsite = true\n",
     );

@@ -106,7 +106,8 @@ fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<Ex
     let to = args.to.as_deref().expect("clap requires it");
     let (source, project, name, kind) = resolve(settings, what)?;
     archive::check_source(&source)?;
-    let (dest, media) = if S3Url::is_s3(to.as_os_str().as_encoded_bytes()) {
+    let on_s3 = S3Url::is_s3(to.as_os_str().as_encoded_bytes());
+    let (dest, media) = if on_s3 {
         if args.immutable {
             bail!("--immutable is for a folder (chattr +i); on {} give --retain DURATION for Object Lock retention", to.display());
         }
@@ -136,7 +137,7 @@ fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<Ex
         chunk_size: args.chunk_size,
         immutable: args.immutable,
         media: args.media.clone().unwrap_or_else(|| media.to_string()),
-        offsite: args.offsite,
+        offsite: args.offsite || (on_s3 && settings.s3_offsite),
     };
     let bar = output::Bar::new("archiving", args.json);
     let outcome = archive::create(&s, ledger, &bar);
