@@ -44,6 +44,8 @@ use crate::walk::{Entry, Filter, Kind, Meta, Tree};
 
 /// Parts of a multipart upload (S3 allows 5 MiB to 5 GiB; 10,000 parts at most).
 const PART: usize = 16 << 20;
+/// Parts of one upload sent at once.
+const PARTS_IN_FLIGHT: usize = 4;
 /// The metadata key of an object's SHA-256 (sent as `x-amz-meta-sha256`).
 const SHA256_KEY: &str = "sha256";
 
@@ -511,6 +513,7 @@ impl S3Store {
             buffer: Vec::with_capacity(part),
             upload_id: None,
             parts: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
             bytes: 0,
         })
     }
@@ -806,6 +809,7 @@ impl Storage for S3Store {
             buffer: Vec::with_capacity(PART.min(size as usize + 1)),
             upload_id: None,
             parts: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
             bytes: 0,
         }))
     }
@@ -894,8 +898,19 @@ struct S3Upload<'a> {
     buffer: Vec<u8>,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
+    /// Parts being sent (at most [`PARTS_IN_FLIGHT`]), oldest first.
+    in_flight: std::collections::VecDeque<(i32, tokio::task::JoinHandle<PartSent>)>,
     bytes: u64,
 }
+
+/// What sending one part gave.
+type PartSent = std::result::Result<
+    aws_sdk_s3::operation::upload_part::UploadPartOutput,
+    SdkError<
+        aws_sdk_s3::operation::upload_part::UploadPartError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+>;
 
 fn content_md5(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
@@ -919,31 +934,50 @@ impl S3Upload<'_> {
                 .map_err(|e| store.error("CreateMultipartUpload", Some(&self.rel), e))?;
             self.upload_id = out.upload_id().map(str::to_string);
         }
-        let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        let number = i32::try_from(self.parts.len() + self.in_flight.len() + 1).unwrap_or(i32::MAX);
         let body = std::mem::take(&mut self.buffer);
         let md5 = content_md5(&body);
-        let out = store
-            .runtime
-            .block_on(
-                store
-                    .client
-                    .upload_part()
-                    .bucket(&store.url.bucket)
-                    .key(&self.key)
-                    .set_upload_id(self.upload_id.clone())
-                    .part_number(number)
-                    .content_md5(md5)
-                    .body(ByteStream::from(body))
-                    .send(),
-            )
-            .map_err(|e| store.error("UploadPart", Some(&self.rel), e))?;
+        let sent = store.runtime.spawn(
+            store
+                .client
+                .upload_part()
+                .bucket(&store.url.bucket)
+                .key(&self.key)
+                .set_upload_id(self.upload_id.clone())
+                .part_number(number)
+                .content_md5(md5)
+                .body(ByteStream::from(body))
+                .send(),
+        );
+        self.in_flight.push_back((number, sent));
+        if self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_part()?;
+        }
+        self.buffer = Vec::with_capacity(self.part);
+        Ok(())
+    }
+
+    /// Waits for the oldest part in flight and records it.
+    fn wait_part(&mut self) -> Result<()> {
+        let Some((number, sent)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let store = self.store;
+        let out = match store.runtime.block_on(sent) {
+            Ok(done) => done.map_err(|e| store.error("UploadPart", Some(&self.rel), e))?,
+            Err(e) => {
+                return Err(Error::io(
+                    store.display(&self.rel),
+                    std::io::Error::other(format!("UploadPart: {e}")),
+                ))
+            }
+        };
         self.parts.push(
             CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
                 .build(),
         );
-        self.buffer = Vec::with_capacity(self.part);
         Ok(())
     }
 }
@@ -997,8 +1031,11 @@ impl Upload for S3Upload<'_> {
                 .map_err(|e| store.error("PutObject", Some(&self.rel), e))?;
             out.version_id().map(str::to_string)
         } else {
-            if !self.buffer.is_empty() || self.parts.is_empty() {
+            if !self.buffer.is_empty() || self.parts.len() + self.in_flight.len() == 0 {
                 self.send_part()?;
+            }
+            while !self.in_flight.is_empty() {
+                self.wait_part()?;
             }
             let parts = std::mem::take(&mut self.parts);
             let out = store
@@ -1033,6 +1070,10 @@ impl Upload for S3Upload<'_> {
 
 impl Drop for S3Upload<'_> {
     fn drop(&mut self) {
+        for (_, sent) in self.in_flight.drain(..) {
+            sent.abort();
+            let _ = self.store.runtime.block_on(sent);
+        }
         if let Some(id) = self.upload_id.take() {
             let store = self.store;
             let _ = store.runtime.block_on(
