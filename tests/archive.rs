@@ -1089,6 +1089,18 @@ fn retain_gives_every_object_compliance_object_lock_and_a_delete_is_refused() {
     // The record keeps it.
     let copies = w.env.run_roots(["copies", "PRJ/ds", "--json"]);
     copies.code(0);
+    // A retention shorter than a day is a usage error.
+    w.env
+        .run_roots([
+            "archive",
+            "PRJ/raw/ds",
+            "--to",
+            &w.url(&bucket, "cold3"),
+            "--retain",
+            "1h",
+        ])
+        .code(2)
+        .err_has("shorter than a day");
     // An S3 flag on a folder, and a folder flag on S3, are refused.
     w.env
         .run_roots(["archive", "PRJ/raw/ds", "--to", "tape", "--retain", "1d"])

@@ -184,15 +184,18 @@ impl ChunkStore for BucketStore {
     }
 
     fn retain(&self, _immutable: bool) -> Result<Protection> {
-        // Every object got its retention (read back) when it was written.
+        // No permission bits on S3: every object got its retention (read back) when it
+        // was written, which `retention` describes.
         Ok(Protection {
-            read_only: self.retention.is_some(),
+            read_only: false,
             immutable: None,
         })
     }
 
-    fn protect_finished(&self, _immutable: bool) -> Result<Option<Protection>> {
-        Ok(None)
+    fn protect_finished(&self, immutable: bool) -> Result<Option<Protection>> {
+        // Nothing to apply after the fact: the objects keep the retention they were
+        // written with (the archive's record says which).
+        self.retain(immutable).map(Some)
     }
 
     fn retention(&self) -> Option<String> {

@@ -219,9 +219,12 @@ pub fn create(
             Some(p) => p.read_only,
             None => earlier.as_ref().is_none_or(|r| r.read_only),
         },
-        retention: store
-            .retention()
-            .or_else(|| earlier.as_ref().and_then(|r| r.retention.clone())),
+        // What this run applied; a finished archive keeps what its record says.
+        retention: if already {
+            earlier.as_ref().and_then(|r| r.retention.clone())
+        } else {
+            store.retention()
+        },
         immutable: match &protection {
             Some(p) => p.immutable.clone(),
             None => earlier.as_ref().and_then(|r| r.immutable.clone()),

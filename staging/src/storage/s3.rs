@@ -502,20 +502,32 @@ impl S3Store {
     /// Content-MD5; no SHA-256 in its metadata. Aborted when dropped unfinished.
     pub fn create_multipart(&self, rel: &Path, part: usize) -> Box<dyn Upload + '_> {
         let part = part.max(PART);
-        Box::new(S3Upload {
+        Box::new(self.upload(rel, None, true, part, part))
+    }
+
+    /// An upload of `rel`, nothing sent yet.
+    fn upload(
+        &self,
+        rel: &Path,
+        expected: Option<Digest>,
+        multipart: bool,
+        part: usize,
+        capacity: usize,
+    ) -> S3Upload<'_> {
+        S3Upload {
             store: self,
             rel: rel.to_path_buf(),
             key: self.key(rel),
-            expected: None,
-            multipart: true,
+            expected,
+            multipart,
             part,
             hasher: Sha256::default(),
-            buffer: Vec::with_capacity(part),
+            buffer: Vec::with_capacity(capacity),
             upload_id: None,
             parts: Vec::new(),
             in_flight: std::collections::VecDeque::new(),
             bytes: 0,
-        })
+        }
     }
 
     /// GETs `rel` (a given version, or the current one) from byte `from` (to byte `end`,
@@ -798,20 +810,13 @@ impl Storage for S3Store {
     }
 
     fn create(&self, rel: &Path, size: u64, digest: Digest) -> Result<Box<dyn Upload + '_>> {
-        Ok(Box::new(S3Upload {
-            store: self,
-            rel: rel.to_path_buf(),
-            key: self.key(rel),
-            expected: Some(digest),
-            multipart: size > PART as u64,
-            part: PART,
-            hasher: Sha256::default(),
-            buffer: Vec::with_capacity(PART.min(size as usize + 1)),
-            upload_id: None,
-            parts: Vec::new(),
-            in_flight: std::collections::VecDeque::new(),
-            bytes: 0,
-        }))
+        Ok(Box::new(self.upload(
+            rel,
+            Some(digest),
+            size > PART as u64,
+            PART,
+            PART.min(size as usize + 1),
+        )))
     }
 
     fn verify(&self, written: &Written) -> Result<()> {
