@@ -11,15 +11,12 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use common::s3::{locked_bucket, plain_bucket, S3World};
+use common::s3::{locked_bucket, plain_bucket, relay, S3World};
 use common::{
     all_entries, assert_manifest_verifies, noise, read, tricky_tree, wait_for, write, Env, Run,
 };
@@ -782,59 +779,6 @@ fn s3_objects(w: &S3World, bucket: &str, location: &str) -> Vec<String> {
     keys
 }
 
-/// A TCP relay to the S3 server that counts the bytes the server sends back through it,
-/// and waits `pace` after each block of 64 KiB either way (a slower network).
-fn counting_relay(pace: std::time::Duration) -> (String, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
-    let port = listener.local_addr().expect("relay address").port();
-    let upstream = common::s3::endpoint()
-        .trim_start_matches("http://")
-        .to_string();
-    let sent = Arc::new(AtomicU64::new(0));
-    let count = sent.clone();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let Ok(server) = TcpStream::connect(&upstream) else {
-                continue;
-            };
-            let (mut from_client, mut to_server) = (
-                client.try_clone().expect("clone"),
-                server.try_clone().expect("clone"),
-            );
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 << 10];
-                while let Ok(n @ 1..) = from_client.read(&mut buf) {
-                    std::thread::sleep(pace);
-                    if to_server.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = to_server.shutdown(std::net::Shutdown::Write);
-            });
-            let (mut from_server, mut to_client) = (server, client);
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    match from_server.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            std::thread::sleep(pace);
-                            count.fetch_add(n as u64, Ordering::SeqCst);
-                            if to_client.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = to_client.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    (format!("http://127.0.0.1:{port}"), sent)
-}
-
 #[test]
 fn an_archive_to_s3_round_trips_and_one_file_is_restored_with_a_range_get() {
     let Some(w) = S3World::new("archive") else {
@@ -897,7 +841,7 @@ fn an_archive_to_s3_round_trips_and_one_file_is_restored_with_a_range_get() {
 
     // One file restored through a relay that counts what the server sends: the member's
     // bytes and the small index, not the chunks.
-    let (relay, sent) = counting_relay(std::time::Duration::ZERO);
+    let (relay, sent) = relay(std::time::Duration::ZERO);
     let config = w.env.path("relay.toml");
     write(&config, format!("[s3]\nendpoint = \"{relay}\"\n"));
     let restore = w.env.run([
@@ -1133,7 +1077,7 @@ fn an_archive_to_s3_killed_mid_upload_counts_no_unverified_chunk_and_a_rerun_com
     s3_dataset(&w, &refs);
     let url = w.url(&bucket, "cold");
     // Through a relay at about 10 MB/s: a chunk's upload is in flight for a while.
-    let (relay, _) = counting_relay(std::time::Duration::from_millis(6));
+    let (relay, _) = relay(std::time::Duration::from_millis(6));
     let config = w.env.path("relay.toml");
     write(&config, format!("[s3]\nendpoint = \"{relay}\"\n"));
     let mut cmd = w.env.command();
