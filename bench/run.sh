@@ -906,17 +906,26 @@ fi
 
 # 11. archive to S3: hpcstage's chunks (each a multipart upload read back with a GET and
 # compared before it counts) against one tar streamed to the bucket with its sha256sum.
-# Both write to the plain bucket (no Object Lock), emptied before every run.
+# Both write to the plain bucket (no Object Lock), emptied before every run. The server
+# keeps objects in memory (memstore, 2 GiB) and frees deleted ones only when its garbage
+# collector runs (after a minute or more): `gc process` frees them at once, else a few
+# runs of (l) fill it and every later write fails.
+s3_empty() {
+    "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$1" >/dev/null 2>&1 || true
+    timeout 120 radosgw-admin gc process --include-all >/dev/null 2>&1 ||
+        say "radosgw-admin gc process failed: deleted objects are freed later"
+}
+export -f s3_empty say
 if want 11; then
     s3_up
     ensure_dataset l "$DATA_L" "2 files of $L_MIB MiB"
     mkdir -p "$PEER_DIR/s3tar"
     measure "11 s3 archive (l)" time_le 2 "tar + aws s3 cp -" \
-        '"$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_BASE-arch" >/dev/null' "$H archive \"\$DATA_L\" --to \"\$S3_BASE-arch\"" \
-        '"$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_BASE-tar" >/dev/null' 'cd "$DATA_L/.." && tar --format=posix -cf - l | tee >(sha256sum >"$PEER_DIR/s3tar/l.tar.sha256") | "$HPCSTAGE_S3_AWS" s3 cp --quiet - "$S3_BASE-tar/l.tar"' \
+        's3_empty "$S3_BASE-arch"' "$H archive \"\$DATA_L\" --to \"\$S3_BASE-arch\"" \
+        's3_empty "$S3_BASE-tar"' 'cd "$DATA_L/.." && tar --format=posix -cf - l | tee >(sha256sum >"$PEER_DIR/s3tar/l.tar.sha256") | "$HPCSTAGE_S3_AWS" s3 cp --quiet - "$S3_BASE-tar/l.tar"' \
         "$DATA_L"
-    "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_BASE-arch" >/dev/null 2>&1 || true
-    "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_BASE-tar" >/dev/null 2>&1 || true
+    s3_empty "$S3_BASE-arch"
+    s3_empty "$S3_BASE-tar"
 fi
 
 # --------------------------------------------------------------------------- report
