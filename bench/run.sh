@@ -42,6 +42,11 @@
 #                        read back with a GET; run.json, README.md, MANIFEST.sha256 last) vs
 #                        `rclone copy` and `aws s3 sync` of the same run folder (without its
 #                        intermediates and bookkeeping) to a fresh prefix
+#  11. archive to S3     `hpcstage archive L --to s3://BUCKET/bench-arch` (a multipart upload
+#                        per chunk, each read back with a GET and compared, then index,
+#                        README and manifest) vs `tar --format=posix -cf - L | tee >(sha256sum)
+#                        | aws s3 cp - s3://BUCKET/bench-tar/l.tar`, dataset (l), on the same
+#                        S3 test server; the objects are removed before every run
 # on two generated datasets of random bytes:
 #   (a) 4 files of 512 MiB (large sequential files: throughput of hashing and copying)
 #   (b) 20,000 files of 16 KiB in 100 folders (many small files: per-file overhead)
@@ -128,7 +133,7 @@ case $BENCH_CACHE in auto | cold | warm) ;; *) die "BENCH_CACHE must be auto, co
 case $BENCH_DIR in /*) ;; *) die "BENCH_DIR must be an absolute path (got '$BENCH_DIR')" ;; esac
 BENCH_ONLY=${BENCH_ONLY//,/ }
 for m in $BENCH_ONLY; do
-    [[ $m =~ ^([1-9]|10)$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 10 (got '$BENCH_ONLY')"
+    [[ $m =~ ^([1-9]|1[01])$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 11 (got '$BENCH_ONLY')"
 done
 # want N: measurement N is to run.
 want() { [[ -z ${BENCH_ONLY// /} || " $BENCH_ONLY " == *" $1 "* ]]; }
@@ -856,23 +861,29 @@ fi
 # the plain bucket of the S3 test server, then fetched by hpcstage (verifying), rclone copy
 # and aws s3 sync, every run into an empty destination.
 S3_NOTE=
-if want 10; then
-    [[ $(id -u) -eq 0 ]] || die "measurement 10 starts the S3 test server (tests/s3/up.sh) and needs root"
+L_MIB=128
+[[ $BENCH_SCALE == small ]] && L_MIB=16
+gen_l() {
+    local i
+    rm -rf "$1" && mkdir -p "$1"
+    for i in 1 2; do head -c "$((L_MIB << 20))" /dev/urandom >"$1/large$i.bin"; done
+}
+export DATA_L=$DATA/l
+# The S3 test server (for 10 and 11), started once; its variables sourced.
+s3_up() {
+    [[ -z ${S3_BASE:-} ]] || return 0
+    [[ $(id -u) -eq 0 ]] || die "measurements 10 and 11 start the S3 test server (tests/s3/up.sh) and need root"
     bash "$REPO/tests/s3/up.sh" >"$LOG_DIR/s3-up.log" 2>&1 ||
         die "the S3 test server did not start (log: $LOG_DIR/s3-up.log)"
     # shellcheck source=/dev/null
     source "$REPO/tests/s3/env.sh"
-    ensure_dataset b "$DATA_B" "$B_FILES files of $B_KIB KiB in $B_DIRS folders"
-    L_MIB=128
-    [[ $BENCH_SCALE == small ]] && L_MIB=16
-    gen_l() {
-        local i
-        rm -rf "$1" && mkdir -p "$1"
-        for i in 1 2; do head -c "$((L_MIB << 20))" /dev/urandom >"$1/large$i.bin"; done
-    }
-    export DATA_L=$DATA/l
-    ensure_dataset l "$DATA_L" "2 files of $L_MIB MiB"
     export BENCH_SCALE S3_BASE="s3://$HPCSTAGE_S3_BUCKET/bench-$BENCH_SCALE"
+    S3_NOTE="10, 11: Ceph RadosGW on $HPCSTAGE_S3_ENDPOINT (memstore OSD); $(rclone version 2>/dev/null | head -n 1); $("$HPCSTAGE_S3_AWS" --version 2>&1)"
+}
+if want 10; then
+    s3_up
+    ensure_dataset b "$DATA_B" "$B_FILES files of $B_KIB KiB in $B_DIRS folders"
+    ensure_dataset l "$DATA_L" "2 files of $L_MIB MiB"
     for x in b l; do
         src=$DATA_B
         [[ $x == l ]] && src=$DATA_L
@@ -950,7 +961,30 @@ print(((v["jobs"] or [{}])[0].get("facts") or {}).get("state", ""))')
     # The server keeps its objects in memory (memstore, about 2 GiB): they go again.
     "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_BASE" >/dev/null 2>&1 ||
         say "could not remove $S3_BASE from the S3 test server"
-    S3_NOTE="10: from Ceph RadosGW on $HPCSTAGE_S3_ENDPOINT (memstore OSD); $(rclone version 2>/dev/null | head -n 1); $("$HPCSTAGE_S3_AWS" --version 2>&1)"
+fi
+
+# 11. archive to S3: hpcstage's chunks (each a multipart upload read back with a GET and
+# compared before it counts) against one tar streamed to the bucket with its sha256sum.
+# Both write to the plain bucket (no Object Lock), emptied before every run. The server
+# keeps objects in memory (memstore, 2 GiB) and frees deleted ones only when its garbage
+# collector runs (after a minute or more): `gc process` frees them at once, else a few
+# runs of (l) fill it and every later write fails.
+s3_empty() {
+    "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$1" >/dev/null 2>&1 || true
+    timeout 120 radosgw-admin gc process --include-all >/dev/null 2>&1 ||
+        say "radosgw-admin gc process failed: deleted objects are freed later"
+}
+export -f s3_empty say
+if want 11; then
+    s3_up
+    ensure_dataset l "$DATA_L" "2 files of $L_MIB MiB"
+    mkdir -p "$PEER_DIR/s3tar"
+    measure "11 s3 archive (l)" time_le 2 "tar + aws s3 cp -" \
+        's3_empty "$S3_BASE-arch"' "$H archive \"\$DATA_L\" --to \"\$S3_BASE-arch\"" \
+        's3_empty "$S3_BASE-tar"' 'cd "$DATA_L/.." && tar --format=posix -cf - l | tee >(sha256sum >"$PEER_DIR/s3tar/l.tar.sha256") | "$HPCSTAGE_S3_AWS" s3 cp --quiet - "$S3_BASE-tar/l.tar"' \
+        "$DATA_L"
+    s3_empty "$S3_BASE-arch"
+    s3_empty "$S3_BASE-tar"
 fi
 
 # --------------------------------------------------------------------------- report

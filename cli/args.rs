@@ -181,6 +181,7 @@ hpcstage clean PRJ1/plate7               # one staged dataset (or a run id)"
         subcommand_negates_reqs = true,
         after_help = "Examples:\n  hpcstage archive PRJ1/raw/plate7 --to /tape/staging\n  \
 hpcstage archive PRJ1/raw/plate7 --to /mnt/ltfs --media tape --offsite --chunk-size 50GiB\n  \
+hpcstage archive PRJ1/raw/plate7 --to s3://lab-archive/cold --retain 10y --offsite   # Object Lock\n  \
 hpcstage archive unet-seg-plate7-20261127T101500-3f2a --to /tape/staging   # a run's results\n  \
 hpcstage archive list PRJ1-plate7-1a2b3c4d\n  \
 hpcstage archive verify /tape/staging/PRJ1-plate7-1a2b3c4d\n  \
@@ -188,7 +189,9 @@ hpcstage archive restore PRJ1-plate7-1a2b3c4d --file images/A01.tif --to /tmp/ba
 The archive goes into DIR/<ID>/ (ID = PRJ-NAME-<8 hex digits of its layout>): POSIX tar \
 chunks readable alone with GNU tar or bsdtar, ARCHIVE-INDEX.tsv, ARCHIVE-MANIFEST.sha256 and \
 a README.txt on restoring with tar and sha256sum alone. The same dataset gives the same \
-chunks byte for byte; a killed archive resumes when run again."
+chunks byte for byte; a killed archive resumes when run again. On s3:// each chunk is a \
+multipart upload read back before it counts, ARCHIVE-MANIFEST.sha256 is written last, and \
+--retain gives every object Object Lock retention, read back from the server."
     )]
     Archive(ArchiveArgs),
     /// The 3-2-1 check: every copy of each dataset, when verified, whether 3-2-1 holds
@@ -740,21 +743,28 @@ pub(crate) struct ArchiveArgs {
     /// PRJ/raw/NAME under nas_root (or the dataset's path), or the id of a pulled run
     #[arg(required = true)]
     pub(crate) what: Option<String>,
-    /// Folder the archive folder goes into (a tape staging area, a mounted LTFS volume)
-    #[arg(long, required = true, value_name = "DIR")]
+    /// Folder the archive folder goes into (a tape staging area, a mounted LTFS volume),
+    /// or s3://bucket/prefix (an object store, [s3] in the config)
+    #[arg(long, required = true, value_name = "DIR|s3://BUCKET/PREFIX")]
     pub(crate) to: Option<PathBuf>,
     /// Largest chunk: bytes, or with KiB, MiB, GiB, TiB (KB, MB, GB, TB: powers of 1000)
     #[arg(long, default_value = "10GiB", value_parser = parse_size)]
     pub(crate) chunk_size: u64,
-    /// What DIR is, for the 3-2-1 check
-    #[arg(long, default_value = "disk", value_parser = ["disk", "tape", "object"])]
-    pub(crate) media: String,
-    /// DIR is off-site (for the 3-2-1 check)
+    /// What the destination is, for the 3-2-1 check [default: disk for a folder, object
+    /// for s3://]
+    #[arg(long, value_parser = ["disk", "tape", "object"])]
+    pub(crate) media: Option<String>,
+    /// The destination is off-site (for the 3-2-1 check; on s3:// also `[s3] offsite = true`)
     #[arg(long)]
     pub(crate) offsite: bool,
     /// Also set the immutable flag (chattr +i) where filesystem and privileges allow
+    /// (a folder)
     #[arg(long)]
     pub(crate) immutable: bool,
+    /// s3:// only: Object Lock retention of every object, e.g. 10y (the mode is `[s3]
+    /// lock_mode`, COMPLIANCE by default); a bucket without Object Lock is refused
+    #[arg(long, value_name = "DURATION", value_parser = parse_retain)]
+    pub(crate) retain: Option<std::time::Duration>,
     /// Print the outcome as JSON
     #[arg(long)]
     pub(crate) json: bool,
@@ -818,6 +828,18 @@ pub(crate) struct CopiesArgs {
     /// Print the copies as JSON
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// A retention: a duration of a day or more (`10y`, `365d`).
+pub(crate) fn parse_retain(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 10y or 30d"))?;
+    if d < std::time::Duration::from_secs(86_400) {
+        return Err(format!(
+            "{s:?} is shorter than a day; Object Lock retention is counted in days or years, e.g. 10y"
+        ));
+    }
+    Ok(d)
 }
 
 /// A size: bytes, or a number with KiB, MiB, GiB, TiB (K, M, G, T alike) or KB, MB, GB, TB.

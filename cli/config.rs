@@ -70,6 +70,8 @@ pub(crate) struct S3Config {
     pub(crate) lock_mode: String,
     /// How long WORM data is retained, e.g. "10y".
     pub(crate) retain: String,
+    /// The S3 service is off-site: archives written to it count as off-site copies.
+    pub(crate) offsite: bool,
 }
 
 impl Default for S3Config {
@@ -81,6 +83,7 @@ impl Default for S3Config {
             path_style: true,
             lock_mode: "COMPLIANCE".into(),
             retain: "10y".into(),
+            offsite: false,
         }
     }
 }
@@ -194,6 +197,8 @@ pub(crate) struct Settings {
     /// `[ssh] remote_verify`.
     pub(crate) remote_verify: bool,
     pub(crate) s3: S3Options,
+    /// `[s3] offsite`: archives on S3 are off-site copies.
+    pub(crate) s3_offsite: bool,
     /// `[[copies]]`.
     pub(crate) copies: Vec<DeclaredCopy>,
 }
@@ -415,6 +420,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         ("s3.path_style", config.s3.path_style.to_string()),
         ("s3.lock_mode", config.s3.lock_mode.clone()),
         ("s3.retain", config.s3.retain.clone()),
+        ("s3.offsite", config.s3.offsite.to_string()),
     ] {
         provenance.push((key.into(), Some(value), source_of(key)));
     }
@@ -511,6 +517,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         remote_verify: config.ssh.remote_verify,
         copies: config.copies.clone(),
         s3,
+        s3_offsite: config.s3.offsite,
     })
 }
 

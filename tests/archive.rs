@@ -2,7 +2,9 @@
 //! byte-identical when made again, checked by `archive verify`, restored one file at a
 //! time with a seek, and resumed after `kill -9`; the results of a pulled run archived by
 //! its id; `copies` (3-2-1) before and after an archive and declared copies; snapshots and
-//! holds on zfs-fuse.
+//! holds on zfs-fuse; archives on S3 (the Ceph RadosGW of tests/s3/): round trip, a
+//! one-file restore whose bytes are counted at a relay, a changed chunk caught, Object
+//! Lock retention, `kill -9` and rerun, refused credentials, 3-2-1 with an object store.
 
 #![allow(clippy::print_stderr)]
 
@@ -12,9 +14,11 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::Ordering;
 
+use common::s3::{locked_bucket, plain_bucket, relay, S3World};
 use common::{
-    all_entries, assert_manifest_verifies, noise, tricky_tree, wait_for, write, Env, Run,
+    all_entries, assert_manifest_verifies, noise, read, tricky_tree, wait_for, write, Env, Run,
 };
 
 /// `nas/PRJ/raw/ds`, ingested from `acq` (the tricky tree, plus `big.bin` of 3 MiB, larger
@@ -734,4 +738,513 @@ fn elsewhere_ingest_says_there_is_no_zfs_snapshot() {
     env.run_roots(["ingest", "acq", "--project", "PRJ", "--dataset", "ds"])
         .code(0)
         .err_has("not on a ZFS filesystem: no snapshot; protected by chmod");
+}
+
+// ---------------------------------------------------------------------------------------
+// Archives on S3 (the Ceph RadosGW of tests/s3/), looked at with the AWS CLI.
+
+/// `nas/PRJ/raw/ds` of `files` (name, bytes), ingested in `w`'s world.
+fn s3_dataset(w: &S3World, files: &[(&str, Vec<u8>)]) {
+    for (name, bytes) in files {
+        write(w.env.path("acq").join(name), bytes);
+    }
+    w.env
+        .run_roots(["ingest", "acq", "--project", "PRJ", "--dataset", "ds"])
+        .code(0);
+}
+
+/// `archive PRJ/raw/ds --to URL --json ARGS...`
+fn archive_to(w: &S3World, url: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["archive", "PRJ/raw/ds", "--to", url, "--json"];
+    args.extend_from_slice(extra);
+    w.env.run_roots(args)
+}
+
+/// The keys under the archive's prefix (relative to it), sorted.
+fn s3_objects(w: &S3World, bucket: &str, location: &str) -> Vec<String> {
+    let run = w.aws(&["s3", "ls", "--recursive", &format!("{location}/")]);
+    run.code(0);
+    let prefix = location.trim_start_matches(&format!("s3://{bucket}/"));
+    let mut keys: Vec<String> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .map(|k| {
+            k.trim_start_matches(prefix)
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn an_archive_to_s3_round_trips_and_one_file_is_restored_with_a_range_get() {
+    let Some(w) = S3World::new("archive") else {
+        return;
+    };
+    let bucket = plain_bucket();
+    let files: Vec<(String, Vec<u8>)> = (0..4u64)
+        .map(|i| (format!("f{i}.bin"), noise(i, 2 << 20)))
+        .chain([("sub/a b.txt".to_string(), b"a b\n".to_vec())])
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    s3_dataset(&w, &refs);
+    let run = archive_to(&w, &w.url(&bucket, "cold"), &["--chunk-size", "3MiB"]);
+    run.code(0);
+    let record = &run.json()["record"];
+    let location = record["location"].as_str().expect("location").to_string();
+    let id = record["id"].as_str().expect("id").to_string();
+    assert_eq!(location, w.url(&bucket, &format!("cold/{id}")));
+    assert_eq!(record["media"], "object", "an object store by default");
+    let keys = s3_objects(&w, &bucket, &location);
+    let chunk_keys: Vec<&String> = keys.iter().filter(|k| k.ends_with(".tar")).collect();
+    assert!(chunk_keys.len() >= 4, "{keys:?}");
+    for name in ["ARCHIVE-INDEX.tsv", "ARCHIVE-MANIFEST.sha256", "README.txt"] {
+        assert!(keys.iter().any(|k| k == name), "{name} in {keys:?}");
+    }
+    w.assert_no_multipart_uploads(&bucket);
+
+    // What the bucket holds is a plain archive: sha256sum and GNU tar read it.
+    let fetched = w.env.path("fetched");
+    w.aws(&[
+        "s3",
+        "cp",
+        "--recursive",
+        "--quiet",
+        &location,
+        &fetched.display().to_string(),
+    ])
+    .code(0);
+    w.env
+        .sh(&fetched, "sha256sum --strict -c ARCHIVE-MANIFEST.sha256")
+        .code(0);
+    w.env
+        .sh(
+            &fetched,
+            "for c in chunk-*.tar; do tar -xpf \"$c\" || exit 1; done",
+        )
+        .code(0);
+    assert_manifest_verifies(&fetched.join("ds"));
+
+    // verify and list from S3, by id and by location.
+    w.env
+        .run(["archive", "verify", &id])
+        .code(0)
+        .out_has(&format!("archive {id} at {location}: OK"));
+    w.env.run(["archive", "verify", &location]).code(0);
+    w.env
+        .run(["archive", "list", &id])
+        .code(0)
+        .out_has("sub/a b.txt");
+
+    // One file restored through a relay that counts what the server sends: the member's
+    // bytes and the small index, not the chunks.
+    let (relay, sent) = relay(std::time::Duration::ZERO);
+    let config = w.env.path("relay.toml");
+    write(&config, format!("[s3]\nendpoint = \"{relay}\"\n"));
+    let restore = w.env.run([
+        "--config",
+        &config.display().to_string(),
+        "archive",
+        "restore",
+        &id,
+        "--file",
+        "f2.bin",
+        "--to",
+        "back",
+        "--json",
+    ]);
+    restore.code(0);
+    assert_eq!(restore.json()["bytes_read"], 2 << 20, "{restore}");
+    assert!(read(w.env.path("back/f2.bin")) == noise(2, 2 << 20));
+    let total: u64 = record["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .map(|c| c["bytes"].as_u64().expect("bytes"))
+        .sum();
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(sent >= 2 << 20, "the member came through the relay: {sent}");
+    assert!(
+        sent < (2 << 20) + (64 << 10),
+        "the server sent {sent} bytes for a 2 MiB file of a {total}-byte archive"
+    );
+
+    // Archived again: nothing written.
+    let again = archive_to(&w, &w.url(&bucket, "cold"), &["--chunk-size", "3MiB"]);
+    again.code(0);
+    assert_eq!(again.json()["already"], true);
+    w.cleanup(&bucket);
+}
+
+#[test]
+fn a_new_version_of_a_chunk_with_other_bytes_is_caught_by_verify_naming_the_member() {
+    let Some(w) = S3World::new("archive-flip") else {
+        return;
+    };
+    let bucket = locked_bucket();
+    s3_dataset(
+        &w,
+        &[
+            ("a.txt", b"a\n".to_vec()),
+            ("sub/deep/data.bin", noise(5, 300_000)),
+        ],
+    );
+    let run = archive_to(&w, &w.url(&bucket, "cold"), &[]);
+    run.code(0);
+    let location = run.json()["record"]["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = run.json()["record"]["id"].as_str().unwrap().to_string();
+    w.env.run(["archive", "verify", &id]).code(0);
+
+    // A second version of the chunk, one byte of data.bin flipped.
+    let got = w.env.path("got");
+    w.aws(&[
+        "s3",
+        "cp",
+        "--recursive",
+        "--quiet",
+        &location,
+        &got.display().to_string(),
+    ])
+    .code(0);
+    let (chunk, offset) = offset_of(&got, "sub/deep/data.bin");
+    let mut bytes = fs::read(got.join(&chunk)).unwrap();
+    bytes[offset as usize + 100] ^= 0x01;
+    fs::write(got.join(&chunk), bytes).unwrap();
+    w.aws(&[
+        "s3",
+        "cp",
+        "--quiet",
+        &got.join(&chunk).display().to_string(),
+        &format!("{location}/{chunk}"),
+    ])
+    .code(0);
+
+    let bad = w.env.run(["archive", "verify", &id]);
+    bad.code(3)
+        .out_has("sub/deep/data.bin: FAILED")
+        .out_has(&format!("{chunk}: FAILED"));
+    assert!(!bad.out().contains("a.txt: FAILED"), "{bad}");
+    w.env
+        .run([
+            "archive",
+            "restore",
+            &id,
+            "--file",
+            "sub/deep/data.bin",
+            "--to",
+            "back",
+        ])
+        .code(3)
+        .err_has("the index says");
+    assert!(!w.env.path("back/data.bin").exists());
+    // The 3-2-1 check reads it too, and no longer counts it.
+    w.env
+        .run_roots(["copies", "PRJ/ds", "--verify"])
+        .code(3)
+        .out_has("failed: 1 members and 1 objects differ from the index");
+    w.assert_no_multipart_uploads(&bucket);
+    w.cleanup(&bucket);
+}
+
+#[test]
+fn retain_gives_every_object_compliance_object_lock_and_a_delete_is_refused() {
+    let Some(w) = S3World::new("archive-lock") else {
+        return;
+    };
+    let bucket = locked_bucket();
+    s3_dataset(&w, &[("a.txt", b"a\n".to_vec())]);
+    let config = w.env.path("compliance.toml");
+    write(&config, "[s3]\nlock_mode = \"COMPLIANCE\"\n");
+    let config = config.display().to_string();
+
+    // A bucket without Object Lock is refused before anything is written.
+    let plain = plain_bucket();
+    w.env
+        .run_roots([
+            "--config",
+            &config,
+            "archive",
+            "PRJ/raw/ds",
+            "--to",
+            &w.url(&plain, "cold"),
+            "--retain",
+            "1d",
+        ])
+        .code(1)
+        .err_has(&format!(
+            "s3://{plain}: write protection (WORM) was asked, but the bucket has no Object Lock"
+        ));
+    let listing = w.aws(&[
+        "s3",
+        "ls",
+        "--recursive",
+        &format!("{}/", w.url(&plain, "")),
+    ]);
+    assert_eq!(listing.stdout, "", "objects were written: {listing}");
+
+    let run = w.env.run_roots([
+        "--config",
+        &config,
+        "archive",
+        "PRJ/raw/ds",
+        "--to",
+        &w.url(&bucket, "cold"),
+        "--retain",
+        "1d",
+    ]);
+    run.code(0).out_has(
+        "write protection: Object Lock COMPLIANCE for 1day on every object (read back from the server)",
+    );
+    let id = run
+        .out()
+        .lines()
+        .find_map(|l| l.strip_prefix("archive id: "))
+        .expect("archive id")
+        .to_string();
+    for name in ["chunk-00001.tar", "ARCHIVE-MANIFEST.sha256"] {
+        let key = w.key(&format!("cold/{id}/{name}"));
+        let head = w.aws(&["s3api", "head-object", "--bucket", &bucket, "--key", &key]);
+        head.code(0).out_has("\"ObjectLockMode\": \"COMPLIANCE\"");
+        let version: serde_json::Value = serde_json::from_str(&head.stdout).unwrap();
+        let version = format!("--version-id={}", version["VersionId"].as_str().unwrap());
+        let delete = w.aws(&[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            &bucket,
+            "--key",
+            &key,
+            &version,
+            "--bypass-governance-retention",
+        ]);
+        assert_ne!(
+            delete.code,
+            Some(0),
+            "a locked version was deleted: {delete}"
+        );
+        delete.err_has("AccessDenied");
+    }
+    // The record keeps it.
+    let copies = w.env.run_roots(["copies", "PRJ/ds", "--json"]);
+    copies.code(0);
+    // A retention shorter than a day is a usage error.
+    w.env
+        .run_roots([
+            "archive",
+            "PRJ/raw/ds",
+            "--to",
+            &w.url(&bucket, "cold3"),
+            "--retain",
+            "1h",
+        ])
+        .code(2)
+        .err_has("shorter than a day");
+    // An S3 flag on a folder, and a folder flag on S3, are refused.
+    w.env
+        .run_roots(["archive", "PRJ/raw/ds", "--to", "tape", "--retain", "1d"])
+        .code(1)
+        .err_has("--retain is Object Lock retention, for an s3:// destination");
+    w.env
+        .run_roots([
+            "archive",
+            "PRJ/raw/ds",
+            "--to",
+            &w.url(&bucket, "cold2"),
+            "--immutable",
+        ])
+        .code(1)
+        .err_has("--immutable is for a folder");
+    w.assert_no_multipart_uploads(&bucket);
+}
+
+#[test]
+fn an_archive_to_s3_killed_mid_upload_counts_no_unverified_chunk_and_a_rerun_completes() {
+    let Some(w) = S3World::new("archive-kill") else {
+        return;
+    };
+    let bucket = plain_bucket();
+    // Chunks of two 10 MiB files: multipart uploads of two parts (16 MiB and 4 MiB).
+    let files: Vec<(String, Vec<u8>)> = (0..6u64)
+        .map(|i| (format!("f{i}.bin"), noise(i, 10 << 20)))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    s3_dataset(&w, &refs);
+    let url = w.url(&bucket, "cold");
+    // Through a relay at about 10 MB/s: a chunk's upload is in flight for a while.
+    let (relay, _) = relay(std::time::Duration::from_millis(6));
+    let config = w.env.path("relay.toml");
+    write(&config, format!("[s3]\nendpoint = \"{relay}\"\n"));
+    let mut cmd = w.env.command();
+    cmd.arg("--config").arg(&config);
+    let args = [
+        "--nas-root".to_string(),
+        w.env.nas().display().to_string(),
+        "archive".into(),
+        "PRJ/raw/ds".into(),
+        "--to".into(),
+        url.clone(),
+        "--chunk-size".into(),
+        "24MiB".into(),
+    ];
+    let journals = w.env.state().join("archive-journals");
+    let journal_lines = || -> Vec<String> {
+        fs::read_dir(&journals)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|e| {
+                fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    cmd.args(&args);
+    let mut child = cmd.spawn().expect("start archive");
+    wait_for(
+        &mut child,
+        "a chunk counted and another being uploaded",
+        || {
+            !journal_lines().is_empty()
+                && w.aws(&[
+                    "s3api",
+                    "list-multipart-uploads",
+                    "--bucket",
+                    &bucket,
+                    "--prefix",
+                    &w.prefix,
+                ])
+                .stdout
+                .contains("UploadId")
+        },
+    );
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    let lines = journal_lines();
+    let keys = s3_objects(&w, &bucket, &url);
+    assert!(
+        !keys.iter().any(|k| k.ends_with("ARCHIVE-MANIFEST.sha256")),
+        "killed before the end: {keys:?}"
+    );
+    // Every chunk the journal counts holds, on the server, the bytes it was verified as.
+    let got = w.env.path("got");
+    for line in &lines {
+        let j: serde_json::Value = serde_json::from_str(line).expect("journal line");
+        let name = j["name"].as_str().unwrap();
+        let id = keys
+            .iter()
+            .find(|k| k.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} counted but not in {keys:?}"));
+        w.aws(&[
+            "s3",
+            "cp",
+            "--quiet",
+            &format!("{url}/{id}"),
+            &got.join(name).display().to_string(),
+        ])
+        .code(0);
+        let digest = hpcstage_staging::hash::Digest::of(&fs::read(got.join(name)).unwrap());
+        assert_eq!(
+            j["sha256"].as_str(),
+            Some(digest.to_hex().as_str()),
+            "{name}"
+        );
+    }
+
+    let rerun = w.env.run(&args);
+    rerun.code(0).out_has("kept from an earlier run");
+    w.assert_no_multipart_uploads(&bucket);
+    assert!(journal_lines().is_empty(), "no resume journal left");
+    let location = rerun
+        .out()
+        .lines()
+        .find_map(|l| l.strip_prefix("archive id: "))
+        .map(|id| format!("{url}/{id}"))
+        .expect("archive id");
+    w.env
+        .run(["archive", "verify", &location])
+        .code(0)
+        .out_has("OK");
+    w.cleanup(&bucket);
+}
+
+#[test]
+fn an_archive_to_s3_with_wrong_credentials_is_refused_with_the_bucket_named() {
+    let Some(mut w) = S3World::new("archive-auth") else {
+        return;
+    };
+    let bucket = plain_bucket();
+    s3_dataset(&w, &[("a.txt", b"a\n".to_vec())]);
+    w.env
+        .set_env("AWS_SECRET_ACCESS_KEY", "not-the-secret-at-all-0000");
+    let run = archive_to(&w, &w.url(&bucket, "cold"), &[]);
+    run.code(1)
+        .err_has(&format!(
+            "s3://{bucket}: HeadBucket: the S3 service refused the credentials"
+        ))
+        .err_has("check the access key and secret")
+        .err_lacks("not-the-secret-at-all");
+    w.env
+        .run(["archive", "verify", &w.url(&bucket, "cold/x")])
+        .code(1)
+        .err_has("refused the credentials");
+    assert!(w
+        .env
+        .state()
+        .join("archives")
+        .read_dir()
+        .map_or(true, |mut d| d.next().is_none()));
+}
+
+#[test]
+fn copies_holds_after_an_archive_to_an_offsite_object_store_and_a_declared_tape_copy() {
+    let Some(w) = S3World::new("archive-321") else {
+        return;
+    };
+    let bucket = plain_bucket();
+    s3_dataset(
+        &w,
+        &[("a.txt", b"a\n".to_vec()), ("sub/b.bin", noise(3, 4096))],
+    );
+    w.env
+        .run_roots(["copies", "PRJ/ds", "--fail-on-risk"])
+        .code(5)
+        .out_has("3-2-1: FAILS (1 of the 3 copies needed; one kind of media (disk), 2 needed; no copy off-site)");
+
+    // The S3 service is declared off-site in the config (`--offsite` would do as well).
+    let mut config = fs::read_to_string(w.env.user_config()).unwrap().replacen(
+        "[s3]\n",
+        "[s3]\noffsite = true\n",
+        1,
+    );
+    write(w.env.user_config(), &config);
+    archive_to(&w, &w.url(&bucket, "cold"), &[]).code(0);
+    config.push_str(
+        "\n[[copies]]\nname = \"lto-2026\"\nlocation = \"vault:LTO-0042\"\nmedia = \"tape\"\noffsite = true\n",
+    );
+    write(w.env.user_config(), config);
+    let run = w
+        .env
+        .run_roots(["copies", "PRJ/ds", "--verify", "--fail-on-risk", "--json"]);
+    run.code(0);
+    let d = &run.json()[0];
+    assert_eq!(d["holds"], true, "{run}");
+    let archive = &d["copies"][1];
+    assert_eq!(archive["kind"], "archive");
+    assert_eq!(archive["media"], "object");
+    assert_eq!(archive["offsite"], true);
+    assert_eq!(
+        archive["status"], "ok",
+        "read from S3 and found as recorded: {run}"
+    );
+    assert!(archive["location"].as_str().unwrap().starts_with("s3://"));
+    w.cleanup(&bucket);
 }

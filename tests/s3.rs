@@ -448,8 +448,13 @@ fn an_ingest_killed_mid_upload_is_finished_by_a_rerun_without_orphan_parts() {
         "--jobs",
         "1",
     ];
+    // Through a relay at about 10 MB/s, so the uploads are still in flight when the
+    // process is killed, however fast the machine.
+    let (relay, _) = common::s3::relay(Duration::from_millis(6));
+    let config = w.env.path("relay.toml");
+    write(&config, format!("[s3]\nendpoint = \"{relay}\"\n"));
     let mut cmd = w.env.command();
-    cmd.args(args);
+    cmd.arg("--config").arg(&config).args(args);
     let mut child = cmd.spawn().expect("start ingest");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

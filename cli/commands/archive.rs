@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use hpcstage_lifecycle::run::RunStore;
-use hpcstage_staging::archive::{self, read, ArchiveSettings};
+use hpcstage_staging::archive::{self, read, ArchiveSettings, Destination};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::remote::Location;
+use hpcstage_staging::storage::{Retention, S3Url};
 use hpcstage_staging::walk::MANIFEST_NAME;
 
 use super::ExitStatus;
@@ -102,19 +103,41 @@ pub(crate) fn resolve(
 
 fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<ExitStatus> {
     let what = args.what.as_deref().expect("clap requires it");
-    let to = absolute(args.to.as_deref().expect("clap requires it"))?;
+    let to = args.to.as_deref().expect("clap requires it");
     let (source, project, name, kind) = resolve(settings, what)?;
     archive::check_source(&source)?;
+    let on_s3 = S3Url::is_s3(to.as_os_str().as_encoded_bytes());
+    let (dest, media) = if on_s3 {
+        if args.immutable {
+            bail!("--immutable is for a folder (chattr +i); on {} give --retain DURATION for Object Lock retention", to.display());
+        }
+        let url = S3Url::parse(&to.to_string_lossy())?;
+        let retention = args.retain.map(|keep| Retention {
+            mode: settings.s3.retention.mode,
+            keep,
+        });
+        let dest = Destination::Bucket {
+            url,
+            s3: settings.s3.clone(),
+            retention,
+        };
+        (dest, "object")
+    } else {
+        if args.retain.is_some() {
+            bail!("--retain is Object Lock retention, for an s3:// destination; the folder {} is made read-only (add --immutable for chattr +i)", to.display());
+        }
+        (Destination::Folder(absolute(to)?), "disk")
+    };
     let s = ArchiveSettings {
         source,
         project,
         name,
         kind: kind.to_string(),
-        dest_root: to,
+        dest,
         chunk_size: args.chunk_size,
         immutable: args.immutable,
-        media: args.media.clone(),
-        offsite: args.offsite,
+        media: args.media.clone().unwrap_or_else(|| media.to_string()),
+        offsite: args.offsite || (on_s3 && settings.s3_offsite),
     };
     let bar = output::Bar::new("archiving", args.json);
     let outcome = archive::create(&s, ledger, &bar);
@@ -153,7 +176,11 @@ fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<Ex
             }
         ));
         output::data(format!("archive id: {}", r.id));
-        output::data("write protection: read-only (chmod -R a-w)");
+        output::data(match (&r.retention, r.read_only) {
+            (Some(retention), _) => format!("write protection: {retention}"),
+            (None, true) => "write protection: read-only (chmod -R a-w)".to_string(),
+            (None, false) => "write protection: none: the objects can be replaced or deleted (--retain 10y gives Object Lock retention)".to_string(),
+        });
         if let Some(zfs) = &r.zfs_snapshot {
             if zfs.starts_with("ZFS snapshot ") {
                 output::data(zfs);
@@ -180,7 +207,7 @@ fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<Ex
 fn verify(ledger: &Ledger, id: &str, json: bool) -> Result<ExitStatus> {
     let (store, record) = archive::open(id, ledger)?;
     let bar = output::Bar::new("verifying", json);
-    let v = read::verify(&store, record.as_ref().map(|r| r.index_sha256), &bar);
+    let v = read::verify(&*store, record.as_ref().map(|r| r.index_sha256), &bar);
     bar.finish();
     let v = v?;
     if v.ok() {
@@ -231,7 +258,7 @@ fn verify(ledger: &Ledger, id: &str, json: bool) -> Result<ExitStatus> {
 
 fn restore(ledger: &Ledger, id: &str, file: &Path, to: &Path, json: bool) -> Result<ExitStatus> {
     let (store, _) = archive::open(id, ledger)?;
-    let r = read::restore(&store, file, &absolute(to)?)?;
+    let r = read::restore(&*store, file, &absolute(to)?)?;
     if json {
         output::json(&r);
     } else {
@@ -249,7 +276,7 @@ fn restore(ledger: &Ledger, id: &str, file: &Path, to: &Path, json: bool) -> Res
 
 fn list(ledger: &Ledger, id: &str, json: bool) -> Result<ExitStatus> {
     let (store, _) = archive::open(id, ledger)?;
-    let index = archive::read_index(&store)?;
+    let index = archive::read_index(&*store)?;
     if json {
         output::json(&serde_json::json!({
             "archive": index.archive,

@@ -6,6 +6,7 @@
 //! fixed test values. A test whose server is not up fails, saying how to start it (see
 //! `gate`); after each test no multipart upload may be left under its prefixes.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -227,4 +228,57 @@ pub(crate) fn radosgw_admin(args: &[&str]) -> Run {
     )
     .args(args);
     Run::of(cmd)
+}
+
+/// A TCP relay to the S3 server that counts the bytes the server sends back through it,
+/// and waits `pace` after each block of 64 KiB either way (a slower network).
+pub(crate) fn relay(
+    pace: std::time::Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let port = listener.local_addr().expect("relay address").port();
+    let upstream = endpoint().trim_start_matches("http://").to_string();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = sent.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut from_client, mut to_server) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                    std::thread::sleep(pace);
+                    if to_server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_server.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut from_server, mut to_client) = (server, client);
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match from_server.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            std::thread::sleep(pace);
+                            count.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                            if to_client.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), sent)
 }

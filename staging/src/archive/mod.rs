@@ -10,6 +10,7 @@
 //!
 //! See docs/ARCHITECTURE.md#archives.
 
+pub mod bucket;
 pub mod chunk;
 pub mod index;
 pub mod plan;
@@ -17,7 +18,6 @@ pub mod read;
 pub mod store;
 pub mod write;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -28,7 +28,9 @@ use crate::hash::Digest;
 use crate::ledger::{file_safe, Ledger};
 use crate::progress::Progress;
 use crate::record::{read_json, write_json};
+use crate::storage::{Retention, S3Options, S3Url};
 use crate::worm::Protection;
+use bucket::BucketStore;
 use index::{ChunkRow, Index, INDEX_NAME};
 use store::{ChunkStore, FolderStore};
 
@@ -53,14 +55,26 @@ pub struct ArchiveSettings {
     pub name: String,
     /// "dataset" or "run".
     pub kind: String,
-    /// The folder the archive folder goes into.
-    pub dest_root: PathBuf,
+    /// Where the archive's folder (or prefix) goes.
+    pub dest: Destination,
     pub chunk_size: u64,
     /// Also `chattr +i` where allowed.
     pub immutable: bool,
     /// What the destination is: disk, tape or object.
     pub media: String,
     pub offsite: bool,
+}
+
+/// Where archives go: `<folder>/<ID>/` or `s3://bucket/prefix/<ID>/`.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    Folder(PathBuf),
+    Bucket {
+        url: S3Url,
+        s3: S3Options,
+        /// Object Lock retention of every object (`None`: none).
+        retention: Option<Retention>,
+    },
 }
 
 /// The record of an archive, in the ledger and beside the dataset.
@@ -88,6 +102,9 @@ pub struct ArchiveRecord {
     pub index_sha256: Digest,
     pub chunks: Vec<ChunkRow>,
     pub read_only: bool,
+    /// The Object Lock retention of every object (an archive on S3), as read back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
     /// `None`: not asked for; else applied, or why not.
     pub immutable: Option<std::result::Result<(), String>>,
     /// The ZFS snapshot held of the archived folder's filesystem (see [`crate::zfs`]), or
@@ -121,7 +138,7 @@ pub fn archive_id(project: &str, name: &str, fingerprint: &Digest) -> String {
     format!("{base}-{}", &fingerprint.to_hex()[..8])
 }
 
-/// Archives `settings.source` into `<dest_root>/<ID>/` and records it.
+/// Archives `settings.source` into `<dest>/<ID>/` and records it.
 pub fn create(
     settings: &ArchiveSettings,
     ledger: &Ledger,
@@ -129,21 +146,26 @@ pub fn create(
 ) -> Result<Outcome> {
     let plan = plan::plan(&settings.source, &settings.name, settings.chunk_size)?;
     let id = archive_id(&settings.project, &settings.name, &plan.fingerprint);
-    let dir = settings.dest_root.join(&id);
-    let store = FolderStore::new(&dir);
-    let complete = dir.join(MANIFEST_NAME).is_file() && !dir.join(crate::walk::STATE_DIR).exists();
+    let store: Box<dyn ChunkStore> = match &settings.dest {
+        Destination::Folder(root) => Box::new(FolderStore::new(&root.join(&id))),
+        Destination::Bucket { url, s3, retention } => Box::new(BucketStore::connect(
+            &url.with_prefix(url.prefix.join(&id)),
+            s3,
+            ledger,
+            *retention,
+            plan.chunk_size,
+        )?),
+    };
+    let store = &*store;
     let dataset_label = format!("{}/{}", settings.project, settings.name);
-    let (index, already, resumed, written, protection) = if complete {
-        let index = read_index(&store)?;
+    let (index, already, resumed, written, protection) = if store.complete()? {
+        let index = read_index(store)?;
         // Killed between its last write and its protection: protected now.
-        let writable = std::fs::metadata(&dir).at(&dir)?.permissions().mode() & 0o222 != 0;
-        let protection = writable
-            .then(|| store.retain(settings.immutable))
-            .transpose()?;
+        let protection = store.protect_finished(settings.immutable)?;
         (index, true, 0, 0, protection)
     } else {
         store.prepare()?;
-        let w = write::write_chunks(&settings.source, &plan, &store, progress)?;
+        let w = write::write_chunks(&settings.source, &plan, store, progress)?;
         let index = Index::from_plan(&id, &dataset_label, &plan, w.chunks, &w.part_digests);
         let index_bytes = index.to_bytes();
         let index_digest = store.put_small(INDEX_NAME, &index_bytes)?;
@@ -193,7 +215,16 @@ pub fn create(
         manifest_digest: plan.manifest_digest,
         index_sha256,
         chunks: index.chunks.clone(),
-        read_only: protection.as_ref().is_none_or(|p| p.read_only),
+        read_only: match &protection {
+            Some(p) => p.read_only,
+            None => earlier.as_ref().is_none_or(|r| r.read_only),
+        },
+        // What this run applied; a finished archive keeps what its record says.
+        retention: if already {
+            earlier.as_ref().and_then(|r| r.retention.clone())
+        } else {
+            store.retention()
+        },
         immutable: match &protection {
             Some(p) => p.immutable.clone(),
             None => earlier.as_ref().and_then(|r| r.immutable.clone()),
@@ -291,25 +322,51 @@ impl Ledger {
     }
 }
 
+/// The archive at `location` (a folder, or `s3://bucket/prefix/ID` reached with the
+/// process's `[s3]` settings) for reading.
+pub fn open_location(location: &str, ledger: &Ledger) -> Result<Box<dyn ChunkStore>> {
+    if S3Url::is_s3(location.as_bytes()) {
+        let url = S3Url::parse(location)?;
+        Ok(Box::new(BucketStore::connect(
+            &url,
+            &S3Options::process(),
+            ledger,
+            None,
+            0,
+        )?))
+    } else {
+        Ok(Box::new(FolderStore::new(Path::new(location))))
+    }
+}
+
 /// Opens the archive named by `id_or_dir`: an archive folder (holding
-/// `ARCHIVE-INDEX.tsv`), or an id the ledger knows.
-pub fn open(id_or_dir: &str, ledger: &Ledger) -> Result<(FolderStore, Option<ArchiveRecord>)> {
+/// `ARCHIVE-INDEX.tsv`), an `s3://` prefix holding one, or an id the ledger knows.
+pub fn open(
+    id_or_dir: &str,
+    ledger: &Ledger,
+) -> Result<(Box<dyn ChunkStore>, Option<ArchiveRecord>)> {
     let as_dir = Path::new(id_or_dir);
-    if as_dir.join(INDEX_NAME).is_file() {
-        let as_dir = &std::path::absolute(as_dir).at(as_dir)?;
-        let store = FolderStore::new(as_dir);
-        let index = read_index(&store)?;
+    let direct = if S3Url::is_s3(id_or_dir.as_bytes()) {
+        Some(open_location(id_or_dir.trim_end_matches('/'), ledger)?)
+    } else if as_dir.join(INDEX_NAME).is_file() {
+        let as_dir = std::path::absolute(as_dir).at(as_dir)?;
+        Some(open_location(&as_dir.display().to_string(), ledger)?)
+    } else {
+        None
+    };
+    if let Some(store) = direct {
+        let index = read_index(&*store)?;
         let record = ledger
             .archive(&index.archive)?
             .into_iter()
-            .find(|r| Path::new(&r.location) == as_dir);
+            .find(|r| Path::new(&r.location) == Path::new(&store.location()));
         return Ok((store, record));
     }
     let mut found = ledger.archive(id_or_dir)?;
     match found.len() {
         1 => {
             let record = found.remove(0);
-            Ok((FolderStore::new(Path::new(&record.location)), Some(record)))
+            Ok((open_location(&record.location, ledger)?, Some(record)))
         }
         0 => {
             let known: Vec<String> = ledger

@@ -1,7 +1,7 @@
-//! Where chunks go: one small interface ([`ChunkStore`]) with one backend today, a folder
-//! ([`FolderStore`]: a tape staging area, a mounted LTFS volume). An object store fits
-//! behind the same interface: `create` becomes a multipart upload that `commit` completes
-//! only after reading the object back, `read_range` a range GET, `retain` Object Lock.
+//! Where chunks go: one small interface ([`ChunkStore`]) with two backends, a folder
+//! ([`FolderStore`]: a tape staging area, a mounted LTFS volume) and an S3 bucket prefix
+//! ([`super::bucket::BucketStore`]: `create` is a multipart upload that `commit` completes
+//! and reads back, `read_range` a range GET, retention Object Lock on every object).
 //! The archive code above never asks which backend it has.
 //!
 //! A folder keeps the verified-copy contract (docs/ARCHITECTURE.md#the-verified-copy): a
@@ -40,10 +40,17 @@ pub trait ChunkWriter: Write + Send {
 pub trait ChunkStore: Send + Sync {
     /// Where it is, for messages and records (a path, or a URL).
     fn location(&self) -> String;
+    /// Gets ready to write: refuses what cannot be written as asked (a bucket without
+    /// Object Lock when retention is asked) before anything is, and clears what a killed
+    /// run left (temporaries, multipart uploads).
+    fn prepare(&self) -> Result<()>;
+    /// True when the archive here was finished (its manifest written, its resume journal
+    /// gone).
+    fn complete(&self) -> Result<bool>;
     /// The object `name`, if present under its final name.
     fn stat(&self, name: &str) -> Result<Option<Stored>>;
     /// Starts writing the object `name`.
-    fn create(&self, name: &str) -> Result<Box<dyn ChunkWriter>>;
+    fn create(&self, name: &str) -> Result<Box<dyn ChunkWriter + '_>>;
     /// Calls `each` with the bytes `offset..offset + len` of `name` (fewer at its end),
     /// read from storage, in order, reading nothing else (a seek, a range GET); returns
     /// how many there were.
@@ -65,8 +72,36 @@ pub trait ChunkStore: Send + Sync {
     /// Removes what only a write in progress needs (journal, lock, temporaries), once the
     /// archive is complete.
     fn finish(&self) -> Result<()>;
-    /// Write protection: read-only, and the immutable flag when asked for and allowed.
+    /// Write protection: read-only, and the immutable flag when asked for and allowed
+    /// (a folder); what was applied to every object as it was written (a bucket).
     fn retain(&self, immutable: bool) -> Result<Protection>;
+    /// The protection of a finished archive found unprotected (killed between its last
+    /// write and its protection), applied now; `None` when it is protected.
+    fn protect_finished(&self, immutable: bool) -> Result<Option<Protection>>;
+    /// The Object Lock retention given to every object, for the record (`None`: none).
+    fn retention(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A resume journal kept in a local file (empty when there is none).
+pub(crate) fn read_journal(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Appends one line to a local resume journal, durably.
+pub(crate) fn append_journal(path: &Path, line: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .at(path)?;
+    f.write_all(line).at(path)?;
+    f.sync_data().at(path)
 }
 
 /// An archive in a local (or mounted) folder.
@@ -85,18 +120,6 @@ impl FolderStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// Creates the folder and its state folder, and removes temporaries a killed run left.
-    pub fn prepare(&self) -> Result<()> {
-        let state = self.dir.join(STATE_DIR);
-        std::fs::create_dir_all(&state).at(&state)?;
-        for e in std::fs::read_dir(&self.dir).at(&self.dir)?.flatten() {
-            if crate::walk::is_temporary(&e.file_name()) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        Ok(())
     }
 
     fn journal_path(&self) -> PathBuf {
@@ -164,6 +187,22 @@ impl ChunkStore for FolderStore {
         self.dir.display().to_string()
     }
 
+    /// Creates the folder and its state folder, and removes temporaries a killed run left.
+    fn prepare(&self) -> Result<()> {
+        let state = self.dir.join(STATE_DIR);
+        std::fs::create_dir_all(&state).at(&state)?;
+        for e in std::fs::read_dir(&self.dir).at(&self.dir)?.flatten() {
+            if crate::walk::is_temporary(&e.file_name()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(&self) -> Result<bool> {
+        Ok(self.dir.join(super::MANIFEST_NAME).is_file() && !self.dir.join(STATE_DIR).exists())
+    }
+
     fn stat(&self, name: &str) -> Result<Option<Stored>> {
         let path = self.dir.join(name);
         match std::fs::metadata(&path) {
@@ -174,7 +213,7 @@ impl ChunkStore for FolderStore {
         }
     }
 
-    fn create(&self, name: &str) -> Result<Box<dyn ChunkWriter>> {
+    fn create(&self, name: &str) -> Result<Box<dyn ChunkWriter + '_>> {
         let tmp = tempfile::Builder::new()
             .prefix(TMP_PREFIX)
             .tempfile_in(&self.dir)
@@ -210,23 +249,11 @@ impl ChunkStore for FolderStore {
     }
 
     fn journal(&self) -> Result<Vec<u8>> {
-        let path = self.journal_path();
-        match std::fs::read(&path) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(Error::io(path, e)),
-        }
+        read_journal(&self.journal_path())
     }
 
     fn append_journal(&self, line: &[u8]) -> Result<()> {
-        let path = self.journal_path();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .at(&path)?;
-        f.write_all(line).at(&path)?;
-        f.sync_data().at(&path)
+        append_journal(&self.journal_path(), line)
     }
 
     fn finish(&self) -> Result<()> {
@@ -242,6 +269,17 @@ impl ChunkStore for FolderStore {
 
     fn retain(&self, immutable: bool) -> Result<Protection> {
         crate::worm::protect(&self.dir, immutable)
+    }
+
+    fn protect_finished(&self, immutable: bool) -> Result<Option<Protection>> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&self.dir)
+            .at(&self.dir)?
+            .permissions()
+            .mode();
+        (mode & 0o222 != 0)
+            .then(|| self.retain(immutable))
+            .transpose()
     }
 }
 

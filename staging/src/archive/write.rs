@@ -135,7 +135,7 @@ pub fn write_chunks(
 
 /// Counts and hashes what goes to the store.
 struct Hashing<'a> {
-    inner: Box<dyn ChunkWriter>,
+    inner: Box<dyn ChunkWriter + 'a>,
     hasher: Sha256,
     bytes: u64,
     progress: &'a dyn Progress,

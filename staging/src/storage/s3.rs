@@ -44,6 +44,8 @@ use crate::walk::{Entry, Filter, Kind, Meta, Tree};
 
 /// Parts of a multipart upload (S3 allows 5 MiB to 5 GiB; 10,000 parts at most).
 const PART: usize = 16 << 20;
+/// Parts of one upload sent at once.
+const PARTS_IN_FLIGHT: usize = 4;
 /// The metadata key of an object's SHA-256 (sent as `x-amz-meta-sha256`).
 const SHA256_KEY: &str = "sha256";
 
@@ -455,26 +457,97 @@ impl S3Store {
         }
     }
 
-    /// Hashes a version of `rel` as stored.
-    fn hash_stored(&self, rel: &Path, version: Option<&str>) -> Result<(Digest, u64)> {
+    /// Hashes a version of `rel` as stored; also returns that version's metadata.
+    fn hash_stored(&self, rel: &Path, version: Option<&str>) -> Result<(Digest, u64, Meta)> {
         use sha2::Digest as _;
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
-        self.get(rel, version, 0, &mut |block| {
+        let meta = self.get(rel, version, 0, None, &mut |block| {
             hasher.update(block);
             bytes += block.len() as u64;
             Ok(())
         })?;
-        Ok((Digest::from_hasher(hasher), bytes))
+        Ok((Digest::from_hasher(hasher), bytes, meta))
     }
 
-    /// GETs `rel` (a given version, or the current one) from byte `from`; a stream cut
-    /// off midway resumes at the byte reached, on the same version.
+    /// [`Storage::verify`], returning the metadata of the version read back (its identity
+    /// is what a resume journal records).
+    pub fn verify_read(&self, written: &Written) -> Result<Meta> {
+        let (read, len, meta) = self.hash_stored(&written.rel, written.version.as_deref())?;
+        if read != written.digest || len != written.bytes {
+            return Err(Error::ReadBackMismatch {
+                path: self.display(&written.rel),
+                wrote: written.digest.to_hex(),
+                wrote_len: written.bytes,
+                read: read.to_hex(),
+                read_len: len,
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Streams the bytes `offset..offset + len` of `rel` (fewer at its end) with one
+    /// range GET that asks for nothing else; returns how many there were.
+    pub fn read_range(
+        &self,
+        rel: &Path,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let mut n = 0u64;
+        self.get(rel, None, offset, Some(offset + len), &mut |block| {
+            n += block.len() as u64;
+            sink(block)
+        })?;
+        Ok(n)
+    }
+
+    /// Starts a multipart upload of `rel` whose digest is not known before its bytes are
+    /// (an archive chunk): parts of `part` bytes (at least 16 MiB), each with its
+    /// Content-MD5; no SHA-256 in its metadata. Aborted when dropped unfinished.
+    pub fn create_multipart(&self, rel: &Path, part: usize) -> Box<dyn Upload + '_> {
+        let part = part.max(PART);
+        Box::new(self.upload(rel, None, true, part, part))
+    }
+
+    /// An upload of `rel`, nothing sent yet.
+    fn upload(
+        &self,
+        rel: &Path,
+        expected: Option<Digest>,
+        multipart: bool,
+        part: usize,
+        capacity: usize,
+    ) -> S3Upload<'_> {
+        S3Upload {
+            store: self,
+            rel: rel.to_path_buf(),
+            key: self.key(rel),
+            expected,
+            multipart,
+            part,
+            hasher: Sha256::default(),
+            buffer: Vec::with_capacity(capacity),
+            upload_id: None,
+            parts: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// GETs `rel` (a given version, or the current one) from byte `from` (to byte `end`,
+    /// exclusive, when given: a bounded range, so the server sends nothing more); a
+    /// stream cut off midway resumes at the byte reached, on the same version.
     fn get(
         &self,
         rel: &Path,
         version: Option<&str>,
         from: u64,
+        end: Option<u64>,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Meta> {
         let key = self.key(rel);
@@ -488,30 +561,32 @@ impl S3Store {
                 .bucket(&self.url.bucket)
                 .key(&key)
                 .set_version_id(pinned.clone());
-            if at > 0 {
-                req = req.range(format!("bytes={at}-"));
+            match end {
+                Some(end) if at >= end => {
+                    return self
+                        .stat(rel)?
+                        .ok_or_else(|| gone(&format!("s3://{}/{key}", self.url.bucket)))
+                }
+                Some(end) => req = req.range(format!("bytes={at}-{}", end - 1)),
+                None if at > 0 => req = req.range(format!("bytes={at}-")),
+                None => {}
             }
             let out = match self.runtime.block_on(req.send()) {
                 Ok(out) => out,
                 // A range at the very end of the object.
                 Err(e) if at > 0 && e.code() == Some("InvalidRange") => {
                     return self
-                        .head(rel)?
-                        .map(|(m, _, _)| m)
-                        .ok_or_else(|| Error::Storage {
-                            location: format!("s3://{}/{key}", self.url.bucket),
-                            kind: StorageErrorKind::NotFound,
-                            reason: "the object went away while it was read".into(),
-                            hint: "run again".into(),
-                        })
+                        .stat(rel)?
+                        .ok_or_else(|| gone(&format!("s3://{}/{key}", self.url.bucket)))
                 }
                 Err(e) => return Err(self.error("GetObject", Some(rel), e)),
             };
-            let meta = object_meta(
-                out.content_length().unwrap_or(0) + at as i64,
-                out.last_modified(),
-                out.e_tag(),
-            );
+            // The object's whole size: from Content-Range (`bytes a-b/size`) on a range.
+            let size = out
+                .content_range()
+                .and_then(|r| r.rsplit('/').next()?.parse().ok())
+                .unwrap_or(out.content_length().unwrap_or(0) + at as i64);
+            let meta = object_meta(size, out.last_modified(), out.e_tag());
             if pinned.is_none() {
                 pinned = out.version_id().map(str::to_string);
             }
@@ -598,6 +673,16 @@ impl S3Store {
             key_marker = page.next_key_marker().map(str::to_string);
             version_marker = page.next_version_id_marker().map(str::to_string);
         }
+    }
+}
+
+/// The error of an object that went away while it was read.
+fn gone(location: &str) -> Error {
+    Error::Storage {
+        location: location.to_string(),
+        kind: StorageErrorKind::NotFound,
+        reason: "the object went away while it was read".into(),
+        hint: "run again".into(),
     }
 }
 
@@ -730,36 +815,21 @@ impl Storage for S3Store {
         from: u64,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Meta> {
-        self.get(rel, None, from, sink)
+        self.get(rel, None, from, None, sink)
     }
 
     fn create(&self, rel: &Path, size: u64, digest: Digest) -> Result<Box<dyn Upload + '_>> {
-        Ok(Box::new(S3Upload {
-            store: self,
-            rel: rel.to_path_buf(),
-            key: self.key(rel),
-            expected: digest,
-            multipart: size > PART as u64,
-            hasher: Sha256::default(),
-            buffer: Vec::with_capacity(PART.min(size as usize + 1)),
-            upload_id: None,
-            parts: Vec::new(),
-            bytes: 0,
-        }))
+        Ok(Box::new(self.upload(
+            rel,
+            Some(digest),
+            size > PART as u64,
+            PART,
+            PART.min(size as usize + 1),
+        )))
     }
 
     fn verify(&self, written: &Written) -> Result<()> {
-        let (read, len) = self.hash_stored(&written.rel, written.version.as_deref())?;
-        if read != written.digest || len != written.bytes {
-            return Err(Error::ReadBackMismatch {
-                path: self.display(&written.rel),
-                wrote: written.digest.to_hex(),
-                wrote_len: written.bytes,
-                read: read.to_hex(),
-                read_len: len,
-            });
-        }
-        Ok(())
+        self.verify_read(written).map(|_| ())
     }
 
     fn commit(&self, _written: &Written) -> Result<()> {
@@ -833,14 +903,28 @@ struct S3Upload<'a> {
     store: &'a S3Store,
     rel: PathBuf,
     key: String,
-    expected: Digest,
+    /// The digest the bytes must have (`None`: known only once they are written).
+    expected: Option<Digest>,
     multipart: bool,
+    /// Bytes per part.
+    part: usize,
     hasher: Sha256,
     buffer: Vec<u8>,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
+    /// Parts being sent (at most [`PARTS_IN_FLIGHT`]), oldest first.
+    in_flight: std::collections::VecDeque<(i32, tokio::task::JoinHandle<PartSent>)>,
     bytes: u64,
 }
+
+/// What sending one part gave.
+type PartSent = std::result::Result<
+    aws_sdk_s3::operation::upload_part::UploadPartOutput,
+    SdkError<
+        aws_sdk_s3::operation::upload_part::UploadPartError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+>;
 
 fn content_md5(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
@@ -850,45 +934,64 @@ impl S3Upload<'_> {
     fn send_part(&mut self) -> Result<()> {
         let store = self.store;
         if self.upload_id.is_none() {
+            let mut req = store
+                .client
+                .create_multipart_upload()
+                .bucket(&store.url.bucket)
+                .key(&self.key);
+            if let Some(expected) = self.expected {
+                req = req.metadata(SHA256_KEY, expected.to_hex());
+            }
             let out = store
                 .runtime
-                .block_on(
-                    store
-                        .client
-                        .create_multipart_upload()
-                        .bucket(&store.url.bucket)
-                        .key(&self.key)
-                        .metadata(SHA256_KEY, self.expected.to_hex())
-                        .send(),
-                )
+                .block_on(req.send())
                 .map_err(|e| store.error("CreateMultipartUpload", Some(&self.rel), e))?;
             self.upload_id = out.upload_id().map(str::to_string);
         }
-        let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        let number = i32::try_from(self.parts.len() + self.in_flight.len() + 1).unwrap_or(i32::MAX);
         let body = std::mem::take(&mut self.buffer);
         let md5 = content_md5(&body);
-        let out = store
-            .runtime
-            .block_on(
-                store
-                    .client
-                    .upload_part()
-                    .bucket(&store.url.bucket)
-                    .key(&self.key)
-                    .set_upload_id(self.upload_id.clone())
-                    .part_number(number)
-                    .content_md5(md5)
-                    .body(ByteStream::from(body))
-                    .send(),
-            )
-            .map_err(|e| store.error("UploadPart", Some(&self.rel), e))?;
+        let sent = store.runtime.spawn(
+            store
+                .client
+                .upload_part()
+                .bucket(&store.url.bucket)
+                .key(&self.key)
+                .set_upload_id(self.upload_id.clone())
+                .part_number(number)
+                .content_md5(md5)
+                .body(ByteStream::from(body))
+                .send(),
+        );
+        self.in_flight.push_back((number, sent));
+        if self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_part()?;
+        }
+        self.buffer = Vec::with_capacity(self.part);
+        Ok(())
+    }
+
+    /// Waits for the oldest part in flight and records it.
+    fn wait_part(&mut self) -> Result<()> {
+        let Some((number, sent)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let store = self.store;
+        let out = match store.runtime.block_on(sent) {
+            Ok(done) => done.map_err(|e| store.error("UploadPart", Some(&self.rel), e))?,
+            Err(e) => {
+                return Err(Error::io(
+                    store.display(&self.rel),
+                    std::io::Error::other(format!("UploadPart: {e}")),
+                ))
+            }
+        };
         self.parts.push(
             CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
                 .build(),
         );
-        self.buffer = Vec::with_capacity(PART);
         Ok(())
     }
 }
@@ -903,11 +1006,11 @@ impl Upload for S3Upload<'_> {
             return Ok(());
         }
         while !block.is_empty() {
-            let room = PART - self.buffer.len();
+            let room = self.part - self.buffer.len();
             let n = room.min(block.len());
             self.buffer.extend_from_slice(&block[..n]);
             block = &block[n..];
-            if self.buffer.len() == PART {
+            if self.buffer.len() == self.part {
                 self.send_part()?;
             }
         }
@@ -917,7 +1020,7 @@ impl Upload for S3Upload<'_> {
     fn finish(mut self: Box<Self>) -> Result<Written> {
         use sha2::Digest as _;
         let digest = Digest(self.hasher.clone().finalize().into());
-        if digest != self.expected {
+        if self.expected.is_some_and(|e| e != digest) {
             // Dropping `self` aborts the multipart upload.
             return Err(Error::SourceChanged {
                 path: self.rel.clone(),
@@ -942,8 +1045,11 @@ impl Upload for S3Upload<'_> {
                 .map_err(|e| store.error("PutObject", Some(&self.rel), e))?;
             out.version_id().map(str::to_string)
         } else {
-            if !self.buffer.is_empty() || self.parts.is_empty() {
+            if !self.buffer.is_empty() || self.parts.len() + self.in_flight.len() == 0 {
                 self.send_part()?;
+            }
+            while !self.in_flight.is_empty() {
+                self.wait_part()?;
             }
             let parts = std::mem::take(&mut self.parts);
             let out = store
@@ -978,6 +1084,10 @@ impl Upload for S3Upload<'_> {
 
 impl Drop for S3Upload<'_> {
     fn drop(&mut self) {
+        for (_, sent) in self.in_flight.drain(..) {
+            sent.abort();
+            let _ = self.store.runtime.block_on(sent);
+        }
         if let Some(id) = self.upload_id.take() {
             let store = self.store;
             let _ = store.runtime.block_on(
