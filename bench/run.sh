@@ -957,24 +957,25 @@ fi
 SCALE_RSS=()   # rows: files|stage fresh KiB|no-op KiB|status KiB|report KiB|rsync fresh KiB|rsync no-op KiB
 if want 11; then
     for n in "${SCALE_SIZES[@]}"; do
+        p="10^$((${#n} - 1))" # the row's label: 10^4, 10^5, 10^6
         export SCALE_N=$n SCALE_SRC=$DATA/scale-$n
         ensure_dataset scale "$SCALE_SRC" "$n tiny files in folders of 1000"
         export SCALE_DEST=$SCRATCH_ROOT/bench/scale-$n SCALE_PEER=$PEER_DIR/rsync-scale-$n
-        measure "11 scale $n stage" ratio_gt 1 "rsync -a" \
+        measure "11 $p stage" ratio_gt 1 "rsync -a" \
             'set_aside "$SCALE_DEST"' "$H stage \"\$SCALE_SRC\" \"\$SCALE_DEST\" --project bench" \
             'set_aside "$SCALE_PEER"' 'rsync -a "$SCALE_SRC/" "$SCALE_PEER/"' \
             "$SCALE_SRC"
         fresh_kb=$HPC_RSS_MAX_KB rsync_kb=$PEER_RSS_MAX_KB
-        measure "11 scale $n no-op" ratio_ge 1 "rsync -a" \
+        measure "11 $p no-op" ratio_ge 1 "rsync -a" \
             "" "$H stage \"\$SCALE_SRC\" \"\$SCALE_DEST\" --project bench" \
             "" 'rsync -a "$SCALE_SRC/" "$SCALE_PEER/"' \
             "$SCALE_SRC" "$SCALE_DEST" "$SCALE_PEER"
         grep -q ' 0 copied' "$LOG_DIR/$ROW-hpc-$BENCH_RUNS.log" ||
             die "the no-op re-stage of $n files copied files (log: $LOG_DIR/$ROW-hpc-$BENCH_RUNS.log)"
         noop_kb=$HPC_RSS_MAX_KB rsync_noop_kb=$PEER_RSS_MAX_KB
-        measure_alone "11 scale $n status" "$H status > /dev/null" "$SCALE_DEST"
+        measure_alone "11 $p status" "$H status > /dev/null" "$SCALE_DEST"
         status_kb=$HPC_RSS_MAX_KB
-        measure_alone "11 scale $n report --scan" \
+        measure_alone "11 $p report --scan" \
             "$H report --all --scan \"\$SCALE_DEST\" --format json > /dev/null" "$SCALE_DEST"
         report_kb=$HPC_RSS_MAX_KB
         SCALE_RSS+=("$n|$fresh_kb|$noop_kb|$status_kb|$report_kb|$rsync_kb|$rsync_noop_kb")
