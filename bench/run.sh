@@ -47,6 +47,11 @@
 #                        README and manifest) vs `tar --format=posix -cf - L | tee >(sha256sum)
 #                        | aws s3 cp - s3://BUCKET/bench-tar/l.tar`, dataset (l), on the same
 #                        S3 test server; the objects are removed before every run
+#  12. scale             tiny files at 10^4, 10^5 and 10^6 (10^6 only when BENCH_SCALE_MAX
+#                        allows): `hpcstage stage` fresh and no-op vs `rsync -a` fresh and
+#                        no-op, then `hpcstage status` and `hpcstage report --all --scan`
+#                        on the staged copy (hpcstage alone); time and peak RSS of each,
+#                        and RSS per file: memory must stay flat (< 64 MiB) as files grow
 # on two generated datasets of random bytes:
 #   (a) 4 files of 512 MiB (large sequential files: throughput of hashing and copying)
 #   (b) 20,000 files of 16 KiB in 100 folders (many small files: per-file overhead)
@@ -79,6 +84,9 @@
 #   BENCH_BIN    benchmark this hpcstage binary instead of building the release binary
 #   BENCH_ONLY   run only these measurements, e.g. "7" or "1 2" (default: all; 4 and 5
 #                need 3, which then runs too); for iterating, a report needs them all
+#   BENCH_SCALE_MAX  largest tree of measurement 12, in files (default 100000: 10^4 and
+#                10^5; 1000000 adds 10^6, about 4 GiB of disk and a million inodes per
+#                copy, three copies at once)
 #
 # Exit status: 0 when every command ran, whether or not the targets were met (it is a
 # report); non-zero when a command failed, a tool is missing, or the tools disagree on
@@ -94,6 +102,7 @@ BENCH_SCALE=${BENCH_SCALE:-full}
 BENCH_CACHE=${BENCH_CACHE:-auto}
 BENCH_BIN=${BENCH_BIN:-}
 BENCH_ONLY=${BENCH_ONLY:-}
+BENCH_SCALE_MAX=${BENCH_SCALE_MAX:-100000}
 
 die() {
     echo "bench: error: $*" >&2
@@ -133,8 +142,15 @@ case $BENCH_CACHE in auto | cold | warm) ;; *) die "BENCH_CACHE must be auto, co
 case $BENCH_DIR in /*) ;; *) die "BENCH_DIR must be an absolute path (got '$BENCH_DIR')" ;; esac
 BENCH_ONLY=${BENCH_ONLY//,/ }
 for m in $BENCH_ONLY; do
-    [[ $m =~ ^([1-9]|1[01])$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 11 (got '$BENCH_ONLY')"
+    [[ $m =~ ^([1-9]|1[0-2])$ ]] || die "BENCH_ONLY takes measurement numbers 1 to 12 (got '$BENCH_ONLY')"
 done
+[[ $BENCH_SCALE_MAX =~ ^[1-9][0-9]*$ ]] || die "BENCH_SCALE_MAX must be a number of files (got '$BENCH_SCALE_MAX')"
+# The tree sizes of measurement 12: powers of ten from 10^4 up to BENCH_SCALE_MAX.
+SCALE_SIZES=()
+for n in 10000 100000 1000000; do
+    if ((n <= BENCH_SCALE_MAX)); then SCALE_SIZES+=("$n"); fi
+done
+((${#SCALE_SIZES[@]})) || die "BENCH_SCALE_MAX=$BENCH_SCALE_MAX is below the smallest tree of measurement 12 (10000)"
 # want N: measurement N is to run.
 want() { [[ -z ${BENCH_ONLY// /} || " $BENCH_ONLY " == *" $1 "* ]]; }
 if want 7; then
@@ -325,6 +341,22 @@ record = {
 }
 with open(os.path.join(staged, ".hpcstage", "stage.json"), "w") as f:
     json.dump(record, f)
+EOF
+}
+
+# (scale-N): N tiny files (a few bytes each, numbered) in folders of 1,000, as an OME-Zarr
+# plate stores its chunks, for measurement 12. SCALE_N is the count.
+gen_scale() {
+    python3 - "$1" "$SCALE_N" <<'EOF'
+import os, shutil, sys
+root, files = sys.argv[1], int(sys.argv[2])
+shutil.rmtree(root, ignore_errors=True)
+for i in range(files):
+    d = os.path.join(root, "d%05d" % (i // 1000))
+    if i % 1000 == 0:
+        os.makedirs(d)
+    with open(os.path.join(d, "c%07d" % i), "wb") as f:
+        f.write(b"%d\n" % i)
 EOF
 }
 
@@ -663,6 +695,31 @@ reference() {
     REFS+=("$name|$med|$best")
 }
 
+# measure_alone NAME CMD [TREES...]: an hpcstage command without a peer (status, report),
+# BENCH_RUNS times under the same cache policy; sets HPC_MED and HPC_RSS_MAX_KB and adds a
+# row whose target is the peak RSS (< 64 MiB).
+measure_alone() {
+    local name=$1 cmd=$2 t=() i
+    shift 2
+    ROW=$((ROW + 1))
+    HPC_RSS_MAX_KB=0
+    say "[$ROW] $name"
+    say "      hpcstage: $cmd"
+    for ((i = 1; i <= BENCH_RUNS; i++)); do
+        prepare_caches "$@"
+        run_timed "$LOG_DIR/$ROW-hpc-$i.log" "$cmd"
+        t+=("$SECS")
+        if ((RSS_KB > HPC_RSS_MAX_KB)); then HPC_RSS_MAX_KB=$RSS_KB; fi
+        say "      run $i/$BENCH_RUNS: hpcstage $SECS s, $((RSS_KB / 1024)) MiB"
+    done
+    HPC_MED=$(median "${t[@]}")
+    local verdict
+    verdict=$(awk -v k="$HPC_RSS_MAX_KB" 'BEGIN { print (k < 64 * 1024) ? "PASS" : "FAIL" }')
+    RESULTS+=("$name|$HPC_MED|-|-|peak RSS < 64 MiB|$verdict")
+}
+
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+
 # --------------------------------------------------------------------------- run
 
 say "run $RUN_ID: scale $BENCH_SCALE, $BENCH_RUNS runs, cache policy: $CACHE, logs in $LOG_DIR"
@@ -740,7 +797,6 @@ set_aside "$SCRATCH_ROOT/bench/b" "$PEER_DIR/rsync-b"
 # 5. peak memory, from the timed runs of 3 (b)
 if want 5; then
     mem_verdict=$(awk -v k="$STAGE_B_RSS_KB" 'BEGIN { print (k < 64 * 1024) ? "PASS" : "FAIL" }')
-    mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
     RESULTS+=("5 stage (b) peak RSS|$(mib "$STAGE_B_RSS_KB")|$(mib "$RSYNC_B_RSS_KB") (rsync -a)|-|< 64 MiB|$mem_verdict")
 fi
 
@@ -987,6 +1043,41 @@ if want 11; then
     s3_empty "$S3_BASE-tar"
 fi
 
+# 12. scale: the same tiny-file tree at 10^4, 10^5 (and 10^6) files. Stage fresh and
+# no-op against rsync -a, then status and report --scan on the staged copy (no peer: rsync
+# has no purge deadlines). Peak RSS per command and size goes to SCALE_RSS, printed as a
+# table with the RSS per file: flat memory means the same MiB at every size.
+SCALE_RSS=()   # rows: files|stage fresh KiB|no-op KiB|status KiB|report KiB|rsync fresh KiB|rsync no-op KiB
+if want 12; then
+    for n in "${SCALE_SIZES[@]}"; do
+        p="10^$((${#n} - 1))" # the row's label: 10^4, 10^5, 10^6
+        export SCALE_N=$n SCALE_SRC=$DATA/scale-$n
+        ensure_dataset scale "$SCALE_SRC" "$n tiny files in folders of 1000"
+        export SCALE_DEST=$SCRATCH_ROOT/bench/scale-$n SCALE_PEER=$PEER_DIR/rsync-scale-$n
+        measure "12 $p stage" ratio_gt 1 "rsync -a" \
+            'set_aside "$SCALE_DEST"' "$H stage \"\$SCALE_SRC\" \"\$SCALE_DEST\" --project bench" \
+            'set_aside "$SCALE_PEER"' 'rsync -a "$SCALE_SRC/" "$SCALE_PEER/"' \
+            "$SCALE_SRC"
+        fresh_kb=$HPC_RSS_MAX_KB rsync_kb=$PEER_RSS_MAX_KB
+        measure "12 $p no-op" ratio_ge 1 "rsync -a" \
+            "" "$H stage \"\$SCALE_SRC\" \"\$SCALE_DEST\" --project bench" \
+            "" 'rsync -a "$SCALE_SRC/" "$SCALE_PEER/"' \
+            "$SCALE_SRC" "$SCALE_DEST" "$SCALE_PEER"
+        grep -q ' 0 copied' "$LOG_DIR/$ROW-hpc-$BENCH_RUNS.log" ||
+            die "the no-op re-stage of $n files copied files (log: $LOG_DIR/$ROW-hpc-$BENCH_RUNS.log)"
+        noop_kb=$HPC_RSS_MAX_KB rsync_noop_kb=$PEER_RSS_MAX_KB
+        measure_alone "12 $p status" "$H status > /dev/null" "$SCALE_DEST"
+        status_kb=$HPC_RSS_MAX_KB
+        measure_alone "12 $p report --scan" \
+            "$H report --all --scan \"\$SCALE_DEST\" --format json > /dev/null" "$SCALE_DEST"
+        report_kb=$HPC_RSS_MAX_KB
+        SCALE_RSS+=("$n|$fresh_kb|$noop_kb|$status_kb|$report_kb|$rsync_kb|$rsync_noop_kb")
+        # Set aside, the copy is a stage whose folder is gone for status at the next
+        # size: read in no time, so that status there times one big stage.
+        set_aside "$SCALE_DEST" "$SCALE_PEER"
+    done
+fi
+
 # --------------------------------------------------------------------------- report
 
 {
@@ -1007,6 +1098,19 @@ fi
         IFS='|' read -r n h p r t v <<<"$row"
         printf '%-26s %-16s %-26s %-7s %-24s %s\n' "$n" "$h" "$p" "$r" "$t" "$v"
     done
+    if ((${#SCALE_RSS[@]})); then
+        echo
+        echo "12: peak RSS by tree size, MiB (bytes per file); flat memory: the same MiB at every size"
+        printf '  %-8s %-19s %-19s %-19s %-19s %-19s %s\n' files "stage fresh" "stage no-op" status "report --scan" "rsync -a fresh" "rsync -a no-op"
+        for row in "${SCALE_RSS[@]}"; do
+            IFS='|' read -r n a b c d e f <<<"$row"
+            cells=()
+            for kb in "$a" "$b" "$c" "$d" "$e" "$f"; do
+                cells+=("$(awk -v k="$kb" -v n="$n" 'BEGIN { printf "%.1f (%.0f B/f)", k / 1024, k * 1024 / n }')")
+            done
+            printf '  %-8s %-19s %-19s %-19s %-19s %-19s %s\n' "$n" "${cells[@]}"
+        done
+    fi
     if ((${#REFS[@]})); then
         echo
         echo "reference, no target: the same bytes read without hashing (median s), and the row's"

@@ -784,7 +784,10 @@ fn a_first_stage_that_fails_is_tracked_as_incomplete() {
             .ends_with("notes/plate.txt SOURCE CORRUPT"),
         "{plate7}"
     );
-    assert_eq!(plate7["days_left"], 30);
+    // 30 days from the copy, less the seconds since (whole days left, rounded down: 29
+    // once the second of the copy has passed, as on a loaded machine).
+    let days_left = plate7["days_left"].as_i64();
+    assert!(matches!(days_left, Some(29 | 30)), "{plate7}");
 }
 
 #[test]

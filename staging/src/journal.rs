@@ -154,7 +154,7 @@ fn format_line(out: &mut Vec<u8>, rel: &Path, e: &JournalEntry) {
     out.push(b'\n');
 }
 
-fn parse_line(line: &[u8]) -> Option<(PathBuf, JournalEntry)> {
+pub(crate) fn parse_line(line: &[u8]) -> Option<(PathBuf, JournalEntry)> {
     let mut parts = line.splitn(6, |&b| b == b' ');
     let mut text = || std::str::from_utf8(parts.next()?).ok();
     let digest = text()?.parse().ok()?;

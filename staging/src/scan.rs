@@ -5,8 +5,7 @@
 //! reads metadata only; it never opens, reads or touches a file (touching would reset
 //! the very timestamps a purge looks at).
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rayon::prelude::*;
 
@@ -28,8 +27,6 @@ pub struct Scan {
     pub temporaries: u64,
     pub temporary_bytes: u64,
     pub oldest: OldestTimes,
-    /// Relative paths of regular files (only when asked for).
-    pub paths: Option<HashSet<PathBuf>>,
     /// Folders or entries that could not be read.
     pub errors: Vec<Error>,
 }
@@ -41,29 +38,21 @@ impl Scan {
         self.temporaries += other.temporaries;
         self.temporary_bytes += other.temporary_bytes;
         self.oldest.merge(&other.oldest);
-        match (&mut self.paths, other.paths) {
-            (Some(a), Some(b)) => a.extend(b),
-            (None, Some(b)) => self.paths = Some(b),
-            _ => {}
-        }
         self.errors.extend(other.errors);
         self
     }
 }
 
-/// Scans `root` (not following links), skipping its `.hpcstage/` folder. With
-/// `collect_paths` the relative paths of regular files are kept, to find what a purge
-/// already removed.
-pub fn scan(root: &Path, collect_paths: bool) -> Scan {
-    scan_dir(root, Path::new(""), collect_paths, true)
+/// Scans `root` (not following links), skipping its `.hpcstage/` folder. Memory holds
+/// the folders being read, never the tree: which files a purge already removed is found
+/// by walking in path order beside the manifest (`hpcstage_staging::sorted`).
+pub fn scan(root: &Path) -> Scan {
+    scan_dir(root, Path::new(""), true)
 }
 
-fn scan_dir(root: &Path, rel: &Path, collect_paths: bool, top: bool) -> Scan {
+fn scan_dir(root: &Path, rel: &Path, top: bool) -> Scan {
     let dir = root.join(rel);
-    let mut here = Scan {
-        paths: collect_paths.then(HashSet::new),
-        ..Scan::default()
-    };
+    let mut here = Scan::default();
     let read = match std::fs::read_dir(&dir) {
         Ok(r) => r,
         Err(e) => {
@@ -106,15 +95,12 @@ fn scan_dir(root: &Path, rel: &Path, collect_paths: bool, top: bool) -> Scan {
                 here.temporary_bytes += m.size;
             } else if !(top && is_bookkeeping(&child)) {
                 here.files += 1;
-                if let Some(paths) = &mut here.paths {
-                    paths.insert(child);
-                }
             }
         }
     }
     subdirs
         .into_par_iter()
-        .map(|sub| scan_dir(root, &sub, collect_paths, false))
+        .map(|sub| scan_dir(root, &sub, false))
         .reduce(Scan::default, Scan::merge)
         .merge(here)
 }
@@ -136,7 +122,7 @@ mod tests {
         std::fs::write(root.join("a/.hpcstage-tmp.x"), "tmp").unwrap();
         let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
         filetime::set_file_times(root.join("a/b/old"), old, old).unwrap();
-        let s = scan(root, true);
+        let s = scan(root);
         assert_eq!(
             (s.files, s.bytes),
             (2, 9),
@@ -145,9 +131,6 @@ mod tests {
         assert_eq!((s.temporaries, s.temporary_bytes), (1, 3));
         assert_eq!(s.oldest.mtime_ns, Some(1_600_000_000_000_000_000));
         assert_eq!(s.oldest.atime_ns, Some(1_600_000_000_000_000_000));
-        let paths = s.paths.unwrap();
-        assert!(paths.contains(Path::new("a/b/old")) && paths.contains(Path::new("new")));
-        assert_eq!(paths.len(), 2);
         assert!(s.errors.is_empty());
     }
 }

@@ -7,13 +7,13 @@
 //! of the folder to find the files it does not list. A manifest in any other order (for
 //! example from `find | xargs sha256sum`) is checked in memory.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{IoContext, Result};
-use crate::manifest::{self, check_entry, Check, LineReader, Manifest, ManifestEntry};
+use crate::error::Result;
+use crate::manifest::{self, check_entry, Check, ManifestEntry};
 use crate::progress::Progress;
+use crate::sorted::{Entries, ManifestFile};
 use crate::walk::{self, Filter};
 
 /// Lines between the manifest reader and the reporter while the files are hashed.
@@ -22,11 +22,9 @@ const WINDOW: usize = 4096;
 /// A manifest file checked line by line, ready to be verified against a folder.
 #[derive(Debug)]
 pub struct Plan {
-    path: PathBuf,
+    file: ManifestFile,
     /// Entries in the file, duplicates (same path, same checksum) counted once.
     pub entries: u64,
-    /// A manifest not sorted by path bytes, held in memory; `None`: streamed.
-    unsorted: Option<Manifest>,
 }
 
 /// Totals of a verification (the per-file outcomes went to the caller as they came).
@@ -58,90 +56,20 @@ impl Totals {
     }
 }
 
-/// The entries of a manifest file one at a time, adjacent duplicates dropped.
-struct Entries {
-    reader: BufReader<std::fs::File>,
-    origin: PathBuf,
-    line_no: usize,
-    buf: Vec<u8>,
-    lines: LineReader,
-    last: Option<ManifestEntry>,
-}
-
-impl Entries {
-    fn open(path: &Path) -> Result<Entries> {
-        let file = std::fs::File::open(path).at(path)?;
-        Ok(Entries {
-            reader: BufReader::with_capacity(1 << 20, file),
-            origin: path.to_path_buf(),
-            line_no: 0,
-            buf: Vec::new(),
-            lines: LineReader::default(),
-            last: None,
-        })
-    }
-
-    /// The next entry; `Ok(None)` at the end.
-    fn next_entry(&mut self) -> Result<Option<ManifestEntry>> {
-        loop {
-            self.buf.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.buf)
-                .at(&self.origin)?;
-            if n == 0 {
-                return Ok(None);
-            }
-            self.line_no += 1;
-            if self.buf.last() == Some(&b'\n') {
-                self.buf.pop();
-            }
-            let Some(entry) = self.lines.entry(&self.buf, self.line_no, &self.origin)? else {
-                continue;
-            };
-            if let Some(last) = &self.last {
-                if last.path == entry.path {
-                    if last.digest != entry.digest {
-                        return Err(manifest::listed_twice(&self.origin, self.line_no));
-                    }
-                    continue;
-                }
-            }
-            self.last = Some(entry.clone());
-            return Ok(Some(entry));
-        }
-    }
-}
-
 impl Plan {
     /// Reads the whole manifest once, checking every line (malformed, absolute or
     /// climbing paths are errors with their line number, before any file is read).
     pub fn open(path: &Path) -> Result<Plan> {
-        let mut entries = Entries::open(path)?;
-        let (mut count, mut sorted) = (0u64, true);
-        let mut previous: Option<PathBuf> = None;
-        while let Some(e) = entries.next_entry()? {
-            if let Some(p) = &previous {
-                sorted &= p.as_os_str().as_bytes() < e.path.as_os_str().as_bytes();
-            }
-            count += 1;
-            previous = Some(e.path);
-        }
-        // Duplicates far apart, and the in-memory check, need the whole list anyway.
-        let unsorted = (!sorted).then(|| Manifest::read(path)).transpose()?;
-        if let Some(m) = &unsorted {
-            count = m.len() as u64;
-        }
+        let file = ManifestFile::open(path)?;
         Ok(Plan {
-            path: path.to_path_buf(),
-            entries: count,
-            unsorted,
+            entries: file.entries,
+            file,
         })
     }
 
     /// Sorted by path bytes: verified by streaming. Otherwise in memory.
     pub fn sorted(&self) -> bool {
-        self.unsorted.is_none()
+        self.file.sorted()
     }
 
     /// Checks every listed file under `dir`, calling `report` with each outcome in
@@ -154,7 +82,7 @@ impl Plan {
         report: &mut dyn FnMut(&Path, &Check),
     ) -> Result<Totals> {
         let mut totals = Totals::default();
-        if let Some(m) = &self.unsorted {
+        if let Some(m) = self.file.held() {
             let v = manifest::verify(dir, m, progress)?;
             for ((path, check), e) in v.checks.iter().zip(&m.entries) {
                 debug_assert_eq!(path, &e.path);
@@ -173,7 +101,7 @@ impl Plan {
             rayon::current_num_threads(),
             WINDOW,
             |emit| {
-                let mut entries = match Entries::open(&self.path) {
+                let mut entries = match Entries::open(self.file.path()) {
                     Ok(e) => e,
                     Err(e) => return read_error = Some(e),
                 };
@@ -207,7 +135,7 @@ impl Plan {
         }
 
         // Unlisted files: the folder walked in manifest order beside the manifest.
-        let mut listed = Entries::open(&self.path)?;
+        let mut listed = Entries::open(self.file.path())?;
         let mut next = listed.next_entry()?;
         let mut walk_errors = Vec::new();
         let mut stream_error = None;

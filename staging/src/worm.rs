@@ -36,15 +36,20 @@ pub fn seal(dir: &Path, immutable: bool) -> Protection {
 }
 
 /// Removes write permission from everything under `dir`, files first, folders last (so
-/// the walk itself is never locked out).
+/// the walk itself is never locked out). A tree that cannot be walked to its end is left
+/// as it was: a first walk only checks, the second changes modes. Neither holds the tree
+/// (a walk keeps the folders it is in, not what it has passed).
 pub fn make_read_only(dir: &Path) -> Result<()> {
-    let entries: Vec<_> = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .contents_first(true)
-        .into_iter()
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::walk(dir, e))?;
-    for e in entries {
+    let walk = || {
+        walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .contents_first(true)
+    };
+    for e in walk() {
+        e.map_err(|e| Error::walk(dir, e))?;
+    }
+    for e in walk() {
+        let e = e.map_err(|e| Error::walk(dir, e))?;
         if e.file_type().is_symlink() {
             continue;
         }

@@ -20,6 +20,7 @@
 //! [`summary`] filters, orders and totals the items for the report. Printing them is the
 //! command's (`cli/commands/report.rs`).
 
+mod nas_copy;
 pub mod scan;
 pub mod summary;
 #[cfg(test)]

@@ -2,20 +2,18 @@
 //! [`Safety`], reason and "may clean remove it" that [`decide`] makes of them.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 
-use hpcstage_staging::hash::hash_file;
-use hpcstage_staging::journal::Journal;
-use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::policy::days_left;
 use hpcstage_staging::record::{read_json, StageRecord};
 use hpcstage_staging::remote::NasAccess;
 use hpcstage_staging::scan::{scan, Scan};
-use hpcstage_staging::walk::{Meta, MANIFEST_NAME, STATE_DIR};
+use hpcstage_staging::sorted::ManifestFile;
+use hpcstage_staging::walk::{MANIFEST_NAME, STATE_DIR};
 
+use super::nas_copy::{manifest_digest, nas_copy_state, tree_diff, Check};
 use super::{Assess, Item, ItemKind, Safety, GONE};
 use crate::clean::{guard, plain_path, Guard};
 use crate::refresh::ended;
@@ -248,7 +246,7 @@ pub fn stage_item(record: &StageRecord, ctx: &Assess<'_>) -> Item {
         return item;
     }
     let guarded = guard(dest, ctx.scratch_root, Guard::Stage);
-    let found = scan(dest, true);
+    let found = scan(dest);
     item.take_scan(&found, ctx, record.staged_at);
     let mut facts = Facts {
         safe: "raw data verified on the NAS",
@@ -262,28 +260,29 @@ pub fn stage_item(record: &StageRecord, ctx: &Assess<'_>) -> Item {
         refused: guarded.err(),
         ..Facts::default()
     };
-    // Files in unreadable folders are not missing, only unseen.
-    let scratch_manifest = Manifest::read(&dest.join(MANIFEST_NAME));
-    if found.errors.is_empty() {
-        let missing = match (&scratch_manifest, &found.paths) {
-            (Ok(m), Some(present)) => m
-                .entries
-                .iter()
-                .filter(|e| !present.contains(&e.path))
-                .count() as u64,
-            (_, Some(present)) => record.files.saturating_sub(present.len() as u64),
-            _ => 0,
-        };
-        if missing > 0 && facts.incomplete.is_none() {
-            facts.purged = Some(format!(
-                "{missing} of {} staged files are gone",
-                record.files
-            ));
-        }
-    }
     if facts.incomplete.is_none() {
-        // Only a complete copy has a manifest to check against the NAS.
-        match nas_copy_state(record, scratch_manifest, &found) {
+        // Only a complete copy has a manifest to check against the NAS. It is checked
+        // line by line and read in path order beside an ordered walk of the folder,
+        // never held whole (see nas_copy).
+        let scratch_manifest = ManifestFile::open(&dest.join(MANIFEST_NAME)).ok();
+        let tree = scratch_manifest
+            .as_ref()
+            .and_then(|m| tree_diff(dest, m).ok());
+        // Files in unreadable folders are not missing, only unseen.
+        if found.errors.is_empty() {
+            let missing = match (&scratch_manifest, &tree) {
+                (Some(_), Some(t)) => t.missing,
+                (Some(_), None) => 0,
+                (None, _) => record.files.saturating_sub(found.files),
+            };
+            if missing > 0 {
+                facts.purged = Some(format!(
+                    "{missing} of {} staged files are gone",
+                    record.files
+                ));
+            }
+        }
+        match nas_copy_state(record, scratch_manifest.as_ref(), tree.as_ref()) {
             Ok(()) => {}
             Err(Check::Differs(why)) => facts.at_risk.push(why),
             Err(Check::Unknown(why)) => facts.refused = facts.refused.or(Some(why)),
@@ -330,145 +329,6 @@ fn note_unreadable(facts: &mut Facts, errors: &[hpcstage_staging::Error]) {
             "part of the folder could not be read: {first}"
         )));
     }
-}
-
-/// Why a staged copy cannot be called a verified copy of its NAS source.
-enum Check {
-    /// Something on scratch is not on the NAS as it was staged: scratch may hold the only
-    /// copy.
-    Differs(String),
-    /// It could not be checked (the scratch manifest or journal is unreadable).
-    Unknown(String),
-}
-
-/// How many changed files a reason names before it gives the count of the rest.
-const NAMED: usize = 3;
-
-/// Checks a staged copy file by file against its NAS source: every file of the scratch
-/// manifest must be in the NAS manifest with the same checksum, present on the NAS with
-/// the same size (a file appended to on the NAS), and unchanged on scratch since it was
-/// verified (edited in place); no file may have been written into the folder after
-/// staging. The reason names the first files that differ and how many there are.
-fn nas_copy_state(
-    record: &StageRecord,
-    scratch: hpcstage_staging::Result<Manifest>,
-    found: &Scan,
-) -> std::result::Result<(), Check> {
-    let dest = &record.destination;
-    let scratch = scratch.map_err(|_| {
-        Check::Unknown("the scratch copy has no readable MANIFEST.sha256".to_string())
-    })?;
-    // What each file looked like when it was verified (hard links have no entry of their
-    // own; their inode is checked through the file they link to).
-    let journal = Journal::load(&dest.join(STATE_DIR).join("journal"))
-        .map_err(|e| Check::Unknown(format!("the stage journal cannot be read ({e})")))?;
-    let source = Path::new(&record.source);
-    if let (Ok(src), Ok(dst)) = (std::fs::canonicalize(source), std::fs::canonicalize(dest)) {
-        if src.starts_with(&dst) || dst.starts_with(&src) {
-            return Err(Check::Differs(format!(
-                "the recorded source {} is the scratch copy itself (or overlaps it)",
-                source.display()
-            )));
-        }
-    }
-    let no_manifest = |why: String| {
-        Check::Differs(format!(
-            "no readable MANIFEST.sha256 at the NAS source {}{why}; nothing proves a verified copy there",
-            source.display()
-        ))
-    };
-    let folder = NasAccess::shared()
-        .folder(source)
-        .map_err(|e| no_manifest(format!(" ({e})")))?;
-    let nas = folder
-        .manifest()
-        .map_err(|e| no_manifest(format!(" ({e})")))?
-        .ok_or_else(|| no_manifest(String::new()))?;
-    let nas = nas.to_map();
-    // A remote NAS is listed once (one round trip per folder) instead of a stat per file.
-    let remote_sizes = if folder.is_remote() {
-        Some(folder.file_sizes().map_err(|e| {
-            Check::Differs(format!(
-                "the NAS source {} cannot be listed ({e}); scratch may hold the only copy",
-                source.display()
-            ))
-        })?)
-    } else {
-        None
-    };
-    let mut changed: Vec<String> = Vec::new();
-    for e in &scratch.entries {
-        let name = e.path.display();
-        match nas.get(e.path.as_path()) {
-            Some(d) if *d == e.digest => {
-                // The manifest vouches for the bytes; the file itself must still be there.
-                let on_nas = match &remote_sizes {
-                    Some(sizes) => sizes.get(&e.path).copied(),
-                    None => std::fs::metadata(source.join(&e.path))
-                        .map(|m| m.size())
-                        .ok(),
-                };
-                let on_scratch = std::fs::symlink_metadata(dest.join(&e.path));
-                match (on_nas, on_scratch) {
-                    (None, _) => changed.push(format!("{name} (missing at the NAS source)")),
-                    (Some(n), Ok(s)) if n != s.size() => changed.push(format!(
-                        "{name} (changed on the NAS or on scratch: {n} bytes there, {} here)",
-                        s.size()
-                    )),
-                    (_, Ok(s)) => {
-                        // Edited in place after staging (same size, say): the scratch
-                        // copy may hold work that exists nowhere else. A file whose inode
-                        // or mtime moved since it was verified is read again; only its
-                        // content decides (a `touch` is not an edit).
-                        let moved = journal.get(&e.path).is_some_and(|j| {
-                            let now = Meta::from_std(&s);
-                            j.dest_ino != now.ino || j.dest_mtime_ns != now.mtime_ns
-                        });
-                        if moved
-                            && hash_file(&dest.join(&e.path)).map(|h| h.0).ok() != Some(e.digest)
-                        {
-                            changed
-                                .push(format!("{name} (edited on scratch after it was verified)"));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Some(_) => changed.push(format!(
-                "{name} (the NAS manifest has another checksum: the NAS source changed)"
-            )),
-            None => changed.push(format!("{name} (on scratch but not in the NAS manifest)")),
-        }
-    }
-    // Files written into the staged folder after staging exist only here.
-    let listed = scratch.to_map();
-    let mut extra: Vec<&PathBuf> = found
-        .paths
-        .iter()
-        .flatten()
-        .filter(|p| !listed.contains_key(p.as_path()))
-        .collect();
-    extra.sort();
-    changed.extend(extra.into_iter().map(|p| {
-        format!(
-            "{} (written after staging: not in the stage manifest)",
-            p.display()
-        )
-    }));
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let n = changed.len();
-    let mut text = format!(
-        "{} {} not the verified NAS copy: {}",
-        hpcstage_staging::human::count(n as u64, "file"),
-        if n == 1 { "is" } else { "are" },
-        changed[..n.min(NAMED)].join(", ")
-    );
-    if n > NAMED {
-        text.push_str(&format!(" and {} more", n - NAMED));
-    }
-    Err(Check::Differs(text))
 }
 
 /// `Ok` when the NAS source of an unfinished stage is still there (asked over SSH for a
@@ -554,7 +414,7 @@ pub fn run_item(record: &RunRecord, view: Option<&RunView>, ctx: &Assess<'_>) ->
         return item;
     }
     let guarded = guard(dir, ctx.scratch_root, Guard::Run(&record.id));
-    let found = scan(dir, false);
+    let found = scan(dir);
     item.take_scan(&found, ctx, record.created_at);
     let phase = view.map(|v| v.phase);
     let mut facts = Facts {
@@ -655,9 +515,9 @@ pub fn nas_results_state(results_dir: &Path, digest: &str) -> std::result::Resul
     let manifest = results_dir.join(MANIFEST_NAME);
     let read = NasAccess::shared()
         .folder(results_dir)
-        .and_then(|f| f.manifest());
+        .and_then(|f| manifest_digest(&f));
     match read {
-        Ok(Some(m)) if m.digest().to_hex() == digest => Ok(()),
+        Ok(Some(d)) if d.to_hex() == digest => Ok(()),
         Ok(Some(_)) => Err(format!(
             "the NAS results manifest {} changed since the pull",
             manifest.display()

@@ -1,0 +1,560 @@
+//! Manifests and journals read in path order, one entry at a time: for the commands that
+//! compare a tree of millions of files with its manifests and its journal (`manifest
+//! verify`, `report`, `status`, `clean`) without holding any of them whole.
+//!
+//! Everything here yields entries sorted by the bytes of their paths, the order
+//! `manifest create` and `stage` write manifests in and the order
+//! [`crate::walk::files_in_order`] walks a folder in, so that two lists are compared by
+//! stepping through both at once ([`Cursor`]). A manifest that is not in that order (one
+//! made by `find | xargs sha256sum`, say) is held in memory and sorted; a journal, which
+//! the copy engine appends to in the order files finish, is sorted on disk in bounded
+//! memory (the `extsort` crate, temporary files under `$TMPDIR`, removed when done).
+//!
+//! What must not happen here: holding every path of a tree at once, or reading a manifest
+//! that is partly malformed as if it were whole (every line is checked before any entry
+//! is handed out, with the line number of the first bad one, as `Manifest::read` does).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::journal::{parse_line, JournalEntry};
+use crate::manifest::{self, write_line, LineReader, Manifest, ManifestEntry};
+use crate::walk;
+
+/// The entries of a manifest file one at a time, adjacent duplicates dropped (a duplicate
+/// with another checksum is an error, as for [`Manifest::parse`]).
+pub(crate) struct Entries {
+    reader: BufReader<std::fs::File>,
+    origin: PathBuf,
+    line_no: usize,
+    buf: Vec<u8>,
+    lines: LineReader,
+    last: Option<ManifestEntry>,
+}
+
+impl Entries {
+    pub(crate) fn open(path: &Path) -> Result<Entries> {
+        let file = std::fs::File::open(path).at(path)?;
+        Ok(Entries {
+            reader: BufReader::with_capacity(1 << 20, file),
+            origin: path.to_path_buf(),
+            line_no: 0,
+            buf: Vec::new(),
+            lines: LineReader::default(),
+            last: None,
+        })
+    }
+
+    /// The next entry; `Ok(None)` at the end.
+    pub(crate) fn next_entry(&mut self) -> Result<Option<ManifestEntry>> {
+        loop {
+            self.buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .at(&self.origin)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.line_no += 1;
+            if self.buf.last() == Some(&b'\n') {
+                self.buf.pop();
+            }
+            let Some(entry) = self.lines.entry(&self.buf, self.line_no, &self.origin)? else {
+                continue;
+            };
+            if let Some(last) = &self.last {
+                if last.path == entry.path {
+                    if last.digest != entry.digest {
+                        return Err(manifest::listed_twice(&self.origin, self.line_no));
+                    }
+                    continue;
+                }
+            }
+            self.last = Some(entry.clone());
+            return Ok(Some(entry));
+        }
+    }
+}
+
+/// A manifest file whose every line was checked, ready to be read in path order.
+#[derive(Debug)]
+pub struct ManifestFile {
+    path: PathBuf,
+    /// Entries in the file, duplicates (same path, same checksum) counted once.
+    pub entries: u64,
+    /// A manifest not sorted by path bytes, held in memory in the file's order; `None`:
+    /// streamed from the file.
+    unsorted: Option<Manifest>,
+}
+
+impl ManifestFile {
+    /// Reads the whole manifest once, checking every line (malformed, absolute or
+    /// climbing paths are errors with their line number, before any entry is used).
+    pub fn open(path: &Path) -> Result<ManifestFile> {
+        let mut entries = Entries::open(path)?;
+        let (mut count, mut sorted) = (0u64, true);
+        let mut previous: Option<PathBuf> = None;
+        while let Some(e) = entries.next_entry()? {
+            if let Some(p) = &previous {
+                sorted &= p.as_os_str().as_bytes() < e.path.as_os_str().as_bytes();
+            }
+            count += 1;
+            previous = Some(e.path);
+        }
+        // Duplicates far apart, and the order, need the whole list anyway.
+        let unsorted = (!sorted).then(|| Manifest::read(path)).transpose()?;
+        if let Some(m) = &unsorted {
+            count = m.len() as u64;
+        }
+        Ok(ManifestFile {
+            path: path.to_path_buf(),
+            entries: count,
+            unsorted,
+        })
+    }
+
+    /// The file the entries come from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sorted by path bytes: read by streaming. Otherwise held in memory.
+    pub fn sorted(&self) -> bool {
+        self.unsorted.is_none()
+    }
+
+    /// The manifest held in memory, in the file's order, when it is not sorted.
+    pub fn held(&self) -> Option<&Manifest> {
+        self.unsorted.as_ref()
+    }
+
+    /// The entries in path-byte order.
+    pub fn in_order(&self) -> Result<InOrder> {
+        Ok(match &self.unsorted {
+            None => InOrder(Source::Streamed(Entries::open(&self.path)?)),
+            Some(m) => InOrder::from_manifest(m.clone()),
+        })
+    }
+
+    /// [`Manifest::digest`] of the file, computed as it streams by.
+    pub fn digest(&self) -> Result<Digest> {
+        if let Some(m) = &self.unsorted {
+            return Ok(m.digest());
+        }
+        let mut entries = Entries::open(&self.path)?;
+        let mut hasher = Sha256::new();
+        let mut line = Vec::with_capacity(256);
+        while let Some(e) = entries.next_entry()? {
+            line.clear();
+            write_line(&mut line, &e.digest, e.path.as_os_str().as_bytes());
+            hasher.update(&line);
+        }
+        Ok(Digest::from_hasher(hasher))
+    }
+}
+
+/// The entries of a [`ManifestFile`] in path-byte order.
+pub struct InOrder(Source);
+
+enum Source {
+    Streamed(Entries),
+    Held(std::vec::IntoIter<ManifestEntry>),
+}
+
+impl InOrder {
+    /// The entries of a manifest already in memory, sorted.
+    pub fn from_manifest(m: Manifest) -> InOrder {
+        let mut entries = m.entries;
+        walk::sort_by_bytes(&mut entries, |e| &e.path);
+        InOrder(Source::Held(entries.into_iter()))
+    }
+}
+
+impl Iterator for InOrder {
+    type Item = Result<ManifestEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            Source::Streamed(e) => e.next_entry().transpose(),
+            Source::Held(it) => it.next().map(Ok),
+        }
+    }
+}
+
+/// Something with a path, for [`Cursor`].
+pub trait Keyed {
+    fn key(&self) -> &Path;
+}
+
+impl Keyed for ManifestEntry {
+    fn key(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Keyed for (PathBuf, JournalEntry) {
+    fn key(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// Lookups by path in a list sorted by path bytes, for keys asked in that same order:
+/// each step moves forward only, so the list is read once, whatever its length.
+pub struct Cursor<I: Iterator<Item = Result<T>>, T> {
+    items: I,
+    current: Option<T>,
+    started: bool,
+}
+
+impl<I: Iterator<Item = Result<T>>, T: Keyed> Cursor<I, T> {
+    pub fn new(items: I) -> Self {
+        Cursor {
+            items,
+            current: None,
+            started: false,
+        }
+    }
+
+    /// The item for `key`, if the list has one. Keys must come in ascending byte order;
+    /// items before `key` are passed over for good.
+    pub fn find(&mut self, key: &Path) -> Result<Option<&T>> {
+        let key = key.as_os_str().as_bytes();
+        if !self.started {
+            self.started = true;
+            self.current = self.items.next().transpose()?;
+        }
+        while self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.key().as_os_str().as_bytes() < key)
+        {
+            self.current = self.items.next().transpose()?;
+        }
+        Ok(self
+            .current
+            .as_ref()
+            .filter(|c| c.key().as_os_str().as_bytes() == key))
+    }
+}
+
+/// Journal entries held in memory at once while the journal is sorted; a bigger journal
+/// is sorted in runs of this many, written to temporary files and merged.
+const SORT_RUN: usize = 1 << 16;
+
+/// One journal line with its position, so that the latest line of a path wins.
+struct Line {
+    rel: Vec<u8>,
+    seq: u64,
+    entry: JournalEntry,
+}
+
+impl extsort::Sortable for Line {
+    fn encode<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
+        let e = &self.entry;
+        w.write_all(&(self.rel.len() as u64).to_le_bytes())?;
+        w.write_all(&self.rel)?;
+        w.write_all(&self.seq.to_le_bytes())?;
+        w.write_all(&e.digest.0)?;
+        for n in [
+            e.size,
+            e.src_mtime_ns as u64,
+            e.dest_mtime_ns as u64,
+            e.dest_ino,
+        ] {
+            w.write_all(&n.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn decode<R: Read>(r: &mut R) -> std::io::Result<Line> {
+        let mut word = [0u8; 8];
+        let mut next = |r: &mut R| -> std::io::Result<u64> {
+            r.read_exact(&mut word)?;
+            Ok(u64::from_le_bytes(word))
+        };
+        let len = usize::try_from(next(r)?).map_err(std::io::Error::other)?;
+        let mut rel = vec![0u8; len];
+        r.read_exact(&mut rel)?;
+        let seq = next(r)?;
+        let mut digest = [0u8; 32];
+        r.read_exact(&mut digest)?;
+        let size = next(r)?;
+        let src_mtime_ns = next(r)? as i64;
+        let dest_mtime_ns = next(r)? as i64;
+        let dest_ino = next(r)?;
+        Ok(Line {
+            rel,
+            seq,
+            entry: JournalEntry {
+                digest: Digest(digest),
+                size,
+                src_mtime_ns,
+                dest_mtime_ns,
+                dest_ino,
+            },
+        })
+    }
+}
+
+/// A copy journal in path-byte order, one entry per path: the one of its latest line, as
+/// [`crate::journal::Journal::load`] keeps it. Lines torn by a killed process and lines
+/// that do not parse are left out, as there.
+pub struct JournalInOrder {
+    path: PathBuf,
+    lines: Box<dyn Iterator<Item = std::io::Result<Line>>>,
+    pending: Option<Line>,
+}
+
+impl JournalInOrder {
+    /// Sorts the journal at `path` (missing means empty).
+    pub fn open(path: &Path) -> Result<JournalInOrder> {
+        Self::sorted_in_runs(path, SORT_RUN)
+    }
+
+    /// [`Self::open`], holding at most `run` lines in memory at once.
+    fn sorted_in_runs(path: &Path, run: usize) -> Result<JournalInOrder> {
+        let mut reader = match std::fs::File::open(path) {
+            Ok(f) => Some(BufReader::with_capacity(1 << 20, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let mut read_error = None;
+        let mut seq = 0u64;
+        let mut buf = Vec::with_capacity(256);
+        // Only lines that end in a newline count: the last one, torn by a killed
+        // process, does not (and ends the journal).
+        let lines = std::iter::from_fn(|| loop {
+            let r = reader.as_mut()?;
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(_) if buf.last() != Some(&b'\n') => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    read_error = Some(e);
+                    return None;
+                }
+            }
+            buf.pop();
+            seq += 1;
+            if let Some((rel, entry)) = parse_line(&buf) {
+                return Some(Line {
+                    rel: rel.into_os_string().into_vec(),
+                    seq,
+                    entry,
+                });
+            }
+        });
+        let sorted = extsort::ExternalSorter::new()
+            .with_segment_size(run)
+            .sort_by(lines, |a: &Line, b: &Line| {
+                a.rel.cmp(&b.rel).then(a.seq.cmp(&b.seq))
+            })
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        if let Some(e) = read_error {
+            return Err(Error::io(path, e));
+        }
+        Ok(JournalInOrder {
+            path: path.to_path_buf(),
+            lines: Box::new(sorted),
+            pending: None,
+        })
+    }
+
+    fn next_line(&mut self) -> Result<Option<Line>> {
+        if let Some(l) = self.pending.take() {
+            return Ok(Some(l));
+        }
+        self.lines
+            .next()
+            .transpose()
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl Iterator for JournalInOrder {
+    type Item = Result<(PathBuf, JournalEntry)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut latest = match self.next_line() {
+            Ok(Some(l)) => l,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        loop {
+            match self.next_line() {
+                Ok(Some(l)) if l.rel == latest.rel => latest = l,
+                Ok(Some(l)) => {
+                    self.pending = Some(l);
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok((
+            PathBuf::from(std::ffi::OsString::from_vec(latest.rel)),
+            latest.entry,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Journal;
+
+    fn entry(n: u64) -> JournalEntry {
+        JournalEntry {
+            digest: Digest::of(&n.to_le_bytes()),
+            size: n,
+            src_mtime_ns: -5,
+            dest_mtime_ns: 7,
+            dest_ino: n * 3,
+        }
+    }
+
+    fn all(j: JournalInOrder) -> Vec<(PathBuf, JournalEntry)> {
+        j.collect::<Result<Vec<_>>>().unwrap()
+    }
+
+    #[test]
+    fn a_journal_comes_in_path_order_with_the_latest_line_of_each_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut j = Journal::load(&path).unwrap();
+        // Written in the order files finish, a path again when it was copied again.
+        for (name, n) in [("b", 1), ("a/x", 2), ("a b", 3), ("b", 4), ("new\nline", 5)] {
+            j.record(Path::new(name), entry(n)).unwrap();
+        }
+        j.flush().unwrap();
+        drop(j);
+        // A line torn by a killed process does not count; nor does a damaged one.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"garbage line\n");
+        bytes.extend_from_slice(format!("{} 1 2 3 4 a b", Digest::of(b"x")).as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let expected = vec![
+            (PathBuf::from("a b"), entry(3)),
+            (PathBuf::from("a/x"), entry(2)),
+            (PathBuf::from("b"), entry(4)),
+            (PathBuf::from("new\nline"), entry(5)),
+        ];
+        assert_eq!(all(JournalInOrder::open(&path).unwrap()), expected);
+        // What the journal in memory says of each path, the ordered one says too.
+        let loaded = Journal::load(&path).unwrap();
+        assert_eq!(loaded.len(), expected.len());
+        for (p, e) in &expected {
+            assert_eq!(loaded.get(p), Some(e), "{}", p.display());
+        }
+        assert!(all(JournalInOrder::open(&dir.path().join("none")).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn a_journal_bigger_than_memory_is_sorted_on_disk_with_the_same_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut j = Journal::load(&path).unwrap();
+        // 1,000 paths, each written three times, in an order far from sorted.
+        for round in 0..3u64 {
+            for i in 0..1000u64 {
+                let k = (i * 7919) % 1000;
+                j.record(
+                    Path::new(&format!("d{}/f{k}", k % 13)),
+                    entry(round * 1000 + k),
+                )
+                .unwrap();
+            }
+        }
+        j.flush().unwrap();
+        let in_memory = all(JournalInOrder::sorted_in_runs(&path, 1 << 20).unwrap());
+        let on_disk = all(JournalInOrder::sorted_in_runs(&path, 64).unwrap());
+        assert_eq!(in_memory.len(), 1000);
+        assert_eq!(on_disk, in_memory);
+        assert!(in_memory
+            .windows(2)
+            .all(|w| w[0].0.as_os_str().as_bytes() < w[1].0.as_os_str().as_bytes()));
+        assert!(
+            in_memory.iter().all(|(_, e)| e.size >= 2000),
+            "an older line won"
+        );
+    }
+
+    fn write_manifest(path: &Path, names: &[&str]) {
+        let text: String = names
+            .iter()
+            .map(|n| format!("{}  {n}\n", Digest::of(n.as_bytes())))
+            .collect();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn names(it: InOrder) -> Vec<PathBuf> {
+        it.map(|e| e.unwrap().path).collect()
+    }
+
+    #[test]
+    fn a_manifest_comes_in_path_order_whether_or_not_its_file_is_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sorted = dir.path().join("sorted");
+        write_manifest(&sorted, &["a b", "a/x", "a/x", "b"]);
+        let m = ManifestFile::open(&sorted).unwrap();
+        assert!(m.sorted());
+        assert_eq!(m.entries, 3, "an adjacent duplicate counts once");
+        assert_eq!(
+            names(m.in_order().unwrap()),
+            ["a b", "a/x", "b"].map(PathBuf::from)
+        );
+        assert_eq!(
+            m.digest().unwrap(),
+            Manifest::read(&sorted).unwrap().digest()
+        );
+
+        let unsorted = dir.path().join("unsorted");
+        write_manifest(&unsorted, &["b", "a/x", "a b", "a/x"]);
+        let m = ManifestFile::open(&unsorted).unwrap();
+        assert!(!m.sorted());
+        assert_eq!(m.entries, 3);
+        assert_eq!(
+            names(m.in_order().unwrap()),
+            ["a b", "a/x", "b"].map(PathBuf::from)
+        );
+        assert_eq!(
+            m.digest().unwrap(),
+            Manifest::read(&unsorted).unwrap().digest()
+        );
+    }
+
+    #[test]
+    fn a_bad_line_anywhere_is_refused_before_any_entry_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let good = format!("{}  a\n", Digest::of(b"a"));
+        std::fs::write(&path, format!("{good}{}  ../up\n", Digest::of(b"b"))).unwrap();
+        let e = ManifestFile::open(&path).unwrap_err().to_string();
+        assert!(e.contains(":2: refusing unsafe path"), "{e}");
+        std::fs::write(&path, format!("{good}{}  a\n", Digest::of(b"c"))).unwrap();
+        let e = ManifestFile::open(&path).unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn a_cursor_finds_keys_asked_in_order_and_reads_the_list_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        write_manifest(&path, &["a", "a b", "a/x", "c", "e"]);
+        let m = ManifestFile::open(&path).unwrap();
+        let mut c = Cursor::new(m.in_order().unwrap());
+        let mut found = |k: &str| c.find(Path::new(k)).unwrap().map(|e| e.path.clone());
+        assert_eq!(found("a"), Some(PathBuf::from("a")));
+        assert_eq!(found("a-"), None, "between a b and a/x");
+        assert_eq!(found("a/x"), Some(PathBuf::from("a/x")));
+        assert_eq!(found("d"), None);
+        assert_eq!(found("e"), Some(PathBuf::from("e")));
+        assert_eq!(found("z"), None, "past the end");
+    }
+}
