@@ -16,6 +16,9 @@ mod write;
 
 pub use connect::{Endpoint, SshOptions};
 pub use folder::{NasAccess, NasFolder};
+pub(crate) use pool::Fault;
 pub use pool::{Remote, RemoteErrorKind};
+pub(crate) use read::meta_of;
 pub use spec::{Location, RemoteSpec};
+pub(crate) use write::flush_remote;
 pub use write::{UploadOptions, UploadReport};

@@ -1,8 +1,9 @@
 //! A local folder as a [`Storage`]: a written file stays under a temporary name
 //! (`.hpcstage-tmp.*` next to its final one) until it was flushed, read back and renamed.
 //!
-//! The bulk engine in `copy` (O_DIRECT, batched `syncfs`, hard links, holes) is not routed
-//! through here yet; this backend serves the per-file operations of the storage layer.
+//! As a copy source it says where it is ([`Storage::local_root`]): the bulk engine in
+//! `copy` reads it on its local fast path (O_DIRECT, holes, hard links by inode) rather
+//! than file by file through [`Storage::read`].
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -30,7 +31,11 @@ impl LocalDir {
 
 impl Storage for LocalDir {
     fn display(&self, rel: &Path) -> PathBuf {
-        self.root.join(rel)
+        if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -128,6 +133,15 @@ impl Storage for LocalDir {
     fn remove(&self, rel: &Path) -> Result<()> {
         let path = self.root.join(rel);
         std::fs::remove_file(&path).at(&path)
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn read_link(&self, rel: &Path) -> Result<PathBuf> {
+        let path = self.root.join(rel);
+        std::fs::read_link(&path).at(&path)
     }
 }
 
