@@ -39,9 +39,7 @@ use rayon::prelude::*;
 
 use self::dest::{check_space, ensure_dir, ensure_writable_dir, write_if_changed, RunGuard};
 use self::finish::{perm, set_mtime};
-use self::links::{
-    copy_symlink, replace_with_hard_link, same_inode, symlink_differs, symlink_warning,
-};
+use self::links::{place_links, same_inode, symlink_differs};
 use self::pipeline::{run_pipeline, Ctx};
 use self::plan::{plan_file, source_check, Job, Plan};
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
@@ -492,58 +490,7 @@ pub fn copy_from(
     }
     known.extend(copied_digests);
 
-    // Hard links, once their primary is verified.
-    let digest_of: HashMap<PathBuf, Digest> = known.iter().cloned().collect();
-    for (rel, primary, meta) in &links {
-        let Some(digest) = digest_of.get(primary).copied() else {
-            report.failed.push(Failure {
-                path: rel.clone(),
-                kind: FailureKind::NotAttempted,
-                error: Error::io(
-                    src.display(rel),
-                    std::io::Error::other(format!(
-                        "hard link to {} which was not copied",
-                        primary.display()
-                    )),
-                ),
-            });
-            continue;
-        };
-        let (target, link) = (dest.join(primary), dest.join(rel));
-        if !same_inode(&link, &target) {
-            if let Err(e) = replace_with_hard_link(&target, &link) {
-                report.failed.push(Failure {
-                    path: rel.clone(),
-                    kind: classify(&e),
-                    error: e,
-                });
-                continue;
-            }
-            report.changes.push((rel.clone(), Change::HardLink));
-        }
-        report.hard_links += 1;
-        let _ = meta;
-        known.push((rel.clone(), digest));
-    }
-
-    for s in &symlinks {
-        match copy_symlink(src, dest, &s.rel) {
-            Ok(changed) => {
-                report.symlinks += 1;
-                if changed {
-                    report.changes.push((s.rel.clone(), Change::Symlink));
-                }
-                if let Some(w) = symlink_warning(src, &s.rel) {
-                    report.warnings.push(w);
-                }
-            }
-            Err(e) => report.failed.push(Failure {
-                path: s.rel.clone(),
-                kind: classify(&e),
-                error: e,
-            }),
-        }
-    }
+    place_links(src, dest, &links, &symlinks, &mut known, &mut report);
 
     // Folder modes (and mtimes when allowed), deepest first.
     for d in dirs.iter().rev() {

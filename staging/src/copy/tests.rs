@@ -1,3 +1,4 @@
+use super::links::symlink_warning;
 use super::*;
 use crate::progress::NoProgress;
 

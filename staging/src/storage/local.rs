@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use super::place::{place_local, PlaceOptions, Placement};
 use super::{Capabilities, Retention, Storage, Upload, Written};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest};
@@ -133,6 +134,10 @@ impl Storage for LocalDir {
     fn remove(&self, rel: &Path) -> Result<()> {
         let path = self.root.join(rel);
         std::fs::remove_file(&path).at(&path)
+    }
+
+    fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
+        place_local(&self.root.join(rel), opts)
     }
 
     fn local_root(&self) -> Option<&Path> {

@@ -9,6 +9,7 @@
 
 mod local;
 mod open;
+mod place;
 mod s3;
 mod sftp;
 mod tree;
@@ -23,6 +24,7 @@ use crate::walk::{Filter, Meta, Tree};
 
 pub use local::LocalDir;
 pub use open::open;
+pub use place::{PlaceOptions, Placed, Placement};
 pub use s3::{orphan_uploads, S3Options, S3Store};
 pub use sftp::SftpStore;
 pub use tree::{put_tree, PutOptions, PutReport};
@@ -155,6 +157,9 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     /// Makes a committed file write-once; an error when that cannot be applied.
     fn protect(&self, written: &Written, retention: Option<Retention>) -> Result<()>;
     fn remove(&self, rel: &Path) -> Result<()>;
+    /// Starts placing a new tree at `rel` (an ingested dataset) so that it appears
+    /// complete or not at all; refused when one is there (see [`Placement`]).
+    fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>>;
 
     /// The folder on this machine that holds the tree, when it is one: the copy engine
     /// then reads it on its local fast path (O_DIRECT past the page cache, holes, hard

@@ -37,6 +37,7 @@ use base64::Engine as _;
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
+use super::place::{place_s3, PlaceOptions, Placement};
 use super::{Capabilities, LockMode, Retention, S3Url, Storage, Upload, Written};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::hash::Digest;
@@ -722,6 +723,10 @@ impl Storage for S3Store {
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Meta> {
         self.get(rel, None, from, sink)
+    }
+
+    fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
+        place_s3(self.at(self.url.prefix.join(rel)), opts)
     }
 
     fn read_listed(

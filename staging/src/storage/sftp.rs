@@ -14,6 +14,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 use ssh2::{OpenFlags, OpenType, RenameFlags};
 
+use super::place::{place_sftp, PlaceOptions, Placement};
 use super::{Capabilities, Retention, Storage, Upload, Written};
 use crate::error::{Error, Result};
 use crate::hash::{self, Digest};
@@ -217,6 +218,10 @@ impl Storage for SftpStore {
         let path = self.path(rel);
         self.remote
             .run(&path, |sftp| sftp.unlink(&path).map_err(Fault::of))
+    }
+
+    fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
+        place_sftp(&self.remote, &self.path(rel), opts)
     }
 
     fn notes(&self) -> Vec<String> {
