@@ -57,7 +57,15 @@ impl Storage for LocalDir {
         let path = self.root.join(rel);
         match std::fs::symlink_metadata(&path) {
             Ok(m) => Ok(Some(Meta::from_std(&m))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // Nothing there, also when a folder on the way is a file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(Error::io(path, e)),
         }
     }
