@@ -18,6 +18,17 @@ use crate::walk::MANIFEST_NAME;
 struct S3Placement {
     store: S3Store,
     opts: PlaceOptions,
+    /// The lock object `.NAME.ingest.lock` next to the prefix, and where it is; removed
+    /// when the placement ends, finished or not.
+    lock: Option<(S3Store, PathBuf, Option<String>)>,
+}
+
+impl Drop for S3Placement {
+    fn drop(&mut self) {
+        if let Some((parent, rel, version)) = self.lock.take() {
+            let _ = parent.unlock(&rel, version.as_deref());
+        }
+    }
 }
 
 /// Starts placing a tree at the prefix `store` is rooted at.
@@ -29,17 +40,32 @@ pub(crate) fn place_s3(store: S3Store, opts: &PlaceOptions) -> Result<Box<dyn Pl
             reason: "not available for an S3 NAS; list the source with `find` instead".to_string(),
         });
     }
-    if store.stat(Path::new(MANIFEST_NAME))?.is_some() {
-        return Err(Error::DatasetExists {
-            path: store.display(Path::new("")),
-        });
-    }
+    let exists = |store: &S3Store| -> Result<()> {
+        match store.stat(Path::new(MANIFEST_NAME))? {
+            Some(_) => Err(Error::DatasetExists {
+                path: store.display(Path::new("")),
+            }),
+            None => Ok(()),
+        }
+    };
+    exists(&store)?;
     store.require_object_lock()?;
-    store.abort_orphans()?;
-    Ok(Box::new(S3Placement {
+    // One ingest of a name at a time, as the lock file next to a local dataset does: a
+    // lock object next to the prefix, taken only where none is.
+    let prefix = store.url().prefix.clone();
+    let parent = store.at(prefix.parent().unwrap_or(Path::new("")));
+    let name = prefix.file_name().unwrap_or_default().to_string_lossy();
+    let lock_rel = PathBuf::from(format!(".{name}.ingest.lock"));
+    let version = parent.lock(&lock_rel, &store.display(Path::new("")))?;
+    let placement = S3Placement {
         store,
         opts: opts.clone(),
-    }))
+        lock: Some((parent, lock_rel, version)),
+    };
+    // Checked again under the lock: a dataset finished meanwhile is not written to.
+    exists(&placement.store)?;
+    placement.store.abort_orphans()?;
+    Ok(Box::new(placement))
 }
 
 impl Placement for S3Placement {
