@@ -113,16 +113,7 @@ impl Storage for LocalDir {
             hash::drop_cache(&f);
         }
         let (read, len) = hash::hash_file(&path)?;
-        if read != written.digest || len != written.bytes {
-            return Err(Error::ReadBackMismatch {
-                path,
-                wrote: written.digest.to_hex(),
-                wrote_len: written.bytes,
-                read: read.to_hex(),
-                read_len: len,
-            });
-        }
-        Ok(())
+        written.compare_read_back(path, read, len)
     }
 
     fn commit(&self, written: &Written) -> Result<()> {

@@ -120,6 +120,23 @@ pub struct Written {
     pub(crate) pending: Option<PathBuf>,
 }
 
+impl Written {
+    /// What a read-back of the written file (at `path`, for the message) gave, compared
+    /// with what was written: `ReadBackMismatch` when they differ.
+    pub(crate) fn compare_read_back(&self, path: PathBuf, read: Digest, len: u64) -> Result<()> {
+        if read != self.digest || len != self.bytes {
+            return Err(crate::error::Error::ReadBackMismatch {
+                path,
+                wrote: self.digest.to_hex(),
+                wrote_len: self.bytes,
+                read: read.to_hex(),
+                read_len: len,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A file being written: bytes go in with [`Upload::write`]; [`Upload::finish`] makes them
 /// durable (the temporary file flushed, the multipart upload completed). Dropped without
 /// `finish`, it leaves nothing behind (the temporary removed, the multipart upload

@@ -607,8 +607,9 @@ impl S3Store {
         })
     }
 
-    /// Releases a lock [`S3Store::lock`] took: its version removed for good (no delete
-    /// marker, which would hide an older holder), or the object in a bucket without versions.
+    /// Removes one version of `rel` for good (what releases a lock [`S3Store::lock`] took:
+    /// no delete marker, which would hide an older holder); without a version, the object
+    /// as [`Storage::remove`] does.
     pub fn unlock(&self, rel: &Path, version: Option<&str>) -> Result<()> {
         self.runtime
             .block_on(
@@ -860,16 +861,7 @@ impl Storage for S3Store {
 
     fn verify(&self, written: &Written) -> Result<()> {
         let (read, len) = self.hash_stored(&written.rel, written.version.as_deref())?;
-        if read != written.digest || len != written.bytes {
-            return Err(Error::ReadBackMismatch {
-                path: self.display(&written.rel),
-                wrote: written.digest.to_hex(),
-                wrote_len: written.bytes,
-                read: read.to_hex(),
-                read_len: len,
-            });
-        }
-        Ok(())
+        written.compare_read_back(self.display(&written.rel), read, len)
     }
 
     fn commit(&self, _written: &Written) -> Result<()> {
@@ -924,16 +916,7 @@ impl Storage for S3Store {
     }
 
     fn remove(&self, rel: &Path) -> Result<()> {
-        self.runtime
-            .block_on(
-                self.client
-                    .delete_object()
-                    .bucket(&self.url.bucket)
-                    .key(self.key(rel))
-                    .send(),
-            )
-            .map(|_| ())
-            .map_err(|e| self.error("DeleteObject", Some(rel), e))
+        self.unlock(rel, None)
     }
 }
 

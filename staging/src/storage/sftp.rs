@@ -182,16 +182,7 @@ impl Storage for SftpStore {
             .clone()
             .unwrap_or_else(|| self.path(&written.rel));
         let (read, len) = self.hash_stored(&path, written.bytes)?;
-        if read != written.digest || len != written.bytes {
-            return Err(Error::ReadBackMismatch {
-                path: self.remote.display(&path),
-                wrote: written.digest.to_hex(),
-                wrote_len: written.bytes,
-                read: read.to_hex(),
-                read_len: len,
-            });
-        }
-        Ok(())
+        written.compare_read_back(self.remote.display(&path), read, len)
     }
 
     fn commit(&self, written: &Written) -> Result<()> {
