@@ -1302,3 +1302,25 @@ fn a_key_held_only_by_ssh_agent_is_used() {
     with.code(0);
     assert_eq!(with.json()["copied"], 12, "{with}");
 }
+
+#[test]
+fn what_sftp_cannot_keep_is_said_once_per_run() {
+    let (env, sshd) = remote_world();
+    let (src, _) = remote_dataset(&env, &sshd);
+    let run = stage_remote(&env, &sshd, &src, &["--json"]);
+    run.code(0);
+    let warnings = json_list(&run.json()["warnings"]);
+    let limits: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains("hard links become separate files"))
+        .collect();
+    assert_eq!(limits.len(), 1, "{warnings:?}");
+    assert_eq!(
+        limits[0],
+        &format!(
+            "{}: hard links become separate files; sparse files are copied in full",
+            sshd.spec(&src)
+        ),
+        "{warnings:?}"
+    );
+}

@@ -605,3 +605,59 @@ fn a_503_slow_down_is_retried_with_back_off_then_told_with_the_bucket_named() {
     );
     assert!(!env.path("scratch/P/ds").exists());
 }
+
+#[test]
+fn an_ingest_of_a_name_another_process_holds_is_refused_and_a_dead_holder_taken_over() {
+    let Some(w) = S3World::new("held") else {
+        return;
+    };
+    let bucket = locked_bucket();
+    write(w.env.path("acq/A01.tif"), "tiff A01\n");
+    let nas = w.url(&bucket, "");
+    let config = write_config(&w, "GOVERNANCE", "1d");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    let put_lock = |name: &str, holder: &str| {
+        write(w.env.path("lock.txt"), holder);
+        let file = w.env.path("lock.txt").display().to_string();
+        let lock = format!("{nas}/P/raw/.{name}.ingest.lock");
+        w.aws(&["s3", "cp", "--quiet", &file, &lock]).code(0);
+    };
+    let ingest = |name: &str| {
+        w.env.run([
+            "--nas-root",
+            &nas,
+            "--config",
+            &config,
+            "ingest",
+            "acq",
+            "--project",
+            "P",
+            "--dataset",
+            name,
+        ])
+    };
+
+    // Held by a process that is running (pid 1 always is): refused, nothing written.
+    let holder = format!("pid 1 on {}", host.trim());
+    put_lock("plate7", &holder);
+    ingest("plate7").code(1).err_has(&format!(
+        "error: {nas}/P/raw/plate7 is locked by another hpcstage process ({holder})"
+    ));
+    let listing = w.aws(&["s3", "ls", "--recursive", &format!("{nas}/P/raw/plate7/")]);
+    assert_eq!(listing.stdout, "", "objects were written: {listing}");
+
+    // Left by a process of this host that is gone (a killed ingest): taken over, and
+    // released once the dataset is in place.
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .expect("run true");
+    let pid = gone.id();
+    gone.wait().expect("wait for true");
+    put_lock("plate8", &format!("pid {pid} on {}", host.trim()));
+    ingest("plate8").code(0);
+    let listing = w.aws(&["s3", "ls", &format!("{nas}/P/raw/")]);
+    assert!(
+        !listing.stdout.contains(".plate8.ingest.lock"),
+        "the lock object is left: {listing}"
+    );
+}

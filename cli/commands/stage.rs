@@ -4,8 +4,8 @@ use anyhow::{Context, Result};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::policy::{days_left, PurgeBasis};
-use hpcstage_staging::remote::Location;
-use hpcstage_staging::stage::{derive_target, stage, StageSettings, Target};
+use hpcstage_staging::stage::{derive_target, stage_from, StageSettings, Target};
+use hpcstage_staging::storage;
 use serde::Serialize;
 
 use super::{copy_options, copy_status, print_copy_report, ssh_options, CopyJson, ExitStatus};
@@ -36,12 +36,17 @@ pub(crate) fn stage_quietly(
     print: bool,
 ) -> Result<(ExitStatus, Option<hpcstage_staging::record::StageRecord>)> {
     let source = parse_location(&args.source)?;
-    // What the user typed first: a missing source says so before anything about the
-    // configuration (scratch root, NAS root) does.
-    if let Location::Local(path) = &source {
-        if std::fs::symlink_metadata(path).is_err() {
-            return Err(hpcstage_staging::Error::SourceMissing { path: path.clone() }.into());
+    // What the user typed first: a source that cannot be reached or is not there says so
+    // before anything about the configuration (scratch root, NAS root) does. (An object
+    // store has no folders: a prefix is there when its manifest is, which the copy checks.)
+    let ssh = ssh_options(settings, &args.copy.parallel);
+    let store = storage::open(&source, &ssh, &settings.s3)?;
+    let root = std::path::Path::new("");
+    if !store.capabilities().manifest_marks_complete && store.stat(root)?.is_none() {
+        return Err(hpcstage_staging::Error::SourceMissing {
+            path: store.display(root),
         }
+        .into());
     }
     // Project and dataset come from the path's layout under the NAS root, wherever the
     // NAS is reached from.
@@ -87,7 +92,7 @@ pub(crate) fn stage_quietly(
     }
     let stage_settings = StageSettings {
         source: source.clone(),
-        ssh: ssh_options(settings, &args.copy.parallel),
+        ssh,
         s3: settings.s3.clone(),
         destination: target.destination.clone(),
         project: target.project.clone(),
@@ -106,7 +111,7 @@ pub(crate) fn stage_quietly(
         ));
     }
     let bar = output::Bar::new("staging", args.copy.json);
-    let outcome = stage(&stage_settings, Some(&ledger), &bar);
+    let outcome = stage_from(&stage_settings, store.as_ref(), Some(&ledger), &bar);
     bar.finish();
     let outcome = outcome?;
     let status = copy_status(&outcome.report);

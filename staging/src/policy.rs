@@ -15,8 +15,39 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::copy::OldestTimes;
 use crate::error::Error;
+use crate::walk::Meta;
+
+/// Oldest timestamps of a staged copy's files, which its purge deadline follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OldestTimes {
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
+    pub ctime_ns: Option<i64>,
+}
+
+impl OldestTimes {
+    /// Takes one file's timestamps into account.
+    pub fn add(&mut self, m: &Meta) {
+        let min = |slot: &mut Option<i64>, v: i64| *slot = Some(slot.map_or(v, |s| s.min(v)));
+        min(&mut self.atime_ns, m.atime_ns);
+        min(&mut self.mtime_ns, m.mtime_ns);
+        min(&mut self.ctime_ns, m.ctime_ns);
+    }
+
+    /// Keeps the older of each timestamp.
+    pub fn merge(&mut self, other: &OldestTimes) {
+        for (a, b) in [
+            (&mut self.atime_ns, other.atime_ns),
+            (&mut self.mtime_ns, other.mtime_ns),
+            (&mut self.ctime_ns, other.ctime_ns),
+        ] {
+            if let Some(b) = b {
+                *a = Some(a.map_or(b, |a| a.min(b)));
+            }
+        }
+    }
+}
 
 /// Which timestamp the site's purge looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

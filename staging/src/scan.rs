@@ -9,8 +9,8 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::copy::OldestTimes;
 use crate::error::Error;
+use crate::policy::OldestTimes;
 use crate::walk::{is_bookkeeping, is_temporary, Meta, STATE_DIR};
 
 /// What a scan found.

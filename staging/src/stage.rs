@@ -5,15 +5,15 @@ use std::path::{Component, Path, PathBuf};
 
 use jiff::Timestamp;
 
-use crate::copy::{copy_from, CopyOptions, CopyReport, FailureKind, Source};
+use crate::copy::{copy_from, CopyOptions, CopyReport, FailureKind};
 use crate::error::{Error, Result};
 use crate::host::{current_user, hostname};
 use crate::ledger::Ledger;
 use crate::policy::PurgePolicy;
 use crate::progress::Progress;
 use crate::record::{write_json, Incomplete, PurgeInfo, StageRecord};
-use crate::remote::{Location, Remote, SshOptions};
-use crate::storage::{S3Options, S3Store};
+use crate::remote::{Location, SshOptions};
+use crate::storage::{S3Options, Storage};
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
 
 /// Everything a stage needs, already resolved.
@@ -109,15 +109,16 @@ pub fn derive_target(
 /// Refuses a source that is a project's `raw/` area (`<nas>/<project>/raw`), which holds
 /// datasets, rather than one dataset: staging it by mistake (the dataset name forgotten)
 /// copies every dataset of the project under a dataset named `raw`.
-fn refuse_raw_area(source: &Location) -> Result<()> {
+fn refuse_raw_area(source: &Location, store: &dyn Storage) -> Result<()> {
     let path = source.path();
     let named = |p: &Path, name: &str| p.file_name().is_some_and(|n| n == name);
     // `raw/raw` is a dataset that happens to be called `raw`.
     if !named(path, "raw") || path.parent().is_some_and(|p| named(p, "raw")) {
         return Ok(());
     }
-    let examples = match source {
-        Location::Local(dir) => std::fs::read_dir(dir)
+    // Named where a look costs nothing (a folder on this machine).
+    let examples = match store.local_root() {
+        Some(dir) => std::fs::read_dir(dir)
             .map(|entries| {
                 let mut names: Vec<String> = entries
                     .filter_map(|e| e.ok())
@@ -130,7 +131,7 @@ fn refuse_raw_area(source: &Location) -> Result<()> {
                 names
             })
             .unwrap_or_default(),
-        Location::Remote(_) | Location::S3(_) => Vec::new(),
+        None => Vec::new(),
     };
     let example = examples.first().map_or("NAME", String::as_str);
     let datasets = if examples.is_empty() {
@@ -182,8 +183,19 @@ pub fn stage(
     ledger: Option<&Ledger>,
     progress: &dyn Progress,
 ) -> Result<StageOutcome> {
+    let source = crate::storage::open(&settings.source, &settings.ssh, &settings.s3)?;
+    stage_from(settings, source.as_ref(), ledger, progress)
+}
+
+/// [`stage`] from the storage already opened for `settings.source`.
+pub fn stage_from(
+    settings: &StageSettings,
+    source: &dyn Storage,
+    ledger: Option<&Ledger>,
+    progress: &dyn Progress,
+) -> Result<StageOutcome> {
     if !settings.allow_raw_area {
-        refuse_raw_area(&settings.source)?;
+        refuse_raw_area(&settings.source, source)?;
     }
     let mut copy = settings.copy.clone();
     copy.preserve_mtime = settings.policy.preserve_mtime();
@@ -198,7 +210,7 @@ pub fn stage(
             .filter(|bytes| crate::hash::Digest::of(bytes) == p.manifest_digest)
     });
     // A local source that is not there gets its own error before anything is written.
-    let missing_source = matches!(&settings.source, Location::Local(p) if !p.is_dir());
+    let missing_source = source.local_root().is_some_and(|p| !p.is_dir());
     let provisional = if copy.dry_run || previous.is_some() || missing_source {
         None
     } else {
@@ -221,27 +233,7 @@ pub fn stage(
             None
         }
     };
-    let copied = match &settings.source {
-        Location::Local(path) => {
-            copy_from(Source::Local(path), &settings.destination, &copy, progress)
-        }
-        Location::Remote(spec) => Remote::connect(spec, &settings.ssh).and_then(|remote| {
-            copy_from(
-                Source::Remote(&remote),
-                &settings.destination,
-                &copy,
-                progress,
-            )
-        }),
-        Location::S3(url) => S3Store::connect(url, &settings.s3).and_then(|store| {
-            copy_from(
-                Source::Store(&store),
-                &settings.destination,
-                &copy,
-                progress,
-            )
-        }),
-    };
+    let copied = copy_from(source, &settings.destination, &copy, progress);
     let report = match copied {
         Ok(report) => report,
         Err(e) => {

@@ -3,9 +3,9 @@
 //! A NAS path may be `[user@]host[:port]:/path` ([`Location`]). The host alias is
 //! resolved through `~/.ssh/config`, the host key must already be in `known_hosts`, and
 //! authentication uses ssh-agent or key files, as OpenSSH would. [`Remote`] keeps a pool
-//! of connections: the copy engine reads a remote tree through it with the same
-//! guarantees as a local one (see `copy::Source`), and pull and ingest write verified
-//! folders through it ([`Remote::upload_folder`]).
+//! of connections: `storage::SftpStore` maps it onto the `Storage` trait, through which the
+//! copy engine reads a remote tree with the same guarantees as a local one, and pull and
+//! ingest write verified folders through it ([`Remote::begin_upload`]).
 
 mod connect;
 mod folder;
@@ -16,6 +16,9 @@ mod write;
 
 pub use connect::{Endpoint, SshOptions};
 pub use folder::{NasAccess, NasFolder};
+pub(crate) use pool::Fault;
 pub use pool::{Remote, RemoteErrorKind};
+pub(crate) use read::meta_of;
 pub use spec::{Location, RemoteSpec};
-pub use write::{UploadOptions, UploadReport};
+pub(crate) use write::flush_remote;
+pub use write::{Upload, UploadOptions, UploadReport};

@@ -161,25 +161,27 @@ impl Remote {
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<(Meta, Meta, u64)> {
         let size = listed.map(|m| m.size);
-        self.stream_file_at(&self.path(rel), listed, size, buf, sink)
+        self.stream_file_at(&self.path(rel), listed, size, 0, buf, sink)
     }
 
-    /// [`Remote::stream_file`] for an absolute remote path; `size` is what the file is
-    /// expected to hold, when known, to size the reads.
+    /// [`Remote::stream_file`] for an absolute remote path, from byte `from`; `size` is
+    /// what the file is expected to hold, when known, to size the reads. Returns the bytes
+    /// read from `from` on.
     pub fn stream_file_at(
         &self,
         path: &Path,
         listed: Option<Meta>,
         size: Option<u64>,
+        from: u64,
         buf: &mut [u8],
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<(Meta, Meta, u64)> {
         let path = path.to_path_buf();
         let mut before = listed;
-        let mut offset = 0u64;
+        let mut offset = from;
         let after = self.run(&path, |sftp: &Sftp| {
             let mut f = sftp.open(&path)?;
-            if offset > 0 || before.is_none() {
+            if offset > from || before.is_none() {
                 let now = meta_of(&f.stat()?);
                 match before {
                     None => before = Some(now),
@@ -193,9 +195,11 @@ impl Remote {
                 }
             }
             if offset > 0 {
+                if offset > from {
+                    self.resumed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 f.seek(SeekFrom::Start(offset)).map_err(Fault::io)?;
-                self.resumed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let stop_at = listed.map(|m| m.size);
             while stop_at.is_none_or(|size| offset < size) {
@@ -211,7 +215,11 @@ impl Remote {
             }
             Ok(meta_of(&f.stat()?))
         })?;
-        Ok((before.expect("set by the first attempt"), after, offset))
+        Ok((
+            before.expect("set by the first attempt"),
+            after,
+            offset - from,
+        ))
     }
 }
 

@@ -177,7 +177,7 @@ impl Remote {
         Ok(count + 1)
     }
 
-    fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
+    pub(crate) fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
         self.run(path, |sftp| {
             sftp.setstat(path, stat_with(Some(mode & 0o7777), None))
                 .map_err(Fault::of)
@@ -594,7 +594,7 @@ impl Upload<'_> {
         let mut hasher = Sha256::new();
         let (_, _, n) = hash::with_buffer(|buf| {
             self.remote
-                .stream_file_at(&self.tmp.join(rel), None, Some(size), buf, &mut |b| {
+                .stream_file_at(&self.tmp.join(rel), None, Some(size), 0, buf, &mut |b| {
                     hasher.update(b);
                     Ok(())
                 })
@@ -606,7 +606,7 @@ impl Upload<'_> {
 /// Flushes an open remote file to the NAS's storage (`fsync@openssh.com`). Not every
 /// server offers it (a read-back still follows); any other failure is the server's answer
 /// (a full disk, a quota) and final.
-fn flush_remote(f: &mut ssh2::File) -> std::result::Result<(), Fault> {
+pub(crate) fn flush_remote(f: &mut ssh2::File) -> std::result::Result<(), Fault> {
     match f.fsync() {
         Err(e) if e.code() != ssh2::ErrorCode::SFTP(FX_OP_UNSUPPORTED) => Err(Fault::of(e)),
         _ => Ok(()),

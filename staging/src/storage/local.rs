@@ -1,8 +1,9 @@
 //! A local folder as a [`Storage`]: a written file stays under a temporary name
 //! (`.hpcstage-tmp.*` next to its final one) until it was flushed, read back and renamed.
 //!
-//! The bulk engine in `copy` (O_DIRECT, batched `syncfs`, hard links, holes) is not routed
-//! through here yet; this backend serves the per-file operations of the storage layer.
+//! As a copy source it says where it is ([`Storage::local_root`]): the bulk engine in
+//! `copy` reads it on its local fast path (O_DIRECT, holes, hard links by inode) rather
+//! than file by file through [`Storage::read`].
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use super::place::{place_local, PlaceOptions, Placement};
 use super::{Capabilities, Retention, Storage, Upload, Written};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest};
@@ -30,7 +32,11 @@ impl LocalDir {
 
 impl Storage for LocalDir {
     fn display(&self, rel: &Path) -> PathBuf {
-        self.root.join(rel)
+        if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -51,7 +57,15 @@ impl Storage for LocalDir {
         let path = self.root.join(rel);
         match std::fs::symlink_metadata(&path) {
             Ok(m) => Ok(Some(Meta::from_std(&m))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // Nothing there, also when a folder on the way is a file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(Error::io(path, e)),
         }
     }
@@ -99,16 +113,7 @@ impl Storage for LocalDir {
             hash::drop_cache(&f);
         }
         let (read, len) = hash::hash_file(&path)?;
-        if read != written.digest || len != written.bytes {
-            return Err(Error::ReadBackMismatch {
-                path,
-                wrote: written.digest.to_hex(),
-                wrote_len: written.bytes,
-                read: read.to_hex(),
-                read_len: len,
-            });
-        }
-        Ok(())
+        written.compare_read_back(path, read, len)
     }
 
     fn commit(&self, written: &Written) -> Result<()> {
@@ -128,6 +133,19 @@ impl Storage for LocalDir {
     fn remove(&self, rel: &Path) -> Result<()> {
         let path = self.root.join(rel);
         std::fs::remove_file(&path).at(&path)
+    }
+
+    fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
+        place_local(&self.root.join(rel), opts)
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn read_link(&self, rel: &Path) -> Result<PathBuf> {
+        let path = self.root.join(rel);
+        std::fs::read_link(&path).at(&path)
     }
 }
 

@@ -1,5 +1,5 @@
-//! One interface for "a place that holds a tree of files": a local folder or an S3 bucket
-//! prefix (an SFTP host still goes through `remote::Remote`; see docs/ARCHITECTURE.md#storage).
+//! One interface for "a place that holds a tree of files": a local folder, a folder on an
+//! SSH host or an S3 bucket prefix (see docs/ARCHITECTURE.md#storage).
 //!
 //! The engine asks a [`Storage`] to list, stat, read (with a byte offset, so an interrupted
 //! read resumes), write a file that is not visible under its final name until committed,
@@ -8,7 +8,10 @@
 //! This module must not print, and must never hold or show credentials.
 
 mod local;
+mod open;
+mod place;
 mod s3;
+mod sftp;
 mod tree;
 mod url;
 
@@ -20,7 +23,10 @@ use crate::hash::Digest;
 use crate::walk::{Filter, Meta, Tree};
 
 pub use local::LocalDir;
+pub use open::open;
+pub use place::{PlaceOptions, Placed, Placement};
 pub use s3::{orphan_uploads, S3Options, S3Store};
+pub use sftp::SftpStore;
 pub use tree::{protect_listed, put_tree, PutOptions, PutReport};
 pub use url::S3Url;
 
@@ -47,12 +53,24 @@ impl Capabilities {
             out.push("symbolic links are not kept");
         }
         if !self.hard_links {
-            out.push("hard links are stored as separate copies");
+            out.push("hard links become separate files");
         }
         if !self.holes {
-            out.push("sparse files are stored in full");
+            out.push("sparse files are copied in full");
         }
         out
+    }
+
+    /// [`Capabilities::limits`] as the one line a run prints about `store`, if any.
+    pub fn limits_note(store: &dyn Storage) -> Option<String> {
+        let limits = store.capabilities().limits();
+        (!limits.is_empty()).then(|| {
+            format!(
+                "{}: {}",
+                store.display(Path::new("")).display(),
+                limits.join("; ")
+            )
+        })
     }
 }
 
@@ -102,6 +120,23 @@ pub struct Written {
     pub(crate) pending: Option<PathBuf>,
 }
 
+impl Written {
+    /// What a read-back of the written file (at `path`, for the message) gave, compared
+    /// with what was written: `ReadBackMismatch` when they differ.
+    pub(crate) fn compare_read_back(&self, path: PathBuf, read: Digest, len: u64) -> Result<()> {
+        if read != self.digest || len != self.bytes {
+            return Err(crate::error::Error::ReadBackMismatch {
+                path,
+                wrote: self.digest.to_hex(),
+                wrote_len: self.bytes,
+                read: read.to_hex(),
+                read_len: len,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A file being written: bytes go in with [`Upload::write`]; [`Upload::finish`] makes them
 /// durable (the temporary file flushed, the multipart upload completed). Dropped without
 /// `finish`, it leaves nothing behind (the temporary removed, the multipart upload
@@ -139,6 +174,43 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     /// Makes a committed file write-once; an error when that cannot be applied.
     fn protect(&self, written: &Written, retention: Option<Retention>) -> Result<()>;
     fn remove(&self, rel: &Path) -> Result<()>;
+    /// Starts placing a new tree at `rel` (an ingested dataset) so that it appears
+    /// complete or not at all; refused when one is there (see [`Placement`]).
+    fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>>;
+
+    /// The folder on this machine that holds the tree, when it is one: the copy engine
+    /// then reads it on its local fast path (O_DIRECT past the page cache, holes, hard
+    /// links by inode, the source's own timestamps) rather than through [`Storage::read`].
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Where the symbolic link `rel` points (backends with `symlinks` only).
+    fn read_link(&self, rel: &Path) -> Result<PathBuf> {
+        Err(crate::error::Error::io(
+            self.display(rel),
+            std::io::Error::other("this storage holds no symbolic links"),
+        ))
+    }
+
+    /// [`Storage::read`] from the start of a file its listing described as `listed`; a
+    /// backend may spare round trips with it (SFTP stops at the listed size). Returns the
+    /// metadata after the read, comparable with `listed` by [`Meta::unchanged`]: a file
+    /// replaced or rewritten meanwhile differs.
+    fn read_listed(
+        &self,
+        rel: &Path,
+        listed: &Meta,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Meta> {
+        let _ = listed;
+        self.read(rel, 0, sink)
+    }
+
+    /// What a run should be told at its end about this storage (reconnects), if anything.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// A small file in full, or `None` when it does not exist.
     fn read_small(&self, rel: &Path) -> Result<Option<Vec<u8>>> {

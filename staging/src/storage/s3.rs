@@ -37,10 +37,13 @@ use base64::Engine as _;
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
+use super::place::{place_s3, PlaceOptions, Placement};
 use super::{Capabilities, LockMode, Retention, S3Url, Storage, Upload, Written};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::hash::Digest;
 use crate::walk::{Entry, Filter, Kind, Meta, Tree};
+
+mod lock;
 
 /// Parts of a multipart upload (S3 allows 5 MiB to 5 GiB; 10,000 parts at most).
 const PART: usize = 16 << 20;
@@ -474,15 +477,7 @@ impl S3Store {
     /// is what a resume journal records).
     pub fn verify_read(&self, written: &Written) -> Result<Meta> {
         let (read, len, meta) = self.hash_stored(&written.rel, written.version.as_deref())?;
-        if read != written.digest || len != written.bytes {
-            return Err(Error::ReadBackMismatch {
-                path: self.display(&written.rel),
-                wrote: written.digest.to_hex(),
-                wrote_len: written.bytes,
-                read: read.to_hex(),
-                read_len: len,
-            });
-        }
+        written.compare_read_back(self.display(&written.rel), read, len)?;
         Ok(meta)
     }
 
@@ -818,6 +813,26 @@ impl Storage for S3Store {
         self.get(rel, None, from, None, sink)
     }
 
+    fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
+        place_s3(self.at(self.url.prefix.join(rel)), opts)
+    }
+
+    fn read_listed(
+        &self,
+        rel: &Path,
+        listed: &Meta,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Meta> {
+        let got = self.get(rel, None, 0, None, sink)?;
+        // Compared: the size and the object's identity (its ETag, in `ino`); the listed
+        // mtime is finer than the one a GET reports.
+        Ok(Meta {
+            size: got.size,
+            ino: got.ino,
+            ..*listed
+        })
+    }
+
     fn create(&self, rel: &Path, size: u64, digest: Digest) -> Result<Box<dyn Upload + '_>> {
         Ok(Box::new(self.upload(
             rel,
@@ -884,16 +899,7 @@ impl Storage for S3Store {
     }
 
     fn remove(&self, rel: &Path) -> Result<()> {
-        self.runtime
-            .block_on(
-                self.client
-                    .delete_object()
-                    .bucket(&self.url.bucket)
-                    .key(self.key(rel))
-                    .send(),
-            )
-            .map(|_| ())
-            .map_err(|e| self.error("DeleteObject", Some(rel), e))
+        self.unlock(rel, None)
     }
 }
 

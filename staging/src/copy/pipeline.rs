@@ -1,0 +1,261 @@
+//! The copy pipeline: copy workers write temporary files, a flusher makes each batch
+//! durable with one `syncfs`, verify workers read it back and rename it into place, the
+//! three overlapping (docs/ARCHITECTURE.md#the-verified-copy).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rayon::prelude::*;
+use tempfile::TempPath;
+
+use super::finish::finish_file;
+use super::plan::Job;
+use super::read::{read_local, read_store};
+use super::{classify, CopyOptions, Failure, FailureKind};
+use crate::error::{Error, IoContext};
+use crate::hash::Digest;
+use crate::interrupt;
+use crate::journal::Journal;
+use crate::manifest::check_listed;
+use crate::progress::Progress;
+use crate::storage::Storage;
+use crate::walk::{Meta, TMP_PREFIX};
+
+/// A file copied to its temporary name, awaiting read-back.
+pub(super) struct Staged {
+    pub(super) job_index: usize,
+    pub(super) tmp: TempPath,
+    pub(super) digest: Digest,
+    pub(super) meta: Meta,
+    /// Already on storage (flushed by itself: a big file, or one on a filesystem mounted
+    /// inside the destination), so no batch flush is needed.
+    pub(super) synced: bool,
+    /// Digest and length read back from storage during the copy, if it was.
+    pub(super) readback: Option<(Digest, u64)>,
+}
+
+pub(super) struct Ctx<'a> {
+    pub(super) src: &'a dyn Storage,
+    pub(super) dest: &'a Path,
+    /// Opened once before the first write: `syncfs` reports writeback errors that
+    /// happened since the handle was opened (Linux 5.8+), so a handle opened per batch
+    /// could miss an error of an earlier batch.
+    pub(super) dest_handle: &'a File,
+    /// Folders of the destination on another filesystem than its own (mounted inside
+    /// it), which `syncfs` on `dest_handle` does not flush.
+    pub(super) elsewhere: &'a HashSet<PathBuf>,
+    pub(super) opts: &'a CopyOptions,
+    pub(super) progress: &'a dyn Progress,
+    pub(super) abort: &'a AtomicBool,
+}
+
+pub(super) type BatchResult = std::result::Result<(usize, Digest, Meta), Failure>;
+
+/// Copies, flushes and verifies with the three steps overlapping: copy workers write
+/// temporary files; a flusher gathers them into batches (by bytes, count, or a short
+/// pause) and makes each batch durable with one `syncfs`; verify workers read each flushed
+/// batch back from storage and rename it into place while the next files are being copied.
+pub(super) fn run_pipeline(
+    ctx: &Ctx<'_>,
+    jobs: &[Job],
+    copy_pool: &rayon::ThreadPool,
+    verify_pool: &rayon::ThreadPool,
+    journal: &Mutex<Journal>,
+) -> (Vec<BatchResult>, Vec<Error>) {
+    use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+
+    let results: Mutex<Vec<BatchResult>> = Mutex::new(Vec::with_capacity(jobs.len()));
+    let journal_errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
+    let push = |r: BatchResult| results.lock().expect("results lock").push(r);
+    let batch_bytes = ctx.opts.batch_bytes.max(1);
+    let batch_files = ctx.opts.batch_files.max(1);
+
+    std::thread::scope(|scope| {
+        let (staged_tx, staged_rx) = sync_channel::<std::result::Result<Staged, Failure>>(1024);
+        let (flushed_tx, flushed_rx) = sync_channel::<Vec<Staged>>(2);
+
+        // Flusher.
+        let push_f = &push;
+        scope.spawn(move || {
+            let mut batch: Vec<Staged> = Vec::new();
+            let mut bytes = 0u64;
+            let flush = |batch: Vec<Staged>| {
+                if batch.is_empty() {
+                    return;
+                }
+                match nix::unistd::syncfs(ctx.dest_handle.as_raw_fd()).at(ctx.dest) {
+                    Ok(()) => {
+                        let _ = flushed_tx.send(batch);
+                    }
+                    Err(e) => {
+                        ctx.abort.store(true, Ordering::Relaxed);
+                        for s in batch {
+                            push_f(Err(Failure {
+                                path: jobs[s.job_index].rel.clone(),
+                                kind: classify(&e),
+                                error: Error::io(ctx.dest, std::io::Error::other(e.to_string())),
+                            }));
+                        }
+                    }
+                }
+            };
+            loop {
+                match staged_rx.recv_timeout(Duration::from_millis(30)) {
+                    Ok(Ok(s)) if s.synced => {
+                        let _ = flushed_tx.send(vec![s]);
+                    }
+                    Ok(Ok(s)) => {
+                        bytes += s.meta.size;
+                        batch.push(s);
+                        if bytes >= batch_bytes || batch.len() >= batch_files {
+                            flush(std::mem::take(&mut batch));
+                            bytes = 0;
+                        }
+                    }
+                    Ok(Err(f)) => push_f(Err(f)),
+                    Err(RecvTimeoutError::Timeout) => {
+                        flush(std::mem::take(&mut batch));
+                        bytes = 0;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        flush(std::mem::take(&mut batch));
+                        break;
+                    }
+                }
+            }
+        });
+
+        // Verifiers.
+        let push_v = &push;
+        let journal_errors = &journal_errors;
+        scope.spawn(move || {
+            for batch in flushed_rx {
+                let verified: Vec<BatchResult> = verify_pool.install(|| {
+                    batch
+                        .into_par_iter()
+                        .map(|s| {
+                            let job = &jobs[s.job_index];
+                            let result = finish_file(ctx, job, s, journal);
+                            ctx.progress.add_file();
+                            result.map_err(|(kind, error)| {
+                                if kind.is_fatal() {
+                                    ctx.abort.store(true, Ordering::Relaxed);
+                                }
+                                Failure {
+                                    path: job.rel.clone(),
+                                    kind,
+                                    error,
+                                }
+                            })
+                        })
+                        .collect()
+                });
+                verified.into_iter().for_each(push_v);
+                if let Err(e) = journal.lock().expect("journal lock").flush() {
+                    ctx.abort.store(true, Ordering::Relaxed);
+                    journal_errors.lock().expect("errors lock").push(e);
+                }
+            }
+        });
+
+        // Copiers (this thread waits for them).
+        copy_pool.install(|| {
+            jobs.par_iter().enumerate().for_each_with(staged_tx, |tx, (i, job)| {
+                let fail = |kind, error| Failure {
+                    path: job.rel.clone(),
+                    kind,
+                    error,
+                };
+                let r = if ctx.abort.load(Ordering::Relaxed) {
+                    Err(fail(
+                        FailureKind::NotAttempted,
+                        Error::io(
+                            ctx.src.display(&job.rel),
+                            std::io::Error::other("not attempted: the run stopped after a fatal error (disk full, or the NAS host gone)"),
+                        ),
+                    ))
+                } else if interrupt::received().is_some() {
+                    Err(fail(
+                        FailureKind::NotAttempted,
+                        Error::io(ctx.src.display(&job.rel), interrupt::stopped()),
+                    ))
+                } else {
+                    copy_to_temporary(ctx, job, i).map_err(|(kind, e)| {
+                        if kind.is_fatal() {
+                            ctx.abort.store(true, Ordering::Relaxed);
+                        }
+                        fail(kind, e)
+                    })
+                };
+                let _ = tx.send(r);
+            });
+        });
+    });
+    (
+        results.into_inner().expect("results lock"),
+        journal_errors.into_inner().expect("errors lock"),
+    )
+}
+
+/// Reads the source once (hashing), writes a temporary file next to the destination.
+fn copy_to_temporary(
+    ctx: &Ctx<'_>,
+    job: &Job,
+    job_index: usize,
+) -> std::result::Result<Staged, (FailureKind, Error)> {
+    let dest_path = ctx.dest.join(&job.rel);
+    let parent = dest_path.parent().unwrap_or(ctx.dest);
+    let io = |e: Error| (classify(&e), e);
+    let tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(parent)
+        .at(parent)
+        .map_err(io)?;
+    let (mut out, tmp) = tmp.into_parts();
+    let tmp_path = tmp.to_path_buf();
+    let big = job.meta.size >= ctx.opts.batch_bytes;
+    // A local folder is read on the engine's fast path (its backend says where it is);
+    // any other storage streams its files through the trait.
+    let (copy, before, after) = match ctx.src.local_root() {
+        Some(root) => read_local(ctx, &root.join(&job.rel), &mut out, &tmp_path, big)?,
+        None => read_store(ctx, job, &mut out, &tmp_path, big).map_err(io)?,
+    };
+    // A folder of the destination that is another filesystem (something mounted inside
+    // it) is not flushed by the batch's syncfs of the destination's own: its files are
+    // flushed one by one, or their read-back could be answered by dirty cached pages.
+    let elsewhere = job.rel.parent().is_some_and(|p| ctx.elsewhere.contains(p));
+    let synced = big || elsewhere;
+    if synced {
+        // For a big file: most of it is on its way to storage already (see
+        // copy_streamed); one fdatasync per file this big costs little and lets its
+        // read-back start at once, instead of waiting for a batch flush of the whole
+        // filesystem.
+        out.sync_data().at(&tmp_path).map_err(io)?;
+    }
+    drop(out);
+
+    let src_path = ctx.src.display(&job.rel);
+    let digest = copy.digest;
+    if !before.unchanged(&after) || copy.bytes != before.size {
+        return Err((
+            FailureKind::SourceChanged,
+            Error::SourceChanged { path: src_path },
+        ));
+    }
+    check_listed(&src_path, job.expected, digest).map_err(|e| (FailureKind::SourceCorrupt, e))?;
+    Ok(Staged {
+        job_index,
+        tmp,
+        digest,
+        meta: before,
+        synced,
+        readback: copy.readback,
+    })
+}

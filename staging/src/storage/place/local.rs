@@ -1,0 +1,157 @@
+//! Placing a tree into a local folder: the copy engine fills a hidden `.NAME.ingest`
+//! folder next to the final place (so a killed placement resumes there), held by the
+//! name's lock; `MANIFEST.sha256` is written last, the folder made read-only, then renamed
+//! with RENAME_NOREPLACE: an existing tree is never overwritten or appended to, even by a
+//! concurrent placement of the same name.
+
+use std::path::{Path, PathBuf};
+
+use super::{PlaceOptions, Placed, Placement};
+use crate::copy::{copy_tree, CopyReport};
+use crate::error::{Error, IoContext, Result};
+use crate::hash::Digest;
+use crate::lock::lock_or_refuse;
+use crate::manifest::{write_verified, Manifest};
+use crate::progress::Progress;
+use crate::walk::{MANIFEST_NAME, STATE_DIR};
+use crate::worm::{make_read_only, seal};
+
+/// A tree being placed at `final_path`, written into `partial`.
+struct LocalPlacement {
+    final_path: PathBuf,
+    partial: PathBuf,
+    opts: PlaceOptions,
+    /// Held until the placement is over: another one of the same name must not take over
+    /// (or remove) the folder this one is filling. `None` for a dry run.
+    _lock: Option<PlaceLock>,
+}
+
+/// Starts placing a tree at `final_path`: refused when something is there.
+pub(crate) fn place_local(final_path: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement>> {
+    let exists = |final_path: &Path| {
+        std::fs::symlink_metadata(final_path)
+            .is_ok()
+            .then(|| Error::DatasetExists {
+                path: final_path.to_path_buf(),
+            })
+    };
+    // Before the lock too: who may not write next to it still hears that the tree exists.
+    if let Some(e) = exists(final_path) {
+        return Err(e);
+    }
+    let parent = final_path.parent().expect("a placed tree has a parent");
+    let name = final_path
+        .file_name()
+        .expect("a placed tree has a name")
+        .to_string_lossy()
+        .into_owned();
+    let dry_run = opts.copy.dry_run;
+    let lock = (!dry_run)
+        .then(|| PlaceLock::acquire(parent, &name, final_path))
+        .transpose()?;
+    if let Some(e) = exists(final_path) {
+        return Err(e);
+    }
+    let partial = parent.join(format!(".{name}.ingest"));
+    // A half-done placement resumes only from the same source; another one starts afresh.
+    let origin_path = partial.join(STATE_DIR).join("origin");
+    if partial.exists()
+        && std::fs::read_to_string(&origin_path).ok().as_deref() != Some(opts.origin.as_str())
+        && !dry_run
+    {
+        crate::worm::make_writable(&partial)?;
+        std::fs::remove_dir_all(&partial).at(&partial)?;
+    }
+    if !dry_run {
+        std::fs::create_dir_all(partial.join(STATE_DIR)).at(&partial)?;
+        std::fs::write(&origin_path, &opts.origin).at(&origin_path)?;
+    }
+    Ok(Box::new(LocalPlacement {
+        final_path: final_path.to_path_buf(),
+        partial,
+        opts: opts.clone(),
+        _lock: lock,
+    }))
+}
+
+impl Placement for LocalPlacement {
+    fn path(&self) -> PathBuf {
+        self.final_path.clone()
+    }
+
+    fn display(&self, rel: &Path) -> PathBuf {
+        self.partial.join(rel)
+    }
+
+    fn put_tree(&mut self, src: &Path, progress: &dyn Progress) -> Result<CopyReport> {
+        let mut copy = self.opts.copy.clone();
+        copy.preserve_mtime = true;
+        copy_tree(src, &self.partial, &copy, progress)
+    }
+
+    fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
+        write_verified(&self.partial.join(rel), bytes)
+    }
+
+    fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed> {
+        let (partial, final_path) = (&self.partial, &self.final_path);
+        manifest.write_atomic(&partial.join(MANIFEST_NAME))?;
+        crate::place::prune_unlisted(partial, manifest)?;
+        let state = partial.join(STATE_DIR);
+        std::fs::remove_dir_all(&state).at(&state)?;
+        // Read-only before it gets its final name, so that no crash can leave a writable
+        // tree there (a rename in the same folder needs no write permission on what it
+        // moves); the immutable flag, which forbids the rename, comes after it.
+        make_read_only(partial)?;
+        crate::place::rename_noreplace(partial, final_path).map_err(|e| {
+            // Left where it is: writable again, so that its owner can remove it.
+            let _ = crate::worm::make_writable(partial);
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::DatasetExists {
+                    path: final_path.clone(),
+                }
+            } else {
+                Error::io(final_path, e)
+            }
+        })?;
+        let protection = seal(final_path, self.opts.immutable);
+        let snapshot = crate::zfs::snapshot_and_hold(final_path, &self.opts.label, "ingest");
+        Ok(Placed {
+            protection: Some(protection),
+            retention: None,
+            snapshot: Some(snapshot),
+        })
+    }
+}
+
+/// The lock of one tree name in a folder: `.NAME.ingest.lock`, next to the folder being
+/// filled (not in it: a new placement may remove that folder). Held by `flock` while the
+/// placement runs; it holds the owner's pid. The file is removed once the tree is in
+/// place: whoever locks a file removed or about to be finds the tree there and stops, and
+/// a failed placement keeps it for its rerun.
+struct PlaceLock {
+    path: PathBuf,
+    final_path: PathBuf,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl PlaceLock {
+    fn acquire(parent: &Path, name: &str, final_path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(parent).at(parent)?;
+        let path = parent.join(format!(".{name}.ingest.lock"));
+        let lock = lock_or_refuse(&path, final_path)?;
+        Ok(PlaceLock {
+            path,
+            final_path: final_path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for PlaceLock {
+    fn drop(&mut self) {
+        if self.final_path.exists() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Placing a new tree (an ingested dataset) into a storage so that it appears complete or
+//! not at all: its files verified one by one, `dataset.json`, then `MANIFEST.sha256` last,
+//! protection, and (where the storage can rename) one rename into its final name.
+//!
+//! `ingest` runs the same steps whatever the NAS is; how each step is done is the
+//! backend's ([`super::Storage::place`]):
+//! - a local folder: the copy engine into a hidden `.NAME.ingest` folder held by a lock
+//!   (resumed by a rerun from the same source), read-only, then renamed with
+//!   RENAME_NOREPLACE, the immutable flag and a ZFS snapshot;
+//! - an SSH host: a verified upload into a hidden `.NAME.upload` folder, renamed into place
+//!   (never over an existing folder), then `chmod -R a-w`;
+//! - an S3 prefix: every object uploaded, read back and given its Object Lock retention;
+//!   the manifest object, written last, is what makes the prefix a dataset.
+
+mod local;
+mod s3;
+mod sftp;
+
+use std::path::{Path, PathBuf};
+
+use crate::copy::{CopyOptions, CopyReport};
+use crate::error::Result;
+use crate::hash::Digest;
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+use crate::worm::Protection;
+
+pub(crate) use local::place_local;
+pub(crate) use s3::place_s3;
+pub(crate) use sftp::place_sftp;
+
+use super::Retention;
+
+/// How to place a tree.
+#[derive(Debug, Clone)]
+pub struct PlaceOptions {
+    /// Filter, parallelism, dry run, the source manifest check.
+    pub copy: CopyOptions,
+    /// What is being placed (the source's canonical path): a half-done placement resumes
+    /// only from the same one.
+    pub origin: String,
+    /// Ask for the immutable flag on top of read-only (where a filesystem has one).
+    pub immutable: bool,
+    /// Object Lock retention of every object (where the storage has Object Lock).
+    pub retention: Retention,
+    /// Also run `sha256sum -c` on the NAS host itself before the rename (SSH hosts).
+    pub remote_verify: bool,
+    /// Names the ZFS snapshot taken of the placed tree (`PRJ-NAME`).
+    pub label: String,
+}
+
+/// How a placed tree is protected.
+#[derive(Debug, Default)]
+pub struct Placed {
+    pub protection: Option<Protection>,
+    /// Object Lock retention set on every object (and read back), in words.
+    pub retention: Option<String>,
+    /// The ZFS snapshot and hold taken of the placed tree (see [`crate::zfs`]).
+    pub snapshot: Option<std::result::Result<Option<crate::zfs::Snapshot>, String>>,
+}
+
+/// A tree being placed. Dropped before [`Placement::finish`], it leaves what it wrote where a
+/// rerun resumes it, never under the final name.
+pub trait Placement {
+    /// Where the tree will be once placed, as the user reads it.
+    fn path(&self) -> PathBuf;
+    /// `rel` inside the tree being written, for messages.
+    fn display(&self, rel: &Path) -> PathBuf;
+    /// Copies the local tree `src` in, every file verified (a rerun skips what an
+    /// interrupted one already verified). Failures of single files are in the report.
+    fn put_tree(&mut self, src: &Path, progress: &dyn Progress) -> Result<CopyReport>;
+    /// A small file of the tree (`dataset.json`), verified.
+    fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest>;
+    /// Writes `manifest` as `MANIFEST.sha256`, last, protects the tree and gives it its
+    /// final name.
+    fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed>;
+}

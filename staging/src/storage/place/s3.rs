@@ -1,0 +1,126 @@
+//! Placing a tree into an S3 prefix: every object uploaded, read back and given the Object
+//! Lock retention, then `dataset.json`, then `MANIFEST.sha256` last, which is what makes the
+//! prefix a dataset. A bucket without Object Lock is refused before anything is written
+//! (the placed tree is write-protected); a rerun of a stopped placement aborts the
+//! multipart uploads it left and skips the objects already verified and protected.
+
+use std::path::{Path, PathBuf};
+
+use super::{PlaceOptions, Placed, Placement};
+use crate::copy::CopyReport;
+use crate::error::{Error, Result};
+use crate::hash::Digest;
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+use crate::storage::{put_tree, put_verified, PutOptions, S3Store, Storage};
+use crate::walk::MANIFEST_NAME;
+
+struct S3Placement {
+    store: S3Store,
+    opts: PlaceOptions,
+    /// The lock object `.NAME.ingest.lock` next to the prefix, and where it is; removed
+    /// when the placement ends, finished or not.
+    lock: Option<(S3Store, PathBuf, Option<String>)>,
+}
+
+impl Drop for S3Placement {
+    fn drop(&mut self) {
+        if let Some((parent, rel, version)) = self.lock.take() {
+            let _ = parent.unlock(&rel, version.as_deref());
+        }
+    }
+}
+
+/// Starts placing a tree at the prefix `store` is rooted at.
+pub(crate) fn place_s3(store: S3Store, opts: &PlaceOptions) -> Result<Box<dyn Placement>> {
+    if opts.copy.dry_run {
+        return Err(Error::Invalid {
+            what: "option",
+            value: "--dry-run".to_string(),
+            reason: "not available for an S3 NAS; list the source with `find` instead".to_string(),
+        });
+    }
+    let exists = |store: &S3Store| -> Result<()> {
+        match store.stat(Path::new(MANIFEST_NAME))? {
+            Some(_) => Err(Error::DatasetExists {
+                path: store.display(Path::new("")),
+            }),
+            None => Ok(()),
+        }
+    };
+    exists(&store)?;
+    store.require_object_lock()?;
+    // One ingest of a name at a time, as the lock file next to a local dataset does: a
+    // lock object next to the prefix, taken only where none is.
+    let prefix = store.url().prefix.clone();
+    let parent = store.at(prefix.parent().unwrap_or(Path::new("")));
+    let name = prefix.file_name().unwrap_or_default().to_string_lossy();
+    let lock_rel = PathBuf::from(format!(".{name}.ingest.lock"));
+    let version = parent.lock(&lock_rel, &store.display(Path::new("")))?;
+    let placement = S3Placement {
+        store,
+        opts: opts.clone(),
+        lock: Some((parent, lock_rel, version)),
+    };
+    // Checked again under the lock: a dataset finished meanwhile is not written to.
+    exists(&placement.store)?;
+    placement.store.abort_orphans()?;
+    Ok(Box::new(placement))
+}
+
+impl Placement for S3Placement {
+    fn path(&self) -> PathBuf {
+        self.store.display(Path::new(""))
+    }
+
+    fn display(&self, rel: &Path) -> PathBuf {
+        self.store.display(rel)
+    }
+
+    fn put_tree(&mut self, src: &Path, progress: &dyn Progress) -> Result<CopyReport> {
+        let opts = PutOptions {
+            filter: self.opts.copy.filter.clone(),
+            jobs: self.opts.copy.jobs,
+            retention: Some(self.opts.retention),
+            use_source_manifest: self.opts.copy.use_source_manifest,
+        };
+        let sent = put_tree(src, &self.store, &opts, progress)?;
+        Ok(CopyReport {
+            files_total: sent.files,
+            bytes_total: sent.bytes,
+            bytes_to_copy: sent.bytes,
+            copied: sent.manifest.entries.len() as u64 - sent.resumed,
+            bytes_copied: sent.bytes,
+            skipped: sent.resumed,
+            source_manifest_digest: sent.source_manifest_digest,
+            elapsed: sent.elapsed,
+            warnings: sent.warnings,
+            failed: sent.failed,
+            manifest: sent.manifest,
+            ..CopyReport::default()
+        })
+    }
+
+    fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
+        put_verified(&self.store, rel, bytes, Some(self.opts.retention)).map(|w| w.digest)
+    }
+
+    fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed> {
+        let retention = self.opts.retention;
+        put_verified(
+            &self.store,
+            Path::new(MANIFEST_NAME),
+            &manifest.to_bytes(),
+            Some(retention),
+        )?;
+        Ok(Placed {
+            protection: None,
+            snapshot: None,
+            retention: Some(format!(
+                "Object Lock {} for {} on every object (read back from the server)",
+                retention.mode.as_str(),
+                humantime::format_duration(retention.keep)
+            )),
+        })
+    }
+}

@@ -1,0 +1,296 @@
+//! A folder on an SSH host as a [`Storage`], over the connection pool of `remote::Remote`
+//! (reconnects, resumed reads, the SFTP status codes sorted into errors).
+//!
+//! A written file goes to a `.hpcstage-tmp.*` name next to its final one, is flushed
+//! (`fsync@openssh.com` where offered), read back over SFTP and compared, then renamed;
+//! protection is `chmod a-w`. What SFTP cannot carry is said in [`Capabilities`]: no
+//! inodes (hard links arrive as separate files), no block counts (holes arrive as zeros).
+//! The SFTP code itself lives in `remote/`; this file only maps it onto the trait.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use ssh2::{OpenFlags, OpenType, RenameFlags};
+
+use super::place::{place_sftp, PlaceOptions, Placement};
+use super::{Capabilities, Retention, Storage, Upload, Written};
+use crate::error::{Error, Result};
+use crate::hash::{self, Digest};
+use crate::remote::{flush_remote, meta_of, Fault, Remote, RemoteErrorKind};
+use crate::walk::{Filter, Meta, Tree, TMP_PREFIX};
+
+/// A folder of an SSH host.
+#[derive(Debug, Clone)]
+pub struct SftpStore {
+    remote: Arc<Remote>,
+    /// Absolute on the host.
+    root: PathBuf,
+}
+
+impl SftpStore {
+    /// The folder the connection is rooted at.
+    pub fn new(remote: Arc<Remote>) -> Self {
+        let root = remote.root().to_path_buf();
+        SftpStore { remote, root }
+    }
+
+    /// Another folder of the same host, over the same connections.
+    pub fn at(&self, root: impl Into<PathBuf>) -> Self {
+        SftpStore {
+            remote: self.remote.clone(),
+            root: root.into(),
+        }
+    }
+
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    fn path(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    /// `true` when the server says nothing is there.
+    fn not_found(e: &Error) -> bool {
+        matches!(
+            e,
+            Error::Remote {
+                kind: RemoteErrorKind::NotFound,
+                ..
+            }
+        )
+    }
+
+    /// Hashes a file of the host as the server returns it.
+    fn hash_stored(&self, path: &Path, size: u64) -> Result<(Digest, u64)> {
+        let mut hasher = Sha256::new();
+        let (_, _, n) = hash::with_buffer(|buf| {
+            self.remote
+                .stream_file_at(path, None, Some(size), 0, buf, &mut |b| {
+                    hasher.update(b);
+                    Ok(())
+                })
+        })?;
+        Ok((Digest::from_hasher(hasher), n))
+    }
+}
+
+impl Storage for SftpStore {
+    fn display(&self, rel: &Path) -> PathBuf {
+        self.remote.display(&self.path(rel))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            rename: true,
+            manifest_marks_complete: false,
+            symlinks: true,
+            // SFTP carries neither inodes nor link counts, nor block counts.
+            hard_links: false,
+            holes: false,
+        }
+    }
+
+    fn list(&self, filter: &Filter) -> Result<Tree> {
+        self.remote.walk_at(&self.root, filter)
+    }
+
+    fn stat(&self, rel: &Path) -> Result<Option<Meta>> {
+        let path = self.path(rel);
+        match self
+            .remote
+            .run(&path, |sftp| sftp.lstat(&path).map_err(Fault::of))
+        {
+            Ok(st) => Ok(Some(meta_of(&st))),
+            Err(e) if Self::not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(
+        &self,
+        rel: &Path,
+        from: u64,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Meta> {
+        let (_, after, _) = hash::with_buffer(|buf| {
+            self.remote
+                .stream_file_at(&self.path(rel), None, None, from, buf, sink)
+        })?;
+        Ok(after)
+    }
+
+    fn read_listed(
+        &self,
+        rel: &Path,
+        listed: &Meta,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Meta> {
+        let (_, after, _) = hash::with_buffer(|buf| {
+            self.remote.stream_file_at(
+                &self.path(rel),
+                Some(*listed),
+                Some(listed.size),
+                0,
+                buf,
+                sink,
+            )
+        })?;
+        Ok(after)
+    }
+
+    fn read_link(&self, rel: &Path) -> Result<PathBuf> {
+        let path = self.path(rel);
+        self.remote
+            .run(&path, |sftp| sftp.readlink(&path).map_err(Fault::of))
+    }
+
+    fn create(&self, rel: &Path, _size: u64, digest: Digest) -> Result<Box<dyn Upload + '_>> {
+        let path = self.path(rel);
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        self.remote.mkdir_all(&parent)?;
+        let tmp = parent.join(format!("{TMP_PREFIX}{}", fastrand::u64(..)));
+        let file = self.remote.run(&tmp, |sftp| {
+            sftp.open_mode(
+                &tmp,
+                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+                0o600,
+                OpenType::File,
+            )
+            .map_err(Fault::of)
+        })?;
+        Ok(Box::new(SftpUpload {
+            store: self,
+            rel: rel.to_path_buf(),
+            tmp,
+            file: Some(file),
+            hasher: Sha256::new(),
+            bytes: 0,
+            expected: digest,
+        }))
+    }
+
+    fn verify(&self, written: &Written) -> Result<()> {
+        let path = written
+            .pending
+            .clone()
+            .unwrap_or_else(|| self.path(&written.rel));
+        let (read, len) = self.hash_stored(&path, written.bytes)?;
+        written.compare_read_back(self.remote.display(&path), read, len)
+    }
+
+    fn commit(&self, written: &Written) -> Result<()> {
+        let Some(tmp) = &written.pending else {
+            return Ok(());
+        };
+        let path = self.path(&written.rel);
+        self.remote.chmod(tmp, 0o644)?;
+        self.remote.run(&path, |sftp| {
+            sftp.rename(
+                tmp,
+                &path,
+                Some(RenameFlags::OVERWRITE | RenameFlags::ATOMIC | RenameFlags::NATIVE),
+            )
+            .map_err(Fault::of)
+        })
+    }
+
+    fn protect(&self, written: &Written, _retention: Option<Retention>) -> Result<()> {
+        self.remote.chmod(&self.path(&written.rel), 0o444)
+    }
+
+    fn remove(&self, rel: &Path) -> Result<()> {
+        let path = self.path(rel);
+        self.remote
+            .run(&path, |sftp| sftp.unlink(&path).map_err(Fault::of))
+    }
+
+    fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
+        place_sftp(&self.remote, &self.path(rel), opts)
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.remote.reconnect_note().into_iter().collect()
+    }
+}
+
+/// A file being written to its temporary name on the host. A lost connection fails it
+/// (the bytes already sent are gone with the stream that carried them); the caller's
+/// rerun writes it again.
+struct SftpUpload<'a> {
+    store: &'a SftpStore,
+    rel: PathBuf,
+    tmp: PathBuf,
+    file: Option<ssh2::File>,
+    hasher: Sha256,
+    bytes: u64,
+    expected: Digest,
+}
+
+impl SftpUpload<'_> {
+    fn failed(&self, reason: impl std::fmt::Display) -> Error {
+        Error::Remote {
+            path: self.store.remote.display(&self.tmp),
+            kind: RemoteErrorKind::Other,
+            message: reason.to_string(),
+        }
+    }
+}
+
+impl Upload for SftpUpload<'_> {
+    fn write(&mut self, block: &[u8]) -> Result<()> {
+        self.hasher.update(block);
+        self.bytes += block.len() as u64;
+        let file = self.file.as_mut().expect("open until finish");
+        let written = file.write_all(block);
+        written.map_err(|e| self.failed(e))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Written> {
+        let digest = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        if digest != self.expected {
+            return Err(Error::SourceChanged {
+                path: self.rel.clone(),
+            });
+        }
+        let mut file = self.file.take().expect("open until finish");
+        let flushed = flush_remote(&mut file).and_then(|()| file.close().map_err(Fault::of));
+        if let Err(fault) = flushed {
+            let reason = match fault {
+                Fault::Server(_, m) | Fault::Connection(m) => m,
+                Fault::Local(e) => e.to_string(),
+            };
+            return Err(self.failed(reason));
+        }
+        let pending = std::mem::take(&mut self.tmp);
+        Ok(Written {
+            rel: std::mem::take(&mut self.rel),
+            digest,
+            bytes: self.bytes,
+            version: None,
+            pending: Some(pending),
+        })
+    }
+}
+
+impl Drop for SftpUpload<'_> {
+    /// An upload dropped unfinished leaves no temporary behind (best effort: the next
+    /// run's sweep removes what a lost connection kept).
+    fn drop(&mut self) {
+        if self.tmp.as_os_str().is_empty() {
+            return;
+        }
+        drop(self.file.take());
+        let tmp = self.tmp.clone();
+        let _ = self
+            .store
+            .remote
+            .run(&tmp, |sftp| sftp.unlink(&tmp).map_err(Fault::of));
+    }
+}
