@@ -1014,7 +1014,7 @@ print(((v["jobs"] or [{}])[0].get("facts") or {}).get("state", ""))')
             die "the pulled manifest $pulled_manifest does not list large$i.ome.tif with the digest of its source"
     done
     say "      checked: the pulled manifest lists each output with its source's SHA-256"
-    # The server keeps its objects in memory (memstore, about 2 GiB): they go again.
+    # The server keeps its objects in memory (memstore, about 4 GiB): they go again.
     "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_BASE" >/dev/null 2>&1 ||
         say "could not remove $S3_BASE from the S3 test server"
 fi
@@ -1022,7 +1022,7 @@ fi
 # 11. archive to S3: hpcstage's chunks (each a multipart upload read back with a GET and
 # compared before it counts) against one tar streamed to the bucket with its sha256sum.
 # Both write to the plain bucket (no Object Lock), emptied before every run. The server
-# keeps objects in memory (memstore, 2 GiB) and frees deleted ones only when its garbage
+# keeps objects in memory (memstore, 4 GiB) and frees deleted ones only when its garbage
 # collector runs (after a minute or more): `gc process` frees them at once, else a few
 # runs of (l) fill it and every later write fails.
 s3_empty() {

@@ -3,7 +3,7 @@
 #
 # Why: hpcstage's S3 backend is tested against a real S3 implementation, not a
 # mock: Ceph RadosGW 16 from Debian's packages, on a one-node Ceph cluster (one
-# monitor, one OSD with the in-memory `memstore` backend capped at 2 GiB). There
+# monitor, one OSD with the in-memory `memstore` backend capped at 4 GiB). There
 # is no systemd in the containers or in CI, so the daemons are started directly,
 # with pid files, config, keyrings and logs under HPCSTAGE_S3_DIR. The script is
 # idempotent: daemons that run with the current config are left alone. It
@@ -134,7 +134,7 @@ admin socket = $RUN_DIR/\$name.asok
 osd data = $DATA_DIR/osd-\$id
 keyring = $DATA_DIR/osd-\$id/keyring
 osd objectstore = memstore
-memstore device bytes = 2147483648
+memstore device bytes = 4294967296
 # A clean stop unmounts the store, which is when memstore writes its objects
 # to disk; the default fast shutdown just exits and loses them.
 osd fast shutdown = false
