@@ -854,7 +854,7 @@ fn errors_name_the_command_and_keep_stderr() {
     let err = f.client().query(&[JobId(3)]).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("sacct -X --parsable2 --noheader --jobs=3"),
+        text.contains("sacct -X --parsable2 --noheader '--jobs=3'"),
         "{text}"
     );
     assert!(
