@@ -171,7 +171,12 @@ fn quoted(s: &str) -> String {
 /// default commented out (`# key = value`) unless this machine told a better value.
 pub(crate) fn render_commented(d: &Detected, site: bool) -> String {
     let defaults = Config::default();
-    let (slurm, ssh, purge) = (&defaults.slurm, &defaults.ssh, &defaults.purge);
+    let (slurm, ssh, s3, purge) = (
+        &defaults.slurm,
+        &defaults.ssh,
+        &defaults.s3,
+        &defaults.purge,
+    );
     let mut t = String::new();
     let mut line = |s: &str| {
         t.push_str(s);
@@ -303,6 +308,23 @@ pub(crate) fn render_commented(d: &Detected, site: bool) -> String {
     line("# Also run sha256sum -c on the NAS host after an upload (it needs sha256sum there).");
     line(&format!("# remote_verify = {}", ssh.remote_verify));
     line("");
+    line("[s3]");
+    line("# For S3 sources and nas_root = \"s3://bucket/prefix\". Credentials are not set here: they");
+    line("# come from the AWS chain (AWS_* variables, ~/.aws/credentials, the profile below).");
+    line("# The service's address; unset: AWS itself (or $AWS_ENDPOINT_URL).");
+    line("# endpoint = \"https://s3.example.org\"");
+    line("# region = \"us-east-1\"");
+    line("# A profile of ~/.aws/config and ~/.aws/credentials.");
+    line("# profile = \"lab\"");
+    line("# http://host/bucket/key addressing (on-site servers); false: bucket.host.");
+    line(&format!("# path_style = {}", s3.path_style));
+    line("# Object Lock of what ingest, pull --worm and archive --retain write: COMPLIANCE | GOVERNANCE");
+    line(&format!("# lock_mode = {}", quoted(&s3.lock_mode)));
+    line("# How long that data is retained, e.g. \"10y\".");
+    line(&format!("# retain = {}", quoted(&s3.retain)));
+    line("# The S3 service is off-site: archives written to it count as off-site copies (3-2-1).");
+    line(&format!("# offsite = {}", s3.offsite));
+    line("");
     line("[purge]");
     line("# The site's scratch purge policy, from its documentation. Without it hpcstage assumes");
     line("# mtime / 30 days and says so on every stage: set it in the site file.");
@@ -400,6 +422,12 @@ mod tests {
                 offsite: true,
                 datasets: Vec::new(),
             }],
+            s3: crate::config::S3Config {
+                endpoint: Some("https://s3".into()),
+                region: Some("r".into()),
+                profile: Some("p".into()),
+                ..Default::default()
+            },
             ..Config::default()
         };
         let mut all = Vec::new();
