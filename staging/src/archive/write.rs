@@ -17,10 +17,11 @@ use sha2::{Digest as _, Sha256};
 
 use super::chunk::{padded, END};
 use super::index::ChunkRow;
-use super::plan::{Member, MemberKind, Plan};
+use super::plan::{MemberKind, Plan};
 use super::store::{ChunkStore, ChunkWriter, Stored};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest};
+use crate::manifest::check_listed;
 use crate::progress::Progress;
 
 /// One line of the resume journal: a chunk verified under a plan.
@@ -183,7 +184,7 @@ fn write_members(
             MemberKind::File => {
                 let mut hasher = Sha256::new();
                 copy_range_into(&path, 0, m.size, out, &mut [&mut hasher])?;
-                check_listed(&path, m, Digest::from_hasher(hasher))?;
+                check_listed(&path, m.digest, Digest::from_hasher(hasher))?;
             }
             MemberKind::Part => {
                 let (whole, hashed) = wholes
@@ -204,7 +205,7 @@ fn write_members(
                         .iter()
                         .find(|w| w.rel == m.rel && w.kind == MemberKind::File)
                         .expect("a split file has its own row");
-                    check_listed(&path, file_row, Digest::from_hasher(whole))?;
+                    check_listed(&path, file_row.digest, Digest::from_hasher(whole))?;
                 } else {
                     wholes.0.insert(m.rel.clone(), (whole, hashed + m.size));
                 }
@@ -220,7 +221,7 @@ fn write_members(
                     at = offset + len;
                 }
                 hash_zeros(&mut logical, m.size - at);
-                check_listed(&path, m, Digest::from_hasher(logical))?;
+                check_listed(&path, m.digest, Digest::from_hasher(logical))?;
             }
         }
         let pad = padded(m.stored) - m.stored;
@@ -228,17 +229,6 @@ fn write_members(
             .at(out.name.clone())?;
     }
     Ok(parts)
-}
-
-fn check_listed(path: &Path, m: &Member, computed: Digest) -> Result<()> {
-    match m.digest {
-        Some(expected) if expected != computed => Err(Error::SourceCorrupt {
-            path: path.to_path_buf(),
-            computed: computed.to_hex(),
-            expected: expected.to_hex(),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// Hashes the first `len` bytes of the file (a split file resumed after its first parts).
