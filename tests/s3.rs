@@ -306,6 +306,43 @@ fn a_bucket_without_object_lock_is_refused_for_ingest_and_nothing_is_written() {
 }
 
 #[test]
+fn an_acquisition_that_disagrees_with_its_manifest_is_source_corrupt_and_not_uploaded() {
+    let Some(w) = S3World::new("ingestbad") else {
+        return;
+    };
+    let bucket = locked_bucket();
+    let src = dataset(&w.env, "acq");
+    // Two files damaged after the manifest was made.
+    write(src.join("A01.tif"), "tiff A0X\n");
+    write(src.join("plate/B02.tif"), vec![8u8; 300_000]);
+    let nas = w.url(&bucket, "");
+    let run = w.env.run([
+        "--nas-root",
+        &nas,
+        "--config",
+        &write_config(&w, "GOVERNANCE", "1d"),
+        "ingest",
+        "acq",
+        "--project",
+        "P",
+        "--dataset",
+        "d",
+    ]);
+    run.code(3)
+        .err_has("A01.tif: SOURCE CORRUPT")
+        .err_has("B02.tif: SOURCE CORRUPT");
+    let listing = w.aws(&["s3", "ls", "--recursive", &format!("{nas}/")]);
+    assert!(
+        !listing.stdout.contains("A01.tif")
+            && !listing.stdout.contains("B02.tif")
+            && !listing.stdout.contains("MANIFEST.sha256"),
+        "a damaged file or the manifest was uploaded: {listing}"
+    );
+    w.assert_no_multipart_uploads(&bucket);
+    w.cleanup(&bucket);
+}
+
+#[test]
 fn bad_locations_and_credentials_are_refused_with_the_bucket_named() {
     let Some(mut w) = S3World::new("bad") else {
         return;

@@ -176,10 +176,23 @@ fn put_file(
     progress: &dyn Progress,
 ) -> Result<(Digest, bool)> {
     let path = src.join(rel);
-    let (digest, _) = hash::hash_file(&path)?;
-    check_listed(&path, listed, digest)?;
+    // With a line in the source manifest, the upload itself checks the bytes against it
+    // (before the object is completed), so the file is read once; without one, it is
+    // hashed first. Either way a file that differs from its line is SOURCE CORRUPT.
+    let hashed_against_listing = || -> Result<Digest> {
+        let (digest, _) = hash::hash_file(&path)?;
+        check_listed(&path, listed, digest)?;
+        Ok(digest)
+    };
+    let digest = match listed {
+        Some(digest) => digest,
+        None => hashed_against_listing()?,
+    };
     if let Some(retention) = opts.retention {
         if store.holds_protected(rel, size, digest, retention)? {
+            if listed.is_some() {
+                hashed_against_listing()?;
+            }
             progress.add_bytes(size);
             return Ok((digest, true));
         }
@@ -192,7 +205,12 @@ fn put_file(
         Ok(())
     })?;
     let written = upload.finish().map_err(|e| match e {
-        Error::SourceChanged { .. } => Error::SourceChanged { path: path.clone() },
+        // The bytes read differ from the digest: read again to tell a file that differs
+        // from its manifest line (corrupt) from one that changed while it was read.
+        Error::SourceChanged { .. } => match hashed_against_listing() {
+            Ok(_) => Error::SourceChanged { path: path.clone() },
+            Err(e) => e,
+        },
         e => e,
     })?;
     store.verify(&written)?;
