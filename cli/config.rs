@@ -671,17 +671,18 @@ fn closest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
 
 /// A local path made absolute, or `[user@]host[:port]:/path` kept as it is.
 pub(crate) fn location(path: &Path) -> Result<PathBuf> {
-    match Location::parse(path.as_os_str())? {
-        Location::Remote(_) | Location::S3(_) => Ok(path.to_path_buf()),
-        Location::Local(p) => absolute(&p),
-    }
+    let location = parse_location(path)?;
+    Ok(location
+        .local_path()
+        .map_or_else(|| path.to_path_buf(), Path::to_path_buf))
 }
 
 /// Reads a NAS path as a local folder (made absolute) or a remote one.
 pub(crate) fn parse_location(path: &Path) -> Result<Location> {
-    Ok(match Location::parse(path.as_os_str())? {
-        Location::Local(p) => Location::Local(absolute(&p)?),
-        remote => remote,
+    let location = Location::parse(path.as_os_str())?;
+    Ok(match location.local_path() {
+        Some(p) => location.with_path(absolute(p)?),
+        None => location,
     })
 }
 

@@ -8,7 +8,6 @@ use hpcstage_lifecycle::run::RunStore;
 use hpcstage_staging::archive::{self, read, ArchiveSettings, Destination};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
-use hpcstage_staging::remote::Location;
 use hpcstage_staging::storage::{Retention, S3Url};
 use hpcstage_staging::walk::MANIFEST_NAME;
 
@@ -43,25 +42,26 @@ pub(crate) fn resolve(
         let folder = if as_path.is_absolute() || what.starts_with("./") || what.starts_with("../") {
             absolute(as_path)?
         } else {
-            let root =
-                match settings
-                    .nas_root
-                    .as_deref()
-                    .map(parse_location)
-                    .transpose()?
-                {
-                    Some(Location::Local(root)) => root,
-                    Some(Location::Remote(_) | Location::S3(_)) => bail!(
-                    "archive reads the dataset from a mounted NAS; nas_root {} is an SSH host or \
-                     an object store: run it where the NAS is mounted, or give the dataset's local path",
-                    settings.nas_root.as_deref().unwrap_or(Path::new("")).display()
-                ),
-                    None if as_path.is_dir() => PathBuf::new(),
+            let root = match settings
+                .nas_root
+                .as_deref()
+                .map(parse_location)
+                .transpose()?
+            {
+                Some(root) => match root.local_path() {
+                    Some(root) => root.to_path_buf(),
                     None => bail!(
+                        "archive reads the dataset from a mounted NAS; nas_root {root} is {}: \
+                             run it where the NAS is mounted, or give the dataset's local path",
+                        root.kind()
+                    ),
+                },
+                None if as_path.is_dir() => PathBuf::new(),
+                None => bail!(
                     "no nas_root configured to find {what} under: set nas_root in the config, pass \
                      --nas-root DIR, or give the dataset's full path"
                 ),
-                };
+            };
             absolute(&root.join(as_path))?
         };
         if !folder.is_dir() {

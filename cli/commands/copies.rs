@@ -3,7 +3,6 @@
 use anyhow::{bail, Context, Result};
 use hpcstage_staging::copies::{self, DatasetCopies};
 use hpcstage_staging::ledger::Ledger;
-use hpcstage_staging::remote::Location;
 
 use super::ExitStatus;
 use crate::args::{CopiesArgs, ReportFormat};
@@ -46,10 +45,13 @@ pub(crate) fn gather(
     verify: bool,
 ) -> Result<Vec<DatasetCopies>> {
     let root = match settings.nas_root.as_deref().map(parse_location).transpose()? {
-        Some(Location::Local(root)) => root,
-        Some(Location::Remote(_) | Location::S3(_)) => bail!(
-            "the 3-2-1 check reads the NAS where it is mounted; nas_root is an SSH host or an object store: run it on a node that mounts the NAS"
-        ),
+        Some(root) => match root.local_path() {
+            Some(root) => root.to_path_buf(),
+            None => bail!(
+                "the 3-2-1 check reads the NAS where it is mounted; nas_root {root} is {}: run it on a node that mounts the NAS",
+                root.kind()
+            ),
+        },
         None => bail!("no nas_root configured: set nas_root in the config or pass --nas-root DIR"),
     };
     let wanted: Vec<(String, String)> = match dataset {

@@ -25,7 +25,7 @@ use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::manifest::display_name;
-use hpcstage_staging::remote::{NasFolder, SshOptions};
+use hpcstage_staging::remote::{Location, LocationKind, SshOptions};
 use hpcstage_staging::walk::Filter;
 use serde::Serialize;
 
@@ -70,7 +70,9 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
                 .into()
         }
         E::Locked { .. } => "wait for the other hpcstage process to finish, or check that it is still alive".into(),
-        E::SourceMissing { path } if NasFolder::is_remote_path(path) => {
+        E::SourceMissing { path }
+            if Location::parse(path.as_os_str()).is_ok_and(|l| l.kind() == LocationKind::SshHost) =>
+        {
             "check the path on the NAS host (for example with `ssh HOST ls -ld PATH`)".into()
         }
         E::SourceMissing { .. } => "check the path (and that the NAS is mounted on this node)".into(),

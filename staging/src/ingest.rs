@@ -82,6 +82,8 @@ pub fn ingest_into(
     let opts = PlaceOptions {
         copy: settings.copy.clone(),
         origin,
+        protect: true,
+        hidden: "ingest",
         immutable: settings.immutable,
         retention: settings.s3.retention,
         remote_verify: settings.remote_verify,

@@ -2,20 +2,14 @@
 //! `results/<workflow>/_failed/<run>/`, never in the validated area.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use hpcstage_staging::copy::copy_tree;
-use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
-use hpcstage_staging::remote::NasFolder;
-use hpcstage_staging::storage::Storage;
-use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
+use hpcstage_staging::walk::Filter;
 use hpcstage_template::SIGNAL_MARKER;
 
-use super::results::{already_exists, copy_options, nas_failure, outbox, place_remote};
-use super::target::{upload_to_store, Target};
+use super::target::Target;
 use super::{PullOptions, PullOutcome};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::run::{Event, JobFacts, RunRecord, RunStore};
 
 /// Why a run's results are not accepted, and the compute job's facts.
@@ -49,43 +43,19 @@ pub(super) fn publish_failed_logs(
         &["logs/pull-*".into(), "logs/local-runner.log".into()],
     )?;
     let readme = failed_readme(record, rejected);
-    let results_parent = record.results_dir.parent().unwrap_or(&record.results_dir);
-    let failed_dir = results_parent.join("_failed").join(&record.id);
-    let shown_dir = match &target.store {
-        Some(objects) => {
-            let objects = objects.at(objects
-                .url()
-                .prefix
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join("_failed")
-                .join(&record.id));
-            let shown = objects.display(Path::new(""));
-            // An earlier pull of this run left its logs there already.
-            if objects.stat(Path::new(MANIFEST_NAME))?.is_none() {
-                upload_to_store(
-                    &objects,
-                    &record.run_dir,
-                    filter,
-                    &[("README.md", readme.into_bytes())],
-                    None,
-                    opts,
-                    progress,
-                )
-                .map_err(|e| nas_failure(&shown, e))?;
-            }
-            shown
-        }
-        None => write_failed_folder(
-            record,
-            &target.folder,
-            &failed_dir,
-            filter,
-            &readme,
-            opts,
-            progress,
-        )?,
-    };
+    let rel = Target::failed_rel(&record.id);
+    // `None`: an earlier pull of this run left its logs there already.
+    target.place(
+        &record.id,
+        Some(&rel),
+        &record.run_dir,
+        filter,
+        &[("README.md", readme.into_bytes())],
+        false,
+        opts,
+        progress,
+    )?;
+    let shown_dir = target.sibling(&rel);
     store.append(
         &record.id,
         Event::PullFailed {
@@ -96,68 +66,6 @@ pub(super) fn publish_failed_logs(
         failed_dir: shown_dir,
         reason: reason.to_string(),
     })
-}
-
-/// The logs into `failed_dir` of a local NAS, or assembled on scratch and uploaded to
-/// an SSH NAS; returns the folder as shown to the user.
-fn write_failed_folder(
-    record: &RunRecord,
-    nas_folder: &NasFolder,
-    failed_dir: &Path,
-    filter: Filter,
-    readme: &str,
-    opts: &PullOptions,
-    progress: &dyn Progress,
-) -> Result<PathBuf> {
-    // On a remote NAS the folder is assembled on scratch, then uploaded.
-    let remote_failed = nas_folder.remote().map(|(remote, root)| {
-        let parent = root.parent().unwrap_or(root);
-        (remote, parent.join("_failed").join(&record.id))
-    });
-    let (failed_dir, shown_dir) = match &remote_failed {
-        Some((remote, dest)) => (
-            outbox(&record.run_dir, &format!("_failed-{}", record.id)),
-            remote.display(dest),
-        ),
-        None => (failed_dir.to_path_buf(), failed_dir.to_path_buf()),
-    };
-    let copy = copy_options(opts, filter);
-    let report = copy_tree(&record.run_dir, &failed_dir, &copy, progress)
-        .map_err(|e| nas_failure(&failed_dir, e))?;
-    let readme = write_verified(&failed_dir.join("README.md"), readme.as_bytes())?;
-    if !report.ok() {
-        return Err(Error::Staging(hpcstage_staging::Error::io(
-            &failed_dir,
-            std::io::Error::other("some logs could not be copied"),
-        )));
-    }
-    // Like a results folder: a manifest of everything, README included, and no
-    // bookkeeping of the copy left on the NAS.
-    let mut entries = report.manifest.entries.clone();
-    entries.retain(|e| e.path != Path::new("README.md"));
-    entries.push(ManifestEntry {
-        path: "README.md".into(),
-        digest: readme,
-    });
-    let manifest = Manifest::from_entries(entries);
-    manifest.write_atomic(&failed_dir.join(MANIFEST_NAME))?;
-    let state = failed_dir.join(STATE_DIR);
-    match std::fs::remove_dir_all(&state) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(hpcstage_staging::Error::io(&state, e).into())
-        }
-        _ => {}
-    }
-    if let Some((remote, dest)) = &remote_failed {
-        match place_remote(remote, dest, &failed_dir, &manifest, opts, progress) {
-            // An earlier pull of this run left its logs there already.
-            Err(e) if already_exists(&e) => {
-                let _ = std::fs::remove_dir_all(&failed_dir);
-            }
-            other => other.map_err(|e| nas_failure(&shown_dir, e))?,
-        }
-    }
-    Ok(shown_dir)
 }
 
 /// The FAILED README: why the results were not accepted and what to do next.

@@ -207,7 +207,7 @@ fn protect_if_asked(results_dir: &Path, opts: &PullOptions) -> Result<bool> {
 /// run folder by a pull stopped before its ledger event (which is then written).
 fn already_pulled(store: &RunStore, view: &RunView, opts: &PullOptions) -> Result<Option<PathBuf>> {
     let results = &view.record.results_dir;
-    let local = matches!(Location::parse(results.as_os_str()), Ok(Location::Local(_)));
+    let local = Location::parse(results.as_os_str()).is_ok_and(|l| !l.is_remote());
     let has_manifest = if !local {
         // Asking the NAS host or the object store costs a connection: the ledger's word
         // is enough for a run it records as pulled, and the marker is checked before
@@ -218,8 +218,8 @@ fn already_pulled(store: &RunStore, view: &RunView, opts: &PullOptions) -> Resul
         let marker = view.record.run_dir.join(STATE_DIR).join(PULLED_MARKER);
         marker.is_file()
             && Target::open(results, opts)?
-                .folder
-                .read(Path::new(MANIFEST_NAME))?
+                .store
+                .stat(Path::new(MANIFEST_NAME))?
                 .is_some()
     } else {
         results.join(MANIFEST_NAME).is_file()

@@ -3,19 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use hpcstage_staging::copy::{copy_tree, CopyOptions, Failure};
 use hpcstage_staging::host::{current_user, hostname};
-use hpcstage_staging::manifest::{write_verified, Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::{json_bytes, read_json, write_json};
-use hpcstage_staging::remote::{NasFolder, Remote, RemoteErrorKind, UploadOptions};
-use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
+use hpcstage_staging::walk::{Filter, STATE_DIR};
 use hpcstage_template::{Rendered, SIGNAL_MARKER};
 use jiff::Timestamp;
 
 use super::failed::{publish_failed_logs, Rejected};
 use super::provenance::{earlier_compute_jobs, gpu_lines, param_values, readme_text, Provenance};
-use super::target::{upload_to_store, Target};
+use super::target::Target;
 use super::validate::{missing_outputs, nothing_validates, summarize, validate};
 use super::{PullOptions, PullOutcome};
 use crate::backend::Observed;
@@ -38,11 +35,7 @@ pub(super) fn pull_finished(
     let rendered: Rendered = read_json(&run_dir.join(RENDERED_FILE))?;
     let results_dir = &record.results_dir;
     let target = &Target::open(results_dir, opts)?;
-    if opts.worm {
-        // Before anything is written: WORM that cannot be applied is refused, not skipped.
-        target.check_protectable()?;
-    }
-    if target.folder.exists()? {
+    if target.store.tree_exists()? {
         // Placed (or, on S3, its manifest written) by a pull stopped before its bookkeeping.
         return adopt(store, record, &rendered, target, opts);
     }
@@ -133,205 +126,23 @@ pub(super) fn pull_finished(
             readme_text(&provenance, &param_values(&rendered))?.into_bytes(),
         ),
     ];
-    let written = match &target.store {
-        Some(objects) => {
-            let retention = opts.worm.then_some(opts.s3.retention);
-            upload_to_store(
-                objects, run_dir, filter, &described, retention, opts, progress,
-            )
-            .map_err(|e| nas_failure(results_dir, e))?
-        }
-        None => {
-            match write_to_folder(record, &target.folder, filter, &described, opts, progress)? {
-                Some(written) => written,
-                // A results folder appeared meanwhile: the one in place is adopted only if it
-                // is this run's.
-                None => return adopt(store, record, &rendered, target, opts),
-            }
-        }
+    let written = target.place(
+        &record.id, None, run_dir, filter, &described, opts.worm, opts, progress,
+    )?;
+    let Some((manifest, bytes)) = written else {
+        // A results folder appeared meanwhile: the one in place is adopted only if it is
+        // this run's.
+        return adopt(store, record, &rendered, target, opts);
     };
-    let (manifest, bytes) = written;
     let placed = Placed {
         files: manifest.len() as u64,
         bytes,
         digest: manifest.digest().to_hex(),
         missing: incomplete.then(|| provenance.missing.clone()),
-        // Objects uploaded with `--worm` got their retention one by one, read back.
-        protected: target.store.is_some() && opts.worm,
+        // Placed write-protected (`--worm`), per backend.
+        protected: opts.worm,
     };
     finish(store, record, &rendered, target, opts, placed)
-}
-
-/// A results folder on a local or SSH NAS: copied with the verified copy engine into a
-/// hidden folder (next to its final place, or on scratch for an SSH NAS), described,
-/// listed in its manifest, then renamed (or uploaded and renamed) into place. Returns the
-/// manifest and the bytes of the results, or `None` when a results folder appeared under
-/// the final name meanwhile.
-// The SFTP branch (`place_remote`) goes once the SFTP storage backend writes through
-// `Storage` like the S3 one (see `upload_to_store`).
-fn write_to_folder(
-    record: &RunRecord,
-    nas_folder: &NasFolder,
-    filter: Filter,
-    described: &[(&str, Vec<u8>)],
-    opts: &PullOptions,
-    progress: &dyn Progress,
-) -> Result<Option<(Manifest, u64)>> {
-    let results_dir = &record.results_dir;
-    let run_dir = &record.run_dir;
-    let parent = results_dir.parent().unwrap_or(results_dir);
-    // Until the rename, only the NAS is written: a failure says so, and that scratch is
-    // as it was.
-    let nas = |e: hpcstage_staging::Error| nas_failure(results_dir, e);
-    let name = results_dir
-        .file_name()
-        .map_or_else(|| record.id.clone(), |n| n.to_string_lossy().into_owned());
-    // A local NAS gets the folder assembled next to its final place; a remote one gets it
-    // assembled on scratch first, then uploaded (see `place_remote`).
-    let partial = if nas_folder.remote().is_some() {
-        outbox(run_dir, &name)
-    } else {
-        std::fs::create_dir_all(parent).map_err(|e| nas(hpcstage_staging::Error::io(parent, e)))?;
-        parent.join(format!(".{name}.partial"))
-    };
-    let copy = copy_options(opts, filter);
-    let report = match copy_tree(run_dir, &partial, &copy, progress) {
-        Err(hpcstage_staging::Error::Locked { holder, .. }) => {
-            return Err(Error::PullBusy {
-                id: record.id.clone(),
-                holder,
-            })
-        }
-        other => other.map_err(nas)?,
-    };
-    if !report.ok() {
-        return Err(not_copied(&partial, &report.failed, report.files_total));
-    }
-    let mut entries = report.manifest.entries.clone();
-    entries.retain(|e| described.iter().all(|(name, _)| e.path != Path::new(name)));
-    for (name, bytes) in described {
-        entries.push(ManifestEntry {
-            path: name.into(),
-            digest: write_verified(&partial.join(name), bytes).map_err(nas)?,
-        });
-    }
-    let manifest = Manifest::from_entries(entries);
-    manifest
-        .write_atomic(&partial.join(MANIFEST_NAME))
-        .map_err(nas)?;
-    hpcstage_staging::place::prune_unlisted(&partial, &manifest).map_err(nas)?;
-    let state = partial.join(STATE_DIR);
-    std::fs::remove_dir_all(&state).map_err(|e| nas(hpcstage_staging::Error::io(&state, e)))?;
-
-    let placed = match nas_folder.remote() {
-        Some((remote, root)) => place_remote(remote, root, &partial, &manifest, opts, progress),
-        None => hpcstage_staging::place::rename_noreplace(&partial, results_dir)
-            .map_err(|e| hpcstage_staging::Error::io(results_dir, e)),
-    };
-    match placed {
-        Ok(()) => Ok(Some((manifest, report.bytes_total))),
-        Err(e) if already_exists(&e) => {
-            // Ours stays hidden and goes.
-            let _ = hpcstage_staging::worm::make_writable(&partial);
-            let _ = std::fs::remove_dir_all(&partial);
-            Ok(None)
-        }
-        Err(e) => Err(nas(e)),
-    }
-}
-
-/// How pull copies files of the run folder to a NAS folder: verified, mtimes kept.
-pub(super) fn copy_options(opts: &PullOptions, filter: Filter) -> CopyOptions {
-    CopyOptions {
-        jobs: opts.jobs,
-        preserve_mtime: true,
-        use_source_manifest: false,
-        filter,
-        ..CopyOptions::default()
-    }
-}
-
-/// Files that could not be written to the NAS, the first named, saying that scratch is
-/// as it was.
-pub(super) fn not_copied(to: &Path, failed: &[Failure], total: u64) -> Error {
-    let first = &failed[0];
-    Error::Staging(hpcstage_staging::Error::io(
-        to,
-        std::io::Error::other(format!(
-            "{} of {} files could not be copied to the NAS (first: {}: {}); scratch is untouched and the run can be pulled again",
-            failed.len(),
-            total,
-            first.path.display(),
-            first.error
-        )),
-    ))
-}
-
-/// Where a results folder for a remote NAS is assembled before its upload.
-pub(super) fn outbox(run_dir: &Path, name: &str) -> PathBuf {
-    run_dir.join(STATE_DIR).join("outbox").join(name)
-}
-
-pub(super) fn already_exists(e: &hpcstage_staging::Error) -> bool {
-    match e {
-        hpcstage_staging::Error::Io { error: source, .. } => {
-            source.kind() == std::io::ErrorKind::AlreadyExists
-        }
-        hpcstage_staging::Error::Remote { kind, .. } => *kind == RemoteErrorKind::AlreadyExists,
-        _ => false,
-    }
-}
-
-/// Uploads the folder assembled at `local` into the remote results folder: verified
-/// files in a hidden folder next to it, checked against the local manifest (and with
-/// `sha256sum -c` on the NAS host when asked), then one rename into place. The local copy
-/// goes once the folder is in place.
-pub(super) fn place_remote(
-    remote: &Remote,
-    dest: &Path,
-    local: &Path,
-    manifest: &Manifest,
-    opts: &PullOptions,
-    progress: &dyn Progress,
-) -> std::result::Result<(), hpcstage_staging::Error> {
-    let upload = remote.begin_upload(dest)?;
-    let upload_opts = UploadOptions {
-        preserve_mtime: true,
-        remote_verify: opts.remote_verify,
-        ..UploadOptions::default()
-    };
-    progress.phase("uploading");
-    upload.put_tree(local, &upload_opts, progress)?;
-    let sent = upload.manifest();
-    if sent.digest() != manifest.digest() {
-        return Err(hpcstage_staging::Error::Remote {
-            path: remote.display(upload.tmp()),
-            kind: RemoteErrorKind::Other,
-            message: format!(
-                "the uploaded files ({}) do not match the results manifest ({}); the hidden folder is kept and the next pull checks it again",
-                sent.len(),
-                manifest.len()
-            ),
-        });
-    }
-    upload.finish(opts.remote_verify)?;
-    let _ = hpcstage_staging::worm::make_writable(local);
-    std::fs::remove_dir_all(local).map_err(|e| hpcstage_staging::Error::io(local, e))?;
-    Ok(())
-}
-
-/// An I/O failure while writing the results to the NAS, saying what it means for the run.
-/// Other errors (no space, a lock) already say what to do and pass through.
-pub(super) fn nas_failure(results_dir: &Path, e: hpcstage_staging::Error) -> Error {
-    match e {
-        hpcstage_staging::Error::Io { .. } => Error::Staging(hpcstage_staging::Error::io(
-            results_dir,
-            std::io::Error::other(format!(
-                "cannot write the results to the NAS ({e}); scratch is untouched and the run can be pulled again"
-            )),
-        )),
-        other => Error::Staging(other),
-    }
 }
 
 /// What follows a results folder in place, in an order a killed pull can resume:
@@ -421,8 +232,8 @@ fn adopt(
         ),
     };
     let provenance: serde_json::Value = target
-        .folder
-        .read(Path::new("run.json"))
+        .store
+        .read_small(Path::new("run.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| b.ok_or_else(|| "it is missing".to_string()))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -432,13 +243,13 @@ fn adopt(
         return Err(not_ours(format!("holds run {owner:?}, not {}", record.id)));
     }
     let manifest = target
-        .folder
+        .store
         .manifest()
         .map_err(|e| e.to_string())
         .and_then(|m| m.ok_or_else(|| "it is missing".to_string()))
         .map_err(|e| not_ours(format!("its manifest cannot be read ({e})")))?;
     let sizes = target
-        .folder
+        .store
         .file_sizes()
         .map_err(|e| not_ours(format!("it cannot be listed ({e})")))?;
     let mut bytes = 0;

@@ -1,24 +1,21 @@
-//! Where a run's results go: a NAS folder (local, or on an SSH host) or an S3 prefix.
-//!
-//! An S3 prefix is written through the storage layer (docs/ARCHITECTURE.md#storage):
-//! every file hashed on scratch, uploaded with its bytes hashed again as they are sent,
-//! read back with a GET and compared, then `run.json` and `README.md`, then
-//! `MANIFEST.sha256` last, which is what makes the prefix a results folder. S3 has no
-//! rename, so the manifest plays the part the final rename plays on a folder. A rerun of
-//! a stopped pull aborts the multipart uploads it left and writes the results again.
+//! Where a run's results go, and how they get there: the NAS location of `results_dir` (a
+//! folder, `host:/path` or `s3://bucket/prefix`) opened once as a storage
+//! (docs/ARCHITECTURE.md#storage), and every tree pull writes (the results, a failed
+//! run's `_failed/<run>` logs) placed through `Storage::place`, the path `ingest` takes:
+//! files verified one by one in a place that is not final (a hidden folder next to it;
+//! on S3, objects that count only once the manifest is there), then `run.json` and
+//! `README.md`, then `MANIFEST.sha256` last, then the final name. What differs between a
+//! folder, an SSH host and an S3 prefix is the backend's, not this file's.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
-use hpcstage_staging::copy::Failure;
+use hpcstage_staging::copy::{CopyOptions, Failure};
 use hpcstage_staging::error::StorageErrorKind;
 use hpcstage_staging::manifest::{Manifest, ManifestEntry};
 use hpcstage_staging::progress::Progress;
-use hpcstage_staging::remote::{Location, NasAccess, NasFolder};
-use hpcstage_staging::storage::{
-    protect_listed, put_tree, put_verified, PutOptions, Retention, S3Store, Storage,
-};
-use hpcstage_staging::walk::{Filter, MANIFEST_NAME};
+use hpcstage_staging::remote::Location;
+use hpcstage_staging::storage::{open, PlaceOptions, Storage};
+use hpcstage_staging::walk::Filter;
 
 use super::PullOptions;
 use crate::error::{Error, Result};
@@ -26,116 +23,156 @@ use crate::error::{Error, Result};
 /// A run's results location.
 #[derive(Debug)]
 pub(super) struct Target {
-    /// The whole-folder questions: is it there, its manifest, its files.
-    pub(super) folder: NasFolder,
-    /// The writer of an S3 prefix; `None` for a folder, written by the copy engine.
-    pub(super) store: Option<Arc<S3Store>>,
+    /// The results folder: is it there, its manifest, its files, its protection.
+    pub(super) store: Box<dyn Storage>,
+    /// The folder that holds it (and `_failed/`), where new trees are placed.
+    parent: Box<dyn Storage>,
+    /// The results folder's name in `parent`.
+    name: PathBuf,
 }
 
+/// What a placement wrote: its manifest and the bytes of the files copied from scratch.
+pub(super) type Written = (Manifest, u64);
+
 impl Target {
-    /// Opens `results_dir` (a folder, `host:/path` or `s3://bucket/prefix`); a remote one
-    /// is connected to at once, so bad credentials are the first thing reported.
+    /// Opens `results_dir`; a remote one is connected to at once, so bad credentials or an
+    /// unknown host key are the first thing reported.
     pub(super) fn open(results_dir: &Path, opts: &PullOptions) -> Result<Target> {
-        if let Location::S3(url) = Location::parse(results_dir.as_os_str())? {
-            let store = Arc::new(S3Store::connect(&url, &opts.s3)?);
-            return Ok(Target {
-                folder: NasFolder::Store(store.clone()),
-                store: Some(store),
-            });
-        }
+        let location = Location::parse(results_dir.as_os_str())?;
+        let path = location.path();
+        let parent_path = path.parent().unwrap_or(Path::new(""));
+        let name = PathBuf::from(path.file_name().unwrap_or_default());
+        let parent = open(&location.with_path(parent_path), &opts.ssh, &opts.s3)?;
+        let store = parent.rooted_at(path);
         Ok(Target {
-            folder: NasAccess::new(opts.ssh.clone()).folder(results_dir)?,
-            store: None,
+            store,
+            parent,
+            name,
         })
     }
 
-    /// Refuses, before anything is written, results that `--worm` could not protect: an
-    /// S3 bucket without Object Lock. (A folder is made read-only once in place.)
-    pub(super) fn check_protectable(&self) -> Result<()> {
-        if let Some(store) = &self.store {
-            store.require_object_lock()?;
-        }
-        Ok(())
-    }
-
-    /// `--worm`: the folder made read-only, or every object of the prefix given the
-    /// Object Lock retention of `[s3]` (read back from the server) where it lacks it.
+    /// `--worm` on results in place: every file made read-only, or every object given
+    /// the Object Lock retention of `[s3]` (read back from the server) where it lacks it.
     pub(super) fn protect(&self, opts: &PullOptions) -> Result<()> {
-        let Some(store) = &self.store else {
-            return Ok(self.folder.protect()?);
+        Ok(self.store.protect_tree(opts.s3.retention)?)
+    }
+
+    /// `rel` of the results' parent as the user reads it.
+    pub(super) fn sibling(&self, rel: &Path) -> PathBuf {
+        self.parent.display(rel)
+    }
+
+    /// `_failed/<id>` next to the results folder, as placed by [`Target::place`].
+    pub(super) fn failed_rel(id: &str) -> PathBuf {
+        Path::new("_failed").join(id)
+    }
+
+    /// Places the files of run `id`'s `run_dir` that `filter` takes, then `described`
+    /// (name and bytes), at `rel` of the results' parent (the results folder itself when `None`),
+    /// listed in a `MANIFEST.sha256` written last; write-protected when `protect`.
+    /// `Ok(None)`: a tree is there already (placed by an earlier pull, or meanwhile).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn place(
+        &self,
+        id: &str,
+        rel: Option<&Path>,
+        run_dir: &Path,
+        filter: Filter,
+        described: &[(&str, Vec<u8>)],
+        protect: bool,
+        opts: &PullOptions,
+        progress: &dyn Progress,
+    ) -> Result<Option<Written>> {
+        let rel = rel.unwrap_or(&self.name);
+        let shown = self.parent.display(rel);
+        let nas = |e: hpcstage_staging::Error| nas_failure(&shown, e);
+        let place_opts = PlaceOptions {
+            copy: copy_options(opts, filter),
+            origin: run_dir.display().to_string(),
+            protect,
+            hidden: "partial",
+            immutable: false,
+            retention: opts.s3.retention,
+            remote_verify: opts.remote_verify,
+            label: String::new(),
         };
-        store.require_object_lock()?;
-        let manifest = self.folder.manifest()?.ok_or_else(|| Error::Record {
-            path: store.display(Path::new(MANIFEST_NAME)),
-            reason: "the results have no manifest, so they cannot be protected; pull again"
-                .to_string(),
-        })?;
-        protect_listed(store, &manifest, opts.s3.retention)?;
-        Ok(())
+        let mut placing = match self.parent.place(rel, &place_opts) {
+            Err(hpcstage_staging::Error::DatasetExists { .. }) => return Ok(None),
+            // Another process fills the same hidden folder (a pull that holds no run
+            // lock, on a filesystem without `flock`).
+            Err(hpcstage_staging::Error::Locked { holder, .. }) => {
+                return Err(Error::PullBusy {
+                    id: id.to_string(),
+                    holder,
+                })
+            }
+            other => other.map_err(nas)?,
+        };
+        progress.phase("writing to the NAS");
+        let report = placing.put_tree(run_dir, progress).map_err(nas)?;
+        if let Some(first) = report.failed.first() {
+            return Err(not_copied(
+                &shown,
+                first,
+                report.failed.len(),
+                report.files_total,
+            ));
+        }
+        let mut entries = report.manifest.entries;
+        entries.retain(|e| described.iter().all(|(name, _)| e.path != Path::new(name)));
+        for (name, bytes) in described {
+            entries.push(ManifestEntry {
+                path: name.into(),
+                digest: placing.put_bytes(Path::new(name), bytes).map_err(nas)?,
+            });
+        }
+        let manifest = Manifest::from_entries(entries);
+        match placing.finish(&manifest) {
+            Ok(_) => Ok(Some((manifest, report.bytes_total))),
+            // A tree appeared under the final name meanwhile: ours stays hidden.
+            Err(hpcstage_staging::Error::DatasetExists { .. }) => Ok(None),
+            Err(e) => Err(nas(e)),
+        }
     }
 }
 
-/// Uploads the files of `run_dir` that `filter` takes into `store`, then `described`
-/// (name and bytes), then `MANIFEST.sha256` listing them all, last; every object read back
-/// and compared, and given `retention` when asked. Returns the manifest and the bytes of
-/// the uploaded files.
-pub(super) fn upload_to_store(
-    store: &S3Store,
-    run_dir: &Path,
-    filter: Filter,
-    described: &[(&str, Vec<u8>)],
-    retention: Option<Retention>,
-    opts: &PullOptions,
-    progress: &dyn Progress,
-) -> hpcstage_staging::Result<(Manifest, u64)> {
-    // Multipart uploads a killed pull left under this prefix (pulls of one run take
-    // turns under the run lock, so none of them is in flight).
-    store.abort_orphans()?;
-    let put = PutOptions {
-        filter,
+/// How pull copies files of the run folder to the NAS: verified, mtimes kept; no source
+/// manifest (the run folder has none).
+fn copy_options(opts: &PullOptions, filter: Filter) -> CopyOptions {
+    CopyOptions {
         jobs: opts.jobs,
-        retention,
+        preserve_mtime: true,
         use_source_manifest: false,
-    };
-    progress.phase("uploading");
-    let sent = put_tree(run_dir, store, &put, progress)?;
-    if let Some(first) = sent.failed.first() {
-        return Err(not_uploaded(store, first, sent.failed.len(), sent.files));
+        filter,
+        ..CopyOptions::default()
     }
-    let mut entries = sent.manifest.entries;
-    entries.retain(|e| described.iter().all(|(name, _)| e.path != Path::new(name)));
-    for (name, bytes) in described {
-        let written = put_verified(store, Path::new(name), bytes, retention)?;
-        entries.push(ManifestEntry {
-            path: name.into(),
-            digest: written.digest,
-        });
-    }
-    let manifest = Manifest::from_entries(entries);
-    put_verified(
-        store,
-        Path::new(MANIFEST_NAME),
-        &manifest.to_bytes(),
-        retention,
-    )?;
-    Ok((manifest, sent.bytes))
 }
 
-/// Files that could not be uploaded, the first named; no manifest was written, so the
-/// prefix is not a results folder, and the run can be pulled again.
-fn not_uploaded(
-    store: &S3Store,
-    first: &Failure,
-    failed: usize,
-    total: u64,
-) -> hpcstage_staging::Error {
-    hpcstage_staging::Error::Storage {
-        location: store.display(Path::new("")).display().to_string(),
+/// Files that could not be written to the NAS, the first named; nothing was placed, so
+/// scratch is as it was and the run can be pulled again.
+fn not_copied(to: &Path, first: &Failure, failed: usize, total: u64) -> Error {
+    Error::Staging(hpcstage_staging::Error::Storage {
+        location: to.display().to_string(),
         kind: StorageErrorKind::Other,
         reason: format!(
-            "{failed} of {total} files could not be uploaded (first: {}), so no MANIFEST.sha256 was written",
+            "{failed} of {total} files could not be copied to the NAS (first: {}: {}), so no MANIFEST.sha256 was written",
+            first.path.display(),
             first.error
         ),
         hint: "scratch is untouched; pull the run again (it resumes)".to_string(),
+    })
+}
+
+/// An I/O failure while writing to the NAS, saying what it means for the run. Other
+/// errors (no space, a lock, a refused bucket) already say what to do and pass through.
+pub(super) fn nas_failure(to: &Path, e: hpcstage_staging::Error) -> Error {
+    match e {
+        hpcstage_staging::Error::Io { .. } => Error::Staging(hpcstage_staging::Error::io(
+            to,
+            std::io::Error::other(format!(
+                "cannot write the results to the NAS ({e}); scratch is untouched and the run can be pulled again"
+            )),
+        )),
+        other => Error::Staging(other),
     }
 }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::progress::Progress;
-use hpcstage_staging::remote::NasFolder;
+use hpcstage_staging::remote::Location;
 use hpcstage_staging::walk::MANIFEST_NAME;
 use serde::Serialize;
 
@@ -178,15 +178,17 @@ pub fn check_releasable(view: &RunView) -> Result<String, ReleaseError> {
     if let Some(s) = state.filter(|s| s != "COMPLETED") {
         return Err(refuse(format!("its compute job ended {s}")));
     }
-    if NasFolder::is_remote_path(&r.results_dir) {
+    if let Some(kind) = not_mounted(&r.results_dir) {
         return Err(refuse(format!(
-            "its results are on a NAS reached over SSH ({}); release reads them from a mounted NAS",
+            "its results are on {kind} ({}); release reads them from a mounted NAS",
             r.results_dir.display()
         )));
     }
-    if Kind::of(r) == Kind::Imaging && NasFolder::is_remote_path(Path::new(&r.input.source)) {
+    if let Some(kind) =
+        not_mounted(Path::new(&r.input.source)).filter(|_| Kind::of(r) == Kind::Imaging)
+    {
         return Err(refuse(format!(
-            "its dataset is on a NAS reached over SSH ({}); release reads the images from a mounted NAS",
+            "its dataset is on {kind} ({}); release reads the images from a mounted NAS",
             r.input.source
         )));
     }
@@ -297,4 +299,13 @@ pub fn release(
         dir: dest,
         ..released
     })
+}
+
+/// What kind of place `path` is when it is not a folder of this machine (release reads
+/// files where the NAS is mounted).
+fn not_mounted(path: &Path) -> Option<hpcstage_staging::remote::LocationKind> {
+    Location::parse(path.as_os_str())
+        .ok()
+        .filter(Location::is_remote)
+        .map(|l| l.kind())
 }

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::record::StageRecord;
-use hpcstage_staging::remote::{NasAccess, NasFolder};
 use hpcstage_staging::sorted::{Cursor, InOrder, JournalInOrder, ManifestFile};
+use hpcstage_staging::storage::{NasAccess, Storage};
 use hpcstage_staging::walk::{files_in_order, Filter, Meta, MANIFEST_NAME, STATE_DIR};
 
 /// How many changed files a reason names before it gives the count of the rest.
@@ -100,10 +100,8 @@ fn keep_smallest(first: &mut Vec<PathBuf>, path: PathBuf) {
 
 /// A local NAS folder's `MANIFEST.sha256`, checked line by line (`Ok(None)`: it has
 /// none); `None` for a remote folder, whose manifest comes over the network whole.
-fn local_manifest(folder: &NasFolder) -> Option<hpcstage_staging::Result<Option<ManifestFile>>> {
-    let NasFolder::Local(dir) = folder else {
-        return None;
-    };
+fn local_manifest(folder: &dyn Storage) -> Option<hpcstage_staging::Result<Option<ManifestFile>>> {
+    let dir = folder.local_root()?;
     Some(match ManifestFile::open(&dir.join(MANIFEST_NAME)) {
         Ok(m) => Ok(Some(m)),
         Err(hpcstage_staging::Error::Io { error, .. })
@@ -117,7 +115,7 @@ fn local_manifest(folder: &NasFolder) -> Option<hpcstage_staging::Result<Option<
 
 /// The NAS source's manifest in path order: streamed from the file on a local NAS, read
 /// whole over the network otherwise. `Ok(None)`: there is none.
-fn nas_manifest(folder: &NasFolder) -> hpcstage_staging::Result<Option<InOrder>> {
+fn nas_manifest(folder: &dyn Storage) -> hpcstage_staging::Result<Option<InOrder>> {
     match local_manifest(folder) {
         Some(m) => m?.map(|m| m.in_order()).transpose(),
         None => Ok(folder.manifest()?.map(InOrder::from_manifest)),
@@ -127,7 +125,7 @@ fn nas_manifest(folder: &NasFolder) -> hpcstage_staging::Result<Option<InOrder>>
 /// The digest of a folder's `MANIFEST.sha256` (as `Manifest::digest` computes it),
 /// streamed on a local NAS; `Ok(None)` when it has none.
 pub(super) fn manifest_digest(
-    folder: &NasFolder,
+    folder: &dyn Storage,
 ) -> hpcstage_staging::Result<Option<hpcstage_staging::digest::Digest>> {
     match local_manifest(folder) {
         Some(m) => m?.map(|m| m.digest()).transpose(),
@@ -192,12 +190,13 @@ pub(super) fn nas_copy_state(
         .folder(source)
         .map_err(|e| no_manifest(format!(" ({e})")))?;
     let mut nas = Cursor::new(
-        nas_manifest(&folder)
+        nas_manifest(folder.as_ref())
             .map_err(|e| no_manifest(format!(" ({e})")))?
             .ok_or_else(|| no_manifest(String::new()))?,
     );
     // A remote NAS is listed once (one round trip per folder) instead of a stat per file.
-    let remote_sizes = if folder.is_remote() {
+    let local = folder.local_root().map(Path::to_path_buf);
+    let remote_sizes = if local.is_none() {
         Some(folder.file_sizes().map_err(|e| {
             Check::Differs(format!(
                 "the NAS source {} cannot be listed ({e}); scratch may hold the only copy",
@@ -224,7 +223,7 @@ pub(super) fn nas_copy_state(
                 // The manifest vouches for the bytes; the file itself must still be there.
                 let on_nas = match &remote_sizes {
                     Some(sizes) => sizes.get(&e.path).copied(),
-                    None => std::fs::metadata(source.join(&e.path))
+                    None => std::fs::metadata(local.as_deref().unwrap_or(source).join(&e.path))
                         .map(|m| m.size())
                         .ok(),
                 };

@@ -8,9 +8,9 @@ use jiff::Timestamp;
 
 use hpcstage_staging::policy::days_left;
 use hpcstage_staging::record::{read_json, StageRecord};
-use hpcstage_staging::remote::NasAccess;
 use hpcstage_staging::scan::{scan, Scan};
 use hpcstage_staging::sorted::ManifestFile;
+use hpcstage_staging::storage::NasAccess;
 use hpcstage_staging::walk::{MANIFEST_NAME, STATE_DIR};
 
 use super::nas_copy::{manifest_digest, nas_copy_state, tree_diff, Check};
@@ -343,7 +343,7 @@ fn nas_source_reachable(source: &Path) -> std::result::Result<(), String> {
     let folder = NasAccess::shared()
         .folder(source)
         .map_err(|e| unreachable(format!(" ({e})")))?;
-    match folder.is_dir() {
+    match folder.tree_exists() {
         Ok(true) => Ok(()),
         Ok(false) => Err(unreachable(String::new())),
         Err(e) => Err(unreachable(format!(" ({e})"))),
@@ -515,7 +515,7 @@ pub fn nas_results_state(results_dir: &Path, digest: &str) -> std::result::Resul
     let manifest = results_dir.join(MANIFEST_NAME);
     let read = NasAccess::shared()
         .folder(results_dir)
-        .and_then(|f| manifest_digest(&f));
+        .and_then(|f| manifest_digest(f.as_ref()));
     match read {
         Ok(Some(d)) if d.to_hex() == digest => Ok(()),
         Ok(Some(_)) => Err(format!(

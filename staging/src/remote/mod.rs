@@ -8,17 +8,15 @@
 //! ingest write verified folders through it ([`Remote::begin_upload`]).
 
 mod connect;
-mod folder;
 mod pool;
 mod read;
 mod spec;
 mod write;
 
 pub use connect::{Endpoint, SshOptions};
-pub use folder::{NasAccess, NasFolder};
 pub(crate) use pool::Fault;
 pub use pool::{Remote, RemoteErrorKind};
 pub(crate) use read::meta_of;
-pub use spec::{Location, RemoteSpec};
+pub use spec::{Location, LocationKind, RemoteSpec};
 pub(crate) use write::flush_remote;
 pub use write::{Upload, UploadOptions, UploadReport};

@@ -155,7 +155,43 @@ impl Location {
 
     /// Reached over the network (SSH or S3), not a folder of this machine.
     pub fn is_remote(&self) -> bool {
-        !matches!(self, Location::Local(_))
+        self.local_path().is_none()
+    }
+
+    /// The folder of this machine, when the location is one.
+    pub fn local_path(&self) -> Option<&Path> {
+        match self {
+            Location::Local(p) => Some(p),
+            Location::Remote(_) | Location::S3(_) => None,
+        }
+    }
+
+    /// What kind of place this is, for messages.
+    pub fn kind(&self) -> LocationKind {
+        match self {
+            Location::Local(_) => LocationKind::Folder,
+            Location::Remote(_) => LocationKind::SshHost,
+            Location::S3(_) => LocationKind::ObjectStore,
+        }
+    }
+}
+
+/// The kind of a [`Location`], for messages (what a backend can do is in
+/// `storage::Capabilities`, not here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocationKind {
+    Folder,
+    SshHost,
+    ObjectStore,
+}
+
+impl fmt::Display for LocationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LocationKind::Folder => "a folder of this machine",
+            LocationKind::SshHost => "a NAS reached over SSH",
+            LocationKind::ObjectStore => "an S3 object store",
+        })
     }
 }
 

@@ -135,6 +135,14 @@ impl Storage for LocalDir {
         std::fs::remove_file(&path).at(&path)
     }
 
+    fn rooted_at(&self, root: &Path) -> Box<dyn Storage> {
+        Box::new(LocalDir::new(root))
+    }
+
+    fn protect_tree(&self, _retention: Retention) -> Result<()> {
+        crate::worm::protect(&self.root, false).map(|_| ())
+    }
+
     fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
         place_local(&self.root.join(rel), opts)
     }

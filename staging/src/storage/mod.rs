@@ -15,15 +15,17 @@ mod sftp;
 mod tree;
 mod url;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::Result;
 use crate::hash::Digest;
-use crate::walk::{Filter, Meta, Tree};
+use crate::manifest::Manifest;
+use crate::walk::{Filter, Kind, Meta, Tree, MANIFEST_NAME};
 
 pub use local::LocalDir;
-pub use open::open;
+pub use open::{open, NasAccess};
 pub use place::{PlaceOptions, Placed, Placement};
 pub use s3::{orphan_uploads, S3Options, S3Store};
 pub use sftp::SftpStore;
@@ -210,6 +212,48 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     /// What a run should be told at its end about this storage (reconnects), if anything.
     fn notes(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// The same storage, over the same connections, rooted at `root`: a path of the same
+    /// kind as the location's (a folder, a path on the host, a key prefix in the bucket).
+    fn rooted_at(&self, root: &Path) -> Box<dyn Storage>;
+
+    /// Makes a whole placed tree write-once (a results folder written without
+    /// protection, protected by a later `pull --worm`): read-only on a folder, the Object
+    /// Lock `retention` on every object of an object store. An error when that cannot be
+    /// applied.
+    fn protect_tree(&self, retention: Retention) -> Result<()>;
+
+    /// True when a complete tree is at the root: where a tree exists only with its
+    /// manifest, that manifest is there; elsewhere anything is.
+    fn tree_exists(&self) -> Result<bool> {
+        if self.capabilities().manifest_marks_complete {
+            return Ok(self.stat(Path::new(MANIFEST_NAME))?.is_some());
+        }
+        Ok(self.stat(Path::new(""))?.is_some())
+    }
+
+    /// The tree's `MANIFEST.sha256`; `None` when it has none.
+    fn manifest(&self) -> Result<Option<Manifest>> {
+        let origin = self.display(Path::new(MANIFEST_NAME));
+        self.read_small(Path::new(MANIFEST_NAME))?
+            .map(|bytes| Manifest::parse(&bytes, &origin))
+            .transpose()
+    }
+
+    /// Every regular file of the tree with its size (bookkeeping left out, links not
+    /// followed), in one listing; a listing that stopped part way is an error.
+    fn file_sizes(&self) -> Result<HashMap<PathBuf, u64>> {
+        let tree = self.list(&Filter::default())?;
+        if let Some(e) = tree.errors.into_iter().next() {
+            return Err(e);
+        }
+        Ok(tree
+            .entries
+            .into_iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| (e.rel, e.meta.size))
+            .collect())
     }
 
     /// A small file in full, or `None` when it does not exist.

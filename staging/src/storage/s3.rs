@@ -41,7 +41,7 @@ use super::place::{place_s3, PlaceOptions, Placement};
 use super::{Capabilities, LockMode, Retention, S3Url, Storage, Upload, Written};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::hash::Digest;
-use crate::walk::{Entry, Filter, Kind, Meta, Tree};
+use crate::walk::{Entry, Filter, Kind, Meta, Tree, MANIFEST_NAME};
 
 mod lock;
 
@@ -815,6 +815,20 @@ impl Storage for S3Store {
 
     fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
         place_s3(self.at(self.url.prefix.join(rel)), opts)
+    }
+
+    fn rooted_at(&self, root: &Path) -> Box<dyn Storage> {
+        Box::new(self.at(root))
+    }
+
+    fn protect_tree(&self, retention: Retention) -> Result<()> {
+        self.require_object_lock()?;
+        let manifest = self.manifest()?.ok_or_else(|| Error::Invalid {
+            what: "S3 prefix",
+            value: self.display(Path::new(MANIFEST_NAME)).display().to_string(),
+            reason: "it has no manifest, so it is not a complete tree and cannot be protected; write it again".to_string(),
+        })?;
+        super::protect_listed(self, &manifest, retention).map(|_| ())
     }
 
     fn read_listed(

@@ -211,6 +211,14 @@ impl Storage for SftpStore {
             .run(&path, |sftp| sftp.unlink(&path).map_err(Fault::of))
     }
 
+    fn rooted_at(&self, root: &Path) -> Box<dyn Storage> {
+        Box::new(self.at(root))
+    }
+
+    fn protect_tree(&self, _retention: Retention) -> Result<()> {
+        self.remote.protect(&self.root).map(|_| ())
+    }
+
     fn place(&self, rel: &Path, opts: &PlaceOptions) -> Result<Box<dyn Placement + '_>> {
         place_sftp(&self.remote, &self.path(rel), opts)
     }

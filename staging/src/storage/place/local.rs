@@ -1,8 +1,8 @@
 //! Placing a tree into a local folder: the copy engine fills a hidden `.NAME.ingest`
-//! folder next to the final place (so a killed placement resumes there), held by the
-//! name's lock; `MANIFEST.sha256` is written last, the folder made read-only, then renamed
-//! with RENAME_NOREPLACE: an existing tree is never overwritten or appended to, even by a
-//! concurrent placement of the same name.
+//! (`.NAME.partial`) folder next to the final place (so a killed placement resumes there),
+//! held by the name's lock; `MANIFEST.sha256` is written last, the folder made read-only
+//! when protected, then renamed with RENAME_NOREPLACE: an existing tree is never
+//! overwritten or appended to, even by a concurrent placement of the same name.
 
 use std::path::{Path, PathBuf};
 
@@ -47,12 +47,12 @@ pub(crate) fn place_local(final_path: &Path, opts: &PlaceOptions) -> Result<Box<
         .into_owned();
     let dry_run = opts.copy.dry_run;
     let lock = (!dry_run)
-        .then(|| PlaceLock::acquire(parent, &name, final_path))
+        .then(|| PlaceLock::acquire(parent, &format!(".{name}.{}", opts.hidden), final_path))
         .transpose()?;
     if let Some(e) = exists(final_path) {
         return Err(e);
     }
-    let partial = parent.join(format!(".{name}.ingest"));
+    let partial = parent.join(format!(".{name}.{}", opts.hidden));
     // A half-done placement resumes only from the same source; another one starts afresh.
     let origin_path = partial.join(STATE_DIR).join("origin");
     if partial.exists()
@@ -102,7 +102,9 @@ impl Placement for LocalPlacement {
         // Read-only before it gets its final name, so that no crash can leave a writable
         // tree there (a rename in the same folder needs no write permission on what it
         // moves); the immutable flag, which forbids the rename, comes after it.
-        make_read_only(partial)?;
+        if self.opts.protect {
+            make_read_only(partial)?;
+        }
         crate::place::rename_noreplace(partial, final_path).map_err(|e| {
             // Left where it is: writable again, so that its owner can remove it.
             let _ = crate::worm::make_writable(partial);
@@ -114,12 +116,16 @@ impl Placement for LocalPlacement {
                 Error::io(final_path, e)
             }
         })?;
+        if !self.opts.protect {
+            return Ok(Placed::default());
+        }
         let protection = seal(final_path, self.opts.immutable);
-        let snapshot = crate::zfs::snapshot_and_hold(final_path, &self.opts.label, "ingest");
+        let snapshot = (!self.opts.label.is_empty())
+            .then(|| crate::zfs::snapshot_and_hold(final_path, &self.opts.label, "ingest"));
         Ok(Placed {
             protection: Some(protection),
             retention: None,
-            snapshot: Some(snapshot),
+            snapshot,
         })
     }
 }
@@ -136,9 +142,10 @@ struct PlaceLock {
 }
 
 impl PlaceLock {
-    fn acquire(parent: &Path, name: &str, final_path: &Path) -> Result<Self> {
+    /// Locks `hidden` (the folder being filled) of `parent`.
+    fn acquire(parent: &Path, hidden: &str, final_path: &Path) -> Result<Self> {
         std::fs::create_dir_all(parent).at(parent)?;
-        let path = parent.join(format!(".{name}.ingest.lock"));
+        let path = parent.join(format!("{hidden}.lock"));
         let lock = lock_or_refuse(&path, final_path)?;
         Ok(PlaceLock {
             path,

@@ -1,16 +1,19 @@
-//! Placing a new tree (an ingested dataset) into a storage so that it appears complete or
-//! not at all: its files verified one by one, `dataset.json`, then `MANIFEST.sha256` last,
-//! protection, and (where the storage can rename) one rename into its final name.
+//! Placing a new tree (an ingested dataset, a run's results or a failed run's logs) into a
+//! storage so that it appears complete or not at all: its files verified one by one, the
+//! small files that describe it (`dataset.json`, `run.json`, `README.md`), then
+//! `MANIFEST.sha256` last, protection when asked, and (where the storage can rename) one
+//! rename into its final name.
 //!
-//! `ingest` runs the same steps whatever the NAS is; how each step is done is the
-//! backend's ([`super::Storage::place`]):
-//! - a local folder: the copy engine into a hidden `.NAME.ingest` folder held by a lock
-//!   (resumed by a rerun from the same source), read-only, then renamed with
-//!   RENAME_NOREPLACE, the immutable flag and a ZFS snapshot;
+//! `ingest` and `pull` run the same steps whatever the NAS is; how each step is done is
+//! the backend's ([`super::Storage::place`]):
+//! - a local folder: the copy engine into a hidden `.NAME.ingest` (`.NAME.partial` for
+//!   results) folder held by a lock (resumed by a rerun from the same source), read-only
+//!   when protected, then renamed with RENAME_NOREPLACE, the immutable flag and a ZFS
+//!   snapshot;
 //! - an SSH host: a verified upload into a hidden `.NAME.upload` folder, renamed into place
-//!   (never over an existing folder), then `chmod -R a-w`;
-//! - an S3 prefix: every object uploaded, read back and given its Object Lock retention;
-//!   the manifest object, written last, is what makes the prefix a dataset.
+//!   (never over an existing folder), then `chmod -R a-w` when protected;
+//! - an S3 prefix: every object uploaded, read back and (when protected) given its Object
+//!   Lock retention; the manifest object, written last, is what makes the prefix a tree.
 
 mod local;
 mod s3;
@@ -39,13 +42,24 @@ pub struct PlaceOptions {
     /// What is being placed (the source's canonical path): a half-done placement resumes
     /// only from the same one.
     pub origin: String,
+    /// Write-protect the placed tree (read-only, the immutable flag and a ZFS snapshot
+    /// where asked and available, the Object Lock `retention`): always for raw data, on
+    /// `pull --worm` for results. Protection that cannot be applied is refused before
+    /// anything is written where the storage can tell (a bucket without Object Lock).
+    pub protect: bool,
+    /// Names what the tree is filled in before it appears, next to its final place:
+    /// `.NAME.<hidden>` on a folder (`ingest`, `partial`), and its lock
+    /// `.NAME.<hidden>.lock` on a folder or an object store.
+    pub hidden: &'static str,
     /// Ask for the immutable flag on top of read-only (where a filesystem has one).
     pub immutable: bool,
-    /// Object Lock retention of every object (where the storage has Object Lock).
+    /// Object Lock retention of every object when protected (where the storage has
+    /// Object Lock).
     pub retention: Retention,
     /// Also run `sha256sum -c` on the NAS host itself before the rename (SSH hosts).
     pub remote_verify: bool,
-    /// Names the ZFS snapshot taken of the placed tree (`PRJ-NAME`).
+    /// Names the ZFS snapshot taken of the placed tree (`PRJ-NAME`) when it is protected;
+    /// empty: none is taken.
     pub label: String,
 }
 

@@ -1,8 +1,9 @@
-//! Placing a tree into an S3 prefix: every object uploaded, read back and given the Object
-//! Lock retention, then `dataset.json`, then `MANIFEST.sha256` last, which is what makes the
-//! prefix a dataset. A bucket without Object Lock is refused before anything is written
-//! (the placed tree is write-protected); a rerun of a stopped placement aborts the
-//! multipart uploads it left and skips the objects already verified and protected.
+//! Placing a tree into an S3 prefix: every object uploaded, read back and (when protected)
+//! given the Object Lock retention, then `dataset.json` (`run.json`, `README.md`), then
+//! `MANIFEST.sha256` last, which is what makes the prefix a tree. A bucket without Object
+//! Lock is refused before anything is written when the tree is to be protected; a rerun
+//! of a stopped placement aborts the multipart uploads it left and skips the objects
+//! already verified (and protected).
 
 use std::path::{Path, PathBuf};
 
@@ -49,13 +50,15 @@ pub(crate) fn place_s3(store: S3Store, opts: &PlaceOptions) -> Result<Box<dyn Pl
         }
     };
     exists(&store)?;
-    store.require_object_lock()?;
+    if opts.protect {
+        store.require_object_lock()?;
+    }
     // One ingest of a name at a time, as the lock file next to a local dataset does: a
     // lock object next to the prefix, taken only where none is.
     let prefix = store.url().prefix.clone();
     let parent = store.at(prefix.parent().unwrap_or(Path::new("")));
     let name = prefix.file_name().unwrap_or_default().to_string_lossy();
-    let lock_rel = PathBuf::from(format!(".{name}.ingest.lock"));
+    let lock_rel = PathBuf::from(format!(".{name}.{}.lock", opts.hidden));
     let version = parent.lock(&lock_rel, &store.display(Path::new("")))?;
     let placement = S3Placement {
         store,
@@ -66,6 +69,13 @@ pub(crate) fn place_s3(store: S3Store, opts: &PlaceOptions) -> Result<Box<dyn Pl
     exists(&placement.store)?;
     placement.store.abort_orphans()?;
     Ok(Box::new(placement))
+}
+
+impl S3Placement {
+    /// The retention of every object: only for a protected tree.
+    fn retention(&self) -> Option<crate::storage::Retention> {
+        self.opts.protect.then_some(self.opts.retention)
+    }
 }
 
 impl Placement for S3Placement {
@@ -81,7 +91,7 @@ impl Placement for S3Placement {
         let opts = PutOptions {
             filter: self.opts.copy.filter.clone(),
             jobs: self.opts.copy.jobs,
-            retention: Some(self.opts.retention),
+            retention: self.retention(),
             use_source_manifest: self.opts.copy.use_source_manifest,
         };
         let sent = put_tree(src, &self.store, &opts, progress)?;
@@ -102,17 +112,19 @@ impl Placement for S3Placement {
     }
 
     fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
-        put_verified(&self.store, rel, bytes, Some(self.opts.retention)).map(|w| w.digest)
+        put_verified(&self.store, rel, bytes, self.retention()).map(|w| w.digest)
     }
 
     fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed> {
-        let retention = self.opts.retention;
         put_verified(
             &self.store,
             Path::new(MANIFEST_NAME),
             &manifest.to_bytes(),
-            Some(retention),
+            self.retention(),
         )?;
+        let Some(retention) = self.retention() else {
+            return Ok(Placed::default());
+        };
         Ok(Placed {
             protection: None,
             snapshot: None,

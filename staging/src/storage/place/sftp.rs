@@ -1,7 +1,7 @@
 //! Placing a tree on an SSH host: a verified upload into a hidden `.NAME.upload` folder next
 //! to the final place (`remote::Remote::begin_upload`, resumed by a rerun), `MANIFEST.sha256`,
-//! one rename into place (never over an existing folder), then `chmod -R a-w`. The
-//! immutable flag cannot be set over SFTP and is reported as not applied.
+//! one rename into place (never over an existing folder), then `chmod -R a-w` when
+//! protected. The immutable flag cannot be set over SFTP and is reported as not applied.
 
 use std::path::{Path, PathBuf};
 
@@ -102,6 +102,9 @@ impl Placement for SftpPlacement<'_> {
         self.upload
             .finish(self.opts.remote_verify)
             .map_err(|e| exists(remote, &final_path, e))?;
+        if !self.opts.protect {
+            return Ok(Placed::default());
+        }
         remote.protect(&final_path)?;
         Ok(Placed {
             protection: Some(Protection {
