@@ -29,6 +29,21 @@ pub fn holder() -> String {
     format!("pid {} on {}", std::process::id(), crate::host::hostname())
 }
 
+/// True when a lock (a lock object, a lock file created exclusively) says `pid N on HOST`
+/// of this host and process N is gone.
+pub(crate) fn held_by_a_gone_process(said: &str) -> bool {
+    let Some((pid, host)) = said
+        .strip_prefix("pid ")
+        .and_then(|rest| rest.split_once(" on "))
+    else {
+        return false;
+    };
+    host == crate::host::hostname()
+        && pid
+            .parse::<u32>()
+            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Tries to lock `path` (created when missing); once held, the file says `holder`. A lock
 /// file another user left (not writable here) is locked all the same, read-only; it then
 /// keeps that user's words.

@@ -1,17 +1,22 @@
 //! Placing a tree on an SSH host: a verified upload into a hidden `.NAME.upload` folder next
-//! to the final place (`remote::Remote::begin_upload`, resumed by a rerun), `MANIFEST.sha256`,
+//! to the final place (`remote::Remote::begin_upload`, resumed by a rerun), held by the
+//! name's lock file (`.NAME.ingest.lock`, created exclusively), `MANIFEST.sha256`,
 //! one rename into place (never over an existing folder), then `chmod -R a-w` when
 //! protected. The immutable flag cannot be set over SFTP and is reported as not applied.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use ssh2::{OpenFlags, OpenType};
 
 use super::{PlaceOptions, Placed, Placement};
 use crate::copy::CopyReport;
 use crate::error::{Error, Result};
 use crate::hash::Digest;
+use crate::lock::{held_by_a_gone_process, holder};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
-use crate::remote::{Remote, RemoteErrorKind, Upload, UploadOptions};
+use crate::remote::{Fault, Remote, RemoteErrorKind, Upload, UploadOptions};
 use crate::worm::Protection;
 
 struct SftpPlacement<'a> {
@@ -19,6 +24,8 @@ struct SftpPlacement<'a> {
     upload: Upload<'a>,
     final_path: PathBuf,
     opts: PlaceOptions,
+    /// Held until the placement is over, finished or not.
+    _lock: SftpLock<'a>,
 }
 
 /// Starts placing a tree at `final_path` (absolute on the host).
@@ -35,6 +42,14 @@ pub(crate) fn place_sftp<'a>(
                 .to_string(),
         });
     }
+    // Refused before the lock too: who may not write next to it still hears that the
+    // tree exists.
+    if remote.exists(final_path)? {
+        return Err(Error::DatasetExists {
+            path: remote.display(final_path),
+        });
+    }
+    let lock = SftpLock::acquire(remote, final_path, opts.hidden)?;
     let upload = remote
         .begin_upload(final_path)
         .map_err(|e| exists(remote, final_path, e))?;
@@ -43,7 +58,76 @@ pub(crate) fn place_sftp<'a>(
         upload,
         final_path: final_path.to_path_buf(),
         opts: opts.clone(),
+        _lock: lock,
     }))
+}
+
+/// The lock of one tree name on an SSH host: `.NAME.<hidden>.lock` next to the hidden
+/// folder, created with SFTP's CREATE|EXCL (`O_EXCL` on the server, so two writers never
+/// both create it) and holding `pid N on HOST`; removed when the placement ends. One left
+/// by a process of this host that is gone (killed) is taken over; any other refuses the
+/// placement with `Error::Locked`, naming its holder.
+struct SftpLock<'a> {
+    remote: &'a Remote,
+    path: PathBuf,
+}
+
+impl<'a> SftpLock<'a> {
+    fn acquire(remote: &'a Remote, final_path: &Path, hidden: &str) -> Result<Self> {
+        let parent = final_path.parent().unwrap_or(Path::new("/"));
+        let name = final_path.file_name().unwrap_or_default().to_string_lossy();
+        let path = parent.join(format!(".{name}.{hidden}.lock"));
+        remote.mkdir_all(parent)?;
+        let holder = holder();
+        for _ in 0..3 {
+            let created = remote.run(&path, |sftp| {
+                let mut file = sftp
+                    .open_mode(
+                        &path,
+                        OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+                        0o644,
+                        OpenType::File,
+                    )
+                    .map_err(Fault::of)?;
+                file.write_all(holder.as_bytes()).map_err(Fault::io)
+            });
+            let failed = match created {
+                Ok(()) => return Ok(SftpLock { remote, path }),
+                Err(e) => e,
+            };
+            // Servers answer an exclusive create of an existing file with a generic
+            // failure (SFTP v3 has no "exists" status): what is there tells.
+            let said = match remote.read_small_at(&path) {
+                Ok(said) => String::from_utf8_lossy(&said).trim().to_string(),
+                Err(_) if !remote.exists(&path)? => return Err(failed),
+                Err(e) => return Err(e),
+            };
+            if !held_by_a_gone_process(&said) {
+                return Err(Error::Locked {
+                    path: remote.display(final_path),
+                    holder: if said.is_empty() {
+                        "which one, its lock file does not say".to_string()
+                    } else {
+                        said
+                    },
+                });
+            }
+            remote.run(&path, |sftp| sftp.unlink(&path).map_err(Fault::of))?;
+        }
+        Err(Error::Locked {
+            path: remote.display(final_path),
+            holder: "another process, which keeps taking it".to_string(),
+        })
+    }
+}
+
+impl Drop for SftpLock<'_> {
+    fn drop(&mut self) {
+        let path = &self.path;
+        let _ = self
+            .remote
+            .run(path, |sftp| sftp.unlink(path).map_err(Fault::of));
+    }
 }
 
 /// Refused at the start (or, if one appeared meanwhile, at the rename into place): what is

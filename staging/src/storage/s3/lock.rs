@@ -8,6 +8,7 @@ use aws_sdk_s3::primitives::ByteStream;
 
 use super::{content_md5, S3Store};
 use crate::error::{Error, Result};
+use crate::lock::held_by_a_gone_process;
 
 impl S3Store {
     /// Takes the lock object `rel` for this process (it holds `pid N on HOST`), so that two
@@ -108,18 +109,4 @@ impl S3Store {
             .filter_map(|v| v.version_id().map(str::to_string))
             .next_back())
     }
-}
-
-/// True when a lock says `pid N on HOST` of this host and process N is gone.
-fn held_by_a_gone_process(said: &str) -> bool {
-    let Some((pid, host)) = said
-        .strip_prefix("pid ")
-        .and_then(|rest| rest.split_once(" on "))
-    else {
-        return false;
-    };
-    host == crate::host::hostname()
-        && pid
-            .parse::<u32>()
-            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
