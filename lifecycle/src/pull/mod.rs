@@ -3,26 +3,28 @@
 //!
 //! The compute job's final state is read first (a run still pending or running is refused
 //! unless the caller waits). A job that completed with exit 0 has its outputs validated
-//! against the template's spec; valid outputs are copied with the verified copy engine into
-//! a hidden folder next to `results/<workflow>/<run>/`, described (`MANIFEST.sha256`,
-//! `run.json`, `README.md`) and renamed into place with RENAME_NOREPLACE, so a half-written
-//! results folder never appears and two concurrent pulls cannot both win. Only then are
-//! the intermediates purged. A failed, timed-out, cancelled or invalid job gets its logs
-//! and a FAILED README in `results/<workflow>/_failed/<run>/`, never in the validated area,
+//! against the template's spec; valid outputs are placed on the NAS the way `ingest`
+//! places a dataset, whatever the NAS is (`Storage::place`, docs/ARCHITECTURE.md#storage):
+//! each file verified as it is written into a place that is not final (a hidden
+//! `.<run>.partial` folder next to `results/<workflow>/<run>/` on a folder, `.<run>.upload`
+//! on an SSH host; objects that count for nothing until their manifest is written on S3),
+//! described (`run.json`, `README.md`), `MANIFEST.sha256` last, then the final name (a
+//! rename that never replaces), so a half-written results folder never appears and two
+//! concurrent pulls cannot both win. Only then are the intermediates purged. A failed,
+//! timed-out, cancelled or invalid job gets its logs and a FAILED README in
+//! `results/<workflow>/_failed/<run>/`, placed the same way, never in the validated area,
 //! and scratch is left as it is.
 //!
 //! Pulls of one run take turns: an exclusive `flock` on `.hpcstage/pull.lock` in the run
 //! folder (Linux NFS clients map it to a POSIX lock the server arbitrates), held from the
 //! moment the job's final state is known until the ledger says pulled. The second pull
 //! waits, then finds the run pulled and says so. A pull killed at any point leaves either
-//! the hidden folder (the next pull resumes the copy) or the complete results folder under
-//! its final name (the next pull adopts it and finishes purge and bookkeeping).
-//!
-//! An S3 nas_root has no rename: the results are uploaded object by object, each read
-//! back, and exist once their `MANIFEST.sha256` is written, last (`target.rs`).
+//! the hidden folder or uploaded objects (the next pull resumes them) or the complete
+//! results folder under its final name (the next pull adopts it and finishes purge and
+//! bookkeeping).
 //!
 //! The parts: `results.rs` (the results written, adopted, finished), `target.rs` (where
-//! they go, and the S3 writer), `failed.rs` (`_failed/<run>`), `validate.rs`,
+//! they go, and the one placement path), `failed.rs` (`_failed/<run>`), `validate.rs`,
 //! `provenance.rs` (`run.json`, `README.md` from `README.md.j2`).
 
 use std::path::{Path, PathBuf};
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 use hpcstage_staging::lock::{holder, try_lock, TryLock};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::read_json;
-use hpcstage_staging::remote::{Location, SshOptions};
+use hpcstage_staging::remote::SshOptions;
 use hpcstage_staging::storage::S3Options;
 use hpcstage_staging::walk::{MANIFEST_NAME, STATE_DIR};
 use nix::fcntl::Flock;
@@ -207,30 +209,22 @@ fn protect_if_asked(results_dir: &Path, opts: &PullOptions) -> Result<bool> {
 /// run folder by a pull stopped before its ledger event (which is then written).
 fn already_pulled(store: &RunStore, view: &RunView, opts: &PullOptions) -> Result<Option<PathBuf>> {
     let results = &view.record.results_dir;
-    let local = Location::parse(results.as_os_str()).is_ok_and(|l| !l.is_remote());
-    let has_manifest = if !local {
-        // Asking the NAS host or the object store costs a connection: the ledger's word
-        // is enough for a run it records as pulled, and the marker is checked before
-        // connecting otherwise.
-        if view.phase == Phase::Pulled {
-            return Ok(Some(results.clone()));
-        }
-        let marker = view.record.run_dir.join(STATE_DIR).join(PULLED_MARKER);
-        marker.is_file()
-            && Target::open(results, opts)?
-                .store
-                .stat(Path::new(MANIFEST_NAME))?
-                .is_some()
-    } else {
-        results.join(MANIFEST_NAME).is_file()
-    };
+    let marker = view.record.run_dir.join(STATE_DIR).join(PULLED_MARKER);
+    // Neither the ledger nor the run folder says pulled: the NAS is not asked (on an SSH
+    // host or an object store, that costs a connection).
+    if view.phase != Phase::Pulled && !marker.is_file() {
+        return Ok(None);
+    }
+    let has_manifest = Target::open(results, opts)?
+        .store
+        .stat(Path::new(MANIFEST_NAME))?
+        .is_some();
     if !has_manifest {
         return Ok(None);
     }
     if view.phase == Phase::Pulled {
         return Ok(Some(results.clone()));
     }
-    let marker = view.record.run_dir.join(STATE_DIR).join(PULLED_MARKER);
     let Ok(marker) = read_json::<PulledMarker>(&marker) else {
         return Ok(None);
     };
