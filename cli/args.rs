@@ -209,7 +209,8 @@ Exit 5 with --fail-on-risk when a dataset breaks it.")]
     Config(ConfigCommand),
     /// Run the whole lifecycle on a generated dataset in a temporary NAS and scratch
     #[command(
-        after_help = "Examples:\n  hpcstage demo\n  hpcstage demo --dir /tmp/hpcstage-demo --executor local"
+        after_help = "Examples:\n  hpcstage demo\n  hpcstage demo --dir /tmp/hpcstage-demo --executor local\n  \
+hpcstage demo --nas s3://lab-demo/hpcstage   # a bucket with Object Lock, [s3] configured"
     )]
     Demo(DemoArgs),
     /// Check this machine for what hpcstage needs: one line per check, with the fix
@@ -419,6 +420,10 @@ pub(crate) struct DemoArgs {
     /// Size of each of the three large files, in MiB
     #[arg(long, default_value_t = 24, value_name = "MIB")]
     pub(crate) large_mib: usize,
+    /// Ingest into and pull to this NAS instead of one of the demo's own: an S3 prefix
+    /// (`s3://bucket/prefix`, a bucket with Object Lock) or `[user@]host:/path`
+    #[arg(long, value_name = "LOCATION")]
+    pub(crate) nas: Option<PathBuf>,
     /// Where the demo's jobs run (auto: SLURM when `sbatch` is found, else local)
     #[arg(long, value_enum, default_value_t = ExecutorArg::Auto)]
     pub(crate) executor: ExecutorArg,

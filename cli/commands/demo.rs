@@ -15,11 +15,12 @@ use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::manifest::{self, Manifest};
 use hpcstage_staging::policy::days_left;
 use hpcstage_staging::stage::{derive_target, stage, StageSettings};
+use hpcstage_staging::storage;
 use hpcstage_template::Template;
 
 use super::ExitStatus;
 use crate::args::DemoArgs;
-use crate::config::{absolute, Settings};
+use crate::config::{absolute, parse_location, Settings};
 use crate::output;
 
 const PROJECT: &str = "demo-lab";
@@ -44,7 +45,12 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<ExitStatus> {
             .context("cannot create a temporary folder for the demo")?
             .keep(),
     };
-    let nas = base.join("nas");
+    // The demo's own NAS folder, or the one asked for (whose layout is the same).
+    let nas = match &args.nas {
+        Some(location) => location.clone(),
+        None => base.join("nas"),
+    };
+    let nas_location = parse_location(&nas)?;
     let scratch = base.join("scratch");
     let state = base.join("state");
     let instrument = base.join("instrument").join("2026-11-27_plate7");
@@ -65,7 +71,7 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<ExitStatus> {
     let ingested = ingest(
         &IngestSettings {
             source: instrument.clone(),
-            nas_root: hpcstage_staging::remote::Location::Local(nas.clone()),
+            nas_root: nas_location.clone(),
             ssh: settings.ssh.clone(),
             s3: settings.s3.clone(),
             remote_verify: false,
@@ -83,17 +89,19 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<ExitStatus> {
         bail!("the demo ingest failed");
     }
     output::data(format!(
-        "2/6 ingested → {} (MANIFEST.sha256, dataset.json, read-only) in {:.1}s",
+        "2/6 ingested → {} (MANIFEST.sha256, dataset.json, {}) in {:.1}s",
         ingested.path.display(),
+        ingested.retention.as_deref().unwrap_or("read-only"),
         ingested.report.elapsed.as_secs_f64()
     ));
 
-    let target = derive_target(&ingested.path, Some(&nas), &scratch, None, None)?;
+    let raw = parse_location(&ingested.path)?;
+    let target = derive_target(raw.path(), Some(nas_location.path()), &scratch, None, None)?;
     let ledger = Ledger::open(&state)?;
     let bar = output::Bar::new("staging", false);
     let staged = stage(
         &StageSettings {
-            source: hpcstage_staging::remote::Location::Local(ingested.path.clone()),
+            source: raw.clone(),
             ssh: settings.ssh.clone(),
             s3: settings.s3.clone(),
             destination: target.destination.clone(),
@@ -121,7 +129,9 @@ pub(crate) fn run(settings: &Settings, args: &DemoArgs) -> Result<ExitStatus> {
         output::rate(staged.report.bytes_copied, staged.report.elapsed)
     ));
 
-    let nas_manifest = Manifest::read(&ingested.path.join("MANIFEST.sha256"))?;
+    let nas_manifest = storage::open(&raw, &settings.ssh, &settings.s3)?
+        .manifest()?
+        .with_context(|| format!("{} has no MANIFEST.sha256", ingested.path.display()))?;
     let verified = manifest::verify(
         &record.destination,
         &Manifest::read(&record.destination.join("MANIFEST.sha256"))?,
@@ -289,7 +299,15 @@ fn run_segmentation(
             "6/6 pulled validated results → {} (MANIFEST.sha256, README.md, run.json); intermediates purged from scratch",
             view.record.results_dir.display()
         ));
-        release_run(settings, base, &view)?;
+        let results = parse_location(&view.record.results_dir)?;
+        if results.local_path().is_some() {
+            release_run(settings, base, &view)?;
+        } else {
+            output::note(format!(
+                "release reads a run's results where the NAS is mounted; they are on {} here, so no bag is made",
+                results.kind()
+            ));
+        }
     } else {
         output::error(format!(
             "6/6 the run was not pulled ({}); see {}",
