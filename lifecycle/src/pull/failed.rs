@@ -43,18 +43,27 @@ pub(super) fn publish_failed_logs(
         &["logs/pull-*".into(), "logs/local-runner.log".into()],
     )?;
     let readme = failed_readme(record, rejected);
-    let rel = Target::failed_rel(&record.id);
-    // `None`: an earlier pull of this run left its logs there already.
-    target.place(
-        &record.id,
-        Some(&rel),
-        &record.run_dir,
-        filter,
-        &[("README.md", readme.into_bytes())],
-        false,
-        opts,
-        progress,
-    )?;
+    let described = [("README.md", readme.into_bytes())];
+    let place = |rel: &std::path::Path| {
+        target.place(
+            &record.id,
+            Some(rel),
+            &record.run_dir,
+            filter.clone(),
+            &described,
+            false,
+            opts,
+            progress,
+        )
+    };
+    let mut rel = Target::failed_rel(&record.id);
+    // `None`: an earlier pull of this run left its logs there already. Those of the same
+    // compute job are kept as they are; those of an earlier one (before a `retry`) too,
+    // and this job's go next to them.
+    if place(&rel)?.is_none() && !target.failed_names_job(&rel, rejected.job_id)? {
+        rel = Target::failed_rel(&format!("{}.job-{}", record.id, rejected.job_id));
+        place(&rel)?;
+    }
     let shown_dir = target.sibling(&rel);
     store.append(
         &record.id,

@@ -27,6 +27,8 @@ pub(super) struct Target {
     pub(super) store: Box<dyn Storage>,
     /// The folder that holds it (and `_failed/`), where new trees are placed.
     parent: Box<dyn Storage>,
+    /// Where `parent` is rooted (a folder, a path on the host, a key prefix).
+    parent_path: PathBuf,
     /// The results folder's name in `parent`.
     name: PathBuf,
 }
@@ -47,6 +49,7 @@ impl Target {
         Ok(Target {
             store,
             parent,
+            parent_path: parent_path.to_path_buf(),
             name,
         })
     }
@@ -60,6 +63,18 @@ impl Target {
     /// `rel` of the results' parent as the user reads it.
     pub(super) fn sibling(&self, rel: &Path) -> PathBuf {
         self.parent.display(rel)
+    }
+
+    /// True when the FAILED README of the logs at `rel` (see `failed.rs`) is about compute
+    /// job `job_id`.
+    pub(super) fn failed_names_job(&self, rel: &Path, job_id: &str) -> Result<bool> {
+        let readme = self
+            .parent
+            .rooted_at(&self.parent_path.join(rel))
+            .read_small(Path::new("README.md"))?;
+        Ok(readme.is_some_and(|text| {
+            String::from_utf8_lossy(&text).contains(&format!("- compute job: {job_id},"))
+        }))
     }
 
     /// `_failed/<id>` next to the results folder, as placed by [`Target::place`].
