@@ -84,6 +84,7 @@ pub fn ingest_into(
         origin,
         protect: true,
         hidden: "ingest",
+        exclusive: true,
         immutable: settings.immutable,
         retention: settings.s3.retention,
         remote_verify: settings.remote_verify,

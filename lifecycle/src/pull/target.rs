@@ -106,6 +106,8 @@ impl Target {
             origin: run_dir.display().to_string(),
             protect,
             hidden: "partial",
+            // The run's lock keeps pulls of one run apart.
+            exclusive: false,
             immutable: false,
             retention: opts.s3.retention,
             remote_verify: opts.remote_verify,

@@ -46,7 +46,7 @@ pub(crate) fn place_local(final_path: &Path, opts: &PlaceOptions) -> Result<Box<
         .to_string_lossy()
         .into_owned();
     let dry_run = opts.copy.dry_run;
-    let lock = (!dry_run)
+    let lock = (!dry_run && opts.exclusive)
         .then(|| PlaceLock::acquire(parent, &format!(".{name}.{}", opts.hidden), final_path))
         .transpose()?;
     if let Some(e) = exists(final_path) {

@@ -49,8 +49,13 @@ pub struct PlaceOptions {
     pub protect: bool,
     /// Names what the tree is filled in before it appears, next to its final place:
     /// `.NAME.<hidden>` on a folder (`ingest`, `partial`), and its lock
-    /// `.NAME.<hidden>.lock` on a folder or an object store.
+    /// `.NAME.<hidden>.lock`.
     pub hidden: &'static str,
+    /// Hold the name's lock while placing, so that two placements of one name never mix
+    /// (`ingest`). A caller that already holds a lock of its own (`pull`, its run's lock)
+    /// goes without: a lock left on an SSH host or in a bucket by a process killed on
+    /// another node would refuse every rerun elsewhere.
+    pub exclusive: bool,
     /// Ask for the immutable flag on top of read-only (where a filesystem has one).
     pub immutable: bool,
     /// Object Lock retention of every object when protected (where the storage has

@@ -59,11 +59,16 @@ pub(crate) fn place_s3(store: S3Store, opts: &PlaceOptions) -> Result<Box<dyn Pl
     let parent = store.at(prefix.parent().unwrap_or(Path::new("")));
     let name = prefix.file_name().unwrap_or_default().to_string_lossy();
     let lock_rel = PathBuf::from(format!(".{name}.{}.lock", opts.hidden));
-    let version = parent.lock(&lock_rel, &store.display(Path::new("")))?;
+    let lock = if opts.exclusive {
+        let version = parent.lock(&lock_rel, &store.display(Path::new("")))?;
+        Some((parent, lock_rel, version))
+    } else {
+        None
+    };
     let placement = S3Placement {
         store,
         opts: opts.clone(),
-        lock: Some((parent, lock_rel, version)),
+        lock,
     };
     // Checked again under the lock: a dataset finished meanwhile is not written to.
     exists(&placement.store)?;

@@ -1,6 +1,7 @@
 //! Placing a tree on an SSH host: a verified upload into a hidden `.NAME.upload` folder next
 //! to the final place (`remote::Remote::begin_upload`, resumed by a rerun), held by the
-//! name's lock file (`.NAME.ingest.lock`, created exclusively), `MANIFEST.sha256`,
+//! name's lock file (`.NAME.ingest.lock`, created exclusively) when asked,
+//! `MANIFEST.sha256`,
 //! one rename into place (never over an existing folder), then `chmod -R a-w` when
 //! protected. The immutable flag cannot be set over SFTP and is reported as not applied.
 
@@ -25,7 +26,7 @@ struct SftpPlacement<'a> {
     final_path: PathBuf,
     opts: PlaceOptions,
     /// Held until the placement is over, finished or not.
-    _lock: SftpLock<'a>,
+    _lock: Option<SftpLock<'a>>,
 }
 
 /// Starts placing a tree at `final_path` (absolute on the host).
@@ -49,7 +50,10 @@ pub(crate) fn place_sftp<'a>(
             path: remote.display(final_path),
         });
     }
-    let lock = SftpLock::acquire(remote, final_path, opts.hidden)?;
+    let lock = opts
+        .exclusive
+        .then(|| SftpLock::acquire(remote, final_path, opts.hidden))
+        .transpose()?;
     let upload = remote
         .begin_upload(final_path)
         .map_err(|e| exists(remote, final_path, e))?;
@@ -66,7 +70,7 @@ pub(crate) fn place_sftp<'a>(
 /// folder, created with SFTP's CREATE|EXCL (`O_EXCL` on the server, so two writers never
 /// both create it) and holding `pid N on HOST`; removed when the placement ends. One left
 /// by a process of this host that is gone (killed) is taken over; any other refuses the
-/// placement with `Error::Locked`, naming its holder.
+/// placement with `Error::Locked`, naming the lock file and its holder.
 struct SftpLock<'a> {
     remote: &'a Remote,
     path: PathBuf,
@@ -103,8 +107,10 @@ impl<'a> SftpLock<'a> {
                 Err(e) => return Err(e),
             };
             if !held_by_a_gone_process(&said) {
+                // The lock file is named: if its holder is gone on another host, it is
+                // what to remove.
                 return Err(Error::Locked {
-                    path: remote.display(final_path),
+                    path: remote.display(&path),
                     holder: if said.is_empty() {
                         "which one, its lock file does not say".to_string()
                     } else {
