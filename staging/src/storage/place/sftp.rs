@@ -186,9 +186,22 @@ impl Placement for SftpPlacement<'_> {
         self.upload.put_bytes(rel, bytes)
     }
 
-    fn finish(self: Box<Self>, _manifest: &Manifest) -> Result<Placed> {
-        // The upload's own manifest: what it put, which is what `_manifest` lists.
+    fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed> {
+        // The upload writes its own manifest: what it put, which must be what the caller
+        // lists (a file listed but not put, or put but not listed, stops it here).
         let (remote, final_path) = (self.remote, self.final_path.clone());
+        let sent = self.upload.manifest();
+        if sent.digest() != manifest.digest() {
+            return Err(Error::Remote {
+                path: remote.display(self.upload.tmp()),
+                kind: RemoteErrorKind::Other,
+                message: format!(
+                    "the uploaded files ({}) do not match the manifest to write ({}); the hidden folder is kept and a rerun checks it again",
+                    sent.len(),
+                    manifest.len()
+                ),
+            });
+        }
         self.upload
             .finish(self.opts.remote_verify)
             .map_err(|e| exists(remote, &final_path, e))?;
