@@ -297,6 +297,7 @@ pub fn merge(
         journal.flush()?;
         std::fs::remove_dir_all(&shard).at(&shard)?;
     }
+    let _ = std::fs::remove_dir(state_dir.join(DATA_DIR));
     Ok(merged)
 }
 
