@@ -431,6 +431,54 @@ mod tests {
     }
 
     #[test]
+    fn the_merge_reruns_a_shard_its_task_never_finished_and_moves_only_verified_files() {
+        use crate::progress::NoProgress;
+        use crate::storage::LocalDir;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dest) = (dir.path().join("src"), dir.path().join("dest"));
+        for i in 0..20u32 {
+            let path = src.join(format!("d{}/f{i}", i % 3));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![i as u8; 1000 * i as usize]).unwrap();
+        }
+        let store = LocalDir::new(&src);
+        let plan = plan(&store, &dest, &Filter::default(), 3).unwrap();
+        assert_eq!(plan.shards.iter().map(|s| s.files).sum::<u64>(), 20);
+        // Shard 0 ran; shard 1 was killed before it verified anything but left a stray
+        // file that no journal vouches for; shard 2 never started.
+        let opts = CopyOptions::default();
+        let (_, r0) = copy_shard(&store, &dest, 0, "task", &opts, &NoProgress).unwrap();
+        assert!(r0.ok);
+        let stray = data_dir(&dest, 1).join("d0/f0");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, b"not verified").unwrap();
+
+        let merged = merge(&store, &dest, &opts, &NoProgress).unwrap();
+        assert_eq!(merged.rerun, vec![1, 2]);
+        assert_eq!(merged.moved, 20);
+        assert!(!state(&dest).join(DATA_DIR).exists());
+        let journal = Journal::load(&state(&dest).join("journal")).unwrap();
+        assert_eq!(journal.len(), 20);
+        for i in 0..20u32 {
+            let rel = PathBuf::from(format!("d{}/f{i}", i % 3));
+            assert_eq!(
+                std::fs::read(dest.join(&rel)).unwrap(),
+                vec![i as u8; 1000 * i as usize]
+            );
+            let ino = std::fs::metadata(dest.join(&rel)).unwrap().ino();
+            assert_eq!(
+                journal.get(&rel).unwrap().dest_ino,
+                ino,
+                "{}",
+                rel.display()
+            );
+        }
+        let results = results(&dest);
+        let by: Vec<&str> = results.iter().map(|r| r.by.as_str()).collect();
+        assert_eq!(by, ["task", "final task", "final task"]);
+    }
+
+    #[test]
     fn more_shards_than_files_leaves_some_empty() {
         let t = totals(&[5, 6], &split(&[5, 6], 4));
         assert_eq!(t.iter().filter(|x| x.0 == 0).count(), 2);
