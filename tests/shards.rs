@@ -14,8 +14,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::cluster::{bounded, slurm_test};
-use common::slurm::World;
+use common::cluster::{bounded, slurm_test, Chain};
+use common::fs::{tiny_mask_function, tiny_tiff};
+use common::slurm::{World, CHAIN_TIMEOUT};
 use common::{assert_final_names_match_source, assert_manifest_verifies, noise, read_text};
 use serde_json::Value;
 
@@ -102,9 +103,15 @@ fn wait_ended(job: &str, dest: &Path, timeout: Duration) -> String {
             .map(|l| l.1.clone())
             .unwrap_or_default();
         let running = state.is_empty()
-            || ["PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING"]
-                .iter()
-                .any(|s| state.starts_with(s));
+            || [
+                "PENDING",
+                "RUNNING",
+                "REQUEUED",
+                "COMPLETING",
+                "CONFIGURING",
+            ]
+            .iter()
+            .any(|s| state.starts_with(s));
         if !running {
             return state;
         }
@@ -127,7 +134,10 @@ fn logs(dest: &Path) -> String {
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     names.sort();
-    for p in names.into_iter().filter(|p| p.extension() == Some(OsStr::new("out"))) {
+    for p in names
+        .into_iter()
+        .filter(|p| p.extension() == Some(OsStr::new("out")))
+    {
         out.push_str(&format!("== {}\n{}\n", p.display(), read_text(&p)));
     }
     out
@@ -144,7 +154,10 @@ fn assert_complete_stage(raw: &Path, dest: &Path, files: usize) {
     // The images and the dataset.json of `ingest` (the destination writes its own
     // MANIFEST.sha256).
     assert_eq!(record["files"], files as u64 + 1, "{record:#}");
-    assert!(!dest.join(".hpcstage/shards").exists(), "shard folders left");
+    assert!(
+        !dest.join(".hpcstage/shards").exists(),
+        "shard folders left"
+    );
     assert_manifest_verifies(dest);
     assert_eq!(assert_final_names_match_source(raw, dest), files + 1);
 }
@@ -184,7 +197,10 @@ fn shards_run_on_different_transfer_nodes_and_the_merged_stage_is_the_source() {
     // Each task said which shard it copied, on which node, how much and how fast.
     let log = logs(&dest);
     for i in 0..3 {
-        assert!(log.contains(&format!("shard {i}: verified on xfer")), "{log}");
+        assert!(
+            log.contains(&format!("shard {i}: verified on xfer")),
+            "{log}"
+        );
     }
     // A second sharded stage of the same source has nothing left to copy.
     let (_, last, again) = stage_shards(&world, &raw, 3);
@@ -220,7 +236,10 @@ fn processes_with(pairs: &[(&str, &str)]) -> BTreeMap<i32, BTreeMap<String, Stri
                 Some((k.to_string(), v.to_string()))
             })
             .collect();
-        if pairs.iter().all(|(k, v)| env.get(*k).is_some_and(|x| x == v)) {
+        if pairs
+            .iter()
+            .all(|(k, v)| env.get(*k).is_some_and(|x| x == v))
+        {
             found.insert(pid, env);
         }
     }
@@ -259,8 +278,8 @@ impl Drop for RestoreNode {
 /// Kills node `node` as a power cut would: its slurmd, and every process of the job
 /// `job` on it (slurmstepd, the batch script, hpcstage), with SIGKILL.
 fn kill_node(node: &str, job: &str) {
-    let dir =
-        std::env::var("HPCSTAGE_CLUSTER_DIR").unwrap_or_else(|_| "/var/tmp/hpcstage-cluster".into());
+    let dir = std::env::var("HPCSTAGE_CLUSTER_DIR")
+        .unwrap_or_else(|_| "/var/tmp/hpcstage-cluster".into());
     let pidfile = Path::new(&dir).join(format!("run/slurmd-{node}.pid"));
     let slurmd: i32 = read_text(&pidfile)
         .trim()
@@ -283,7 +302,11 @@ fn kill_node(node: &str, job: &str) {
 /// Regular files (temporaries included) in a shard's folder, bookkeeping aside.
 fn copied_into(shard: &Path) -> usize {
     fn walk(dir: &Path, n: &mut usize) {
-        for e in fs::read_dir(dir).into_iter().flatten().filter_map(|e| e.ok()) {
+        for e in fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+        {
             let t = e.file_type().unwrap();
             if t.is_dir() && e.file_name() != ".hpcstage" {
                 walk(&e.path(), n);
@@ -332,7 +355,10 @@ fn a_transfer_node_lost_mid_stage_ends_in_a_complete_verified_stage_after_the_re
         signal(pid, libc::SIGCONT);
         std::thread::sleep(Duration::from_millis(3));
         signal(pid, libc::SIGSTOP);
-        assert!(stepped.elapsed() < Duration::from_secs(60), "shard 1 copies nothing");
+        assert!(
+            stepped.elapsed() < Duration::from_secs(60),
+            "shard 1 copies nothing"
+        );
     }
     assert!(
         !dest.join(".hpcstage/shard-jobs/1.json").exists(),
@@ -358,4 +384,134 @@ fn a_transfer_node_lost_mid_stage_ends_in_a_complete_verified_stage_after_the_re
     assert_eq!(result["ok"], true, "{result:#}");
     assert!(result["restarts"].as_u64() >= Some(1), "{result:#}");
     assert_complete_stage(&raw, &dest, 120);
+}
+
+/// A stand-in for a U-Net predict command (as in tests/slurm_chain.rs): writes a tiny
+/// real label mask and a table per image.
+fn predict(world: &World) -> PathBuf {
+    let tiny_mask = tiny_mask_function();
+    world.script(
+        "fake-predict",
+        &format!(
+            r#"set -eu
+{tiny_mask}
+while (($#)); do
+    case $1 in
+        --input) input=$2; shift 2 ;;
+        --mask) mask=$2; shift 2 ;;
+        --table) table=$2; shift 2 ;;
+        *) shift ;;
+    esac
+done
+{{ tiny_mask; printf 'labels of %s\n' "$(basename "$input")"; }} >"$mask"
+printf 'object,area\n1,%s\n' "$(wc -c <"$input")" >"$table"
+"#
+        ),
+    )
+}
+
+#[test]
+fn stage_and_run_stages_in_shards_and_only_the_final_task_submits_the_chain() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let images: Vec<(String, Vec<u8>)> = (0..6u8)
+        .map(|i| {
+            (
+                format!("row{}/img{i}.tif", i % 2),
+                tiny_tiff([i, 1, 2, 3], format!("pixels of {i}").as_bytes()),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = images
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let raw = world.dataset("plate", &refs);
+    let model = world.path("models/unet.pt");
+    common::write(&model, "weights");
+    let predict = predict(&world);
+    let params = [
+        format!("model={}", model.display()),
+        format!(
+            "predict_cmd={} --model {{model}} --input {{input}} --mask {{mask}} --table {{table}}",
+            predict.display()
+        ),
+        "cpus=1".into(),
+        "mem=200M".into(),
+        "time=10m".into(),
+    ];
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("stage-and-run"),
+        raw.as_os_str(),
+        OsStr::new("unet-seg"),
+        OsStr::new("--stage-in"),
+        OsStr::new("job"),
+        OsStr::new("--shards"),
+        OsStr::new("2"),
+        OsStr::new("--json"),
+    ];
+    for p in &params {
+        args.extend([OsStr::new("-p"), OsStr::new(p)]);
+    }
+    let run = world.run(args);
+    run.code(0);
+    let dest = world.scratch().join("P/plate");
+
+    // The run appears only once the final task has merged the shards and submitted it.
+    let started = Instant::now();
+    let run_id = loop {
+        let all = world.run(["status", "--json"]);
+        all.code(0);
+        if let Some(id) = all.json()["runs"][0]["record"]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            started.elapsed() < STAGE_TIMEOUT,
+            "no run appeared\n{run}\n{}",
+            logs(&dest)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let results =
+        serde_json::from_str::<Value>(&read_text(dest.join(".hpcstage/shard-jobs/plan.json")))
+            .expect("plan.json");
+    assert_eq!(results["shards"].as_array().map(Vec::len), Some(2));
+    assert_complete_stage(&raw, &dest, 6);
+
+    let status = world.status(&run_id);
+    let chain = Chain {
+        run_id: run_id.clone(),
+        run_dir: status["record"]["run_dir"]
+            .as_str()
+            .expect("run_dir")
+            .into(),
+        results_dir: status["record"]["results_dir"]
+            .as_str()
+            .expect("results_dir")
+            .into(),
+        compute_job: String::new(),
+        pull_job: None,
+    };
+    let status = world.wait_chain(&chain, CHAIN_TIMEOUT);
+    assert_eq!(status["phase"], "pulled", "{status:#}");
+    // `status RUN` tells each shard's node, bytes and time.
+    let shards = status["stage_shards"].as_array().expect("stage_shards");
+    assert_eq!(shards.len(), 2, "{status:#}");
+    let text = world.run(["status", &run_id]);
+    text.code(0);
+    for s in shards {
+        let line = format!(
+            "  stage shard {}: verified on {}, ",
+            s["index"],
+            s["node"].as_str().unwrap()
+        );
+        assert!(text.out().contains(&line), "{line:?} in\n{text}");
+        assert!(
+            transfer_nodes().contains(s["node"].as_str().unwrap()),
+            "{s}"
+        );
+    }
+    // The final task ended before the compute job was submitted.
+    let merge_log = read_text(dest.join(".hpcstage/shard-jobs/merge.out"));
+    assert!(merge_log.contains("staged P/plate"), "{merge_log}");
 }
