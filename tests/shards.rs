@@ -258,6 +258,7 @@ fn signal(pid: i32, sig: i32) {
 struct RestoreNode(String);
 
 impl Drop for RestoreNode {
+    #[allow(clippy::print_stderr)] // a failed restore is told, not a second panic
     fn drop(&mut self) {
         let up = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/up.sh");
         let out = std::process::Command::new("bash")
@@ -366,7 +367,7 @@ fn a_transfer_node_lost_mid_stage_ends_in_a_complete_verified_stage_after_the_re
     );
     let node = env["SLURMD_NODENAME"].clone();
     let job = env["SLURM_JOB_ID"].clone();
-    let _restore = RestoreNode(node.clone());
+    let restore = RestoreNode(node.clone());
     kill_node(&node, &job);
 
     assert_eq!(wait_ended(&last, &dest, NODE_LOSS_TIMEOUT), "COMPLETED");
@@ -384,6 +385,18 @@ fn a_transfer_node_lost_mid_stage_ends_in_a_complete_verified_stage_after_the_re
     assert_eq!(result["ok"], true, "{result:#}");
     assert!(result["restarts"].as_u64() >= Some(1), "{result:#}");
     assert_complete_stage(&raw, &dest, 120);
+
+    // The node takes jobs again.
+    drop(restore);
+    let state = bounded(
+        "sinfo",
+        &["--noheader", "-N", "-n", &node, "--format=%T"],
+        20,
+    );
+    assert!(
+        ["idle", "mixed", "allocated"].contains(&state.stdout.trim()),
+        "node {node} not restored: {state}"
+    );
 }
 
 /// A stand-in for a U-Net predict command (as in tests/slurm_chain.rs): writes a tiny
