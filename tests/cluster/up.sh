@@ -53,7 +53,7 @@ START_TS=$SECONDS
 
 "$HERE/install.sh"
 
-mkdir -p "$CLUSTER_DIR" "$ETC_DIR" "$RUN_DIR" "$LOG_DIR" "$STATE_DIR" "$SPOOL_DIR/slurmd" "$DEV_DIR" "$CONF_DIR"
+mkdir -p "$CLUSTER_DIR" "$ETC_DIR" "$RUN_DIR" "$LOG_DIR" "$STATE_DIR" "$SPOOL_DIR" "$DEV_DIR" "$CONF_DIR"
 chmod 755 "$CLUSTER_DIR"
 
 # Serialise concurrent callers (e.g. two test binaries starting at once).
