@@ -528,3 +528,46 @@ fn stage_and_run_stages_in_shards_and_only_the_final_task_submits_the_chain() {
     let merge_log = read_text(dest.join(".hpcstage/shard-jobs/merge.out"));
     assert!(merge_log.contains("staged P/plate"), "{merge_log}");
 }
+
+#[test]
+fn shard_flags_that_cannot_work_are_refused_with_the_form_that_does() {
+    let world = World::new();
+    let raw = world.path("acq/plate");
+    common::write(raw.join("a.tif"), "a");
+    let run = world.run([
+        OsStr::new("stage-and-run"),
+        raw.as_os_str(),
+        OsStr::new("unet-seg"),
+        OsStr::new("--shards"),
+        OsStr::new("2"),
+    ]);
+    assert_ne!(run.code, Some(0), "{run}");
+    assert!(
+        run.stderr.contains("--shards needs --stage-in job")
+            && run.stderr.contains("--stage-in job --shards 4"),
+        "{run}"
+    );
+    let run = world.run([
+        OsStr::new("stage"),
+        raw.as_os_str(),
+        OsStr::new("--project"),
+        OsStr::new("P"),
+        OsStr::new("--shard"),
+        OsStr::new("3/2"),
+    ]);
+    assert_ne!(run.code, Some(0), "{run}");
+    assert!(
+        run.stderr
+            .contains("--shard \"3/2\": expected I/N with 0 <= I < N, e.g. --shard 0/4"),
+        "{run}"
+    );
+    let run = world.run([
+        OsStr::new("stage"),
+        raw.as_os_str(),
+        OsStr::new("--project"),
+        OsStr::new("P"),
+        OsStr::new("--shards"),
+        OsStr::new("0"),
+    ]);
+    assert_eq!(run.code, Some(2), "{run}");
+}

@@ -79,15 +79,16 @@ pub(crate) fn run_submit(settings: &Settings, args: &SubmitArgs) -> Result<ExitS
 }
 
 pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> Result<ExitStatus> {
+    if args.shards.is_some() && args.stage_in != crate::args::StageIn::Job {
+        bail!("--shards needs --stage-in job: the shards are copied by jobs on the transfer partition, e.g. `hpcstage stage-and-run SRC TEMPLATE --stage-in job --shards 4`");
+    }
     // Fail on a bad template or parameter before copying anything.
     let template = super::template::store(settings).get(&args.template)?;
     precheck(&template, &args.source, &args.run)?;
     if args.stage_in == crate::args::StageIn::Job {
         return stage_in_job(settings, args);
     }
-    if args.shards.is_some() {
-        bail!("--shards needs --stage-in job: the shards are copied by jobs on the transfer partition, e.g. `hpcstage stage-and-run SRC TEMPLATE --stage-in job --shards 4`");
-    }
+
     let stage_args = StageArgs {
         source: args.source.clone(),
         dest: None,
