@@ -78,10 +78,15 @@ hpcstage --nas-root s3://lab-raw ingest /mnt/microscope/2026-11-27 --project PRJ
 hpcstage stage /nas/lab/PRJ1/raw/plate7 --dry-run\n  \
 hpcstage stage /data/run42 /scratch/me/PRJ1/run42 --include '*.fastq.gz'\n  \
 hpcstage stage nas.lab.org:/export/lab/PRJ1/raw/plate7 --ssh-sessions 8\n  \
-hpcstage stage s3://lab-raw/PRJ1/raw/plate7\n\n\
+hpcstage stage s3://lab-raw/PRJ1/raw/plate7\n  \
+hpcstage stage /nas/lab/PRJ1/raw/plate7 --shards 4\n\n\
 A source on an SSH host is reached as OpenSSH would (~/.ssh/config, ssh-agent or key files); its \
 host key must already be in ~/.ssh/known_hosts. An S3 source ([s3] in the config, credentials from \
-the AWS chain) is a dataset only once its MANIFEST.sha256 object exists."
+the AWS chain) is a dataset only once its MANIFEST.sha256 object exists.\n\n\
+--shards N returns at once: an array job on the transfer partition copies the N shards, each \
+task on whichever transfer node SLURM gives it, and a final task merges them into the \
+destination and writes MANIFEST.sha256 (follow it with `squeue`; logs in \
+DEST/.hpcstage/shard-jobs/)."
     )]
     Stage(StageArgs),
     /// List, show and render job templates
@@ -94,7 +99,8 @@ the AWS chain) is a dataset only once its MANIFEST.sha256 object exists."
     Submit(SubmitArgs),
     /// Stage a dataset, then submit compute job → pull-back job, and return at once
     #[command(
-        after_help = "Example:\n  hpcstage stage-and-run /nas/lab/PRJ1/raw/plate7 unet-seg -p model=/models/unet.pt\n\n\
+        after_help = "Examples:\n  hpcstage stage-and-run /nas/lab/PRJ1/raw/plate7 unet-seg -p model=/models/unet.pt\n  \
+hpcstage stage-and-run /nas/lab/PRJ1/raw/plate7 unet-seg --stage-in job --shards 4 -p model=/models/unet.pt\n\n\
 Prints the run id and job ids, then returns: nothing keeps running on the login node. The \
 pull-back job (partition `transfer`, --dependency=afterany) validates the outputs and copies \
 them to <nas_root>/<project>/results/<workflow>/<run>/. Follow it with `hpcstage status RUN`."
@@ -365,6 +371,30 @@ pub(crate) struct StageArgs {
     pub(crate) allow_raw_area: bool,
     #[command(flatten)]
     pub(crate) copy: CopyArgs,
+    #[command(flatten)]
+    pub(crate) shards: ShardArgs,
+}
+
+/// Staging spread across transfer nodes (issue 18). `--shard` and `--merge-shards` are
+/// what the array tasks and the final task run.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct ShardArgs {
+    /// Split the files into N shards (balanced by bytes and file count) copied by an array
+    /// job on the transfer partition, one task per shard, then merged by a final task;
+    /// returns at once with the job ids
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub(crate) shards: Option<u32>,
+    /// Copy shard I of N of the plan into DEST/.hpcstage/shards/I (run by an array task)
+    #[arg(long, value_name = "I/N", hide = true, conflicts_with = "shards")]
+    pub(crate) shard: Option<String>,
+    /// Finish a sharded stage: rerun unfinished shards, move the verified files into
+    /// place, write MANIFEST.sha256 (run by the final task)
+    #[arg(long, hide = true, conflicts_with_all = ["shards", "shard"])]
+    pub(crate) merge_shards: bool,
+    /// A shell command the final task runs once the stage is complete (the chain of
+    /// `stage-and-run --stage-in job --shards N`)
+    #[arg(long, value_name = "COMMAND", hide = true, requires = "shards")]
+    pub(crate) then: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -613,6 +643,10 @@ pub(crate) struct StageAndRunArgs {
     /// Dataset name (default: from SRC)
     #[arg(long)]
     pub(crate) dataset: Option<String>,
+    /// With --stage-in job: stage in N shards over the transfer nodes (see `stage
+    /// --shards`); the chain is submitted by the final task
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub(crate) shards: Option<u32>,
     #[command(flatten)]
     pub(crate) run: RunArgs,
 }

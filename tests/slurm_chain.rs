@@ -449,10 +449,19 @@ fn unet_seg_runs_on_the_gpu_partition_and_records_the_gpu_and_node() {
             "  compute job: {} COMPLETED exit 0:0\n      nodes localhost, partition gpu, elapsed ",
             chain.compute_job
         ),
-        format!("  pull-back job: {pull} COMPLETED exit 0:0\n      nodes localhost, partition transfer, "),
+        format!("  pull-back job: {pull} COMPLETED exit 0:0\n      nodes xfer"),
     ] {
         assert!(out.contains(&part), "{part:?} in\n{text}");
     }
+    // The pull-back job ran on one of the transfer nodes (tests/cluster/up.sh).
+    let pull_line = out
+        .lines()
+        .find(|l| l.contains("partition transfer"))
+        .unwrap_or_default();
+    assert!(
+        pull_line.starts_with("      nodes xfer") && pull_line.contains(", partition transfer, "),
+        "{text}"
+    );
     let compute_line = out
         .lines()
         .find(|l| l.contains("partition gpu"))

@@ -16,6 +16,7 @@ pub(crate) mod pull;
 pub(crate) mod release;
 pub(crate) mod report;
 pub(crate) mod retry;
+pub(crate) mod shards;
 pub(crate) mod stage;
 pub(crate) mod status;
 pub(crate) mod submit;

@@ -101,6 +101,10 @@ pub(crate) fn stage_quietly(
         allow_raw_area: args.allow_raw_area,
         copy: copy_options(settings, &args.copy)?,
     };
+    if let Some(status) = super::shards::dispatch(settings, args, &stage_settings, store.as_ref())?
+    {
+        return Ok((status, None));
+    }
     let ledger = Ledger::open(&settings.state_dir)
         .with_context(|| format!("cannot open the ledger in {}", settings.state_dir.display()))?;
     if !args.copy.dry_run {

@@ -79,6 +79,8 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<ExitStatus> 
         let view = &views[0];
         if args.json {
             let mut json = serde_json::to_value(view)?;
+            json["stage_shards"] =
+                serde_json::to_value(hpcstage_staging::shard::results(&view.record.input.path))?;
             json["failed_tasks"] = serde_json::to_value(
                 view.job(JobRole::Compute)
                     .map(|j| failed_tasks(j.facts.as_ref(), &view.record.run_dir))
@@ -117,6 +119,11 @@ pub(crate) fn run(settings: &Settings, args: &StatusArgs) -> Result<ExitStatus> 
                         f.alloc_tres.as_deref().unwrap_or("-")
                     ));
                 }
+            }
+            // A stage spread across transfer nodes: the copy is only as fast as its
+            // slowest shard.
+            for r in hpcstage_staging::shard::results(&r.input.path) {
+                output::data(format!("  stage {}", hpcstage_staging::shard::describe(&r)));
             }
             if let Some(j) = view.job(JobRole::Compute) {
                 let failed = failed_tasks(j.facts.as_ref(), &r.run_dir);

@@ -79,18 +79,23 @@ pub(crate) fn run_submit(settings: &Settings, args: &SubmitArgs) -> Result<ExitS
 }
 
 pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> Result<ExitStatus> {
+    if args.shards.is_some() && args.stage_in != crate::args::StageIn::Job {
+        bail!("--shards needs --stage-in job: the shards are copied by jobs on the transfer partition, e.g. `hpcstage stage-and-run SRC TEMPLATE --stage-in job --shards 4`");
+    }
     // Fail on a bad template or parameter before copying anything.
     let template = super::template::store(settings).get(&args.template)?;
     precheck(&template, &args.source, &args.run)?;
     if args.stage_in == crate::args::StageIn::Job {
         return stage_in_job(settings, args);
     }
+
     let stage_args = StageArgs {
         source: args.source.clone(),
         dest: None,
         project: args.project.clone(),
         dataset: args.dataset.clone(),
         allow_raw_area: false,
+        shards: crate::args::ShardArgs::default(),
         copy: crate::args::CopyArgs {
             dry_run: false,
             verify: false,
@@ -273,6 +278,24 @@ pub(crate) fn run_local(settings: &Settings, run: &str) -> Result<ExitStatus> {
 
 use hpcstage_lifecycle::chain::shell_quote as quote;
 
+/// This very `hpcstage` with the global options a job needs to find the same ledger,
+/// scratch and NAS, shell-quoted.
+pub(crate) fn global_command(settings: &Settings) -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
+    let mut global = vec![
+        quote(&exe.display().to_string()),
+        "--state-dir".into(),
+        quote(&settings.state_dir.display().to_string()),
+        "--scratch-root".into(),
+        quote(&settings.scratch_root()?.display().to_string()),
+    ];
+    if let Some(nas) = &settings.nas_root {
+        global.push("--nas-root".into());
+        global.push(quote(&nas.display().to_string()));
+    }
+    Ok(global.join(" "))
+}
+
 /// `--stage-in job`: a job on the transfer partition stages the data and then submits the
 /// compute → pull-back chain itself (`hpcstage submit` from inside the job), so that the
 /// login node does no copying at all. Only the stage-in job id is known at return.
@@ -288,7 +311,6 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<ExitStatu
         args.project.as_deref(),
         args.dataset.as_deref(),
     )?;
-    let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S").to_string();
     let dir = settings
         .scratch_root()?
@@ -296,18 +318,7 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<ExitStatu
         .join("stage-in")
         .join(format!("{}-{stamp}", target.dataset));
     fs_err::create_dir_all(&dir)?;
-    let mut global = vec![
-        quote(&exe.display().to_string()),
-        "--state-dir".into(),
-        quote(&settings.state_dir.display().to_string()),
-        "--scratch-root".into(),
-        quote(&settings.scratch_root()?.display().to_string()),
-    ];
-    if let Some(nas) = &settings.nas_root {
-        global.push("--nas-root".into());
-        global.push(quote(&nas.display().to_string()));
-    }
-    let global = global.join(" ");
+    let global = global_command(settings)?;
     let mut submit = format!(
         "{global} submit {} --input {} --executor slurm",
         quote(&args.template),
@@ -338,6 +349,15 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<ExitStatu
     if args.run.worm {
         submit.push_str(" --worm");
     }
+    // Sharded: the stage-in job plans and submits the shards; their final task submits
+    // the chain.
+    let (shards, then) = match args.shards {
+        Some(n) => (
+            format!(" --shards {n} --then {}", quote(&submit)),
+            String::new(),
+        ),
+        None => (String::new(), format!("exec {submit}\n")),
+    };
     let script = dir.join("stage-in.sbatch");
     let text = format!(
         "#!/bin/bash\n\
@@ -348,8 +368,8 @@ fn stage_in_job(settings: &Settings, args: &StageAndRunArgs) -> Result<ExitStatu
          #SBATCH --cpus-per-task=1\n\
          #SBATCH --output={dir}/stage-in-%j.out\n\
          set -euo pipefail\n\
-         {global} stage {srcq} {destq} --project {project} --dataset {dataset}\n\
-         exec {submit}\n",
+         {global} stage {srcq} {destq} --project {project} --dataset {dataset}{shards}\n\
+         {then}",
         // A comment line: control characters in the path must not start a new line.
         src = source.to_string().escape_debug(),
         template = args.template,

@@ -19,6 +19,7 @@ pub mod refresh;
 pub mod release;
 pub mod report;
 pub mod run;
+pub mod shards;
 
 #[cfg(test)]
 mod testutil;

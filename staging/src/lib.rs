@@ -29,6 +29,7 @@ pub mod policy;
 pub mod record;
 pub mod remote;
 pub mod scan;
+pub mod shard;
 pub mod sorted;
 pub mod stage;
 pub mod storage;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# down.sh - stop the single-node SLURM test cluster started by up.sh.
+# down.sh - stop the SLURM test cluster started by up.sh (every node's slurmd).
 #
 # Why: tests and developers need a clean way to stop every daemon up.sh
 # started (slurmd, slurmctld, slurmdbd, MariaDB, munged), in reverse order,
@@ -29,7 +29,11 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-stop_daemon slurmd "$SLURMD_PID" 30
+for node in $HPCSTAGE_CLUSTER_NODES; do
+  stop_slurmd "$node"
+done
+# Any other slurmd (one of an older layout, with pid file slurmd.pid).
+stop_daemon slurmd "$RUN_DIR/slurmd.pid" 30
 stop_daemon slurmctld "$SLURMCTLD_PID" 30
 stop_daemon slurmdbd "$SLURMDBD_PID" 30
 

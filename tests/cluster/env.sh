@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# env.sh - source this to talk to the single-node test cluster started by up.sh.
+# env.sh - source this to talk to the test cluster started by up.sh.
 #
 # Why: integration tests (and up.sh/down.sh themselves) need one place that
 # names the cluster's config and state paths. Sourcing it does not start
@@ -14,7 +14,10 @@
 #                                default, so exporting it is belt and braces)
 #   HPCSTAGE_CLUSTER_DIR         private state folder (default /var/tmp/hpcstage-cluster)
 #   HPCSTAGE_CLUSTER_NAME        Slurm ClusterName (hpcstage)
-#   HPCSTAGE_CLUSTER_NODE        the only node (localhost)
+#   HPCSTAGE_CLUSTER_NODE        the compute node (localhost): partitions debug, gpu
+#   HPCSTAGE_CLUSTER_TRANSFER_NODES  the transfer nodes, "xfer1 xfer2 xfer3": partition
+#                                transfer; each its own slurmd on this machine (own port)
+#   HPCSTAGE_CLUSTER_NODES       every node: "localhost xfer1 xfer2 xfer3"
 #   HPCSTAGE_CLUSTER_ACCOUNT     accounting account every user is in (lab)
 #   HPCSTAGE_CLUSTER_PARTITIONS  "debug gpu transfer" (debug is the default)
 #   HPCSTAGE_CLUSTER_GPUS        GPUs (gres gpu) on the node: 2
@@ -25,6 +28,8 @@
 export HPCSTAGE_CLUSTER_DIR="${HPCSTAGE_CLUSTER_DIR:-/var/tmp/hpcstage-cluster}"
 export HPCSTAGE_CLUSTER_NAME=hpcstage
 export HPCSTAGE_CLUSTER_NODE=localhost
+export HPCSTAGE_CLUSTER_TRANSFER_NODES="xfer1 xfer2 xfer3"
+export HPCSTAGE_CLUSTER_NODES="$HPCSTAGE_CLUSTER_NODE $HPCSTAGE_CLUSTER_TRANSFER_NODES"
 export HPCSTAGE_CLUSTER_ACCOUNT=lab
 export HPCSTAGE_CLUSTER_PARTITIONS="debug gpu transfer"
 export HPCSTAGE_CLUSTER_GPUS=2

@@ -27,7 +27,9 @@ MUNGE_PID="$MUNGE_RUN_DIR/munged.pid"
 MUNGE_LOG=/var/log/munge/munged.log
 SLURMDBD_PID="$RUN_DIR/slurmdbd.pid"
 SLURMCTLD_PID="$RUN_DIR/slurmctld.pid"
-SLURMD_PID="$RUN_DIR/slurmd.pid"
+# One slurmd per node, all on this machine: slurm.conf names their files with %n.
+slurmd_pidfile() { echo "$RUN_DIR/slurmd-$1.pid"; }
+slurmd_log() { echo "$LOG_DIR/slurmd-$1.log"; }
 
 say() { printf '[cluster] %s\n' "$*"; }
 
@@ -55,3 +57,31 @@ pid_of() {
   return 1
 }
 
+
+# slurmd_pid NODE: the pid of the live `slurmd -N NODE`, from its pid file or,
+# failing that, from the command lines of the running slurmd processes.
+slurmd_pid() {
+  local node=$1 pidfile pid
+  pidfile=$(slurmd_pidfile "$node")
+  for pid in $(tr -dc '0-9\n' 2>/dev/null <"$pidfile") $(pgrep -x slurmd || true); do
+    if alive "$pid" && [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *" -N $node "* ]]; then
+      echo "$pid"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# stop_slurmd NODE: stop that node's slurmd (and only it).
+stop_slurmd() {
+  local node=$1 pid tries=0
+  while pid=$(slurmd_pid "$node"); do
+    if ((tries++ >= 5)); then
+      say "could not stop slurmd -N $node (pid $pid)" >&2
+      return 1
+    fi
+    say "stopping slurmd -N $node (pid $pid)"
+    stop_pid slurmd "$pid" 30
+  done
+  rm -f "$(slurmd_pidfile "$node")"
+}

@@ -1,0 +1,506 @@
+//! Staging spread across transfer nodes (`stage --shards N`, issue 18): the file list cut
+//! into N shards balanced by bytes and by file count, one shard copied into a folder of
+//! its own, and the merge that moves the shards' verified files into place.
+//!
+//! A shard is an ordinary verified copy (`copy::copy_from`) with two settings changed: a
+//! filter that takes only the shard's files ([`Filter::only_paths`]) and a destination
+//! that is not the final one, `DEST/.hpcstage/shards/<i>/`, with its own journal. So a
+//! shard that is rerun (requeued after NODE_FAIL or preemption, or rerun by the final
+//! task) resumes from its journal, and nothing under a final name is ever unverified: the
+//! merge moves only files that the shard's journal lists with the inode it verified, and
+//! adds that journal line to the destination's journal. The stage that follows the merge
+//! is the normal one, which finds those files verified, copies whatever no shard did,
+//! and writes `MANIFEST.sha256` and the stage record.
+//!
+//! This module submits no job (that is `lifecycle::shards`) and prints nothing. What the
+//! shards did stays in `DEST/.hpcstage/shard-jobs/` (the plan, one result per shard, the
+//! job scripts and logs) for `status RUN`.
+
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use jiff::Timestamp;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::copy::{copy_from, CopyOptions, CopyReport};
+use crate::error::{Error, IoContext, Result};
+use crate::journal::{parse_line, Journal, JournalEntry};
+use crate::manifest::{escape_into, unescape};
+use crate::progress::Progress;
+use crate::record::{read_json, write_json};
+use crate::storage::Storage;
+use crate::walk::{Filter, Kind, STATE_DIR};
+
+/// `DEST/.hpcstage/shard-jobs`: the plan, the file lists, one result per shard, the job
+/// scripts and their logs. Kept after the merge, for `status`.
+pub const JOBS_DIR: &str = "shard-jobs";
+/// `DEST/.hpcstage/shards/<i>`: where shard `i` copies to; removed by the merge.
+pub const DATA_DIR: &str = "shards";
+
+/// What one file costs a copy besides its bytes (open, create, rename, a journal line,
+/// its share of a `syncfs`), in bytes: at about 1 GB/s per stream and a few thousand
+/// small files per second, a file weighs like 256 KiB of data.
+const FILE_COST: u64 = 256 << 10;
+
+/// The shards of one sharded stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlan {
+    pub source: String,
+    pub shards: Vec<ShardSize>,
+    pub planned_at: Timestamp,
+}
+
+/// What one shard holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSize {
+    pub index: u32,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// What one run of a shard did, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardResult {
+    pub index: u32,
+    /// The node it ran on (`SLURMD_NODENAME`, else this host).
+    pub node: String,
+    /// Who ran it: `task` (its array task) or `final task` (rerun by the merge).
+    pub by: String,
+    /// How often SLURM had started it before (`SLURM_RESTART_COUNT`).
+    pub restarts: u32,
+    pub files: u64,
+    pub bytes: u64,
+    /// What this run copied (the rest was verified by an earlier run of the shard).
+    pub bytes_copied: u64,
+    pub started_at: Timestamp,
+    pub elapsed_secs: f64,
+    /// Every file of the shard verified.
+    pub ok: bool,
+}
+
+/// Splits files (their sizes, in any order) into `n` shards balanced by bytes and by
+/// file count: largest first, each to the shard with the least cost so far, where a file
+/// costs its bytes plus [`FILE_COST`]. Returns the indexes of the files of each shard.
+pub fn split(sizes: &[u64], n: usize) -> Vec<Vec<usize>> {
+    let n = n.max(1);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new(); n];
+    // (cost, shard): the cheapest shard first; equal costs go to the lower index.
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> =
+        (0..n).map(|s| std::cmp::Reverse((0, s))).collect();
+    for i in order {
+        let std::cmp::Reverse((cost, s)) = heap.pop().expect("n >= 1 shards");
+        shards[s].push(i);
+        heap.push(std::cmp::Reverse((cost + sizes[i] + FILE_COST, s)));
+    }
+    shards
+}
+
+fn state(dest: &Path) -> PathBuf {
+    dest.join(STATE_DIR)
+}
+
+/// `DEST/.hpcstage/shard-jobs`.
+pub fn jobs_dir(dest: &Path) -> PathBuf {
+    state(dest).join(JOBS_DIR)
+}
+
+/// `DEST/.hpcstage/shards/<index>`.
+pub fn data_dir(dest: &Path, index: u32) -> PathBuf {
+    state(dest).join(DATA_DIR).join(index.to_string())
+}
+
+fn list_path(dest: &Path, index: u32) -> PathBuf {
+    jobs_dir(dest).join(format!("{index}.list"))
+}
+
+fn result_path(dest: &Path, index: u32) -> PathBuf {
+    jobs_dir(dest).join(format!("{index}.json"))
+}
+
+fn plan_path(dest: &Path) -> PathBuf {
+    jobs_dir(dest).join("plan.json")
+}
+
+/// Lists the source, leaves out files the destination's journal already has verified
+/// from the same source state (the stage after the merge checks them as usual), splits
+/// the rest into `shards` and writes the plan and one file list per shard.
+pub fn plan(source: &dyn Storage, dest: &Path, filter: &Filter, shards: u32) -> Result<ShardPlan> {
+    if shards == 0 {
+        return Err(Error::Invalid {
+            what: "number of shards",
+            value: "0".into(),
+            reason: "give at least 1, e.g. --shards 4".into(),
+        });
+    }
+    let tree = source.list(filter)?;
+    if let Some(e) = tree.errors.into_iter().next() {
+        return Err(e);
+    }
+    let journal = Journal::load(&state(dest).join("journal"))?;
+    let files: Vec<(PathBuf, u64)> = tree
+        .entries
+        .into_iter()
+        .filter(|e| e.kind == Kind::File)
+        .filter(|e| {
+            journal
+                .get(&e.rel)
+                .is_none_or(|j| j.size != e.meta.size || j.src_mtime_ns != e.meta.mtime_ns)
+        })
+        .map(|e| (e.rel, e.meta.size))
+        .collect();
+    drop(journal);
+    let sizes: Vec<u64> = files.iter().map(|f| f.1).collect();
+    let dir = jobs_dir(dest);
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let mut plan = ShardPlan {
+        source: source.display(Path::new("")).display().to_string(),
+        shards: Vec::new(),
+        planned_at: Timestamp::now(),
+    };
+    for (index, members) in (0u32..).zip(split(&sizes, shards as usize)) {
+        let mut text = Vec::new();
+        let mut members = members;
+        members.sort_unstable();
+        for &i in &members {
+            escape_into(&mut text, files[i].0.as_os_str().as_bytes());
+            text.push(b'\n');
+        }
+        let path = list_path(dest, index);
+        crate::manifest::write_atomic(&path, &text)?;
+        let _ = std::fs::remove_file(result_path(dest, index));
+        plan.shards.push(ShardSize {
+            index,
+            files: members.len() as u64,
+            bytes: members.iter().map(|&i| sizes[i]).sum(),
+        });
+    }
+    write_json(&plan_path(dest), &plan)?;
+    Ok(plan)
+}
+
+/// The plan of the sharded stage into `dest`.
+pub fn read_plan(dest: &Path) -> Result<ShardPlan> {
+    read_json(&plan_path(dest))
+}
+
+/// The last result of each shard that has one, in shard order.
+pub fn results(dest: &Path) -> Vec<ShardResult> {
+    let Ok(plan) = read_plan(dest) else {
+        return Vec::new();
+    };
+    plan.shards
+        .iter()
+        .filter_map(|s| read_json(&result_path(dest, s.index)).ok())
+        .collect()
+}
+
+fn read_list(dest: &Path, index: u32) -> Result<Vec<PathBuf>> {
+    let path = list_path(dest, index);
+    let bytes = std::fs::read(&path).at(&path)?;
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            unescape(l)
+                .map(|name| PathBuf::from(std::ffi::OsString::from_vec(name)))
+                .ok_or_else(|| Error::Parse {
+                    path: path.clone(),
+                    reason: "a line with an unknown escape".into(),
+                })
+        })
+        .collect()
+}
+
+/// Copies shard `index` of the plan into `DEST/.hpcstage/shards/<index>` (resuming from
+/// its journal) and records what it did; `by` says who ran it.
+pub fn copy_shard(
+    source: &dyn Storage,
+    dest: &Path,
+    index: u32,
+    by: &str,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<(CopyReport, ShardResult)> {
+    let plan = read_plan(dest)?;
+    let Some(size) = plan.shards.iter().find(|s| s.index == index).copied() else {
+        return Err(Error::Invalid {
+            what: "shard",
+            value: index.to_string(),
+            reason: format!(
+                "the plan in {} has shards 0 to {}",
+                plan_path(dest).display(),
+                plan.shards.len().saturating_sub(1)
+            ),
+        });
+    };
+    let mut opts = opts.clone();
+    opts.filter = Filter::only_paths(read_list(dest, index)?);
+    let started_at = Timestamp::now();
+    let clock = Instant::now();
+    let report = copy_from(source, &data_dir(dest, index), &opts, progress)?;
+    let result = ShardResult {
+        index,
+        node: std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| crate::host::hostname()),
+        by: by.to_string(),
+        restarts: std::env::var("SLURM_RESTART_COUNT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        files: size.files,
+        bytes: size.bytes,
+        bytes_copied: report.bytes_copied,
+        started_at,
+        elapsed_secs: clock.elapsed().as_secs_f64(),
+        ok: report.ok() && report.files_total == size.files,
+    };
+    write_json(&result_path(dest, index), &result)?;
+    Ok((report, result))
+}
+
+/// What the merge did.
+#[derive(Debug, Default)]
+pub struct Merged {
+    /// Shards the merge copied itself, because their task did not finish them.
+    pub rerun: Vec<u32>,
+    /// Files moved into place.
+    pub moved: u64,
+}
+
+/// Finishes the shards: reruns any whose task did not verify all its files, then moves
+/// each shard's verified files into place in `dest` with their journal lines and removes
+/// the shard folders. The caller then runs the normal stage, which checks the rest.
+pub fn merge(
+    source: &dyn Storage,
+    dest: &Path,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<Merged> {
+    let plan = read_plan(dest)?;
+    let mut merged = Merged::default();
+    for s in &plan.shards {
+        let done = read_json::<ShardResult>(&result_path(dest, s.index)).is_ok_and(|r| r.ok);
+        if !done {
+            copy_shard(source, dest, s.index, "final task", opts, progress)?;
+            merged.rerun.push(s.index);
+        }
+    }
+    let state_dir = state(dest);
+    let _lock = crate::lock::lock_or_refuse(&state_dir.join("lock"), dest)?;
+    let mut journal = Journal::load(&state_dir.join("journal"))?;
+    for s in &plan.shards {
+        let shard = data_dir(dest, s.index);
+        merged.moved += move_verified(&shard, dest, &mut journal)?;
+        journal.flush()?;
+        // A final task requeued after it removed this folder finds it gone.
+        match std::fs::remove_dir_all(&shard) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(&shard, e));
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_dir(state_dir.join(DATA_DIR));
+    Ok(merged)
+}
+
+/// Moves the files of one shard folder that its journal lists as verified (and that
+/// are still the inode it verified) to the same relative path under `dest`, and records
+/// each in `journal`. Returns how many moved.
+fn move_verified(shard: &Path, dest: &Path, journal: &mut Journal) -> Result<u64> {
+    let path = shard.join(STATE_DIR).join("journal");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    // Later lines win, as when the journal is loaded; a torn last line does not count.
+    let complete = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&[][..], |end| &bytes[..=end]);
+    let mut entries = std::collections::HashMap::new();
+    for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        if let Some((rel, entry)) = parse_line(line) {
+            entries.insert(rel, entry);
+        }
+    }
+    // Renames in parallel: on a parallel filesystem one client's renames are a round
+    // trip to the metadata server each, and 10^7 of them one after another would take
+    // hours. A journal line goes in only for a file that moved; a file that moved but
+    // whose line is lost to a crash is "unverified" to the next stage and checked again.
+    let moved: Vec<(PathBuf, JournalEntry)> = entries
+        .into_par_iter()
+        .map(|(rel, entry)| {
+            let from = shard.join(&rel);
+            let same = std::fs::symlink_metadata(&from)
+                .is_ok_and(|m| m.is_file() && m.ino() == entry.dest_ino && m.len() == entry.size);
+            if !same {
+                return Ok(None);
+            }
+            let to = dest.join(&rel);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).at(parent)?;
+            }
+            std::fs::rename(&from, &to).at(&to)?;
+            Ok(Some((rel, entry)))
+        })
+        .filter_map(Result::transpose)
+        .collect::<Result<_>>()?;
+    for (rel, entry) in &moved {
+        journal.record(rel, *entry)?;
+    }
+    Ok(moved.len() as u64)
+}
+
+/// One line on what a run of a shard did, as `status` prints it.
+pub fn describe(result: &ShardResult) -> String {
+    let who = match (result.by.as_str(), result.restarts) {
+        ("task", 0) => String::new(),
+        ("task", 1) => " (after 1 requeue)".to_string(),
+        ("task", n) => format!(" (after {n} requeues)"),
+        (by, _) => format!(" (rerun by the {by})"),
+    };
+    format!(
+        "shard {}: {} on {}, {}, {} in {:.1} s{who}",
+        result.index,
+        if result.ok { "verified" } else { "INCOMPLETE" },
+        result.node,
+        crate::human::count(result.files, "file"),
+        crate::human::bytes(result.bytes),
+        result.elapsed_secs,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(sizes: &[u64], shards: &[Vec<usize>]) -> Vec<(usize, u64)> {
+        shards
+            .iter()
+            .map(|s| (s.len(), s.iter().map(|&i| sizes[i]).sum()))
+            .collect()
+    }
+
+    #[test]
+    fn equal_files_split_into_counts_that_differ_by_at_most_one() {
+        let sizes = vec![1000; 10];
+        let t = totals(&sizes, &split(&sizes, 3));
+        assert_eq!(t, vec![(4, 4000), (3, 3000), (3, 3000)]);
+    }
+
+    #[test]
+    fn every_file_lands_in_exactly_one_shard() {
+        let sizes: Vec<u64> = (0..1000).map(|i| (i * 7919) % 100_000).collect();
+        let shards = split(&sizes, 7);
+        let mut all: Vec<usize> = shards.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn mixed_sizes_balance_bytes_within_the_largest_file() {
+        // A few big files and many small ones.
+        let mut sizes: Vec<u64> = vec![900 << 20, 700 << 20, 500 << 20, 300 << 20];
+        sizes.extend((0..4000).map(|i| 1000 + (i % 50) * 100));
+        let t = totals(&sizes, &split(&sizes, 4));
+        let cost = |(n, b): (usize, u64)| b + n as u64 * FILE_COST;
+        let (lo, hi) = (
+            t.iter().copied().map(cost).min().unwrap(),
+            t.iter().copied().map(cost).max().unwrap(),
+        );
+        assert!(hi - lo <= 900 << 20, "{t:?}");
+        // Byte totals all within the largest file of each other: no shard is left
+        // with only small files while another holds every big one.
+        let bytes: Vec<u64> = t.iter().map(|x| x.1).collect();
+        assert!(
+            bytes.iter().max().unwrap() - bytes.iter().min().unwrap() <= 900 << 20,
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn many_small_files_balance_by_count() {
+        let sizes: Vec<u64> = (0..10_001).map(|i| 100 + i % 3).collect();
+        let t = totals(&sizes, &split(&sizes, 4));
+        let counts: Vec<usize> = t.iter().map(|x| x.0).collect();
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn one_huge_file_takes_a_shard_of_its_own_and_the_small_ones_go_elsewhere() {
+        let mut sizes = vec![10u64 << 30];
+        sizes.extend(std::iter::repeat_n(1 << 20, 100));
+        let shards = split(&sizes, 3);
+        let t = totals(&sizes, &shards);
+        assert_eq!(shards[0], vec![0], "{t:?}");
+        assert_eq!(t[1].0 + t[2].0, 100);
+        assert!(t[1].0.abs_diff(t[2].0) <= 1, "{t:?}");
+    }
+
+    #[test]
+    fn the_merge_reruns_a_shard_its_task_never_finished_and_moves_only_verified_files() {
+        use crate::progress::NoProgress;
+        use crate::storage::LocalDir;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dest) = (dir.path().join("src"), dir.path().join("dest"));
+        for i in 0..20u32 {
+            let path = src.join(format!("d{}/f{i}", i % 3));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![i as u8; 1000 * i as usize]).unwrap();
+        }
+        let store = LocalDir::new(&src);
+        let plan = plan(&store, &dest, &Filter::default(), 3).unwrap();
+        assert_eq!(plan.shards.iter().map(|s| s.files).sum::<u64>(), 20);
+        // Shard 0 ran; shard 1 was killed before it verified anything but left a stray
+        // file that no journal vouches for; shard 2 never started.
+        let opts = CopyOptions::default();
+        let (_, r0) = copy_shard(&store, &dest, 0, "task", &opts, &NoProgress).unwrap();
+        assert!(r0.ok);
+        let stray = data_dir(&dest, 1).join("d0/f0");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, b"not verified").unwrap();
+
+        let merged = merge(&store, &dest, &opts, &NoProgress).unwrap();
+        assert_eq!(merged.rerun, vec![1, 2]);
+        assert_eq!(merged.moved, 20);
+        // A final task that is requeued after it finished merges again without harm.
+        let again = merge(&store, &dest, &opts, &NoProgress).unwrap();
+        assert!(again.rerun.is_empty() && again.moved == 0, "{again:?}");
+        assert!(!state(&dest).join(DATA_DIR).exists());
+        let journal = Journal::load(&state(&dest).join("journal")).unwrap();
+        assert_eq!(journal.len(), 20);
+        for i in 0..20u32 {
+            let rel = PathBuf::from(format!("d{}/f{i}", i % 3));
+            assert_eq!(
+                std::fs::read(dest.join(&rel)).unwrap(),
+                vec![i as u8; 1000 * i as usize]
+            );
+            let ino = std::fs::metadata(dest.join(&rel)).unwrap().ino();
+            assert_eq!(
+                journal.get(&rel).unwrap().dest_ino,
+                ino,
+                "{}",
+                rel.display()
+            );
+        }
+        let results = results(&dest);
+        let by: Vec<&str> = results.iter().map(|r| r.by.as_str()).collect();
+        assert_eq!(by, ["task", "final task", "final task"]);
+    }
+
+    #[test]
+    fn more_shards_than_files_leaves_some_empty() {
+        let t = totals(&[5, 6], &split(&[5, 6], 4));
+        assert_eq!(t.iter().filter(|x| x.0 == 0).count(), 2);
+        assert_eq!(t.iter().map(|x| x.1).sum::<u64>(), 11);
+    }
+}
