@@ -199,6 +199,8 @@ pub fn stage_from(
     }
     let mut copy = settings.copy.clone();
     copy.preserve_mtime = settings.policy.preserve_mtime();
+    // The stage record needs the manifest's digest only: millions of entries stay on disk.
+    copy.keep_manifest = false;
     let record_path = settings.destination.join(STATE_DIR).join("stage.json");
     let previous: Option<StageRecord> = crate::record::read_json(&record_path).ok();
     let manifest_path = settings.destination.join(MANIFEST_NAME);
@@ -307,9 +309,9 @@ pub fn stage_from(
         });
     }
     if let Some(previous) = previous {
-        let unchanged = report.changes.is_empty()
+        let unchanged = report.changes_total == 0
             && previous.incomplete.is_none()
-            && previous.manifest_digest == report.manifest.digest()
+            && previous.manifest_digest == report.manifest_digest()
             && previous.source == settings.source.to_string();
         if unchanged {
             // A no-op re-stage: nothing to write (the deadline still follows the files,
@@ -345,7 +347,7 @@ fn new_record(settings: &StageSettings, report: &CopyReport, staged_at: Timestam
         destination: settings.destination.clone(),
         files: report.files_total,
         bytes: report.bytes_total,
-        manifest_digest: report.manifest.digest(),
+        manifest_digest: report.manifest_digest(),
         source_manifest_digest: report.source_manifest_digest,
         staged_at,
         owner: current_user(),

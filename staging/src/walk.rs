@@ -33,6 +33,21 @@ pub enum Kind {
     Other,
 }
 
+impl Kind {
+    /// The kind of an entry of this type (a link itself, never what it points to).
+    pub fn of(ft: std::fs::FileType) -> Kind {
+        if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        }
+    }
+}
+
 /// The parts of `stat` the engine uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Meta {
@@ -335,16 +350,7 @@ fn walk_dir<G: Gather>(root: &Path, rel_dir: &Path, filter: &Filter) -> G {
                 continue;
             }
         };
-        let ft = m.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            Kind::Other
-        };
+        let kind = Kind::of(m.file_type());
         if !filter.keeps(kind, &rel) {
             continue;
         }
@@ -440,6 +446,97 @@ fn files_in_order_below(
             files_in_order_below(root, &rel, filter, errors, f);
         } else {
             f(rel);
+        }
+    }
+}
+
+/// Calls `f` with every entry under `root` that [`walk`] would list (files, folders,
+/// links, special files; links not followed), reading one folder at a time: memory is
+/// bounded by the depth and the largest folder, not by the tree. Files come in manifest
+/// order (the bytes of their relative paths, as [`files_in_order`]); a folder comes just
+/// before what it holds. The entries of a folder are stat'ed in parallel (a round trip
+/// each on a network filesystem). Entries that cannot be read go to `errors`.
+pub fn entries_in_order(
+    root: &Path,
+    filter: &Filter,
+    errors: &mut Vec<Error>,
+    f: &mut dyn FnMut(Entry),
+) -> Result<()> {
+    if !std::fs::metadata(root).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::SourceMissing {
+            path: root.to_path_buf(),
+        });
+    }
+    entries_in_order_below(root, Path::new(""), filter, errors, f);
+    Ok(())
+}
+
+fn entries_in_order_below(
+    root: &Path,
+    rel_dir: &Path,
+    filter: &Filter,
+    errors: &mut Vec<Error>,
+    f: &mut dyn FnMut(Entry),
+) {
+    use rayon::prelude::*;
+    let dir = root.join(rel_dir);
+    let read = match std::fs::read_dir(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(Error::io(&dir, e));
+            return;
+        }
+    };
+    let mut names = Vec::new();
+    for dent in read {
+        match dent {
+            Ok(d) => {
+                let name = d.file_name();
+                let rel = rel_dir.join(&name);
+                if !filter.leaves_out(&rel, &name) {
+                    names.push(rel);
+                }
+            }
+            Err(e) => errors.push(Error::io(&dir, e)),
+        }
+    }
+    let stat = |rel: PathBuf| match std::fs::symlink_metadata(root.join(&rel)) {
+        Ok(m) => Ok(Entry {
+            rel,
+            kind: Kind::of(m.file_type()),
+            meta: Meta::from_std(&m),
+        }),
+        Err(e) => Err(Error::io(root.join(&rel), e)),
+    };
+    let stated: Vec<std::result::Result<Entry, Error>> = if names.len() >= 64 {
+        names.into_par_iter().map(stat).collect()
+    } else {
+        names.into_iter().map(stat).collect()
+    };
+    // (sort key: the name, with `/` after a folder's)
+    let mut children: Vec<(Vec<u8>, Entry)> = Vec::with_capacity(stated.len());
+    for s in stated {
+        match s {
+            Ok(e) if filter.keeps(e.kind, &e.rel) => {
+                let name = e.rel.file_name().expect("an entry has a name");
+                let mut key = name.as_bytes().to_vec();
+                if e.kind == Kind::Dir {
+                    key.push(b'/');
+                }
+                children.push((key, e));
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (_, e) in children {
+        if e.kind == Kind::Dir {
+            let rel = e.rel.clone();
+            f(e);
+            entries_in_order_below(root, &rel, filter, errors, f);
+        } else {
+            f(e);
         }
     }
 }
