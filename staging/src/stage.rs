@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use jiff::Timestamp;
 
 use crate::copy::{copy_from, CopyOptions, CopyReport, FailureKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::host::{current_user, hostname};
 use crate::ledger::Ledger;
 use crate::policy::PurgePolicy;
@@ -205,12 +205,15 @@ pub fn stage_from(
     let previous: Option<StageRecord> = crate::record::read_json(&record_path).ok();
     let manifest_path = settings.destination.join(MANIFEST_NAME);
     // The manifest of the last complete stage (the one its record names): the copy
-    // removes it when a file fails.
-    let previous_manifest = previous.as_ref().and_then(|p| {
-        std::fs::read(&manifest_path)
-            .ok()
-            .filter(|bytes| crate::hash::Digest::of(bytes) == p.manifest_digest)
-    });
+    // removes it when a file fails. A hard link keeps it meanwhile, not its bytes (the
+    // manifest of millions of files), and goes when the stage is over.
+    let kept_manifest = settings.destination.join(STATE_DIR).join("manifest.last");
+    let _ = std::fs::remove_file(&kept_manifest);
+    let previous_manifest = (!copy.dry_run
+        && previous.is_some()
+        && std::fs::hard_link(&manifest_path, &kept_manifest).is_ok())
+    .then(|| tempfile::TempPath::try_from_path(&kept_manifest).ok())
+    .flatten();
     // A local source that is not there gets its own error before anything is written.
     let missing_source = source.local_root().is_some_and(|p| !p.is_dir());
     let provisional = if copy.dry_run || previous.is_some() || missing_source {
@@ -291,11 +294,13 @@ pub fn stage_from(
                 ));
             }
         };
-        if let Some(bytes) = previous_manifest {
-            if !manifest_path.exists() {
+        if let Some(kept) = previous_manifest {
+            let named = crate::hash::hash_file(&kept)
+                .is_ok_and(|(digest, _)| digest == record.manifest_digest);
+            if named && !manifest_path.exists() {
                 keep(
                     "last complete MANIFEST.sha256",
-                    crate::manifest::write_atomic(&manifest_path, &bytes),
+                    std::fs::rename(&kept, &manifest_path).at(&manifest_path),
                 );
             }
         }

@@ -581,6 +581,70 @@ mod tests {
     }
 
     #[test]
+    fn entries_in_order_list_what_walk_lists_files_in_path_order_folders_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "a/x", "a b", "a-c/y", "a.d", "ab", "a/b/c", "a/b c", "a/b/d/e", "a!", "b", "a0/z",
+        ];
+        for n in names {
+            let p = dir.path().join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, n).unwrap();
+        }
+        // A folder big enough to be stat'ed in parallel keeps its order too.
+        std::fs::create_dir_all(dir.path().join("many")).unwrap();
+        for i in 0..100 {
+            std::fs::write(dir.path().join(format!("many/f{:03}", 99 - i)), "x").unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("empty/inner")).unwrap();
+        std::os::unix::fs::symlink("b", dir.path().join("link")).unwrap();
+        std::fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
+        let mut seen = Vec::new();
+        let mut errors = Vec::new();
+        entries_in_order(dir.path(), &Filter::default(), &mut errors, &mut |e| {
+            seen.push(e)
+        })
+        .unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let files: Vec<PathBuf> = seen
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| e.rel.clone())
+            .collect();
+        let mut expected = Vec::new();
+        files_in_order(dir.path(), &Filter::default(), &mut errors, &mut |p| {
+            expected.push(p)
+        })
+        .unwrap();
+        assert_eq!(files, expected);
+        // Each folder just before what it holds.
+        for (i, e) in seen.iter().enumerate() {
+            if let Some(parent) = e.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                let at = seen.iter().position(|d| d.rel == parent).unwrap();
+                assert!(at < i && seen[at].kind == Kind::Dir, "{}", e.rel.display());
+            }
+        }
+        // The same entries as the parallel walk, bookkeeping left out.
+        let mut walked: Vec<(PathBuf, Kind)> = walk(dir.path(), &Filter::default())
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| (e.rel, e.kind))
+            .collect();
+        let mut ordered: Vec<(PathBuf, Kind)> = seen.into_iter().map(|e| (e.rel, e.kind)).collect();
+        walked.sort();
+        ordered.sort();
+        assert_eq!(ordered, walked);
+        assert!(entries_in_order(
+            &dir.path().join("none"),
+            &Filter::default(),
+            &mut errors,
+            &mut |_| {}
+        )
+        .is_err());
+    }
+
+    #[test]
     fn bookkeeping_is_only_top_level_manifest_and_logs() {
         assert!(is_bookkeeping(Path::new("MANIFEST.sha256")));
         assert!(is_bookkeeping(Path::new("verify_2026-01-02.log")));
