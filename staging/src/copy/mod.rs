@@ -648,7 +648,7 @@ pub fn copy_from(
     let manifest_path = dest.join(MANIFEST_NAME);
     if report.failed.is_empty() {
         if let Some(tmp) = manifest_tmp {
-            tmp.put(&manifest_path)?;
+            put_manifest(tmp, &manifest_path)?;
         }
     } else if manifest_path.exists() {
         // An incomplete copy must not carry a manifest that makes it look complete; the
@@ -688,34 +688,109 @@ struct Tally {
     oldest: OldestTimes,
 }
 
-/// The destination's manifest, written next to it under a temporary name: put in place
-/// only when it differs from the one there.
-struct ManifestTmp {
-    tmp: tempfile::NamedTempFile,
-    digest: Digest,
+/// The destination's manifest as the plan's last pass makes it, compared as it goes with
+/// the one there: nothing is written while they agree (a re-stage that changed nothing
+/// reads the old one once), and from where they first differ a new one is written under
+/// a temporary name next to it (the agreeing start copied from the old one).
+struct ManifestOut {
+    path: PathBuf,
+    old: Option<std::io::BufReader<File>>,
+    /// Bytes of the old manifest the new one agreed with so far.
+    matched: u64,
+    out: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
+    hasher: Sha256,
+    buf: Vec<u8>,
 }
 
-impl ManifestTmp {
-    fn put(self, path: &Path) -> Result<()> {
-        let same = std::fs::metadata(path).is_ok_and(|m| m.is_file())
-            && crate::hash::hash_file(path).is_ok_and(|(d, _)| d == self.digest);
-        if same {
-            return Ok(());
+impl ManifestOut {
+    fn new(path: &Path) -> ManifestOut {
+        let old = File::open(path)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+            .map(|f| std::io::BufReader::with_capacity(1 << 20, f));
+        ManifestOut {
+            path: path.to_path_buf(),
+            old,
+            matched: 0,
+            out: None,
+            hasher: Sha256::new(),
+            buf: Vec::with_capacity(256),
         }
-        let file = self.tmp.as_file();
-        file.sync_data().at(path)?;
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .at(path)?;
-        self.tmp
-            .persist(path)
-            .map_err(|e| Error::io(path, e.error))?;
+    }
+
+    fn push(&mut self, line: &[u8]) -> Result<()> {
+        self.hasher.update(line);
+        if self.out.is_none() {
+            if let Some(old) = self.old.as_mut() {
+                self.buf.resize(line.len(), 0);
+                if std::io::Read::read_exact(old, &mut self.buf).is_ok() && self.buf == line {
+                    self.matched += line.len() as u64;
+                    return Ok(());
+                }
+            }
+            self.diverge()?;
+        }
+        let out = self.out.as_mut().expect("diverged above");
+        out.write_all(line).at(&self.path)
+    }
+
+    /// Starts the new manifest with the part of the old one that agreed.
+    fn diverge(&mut self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(walk::TMP_PREFIX)
+            .tempfile_in(dir)
+            .at(dir)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+        if self.old.take().is_some() {
+            let old = File::open(&self.path).at(&self.path)?;
+            let copied = std::io::copy(&mut std::io::Read::take(old, self.matched), &mut out)
+                .at(&self.path)?;
+            if copied != self.matched {
+                return Err(Error::io(
+                    &self.path,
+                    std::io::Error::other("the manifest changed while it was compared"),
+                ));
+            }
+        }
+        self.out = Some(out);
         Ok(())
     }
+
+    /// The new manifest's digest, and its temporary file unless the old one is the same.
+    fn finish(mut self) -> Result<(Digest, Option<tempfile::NamedTempFile>)> {
+        let digest = Digest::from_hasher(self.hasher.clone());
+        if self.out.is_none() {
+            let ended = self
+                .old
+                .as_mut()
+                .is_some_and(|old| std::io::Read::read(old, &mut [0u8; 1]).is_ok_and(|n| n == 0));
+            if ended {
+                return Ok((digest, None));
+            }
+            self.diverge()?;
+        }
+        let out = self.out.take().expect("diverged above");
+        let tmp = out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        Ok((digest, Some(tmp)))
+    }
+}
+
+/// Puts a new manifest in place (durable, readable by all).
+fn put_manifest(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    let file = tmp.as_file();
+    file.sync_data().at(path)?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .at(path)?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
 }
 
 /// Reads the plan once more, in path order, after the copy: the hard links are made, and
 /// every file now verified goes into the destination's manifest (written under a
-/// temporary name, its digest in `report`) and, when `rewrite`, into a new journal (not
+/// temporary name when it differs from the one there; its digest in `report`) and, when `rewrite`, into a new journal (not
 /// yet in place). The entries of the files copied by this run come from the journal
 /// (`copied`: it has some).
 #[allow(clippy::too_many_arguments)]
@@ -729,7 +804,7 @@ fn finish_tree(
     copied: bool,
     keep_manifest: bool,
     report: &mut CopyReport,
-) -> Result<(Option<ManifestTmp>, Option<Rewrite>)> {
+) -> Result<(Option<tempfile::NamedTempFile>, Option<Rewrite>)> {
     let failed: HashSet<PathBuf> = report.failed.iter().map(|f| f.path.clone()).collect();
     let with_links: HashSet<&Path> = links.iter().map(|(_, p)| p.as_path()).collect();
     let mut primary_digest: HashMap<PathBuf, Digest> = HashMap::new();
@@ -743,14 +818,9 @@ fn finish_tree(
     } else {
         None
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(walk::TMP_PREFIX)
-        .tempfile_in(dest)
-        .at(dest)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
-    let mut hasher = Sha256::new();
-    let mut line = Vec::with_capacity(256);
     let manifest_path = dest.join(MANIFEST_NAME);
+    let mut out = ManifestOut::new(&manifest_path);
+    let mut line = Vec::with_capacity(256);
     for planned in plan.read()? {
         let (rel, digest, entry) = match planned? {
             Planned::Skip { rel, entry } => (rel, entry.digest, Some(entry)),
@@ -795,8 +865,7 @@ fn finish_tree(
         };
         line.clear();
         write_line(&mut line, &digest, rel.as_os_str().as_bytes());
-        hasher.update(&line);
-        out.write_all(&line).at(&manifest_path)?;
+        out.push(&line)?;
         if let (Some(j), Some(entry)) = (new_journal.as_mut(), entry.as_ref()) {
             j.push(&rel, entry)?;
         }
@@ -810,12 +879,9 @@ fn finish_tree(
                 .push(ManifestEntry { path: rel, digest });
         }
     }
-    let tmp = out
-        .into_inner()
-        .map_err(|e| Error::io(&manifest_path, e.into_error()))?;
-    let digest = Digest::from_hasher(hasher);
+    let (digest, tmp) = out.finish()?;
     report.manifest_digest = Some(digest);
-    Ok((Some(ManifestTmp { tmp, digest }), new_journal))
+    Ok((tmp, new_journal))
 }
 
 /// A pool of `jobs` threads (at least one).

@@ -2,6 +2,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::links::symlink_warning;
 use super::*;
+use crate::manifest::write_line;
 use crate::progress::NoProgress;
 
 fn tree(root: &Path) {
@@ -198,4 +199,50 @@ fn changes_beyond_the_cap_are_counted_not_named() {
     assert_eq!(r.changes_total, n as u64);
     assert_eq!(r.dirs_changed, 0);
     assert_eq!(r.changes[0].0, PathBuf::from("f000000"));
+}
+
+#[test]
+fn a_manifest_is_written_only_from_where_it_differs_and_only_when_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(MANIFEST_NAME);
+    let lines = |names: &[&str]| -> Vec<Vec<u8>> {
+        names
+            .iter()
+            .map(|n| {
+                let mut l = Vec::new();
+                write_line(&mut l, &Digest::of(n.as_bytes()), n.as_bytes());
+                l
+            })
+            .collect()
+    };
+    let make = |names: &[&str]| -> (Digest, Option<tempfile::NamedTempFile>) {
+        let mut out = ManifestOut::new(&path);
+        for l in lines(names) {
+            out.push(&l).unwrap();
+        }
+        out.finish().unwrap()
+    };
+    let cases: [&[&str]; 6] = [
+        &["a", "b", "c"],      // none there: written
+        &["a", "b", "c"],      // the same: not written
+        &["a", "x", "c"],      // differs in the middle
+        &["a", "x"],           // shorter
+        &["a", "x", "c", "d"], // longer
+        &[],                   // empty
+    ];
+    for (i, names) in cases.iter().enumerate() {
+        let expected: Vec<u8> = lines(names).concat();
+        let (digest, tmp) = make(names);
+        assert_eq!(digest, Digest::of(&expected), "case {i}");
+        if i == 1 {
+            assert!(tmp.is_none(), "an unchanged manifest was written again");
+            continue;
+        }
+        let tmp = tmp.unwrap_or_else(|| panic!("case {i}: not written"));
+        assert_eq!(std::fs::read(tmp.path()).unwrap(), expected, "case {i}");
+        put_manifest(tmp, &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected, "case {i}");
+    }
+    let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(leftovers, 1, "a temporary was left behind");
 }
