@@ -183,7 +183,7 @@ pub fn write_line(out: &mut Vec<u8>, digest: &Digest, name: &[u8]) {
     if escape {
         out.push(b'\\');
     }
-    out.extend_from_slice(digest.to_hex().as_bytes());
+    digest.push_hex(out);
     out.extend_from_slice(b"  ");
     if escape {
         escape_into(out, name);

@@ -371,6 +371,42 @@ impl Iterator for Lines {
     }
 }
 
+/// Whether the complete lines of the journal at `path` name their paths in strictly
+/// ascending byte order (so, each once): one pass that reads the names only, much cheaper
+/// than sorting.
+fn in_path_order(path: &Path) -> Result<bool> {
+    let mut reader = match std::fs::File::open(path) {
+        Ok(f) => BufReader::with_capacity(1 << 20, f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let (mut buf, mut previous) = (Vec::with_capacity(256), Vec::with_capacity(256));
+    loop {
+        buf.clear();
+        reader.read_until(b'\n', &mut buf).at(path)?;
+        if buf.pop() != Some(b'\n') {
+            return Ok(true);
+        }
+        // The name is what follows the fifth space.
+        let Some(name) = buf.splitn(6, |&b| b == b' ').nth(5) else {
+            continue;
+        };
+        let name = if name.contains(&b'\\') {
+            match manifest::unescape(name) {
+                Some(n) => std::borrow::Cow::Owned(n),
+                None => continue,
+            }
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        if !previous.is_empty() && previous.as_slice() >= name.as_ref() {
+            return Ok(false);
+        }
+        previous.clear();
+        previous.extend_from_slice(&name);
+    }
+}
+
 /// A copy journal in path-byte order, one entry per path: the one of its latest line, as
 /// the journal's lines mean it. Lines torn by a killed process and lines that do not
 /// parse are left out. A journal already in path order (as a copy leaves it) is read as
@@ -395,17 +431,7 @@ impl JournalInOrder {
 
     /// [`Self::open`], holding at most `run` lines in memory at once.
     fn sorted_in_runs(path: &Path, run: usize) -> Result<JournalInOrder> {
-        // One pass to see whether it is in order already: cheaper than sorting.
-        let mut previous: Option<Vec<u8>> = None;
-        let mut in_order = true;
-        for line in Lines::open(path)? {
-            let line = line.map_err(|e| Error::io(path, e))?;
-            if previous.as_ref().is_some_and(|p| *p >= line.rel) {
-                in_order = false;
-                break;
-            }
-            previous = Some(line.rel);
-        }
+        let in_order = in_path_order(path)?;
         if in_order {
             return Ok(JournalInOrder {
                 path: path.to_path_buf(),
