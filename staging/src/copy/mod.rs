@@ -44,7 +44,7 @@ use self::dest::{check_space, ensure_dir, ensure_writable_dir, RunGuard};
 use self::finish::{perm, set_mtime};
 use self::links::{place_hard_link, place_symlinks, primary_missing, same_inode, symlink_differs};
 use self::pipeline::{run_pipeline, Ctx};
-use self::plan::{source_check, Job, Plan, SourceWalk, Walked};
+use self::plan::{source_check, Job, Plan, Planning, SourceWalk, Walked};
 use self::spill::{PlanFile, Planned};
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::hash::Digest;
@@ -326,13 +326,16 @@ pub fn copy_from(
         }
         report.failed.extend(refused);
     };
-    let walked = plan::walk_and_plan(
-        source,
-        &opts.filter,
+    let planning = Planning {
+        filter: &opts.filter,
         dest,
-        opts.jobs.max(1),
+        threads: opts.jobs.max(1),
         fresh,
-        opts.verify_existing,
+        verify: opts.verify_existing,
+    };
+    let walked = plan::walk_and_plan(
+        &planning,
+        source,
         source_manifest.map(|(_, m)| m),
         journal_in,
         &mut |w: Walked| {
@@ -587,17 +590,14 @@ pub fn copy_from(
     drop(journal);
 
     // The manifest and the journal, from the plan in path order.
-    let merged = finish_tree(
-        src,
-        dest,
-        &mut plan_file,
-        &links,
-        &journal_path,
+    let ending = Ending {
+        links: &links,
+        journal_path: &journal_path,
         rewrite,
-        appended > 0,
-        opts.keep_manifest,
-        &mut report,
-    );
+        copied: appended > 0,
+        keep_manifest: opts.keep_manifest,
+    };
+    let merged = finish_tree(src, dest, &mut plan_file, &ending, &mut report);
     let (manifest_tmp, journal_rewrite) = match merged {
         Ok(m) => m,
         // Failing files are already reported and the run ends non-zero; a plan or
@@ -788,23 +788,38 @@ fn put_manifest(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What the last pass over the plan needs besides it.
+#[derive(Clone, Copy)]
+struct Ending<'a> {
+    /// The hard links (link, primary).
+    links: &'a [(PathBuf, PathBuf)],
+    journal_path: &'a Path,
+    /// Write the journal anew.
+    rewrite: bool,
+    /// The run appended to the journal.
+    copied: bool,
+    keep_manifest: bool,
+}
+
 /// Reads the plan once more, in path order, after the copy: the hard links are made, and
 /// every file now verified goes into the destination's manifest (written under a
 /// temporary name when it differs from the one there; its digest in `report`) and, when `rewrite`, into a new journal (not
 /// yet in place). The entries of the files copied by this run come from the journal
 /// (`copied`: it has some).
-#[allow(clippy::too_many_arguments)]
 fn finish_tree(
     src: &dyn Storage,
     dest: &Path,
     plan: &mut PlanFile,
-    links: &[(PathBuf, PathBuf)],
-    journal_path: &Path,
-    rewrite: bool,
-    copied: bool,
-    keep_manifest: bool,
+    ending: &Ending<'_>,
     report: &mut CopyReport,
 ) -> Result<(Option<tempfile::NamedTempFile>, Option<Rewrite>)> {
+    let Ending {
+        links,
+        journal_path,
+        rewrite,
+        copied,
+        keep_manifest,
+    } = *ending;
     let failed: HashSet<PathBuf> = report.failed.iter().map(|f| f.path.clone()).collect();
     let with_links: HashSet<&Path> = links.iter().map(|(_, p)| p.as_path()).collect();
     let mut primary_digest: HashMap<PathBuf, Digest> = HashMap::new();

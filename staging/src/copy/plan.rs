@@ -50,6 +50,21 @@ pub(super) struct Walked {
     pub(super) listed: Option<Digest>,
 }
 
+/// How to plan: the walk's filter, the destination, the threads that look at it.
+#[derive(Clone, Copy)]
+pub(super) struct Planning<'a> {
+    pub(super) filter: &'a Filter,
+    pub(super) dest: &'a Path,
+    pub(super) threads: usize,
+    /// The destination did not exist: every file is new, nothing to look at.
+    pub(super) fresh: bool,
+    /// Re-read what the journal calls verified (`--verify`).
+    pub(super) verify: bool,
+}
+
+/// A walked entry with its digest in the source manifest and its journal entry.
+type Looked = (Entry, Option<Digest>, Option<JournalEntry>);
+
 /// What the walk saw besides its entries.
 pub(super) struct WalkEnd {
     /// Entries that could not be read (the walk went on past them).
@@ -63,22 +78,25 @@ pub(super) struct WalkEnd {
 /// order), and the destination's files are looked at on `threads` threads, a bounded
 /// window of entries in flight.
 pub(super) fn walk_and_plan(
+    how: &Planning<'_>,
     source: SourceWalk,
-    filter: &Filter,
-    dest: &Path,
-    threads: usize,
-    fresh: bool,
-    verify: bool,
     manifest: Option<InOrder>,
     journal: JournalInOrder,
     consume: &mut dyn FnMut(Walked),
 ) -> Result<WalkEnd> {
+    let Planning {
+        filter,
+        dest,
+        threads,
+        fresh,
+        verify,
+    } = *how;
     let mut errors = Vec::new();
     let mut failure: Option<Error> = None;
     let mut journal_entries = 0;
     let mut manifest = manifest.map(Cursor::new);
     let mut journal = Cursor::new(journal);
-    let produce = |emit: &mut dyn FnMut((Entry, Option<Digest>, Option<JournalEntry>), u64)| {
+    let produce = |emit: &mut dyn FnMut(Looked, u64)| {
         let mut one = |e: Entry| {
             if failure.is_some() {
                 return;
@@ -113,7 +131,7 @@ pub(super) fn walk_and_plan(
         threads,
         4096,
         produce,
-        |(entry, listed, known): (Entry, Option<Digest>, Option<JournalEntry>)| {
+        |(entry, listed, known): Looked| {
             let plan = (entry.kind == Kind::File).then(|| {
                 if fresh {
                     Plan::Copy(Change::New)
