@@ -62,6 +62,10 @@ pub(super) struct Planning<'a> {
     pub(super) verify: bool,
 }
 
+/// Entries handed to a planning thread at once, and at most in flight.
+const CHUNK: usize = 64;
+const WINDOW: usize = 8192;
+
 /// A walked entry with its digest in the source manifest and its journal entry.
 type Looked = (Entry, Option<Digest>, Option<JournalEntry>);
 
@@ -96,7 +100,10 @@ pub(super) fn walk_and_plan(
     let mut journal_entries = 0;
     let mut manifest = manifest.map(Cursor::new);
     let mut journal = Cursor::new(journal);
-    let produce = |emit: &mut dyn FnMut(Looked, u64)| {
+    // Entries travel in chunks: a look at the destination is a stat, far cheaper than
+    // handing one entry to another thread.
+    let produce = |emit: &mut dyn FnMut(Vec<Looked>, u64)| {
+        let mut chunk = Vec::with_capacity(CHUNK);
         let mut one = |e: Entry| {
             if failure.is_some() {
                 return;
@@ -107,7 +114,12 @@ pub(super) fn walk_and_plan(
                 Ok((None, None))
             };
             match looked {
-                Ok((listed, known)) => emit((e, listed, known), 1),
+                Ok((listed, known)) => {
+                    chunk.push((e, listed, known));
+                    if chunk.len() == CHUNK {
+                        emit(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)), 1);
+                    }
+                }
                 Err(err) => failure = Some(err),
             }
         };
@@ -122,6 +134,9 @@ pub(super) fn walk_and_plan(
                 tree.entries.into_iter().for_each(one);
             }
         }
+        if !chunk.is_empty() {
+            emit(chunk, 1);
+        }
         match journal.count_all() {
             Ok(n) => journal_entries = n,
             Err(e) => failure = failure.take().or(Some(e)),
@@ -129,23 +144,28 @@ pub(super) fn walk_and_plan(
     };
     ordered(
         threads,
-        4096,
+        WINDOW / CHUNK,
         produce,
-        |(entry, listed, known): Looked| {
-            let plan = (entry.kind == Kind::File).then(|| {
-                if fresh {
-                    Plan::Copy(Change::New)
-                } else {
-                    plan_file(dest, &entry, known.as_ref(), listed, verify)
-                }
-            });
-            Walked {
-                entry,
-                plan,
-                listed,
-            }
+        |chunk: Vec<Looked>| {
+            chunk
+                .into_iter()
+                .map(|(entry, listed, known)| {
+                    let plan = (entry.kind == Kind::File).then(|| {
+                        if fresh {
+                            Plan::Copy(Change::New)
+                        } else {
+                            plan_file(dest, &entry, known.as_ref(), listed, verify)
+                        }
+                    });
+                    Walked {
+                        entry,
+                        plan,
+                        listed,
+                    }
+                })
+                .collect::<Vec<_>>()
         },
-        consume,
+        |walked| walked.into_iter().for_each(&mut *consume),
     );
     match failure {
         Some(e) => Err(e),
