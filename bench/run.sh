@@ -48,10 +48,13 @@
 #                        | aws s3 cp - s3://BUCKET/bench-tar/l.tar`, dataset (l), on the same
 #                        S3 test server; the objects are removed before every run
 #  12. scale             tiny files at 10^4, 10^5 and 10^6 (10^6 only when BENCH_SCALE_MAX
-#                        allows): `hpcstage stage` fresh and no-op vs `rsync -a` fresh and
-#                        no-op, then `hpcstage status` and `hpcstage report --all --scan`
-#                        on the staged copy (hpcstage alone); time and peak RSS of each,
-#                        and RSS per file: memory must stay flat (< 64 MiB) as files grow
+#                        allows): `hpcstage stage` fresh, no-op and after one source file
+#                        was touched vs `rsync -a` the same, `hpcstage ingest` into a
+#                        fresh NAS vs `rsync -a` fresh, then `hpcstage stage --dry-run`
+#                        into a fresh folder, `hpcstage status` and `hpcstage report --all
+#                        --scan` on the staged copy (hpcstage alone); time and peak RSS of
+#                        each, and RSS per file: memory must stay flat (< 64 MiB) as files
+#                        grow
 # on two generated datasets of random bytes:
 #   (a) 4 files of 512 MiB (large sequential files: throughput of hashing and copying)
 #   (b) 20,000 files of 16 KiB in 100 folders (many small files: per-file overhead)
@@ -1047,7 +1050,7 @@ fi
 # no-op against rsync -a, then status and report --scan on the staged copy (no peer: rsync
 # has no purge deadlines). Peak RSS per command and size goes to SCALE_RSS, printed as a
 # table with the RSS per file: flat memory means the same MiB at every size.
-SCALE_RSS=()   # rows: files|stage fresh KiB|no-op KiB|status KiB|report KiB|rsync fresh KiB|rsync no-op KiB
+SCALE_RSS=()   # rows: files|stage fresh KiB|no-op KiB|one touched KiB|dry-run KiB|ingest KiB|status KiB|report KiB|rsync fresh KiB|rsync no-op KiB
 if want 12; then
     for n in "${SCALE_SIZES[@]}"; do
         p="10^$((${#n} - 1))" # the row's label: 10^4, 10^5, 10^6
@@ -1066,12 +1069,34 @@ if want 12; then
         grep -q ' 0 copied' "$LOG_DIR/$ROW-hpc-$BENCH_RUNS.log" ||
             die "the no-op re-stage of $n files copied files (log: $LOG_DIR/$ROW-hpc-$BENCH_RUNS.log)"
         noop_kb=$HPC_RSS_MAX_KB rsync_noop_kb=$PEER_RSS_MAX_KB
+        # One source file touched (same bytes, new mtime): both copy it again.
+        SCALE_ONE=$SCALE_SRC/d00000/c0000000
+        export SCALE_ONE
+        measure "12 $p one touched" ratio_ge 1 "rsync -a" \
+            'touch "$SCALE_ONE"' "$H stage \"\$SCALE_SRC\" \"\$SCALE_DEST\" --project bench" \
+            'touch "$SCALE_ONE"' 'rsync -a "$SCALE_SRC/" "$SCALE_PEER/"' \
+            "$SCALE_SRC" "$SCALE_DEST" "$SCALE_PEER"
+        grep -q ' 1 copied' "$LOG_DIR/$ROW-hpc-$BENCH_RUNS.log" ||
+            die "the re-stage of $n files after one was touched did not copy exactly one (log: $LOG_DIR/$ROW-hpc-$BENCH_RUNS.log)"
+        one_kb=$HPC_RSS_MAX_KB
+        export SCALE_DRY=$SCRATCH_ROOT/bench/scale-dry-$n
+        set_aside "$SCALE_DRY"
+        measure_alone "12 $p stage --dry-run" \
+            "$H stage \"\$SCALE_SRC\" \"\$SCALE_DRY\" --project bench --dry-run > /dev/null" "$SCALE_SRC"
+        dry_kb=$HPC_RSS_MAX_KB
+        export SCALE_NAS=$SCRATCH_ROOT/bench/scale-nas-$n
+        measure "12 $p ingest" ratio_gt 0 "rsync -a" \
+            'set_aside "$SCALE_NAS"' "$H --nas-root \"\$SCALE_NAS\" ingest \"\$SCALE_SRC\" --project bench --dataset scale" \
+            'set_aside "$SCALE_PEER"' 'rsync -a "$SCALE_SRC/" "$SCALE_PEER/"' \
+            "$SCALE_SRC"
+        ingest_kb=$HPC_RSS_MAX_KB
+        set_aside "$SCALE_NAS"
         measure_alone "12 $p status" "$H status > /dev/null" "$SCALE_DEST"
         status_kb=$HPC_RSS_MAX_KB
         measure_alone "12 $p report --scan" \
             "$H report --all --scan \"\$SCALE_DEST\" --format json > /dev/null" "$SCALE_DEST"
         report_kb=$HPC_RSS_MAX_KB
-        SCALE_RSS+=("$n|$fresh_kb|$noop_kb|$status_kb|$report_kb|$rsync_kb|$rsync_noop_kb")
+        SCALE_RSS+=("$n|$fresh_kb|$noop_kb|$one_kb|$dry_kb|$ingest_kb|$status_kb|$report_kb|$rsync_kb|$rsync_noop_kb")
         # Set aside, the copy is a stage whose folder is gone for status at the next
         # size: read in no time, so that status there times one big stage.
         set_aside "$SCALE_DEST" "$SCALE_PEER"
@@ -1101,14 +1126,15 @@ fi
     if ((${#SCALE_RSS[@]})); then
         echo
         echo "12: peak RSS by tree size, MiB (bytes per file); flat memory: the same MiB at every size"
-        printf '  %-8s %-19s %-19s %-19s %-19s %-19s %s\n' files "stage fresh" "stage no-op" status "report --scan" "rsync -a fresh" "rsync -a no-op"
+        printf '  %-8s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %s\n' files "stage fresh" "stage no-op" "stage one touched" "stage --dry-run" ingest status "report --scan" "rsync -a fresh" "rsync -a no-op"
         for row in "${SCALE_RSS[@]}"; do
-            IFS='|' read -r n a b c d e f <<<"$row"
+            IFS='|' read -r n cols <<<"$row"
+            IFS='|' read -r -a kbs <<<"$cols"
             cells=()
-            for kb in "$a" "$b" "$c" "$d" "$e" "$f"; do
+            for kb in "${kbs[@]}"; do
                 cells+=("$(awk -v k="$kb" -v n="$n" 'BEGIN { printf "%.1f (%.0f B/f)", k / 1024, k * 1024 / n }')")
             done
-            printf '  %-8s %-19s %-19s %-19s %-19s %-19s %s\n' "$n" "${cells[@]}"
+            printf '  %-8s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %s\n' "$n" "${cells[@]}"
         done
     fi
     if ((${#REFS[@]})); then

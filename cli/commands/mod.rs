@@ -155,10 +155,13 @@ pub(crate) struct CopyJson {
     bytes_per_sec: f64,
     source_manifest_used: bool,
     unlisted_in_source: Vec<String>,
+    unlisted_total: u64,
     repaired: Vec<String>,
     failed: Vec<FailureJson>,
     warnings: Vec<String>,
+    /// The first `CHANGES_KEPT` changes, and how many there were in all.
     changes: Vec<(String, String)>,
+    changes_total: u64,
     manifest_digest: String,
 }
 
@@ -183,6 +186,7 @@ impl CopyJson {
                 .iter()
                 .map(|p| display_name(p))
                 .collect(),
+            unlisted_total: r.unlisted_total,
             repaired: r.repaired.iter().map(|p| display_name(p)).collect(),
             failed: r
                 .failed
@@ -199,7 +203,8 @@ impl CopyJson {
                 .iter()
                 .map(|(p, c)| (c.code().to_string(), display_name(p)))
                 .collect(),
-            manifest_digest: r.manifest.digest().to_hex(),
+            changes_total: r.changes_total,
+            manifest_digest: r.manifest_digest().to_hex(),
         }
     }
 }
@@ -211,15 +216,17 @@ pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
         for (path, change) in &r.changes {
             output::data(format!("{} {}", change.code(), display_name(path)));
         }
+        let unnamed = r.changes_total.saturating_sub(r.changes.len() as u64);
+        if unnamed > 0 {
+            output::note(format!(
+                "... and {unnamed} more changes, not listed one by one"
+            ));
+        }
         for w in &r.warnings {
             output::warn(w);
         }
         print_failures(r, "would fail");
-        let to_copy = r
-            .changes
-            .iter()
-            .filter(|(_, c)| !matches!(c, hpcstage_staging::copy::Change::Dir))
-            .count();
+        let to_copy = r.changes_total - r.dirs_changed;
         output::note(format!(
             "dry run: {} to copy ({}), {} unchanged; nothing was written",
             to_copy,
@@ -231,10 +238,10 @@ pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
     for w in &r.warnings {
         output::warn(w);
     }
-    if !r.unlisted_in_source.is_empty() {
+    if r.unlisted_total > 0 {
         output::warn(format!(
             "{} files are not in the source MANIFEST.sha256 and could not be checked against it",
-            r.unlisted_in_source.len()
+            r.unlisted_total
         ));
     }
     for p in &r.repaired {

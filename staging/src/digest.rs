@@ -27,7 +27,14 @@ impl Digest {
 
     /// Lowercase hex, as `sha256sum` writes it.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        faster_hex::hex_string(&self.0)
+    }
+
+    /// Appends [`Digest::to_hex`] to `out` (a manifest line a million times over).
+    pub fn push_hex(&self, out: &mut Vec<u8>) {
+        let mut hex = [0u8; 64];
+        faster_hex::hex_encode(&self.0, &mut hex).expect("64 bytes hold 32 in hex");
+        out.extend_from_slice(&hex);
     }
 }
 
@@ -52,11 +59,11 @@ impl FromStr for Digest {
     type Err = BadHex;
 
     fn from_str(s: &str) -> std::result::Result<Self, BadHex> {
-        let mut out = [0u8; 32];
         if s.len() != 64 {
             return Err(BadHex);
         }
-        hex::decode_to_slice(s, &mut out).map_err(|_| BadHex)?;
-        Ok(Digest(out))
+        faster_hex::hex_decode_array::<32>(s.as_bytes())
+            .map(Digest)
+            .map_err(|_| BadHex)
     }
 }

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 
 use crate::copy::{CopyOptions, CopyReport};
 use crate::error::{Error, Result};
+use crate::hash::Digest;
 use crate::host::{current_user, hostname};
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
@@ -103,16 +104,20 @@ pub fn ingest_into(
             snapshot: None,
         });
     }
+    let manifest_digest = report.manifest_digest();
     let mut info = dataset_info(
         settings,
         &report.manifest,
+        manifest_digest,
         report.files_total,
         report.bytes_total,
     );
     let info_rel = Path::new("dataset.json");
     let info_digest =
         placing.put_bytes(info_rel, &json_bytes(&placing.display(info_rel), &info)?)?;
-    let mut entries = report.manifest.entries.clone();
+    // Taken, not copied (a million entries): the report keeps the digest.
+    let mut entries = std::mem::take(&mut report.manifest.entries);
+    report.manifest_digest = Some(manifest_digest);
     entries.retain(|e| e.path != info_rel);
     entries.push(ManifestEntry {
         path: info_rel.into(),
@@ -121,7 +126,7 @@ pub fn ingest_into(
     let manifest = Manifest::from_entries(entries);
     let path = placing.path();
     let placed = placing.finish(&manifest)?;
-    info.manifest_digest = Some(report.manifest.digest());
+    info.manifest_digest = Some(manifest_digest);
     report.warnings.extend(nas.notes());
     report
         .warnings
@@ -153,6 +158,7 @@ fn check_source(source: &Path) -> Result<()> {
 fn dataset_info(
     settings: &IngestSettings,
     manifest: &Manifest,
+    manifest_digest: Digest,
     files: u64,
     bytes: u64,
 ) -> DatasetInfo {
@@ -176,7 +182,7 @@ fn dataset_info(
         bytes,
         ingested_at: Timestamp::now(),
         ingested_by: current_user(),
-        manifest_digest: Some(manifest.digest()),
+        manifest_digest: Some(manifest_digest),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }

@@ -6,15 +6,16 @@
 //! and its file is simply checked again. The journal keeps the source's mtime, so the
 //! destination does not have to carry it (see docs/ARCHITECTURE.md#purge-deadlines).
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{IoContext, Result};
-use crate::manifest::{escape_into, unescape, write_atomic};
+use crate::manifest::{escape_into, unescape};
+use crate::walk::TMP_PREFIX;
 
 /// What the journal knows of one verified file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,55 +27,37 @@ pub struct JournalEntry {
     pub dest_ino: u64,
 }
 
-/// An append-only journal, loaded into a map.
+/// An append-only journal. It holds nothing of what the file says: a copy reads the
+/// journal in path order ([`crate::sorted::JournalInOrder`]) and merges it with its walk.
 pub struct Journal {
     path: PathBuf,
-    entries: HashMap<PathBuf, JournalEntry>,
-    lines: usize,
     writer: Option<BufWriter<File>>,
-    /// Length up to the last complete line, and the file's length when loaded: a
+    /// Length up to the last complete line, and the file's length when opened: a
     /// difference is a line torn by a killed process, cut off before appending.
     complete_len: u64,
     loaded_len: u64,
+    appended: u64,
 }
 
 impl Journal {
-    /// Loads the journal at `path` (missing means empty).
-    pub fn load(path: &Path) -> Result<Self> {
-        let mut entries = HashMap::new();
-        let mut lines = 0;
-        let (mut complete_len, mut loaded_len) = (0, 0);
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let complete = match bytes.iter().rposition(|&b| b == b'\n') {
-                    Some(end) => &bytes[..=end],
-                    None => &[][..],
-                };
-                complete_len = complete.len() as u64;
-                loaded_len = bytes.len() as u64;
-                for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    lines += 1;
-                    if let Some((rel, entry)) = parse_line(line) {
-                        entries.insert(rel, entry);
-                    }
-                }
+    /// Opens the journal at `path` for appending (missing means empty); only its end is
+    /// read, to find a line torn by a killed process.
+    pub fn open(path: &Path) -> Result<Self> {
+        let (complete_len, loaded_len) = match File::open(path) {
+            Ok(file) => {
+                let len = file.metadata().at(path)?.len();
+                (complete_length(&file, len).at(path)?, len)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
             Err(e) => return Err(crate::Error::io(path, e)),
-        }
+        };
         Ok(Journal {
             path: path.to_path_buf(),
-            entries,
-            lines,
             writer: None,
             complete_len,
             loaded_len,
+            appended: 0,
         })
-    }
-
-    /// The entry for `rel`, if it was verified before.
-    pub fn get(&self, rel: &Path) -> Option<&JournalEntry> {
-        self.entries.get(rel)
     }
 
     /// Records a verified file (buffered; see [`Journal::flush`]).
@@ -95,14 +78,8 @@ impl Journal {
         format_line(&mut line, rel, &entry);
         let writer = self.writer.as_mut().expect("opened above");
         writer.write_all(&line).at(&self.path)?;
-        self.entries.insert(rel.to_path_buf(), entry);
-        self.lines += 1;
+        self.appended += 1;
         Ok(())
-    }
-
-    /// Forgets a file (its destination no longer matches).
-    pub fn forget(&mut self, rel: &Path) {
-        self.entries.remove(rel);
     }
 
     /// Pushes buffered lines to the file.
@@ -113,32 +90,72 @@ impl Journal {
         Ok(())
     }
 
-    /// Rewrites the journal with only the entries whose paths `keep` accepts, when that
-    /// makes it noticeably shorter.
-    pub fn compact(&mut self, keep: impl Fn(&Path) -> bool) -> Result<()> {
-        self.flush()?;
-        self.entries.retain(|p, _| keep(p));
-        if self.lines <= self.entries.len() + self.entries.len() / 4 + 16 {
-            return Ok(());
+    /// Lines appended since it was opened.
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    /// True when the file ended in a torn line when it was opened.
+    pub fn torn(&self) -> bool {
+        self.loaded_len != self.complete_len
+    }
+}
+
+/// The length of `file` (`len` bytes) up to and with its last newline.
+fn complete_length(file: &File, len: u64) -> std::io::Result<u64> {
+    let mut end = len;
+    let mut block = vec![0u8; 1 << 16];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
         }
-        self.writer = None;
-        let mut out = Vec::with_capacity(self.entries.len() * 120);
-        for (rel, entry) in &self.entries {
-            format_line(&mut out, rel, entry);
-        }
-        write_atomic(&self.path, &out)?;
-        self.lines = self.entries.len();
+        end = start;
+    }
+    Ok(0)
+}
+
+/// A journal written anew, in path order, from the entries a copy found current: it
+/// replaces the old one atomically when [`Rewrite::commit`] is called, and not at all
+/// when dropped before.
+pub struct Rewrite {
+    path: PathBuf,
+    tmp: BufWriter<tempfile::NamedTempFile>,
+    line: Vec<u8>,
+}
+
+impl Rewrite {
+    pub fn new(path: &Path) -> Result<Rewrite> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(dir)
+            .at(dir)?;
+        Ok(Rewrite {
+            path: path.to_path_buf(),
+            tmp: BufWriter::with_capacity(1 << 20, tmp),
+            line: Vec::with_capacity(256),
+        })
+    }
+
+    pub fn push(&mut self, rel: &Path, entry: &JournalEntry) -> Result<()> {
+        self.line.clear();
+        format_line(&mut self.line, rel, entry);
+        self.tmp.write_all(&self.line).at(&self.path)
+    }
+
+    /// Makes the new journal durable and puts it in place of the old.
+    pub fn commit(self) -> Result<()> {
+        let tmp = self
+            .tmp
+            .into_inner()
+            .map_err(|e| crate::Error::io(&self.path, e.into_error()))?;
+        tmp.as_file().sync_data().at(&self.path)?;
+        tmp.persist(&self.path)
+            .map_err(|e| crate::Error::io(&self.path, e.error))?;
         Ok(())
-    }
-
-    /// Number of known files.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when no file is known.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
@@ -181,6 +198,7 @@ pub(crate) fn parse_line(line: &[u8]) -> Option<(PathBuf, JournalEntry)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sorted::JournalInOrder;
 
     fn entry(n: u64) -> JournalEntry {
         JournalEntry {
@@ -192,43 +210,81 @@ mod tests {
         }
     }
 
+    fn read(path: &Path) -> Vec<(PathBuf, JournalEntry)> {
+        JournalInOrder::open(path)
+            .unwrap()
+            .collect::<Result<Vec<_>>>()
+            .unwrap()
+    }
+
     #[test]
     fn round_trips_and_ignores_a_torn_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let mut j = Journal::load(&path).unwrap();
+        let mut j = Journal::open(&path).unwrap();
         j.record(Path::new("a b"), entry(1)).unwrap();
         j.record(Path::new("new\nline\\x"), entry(2)).unwrap();
         j.flush().unwrap();
+        assert_eq!(j.appended(), 2);
         drop(j);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(b"deadbeef 12 3");
         std::fs::write(&path, bytes).unwrap();
-        let mut j = Journal::load(&path).unwrap();
-        assert_eq!(j.len(), 2);
-        assert_eq!(j.get(Path::new("new\nline\\x")), Some(&entry(2)));
+        let mut j = Journal::open(&path).unwrap();
+        assert!(j.torn());
+        assert_eq!(read(&path).len(), 2);
         // The torn line is cut off before the next append, which therefore survives.
         j.record(Path::new("after"), entry(3)).unwrap();
         j.flush().unwrap();
         drop(j);
-        let j = Journal::load(&path).unwrap();
-        assert_eq!(j.get(Path::new("after")), Some(&entry(3)));
-        assert_eq!(j.len(), 3);
+        let all = read(&path);
+        assert_eq!(all.len(), 3);
+        assert!(all.contains(&(PathBuf::from("after"), entry(3))));
+        assert!(all.contains(&(PathBuf::from("new\nline\\x"), entry(2))));
+        assert!(!Journal::open(&path).unwrap().torn());
     }
 
     #[test]
-    fn compaction_keeps_the_latest_entry() {
+    fn a_torn_line_longer_than_a_block_is_found() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let mut j = Journal::load(&path).unwrap();
+        let mut j = Journal::open(&path).unwrap();
+        j.record(Path::new("a"), entry(1)).unwrap();
+        j.flush().unwrap();
+        let whole = std::fs::metadata(&path).unwrap().len();
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend(std::iter::repeat_n(b'x', 200_000));
+        std::fs::write(&path, bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(complete_length(&file, whole + 200_000).unwrap(), whole);
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_journal_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut j = Journal::open(&path).unwrap();
         for i in 0..100 {
             j.record(Path::new("f"), entry(i)).unwrap();
         }
         j.record(Path::new("gone"), entry(1)).unwrap();
-        j.compact(|p| p != Path::new("gone")).unwrap();
-        let j = Journal::load(&path).unwrap();
-        assert_eq!(j.len(), 1);
-        assert_eq!(j.get(Path::new("f")), Some(&entry(99)));
+        j.flush().unwrap();
+        drop(j);
+        let mut r = Rewrite::new(&path).unwrap();
+        r.push(Path::new("f"), &entry(99)).unwrap();
+        drop(r);
+        assert_eq!(
+            read(&path).len(),
+            2,
+            "a dropped rewrite changed the journal"
+        );
+        let mut r = Rewrite::new(&path).unwrap();
+        r.push(Path::new("f"), &entry(99)).unwrap();
+        r.commit().unwrap();
+        assert_eq!(read(&path), vec![(PathBuf::from("f"), entry(99))]);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "a temporary was left behind");
     }
 }

@@ -94,9 +94,17 @@ impl Manifest {
         Digest::of(&self.to_bytes())
     }
 
-    /// Writes the manifest atomically (temporary file, then rename).
+    /// Writes the manifest atomically (temporary file, then rename), a line at a time.
     pub fn write_atomic(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &self.to_bytes())
+        let mut line = Vec::with_capacity(256);
+        write_atomic_with(path, &mut |w| {
+            for e in &self.entries {
+                line.clear();
+                write_line(&mut line, &e.digest, e.path.as_os_str().as_bytes());
+                w.write_all(&line)?;
+            }
+            Ok(())
+        })
     }
 
     /// Path → digest lookup.
@@ -121,12 +129,26 @@ impl Manifest {
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename,
 /// so readers see the old or the new content, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, &mut |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `write` writes (buffered).
+fn write_atomic_with(
+    path: &Path,
+    write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(walk::TMP_PREFIX)
         .tempfile_in(dir)
         .at(dir)?;
-    tmp.write_all(bytes).at(tmp.path().to_path_buf())?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .at(out.get_ref().path().to_path_buf())?;
+    let tmp = out
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
     tmp.as_file().sync_data().at(tmp.path().to_path_buf())?;
     let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
     tmp.as_file()
@@ -161,7 +183,7 @@ pub fn write_line(out: &mut Vec<u8>, digest: &Digest, name: &[u8]) {
     if escape {
         out.push(b'\\');
     }
-    out.extend_from_slice(digest.to_hex().as_bytes());
+    digest.push_hex(out);
     out.extend_from_slice(b"  ");
     if escape {
         escape_into(out, name);

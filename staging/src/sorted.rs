@@ -91,6 +91,7 @@ pub struct ManifestFile {
     /// A manifest not sorted by path bytes, held in memory in the file's order; `None`:
     /// streamed from the file.
     unsorted: Option<Manifest>,
+    digest: Digest,
 }
 
 impl ManifestFile {
@@ -100,22 +101,32 @@ impl ManifestFile {
         let mut entries = Entries::open(path)?;
         let (mut count, mut sorted) = (0u64, true);
         let mut previous: Option<PathBuf> = None;
+        let mut hasher = Sha256::new();
+        let mut line = Vec::with_capacity(256);
         while let Some(e) = entries.next_entry()? {
             if let Some(p) = &previous {
                 sorted &= p.as_os_str().as_bytes() < e.path.as_os_str().as_bytes();
             }
             count += 1;
+            line.clear();
+            write_line(&mut line, &e.digest, e.path.as_os_str().as_bytes());
+            hasher.update(&line);
             previous = Some(e.path);
         }
         // Duplicates far apart, and the order, need the whole list anyway.
         let unsorted = (!sorted).then(|| Manifest::read(path)).transpose()?;
-        if let Some(m) = &unsorted {
-            count = m.len() as u64;
-        }
+        let digest = match &unsorted {
+            Some(m) => {
+                count = m.len() as u64;
+                m.digest()
+            }
+            None => Digest::from_hasher(hasher),
+        };
         Ok(ManifestFile {
             path: path.to_path_buf(),
             entries: count,
             unsorted,
+            digest,
         })
     }
 
@@ -142,20 +153,9 @@ impl ManifestFile {
         })
     }
 
-    /// [`Manifest::digest`] of the file, computed as it streams by.
+    /// [`Manifest::digest`] of the file, computed as it was checked.
     pub fn digest(&self) -> Result<Digest> {
-        if let Some(m) = &self.unsorted {
-            return Ok(m.digest());
-        }
-        let mut entries = Entries::open(&self.path)?;
-        let mut hasher = Sha256::new();
-        let mut line = Vec::with_capacity(256);
-        while let Some(e) = entries.next_entry()? {
-            line.clear();
-            write_line(&mut line, &e.digest, e.path.as_os_str().as_bytes());
-            hasher.update(&line);
-        }
-        Ok(Digest::from_hasher(hasher))
+        Ok(self.digest)
     }
 }
 
@@ -210,6 +210,7 @@ pub struct Cursor<I: Iterator<Item = Result<T>>, T> {
     items: I,
     current: Option<T>,
     started: bool,
+    read: u64,
 }
 
 impl<I: Iterator<Item = Result<T>>, T: Keyed> Cursor<I, T> {
@@ -218,7 +219,26 @@ impl<I: Iterator<Item = Result<T>>, T: Keyed> Cursor<I, T> {
             items,
             current: None,
             started: false,
+            read: 0,
         }
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        self.current = self.items.next().transpose()?;
+        self.read += u64::from(self.current.is_some());
+        Ok(())
+    }
+
+    /// Reads the rest of the list and says how many items it held.
+    pub fn count_all(mut self) -> Result<u64> {
+        if !self.started {
+            self.started = true;
+            self.advance()?;
+        }
+        while self.current.is_some() {
+            self.advance()?;
+        }
+        Ok(self.read)
     }
 
     /// The item for `key`, if the list has one. Keys must come in ascending byte order;
@@ -227,14 +247,14 @@ impl<I: Iterator<Item = Result<T>>, T: Keyed> Cursor<I, T> {
         let key = key.as_os_str().as_bytes();
         if !self.started {
             self.started = true;
-            self.current = self.items.next().transpose()?;
+            self.advance()?;
         }
         while self
             .current
             .as_ref()
             .is_some_and(|c| c.key().as_os_str().as_bytes() < key)
         {
-            self.current = self.items.next().transpose()?;
+            self.advance()?;
         }
         Ok(self
             .current
@@ -302,13 +322,100 @@ impl extsort::Sortable for Line {
     }
 }
 
+/// The lines of a journal file as they come, each with its position. Only lines that end
+/// in a newline count: the last one, torn by a killed process, does not (and ends the
+/// journal); lines that do not parse are passed over.
+struct Lines {
+    reader: Option<BufReader<std::fs::File>>,
+    buf: Vec<u8>,
+    seq: u64,
+}
+
+impl Lines {
+    fn open(path: &Path) -> Result<Lines> {
+        let reader = match std::fs::File::open(path) {
+            Ok(f) => Some(BufReader::with_capacity(1 << 20, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        Ok(Lines {
+            reader,
+            buf: Vec::with_capacity(256),
+            seq: 0,
+        })
+    }
+}
+
+impl Iterator for Lines {
+    type Item = std::io::Result<Line>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let r = self.reader.as_mut()?;
+            self.buf.clear();
+            match r.read_until(b'\n', &mut self.buf) {
+                Ok(_) if self.buf.last() != Some(&b'\n') => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            self.buf.pop();
+            self.seq += 1;
+            if let Some((rel, entry)) = parse_line(&self.buf) {
+                return Some(Ok(Line {
+                    rel: rel.into_os_string().into_vec(),
+                    seq: self.seq,
+                    entry,
+                }));
+            }
+        }
+    }
+}
+
+/// Whether the complete lines of the journal at `path` name their paths in strictly
+/// ascending byte order (so, each once): one pass that reads the names only, much cheaper
+/// than sorting.
+fn in_path_order(path: &Path) -> Result<bool> {
+    let mut reader = match std::fs::File::open(path) {
+        Ok(f) => BufReader::with_capacity(1 << 20, f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let (mut buf, mut previous) = (Vec::with_capacity(256), Vec::with_capacity(256));
+    loop {
+        buf.clear();
+        reader.read_until(b'\n', &mut buf).at(path)?;
+        if buf.pop() != Some(b'\n') {
+            return Ok(true);
+        }
+        // The name is what follows the fifth space.
+        let Some(name) = buf.splitn(6, |&b| b == b' ').nth(5) else {
+            continue;
+        };
+        let name = if name.contains(&b'\\') {
+            match manifest::unescape(name) {
+                Some(n) => std::borrow::Cow::Owned(n),
+                None => continue,
+            }
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        if !previous.is_empty() && previous.as_slice() >= name.as_ref() {
+            return Ok(false);
+        }
+        previous.clear();
+        previous.extend_from_slice(&name);
+    }
+}
+
 /// A copy journal in path-byte order, one entry per path: the one of its latest line, as
-/// [`crate::journal::Journal::load`] keeps it. Lines torn by a killed process and lines
-/// that do not parse are left out, as there.
+/// the journal's lines mean it. Lines torn by a killed process and lines that do not
+/// parse are left out. A journal already in path order (as a copy leaves it) is read as
+/// it is; another is sorted on disk first.
 pub struct JournalInOrder {
     path: PathBuf,
-    lines: Box<dyn Iterator<Item = std::io::Result<Line>>>,
+    lines: Box<dyn Iterator<Item = std::io::Result<Line>> + Send>,
     pending: Option<Line>,
+    was_sorted: bool,
 }
 
 impl JournalInOrder {
@@ -317,37 +424,29 @@ impl JournalInOrder {
         Self::sorted_in_runs(path, SORT_RUN)
     }
 
+    /// True when the file was in path order already, one line per path.
+    pub fn was_sorted(&self) -> bool {
+        self.was_sorted
+    }
+
     /// [`Self::open`], holding at most `run` lines in memory at once.
     fn sorted_in_runs(path: &Path, run: usize) -> Result<JournalInOrder> {
-        let mut reader = match std::fs::File::open(path) {
-            Ok(f) => Some(BufReader::with_capacity(1 << 20, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(path, e)),
-        };
+        let in_order = in_path_order(path)?;
+        if in_order {
+            return Ok(JournalInOrder {
+                path: path.to_path_buf(),
+                lines: Box::new(Lines::open(path)?),
+                pending: None,
+                was_sorted: true,
+            });
+        }
         let mut read_error = None;
-        let mut seq = 0u64;
-        let mut buf = Vec::with_capacity(256);
-        // Only lines that end in a newline count: the last one, torn by a killed
-        // process, does not (and ends the journal).
-        let lines = std::iter::from_fn(|| loop {
-            let r = reader.as_mut()?;
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(_) if buf.last() != Some(&b'\n') => return None,
-                Ok(_) => {}
-                Err(e) => {
-                    read_error = Some(e);
-                    return None;
-                }
-            }
-            buf.pop();
-            seq += 1;
-            if let Some((rel, entry)) = parse_line(&buf) {
-                return Some(Line {
-                    rel: rel.into_os_string().into_vec(),
-                    seq,
-                    entry,
-                });
+        let mut lines = Lines::open(path)?;
+        let lines = std::iter::from_fn(|| match lines.next()? {
+            Ok(l) => Some(l),
+            Err(e) => {
+                read_error = Some(e);
+                None
             }
         });
         let sorted = extsort::ExternalSorter::new()
@@ -363,6 +462,7 @@ impl JournalInOrder {
             path: path.to_path_buf(),
             lines: Box::new(sorted),
             pending: None,
+            was_sorted: false,
         })
     }
 
@@ -427,7 +527,7 @@ mod tests {
     fn a_journal_comes_in_path_order_with_the_latest_line_of_each_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let mut j = Journal::load(&path).unwrap();
+        let mut j = Journal::open(&path).unwrap();
         // Written in the order files finish, a path again when it was copied again.
         for (name, n) in [("b", 1), ("a/x", 2), ("a b", 3), ("b", 4), ("new\nline", 5)] {
             j.record(Path::new(name), entry(n)).unwrap();
@@ -445,13 +545,9 @@ mod tests {
             (PathBuf::from("b"), entry(4)),
             (PathBuf::from("new\nline"), entry(5)),
         ];
-        assert_eq!(all(JournalInOrder::open(&path).unwrap()), expected);
-        // What the journal in memory says of each path, the ordered one says too.
-        let loaded = Journal::load(&path).unwrap();
-        assert_eq!(loaded.len(), expected.len());
-        for (p, e) in &expected {
-            assert_eq!(loaded.get(p), Some(e), "{}", p.display());
-        }
+        let j = JournalInOrder::open(&path).unwrap();
+        assert!(!j.was_sorted());
+        assert_eq!(all(j), expected);
         assert!(all(JournalInOrder::open(&dir.path().join("none")).unwrap()).is_empty());
     }
 
@@ -459,7 +555,7 @@ mod tests {
     fn a_journal_bigger_than_memory_is_sorted_on_disk_with_the_same_result() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let mut j = Journal::load(&path).unwrap();
+        let mut j = Journal::open(&path).unwrap();
         // 1,000 paths, each written three times, in an order far from sorted.
         for round in 0..3u64 {
             for i in 0..1000u64 {
@@ -483,6 +579,33 @@ mod tests {
             in_memory.iter().all(|(_, e)| e.size >= 2000),
             "an older line won"
         );
+    }
+
+    #[test]
+    fn a_journal_in_path_order_is_read_as_it_is_and_counted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut r = crate::journal::Rewrite::new(&path).unwrap();
+        for (name, n) in [("a b", 1), ("a/x", 2), ("b", 3)] {
+            r.push(Path::new(name), &entry(n)).unwrap();
+        }
+        r.commit().unwrap();
+        let j = JournalInOrder::open(&path).unwrap();
+        assert!(j.was_sorted());
+        let mut c = Cursor::new(j);
+        assert_eq!(c.find(Path::new("a/x")).unwrap().unwrap().1, entry(2));
+        assert_eq!(
+            c.count_all().unwrap(),
+            3,
+            "every entry counted, found or not"
+        );
+        // A path twice is not in order: the latest line must win.
+        let mut j = Journal::open(&path).unwrap();
+        j.record(Path::new("b"), entry(9)).unwrap();
+        j.flush().unwrap();
+        let j = JournalInOrder::open(&path).unwrap();
+        assert!(!j.was_sorted());
+        assert_eq!(all(j).last().unwrap(), &(PathBuf::from("b"), entry(9)));
     }
 
     fn write_manifest(path: &Path, names: &[&str]) {

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use jiff::Timestamp;
 
 use crate::copy::{copy_from, CopyOptions, CopyReport, FailureKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::host::{current_user, hostname};
 use crate::ledger::Ledger;
 use crate::policy::PurgePolicy;
@@ -199,16 +199,21 @@ pub fn stage_from(
     }
     let mut copy = settings.copy.clone();
     copy.preserve_mtime = settings.policy.preserve_mtime();
+    // The stage record needs the manifest's digest only: millions of entries stay on disk.
+    copy.keep_manifest = false;
     let record_path = settings.destination.join(STATE_DIR).join("stage.json");
     let previous: Option<StageRecord> = crate::record::read_json(&record_path).ok();
     let manifest_path = settings.destination.join(MANIFEST_NAME);
     // The manifest of the last complete stage (the one its record names): the copy
-    // removes it when a file fails.
-    let previous_manifest = previous.as_ref().and_then(|p| {
-        std::fs::read(&manifest_path)
-            .ok()
-            .filter(|bytes| crate::hash::Digest::of(bytes) == p.manifest_digest)
-    });
+    // removes it when a file fails. A hard link keeps it meanwhile, not its bytes (the
+    // manifest of millions of files), and goes when the stage is over.
+    let kept_manifest = settings.destination.join(STATE_DIR).join("manifest.last");
+    let _ = std::fs::remove_file(&kept_manifest);
+    let previous_manifest = (!copy.dry_run
+        && previous.is_some()
+        && std::fs::hard_link(&manifest_path, &kept_manifest).is_ok())
+    .then(|| tempfile::TempPath::try_from_path(&kept_manifest).ok())
+    .flatten();
     // A local source that is not there gets its own error before anything is written.
     let missing_source = source.local_root().is_some_and(|p| !p.is_dir());
     let provisional = if copy.dry_run || previous.is_some() || missing_source {
@@ -289,11 +294,13 @@ pub fn stage_from(
                 ));
             }
         };
-        if let Some(bytes) = previous_manifest {
-            if !manifest_path.exists() {
+        if let Some(kept) = previous_manifest {
+            let named = crate::hash::hash_file(&kept)
+                .is_ok_and(|(digest, _)| digest == record.manifest_digest);
+            if named && !manifest_path.exists() {
                 keep(
                     "last complete MANIFEST.sha256",
-                    crate::manifest::write_atomic(&manifest_path, &bytes),
+                    std::fs::rename(&kept, &manifest_path).at(&manifest_path),
                 );
             }
         }
@@ -307,9 +314,9 @@ pub fn stage_from(
         });
     }
     if let Some(previous) = previous {
-        let unchanged = report.changes.is_empty()
+        let unchanged = report.changes_total == 0
             && previous.incomplete.is_none()
-            && previous.manifest_digest == report.manifest.digest()
+            && previous.manifest_digest == report.manifest_digest()
             && previous.source == settings.source.to_string();
         if unchanged {
             // A no-op re-stage: nothing to write (the deadline still follows the files,
@@ -345,7 +352,7 @@ fn new_record(settings: &StageSettings, report: &CopyReport, staged_at: Timestam
         destination: settings.destination.clone(),
         files: report.files_total,
         bytes: report.bytes_total,
-        manifest_digest: report.manifest.digest(),
+        manifest_digest: report.manifest_digest(),
         source_manifest_digest: report.source_manifest_digest,
         staged_at,
         owner: current_user(),

@@ -33,6 +33,21 @@ pub enum Kind {
     Other,
 }
 
+impl Kind {
+    /// The kind of an entry of this type (a link itself, never what it points to).
+    pub fn of(ft: std::fs::FileType) -> Kind {
+        if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        }
+    }
+}
+
 /// The parts of `stat` the engine uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Meta {
@@ -335,16 +350,7 @@ fn walk_dir<G: Gather>(root: &Path, rel_dir: &Path, filter: &Filter) -> G {
                 continue;
             }
         };
-        let ft = m.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            Kind::Other
-        };
+        let kind = Kind::of(m.file_type());
         if !filter.keeps(kind, &rel) {
             continue;
         }
@@ -444,6 +450,97 @@ fn files_in_order_below(
     }
 }
 
+/// Calls `f` with every entry under `root` that [`walk`] would list (files, folders,
+/// links, special files; links not followed), reading one folder at a time: memory is
+/// bounded by the depth and the largest folder, not by the tree. Files come in manifest
+/// order (the bytes of their relative paths, as [`files_in_order`]); a folder comes just
+/// before what it holds. The entries of a folder are stat'ed in parallel (a round trip
+/// each on a network filesystem). Entries that cannot be read go to `errors`.
+pub fn entries_in_order(
+    root: &Path,
+    filter: &Filter,
+    errors: &mut Vec<Error>,
+    f: &mut dyn FnMut(Entry),
+) -> Result<()> {
+    if !std::fs::metadata(root).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::SourceMissing {
+            path: root.to_path_buf(),
+        });
+    }
+    entries_in_order_below(root, Path::new(""), filter, errors, f);
+    Ok(())
+}
+
+fn entries_in_order_below(
+    root: &Path,
+    rel_dir: &Path,
+    filter: &Filter,
+    errors: &mut Vec<Error>,
+    f: &mut dyn FnMut(Entry),
+) {
+    use rayon::prelude::*;
+    let dir = root.join(rel_dir);
+    let read = match std::fs::read_dir(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(Error::io(&dir, e));
+            return;
+        }
+    };
+    let mut names = Vec::new();
+    for dent in read {
+        match dent {
+            Ok(d) => {
+                let name = d.file_name();
+                let rel = rel_dir.join(&name);
+                if !filter.leaves_out(&rel, &name) {
+                    names.push(rel);
+                }
+            }
+            Err(e) => errors.push(Error::io(&dir, e)),
+        }
+    }
+    let stat = |rel: PathBuf| match std::fs::symlink_metadata(root.join(&rel)) {
+        Ok(m) => Ok(Entry {
+            rel,
+            kind: Kind::of(m.file_type()),
+            meta: Meta::from_std(&m),
+        }),
+        Err(e) => Err(Error::io(root.join(&rel), e)),
+    };
+    let stated: Vec<std::result::Result<Entry, Error>> = if names.len() >= 64 {
+        names.into_par_iter().map(stat).collect()
+    } else {
+        names.into_iter().map(stat).collect()
+    };
+    // (sort key: the name, with `/` after a folder's)
+    let mut children: Vec<(Vec<u8>, Entry)> = Vec::with_capacity(stated.len());
+    for s in stated {
+        match s {
+            Ok(e) if filter.keeps(e.kind, &e.rel) => {
+                let name = e.rel.file_name().expect("an entry has a name");
+                let mut key = name.as_bytes().to_vec();
+                if e.kind == Kind::Dir {
+                    key.push(b'/');
+                }
+                children.push((key, e));
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (_, e) in children {
+        if e.kind == Kind::Dir {
+            let rel = e.rel.clone();
+            f(e);
+            entries_in_order_below(root, &rel, filter, errors, f);
+        } else {
+            f(e);
+        }
+    }
+}
+
 /// Sorts paths by their bytes, the order manifests use.
 pub fn sort_by_bytes<T>(items: &mut [T], key: impl Fn(&T) -> &Path) {
     items.sort_unstable_by(|a, b| {
@@ -481,6 +578,70 @@ mod tests {
         let mut expected: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
         sort_by_bytes(&mut expected, |p| p);
         assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn entries_in_order_list_what_walk_lists_files_in_path_order_folders_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "a/x", "a b", "a-c/y", "a.d", "ab", "a/b/c", "a/b c", "a/b/d/e", "a!", "b", "a0/z",
+        ];
+        for n in names {
+            let p = dir.path().join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, n).unwrap();
+        }
+        // A folder big enough to be stat'ed in parallel keeps its order too.
+        std::fs::create_dir_all(dir.path().join("many")).unwrap();
+        for i in 0..100 {
+            std::fs::write(dir.path().join(format!("many/f{:03}", 99 - i)), "x").unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("empty/inner")).unwrap();
+        std::os::unix::fs::symlink("b", dir.path().join("link")).unwrap();
+        std::fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
+        let mut seen = Vec::new();
+        let mut errors = Vec::new();
+        entries_in_order(dir.path(), &Filter::default(), &mut errors, &mut |e| {
+            seen.push(e)
+        })
+        .unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let files: Vec<PathBuf> = seen
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| e.rel.clone())
+            .collect();
+        let mut expected = Vec::new();
+        files_in_order(dir.path(), &Filter::default(), &mut errors, &mut |p| {
+            expected.push(p)
+        })
+        .unwrap();
+        assert_eq!(files, expected);
+        // Each folder just before what it holds.
+        for (i, e) in seen.iter().enumerate() {
+            if let Some(parent) = e.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                let at = seen.iter().position(|d| d.rel == parent).unwrap();
+                assert!(at < i && seen[at].kind == Kind::Dir, "{}", e.rel.display());
+            }
+        }
+        // The same entries as the parallel walk, bookkeeping left out.
+        let mut walked: Vec<(PathBuf, Kind)> = walk(dir.path(), &Filter::default())
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| (e.rel, e.kind))
+            .collect();
+        let mut ordered: Vec<(PathBuf, Kind)> = seen.into_iter().map(|e| (e.rel, e.kind)).collect();
+        walked.sort();
+        ordered.sort();
+        assert_eq!(ordered, walked);
+        assert!(entries_in_order(
+            &dir.path().join("none"),
+            &Filter::default(),
+            &mut errors,
+            &mut |_| {}
+        )
+        .is_err());
     }
 
     #[test]

@@ -38,13 +38,6 @@ pub(super) fn ensure_dir(path: &Path) -> Result<()> {
     ensure_writable_dir(path).map(|_| ())
 }
 
-pub(super) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
-    if std::fs::read(path).is_ok_and(|old| old == bytes) {
-        return Ok(());
-    }
-    crate::manifest::write_atomic(path, bytes)
-}
-
 pub(super) fn check_space(dest: &Path, bytes: u64, files: u64) -> Result<()> {
     if bytes == 0 {
         return Ok(());

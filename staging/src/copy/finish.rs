@@ -21,7 +21,7 @@ pub(super) fn finish_file(
     job: &Job,
     staged: Staged,
     journal: &Mutex<Journal>,
-) -> std::result::Result<(usize, Digest, Meta), (FailureKind, Error)> {
+) -> std::result::Result<(Digest, Meta), (FailureKind, Error)> {
     let io = |e: Error| (classify(&e), e);
     let tmp_path: &Path = &staged.tmp;
     let (readback, n) = if let Some(done) = staged.readback {
@@ -77,7 +77,7 @@ pub(super) fn finish_file(
         .expect("journal lock")
         .record(&job.rel, entry)
         .map_err(io)?;
-    Ok((staged.job_index, staged.digest, dest_meta))
+    Ok((staged.digest, dest_meta))
 }
 
 pub(super) fn perm(mode: u32) -> std::fs::Permissions {

@@ -2,15 +2,13 @@
 //! is verified, a symlink is copied as a link (never followed), and one pointing out of
 //! the tree is told.
 
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{classify, Change, CopyReport, Failure, FailureKind};
 use crate::error::{Error, IoContext, Result};
-use crate::hash::Digest;
 use crate::storage::Storage;
-use crate::walk::{Entry, Meta, TMP_PREFIX};
+use crate::walk::{Entry, TMP_PREFIX};
 
 pub(super) fn same_inode(a: &Path, b: &Path) -> bool {
     match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
@@ -76,54 +74,45 @@ pub(super) fn symlink_warning(src: &dyn Storage, rel: &Path) -> Option<String> {
     })
 }
 
-/// Hard links, once their primary is verified (`known` holds the verified files and gets
-/// the links), then symbolic links; what was done or failed goes into `report`.
-pub(super) fn place_links(
+/// Makes `rel` a hard link to `primary` (already verified) at `dest`, unless it is one.
+/// Returns whether anything changed.
+pub(super) fn place_hard_link(dest: &Path, rel: &Path, primary: &Path) -> Result<bool> {
+    let (target, link) = (dest.join(primary), dest.join(rel));
+    if same_inode(&link, &target) {
+        return Ok(false);
+    }
+    replace_with_hard_link(&target, &link)?;
+    Ok(true)
+}
+
+/// The failure of a hard link whose primary was not copied.
+pub(super) fn primary_missing(src: &dyn Storage, rel: &Path, primary: &Path) -> Failure {
+    Failure {
+        path: rel.to_path_buf(),
+        kind: FailureKind::NotAttempted,
+        error: Error::io(
+            src.display(rel),
+            std::io::Error::other(format!(
+                "hard link to {} which was not copied",
+                primary.display()
+            )),
+        ),
+    }
+}
+
+/// Symbolic links; what was done or failed goes into `report`.
+pub(super) fn place_symlinks(
     src: &dyn Storage,
     dest: &Path,
-    links: &[(PathBuf, PathBuf, Meta)],
-    symlinks: &[&Entry],
-    known: &mut Vec<(PathBuf, Digest)>,
+    symlinks: &[Entry],
     report: &mut CopyReport,
 ) {
-    let digest_of: HashMap<PathBuf, Digest> = known.iter().cloned().collect();
-    for (rel, primary, _) in links {
-        let Some(digest) = digest_of.get(primary).copied() else {
-            report.failed.push(Failure {
-                path: rel.clone(),
-                kind: FailureKind::NotAttempted,
-                error: Error::io(
-                    src.display(rel),
-                    std::io::Error::other(format!(
-                        "hard link to {} which was not copied",
-                        primary.display()
-                    )),
-                ),
-            });
-            continue;
-        };
-        let (target, link) = (dest.join(primary), dest.join(rel));
-        if !same_inode(&link, &target) {
-            if let Err(e) = replace_with_hard_link(&target, &link) {
-                report.failed.push(Failure {
-                    path: rel.clone(),
-                    kind: classify(&e),
-                    error: e,
-                });
-                continue;
-            }
-            report.changes.push((rel.clone(), Change::HardLink));
-        }
-        report.hard_links += 1;
-        known.push((rel.clone(), digest));
-    }
-
     for s in symlinks {
         match copy_symlink(src, dest, &s.rel) {
             Ok(changed) => {
                 report.symlinks += 1;
                 if changed {
-                    report.changes.push((s.rel.clone(), Change::Symlink));
+                    report.note_change(&s.rel, Change::Symlink);
                 }
                 if let Some(w) = symlink_warning(src, &s.rel) {
                     report.warnings.push(w);

@@ -25,32 +25,37 @@ mod links;
 mod pipeline;
 mod plan;
 mod read;
+mod spill;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
+use sha2::{Digest as _, Sha256};
 
-use self::dest::{check_space, ensure_dir, ensure_writable_dir, write_if_changed, RunGuard};
+use self::dest::{check_space, ensure_dir, ensure_writable_dir, RunGuard};
 use self::finish::{perm, set_mtime};
-use self::links::{place_links, same_inode, symlink_differs};
+use self::links::{place_hard_link, place_symlinks, primary_missing, same_inode, symlink_differs};
 use self::pipeline::{run_pipeline, Ctx};
-use self::plan::{plan_file, source_check, Job, Plan};
+use self::plan::{source_check, Job, Plan, Planning, SourceWalk, Walked};
+use self::spill::{PlanFile, Planned};
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::hash::Digest;
 use crate::interrupt;
-use crate::journal::Journal;
-use crate::manifest::{Manifest, ManifestEntry};
+use crate::journal::{Journal, Rewrite};
+use crate::manifest::{write_line, Manifest, ManifestEntry};
 use crate::policy::OldestTimes;
 use crate::progress::Progress;
+use crate::sorted::{Cursor, JournalInOrder};
 use crate::storage::{Capabilities, LocalDir, Storage};
-use crate::walk::{self, Entry, Filter, Kind, Meta, MANIFEST_NAME, STATE_DIR};
+use crate::walk::{self, Entry, Filter, Kind, MANIFEST_NAME, STATE_DIR};
 
 pub use self::dest::sweep_temporaries;
 #[derive(Debug, Clone)]
@@ -71,6 +76,9 @@ pub struct CopyOptions {
     pub batch_files: usize,
     /// Use the source's `MANIFEST.sha256` (when present) to catch corruption at the source.
     pub use_source_manifest: bool,
+    /// Also hand back the destination's manifest whole ([`CopyReport::manifest`]). Off,
+    /// the report has its digest only, and memory does not grow with the tree.
+    pub keep_manifest: bool,
 }
 
 impl Default for CopyOptions {
@@ -85,6 +93,7 @@ impl Default for CopyOptions {
             batch_bytes: 64 << 20,
             batch_files: 1024,
             use_source_manifest: true,
+            keep_manifest: true,
         }
     }
 }
@@ -174,24 +183,61 @@ pub struct CopyReport {
     /// Destination files repaired because they no longer matched (with `verify_existing`).
     pub repaired: Vec<PathBuf>,
     pub failed: Vec<Failure>,
-    /// What changed (or would change), in path order.
+    /// What changed (or would change), in path order: the first [`CHANGES_KEPT`] of the
+    /// run's changes.
     pub changes: Vec<(PathBuf, Change)>,
+    /// How many changes there were in all, and how many of them were folders made.
+    pub changes_total: u64,
+    pub dirs_changed: u64,
     /// Things worth telling that are not failures (links pointing out, special files).
     pub warnings: Vec<String>,
-    /// The destination's manifest (all files of this source now verified there).
+    /// The destination's manifest (all files of this source now verified there); empty
+    /// unless [`CopyOptions::keep_manifest`].
     pub manifest: Manifest,
+    /// The digest of the destination's manifest, when the copy engine wrote it (see
+    /// [`CopyReport::manifest_digest`]).
+    pub manifest_digest: Option<Digest>,
     /// Digest of the source's `MANIFEST.sha256` when it was used to check the source.
     pub source_manifest_digest: Option<Digest>,
-    /// Source files not listed in the source manifest (copied, but unchecked at the source).
+    /// Source files not listed in the source manifest (copied, but unchecked at the
+    /// source): the first [`CHANGES_KEPT`], and how many in all.
     pub unlisted_in_source: Vec<PathBuf>,
+    pub unlisted_total: u64,
     pub oldest: OldestTimes,
     pub elapsed: Duration,
 }
+
+/// How many changes (and unlisted files) a report names one by one; the rest are counted.
+pub const CHANGES_KEPT: usize = 10_000;
 
 impl CopyReport {
     /// True when nothing failed.
     pub fn ok(&self) -> bool {
         self.failed.is_empty()
+    }
+
+    /// [`Manifest::digest`] of the destination's manifest.
+    pub fn manifest_digest(&self) -> Digest {
+        self.manifest_digest
+            .unwrap_or_else(|| self.manifest.digest())
+    }
+
+    /// Counts a change, and names it while fewer than [`CHANGES_KEPT`] are.
+    pub fn note_change(&mut self, rel: &Path, change: Change) {
+        self.changes_total += 1;
+        self.dirs_changed += u64::from(change == Change::Dir);
+        if self.changes.len() < CHANGES_KEPT {
+            self.changes.push((rel.to_path_buf(), change));
+        }
+    }
+
+    /// Counts a file the source manifest does not list, and names it while fewer than
+    /// [`CHANGES_KEPT`] are.
+    pub fn note_unlisted(&mut self, rel: &Path) {
+        self.unlisted_total += 1;
+        if self.unlisted_in_source.len() < CHANGES_KEPT {
+            self.unlisted_in_source.push(rel.to_path_buf());
+        }
     }
 }
 
@@ -207,6 +253,12 @@ pub fn copy_tree(
 }
 
 /// [`copy_tree`] from any storage: a local folder, an SSH host, an S3 prefix.
+///
+/// Memory stays flat whatever the number of files (docs/ARCHITECTURE.md#flat-memory):
+/// the source is walked in path order and merged with the journal and the source
+/// manifest, both read in that order; the plan goes to a file in the destination's
+/// `.hpcstage/`, feeds the copy from there, and is read once more to write
+/// `MANIFEST.sha256` and the journal, in path order.
 pub fn copy_from(
     src: &dyn Storage,
     dest: &Path,
@@ -222,29 +274,15 @@ pub fn copy_from(
             location: src.display(Path::new("")).display().to_string(),
         });
     }
-    let tree = src.list(&opts.filter)?;
+    let source = SourceWalk::open(src, &opts.filter)?;
     let mut report = CopyReport::default();
-    for e in tree.errors {
-        report.failed.push(Failure {
-            path: error_path(&e, &src.display(Path::new(""))),
-            kind: FailureKind::Io,
-            error: e,
-        });
-    }
-
     let source_manifest = if opts.use_source_manifest || must_have_manifest {
         plan::read_manifest(src)?
     } else {
         None
     };
-    report.source_manifest_digest = source_manifest.as_ref().map(Manifest::digest);
-    let expected: HashMap<&Path, Digest> = source_manifest
-        .as_ref()
-        .map(|m| m.to_map())
-        .unwrap_or_default();
-
-    let mut entries = tree.entries;
-    walk::sort_by_bytes(&mut entries, |e| &e.rel);
+    report.source_manifest_digest = source_manifest.as_ref().map(|(d, _)| *d);
+    let has_manifest = source_manifest.is_some();
 
     // A destination that does not exist yet holds nothing to compare with: planning needs
     // no look-up of each file there (20,000 of them on a first stage of 20,000 files).
@@ -257,110 +295,149 @@ pub fn copy_from(
         ensure_dir(&state_dir)?;
         Some(RunGuard::acquire(&state_dir, dest)?)
     };
-    let journal = Journal::load(&state_dir.join("journal"))?;
+    let journal_path = state_dir.join("journal");
+    let journal_in = JournalInOrder::open(&journal_path)?;
+    let journal_sorted = journal_in.was_sorted();
 
-    // Plan.
-    let mut dirs: Vec<&Entry> = Vec::new();
-    let mut symlinks: Vec<&Entry> = Vec::new();
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut links: Vec<(PathBuf, PathBuf, Meta)> = Vec::new(); // (rel, primary rel, meta)
+    // Plan, in path order, into the plan file (a dry run keeps none).
+    let mut dirs: Vec<Entry> = Vec::new();
+    let mut symlinks: Vec<Entry> = Vec::new();
+    // Hard links: only files with more than one link need their inode remembered.
+    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new(); // (rel, primary rel)
     let mut primaries: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut known: Vec<(PathBuf, Digest)> = Vec::new();
     let mut oldest = OldestTimes::default();
-    // Planning stats every destination file: do it in parallel (a round trip each on a
-    // network filesystem), then decide in path order.
-    // The same pool then copies.
+    let mut jobs_planned = 0u64;
+    let mut plan_file = if opts.dry_run {
+        None
+    } else {
+        Some(PlanFile::new(&state_dir)?)
+    };
+    let mut plan_error: Option<Error> = None;
+    // A dry run reads the listed files it would copy, in chunks, to tell SOURCE CORRUPT.
+    let mut dry_chunk: Vec<Job> = Vec::new();
     let pool = thread_pool(opts.jobs, dest)?;
-    let plans: Vec<Option<Plan>> = pool.install(|| {
-        entries
-            .par_iter()
-            .map(|e| {
-                (e.kind == Kind::File).then(|| {
-                    if fresh {
-                        Plan::Copy(Change::New)
-                    } else {
-                        let listed = expected.get(e.rel.as_path()).copied();
-                        let known = journal.get(&e.rel);
-                        plan_file(dest, e, known, listed, opts.verify_existing)
-                    }
-                })
-            })
-            .collect()
-    });
-    for (e, plan) in entries.iter().zip(plans) {
-        match e.kind {
-            Kind::Dir => dirs.push(e),
-            Kind::Symlink => symlinks.push(e),
-            Kind::Other => report.warnings.push(format!(
-                "{}: not a regular file, folder or symlink (socket, FIFO or device); not copied",
-                src.display(&e.rel).display()
-            )),
-            Kind::File => {
-                report.files_total += 1;
-                report.bytes_total += e.meta.size;
-                if source_manifest.is_some() && !expected.contains_key(e.rel.as_path()) {
-                    report.unlisted_in_source.push(e.rel.clone());
-                }
-                if e.meta.nlink > 1 {
-                    let key = (e.meta.dev, e.meta.ino);
-                    if let Some(primary) = primaries.get(&key) {
-                        links.push((e.rel.clone(), primary.clone(), e.meta));
-                        continue;
-                    }
-                    primaries.insert(key, e.rel.clone());
-                }
-                match plan.expect("planned every file") {
-                    Plan::Skip(digest, dest_meta) => {
-                        oldest.add(&dest_meta);
-                        known.push((e.rel.clone(), digest));
-                    }
-                    Plan::Copy(change) => jobs.push(Job {
-                        rel: e.rel.clone(),
-                        meta: e.meta,
-                        change,
-                        expected: expected.get(e.rel.as_path()).copied(),
-                    }),
-                }
+    let dry_check = |chunk: &mut Vec<Job>, report: &mut CopyReport| {
+        let refused = pool.install(|| source_check(src, chunk));
+        for j in chunk.drain(..) {
+            if !refused.iter().any(|f| f.path == j.rel) {
+                report.bytes_to_copy += j.meta.size;
+                report.note_change(&j.rel, j.change);
             }
         }
-    }
-    if opts.dry_run {
-        // Say what the run will do: a listed file that no longer matches the source
-        // manifest is refused as SOURCE CORRUPT by the run, so the dry run reads it too.
-        let refused = pool.install(|| source_check(src, &jobs));
-        jobs.retain(|j| !refused.iter().any(|f| f.path == j.rel));
         report.failed.extend(refused);
+    };
+    let planning = Planning {
+        filter: &opts.filter,
+        dest,
+        threads: opts.jobs.max(1),
+        fresh,
+        verify: opts.verify_existing,
+    };
+    let walked = plan::walk_and_plan(
+        &planning,
+        source,
+        source_manifest.map(|(_, m)| m),
+        journal_in,
+        &mut |w: Walked| {
+            let e = w.entry;
+            match e.kind {
+                Kind::Dir => dirs.push(e),
+                Kind::Symlink => symlinks.push(e),
+                Kind::Other => report.warnings.push(format!(
+                    "{}: not a regular file, folder or symlink (socket, FIFO or device); not copied",
+                    src.display(&e.rel).display()
+                )),
+                Kind::File => {
+                    report.files_total += 1;
+                    report.bytes_total += e.meta.size;
+                    if has_manifest && w.listed.is_none() {
+                        report.note_unlisted(&e.rel);
+                    }
+                    let mut planned = None;
+                    if e.meta.nlink > 1 {
+                        let key = (e.meta.dev, e.meta.ino);
+                        if let Some(primary) = primaries.get(&key) {
+                            links.push((e.rel.clone(), primary.clone()));
+                            planned = Some(Planned::Link {
+                                rel: e.rel.clone(),
+                                primary: primary.clone(),
+                            });
+                        } else {
+                            primaries.insert(key, e.rel.clone());
+                        }
+                    }
+                    let planned = planned.unwrap_or_else(|| {
+                        match w.plan.expect("planned every file") {
+                            Plan::Skip(entry, dest_meta) => {
+                                oldest.add(&dest_meta);
+                                report.skipped += 1;
+                                Planned::Skip { rel: e.rel, entry }
+                            }
+                            Plan::Copy(change) => Planned::Copy(Job {
+                                rel: e.rel,
+                                meta: e.meta,
+                                change,
+                                expected: w.listed,
+                            }),
+                        }
+                    });
+                    if let Planned::Copy(job) = planned {
+                        jobs_planned += 1;
+                        if opts.dry_run {
+                            dry_chunk.push(job);
+                            if dry_chunk.len() >= DRY_CHUNK {
+                                dry_check(&mut dry_chunk, &mut report);
+                            }
+                            return;
+                        }
+                        report.bytes_to_copy += job.meta.size;
+                        report.note_change(&job.rel, job.change);
+                        let planned = Planned::Copy(job);
+                        keep_plan(&mut plan_file, &planned, &mut plan_error);
+                    } else {
+                        keep_plan(&mut plan_file, &planned, &mut plan_error);
+                    }
+                }
+            }
+        },
+    )?;
+    if let Some(e) = plan_error {
+        return Err(e);
     }
-    report.skipped = known.len() as u64;
-    report.bytes_to_copy = jobs.iter().map(|j| j.meta.size).sum();
-    for j in &jobs {
-        report.changes.push((j.rel.clone(), j.change));
+    for e in walked.errors {
+        report.failed.push(Failure {
+            path: error_path(&e, &src.display(Path::new(""))),
+            kind: FailureKind::Io,
+            error: e,
+        });
     }
 
     if opts.dry_run {
+        dry_check(&mut dry_chunk, &mut report);
         for d in &dirs {
             if !dest.join(&d.rel).is_dir() {
-                report.changes.push((d.rel.clone(), Change::Dir));
+                report.note_change(&d.rel, Change::Dir);
             }
         }
         for s in &symlinks {
             if symlink_differs(src, dest, &s.rel) {
-                report.changes.push((s.rel.clone(), Change::Symlink));
+                report.note_change(&s.rel, Change::Symlink);
             }
         }
-        for (rel, primary, _) in &links {
+        for (rel, primary) in &links {
             if !same_inode(&dest.join(rel), &dest.join(primary)) {
-                report.changes.push((rel.clone(), Change::HardLink));
+                report.note_change(rel, Change::HardLink);
             }
         }
         walk::sort_by_bytes(&mut report.changes, |c| &c.0);
         report.elapsed = started.elapsed();
         return Ok(report);
     }
+    let mut plan_file = plan_file.expect("a run keeps its plan");
 
     let bytes_needed = report.bytes_to_copy;
     if opts.check_space {
-        check_space(dest, bytes_needed, jobs.len() as u64)?;
+        check_space(dest, bytes_needed, jobs_planned)?;
     }
     progress.start(report.files_total, report.bytes_total);
     progress.add_bytes(report.bytes_total - bytes_needed);
@@ -373,72 +450,58 @@ pub fn copy_from(
     let mut dir_modes: HashMap<PathBuf, u32> = HashMap::new();
     // Folders that are another filesystem than the destination's (mounted inside it).
     let mut elsewhere: HashSet<PathBuf> = HashSet::new();
+    // Folders that could not be made (for example a symlink left at the destination where
+    // the source now has a folder): nothing goes below them, as writing there would
+    // follow the link out of the tree.
+    let mut failed_dirs: Vec<PathBuf> = Vec::new();
     for d in &dirs {
         let path = dest.join(&d.rel);
         let existed = path.is_dir();
         match ensure_writable_dir(&path) {
-            Err(e) => report.failed.push(Failure {
-                path: d.rel.clone(),
-                kind: classify(&e),
-                error: e,
-            }),
+            Err(e) => {
+                failed_dirs.push(d.rel.clone());
+                report.failed.push(Failure {
+                    path: d.rel.clone(),
+                    kind: classify(&e),
+                    error: e,
+                })
+            }
             Ok((mode, dev)) => {
                 dir_modes.insert(d.rel.clone(), mode);
                 if dev != dest_dev {
                     elsewhere.insert(d.rel.clone());
                 }
                 if !existed {
-                    report.changes.push((d.rel.clone(), Change::Dir));
+                    report.note_change(&d.rel, Change::Dir);
                 }
             }
         }
     }
     report.dirs = dirs.len() as u64;
-
-    // Nothing goes below a folder that could not be made (for example a symlink left at
-    // the destination where the source now has a folder): writing there would follow the
-    // link out of the tree.
-    let failed_dirs: Vec<PathBuf> = report
-        .failed
-        .iter()
-        .filter(|f| dirs.iter().any(|d| d.rel == f.path))
-        .map(|f| f.path.clone())
-        .collect();
+    let under = |rel: &Path| failed_dirs.iter().any(|d| rel != d && rel.starts_with(d));
+    let not_attempted = |rel: &Path| Failure {
+        path: rel.to_path_buf(),
+        kind: FailureKind::NotAttempted,
+        error: Error::io(
+            dest.join(rel),
+            std::io::Error::other("not attempted: its folder could not be made at the destination"),
+        ),
+    };
     if !failed_dirs.is_empty() {
-        let under = |rel: &Path| failed_dirs.iter().any(|d| rel != d && rel.starts_with(d));
-        let skipped = |rel: &Path| Failure {
-            path: rel.to_path_buf(),
-            kind: FailureKind::NotAttempted,
-            error: Error::io(
-                dest.join(rel),
-                std::io::Error::other(
-                    "not attempted: its folder could not be made at the destination",
-                ),
-            ),
-        };
-        let mut not_attempted = Vec::new();
-        jobs.retain(|j| {
-            !under(&j.rel) || {
-                not_attempted.push(skipped(&j.rel));
-                false
+        for (rel, _) in &links {
+            if under(rel) {
+                report.failed.push(not_attempted(rel));
             }
-        });
-        links.retain(|(rel, _, _)| {
-            !under(rel) || {
-                not_attempted.push(skipped(rel));
-                false
+        }
+        for s in &symlinks {
+            if under(&s.rel) {
+                report.failed.push(not_attempted(&s.rel));
             }
-        });
-        symlinks.retain(|e| {
-            !under(&e.rel) || {
-                not_attempted.push(skipped(&e.rel));
-                false
-            }
-        });
-        report.failed.extend(not_attempted);
+        }
+        symlinks.retain(|e| !under(&e.rel));
     }
 
-    let journal = Mutex::new(journal);
+    let journal = Mutex::new(Journal::open(&journal_path)?);
     let abort = AtomicBool::new(false);
     let dest_handle = File::open(dest).at(dest)?;
     let ctx = Ctx {
@@ -451,26 +514,54 @@ pub fn copy_from(
         abort: &abort,
     };
 
-    let mut copied_digests: Vec<(PathBuf, Digest)> = Vec::new();
+    // Copy what the plan says, straight from the plan file; outcomes are counted.
     let verify_pool = thread_pool(opts.jobs, dest)?;
-    let watch = interrupt::watch();
-    let (results, journal_errors) = run_pipeline(&ctx, &jobs, &pool, &verify_pool, &journal);
-    drop(watch);
-    for r in results {
-        match r {
-            Ok((i, digest, dest_meta)) => {
-                oldest.add(&dest_meta);
-                let job = &jobs[i];
-                report.copied += 1;
-                report.bytes_copied += job.meta.size;
-                if job.change == Change::Repair {
-                    report.repaired.push(job.rel.clone());
-                }
-                copied_digests.push((job.rel.clone(), digest));
-            }
-            Err(f) => report.failed.push(f),
+    let tally: Mutex<Tally> = Mutex::new(Tally {
+        oldest,
+        ..Tally::default()
+    });
+    let read_error: Mutex<Option<Error>> = Mutex::new(None);
+    let jobs = plan_file.read()?.filter_map(|r| match r {
+        Ok(Planned::Copy(job)) if under(&job.rel) => {
+            tally
+                .lock()
+                .expect("tally lock")
+                .failed
+                .push(not_attempted(&job.rel));
+            None
         }
+        Ok(Planned::Copy(job)) => Some(job),
+        Ok(_) => None,
+        Err(e) => {
+            read_error.lock().expect("plan lock").get_or_insert(e);
+            None
+        }
+    });
+    let watch = interrupt::watch();
+    let journal_errors = run_pipeline(&ctx, jobs, &pool, &verify_pool, &journal, &|r| {
+        let mut t = tally.lock().expect("tally lock");
+        match r {
+            Ok((job, _, dest_meta)) => {
+                t.oldest.add(&dest_meta);
+                t.copied += 1;
+                t.bytes_copied += job.meta.size;
+                if job.change == Change::Repair {
+                    t.repaired.push(job.rel);
+                }
+            }
+            Err(f) => t.failed.push(f),
+        }
+    });
+    drop(watch);
+    if let Some(e) = read_error.into_inner().expect("plan lock") {
+        return Err(e);
     }
+    let tally = tally.into_inner().expect("tally lock");
+    report.copied = tally.copied;
+    report.bytes_copied = tally.bytes_copied;
+    report.repaired = tally.repaired;
+    report.failed.extend(tally.failed);
+    oldest = tally.oldest;
     // Verified files whose journal lines could not be written are in place, but the next
     // run checks them again. Report it like any other failure (a full disk is the usual
     // cause) rather than lose the whole report.
@@ -488,9 +579,36 @@ pub fn copy_from(
             dest: dest.to_path_buf(),
         });
     }
-    known.extend(copied_digests);
+    let journal = journal.into_inner().expect("journal lock");
+    let appended = journal.appended();
+    // The journal is written again (in path order, one line per current file) unless it
+    // is that already.
+    let rewrite = appended > 0
+        || journal.torn()
+        || !journal_sorted
+        || walked.journal_entries != report.skipped;
+    drop(journal);
 
-    place_links(src, dest, &links, &symlinks, &mut known, &mut report);
+    // The manifest and the journal, from the plan in path order.
+    let ending = Ending {
+        links: &links,
+        journal_path: &journal_path,
+        rewrite,
+        copied: appended > 0,
+        keep_manifest: opts.keep_manifest,
+    };
+    let merged = finish_tree(src, dest, &mut plan_file, &ending, &mut report);
+    let (manifest_tmp, journal_rewrite) = match merged {
+        Ok(m) => m,
+        // Failing files are already reported and the run ends non-zero; a plan or
+        // journal that could not be read is one more of them.
+        Err(e) if !report.failed.is_empty() => {
+            report.failed.push(journal_failure(e));
+            (None, None)
+        }
+        Err(e) => return Err(e),
+    };
+    place_symlinks(src, dest, &symlinks, &mut report);
 
     // Folder modes (and mtimes when allowed), deepest first.
     for d in dirs.iter().rev() {
@@ -513,33 +631,25 @@ pub fn copy_from(
         }
     }
 
-    report.manifest = Manifest::from_entries(
-        known
-            .into_iter()
-            .map(|(path, digest)| ManifestEntry { path, digest })
-            .collect(),
-    );
-    let mut journal = journal.into_inner().expect("journal lock");
-    let current: HashSet<&Path> = report
-        .manifest
-        .entries
-        .iter()
-        .map(|e| e.path.as_path())
-        .collect();
-    if let Err(e) = journal.compact(|p| current.contains(p)) {
-        // Failing files are already reported and the run ends non-zero; a journal that
-        // could not be written is one more of them, not a reason to drop the report.
-        if report.failed.is_empty() {
-            return Err(e);
-        }
-        let failure = journal_failure(e);
-        if !report.failed.iter().any(|f| f.path == failure.path) {
-            report.failed.push(failure);
+    if let Some(rewrite) = journal_rewrite {
+        if let Err(e) = rewrite.commit() {
+            // Failing files are already reported and the run ends non-zero; a journal
+            // that could not be written is one more of them, not a reason to drop the
+            // report.
+            if report.failed.is_empty() {
+                return Err(e);
+            }
+            let failure = journal_failure(e);
+            if !report.failed.iter().any(|f| f.path == failure.path) {
+                report.failed.push(failure);
+            }
         }
     }
     let manifest_path = dest.join(MANIFEST_NAME);
     if report.failed.is_empty() {
-        write_if_changed(&manifest_path, &report.manifest.to_bytes())?;
+        if let Some(tmp) = manifest_tmp {
+            put_manifest(tmp, &manifest_path)?;
+        }
     } else if manifest_path.exists() {
         // An incomplete copy must not carry a manifest that makes it look complete; the
         // journal keeps what was verified and the next run writes the manifest again.
@@ -554,6 +664,239 @@ pub fn copy_from(
         g.finish(report.failed.is_empty());
     }
     Ok(report)
+}
+
+/// Files a dry run reads at once to check them against the source manifest.
+const DRY_CHUNK: usize = 4096;
+
+/// Appends to the plan file; the first error is kept and ends the run after the walk.
+fn keep_plan(plan: &mut Option<PlanFile>, planned: &Planned, error: &mut Option<Error>) {
+    if let (Some(file), None) = (plan.as_mut(), error.as_ref()) {
+        if let Err(e) = file.push(planned) {
+            *error = Some(e);
+        }
+    }
+}
+
+/// The outcomes of the copy, counted as they come.
+#[derive(Default)]
+struct Tally {
+    copied: u64,
+    bytes_copied: u64,
+    repaired: Vec<PathBuf>,
+    failed: Vec<Failure>,
+    oldest: OldestTimes,
+}
+
+/// The destination's manifest as the plan's last pass makes it, compared as it goes with
+/// the one there: nothing is written while they agree (a re-stage that changed nothing
+/// reads the old one once), and from where they first differ a new one is written under
+/// a temporary name next to it (the agreeing start copied from the old one).
+struct ManifestOut {
+    path: PathBuf,
+    old: Option<std::io::BufReader<File>>,
+    /// Bytes of the old manifest the new one agreed with so far.
+    matched: u64,
+    out: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
+    hasher: Sha256,
+    buf: Vec<u8>,
+}
+
+impl ManifestOut {
+    fn new(path: &Path) -> ManifestOut {
+        let old = File::open(path)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+            .map(|f| std::io::BufReader::with_capacity(1 << 20, f));
+        ManifestOut {
+            path: path.to_path_buf(),
+            old,
+            matched: 0,
+            out: None,
+            hasher: Sha256::new(),
+            buf: Vec::with_capacity(256),
+        }
+    }
+
+    fn push(&mut self, line: &[u8]) -> Result<()> {
+        self.hasher.update(line);
+        if self.out.is_none() {
+            if let Some(old) = self.old.as_mut() {
+                self.buf.resize(line.len(), 0);
+                if std::io::Read::read_exact(old, &mut self.buf).is_ok() && self.buf == line {
+                    self.matched += line.len() as u64;
+                    return Ok(());
+                }
+            }
+            self.diverge()?;
+        }
+        let out = self.out.as_mut().expect("diverged above");
+        out.write_all(line).at(&self.path)
+    }
+
+    /// Starts the new manifest with the part of the old one that agreed.
+    fn diverge(&mut self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(walk::TMP_PREFIX)
+            .tempfile_in(dir)
+            .at(dir)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+        if self.old.take().is_some() {
+            let old = File::open(&self.path).at(&self.path)?;
+            let copied = std::io::copy(&mut std::io::Read::take(old, self.matched), &mut out)
+                .at(&self.path)?;
+            if copied != self.matched {
+                return Err(Error::io(
+                    &self.path,
+                    std::io::Error::other("the manifest changed while it was compared"),
+                ));
+            }
+        }
+        self.out = Some(out);
+        Ok(())
+    }
+
+    /// The new manifest's digest, and its temporary file unless the old one is the same.
+    fn finish(mut self) -> Result<(Digest, Option<tempfile::NamedTempFile>)> {
+        let digest = Digest::from_hasher(self.hasher.clone());
+        if self.out.is_none() {
+            let ended = self
+                .old
+                .as_mut()
+                .is_some_and(|old| std::io::Read::read(old, &mut [0u8; 1]).is_ok_and(|n| n == 0));
+            if ended {
+                return Ok((digest, None));
+            }
+            self.diverge()?;
+        }
+        let out = self.out.take().expect("diverged above");
+        let tmp = out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        Ok((digest, Some(tmp)))
+    }
+}
+
+/// Puts a new manifest in place (durable, readable by all).
+fn put_manifest(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    let file = tmp.as_file();
+    file.sync_data().at(path)?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .at(path)?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// What the last pass over the plan needs besides it.
+#[derive(Clone, Copy)]
+struct Ending<'a> {
+    /// The hard links (link, primary).
+    links: &'a [(PathBuf, PathBuf)],
+    journal_path: &'a Path,
+    /// Write the journal anew.
+    rewrite: bool,
+    /// The run appended to the journal.
+    copied: bool,
+    keep_manifest: bool,
+}
+
+/// Reads the plan once more, in path order, after the copy: the hard links are made, and
+/// every file now verified goes into the destination's manifest (written under a
+/// temporary name when it differs from the one there; its digest in `report`) and, when `rewrite`, into a new journal (not
+/// yet in place). The entries of the files copied by this run come from the journal
+/// (`copied`: it has some).
+fn finish_tree(
+    src: &dyn Storage,
+    dest: &Path,
+    plan: &mut PlanFile,
+    ending: &Ending<'_>,
+    report: &mut CopyReport,
+) -> Result<(Option<tempfile::NamedTempFile>, Option<Rewrite>)> {
+    let Ending {
+        links,
+        journal_path,
+        rewrite,
+        copied,
+        keep_manifest,
+    } = *ending;
+    let failed: HashSet<PathBuf> = report.failed.iter().map(|f| f.path.clone()).collect();
+    let with_links: HashSet<&Path> = links.iter().map(|(_, p)| p.as_path()).collect();
+    let mut primary_digest: HashMap<PathBuf, Digest> = HashMap::new();
+    let mut journal = if copied {
+        Some(Cursor::new(JournalInOrder::open(journal_path)?))
+    } else {
+        None
+    };
+    let mut new_journal = if rewrite {
+        Some(Rewrite::new(journal_path)?)
+    } else {
+        None
+    };
+    let manifest_path = dest.join(MANIFEST_NAME);
+    let mut out = ManifestOut::new(&manifest_path);
+    let mut line = Vec::with_capacity(256);
+    for planned in plan.read()? {
+        let (rel, digest, entry) = match planned? {
+            Planned::Skip { rel, entry } => (rel, entry.digest, Some(entry)),
+            Planned::Copy(job) => {
+                if failed.contains(&job.rel) {
+                    continue;
+                }
+                let found = match journal.as_mut() {
+                    Some(j) => j.find(&job.rel)?.map(|(_, e)| *e),
+                    None => None,
+                };
+                // Not journalled: its line could not be written (reported already).
+                let Some(entry) = found else { continue };
+                (job.rel, entry.digest, Some(entry))
+            }
+            Planned::Link { rel, primary } => {
+                if failed.contains(&rel) {
+                    continue;
+                }
+                let Some(digest) = primary_digest.get(&primary).copied() else {
+                    report.failed.push(primary_missing(src, &rel, &primary));
+                    continue;
+                };
+                match place_hard_link(dest, &rel, &primary) {
+                    Ok(changed) => {
+                        if changed {
+                            report.note_change(&rel, Change::HardLink);
+                        }
+                        report.hard_links += 1;
+                    }
+                    Err(e) => {
+                        report.failed.push(Failure {
+                            path: rel,
+                            kind: classify(&e),
+                            error: e,
+                        });
+                        continue;
+                    }
+                }
+                (rel, digest, None)
+            }
+        };
+        line.clear();
+        write_line(&mut line, &digest, rel.as_os_str().as_bytes());
+        out.push(&line)?;
+        if let (Some(j), Some(entry)) = (new_journal.as_mut(), entry.as_ref()) {
+            j.push(&rel, entry)?;
+        }
+        if with_links.contains(rel.as_path()) {
+            primary_digest.insert(rel.clone(), digest);
+        }
+        if keep_manifest {
+            report
+                .manifest
+                .entries
+                .push(ManifestEntry { path: rel, digest });
+        }
+    }
+    let (digest, tmp) = out.finish()?;
+    report.manifest_digest = Some(digest);
+    Ok((tmp, new_journal))
 }
 
 /// A pool of `jobs` threads (at least one).

@@ -29,7 +29,6 @@ use crate::walk::{Meta, TMP_PREFIX};
 
 /// A file copied to its temporary name, awaiting read-back.
 pub(super) struct Staged {
-    pub(super) job_index: usize,
     pub(super) tmp: TempPath,
     pub(super) digest: Digest,
     pub(super) meta: Meta,
@@ -55,37 +54,42 @@ pub(super) struct Ctx<'a> {
     pub(super) abort: &'a AtomicBool,
 }
 
-pub(super) type BatchResult = std::result::Result<(usize, Digest, Meta), Failure>;
+/// A file copied and verified (its digest and its metadata at the destination), or not.
+pub(super) type BatchResult = std::result::Result<(Job, Digest, Meta), Failure>;
 
 /// Copies, flushes and verifies with the three steps overlapping: copy workers write
 /// temporary files; a flusher gathers them into batches (by bytes, count, or a short
 /// pause) and makes each batch durable with one `syncfs`; verify workers read each flushed
 /// batch back from storage and rename it into place while the next files are being copied.
+/// The jobs are taken from `jobs` as copiers get free, and each outcome goes to `done`
+/// (from any thread): nothing here grows with the number of files. Returns the errors of
+/// writing the journal.
 pub(super) fn run_pipeline(
     ctx: &Ctx<'_>,
-    jobs: &[Job],
+    jobs: impl Iterator<Item = Job> + Send,
     copy_pool: &rayon::ThreadPool,
     verify_pool: &rayon::ThreadPool,
     journal: &Mutex<Journal>,
-) -> (Vec<BatchResult>, Vec<Error>) {
+    done: &(dyn Fn(BatchResult) + Sync),
+) -> Vec<Error> {
     use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 
-    let results: Mutex<Vec<BatchResult>> = Mutex::new(Vec::with_capacity(jobs.len()));
     let journal_errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
-    let push = |r: BatchResult| results.lock().expect("results lock").push(r);
+    let push = done;
     let batch_bytes = ctx.opts.batch_bytes.max(1);
     let batch_files = ctx.opts.batch_files.max(1);
 
     std::thread::scope(|scope| {
-        let (staged_tx, staged_rx) = sync_channel::<std::result::Result<Staged, Failure>>(1024);
-        let (flushed_tx, flushed_rx) = sync_channel::<Vec<Staged>>(2);
+        let (staged_tx, staged_rx) =
+            sync_channel::<std::result::Result<(Job, Staged), Failure>>(1024);
+        let (flushed_tx, flushed_rx) = sync_channel::<Vec<(Job, Staged)>>(2);
 
         // Flusher.
-        let push_f = &push;
+        let push_f = push;
         scope.spawn(move || {
-            let mut batch: Vec<Staged> = Vec::new();
+            let mut batch: Vec<(Job, Staged)> = Vec::new();
             let mut bytes = 0u64;
-            let flush = |batch: Vec<Staged>| {
+            let flush = |batch: Vec<(Job, Staged)>| {
                 if batch.is_empty() {
                     return;
                 }
@@ -95,9 +99,9 @@ pub(super) fn run_pipeline(
                     }
                     Err(e) => {
                         ctx.abort.store(true, Ordering::Relaxed);
-                        for s in batch {
+                        for (job, _) in batch {
                             push_f(Err(Failure {
-                                path: jobs[s.job_index].rel.clone(),
+                                path: job.rel,
                                 kind: classify(&e),
                                 error: Error::io(ctx.dest, std::io::Error::other(e.to_string())),
                             }));
@@ -107,12 +111,12 @@ pub(super) fn run_pipeline(
             };
             loop {
                 match staged_rx.recv_timeout(Duration::from_millis(30)) {
-                    Ok(Ok(s)) if s.synced => {
-                        let _ = flushed_tx.send(vec![s]);
+                    Ok(Ok((job, s))) if s.synced => {
+                        let _ = flushed_tx.send(vec![(job, s)]);
                     }
-                    Ok(Ok(s)) => {
+                    Ok(Ok((job, s))) => {
                         bytes += s.meta.size;
-                        batch.push(s);
+                        batch.push((job, s));
                         if bytes >= batch_bytes || batch.len() >= batch_files {
                             flush(std::mem::take(&mut batch));
                             bytes = 0;
@@ -132,31 +136,29 @@ pub(super) fn run_pipeline(
         });
 
         // Verifiers.
-        let push_v = &push;
+        let push_v = push;
         let journal_errors = &journal_errors;
         scope.spawn(move || {
             for batch in flushed_rx {
-                let verified: Vec<BatchResult> = verify_pool.install(|| {
-                    batch
-                        .into_par_iter()
-                        .map(|s| {
-                            let job = &jobs[s.job_index];
-                            let result = finish_file(ctx, job, s, journal);
-                            ctx.progress.add_file();
-                            result.map_err(|(kind, error)| {
+                verify_pool.install(|| {
+                    batch.into_par_iter().for_each(|(job, s)| {
+                        let result = finish_file(ctx, &job, s, journal);
+                        ctx.progress.add_file();
+                        push_v(match result {
+                            Ok((digest, meta)) => Ok((job, digest, meta)),
+                            Err((kind, error)) => {
                                 if kind.is_fatal() {
                                     ctx.abort.store(true, Ordering::Relaxed);
                                 }
-                                Failure {
-                                    path: job.rel.clone(),
+                                Err(Failure {
+                                    path: job.rel,
                                     kind,
                                     error,
-                                }
-                            })
+                                })
+                            }
                         })
-                        .collect()
+                    })
                 });
-                verified.into_iter().for_each(push_v);
                 if let Err(e) = journal.lock().expect("journal lock").flush() {
                     ctx.abort.store(true, Ordering::Relaxed);
                     journal_errors.lock().expect("errors lock").push(e);
@@ -166,7 +168,7 @@ pub(super) fn run_pipeline(
 
         // Copiers (this thread waits for them).
         copy_pool.install(|| {
-            jobs.par_iter().enumerate().for_each_with(staged_tx, |tx, (i, job)| {
+            jobs.par_bridge().for_each_with(staged_tx, |tx, job| {
                 let fail = |kind, error| Failure {
                     path: job.rel.clone(),
                     kind,
@@ -186,28 +188,25 @@ pub(super) fn run_pipeline(
                         Error::io(ctx.src.display(&job.rel), interrupt::stopped()),
                     ))
                 } else {
-                    copy_to_temporary(ctx, job, i).map_err(|(kind, e)| {
+                    copy_to_temporary(ctx, &job).map_err(|(kind, e)| {
                         if kind.is_fatal() {
                             ctx.abort.store(true, Ordering::Relaxed);
                         }
                         fail(kind, e)
                     })
                 };
+                let r = r.map(|staged| (job, staged));
                 let _ = tx.send(r);
             });
         });
     });
-    (
-        results.into_inner().expect("results lock"),
-        journal_errors.into_inner().expect("errors lock"),
-    )
+    journal_errors.into_inner().expect("errors lock")
 }
 
 /// Reads the source once (hashing), writes a temporary file next to the destination.
 fn copy_to_temporary(
     ctx: &Ctx<'_>,
     job: &Job,
-    job_index: usize,
 ) -> std::result::Result<Staged, (FailureKind, Error)> {
     let dest_path = ctx.dest.join(&job.rel);
     let parent = dest_path.parent().unwrap_or(ctx.dest);
@@ -251,7 +250,6 @@ fn copy_to_temporary(
     }
     check_listed(&src_path, job.expected, digest).map_err(|e| (FailureKind::SourceCorrupt, e))?;
     Ok(Staged {
-        job_index,
         tmp,
         digest,
         meta: before,
