@@ -16,6 +16,7 @@
 //! shards did stays in `DEST/.hpcstage/shard-jobs/` (the plan, one result per shard, the
 //! job scripts and logs) for `status RUN`.
 
+use std::collections::HashMap;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::copy::{copy_from, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
-use crate::journal::{parse_line, Journal, JournalEntry};
+use crate::journal::{Journal, JournalEntry};
 use crate::manifest::{escape_into, unescape};
 use crate::progress::Progress;
 use crate::record::{read_json, write_json};
@@ -141,7 +142,7 @@ pub fn plan(source: &dyn Storage, dest: &Path, filter: &Filter, shards: u32) -> 
     if let Some(e) = tree.errors.into_iter().next() {
         return Err(e);
     }
-    let journal = Journal::load(&state(dest).join("journal"))?;
+    let journal = journal_entries(&state(dest).join("journal"))?;
     let files: Vec<(PathBuf, u64)> = tree
         .entries
         .into_iter()
@@ -291,7 +292,7 @@ pub fn merge(
     }
     let state_dir = state(dest);
     let _lock = crate::lock::lock_or_refuse(&state_dir.join("lock"), dest)?;
-    let mut journal = Journal::load(&state_dir.join("journal"))?;
+    let mut journal = Journal::open(&state_dir.join("journal"))?;
     for s in &plan.shards {
         let shard = data_dir(dest, s.index);
         merged.moved += move_verified(&shard, dest, &mut journal)?;
@@ -312,23 +313,7 @@ pub fn merge(
 /// are still the inode it verified) to the same relative path under `dest`, and records
 /// each in `journal`. Returns how many moved.
 fn move_verified(shard: &Path, dest: &Path, journal: &mut Journal) -> Result<u64> {
-    let path = shard.join(STATE_DIR).join("journal");
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    // Later lines win, as when the journal is loaded; a torn last line does not count.
-    let complete = bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(&[][..], |end| &bytes[..=end]);
-    let mut entries = std::collections::HashMap::new();
-    for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        if let Some((rel, entry)) = parse_line(line) {
-            entries.insert(rel, entry);
-        }
-    }
+    let entries = journal_entries(&shard.join(STATE_DIR).join("journal"))?;
     // Renames in parallel: on a parallel filesystem one client's renames are a round
     // trip to the metadata server each, and 10^7 of them one after another would take
     // hours. A journal line goes in only for a file that moved; a file that moved but
@@ -355,6 +340,13 @@ fn move_verified(shard: &Path, dest: &Path, journal: &mut Journal) -> Result<u64
         journal.record(rel, *entry)?;
     }
     Ok(moved.len() as u64)
+}
+
+/// The journal at `path` (missing means empty) as a map, the latest line of a path
+/// winning and a torn last line not counting. The shard plan and the merge hold one
+/// entry per file they move; the copy engine itself reads journals in path order.
+fn journal_entries(path: &Path) -> Result<HashMap<PathBuf, JournalEntry>> {
+    crate::sorted::JournalInOrder::open(path)?.collect()
 }
 
 /// One line on what a run of a shard did, as `status` prints it.
@@ -476,7 +468,7 @@ mod tests {
         let again = merge(&store, &dest, &opts, &NoProgress).unwrap();
         assert!(again.rerun.is_empty() && again.moved == 0, "{again:?}");
         assert!(!state(&dest).join(DATA_DIR).exists());
-        let journal = Journal::load(&state(&dest).join("journal")).unwrap();
+        let journal = journal_entries(&state(&dest).join("journal")).unwrap();
         assert_eq!(journal.len(), 20);
         for i in 0..20u32 {
             let rel = PathBuf::from(format!("d{}/f{i}", i % 3));
@@ -485,12 +477,7 @@ mod tests {
                 vec![i as u8; 1000 * i as usize]
             );
             let ino = std::fs::metadata(dest.join(&rel)).unwrap().ino();
-            assert_eq!(
-                journal.get(&rel).unwrap().dest_ino,
-                ino,
-                "{}",
-                rel.display()
-            );
+            assert_eq!(journal[&rel].dest_ino, ino, "{}", rel.display());
         }
         let results = results(&dest);
         let by: Vec<&str> = results.iter().map(|r| r.by.as_str()).collect();
