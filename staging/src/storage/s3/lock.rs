@@ -6,7 +6,8 @@ use std::path::Path;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 
-use super::{content_md5, S3Store};
+use super::put::content_md5;
+use super::S3Store;
 use crate::error::{Error, Result};
 
 impl S3Store {
