@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::{ObjectLockEnabled, ObjectLockRetention, ObjectLockRetentionMode};
 
@@ -151,22 +152,8 @@ impl S3Store {
     /// Removes every version of every object under this prefix that can be removed
     /// (locked versions stay); for tests and for cleaning up a failed, unprotected upload.
     pub fn remove_all_versions(&self) -> Result<usize> {
-        let prefix = self.dir_prefix();
         let mut removed = 0;
-        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
-            let page = self
-                .runtime
-                .block_on(
-                    self.client
-                        .list_object_versions()
-                        .bucket(&self.url.bucket)
-                        .prefix(&prefix)
-                        .set_key_marker(key_marker.clone())
-                        .set_version_id_marker(version_marker.clone())
-                        .send(),
-                )
-                .map_err(|e| self.error("ListObjectVersions", None, e))?;
+        self.version_pages(&self.dir_prefix(), &mut |page| {
             let versions = page
                 .versions()
                 .iter()
@@ -187,8 +174,34 @@ impl S3Store {
                     removed += 1;
                 }
             }
-            if page.is_truncated() != Some(true) {
-                return Ok(removed);
+            Ok(true)
+        })?;
+        Ok(removed)
+    }
+
+    /// Gives `each` the pages of ListObjectVersions of the keys starting with `prefix`, in
+    /// order (a page holds at most 1,000 versions), until one returns `false`.
+    pub(super) fn version_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(&ListObjectVersionsOutput) -> Result<bool>,
+    ) -> Result<()> {
+        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .runtime
+                .block_on(
+                    self.client
+                        .list_object_versions()
+                        .bucket(&self.url.bucket)
+                        .prefix(prefix)
+                        .set_key_marker(key_marker.take())
+                        .set_version_id_marker(version_marker.take())
+                        .send(),
+                )
+                .map_err(|e| self.error("ListObjectVersions", None, e))?;
+            if !each(&page)? || page.is_truncated() != Some(true) {
+                return Ok(());
             }
             key_marker = page.next_key_marker().map(str::to_string);
             version_marker = page.next_version_id_marker().map(str::to_string);
