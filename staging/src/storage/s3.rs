@@ -46,6 +46,7 @@ mod put;
 mod versions;
 
 use get::object_meta;
+pub use put::Etag;
 
 /// Parts of a multipart upload (S3 allows 5 MiB to 5 GiB; 10,000 parts at most).
 const PART: usize = 16 << 20;
@@ -226,60 +227,28 @@ impl Storage for S3Store {
     }
 
     fn list(&self, filter: &Filter) -> Result<Tree> {
-        let prefix = self.dir_prefix();
         let mut tree = Tree::default();
         let mut dirs = std::collections::BTreeSet::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .runtime
-                .block_on(
-                    self.client
-                        .list_objects_v2()
-                        .bucket(&self.url.bucket)
-                        .prefix(&prefix)
-                        .set_continuation_token(token.clone())
-                        .send(),
-                )
-                .map_err(|e| self.error("ListObjectsV2", None, e))?;
-            for o in page.contents() {
-                let Some(key) = o.key() else { continue };
-                let Some(rel) = key.strip_prefix(&prefix) else {
-                    continue;
-                };
-                // Folder markers of consoles, and anything that is not a plain path.
-                if rel.is_empty()
-                    || rel.ends_with('/')
-                    || rel
-                        .split('/')
-                        .any(|p| p.is_empty() || p == "." || p == "..")
-                {
-                    continue;
-                }
-                let rel = PathBuf::from(rel);
-                let hidden = rel
-                    .ancestors()
-                    .filter(|a| !a.as_os_str().is_empty())
-                    .any(|a| filter.leaves_out(a, a.file_name().unwrap_or_default()));
-                if hidden || !filter.takes_file(&rel) {
-                    continue;
-                }
-                let mut parent = rel.parent();
-                while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-                    dirs.insert(p.to_path_buf());
-                    parent = p.parent();
-                }
-                tree.entries.push(Entry {
-                    meta: object_meta(o.size().unwrap_or(0), o.last_modified(), o.e_tag()),
-                    rel,
-                    kind: Kind::File,
-                });
+        self.each_object(&mut |rel, o| {
+            let rel = PathBuf::from(rel);
+            let hidden = rel
+                .ancestors()
+                .filter(|a| !a.as_os_str().is_empty())
+                .any(|a| filter.leaves_out(a, a.file_name().unwrap_or_default()));
+            if hidden || !filter.takes_file(&rel) {
+                return;
             }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
+            let mut parent = rel.parent();
+            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                dirs.insert(p.to_path_buf());
+                parent = p.parent();
             }
-        }
+            tree.entries.push(Entry {
+                meta: object_meta(o.size().unwrap_or(0), o.last_modified(), o.e_tag()),
+                rel,
+                kind: Kind::File,
+            });
+        })?;
         tree.entries.extend(dirs.into_iter().map(|rel| Entry {
             rel,
             kind: Kind::Dir,
@@ -292,7 +261,7 @@ impl Storage for S3Store {
     }
 
     fn stat(&self, rel: &Path) -> Result<Option<Meta>> {
-        Ok(self.head(rel)?.map(|(meta, _, _)| meta))
+        Ok(self.head(rel)?.map(|h| h.meta))
     }
 
     fn read(

@@ -1,10 +1,12 @@
 //! Reading objects: HEAD, a GET that resumes where a stream broke off (pinned to the
 //! version first read), bounded range GETs and the read-back of a written object.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::DateTime;
+use aws_sdk_s3::types::Object;
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
@@ -16,6 +18,63 @@ use crate::storage::{Storage, Written};
 use crate::walk::Meta;
 
 impl S3Store {
+    /// Gives `each` every object under this prefix (its path below the prefix, and what
+    /// ListObjectsV2 says of it); folder markers and keys that are not plain paths are
+    /// left out.
+    pub(super) fn each_object(&self, each: &mut dyn FnMut(&str, &Object)) -> Result<()> {
+        let prefix = self.dir_prefix();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .runtime
+                .block_on(
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.url.bucket)
+                        .prefix(&prefix)
+                        .set_continuation_token(token.take())
+                        .send(),
+                )
+                .map_err(|e| self.error("ListObjectsV2", None, e))?;
+            for o in page.contents() {
+                let Some(rel) = o.key().and_then(|k| k.strip_prefix(&prefix)) else {
+                    continue;
+                };
+                // Folder markers of consoles, and anything that is not a plain path.
+                if rel.is_empty()
+                    || rel.ends_with('/')
+                    || rel
+                        .split('/')
+                        .any(|p| p.is_empty() || p == "." || p == "..")
+                {
+                    continue;
+                }
+                each(rel, o);
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// The objects under this prefix with their size and ETag (what the server computed
+    /// from the bytes it received), by path: what a rerun of an upload compares with the
+    /// local files before it sends them again.
+    pub fn etags(&self) -> Result<HashMap<PathBuf, (u64, String)>> {
+        let mut out = HashMap::new();
+        self.each_object(&mut |rel, o| {
+            if let Some(etag) = o.e_tag() {
+                let size = u64::try_from(o.size().unwrap_or(0)).unwrap_or(0);
+                out.insert(
+                    PathBuf::from(rel),
+                    (size, etag.trim_matches('"').to_string()),
+                );
+            }
+        })?;
+        Ok(out)
+    }
+
     /// Size, version and stored SHA-256 of the current version of `rel`.
     pub(super) fn head(&self, rel: &Path) -> Result<Option<Head>> {
         let done = self.runtime.block_on(
@@ -36,7 +95,12 @@ impl S3Store {
                     .metadata()
                     .and_then(|m| m.get(SHA256_KEY))
                     .and_then(|h| h.parse().ok());
-                Ok(Some((meta, out.version_id().map(str::to_string), stored)))
+                Ok(Some(Head {
+                    meta,
+                    version: out.version_id().map(str::to_string),
+                    stored,
+                    etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
+                }))
             }
             Err(e) if e.raw_response().map(HasStatus::status) == Some(404) => Ok(None),
             Err(e) => Err(self.error("HeadObject", Some(rel), e)),
@@ -178,8 +242,15 @@ impl S3Store {
     }
 }
 
-/// An object's metadata, version and stored SHA-256 (from HeadObject).
-pub(super) type Head = (Meta, Option<String>, Option<Digest>);
+/// What HeadObject says of the current version of an object.
+pub(super) struct Head {
+    pub(super) meta: Meta,
+    pub(super) version: Option<String>,
+    /// The SHA-256 in its metadata (`x-amz-meta-sha256`).
+    pub(super) stored: Option<Digest>,
+    /// Its ETag, unquoted: computed by the server from the bytes it received.
+    pub(super) etag: Option<String>,
+}
 
 /// What the engine compares of an object: its size, mtime and an identity from the ETag
 /// (in `ino`), which changes when the object is replaced.

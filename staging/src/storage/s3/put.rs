@@ -17,6 +17,15 @@ use crate::hash::Digest;
 use crate::storage::{Storage, Upload, Written};
 
 impl S3Store {
+    /// An upload of `rel` (`size` bytes) whose SHA-256 is learnt from its bytes, for a
+    /// file no manifest lists: possible for a single PUT, whose bytes are all in hand
+    /// before it is sent with the digest in its metadata; `None` for a multipart upload,
+    /// whose metadata goes with its first request.
+    pub fn create_unhashed(&self, rel: &Path, size: u64) -> Option<Box<dyn Upload + '_>> {
+        let single = usize::try_from(size).ok().filter(|&n| n <= PART)?;
+        Some(Box::new(self.upload(rel, None, false, PART, single + 1)))
+    }
+
     /// Starts a multipart upload of `rel` whose digest is not known before its bytes are
     /// (an archive chunk): parts of `part` bytes (at least 16 MiB), each with its
     /// Content-MD5; no SHA-256 in its metadata. Aborted when dropped unfinished.
@@ -254,5 +263,109 @@ impl Drop for S3Upload<'_> {
                     .send(),
             );
         }
+    }
+}
+
+/// The ETag an S3 server gives the object this crate uploads from `size` bytes: the hex
+/// MD5 of the bytes for a single PUT, or for a multipart upload the hex MD5 of the parts'
+/// MD5s, then `-` and the number of parts (what RGW, MinIO and AWS compute without
+/// server-side encryption). Fed the local bytes, it tells whether an object is theirs.
+pub struct Etag {
+    part: usize,
+    multipart: bool,
+    current: Md5,
+    in_part: usize,
+    parts: Vec<u8>,
+    count: usize,
+}
+
+impl Etag {
+    /// For a file of `size` bytes, split as [`Storage::create`] splits it.
+    pub fn for_size(size: u64) -> Etag {
+        Etag::with_part(PART, size > PART as u64)
+    }
+
+    fn with_part(part: usize, multipart: bool) -> Etag {
+        Etag {
+            part,
+            multipart,
+            current: Md5::new(),
+            in_part: 0,
+            parts: Vec::new(),
+            count: 0,
+        }
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = if self.multipart {
+                (self.part - self.in_part).min(bytes.len())
+            } else {
+                bytes.len()
+            };
+            self.current.update(&bytes[..n]);
+            self.in_part += n;
+            bytes = &bytes[n..];
+            if self.multipart && self.in_part == self.part {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let done = std::mem::replace(&mut self.current, Md5::new()).finalize();
+        self.parts.extend_from_slice(&done);
+        self.count += 1;
+        self.in_part = 0;
+    }
+
+    /// The ETag, unquoted.
+    pub fn finish(mut self) -> String {
+        if !self.multipart {
+            return hex(&self.current.finalize());
+        }
+        if self.in_part > 0 || self.count == 0 {
+            self.close_part();
+        }
+        format!("{}-{}", hex(&Md5::digest(&self.parts)), self.count)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Etag;
+
+    fn etag(part: usize, multipart: bool, blocks: &[&[u8]]) -> String {
+        let mut e = Etag::with_part(part, multipart);
+        for b in blocks {
+            e.update(b);
+        }
+        e.finish()
+    }
+
+    #[test]
+    fn a_single_put_etag_is_the_md5_and_a_multipart_one_the_md5_of_the_parts_md5s() {
+        // `printf abc | md5sum`
+        assert_eq!(
+            etag(4, false, &[b"ab", b"c"]),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(etag(4, false, &[]), "d41d8cd98f00b204e9800998ecf8427e");
+        // Parts "abcd", "efgh", "ij", however the bytes come:
+        // md5 of md5("abcd") || md5("efgh") || md5("ij"), then "-3".
+        use md5::{Digest as _, Md5};
+        let mut parts = Vec::new();
+        for p in [&b"abcd"[..], b"efgh", b"ij"] {
+            parts.extend_from_slice(&Md5::digest(p));
+        }
+        let want = format!("{}-3", super::hex(&Md5::digest(&parts)));
+        assert_eq!(etag(4, true, &[b"abcdefghij"]), want);
+        assert_eq!(etag(4, true, &[b"a", b"bcdefg", b"hij"]), want);
+        // A whole number of parts has no empty last part.
+        assert!(etag(4, true, &[b"abcdefgh"]).ends_with("-2"));
     }
 }

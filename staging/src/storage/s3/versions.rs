@@ -138,15 +138,52 @@ impl S3Store {
         digest: Digest,
         retention: Retention,
     ) -> Result<bool> {
-        let Some((meta, version, stored)) = self.head(rel)? else {
+        let Some(head) = self.head(rel)? else {
             return Ok(false);
         };
-        if meta.size != size || stored != Some(digest) {
+        if head.meta.size != size || head.stored != Some(digest) {
             return Ok(false);
         }
+        self.holds_retention(rel, head.version.as_deref(), retention)
+    }
+
+    /// True when `version` of `rel` carries a retention of the mode of `retention`.
+    pub fn holds_retention(
+        &self,
+        rel: &Path,
+        version: Option<&str>,
+        retention: Retention,
+    ) -> Result<bool> {
         Ok(self
-            .retention_of(rel, version.as_deref())?
+            .retention_of(rel, version)?
             .is_some_and(|(mode, _)| mode == retention.mode.as_str()))
+    }
+
+    /// The current version of `rel` as an earlier upload left it, when it holds the bytes
+    /// whose SHA-256 is `digest` and whose ETag (as [`super::Etag`] computes it) is
+    /// `etag`: `size` bytes, the server's ETag (computed from the bytes it received, not
+    /// declared by a client) equal to `etag`, and `digest` in its metadata. `None` when
+    /// any differs (the object is then uploaded again).
+    pub fn already_there(
+        &self,
+        rel: &Path,
+        size: u64,
+        digest: Digest,
+        etag: &str,
+    ) -> Result<Option<Written>> {
+        let Some(head) = self.head(rel)? else {
+            return Ok(None);
+        };
+        let same = head.meta.size == size
+            && head.stored == Some(digest)
+            && head.etag.as_deref() == Some(etag);
+        Ok(same.then(|| Written {
+            rel: rel.to_path_buf(),
+            digest,
+            bytes: size,
+            version: head.version,
+            pending: None,
+        }))
     }
 
     /// Removes every version of every object under this prefix that can be removed
