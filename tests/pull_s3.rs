@@ -596,13 +596,13 @@ printf 'label,area\n1,%s\n' "$(stat -c %s "$input")" >"$table""#,
     .code(0);
 
     // The rerun, through a relay that counts what is sent to the server.
-    let (counted, _, up) = common::s3::relay_counting(Duration::ZERO);
+    let (counted, counts) = common::s3::relay_counting(Duration::ZERO);
     let config = s3.lab.path("counted.toml");
     write(&config, format!("[s3]\nendpoint = \"{counted}\"\n"));
     let mut cmd = s3.command();
     cmd.arg("--config").arg(&config).args(["pull", id]);
     Run::of(cmd).code(0).out_has(&format!("pulled run {id}"));
-    let sent = up.load(std::sync::atomic::Ordering::SeqCst);
+    let sent = counts.up.load(std::sync::atomic::Ordering::SeqCst);
     let mask = std::fs::metadata(chain.run_dir.join("masks/img2.ome.tif"))
         .expect("mask")
         .len();

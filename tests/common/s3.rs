@@ -235,19 +235,23 @@ pub(crate) fn radosgw_admin(args: &[&str]) -> Run {
 pub(crate) fn relay(
     pace: std::time::Duration,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    let (address, down, _) = relay_counting(pace);
-    (address, down)
+    let (address, counted) = relay_counting(pace);
+    (address, counted.down)
 }
 
-/// [`relay`], also counting the bytes sent to the server (requests and what they upload):
-/// (address, bytes from the server, bytes to the server).
-pub(crate) fn relay_counting(
-    pace: std::time::Duration,
-) -> (
-    String,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
+/// What a [`relay_counting`] saw.
+pub(crate) struct Counted {
+    /// Bytes the server sent back.
+    pub(crate) down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes sent to the server (requests and what they upload).
+    pub(crate) up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The most connections open through the relay at once.
+    pub(crate) most_open: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// [`relay`], also counting the bytes sent to the server and the connections open at
+/// once: (address, counts).
+pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
     let port = listener.local_addr().expect("relay address").port();
     let upstream = endpoint().trim_start_matches("http://").to_string();
@@ -255,12 +259,17 @@ pub(crate) fn relay_counting(
     let count = sent.clone();
     let uploaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let up_count = uploaded.clone();
+    let most_open = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (most, open_now) = (most_open.clone(), open.clone());
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
             let Ok(server) = std::net::TcpStream::connect(&upstream) else {
                 continue;
             };
+            let now = open_now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
             let (mut from_client, mut to_server) = (
                 client.try_clone().expect("clone"),
                 server.try_clone().expect("clone"),
@@ -279,6 +288,7 @@ pub(crate) fn relay_counting(
             });
             let (mut from_server, mut to_client) = (server, client);
             let count = count.clone();
+            let open_now = open_now.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
@@ -294,8 +304,16 @@ pub(crate) fn relay_counting(
                     }
                 }
                 let _ = to_client.shutdown(std::net::Shutdown::Write);
+                open_now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    (format!("http://127.0.0.1:{port}"), sent, uploaded)
+    (
+        format!("http://127.0.0.1:{port}"),
+        Counted {
+            down: sent,
+            up: uploaded,
+            most_open,
+        },
+    )
 }

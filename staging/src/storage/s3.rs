@@ -21,7 +21,8 @@
 //! transient errors are retried by the SDK with exponential back-off.
 //!
 //! This file holds the connection and the [`Storage`] face; the work is split by role:
-//! `put` (uploads), `get` (reads, the read-back), `versions` (retention, versions,
+//! `put` (uploads), `get` (reads, the read-back), `ranged` (a large object read with
+//! several range GETs in flight), `versions` (retention, versions,
 //! multipart uploads left behind), `lock` (the ingest lock object), `errors` (what a
 //! failed request tells the user).
 
@@ -43,6 +44,7 @@ mod errors;
 mod get;
 mod lock;
 mod put;
+mod ranged;
 mod versions;
 
 use get::object_meta;
@@ -283,7 +285,11 @@ impl Storage for S3Store {
         listed: &Meta,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Meta> {
-        let got = self.get(rel, None, 0, None, sink)?;
+        let got = if listed.size >= ranged::RANGED_FROM {
+            self.get_ranged(rel, None, sink)?
+        } else {
+            self.get(rel, None, 0, None, sink)?
+        };
         // Compared: the size and the object's identity (its ETag, in `ino`); the listed
         // mtime is finer than the one a GET reports.
         Ok(Meta {
