@@ -22,8 +22,9 @@ use crate::walk::Meta;
 const RANGE: u64 = 8 << 20;
 /// Range GETs of one object in flight at once (at most this many ranges held in memory).
 const RANGES_IN_FLIGHT: usize = 4;
-/// Objects of this size and more are read in ranges.
-pub(super) const RANGED_FROM: u64 = 2 * RANGE;
+/// Objects of this size and more are read in ranges (below, one stream: on a loaded
+/// server of two cores, 16 MiB objects came no faster in two ranges).
+pub(super) const RANGED_FROM: u64 = 4 * RANGE;
 
 /// Why one range was not read.
 enum RangeFailure {
@@ -115,11 +116,26 @@ impl S3Store {
             in_flight.0.push_back(range(next));
             next = (next + RANGE).min(size);
         }
-        match self.runtime.block_on(first.body.collect()) {
-            Ok(bytes) => sink(&bytes.into_bytes())?,
-            Err(_) => {
-                self.get(rel, version.as_deref(), 0, Some(first_end), sink)?;
+        // The first range streams into `sink` while the next ones are on their way.
+        let mut at = 0u64;
+        let mut body = first.body;
+        let mut failed: Option<crate::Error> = None;
+        let broke = self.runtime.block_on(async {
+            while let Some(block) = body.next().await {
+                let Ok(block) = block else { return true };
+                if let Err(e) = sink(&block) {
+                    failed = Some(e);
+                    return false;
+                }
+                at += block.len() as u64;
             }
+            false
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if broke {
+            self.get(rel, version.as_deref(), at, Some(first_end), sink)?;
         }
         while let Some((start, end, task)) = in_flight.0.pop_front() {
             if next < size {
