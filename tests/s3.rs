@@ -107,49 +107,6 @@ fn stage_from_s3_copies_the_exact_tree_skips_on_a_rerun_and_recopies_a_changed_o
 }
 
 #[test]
-fn a_large_object_is_staged_with_several_range_gets_in_flight_and_arrives_exact() {
-    let Some(w) = S3World::new("ranged") else {
-        return;
-    };
-    let bucket = plain_bucket();
-    let src = w.env.path("src");
-    // 40 MB: five ranges of 8 MiB, the last one short; bytes that differ per range.
-    let block: Vec<u8> = (0..40_000_000u32)
-        .map(|n| (n % 251) as u8 ^ (n >> 23) as u8)
-        .collect();
-    write(src.join("big.czi"), block);
-    w.env
-        .sh(&src, "sha256sum big.czi > MANIFEST.sha256")
-        .code(0);
-    w.upload(&src, &bucket, "P/raw/big");
-    let (relay, counts) = common::s3::relay_counting(Duration::ZERO);
-    let config = w.env.path("relay.toml");
-    write(&config, format!("[s3]\nendpoint = \"{relay}\"\n"));
-    let dest = w.env.path("scratch/P/big");
-    w.env
-        .run([
-            "--config".to_string(),
-            config.display().to_string(),
-            "--scratch-root".into(),
-            w.env.scratch().display().to_string(),
-            "stage".into(),
-            w.url(&bucket, "P/raw/big"),
-            dest.display().to_string(),
-        ])
-        .code(0)
-        .out_has("1 copied");
-    assert!(read(dest.join("big.czi")) == read(src.join("big.czi")));
-    assert_manifest_verifies(&dest);
-    let open = counts.most_open.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        open >= 3,
-        "one object was read over {open} connection(s) at once, not with ranges in flight"
-    );
-    w.assert_no_multipart_uploads(&bucket);
-    w.cleanup(&bucket);
-}
-
-#[test]
 fn an_object_that_no_longer_matches_the_manifest_is_source_corrupt() {
     let Some(w) = S3World::new("corrupt") else {
         return;

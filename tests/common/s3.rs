@@ -245,12 +245,9 @@ pub(crate) struct Counted {
     pub(crate) down: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Bytes sent to the server (requests and what they upload).
     pub(crate) up: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The most connections open through the relay at once.
-    pub(crate) most_open: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// [`relay`], also counting the bytes sent to the server and the connections open at
-/// once: (address, counts).
+/// [`relay`], also counting the bytes sent to the server: (address, counts).
 pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
     let port = listener.local_addr().expect("relay address").port();
@@ -259,17 +256,12 @@ pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
     let count = sent.clone();
     let uploaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let up_count = uploaded.clone();
-    let most_open = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let open = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (most, open_now) = (most_open.clone(), open.clone());
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
             let Ok(server) = std::net::TcpStream::connect(&upstream) else {
                 continue;
             };
-            let now = open_now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
             let (mut from_client, mut to_server) = (
                 client.try_clone().expect("clone"),
                 server.try_clone().expect("clone"),
@@ -288,7 +280,6 @@ pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
             });
             let (mut from_server, mut to_client) = (server, client);
             let count = count.clone();
-            let open_now = open_now.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
@@ -304,7 +295,6 @@ pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
                     }
                 }
                 let _ = to_client.shutdown(std::net::Shutdown::Write);
-                open_now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
@@ -313,7 +303,6 @@ pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
         Counted {
             down: sent,
             up: uploaded,
-            most_open,
         },
     )
 }

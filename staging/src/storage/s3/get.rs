@@ -11,7 +11,6 @@ use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
 use super::errors::{gone, HasStatus};
-use super::ranged::RANGED_FROM;
 use super::{S3Store, SHA256_KEY};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::hash::Digest;
@@ -108,13 +107,11 @@ impl S3Store {
         }
     }
 
-    /// Hashes a version of `rel` (of about `size` bytes: a large one is read in ranges)
-    /// as stored; also returns that version's metadata.
+    /// Hashes a version of `rel` as stored; also returns that version's metadata.
     pub(super) fn hash_stored(
         &self,
         rel: &Path,
         version: Option<&str>,
-        size: u64,
     ) -> Result<(Digest, u64, Meta)> {
         use sha2::Digest as _;
         let mut hasher = Sha256::new();
@@ -124,19 +121,14 @@ impl S3Store {
             bytes += block.len() as u64;
             Ok(())
         };
-        let meta = if size >= RANGED_FROM {
-            self.get_ranged(rel, version, &mut sink)?
-        } else {
-            self.get(rel, version, 0, None, &mut sink)?
-        };
+        let meta = self.get(rel, version, 0, None, &mut sink)?;
         Ok((Digest::from_hasher(hasher), bytes, meta))
     }
 
     /// [`Storage::verify`], returning the metadata of the version read back (its identity
     /// is what a resume journal records).
     pub fn verify_read(&self, written: &Written) -> Result<Meta> {
-        let (read, len, meta) =
-            self.hash_stored(&written.rel, written.version.as_deref(), written.bytes)?;
+        let (read, len, meta) = self.hash_stored(&written.rel, written.version.as_deref())?;
         written.compare_read_back(self.display(&written.rel), read, len)?;
         Ok(meta)
     }
