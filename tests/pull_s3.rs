@@ -522,3 +522,97 @@ fn pull_worm_of_a_run_pulled_to_s3_before_locks_every_object_it_lists() {
     }
     s3.w.cleanup(&s3.bucket);
 }
+
+#[test]
+fn a_rerun_of_a_killed_pull_does_not_send_again_an_object_the_server_holds_equal() {
+    let Some(_cluster) = cluster() else { return };
+    let Some(w) = S3World::new("pullresume") else {
+        return;
+    };
+    let s3 = S3Lab::new(w, plain_bucket());
+    // 2 x 20 MB masks: multipart uploads of 2 parts; sent one file at a time.
+    let chain = s3.run_job(
+        r#"{ tiny_mask; head -c 20000000 /dev/urandom; } >"$mask"
+printf 'label,area\n1,%s\n' "$(stat -c %s "$input")" >"$table""#,
+        "COMPLETED",
+    );
+    let id = chain.run_id.as_str();
+    let bucket = s3.bucket.clone();
+    let results = s3.results_rel(&chain);
+    let first = s3.w.key(&format!("{results}/masks/img1.ome.tif"));
+
+    // Through a relay at about 10 MB/s, killed once the first mask is complete on the
+    // server (the second one not yet).
+    let (slow, _) = common::s3::relay(Duration::from_millis(6));
+    let slow_config = s3.lab.path("slow.toml");
+    write(&slow_config, format!("[s3]\nendpoint = \"{slow}\"\n"));
+    let mut cmd = s3.command();
+    cmd.arg("--config")
+        .arg(&slow_config)
+        .args(["pull", id, "--jobs", "1"]);
+    let shown = format!("{cmd:?}");
+    let mut child = cmd.spawn().expect("start pull");
+    let started = Instant::now();
+    while !s3.keys().contains(&first) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60)
+                && child.try_wait().expect("poll").is_none(),
+            "the first mask was not seen on the server before the pull ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("kill -9 the pull");
+    let killed = wait_child(&shown, child, Duration::from_secs(10));
+    assert_eq!(
+        killed.code, None,
+        "the pull ended before it was killed\n{killed}"
+    );
+    let second = s3.w.key(&format!("{results}/masks/img2.ome.tif"));
+    assert!(!s3.keys().contains(&second), "both masks were complete");
+
+    // An object that only claims to be a table: the SHA-256 of scratch's table in its
+    // metadata, the same size, other bytes. Declared metadata alone is not trusted.
+    let table = chain.run_dir.join("tables/img2.csv");
+    let real = read(&table);
+    let forged = s3.lab.path("forged.csv");
+    write(&forged, vec![b'x'; real.len()]);
+    let sha = Command::new("sha256sum")
+        .arg(&table)
+        .output()
+        .expect("sha256sum");
+    let sha = String::from_utf8_lossy(&sha.stdout)[..64].to_string();
+    s3.w.aws(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        &bucket,
+        "--key",
+        &s3.w.key(&format!("{results}/tables/img2.csv")),
+        "--body",
+        &forged.display().to_string(),
+        "--metadata",
+        &format!("sha256={sha}"),
+    ])
+    .code(0);
+
+    // The rerun, through a relay that counts what is sent to the server.
+    let (counted, counts) = common::s3::relay_counting(Duration::ZERO);
+    let config = s3.lab.path("counted.toml");
+    write(&config, format!("[s3]\nendpoint = \"{counted}\"\n"));
+    let mut cmd = s3.command();
+    cmd.arg("--config").arg(&config).args(["pull", id]);
+    Run::of(cmd).code(0).out_has(&format!("pulled run {id}"));
+    let sent = counts.up.load(std::sync::atomic::Ordering::SeqCst);
+    let mask = std::fs::metadata(chain.run_dir.join("masks/img2.ome.tif"))
+        .expect("mask")
+        .len();
+    assert!(
+        sent >= mask && sent < 2 * mask,
+        "the rerun sent {sent} bytes: the second mask ({mask} bytes) once, the first not again"
+    );
+    s3.w.assert_no_multipart_uploads(&bucket);
+    let fetched = s3.fetch(&chain, "fetched");
+    assert_manifest_verifies(&fetched);
+    assert!(assert_equal_to_scratch(&fetched, &chain.run_dir) >= 5);
+    s3.w.cleanup(&bucket);
+}

@@ -235,11 +235,27 @@ pub(crate) fn radosgw_admin(args: &[&str]) -> Run {
 pub(crate) fn relay(
     pace: std::time::Duration,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let (address, counted) = relay_counting(pace);
+    (address, counted.down)
+}
+
+/// What a [`relay_counting`] saw.
+pub(crate) struct Counted {
+    /// Bytes the server sent back.
+    pub(crate) down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes sent to the server (requests and what they upload).
+    pub(crate) up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// [`relay`], also counting the bytes sent to the server: (address, counts).
+pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
     let port = listener.local_addr().expect("relay address").port();
     let upstream = endpoint().trim_start_matches("http://").to_string();
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let count = sent.clone();
+    let uploaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let up_count = uploaded.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
@@ -250,10 +266,12 @@ pub(crate) fn relay(
                 client.try_clone().expect("clone"),
                 server.try_clone().expect("clone"),
             );
+            let up = up_count.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 << 10];
                 while let Ok(n @ 1..) = from_client.read(&mut buf) {
                     std::thread::sleep(pace);
+                    up.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
                     if to_server.write_all(&buf[..n]).is_err() {
                         break;
                     }
@@ -280,5 +298,11 @@ pub(crate) fn relay(
             });
         }
     });
-    (format!("http://127.0.0.1:{port}"), sent)
+    (
+        format!("http://127.0.0.1:{port}"),
+        Counted {
+            down: sent,
+            up: uploaded,
+        },
+    )
 }

@@ -4,8 +4,11 @@
 //! Per file: hash the local file (checked against the source's `MANIFEST.sha256`), upload
 //! it hashing the bytes again as they are sent (a file that changed meanwhile is refused),
 //! read the object back with a GET and compare, then set its retention and read that back.
-//! A rerun skips objects that already hold the same SHA-256 and the asked retention (the
-//! retention is set only after the read-back matched, so it marks a verified object).
+//! A rerun does not send again an object an earlier run left complete and equal: same
+//! size, the server's ETag equal to the one computed from the local bytes (MD5, or the
+//! MD5 of the parts' MD5s), the SHA-256 in its metadata; it is read back and compared
+//! (unless it already has the asked retention, set only after a read-back matched).
+//! The objects there are listed once per run, so a first upload asks nothing per object.
 //! The caller writes the tree's `MANIFEST.sha256` last, only when nothing failed.
 
 use std::fs::File;
@@ -14,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::{Retention, S3Store, Storage};
+use super::{Etag, Retention, S3Store, Storage};
 use crate::copy::{Failure, FailureKind};
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::hash::{self, Digest};
 use crate::manifest::{check_listed, Manifest, ManifestEntry};
 use crate::progress::Progress;
-use crate::walk::{self, Filter, Kind};
+use crate::walk::{self, Filter, Kind, Meta};
 
 /// How to upload a tree.
 #[derive(Debug, Clone)]
@@ -101,6 +104,9 @@ pub fn put_tree(
     report.files = files.len() as u64;
     report.bytes = files.iter().map(|e| e.meta.size).sum();
     progress.start(report.files, report.bytes);
+    // What an earlier, stopped run left: one listing, so that a first upload asks nothing
+    // of each object.
+    let present = store.etags()?;
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.clamp(1, 16))
@@ -122,8 +128,14 @@ pub fn put_tree(
                         )),
                     );
                 }
-                let listed = expected.get(e.rel.as_path()).copied();
-                let r = put_file(src, store, &e.rel, e.meta.size, listed, opts, progress);
+                let file = FileToPut {
+                    rel: &e.rel,
+                    size: e.meta.size,
+                    meta: &e.meta,
+                    listed: expected.get(e.rel.as_path()).copied(),
+                    there: present.get(&e.rel),
+                };
+                let r = put_file(src, store, &file, opts, progress);
                 if r.as_ref().is_err_and(|e| failure_kind(e).is_fatal()) {
                     abort.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -165,16 +177,30 @@ pub fn put_tree(
     Ok(report)
 }
 
+/// One file to upload, and what is known of it.
+#[derive(Clone, Copy)]
+struct FileToPut<'a> {
+    rel: &'a Path,
+    size: u64,
+    /// What the walk saw of it.
+    meta: &'a Meta,
+    /// Its line in the source's manifest.
+    listed: Option<Digest>,
+    /// Size and ETag of the object at its key, left by an earlier run.
+    there: Option<&'a (u64, String)>,
+}
+
 /// One file: hashed, uploaded, read back, protected; or found so by an earlier run.
 fn put_file(
     src: &Path,
     store: &S3Store,
-    rel: &Path,
-    size: u64,
-    listed: Option<Digest>,
+    file: &FileToPut<'_>,
     opts: &PutOptions,
     progress: &dyn Progress,
 ) -> Result<(Digest, bool)> {
+    let FileToPut {
+        rel, size, listed, ..
+    } = *file;
     let path = src.join(rel);
     // With a line in the source manifest, the upload itself checks the bytes against it
     // (before the object is completed), so the file is read once; without one, it is
@@ -184,26 +210,38 @@ fn put_file(
         check_listed(&path, listed, digest)?;
         Ok(digest)
     };
-    let digest = match listed {
-        Some(digest) => digest,
-        None => hashed_against_listing()?,
-    };
-    if let Some(retention) = opts.retention {
-        if store.holds_protected(rel, size, digest, retention)? {
-            if listed.is_some() {
-                hashed_against_listing()?;
-            }
+    let hashed = match resumed(src, store, file, opts)? {
+        Some((digest, true)) => {
             progress.add_bytes(size);
             return Ok((digest, true));
         }
-    }
-    let mut upload = store.create(rel, size, digest)?;
-    let file = File::open(&path).at(&path)?;
-    hash::for_each_block(file, &path, &mut |block| {
+        Some((digest, false)) => Some(digest),
+        None => None,
+    };
+    // A file no manifest lists, small enough for one PUT, is read once: its digest comes
+    // from the bytes sent, and a change while it was read from its metadata after.
+    let (mut upload, known) = match hashed.or(listed) {
+        Some(digest) => (store.create(rel, size, digest)?, Some(digest)),
+        None => match store.create_unhashed(rel, size) {
+            Some(upload) => (upload, None),
+            None => {
+                let digest = hashed_against_listing()?;
+                (store.create(rel, size, digest)?, Some(digest))
+            }
+        },
+    };
+    let opened = File::open(&path).at(&path)?;
+    hash::for_each_block(&opened, &path, &mut |block| {
         upload.write(block)?;
         progress.add_bytes(block.len() as u64);
         Ok(())
     })?;
+    if known.is_none() {
+        let after = opened.metadata().at(&path)?;
+        if !Meta::from_std(&after).unchanged(file.meta) {
+            return Err(Error::SourceChanged { path });
+        }
+    }
     let written = upload.finish().map_err(|e| match e {
         // The bytes read differ from the digest: read again to tell a file that differs
         // from its manifest line (corrupt) from one that changed while it was read.
@@ -216,7 +254,59 @@ fn put_file(
     store.verify(&written)?;
     store.commit(&written)?;
     store.protect(&written, opts.retention)?;
-    Ok((digest, false))
+    Ok((written.digest, false))
+}
+
+/// The object an earlier run left at `rel` (`there`: its size and ETag in the listing),
+/// when it holds this file's bytes: the file is read once, hashing its SHA-256 (checked
+/// against its manifest line) and the ETag its upload would get, and the object is kept
+/// only when the server's ETag, computed from the bytes it received, equals that one and
+/// its metadata holds the SHA-256; client-declared metadata alone is never trusted. It is
+/// then read back and compared (unless it already carries the asked retention, set only
+/// after a read-back matched) and protected: everything an upload does but the upload.
+/// Returns the file's digest when it was read, and whether the object was kept.
+fn resumed(
+    src: &Path,
+    store: &S3Store,
+    file: &FileToPut<'_>,
+    opts: &PutOptions,
+) -> Result<Option<(Digest, bool)>> {
+    use sha2::Digest as _;
+    let FileToPut {
+        rel,
+        size,
+        listed,
+        there,
+        ..
+    } = *file;
+    let Some((_, etag)) = there.filter(|(there_size, _)| *there_size == size) else {
+        return Ok(None);
+    };
+    let path = src.join(rel);
+    let mut sha = sha2::Sha256::new();
+    let mut local = Etag::for_size(size);
+    hash::for_each_block(File::open(&path).at(&path)?, &path, &mut |block| {
+        sha.update(block);
+        local.update(block);
+        Ok(())
+    })?;
+    let digest = Digest::from_hasher(sha);
+    check_listed(&path, listed, digest)?;
+    if local.finish() != *etag {
+        return Ok(Some((digest, false)));
+    }
+    let Some(written) = store.already_there(rel, size, digest, etag)? else {
+        return Ok(Some((digest, false)));
+    };
+    let protected = match opts.retention {
+        Some(r) => store.holds_retention(rel, written.version.as_deref(), r)?,
+        None => false,
+    };
+    if !protected {
+        store.verify(&written)?;
+        store.protect(&written, opts.retention)?;
+    }
+    Ok(Some((digest, true)))
 }
 
 /// The failure kind of an upload error (a full quota or a gone endpoint stops the run).

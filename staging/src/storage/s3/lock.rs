@@ -6,7 +6,8 @@ use std::path::Path;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 
-use super::{content_md5, S3Store};
+use super::put::content_md5;
+use super::S3Store;
 use crate::error::{Error, Result};
 use crate::lock::held_by_a_gone_process;
 
@@ -90,23 +91,74 @@ impl S3Store {
             .map_err(|e| self.error("DeleteObject", Some(rel), e))
     }
 
-    /// The oldest version of `key` (versions come newest first).
+    /// The oldest version of `key`, however many versions it has (they come newest first,
+    /// 1,000 to a page).
     fn oldest_version(&self, key: &str) -> Result<Option<String>> {
-        let page = self
-            .runtime
-            .block_on(
-                self.client
-                    .list_object_versions()
-                    .bucket(&self.url.bucket)
-                    .prefix(key)
-                    .send(),
-            )
-            .map_err(|e| self.error("ListObjectVersions", None, e))?;
-        Ok(page
-            .versions()
-            .iter()
-            .filter(|v| v.key() == Some(key))
-            .filter_map(|v| v.version_id().map(str::to_string))
-            .next_back())
+        let mut oldest = Oldest::of(key);
+        self.version_pages(key, &mut |page| {
+            Ok(oldest.page(
+                page.versions()
+                    .iter()
+                    .filter_map(|v| Some((v.key()?, v.version_id()?))),
+            ))
+        })?;
+        Ok(oldest.found)
+    }
+}
+
+/// The oldest version of one key, found across the pages of ListObjectVersions of the
+/// keys that start with it: keys come in order and each key's versions newest first, so
+/// it is the last version of the key seen, and the first other key after it ends the
+/// search.
+struct Oldest<'a> {
+    key: &'a str,
+    found: Option<String>,
+}
+
+impl<'a> Oldest<'a> {
+    fn of(key: &'a str) -> Self {
+        Oldest { key, found: None }
+    }
+
+    /// Takes one page of (key, version); `false` when no later page can hold the key.
+    fn page<'p>(&mut self, versions: impl Iterator<Item = (&'p str, &'p str)>) -> bool {
+        for (key, version) in versions {
+            if key == self.key {
+                self.found = Some(version.to_string());
+            } else if self.found.is_some() || key > self.key {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Oldest;
+
+    #[test]
+    fn the_oldest_version_is_found_across_pages_and_other_keys_end_the_search() {
+        let mut oldest = Oldest::of("raw/.d.ingest.lock");
+        // Versions of one key spread over three pages, newest first.
+        assert!(
+            oldest.page([("raw/.d.ingest.lock", "v5"), ("raw/.d.ingest.lock", "v4")].into_iter())
+        );
+        assert!(
+            oldest.page([("raw/.d.ingest.lock", "v3"), ("raw/.d.ingest.lock", "v2")].into_iter())
+        );
+        assert_eq!(oldest.found.as_deref(), Some("v2"));
+        // The last page ends with the oldest, then a longer key that shares the prefix.
+        assert!(
+            !oldest.page([("raw/.d.ingest.lock", "v1"), ("raw/.d.ingest.lock2", "x")].into_iter())
+        );
+        assert_eq!(oldest.found.as_deref(), Some("v1"));
+
+        let mut none = Oldest::of("k");
+        assert!(!none.page([("k2", "a")].into_iter()));
+        assert_eq!(none.found, None);
+        let mut empty = Oldest::of("k");
+        assert!(empty.page(std::iter::empty()));
+        assert_eq!(empty.found, None);
     }
 }

@@ -1,0 +1,378 @@
+//! Writing objects: a single PUT for a small one, a multipart upload with parts in
+//! flight for a big one, Content-MD5 on each and the SHA-256 in the metadata; an upload
+//! dropped unfinished is aborted. The body is sent with an unsigned payload
+//! (`x-amz-content-sha256: UNSIGNED-PAYLOAD`): the signed Content-MD5, which the server
+//! checks, and the read-back already prove the bytes, so neither side hashes them a third
+//! time for the signature.
+
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
+
+use super::{S3Store, PART, PARTS_IN_FLIGHT, SHA256_KEY};
+use crate::error::{Error, Result};
+use crate::hash::Digest;
+use crate::storage::{Storage, Upload, Written};
+
+impl S3Store {
+    /// An upload of `rel` (`size` bytes) whose SHA-256 is learnt from its bytes, for a
+    /// file no manifest lists: possible for a single PUT, whose bytes are all in hand
+    /// before it is sent with the digest in its metadata; `None` for a multipart upload,
+    /// whose metadata goes with its first request.
+    pub fn create_unhashed(&self, rel: &Path, size: u64) -> Option<Box<dyn Upload + '_>> {
+        let single = usize::try_from(size).ok().filter(|&n| n <= PART)?;
+        Some(Box::new(self.upload(rel, None, false, PART, single + 1)))
+    }
+
+    /// Starts a multipart upload of `rel` whose digest is not known before its bytes are
+    /// (an archive chunk): parts of `part` bytes (at least 16 MiB), each with its
+    /// Content-MD5; no SHA-256 in its metadata. Aborted when dropped unfinished.
+    pub fn create_multipart(&self, rel: &Path, part: usize) -> Box<dyn Upload + '_> {
+        let part = part.max(PART);
+        Box::new(self.upload(rel, None, true, part, part))
+    }
+
+    /// An upload of `rel`, nothing sent yet.
+    pub(super) fn upload(
+        &self,
+        rel: &Path,
+        expected: Option<Digest>,
+        multipart: bool,
+        part: usize,
+        capacity: usize,
+    ) -> S3Upload<'_> {
+        S3Upload {
+            store: self,
+            rel: rel.to_path_buf(),
+            key: self.key(rel),
+            expected,
+            multipart,
+            part,
+            hasher: Sha256::default(),
+            buffer: Vec::with_capacity(capacity),
+            upload_id: None,
+            parts: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// One object being written: a single PUT for a small one, a multipart upload for a big
+/// one; aborted when dropped unfinished.
+pub(super) struct S3Upload<'a> {
+    store: &'a S3Store,
+    rel: PathBuf,
+    key: String,
+    /// The digest the bytes must have (`None`: known only once they are written).
+    expected: Option<Digest>,
+    multipart: bool,
+    /// Bytes per part.
+    part: usize,
+    hasher: Sha256,
+    buffer: Vec<u8>,
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+    /// Parts being sent (at most [`PARTS_IN_FLIGHT`]), oldest first.
+    in_flight: std::collections::VecDeque<(i32, tokio::task::JoinHandle<PartSent>)>,
+    bytes: u64,
+}
+
+/// What sending one part gave.
+type PartSent = std::result::Result<
+    aws_sdk_s3::operation::upload_part::UploadPartOutput,
+    SdkError<
+        aws_sdk_s3::operation::upload_part::UploadPartError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+>;
+
+pub(super) fn content_md5(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
+}
+
+impl S3Upload<'_> {
+    fn send_part(&mut self) -> Result<()> {
+        let store = self.store;
+        if self.upload_id.is_none() {
+            let mut req = store
+                .client
+                .create_multipart_upload()
+                .bucket(&store.url.bucket)
+                .key(&self.key);
+            if let Some(expected) = self.expected {
+                req = req.metadata(SHA256_KEY, expected.to_hex());
+            }
+            let out = store
+                .runtime
+                .block_on(req.send())
+                .map_err(|e| store.error("CreateMultipartUpload", Some(&self.rel), e))?;
+            self.upload_id = out.upload_id().map(str::to_string);
+        }
+        let number = i32::try_from(self.parts.len() + self.in_flight.len() + 1).unwrap_or(i32::MAX);
+        let body = std::mem::take(&mut self.buffer);
+        let md5 = content_md5(&body);
+        let sent = store.runtime.spawn(
+            store
+                .client
+                .upload_part()
+                .bucket(&store.url.bucket)
+                .key(&self.key)
+                .set_upload_id(self.upload_id.clone())
+                .part_number(number)
+                .content_md5(md5)
+                .body(ByteStream::from(body))
+                .customize()
+                .disable_payload_signing()
+                .send(),
+        );
+        self.in_flight.push_back((number, sent));
+        if self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_part()?;
+        }
+        self.buffer = Vec::with_capacity(self.part);
+        Ok(())
+    }
+
+    /// Waits for the oldest part in flight and records it.
+    fn wait_part(&mut self) -> Result<()> {
+        let Some((number, sent)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let store = self.store;
+        let out = match store.runtime.block_on(sent) {
+            Ok(done) => done.map_err(|e| store.error("UploadPart", Some(&self.rel), e))?,
+            Err(e) => {
+                return Err(Error::io(
+                    store.display(&self.rel),
+                    std::io::Error::other(format!("UploadPart: {e}")),
+                ))
+            }
+        };
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build(),
+        );
+        Ok(())
+    }
+}
+
+impl Upload for S3Upload<'_> {
+    fn write(&mut self, mut block: &[u8]) -> Result<()> {
+        use sha2::Digest as _;
+        self.hasher.update(block);
+        self.bytes += block.len() as u64;
+        if !self.multipart {
+            self.buffer.extend_from_slice(block);
+            return Ok(());
+        }
+        while !block.is_empty() {
+            let room = self.part - self.buffer.len();
+            let n = room.min(block.len());
+            self.buffer.extend_from_slice(&block[..n]);
+            block = &block[n..];
+            if self.buffer.len() == self.part {
+                self.send_part()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Written> {
+        use sha2::Digest as _;
+        let digest = Digest(self.hasher.clone().finalize().into());
+        if self.expected.is_some_and(|e| e != digest) {
+            // Dropping `self` aborts the multipart upload.
+            return Err(Error::SourceChanged {
+                path: self.rel.clone(),
+            });
+        }
+        let store = self.store;
+        let version = if !self.multipart {
+            let body = std::mem::take(&mut self.buffer);
+            let out = store
+                .runtime
+                .block_on(
+                    store
+                        .client
+                        .put_object()
+                        .bucket(&store.url.bucket)
+                        .key(&self.key)
+                        .content_md5(content_md5(&body))
+                        .metadata(SHA256_KEY, digest.to_hex())
+                        .body(ByteStream::from(body))
+                        .customize()
+                        .disable_payload_signing()
+                        .send(),
+                )
+                .map_err(|e| store.error("PutObject", Some(&self.rel), e))?;
+            out.version_id().map(str::to_string)
+        } else {
+            if !self.buffer.is_empty() || self.parts.len() + self.in_flight.len() == 0 {
+                self.send_part()?;
+            }
+            while !self.in_flight.is_empty() {
+                self.wait_part()?;
+            }
+            let parts = std::mem::take(&mut self.parts);
+            let out = store
+                .runtime
+                .block_on(
+                    store
+                        .client
+                        .complete_multipart_upload()
+                        .bucket(&store.url.bucket)
+                        .key(&self.key)
+                        .set_upload_id(self.upload_id.clone())
+                        .multipart_upload(
+                            CompletedMultipartUpload::builder()
+                                .set_parts(Some(parts))
+                                .build(),
+                        )
+                        .send(),
+                )
+                .map_err(|e| store.error("CompleteMultipartUpload", Some(&self.rel), e))?;
+            self.upload_id = None;
+            out.version_id().map(str::to_string)
+        };
+        Ok(Written {
+            rel: self.rel.clone(),
+            digest,
+            bytes: self.bytes,
+            version,
+            pending: None,
+        })
+    }
+}
+
+impl Drop for S3Upload<'_> {
+    fn drop(&mut self) {
+        for (_, sent) in self.in_flight.drain(..) {
+            sent.abort();
+            let _ = self.store.runtime.block_on(sent);
+        }
+        if let Some(id) = self.upload_id.take() {
+            let store = self.store;
+            let _ = store.runtime.block_on(
+                store
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&store.url.bucket)
+                    .key(&self.key)
+                    .upload_id(id)
+                    .send(),
+            );
+        }
+    }
+}
+
+/// The ETag an S3 server gives the object this crate uploads from `size` bytes: the hex
+/// MD5 of the bytes for a single PUT, or for a multipart upload the hex MD5 of the parts'
+/// MD5s, then `-` and the number of parts (what RGW, MinIO and AWS compute without
+/// server-side encryption). Fed the local bytes, it tells whether an object is theirs.
+pub struct Etag {
+    part: usize,
+    multipart: bool,
+    current: Md5,
+    in_part: usize,
+    parts: Vec<u8>,
+    count: usize,
+}
+
+impl Etag {
+    /// For a file of `size` bytes, split as [`Storage::create`] splits it.
+    pub fn for_size(size: u64) -> Etag {
+        Etag::with_part(PART, size > PART as u64)
+    }
+
+    fn with_part(part: usize, multipart: bool) -> Etag {
+        Etag {
+            part,
+            multipart,
+            current: Md5::new(),
+            in_part: 0,
+            parts: Vec::new(),
+            count: 0,
+        }
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = if self.multipart {
+                (self.part - self.in_part).min(bytes.len())
+            } else {
+                bytes.len()
+            };
+            self.current.update(&bytes[..n]);
+            self.in_part += n;
+            bytes = &bytes[n..];
+            if self.multipart && self.in_part == self.part {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let done = std::mem::replace(&mut self.current, Md5::new()).finalize();
+        self.parts.extend_from_slice(&done);
+        self.count += 1;
+        self.in_part = 0;
+    }
+
+    /// The ETag, unquoted.
+    pub fn finish(mut self) -> String {
+        if !self.multipart {
+            return hex(&self.current.finalize());
+        }
+        if self.in_part > 0 || self.count == 0 {
+            self.close_part();
+        }
+        format!("{}-{}", hex(&Md5::digest(&self.parts)), self.count)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Etag;
+
+    fn etag(part: usize, multipart: bool, blocks: &[&[u8]]) -> String {
+        let mut e = Etag::with_part(part, multipart);
+        for b in blocks {
+            e.update(b);
+        }
+        e.finish()
+    }
+
+    #[test]
+    fn a_single_put_etag_is_the_md5_and_a_multipart_one_the_md5_of_the_parts_md5s() {
+        // `printf abc | md5sum`
+        assert_eq!(
+            etag(4, false, &[b"ab", b"c"]),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(etag(4, false, &[]), "d41d8cd98f00b204e9800998ecf8427e");
+        // Parts "abcd", "efgh", "ij", however the bytes come:
+        // md5 of md5("abcd") || md5("efgh") || md5("ij"), then "-3".
+        use md5::{Digest as _, Md5};
+        let mut parts = Vec::new();
+        for p in [&b"abcd"[..], b"efgh", b"ij"] {
+            parts.extend_from_slice(&Md5::digest(p));
+        }
+        let want = format!("{}-3", super::hex(&Md5::digest(&parts)));
+        assert_eq!(etag(4, true, &[b"abcdefghij"]), want);
+        assert_eq!(etag(4, true, &[b"a", b"bcdefg", b"hij"]), want);
+        // A whole number of parts has no empty last part.
+        assert!(etag(4, true, &[b"abcdefgh"]).ends_with("-2"));
+    }
+}
