@@ -1032,7 +1032,7 @@ fn worm_protects_results_from_the_pull_back_job_and_from_a_later_pull() {
     let chain = world.stage_and_run(&raw, "unet-seg", &strs(&params));
     let pull_script = read_text(chain.run_dir.join("pull.sbatch"));
     assert!(
-        pull_script.contains(&format!(" pull {} --worm\n", chain.run_id)),
+        pull_script.contains(&format!(" pull --wait {} --worm\n", chain.run_id)),
         "{pull_script}"
     );
     assert_eq!(world.wait_chain(&chain, CHAIN_TIMEOUT)["phase"], "pulled");

@@ -161,7 +161,8 @@ fn write_pull_script(
         "#!/bin/bash\n\
          # Pull-back job of run {id}: validates the compute job's outputs and copies them to\n\
          # the NAS (or, for a failed job, its logs to _failed/). Depends on the compute job\n\
-         # with afterany, so it runs whatever the compute job's fate.\n\
+         # with afterany, so it runs whatever the compute job's fate; --wait lets the\n\
+         # accounting catch up when it still shows the compute job running.\n\
          #SBATCH --job-name=pull-{short}\n\
          #SBATCH --partition={partition}\n\
          #SBATCH --time={time}\n\
@@ -170,7 +171,7 @@ fn write_pull_script(
          #SBATCH --comment={token}\n\
          set -euo pipefail\n\
          export HPCSTAGE_STATE={state}\n\
-         exec {exe} pull {idq}{worm}\n",
+         exec {exe} pull --wait {idq}{worm}\n",
         id = record.id,
         partition = s.pull_partition,
         time = s.pull_time,

@@ -193,7 +193,7 @@ impl SlurmClient {
         self.query_from(ids, Some(earliest))
     }
 
-    /// What each partition's largest node offers, from `sinfo --Node` (see
+    /// What each partition's largest node offers, by partition name, from `sinfo --Node` (see
     /// [`crate::partition`]).
     pub fn partitions(&self) -> Result<Vec<crate::partition::PartitionLimits>> {
         let args = vec![
@@ -202,6 +202,10 @@ impl SlurmClient {
             format!("--format={}", crate::partition::SINFO_FORMAT),
         ];
         let text = self.ask_text("sinfo", args)?;
-        Ok(crate::partition::parse_sinfo(&text))
+        // `sinfo --Node` lists node by node, so the first node's partitions come first;
+        // by name, the order is the same on every call.
+        let mut partitions = crate::partition::parse_sinfo(&text);
+        partitions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(partitions)
     }
 }
