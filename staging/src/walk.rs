@@ -383,13 +383,7 @@ pub fn files_in_order(
     errors: &mut Vec<Error>,
     f: &mut dyn FnMut(PathBuf),
 ) -> Result<()> {
-    if !std::fs::metadata(root).is_ok_and(|m| m.is_dir()) {
-        return Err(Error::SourceMissing {
-            path: root.to_path_buf(),
-        });
-    }
-    files_in_order_below(root, Path::new(""), filter, errors, f);
-    Ok(())
+    from_the_top(root, filter, errors, f, files_in_order_below)
 }
 
 fn files_in_order_below(
@@ -400,12 +394,8 @@ fn files_in_order_below(
     f: &mut dyn FnMut(PathBuf),
 ) {
     let dir = root.join(rel_dir);
-    let read = match std::fs::read_dir(&dir) {
-        Ok(r) => r,
-        Err(e) => {
-            errors.push(Error::io(&dir, e));
-            return;
-        }
+    let Some(read) = read_folder(&dir, errors) else {
+        return;
     };
     // (sort key, relative path, is a folder)
     let mut children: Vec<(Vec<u8>, PathBuf, bool)> = Vec::new();
@@ -462,13 +452,7 @@ pub fn entries_in_order(
     errors: &mut Vec<Error>,
     f: &mut dyn FnMut(Entry),
 ) -> Result<()> {
-    if !std::fs::metadata(root).is_ok_and(|m| m.is_dir()) {
-        return Err(Error::SourceMissing {
-            path: root.to_path_buf(),
-        });
-    }
-    entries_in_order_below(root, Path::new(""), filter, errors, f);
-    Ok(())
+    from_the_top(root, filter, errors, f, entries_in_order_below)
 }
 
 fn entries_in_order_below(
@@ -480,12 +464,8 @@ fn entries_in_order_below(
 ) {
     use rayon::prelude::*;
     let dir = root.join(rel_dir);
-    let read = match std::fs::read_dir(&dir) {
-        Ok(r) => r,
-        Err(e) => {
-            errors.push(Error::io(&dir, e));
-            return;
-        }
+    let Some(read) = read_folder(&dir, errors) else {
+        return;
     };
     let mut names = Vec::new();
     for dent in read {
@@ -539,6 +519,32 @@ fn entries_in_order_below(
             f(e);
         }
     }
+}
+
+/// One folder's walk in order, the root's first: a missing root is `SourceMissing`.
+type Below<T> = fn(&Path, &Path, &Filter, &mut Vec<Error>, &mut dyn FnMut(T));
+
+fn from_the_top<T>(
+    root: &Path,
+    filter: &Filter,
+    errors: &mut Vec<Error>,
+    f: &mut dyn FnMut(T),
+    below: Below<T>,
+) -> Result<()> {
+    if !std::fs::metadata(root).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::SourceMissing {
+            path: root.to_path_buf(),
+        });
+    }
+    below(root, Path::new(""), filter, errors, f);
+    Ok(())
+}
+
+/// The entries of `dir`, or `None` with the error in `errors`.
+fn read_folder(dir: &Path, errors: &mut Vec<Error>) -> Option<std::fs::ReadDir> {
+    std::fs::read_dir(dir)
+        .map_err(|e| errors.push(Error::io(dir, e)))
+        .ok()
 }
 
 /// Sorts paths by their bytes, the order manifests use.
