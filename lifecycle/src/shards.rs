@@ -54,22 +54,17 @@ pub fn array_script(jobs: &ShardJobs<'_>) -> String {
         "#!/bin/bash\n\
          # Sharded stage into {dest}: task I copies shard I ({dir}/I.list)\n\
          # into {dest}/.hpcstage/shards/I.\n\
-         #SBATCH --job-name=stage-shard-{name}\n\
-         #SBATCH --partition={partition}\n\
-         #SBATCH --time={time}\n\
-         #SBATCH --array=0-{last}\n\
-         #SBATCH --cpus-per-task=1\n\
-         #SBATCH --requeue\n\
-         #SBATCH --open-mode=append\n\
-         #SBATCH --output={dir}/shard-%a.out\n\
+         {directives}\
          set -euo pipefail\n\
          exec {command} --shard \"$SLURM_ARRAY_TASK_ID/{n}\"\n",
         dest = comment(jobs.dest),
         dir = comment(&dir),
-        name = job_name(jobs.name),
-        partition = jobs.partition,
-        time = jobs.time,
-        last = jobs.shards.saturating_sub(1),
+        directives = directives(
+            jobs,
+            "stage-shard",
+            Some(jobs.shards.saturating_sub(1)),
+            "shard-%a.out"
+        ),
         command = jobs.stage_command,
         n = jobs.shards,
     )
@@ -77,27 +72,17 @@ pub fn array_script(jobs: &ShardJobs<'_>) -> String {
 
 /// The final task's script.
 pub fn final_script(jobs: &ShardJobs<'_>) -> String {
-    let dir = jobs_dir(jobs.dest);
     let then = jobs.then.map(|t| format!("exec {t}\n")).unwrap_or_default();
     format!(
         "#!/bin/bash\n\
          # Final task of the sharded stage into {dest}: reruns any shard its task did\n\
          # not finish, moves the verified files into place, writes MANIFEST.sha256.\n\
-         #SBATCH --job-name=stage-merge-{name}\n\
-         #SBATCH --partition={partition}\n\
-         #SBATCH --time={time}\n\
-         #SBATCH --cpus-per-task=1\n\
-         #SBATCH --requeue\n\
-         #SBATCH --open-mode=append\n\
-         #SBATCH --output={dir}/merge.out\n\
+         {directives}\
          set -euo pipefail\n\
          {command} --merge-shards\n\
          {then}",
         dest = comment(jobs.dest),
-        dir = comment(&dir),
-        name = job_name(jobs.name),
-        partition = jobs.partition,
-        time = jobs.time,
+        directives = directives(jobs, "stage-merge", None, "merge.out"),
         command = jobs.stage_command,
     )
 }
@@ -118,6 +103,29 @@ pub fn submit(client: &SlurmClient, jobs: &ShardJobs<'_>) -> Result<ShardSubmiss
     req.args.push(format!("--dependency=afterany:{array}"));
     let last = client.submit(&req)?.id;
     Ok(ShardSubmission { array, last, dir })
+}
+
+/// The `#SBATCH` lines both scripts share: a requeueable one-CPU job on the transfer
+/// partition (an array of tasks `0..=last` when `array` is given) that appends its
+/// output to `DEST/.hpcstage/shard-jobs/<output>`.
+fn directives(jobs: &ShardJobs<'_>, job: &str, array: Option<u32>, output: &str) -> String {
+    let array = array
+        .map(|last| format!("#SBATCH --array=0-{last}\n"))
+        .unwrap_or_default();
+    format!(
+        "#SBATCH --job-name={job}-{name}\n\
+         #SBATCH --partition={partition}\n\
+         #SBATCH --time={time}\n\
+         {array}\
+         #SBATCH --cpus-per-task=1\n\
+         #SBATCH --requeue\n\
+         #SBATCH --open-mode=append\n\
+         #SBATCH --output={dir}/{output}\n",
+        name = job_name(jobs.name),
+        partition = jobs.partition,
+        time = jobs.time,
+        dir = comment(&jobs_dir(jobs.dest)),
+    )
 }
 
 /// A path in a comment line: control characters must not start a new line.
