@@ -93,6 +93,24 @@ fn sacct(job: &str, attempts: bool) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The rows of `sacct` for `job` once `settled` holds for them, or after a minute (the
+/// caller's assertions then show what accounting had). The database learns of array tasks
+/// and requeues a little after the controller does.
+fn sacct_settled(
+    job: &str,
+    attempts: bool,
+    settled: impl Fn(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    let started = Instant::now();
+    loop {
+        let rows = sacct(job, attempts);
+        if settled(&rows) || started.elapsed() > Duration::from_secs(60) {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// Waits until accounting has `job` ended; returns its state. Fails after `timeout`,
 /// with the queue and the shard logs.
 fn wait_ended(job: &str, dest: &Path, timeout: Duration) -> String {
@@ -180,7 +198,9 @@ fn shards_run_on_different_transfer_nodes_and_the_merged_stage_is_the_source() {
     assert!(files.iter().all(|&f| f == 30 || f == 31), "{plan:#}");
 
     assert_eq!(wait_ended(&last, &dest, STAGE_TIMEOUT), "COMPLETED");
-    let tasks = sacct(&array, false);
+    let tasks = sacct_settled(&array, false, |t| {
+        t.len() == 3 && t.iter().all(|r| r.1 == "COMPLETED")
+    });
     assert_eq!(tasks.len(), 3, "{tasks:?}");
     let nodes: BTreeSet<String> = tasks.iter().map(|t| t.2.clone()).collect();
     for (id, state, node) in &tasks {
@@ -190,7 +210,7 @@ fn shards_run_on_different_transfer_nodes_and_the_merged_stage_is_the_source() {
     // Three single-CPU transfer nodes: the tasks spread (other jobs on the partition may
     // make two of them share one node, one after the other).
     assert!(nodes.len() >= 2, "all shards ran on one node: {tasks:?}");
-    let final_node = &sacct(&last, false)[0];
+    let final_node = &sacct_settled(&last, false, |t| !t.is_empty())[0];
     assert!(transfer_nodes().contains(&final_node.2), "{final_node:?}");
     assert_complete_stage(&raw, &dest, 90);
 
@@ -372,7 +392,9 @@ fn a_transfer_node_lost_mid_stage_ends_in_a_complete_verified_stage_after_the_re
 
     assert_eq!(wait_ended(&last, &dest, NODE_LOSS_TIMEOUT), "COMPLETED");
     // SLURM saw the node fail and ran shard 1 again, on another node.
-    let attempts = sacct(&format!("{array}_1"), true);
+    let attempts = sacct_settled(&format!("{array}_1"), true, |a| {
+        a.iter().any(|r| r.1 == "NODE_FAIL") && a.last().is_some_and(|r| r.1 == "COMPLETED")
+    });
     assert!(
         attempts.iter().any(|a| a.1 == "NODE_FAIL" && a.2 == node),
         "{attempts:?}"
