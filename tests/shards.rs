@@ -187,6 +187,25 @@ fn shards_run_on_different_transfer_nodes_and_the_merged_stage_is_the_source() {
     let raw = dataset(&world, "plate", 90, 20_000);
     let (array, last, plan) = stage_shards(&world, &raw, 3);
     let dest = world.scratch().join("P/plate");
+
+    // While its final task has not ended, a second sharded stage into the same place is
+    // refused and leaves the plan the tasks copy from as it is.
+    let held = Held::new(&last);
+    let lists = shard_lists(&dest);
+    world
+        .run([
+            OsStr::new("stage"),
+            raw.as_os_str(),
+            OsStr::new("--shards"),
+            OsStr::new("2"),
+        ])
+        .code(1)
+        .err_has("is under way")
+        .err_has(&format!("final job {last} (PENDING)"))
+        .err_has(&format!("scancel {last} {array}"));
+    assert_eq!(shard_lists(&dest), lists);
+    drop(held);
+
     let files: Vec<u64> = plan["shards"]
         .as_array()
         .expect("shards in the JSON")
@@ -233,6 +252,34 @@ fn shards_run_on_different_transfer_nodes_and_the_merged_stage_is_the_source() {
     assert_eq!(planned, 0, "{again:#}");
     assert_eq!(wait_ended(&last, &dest, STAGE_TIMEOUT), "COMPLETED");
     assert_complete_stage(&raw, &dest, 90);
+}
+
+/// `scontrol hold` of a job until dropped (released even when the test fails).
+struct Held(String);
+
+impl Held {
+    fn new(job: &str) -> Self {
+        let out = bounded("scontrol", &["hold", job], 20);
+        assert_eq!(out.code, Some(0), "scontrol hold {job}: {out}");
+        Held(job.to_string())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        bounded("scontrol", &["release", &self.0], 20);
+    }
+}
+
+/// The plan and the shard lists of a sharded stage into `dest`, by name.
+fn shard_lists(dest: &Path) -> BTreeMap<String, String> {
+    fs::read_dir(dest.join(".hpcstage/shard-jobs"))
+        .expect("the shard jobs folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(OsStr::to_str), Some("list" | "json")))
+        .map(|p| (p.display().to_string(), read_text(&p)))
+        .collect()
 }
 
 /// The environment of every live process that has all of `pairs` in it, by pid.

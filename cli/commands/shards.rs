@@ -4,7 +4,7 @@
 //! into them and prints.
 
 use anyhow::{bail, Context, Result};
-use hpcstage_lifecycle::shards::{submit, ShardJobs};
+use hpcstage_lifecycle::shards::{submit, under_way, ShardJobs};
 use hpcstage_slurm::client::SlurmClient;
 use hpcstage_staging::human::{bytes, count, shell_quote as quote};
 use hpcstage_staging::shard;
@@ -103,6 +103,23 @@ fn submit_shards(
         bail!("--shards needs SLURM (sbatch on PATH): the shards are copied by an array job on the transfer partition; without it, stage without --shards");
     }
     let dest = &stage.destination;
+    // Held until both jobs are submitted: a second `stage --shards` into `dest` now
+    // waits for nothing and refuses, as a second `stage` does.
+    let _lock = shard::lock(dest)?;
+    if let Some((jobs, state)) = under_way(&client, dest)? {
+        bail!(
+            "a sharded stage into {} is under way: array job {}, final job {} ({}); \
+             wait for job {} to end (`hpcstage status` or squeue), or cancel both with \
+             `scancel {} {}`, then stage again",
+            dest.display(),
+            jobs.array,
+            jobs.last,
+            state.name(),
+            jobs.last,
+            jobs.last,
+            jobs.array
+        );
+    }
     let plan = shard::plan(store, dest, &stage.copy.filter, n)?;
     let mut command = format!(
         "{} stage {} {} --project {} --dataset {}",

@@ -13,9 +13,10 @@
 use std::path::{Path, PathBuf};
 
 use hpcstage_slurm::client::{SlurmClient, SubmitRequest};
-use hpcstage_slurm::state::JobId;
+use hpcstage_slurm::state::{JobId, JobState, NOT_FOUND};
 use hpcstage_staging::manifest::write_atomic;
 use hpcstage_staging::shard::jobs_dir;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
@@ -37,7 +38,7 @@ pub struct ShardJobs<'a> {
 }
 
 /// The submitted jobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardSubmission {
     /// The array job: task `I` copies shard `I`.
     pub array: JobId,
@@ -45,6 +46,34 @@ pub struct ShardSubmission {
     pub last: JobId,
     /// Where the scripts and their logs are (`DEST/.hpcstage/shard-jobs`).
     pub dir: PathBuf,
+}
+
+/// The jobs of the last sharded stage into `dest`, written when they were submitted.
+fn jobs_path(dest: &Path) -> PathBuf {
+    jobs_dir(dest).join("jobs.json")
+}
+
+/// The sharded stage into `dest` whose final task has not ended yet, with that task's
+/// state; `None` when there is none (never submitted, ended, or forgotten by SLURM). A
+/// second plan would overwrite the shard lists the running tasks copy from.
+pub fn under_way(client: &SlurmClient, dest: &Path) -> Result<Option<(ShardSubmission, JobState)>> {
+    let path = jobs_path(dest);
+    let submitted: ShardSubmission = match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            // A torn record: its jobs cannot be asked about; the plan is redone.
+            Err(_) => return Ok(None),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(hpcstage_staging::Error::io(&path, e).into()),
+    };
+    let state = client
+        .query(&[submitted.last])?
+        .remove(&submitted.last)
+        .map(|info| info.state);
+    Ok(state
+        .filter(|s| !s.is_terminal() && *s != JobState::Unknown(NOT_FOUND.into()))
+        .map(|s| (submitted, s)))
 }
 
 /// The array job's script.
@@ -102,7 +131,10 @@ pub fn submit(client: &SlurmClient, jobs: &ShardJobs<'_>) -> Result<ShardSubmiss
     req.workdir = Some(dir.clone());
     req.args.push(format!("--dependency=afterany:{array}"));
     let last = client.submit(&req)?.id;
-    Ok(ShardSubmission { array, last, dir })
+    let submitted = ShardSubmission { array, last, dir };
+    let json = serde_json::to_vec_pretty(&submitted).expect("job ids and a path serialize");
+    write_atomic(&jobs_path(jobs.dest), &json)?;
+    Ok(submitted)
 }
 
 /// The `#SBATCH` lines both scripts share: a requeueable one-CPU job on the transfer

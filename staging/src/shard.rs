@@ -17,12 +17,14 @@
 //! job scripts and logs) for `status RUN`.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use jiff::Timestamp;
+use nix::fcntl::Flock;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -272,6 +274,14 @@ pub struct Merged {
     pub moved: u64,
 }
 
+/// Takes the destination's lock (the one `stage` and the merge hold), or refuses with
+/// who holds it.
+pub fn lock(dest: &Path) -> Result<Option<Flock<File>>> {
+    let state_dir = state(dest);
+    std::fs::create_dir_all(&state_dir).at(&state_dir)?;
+    crate::lock::lock_or_refuse(&state_dir.join("lock"), dest)
+}
+
 /// Finishes the shards: reruns any whose task did not verify all its files, then moves
 /// each shard's verified files into place in `dest` with their journal lines and removes
 /// the shard folders. The caller then runs the normal stage, which checks the rest.
@@ -291,7 +301,7 @@ pub fn merge(
         }
     }
     let state_dir = state(dest);
-    let _lock = crate::lock::lock_or_refuse(&state_dir.join("lock"), dest)?;
+    let _lock = lock(dest)?;
     let mut journal = Journal::open(&state_dir.join("journal"))?;
     for s in &plan.shards {
         let shard = data_dir(dest, s.index);
