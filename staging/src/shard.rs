@@ -16,8 +16,10 @@
 //! shards did stays in `DEST/.hpcstage/shard-jobs/` (the plan, one result per shard, the
 //! job scripts and logs) for `status RUN`.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
+use std::io::{BufRead, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -30,12 +32,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::copy::{copy_from, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
-use crate::journal::{Journal, JournalEntry};
+use crate::journal::Journal;
 use crate::manifest::{escape_into, unescape};
 use crate::progress::Progress;
 use crate::record::{read_json, write_json};
+use crate::sorted::{Cursor, JournalInOrder};
 use crate::storage::Storage;
-use crate::walk::{Filter, Kind, STATE_DIR};
+use crate::walk::{self, Entry, Filter, Kind, STATE_DIR};
 
 /// `DEST/.hpcstage/shard-jobs`: the plan, the file lists, one result per shard, the job
 /// scripts and their logs. Kept after the merge, for `status`.
@@ -129,9 +132,19 @@ fn plan_path(dest: &Path) -> PathBuf {
     jobs_dir(dest).join("plan.json")
 }
 
+/// How many of the largest files are placed first, largest first, as [`split`] does; the
+/// others, none larger than the smallest of these, then go in path order each to the
+/// shard with the least cost so far. So shards balance within that file's cost, and the
+/// plan holds this many sizes, not one per file.
+const PLACED_FIRST: usize = 4096;
+
 /// Lists the source, leaves out files the destination's journal already has verified
 /// from the same source state (the stage after the merge checks them as usual), splits
-/// the rest into `shards` and writes the plan and one file list per shard.
+/// the rest into `shards` and writes the plan and one file list per shard, in path order.
+///
+/// Memory stays flat in the number of files: a local source is walked in path order and
+/// merged with the journal read in the same order; the files still to copy go to a list
+/// on disk, read once more to hand each to its shard.
 pub fn plan(source: &dyn Storage, dest: &Path, filter: &Filter, shards: u32) -> Result<ShardPlan> {
     if shards == 0 {
         return Err(Error::Invalid {
@@ -140,50 +153,175 @@ pub fn plan(source: &dyn Storage, dest: &Path, filter: &Filter, shards: u32) -> 
             reason: "give at least 1, e.g. --shards 4".into(),
         });
     }
-    let tree = source.list(filter)?;
-    if let Some(e) = tree.errors.into_iter().next() {
-        return Err(e);
-    }
-    let journal = journal_entries(&state(dest).join("journal"))?;
-    let files: Vec<(PathBuf, u64)> = tree
-        .entries
-        .into_iter()
-        .filter(|e| e.kind == Kind::File)
-        .filter(|e| {
-            journal
-                .get(&e.rel)
-                .is_none_or(|j| j.size != e.meta.size || j.src_mtime_ns != e.meta.mtime_ns)
-        })
-        .map(|e| (e.rel, e.meta.size))
-        .collect();
-    drop(journal);
-    let sizes: Vec<u64> = files.iter().map(|f| f.1).collect();
     let dir = jobs_dir(dest);
     std::fs::create_dir_all(&dir).at(&dir)?;
+    let mut todo = Todo::new(&dir, PLACED_FIRST)?;
+    let mut journal = Cursor::new(JournalInOrder::open(&state(dest).join("journal"))?);
+    let mut failure = None;
+    let mut one = |e: Entry| {
+        if failure.is_some() || e.kind != Kind::File {
+            return;
+        }
+        let known = journal.find(&e.rel).map(|j| {
+            j.is_some_and(|(_, j)| j.size == e.meta.size && j.src_mtime_ns == e.meta.mtime_ns)
+        });
+        match known {
+            Ok(true) => {}
+            Ok(false) => failure = todo.push(&e.rel, e.meta.size).err(),
+            Err(err) => failure = Some(err),
+        }
+    };
+    let mut errors = Vec::new();
+    match source.local_root() {
+        Some(root) => walk::entries_in_order(root, filter, &mut errors, &mut one)?,
+        None => {
+            let mut tree = source.list(filter)?;
+            errors.append(&mut tree.errors);
+            walk::sort_by_bytes(&mut tree.entries, |e| &e.rel);
+            tree.entries.into_iter().for_each(&mut one);
+        }
+    }
+    if let Some(e) = failure.or(errors.into_iter().next()) {
+        return Err(e);
+    }
+    drop(journal);
     let mut plan = ShardPlan {
         source: source.display(Path::new("")).display().to_string(),
-        shards: Vec::new(),
+        shards: (0..shards)
+            .map(|index| ShardSize {
+                index,
+                files: 0,
+                bytes: 0,
+            })
+            .collect(),
         planned_at: Timestamp::now(),
     };
-    for (index, members) in (0u32..).zip(split(&sizes, shards as usize)) {
-        let mut text = Vec::new();
-        let mut members = members;
-        members.sort_unstable();
-        for &i in &members {
-            escape_into(&mut text, files[i].0.as_os_str().as_bytes());
-            text.push(b'\n');
-        }
-        let path = list_path(dest, index);
-        crate::manifest::write_atomic(&path, &text)?;
+    todo.deal(&mut plan.shards, |index| list_path(dest, index))?;
+    for index in 0..shards {
         let _ = std::fs::remove_file(result_path(dest, index));
-        plan.shards.push(ShardSize {
-            index,
-            files: members.len() as u64,
-            bytes: members.iter().map(|&i| sizes[i]).sum(),
-        });
     }
     write_json(&plan_path(dest), &plan)?;
     Ok(plan)
+}
+
+/// The files a plan still has to copy: their names on disk in path order, the largest
+/// [`PLACED_FIRST`] of their sizes in memory.
+struct Todo {
+    list: std::io::BufWriter<tempfile::NamedTempFile>,
+    files: u64,
+    /// (size, ordinal) of the largest files so far, the smallest on top.
+    largest: BinaryHeap<Reverse<(u64, u64)>>,
+    /// How many of them are kept.
+    keep: usize,
+    line: Vec<u8>,
+}
+
+impl Todo {
+    fn new(dir: &Path, keep: usize) -> Result<Todo> {
+        let list = tempfile::Builder::new()
+            .prefix(crate::walk::TMP_PREFIX)
+            .tempfile_in(dir)
+            .at(dir)?;
+        Ok(Todo {
+            list: std::io::BufWriter::with_capacity(1 << 20, list),
+            files: 0,
+            largest: BinaryHeap::with_capacity(keep + 1),
+            keep,
+            line: Vec::with_capacity(256),
+        })
+    }
+
+    /// One more file, in path order: `SIZE<TAB>escaped name`.
+    fn push(&mut self, rel: &Path, size: u64) -> Result<()> {
+        self.line.clear();
+        self.line.extend_from_slice(size.to_string().as_bytes());
+        self.line.push(b'\t');
+        escape_into(&mut self.line, rel.as_os_str().as_bytes());
+        self.line.push(b'\n');
+        let list = self.list.get_ref().path().to_path_buf();
+        self.list.write_all(&self.line).at(list)?;
+        self.largest.push(Reverse((size, self.files)));
+        if self.largest.len() > self.keep {
+            self.largest.pop();
+        }
+        self.files += 1;
+        Ok(())
+    }
+
+    /// Hands every file to a shard and writes each shard's list (in path order) to
+    /// `list_path(index)`, counting into `shards`.
+    fn deal(self, shards: &mut [ShardSize], list_path: impl Fn(u32) -> PathBuf) -> Result<()> {
+        let Todo { list, largest, .. } = self;
+        let list = list
+            .into_inner()
+            .map_err(|e| Error::io(std::env::temp_dir(), e.into_error()))?;
+        let spill = list.path().to_path_buf();
+        // The largest files placed first, as `split` places them.
+        let largest: Vec<(u64, u64)> = largest.into_iter().map(|Reverse(f)| f).collect();
+        let sizes: Vec<u64> = largest.iter().map(|f| f.0).collect();
+        let mut first: HashMap<u64, u32> = HashMap::with_capacity(largest.len());
+        let mut cost = vec![0u64; shards.len()];
+        for (shard, members) in (0u32..).zip(split(&sizes, shards.len())) {
+            for i in members {
+                first.insert(largest[i].1, shard);
+                cost[shard as usize] += sizes[i] + FILE_COST;
+            }
+        }
+        let mut cheapest: BinaryHeap<Reverse<(u64, u32)>> =
+            (0u32..).zip(&cost).map(|(s, &c)| Reverse((c, s))).collect();
+        let mut out = Vec::with_capacity(shards.len());
+        for s in shards.iter() {
+            let path = list_path(s.index);
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let tmp = tempfile::Builder::new()
+                .prefix(crate::walk::TMP_PREFIX)
+                .tempfile_in(dir)
+                .at(dir)?;
+            out.push((path, std::io::BufWriter::new(tmp)));
+        }
+        let reader = std::io::BufReader::with_capacity(1 << 20, list.reopen().at(&spill)?);
+        for (ordinal, line) in (0u64..).zip(reader.split(b'\n')) {
+            let line = line.at(&spill)?;
+            let parsed = line.iter().position(|&b| b == b'\t').and_then(|tab| {
+                Some((
+                    std::str::from_utf8(&line[..tab])
+                        .ok()?
+                        .parse::<u64>()
+                        .ok()?,
+                    tab,
+                ))
+            });
+            let Some((size, tab)) = parsed else {
+                return Err(Error::Parse {
+                    path: spill,
+                    reason: format!("line {} is not SIZE<TAB>NAME", ordinal + 1),
+                });
+            };
+            let shard = match first.get(&ordinal) {
+                Some(&s) => s,
+                None => {
+                    let Reverse((c, s)) = cheapest.pop().expect("at least one shard");
+                    cheapest.push(Reverse((c + size + FILE_COST, s)));
+                    s
+                }
+            };
+            let (path, w) = &mut out[shard as usize];
+            w.write_all(&line[tab + 1..])
+                .and_then(|()| w.write_all(b"\n"))
+                .at(&*path)?;
+            let s = &mut shards[shard as usize];
+            s.files += 1;
+            s.bytes += size;
+        }
+        for (path, w) in out {
+            let tmp = w
+                .into_inner()
+                .map_err(|e| Error::io(&path, e.into_error()))?;
+            tmp.as_file().sync_data().at(&path)?;
+            tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        }
+        Ok(())
+    }
 }
 
 /// The plan of the sharded stage into `dest`.
@@ -323,40 +461,35 @@ pub fn merge(
 /// are still the inode it verified) to the same relative path under `dest`, and records
 /// each in `journal`. Returns how many moved.
 fn move_verified(shard: &Path, dest: &Path, journal: &mut Journal) -> Result<u64> {
-    let entries = journal_entries(&shard.join(STATE_DIR).join("journal"))?;
     // Renames in parallel: on a parallel filesystem one client's renames are a round
     // trip to the metadata server each, and 10^7 of them one after another would take
     // hours. A journal line goes in only for a file that moved; a file that moved but
     // whose line is lost to a crash is "unverified" to the next stage and checked again.
-    let moved: Vec<(PathBuf, JournalEntry)> = entries
-        .into_par_iter()
-        .map(|(rel, entry)| {
+    // The shard's journal is read in path order, a line at a time.
+    let journal = std::sync::Mutex::new(journal);
+    let moved = std::sync::atomic::AtomicU64::new(0);
+    JournalInOrder::open(&shard.join(STATE_DIR).join("journal"))?
+        .par_bridge()
+        .try_for_each(|line| {
+            let (rel, entry) = line?;
             let from = shard.join(&rel);
             let same = std::fs::symlink_metadata(&from)
                 .is_ok_and(|m| m.is_file() && m.ino() == entry.dest_ino && m.len() == entry.size);
             if !same {
-                return Ok(None);
+                return Ok(());
             }
             let to = dest.join(&rel);
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent).at(parent)?;
             }
             std::fs::rename(&from, &to).at(&to)?;
-            Ok(Some((rel, entry)))
-        })
-        .filter_map(Result::transpose)
-        .collect::<Result<_>>()?;
-    for (rel, entry) in &moved {
-        journal.record(rel, *entry)?;
-    }
-    Ok(moved.len() as u64)
-}
-
-/// The journal at `path` (missing means empty) as a map, the latest line of a path
-/// winning and a torn last line not counting. The shard plan and the merge hold one
-/// entry per file they move; the copy engine itself reads journals in path order.
-fn journal_entries(path: &Path) -> Result<HashMap<PathBuf, JournalEntry>> {
-    crate::sorted::JournalInOrder::open(path)?.collect()
+            moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            journal
+                .lock()
+                .expect("no thread panics holding the journal")
+                .record(&rel, entry)
+        })?;
+    Ok(moved.into_inner())
 }
 
 /// One line on what a run of a shard did, as `status` prints it.
@@ -381,6 +514,13 @@ pub fn describe(result: &ShardResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::journal::JournalEntry;
+
+    /// The journal at `path` as a map, the latest line of a path winning.
+    fn journal_entries(path: &Path) -> Result<HashMap<PathBuf, JournalEntry>> {
+        JournalInOrder::open(path)?.collect()
+    }
 
     fn totals(sizes: &[u64], shards: &[Vec<usize>]) -> Vec<(usize, u64)> {
         shards
@@ -492,6 +632,86 @@ mod tests {
         let results = results(&dest);
         let by: Vec<&str> = results.iter().map(|r| r.by.as_str()).collect();
         assert_eq!(by, ["task", "final task", "final task"]);
+    }
+
+    /// Deals `sizes` (in path order `f00000`, `f00001`, ...) into `n` shards, placing the
+    /// `keep` largest first; returns each shard's files as (ordinal, size), as listed.
+    fn deal(sizes: &[u64], n: u32, keep: usize) -> (Vec<ShardSize>, Vec<Vec<(usize, u64)>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut todo = Todo::new(dir.path(), keep).unwrap();
+        for (i, &size) in sizes.iter().enumerate() {
+            todo.push(Path::new(&format!("f{i:05}")), size).unwrap();
+        }
+        let mut shards: Vec<ShardSize> = (0..n)
+            .map(|index| ShardSize {
+                index,
+                files: 0,
+                bytes: 0,
+            })
+            .collect();
+        let list = |i: u32| dir.path().join(format!("{i}.list"));
+        todo.deal(&mut shards, list).unwrap();
+        let lists = (0..n)
+            .map(|i| {
+                std::fs::read_to_string(list(i))
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        let i: usize = l.strip_prefix('f').unwrap().parse().unwrap();
+                        (i, sizes[i])
+                    })
+                    .collect()
+            })
+            .collect();
+        (shards, lists)
+    }
+
+    #[test]
+    fn a_dealt_plan_lists_every_file_once_in_path_order_and_counts_it() {
+        let sizes: Vec<u64> = (0..500).map(|i| (i * 7919) % 100_000).collect();
+        let (shards, lists) = deal(&sizes, 4, 16);
+        let mut all: Vec<usize> = Vec::new();
+        for (s, list) in shards.iter().zip(&lists) {
+            assert!(list.windows(2).all(|w| w[0].0 < w[1].0), "{list:?}");
+            assert_eq!(s.files, list.len() as u64);
+            assert_eq!(s.bytes, list.iter().map(|f| f.1).sum::<u64>());
+            all.extend(list.iter().map(|f| f.0));
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..500).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_largest_files_are_placed_first_even_when_they_come_last_in_path_order() {
+        // 300 small files, then one that outweighs them all: with only the 4 largest
+        // held, the big one still gets a shard of its own.
+        let mut sizes = vec![1u64 << 20; 300];
+        sizes.push(10 << 30);
+        let (shards, lists) = deal(&sizes, 3, 4);
+        let big = lists
+            .iter()
+            .position(|l| l.iter().any(|f| f.0 == 300))
+            .unwrap();
+        assert_eq!(lists[big], vec![(300, 10 << 30)], "{shards:?}");
+        let others: Vec<u64> = (0..3)
+            .filter(|&i| i != big)
+            .map(|i| shards[i].files)
+            .collect();
+        assert_eq!(others.iter().sum::<u64>(), 300);
+        assert!(others[0].abs_diff(others[1]) <= 1, "{shards:?}");
+    }
+
+    #[test]
+    fn dealt_shards_balance_within_the_largest_file_not_held() {
+        let sizes: Vec<u64> = (0..2000).map(|i| 1000 + (i * 31 % 97) * 5000).collect();
+        let (shards, _) = deal(&sizes, 5, 10);
+        let cost: Vec<u64> = shards
+            .iter()
+            .map(|s| s.bytes + s.files * FILE_COST)
+            .collect();
+        let spread = cost.iter().max().unwrap() - cost.iter().min().unwrap();
+        let largest = *sizes.iter().max().unwrap() + FILE_COST;
+        assert!(spread <= largest, "{shards:?}");
     }
 
     #[test]
