@@ -138,11 +138,6 @@ fn precheck(
 ) -> Result<Option<Box<dyn Storage>>> {
     let params = super::template::params(&args.job.params)?;
     let location = parse_location(source)?;
-    let source = location.path().to_path_buf();
-    let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
-    let run_dir = std::env::temp_dir().join("hpcstage-precheck");
-    let mut ctx = RenderContext::new(&run_dir, &source, "precheck", "precheck", exe);
-    ctx.resources = super::template::overrides(&args.job);
     // The stage below connects with these same options (no --ssh-sessions here).
     let ssh = super::ssh_options(
         settings,
@@ -156,12 +151,31 @@ fn precheck(
         Err(_) if in_job => None,
         Err(e) => return Err(e.into()),
     };
+    let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
+    let run_dir = std::env::temp_dir().join("hpcstage-precheck");
+    // The job reads the staged copy, a folder of the compute node: where the source is
+    // not a folder of this machine, a stand-in folder takes its place in the render.
+    let input_dir = store
+        .as_deref()
+        .and_then(Storage::local_root)
+        .map_or_else(|| run_dir.join("input"), Path::to_path_buf);
+    let mut ctx = RenderContext::new(&run_dir, &input_dir, "precheck", "precheck", exe);
+    ctx.resources = super::template::overrides(&args.job);
     ctx.inputs = store
         .as_deref()
         .and_then(listed_inputs)
         .map_or(InputListing::Unknown, InputListing::Listed);
     match template.render(&params, &ctx) {
         Ok(_) | Err(TemplateError::InputsUnknown { .. }) => Ok(store),
+        // Named as the user wrote the source.
+        Err(TemplateError::NoInputs {
+            template, globs, ..
+        }) => Err(TemplateError::NoInputs {
+            template,
+            dir: location.to_string().into(),
+            globs,
+        }
+        .into()),
         Err(e) => Err(e.into()),
     }
 }
