@@ -193,20 +193,15 @@ fn folders(settings: &Settings, report: &mut Report) {
         report.add(diagnose::folder("state_dir", state, "state_dir"));
     } else {
         match state.ancestors().find(|a| a.exists()) {
-            Some(parent)
-                if diagnose::folder("state_dir", parent, "state_dir").level
-                    == diagnose::CheckLevel::Ok =>
-            {
-                report.push(
-                    "state_dir",
-                    Level::Ok,
-                    format!(
-                        "{} will be created (under {})",
-                        state.display(),
-                        parent.display()
-                    ),
-                )
-            }
+            Some(parent) if diagnose::writable(parent).is_ok() => report.push(
+                "state_dir",
+                Level::Ok,
+                format!(
+                    "{} will be created (under {})",
+                    state.display(),
+                    parent.display()
+                ),
+            ),
             _ => report.with_fix(
                 "state_dir",
                 Level::Fail,

@@ -52,7 +52,7 @@ pub fn folder(name: &'static str, dir: &Path, key: &str) -> Check {
 }
 
 /// Creates and removes a file in `dir`.
-pub(crate) fn writable(dir: &Path) -> std::io::Result<()> {
+pub fn writable(dir: &Path) -> std::io::Result<()> {
     tempfile::Builder::new()
         .prefix(".hpcstage-doctor.")
         .tempfile_in(dir)

@@ -14,7 +14,7 @@ use std::path::Path;
 use super::S3Options;
 use crate::remote::{Location, SshOptions};
 
-pub use local::folder;
+pub use local::{folder, writable};
 
 /// How one check went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
