@@ -8,7 +8,7 @@ use hpcstage_lifecycle::run::RunStore;
 use hpcstage_staging::archive::{self, read, ArchiveSettings, Destination};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
-use hpcstage_staging::storage::{Retention, S3Url};
+use hpcstage_staging::storage::{self, Retention, S3Url};
 use hpcstage_staging::walk::MANIFEST_NAME;
 
 use super::ExitStatus;
@@ -48,12 +48,11 @@ pub(crate) fn resolve(
                 .map(parse_location)
                 .transpose()?
             {
-                Some(root) => match root.local_path() {
-                    Some(root) => root.to_path_buf(),
-                    None => bail!(
-                        "archive reads the dataset from a mounted NAS; nas_root {root} is {}: \
-                             run it where the NAS is mounted, or give the dataset's local path",
-                        root.kind()
+                Some(root) => match storage::local_folder(&root) {
+                    Ok(dir) => dir.to_path_buf(),
+                    Err(kind) => bail!(
+                        "archive reads the dataset from a mounted NAS; nas_root {root} is {kind}: \
+                             run it where the NAS is mounted, or give the dataset's local path"
                     ),
                 },
                 None if as_path.is_dir() => PathBuf::new(),

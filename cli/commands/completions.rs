@@ -1,5 +1,5 @@
 //! `hpcstage completions SHELL` and `hpcstage manpages DIR`: shell completions and man
-//! pages generated from the clap definitions in `args.rs`, so they cannot drift from what
+//! pages generated from the clap definitions in `args/`, so they cannot drift from what
 //! the binary accepts. `scripts/dist` ships both in the release tarball; users without a
 //! packaged copy generate their own, as with rustup and uv.
 //!

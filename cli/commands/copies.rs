@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use hpcstage_staging::copies::{self, DatasetCopies};
 use hpcstage_staging::ledger::Ledger;
+use hpcstage_staging::storage;
 
 use super::ExitStatus;
 use crate::args::{CopiesArgs, ReportFormat};
@@ -45,11 +46,10 @@ pub(crate) fn gather(
     verify: bool,
 ) -> Result<Vec<DatasetCopies>> {
     let root = match settings.nas_root.as_deref().map(parse_location).transpose()? {
-        Some(root) => match root.local_path() {
-            Some(root) => root.to_path_buf(),
-            None => bail!(
-                "the 3-2-1 check reads the NAS where it is mounted; nas_root {root} is {}: run it on a node that mounts the NAS",
-                root.kind()
+        Some(root) => match storage::local_folder(&root) {
+            Ok(dir) => dir.to_path_buf(),
+            Err(kind) => bail!(
+                "the 3-2-1 check reads the NAS where it is mounted; nas_root {root} is {kind}: run it on a node that mounts the NAS"
             ),
         },
         None => bail!("no nas_root configured: set nas_root in the config or pass --nas-root DIR"),

@@ -300,13 +300,11 @@ fn run_segmentation(
             view.record.results_dir.display()
         ));
         let results = parse_location(&view.record.results_dir)?;
-        if results.local_path().is_some() {
-            release_run(settings, base, &view)?;
-        } else {
-            output::note(format!(
-                "release reads a run's results where the NAS is mounted; they are on {} here, so no bag is made",
-                results.kind()
-            ));
+        match storage::local_folder(&results) {
+            Ok(_) => release_run(settings, base, &view)?,
+            Err(kind) => output::note(format!(
+                "release reads a run's results where the NAS is mounted; they are on {kind} here, so no bag is made"
+            )),
         }
     } else {
         output::error(format!(

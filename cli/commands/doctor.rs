@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use hpcstage_slurm::client::SlurmClient;
 use hpcstage_slurm::partition::PartitionLimits as Partition;
-use hpcstage_staging::human::shell_quote;
-use hpcstage_staging::remote::{Location, Remote, RemoteSpec, SshOptions};
+use hpcstage_staging::remote::{Location, SshOptions};
+use hpcstage_staging::storage::diagnose::{self, Check as Diagnosed};
 use serde::Serialize;
 
 use super::config::{one_line, probe_settings};
@@ -69,6 +69,20 @@ impl Report {
             detail: one_line(detail.as_ref()),
             fix: None,
         });
+    }
+
+    /// A check made by a storage backend.
+    fn add(&mut self, check: Diagnosed) {
+        let status = match check.level {
+            diagnose::CheckLevel::Ok => Level::Ok,
+            diagnose::CheckLevel::Warn => Level::Warn,
+            diagnose::CheckLevel::Fail => Level::Fail,
+            diagnose::CheckLevel::Skip => Level::Skip,
+        };
+        match check.fix {
+            Some(fix) => self.with_fix(check.name, status, check.detail, fix),
+            None => self.push(check.name, status, check.detail),
+        }
     }
 
     /// A check that failed or warns, with how to fix it.
@@ -165,7 +179,7 @@ fn config_sources(global: &GlobalArgs) -> String {
 /// Scratch and state folders (and a local NAS root, in `nas`).
 fn folders(settings: &Settings, report: &mut Report) {
     match &settings.scratch_root {
-        Some(dir) => local_dir(report, "scratch_root", dir, "scratch_root"),
+        Some(dir) => report.add(diagnose::folder("scratch_root", dir, "scratch_root")),
         None => report.with_fix(
             "scratch_root",
             Level::Warn,
@@ -176,10 +190,10 @@ fn folders(settings: &Settings, report: &mut Report) {
     // The ledger folder is made on first use: its nearest existing parent must be writable.
     let state = &settings.state_dir;
     if state.exists() {
-        local_dir(report, "state_dir", state, "state_dir");
+        report.add(diagnose::folder("state_dir", state, "state_dir"));
     } else {
         match state.ancestors().find(|a| a.exists()) {
-            Some(parent) if writable(parent).is_ok() => report.push(
+            Some(parent) if diagnose::writable(parent).is_ok() => report.push(
                 "state_dir",
                 Level::Ok,
                 format!(
@@ -198,43 +212,8 @@ fn folders(settings: &Settings, report: &mut Report) {
     }
 }
 
-/// A local folder that must exist and be writable.
-fn local_dir(report: &mut Report, check: &'static str, dir: &Path, key: &str) {
-    let shown = dir.display();
-    if !dir.is_dir() {
-        let what = if dir.exists() {
-            "is not a folder"
-        } else {
-            "does not exist"
-        };
-        return report.with_fix(
-            check,
-            Level::Fail,
-            format!("{shown} {what}"),
-            format!("create it (mkdir -p {shown}; mount it), or set {key} to another folder"),
-        );
-    }
-    match writable(dir) {
-        Ok(()) => report.push(check, Level::Ok, format!("{shown} exists and is writable")),
-        Err(e) => report.with_fix(
-            check,
-            Level::Fail,
-            format!("{shown} is not writable: {e}"),
-            format!("ask for write access to {shown}, or set {key} to a folder of yours"),
-        ),
-    }
-}
-
-/// Creates and removes a file in `dir`.
-fn writable(dir: &Path) -> std::io::Result<()> {
-    tempfile::Builder::new()
-        .prefix(".hpcstage-doctor.")
-        .tempfile_in(dir)
-        .map(drop)
-}
-
-/// The NAS root: a local folder, or over SSH the host key, the login, the folder and
-/// `sha256sum` for `--remote-verify`.
+/// The NAS root, checked by the backend that serves it (a folder; an SSH host's key,
+/// login, folder and `sha256sum` for `--remote-verify`; an S3 bucket and its Object Lock).
 fn nas(settings: &Settings, report: &mut Report) {
     let Some(root) = &settings.nas_root else {
         report.with_fix(
@@ -245,141 +224,29 @@ fn nas(settings: &Settings, report: &mut Report) {
         );
         return;
     };
-    match Location::parse(root.as_os_str()) {
-        Ok(Location::Remote(spec)) => remote_nas(settings, &spec, report),
-        Ok(Location::S3(url)) => s3_nas(settings, &url, report),
-        Ok(Location::Local(dir)) => {
-            local_dir(report, "nas_root", &dir, "nas_root");
-            report.push(
-                "ssh",
-                Level::Skip,
-                "the NAS is a local folder: no SSH needed",
-            );
-        }
-        Err(e) => report.with_fix(
-            "nas_root",
-            Level::Fail,
-            e.to_string(),
-            "write nas_root as /path or [user@]host[:port]:/path",
-        ),
-    }
-}
-
-/// An S3 NAS: the bucket answers with these credentials, and has Object Lock (which
-/// `ingest` needs to write-protect).
-fn s3_nas(settings: &Settings, url: &hpcstage_staging::storage::S3Url, report: &mut Report) {
-    use hpcstage_staging::storage::S3Store;
-    report.push("ssh", Level::Skip, "the NAS is an S3 bucket: no SSH needed");
-    let store = match S3Store::connect(url, &settings.s3) {
-        Ok(store) => store,
+    let location = match Location::parse(root.as_os_str()) {
+        Ok(location) => location,
         Err(e) => {
-            report.with_fix(
+            return report.with_fix(
                 "nas_root",
                 Level::Fail,
                 e.to_string(),
-                "check [s3] endpoint and the AWS credentials (environment, ~/.aws/credentials, [s3] profile)",
-            );
-            return;
+                "write nas_root as /path or [user@]host[:port]:/path",
+            )
         }
     };
-    report.push("nas_root", Level::Ok, format!("{url}: bucket reachable"));
-    match store.require_object_lock() {
-        Ok(()) => report.push("worm", Level::Ok, format!("{url}: Object Lock enabled")),
-        Err(e) => report.with_fix(
-            "worm",
-            Level::Warn,
-            e.to_string(),
-            "ingest into this bucket is refused; use a bucket with Object Lock",
-        ),
-    }
-}
-
-fn remote_nas(settings: &Settings, spec: &RemoteSpec, report: &mut Report) {
-    let opts = SshOptions {
+    // Asked once, with a short time limit: a doctor that hangs on a dead host is no help.
+    let ssh = SshOptions {
         sessions: 1,
         timeout: settings.ssh.timeout.min(std::time::Duration::from_secs(15)),
         retries: 0,
         ..settings.ssh.clone()
     };
-    let remote = match Remote::connect(spec, &opts) {
-        Ok(r) => {
-            report.push(
-                "ssh",
-                Level::Ok,
-                format!("{}: host key known, login accepted", spec.authority()),
-            );
-            r
-        }
-        Err(e) => {
-            let fix = match &e {
-                hpcstage_staging::Error::HostKey(p) if p.changed => {
-                    "ask the NAS admins for the host's fingerprint before replacing the old key (the ssh-keygen -R line above)".to_string()
-                }
-                hpcstage_staging::Error::HostKey(_) => {
-                    "check the fingerprint with the NAS admins, then add the key to known_hosts (the ssh-keyscan line above)".to_string()
-                }
-                _ => format!("check that `ssh {}` works from this node", spec.authority()),
-            };
-            report.with_fix("ssh", Level::Fail, e.to_string(), fix);
-            report.push("nas_root", Level::Skip, "needs the SSH connection");
-            report.push("sha256sum", Level::Skip, "needs the SSH connection");
-            return;
-        }
+    let needs = diagnose::Needs {
+        remote_verify: settings.remote_verify,
     };
-    let root = spec.path.display().to_string();
-    let quoted = shell_quote(&root);
-    match remote.exec(&format!(
-        "test -d {quoted} && test -w {quoted} && echo hpcstage-ok"
-    )) {
-        Ok((0, out)) if out.contains("hpcstage-ok") => {
-            report.push(
-                "nas_root",
-                Level::Ok,
-                format!("{}:{root} exists and is writable", spec.authority()),
-            );
-        }
-        Ok((_, out)) => report.with_fix(
-            "nas_root",
-            Level::Fail,
-            format!(
-                "{}:{root} is not a writable folder {}",
-                spec.authority(),
-                out.trim()
-            ),
-            "create it on the NAS host or ask for write access, or set nas_root to another folder",
-        ),
-        Err(e) => report.with_fix(
-            "nas_root",
-            Level::Fail,
-            e.to_string(),
-            format!("check `ssh {} ls -ld {quoted}`", spec.authority()),
-        ),
-    }
-    let level = if settings.remote_verify {
-        Level::Fail
-    } else {
-        Level::Warn
-    };
-    match remote.exec("command -v sha256sum") {
-        Ok((0, out)) if !out.trim().is_empty() => {
-            report.push(
-                "sha256sum",
-                Level::Ok,
-                format!("on the NAS host: {} (--remote-verify works)", out.trim()),
-            );
-        }
-        Ok(_) => report.with_fix(
-            "sha256sum",
-            level,
-            "the NAS host has no sha256sum: --remote-verify cannot run there",
-            "install GNU coreutils on the NAS host, or leave [ssh] remote_verify = false",
-        ),
-        Err(e) => report.with_fix(
-            "sha256sum",
-            level,
-            e.to_string(),
-            "check `ssh HOST command -v sha256sum`",
-        ),
+    for check in diagnose::diagnose(&location, &ssh, &settings.s3, needs) {
+        report.add(check);
     }
 }
 

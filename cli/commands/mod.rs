@@ -26,7 +26,8 @@ use anyhow::Result;
 use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::manifest::display_name;
-use hpcstage_staging::remote::{Location, LocationKind, SshOptions};
+use hpcstage_staging::remote::SshOptions;
+use hpcstage_staging::storage::diagnose;
 use hpcstage_staging::walk::Filter;
 use serde::Serialize;
 
@@ -71,12 +72,7 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<String> {
                 .into()
         }
         E::Locked { .. } => "wait for the other hpcstage process to finish, or check that it is still alive".into(),
-        E::SourceMissing { path }
-            if Location::parse(path.as_os_str()).is_ok_and(|l| l.kind() == LocationKind::SshHost) =>
-        {
-            "check the path on the NAS host (for example with `ssh HOST ls -ld PATH`)".into()
-        }
-        E::SourceMissing { .. } => "check the path (and that the NAS is mounted on this node)".into(),
+        E::SourceMissing { path } => diagnose::missing_hint(path).into(),
         E::ConnectionLost { .. } => {
             "run the same command again when the NAS host answers: it resumes where it stopped"
                 .into()

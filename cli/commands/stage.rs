@@ -26,13 +26,15 @@ struct StageJson<'a> {
 }
 
 pub(crate) fn run(settings: &Settings, args: &StageArgs) -> Result<ExitStatus> {
-    stage_quietly(settings, args, true).map(|(status, _)| status)
+    stage_quietly(settings, args, None, true).map(|(status, _)| status)
 }
 
 /// Stages and prints the summary; also returns the record when the stage verified.
+/// `opened` is the source's storage when the caller opened it already.
 pub(crate) fn stage_quietly(
     settings: &Settings,
     args: &StageArgs,
+    opened: Option<Box<dyn storage::Storage>>,
     print: bool,
 ) -> Result<(ExitStatus, Option<hpcstage_staging::record::StageRecord>)> {
     let source = parse_location(&args.source)?;
@@ -40,7 +42,10 @@ pub(crate) fn stage_quietly(
     // before anything about the configuration (scratch root, NAS root) does. (An object
     // store has no folders: a prefix is there when its manifest is, which the copy checks.)
     let ssh = ssh_options(settings, &args.copy.parallel);
-    let store = storage::open(&source, &ssh, &settings.s3)?;
+    let store = match opened {
+        Some(store) => store,
+        None => storage::open(&source, &ssh, &settings.s3)?,
+    };
     let root = std::path::Path::new("");
     if !store.capabilities().manifest_marks_complete && store.stat(root)?.is_none() {
         return Err(hpcstage_staging::Error::SourceMissing {

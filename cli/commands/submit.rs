@@ -15,7 +15,9 @@ use hpcstage_slurm::client::SlurmClient;
 use hpcstage_slurm::local::LocalExecutor;
 use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::record::{read_json, StageRecord};
-use hpcstage_template::{InputListing, RenderContext, Template, TemplateError};
+use hpcstage_staging::storage::{self, Storage};
+use hpcstage_staging::walk::{Filter, Kind};
+use hpcstage_template::{InputListing, ListedFile, RenderContext, Template, TemplateError};
 
 use super::ExitStatus;
 use crate::args::{ExecutorArg, RunArgs, StageAndRunArgs, StageArgs, SubmitArgs};
@@ -84,8 +86,9 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
     }
     // Fail on a bad template or parameter before copying anything.
     let template = super::template::store(settings).get(&args.template)?;
-    precheck(&template, &args.source, &args.run)?;
-    if args.stage_in == crate::args::StageIn::Job {
+    let job = args.stage_in == crate::args::StageIn::Job;
+    let source = precheck(settings, &template, &args.source, &args.run, job)?;
+    if job {
         return stage_in_job(settings, args);
     }
 
@@ -108,7 +111,8 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
             json: args.run.json,
         },
     };
-    let (status, record) = super::stage::stage_quietly(settings, &stage_args, !args.run.json)?;
+    let (status, record) =
+        super::stage::stage_quietly(settings, &stage_args, source, !args.run.json)?;
     let Some(record) = record else {
         output::error("staging failed; nothing was submitted");
         return Ok(status);
@@ -118,24 +122,84 @@ pub(crate) fn run_stage_and_run(settings: &Settings, args: &StageAndRunArgs) -> 
 
 /// Renders the job in memory over the NAS copy of the dataset: a parameter of the wrong
 /// type, an unknown parameter, a bad resource or an empty input list fails here, before
-/// anything is staged, and not after a long copy.
-fn precheck(template: &Template, source: &Path, args: &RunArgs) -> Result<()> {
+/// anything is staged, and not after a long copy. The inputs are listed through the
+/// source's storage, whatever kind it is; returns that storage for the stage to use.
+///
+/// A source that cannot be reached or listed leaves the inputs unknown, and only the
+/// parameters are checked: staging reports it (on this node, with the storage's own
+/// error, at once; with `--stage-in job`, from the transfer node, which may reach a NAS
+/// this node does not).
+fn precheck(
+    settings: &Settings,
+    template: &Template,
+    source: &Path,
+    args: &RunArgs,
+    in_job: bool,
+) -> Result<Option<Box<dyn Storage>>> {
     let params = super::template::params(&args.job.params)?;
     let location = parse_location(source)?;
-    let source = location.path().to_path_buf();
+    // The stage below connects with these same options (no --ssh-sessions here).
+    let ssh = super::ssh_options(
+        settings,
+        &crate::args::ParallelArgs {
+            jobs: None,
+            ssh_sessions: None,
+        },
+    );
+    let store = match storage::open(&location, &ssh, &settings.s3) {
+        Ok(store) => Some(store),
+        Err(_) if in_job => None,
+        Err(e) => return Err(e.into()),
+    };
     let exe = std::env::current_exe().context("cannot find the hpcstage executable")?;
     let run_dir = std::env::temp_dir().join("hpcstage-precheck");
-    let mut ctx = RenderContext::new(&run_dir, &source, "precheck", "precheck", exe);
+    // The job reads the staged copy, a folder of the compute node: where the source is
+    // not a folder of this machine, a stand-in folder takes its place in the render.
+    let input_dir = store
+        .as_deref()
+        .and_then(Storage::local_root)
+        .map_or_else(|| run_dir.join("input"), Path::to_path_buf);
+    let mut ctx = RenderContext::new(&run_dir, &input_dir, "precheck", "precheck", exe);
     ctx.resources = super::template::overrides(&args.job);
-    if location.is_remote() || !source.is_dir() {
-        // Staging reports a missing source (and lists a remote one); only the parameters
-        // can be checked here.
-        ctx.inputs = InputListing::Unknown;
-    }
+    ctx.inputs = store
+        .as_deref()
+        .and_then(listed_inputs)
+        .map_or(InputListing::Unknown, InputListing::Listed);
     match template.render(&params, &ctx) {
-        Ok(_) | Err(TemplateError::InputsUnknown { .. }) => Ok(()),
+        Ok(_) | Err(TemplateError::InputsUnknown { .. }) => Ok(store),
+        // Named as the user wrote the source.
+        Err(TemplateError::NoInputs {
+            template, globs, ..
+        }) => Err(TemplateError::NoInputs {
+            template,
+            dir: location.to_string().into(),
+            globs,
+        }
+        .into()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The files of the tree in `store`, or `None` when it is not there as a whole tree (a
+/// missing folder, a prefix without its manifest) or could not be listed in full.
+fn listed_inputs(store: &dyn Storage) -> Option<Vec<ListedFile>> {
+    if !store.tree_exists().ok()? {
+        return None;
+    }
+    let tree = store.list(&Filter::default()).ok()?;
+    if !tree.errors.is_empty() {
+        return None;
+    }
+    Some(
+        tree.entries
+            .into_iter()
+            .filter(|e| matches!(e.kind, Kind::File | Kind::Symlink))
+            .map(|e| ListedFile {
+                rel: e.rel.to_string_lossy().into_owned(),
+                link: e.kind == Kind::Symlink,
+            })
+            .collect(),
+    )
 }
 
 fn launch(

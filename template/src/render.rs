@@ -45,6 +45,19 @@ pub enum InputListing {
     /// Not known yet (for showing a template before staging); a template that sizes its
     /// array from the inputs then fails with [`TemplateError::InputsUnknown`].
     Unknown,
+    /// The files of an input tree that is not a folder of this machine (an SSH host, a
+    /// bucket), listed by the caller: the spec's globs pick from them as from a scan. A
+    /// spec that reads a sample sheet leaves the inputs unknown (the sheet is not read).
+    Listed(Vec<ListedFile>),
+}
+
+/// A file of an input tree listed by the caller ([`InputListing::Listed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    /// Relative to the input folder, `/`-separated.
+    pub rel: String,
+    /// A symbolic link (skipped as a scan skips it).
+    pub link: bool,
 }
 
 /// The facts of one run that a template may use.
@@ -255,14 +268,21 @@ pub fn render(
     let mut skipped_links = Vec::new();
     let inputs = match (&ctx.inputs, &spec.inputs) {
         (InputListing::Given(list), _) => Some(check_given_inputs(name, list)?),
-        (InputListing::Scan, Some(ispec)) => Some(scan_inputs(
+        (InputListing::Scan, Some(ispec)) => scan_inputs(
             name,
             ispec,
-            &ctx.input_dir,
+            InputTree::Folder(&ctx.input_dir),
             &plain,
             &mut skipped_links,
-        )?),
-        (InputListing::Scan, None) | (InputListing::Unknown, _) => None,
+        )?,
+        (InputListing::Listed(files), Some(ispec)) => scan_inputs(
+            name,
+            ispec,
+            InputTree::Listed(files),
+            &plain,
+            &mut skipped_links,
+        )?,
+        (InputListing::Scan | InputListing::Listed(_), None) | (InputListing::Unknown, _) => None,
     };
     if let (Some(list), Some(ispec)) = (&inputs, &spec.inputs) {
         if list.is_empty() && ispec.required {
@@ -491,14 +511,15 @@ fn expr(text: &str, ctx: &BTreeMap<String, Value>) -> Result<String, String> {
 }
 
 /// The inputs: sheet rows, or the regular files the globs match. Links the globs match
-/// go to `skipped_links` instead.
+/// go to `skipped_links` instead. `None` when they cannot be known here: a sheet in a
+/// tree that is only listed.
 fn scan_inputs(
     template: &str,
     spec: &InputsSpec,
-    input_dir: &Path,
+    tree: InputTree<'_>,
     ctx: &BTreeMap<String, Value>,
     skipped_links: &mut Vec<String>,
-) -> Result<Vec<String>, TemplateError> {
+) -> Result<Option<Vec<String>>, TemplateError> {
     let err = |reason: String| TemplateError::Inputs {
         template: template.to_string(),
         reason,
@@ -506,6 +527,9 @@ fn scan_inputs(
     if let Some(sheet) = &spec.sheet {
         let rel = expr(sheet, ctx).map_err(|e| err(format!("sheet {sheet:?}: {e}")))?;
         if !rel.is_empty() {
+            let InputTree::Folder(input_dir) = tree else {
+                return Ok(None);
+            };
             let path = input_dir.join(&rel);
             let text = std::fs::read_to_string(&path).map_err(|source| TemplateError::Io {
                 path: path.clone(),
@@ -520,7 +544,7 @@ fn scan_inputs(
             if spec.sheet_header && !rows.is_empty() {
                 rows.remove(0);
             }
-            return Ok(rows);
+            return Ok(Some(rows));
         }
     }
     let mut matchers = Vec::new();
@@ -531,24 +555,51 @@ fn scan_inputs(
         }
         matchers.push(compile_glob(&rendered, spec.case_insensitive).map_err(err)?);
     }
-    if !input_dir.is_dir() {
-        return Err(TemplateError::Io {
-            path: input_dir.to_path_buf(),
-            error: std::io::Error::new(std::io::ErrorKind::NotFound, "input folder not found"),
-        });
-    }
+    let files: Vec<ListedFile> = match tree {
+        InputTree::Folder(input_dir) => {
+            if !input_dir.is_dir() {
+                return Err(TemplateError::Io {
+                    path: input_dir.to_path_buf(),
+                    error: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "input folder not found",
+                    ),
+                });
+            }
+            walk(input_dir)?
+                .into_iter()
+                .filter(|e| !e.is_dir)
+                .map(|e| ListedFile {
+                    rel: e.rel,
+                    link: e.is_link,
+                })
+                .collect()
+        }
+        InputTree::Listed(files) => {
+            let mut files = files.to_vec();
+            files.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+            files
+        }
+    };
     let mut inputs = Vec::new();
-    for e in walk(input_dir)? {
-        if e.is_dir || !matchers.iter().any(|m| m.is_match(&e.rel)) {
+    for f in files {
+        if !matchers.iter().any(|m| m.is_match(&f.rel)) {
             continue;
         }
-        if e.is_link {
-            skipped_links.push(e.rel);
+        if f.link {
+            skipped_links.push(f.rel);
         } else {
-            inputs.push(e.rel);
+            inputs.push(f.rel);
         }
     }
-    Ok(inputs)
+    Ok(Some(inputs))
+}
+
+/// Where [`scan_inputs`] finds the files: a folder it walks, or a caller's listing.
+#[derive(Clone, Copy)]
+enum InputTree<'a> {
+    Folder(&'a Path),
+    Listed(&'a [ListedFile]),
 }
 
 fn resolve_outputs(

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use hpcstage_staging::manifest::Manifest;
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::remote::Location;
+use hpcstage_staging::storage;
 use hpcstage_staging::walk::MANIFEST_NAME;
 use serde::Serialize;
 
@@ -304,8 +305,6 @@ pub fn release(
 /// What kind of place `path` is when it is not a folder of this machine (release reads
 /// files where the NAS is mounted).
 fn not_mounted(path: &Path) -> Option<hpcstage_staging::remote::LocationKind> {
-    Location::parse(path.as_os_str())
-        .ok()
-        .filter(Location::is_remote)
-        .map(|l| l.kind())
+    let location = Location::parse(path.as_os_str()).ok()?;
+    storage::local_folder(&location).err()
 }

@@ -7,6 +7,7 @@
 //! once, in its [`Capabilities`], never discovered by a branch on the backend's kind.
 //! This module must not print, and must never hold or show credentials.
 
+pub mod diagnose;
 mod local;
 mod open;
 mod place;
@@ -25,7 +26,7 @@ use crate::manifest::Manifest;
 use crate::walk::{Filter, Kind, Meta, Tree, MANIFEST_NAME};
 
 pub use local::LocalDir;
-pub use open::{open, NasAccess};
+pub use open::{local_folder, open, NasAccess};
 pub use place::{PlaceOptions, Placed, Placement};
 pub use s3::{orphan_uploads, Etag, S3Options, S3Store};
 pub use sftp::SftpStore;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{LocalDir, S3Options, S3Store, SftpStore, Storage};
 use crate::error::{Error, Result, StorageErrorKind};
-use crate::remote::{Location, Remote, SshOptions};
+use crate::remote::{Location, LocationKind, Remote, SshOptions};
 
 /// Opens the storage at `location`: an SSH host is connected to and an S3 bucket checked
 /// at once, so a refused key, an unknown host key or a missing bucket is reported before
@@ -23,6 +23,16 @@ pub fn open(location: &Location, ssh: &SshOptions, s3: &S3Options) -> Result<Box
         Location::Remote(spec) => Box::new(SftpStore::new(Arc::new(Remote::connect(spec, ssh)?))),
         Location::S3(url) => Box::new(S3Store::connect(url, s3)?),
     })
+}
+
+/// The folder of this machine at `location`, or else what kind of place it is (for the
+/// message of a command that reads files where the NAS is mounted): what
+/// [`Storage::local_root`] of [`open`]'s storage says, without connecting to anything.
+pub fn local_folder(location: &Location) -> std::result::Result<&Path, LocationKind> {
+    match location {
+        Location::Local(path) => Ok(path),
+        Location::Remote(_) | Location::S3(_) => Err(location.kind()),
+    }
 }
 
 /// Opens the storage at many locations, sharing connections: one per SSH host, one per
@@ -102,5 +112,27 @@ impl NasAccess {
                 hint: "see the error above".to_string(),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_folder_is_what_the_opened_storage_calls_its_local_root() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let here = Location::Local(tmp.path().to_path_buf());
+        let opened = open(&here, &SshOptions::default(), &S3Options::default()).expect("open");
+        assert_eq!(local_folder(&here).ok(), opened.local_root());
+        assert_eq!(local_folder(&here), Ok(tmp.path()));
+
+        for (text, kind) in [
+            ("nas.lab.org:/export/lab", LocationKind::SshHost),
+            ("s3://lab-raw/P1", LocationKind::ObjectStore),
+        ] {
+            let location = Location::parse(std::ffi::OsStr::new(text)).expect("parses");
+            assert_eq!(local_folder(&location), Err(kind), "{text}");
+        }
     }
 }

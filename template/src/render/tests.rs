@@ -547,6 +547,35 @@ fn missing_or_unknown_inputs_are_explained() {
 }
 
 #[test]
+fn a_listed_tree_is_picked_from_by_the_globs_as_a_scanned_folder_is() {
+    let listed = |rel: &str, link: bool| ListedFile {
+        rel: rel.to_string(),
+        link,
+    };
+    let s = spec(SEG_SPEC);
+    let mut c = ctx(Path::new("/r"), Path::new("/not/on/this/machine"));
+    c.inputs = InputListing::Listed(vec![
+        listed("b/2.TIF", false),
+        listed("notes.txt", false),
+        listed("a/1.tif", false),
+        listed("a/link.tif", true),
+    ]);
+    let r = render(&s, SEG_BODY, &params(&[("chunk", "1")]), &c).unwrap();
+    // Sorted by bytes, links left out, as a scan of the same folder gives them.
+    assert_eq!(
+        r.inputs,
+        Some(vec!["a/1.tif".to_string(), "b/2.TIF".to_string()])
+    );
+    assert_eq!(r.skipped_links, ["a/link.tif"]);
+    assert_eq!(r.sbatch.array.unwrap().as_str(), "0-1%2");
+
+    // Nothing that matches: the same refusal as for an empty folder.
+    c.inputs = InputListing::Listed(vec![listed("notes.txt", false)]);
+    let err = render(&s, SEG_BODY, &params(&[]), &c).unwrap_err();
+    assert!(matches!(err, TemplateError::NoInputs { .. }), "{err}");
+}
+
+#[test]
 fn a_sample_sheet_gives_one_input_per_row() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("ds");
