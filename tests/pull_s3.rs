@@ -368,8 +368,15 @@ printf 'label,area\n1,1\n' >"$table""#,
     let id = chain.run_id.as_str();
     let bucket = s3.bucket.clone();
 
+    // Through a relay at about 10 MB/s, so the uploads are still in flight when the
+    // process is killed, however fast the machine.
+    let (slow, _) = common::s3::relay(Duration::from_millis(6));
+    let slow_config = s3.lab.path("slow.toml");
+    write(&slow_config, format!("[s3]\nendpoint = \"{slow}\"\n"));
     let mut cmd = s3.command();
-    cmd.args(["pull", id, "--worm", "--jobs", "1"]);
+    cmd.arg("--config")
+        .arg(&slow_config)
+        .args(["pull", id, "--worm", "--jobs", "1"]);
     let shown = format!("{cmd:?}");
     let mut child = cmd.spawn().expect("start pull");
     let started = Instant::now();

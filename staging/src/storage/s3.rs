@@ -46,7 +46,7 @@ mod put;
 mod versions;
 
 use get::object_meta;
-pub use put::Etag;
+pub use put::{Etag, Prehashed};
 
 /// Parts of a multipart upload (S3 allows 5 MiB to 5 GiB; 10,000 parts at most).
 const PART: usize = 16 << 20;

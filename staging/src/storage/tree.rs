@@ -2,8 +2,11 @@
 //! next `pull`) to an object store.
 //!
 //! Per file: hash the local file (checked against the source's `MANIFEST.sha256`), upload
-//! it hashing the bytes again as they are sent (a file that changed meanwhile is refused),
-//! read the object back with a GET and compare, then set its retention and read that back.
+//! it (a file that changed meanwhile is refused), read the object back with a GET and
+//! compare, then set its retention and read that back. Each byte is hashed once on the
+//! way up: by the upload when its digest is known before (a manifest line) or not needed
+//! before (a single PUT), otherwise by a first pass that takes the SHA-256 and each
+//! part's MD5 together, the upload then sending the bytes with those MD5s.
 //! A rerun does not send again an object an earlier run left complete and equal: same
 //! size, the server's ETag equal to the one computed from the local bytes (MD5, or the
 //! MD5 of the parts' MD5s), the SHA-256 in its metadata; it is read back and compared
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::{Etag, Retention, S3Store, Storage};
+use super::{Etag, Prehashed, Retention, S3Store, Storage};
 use crate::copy::{Failure, FailureKind};
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::hash::{self, Digest};
@@ -203,31 +206,30 @@ fn put_file(
     } = *file;
     let path = src.join(rel);
     // With a line in the source manifest, the upload itself checks the bytes against it
-    // (before the object is completed), so the file is read once; without one, it is
-    // hashed first. Either way a file that differs from its line is SOURCE CORRUPT.
-    let hashed_against_listing = || -> Result<Digest> {
-        let (digest, _) = hash::hash_file(&path)?;
-        check_listed(&path, listed, digest)?;
-        Ok(digest)
-    };
-    let hashed = match resumed(src, store, file, opts)? {
-        Some((digest, true)) => {
+    // (before the object is completed), so the file is read once. A file no manifest
+    // lists, small enough for one PUT, is read once too: its digest comes from the bytes
+    // sent, and a change while it was read from its metadata after. A bigger one is
+    // read twice: hashed first (its SHA-256 goes with the upload's first request), the
+    // same pass taking each part's MD5, then sent without being hashed again (the
+    // server checks each part against its MD5, the read-back the whole against the
+    // SHA-256). Either way a file that differs from its line is SOURCE CORRUPT.
+    let pre = match resumed(src, store, file, opts)? {
+        Resumed::Kept(digest) => {
             progress.add_bytes(size);
             return Ok((digest, true));
         }
-        Some((digest, false)) => Some(digest),
-        None => None,
+        Resumed::Read(pre) => Some(pre),
+        Resumed::Absent => None,
     };
-    // A file no manifest lists, small enough for one PUT, is read once: its digest comes
-    // from the bytes sent, and a change while it was read from its metadata after.
-    let (mut upload, known) = match hashed.or(listed) {
-        Some(digest) => (store.create(rel, size, digest)?, Some(digest)),
-        None => match store.create_unhashed(rel, size) {
-            Some(upload) => (upload, None),
-            None => {
-                let digest = hashed_against_listing()?;
-                (store.create(rel, size, digest)?, Some(digest))
-            }
+    let (mut upload, known) = match (pre, listed) {
+        (Some(pre), _) => (store.create_prehashed(rel, pre), true),
+        (None, Some(digest)) => (store.create(rel, size, digest)?, true),
+        (None, None) => match store.create_unhashed(rel, size) {
+            Some(upload) => (upload, false),
+            None => (
+                store.create_prehashed(rel, prehash(&path, size, listed)?),
+                true,
+            ),
         },
     };
     let opened = File::open(&path).at(&path)?;
@@ -236,7 +238,7 @@ fn put_file(
         progress.add_bytes(block.len() as u64);
         Ok(())
     })?;
-    if known.is_none() {
+    if !known {
         let after = opened.metadata().at(&path)?;
         if !Meta::from_std(&after).unchanged(file.meta) {
             return Err(Error::SourceChanged { path });
@@ -245,7 +247,7 @@ fn put_file(
     let written = upload.finish().map_err(|e| match e {
         // The bytes read differ from the digest: read again to tell a file that differs
         // from its manifest line (corrupt) from one that changed while it was read.
-        Error::SourceChanged { .. } => match hashed_against_listing() {
+        Error::SourceChanged { .. } => match prehash(&path, size, listed) {
             Ok(_) => Error::SourceChanged { path: path.clone() },
             Err(e) => e,
         },
@@ -257,6 +259,39 @@ fn put_file(
     Ok((written.digest, false))
 }
 
+/// One pass over the file at `path` (`size` bytes, as listed): its SHA-256, checked
+/// against its manifest line, and the MD5 of each part its upload sends.
+fn prehash(path: &Path, size: u64, listed: Option<Digest>) -> Result<Prehashed> {
+    use sha2::Digest as _;
+    let mut sha = sha2::Sha256::new();
+    let mut etag = Etag::for_size(size);
+    let mut bytes = 0u64;
+    hash::for_each_block(File::open(path).at(path)?, path, &mut |block| {
+        sha.update(block);
+        etag.update(block);
+        bytes += block.len() as u64;
+        Ok(())
+    })?;
+    let digest = Digest::from_hasher(sha);
+    check_listed(path, listed, digest)?;
+    if bytes != size {
+        return Err(Error::SourceChanged {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Prehashed::new(digest, bytes, etag))
+}
+
+/// What [`resumed`] found of a file's object left by an earlier run.
+enum Resumed {
+    /// Kept: the file's bytes, verified (and protected); its digest.
+    Kept(Digest),
+    /// Not kept, the file read meanwhile.
+    Read(Prehashed),
+    /// None of the file's size.
+    Absent,
+}
+
 /// The object an earlier run left at `rel` (`there`: its size and ETag in the listing),
 /// when it holds this file's bytes: the file is read once, hashing its SHA-256 (checked
 /// against its manifest line) and the ETag its upload would get, and the object is kept
@@ -264,14 +299,12 @@ fn put_file(
 /// its metadata holds the SHA-256; client-declared metadata alone is never trusted. It is
 /// then read back and compared (unless it already carries the asked retention, set only
 /// after a read-back matched) and protected: everything an upload does but the upload.
-/// Returns the file's digest when it was read, and whether the object was kept.
 fn resumed(
     src: &Path,
     store: &S3Store,
     file: &FileToPut<'_>,
     opts: &PutOptions,
-) -> Result<Option<(Digest, bool)>> {
-    use sha2::Digest as _;
+) -> Result<Resumed> {
     let FileToPut {
         rel,
         size,
@@ -280,23 +313,14 @@ fn resumed(
         ..
     } = *file;
     let Some((_, etag)) = there.filter(|(there_size, _)| *there_size == size) else {
-        return Ok(None);
+        return Ok(Resumed::Absent);
     };
-    let path = src.join(rel);
-    let mut sha = sha2::Sha256::new();
-    let mut local = Etag::for_size(size);
-    hash::for_each_block(File::open(&path).at(&path)?, &path, &mut |block| {
-        sha.update(block);
-        local.update(block);
-        Ok(())
-    })?;
-    let digest = Digest::from_hasher(sha);
-    check_listed(&path, listed, digest)?;
-    if local.finish() != *etag {
-        return Ok(Some((digest, false)));
+    let pre = prehash(&src.join(rel), size, listed)?;
+    if pre.etag() != *etag {
+        return Ok(Resumed::Read(pre));
     }
-    let Some(written) = store.already_there(rel, size, digest, etag)? else {
-        return Ok(Some((digest, false)));
+    let Some(written) = store.already_there(rel, size, pre.digest, etag)? else {
+        return Ok(Resumed::Read(pre));
     };
     let protected = match opts.retention {
         Some(r) => store.holds_retention(rel, written.version.as_deref(), r)?,
@@ -306,7 +330,7 @@ fn resumed(
         store.verify(&written)?;
         store.protect(&written, opts.retention)?;
     }
-    Ok(Some((digest, true)))
+    Ok(Resumed::Kept(pre.digest))
 }
 
 /// The failure kind of an upload error (a full quota or a gone endpoint stops the run).

@@ -1,6 +1,11 @@
 //! Writing objects: a single PUT for a small one, a multipart upload with parts in
 //! flight for a big one, Content-MD5 on each and the SHA-256 in the metadata; an upload
-//! dropped unfinished is aborted. The body is sent with an unsigned payload
+//! dropped unfinished is aborted. A file whose SHA-256 had to be learnt before its upload
+//! (a multipart upload sends it with its first request) was read once already: that pass
+//! also took the MD5 of each part ([`Prehashed`]), so its upload sends the bytes without
+//! hashing them again. The server checks each part against the MD5 of the first pass
+//! (a file changed in between is refused, `BadDigest`) and the read-back checks the
+//! whole object against its SHA-256. The body is sent with an unsigned payload
 //! (`x-amz-content-sha256: UNSIGNED-PAYLOAD`): the signed Content-MD5, which the server
 //! checks, and the read-back already prove the bytes, so neither side hashes them a third
 //! time for the signature.
@@ -27,6 +32,22 @@ impl S3Store {
     pub fn create_unhashed(&self, rel: &Path, size: u64) -> Option<Box<dyn Upload + '_>> {
         let single = usize::try_from(size).ok().filter(|&n| n <= PART)?;
         Some(Box::new(self.upload(rel, None, false, PART, single + 1)))
+    }
+
+    /// An upload of `rel` whose bytes were hashed before it (`pre`): they are sent as they
+    /// come, each part (or the single PUT) with the MD5 `pre` took of it; bytes that
+    /// differ from that pass (a file changed in between) fail with `SourceChanged`.
+    pub fn create_prehashed(&self, rel: &Path, pre: Prehashed) -> Box<dyn Upload + '_> {
+        let size = pre.bytes;
+        let mut upload = self.upload(
+            rel,
+            Some(pre.digest),
+            size > PART as u64,
+            PART,
+            PART.min(usize::try_from(size).unwrap_or(PART) + 1),
+        );
+        upload.prehashed = Some(pre);
+        Box::new(upload)
     }
 
     /// Starts a multipart upload of `rel` whose digest is not known before its bytes are
@@ -59,7 +80,41 @@ impl S3Store {
             parts: Vec::new(),
             in_flight: std::collections::VecDeque::new(),
             bytes: 0,
+            prehashed: None,
         }
+    }
+}
+
+/// What one pass over a file's bytes gives its upload: their SHA-256, their length and
+/// the MD5 of each part its upload sends (one for a single PUT), as split by
+/// [`Etag::for_size`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prehashed {
+    pub digest: Digest,
+    pub bytes: u64,
+    md5s: Vec<[u8; 16]>,
+}
+
+impl Prehashed {
+    /// From the pass: `digest` of `bytes` bytes, `etag` fed the same bytes.
+    pub fn new(digest: Digest, bytes: u64, etag: Etag) -> Prehashed {
+        Prehashed {
+            digest,
+            bytes,
+            md5s: etag.into_part_md5s(),
+        }
+    }
+
+    /// The Content-MD5 of part `number` (from 1), `None` past the last part.
+    fn content_md5(&self, number: i32) -> Option<String> {
+        let i = usize::try_from(number).ok()?.checked_sub(1)?;
+        let md5 = self.md5s.get(i)?;
+        Some(base64::engine::general_purpose::STANDARD.encode(md5))
+    }
+
+    /// The ETag a server gives the object uploaded from these bytes.
+    pub fn etag(&self) -> String {
+        etag_of(self.bytes > PART as u64, &self.md5s)
     }
 }
 
@@ -81,6 +136,9 @@ pub(super) struct S3Upload<'a> {
     /// Parts being sent (at most [`PARTS_IN_FLIGHT`]), oldest first.
     in_flight: std::collections::VecDeque<(i32, tokio::task::JoinHandle<PartSent>)>,
     bytes: u64,
+    /// The bytes were hashed before: not hashed again, each part sent with its MD5 from
+    /// that pass.
+    prehashed: Option<Prehashed>,
 }
 
 /// What sending one part gave.
@@ -116,7 +174,7 @@ impl S3Upload<'_> {
         }
         let number = i32::try_from(self.parts.len() + self.in_flight.len() + 1).unwrap_or(i32::MAX);
         let body = std::mem::take(&mut self.buffer);
-        let md5 = content_md5(&body);
+        let md5 = self.part_md5(number, &body)?;
         let sent = store.runtime.spawn(
             store
                 .client
@@ -139,6 +197,37 @@ impl S3Upload<'_> {
         Ok(())
     }
 
+    /// The Content-MD5 of part `number` (from 1) holding `body`: computed now, or taken
+    /// from the pass that hashed the bytes before (a part that pass did not see means the
+    /// file grew since).
+    fn part_md5(&self, number: i32, body: &[u8]) -> Result<String> {
+        match &self.prehashed {
+            None => Ok(content_md5(body)),
+            Some(pre) => pre.content_md5(number).ok_or_else(|| self.changed()),
+        }
+    }
+
+    /// The bytes sent are not those hashed before.
+    fn changed(&self) -> Error {
+        Error::SourceChanged {
+            path: self.rel.clone(),
+        }
+    }
+
+    /// The error of a failed request: a Content-MD5 refused by the server, of bytes
+    /// hashed before, means they changed since.
+    fn refused<E, R>(&self, op: &str, e: SdkError<E, R>) -> Error
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + super::errors::HasStatus,
+    {
+        use aws_sdk_s3::error::ProvideErrorMetadata as _;
+        if self.prehashed.is_some() && e.code() == Some("BadDigest") {
+            return self.changed();
+        }
+        self.store.error(op, Some(&self.rel), e)
+    }
+
     /// Waits for the oldest part in flight and records it.
     fn wait_part(&mut self) -> Result<()> {
         let Some((number, sent)) = self.in_flight.pop_front() else {
@@ -146,7 +235,7 @@ impl S3Upload<'_> {
         };
         let store = self.store;
         let out = match store.runtime.block_on(sent) {
-            Ok(done) => done.map_err(|e| store.error("UploadPart", Some(&self.rel), e))?,
+            Ok(done) => done.map_err(|e| self.refused("UploadPart", e))?,
             Err(e) => {
                 return Err(Error::io(
                     store.display(&self.rel),
@@ -167,7 +256,9 @@ impl S3Upload<'_> {
 impl Upload for S3Upload<'_> {
     fn write(&mut self, mut block: &[u8]) -> Result<()> {
         use sha2::Digest as _;
-        self.hasher.update(block);
+        if self.prehashed.is_none() {
+            self.hasher.update(block);
+        }
         self.bytes += block.len() as u64;
         if !self.multipart {
             self.buffer.extend_from_slice(block);
@@ -187,7 +278,13 @@ impl Upload for S3Upload<'_> {
 
     fn finish(mut self: Box<Self>) -> Result<Written> {
         use sha2::Digest as _;
-        let digest = Digest(self.hasher.clone().finalize().into());
+        let digest = match &self.prehashed {
+            // What was hashed before; the parts' MD5s (checked by the server) and the
+            // read-back (against this digest) prove the bytes sent.
+            Some(pre) if pre.bytes == self.bytes => pre.digest,
+            Some(_) => return Err(self.changed()),
+            None => Digest(self.hasher.clone().finalize().into()),
+        };
         if self.expected.is_some_and(|e| e != digest) {
             // Dropping `self` aborts the multipart upload.
             return Err(Error::SourceChanged {
@@ -197,6 +294,7 @@ impl Upload for S3Upload<'_> {
         let store = self.store;
         let version = if !self.multipart {
             let body = std::mem::take(&mut self.buffer);
+            let md5 = self.part_md5(1, &body)?;
             let out = store
                 .runtime
                 .block_on(
@@ -205,14 +303,14 @@ impl Upload for S3Upload<'_> {
                         .put_object()
                         .bucket(&store.url.bucket)
                         .key(&self.key)
-                        .content_md5(content_md5(&body))
+                        .content_md5(md5)
                         .metadata(SHA256_KEY, digest.to_hex())
                         .body(ByteStream::from(body))
                         .customize()
                         .disable_payload_signing()
                         .send(),
                 )
-                .map_err(|e| store.error("PutObject", Some(&self.rel), e))?;
+                .map_err(|e| self.refused("PutObject", e))?;
             out.version_id().map(str::to_string)
         } else {
             if !self.buffer.is_empty() || self.parts.len() + self.in_flight.len() == 0 {
@@ -324,20 +422,36 @@ impl Etag {
         self.in_part = 0;
     }
 
-    /// The ETag, unquoted.
-    pub fn finish(mut self) -> String {
-        if !self.multipart {
-            return faster_hex::hex_string(&self.current.finalize());
-        }
+    /// The MD5 of each part (of the whole for a single PUT), the last one closed.
+    fn into_part_md5s(mut self) -> Vec<[u8; 16]> {
         if self.in_part > 0 || self.parts.is_empty() {
             self.close_part();
         }
-        format!(
-            "{}-{}",
-            faster_hex::hex_string(&Md5::digest(&self.parts)),
-            self.parts.len() / 16
-        )
+        self.parts
+            .chunks_exact(16)
+            .map(|md5| md5.try_into().expect("16 bytes"))
+            .collect()
     }
+
+    /// The ETag, unquoted.
+    pub fn finish(self) -> String {
+        let multipart = self.multipart;
+        etag_of(multipart, &self.into_part_md5s())
+    }
+}
+
+/// The ETag of an upload whose parts have the MD5s `md5s` (one for a single PUT).
+fn etag_of(multipart: bool, md5s: &[[u8; 16]]) -> String {
+    if !multipart {
+        return md5s
+            .first()
+            .map_or_else(String::new, |md5| faster_hex::hex_string(md5));
+    }
+    format!(
+        "{}-{}",
+        faster_hex::hex_string(&Md5::digest(md5s.concat())),
+        md5s.len()
+    )
 }
 
 #[cfg(test)]
