@@ -129,15 +129,15 @@ pub(super) fn pull_finished(
     let written = target.place(
         &record.id, None, run_dir, filter, &described, opts.worm, opts, progress,
     )?;
-    let Some((manifest, bytes)) = written else {
+    let Some((listed, bytes)) = written else {
         // A results folder appeared meanwhile: the one in place is adopted only if it is
         // this run's.
         return adopt(store, record, &rendered, target, opts);
     };
     let placed = Placed {
-        files: manifest.len() as u64,
+        files: listed.files,
         bytes,
-        digest: manifest.digest().to_hex(),
+        digest: listed.digest.to_hex(),
         missing: incomplete.then(|| provenance.missing.clone()),
         // Placed write-protected (`--worm`), per backend.
         protected: opts.worm,

@@ -26,7 +26,7 @@ use crate::walk::{Filter, Kind, Meta, Tree, MANIFEST_NAME};
 
 pub use local::LocalDir;
 pub use open::{open, NasAccess};
-pub use place::{PlaceOptions, Placed, Placement};
+pub use place::{Listed, PlaceOptions, Placed, Placement};
 pub use s3::{orphan_uploads, Etag, S3Options, S3Store};
 pub use sftp::SftpStore;
 pub use tree::{protect_listed, put_tree, PutOptions, PutReport};
