@@ -52,9 +52,13 @@
 #                        was touched vs `rsync -a` the same, `hpcstage ingest` into a
 #                        fresh NAS vs `rsync -a` fresh, then `hpcstage stage --dry-run`
 #                        into a fresh folder, `hpcstage status` and `hpcstage report --all
-#                        --scan` on the staged copy (hpcstage alone); time and peak RSS of
-#                        each, and RSS per file: memory must stay flat (< 64 MiB) as files
-#                        grow
+#                        --scan` on the staged copy, `hpcstage pull` of a run (template
+#                        convert, local executor) whose output is an OME-Zarr store of as
+#                        many files, into a local NAS, and `hpcstage status RUN` of it,
+#                        then `hpcstage clean --dry-run` and
+#                        `hpcstage clean` of the staged copy (hpcstage alone); time and peak
+#                        RSS of each, and RSS per file: memory must stay flat (< 64 MiB) as
+#                        files grow
 # on two generated datasets of random bytes:
 #   (a) 4 files of 512 MiB (large sequential files: throughput of hashing and copying)
 #   (b) 20,000 files of 16 KiB in 100 folders (many small files: per-file overhead)
@@ -699,21 +703,26 @@ reference() {
 }
 
 # measure_alone NAME CMD [TREES...]: an hpcstage command without a peer (status, report),
-# BENCH_RUNS times under the same cache policy; sets HPC_MED and HPC_RSS_MAX_KB and adds a
-# row whose target is the peak RSS (< 64 MiB).
+# BENCH_RUNS times (ALONE_RUNS, when set) under the same cache policy, each after the
+# untimed command ALONE_SETUP when set; sets HPC_MED and HPC_RSS_MAX_KB and adds a row
+# whose target is the peak RSS (< 64 MiB).
 measure_alone() {
-    local name=$1 cmd=$2 t=() i
+    local name=$1 cmd=$2 t=() i runs=${ALONE_RUNS:-$BENCH_RUNS} setup=${ALONE_SETUP:-}
     shift 2
     ROW=$((ROW + 1))
     HPC_RSS_MAX_KB=0
     say "[$ROW] $name"
     say "      hpcstage: $cmd"
-    for ((i = 1; i <= BENCH_RUNS; i++)); do
+    for ((i = 1; i <= runs; i++)); do
+        if [[ -n $setup ]]; then
+            bash -o pipefail -c "$setup" >"$LOG_DIR/$ROW-hpc-$i.setup.log" 2>&1 ||
+                die "setup failed: $setup (log: $LOG_DIR/$ROW-hpc-$i.setup.log)"
+        fi
         prepare_caches "$@"
         run_timed "$LOG_DIR/$ROW-hpc-$i.log" "$cmd"
         t+=("$SECS")
         if ((RSS_KB > HPC_RSS_MAX_KB)); then HPC_RSS_MAX_KB=$RSS_KB; fi
-        say "      run $i/$BENCH_RUNS: hpcstage $SECS s, $((RSS_KB / 1024)) MiB"
+        say "      run $i/$runs: hpcstage $SECS s, $((RSS_KB / 1024)) MiB"
     done
     HPC_MED=$(median "${t[@]}")
     local verdict
@@ -916,6 +925,30 @@ if want 9; then
     RESULTS+=("9 restore time (e)/(d)|$g_hpc|$g_tar (tar -xf chunk)|-|hpc (e)/(d) <= 1.5|$g_verdict")
 fi
 
+# finished_run TAG NAS_ROOT INPUT PARAM...: a run of template convert on INPUT (local
+# executor, no pull-back job, the given -p parameters), its results to go under NAS_ROOT,
+# once its job has ended (waited for up to 30 minutes); its id in $OUT_DIR/TAG-run, its
+# folder in $OUT_DIR/TAG-run-dir. For the pull rows of 10 and 12.
+finished_run() {
+    local tag=$1 nas=$2 input=$3 out id state i
+    shift 3
+    out=$("$HPC" --scratch-root "$SCRATCH_ROOT" --nas-root "$nas" -q stage-and-run \
+        "$input" convert --project bench --executor local --no-pull --json \
+        -p threads=1 -p mem=1G "$@") || return 1
+    id=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["run_id"])' <<<"$out")
+    for ((i = 0; i < 9000; i++)); do
+        state=$("$HPC" -q status "$id" --json | python3 -c 'import json, sys
+v = json.load(sys.stdin)
+print(((v["jobs"] or [{}])[0].get("facts") or {}).get("state", ""))')
+        [[ $state == COMPLETED || $state == FAILED ]] && break
+        sleep 0.2
+    done
+    [[ $state == COMPLETED ]] || { echo "run $id: job state $state"; return 1; }
+    echo "$id" >"$OUT_DIR/$tag-run"
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["run_dir"])' <<<"$out" >"$OUT_DIR/$tag-run-dir"
+}
+export -f finished_run
+
 # 10. stage from S3 (and pull to S3, below): datasets (b) and (l) uploaded once (untimed, with their manifests) to
 # the plain bucket of the S3 test server, then fetched by hpcstage (verifying), rclone copy
 # and aws s3 sync, every run into an empty destination.
@@ -979,22 +1012,8 @@ if want 10; then
     # pull_run_prepare: the prefixes emptied, then a run of (m) whose job has ended; its id
     # in $OUT_DIR/pull-run, its folder in $OUT_DIR/pull-run-dir.
     pull_run_prepare() {
-        local out id state i
         "$HPCSTAGE_S3_AWS" s3 rm --recursive --quiet "$S3_PULL" >/dev/null 2>&1
-        out=$("$HPC" --scratch-root "$SCRATCH_ROOT" --nas-root "$S3_PULL/nas" -q stage-and-run \
-            "$DATA_M" convert --project bench --executor local --no-pull --json \
-            -p format=ome-tiff -p 'converter=cp {input} {output}' -p threads=1 -p mem=1G) || return 1
-        id=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["run_id"])' <<<"$out")
-        for ((i = 0; i < 600; i++)); do
-            state=$("$HPC" -q status "$id" --json | python3 -c 'import json, sys
-v = json.load(sys.stdin)
-print(((v["jobs"] or [{}])[0].get("facts") or {}).get("state", ""))')
-            [[ $state == COMPLETED ]] && break
-            sleep 0.2
-        done
-        [[ $state == COMPLETED ]] || { echo "run $id: job state $state"; return 1; }
-        echo "$id" >"$OUT_DIR/pull-run"
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["run_dir"])' <<<"$out" >"$OUT_DIR/pull-run-dir"
+        finished_run pull "$S3_PULL/nas" "$DATA_M" -p format=ome-tiff -p 'converter=cp {input} {output}'
     }
     export -f pull_run_prepare
     PEER_EXCLUDE_RCLONE="--exclude '.hpcstage/**' --exclude 'work/**' --exclude 'pull.sbatch'"
@@ -1050,8 +1069,23 @@ fi
 # no-op against rsync -a, then status and report --scan on the staged copy (no peer: rsync
 # has no purge deadlines). Peak RSS per command and size goes to SCALE_RSS, printed as a
 # table with the RSS per file: flat memory means the same MiB at every size.
-SCALE_RSS=()   # rows: files|stage fresh KiB|no-op KiB|one touched KiB|dry-run KiB|ingest KiB|status KiB|report KiB|rsync fresh KiB|rsync no-op KiB
+SCALE_RSS=()   # rows: files|stage fresh KiB|no-op KiB|one touched KiB|dry-run KiB|ingest KiB|status KiB|report KiB|pull KiB|status RUN KiB|clean --dry-run KiB|clean KiB|rsync fresh KiB|rsync no-op KiB
+# (scale-run): the input of the run of the pull row, one small .czi file; the job's output
+# is a copy of the scale tree of the row's size, as an OME-Zarr store (with .zgroup).
+gen_scalerun() {
+    rm -rf "$1" && mkdir -p "$1"
+    printf 'II*\0' >"$1/plate.czi"
+}
+scale_run_prepare() {
+    rm -rf "$SCALE_PULL_NAS"
+    if [[ -s $OUT_DIR/scale-run-dir ]]; then rm -rf "$(cat "$OUT_DIR/scale-run-dir")"; fi
+    finished_run scale "$SCALE_PULL_NAS" "$SCALE_RUN_INPUT" -p format=ome-zarr \
+        -p "converter=sh -c 'cp -r \"\$1\" \"\$2\" && : >\"\$2/.zgroup\"' sh $SCALE_SRC {output}"
+}
+export -f scale_run_prepare
 if want 12; then
+    export SCALE_RUN_INPUT=$DATA/scale-run
+    ensure_dataset scalerun "$SCALE_RUN_INPUT" "one .czi file"
     for n in "${SCALE_SIZES[@]}"; do
         p="10^$((${#n} - 1))" # the row's label: 10^4, 10^5, 10^6
         export SCALE_N=$n SCALE_SRC=$DATA/scale-$n
@@ -1096,10 +1130,32 @@ if want 12; then
         measure_alone "12 $p report --scan" \
             "$H report --all --scan \"\$SCALE_DEST\" --format json > /dev/null" "$SCALE_DEST"
         report_kb=$HPC_RSS_MAX_KB
-        SCALE_RSS+=("$n|$fresh_kb|$noop_kb|$one_kb|$dry_kb|$ingest_kb|$status_kb|$report_kb|$rsync_kb|$rsync_noop_kb")
-        # Set aside, the copy is a stage whose folder is gone for status at the next
-        # size: read in no time, so that status there times one big stage.
-        set_aside "$SCALE_DEST" "$SCALE_PEER"
+        # Pull of a run whose output is one OME-Zarr store of n files (a copy of the tree,
+        # made by the job with cp -r): outputs checked, copied to a local NAS, verified,
+        # manifest, README, run.json. A fresh run before each timed pull (untimed).
+        export SCALE_PULL_NAS=$SCRATCH_ROOT/bench/scale-pull-nas-$n
+        ALONE_RUNS=1 ALONE_SETUP='scale_run_prepare' measure_alone "12 $p pull" \
+            "$H pull \"\$(cat \"\$OUT_DIR/scale-run\")\" > /dev/null"
+        pull_kb=$HPC_RSS_MAX_KB
+        measure_alone "12 $p status RUN" "$H status \"\$(cat \"\$OUT_DIR/scale-run\")\" > /dev/null"
+        status_run_kb=$HPC_RSS_MAX_KB
+        pulled=$SCALE_PULL_NAS/bench/results/conversion/$(cat "$OUT_DIR/scale-run")/MANIFEST.sha256
+        (($(wc -l <"$pulled") > n)) || die "the pulled results of $n outputs list fewer files ($pulled)"
+        # The run and its results go before the clean rows (a million files each).
+        rm -rf "$SCALE_PULL_NAS" "$(cat "$OUT_DIR/scale-run-dir")"
+        # Clean: the staged copy is safe (its source's manifest lists every file with the
+        # same checksum), so a dry run decides to remove it and the real clean (timed once)
+        # removes it.
+        measure_alone "12 $p clean --dry-run" \
+            "$H clean --dry-run bench/scale-$n > /dev/null" "$SCALE_DEST"
+        clean_dry_kb=$HPC_RSS_MAX_KB
+        ALONE_RUNS=1 measure_alone "12 $p clean" "$H clean bench/scale-$n > /dev/null" "$SCALE_DEST"
+        clean_kb=$HPC_RSS_MAX_KB
+        [[ ! -e $SCALE_DEST ]] || die "clean left the safe copy $SCALE_DEST"
+        SCALE_RSS+=("$n|$fresh_kb|$noop_kb|$one_kb|$dry_kb|$ingest_kb|$status_kb|$report_kb|$pull_kb|$status_run_kb|$clean_dry_kb|$clean_kb|$rsync_kb|$rsync_noop_kb")
+        # The trees of this size are deleted before the next one (untimed): at 10^6 each
+        # holds a million inodes and about 4 GiB.
+        rm -rf "$SCALE_PEER" "$TRASH"
     done
 fi
 
@@ -1126,7 +1182,7 @@ fi
     if ((${#SCALE_RSS[@]})); then
         echo
         echo "12: peak RSS by tree size, MiB (bytes per file); flat memory: the same MiB at every size"
-        printf '  %-8s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %s\n' files "stage fresh" "stage no-op" "stage one touched" "stage --dry-run" ingest status "report --scan" "rsync -a fresh" "rsync -a no-op"
+        printf '  %-8s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %s\n' files "stage fresh" "stage no-op" "stage one touched" "stage --dry-run" ingest status "report --scan" pull "status RUN" "clean --dry-run" clean "rsync -a fresh" "rsync -a no-op"
         for row in "${SCALE_RSS[@]}"; do
             IFS='|' read -r n cols <<<"$row"
             IFS='|' read -r -a kbs <<<"$cols"
@@ -1134,7 +1190,7 @@ fi
             for kb in "${kbs[@]}"; do
                 cells+=("$(awk -v k="$kb" -v n="$n" 'BEGIN { printf "%.1f (%.0f B/f)", k / 1024, k * 1024 / n }')")
             done
-            printf '  %-8s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %s\n' "$n" "${cells[@]}"
+            printf '  %-8s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %-19s %s\n' "$n" "${cells[@]}"
         done
     fi
     if ((${#REFS[@]})); then

@@ -15,7 +15,7 @@ use crate::copy::{CopyOptions, CopyReport};
 use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::host::{current_user, hostname};
-use crate::manifest::{Manifest, ManifestEntry};
+use crate::manifest::ManifestEntry;
 use crate::progress::Progress;
 use crate::record::{json_bytes, DatasetInfo};
 use crate::remote::{Location, SshOptions};
@@ -107,7 +107,7 @@ pub fn ingest_into(
     let manifest_digest = report.manifest_digest();
     let mut info = dataset_info(
         settings,
-        &report.manifest,
+        formats(placing.listed()?)?,
         manifest_digest,
         report.files_total,
         report.bytes_total,
@@ -115,17 +115,11 @@ pub fn ingest_into(
     let info_rel = Path::new("dataset.json");
     let info_digest =
         placing.put_bytes(info_rel, &json_bytes(&placing.display(info_rel), &info)?)?;
-    // Taken, not copied (a million entries): the report keeps the digest.
-    let mut entries = std::mem::take(&mut report.manifest.entries);
-    report.manifest_digest = Some(manifest_digest);
-    entries.retain(|e| e.path != info_rel);
-    entries.push(ManifestEntry {
+    let path = placing.path();
+    let placed = placing.finish(&[ManifestEntry {
         path: info_rel.into(),
         digest: info_digest,
-    });
-    let manifest = Manifest::from_entries(entries);
-    let path = placing.path();
-    let placed = placing.finish(&manifest)?;
+    }])?;
     info.manifest_digest = Some(manifest_digest);
     report.warnings.extend(nas.notes());
     report
@@ -154,23 +148,28 @@ fn check_source(source: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `dataset.json` for the files of `manifest`.
-fn dataset_info(
-    settings: &IngestSettings,
-    manifest: &Manifest,
-    manifest_digest: Digest,
-    files: u64,
-    bytes: u64,
-) -> DatasetInfo {
+/// How many files of each extension (lowercase, `""` for none) `listed` holds.
+fn formats(listed: impl Iterator<Item = Result<ManifestEntry>>) -> Result<BTreeMap<String, u64>> {
     let mut formats = BTreeMap::new();
-    for e in &manifest.entries {
-        let ext = e
+    for e in listed {
+        let ext = e?
             .path
             .extension()
             .map(|x| x.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
         *formats.entry(ext).or_insert(0u64) += 1;
     }
+    Ok(formats)
+}
+
+/// `dataset.json` for files of `formats`.
+fn dataset_info(
+    settings: &IngestSettings,
+    formats: BTreeMap<String, u64>,
+    manifest_digest: Digest,
+    files: u64,
+    bytes: u64,
+) -> DatasetInfo {
     let source_path = std::fs::canonicalize(&settings.source).unwrap_or(settings.source.clone());
     DatasetInfo {
         project: settings.project.clone(),

@@ -96,15 +96,7 @@ impl Manifest {
 
     /// Writes the manifest atomically (temporary file, then rename), a line at a time.
     pub fn write_atomic(&self, path: &Path) -> Result<()> {
-        let mut line = Vec::with_capacity(256);
-        write_atomic_with(path, &mut |w| {
-            for e in &self.entries {
-                line.clear();
-                write_line(&mut line, &e.digest, e.path.as_os_str().as_bytes());
-                w.write_all(&line)?;
-            }
-            Ok(())
-        })
+        write_entries_atomic(path, self.entries.iter().cloned().map(Ok)).map(|_| ())
     }
 
     /// Path → digest lookup.
@@ -130,6 +122,37 @@ impl Manifest {
 /// so readers see the old or the new content, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, &mut |w| w.write_all(bytes))
+}
+
+/// Writes what `entries` yields, in that order, as the manifest `path`, atomically and a
+/// line at a time: the text is never whole in memory, however many files it lists.
+/// Returns how many entries it holds and the digest of its text ([`Manifest::digest`]).
+/// An error from `entries` stops it, and the old file stays as it was.
+pub fn write_entries_atomic(
+    path: &Path,
+    mut entries: impl Iterator<Item = Result<ManifestEntry>>,
+) -> Result<(u64, Digest)> {
+    let (mut count, mut hasher, mut failed) = (0u64, Sha256::new(), None);
+    let mut line = Vec::with_capacity(256);
+    let written = write_atomic_with(path, &mut |w| {
+        for e in &mut entries {
+            let e = e.map_err(|e| {
+                failed = Some(e);
+                std::io::Error::other("the list of entries could not be read")
+            })?;
+            line.clear();
+            write_line(&mut line, &e.digest, e.path.as_os_str().as_bytes());
+            hasher.update(&line);
+            count += 1;
+            w.write_all(&line)?;
+        }
+        Ok(())
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    written?;
+    Ok((count, Digest::from_hasher(hasher)))
 }
 
 /// [`write_atomic`] of what `write` writes (buffered).

@@ -14,14 +14,15 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 
-use crate::error::{Error, IoContext, Result};
-use crate::manifest::Manifest;
-use crate::walk::{MANIFEST_NAME, STATE_DIR};
+use crate::error::{IoContext, Result};
+use crate::manifest::ManifestEntry;
+use crate::sorted::Cursor;
+use crate::walk::{self, MANIFEST_NAME, STATE_DIR};
 
 /// Renames `from` to `to` unless `to` exists. An existing target is an
 /// `ErrorKind::AlreadyExists` error.
@@ -67,43 +68,45 @@ fn renameat2_noreplace(from: &Path, to: &Path) -> std::result::Result<(), Errno>
     }
 }
 
-/// Removes regular files under `dir` that `manifest` does not list (left in an assembly
-/// folder by an earlier, different attempt), so they cannot slip into the final folder.
-/// The manifest itself and `.hpcstage/` are kept. Returns what was removed.
-pub fn prune_unlisted(dir: &Path, manifest: &Manifest) -> Result<Vec<PathBuf>> {
-    let listed: std::collections::HashSet<&Path> =
-        manifest.entries.iter().map(|e| e.path.as_path()).collect();
-    let mut removed = Vec::new();
-    let mut it = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .min_depth(1)
-        .into_iter();
-    while let Some(entry) = it.next() {
-        let entry = entry.map_err(|e| Error::walk(dir, e))?;
-        let rel = entry
-            .path()
-            .strip_prefix(dir)
-            .expect("below dir")
-            .to_path_buf();
-        if rel == Path::new(STATE_DIR) {
-            it.skip_current_dir();
-            continue;
+/// Removes regular files under `dir` that `listed` (entries in path order) does not list
+/// (left in an assembly folder by an earlier, different attempt, temporaries included),
+/// so they cannot slip into the final folder. The manifest itself and `.hpcstage/` are
+/// kept. The folder is walked in path order beside the list, so neither is held whole
+/// (docs/ARCHITECTURE.md#flat-memory). Returns what was removed.
+pub fn prune_unlisted(
+    dir: &Path,
+    listed: impl Iterator<Item = Result<ManifestEntry>>,
+) -> Result<Vec<PathBuf>> {
+    let leaves_out =
+        |rel: &Path, _: &OsStr| rel == Path::new(STATE_DIR) || rel == Path::new(MANIFEST_NAME);
+    let mut listed = Cursor::new(listed);
+    let (mut errors, mut removed, mut failed) = (Vec::new(), Vec::new(), None);
+    walk::every_file_in_order(dir, &leaves_out, &mut errors, &mut |rel| {
+        if failed.is_some() {
+            return;
         }
-        if entry.file_type().is_file()
-            && rel != Path::new(MANIFEST_NAME)
-            && !listed.contains(rel.as_path())
-        {
-            std::fs::remove_file(entry.path()).at(entry.path())?;
-            removed.push(rel);
+        match listed.find(&rel) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let path = dir.join(&rel);
+                match std::fs::remove_file(&path).at(&path) {
+                    Ok(()) => removed.push(rel),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            Err(e) => failed = Some(e),
         }
+    });
+    match failed.or_else(|| errors.into_iter().next()) {
+        Some(e) => Err(e),
+        None => Ok(removed),
     }
-    Ok(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::ManifestEntry;
+    use crate::error::Error;
 
     #[test]
     fn never_replaces_an_existing_folder() {
@@ -141,6 +144,18 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
+    fn listed(names: &[&str]) -> Vec<ManifestEntry> {
+        let mut entries: Vec<ManifestEntry> = names
+            .iter()
+            .map(|n| ManifestEntry {
+                path: n.into(),
+                digest: crate::hash::Digest::of(n.as_bytes()),
+            })
+            .collect();
+        walk::sort_by_bytes(&mut entries, |e| &e.path);
+        entries
+    }
+
     #[test]
     fn prunes_what_the_manifest_does_not_list() {
         let dir = tempfile::tempdir().unwrap();
@@ -150,14 +165,78 @@ mod tests {
         for f in ["s/keep", "s/stale", "MANIFEST.sha256", ".hpcstage/journal"] {
             std::fs::write(root.join(f), f).unwrap();
         }
-        let m = Manifest::from_entries(vec![ManifestEntry {
-            path: "s/keep".into(),
-            digest: crate::hash::Digest::of(b"s/keep"),
-        }]);
+        let m = listed(&["s/keep"]);
         assert_eq!(
-            prune_unlisted(root, &m).unwrap(),
+            prune_unlisted(root, m.into_iter().map(Ok)).unwrap(),
             vec![PathBuf::from("s/stale")]
         );
         assert!(root.join("s/keep").exists() && root.join(".hpcstage/journal").exists());
+    }
+
+    #[test]
+    fn prune_keeps_exactly_the_listed_files_whatever_their_names() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // Names whose byte order differs from a per-component order ("a b" < "a/x" <
+        // "a0"), escaped names, bytes that are not UTF-8, a temporary left by a killed
+        // copy, and a deeper MANIFEST.sha256 and .hpcstage that are data, not bookkeeping.
+        let keep = [
+            "a b",
+            "a/x",
+            "a/y/z",
+            "a0",
+            "back\\slash",
+            "new\nline",
+            "d/.hpcstage/kept",
+            "d/MANIFEST.sha256",
+        ];
+        let stale = [
+            "a/w",
+            "a/y/old",
+            "a1",
+            "c/only/stale",
+            ".hpcstage-tmp.x1",
+            "d/.hpcstage-tmp.y",
+        ];
+        let odd = std::ffi::OsStr::from_bytes(b"bad\xff\xfe");
+        for f in keep.iter().chain(&stale) {
+            let path = root.join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, f).unwrap();
+        }
+        std::fs::write(root.join(odd), "odd").unwrap();
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff")), "gone").unwrap();
+        let mut names: Vec<ManifestEntry> = listed(&keep);
+        names.push(ManifestEntry {
+            path: odd.into(),
+            digest: crate::hash::Digest::of(b"odd"),
+        });
+        walk::sort_by_bytes(&mut names, |e| &e.path);
+        let mut removed = prune_unlisted(root, names.into_iter().map(Ok)).unwrap();
+        removed.sort();
+        let mut expected: Vec<PathBuf> = stale.iter().map(PathBuf::from).collect();
+        expected.push(std::ffi::OsStr::from_bytes(b"bad\xff").into());
+        expected.sort();
+        assert_eq!(removed, expected);
+        for f in keep {
+            assert!(root.join(f).is_file(), "{f} was removed");
+        }
+        assert!(root.join(odd).is_file());
+    }
+
+    #[test]
+    fn prune_stops_at_a_list_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "f").unwrap();
+        let broken = std::iter::once(Err(Error::io(
+            dir.path().join("MANIFEST.sha256"),
+            std::io::Error::other("torn"),
+        )));
+        assert!(prune_unlisted(dir.path(), broken).is_err());
+        assert!(
+            dir.path().join("f").exists(),
+            "nothing removed on a bad list"
+        );
     }
 }

@@ -174,6 +174,62 @@ impl InOrder {
         walk::sort_by_bytes(&mut entries, |e| &e.path);
         InOrder(Source::Held(entries.into_iter()))
     }
+
+    /// The entries of a manifest file this program wrote in path order (the copy
+    /// engine's `MANIFEST.sha256`), streamed without the checking pass of
+    /// [`ManifestFile::open`]: a malformed line is still an error when it is reached.
+    pub fn streamed(path: &Path) -> Result<InOrder> {
+        Ok(InOrder(Source::Streamed(Entries::open(path)?)))
+    }
+}
+
+/// The entries of `listed` (in path order) with `extra` in their places, in path order: an
+/// entry of `extra` replaces the one of `listed` with the same path. For the few files
+/// written beside a placed tree (`dataset.json`, `run.json`, `README.md`) added to the
+/// list of a million, which is read and never held.
+pub fn overlay<I>(listed: I, extra: &[ManifestEntry]) -> Overlay<I>
+where
+    I: Iterator<Item = Result<ManifestEntry>>,
+{
+    let mut extra = extra.to_vec();
+    walk::sort_by_bytes(&mut extra, |e| &e.path);
+    extra.dedup_by(|a, b| a.path == b.path);
+    Overlay {
+        listed: listed.peekable(),
+        extra: extra.into_iter().peekable(),
+    }
+}
+
+/// See [`overlay`].
+pub struct Overlay<I: Iterator<Item = Result<ManifestEntry>>> {
+    listed: std::iter::Peekable<I>,
+    extra: std::iter::Peekable<std::vec::IntoIter<ManifestEntry>>,
+}
+
+impl<I: Iterator<Item = Result<ManifestEntry>>> Iterator for Overlay<I> {
+    type Item = Result<ManifestEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let Some(Ok(listed)) = self.listed.peek() else {
+            // At the end of the list, or at an error in it: the error first.
+            return self.listed.next().or_else(|| self.extra.next().map(Ok));
+        };
+        let (a, b) = match self.extra.peek() {
+            Some(extra) => (
+                listed.path.as_os_str().as_bytes(),
+                extra.path.as_os_str().as_bytes(),
+            ),
+            None => return self.listed.next(),
+        };
+        match a.cmp(b) {
+            std::cmp::Ordering::Less => self.listed.next(),
+            std::cmp::Ordering::Equal => {
+                self.listed.next();
+                self.extra.next().map(Ok)
+            }
+            std::cmp::Ordering::Greater => self.extra.next().map(Ok),
+        }
+    }
 }
 
 impl Iterator for InOrder {
@@ -521,6 +577,87 @@ mod tests {
 
     fn all(j: JournalInOrder) -> Vec<(PathBuf, JournalEntry)> {
         j.collect::<Result<Vec<_>>>().unwrap()
+    }
+
+    fn manifest_entry(name: &[u8], n: u8) -> ManifestEntry {
+        ManifestEntry {
+            path: std::ffi::OsStr::from_bytes(name).into(),
+            digest: Digest([n; 32]),
+        }
+    }
+
+    #[test]
+    fn an_overlay_puts_the_extra_entries_in_path_order_and_in_place_of_listed_ones() {
+        let listed = [
+            manifest_entry(b"a b", 1),
+            manifest_entry(b"a/x", 2),
+            manifest_entry(b"dataset.json", 3),
+            manifest_entry(b"new\nline", 4),
+            manifest_entry(b"z\xff", 5),
+        ];
+        // Unsorted, one before everything, one replacing, one between two.
+        let extra = [
+            manifest_entry(b"zz", 9),
+            manifest_entry(b"dataset.json", 8),
+            manifest_entry(b"a0", 7),
+            manifest_entry(b"A", 6),
+        ];
+        let merged = overlay(listed.iter().cloned().map(Ok), &extra)
+            .collect::<Result<Vec<_>>>()
+            .unwrap();
+        let expected = [
+            manifest_entry(b"A", 6),
+            manifest_entry(b"a b", 1),
+            manifest_entry(b"a/x", 2),
+            manifest_entry(b"a0", 7),
+            manifest_entry(b"dataset.json", 8),
+            manifest_entry(b"new\nline", 4),
+            // By bytes, not by characters: 'z' (0x7a) comes before 0xff.
+            manifest_entry(b"zz", 9),
+            manifest_entry(b"z\xff", 5),
+        ];
+        assert_eq!(merged, expected);
+        // Nothing listed, nothing extra.
+        let only_extra = overlay(std::iter::empty(), &extra[..1])
+            .collect::<Result<Vec<_>>>()
+            .unwrap();
+        assert_eq!(only_extra, [manifest_entry(b"zz", 9)]);
+        assert_eq!(overlay(listed.iter().cloned().map(Ok), &[]).count(), 5);
+    }
+
+    #[test]
+    fn an_overlay_hands_on_an_error_of_the_list() {
+        let listed = vec![
+            Ok(manifest_entry(b"a", 1)),
+            Err(Error::io(Path::new("M"), std::io::Error::other("torn"))),
+        ];
+        let mut merged = overlay(listed.into_iter(), &[manifest_entry(b"b", 2)]);
+        assert!(merged.next().unwrap().is_ok());
+        assert!(merged.next().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_manifest_written_from_an_overlay_is_what_sha256sum_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("MANIFEST.sha256");
+        let listed = Manifest::from_entries(vec![
+            manifest_entry(b"b", 2),
+            manifest_entry(b"back\\slash", 3),
+        ]);
+        std::fs::write(&path, listed.to_bytes()).unwrap();
+        let extra = [manifest_entry(b"a", 1)];
+        let (files, digest) = manifest::write_entries_atomic(
+            &path,
+            overlay(InOrder::streamed(&path).unwrap(), &extra),
+        )
+        .unwrap();
+        let expected = Manifest::from_entries(vec![
+            manifest_entry(b"a", 1),
+            manifest_entry(b"b", 2),
+            manifest_entry(b"back\\slash", 3),
+        ]);
+        assert_eq!((files, digest), (3, expected.digest()));
+        assert_eq!(std::fs::read(&path).unwrap(), expected.to_bytes());
     }
 
     #[test]

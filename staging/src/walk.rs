@@ -383,13 +383,62 @@ pub fn files_in_order(
     errors: &mut Vec<Error>,
     f: &mut dyn FnMut(PathBuf),
 ) -> Result<()> {
-    from_the_top(root, filter, errors, f, files_in_order_below)
+    from_the_top(
+        root,
+        filter,
+        errors,
+        f,
+        |root, rel_dir, filter, errors, f| {
+            files_in_order_below(root, rel_dir, filter, errors, f);
+        },
+    )
+}
+
+/// Calls `f` with every regular file under `root` (links not followed) in manifest order,
+/// temporaries and hpcstage's files included, except what `leaves_out` (given the relative
+/// path and the name) leaves out: for what must see every file of a folder it is about to
+/// publish ([`crate::place::prune_unlisted`]). Memory as for [`files_in_order`].
+pub fn every_file_in_order(
+    root: &Path,
+    leaves_out: &dyn Fn(&Path, &OsStr) -> bool,
+    errors: &mut Vec<Error>,
+    f: &mut dyn FnMut(PathBuf),
+) {
+    files_in_order_below(root, Path::new(""), &leaves_out, errors, f);
+}
+
+/// What an ordered walk of files leaves out and takes.
+trait Picks {
+    /// Left out before it is looked at (a folder is not walked into).
+    fn leaves_out(&self, rel: &Path, name: &OsStr) -> bool;
+    /// A regular file that is taken.
+    fn takes_file(&self, rel: &Path) -> bool;
+}
+
+impl Picks for Filter {
+    fn leaves_out(&self, rel: &Path, name: &OsStr) -> bool {
+        Filter::leaves_out(self, rel, name)
+    }
+
+    fn takes_file(&self, rel: &Path) -> bool {
+        self.keeps(Kind::File, rel)
+    }
+}
+
+impl Picks for &dyn Fn(&Path, &OsStr) -> bool {
+    fn leaves_out(&self, rel: &Path, name: &OsStr) -> bool {
+        self(rel, name)
+    }
+
+    fn takes_file(&self, _: &Path) -> bool {
+        true
+    }
 }
 
 fn files_in_order_below(
     root: &Path,
     rel_dir: &Path,
-    filter: &Filter,
+    filter: &dyn Picks,
     errors: &mut Vec<Error>,
     f: &mut dyn FnMut(PathBuf),
 ) {
@@ -421,7 +470,7 @@ fn files_in_order_below(
             }
         };
         let is_dir = ft.is_dir();
-        if !(is_dir || ft.is_file() && filter.keeps(Kind::File, &rel)) {
+        if !(is_dir || ft.is_file() && filter.takes_file(&rel)) {
             continue;
         }
         let mut key = name.as_bytes().to_vec();

@@ -102,14 +102,29 @@ impl ResolvedOutputs {
         run_dir: &Path,
         inputs: RunInputs<'_>,
     ) -> Result<Vec<OutputCheck>, TemplateError> {
-        let entries = walk(run_dir)?;
-        let mut checks = Vec::new();
-        for rule in &self.expect {
-            let m = compile_glob(&rule.glob, false).map_err(|reason| TemplateError::Spec {
+        let matchers = self
+            .expect
+            .iter()
+            .map(|rule| compile_glob(&rule.glob, false))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| TemplateError::Spec {
                 origin: "outputs".to_string(),
                 reason,
             })?;
-            let matched: Vec<&Entry> = entries.iter().filter(|e| m.is_match(&e.rel)).collect();
+        // One walk for every rule, keeping only what matches: a run folder may hold
+        // millions of files (an OME-Zarr store's chunks), its matches are few.
+        let mut matches: Vec<Vec<Entry>> = vec![Vec::new(); self.expect.len()];
+        walk_each(run_dir, &mut |e| {
+            for (m, found) in matchers.iter().zip(&mut matches) {
+                if m.is_match(&e.rel) {
+                    found.push(e.clone());
+                }
+            }
+            Next::Descend
+        })?;
+        let mut checks = Vec::new();
+        for (rule, mut matched) in self.expect.iter().zip(matches) {
+            matched.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
             let mut empty = Vec::new();
             if rule.non_empty {
                 for e in &matched {
@@ -155,14 +170,16 @@ impl ResolvedOutputs {
                 reason,
             })?;
         let mut out: Vec<String> = Vec::new();
-        for e in walk(run_dir)? {
-            if out.iter().any(|p| e.rel.starts_with(&format!("{p}/"))) {
-                continue;
-            }
+        // A matched folder is not walked into: what it holds goes with it.
+        walk_each(run_dir, &mut |e| {
             if matchers.iter().any(|m| m.is_match(&e.rel)) {
-                out.push(e.rel);
+                out.push(e.rel.clone());
+                Next::Skip
+            } else {
+                Next::Descend
             }
-        }
+        })?;
+        out.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         Ok(out.into_iter().map(|r| run_dir.join(r)).collect())
     }
 }
@@ -286,10 +303,28 @@ impl Entry {
         if !self.is_dir {
             return Ok(self.len > 0);
         }
-        Ok(walk(&root.join(&self.rel))?
-            .iter()
-            .any(|e| !e.is_dir && e.len > 0))
+        let mut found = false;
+        walk_each(&root.join(&self.rel), &mut |e| {
+            found = !e.is_dir && e.len > 0;
+            if found {
+                Next::Stop
+            } else {
+                Next::Descend
+            }
+        })?;
+        Ok(found)
     }
+}
+
+/// What a walk does after an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Go on (into the entry, when it is a folder).
+    Descend,
+    /// Go on, but not into this folder.
+    Skip,
+    /// End the walk.
+    Stop,
 }
 
 /// Every file and folder under `root`, relative, sorted by bytes. Symlinks are listed but
@@ -297,6 +332,21 @@ impl Entry {
 /// not UTF-8 are an error naming the path.
 pub(crate) fn walk(root: &Path) -> Result<Vec<Entry>, TemplateError> {
     let mut out = Vec::new();
+    walk_each(root, &mut |e| {
+        out.push(e.clone());
+        Next::Descend
+    })?;
+    out.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+    Ok(out)
+}
+
+/// The entries [`walk`] lists, handed to `f` one at a time in no set order (a folder
+/// before what it holds), nothing kept: memory grows with the depth and the folders
+/// waiting to be read, not with the files.
+pub(crate) fn walk_each(
+    root: &Path,
+    f: &mut dyn FnMut(&Entry) -> Next,
+) -> Result<(), TemplateError> {
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
         let dir = if rel.is_empty() {
@@ -332,20 +382,20 @@ pub(crate) fn walk(root: &Path) -> Result<Vec<Entry>, TemplateError> {
                 path: entry.path(),
                 error: source,
             })?;
-            let is_dir = meta.is_dir();
-            if is_dir {
-                stack.push(child.clone());
-            }
-            out.push(Entry {
+            let entry = Entry {
                 rel: child,
-                is_dir,
+                is_dir: meta.is_dir(),
                 is_link: meta.file_type().is_symlink(),
                 len: meta.len(),
-            });
+            };
+            match f(&entry) {
+                Next::Descend if entry.is_dir => stack.push(entry.rel),
+                Next::Descend | Next::Skip => {}
+                Next::Stop => return Ok(()),
+            }
         }
     }
-    out.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use hpcstage_staging::digest::Digest;
 use hpcstage_staging::host::{current_user, hostname};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::{json_bytes, read_json, write_json};
-use hpcstage_staging::walk::{Filter, STATE_DIR};
+use hpcstage_staging::sorted::ManifestFile;
+use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
 use hpcstage_template::{Rendered, SIGNAL_MARKER};
 use jiff::Timestamp;
 
@@ -129,15 +131,15 @@ pub(super) fn pull_finished(
     let written = target.place(
         &record.id, None, run_dir, filter, &described, opts.worm, opts, progress,
     )?;
-    let Some((manifest, bytes)) = written else {
+    let Some((listed, bytes)) = written else {
         // A results folder appeared meanwhile: the one in place is adopted only if it is
         // this run's.
         return adopt(store, record, &rendered, target, opts);
     };
     let placed = Placed {
-        files: manifest.len() as u64,
+        files: listed.files,
         bytes,
-        digest: manifest.digest().to_hex(),
+        digest: listed.digest.to_hex(),
         missing: incomplete.then(|| provenance.missing.clone()),
         // Placed write-protected (`--worm`), per backend.
         protected: opts.worm,
@@ -242,26 +244,12 @@ fn adopt(
     if owner != record.id {
         return Err(not_ours(format!("holds run {owner:?}, not {}", record.id)));
     }
-    let manifest = target
-        .store
-        .manifest()
-        .map_err(|e| e.to_string())
-        .and_then(|m| m.ok_or_else(|| "it is missing".to_string()))
-        .map_err(|e| not_ours(format!("its manifest cannot be read ({e})")))?;
-    let sizes = target
-        .store
-        .file_sizes()
-        .map_err(|e| not_ours(format!("it cannot be listed ({e})")))?;
-    let mut bytes = 0;
-    for entry in &manifest.entries {
-        bytes += sizes.get(&entry.path).ok_or_else(|| {
-            not_ours(format!(
-                "{} of its manifest is missing",
-                entry.path.display()
-            ))
-        })?;
+    let (files, bytes, digest) = match target.store.local_root() {
+        Some(dir) => listed_in_folder(dir),
+        None => listed_in_store(target.store.as_ref()),
     }
-    let digest = manifest.digest().to_hex();
+    .map_err(not_ours)?;
+    let digest = digest.to_hex();
     let partial = provenance["partial"].as_bool().unwrap_or(false);
     let missing: Vec<String> = provenance["missing"]
         .as_array()
@@ -272,13 +260,67 @@ fn adopt(
         })
         .unwrap_or_default();
     let placed = Placed {
-        files: manifest.len() as u64,
+        files,
         bytes,
         digest,
         missing: partial.then_some(missing),
         protected: false,
     };
     finish(store, record, rendered, target, opts, placed)
+}
+
+/// What the manifest of results in place lists (files, their bytes, its digest), each
+/// listed file found: or why they are not whole.
+type Listed = std::result::Result<(u64, u64, Digest), String>;
+
+/// [`Listed`] of results in a folder of this machine: the manifest read line by line and
+/// each file it lists looked at in turn, so that a million of them are never held.
+fn listed_in_folder(dir: &Path) -> Listed {
+    let unreadable = |e: hpcstage_staging::Error| match &e {
+        hpcstage_staging::Error::Io { error, .. }
+            if error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            "its manifest cannot be read (it is missing)".to_string()
+        }
+        _ => format!("its manifest cannot be read ({e})"),
+    };
+    let manifest = ManifestFile::open(&dir.join(MANIFEST_NAME)).map_err(unreadable)?;
+    let mut bytes = 0;
+    for entry in manifest.in_order().map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        match std::fs::symlink_metadata(dir.join(&entry.path)) {
+            Ok(m) if m.is_file() => bytes += m.len(),
+            _ => return Err(missing_file(&entry.path)),
+        }
+    }
+    Ok((
+        manifest.entries,
+        bytes,
+        manifest.digest().map_err(unreadable)?,
+    ))
+}
+
+/// [`Listed`] of results on an SSH host or S3, whose manifest and listing come whole.
+fn listed_in_store(store: &dyn hpcstage_staging::storage::Storage) -> Listed {
+    let manifest = store
+        .manifest()
+        .map_err(|e| e.to_string())
+        .and_then(|m| m.ok_or_else(|| "it is missing".to_string()))
+        .map_err(|e| format!("its manifest cannot be read ({e})"))?;
+    let sizes = store
+        .file_sizes()
+        .map_err(|e| format!("it cannot be listed ({e})"))?;
+    let mut bytes = 0;
+    for entry in &manifest.entries {
+        bytes += sizes
+            .get(&entry.path)
+            .ok_or_else(|| missing_file(&entry.path))?;
+    }
+    Ok((manifest.len() as u64, bytes, manifest.digest()))
+}
+
+fn missing_file(rel: &Path) -> String {
+    format!("{} of its manifest is missing", rel.display())
 }
 
 /// Removes the spec's intermediates from the run folder: never the input, never anything

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use hpcstage_staging::copy::{CopyOptions, Failure};
 use hpcstage_staging::error::StorageErrorKind;
-use hpcstage_staging::manifest::{Manifest, ManifestEntry};
+use hpcstage_staging::manifest::ManifestEntry;
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::remote::Location;
-use hpcstage_staging::storage::{open, PlaceOptions, Storage};
+use hpcstage_staging::storage::{open, Listed, PlaceOptions, Storage};
 use hpcstage_staging::walk::Filter;
 
 use super::PullOptions;
@@ -33,8 +33,9 @@ pub(super) struct Target {
     name: PathBuf,
 }
 
-/// What a placement wrote: its manifest and the bytes of the files copied from scratch.
-pub(super) type Written = (Manifest, u64);
+/// What a placement wrote: what its manifest lists and the bytes of the files copied from
+/// scratch.
+pub(super) type Written = (Listed, u64);
 
 impl Target {
     /// Opens `results_dir`; a remote one is connected to at once, so bad credentials or an
@@ -135,17 +136,15 @@ impl Target {
                 report.files_total,
             ));
         }
-        let mut entries = report.manifest.entries;
-        entries.retain(|e| described.iter().all(|(name, _)| e.path != Path::new(name)));
+        let mut entries = Vec::with_capacity(described.len());
         for (name, bytes) in described {
             entries.push(ManifestEntry {
                 path: name.into(),
                 digest: placing.put_bytes(Path::new(name), bytes).map_err(nas)?,
             });
         }
-        let manifest = Manifest::from_entries(entries);
-        match placing.finish(&manifest) {
-            Ok(_) => Ok(Some((manifest, report.bytes_total))),
+        match placing.finish(&entries) {
+            Ok(placed) => Ok(Some((placed.listed, report.bytes_total))),
             // A tree appeared under the final name meanwhile: ours stays hidden.
             Err(hpcstage_staging::Error::DatasetExists { .. }) => Ok(None),
             Err(e) => Err(nas(e)),

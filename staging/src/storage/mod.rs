@@ -27,7 +27,7 @@ use crate::walk::{Filter, Kind, Meta, Tree, MANIFEST_NAME};
 
 pub use local::LocalDir;
 pub use open::{local_folder, open, NasAccess};
-pub use place::{PlaceOptions, Placed, Placement};
+pub use place::{Listed, PlaceOptions, Placed, Placement};
 pub use s3::{orphan_uploads, Etag, Prehashed, S3Options, S3Store};
 pub use sftp::SftpStore;
 pub use tree::{protect_listed, put_tree, PutOptions, PutReport};

@@ -6,13 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{PlaceOptions, Placed, Placement};
+use super::{Listed, PlaceOptions, Placed, Placement};
 use crate::copy::{copy_tree, CopyReport};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Digest;
 use crate::lock::lock_or_refuse;
-use crate::manifest::{write_verified, Manifest};
+use crate::manifest::{write_entries_atomic, write_verified, ManifestEntry};
 use crate::progress::Progress;
+use crate::sorted::{overlay, InOrder};
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
 use crate::worm::{make_read_only, seal};
 
@@ -86,17 +87,27 @@ impl Placement for LocalPlacement {
     fn put_tree(&mut self, src: &Path, progress: &dyn Progress) -> Result<CopyReport> {
         let mut copy = self.opts.copy.clone();
         copy.preserve_mtime = true;
+        // The engine writes the manifest into the folder; it is read from there.
+        copy.keep_manifest = false;
         copy_tree(src, &self.partial, &copy, progress)
+    }
+
+    fn listed(&self) -> Result<InOrder> {
+        InOrder::streamed(&self.partial.join(MANIFEST_NAME))
     }
 
     fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
         write_verified(&self.partial.join(rel), bytes)
     }
 
-    fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed> {
+    fn finish(self: Box<Self>, described: &[ManifestEntry]) -> Result<Placed> {
         let (partial, final_path) = (&self.partial, &self.final_path);
-        manifest.write_atomic(&partial.join(MANIFEST_NAME))?;
-        crate::place::prune_unlisted(partial, manifest)?;
+        let manifest_path = partial.join(MANIFEST_NAME);
+        // Read from the engine's manifest while the new one is written beside it.
+        let (files, digest) =
+            write_entries_atomic(&manifest_path, overlay(self.listed()?, described))?;
+        let listed = Listed { files, digest };
+        crate::place::prune_unlisted(partial, self.listed()?)?;
         let state = partial.join(STATE_DIR);
         std::fs::remove_dir_all(&state).at(&state)?;
         // Read-only before it gets its final name, so that no crash can leave a writable
@@ -117,12 +128,13 @@ impl Placement for LocalPlacement {
             }
         })?;
         if !self.opts.protect {
-            return Ok(Placed::default());
+            return Ok(Placed::unprotected(listed));
         }
         let protection = seal(final_path, self.opts.immutable);
         let snapshot = (!self.opts.label.is_empty())
             .then(|| crate::zfs::snapshot_and_hold(final_path, &self.opts.label, "ingest"));
         Ok(Placed {
+            listed,
             protection: Some(protection),
             retention: None,
             snapshot,

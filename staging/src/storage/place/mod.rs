@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 use crate::copy::{CopyOptions, CopyReport};
 use crate::error::Result;
 use crate::hash::Digest;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
+use crate::sorted::{overlay, InOrder};
 use crate::worm::Protection;
 
 pub(crate) use local::place_local;
@@ -68,9 +69,18 @@ pub struct PlaceOptions {
     pub label: String,
 }
 
-/// How a placed tree is protected.
-#[derive(Debug, Default)]
+/// What a placed tree's `MANIFEST.sha256` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    pub files: u64,
+    /// Of the manifest's text ([`crate::manifest::Manifest::digest`]).
+    pub digest: Digest,
+}
+
+/// How a placed tree is protected, and what its manifest lists.
+#[derive(Debug)]
 pub struct Placed {
+    pub listed: Listed,
     pub protection: Option<Protection>,
     /// Object Lock retention set on every object (and read back), in words.
     pub retention: Option<String>,
@@ -78,19 +88,46 @@ pub struct Placed {
     pub snapshot: Option<std::result::Result<Option<crate::zfs::Snapshot>, String>>,
 }
 
+impl Placed {
+    /// Placed without protection.
+    fn unprotected(listed: Listed) -> Placed {
+        Placed {
+            listed,
+            protection: None,
+            retention: None,
+            snapshot: None,
+        }
+    }
+}
+
 /// A tree being placed. Dropped before [`Placement::finish`], it leaves what it wrote where a
 /// rerun resumes it, never under the final name.
+///
+/// The list of what was placed may be millions of files: it is read in path order
+/// ([`Placement::listed`]) and never handed over whole, so that `ingest` and `pull` into
+/// a folder keep flat memory (docs/ARCHITECTURE.md#flat-memory).
 pub trait Placement {
     /// Where the tree will be once placed, as the user reads it.
     fn path(&self) -> PathBuf;
     /// `rel` inside the tree being written, for messages.
     fn display(&self, rel: &Path) -> PathBuf;
     /// Copies the local tree `src` in, every file verified (a rerun skips what an
-    /// interrupted one already verified). Failures of single files are in the report.
+    /// interrupted one already verified). Failures of single files are in the report;
+    /// its manifest is left empty (see [`Placement::listed`]), its digest set.
     fn put_tree(&mut self, src: &Path, progress: &dyn Progress) -> Result<CopyReport>;
+    /// The files [`Placement::put_tree`] verified, with their digests, in path order.
+    fn listed(&self) -> Result<InOrder>;
     /// A small file of the tree (`dataset.json`), verified.
     fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest>;
-    /// Writes `manifest` as `MANIFEST.sha256`, last, protects the tree and gives it its
-    /// final name.
-    fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed>;
+    /// Writes `MANIFEST.sha256`, last: the files of [`Placement::listed`] with
+    /// `described` (what [`Placement::put_bytes`] wrote) in their places. Then protects
+    /// the tree and gives it its final name.
+    fn finish(self: Box<Self>, described: &[ManifestEntry]) -> Result<Placed>;
+}
+
+/// The manifest of a tree held in memory (an SSH host's or a bucket's, whose listing is
+/// held anyway): `listed` with `described` in their places.
+fn manifest_with(listed: InOrder, described: &[ManifestEntry]) -> Result<Manifest> {
+    let entries = overlay(listed, described).collect::<Result<Vec<ManifestEntry>>>()?;
+    Ok(Manifest { entries })
 }

@@ -7,18 +7,21 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{PlaceOptions, Placed, Placement};
+use super::{Listed, PlaceOptions, Placed, Placement};
 use crate::copy::CopyReport;
 use crate::error::{Error, Result};
 use crate::hash::Digest;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestEntry};
 use crate::progress::Progress;
+use crate::sorted::InOrder;
 use crate::storage::{put_tree, put_verified, PutOptions, S3Store, Storage};
 use crate::walk::MANIFEST_NAME;
 
 struct S3Placement {
     store: S3Store,
     opts: PlaceOptions,
+    /// What `put_tree` uploaded and verified (the bucket's listing is held anyway).
+    sent: Manifest,
     /// The lock object `.NAME.ingest.lock` next to the prefix, and where it is; removed
     /// when the placement ends, finished or not.
     lock: Option<(S3Store, PathBuf, Option<String>)>,
@@ -68,6 +71,7 @@ pub(crate) fn place_s3(store: S3Store, opts: &PlaceOptions) -> Result<Box<dyn Pl
     let placement = S3Placement {
         store,
         opts: opts.clone(),
+        sent: Manifest::default(),
         lock,
     };
     // Checked again under the lock: a dataset finished meanwhile is not written to.
@@ -99,28 +103,44 @@ impl Placement for S3Placement {
             retention: self.retention(),
             use_source_manifest: self.opts.copy.use_source_manifest,
         };
-        let sent = put_tree(src, &self.store, &opts, progress)?;
+        let mut sent = put_tree(src, &self.store, &opts, progress)?;
+        let listed = std::mem::take(&mut sent.manifest);
+        let digest = listed.digest();
+        let count = listed.len() as u64;
+        self.sent = listed;
         Ok(CopyReport {
             files_total: sent.files,
             bytes_total: sent.bytes,
             bytes_to_copy: sent.bytes,
-            copied: sent.manifest.entries.len() as u64 - sent.resumed,
+            copied: count - sent.resumed,
             bytes_copied: sent.bytes,
             skipped: sent.resumed,
             source_manifest_digest: sent.source_manifest_digest,
             elapsed: sent.elapsed,
             warnings: sent.warnings,
             failed: sent.failed,
-            manifest: sent.manifest,
+            manifest_digest: Some(digest),
             ..CopyReport::default()
         })
+    }
+
+    fn listed(&self) -> Result<InOrder> {
+        Ok(InOrder::from_manifest(self.sent.clone()))
     }
 
     fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
         put_verified(&self.store, rel, bytes, self.retention()).map(|w| w.digest)
     }
 
-    fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed> {
+    fn finish(mut self: Box<Self>, described: &[ManifestEntry]) -> Result<Placed> {
+        let manifest = super::manifest_with(
+            InOrder::from_manifest(std::mem::take(&mut self.sent)),
+            described,
+        )?;
+        let listed = Listed {
+            files: manifest.len() as u64,
+            digest: manifest.digest(),
+        };
         put_verified(
             &self.store,
             Path::new(MANIFEST_NAME),
@@ -128,9 +148,10 @@ impl Placement for S3Placement {
             self.retention(),
         )?;
         let Some(retention) = self.retention() else {
-            return Ok(Placed::default());
+            return Ok(Placed::unprotected(listed));
         };
         Ok(Placed {
+            listed,
             protection: None,
             snapshot: None,
             retention: Some(format!(

@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 
 use ssh2::{OpenFlags, OpenType};
 
-use super::{PlaceOptions, Placed, Placement};
+use super::{Listed, PlaceOptions, Placed, Placement};
 use crate::copy::CopyReport;
 use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::lock::{held_by_a_gone_process, holder};
-use crate::manifest::Manifest;
+use crate::manifest::ManifestEntry;
 use crate::progress::Progress;
 use crate::remote::{Fault, Remote, RemoteErrorKind, Upload, UploadOptions};
+use crate::sorted::InOrder;
 use crate::worm::Protection;
 
 struct SftpPlacement<'a> {
@@ -25,6 +26,8 @@ struct SftpPlacement<'a> {
     upload: Upload<'a>,
     final_path: PathBuf,
     opts: PlaceOptions,
+    /// What `put_bytes` wrote (the upload lists it with what `put_tree` put).
+    described: Vec<PathBuf>,
     /// Held until the placement is over, finished or not.
     _lock: Option<SftpLock<'a>>,
 }
@@ -62,6 +65,7 @@ pub(crate) fn place_sftp<'a>(
         upload,
         final_path: final_path.to_path_buf(),
         opts: opts.clone(),
+        described: Vec::new(),
         _lock: lock,
     }))
 }
@@ -176,19 +180,28 @@ impl Placement for SftpPlacement<'_> {
             skipped: sent.resumed,
             symlinks: sent.symlinks,
             dirs: sent.dirs,
-            manifest: self.upload.manifest(),
+            manifest_digest: Some(self.upload.manifest().digest()),
             elapsed: sent.elapsed,
             ..CopyReport::default()
         })
     }
 
-    fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
-        self.upload.put_bytes(rel, bytes)
+    fn listed(&self) -> Result<InOrder> {
+        let mut sent = self.upload.manifest();
+        sent.entries.retain(|e| !self.described.contains(&e.path));
+        Ok(InOrder::from_manifest(sent))
     }
 
-    fn finish(self: Box<Self>, manifest: &Manifest) -> Result<Placed> {
+    fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
+        let digest = self.upload.put_bytes(rel, bytes)?;
+        self.described.push(rel.to_path_buf());
+        Ok(digest)
+    }
+
+    fn finish(self: Box<Self>, described: &[ManifestEntry]) -> Result<Placed> {
         // The upload writes its own manifest: what it put, which must be what the caller
-        // lists (a file listed but not put, or put but not listed, stops it here).
+        // lists (a file described but not put, or put with other bytes, stops it here).
+        let manifest = super::manifest_with(self.listed()?, described)?;
         let (remote, final_path) = (self.remote, self.final_path.clone());
         let sent = self.upload.manifest();
         if sent.digest() != manifest.digest() {
@@ -202,14 +215,19 @@ impl Placement for SftpPlacement<'_> {
                 ),
             });
         }
+        let listed = Listed {
+            files: manifest.len() as u64,
+            digest: manifest.digest(),
+        };
         self.upload
             .finish(self.opts.remote_verify)
             .map_err(|e| exists(remote, &final_path, e))?;
         if !self.opts.protect {
-            return Ok(Placed::default());
+            return Ok(Placed::unprotected(listed));
         }
         remote.protect(&final_path)?;
         Ok(Placed {
+            listed,
             protection: Some(Protection {
                 read_only: true,
                 immutable: self.opts.immutable.then(|| {
