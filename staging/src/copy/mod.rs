@@ -25,6 +25,7 @@ mod links;
 mod pipeline;
 mod plan;
 mod read;
+mod stream;
 #[cfg(test)]
 mod tests;
 

@@ -26,6 +26,9 @@ pub struct SshOptions {
     pub retries: u32,
     /// First pause before reconnecting (doubled each attempt, with jitter).
     pub backoff: Duration,
+    /// The command that runs GNU tar on the host, to stream many small files in one
+    /// pipe (`remote/stream.rs`); `None` reads every file over SFTP.
+    pub tar: Option<String>,
 }
 
 impl Default for SshOptions {
@@ -35,6 +38,7 @@ impl Default for SshOptions {
             timeout: Duration::from_secs(60),
             retries: 5,
             backoff: Duration::from_millis(500),
+            tar: Some("tar".into()),
         }
     }
 }
