@@ -13,7 +13,8 @@
 //! the cache, and the batch is read back in parallel. This module never prints.
 //!
 //! The parts, by role: `plan` (what each file needs), `pipeline` (copy, flush, verify,
-//! overlapping), `read` (one source file into its temporary), `finish` (read back, rename,
+//! overlapping), `read` (one source file into its temporary), `stream` (batches of small
+//! files from a source that streams many at once), `finish` (read back, rename,
 //! journal), `links` (hard and symbolic links), `dest` (the destination folder: space,
 //! one writer, sweeping). The source never decides by its kind: a local folder's backend
 //! says where it is ([`Storage::local_root`]) and gets the fast path (O_DIRECT, holes,
