@@ -90,6 +90,75 @@ fn matches_listed(header: &tar::Header, listed: &Meta) -> bool {
         && secs.checked_mul(1_000_000_000) == Some(listed.mtime_ns)
 }
 
+/// Writes the names NUL-separated on tar's stdin, then end-of-file. The list of a batch
+/// is small (see `copy/stream.rs`) and fits the channel's window: this never waits for
+/// the archive to be read.
+fn send_names(
+    channel: &mut ssh2::Channel,
+    files: &[(&Path, &Meta)],
+) -> std::result::Result<(), Fault> {
+    let mut list = Vec::new();
+    for (rel, _) in files {
+        list.extend_from_slice(rel.as_os_str().as_bytes());
+        list.push(0);
+    }
+    channel.write_all(&list).map_err(Fault::io)?;
+    channel.send_eof()?;
+    Ok(())
+}
+
+/// Reads the archive member by member, passing each one that matches its listing to
+/// `each`; returns how many were delivered. An error of `each` is kept in `local`.
+fn read_members(
+    channel: &mut ssh2::Channel,
+    files: &[(&Path, &Meta)],
+    each: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
+    local: &mut Option<Error>,
+) -> std::result::Result<usize, Fault> {
+    let mut delivered = 0usize;
+    let mut archive = tar::Archive::new(channel);
+    let mut next = 0usize;
+    for entry in archive.entries().map_err(Fault::io)? {
+        let mut entry = entry.map_err(Fault::io)?;
+        let name = entry.path_bytes().into_owned();
+        let Some(skip) = files[next..]
+            .iter()
+            .position(|(rel, _)| rel.as_os_str().as_bytes() == name.as_slice())
+        else {
+            return Err(Fault::Connection(format!(
+                "tar sent {:?}, which was not asked for at that point",
+                String::from_utf8_lossy(&name)
+            )));
+        };
+        // Files skipped over were not sent (tar could not read them): the caller reads
+        // them itself, as it does a member that does not match its listing.
+        next += skip;
+        if matches_listed(entry.header(), files[next].1) {
+            if let Err(e) = each(next, &mut entry) {
+                *local = Some(e);
+                return Err(Fault::Connection("stopped by the copy".into()));
+            }
+            delivered += 1;
+        }
+        next += 1;
+    }
+    Ok(delivered)
+}
+
+/// Reads what follows the archive (tar's padding) and tar's stderr, up to the channel's
+/// close; returns the stderr.
+fn drain(channel: &mut ssh2::Channel) -> std::result::Result<String, Fault> {
+    std::io::copy(channel, &mut std::io::sink()).map_err(Fault::io)?;
+    let mut stderr = String::new();
+    channel
+        .stderr()
+        .take(1 << 20)
+        .read_to_string(&mut stderr)
+        .map_err(Fault::io)?;
+    channel.wait_close()?;
+    Ok(stderr)
+}
+
 impl Remote {
     /// Streams `files` (paths relative to `root`, with their listed metadata) from the
     /// host through `tar` (the command that runs GNU tar there), calling `each` with the
@@ -113,48 +182,9 @@ impl Remote {
                     e.message()
                 )));
             }
-            let mut list = Vec::new();
-            for (rel, _) in files {
-                list.extend_from_slice(rel.as_os_str().as_bytes());
-                list.push(0);
-            }
-            channel.write_all(&list).map_err(Fault::io)?;
-            channel.send_eof()?;
-
-            let mut delivered = 0usize;
-            let mut archive = tar::Archive::new(&mut channel);
-            let mut next = 0usize;
-            for entry in archive.entries().map_err(Fault::io)? {
-                let mut entry = entry.map_err(Fault::io)?;
-                let name = entry.path_bytes().into_owned();
-                let Some(skip) = files[next..]
-                    .iter()
-                    .position(|(rel, _)| rel.as_os_str().as_bytes() == name.as_slice())
-                else {
-                    return Err(Fault::Connection(format!(
-                        "tar sent {:?}, which was not asked for at that point",
-                        String::from_utf8_lossy(&name)
-                    )));
-                };
-                next += skip;
-                if matches_listed(entry.header(), files[next].1) {
-                    if let Err(e) = each(next, &mut entry) {
-                        local = Some(e);
-                        return Err(Fault::Connection("stopped by the copy".into()));
-                    }
-                    delivered += 1;
-                }
-                next += 1;
-            }
-            drop(archive);
-            std::io::copy(&mut channel, &mut std::io::sink()).map_err(Fault::io)?;
-            let mut stderr = String::new();
-            channel
-                .stderr()
-                .take(1 << 20)
-                .read_to_string(&mut stderr)
-                .map_err(Fault::io)?;
-            channel.wait_close()?;
+            send_names(&mut channel, files)?;
+            let delivered = read_members(&mut channel, files, each, &mut local)?;
+            let stderr = drain(&mut channel)?;
             match exit_status(&stderr) {
                 Some(0) => Ok(()),
                 Some(status) => {
