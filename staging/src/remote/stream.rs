@@ -108,7 +108,8 @@ fn send_names(
 }
 
 /// Reads the archive member by member, passing each one that matches its listing to
-/// `each`; returns how many were delivered. An error of `each` is kept in `local`.
+/// `each`, then the rest of stdout; returns how many were delivered. An error of `each`
+/// is kept in `local`.
 fn read_members(
     channel: &mut ssh2::Channel,
     files: &[(&Path, &Meta)],
@@ -116,7 +117,9 @@ fn read_members(
     local: &mut Option<Error>,
 ) -> std::result::Result<usize, Fault> {
     let mut delivered = 0usize;
-    let mut archive = tar::Archive::new(channel);
+    // Buffered: tar reads a 512-byte header per member, and each read of the channel
+    // itself takes the session's lock.
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(256 << 10, channel));
     let mut next = 0usize;
     for entry in archive.entries().map_err(Fault::io)? {
         let mut entry = entry.map_err(Fault::io)?;
@@ -142,13 +145,13 @@ fn read_members(
         }
         next += 1;
     }
+    // What follows the archive (tar's padding to its record size).
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(Fault::io)?;
     Ok(delivered)
 }
 
-/// Reads what follows the archive (tar's padding) and tar's stderr, up to the channel's
-/// close; returns the stderr.
+/// Reads tar's stderr up to the channel's close and returns it.
 fn drain(channel: &mut ssh2::Channel) -> std::result::Result<String, Fault> {
-    std::io::copy(channel, &mut std::io::sink()).map_err(Fault::io)?;
     let mut stderr = String::new();
     channel
         .stderr()
