@@ -613,6 +613,8 @@ fn remote_small_files(env: &Env, sshd: &Sshd, count: usize) -> PathBuf {
     ] {
         write(src.join(odd), format!("{odd}\n"));
     }
+    // Longer than the 100 bytes of a tar header's name field.
+    write(src.join(format!("sub/{}.txt", "long".repeat(40))), "long\n");
     for i in 0..count {
         write(
             src.join(format!("tiles/{:02}/t{i:05}.bin", i % 10)),
@@ -642,9 +644,9 @@ fn small_files_come_through_a_tar_stream_exact_whatever_their_names() {
     let run = stage_remote(&env, &sshd, &src, &["--json"]);
     run.code(0);
     let j = run.json();
-    // 12 of the tricky tree, 5 odd names, 300 tiles.
-    assert_eq!(j["files_total"], 317, "{run}");
-    assert_eq!(j["copied"], 317, "{run}");
+    // 12 of the tricky tree, 6 odd names, 300 tiles.
+    assert_eq!(j["files_total"], 318, "{run}");
+    assert_eq!(j["copied"], 318, "{run}");
     let warnings = json_list(&j["warnings"]);
     assert!(
         !warnings.iter().any(|w| w.contains("tar")),
@@ -656,7 +658,7 @@ fn small_files_come_through_a_tar_stream_exact_whatever_their_names() {
         sshd.log()
     );
     let dest = env.path("dest");
-    assert_eq!(assert_final_names_match_source(&src, &dest), 317);
+    assert_eq!(assert_final_names_match_source(&src, &dest), 318);
     assert!(temporaries(&dest).is_empty(), "{:?}", temporaries(&dest));
     env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
         .code(0);
@@ -727,7 +729,7 @@ fn a_host_without_a_usable_tar_is_read_over_sftp_and_says_so_once() {
     let run = stage_remote(&env, &sshd, &src, &["--json"]);
     run.code(0);
     let j = run.json();
-    assert_eq!(j["copied"], 217, "{run}");
+    assert_eq!(j["copied"], 218, "{run}");
     let warnings = json_list(&j["warnings"]);
     let said: Vec<&String> = warnings.iter().filter(|w| w.contains("tar")).collect();
     assert_eq!(said.len(), 1, "{warnings:?}");
@@ -738,7 +740,7 @@ fn a_host_without_a_usable_tar_is_read_over_sftp_and_says_so_once() {
         "{said:?}"
     );
     let dest = env.path("dest");
-    assert_eq!(assert_final_names_match_source(&src, &dest), 217);
+    assert_eq!(assert_final_names_match_source(&src, &dest), 218);
     env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
         .code(0);
 
@@ -748,7 +750,7 @@ fn a_host_without_a_usable_tar_is_read_over_sftp_and_says_so_once() {
     let src = remote_small_files(&env, &sshd, 20);
     let run = stage_remote(&env, &sshd, &src, &["--json"]);
     run.code(0);
-    assert_eq!(run.json()["copied"], 37, "{run}");
+    assert_eq!(run.json()["copied"], 38, "{run}");
     assert_eq!(exec_sessions(&sshd), 0, "{}", sshd.log());
 }
 
@@ -819,7 +821,7 @@ fn a_connection_killed_mid_stream_falls_back_and_leaves_nothing_unverified() {
             "the broken stream was not reported: {warnings:?}"
         );
     }
-    assert_eq!(assert_final_names_match_source(&src, &dest), 417);
+    assert_eq!(assert_final_names_match_source(&src, &dest), 418);
     assert!(temporaries(&dest).is_empty(), "{:?}", temporaries(&dest));
     env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
         .code(0);

@@ -166,14 +166,15 @@ impl Remote {
     /// Streams `files` (paths relative to `root`, with their listed metadata) from the
     /// host through `tar` (the command that runs GNU tar there), calling `each` with the
     /// index in `files` and the bytes of every file delivered, in order (see the module
-    /// docs for what is checked). `Ok` only when the whole batch can be trusted.
+    /// docs for what is checked). `Ok` (with how many files were delivered) only when
+    /// the whole batch can be trusted.
     pub(crate) fn tar_stream(
         &self,
         tar: &str,
         root: &Path,
         files: &[(&Path, &Meta)],
         each: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
-    ) -> std::result::Result<(), StreamFailure> {
+    ) -> std::result::Result<usize, StreamFailure> {
         let mut local: Option<Error> = None;
         let mut unusable = false;
         let outcome = self.with_session(|session| {
@@ -189,7 +190,7 @@ impl Remote {
             let delivered = read_members(&mut channel, files, each, &mut local)?;
             let stderr = drain(&mut channel)?;
             match exit_status(&stderr) {
-                Some(0) => Ok(()),
+                Some(0) => Ok(delivered),
                 Some(status) => {
                     unusable = delivered == 0 && tar_unusable(status, &stderr);
                     Err(Fault::Connection(format!(

@@ -9,6 +9,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest as _, Sha256};
@@ -39,6 +40,9 @@ pub struct SftpStore {
     /// Streams that broke off or could not be trusted (their files were read again over
     /// SFTP), and the first one's reason.
     broken: Arc<Mutex<(u64, String)>>,
+    /// Files a trusted stream did not deliver (changed since listed, unreadable there):
+    /// each one was read over SFTP.
+    unstreamed: Arc<AtomicU64>,
 }
 
 impl SftpStore {
@@ -50,6 +54,7 @@ impl SftpStore {
             root,
             no_stream: Arc::default(),
             broken: Arc::default(),
+            unstreamed: Arc::default(),
         }
     }
 
@@ -60,6 +65,7 @@ impl SftpStore {
             root: root.into(),
             no_stream: self.no_stream.clone(),
             broken: self.broken.clone(),
+            unstreamed: self.unstreamed.clone(),
         }
     }
 
@@ -264,11 +270,19 @@ impl Storage for SftpStore {
                 )
             })
         };
+        let unstreamed = match self.unstreamed.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(format!(
+                "{}: {n} small file(s) were not in their tar stream as listed (changed since the listing, or unreadable there) and were read over SFTP",
+                self.remote.spec().authority()
+            )),
+        };
         self.remote
             .reconnect_note()
             .into_iter()
             .chain(no_stream)
             .chain(broken)
+            .chain(unstreamed)
             .collect()
     }
 }
@@ -287,7 +301,11 @@ impl BatchRead for SftpStore {
             return Err(self.stream_failed("no tar command is configured".into()));
         };
         let failure = match self.remote.tar_stream(tar, &self.root, files, each) {
-            Ok(()) => return Ok(()),
+            Ok(delivered) => {
+                let missed = (files.len() - delivered) as u64;
+                self.unstreamed.fetch_add(missed, Ordering::Relaxed);
+                return Ok(());
+            }
             Err(f) => f,
         };
         if let Some(e) = failure.local {
