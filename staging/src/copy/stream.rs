@@ -1,7 +1,7 @@
-//! Small files from a source that streams many at once ([`BatchRead`]: an SSH host running
-//! tar, issue 18): grouped into batches, one stream each, every file written to its
-//! temporary and checked as a file read alone is (hashed as received, against the source
-//! manifest) before it joins the pipeline for its read-back. A file the stream does not
+//! Small files from a source that streams many at once ([`crate::storage::BatchRead`]: an
+//! SSH host running tar, issue 18): grouped into batches, one stream each, every file
+//! written to its temporary and checked as a file read alone is (hashed as received,
+//! against the source manifest) before it joins the pipeline for its read-back. A file the stream does not
 //! deliver, and every file of a batch whose stream cannot be trusted, is read one by one
 //! (`copy_one`); bigger files never enter a batch. This module never decides by the
 //! source's kind: it asks the source for the capability.
