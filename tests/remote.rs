@@ -686,6 +686,41 @@ fn small_files_come_through_a_tar_stream_exact_whatever_their_names() {
 }
 
 #[test]
+fn the_tree_is_listed_in_one_round_trip_as_sftp_lists_it_whatever_its_names() {
+    let (env, sshd) = remote_world();
+    let src = remote_small_files(&env, &sshd, 40);
+    let config = read_text(env.user_config());
+
+    // Listed and read over SFTP only (`tar = ""`: no command runs on the host).
+    set_remote_tar(&env, "");
+    let first = stage_remote(&env, &sshd, &src, &["--json"]);
+    first.code(0);
+    assert_eq!(first.json()["copied"], 58, "{first}");
+    assert_eq!(exec_sessions(&sshd), 0, "{}", sshd.log());
+
+    // With commands: the re-stage lists through one `find` and finds every file (tricky
+    // names included) exactly as the SFTP listing recorded it.
+    write(env.user_config(), &config);
+    let again = stage_remote(&env, &sshd, &src, &["--json"]);
+    again.code(0);
+    let j = again.json();
+    assert_eq!(j["files_total"], 58, "{again}");
+    assert_eq!(j["copied"], 0, "{again}");
+    assert!(
+        json_list(&j["warnings"])
+            .iter()
+            .all(|w| !w.contains("listed over SFTP")),
+        "{again}"
+    );
+    assert_eq!(
+        exec_sessions(&sshd),
+        1,
+        "one command (the listing) expected:\n{}",
+        sshd.log()
+    );
+}
+
+#[test]
 fn a_streamed_file_that_disagrees_with_its_manifest_is_source_corrupt() {
     let (env, sshd) = remote_world();
     let src = remote_small_files(&env, &sshd, 50);

@@ -9,6 +9,7 @@
 //! are read through one `tar` pipe per batch where the host has GNU tar (`stream.rs`).
 
 mod connect;
+mod find;
 mod folder;
 mod pool;
 mod read;

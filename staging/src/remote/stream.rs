@@ -25,7 +25,7 @@ use crate::human::shell_quote;
 use crate::walk::Meta;
 
 /// The line the shell prints on stderr once tar has ended, with its exit status.
-const EXIT_MARK: &str = "hpcstage-tar-exit:";
+pub(super) const EXIT_MARK: &str = "hpcstage-tar-exit:";
 
 /// Why a stream did not deliver a batch that can be trusted.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ fn command(tar: &str, root: &Path) -> String {
 }
 
 /// The exit status the shell printed after tar, if it did.
-fn exit_status(stderr: &str) -> Option<i32> {
+pub(super) fn exit_status(stderr: &str) -> Option<i32> {
     stderr
         .lines()
         .rev()
@@ -57,8 +57,8 @@ fn exit_status(stderr: &str) -> Option<i32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// What tar said besides its status, on one line, for a message.
-fn tar_said(stderr: &str) -> String {
+/// What the command (tar, find) said besides its status, on one line, for a message.
+pub(super) fn tar_said(stderr: &str) -> String {
     let said: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.starts_with(EXIT_MARK) && !l.trim().is_empty())
@@ -150,8 +150,8 @@ fn read_members(
     Ok(delivered)
 }
 
-/// Reads tar's stderr up to the channel's close and returns it.
-fn drain(channel: &mut ssh2::Channel) -> std::result::Result<String, Fault> {
+/// Reads the command's stderr up to the channel's close and returns it.
+pub(super) fn drain(channel: &mut ssh2::Channel) -> std::result::Result<String, Fault> {
     let mut stderr = String::new();
     channel
         .stderr()

@@ -43,6 +43,9 @@ pub struct SftpStore {
     /// Files a trusted stream did not deliver (changed since listed, unreadable there):
     /// each one was read over SFTP.
     unstreamed: Arc<AtomicU64>,
+    /// Set once listing through `find` on the host failed: why, for the one note of the
+    /// run; trees are listed over SFTP after it.
+    no_find: Arc<OnceLock<String>>,
 }
 
 impl SftpStore {
@@ -55,6 +58,7 @@ impl SftpStore {
             no_stream: Arc::default(),
             broken: Arc::default(),
             unstreamed: Arc::default(),
+            no_find: Arc::default(),
         }
     }
 
@@ -66,6 +70,7 @@ impl SftpStore {
             no_stream: self.no_stream.clone(),
             broken: self.broken.clone(),
             unstreamed: self.unstreamed.clone(),
+            no_find: self.no_find.clone(),
         }
     }
 
@@ -131,7 +136,21 @@ impl Storage for SftpStore {
         }
     }
 
+    /// In one round trip through `find` where the host runs commands (tar is set and has
+    /// not failed as unusable); folder by folder over SFTP otherwise, or when find failed.
     fn list(&self, filter: &Filter) -> Result<Tree> {
+        let commands = self.remote.options().tar.is_some() && self.no_stream.get().is_none();
+        if commands && self.no_find.get().is_none() {
+            self.remote.check_root(&self.root)?;
+            match self.remote.find_tree(&self.root, filter) {
+                Ok(tree) => return Ok(tree),
+                Err((why, unusable)) => {
+                    if unusable {
+                        let _ = self.no_find.set(why);
+                    }
+                }
+            }
+        }
         self.remote.walk_at(&self.root, filter)
     }
 
@@ -261,6 +280,12 @@ impl Storage for SftpStore {
                 self.remote.spec().authority()
             )
         });
+        let no_find = self.no_find.get().map(|why| {
+            format!(
+                "{}: the tree was listed over SFTP, folder by folder: {why}; install GNU find there for a listing in one round trip",
+                self.remote.spec().authority()
+            )
+        });
         let broken = {
             let (count, first) = &*self.broken.lock().expect("stream failures lock");
             (*count > 0).then(|| {
@@ -281,6 +306,7 @@ impl Storage for SftpStore {
             .reconnect_note()
             .into_iter()
             .chain(no_stream)
+            .chain(no_find)
             .chain(broken)
             .chain(unstreamed)
             .collect()
