@@ -1014,6 +1014,14 @@ fn permission_denied_on_the_nas_fails_those_files_and_copies_the_rest() {
         "{failed:?}"
     );
     assert!(!env.path("dest/secret.txt").exists());
+    // find could not read the locked folder: the tree was listed over SFTP, which named
+    // it, without a note that find is unusable on the host.
+    assert!(
+        json_list(&j["warnings"])
+            .iter()
+            .all(|w| !w.contains("listed over SFTP")),
+        "{run}"
+    );
     assert_recorded_incomplete(&env.path("dest"));
 }
 
