@@ -13,7 +13,8 @@
 //! the cache, and the batch is read back in parallel. This module never prints.
 //!
 //! The parts, by role: `plan` (what each file needs), `pipeline` (copy, flush, verify,
-//! overlapping), `read` (one source file into its temporary), `finish` (read back, rename,
+//! overlapping), `read` (one source file into its temporary), `stream` (batches of small
+//! files from a source that streams many at once), `finish` (read back, rename,
 //! journal), `links` (hard and symbolic links), `dest` (the destination folder: space,
 //! one writer, sweeping). The source never decides by its kind: a local folder's backend
 //! says where it is ([`Storage::local_root`]) and gets the fast path (O_DIRECT, holes,
@@ -26,6 +27,7 @@ mod pipeline;
 mod plan;
 mod read;
 mod spill;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -538,20 +540,28 @@ pub fn copy_from(
         }
     });
     let watch = interrupt::watch();
-    let journal_errors = run_pipeline(&ctx, jobs, &pool, &verify_pool, &journal, &|r| {
-        let mut t = tally.lock().expect("tally lock");
-        match r {
-            Ok((job, _, dest_meta)) => {
-                t.oldest.add(&dest_meta);
-                t.copied += 1;
-                t.bytes_copied += job.meta.size;
-                if job.change == Change::Repair {
-                    t.repaired.push(job.rel);
+    let journal_errors = run_pipeline(
+        &ctx,
+        jobs,
+        jobs_planned,
+        &pool,
+        &verify_pool,
+        &journal,
+        &|r| {
+            let mut t = tally.lock().expect("tally lock");
+            match r {
+                Ok((job, _, dest_meta)) => {
+                    t.oldest.add(&dest_meta);
+                    t.copied += 1;
+                    t.bytes_copied += job.meta.size;
+                    if job.change == Change::Repair {
+                        t.repaired.push(job.rel);
+                    }
                 }
+                Err(f) => t.failed.push(f),
             }
-            Err(f) => t.failed.push(f),
-        }
-    });
+        },
+    );
     drop(watch);
     if let Some(e) = read_error.into_inner().expect("plan lock") {
         return Err(e);
