@@ -1,6 +1,5 @@
-use std::os::unix::fs::MetadataExt;
-
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 
 use super::ending::ManifestOut;
 use super::links::symlink_warning;
