@@ -170,8 +170,11 @@ pub(super) fn run_pipeline(
 
         // Copiers (this thread waits for them): files one by one, and batches of small
         // files where the source streams many at once.
-        let max = ctx.src.batch_read().map(|r| r.max_file_size());
-        let units = stream::units(max, jobs, planned, copy_pool.current_num_threads());
+        let stream = ctx
+            .src
+            .batch_read()
+            .map(|r| (r.max_file_size(), r.streams()));
+        let units = stream::units(stream, jobs, planned);
         copy_pool.install(|| {
             units
                 .par_bridge()

@@ -1,10 +1,13 @@
 //! Small files from a source that streams many at once ([`crate::storage::BatchRead`]: an
-//! SSH host running tar, issue 18): grouped into batches, one stream each, every file
-//! written to its temporary and checked as a file read alone is (hashed as received,
-//! against the source manifest) before it joins the pipeline for its read-back. A file the stream does not
-//! deliver, and every file of a batch whose stream cannot be trusted, is read one by one
-//! (`copy_one`); bigger files never enter a batch. This module never decides by the
-//! source's kind: it asks the source for the capability.
+//! SSH host running tar, issue 18): consecutive small jobs of the streamed plan grouped
+//! into batches as they come (memory holds one batch per stream, whatever the tree),
+//! one stream each, every file written to its temporary and checked as a file read
+//! alone is (hashed as received, against the source manifest) before it joins the
+//! pipeline for its read-back. A file the manifest vouches for joins it at once; the
+//! others when the stream ended trusted. A file the stream does not deliver, and every
+//! file a stream that cannot be trusted held back, is read one by one (`copy_one`);
+//! bigger files never enter a batch. This module never decides by the source's kind: it
+//! asks the source for the capability.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -22,11 +25,11 @@ use crate::interrupt;
 use crate::walk::Meta;
 
 /// At most this many files in one stream, so that several streams share the work.
-const BATCH_FILES: usize = 1024;
+const BATCH_FILES: usize = 4096;
 /// At least this many (fewer only at the end), so that a stream's start is worth it.
 const MIN_BATCH_FILES: usize = 32;
 /// At most this many bytes of files in one stream: what a failed stream costs again.
-const BATCH_BYTES: u64 = 32 << 20;
+const BATCH_BYTES: u64 = 64 << 20;
 /// At most this many bytes of names: the list is written before the archive is read,
 /// and must fit the channel's window (2 MiB in OpenSSH) so that writing never waits.
 const BATCH_NAMES: usize = 256 << 10;
@@ -37,18 +40,24 @@ pub(super) enum Unit {
     Batch(Vec<Job>),
 }
 
+/// Batches each stream takes on in a run, at least: every stream of a batch starts a
+/// command on the host (a connection, a shell, tar), so fewer is cheaper, but the last
+/// batches of a run are not shared among the streams, so one per stream is too few.
+const BATCHES_PER_STREAM: u64 = 2;
+
 /// The jobs as units of work, formed as they come (nothing held but the batch being
-/// filled): where the source streams (`max`: its size limit), consecutive files up to
-/// `max` in batches (at most [`BATCH_FILES`], [`BATCH_BYTES`] and [`BATCH_NAMES`], and
-/// small enough that each of `workers` gets some of the about `planned` jobs), the others
-/// one by one.
+/// filled): where the source streams (`stream`: its size limit and how many streams run
+/// at once), consecutive files up to that size in batches (at most [`BATCH_FILES`],
+/// [`BATCH_BYTES`] and [`BATCH_NAMES`], and small enough that each stream gets
+/// [`BATCHES_PER_STREAM`] of the about `planned` jobs), the others one by one.
 pub(super) fn units<'a>(
-    max: Option<u64>,
+    stream: Option<(u64, usize)>,
     jobs: impl Iterator<Item = Job> + Send + 'a,
     planned: u64,
-    workers: usize,
 ) -> impl Iterator<Item = Unit> + Send + 'a {
-    let per_batch = usize::try_from(planned / workers.max(1) as u64)
+    let max = stream.map(|(max, _)| max);
+    let streams = stream.map_or(1, |(_, n)| n.max(1) as u64);
+    let per_batch = usize::try_from(planned / (streams * BATCHES_PER_STREAM))
         .unwrap_or(usize::MAX)
         .clamp(MIN_BATCH_FILES, BATCH_FILES);
     Batches {
@@ -133,15 +142,29 @@ enum Received {
     File(FailureKind, Error),
 }
 
+/// What became of one file of a batch while its stream ran.
+enum Got {
+    /// Not delivered (yet).
+    Not,
+    /// Received and checked against the source manifest: passed on at once.
+    Sent,
+    /// Received, waiting for the stream's end to be trusted (or refused).
+    Held(std::result::Result<Staged, (FailureKind, Error)>),
+}
+
 /// Copies the files of `batch` through one stream of the source, passing each outcome
 /// to `send`; files the stream did not deliver go one by one.
+///
+/// A file whose digest matches the source manifest is passed on as soon as it is
+/// received: its bytes are the listed ones whatever becomes of the stream, so it is
+/// flushed and read back while the stream goes on. Any other outcome waits for the
+/// stream's end, which alone says whether tar read every file whole and unchanged.
 pub(super) fn copy_batch(
     ctx: &Ctx<'_>,
     batch: Vec<Job>,
     send: &mut dyn FnMut(std::result::Result<(Job, Staged), Failure>),
 ) {
-    let mut got: Vec<Option<std::result::Result<Staged, (FailureKind, Error)>>> =
-        batch.iter().map(|_| None).collect();
+    let mut got: Vec<Got> = batch.iter().map(|_| Got::Not).collect();
     let stopping = || ctx.abort.load(Ordering::Relaxed) || interrupt::received().is_some();
     if let (Some(reader), false) = (ctx.src.batch_read(), stopping()) {
         let files: Vec<(&Path, &Meta)> = batch.iter().map(|j| (j.rel.as_path(), &j.meta)).collect();
@@ -152,7 +175,12 @@ pub(super) fn copy_batch(
                 return Err(Error::io(ctx.src.display(&job.rel), interrupt::stopped()));
             }
             match receive(ctx, job, bytes) {
-                Ok(staged) => got[k] = Some(Ok(staged)),
+                Ok(staged) if job.expected.is_some() => {
+                    ctx.progress.add_bytes(job.meta.size);
+                    send(Ok((job.clone(), staged)));
+                    got[k] = Got::Sent;
+                }
+                Ok(staged) => got[k] = Got::Held(Ok(staged)),
                 Err(Received::Stream(e)) => return Err(e),
                 Err(Received::File(kind, e)) if kind.is_fatal() => {
                     ctx.abort.store(true, Ordering::Relaxed);
@@ -163,31 +191,36 @@ pub(super) fn copy_batch(
                     fatal = Some((k, (kind, e)));
                     return Err(stop);
                 }
-                Err(Received::File(kind, e)) => got[k] = Some(Err((kind, e))),
+                Err(Received::File(kind, e)) => got[k] = Got::Held(Err((kind, e))),
             }
             Ok(())
         });
         if streamed.is_err() {
-            // Nothing of a stream that cannot be trusted is kept (the temporaries go
-            // with their handles): its files are read again one by one.
-            got.iter_mut().for_each(|g| *g = None);
+            // Nothing held of a stream that cannot be trusted is kept (the temporaries
+            // go with their handles): those files are read again one by one.
+            for g in &mut got {
+                if matches!(g, Got::Held(_)) {
+                    *g = Got::Not;
+                }
+            }
         }
         if let Some((k, e)) = fatal {
-            got[k] = Some(Err(e));
+            got[k] = Got::Held(Err(e));
         }
     }
     for (job, got) in batch.into_iter().zip(got) {
         match got {
-            Some(Ok(staged)) => {
+            Got::Sent => {}
+            Got::Held(Ok(staged)) => {
                 ctx.progress.add_bytes(job.meta.size);
                 send(Ok((job, staged)));
             }
-            Some(Err((kind, error))) => send(Err(Failure {
+            Got::Held(Err((kind, error))) => send(Err(Failure {
                 path: job.rel,
                 kind,
                 error,
             })),
-            None => send(copy_one(ctx, job)),
+            Got::Not => send(copy_one(ctx, job)),
         }
     }
 }
@@ -269,31 +302,31 @@ mod tests {
             job("big2", 2000),
             job("big3", 2000),
         ];
-        let got = shape(units(Some(1000), jobs.into_iter(), 6, 4));
+        let got = shape(units(Some((1000, 2)), jobs.into_iter(), 6));
         assert_eq!(got, ["[a b]", "big1", "[c]", "big2", "big3"]);
     }
 
     #[test]
     fn a_batch_ends_at_its_file_count_and_its_bytes() {
         let many = (0..70).map(|i| job(&format!("f{i:02}"), 1));
-        let got = units(Some(1000), many, 70, 4).map(|u| match u {
+        let got = units(Some((1000, 2)), many, 70).map(|u| match u {
             Unit::Batch(b) => b.len(),
             Unit::One(_) => 0,
         });
-        // 70 files for 4 workers: batches of the minimum count.
+        // 70 files for 2 streams: batches of the minimum count.
         assert_eq!(
             got.collect::<Vec<_>>(),
             [MIN_BATCH_FILES, MIN_BATCH_FILES, 6]
         );
         let heavy = (0..5).map(|i| job(&format!("h{i}"), BATCH_BYTES / 2));
-        let got = shape(units(Some(BATCH_BYTES), heavy, 5, 1));
+        let got = shape(units(Some((BATCH_BYTES, 1)), heavy, 5));
         assert_eq!(got, ["[h0 h1]", "[h2 h3]", "[h4]"]);
     }
 
     #[test]
     fn without_a_stream_every_file_goes_alone() {
         let jobs = vec![job("a", 1), job("b", 1)];
-        assert_eq!(shape(units(None, jobs.into_iter(), 2, 1)), ["a", "b"]);
+        assert_eq!(shape(units(None, jobs.into_iter(), 2)), ["a", "b"]);
     }
 
     #[test]

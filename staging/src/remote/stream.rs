@@ -6,7 +6,8 @@
 //! Nothing is trusted unchecked. Each member must be the next file asked for (its name
 //! byte for byte), a regular file, of the listed size and mtime; a member that is not is
 //! left out (the caller reads that file over SFTP). A batch counts only when tar ran to
-//! its end and said so: the shell prints `hpcstage-tar-exit:STATUS` on stderr after tar
+//! its end and said so (the caller may use a member earlier where the source manifest
+//! vouches for its bytes): the shell prints `hpcstage-tar-exit:STATUS` on stderr after tar
 //! (libssh2 reports status 0 when no status came back, as when the connection or tar is
 //! killed). A file that changed while tar read it, or shrank (tar pads it with zeros),
 //! makes tar exit non-zero, and the caller then reads the whole batch again over SFTP.
@@ -90,36 +91,29 @@ fn matches_listed(header: &tar::Header, listed: &Meta) -> bool {
         && secs.checked_mul(1_000_000_000) == Some(listed.mtime_ns)
 }
 
-/// Writes the names NUL-separated on tar's stdin, then end-of-file. The list of a batch
-/// is small (see `copy/stream.rs`) and fits the channel's window: this never waits for
-/// the archive to be read.
-fn send_names(
-    channel: &mut ssh2::Channel,
-    files: &[(&Path, &Meta)],
-) -> std::result::Result<(), Fault> {
+/// The names NUL-separated, as tar reads them on its stdin.
+fn name_list(files: &[(&Path, &Meta)]) -> Vec<u8> {
     let mut list = Vec::new();
     for (rel, _) in files {
         list.extend_from_slice(rel.as_os_str().as_bytes());
         list.push(0);
     }
-    channel.write_all(&list).map_err(Fault::io)?;
-    channel.send_eof()?;
-    Ok(())
+    list
 }
 
 /// Reads the archive member by member, passing each one that matches its listing to
 /// `each`, then the rest of stdout; returns how many were delivered. An error of `each`
 /// is kept in `local`.
 fn read_members(
-    channel: &mut ssh2::Channel,
+    archive: impl Read,
     files: &[(&Path, &Meta)],
     each: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
     local: &mut Option<Error>,
 ) -> std::result::Result<usize, Fault> {
     let mut delivered = 0usize;
-    // Buffered: tar reads a 512-byte header per member, and each read of the channel
-    // itself takes the session's lock.
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(256 << 10, channel));
+    // Buffered: tar reads a 512-byte header per member, and each read of a libssh2
+    // channel itself takes the session's lock.
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(256 << 10, archive));
     let mut next = 0usize;
     for entry in archive.entries().map_err(Fault::io)? {
         let mut entry = entry.map_err(Fault::io)?;
@@ -162,6 +156,10 @@ pub(super) fn drain(channel: &mut ssh2::Channel) -> std::result::Result<String, 
     Ok(stderr)
 }
 
+/// What a stream's command ended with: its stderr (with the shell's exit mark) once the
+/// archive was read.
+type Streamed = std::result::Result<(usize, String), Fault>;
+
 impl Remote {
     /// Streams `files` (paths relative to `root`, with their listed metadata) from the
     /// host through `tar` (the command that runs GNU tar there), calling `each` with the
@@ -177,32 +175,21 @@ impl Remote {
     ) -> std::result::Result<usize, StreamFailure> {
         let mut local: Option<Error> = None;
         let mut unusable = false;
-        let outcome = self.with_session(|session| {
-            let mut channel = session.channel_session()?;
-            if let Err(e) = channel.exec(&command(tar, root)) {
-                unusable = true;
-                return Err(Fault::Connection(format!(
-                    "the host refused to run a command ({})",
-                    e.message()
-                )));
-            }
-            send_names(&mut channel, files)?;
-            let delivered = read_members(&mut channel, files, each, &mut local)?;
-            let stderr = drain(&mut channel)?;
-            match exit_status(&stderr) {
-                Some(0) => Ok(delivered),
-                Some(status) => {
-                    unusable = delivered == 0 && tar_unusable(status, &stderr);
-                    Err(Fault::Connection(format!(
-                        "`{tar}` on the host exited with status {status}: {}",
-                        tar_said(&stderr)
-                    )))
-                }
-                None => Err(Fault::Connection(format!(
-                    "the stream ended before tar's exit status came back (killed?): {}",
+        let command = command(tar, root);
+        let streamed = self.tar_channel(&command, files, each, &mut local, &mut unusable);
+        let outcome = streamed.and_then(|(delivered, stderr)| match exit_status(&stderr) {
+            Some(0) => Ok(delivered),
+            Some(status) => {
+                unusable = delivered == 0 && tar_unusable(status, &stderr);
+                Err(Fault::Connection(format!(
+                    "`{tar}` on the host exited with status {status}: {}",
                     tar_said(&stderr)
-                ))),
+                )))
             }
+            None => Err(Fault::Connection(format!(
+                "the stream ended before tar's exit status came back (killed?): {}",
+                tar_said(&stderr)
+            ))),
         });
         outcome.map_err(|fault| StreamFailure {
             reason: match fault {
@@ -211,6 +198,34 @@ impl Remote {
             },
             unusable,
             local,
+        })
+    }
+
+    /// The stream over an exec channel of a pooled connection.
+    fn tar_channel(
+        &self,
+        command: &str,
+        files: &[(&Path, &Meta)],
+        each: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
+        local: &mut Option<Error>,
+        unusable: &mut bool,
+    ) -> Streamed {
+        self.with_session(|session| {
+            let mut channel = session.channel_session()?;
+            if let Err(e) = channel.exec(command) {
+                *unusable = true;
+                return Err(Fault::Connection(format!(
+                    "the host refused to run a command ({})",
+                    e.message()
+                )));
+            }
+            // The list of a batch is small (see `copy/stream.rs`) and fits the channel's
+            // window: writing it never waits for the archive to be read.
+            channel.write_all(&name_list(files)).map_err(Fault::io)?;
+            channel.send_eof()?;
+            let delivered = read_members(&mut channel, files, each, local)?;
+            let stderr = drain(&mut channel)?;
+            Ok((delivered, stderr))
         })
     }
 }

@@ -157,13 +157,16 @@ pub trait BatchRead: Sync {
     /// The largest file worth streaming: bigger ones are read one by one (and resume
     /// where a dropped connection left them).
     fn max_file_size(&self) -> u64;
+    /// How many streams run at once: batches are sized so that each gets several.
+    fn streams(&self) -> usize;
     /// Streams `files` (relative paths with their listed metadata) and calls `each`, in
     /// order, with the index in `files` and the bytes of each file delivered: only files
     /// whose name, kind, size and mtime match the listing, each exactly its listed size.
     /// A file not delivered is read by the caller through [`Storage::read_listed`].
     /// `Ok` only when the whole batch can be trusted; after an `Err`, nothing `each` was
-    /// given may be used (a file may have changed while it was read) and the caller reads
-    /// every file of the batch one by one. An error of `each` stops the stream and comes
+    /// given may be used (a file may have changed while it was read) unless its digest is
+    /// the one the source manifest lists, and the caller reads the other files of the
+    /// batch one by one. An error of `each` stops the stream and comes
     /// back as the `Err`.
     fn read_batch(
         &self,

@@ -326,6 +326,10 @@ impl BatchRead for SftpStore {
         STREAM_MAX_FILE
     }
 
+    fn streams(&self) -> usize {
+        self.remote.options().sessions
+    }
+
     fn read_batch(
         &self,
         files: &[(&Path, &Meta)],
