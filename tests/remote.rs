@@ -808,8 +808,8 @@ fn a_connection_killed_mid_stream_falls_back_and_leaves_nothing_unverified() {
     let dest = env.path("dest");
     // The stream's files were read again (over SFTP, or another stream) and verified;
     // a run that gave up must have left nothing unverified under a final name. It gives
-    // up with 1 (files failed), or 4 (NAS unreachable) when the kill also cut a
-    // connection that was being opened, which libssh2 reports as a refused key.
+    // up with 1, or with 4 (the files not attempted) when the kill also cut a connection
+    // that was being opened, which libssh2 reports as a refused key.
     if run.code != Some(0) {
         assert!(matches!(run.code, Some(1 | 4)), "{run}");
         assert!(temporaries(&dest).is_empty(), "{:?}", temporaries(&dest));
