@@ -15,7 +15,8 @@
 #                        up-to-date DEST3, dataset (b)
 #   5. peak memory       max RSS (`/usr/bin/time -f %M`) of `hpcstage stage` on dataset (b)
 #   6. deadline scan     `hpcstage report --all --scan DIR` vs `find DIR -printf ...`, dataset (c)
-#   7. stage over SSH    `hpcstage stage ALIAS:SRC DEST --project bench` (SFTP, default
+#   7. stage over SSH    `hpcstage stage ALIAS:SRC DEST --project bench` (small files
+#                        through tar streams, bigger ones over SFTP; default
 #                        `--ssh-sessions`) vs `rsync -a -e ssh ALIAS:SRC/ DEST2/` and vs
 #                        `scp -r ALIAS:SRC DEST3`, dataset (b), fresh destinations; ALIAS is
 #                        a private sshd the script starts on 127.0.0.1 (stopped on exit), so

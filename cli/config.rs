@@ -99,6 +99,8 @@ pub(crate) struct SshConfig {
     pub(crate) retries: u32,
     /// Check uploads with `sha256sum -c` on the NAS host (as `--remote-verify`).
     pub(crate) remote_verify: bool,
+    /// The command that runs GNU tar on the NAS host, to stream small files; "" for none.
+    pub(crate) tar: String,
 }
 
 impl Default for SshConfig {
@@ -108,6 +110,7 @@ impl Default for SshConfig {
             timeout: "60s".into(),
             retries: 5,
             remote_verify: false,
+            tar: "tar".into(),
         }
     }
 }
@@ -417,6 +420,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
         ("ssh.timeout", config.ssh.timeout.clone()),
         ("ssh.retries", config.ssh.retries.to_string()),
         ("ssh.remote_verify", config.ssh.remote_verify.to_string()),
+        ("ssh.tar", config.ssh.tar.clone()),
         ("s3.path_style", config.s3.path_style.to_string()),
         ("s3.lock_mode", config.s3.lock_mode.clone()),
         ("s3.retain", config.s3.retain.clone()),
@@ -512,6 +516,7 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<Settings> {
                 SECONDS,
             )?,
             retries: config.ssh.retries,
+            tar: Some(config.ssh.tar.trim().to_string()).filter(|t| !t.is_empty()),
             ..SshOptions::default()
         },
         remote_verify: config.ssh.remote_verify,

@@ -307,6 +307,9 @@ pub(crate) fn render_commented(d: &Detected, site: bool) -> String {
     line(&format!("# retries = {}", ssh.retries));
     line("# Also run sha256sum -c on the NAS host after an upload (it needs sha256sum there).");
     line(&format!("# remote_verify = {}", ssh.remote_verify));
+    line("# Small files come through one GNU tar pipe per batch (1.29 or later on the NAS host);");
+    line("# the command that runs it there, or \"\" to read every file over SFTP.");
+    line(&format!("# tar = {}", quoted(&ssh.tar)));
     line("");
     line("[s3]");
     line("# For S3 sources and nas_root = \"s3://bucket/prefix\". Credentials are not set here: they");

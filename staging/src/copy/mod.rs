@@ -13,51 +13,53 @@
 //! the cache, and the batch is read back in parallel. This module never prints.
 //!
 //! The parts, by role: `plan` (what each file needs), `pipeline` (copy, flush, verify,
-//! overlapping), `read` (one source file into its temporary), `finish` (read back, rename,
+//! overlapping), `read` (one source file into its temporary), `stream` (batches of small
+//! files from a source that streams many at once), `finish` (read back, rename,
 //! journal), `links` (hard and symbolic links), `dest` (the destination folder: space,
-//! one writer, sweeping). The source never decides by its kind: a local folder's backend
+//! one writer, sweeping), `spill` (the plan on disk), `ending` (the last pass over the
+//! plan: hard links, manifest, journal), `report` (what a run tells). The source never decides by its kind: a local folder's backend
 //! says where it is ([`Storage::local_root`]) and gets the fast path (O_DIRECT, holes,
 //! hard links by inode); any other storage is read through the trait.
 
 mod dest;
+mod ending;
 mod finish;
 mod links;
 mod pipeline;
 mod plan;
 mod read;
+mod report;
 mod spill;
+mod stream;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use sha2::{Digest as _, Sha256};
+use std::time::Instant;
 
 use self::dest::{check_space, ensure_dir, ensure_writable_dir, RunGuard};
+use self::ending::{finish_tree, put_manifest, Ending};
 use self::finish::{perm, set_mtime};
-use self::links::{place_hard_link, place_symlinks, primary_missing, same_inode, symlink_differs};
+use self::links::{place_symlinks, same_inode, symlink_differs};
 use self::pipeline::{run_pipeline, Ctx};
 use self::plan::{source_check, Job, Plan, Planning, SourceWalk, Walked};
+use self::report::classify;
 use self::spill::{PlanFile, Planned};
-use crate::error::{Error, IoContext, Result, StorageErrorKind};
-use crate::hash::Digest;
+use crate::error::{Error, IoContext, Result};
 use crate::interrupt;
-use crate::journal::{Journal, Rewrite};
-use crate::manifest::{write_line, Manifest, ManifestEntry};
+use crate::journal::Journal;
 use crate::policy::OldestTimes;
 use crate::progress::Progress;
-use crate::sorted::{Cursor, JournalInOrder};
+use crate::sorted::JournalInOrder;
 use crate::storage::{Capabilities, LocalDir, Storage};
 use crate::walk::{self, Entry, Filter, Kind, MANIFEST_NAME, STATE_DIR};
 
 pub use self::dest::sweep_temporaries;
+pub use self::report::{Change, CopyReport, Failure, FailureKind, CHANGES_KEPT};
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
     /// Files copied in parallel (at least 1).
@@ -94,149 +96,6 @@ impl Default for CopyOptions {
             batch_files: 1024,
             use_source_manifest: true,
             keep_manifest: true,
-        }
-    }
-}
-
-/// What a run does (or, with `dry_run`, would do) to one path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Change {
-    /// Not at the destination yet.
-    New,
-    /// The source changed since it was copied.
-    Changed,
-    /// At the destination but not known verified (an earlier run was interrupted).
-    Unverified,
-    /// The destination no longer matches what was verified.
-    Repair,
-    /// A hard link to another copied file.
-    HardLink,
-    Symlink,
-    Dir,
-}
-
-impl Change {
-    /// One-letter code for itemized output.
-    pub fn code(self) -> &'static str {
-        match self {
-            Change::New => "+",
-            Change::Changed => ">",
-            Change::Unverified => "?",
-            Change::Repair => "!",
-            Change::HardLink => "h",
-            Change::Symlink => "L",
-            Change::Dir => "d",
-        }
-    }
-}
-
-/// Why a file was not copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureKind {
-    /// The source does not match its own manifest: corruption at the source.
-    SourceCorrupt,
-    /// The source changed while it was read.
-    SourceChanged,
-    /// The bytes read back from the destination differ from the source.
-    VerifyFailed,
-    /// The destination ran out of space.
-    DiskFull,
-    /// The remote NAS stopped answering (reconnecting did not help) or refused us.
-    Unreachable,
-    /// Any other I/O failure.
-    Io,
-    /// Not tried because the run stopped early (disk full).
-    NotAttempted,
-}
-
-impl FailureKind {
-    /// Failures after which the other files are not tried: they would fail the same way
-    /// (a full disk), or each wait through its own reconnects (a NAS host gone).
-    pub fn is_fatal(self) -> bool {
-        matches!(self, FailureKind::DiskFull | FailureKind::Unreachable)
-    }
-}
-
-/// One file that was not copied, and why.
-#[derive(Debug)]
-pub struct Failure {
-    pub path: PathBuf,
-    pub kind: FailureKind,
-    pub error: Error,
-}
-
-/// The outcome of a copy.
-#[derive(Debug, Default)]
-pub struct CopyReport {
-    pub files_total: u64,
-    pub bytes_total: u64,
-    /// Bytes of the files that needed copying (what a dry run would copy).
-    pub bytes_to_copy: u64,
-    pub copied: u64,
-    pub bytes_copied: u64,
-    pub skipped: u64,
-    pub hard_links: u64,
-    pub symlinks: u64,
-    pub dirs: u64,
-    /// Destination files repaired because they no longer matched (with `verify_existing`).
-    pub repaired: Vec<PathBuf>,
-    pub failed: Vec<Failure>,
-    /// What changed (or would change), in path order: the first [`CHANGES_KEPT`] of the
-    /// run's changes.
-    pub changes: Vec<(PathBuf, Change)>,
-    /// How many changes there were in all, and how many of them were folders made.
-    pub changes_total: u64,
-    pub dirs_changed: u64,
-    /// Things worth telling that are not failures (links pointing out, special files).
-    pub warnings: Vec<String>,
-    /// The destination's manifest (all files of this source now verified there); empty
-    /// unless [`CopyOptions::keep_manifest`].
-    pub manifest: Manifest,
-    /// The digest of the destination's manifest, when the copy engine wrote it (see
-    /// [`CopyReport::manifest_digest`]).
-    pub manifest_digest: Option<Digest>,
-    /// Digest of the source's `MANIFEST.sha256` when it was used to check the source.
-    pub source_manifest_digest: Option<Digest>,
-    /// Source files not listed in the source manifest (copied, but unchecked at the
-    /// source): the first [`CHANGES_KEPT`], and how many in all.
-    pub unlisted_in_source: Vec<PathBuf>,
-    pub unlisted_total: u64,
-    pub oldest: OldestTimes,
-    pub elapsed: Duration,
-}
-
-/// How many changes (and unlisted files) a report names one by one; the rest are counted.
-pub const CHANGES_KEPT: usize = 10_000;
-
-impl CopyReport {
-    /// True when nothing failed.
-    pub fn ok(&self) -> bool {
-        self.failed.is_empty()
-    }
-
-    /// [`Manifest::digest`] of the destination's manifest.
-    pub fn manifest_digest(&self) -> Digest {
-        self.manifest_digest
-            .unwrap_or_else(|| self.manifest.digest())
-    }
-
-    /// Counts a change, and names it while fewer than [`CHANGES_KEPT`] are.
-    pub fn note_change(&mut self, rel: &Path, change: Change) {
-        self.changes_total += 1;
-        self.dirs_changed += u64::from(change == Change::Dir);
-        if self.changes.len() < CHANGES_KEPT {
-            self.changes.push((rel.to_path_buf(), change));
-        }
-    }
-
-    /// Counts a file the source manifest does not list, and names it while fewer than
-    /// [`CHANGES_KEPT`] are.
-    pub fn note_unlisted(&mut self, rel: &Path) {
-        self.unlisted_total += 1;
-        if self.unlisted_in_source.len() < CHANGES_KEPT {
-            self.unlisted_in_source.push(rel.to_path_buf());
         }
     }
 }
@@ -538,20 +397,28 @@ pub fn copy_from(
         }
     });
     let watch = interrupt::watch();
-    let journal_errors = run_pipeline(&ctx, jobs, &pool, &verify_pool, &journal, &|r| {
-        let mut t = tally.lock().expect("tally lock");
-        match r {
-            Ok((job, _, dest_meta)) => {
-                t.oldest.add(&dest_meta);
-                t.copied += 1;
-                t.bytes_copied += job.meta.size;
-                if job.change == Change::Repair {
-                    t.repaired.push(job.rel);
+    let journal_errors = run_pipeline(
+        &ctx,
+        jobs,
+        jobs_planned,
+        &pool,
+        &verify_pool,
+        &journal,
+        &|r| {
+            let mut t = tally.lock().expect("tally lock");
+            match r {
+                Ok((job, _, dest_meta)) => {
+                    t.oldest.add(&dest_meta);
+                    t.copied += 1;
+                    t.bytes_copied += job.meta.size;
+                    if job.change == Change::Repair {
+                        t.repaired.push(job.rel);
+                    }
                 }
+                Err(f) => t.failed.push(f),
             }
-            Err(f) => t.failed.push(f),
-        }
-    });
+        },
+    );
     drop(watch);
     if let Some(e) = read_error.into_inner().expect("plan lock") {
         return Err(e);
@@ -688,217 +555,6 @@ struct Tally {
     oldest: OldestTimes,
 }
 
-/// The destination's manifest as the plan's last pass makes it, compared as it goes with
-/// the one there: nothing is written while they agree (a re-stage that changed nothing
-/// reads the old one once), and from where they first differ a new one is written under
-/// a temporary name next to it (the agreeing start copied from the old one).
-struct ManifestOut {
-    path: PathBuf,
-    old: Option<std::io::BufReader<File>>,
-    /// Bytes of the old manifest the new one agreed with so far.
-    matched: u64,
-    out: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
-    hasher: Sha256,
-    buf: Vec<u8>,
-}
-
-impl ManifestOut {
-    fn new(path: &Path) -> ManifestOut {
-        let old = File::open(path)
-            .ok()
-            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
-            .map(|f| std::io::BufReader::with_capacity(1 << 20, f));
-        ManifestOut {
-            path: path.to_path_buf(),
-            old,
-            matched: 0,
-            out: None,
-            hasher: Sha256::new(),
-            buf: Vec::with_capacity(256),
-        }
-    }
-
-    fn push(&mut self, line: &[u8]) -> Result<()> {
-        self.hasher.update(line);
-        if self.out.is_none() {
-            if let Some(old) = self.old.as_mut() {
-                self.buf.resize(line.len(), 0);
-                if std::io::Read::read_exact(old, &mut self.buf).is_ok() && self.buf == line {
-                    self.matched += line.len() as u64;
-                    return Ok(());
-                }
-            }
-            self.diverge()?;
-        }
-        let out = self.out.as_mut().expect("diverged above");
-        out.write_all(line).at(&self.path)
-    }
-
-    /// Starts the new manifest with the part of the old one that agreed.
-    fn diverge(&mut self) -> Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new()
-            .prefix(walk::TMP_PREFIX)
-            .tempfile_in(dir)
-            .at(dir)?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
-        if self.old.take().is_some() {
-            let old = File::open(&self.path).at(&self.path)?;
-            let copied = std::io::copy(&mut std::io::Read::take(old, self.matched), &mut out)
-                .at(&self.path)?;
-            if copied != self.matched {
-                return Err(Error::io(
-                    &self.path,
-                    std::io::Error::other("the manifest changed while it was compared"),
-                ));
-            }
-        }
-        self.out = Some(out);
-        Ok(())
-    }
-
-    /// The new manifest's digest, and its temporary file unless the old one is the same.
-    fn finish(mut self) -> Result<(Digest, Option<tempfile::NamedTempFile>)> {
-        let digest = Digest::from_hasher(self.hasher.clone());
-        if self.out.is_none() {
-            let ended = self
-                .old
-                .as_mut()
-                .is_some_and(|old| std::io::Read::read(old, &mut [0u8; 1]).is_ok_and(|n| n == 0));
-            if ended {
-                return Ok((digest, None));
-            }
-            self.diverge()?;
-        }
-        let out = self.out.take().expect("diverged above");
-        let tmp = out
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, e.into_error()))?;
-        Ok((digest, Some(tmp)))
-    }
-}
-
-/// Puts a new manifest in place (durable, readable by all).
-fn put_manifest(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
-    let file = tmp.as_file();
-    file.sync_data().at(path)?;
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .at(path)?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
-}
-
-/// What the last pass over the plan needs besides it.
-#[derive(Clone, Copy)]
-struct Ending<'a> {
-    /// The hard links (link, primary).
-    links: &'a [(PathBuf, PathBuf)],
-    journal_path: &'a Path,
-    /// Write the journal anew.
-    rewrite: bool,
-    /// The run appended to the journal.
-    copied: bool,
-    keep_manifest: bool,
-}
-
-/// Reads the plan once more, in path order, after the copy: the hard links are made, and
-/// every file now verified goes into the destination's manifest (written under a
-/// temporary name when it differs from the one there; its digest in `report`) and, when `rewrite`, into a new journal (not
-/// yet in place). The entries of the files copied by this run come from the journal
-/// (`copied`: it has some).
-fn finish_tree(
-    src: &dyn Storage,
-    dest: &Path,
-    plan: &mut PlanFile,
-    ending: &Ending<'_>,
-    report: &mut CopyReport,
-) -> Result<(Option<tempfile::NamedTempFile>, Option<Rewrite>)> {
-    let Ending {
-        links,
-        journal_path,
-        rewrite,
-        copied,
-        keep_manifest,
-    } = *ending;
-    let failed: HashSet<PathBuf> = report.failed.iter().map(|f| f.path.clone()).collect();
-    let with_links: HashSet<&Path> = links.iter().map(|(_, p)| p.as_path()).collect();
-    let mut primary_digest: HashMap<PathBuf, Digest> = HashMap::new();
-    let mut journal = if copied {
-        Some(Cursor::new(JournalInOrder::open(journal_path)?))
-    } else {
-        None
-    };
-    let mut new_journal = if rewrite {
-        Some(Rewrite::new(journal_path)?)
-    } else {
-        None
-    };
-    let manifest_path = dest.join(MANIFEST_NAME);
-    let mut out = ManifestOut::new(&manifest_path);
-    let mut line = Vec::with_capacity(256);
-    for planned in plan.read()? {
-        let (rel, digest, entry) = match planned? {
-            Planned::Skip { rel, entry } => (rel, entry.digest, Some(entry)),
-            Planned::Copy(job) => {
-                if failed.contains(&job.rel) {
-                    continue;
-                }
-                let found = match journal.as_mut() {
-                    Some(j) => j.find(&job.rel)?.map(|(_, e)| *e),
-                    None => None,
-                };
-                // Not journalled: its line could not be written (reported already).
-                let Some(entry) = found else { continue };
-                (job.rel, entry.digest, Some(entry))
-            }
-            Planned::Link { rel, primary } => {
-                if failed.contains(&rel) {
-                    continue;
-                }
-                let Some(digest) = primary_digest.get(&primary).copied() else {
-                    report.failed.push(primary_missing(src, &rel, &primary));
-                    continue;
-                };
-                match place_hard_link(dest, &rel, &primary) {
-                    Ok(changed) => {
-                        if changed {
-                            report.note_change(&rel, Change::HardLink);
-                        }
-                        report.hard_links += 1;
-                    }
-                    Err(e) => {
-                        report.failed.push(Failure {
-                            path: rel,
-                            kind: classify(&e),
-                            error: e,
-                        });
-                        continue;
-                    }
-                }
-                (rel, digest, None)
-            }
-        };
-        line.clear();
-        write_line(&mut line, &digest, rel.as_os_str().as_bytes());
-        out.push(&line)?;
-        if let (Some(j), Some(entry)) = (new_journal.as_mut(), entry.as_ref()) {
-            j.push(&rel, entry)?;
-        }
-        if with_links.contains(rel.as_path()) {
-            primary_digest.insert(rel.clone(), digest);
-        }
-        if keep_manifest {
-            report
-                .manifest
-                .entries
-                .push(ManifestEntry { path: rel, digest });
-        }
-    }
-    let (digest, tmp) = out.finish()?;
-    report.manifest_digest = Some(digest);
-    Ok((tmp, new_journal))
-}
-
 /// A pool of `jobs` threads (at least one).
 fn thread_pool(jobs: usize, dest: &Path) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
@@ -913,36 +569,6 @@ fn journal_failure(error: Error) -> Failure {
         path: Path::new(STATE_DIR).join("journal"),
         kind: classify(&error),
         error,
-    }
-}
-
-fn classify(e: &Error) -> FailureKind {
-    if matches!(e, Error::SourceCorrupt { .. }) {
-        FailureKind::SourceCorrupt
-    } else if e.is_disk_full()
-        || matches!(
-            e,
-            Error::Storage {
-                kind: StorageErrorKind::Quota,
-                ..
-            }
-        )
-    {
-        FailureKind::DiskFull
-    } else if matches!(
-        e,
-        Error::ConnectionLost { .. }
-            | Error::Storage {
-                kind: StorageErrorKind::Unreachable | StorageErrorKind::Auth,
-                ..
-            }
-            | Error::SshConnect { .. }
-            | Error::HostKey(_)
-            | Error::SshAuth { .. }
-    ) {
-        FailureKind::Unreachable
-    } else {
-        FailureKind::Io
     }
 }
 

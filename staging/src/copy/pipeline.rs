@@ -16,7 +16,8 @@ use tempfile::TempPath;
 
 use super::finish::finish_file;
 use super::plan::Job;
-use super::read::{read_local, read_store};
+use super::read::{read_local, read_store, FileCopy};
+use super::stream::{self, Unit};
 use super::{classify, CopyOptions, Failure, FailureKind};
 use crate::error::{Error, IoContext};
 use crate::hash::Digest;
@@ -61,12 +62,13 @@ pub(super) type BatchResult = std::result::Result<(Job, Digest, Meta), Failure>;
 /// temporary files; a flusher gathers them into batches (by bytes, count, or a short
 /// pause) and makes each batch durable with one `syncfs`; verify workers read each flushed
 /// batch back from storage and rename it into place while the next files are being copied.
-/// The jobs are taken from `jobs` as copiers get free, and each outcome goes to `done`
-/// (from any thread): nothing here grows with the number of files. Returns the errors of
+/// The jobs are taken from `jobs` (about `planned` of them) as copiers get free, and each
+/// outcome goes to `done` (from any thread): nothing here grows with the number of files. Returns the errors of
 /// writing the journal.
 pub(super) fn run_pipeline(
     ctx: &Ctx<'_>,
     jobs: impl Iterator<Item = Job> + Send,
+    planned: u64,
     copy_pool: &rayon::ThreadPool,
     verify_pool: &rayon::ThreadPool,
     journal: &Mutex<Journal>,
@@ -166,41 +168,111 @@ pub(super) fn run_pipeline(
             }
         });
 
-        // Copiers (this thread waits for them).
+        // Copiers (this thread waits for them): files one by one, and batches of small
+        // files where the source streams many at once.
+        let stream = ctx
+            .src
+            .batch_read()
+            .map(|r| (r.max_file_size(), r.streams()));
+        let units = stream::units(stream, jobs, planned);
         copy_pool.install(|| {
-            jobs.par_bridge().for_each_with(staged_tx, |tx, job| {
-                let fail = |kind, error| Failure {
-                    path: job.rel.clone(),
-                    kind,
-                    error,
-                };
-                let r = if ctx.abort.load(Ordering::Relaxed) {
-                    Err(fail(
-                        FailureKind::NotAttempted,
-                        Error::io(
-                            ctx.src.display(&job.rel),
-                            std::io::Error::other("not attempted: the run stopped after a fatal error (disk full, or the NAS host gone)"),
-                        ),
-                    ))
-                } else if interrupt::received().is_some() {
-                    Err(fail(
-                        FailureKind::NotAttempted,
-                        Error::io(ctx.src.display(&job.rel), interrupt::stopped()),
-                    ))
-                } else {
-                    copy_to_temporary(ctx, &job).map_err(|(kind, e)| {
-                        if kind.is_fatal() {
-                            ctx.abort.store(true, Ordering::Relaxed);
-                        }
-                        fail(kind, e)
-                    })
-                };
-                let r = r.map(|staged| (job, staged));
-                let _ = tx.send(r);
-            });
+            units
+                .par_bridge()
+                .for_each_with(staged_tx, |tx, unit| match unit {
+                    Unit::One(job) => {
+                        let _ = tx.send(copy_one(ctx, job));
+                    }
+                    Unit::Batch(batch) => stream::copy_batch(ctx, batch, &mut |r| {
+                        let _ = tx.send(r);
+                    }),
+                });
         });
     });
     journal_errors.into_inner().expect("errors lock")
+}
+
+/// One file read by itself, unless the run is stopping: its temporary, or why not.
+pub(super) fn copy_one(ctx: &Ctx<'_>, job: Job) -> std::result::Result<(Job, Staged), Failure> {
+    let fail = |job: Job, kind, error| Failure {
+        path: job.rel,
+        kind,
+        error,
+    };
+    if ctx.abort.load(Ordering::Relaxed) {
+        let error = Error::io(
+            ctx.src.display(&job.rel),
+            std::io::Error::other(
+                "not attempted: the run stopped after a fatal error (disk full, or the NAS host gone)",
+            ),
+        );
+        return Err(fail(job, FailureKind::NotAttempted, error));
+    }
+    if interrupt::received().is_some() {
+        let error = Error::io(ctx.src.display(&job.rel), interrupt::stopped());
+        return Err(fail(job, FailureKind::NotAttempted, error));
+    }
+    match copy_to_temporary(ctx, &job) {
+        Ok(staged) => Ok((job, staged)),
+        Err((kind, e)) => {
+            if kind.is_fatal() {
+                ctx.abort.store(true, Ordering::Relaxed);
+            }
+            Err(fail(job, kind, e))
+        }
+    }
+}
+
+/// A private temporary file in the folder `rel` goes to, and its path.
+pub(super) fn temporary(
+    ctx: &Ctx<'_>,
+    rel: &Path,
+) -> std::result::Result<(File, TempPath), (FailureKind, Error)> {
+    let dest_path = ctx.dest.join(rel);
+    let parent = dest_path.parent().unwrap_or(ctx.dest);
+    let tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(parent)
+        .at(parent)
+        .map_err(|e| (classify(&e), e))?;
+    Ok(tmp.into_parts())
+}
+
+/// Whether `rel` goes to a folder that is another filesystem (something mounted inside
+/// the destination): the batch's syncfs of the destination's own does not flush it, so
+/// its files are flushed one by one, or their read-back could be answered by dirty
+/// cached pages.
+pub(super) fn elsewhere(ctx: &Ctx<'_>, rel: &Path) -> bool {
+    rel.parent().is_some_and(|p| ctx.elsewhere.contains(p))
+}
+
+/// A copied file's checks before it waits for its read-back: the source did not change
+/// while it was read (`before` and `after`, and the bytes read), and its digest is the
+/// one the source manifest lists.
+pub(super) fn checked(
+    ctx: &Ctx<'_>,
+    job: &Job,
+    tmp: TempPath,
+    copy: FileCopy,
+    (before, after): (Meta, Meta),
+    synced: bool,
+) -> std::result::Result<Staged, (FailureKind, Error)> {
+    let src_path = ctx.src.display(&job.rel);
+    if !before.unchanged(&after) || copy.bytes != before.size {
+        return Err((
+            FailureKind::SourceChanged,
+            Error::SourceChanged { path: src_path },
+        ));
+    }
+    check_listed(&src_path, job.expected, copy.digest)
+        .map_err(|e| (FailureKind::SourceCorrupt, e))?;
+    Ok(Staged {
+        tmp,
+        digest: copy.digest,
+        meta: before,
+        synced,
+        readback: copy.readback,
+    })
 }
 
 /// Reads the source once (hashing), writes a temporary file next to the destination.
@@ -208,16 +280,8 @@ fn copy_to_temporary(
     ctx: &Ctx<'_>,
     job: &Job,
 ) -> std::result::Result<Staged, (FailureKind, Error)> {
-    let dest_path = ctx.dest.join(&job.rel);
-    let parent = dest_path.parent().unwrap_or(ctx.dest);
     let io = |e: Error| (classify(&e), e);
-    let tmp = tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .permissions(std::fs::Permissions::from_mode(0o600))
-        .tempfile_in(parent)
-        .at(parent)
-        .map_err(io)?;
-    let (mut out, tmp) = tmp.into_parts();
+    let (mut out, tmp) = temporary(ctx, &job.rel)?;
     let tmp_path = tmp.to_path_buf();
     let big = job.meta.size >= ctx.opts.batch_bytes;
     // A local folder is read on the engine's fast path (its backend says where it is);
@@ -226,11 +290,7 @@ fn copy_to_temporary(
         Some(root) => read_local(ctx, &root.join(&job.rel), &mut out, &tmp_path, big)?,
         None => read_store(ctx, job, &mut out, &tmp_path, big).map_err(io)?,
     };
-    // A folder of the destination that is another filesystem (something mounted inside
-    // it) is not flushed by the batch's syncfs of the destination's own: its files are
-    // flushed one by one, or their read-back could be answered by dirty cached pages.
-    let elsewhere = job.rel.parent().is_some_and(|p| ctx.elsewhere.contains(p));
-    let synced = big || elsewhere;
+    let synced = big || elsewhere(ctx, &job.rel);
     if synced {
         // For a big file: most of it is on its way to storage already (see
         // copy_streamed); one fdatasync per file this big costs little and lets its
@@ -239,21 +299,5 @@ fn copy_to_temporary(
         out.sync_data().at(&tmp_path).map_err(io)?;
     }
     drop(out);
-
-    let src_path = ctx.src.display(&job.rel);
-    let digest = copy.digest;
-    if !before.unchanged(&after) || copy.bytes != before.size {
-        return Err((
-            FailureKind::SourceChanged,
-            Error::SourceChanged { path: src_path },
-        ));
-    }
-    check_listed(&src_path, job.expected, digest).map_err(|e| (FailureKind::SourceCorrupt, e))?;
-    Ok(Staged {
-        tmp,
-        digest,
-        meta: before,
-        synced,
-        readback: copy.readback,
-    })
+    checked(ctx, job, tmp, copy, (before, after), synced)
 }

@@ -194,7 +194,7 @@ fn look_up(
 }
 
 /// A planned regular-file copy.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Job {
     pub(super) rel: PathBuf,
     pub(super) meta: Meta,

@@ -31,7 +31,7 @@ pub(super) struct FileCopy {
 
 impl FileCopy {
     /// A copy of `bytes` bytes hashed by `hasher`, still to be read back.
-    fn unread(hasher: Sha256, bytes: u64) -> FileCopy {
+    pub(super) fn unread(hasher: Sha256, bytes: u64) -> FileCopy {
         FileCopy {
             digest: Digest::from_hasher(hasher),
             bytes,

@@ -1,8 +1,11 @@
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
+use super::ending::ManifestOut;
 use super::links::symlink_warning;
 use super::*;
-use crate::manifest::write_line;
+use crate::hash::Digest;
+use crate::manifest::{write_line, Manifest};
 use crate::progress::NoProgress;
 
 fn tree(root: &Path) {

@@ -5,12 +5,15 @@
 //! authentication uses ssh-agent or key files, as OpenSSH would. [`Remote`] keeps a pool
 //! of connections: `storage::SftpStore` maps it onto the `Storage` trait, through which the
 //! copy engine reads a remote tree with the same guarantees as a local one, and pull and
-//! ingest write verified folders through it ([`Remote::begin_upload`]).
+//! ingest write verified folders through it ([`Remote::begin_upload`]). Many small files
+//! are read through one `tar` pipe per batch where the host has GNU tar (`stream.rs`).
 
 mod connect;
+mod find;
 mod pool;
 mod read;
 mod spec;
+mod stream;
 mod write;
 
 pub use connect::{Endpoint, SshOptions};

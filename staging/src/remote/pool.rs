@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 struct Conn {
     sftp: Sftp,
     // Kept after the SFTP channel so that the channel closes first.
-    _session: Session,
+    session: Session,
 }
 
 struct Slots {
@@ -100,10 +100,7 @@ impl Remote {
                 ..opts.clone()
             },
             slots: Mutex::new(Slots {
-                idle: vec![Conn {
-                    sftp,
-                    _session: session,
-                }],
+                idle: vec![Conn { sftp, session }],
                 open: 1,
             }),
             freed: Condvar::new(),
@@ -221,6 +218,28 @@ impl Remote {
         }
     }
 
+    /// Runs `op` once on the SSH session of a pooled connection (for a channel of its
+    /// own beside the SFTP one), without retrying. After a failure the connection is
+    /// closed rather than pooled again (a channel left half read may still be sending),
+    /// and counted as lost when it no longer answers; the error comes back as it is.
+    pub(crate) fn with_session<T>(
+        &self,
+        op: impl FnOnce(&Session) -> std::result::Result<T, Fault>,
+    ) -> std::result::Result<T, Fault> {
+        let conn = self.take().map_err(Fault::Local)?;
+        let outcome = op(&conn.session);
+        if outcome.is_ok() {
+            self.give_back(Some(conn));
+        } else {
+            if conn.sftp.lstat(Path::new("/")).is_err() {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(conn);
+            self.give_back(None);
+        }
+        outcome
+    }
+
     fn pause(&self, attempt: u32) {
         let base = self.opts.backoff.saturating_mul(1 << (attempt - 1).min(6));
         let jitter = base.mul_f64(fastrand::f64() * 0.5);
@@ -237,10 +256,7 @@ impl Remote {
                 slots.open += 1;
                 drop(slots);
                 return match self.endpoint.connect(&self.opts) {
-                    Ok((session, sftp)) => Ok(Conn {
-                        sftp,
-                        _session: session,
-                    }),
+                    Ok((session, sftp)) => Ok(Conn { sftp, session }),
                     Err(e) => {
                         self.give_back(None);
                         Err(e)

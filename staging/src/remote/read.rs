@@ -53,6 +53,13 @@ impl Remote {
 
     /// [`Remote::walk`] of another folder of the host.
     pub fn walk_at(&self, root: &Path, filter: &Filter) -> Result<Tree> {
+        self.check_root(root)?;
+        Ok(self.walk_dir(root, Path::new(""), filter))
+    }
+
+    /// `Ok` when `root` is a folder of the host (links followed); a missing one is
+    /// [`Error::SourceMissing`].
+    pub(crate) fn check_root(&self, root: &Path) -> Result<()> {
         let root = root.to_path_buf();
         let st = self.run(&root, |sftp| sftp.stat(&root).map_err(Fault::of));
         match st {
@@ -68,7 +75,7 @@ impl Remote {
             }
             Err(e) => return Err(e),
         }
-        Ok(self.walk_dir(&root, Path::new(""), filter))
+        Ok(())
     }
 
     fn walk_dir(&self, root: &Path, rel_dir: &Path, filter: &Filter) -> Tree {

@@ -151,6 +151,31 @@ pub trait Upload: Send {
     fn finish(self: Box<Self>) -> Result<Written>;
 }
 
+/// Many files of a storage read in one stream, a capability a backend may offer
+/// ([`Storage::batch_read`]): an SSH host running tar sends a batch of small files through
+/// one pipe, sparing the round trips each file costs over SFTP.
+pub trait BatchRead: Sync {
+    /// The largest file worth streaming: bigger ones are read one by one (and resume
+    /// where a dropped connection left them).
+    fn max_file_size(&self) -> u64;
+    /// How many streams run at once: batches are sized so that each gets several.
+    fn streams(&self) -> usize;
+    /// Streams `files` (relative paths with their listed metadata) and calls `each`, in
+    /// order, with the index in `files` and the bytes of each file delivered: only files
+    /// whose name, kind, size and mtime match the listing, each exactly its listed size.
+    /// A file not delivered is read by the caller through [`Storage::read_listed`].
+    /// `Ok` only when the whole batch can be trusted; after an `Err`, nothing `each` was
+    /// given may be used (a file may have changed while it was read) unless its digest is
+    /// the one the source manifest lists, and the caller reads the other files of the
+    /// batch one by one. An error of `each` stops the stream and comes
+    /// back as the `Err`.
+    fn read_batch(
+        &self,
+        files: &[(&Path, &Meta)],
+        each: &mut dyn FnMut(usize, &mut dyn std::io::Read) -> Result<()>,
+    ) -> Result<()>;
+}
+
 /// A place that holds a tree of files. Paths are relative to the place's root.
 pub trait Storage: std::fmt::Debug + Send + Sync {
     /// How `rel` is shown in messages (`/nas/x/a.tif`, `s3://bucket/prefix/a.tif`).
@@ -185,6 +210,12 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     /// then reads it on its local fast path (O_DIRECT past the page cache, holes, hard
     /// links by inode, the source's own timestamps) rather than through [`Storage::read`].
     fn local_root(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Many files in one stream ([`BatchRead`]), where this backend can (and, for this
+    /// run, still can) do that.
+    fn batch_read(&self) -> Option<&dyn BatchRead> {
         None
     }
 
