@@ -275,6 +275,11 @@ impl Endpoint {
             match session.userauth_pubkey_file(&self.user, None, key, None) {
                 Ok(()) if session.authenticated() => return Ok(()),
                 Ok(()) => {}
+                // The connection itself went (the host restarts, the network drops):
+                // not a verdict on the key, and connecting again may help.
+                Err(e) if connection_gone(&e) => {
+                    return Err(self.failed("the connection broke off during authentication", e));
+                }
                 // A key that cannot be read at all (encrypted, unknown format) says so.
                 Err(e)
                     if !matches!(
@@ -366,6 +371,58 @@ const HOST_KEY_ALGORITHMS: [&str; 7] = [
 /// LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED): the next key is tried.
 const KEY_REFUSED: i32 = -18;
 const KEY_UNVERIFIED: i32 = -19;
+
+/// libssh2's codes for a connection that is gone: LIBSSH2_ERROR_SOCKET_SEND,
+/// LIBSSH2_ERROR_TIMEOUT, LIBSSH2_ERROR_SOCKET_DISCONNECT, LIBSSH2_ERROR_SOCKET_TIMEOUT,
+/// LIBSSH2_ERROR_SOCKET_RECV.
+const SOCKET_GONE: [i32; 5] = [-7, -9, -13, -30, -43];
+
+/// The connection went while a key was being tried: a socket error, or libssh2's
+/// "Waiting for (publickey) USERAUTH response", which it reports under the codes of a
+/// refused key when no answer can come (userauth.c) while a server's refusal says
+/// "Username/PublicKey combination invalid".
+fn connection_gone(e: &ssh2::Error) -> bool {
+    match e.code() {
+        ssh2::ErrorCode::Session(c) if SOCKET_GONE.contains(&c) => true,
+        ssh2::ErrorCode::Session(KEY_REFUSED | KEY_UNVERIFIED) => {
+            e.message().starts_with("Waiting for")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::connection_gone;
+    use ssh2::{Error, ErrorCode};
+
+    #[test]
+    fn a_refused_key_is_told_from_a_connection_that_went_while_it_was_tried() {
+        let refused = Error::new(
+            ErrorCode::Session(-18),
+            "Username/PublicKey combination invalid",
+        );
+        assert!(!connection_gone(&refused));
+        for gone in [
+            Error::new(
+                ErrorCode::Session(-19),
+                "Waiting for publickey USERAUTH response",
+            ),
+            Error::new(ErrorCode::Session(-18), "Waiting for USERAUTH response"),
+            Error::new(
+                ErrorCode::Session(-43),
+                "Failure while draining incoming flow",
+            ),
+            Error::new(ErrorCode::Session(-13), "socket disconnect"),
+        ] {
+            assert!(connection_gone(&gone), "{gone}");
+        }
+        assert!(!connection_gone(&Error::new(
+            ErrorCode::Session(-16),
+            "Unable to open public key file"
+        )));
+    }
+}
 
 #[cfg(test)]
 mod cipher_tests {
