@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use hpcstage_slurm::client::{SlurmClient, SubmitRequest};
 use hpcstage_slurm::state::{JobId, JobState, NOT_FOUND};
 use hpcstage_staging::manifest::write_atomic;
+use hpcstage_staging::record::{read_json, write_json};
 use hpcstage_staging::shard::jobs_dir;
 use serde::{Deserialize, Serialize};
 
@@ -58,14 +59,14 @@ fn jobs_path(dest: &Path) -> PathBuf {
 /// second plan would overwrite the shard lists the running tasks copy from.
 pub fn under_way(client: &SlurmClient, dest: &Path) -> Result<Option<(ShardSubmission, JobState)>> {
     let path = jobs_path(dest);
-    let submitted: ShardSubmission = match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(s) => s,
-            // A torn record: its jobs cannot be asked about; the plan is redone.
-            Err(_) => return Ok(None),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(hpcstage_staging::Error::io(&path, e).into()),
+    if !path.exists() {
+        return Ok(None);
+    }
+    let submitted: ShardSubmission = match read_json(&path) {
+        Ok(s) => s,
+        // A torn record: its jobs cannot be asked about; the plan is redone.
+        Err(hpcstage_staging::Error::Parse { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     let state = client
         .query(&[submitted.last])?
@@ -132,8 +133,7 @@ pub fn submit(client: &SlurmClient, jobs: &ShardJobs<'_>) -> Result<ShardSubmiss
     req.args.push(format!("--dependency=afterany:{array}"));
     let last = client.submit(&req)?.id;
     let submitted = ShardSubmission { array, last, dir };
-    let json = serde_json::to_vec_pretty(&submitted).expect("job ids and a path serialize");
-    write_atomic(&jobs_path(jobs.dest), &json)?;
+    write_json(&jobs_path(jobs.dest), &submitted)?;
     Ok(submitted)
 }
 

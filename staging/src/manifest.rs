@@ -160,25 +160,48 @@ fn write_atomic_with(
     path: &Path,
     write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(walk::TMP_PREFIX)
-        .tempfile_in(dir)
-        .at(dir)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
-    write(&mut out)
-        .and_then(|()| out.flush())
-        .at(out.get_ref().path().to_path_buf())?;
-    let tmp = out
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    tmp.as_file().sync_data().at(tmp.path().to_path_buf())?;
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
-    tmp.as_file()
-        .set_permissions(mode)
-        .at(tmp.path().to_path_buf())?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    let mut file = AtomicFile::create(path)?;
+    write(&mut file.out).at(file.out.get_ref().path().to_path_buf())?;
+    file.commit()
+}
+
+/// A file written under a temporary name in its folder and renamed to its own on
+/// [`AtomicFile::commit`], so readers see the old or the new content, never a torn one;
+/// dropped uncommitted, the temporary is removed.
+pub(crate) struct AtomicFile {
+    path: PathBuf,
+    /// Where to write (buffered).
+    pub(crate) out: std::io::BufWriter<tempfile::NamedTempFile>,
+}
+
+impl AtomicFile {
+    pub(crate) fn create(path: &Path) -> Result<AtomicFile> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(walk::TMP_PREFIX)
+            .tempfile_in(dir)
+            .at(dir)?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::with_capacity(1 << 20, tmp),
+        })
+    }
+
+    /// Flushes, syncs and gives the file its name (mode 0644).
+    pub(crate) fn commit(self) -> Result<()> {
+        let AtomicFile { path, mut out } = self;
+        out.flush().at(out.get_ref().path().to_path_buf())?;
+        let tmp = out
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
+        tmp.as_file().sync_data().at(tmp.path().to_path_buf())?;
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+        tmp.as_file()
+            .set_permissions(mode)
+            .at(tmp.path().to_path_buf())?;
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        Ok(())
+    }
 }
 
 /// [`write_atomic`], then reads the file back from storage (not the page cache) and

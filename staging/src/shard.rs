@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::copy::{copy_from, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
 use crate::journal::Journal;
-use crate::manifest::{escape_into, unescape};
+use crate::manifest::{escape_into, unescape, AtomicFile};
 use crate::progress::Progress;
 use crate::record::{read_json, write_json};
 use crate::sorted::{Cursor, JournalInOrder};
@@ -269,16 +269,10 @@ impl Todo {
         }
         let mut cheapest: BinaryHeap<Reverse<(u64, u32)>> =
             (0u32..).zip(&cost).map(|(s, &c)| Reverse((c, s))).collect();
-        let mut out = Vec::with_capacity(shards.len());
-        for s in shards.iter() {
-            let path = list_path(s.index);
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let tmp = tempfile::Builder::new()
-                .prefix(crate::walk::TMP_PREFIX)
-                .tempfile_in(dir)
-                .at(dir)?;
-            out.push((path, std::io::BufWriter::new(tmp)));
-        }
+        let mut out = shards
+            .iter()
+            .map(|s| AtomicFile::create(&list_path(s.index)))
+            .collect::<Result<Vec<_>>>()?;
         let reader = std::io::BufReader::with_capacity(1 << 20, list.reopen().at(&spill)?);
         for (ordinal, line) in (0u64..).zip(reader.split(b'\n')) {
             let line = line.at(&spill)?;
@@ -305,20 +299,16 @@ impl Todo {
                     s
                 }
             };
-            let (path, w) = &mut out[shard as usize];
+            let w = &mut out[shard as usize].out;
             w.write_all(&line[tab + 1..])
                 .and_then(|()| w.write_all(b"\n"))
-                .at(&*path)?;
+                .at(w.get_ref().path().to_path_buf())?;
             let s = &mut shards[shard as usize];
             s.files += 1;
             s.bytes += size;
         }
-        for (path, w) in out {
-            let tmp = w
-                .into_inner()
-                .map_err(|e| Error::io(&path, e.into_error()))?;
-            tmp.as_file().sync_data().at(&path)?;
-            tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        for list in out {
+            list.commit()?;
         }
         Ok(())
     }
