@@ -571,6 +571,34 @@ fn copies_says_3_2_1_fails_for_one_copy_and_holds_after_an_archive_and_declared_
     bad.code(3)
         .out_has("failed: 1 FAILED")
         .out_has("3-2-1: FAILS (2 of the 3 copies needed)");
+
+    // An archive whose folder is gone from this machine (an unmounted tape) is unreachable,
+    // with the folder named; it is not read as an empty archive.
+    fs::rename(env.path("tape"), env.path("tape-elsewhere")).unwrap();
+    let gone = env.run_roots(["copies", "PRJ/ds", "--verify", "--json"]);
+    let archive = gone.json()[0]["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "archive")
+        .cloned()
+        .unwrap_or_else(|| panic!("no archive copy listed: {gone}"));
+    assert_eq!(archive["status"], "unreachable", "{gone}");
+    let detail = archive["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&env.path("tape").display().to_string())
+            && detail.contains("not a folder of this machine"),
+        "{detail}"
+    );
+
+    // An SSH host is no archive destination: refused before anything is written, with the
+    // host named and where to archive instead.
+    env.run_roots(["archive", "PRJ/raw/ds", "--to", "tapehost:/srv/tape"])
+        .code(1)
+        .err_has("tapehost:/srv/tape")
+        .err_has("a NAS reached over SSH")
+        .err_has("or to an s3:// prefix");
+    assert!(!env.path("tapehost:").exists());
 }
 
 #[test]

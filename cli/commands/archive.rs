@@ -8,7 +8,7 @@ use hpcstage_lifecycle::run::RunStore;
 use hpcstage_staging::archive::{self, read, ArchiveSettings, Destination};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::ledger::Ledger;
-use hpcstage_staging::storage::{self, Retention, S3Url};
+use hpcstage_staging::storage;
 use hpcstage_staging::walk::MANIFEST_NAME;
 
 use super::ExitStatus;
@@ -105,38 +105,20 @@ fn create(settings: &Settings, ledger: &Ledger, args: &ArchiveArgs) -> Result<Ex
     let to = args.to.as_deref().expect("clap requires it");
     let (source, project, name, kind) = resolve(settings, what)?;
     archive::check_source(&source)?;
-    let on_s3 = S3Url::is_s3(to.as_os_str().as_encoded_bytes());
-    let (dest, media) = if on_s3 {
-        if args.immutable {
-            bail!("--immutable is for a folder (chattr +i); on {} give --retain DURATION for Object Lock retention", to.display());
-        }
-        let url = S3Url::parse(&to.to_string_lossy())?;
-        let retention = args.retain.map(|keep| Retention {
-            mode: settings.s3.retention.mode,
-            keep,
-        });
-        let dest = Destination::Bucket {
-            url,
-            s3: settings.s3.clone(),
-            retention,
-        };
-        (dest, "object")
-    } else {
-        if args.retain.is_some() {
-            bail!("--retain is Object Lock retention, for an s3:// destination; the folder {} is made read-only (add --immutable for chattr +i)", to.display());
-        }
-        (Destination::Folder(absolute(to)?), "disk")
-    };
+    let dest = Destination::parse(to.as_os_str(), &settings.s3, args.retain, args.immutable)?;
     let s = ArchiveSettings {
         source,
         project,
         name,
         kind: kind.to_string(),
-        dest,
         chunk_size: args.chunk_size,
         immutable: args.immutable,
-        media: args.media.clone().unwrap_or_else(|| media.to_string()),
-        offsite: args.offsite || (on_s3 && settings.s3_offsite),
+        media: args
+            .media
+            .clone()
+            .unwrap_or_else(|| dest.media().to_string()),
+        offsite: args.offsite || (dest.is_object_store() && settings.s3_offsite),
+        dest,
     };
     let bar = output::Bar::new("archiving", args.json);
     let outcome = archive::create(&s, ledger, &bar);

@@ -20,7 +20,6 @@ use crate::ledger::{file_safe, Ledger};
 use crate::manifest::Manifest;
 use crate::progress::NoProgress;
 use crate::record::{read_json, write_json};
-use crate::storage::S3Url;
 use crate::walk::MANIFEST_NAME;
 
 /// A copy declared in the config (`[[copies]]`).
@@ -231,12 +230,7 @@ pub fn of_dataset(
         } else if verify {
             // An archive on S3 is read once, chunk by chunk, every member hashed on the
             // way (docs/ARCHITECTURE.md#the-3-2-1-check says why not by its metadata).
-            let reachable =
-                if S3Url::is_s3(r.location.as_bytes()) || Path::new(&r.location).is_dir() {
-                    archive::open_location(&r.location, ledger).map_err(|e| e.to_string())
-                } else {
-                    Err("its folder is not reachable from here".to_string())
-                };
+            let reachable = archive::open_location(&r.location, ledger).map_err(|e| e.to_string());
             if let Err(why) = &reachable {
                 copy.status = "unreachable".into();
                 copy.detail = why.clone();

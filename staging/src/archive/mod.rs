@@ -18,6 +18,7 @@ pub mod read;
 pub mod store;
 pub mod write;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -28,6 +29,7 @@ use crate::hash::Digest;
 use crate::ledger::{file_safe, Ledger};
 use crate::progress::Progress;
 use crate::record::{read_json, write_json};
+use crate::remote::{Location, LocationKind};
 use crate::storage::{Retention, S3Options, S3Url};
 use crate::worm::Protection;
 use bucket::BucketStore;
@@ -75,6 +77,67 @@ pub enum Destination {
         /// Object Lock retention of every object (`None`: none).
         retention: Option<Retention>,
     },
+}
+
+impl Destination {
+    /// The destination `to` names (see [`Location::parse`]): a folder of this machine, made
+    /// absolute, or an S3 prefix reached with `s3`. `retain` (Object Lock retention, in
+    /// `s3`'s lock mode) is only for a bucket and `immutable` (`chattr +i`) only for a
+    /// folder. An SSH host is refused: an archive is written where it can be read back
+    /// at disk speed.
+    pub fn parse(
+        to: &OsStr,
+        s3: &S3Options,
+        retain: Option<std::time::Duration>,
+        immutable: bool,
+    ) -> Result<Destination> {
+        let refuse = |reason: String| Error::Invalid {
+            what: "archive destination",
+            value: to.to_string_lossy().into_owned(),
+            reason,
+        };
+        match Location::parse(to)? {
+            Location::S3(url) => {
+                if immutable {
+                    return Err(refuse("--immutable is for a folder (chattr +i); on an s3:// destination give --retain DURATION for Object Lock retention".into()));
+                }
+                Ok(Destination::Bucket {
+                    url,
+                    s3: s3.clone(),
+                    retention: retain.map(|keep| Retention {
+                        mode: s3.retention.mode,
+                        keep,
+                    }),
+                })
+            }
+            Location::Local(folder) => {
+                let folder = std::path::absolute(&folder).at(&folder)?;
+                if retain.is_some() {
+                    return Err(refuse(format!("--retain is Object Lock retention, for an s3:// destination; the folder {} is made read-only (add --immutable for chattr +i)", folder.display())));
+                }
+                Ok(Destination::Folder(folder))
+            }
+            Location::Remote(spec) => Err(refuse(format!(
+                "{} is {}; archive to a folder of this machine (mount the host, e.g. /mnt/{}) or to an s3:// prefix",
+                spec,
+                LocationKind::SshHost,
+                spec.host
+            ))),
+        }
+    }
+
+    /// What the archive is written to, for the record: `disk` or `object`.
+    pub fn media(&self) -> &'static str {
+        match self {
+            Destination::Folder(_) => "disk",
+            Destination::Bucket { .. } => "object",
+        }
+    }
+
+    /// Whether this is an object store (off this machine's disks).
+    pub fn is_object_store(&self) -> bool {
+        matches!(self, Destination::Bucket { .. })
+    }
 }
 
 /// The record of an archive, in the ledger and beside the dataset.
@@ -323,19 +386,28 @@ impl Ledger {
 }
 
 /// The archive at `location` (a folder, or `s3://bucket/prefix/ID` reached with the
-/// process's `[s3]` settings) for reading.
+/// process's `[s3]` settings) for reading. A folder that is not there is an error
+/// naming it: on another machine, or unmounted.
 pub fn open_location(location: &str, ledger: &Ledger) -> Result<Box<dyn ChunkStore>> {
-    if S3Url::is_s3(location.as_bytes()) {
-        let url = S3Url::parse(location)?;
-        Ok(Box::new(BucketStore::connect(
+    match Location::parse(OsStr::new(location))? {
+        Location::S3(url) => Ok(Box::new(BucketStore::connect(
             &url,
             &S3Options::process(),
             ledger,
             None,
             0,
-        )?))
-    } else {
-        Ok(Box::new(FolderStore::new(Path::new(location))))
+        )?)),
+        Location::Local(dir) if dir.is_dir() => Ok(Box::new(FolderStore::new(&dir))),
+        Location::Local(dir) => Err(Error::Invalid {
+            what: "archive folder",
+            value: dir.display().to_string(),
+            reason: "it is not a folder of this machine (archived on another host, or its disk is not mounted here)".into(),
+        }),
+        Location::Remote(spec) => Err(Error::Invalid {
+            what: "archive location",
+            value: location.to_string(),
+            reason: format!("{spec} is {}; archives are read from a folder of this machine or an s3:// prefix", LocationKind::SshHost),
+        }),
     }
 }
 
@@ -345,14 +417,13 @@ pub fn open(
     id_or_dir: &str,
     ledger: &Ledger,
 ) -> Result<(Box<dyn ChunkStore>, Option<ArchiveRecord>)> {
-    let as_dir = Path::new(id_or_dir);
-    let direct = if S3Url::is_s3(id_or_dir.as_bytes()) {
-        Some(open_location(id_or_dir.trim_end_matches('/'), ledger)?)
-    } else if as_dir.join(INDEX_NAME).is_file() {
-        let as_dir = std::path::absolute(as_dir).at(as_dir)?;
-        Some(open_location(&as_dir.display().to_string(), ledger)?)
-    } else {
-        None
+    let direct = match Location::parse(OsStr::new(id_or_dir))? {
+        Location::S3(_) => Some(open_location(id_or_dir.trim_end_matches('/'), ledger)?),
+        Location::Local(dir) if dir.join(INDEX_NAME).is_file() => {
+            let dir = std::path::absolute(&dir).at(&dir)?;
+            Some(open_location(&dir.display().to_string(), ledger)?)
+        }
+        _ => None,
     };
     if let Some(store) = direct {
         let index = read_index(&*store)?;
@@ -378,7 +449,7 @@ pub fn open(
             Err(Error::Invalid {
                 what: "archive",
                 value: id_or_dir.to_string(),
-                reason: if as_dir.is_dir() {
+                reason: if Path::new(id_or_dir).is_dir() {
                     format!("{id_or_dir} is a folder without {INDEX_NAME}: not an archive folder")
                 } else if known.is_empty() {
                     "neither an archive folder nor an archive id; the ledger has no archives yet (make one with `hpcstage archive PRJ/raw/NAME --to DIR`)".to_string()
