@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{bounded, slurm_test, Chain};
 use common::fs::{tiny_mask_function, tiny_tiff};
+use common::s3::S3World;
 use common::slurm::{World, CHAIN_TIMEOUT};
 use common::{assert_final_names_match_source, assert_manifest_verifies, noise, read_text};
 use serde_json::Value;
@@ -252,6 +253,74 @@ fn shards_run_on_different_transfer_nodes_and_the_merged_stage_is_the_source() {
     assert_eq!(planned, 0, "{again:#}");
     assert_eq!(wait_ended(&last, &dest, STAGE_TIMEOUT), "COMPLETED");
     assert_complete_stage(&raw, &dest, 90);
+}
+
+/// A sharded stage whose source is an S3 NAS: the tasks on the transfer nodes read the
+/// bucket with the submitter's credentials (passed in the job's environment, never in a
+/// script), and the merged stage is the dataset; a prefix without its MANIFEST.sha256 is
+/// refused before any job is submitted.
+#[test]
+fn a_sharded_stage_from_an_s3_nas_is_the_dataset_and_an_incomplete_prefix_submits_nothing() {
+    let _cluster = slurm_test!();
+    let Some(s3) = S3World::new("shards") else {
+        return;
+    };
+    let world = World::new();
+    world.configure(&format!(
+        "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n",
+        common::s3::endpoint()
+    ));
+    let raw = dataset(&world, "plate", 40, 5_000);
+    let bucket = common::s3::plain_bucket();
+    s3.upload(&raw, &bucket, "P/raw/plate");
+    let with_s3 = |args: &[&str]| {
+        let mut cmd = world.command();
+        cmd.envs(common::s3::credentials(
+            &common::s3::access_key(),
+            &common::s3::secret_key(),
+        ))
+        .args(args);
+        common::Run::of(cmd).in_world(&world.root)
+    };
+
+    let partial = world.scratch().join("P/partial");
+    s3.upload(&raw.join("well0"), &bucket, "P/raw/partial/well0");
+    with_s3(&[
+        "stage",
+        &s3.url(&bucket, "P/raw/partial"),
+        &partial.display().to_string(),
+        "--shards",
+        "2",
+    ])
+    .code(1)
+    .err_has("has no MANIFEST.sha256: it is an incomplete upload, not a dataset");
+    assert!(
+        !partial.join(".hpcstage/shard-jobs/jobs.json").exists(),
+        "jobs were submitted for an incomplete prefix"
+    );
+
+    let dest = world.scratch().join("P/plate");
+    let run = with_s3(&[
+        "stage",
+        &s3.url(&bucket, "P/raw/plate"),
+        &dest.display().to_string(),
+        "--shards",
+        "2",
+        "--json",
+    ]);
+    run.code(0);
+    let plan = run.json();
+    let last = plan["final_job"].as_str().expect("final_job").to_string();
+    for script in ["shards.sbatch", "merge.sbatch"] {
+        let text = read_text(dest.join(".hpcstage/shard-jobs").join(script));
+        assert!(
+            !text.contains(&common::s3::secret_key()),
+            "{script} holds the secret key"
+        );
+    }
+    assert_eq!(wait_ended(&last, &dest, STAGE_TIMEOUT), "COMPLETED");
+    assert_complete_stage(&raw, &dest, 40);
+    s3.assert_no_multipart_uploads(&bucket);
 }
 
 /// `scontrol hold` of a job until dropped (released even when the test fails).

@@ -40,19 +40,13 @@ pub(crate) fn stage_quietly(
     let source = parse_location(&args.source)?;
     // What the user typed first: a source that cannot be reached or is not there says so
     // before anything about the configuration (scratch root, NAS root) does. (An object
-    // store has no folders: a prefix is there when its manifest is, which the copy checks.)
+    // store has no folders: a prefix is there when its manifest is.)
     let ssh = ssh_options(settings, &args.copy.parallel);
     let store = match opened {
         Some(store) => store,
         None => storage::open(&source, &ssh, &settings.s3)?,
     };
-    let root = std::path::Path::new("");
-    if !store.capabilities().manifest_marks_complete && store.stat(root)?.is_none() {
-        return Err(hpcstage_staging::Error::SourceMissing {
-            path: store.display(root),
-        }
-        .into());
-    }
+    store.require_tree()?;
     // Project and dataset come from the path's layout under the NAS root, wherever the
     // NAS is reached from.
     let nas_root = settings.nas_layout_root()?;

@@ -153,6 +153,7 @@ pub fn plan(source: &dyn Storage, dest: &Path, filter: &Filter, shards: u32) -> 
             reason: "give at least 1, e.g. --shards 4".into(),
         });
     }
+    source.require_tree()?;
     let dir = jobs_dir(dest);
     std::fs::create_dir_all(&dir).at(&dir)?;
     let mut todo = Todo::new(&dir, PLACED_FIRST)?;

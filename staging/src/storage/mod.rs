@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::manifest::Manifest;
 use crate::walk::{Filter, Kind, Meta, Tree, MANIFEST_NAME};
@@ -263,6 +263,23 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
             return Ok(self.stat(Path::new(MANIFEST_NAME))?.is_some());
         }
         Ok(self.stat(Path::new(""))?.is_some())
+    }
+
+    /// An error unless a complete tree is at the root (see [`Storage::tree_exists`]): a
+    /// prefix without its manifest is an incomplete upload, a folder that is not there
+    /// is missing. What a stage checks before it plans anything.
+    fn require_tree(&self) -> Result<()> {
+        if self.tree_exists()? {
+            return Ok(());
+        }
+        let location = self.display(Path::new(""));
+        Err(if self.capabilities().manifest_marks_complete {
+            Error::Incomplete {
+                location: location.display().to_string(),
+            }
+        } else {
+            Error::SourceMissing { path: location }
+        })
     }
 
     /// The tree's `MANIFEST.sha256`; `None` when it has none.
