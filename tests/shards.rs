@@ -18,6 +18,7 @@ use common::cluster::{bounded, slurm_test, Chain};
 use common::fs::{tiny_mask_function, tiny_tiff};
 use common::s3::S3World;
 use common::slurm::{World, CHAIN_TIMEOUT};
+use common::sshd::Sshd;
 use common::{assert_final_names_match_source, assert_manifest_verifies, noise, read_text};
 use serde_json::Value;
 
@@ -321,6 +322,48 @@ fn a_sharded_stage_from_an_s3_nas_is_the_dataset_and_an_incomplete_prefix_submit
     assert_eq!(wait_ended(&last, &dest, STAGE_TIMEOUT), "COMPLETED");
     assert_complete_stage(&raw, &dest, 40);
     s3.assert_no_multipart_uploads(&bucket);
+}
+
+/// A sharded stage whose source is a NAS reached over SSH: each task connects from its
+/// transfer node with the submitter's key and known hosts, and the merged stage is the
+/// dataset.
+#[test]
+fn a_sharded_stage_from_a_nas_over_ssh_is_the_dataset() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let sshd = Sshd::start(&world);
+    let raw = dataset(&world, "plate", 40, 5_000);
+    let nas = sshd.remote_dir(&world, "ssh-nas/P/raw");
+    world
+        .sh(
+            &world.root,
+            &format!("cp -a '{}' '{}'", raw.display(), nas.display()),
+        )
+        .code(0);
+    sshd.give_to_login_user(&nas);
+    let dest = world.scratch().join("P/plate");
+    let run = world.run([
+        "stage",
+        &sshd.spec(&nas.join("plate")),
+        &dest.display().to_string(),
+        "--shards",
+        "2",
+        "--json",
+    ]);
+    run.code(0);
+    let last = run.json()["final_job"]
+        .as_str()
+        .expect("final_job")
+        .to_string();
+    assert_eq!(wait_ended(&last, &dest, STAGE_TIMEOUT), "COMPLETED");
+    assert_complete_stage(&raw, &dest, 40);
+    let log = logs(&dest);
+    for i in 0..2 {
+        assert!(
+            log.contains(&format!("shard {i}: verified on xfer")),
+            "{log}"
+        );
+    }
 }
 
 /// `scontrol hold` of a job until dropped (released even when the test fails).

@@ -123,6 +123,12 @@ pub(crate) struct World {
     path_prefix: Vec<PathBuf>,
 }
 
+impl super::World for World {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
 impl World {
     /// A world with the NAS and scratch roots and a purge policy in the user config.
     pub(crate) fn new() -> World {
