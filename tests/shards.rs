@@ -206,6 +206,29 @@ fn shards_run_on_different_transfer_nodes_and_the_merged_stage_is_the_source() {
         .err_has(&format!("final job {last} (PENDING)"))
         .err_has(&format!("scancel {last} {array}"));
     assert_eq!(shard_lists(&dest), lists);
+    // Meanwhile the stage is tracked, as incomplete, naming the job it waits for.
+    let status = world.run(["status", "--json"]);
+    status.code(0);
+    let items = status.json()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let tracked = items
+        .iter()
+        .find(|i| i["path"] == dest.display().to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "{} not tracked while its shards run:\n{status}",
+                dest.display()
+            )
+        });
+    assert_eq!(tracked["safety"], "INCOMPLETE", "{tracked}");
+    assert!(
+        tracked["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("final job {last}"))),
+        "{tracked}"
+    );
     drop(held);
 
     let files: Vec<u64> = plan["shards"]

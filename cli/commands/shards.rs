@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use hpcstage_lifecycle::shards::{submit, under_way, ShardJobs};
 use hpcstage_slurm::client::SlurmClient;
 use hpcstage_staging::human::{bytes, count, shell_quote as quote};
+use hpcstage_staging::ledger::Ledger;
 use hpcstage_staging::shard;
-use hpcstage_staging::stage::StageSettings;
+use hpcstage_staging::stage::{self, StageSettings};
 use hpcstage_staging::storage::Storage;
 
 use super::{copy_status, print_copy_report, ExitStatus};
@@ -151,6 +152,18 @@ fn submit_shards(
     };
     let submitted = submit(&client, &jobs)
         .with_context(|| format!("cannot submit the shard jobs of {}", dest.display()))?;
+    // A first stage is tracked from now on (`status`, `report`, `clean`), as incomplete
+    // until the final task's stage replaces the record.
+    let ledger = Ledger::open(&settings.state_dir)
+        .with_context(|| format!("cannot open the ledger in {}", settings.state_dir.display()))?;
+    stage::record_started(
+        stage,
+        Some(&ledger),
+        &format!(
+            "a sharded stage is under way: array job {}, final job {}; complete when job {} has ended COMPLETED",
+            submitted.array, submitted.last, submitted.last
+        ),
+    );
     if args.copy.json {
         output::json(&serde_json::json!({
             "destination": dest,

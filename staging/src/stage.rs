@@ -170,6 +170,39 @@ pub fn check_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes the record of a first stage into `settings.destination` before its copy
+/// starts, marked incomplete with `reason`, so that `status`, `report` and `clean` know
+/// the folder (its deadline, its size so far) while the copy runs or after it was
+/// killed; the stage that completes replaces it. Best effort: `None` when the record
+/// could not be written (a scratch too full for it gets the copy's own clear error), or
+/// when the destination already has one.
+pub fn record_started(
+    settings: &StageSettings,
+    ledger: Option<&Ledger>,
+    reason: &str,
+) -> Option<StageRecord> {
+    let record_path = settings.destination.join(STATE_DIR).join("stage.json");
+    if record_path.exists() {
+        return None;
+    }
+    let mut record = new_record(settings, &CopyReport::default(), Timestamp::now());
+    record.incomplete = Some(Incomplete {
+        at: record.staged_at,
+        reason: reason.to_string(),
+        failed: Vec::new(),
+        failed_count: 0,
+    });
+    let written = (settings.destination.is_dir() || !settings.destination.exists())
+        && write_json(&record_path, &record).is_ok();
+    if !written {
+        return None;
+    }
+    if let Some(ledger) = ledger {
+        let _ = ledger.put_stage(&record);
+    }
+    Some(record)
+}
+
 /// Stages `settings.source` to `settings.destination` and records it.
 ///
 /// The record (`DEST/.hpcstage/stage.json` and the ledger) is written before the copy
@@ -219,24 +252,11 @@ pub fn stage_from(
     let provisional = if copy.dry_run || previous.is_some() || missing_source {
         None
     } else {
-        let mut record = new_record(settings, &CopyReport::default(), Timestamp::now());
-        record.incomplete = Some(Incomplete {
-            at: record.staged_at,
-            reason: "staging started and has not finished (stopped, or still running)".into(),
-            failed: Vec::new(),
-            failed_count: 0,
-        });
-        // Best effort: a scratch too full for a record gets the copy's own clear error.
-        let written = (settings.destination.is_dir() || !settings.destination.exists())
-            && write_json(&record_path, &record).is_ok();
-        if written {
-            if let Some(ledger) = ledger {
-                let _ = ledger.put_stage(&record);
-            }
-            Some(record)
-        } else {
-            None
-        }
+        record_started(
+            settings,
+            ledger,
+            "staging started and has not finished (stopped, or still running)",
+        )
     };
     let copied = copy_from(source, &settings.destination, &copy, progress);
     let report = match copied {
