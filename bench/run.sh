@@ -933,6 +933,12 @@ fi
 finished_run() {
     local tag=$1 nas=$2 input=$3 out id state i
     shift 3
+    # The previous run of this tag has been measured: its folder goes (a full-scale
+    # measurement 10 would otherwise leave about 11 GB of runs on scratch).
+    if [[ -s $OUT_DIR/$tag-run-dir ]]; then
+        rm -rf "$(cat "$OUT_DIR/$tag-run-dir")"
+        rm -f "$OUT_DIR/$tag-run-dir"
+    fi
     out=$("$HPC" --scratch-root "$SCRATCH_ROOT" --nas-root "$nas" -q stage-and-run \
         "$input" convert --project bench --executor local --no-pull --json \
         -p threads=1 -p mem=1G "$@") || return 1
