@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ssh2::{Channel, Session, Sftp};
@@ -263,6 +263,40 @@ impl Remote {
         };
         self.settle(conn, outcome.is_ok());
         outcome
+    }
+
+    /// Opens, each on a thread of its own, the connections the pool may still open, and
+    /// on each the kept channel `open` starts for `command` (see
+    /// [`Remote::with_kept_channel`]), so that they are ready when the work that needs
+    /// them starts. A connection or a channel that cannot be made is left to be made
+    /// when it is needed, where its error is reported.
+    pub(crate) fn warm_up(
+        self: &Arc<Self>,
+        command: &str,
+        open: fn(&Session, &str) -> Option<Channel>,
+    ) {
+        loop {
+            {
+                let mut slots = self.slots.lock().expect("ssh pool lock");
+                if slots.open >= self.opts.sessions {
+                    return;
+                }
+                slots.open += 1;
+            }
+            let this = Arc::clone(self);
+            let command = command.to_string();
+            std::thread::spawn(move || match this.endpoint.connect(&this.opts) {
+                Ok((session, sftp)) => {
+                    let kept = open(&session, &command).map(|c| (c, command));
+                    this.give_back(Some(Conn {
+                        kept,
+                        sftp,
+                        session,
+                    }));
+                }
+                Err(_) => this.give_back(None),
+            });
+        }
     }
 
     /// Pools `conn` again after an operation that went well; closes it otherwise (and

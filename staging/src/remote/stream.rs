@@ -30,6 +30,7 @@
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::pool::{Fault, Remote};
 use crate::error::{Error, Result};
@@ -245,6 +246,27 @@ fn stderr_to_mark(mut stderr: impl Read) -> std::result::Result<String, Fault> {
     Ok(String::from_utf8_lossy(&said).into_owned())
 }
 
+/// A channel of `session` that runs `command` on the host; with the error, whether the
+/// host refused to run it.
+fn start(
+    session: &ssh2::Session,
+    command: &str,
+) -> std::result::Result<ssh2::Channel, (Fault, bool)> {
+    let mut channel = session
+        .channel_session()
+        .map_err(|e| (Fault::of(e), false))?;
+    if let Err(e) = channel.exec(command) {
+        return Err((
+            Fault::Connection(format!(
+                "the host refused to run a command ({})",
+                e.message()
+            )),
+            true,
+        ));
+    }
+    Ok(channel)
+}
+
 /// Reads the command's stderr up to the channel's close and returns it.
 pub(super) fn drain(channel: &mut ssh2::Channel) -> std::result::Result<String, Fault> {
     let mut stderr = String::new();
@@ -294,6 +316,14 @@ impl Remote {
         })
     }
 
+    /// Opens the connections a run streams over, and starts the tar loop on each, while
+    /// the caller plans (see [`Remote::warm_up`]).
+    pub(crate) fn prepare_tar_stream(this: &Arc<Remote>, tar: &str, root: &Path) {
+        this.warm_up(&command(tar, root), |session, command| {
+            start(session, command).ok()
+        });
+    }
+
     /// One batch through the tar loop kept on a pooled connection: the length of the
     /// name list and the list, then the batch's output and what tar said. A broken
     /// stream is an `Err` (and closes that connection); tar's status comes back as it is.
@@ -306,15 +336,10 @@ impl Remote {
         unusable: &mut bool,
     ) -> std::result::Result<(usize, i32, String), Fault> {
         let open = |session: &ssh2::Session| {
-            let mut channel = session.channel_session()?;
-            if let Err(e) = channel.exec(command) {
-                *unusable = true;
-                return Err(Fault::Connection(format!(
-                    "the host refused to run a command ({})",
-                    e.message()
-                )));
-            }
-            Ok(channel)
+            start(session, command).map_err(|(fault, refused)| {
+                *unusable = refused;
+                fault
+            })
         };
         self.with_kept_channel(command, open, |channel| {
             let list = name_list(files);
