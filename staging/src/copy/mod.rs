@@ -137,9 +137,11 @@ pub fn copy_from(
     // no look-up of each file there (20,000 of them on a first stage of 20,000 files).
     let fresh =
         std::fs::symlink_metadata(dest).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
-    if fresh && !opts.dry_run {
-        // Everything is to be copied: streams get ready (connections, the command on the
-        // host) while the source is listed and planned.
+    let state_dir = dest.join(STATE_DIR);
+    let journal_path = state_dir.join("journal");
+    if !opts.dry_run && (fresh || !journal_path.exists()) {
+        // Nothing verified there yet, so everything is to be copied: streams get ready
+        // (connections, the command on the host) while the source is listed and planned.
         if let Some(reader) = src.batch_read() {
             reader.prepare();
         }
@@ -158,14 +160,12 @@ pub fn copy_from(
     let mut report = CopyReport::default();
     report.source_manifest_digest = source_manifest.as_ref().map(|(d, _)| *d);
     let has_manifest = source_manifest.is_some();
-    let state_dir = dest.join(STATE_DIR);
     let guard = if opts.dry_run {
         None
     } else {
         ensure_dir(&state_dir)?;
         Some(RunGuard::acquire(&state_dir, dest)?)
     };
-    let journal_path = state_dir.join("journal");
     let journal_in = JournalInOrder::open(&journal_path)?;
     let journal_sorted = journal_in.was_sorted();
 
