@@ -157,8 +157,10 @@ pub fn copy_from(
     });
     let source = source?;
     let source_manifest = source_manifest.transpose()?.flatten();
-    let mut report = CopyReport::default();
-    report.source_manifest_digest = source_manifest.as_ref().map(|(d, _)| *d);
+    let mut report = CopyReport {
+        source_manifest_digest: source_manifest.as_ref().map(|(d, _)| *d),
+        ..CopyReport::default()
+    };
     let has_manifest = source_manifest.is_some();
     let guard = if opts.dry_run {
         None
