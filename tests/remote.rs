@@ -686,6 +686,103 @@ fn small_files_come_through_a_tar_stream_exact_whatever_their_names() {
 }
 
 #[test]
+fn each_connection_starts_one_command_for_all_its_batches() {
+    // A tar that notes the process that started it: the shell loop a connection keeps.
+    let (env, sshd) = remote_world();
+    let tools = sshd.remote_dir(&env, "tools");
+    let runs = env.path("tools/runs");
+    write(
+        tools.join("noting-tar"),
+        format!(
+            "#!/bin/sh\necho \"$PPID\" >> {}\nexec tar \"$@\"\n",
+            runs.display()
+        ),
+    );
+    chmod(tools.join("noting-tar"), 0o755);
+    sshd.give_to_login_user(&tools);
+    set_remote_tar(&env, &tools.join("noting-tar").display().to_string());
+    let src = remote_small_files(&env, &sshd, 600);
+
+    let run = stage_remote(&env, &sshd, &src, &["--ssh-sessions", "2", "--json"]);
+    run.code(0);
+    assert_eq!(run.json()["copied"], 618, "{run}");
+    let warnings = json_list(&run.json()["warnings"]);
+    assert!(!warnings.iter().any(|w| w.contains("tar")), "{warnings:?}");
+    let dest = env.path("dest");
+    assert_eq!(assert_final_names_match_source(&src, &dest), 618);
+    env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
+        .code(0);
+    // Several batches per connection (618 files, two streams, at least two batches
+    // each), all started by one shell per connection; the host ran one command per
+    // connection and the listing's `find`.
+    let noted = read_text(&runs);
+    let batches = noted.lines().count();
+    let shells: std::collections::BTreeSet<&str> = noted.lines().collect();
+    assert!(batches >= 4, "only {batches} tar run(s):\n{noted}");
+    assert!(
+        shells.len() <= 2,
+        "tar started by {} shells:\n{noted}",
+        shells.len()
+    );
+    assert!(
+        exec_sessions(&sshd) <= 3,
+        "{} commands for {batches} batches:\n{}",
+        exec_sessions(&sshd),
+        sshd.log()
+    );
+}
+
+#[test]
+fn streamed_files_are_flushed_one_by_one_and_the_run_once_not_in_syncfs_batches() {
+    // A `syncfs` also waits for everything else dirty on the filesystem: a stream's files
+    // each flush their own pages before their read-back, and the run ends with one.
+    let (env, sshd) = remote_world();
+    // Small files only (the tricky tree's sparse file of 16 MiB goes over SFTP and
+    // through a batch syncfs, as a file read alone does).
+    let nas = sshd.remote_dir(&env, "remote");
+    let src = nas.join("P/raw/tiles");
+    for i in 0..600 {
+        write(
+            src.join(format!("{:02}/t{i:05}.bin", i % 10)),
+            noise(i as u64, 1000 + 37 * i),
+        );
+    }
+    env.run([
+        OsStr::new("manifest"),
+        OsStr::new("create"),
+        src.as_os_str(),
+    ])
+    .code(0);
+    sshd.give_to_login_user(&nas);
+    let trace = env.path("syncfs.trace");
+    let staged = env.command();
+    let mut cmd = std::process::Command::new("strace");
+    cmd.env_clear()
+        .args(["-f", "-qq", "-e", "trace=syncfs", "-o"])
+        .arg(&trace)
+        .arg(staged.get_program())
+        .args(["stage", sshd.spec(&src).as_str(), "dest", "--project", "P"])
+        .args(["--ssh-sessions", "2", "--json"])
+        .current_dir(env.root.as_path())
+        .stdin(Stdio::null());
+    for (key, value) in staged.get_envs() {
+        if let Some(value) = value {
+            cmd.env(key, value);
+        }
+    }
+    let run = env.finish(cmd);
+    run.code(0);
+    assert_eq!(run.json()["copied"], 600, "{run}");
+    let dest = env.path("dest");
+    assert_eq!(assert_final_names_match_source(&src, &dest), 600);
+    env.sh(&dest, "sha256sum --quiet -c MANIFEST.sha256")
+        .code(0);
+    let traced = read_text(&trace);
+    let calls = traced.lines().filter(|l| l.contains("syncfs(")).count();
+    assert_eq!(calls, 1, "syncfs calls of the run:\n{traced}");
+}
+
+#[test]
 fn the_tree_is_listed_in_one_round_trip_as_sftp_lists_it_whatever_its_names() {
     let (env, sshd) = remote_world();
     let src = remote_small_files(&env, &sshd, 40);

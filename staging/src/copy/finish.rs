@@ -27,11 +27,19 @@ pub(super) fn finish_file(
     let (readback, n) = if let Some(done) = staged.readback {
         done
     } else if staged.meta.size >= STREAM_THRESHOLD {
+        if staged.own_flush {
+            write_back(&File::open(tmp_path).at(tmp_path).map_err(io)?)
+                .at(tmp_path)
+                .map_err(io)?;
+        }
         hash::hash_from_storage(tmp_path).map_err(io)?
     } else {
-        // Small files: the batch's syncfs made their pages clean, so dropping them sends
-        // the read to storage without O_DIRECT's alignment games.
+        // Small files: the batch's syncfs (or their own flush) made their pages clean, so
+        // dropping them sends the read to storage without O_DIRECT's alignment games.
         let file = File::open(tmp_path).at(tmp_path).map_err(io)?;
+        if staged.own_flush {
+            write_back(&file).at(tmp_path).map_err(io)?;
+        }
         hash::drop_cache(&file);
         hash::with_buffer(|buf| hash::hash_reader(&file, buf))
             .at(tmp_path)
@@ -78,6 +86,28 @@ pub(super) fn finish_file(
         .record(&job.rel, entry)
         .map_err(io)?;
     Ok((staged.digest, dest_meta))
+}
+
+/// Writes the dirty pages of `file` to storage and waits for them (`sync_file_range`),
+/// so that its cached pages are clean and can be dropped before the read-back: a flush
+/// of this file alone, not of the whole filesystem. Not a durability barrier (no
+/// metadata, no device cache flush; the run's final `syncfs` is). Where the filesystem
+/// has no `sync_file_range`, `fdatasync`.
+fn write_back(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => file.sync_data(),
+        _ => Err(e),
+    }
 }
 
 pub(super) fn perm(mode: u32) -> std::fs::Permissions {

@@ -133,28 +133,41 @@ pub fn copy_from(
             location: src.display(Path::new("")).display().to_string(),
         });
     }
-    let source = SourceWalk::open(src, &opts.filter)?;
-    let mut report = CopyReport::default();
-    let source_manifest = if opts.use_source_manifest || must_have_manifest {
-        plan::read_manifest(src)?
-    } else {
-        None
-    };
-    report.source_manifest_digest = source_manifest.as_ref().map(|(d, _)| *d);
-    let has_manifest = source_manifest.is_some();
-
     // A destination that does not exist yet holds nothing to compare with: planning needs
     // no look-up of each file there (20,000 of them on a first stage of 20,000 files).
     let fresh =
         std::fs::symlink_metadata(dest).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
     let state_dir = dest.join(STATE_DIR);
+    let journal_path = state_dir.join("journal");
+    if !opts.dry_run && (fresh || !journal_path.exists()) {
+        // Nothing verified there yet, so everything is to be copied: streams get ready
+        // (connections, the command on the host) while the source is listed and planned.
+        if let Some(reader) = src.batch_read() {
+            reader.prepare();
+        }
+    }
+    // The source manifest is read while the source is listed (over SSH: on another
+    // connection, beside the listing's round trip).
+    let read_manifest = opts.use_source_manifest || must_have_manifest;
+    let (source, source_manifest) = std::thread::scope(|scope| {
+        let manifest = read_manifest.then(|| scope.spawn(|| plan::read_manifest(src)));
+        let source = SourceWalk::open(src, &opts.filter);
+        let manifest = manifest.map(|m| m.join().expect("the manifest reader panicked"));
+        (source, manifest)
+    });
+    let source = source?;
+    let source_manifest = source_manifest.transpose()?.flatten();
+    let mut report = CopyReport {
+        source_manifest_digest: source_manifest.as_ref().map(|(d, _)| *d),
+        ..CopyReport::default()
+    };
+    let has_manifest = source_manifest.is_some();
     let guard = if opts.dry_run {
         None
     } else {
         ensure_dir(&state_dir)?;
         Some(RunGuard::acquire(&state_dir, dest)?)
     };
-    let journal_path = state_dir.join("journal");
     let journal_in = JournalInOrder::open(&journal_path)?;
     let journal_sorted = journal_in.was_sorted();
 
@@ -242,6 +255,13 @@ pub fn copy_from(
                     });
                     if let Planned::Copy(job) = planned {
                         jobs_planned += 1;
+                        if jobs_planned == 1 && !opts.dry_run {
+                            // Streams get ready (connections, the command on the
+                            // host) while the rest is planned.
+                            if let Some(reader) = src.batch_read() {
+                                reader.prepare();
+                            }
+                        }
                         if opts.dry_run {
                             dry_chunk.push(job);
                             if dry_chunk.len() >= DRY_CHUNK {

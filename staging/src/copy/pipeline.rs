@@ -36,6 +36,11 @@ pub(super) struct Staged {
     /// Already on storage (flushed by itself: a big file, or one on a filesystem mounted
     /// inside the destination), so no batch flush is needed.
     pub(super) synced: bool,
+    /// Written to storage by itself when it is read back (`finish::write_back`), not by
+    /// a batch `syncfs`: a file of a stream, whose flush then waits for its own pages
+    /// only, not for whatever else is dirty on the filesystem; the run ends with one
+    /// `syncfs` for all of them.
+    pub(super) own_flush: bool,
     /// Digest and length read back from storage during the copy, if it was.
     pub(super) readback: Option<(Digest, u64)>,
 }
@@ -77,6 +82,8 @@ pub(super) fn run_pipeline(
     use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 
     let journal_errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
+    let own_flushed = AtomicBool::new(false);
+    let own_flushed = &own_flushed;
     let push = done;
     let batch_bytes = ctx.opts.batch_bytes.max(1);
     let batch_files = ctx.opts.batch_files.max(1);
@@ -93,6 +100,14 @@ pub(super) fn run_pipeline(
             let mut bytes = 0u64;
             let flush = |batch: Vec<(Job, Staged)>| {
                 if batch.is_empty() {
+                    return;
+                }
+                // Files that flush themselves at their read-back need no syncfs.
+                if batch.iter().any(|(_, s)| s.own_flush) {
+                    own_flushed.store(true, Ordering::Relaxed);
+                }
+                if batch.iter().all(|(_, s)| s.own_flush) {
+                    let _ = flushed_tx.send(batch);
                     return;
                 }
                 match nix::unistd::syncfs(ctx.dest_handle.as_raw_fd()).at(ctx.dest) {
@@ -188,7 +203,16 @@ pub(super) fn run_pipeline(
                 });
         });
     });
-    journal_errors.into_inner().expect("errors lock")
+    let mut errors = journal_errors.into_inner().expect("errors lock");
+    // Files that flushed themselves were read back from storage, but their metadata
+    // and the device's cache are made durable here, once, before the run counts them.
+    if own_flushed.load(Ordering::Relaxed) {
+        if let Err(e) = nix::unistd::syncfs(ctx.dest_handle.as_raw_fd()).at(ctx.dest) {
+            ctx.abort.store(true, Ordering::Relaxed);
+            errors.push(e);
+        }
+    }
+    errors
 }
 
 /// One file read by itself, unless the run is stopping: its temporary, or why not.
@@ -271,6 +295,7 @@ pub(super) fn checked(
         digest: copy.digest,
         meta: before,
         synced,
+        own_flush: false,
         readback: copy.readback,
     })
 }

@@ -192,7 +192,7 @@ fn copy_streamed(
 
 /// Starts writeback of a byte range without waiting for it (advisory: errors surface at
 /// the fdatasync that follows).
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };

@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::pipeline::{checked, copy_one, elsewhere, temporary, Ctx, Staged};
 use super::plan::Job;
-use super::read::FileCopy;
+use super::read::{start_writeback, FileCopy};
 use super::{classify, Failure, FailureKind};
 use crate::error::{Error, IoContext};
 use crate::hash;
@@ -249,10 +249,17 @@ fn receive(
     let synced = elsewhere(ctx, &job.rel);
     if synced {
         out.sync_data().at(&tmp).map_err(local)?;
+    } else {
+        // Its writeback starts now; the read-back waits for it (`finish::write_back`).
+        start_writeback(&out, 0, total);
     }
     drop(out);
     let copy = FileCopy::unread(hasher, total);
     checked(ctx, job, tmp, copy, (job.meta, job.meta), synced)
+        .map(|staged| Staged {
+            own_flush: !synced,
+            ..staged
+        })
         .map_err(|(k, e)| Received::File(k, e))
 }
 

@@ -8,18 +8,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use ssh2::{Session, Sftp};
+use ssh2::{Channel, Session, Sftp};
 
 use super::connect::{Endpoint, SshOptions};
 use super::spec::RemoteSpec;
 use crate::error::{Error, Result};
 
 struct Conn {
+    /// A command that stays running on the host between calls (the tar loop of
+    /// `remote/stream.rs`), with the command line it runs.
+    kept: Option<(Channel, String)>,
     sftp: Sftp,
-    // Kept after the SFTP channel so that the channel closes first.
+    // Kept after the channels so that they close first.
     session: Session,
 }
 
@@ -100,7 +103,11 @@ impl Remote {
                 ..opts.clone()
             },
             slots: Mutex::new(Slots {
-                idle: vec![Conn { sftp, session }],
+                idle: vec![Conn {
+                    kept: None,
+                    sftp,
+                    session,
+                }],
                 open: 1,
             }),
             freed: Condvar::new(),
@@ -228,7 +235,74 @@ impl Remote {
     ) -> std::result::Result<T, Fault> {
         let conn = self.take().map_err(Fault::Local)?;
         let outcome = op(&conn.session);
-        if outcome.is_ok() {
+        self.settle(conn, outcome.is_ok());
+        outcome
+    }
+
+    /// Runs `op` once, as [`Remote::with_session`] does, on the channel of a pooled
+    /// connection that runs `command` on the host: opened by `open` the first time that
+    /// connection is asked for it, then kept with the connection for the next call, so
+    /// that the host starts the command (a login shell) once per connection rather than
+    /// once per call. A connection kept for another command closes that one first.
+    pub(crate) fn with_kept_channel<T>(
+        &self,
+        command: &str,
+        open: impl FnOnce(&Session) -> std::result::Result<Channel, Fault>,
+        op: impl FnOnce(&mut Channel) -> std::result::Result<T, Fault>,
+    ) -> std::result::Result<T, Fault> {
+        let mut conn = self.take().map_err(Fault::Local)?;
+        if conn.kept.as_ref().is_some_and(|(_, c)| c != command) {
+            conn.kept = None;
+        }
+        let outcome = match conn.kept {
+            Some((ref mut channel, _)) => op(channel),
+            None => open(&conn.session).and_then(|channel| {
+                let (channel, _) = conn.kept.insert((channel, command.to_string()));
+                op(channel)
+            }),
+        };
+        self.settle(conn, outcome.is_ok());
+        outcome
+    }
+
+    /// Opens, each on a thread of its own, the connections the pool may still open, and
+    /// on each the kept channel `open` starts for `command` (see
+    /// [`Remote::with_kept_channel`]), so that they are ready when the work that needs
+    /// them starts. A connection or a channel that cannot be made is left to be made
+    /// when it is needed, where its error is reported.
+    pub(crate) fn warm_up(
+        self: &Arc<Self>,
+        command: &str,
+        open: fn(&Session, &str) -> Option<Channel>,
+    ) {
+        loop {
+            {
+                let mut slots = self.slots.lock().expect("ssh pool lock");
+                if slots.open >= self.opts.sessions {
+                    return;
+                }
+                slots.open += 1;
+            }
+            let this = Arc::clone(self);
+            let command = command.to_string();
+            std::thread::spawn(move || match this.endpoint.connect(&this.opts) {
+                Ok((session, sftp)) => {
+                    let kept = open(&session, &command).map(|c| (c, command));
+                    this.give_back(Some(Conn {
+                        kept,
+                        sftp,
+                        session,
+                    }));
+                }
+                Err(_) => this.give_back(None),
+            });
+        }
+    }
+
+    /// Pools `conn` again after an operation that went well; closes it otherwise (and
+    /// counts it as lost when it no longer answers).
+    fn settle(&self, conn: Conn, ok: bool) {
+        if ok {
             self.give_back(Some(conn));
         } else {
             if conn.sftp.lstat(Path::new("/")).is_err() {
@@ -237,7 +311,6 @@ impl Remote {
             drop(conn);
             self.give_back(None);
         }
-        outcome
     }
 
     fn pause(&self, attempt: u32) {
@@ -256,7 +329,11 @@ impl Remote {
                 slots.open += 1;
                 drop(slots);
                 return match self.endpoint.connect(&self.opts) {
-                    Ok((session, sftp)) => Ok(Conn { sftp, session }),
+                    Ok((session, sftp)) => Ok(Conn {
+                        kept: None,
+                        sftp,
+                        session,
+                    }),
                     Err(e) => {
                         self.give_back(None);
                         Err(e)

@@ -160,6 +160,11 @@ pub trait BatchRead: Sync {
     fn max_file_size(&self) -> u64;
     /// How many streams run at once: batches are sized so that each gets several.
     fn streams(&self) -> usize;
+    /// Files are about to be streamed: a backend may get its streams ready meanwhile
+    /// (connect, start the command on the host), on threads of its own. Called when the
+    /// plan holds a first file to copy, and before the listing when the destination is
+    /// new; a second call changes nothing.
+    fn prepare(&self) {}
     /// Streams `files` (relative paths with their listed metadata) and calls `each`, in
     /// order, with the index in `files` and the bytes of each file delivered: only files
     /// whose name, kind, size and mtime match the listing, each exactly its listed size.

@@ -330,6 +330,12 @@ impl BatchRead for SftpStore {
         self.remote.options().sessions
     }
 
+    fn prepare(&self) {
+        if let Some(tar) = self.remote.options().tar.as_deref() {
+            Remote::prepare_tar_stream(&self.remote, tar, &self.root);
+        }
+    }
+
     fn read_batch(
         &self,
         files: &[(&Path, &Meta)],
