@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
+use crate::listed::ListedPaths;
 
 /// Name of a tree's manifest.
 pub const MANIFEST_NAME: &str = "MANIFEST.sha256";
@@ -129,6 +130,8 @@ pub struct Filter {
     exclude_exact: std::collections::HashSet<PathBuf>,
     /// When set, only these exact relative file paths are taken.
     include_exact: Option<std::collections::HashSet<PathBuf>>,
+    /// When set, only the relative file paths of this list on disk are taken.
+    include_listed: Option<std::sync::Arc<ListedPaths>>,
 }
 
 impl Filter {
@@ -143,6 +146,7 @@ impl Filter {
             exclude_path,
             exclude_exact: Default::default(),
             include_exact: None,
+            include_listed: None,
         })
     }
 
@@ -154,6 +158,23 @@ impl Filter {
         }
     }
 
+    /// Takes only the relative file paths of the list at `list` (one escaped path a line,
+    /// in path order: a shard's list), asked on disk rather than held
+    /// ([`ListedPaths`]). After a walk, [`Filter::check`] says whether the list could be
+    /// read throughout.
+    pub fn only_listed(list: &Path) -> Result<Self> {
+        Ok(Filter {
+            include_listed: Some(std::sync::Arc::new(ListedPaths::open(list)?)),
+            ..Filter::default()
+        })
+    }
+
+    /// The first failure to read the list of [`Filter::only_listed`] during a walk, if
+    /// any: that walk may have left listed files out.
+    pub fn check(&self) -> Result<()> {
+        self.include_listed.as_ref().map_or(Ok(()), |l| l.check())
+    }
+
     /// Also leaves out these exact relative paths (and, for folders, what they hold).
     pub fn excluding_paths(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
         self.exclude_exact.extend(paths);
@@ -162,7 +183,10 @@ impl Filter {
 
     /// True when there are include globs (then only matching files are taken).
     pub fn has_includes(&self) -> bool {
-        self.include_name.is_some() || self.include_path.is_some() || self.include_exact.is_some()
+        self.include_name.is_some()
+            || self.include_path.is_some()
+            || self.include_exact.is_some()
+            || self.include_listed.is_some()
     }
 
     fn matches(name: &Option<GlobSet>, path: &Option<GlobSet>, rel: &Path) -> bool {
@@ -194,9 +218,10 @@ impl Filter {
     /// True when a file at `rel` is taken.
     pub fn takes_file(&self, rel: &Path) -> bool {
         !self.excluded(rel)
-            && match &self.include_exact {
-                Some(paths) => paths.contains(rel),
-                None => {
+            && match (&self.include_exact, &self.include_listed) {
+                (Some(paths), _) => paths.contains(rel),
+                (None, Some(list)) => list.contains(rel),
+                (None, None) => {
                     !self.has_includes()
                         || Self::matches(&self.include_name, &self.include_path, rel)
                 }
