@@ -11,7 +11,7 @@ use crate::copy::{copy_tree, CopyReport};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Digest;
 use crate::lock::lock_or_refuse;
-use crate::manifest::{write_entries_atomic, write_verified, ManifestEntry};
+use crate::manifest::{write_verified, ManifestEntry, ManifestWriter};
 use crate::progress::Progress;
 use crate::sorted::{overlay, InOrder};
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
@@ -102,13 +102,23 @@ impl Placement for LocalPlacement {
 
     fn finish(self: Box<Self>, described: &[ManifestEntry]) -> Result<Placed> {
         let (partial, final_path) = (&self.partial, &self.final_path);
-        let manifest_path = partial.join(MANIFEST_NAME);
-        // Read from the engine's manifest while the new one is written beside it.
-        let (files, digest) =
-            write_entries_atomic(&manifest_path, overlay(self.listed()?, described))?;
-        let listed = Listed { files, digest };
-        crate::place::prune_unlisted(partial, self.listed()?)?;
         let state = partial.join(STATE_DIR);
+        // One pass over the engine's manifest: each entry goes into the new one (its
+        // temporary in the state folder, which the prune leaves alone) as the walk of the
+        // folder beside it removes what it does not list. The new manifest gets its name
+        // only once the folder holds nothing else.
+        let mut manifest = ManifestWriter::create(&partial.join(MANIFEST_NAME), Some(&state))?;
+        let mut entries = overlay(self.listed()?, described).map(|e| {
+            let e = e?;
+            manifest.push(&e)?;
+            Ok(e)
+        });
+        crate::place::prune_unlisted(partial, entries.by_ref())?;
+        // What the walk did not need to read (listed files after the last one on disk).
+        entries.try_for_each(|e| e.map(drop))?;
+        drop(entries);
+        let (files, digest) = manifest.commit()?;
+        let listed = Listed { files, digest };
         std::fs::remove_dir_all(&state).at(&state)?;
         // Read-only before it gets its final name, so that no crash can leave a writable
         // tree there (a rename in the same folder needs no write permission on what it
