@@ -743,6 +743,54 @@ mod tests {
     }
 
     #[test]
+    fn a_listed_filter_takes_exactly_the_files_of_its_list() {
+        // Three folders of 1,500 files, every third one listed: the ordered walk (which
+        // asks a folder's files in the order the folder is read) and the parallel walk
+        // both take exactly those, across many blocks of the list.
+        let dir = tempfile::tempdir().unwrap();
+        let (src, lists) = (dir.path().join("src"), dir.path().join("lists"));
+        let mut listed = Vec::new();
+        for d in 0..3 {
+            std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+            for i in 0..1500 {
+                let rel = format!("d{d}/f{i:04}");
+                std::fs::write(src.join(&rel), "x").unwrap();
+                if i % 3 == 0 {
+                    listed.push(rel);
+                }
+            }
+        }
+        listed.push("d9/gone".into()); // listed, not in the tree
+        listed.sort();
+        std::fs::create_dir_all(&lists).unwrap();
+        std::fs::write(lists.join("0.list"), listed.join("\n") + "\n").unwrap();
+        let filter = Filter::only_listed(&lists.join("0.list")).unwrap();
+        let mut errors = Vec::new();
+        let mut ordered = Vec::new();
+        entries_in_order(&src, &filter, &mut errors, &mut |e| {
+            if e.kind == Kind::File {
+                ordered.push(e.rel.to_string_lossy().into_owned());
+            }
+        })
+        .unwrap();
+        assert!(errors.is_empty());
+        listed.pop();
+        assert_eq!(ordered, listed);
+        let mut walked: Vec<String> = walk(&src, &filter)
+            .unwrap()
+            .files()
+            .map(|e| e.rel.to_string_lossy().into_owned())
+            .collect();
+        walked.sort();
+        assert_eq!(walked, listed);
+        filter.check().unwrap();
+        // A list out of order is refused before any walk, naming it.
+        std::fs::write(lists.join("1.list"), "b\na\n").unwrap();
+        let err = Filter::only_listed(&lists.join("1.list")).unwrap_err();
+        assert!(err.to_string().contains("1.list"), "{err}");
+    }
+
+    #[test]
     fn walk_skips_bookkeeping_and_does_not_follow_links() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
