@@ -184,3 +184,75 @@ impl Drop for PlaceLock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::CopyOptions;
+    use crate::progress::NoProgress;
+
+    fn options() -> PlaceOptions {
+        PlaceOptions {
+            copy: CopyOptions::default(),
+            origin: "the run".into(),
+            protect: false,
+            hidden: "partial",
+            exclusive: false,
+            immutable: false,
+            retention: crate::storage::S3Options::default().retention,
+            remote_verify: false,
+            label: String::new(),
+        }
+    }
+
+    #[test]
+    fn finish_lists_the_copied_and_described_files_and_removes_what_it_does_not_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("run");
+        std::fs::create_dir_all(src.join("masks")).unwrap();
+        std::fs::write(src.join("masks/m1.tif"), "one").unwrap();
+        std::fs::write(src.join("z.csv"), "z").unwrap();
+        let final_path = dir.path().join("results/r1");
+        let mut placing = place_local(&final_path, &options()).unwrap();
+        // Left in the hidden folder by an earlier attempt: never published.
+        let partial = dir.path().join("results/.r1.partial");
+        std::fs::create_dir_all(partial.join("masks")).unwrap();
+        std::fs::write(partial.join("masks/old.tif"), "old").unwrap();
+        std::fs::write(partial.join("zz-stray"), "stray").unwrap();
+        let report = placing.put_tree(&src, &NoProgress).unwrap();
+        assert!(report.failed.is_empty());
+        let run_json = placing.put_bytes(Path::new("run.json"), b"{}").unwrap();
+        let described = [ManifestEntry {
+            path: "run.json".into(),
+            digest: run_json,
+        }];
+        let placed = placing.finish(&described).unwrap();
+
+        let text = std::fs::read_to_string(final_path.join(MANIFEST_NAME)).unwrap();
+        let expected: String = [("masks/m1.tif", "one"), ("run.json", "{}"), ("z.csv", "z")]
+            .iter()
+            .map(|(p, c)| format!("{}  {p}\n", Digest::of(c.as_bytes()).to_hex()))
+            .collect();
+        assert_eq!(text, expected);
+        assert_eq!(placed.listed.files, 3);
+        assert_eq!(placed.listed.digest, Digest::of(text.as_bytes()));
+        let mut names: Vec<String> = walkdir(&final_path);
+        names.sort();
+        assert_eq!(
+            names,
+            ["MANIFEST.sha256", "masks/m1.tif", "run.json", "z.csv"]
+        );
+        assert!(!partial.exists());
+    }
+
+    /// Every file under `root`, relative.
+    fn walkdir(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        crate::walk::every_file_in_order(root, &|_, _| false, &mut errors, &mut |rel| {
+            out.push(rel.to_string_lossy().into_owned());
+        });
+        assert!(errors.is_empty());
+        out
+    }
+}
