@@ -9,7 +9,9 @@
 //! path of every [`BLOCK`] lines with its byte offset (a sparse index); a question finds
 //! its block by binary search in that index and reads it (one seek, [`BLOCK`] lines) into
 //! a cache of the [`CACHED`] blocks read last. A walk in path order reads the list once
-//! more in all; a folder read in any order stays within a few blocks. Memory: one index
+//! more in all; a folder of up to [`CACHED`] × [`BLOCK`] files read in any order stays
+//! within the blocks kept (a bigger one reads a block again for most of its files: slower,
+//! never bigger). Memory: one index
 //! key per [`BLOCK`] paths plus [`CACHED`] × [`BLOCK`] paths, whatever the list's length
 //! (docs/ARCHITECTURE.md#flat-memory).
 //!
