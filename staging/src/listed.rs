@@ -11,9 +11,8 @@
 //! a cache of the [`CACHED`] blocks read last. A walk in path order reads the list once
 //! more in all; a folder of up to [`CACHED`] × [`BLOCK`] files read in any order stays
 //! within the blocks kept (a bigger one reads a block again for most of its files: slower,
-//! never bigger). Memory: one index
-//! key per [`BLOCK`] paths plus [`CACHED`] × [`BLOCK`] paths, whatever the list's length
-//! (docs/ARCHITECTURE.md#flat-memory).
+//! never bigger). Memory: one index key per [`BLOCK`] paths plus [`CACHED`] × [`BLOCK`]
+//! paths, whatever the list's length (docs/ARCHITECTURE.md#flat-memory).
 //!
 //! What it must not do: trust a list that is not in path order (a question would then get
 //! a wrong "no"), or answer "no" when the list could not be read (the error is kept and
