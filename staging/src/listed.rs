@@ -2,10 +2,10 @@
 //! shard of `stage --shards`), asked "is this path listed?" without being held whole.
 //!
 //! A shard's list was read into a hash set, about 80 bytes a file: 25 MB for a shard of
-//! 300,000 files, 800 MB for a shard of 10^7. The walk that asks comes in path order only
-//! from folder to folder; inside a folder it asks in the order the folder is read, and a
-//! remote listing in its own order, so a cursor stepping once through the list would not
-//! do. Instead one pass over the list checks every line and its order and keeps the first
+//! 300,000 files, 800 MB for a shard of 10^7. The local walk asks in path order but for
+//! a step back now and then (a folder's files come before what its subfolders hold), and
+//! a remote listing asks in its own order, so a cursor stepping once through the list
+//! would not do. Instead one pass over the list checks every line and its order and keeps the first
 //! path of every [`BLOCK`] lines with its byte offset (a sparse index); a question finds
 //! its block by binary search in that index and reads it (one seek, [`BLOCK`] lines) into
 //! a cache of the [`CACHED`] blocks read last. A walk in path order reads the list once

@@ -554,6 +554,9 @@ fn entries_in_order_below(
             Err(e) => errors.push(Error::io(&dir, e)),
         }
     }
+    // By name, so that the filter is asked about a folder's files in path order (a list
+    // on disk, `Filter::only_listed`, then reads each of its blocks once).
+    names.sort_unstable_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
     let stat = |rel: PathBuf| match std::fs::symlink_metadata(root.join(&rel)) {
         Ok(m) => Ok(Entry {
             rel,
