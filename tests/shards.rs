@@ -412,7 +412,12 @@ fn shard_lists(dest: &Path) -> BTreeMap<String, String> {
         .expect("the shard jobs folder")
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| matches!(p.extension().and_then(OsStr::to_str), Some("list" | "json")))
+        // The plan and the lists; not the tasks' results (`<i>.json`), which a task that
+        // runs meanwhile writes.
+        .filter(|p| {
+            p.extension() == Some(OsStr::new("list"))
+                || p.file_name() == Some(OsStr::new("plan.json"))
+        })
         .map(|p| (p.display().to_string(), read_text(&p)))
         .collect()
 }

@@ -23,6 +23,7 @@ pub mod host;
 pub mod ingest;
 pub mod interrupt;
 pub mod ledger;
+pub mod listed;
 pub mod lock;
 pub mod place;
 pub mod policy;

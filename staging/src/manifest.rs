@@ -130,29 +130,54 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// An error from `entries` stops it, and the old file stays as it was.
 pub fn write_entries_atomic(
     path: &Path,
-    mut entries: impl Iterator<Item = Result<ManifestEntry>>,
+    entries: impl Iterator<Item = Result<ManifestEntry>>,
 ) -> Result<(u64, Digest)> {
-    let (mut count, mut hasher, mut failed) = (0u64, Sha256::new(), None);
-    let mut line = Vec::with_capacity(256);
-    let written = write_atomic_with(path, &mut |w| {
-        for e in &mut entries {
-            let e = e.map_err(|e| {
-                failed = Some(e);
-                std::io::Error::other("the list of entries could not be read")
-            })?;
-            line.clear();
-            write_line(&mut line, &e.digest, e.path.as_os_str().as_bytes());
-            hasher.update(&line);
-            count += 1;
-            w.write_all(&line)?;
-        }
-        Ok(())
-    });
-    if let Some(e) = failed {
-        return Err(e);
+    let mut manifest = ManifestWriter::create(path, None)?;
+    for e in entries {
+        manifest.push(&e?)?;
     }
-    written?;
-    Ok((count, Digest::from_hasher(hasher)))
+    manifest.commit()
+}
+
+/// A manifest written a line at a time under a temporary name and given its own by
+/// [`ManifestWriter::commit`]: readers see the old one or the new one, never a torn one,
+/// and its text is never whole in memory. Dropped uncommitted, the temporary is removed.
+pub struct ManifestWriter {
+    file: AtomicFile,
+    count: u64,
+    hasher: Sha256,
+    line: Vec<u8>,
+}
+
+impl ManifestWriter {
+    /// Starts the manifest `path`, its temporary in `temporary_in` (by default the
+    /// manifest's folder).
+    pub fn create(path: &Path, temporary_in: Option<&Path>) -> Result<ManifestWriter> {
+        Ok(ManifestWriter {
+            file: AtomicFile::create_in(path, temporary_in)?,
+            count: 0,
+            hasher: Sha256::new(),
+            line: Vec::with_capacity(256),
+        })
+    }
+
+    /// One more line; entries come in the order the manifest lists them.
+    pub fn push(&mut self, e: &ManifestEntry) -> Result<()> {
+        self.line.clear();
+        write_line(&mut self.line, &e.digest, e.path.as_os_str().as_bytes());
+        self.hasher.update(&self.line);
+        self.count += 1;
+        let out = &mut self.file.out;
+        out.write_all(&self.line)
+            .at(out.get_ref().path().to_path_buf())
+    }
+
+    /// Gives the manifest its name. Returns how many entries it holds and the digest of
+    /// its text ([`Manifest::digest`]).
+    pub fn commit(self) -> Result<(u64, Digest)> {
+        self.file.commit()?;
+        Ok((self.count, Digest::from_hasher(self.hasher)))
+    }
 }
 
 /// [`write_atomic`] of what `write` writes (buffered).
@@ -176,7 +201,12 @@ pub(crate) struct AtomicFile {
 
 impl AtomicFile {
     pub(crate) fn create(path: &Path) -> Result<AtomicFile> {
-        let dir = path.parent().unwrap_or(Path::new("."));
+        AtomicFile::create_in(path, None)
+    }
+
+    /// The temporary in `dir` (on the same filesystem), by default `path`'s folder.
+    pub(crate) fn create_in(path: &Path, dir: Option<&Path>) -> Result<AtomicFile> {
+        let dir = dir.unwrap_or(path.parent().unwrap_or(Path::new(".")));
         let tmp = tempfile::Builder::new()
             .prefix(walk::TMP_PREFIX)
             .tempfile_in(dir)

@@ -3,8 +3,9 @@
 //! its own, and the merge that moves the shards' verified files into place.
 //!
 //! A shard is an ordinary verified copy (`copy::copy_from`) with two settings changed: a
-//! filter that takes only the shard's files ([`Filter::only_paths`]) and a destination
-//! that is not the final one, `DEST/.hpcstage/shards/<i>/`, with its own journal. So a
+//! filter that takes only the shard's files ([`Filter::only_listed`], asked of the list on
+//! disk, never held) and a destination that is not the final one,
+//! `DEST/.hpcstage/shards/<i>/`, with its own journal. So a
 //! shard that is rerun (requeued after NODE_FAIL or preemption, or rerun by the final
 //! task) resumes from its journal, and nothing under a final name is ever unverified: the
 //! merge moves only files that the shard's journal lists with the inode it verified, and
@@ -20,7 +21,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::copy::{copy_from, CopyOptions, CopyReport};
 use crate::error::{Error, IoContext, Result};
 use crate::journal::Journal;
-use crate::manifest::{escape_into, unescape, AtomicFile};
+use crate::manifest::{escape_into, AtomicFile};
 use crate::progress::Progress;
 use crate::record::{read_json, write_json};
 use crate::sorted::{Cursor, JournalInOrder};
@@ -331,23 +332,6 @@ pub fn results(dest: &Path) -> Vec<ShardResult> {
         .collect()
 }
 
-fn read_list(dest: &Path, index: u32) -> Result<Vec<PathBuf>> {
-    let path = list_path(dest, index);
-    let bytes = std::fs::read(&path).at(&path)?;
-    bytes
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            unescape(l)
-                .map(|name| PathBuf::from(std::ffi::OsString::from_vec(name)))
-                .ok_or_else(|| Error::Parse {
-                    path: path.clone(),
-                    reason: "a line with an unknown escape".into(),
-                })
-        })
-        .collect()
-}
-
 /// Copies shard `index` of the plan into `DEST/.hpcstage/shards/<index>` (resuming from
 /// its journal) and records what it did; `by` says who ran it.
 pub fn copy_shard(
@@ -371,10 +355,12 @@ pub fn copy_shard(
         });
     };
     let mut opts = opts.clone();
-    opts.filter = Filter::only_paths(read_list(dest, index)?);
+    // The shard's list is asked on disk, not held: 10^7 files in one shard stay flat.
+    opts.filter = Filter::only_listed(&list_path(dest, index))?;
     let started_at = Timestamp::now();
     let clock = Instant::now();
     let report = copy_from(source, &data_dir(dest, index), &opts, progress)?;
+    opts.filter.check()?;
     let result = ShardResult {
         index,
         node: std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| crate::host::hostname()),

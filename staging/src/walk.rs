@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
+use crate::listed::ListedPaths;
 
 /// Name of a tree's manifest.
 pub const MANIFEST_NAME: &str = "MANIFEST.sha256";
@@ -129,6 +130,8 @@ pub struct Filter {
     exclude_exact: std::collections::HashSet<PathBuf>,
     /// When set, only these exact relative file paths are taken.
     include_exact: Option<std::collections::HashSet<PathBuf>>,
+    /// When set, only the relative file paths of this list on disk are taken.
+    include_listed: Option<std::sync::Arc<ListedPaths>>,
 }
 
 impl Filter {
@@ -143,6 +146,7 @@ impl Filter {
             exclude_path,
             exclude_exact: Default::default(),
             include_exact: None,
+            include_listed: None,
         })
     }
 
@@ -154,6 +158,23 @@ impl Filter {
         }
     }
 
+    /// Takes only the relative file paths of the list at `list` (one escaped path a line,
+    /// in path order: a shard's list), asked on disk rather than held
+    /// ([`ListedPaths`]). After a walk, [`Filter::check`] says whether the list could be
+    /// read throughout.
+    pub fn only_listed(list: &Path) -> Result<Self> {
+        Ok(Filter {
+            include_listed: Some(std::sync::Arc::new(ListedPaths::open(list)?)),
+            ..Filter::default()
+        })
+    }
+
+    /// The first failure to read the list of [`Filter::only_listed`] during a walk, if
+    /// any: that walk may have left listed files out.
+    pub fn check(&self) -> Result<()> {
+        self.include_listed.as_ref().map_or(Ok(()), |l| l.check())
+    }
+
     /// Also leaves out these exact relative paths (and, for folders, what they hold).
     pub fn excluding_paths(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
         self.exclude_exact.extend(paths);
@@ -162,7 +183,10 @@ impl Filter {
 
     /// True when there are include globs (then only matching files are taken).
     pub fn has_includes(&self) -> bool {
-        self.include_name.is_some() || self.include_path.is_some() || self.include_exact.is_some()
+        self.include_name.is_some()
+            || self.include_path.is_some()
+            || self.include_exact.is_some()
+            || self.include_listed.is_some()
     }
 
     fn matches(name: &Option<GlobSet>, path: &Option<GlobSet>, rel: &Path) -> bool {
@@ -194,9 +218,10 @@ impl Filter {
     /// True when a file at `rel` is taken.
     pub fn takes_file(&self, rel: &Path) -> bool {
         !self.excluded(rel)
-            && match &self.include_exact {
-                Some(paths) => paths.contains(rel),
-                None => {
+            && match (&self.include_exact, &self.include_listed) {
+                (Some(paths), _) => paths.contains(rel),
+                (None, Some(list)) => list.contains(rel),
+                (None, None) => {
                     !self.has_includes()
                         || Self::matches(&self.include_name, &self.include_path, rel)
                 }
@@ -529,6 +554,9 @@ fn entries_in_order_below(
             Err(e) => errors.push(Error::io(&dir, e)),
         }
     }
+    // By name, so that the filter is asked about a folder's files in path order (a list
+    // on disk, `Filter::only_listed`, then reads each of its blocks once).
+    names.sort_unstable_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
     let stat = |rel: PathBuf| match std::fs::symlink_metadata(root.join(&rel)) {
         Ok(m) => Ok(Entry {
             rel,
@@ -715,6 +743,54 @@ mod tests {
         assert!(!f.takes_file(Path::new("a/b/c.csv")));
         assert!(!f.takes_file(Path::new("scratch/x.tif")));
         assert!(Filter::new(&["[".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn a_listed_filter_takes_exactly_the_files_of_its_list() {
+        // Three folders of 1,500 files, every third one listed: the ordered walk (which
+        // asks a folder's files in the order the folder is read) and the parallel walk
+        // both take exactly those, across many blocks of the list.
+        let dir = tempfile::tempdir().unwrap();
+        let (src, lists) = (dir.path().join("src"), dir.path().join("lists"));
+        let mut listed = Vec::new();
+        for d in 0..3 {
+            std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+            for i in 0..1500 {
+                let rel = format!("d{d}/f{i:04}");
+                std::fs::write(src.join(&rel), "x").unwrap();
+                if i % 3 == 0 {
+                    listed.push(rel);
+                }
+            }
+        }
+        listed.push("d9/gone".into()); // listed, not in the tree
+        listed.sort();
+        std::fs::create_dir_all(&lists).unwrap();
+        std::fs::write(lists.join("0.list"), listed.join("\n") + "\n").unwrap();
+        let filter = Filter::only_listed(&lists.join("0.list")).unwrap();
+        let mut errors = Vec::new();
+        let mut ordered = Vec::new();
+        entries_in_order(&src, &filter, &mut errors, &mut |e| {
+            if e.kind == Kind::File {
+                ordered.push(e.rel.to_string_lossy().into_owned());
+            }
+        })
+        .unwrap();
+        assert!(errors.is_empty());
+        listed.pop();
+        assert_eq!(ordered, listed);
+        let mut walked: Vec<String> = walk(&src, &filter)
+            .unwrap()
+            .files()
+            .map(|e| e.rel.to_string_lossy().into_owned())
+            .collect();
+        walked.sort();
+        assert_eq!(walked, listed);
+        filter.check().unwrap();
+        // A list out of order is refused before any walk, naming it.
+        std::fs::write(lists.join("1.list"), "b\na\n").unwrap();
+        let err = Filter::only_listed(&lists.join("1.list")).unwrap_err();
+        assert!(err.to_string().contains("1.list"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::copy::{copy_tree, CopyReport};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Digest;
 use crate::lock::lock_or_refuse;
-use crate::manifest::{write_entries_atomic, write_verified, ManifestEntry};
+use crate::manifest::{write_verified, ManifestEntry, ManifestWriter};
 use crate::progress::Progress;
 use crate::sorted::{overlay, InOrder};
 use crate::walk::{MANIFEST_NAME, STATE_DIR};
@@ -102,13 +102,23 @@ impl Placement for LocalPlacement {
 
     fn finish(self: Box<Self>, described: &[ManifestEntry]) -> Result<Placed> {
         let (partial, final_path) = (&self.partial, &self.final_path);
-        let manifest_path = partial.join(MANIFEST_NAME);
-        // Read from the engine's manifest while the new one is written beside it.
-        let (files, digest) =
-            write_entries_atomic(&manifest_path, overlay(self.listed()?, described))?;
-        let listed = Listed { files, digest };
-        crate::place::prune_unlisted(partial, self.listed()?)?;
         let state = partial.join(STATE_DIR);
+        // One pass over the engine's manifest: each entry goes into the new one (its
+        // temporary in the state folder, which the prune leaves alone) as the walk of the
+        // folder beside it removes what it does not list. The new manifest gets its name
+        // only once the folder holds nothing else.
+        let mut manifest = ManifestWriter::create(&partial.join(MANIFEST_NAME), Some(&state))?;
+        let mut entries = overlay(self.listed()?, described).map(|e| {
+            let e = e?;
+            manifest.push(&e)?;
+            Ok(e)
+        });
+        crate::place::prune_unlisted(partial, entries.by_ref())?;
+        // What the walk did not need to read (listed files after the last one on disk).
+        entries.try_for_each(|e| e.map(drop))?;
+        drop(entries);
+        let (files, digest) = manifest.commit()?;
+        let listed = Listed { files, digest };
         std::fs::remove_dir_all(&state).at(&state)?;
         // Read-only before it gets its final name, so that no crash can leave a writable
         // tree there (a rename in the same folder needs no write permission on what it
@@ -172,5 +182,77 @@ impl Drop for PlaceLock {
         if self.final_path.exists() {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::CopyOptions;
+    use crate::progress::NoProgress;
+
+    fn options() -> PlaceOptions {
+        PlaceOptions {
+            copy: CopyOptions::default(),
+            origin: "the run".into(),
+            protect: false,
+            hidden: "partial",
+            exclusive: false,
+            immutable: false,
+            retention: crate::storage::S3Options::default().retention,
+            remote_verify: false,
+            label: String::new(),
+        }
+    }
+
+    #[test]
+    fn finish_lists_the_copied_and_described_files_and_removes_what_it_does_not_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("run");
+        std::fs::create_dir_all(src.join("masks")).unwrap();
+        std::fs::write(src.join("masks/m1.tif"), "one").unwrap();
+        std::fs::write(src.join("z.csv"), "z").unwrap();
+        let final_path = dir.path().join("results/r1");
+        let mut placing = place_local(&final_path, &options()).unwrap();
+        // Left in the hidden folder by an earlier attempt: never published.
+        let partial = dir.path().join("results/.r1.partial");
+        std::fs::create_dir_all(partial.join("masks")).unwrap();
+        std::fs::write(partial.join("masks/old.tif"), "old").unwrap();
+        std::fs::write(partial.join("zz-stray"), "stray").unwrap();
+        let report = placing.put_tree(&src, &NoProgress).unwrap();
+        assert!(report.failed.is_empty());
+        let run_json = placing.put_bytes(Path::new("run.json"), b"{}").unwrap();
+        let described = [ManifestEntry {
+            path: "run.json".into(),
+            digest: run_json,
+        }];
+        let placed = placing.finish(&described).unwrap();
+
+        let text = std::fs::read_to_string(final_path.join(MANIFEST_NAME)).unwrap();
+        let expected: String = [("masks/m1.tif", "one"), ("run.json", "{}"), ("z.csv", "z")]
+            .iter()
+            .map(|(p, c)| format!("{}  {p}\n", Digest::of(c.as_bytes()).to_hex()))
+            .collect();
+        assert_eq!(text, expected);
+        assert_eq!(placed.listed.files, 3);
+        assert_eq!(placed.listed.digest, Digest::of(text.as_bytes()));
+        let mut names: Vec<String> = walkdir(&final_path);
+        names.sort();
+        assert_eq!(
+            names,
+            ["MANIFEST.sha256", "masks/m1.tif", "run.json", "z.csv"]
+        );
+        assert!(!partial.exists());
+    }
+
+    /// Every file under `root`, relative.
+    fn walkdir(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        crate::walk::every_file_in_order(root, &|_, _| false, &mut errors, &mut |rel| {
+            out.push(rel.to_string_lossy().into_owned());
+        });
+        assert!(errors.is_empty());
+        out
     }
 }
