@@ -23,7 +23,7 @@ pub(crate) mod submit;
 pub(crate) mod template;
 
 use anyhow::Result;
-use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind};
+use hpcstage_staging::copy::{CopyOptions, CopyReport, FailureKind, NOT_ATTEMPTED_KEPT};
 use hpcstage_staging::human::{bytes, count};
 use hpcstage_staging::manifest::display_name;
 use hpcstage_staging::remote::SshOptions;
@@ -154,6 +154,8 @@ pub(crate) struct CopyJson {
     unlisted_total: u64,
     repaired: Vec<String>,
     failed: Vec<FailureJson>,
+    /// Files not attempted beyond those `failed` names.
+    not_attempted_more: u64,
     warnings: Vec<String>,
     /// The first `CHANGES_KEPT` changes, and how many there were in all.
     changes: Vec<(String, String)>,
@@ -193,6 +195,7 @@ impl CopyJson {
                     error: f.error.to_string(),
                 })
                 .collect(),
+            not_attempted_more: r.not_attempted_more,
             warnings: r.warnings.clone(),
             changes: r
                 .changes
@@ -251,7 +254,7 @@ pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
         r.files_total,
         r.copied,
         r.skipped,
-        r.failed.len(),
+        r.failed_total(),
         count(r.hard_links, "hard link"),
         count(r.symlinks, "symlink"),
         count(r.dirs, "folder")
@@ -269,16 +272,17 @@ pub(crate) fn print_copy_report(r: &CopyReport, dry_run: bool) {
 /// Every failure of a copy, on stderr, under "N files failed:" (or "would fail"); files
 /// the run did not try, because it stopped, are counted apart.
 fn print_failures(r: &CopyReport, verb: &str) {
-    let not_tried = r
+    let named_not_tried = r
         .failed
         .iter()
         .filter(|f| f.kind == FailureKind::NotAttempted)
         .count();
-    let failed = r.failed.len() - not_tried;
+    let failed = r.failed.len() - named_not_tried;
+    let not_tried = named_not_tried as u64 + r.not_attempted_more;
     let headline = match (failed, not_tried) {
         (0, 0) => return,
         (_, 0) => format!("{} {verb}:", count(failed as u64, "file")),
-        (0, _) => format!("{} not attempted:", count(not_tried as u64, "file")),
+        (0, _) => format!("{} not attempted:", count(not_tried, "file")),
         _ => format!(
             "{} {verb}, {} not attempted:",
             count(failed as u64, "file"),
@@ -288,5 +292,11 @@ fn print_failures(r: &CopyReport, verb: &str) {
     output::error(headline);
     for f in &r.failed {
         output::error(format!("  {}: {}", display_name(&f.path), f.error));
+    }
+    if r.not_attempted_more > 0 {
+        output::error(format!(
+            "  and {} more not attempted (the first {NOT_ATTEMPTED_KEPT} are named)",
+            count(r.not_attempted_more, "file")
+        ));
     }
 }

@@ -401,7 +401,7 @@ fn incomplete_from(report: &CopyReport, at: Timestamp) -> Incomplete {
         at,
         reason: format!(
             "the last stage did not complete ({} of {} files {worst}); rerun `hpcstage stage` to finish",
-            report.failed.len(),
+            report.failed_total(),
             report.files_total
         ),
         failed: report
@@ -410,7 +410,7 @@ fn incomplete_from(report: &CopyReport, at: Timestamp) -> Incomplete {
             .take(Incomplete::SHOWN)
             .map(|f| format!("{} {}", f.path.display(), failure_words(f.kind)))
             .collect(),
-        failed_count: report.failed.len() as u64,
+        failed_count: report.failed_total(),
     }
 }
 

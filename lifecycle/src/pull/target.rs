@@ -132,7 +132,7 @@ impl Target {
             return Err(not_copied(
                 &shown,
                 first,
-                report.failed.len(),
+                report.failed_total(),
                 report.files_total,
             ));
         }
@@ -166,7 +166,7 @@ fn copy_options(opts: &PullOptions, filter: Filter) -> CopyOptions {
 
 /// Files that could not be written to the NAS, the first named; nothing was placed, so
 /// scratch is as it was and the run can be pulled again.
-fn not_copied(to: &Path, first: &Failure, failed: usize, total: u64) -> Error {
+fn not_copied(to: &Path, first: &Failure, failed: u64, total: u64) -> Error {
     Error::Staging(hpcstage_staging::Error::Storage {
         location: to.display().to_string(),
         kind: StorageErrorKind::Other,

@@ -61,7 +61,7 @@ impl Payload<'_> {
                 src.join(&first.path),
                 std::io::Error::other(format!(
                     "{} of {} files could not be copied into the bag (first: {})",
-                    report.failed.len(),
+                    report.failed_total(),
                     report.files_total,
                     first.error
                 )),

@@ -47,7 +47,7 @@ use self::finish::{perm, set_mtime};
 use self::links::{place_symlinks, same_inode, symlink_differs};
 use self::pipeline::{run_pipeline, Ctx};
 use self::plan::{source_check, Job, Plan, Planning, SourceWalk, Walked};
-use self::report::classify;
+use self::report::{classify, Failures};
 use self::spill::{PlanFile, Planned};
 use crate::error::{Error, IoContext, Result};
 use crate::interrupt;
@@ -59,7 +59,9 @@ use crate::storage::{Capabilities, LocalDir, Storage};
 use crate::walk::{self, Entry, Filter, Kind, MANIFEST_NAME, STATE_DIR};
 
 pub use self::dest::sweep_temporaries;
-pub use self::report::{Change, CopyReport, Failure, FailureKind, CHANGES_KEPT};
+pub use self::report::{
+    Change, CopyReport, Failure, FailureKind, CHANGES_KEPT, NOT_ATTEMPTED_KEPT,
+};
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
     /// Files copied in parallel (at least 1).
@@ -447,7 +449,7 @@ pub fn copy_from(
     report.copied = tally.copied;
     report.bytes_copied = tally.bytes_copied;
     report.repaired = tally.repaired;
-    report.failed.extend(tally.failed);
+    tally.failed.into_report(&mut report);
     oldest = tally.oldest;
     // Verified files whose journal lines could not be written are in place, but the next
     // run checks them again. Report it like any other failure (a full disk is the usual
@@ -571,7 +573,7 @@ struct Tally {
     copied: u64,
     bytes_copied: u64,
     repaired: Vec<PathBuf>,
-    failed: Vec<Failure>,
+    failed: Failures,
     oldest: OldestTimes,
 }
 

@@ -94,7 +94,12 @@ pub struct CopyReport {
     pub dirs: u64,
     /// Destination files repaired because they no longer matched (with `verify_existing`).
     pub repaired: Vec<PathBuf>,
+    /// The files that failed, and the first [`NOT_ATTEMPTED_KEPT`] of those the run did
+    /// not try because it stopped (the rest are counted in `not_attempted_more`): a run
+    /// stopped early in millions of files keeps a few lines, not a line per file.
     pub failed: Vec<Failure>,
+    /// Files not tried, beyond those named in `failed`.
+    pub not_attempted_more: u64,
     /// What changed (or would change), in path order: the first [`CHANGES_KEPT`] of the
     /// run's changes.
     pub changes: Vec<(PathBuf, Change)>,
@@ -122,10 +127,46 @@ pub struct CopyReport {
 /// How many changes (and unlisted files) a report names one by one; the rest are counted.
 pub const CHANGES_KEPT: usize = 10_000;
 
+/// How many files not attempted a report names one by one; the rest are counted.
+pub const NOT_ATTEMPTED_KEPT: usize = 100;
+
+/// Failures as they come in: each named, except files not attempted past the first
+/// [`NOT_ATTEMPTED_KEPT`], which are counted.
+#[derive(Debug, Default)]
+pub(super) struct Failures {
+    named: Vec<Failure>,
+    not_attempted_named: usize,
+    not_attempted_more: u64,
+}
+
+impl Failures {
+    pub(super) fn push(&mut self, failure: Failure) {
+        if failure.kind == FailureKind::NotAttempted {
+            if self.not_attempted_named == NOT_ATTEMPTED_KEPT {
+                self.not_attempted_more += 1;
+                return;
+            }
+            self.not_attempted_named += 1;
+        }
+        self.named.push(failure);
+    }
+
+    /// Adds them to `report`.
+    pub(super) fn into_report(self, report: &mut CopyReport) {
+        report.failed.extend(self.named);
+        report.not_attempted_more += self.not_attempted_more;
+    }
+}
+
 impl CopyReport {
     /// True when nothing failed.
     pub fn ok(&self) -> bool {
-        self.failed.is_empty()
+        self.failed.is_empty() && self.not_attempted_more == 0
+    }
+
+    /// How many files failed or were not attempted, named or counted.
+    pub fn failed_total(&self) -> u64 {
+        self.failed.len() as u64 + self.not_attempted_more
     }
 
     /// [`Manifest::digest`] of the destination's manifest.
@@ -181,5 +222,35 @@ pub(super) fn classify(e: &Error) -> FailureKind {
         FailureKind::Unreachable
     } else {
         FailureKind::Io
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(i: usize, kind: FailureKind) -> Failure {
+        Failure {
+            path: PathBuf::from(format!("f{i}")),
+            kind,
+            error: Error::io(format!("f{i}"), std::io::Error::other("x")),
+        }
+    }
+
+    #[test]
+    fn files_not_attempted_past_the_first_hundred_are_counted_and_other_failures_all_named() {
+        let mut failures = Failures::default();
+        failures.push(failure(0, FailureKind::DiskFull));
+        for i in 1..=250 {
+            failures.push(failure(i, FailureKind::NotAttempted));
+        }
+        failures.push(failure(251, FailureKind::Io));
+        let mut report = CopyReport::default();
+        failures.into_report(&mut report);
+        assert_eq!(report.failed.len(), 1 + NOT_ATTEMPTED_KEPT + 1);
+        assert_eq!(report.not_attempted_more, 250 - NOT_ATTEMPTED_KEPT as u64);
+        assert_eq!(report.failed_total(), 252);
+        assert_eq!(report.failed.last().map(|f| f.kind), Some(FailureKind::Io));
+        assert!(!report.ok());
     }
 }
