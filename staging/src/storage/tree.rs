@@ -3,10 +3,13 @@
 //!
 //! Per file: hash the local file (checked against the source's `MANIFEST.sha256`), upload
 //! it (a file that changed meanwhile is refused), read the object back with a GET and
-//! compare, then set its retention and read that back. Each byte is hashed once on the
-//! way up: by the upload when its digest is known before (a manifest line) or not needed
-//! before (a single PUT), otherwise by a first pass that takes the SHA-256 and each
-//! part's MD5 together, the upload then sending the bytes with those MD5s.
+//! compare, then set its retention and read that back. The upload hashes the bytes it
+//! sends (the SHA-256, and each part's MD5 as the part goes). A multipart upload whose
+//! digest no manifest lists needs it with its first request: a first pass takes the
+//! SHA-256 alone (the cheap hash), and the upload then takes only the parts' MD5s, while
+//! earlier parts are on the way; the read-back proves the object against that SHA-256
+//! (a mismatch where the file changed in between is SOURCE CHANGED). Each byte is so
+//! hashed once with each hash on the way up, and once more on the way back.
 //! A rerun does not send again an object an earlier run left complete and equal: same
 //! size, the server's ETag equal to the one computed from the local bytes (MD5, or the
 //! MD5 of the parts' MD5s), the SHA-256 in its metadata; it is read back and compared
@@ -209,10 +212,11 @@ fn put_file(
     // (before the object is completed), so the file is read once. A file no manifest
     // lists, small enough for one PUT, is read once too: its digest comes from the bytes
     // sent, and a change while it was read from its metadata after. A bigger one is
-    // read twice: hashed first (its SHA-256 goes with the upload's first request), the
-    // same pass taking each part's MD5, then sent without being hashed again (the
-    // server checks each part against its MD5, the read-back the whole against the
-    // SHA-256). Either way a file that differs from its line is SOURCE CORRUPT.
+    // read twice: its SHA-256 first (it goes with the upload's first request), then by
+    // the upload, which takes each part's MD5 as it is sent (the server checks it) but
+    // not the SHA-256 again: the read-back checks the object against it, and a mismatch
+    // is told apart (the file hashed again) as a file changed in between.
+    // Either way a file that differs from its line is SOURCE CORRUPT.
     let pre = match resumed(src, store, file, opts)? {
         Resumed::Kept(digest) => {
             progress.add_bytes(size);
@@ -221,15 +225,19 @@ fn put_file(
         Resumed::Read(pre) => Some(pre),
         Resumed::Absent => None,
     };
+    // Sent as hashed by a pass just before, without being hashed again: proven by the
+    // read-back alone.
+    let mut read_back_checked = false;
     let (mut upload, known) = match (pre, listed) {
         (Some(pre), _) => (store.create_prehashed(rel, pre), true),
         (None, Some(digest)) => (store.create(rel, size, digest)?, true),
         (None, None) => match store.create_unhashed(rel, size) {
             Some(upload) => (upload, false),
-            None => (
-                store.create_prehashed(rel, prehash(&path, size, listed)?),
-                true,
-            ),
+            None => {
+                read_back_checked = true;
+                let digest = digest_of(&path, size)?;
+                (store.create_read_back_checked(rel, size, digest), true)
+            }
         },
     };
     let opened = File::open(&path).at(&path)?;
@@ -253,10 +261,39 @@ fn put_file(
         },
         e => e,
     })?;
-    store.verify(&written)?;
+    store.verify(&written).map_err(|e| match e {
+        // The object is not the bytes hashed before the upload: the file changed in
+        // between, or the storage changed them. The object is not listed, so no
+        // manifest names it; a rerun sends the file again.
+        Error::ReadBackMismatch { .. } if read_back_checked => match digest_of(&path, size) {
+            Ok(now) if now == written.digest => e,
+            Ok(_) => Error::SourceChanged { path: path.clone() },
+            Err(e) => e,
+        },
+        e => e,
+    })?;
     store.commit(&written)?;
     store.protect(&written, opts.retention)?;
     Ok((written.digest, false))
+}
+
+/// The SHA-256 of the file at `path`, which must still have `size` bytes. Read through
+/// the page cache, where the upload that follows finds the bytes again.
+fn digest_of(path: &Path, size: u64) -> Result<Digest> {
+    use sha2::Digest as _;
+    let mut sha = sha2::Sha256::new();
+    let mut bytes = 0u64;
+    hash::for_each_block(File::open(path).at(path)?, path, &mut |block| {
+        sha.update(block);
+        bytes += block.len() as u64;
+        Ok(())
+    })?;
+    if bytes != size {
+        return Err(Error::SourceChanged {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Digest::from_hasher(sha))
 }
 
 /// One pass over the file at `path` (`size` bytes, as listed): its SHA-256, checked

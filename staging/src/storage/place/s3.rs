@@ -25,10 +25,16 @@ struct S3Placement {
     /// The lock object `.NAME.ingest.lock` next to the prefix, and where it is; removed
     /// when the placement ends, finished or not.
     lock: Option<(S3Store, PathBuf, Option<String>)>,
+    /// Files given by [`Placement::put_bytes`] being written and read back, each on a
+    /// thread of its own: all must have ended, verified, before the manifest is written.
+    described: Vec<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl Drop for S3Placement {
     fn drop(&mut self) {
+        for writing in self.described.drain(..) {
+            let _ = writing.join();
+        }
         if let Some((parent, rel, version)) = self.lock.take() {
             let _ = parent.unlock(&rel, version.as_deref());
         }
@@ -73,6 +79,7 @@ pub(crate) fn place_s3(store: S3Store, opts: &PlaceOptions) -> Result<Box<dyn Pl
         opts: opts.clone(),
         sent: Manifest::default(),
         lock,
+        described: Vec::new(),
     };
     // Checked again under the lock: a dataset finished meanwhile is not written to.
     exists(&placement.store)?;
@@ -128,11 +135,23 @@ impl Placement for S3Placement {
         Ok(InOrder::from_manifest(self.sent.clone()))
     }
 
+    /// Written (and read back, and protected) while the next one is, or while the
+    /// caller goes on: [`Placement::finish`] waits for them all before the manifest.
     fn put_bytes(&mut self, rel: &Path, bytes: &[u8]) -> Result<Digest> {
-        put_verified(&self.store, rel, bytes, self.retention()).map(|w| w.digest)
+        let store = self.store.at(self.store.url().prefix.clone());
+        let (rel, owned, retention) = (rel.to_path_buf(), bytes.to_vec(), self.retention());
+        self.described.push(std::thread::spawn(move || {
+            put_verified(&store, &rel, &owned, retention).map(|_| ())
+        }));
+        Ok(Digest::of(bytes))
     }
 
     fn finish(mut self: Box<Self>, described: &[ManifestEntry]) -> Result<Placed> {
+        for writing in std::mem::take(&mut self.described) {
+            writing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        }
         let manifest = super::manifest_with(
             InOrder::from_manifest(std::mem::take(&mut self.sent)),
             described,

@@ -19,7 +19,10 @@ use base64::Engine as _;
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
-use super::{S3Store, PART, PARTS_IN_FLIGHT, SHA256_KEY};
+use super::{part_size, S3Store, PARTS_IN_FLIGHT, SHA256_KEY, SINGLE_PUT_MAX};
+
+/// The smallest part of an archive chunk's upload.
+const ARCHIVE_PART: usize = 16 << 20;
 use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::storage::{Storage, Upload, Written};
@@ -30,22 +33,33 @@ impl S3Store {
     /// before it is sent with the digest in its metadata; `None` for a multipart upload,
     /// whose metadata goes with its first request.
     pub fn create_unhashed(&self, rel: &Path, size: u64) -> Option<Box<dyn Upload + '_>> {
-        let single = usize::try_from(size).ok().filter(|&n| n <= PART)?;
-        Some(Box::new(self.upload(rel, None, false, PART, single + 1)))
+        (size <= SINGLE_PUT_MAX).then(|| Box::new(self.sized_upload(rel, None, size)) as _)
+    }
+
+    /// An upload of `rel` (`size` bytes) whose SHA-256 (`digest`) a pass over its bytes
+    /// took just before: they are sent without being hashed again, each part with the
+    /// MD5 of the bytes it holds (taken as it is sent, while the parts before it are on
+    /// the way). Nothing here proves that they are the bytes of that pass: the caller
+    /// must read the object back and compare it with `digest` ([`Storage::verify`])
+    /// before counting it, and tell a mismatch from a file changed in between by hashing
+    /// the file again. A byte count other than `size` fails with `SourceChanged` before
+    /// the upload completes.
+    pub fn create_read_back_checked(
+        &self,
+        rel: &Path,
+        size: u64,
+        digest: Digest,
+    ) -> Box<dyn Upload + '_> {
+        let mut upload = self.sized_upload(rel, Some(digest), size);
+        upload.unhashed = Some(size);
+        Box::new(upload)
     }
 
     /// An upload of `rel` whose bytes were hashed before it (`pre`): they are sent as they
     /// come, each part (or the single PUT) with the MD5 `pre` took of it; bytes that
     /// differ from that pass (a file changed in between) fail with `SourceChanged`.
     pub fn create_prehashed(&self, rel: &Path, pre: Prehashed) -> Box<dyn Upload + '_> {
-        let size = pre.bytes;
-        let mut upload = self.upload(
-            rel,
-            Some(pre.digest),
-            size > PART as u64,
-            PART,
-            PART.min(usize::try_from(size).unwrap_or(PART) + 1),
-        );
+        let mut upload = self.sized_upload(rel, Some(pre.digest), pre.bytes);
         upload.prehashed = Some(pre);
         Box::new(upload)
     }
@@ -54,8 +68,25 @@ impl S3Store {
     /// (an archive chunk): parts of `part` bytes (at least 16 MiB), each with its
     /// Content-MD5; no SHA-256 in its metadata. Aborted when dropped unfinished.
     pub fn create_multipart(&self, rel: &Path, part: usize) -> Box<dyn Upload + '_> {
-        let part = part.max(PART);
+        let part = part.max(ARCHIVE_PART);
         Box::new(self.upload(rel, None, true, part, part))
+    }
+
+    /// An upload of `rel` (`size` bytes), split as [`Etag::for_size`] splits it.
+    pub(super) fn sized_upload(
+        &self,
+        rel: &Path,
+        expected: Option<Digest>,
+        size: u64,
+    ) -> S3Upload<'_> {
+        let part = part_size(size);
+        let multipart = size > SINGLE_PUT_MAX;
+        let capacity = if multipart {
+            part
+        } else {
+            usize::try_from(size).unwrap_or(part) + 1
+        };
+        self.upload(rel, expected, multipart, part, capacity)
     }
 
     /// An upload of `rel`, nothing sent yet.
@@ -81,6 +112,7 @@ impl S3Store {
             in_flight: std::collections::VecDeque::new(),
             bytes: 0,
             prehashed: None,
+            unhashed: None,
         }
     }
 }
@@ -114,7 +146,7 @@ impl Prehashed {
 
     /// The ETag a server gives the object uploaded from these bytes.
     pub fn etag(&self) -> String {
-        etag_of(self.bytes > PART as u64, &self.md5s)
+        etag_of(self.bytes > SINGLE_PUT_MAX, &self.md5s)
     }
 }
 
@@ -139,6 +171,9 @@ pub(super) struct S3Upload<'a> {
     /// The bytes were hashed before: not hashed again, each part sent with its MD5 from
     /// that pass.
     prehashed: Option<Prehashed>,
+    /// The bytes are not hashed: `expected` is taken as their digest, to be proven by the
+    /// read-back; the byte count they must have.
+    unhashed: Option<u64>,
 }
 
 /// What sending one part gave.
@@ -174,21 +209,31 @@ impl S3Upload<'_> {
         }
         let number = i32::try_from(self.parts.len() + self.in_flight.len() + 1).unwrap_or(i32::MAX);
         let body = std::mem::take(&mut self.buffer);
-        let md5 = self.part_md5(number, &body)?;
-        let sent = store.runtime.spawn(
-            store
-                .client
-                .upload_part()
-                .bucket(&store.url.bucket)
-                .key(&self.key)
-                .set_upload_id(self.upload_id.clone())
-                .part_number(number)
+        let md5 = self.prehashed_md5(number)?;
+        let request = store
+            .client
+            .upload_part()
+            .bucket(&store.url.bucket)
+            .key(&self.key)
+            .set_upload_id(self.upload_id.clone())
+            .part_number(number);
+        // The part's MD5, when not known yet, is taken on a thread of its own: this one
+        // goes on reading (and hashing) the next part meanwhile.
+        let sent = store.runtime.spawn(async move {
+            let (md5, body) = match md5 {
+                Some(md5) => (md5, body),
+                None => tokio::task::spawn_blocking(move || (content_md5(&body), body))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+            };
+            request
                 .content_md5(md5)
                 .body(ByteStream::from(body))
                 .customize()
                 .disable_payload_signing()
-                .send(),
-        );
+                .send()
+                .await
+        });
         self.in_flight.push_back((number, sent));
         if self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.wait_part()?;
@@ -197,14 +242,24 @@ impl S3Upload<'_> {
         Ok(())
     }
 
-    /// The Content-MD5 of part `number` (from 1) holding `body`: computed now, or taken
-    /// from the pass that hashed the bytes before (a part that pass did not see means the
-    /// file grew since).
-    fn part_md5(&self, number: i32, body: &[u8]) -> Result<String> {
+    /// The Content-MD5 of part `number` (from 1) taken by the pass that hashed the bytes
+    /// before (a part that pass did not see means the file grew since); `None` when no
+    /// pass did: the MD5 is taken of the bytes sent.
+    fn prehashed_md5(&self, number: i32) -> Result<Option<String>> {
         match &self.prehashed {
-            None => Ok(content_md5(body)),
-            Some(pre) => pre.content_md5(number).ok_or_else(|| self.changed()),
+            None => Ok(None),
+            Some(pre) => pre
+                .content_md5(number)
+                .map(Some)
+                .ok_or_else(|| self.changed()),
         }
+    }
+
+    /// The Content-MD5 of part `number` (from 1) holding `body`.
+    fn part_md5(&self, number: i32, body: &[u8]) -> Result<String> {
+        Ok(self
+            .prehashed_md5(number)?
+            .unwrap_or_else(|| content_md5(body)))
     }
 
     /// The bytes sent are not those hashed before.
@@ -256,7 +311,7 @@ impl S3Upload<'_> {
 impl Upload for S3Upload<'_> {
     fn write(&mut self, mut block: &[u8]) -> Result<()> {
         use sha2::Digest as _;
-        if self.prehashed.is_none() {
+        if self.prehashed.is_none() && self.unhashed.is_none() {
             self.hasher.update(block);
         }
         self.bytes += block.len() as u64;
@@ -283,7 +338,12 @@ impl Upload for S3Upload<'_> {
             // read-back (against this digest) prove the bytes sent.
             Some(pre) if pre.bytes == self.bytes => pre.digest,
             Some(_) => return Err(self.changed()),
-            None => Digest(self.hasher.clone().finalize().into()),
+            None => match (self.unhashed, self.expected) {
+                // To be proven by the read-back.
+                (Some(size), Some(expected)) if size == self.bytes => expected,
+                (Some(_), _) => return Err(self.changed()),
+                (None, _) => Digest(self.hasher.clone().finalize().into()),
+            },
         };
         if self.expected.is_some_and(|e| e != digest) {
             // Dropping `self` aborts the multipart upload.
@@ -387,7 +447,7 @@ pub struct Etag {
 impl Etag {
     /// For a file of `size` bytes, split as [`Storage::create`] splits it.
     pub fn for_size(size: u64) -> Etag {
-        Etag::with_part(PART, size > PART as u64)
+        Etag::with_part(part_size(size), size > SINGLE_PUT_MAX)
     }
 
     fn with_part(part: usize, multipart: bool) -> Etag {
@@ -457,6 +517,20 @@ fn etag_of(multipart: bool, md5s: &[[u8; 16]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::Etag;
+    use crate::storage::s3::{part_size, MAX_PARTS, PART};
+
+    #[test]
+    fn parts_grow_past_ten_thousand_of_the_default_size() {
+        assert_eq!(part_size(0), PART);
+        assert_eq!(part_size(1 << 30), PART);
+        assert_eq!(part_size(PART as u64 * MAX_PARTS), PART);
+        // 1 TB: 10,000 parts of whole MiB, none more.
+        let size = 1_000_000_000_000u64;
+        let part = part_size(size) as u64;
+        assert_eq!(part % (1 << 20), 0);
+        assert!(size.div_ceil(part) <= MAX_PARTS);
+        assert!(size.div_ceil(part - (1 << 20)) > MAX_PARTS);
+    }
 
     fn etag(part: usize, multipart: bool, blocks: &[&[u8]]) -> String {
         let mut e = Etag::with_part(part, multipart);
