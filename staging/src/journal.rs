@@ -27,6 +27,21 @@ pub struct JournalEntry {
     pub dest_ino: u64,
 }
 
+#[cfg(test)]
+impl JournalEntry {
+    /// An entry for tests whose every field follows from `n`, so two differ when their
+    /// `n` do.
+    pub(crate) fn sample(n: u64) -> Self {
+        JournalEntry {
+            digest: Digest::of(&n.to_le_bytes()),
+            size: n,
+            src_mtime_ns: -5,
+            dest_mtime_ns: 7,
+            dest_ino: n * 3,
+        }
+    }
+}
+
 /// An append-only journal. It holds nothing of what the file says: a copy reads the
 /// journal in path order ([`crate::sorted::JournalInOrder`]) and merges it with its walk.
 pub struct Journal {
@@ -200,16 +215,6 @@ mod tests {
     use super::*;
     use crate::sorted::JournalInOrder;
 
-    fn entry(n: u64) -> JournalEntry {
-        JournalEntry {
-            digest: Digest::of(&n.to_le_bytes()),
-            size: n,
-            src_mtime_ns: -5,
-            dest_mtime_ns: 7,
-            dest_ino: 9,
-        }
-    }
-
     fn read(path: &Path) -> Vec<(PathBuf, JournalEntry)> {
         JournalInOrder::open(path)
             .unwrap()
@@ -222,8 +227,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         let mut j = Journal::open(&path).unwrap();
-        j.record(Path::new("a b"), entry(1)).unwrap();
-        j.record(Path::new("new\nline\\x"), entry(2)).unwrap();
+        j.record(Path::new("a b"), JournalEntry::sample(1)).unwrap();
+        j.record(Path::new("new\nline\\x"), JournalEntry::sample(2))
+            .unwrap();
         j.flush().unwrap();
         assert_eq!(j.appended(), 2);
         drop(j);
@@ -234,13 +240,14 @@ mod tests {
         assert!(j.torn());
         assert_eq!(read(&path).len(), 2);
         // The torn line is cut off before the next append, which therefore survives.
-        j.record(Path::new("after"), entry(3)).unwrap();
+        j.record(Path::new("after"), JournalEntry::sample(3))
+            .unwrap();
         j.flush().unwrap();
         drop(j);
         let all = read(&path);
         assert_eq!(all.len(), 3);
-        assert!(all.contains(&(PathBuf::from("after"), entry(3))));
-        assert!(all.contains(&(PathBuf::from("new\nline\\x"), entry(2))));
+        assert!(all.contains(&(PathBuf::from("after"), JournalEntry::sample(3))));
+        assert!(all.contains(&(PathBuf::from("new\nline\\x"), JournalEntry::sample(2))));
         assert!(!Journal::open(&path).unwrap().torn());
     }
 
@@ -249,7 +256,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         let mut j = Journal::open(&path).unwrap();
-        j.record(Path::new("a"), entry(1)).unwrap();
+        j.record(Path::new("a"), JournalEntry::sample(1)).unwrap();
         j.flush().unwrap();
         let whole = std::fs::metadata(&path).unwrap().len();
         drop(j);
@@ -266,13 +273,14 @@ mod tests {
         let path = dir.path().join("journal");
         let mut j = Journal::open(&path).unwrap();
         for i in 0..100 {
-            j.record(Path::new("f"), entry(i)).unwrap();
+            j.record(Path::new("f"), JournalEntry::sample(i)).unwrap();
         }
-        j.record(Path::new("gone"), entry(1)).unwrap();
+        j.record(Path::new("gone"), JournalEntry::sample(1))
+            .unwrap();
         j.flush().unwrap();
         drop(j);
         let mut r = Rewrite::new(&path).unwrap();
-        r.push(Path::new("f"), &entry(99)).unwrap();
+        r.push(Path::new("f"), &JournalEntry::sample(99)).unwrap();
         drop(r);
         assert_eq!(
             read(&path).len(),
@@ -280,9 +288,12 @@ mod tests {
             "a dropped rewrite changed the journal"
         );
         let mut r = Rewrite::new(&path).unwrap();
-        r.push(Path::new("f"), &entry(99)).unwrap();
+        r.push(Path::new("f"), &JournalEntry::sample(99)).unwrap();
         r.commit().unwrap();
-        assert_eq!(read(&path), vec![(PathBuf::from("f"), entry(99))]);
+        assert_eq!(
+            read(&path),
+            vec![(PathBuf::from("f"), JournalEntry::sample(99))]
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "a temporary was left behind");

@@ -565,16 +565,6 @@ mod tests {
     use super::*;
     use crate::journal::Journal;
 
-    fn entry(n: u64) -> JournalEntry {
-        JournalEntry {
-            digest: Digest::of(&n.to_le_bytes()),
-            size: n,
-            src_mtime_ns: -5,
-            dest_mtime_ns: 7,
-            dest_ino: n * 3,
-        }
-    }
-
     fn all(j: JournalInOrder) -> Vec<(PathBuf, JournalEntry)> {
         j.collect::<Result<Vec<_>>>().unwrap()
     }
@@ -667,7 +657,7 @@ mod tests {
         let mut j = Journal::open(&path).unwrap();
         // Written in the order files finish, a path again when it was copied again.
         for (name, n) in [("b", 1), ("a/x", 2), ("a b", 3), ("b", 4), ("new\nline", 5)] {
-            j.record(Path::new(name), entry(n)).unwrap();
+            j.record(Path::new(name), JournalEntry::sample(n)).unwrap();
         }
         j.flush().unwrap();
         drop(j);
@@ -677,10 +667,10 @@ mod tests {
         bytes.extend_from_slice(format!("{} 1 2 3 4 a b", Digest::of(b"x")).as_bytes());
         std::fs::write(&path, bytes).unwrap();
         let expected = vec![
-            (PathBuf::from("a b"), entry(3)),
-            (PathBuf::from("a/x"), entry(2)),
-            (PathBuf::from("b"), entry(4)),
-            (PathBuf::from("new\nline"), entry(5)),
+            (PathBuf::from("a b"), JournalEntry::sample(3)),
+            (PathBuf::from("a/x"), JournalEntry::sample(2)),
+            (PathBuf::from("b"), JournalEntry::sample(4)),
+            (PathBuf::from("new\nline"), JournalEntry::sample(5)),
         ];
         let j = JournalInOrder::open(&path).unwrap();
         assert!(!j.was_sorted());
@@ -699,7 +689,7 @@ mod tests {
                 let k = (i * 7919) % 1000;
                 j.record(
                     Path::new(&format!("d{}/f{k}", k % 13)),
-                    entry(round * 1000 + k),
+                    JournalEntry::sample(round * 1000 + k),
                 )
                 .unwrap();
             }
@@ -724,13 +714,16 @@ mod tests {
         let path = dir.path().join("journal");
         let mut r = crate::journal::Rewrite::new(&path).unwrap();
         for (name, n) in [("a b", 1), ("a/x", 2), ("b", 3)] {
-            r.push(Path::new(name), &entry(n)).unwrap();
+            r.push(Path::new(name), &JournalEntry::sample(n)).unwrap();
         }
         r.commit().unwrap();
         let j = JournalInOrder::open(&path).unwrap();
         assert!(j.was_sorted());
         let mut c = Cursor::new(j);
-        assert_eq!(c.find(Path::new("a/x")).unwrap().unwrap().1, entry(2));
+        assert_eq!(
+            c.find(Path::new("a/x")).unwrap().unwrap().1,
+            JournalEntry::sample(2)
+        );
         assert_eq!(
             c.count_all().unwrap(),
             3,
@@ -738,11 +731,14 @@ mod tests {
         );
         // A path twice is not in order: the latest line must win.
         let mut j = Journal::open(&path).unwrap();
-        j.record(Path::new("b"), entry(9)).unwrap();
+        j.record(Path::new("b"), JournalEntry::sample(9)).unwrap();
         j.flush().unwrap();
         let j = JournalInOrder::open(&path).unwrap();
         assert!(!j.was_sorted());
-        assert_eq!(all(j).last().unwrap(), &(PathBuf::from("b"), entry(9)));
+        assert_eq!(
+            all(j).last().unwrap(),
+            &(PathBuf::from("b"), JournalEntry::sample(9))
+        );
     }
 
     fn write_manifest(path: &Path, names: &[&str]) {
@@ -760,33 +756,27 @@ mod tests {
     #[test]
     fn a_manifest_comes_in_path_order_whether_or_not_its_file_is_sorted() {
         let dir = tempfile::tempdir().unwrap();
-        let sorted = dir.path().join("sorted");
-        write_manifest(&sorted, &["a b", "a/x", "a/x", "b"]);
-        let m = ManifestFile::open(&sorted).unwrap();
-        assert!(m.sorted());
-        assert_eq!(m.entries, 3, "an adjacent duplicate counts once");
-        assert_eq!(
-            names(m.in_order().unwrap()),
-            ["a b", "a/x", "b"].map(PathBuf::from)
-        );
-        assert_eq!(
-            m.digest().unwrap(),
-            Manifest::read(&sorted).unwrap().digest()
-        );
-
-        let unsorted = dir.path().join("unsorted");
-        write_manifest(&unsorted, &["b", "a/x", "a b", "a/x"]);
-        let m = ManifestFile::open(&unsorted).unwrap();
-        assert!(!m.sorted());
-        assert_eq!(m.entries, 3);
-        assert_eq!(
-            names(m.in_order().unwrap()),
-            ["a b", "a/x", "b"].map(PathBuf::from)
-        );
-        assert_eq!(
-            m.digest().unwrap(),
-            Manifest::read(&unsorted).unwrap().digest()
-        );
+        // An adjacent duplicate counts once; one apart, it still counts once.
+        for (name, lines, sorted) in [
+            ("sorted", ["a b", "a/x", "a/x", "b"], true),
+            ("unsorted", ["b", "a/x", "a b", "a/x"], false),
+        ] {
+            let path = dir.path().join(name);
+            write_manifest(&path, &lines);
+            let m = ManifestFile::open(&path).unwrap();
+            assert_eq!(m.sorted(), sorted, "{name}");
+            assert_eq!(m.entries, 3, "{name}");
+            assert_eq!(
+                names(m.in_order().unwrap()),
+                ["a b", "a/x", "b"].map(PathBuf::from),
+                "{name}"
+            );
+            assert_eq!(
+                m.digest().unwrap(),
+                Manifest::read(&path).unwrap().digest(),
+                "{name}"
+            );
+        }
     }
 
     #[test]

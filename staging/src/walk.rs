@@ -638,42 +638,44 @@ pub fn sort_by_bytes<T>(items: &mut [T], key: impl Fn(&T) -> &Path) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn files_in_order_come_in_the_bytes_order_of_their_full_paths() {
+    /// Names that sort before '/' (space, '-', '.') next to a folder of the same stem.
+    const NAMES: [&str; 11] = [
+        "a/x", "a b", "a-c/y", "a.d", "ab", "a/b/c", "a/b c", "a/b/d/e", "a!", "b", "a0/z",
+    ];
+
+    /// A temp dir holding each of `NAMES` as a file whose content is its name.
+    fn tree_of_names() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        // Names that sort before '/' (space, '-', '.') next to a folder of the same stem.
-        let names = [
-            "a/x", "a b", "a-c/y", "a.d", "ab", "a/b/c", "a/b c", "a/b/d/e", "a!", "b", "a0/z",
-        ];
-        for n in names {
+        for n in NAMES {
             let p = dir.path().join(n);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, n).unwrap();
         }
-        std::fs::create_dir_all(dir.path().join("empty/inner")).unwrap();
+        dir
+    }
+
+    /// What `files_in_order` lists below `root`, with no error.
+    fn files_listed(root: &Path) -> Vec<PathBuf> {
         let mut seen = Vec::new();
         let mut errors = Vec::new();
-        files_in_order(dir.path(), &Filter::default(), &mut errors, &mut |p| {
-            seen.push(p)
-        })
-        .unwrap();
+        files_in_order(root, &Filter::default(), &mut errors, &mut |p| seen.push(p)).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
-        let mut expected: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
+        seen
+    }
+
+    #[test]
+    fn files_in_order_come_in_the_bytes_order_of_their_full_paths() {
+        let dir = tree_of_names();
+        std::fs::create_dir_all(dir.path().join("empty/inner")).unwrap();
+        let seen = files_listed(dir.path());
+        let mut expected: Vec<PathBuf> = NAMES.iter().map(PathBuf::from).collect();
         sort_by_bytes(&mut expected, |p| p);
         assert_eq!(seen, expected);
     }
 
     #[test]
     fn entries_in_order_list_what_walk_lists_files_in_path_order_folders_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = [
-            "a/x", "a b", "a-c/y", "a.d", "ab", "a/b/c", "a/b c", "a/b/d/e", "a!", "b", "a0/z",
-        ];
-        for n in names {
-            let p = dir.path().join(n);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, n).unwrap();
-        }
+        let dir = tree_of_names();
         // A folder big enough to be stat'ed in parallel keeps its order too.
         std::fs::create_dir_all(dir.path().join("many")).unwrap();
         for i in 0..100 {
@@ -694,12 +696,7 @@ mod tests {
             .filter(|e| e.kind == Kind::File)
             .map(|e| e.rel.clone())
             .collect();
-        let mut expected = Vec::new();
-        files_in_order(dir.path(), &Filter::default(), &mut errors, &mut |p| {
-            expected.push(p)
-        })
-        .unwrap();
-        assert_eq!(files, expected);
+        assert_eq!(files, files_listed(dir.path()));
         // Each folder just before what it holds.
         for (i, e) in seen.iter().enumerate() {
             if let Some(parent) = e.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
