@@ -16,7 +16,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::store::{append_journal, read_journal, ChunkStore, ChunkWriter, Stored};
+use super::store::{ChunkStore, ChunkWriter, Stored};
 use super::MANIFEST_NAME;
 use crate::error::{Error, IoContext, Result, StorageErrorKind};
 use crate::hash::Digest;
@@ -168,12 +168,8 @@ impl ChunkStore for BucketStore {
             })
     }
 
-    fn journal(&self) -> Result<Vec<u8>> {
-        read_journal(&self.journal)
-    }
-
-    fn append_journal(&self, line: &[u8]) -> Result<()> {
-        append_journal(&self.journal, line)
+    fn journal_path(&self) -> PathBuf {
+        self.journal.clone()
     }
 
     fn finish(&self) -> Result<()> {

@@ -65,10 +65,29 @@ pub trait ChunkStore: Send + Sync {
     fn put_small(&self, name: &str, bytes: &[u8]) -> Result<Digest>;
     /// Reads a small object whole.
     fn get_small(&self, name: &str) -> Result<Vec<u8>>;
+    /// The local file that holds the resume journal (a bucket's is in the ledger's
+    /// folder: an S3 object cannot be appended to).
+    fn journal_path(&self) -> PathBuf;
     /// The resume journal (empty when there is none).
-    fn journal(&self) -> Result<Vec<u8>>;
+    fn journal(&self) -> Result<Vec<u8>> {
+        let path = self.journal_path();
+        match std::fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
     /// Appends one line to the resume journal, durably.
-    fn append_journal(&self, line: &[u8]) -> Result<()>;
+    fn append_journal(&self, line: &[u8]) -> Result<()> {
+        let path = self.journal_path();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .at(&path)?;
+        f.write_all(line).at(&path)?;
+        f.sync_data().at(path)
+    }
     /// Removes what only a write in progress needs (journal, lock, temporaries), once the
     /// archive is complete.
     fn finish(&self) -> Result<()>;
@@ -82,26 +101,6 @@ pub trait ChunkStore: Send + Sync {
     fn retention(&self) -> Option<String> {
         None
     }
-}
-
-/// A resume journal kept in a local file (empty when there is none).
-pub(crate) fn read_journal(path: &Path) -> Result<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
-/// Appends one line to a local resume journal, durably.
-pub(crate) fn append_journal(path: &Path, line: &[u8]) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .at(path)?;
-    f.write_all(line).at(path)?;
-    f.sync_data().at(path)
 }
 
 /// An archive in a local (or mounted) folder.
@@ -120,10 +119,6 @@ impl FolderStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    fn journal_path(&self) -> PathBuf {
-        self.dir.join(STATE_DIR).join("archive-journal")
     }
 }
 
@@ -248,12 +243,8 @@ impl ChunkStore for FolderStore {
         std::fs::read(&path).at(path)
     }
 
-    fn journal(&self) -> Result<Vec<u8>> {
-        read_journal(&self.journal_path())
-    }
-
-    fn append_journal(&self, line: &[u8]) -> Result<()> {
-        append_journal(&self.journal_path(), line)
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join(STATE_DIR).join("archive-journal")
     }
 
     fn finish(&self) -> Result<()> {

@@ -10,10 +10,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
 use super::place::{place_local, PlaceOptions, Placement};
-use super::{Capabilities, Retention, Storage, Upload, Written};
+use super::{Capabilities, Retention, Storage, Upload, UploadHash, Written};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Digest};
 use crate::walk::{self, Filter, Meta, Tree, TMP_PREFIX};
@@ -98,17 +96,12 @@ impl Storage for LocalDir {
             rel: rel.to_path_buf(),
             file,
             tmp,
-            hasher: Sha256::new(),
-            bytes: 0,
-            expected: digest,
+            hash: UploadHash::new(digest),
         }))
     }
 
     fn verify(&self, written: &Written) -> Result<()> {
-        let path = written
-            .pending
-            .clone()
-            .unwrap_or_else(|| self.root.join(&written.rel));
+        let path = written.stored_at(self.root.join(&written.rel));
         if let Ok(f) = File::open(&path) {
             hash::drop_cache(&f);
         }
@@ -161,24 +154,18 @@ struct LocalUpload {
     rel: PathBuf,
     file: File,
     tmp: tempfile::TempPath,
-    hasher: Sha256,
-    bytes: u64,
-    expected: Digest,
+    hash: UploadHash,
 }
 
 impl Upload for LocalUpload {
     fn write(&mut self, block: &[u8]) -> Result<()> {
-        self.hasher.update(block);
-        self.bytes += block.len() as u64;
+        self.hash.update(block);
         self.file.write_all(block).at(&*self.tmp)
     }
 
     fn finish(self: Box<Self>) -> Result<Written> {
-        let this = *self;
-        let digest = Digest::from_hasher(this.hasher);
-        if digest != this.expected {
-            return Err(Error::SourceChanged { path: this.rel });
-        }
+        let mut this = *self;
+        let (digest, bytes) = this.hash.finish(&this.rel)?;
         this.file.sync_all().at(&*this.tmp)?;
         // Kept under its temporary name until commit renames it; one whose read-back
         // failed stays a `.hpcstage-tmp.*` file, which walks skip and the next run sweeps.
@@ -189,7 +176,7 @@ impl Upload for LocalUpload {
         Ok(Written {
             rel: this.rel,
             digest,
-            bytes: this.bytes,
+            bytes,
             version: None,
             pending: Some(pending),
         })

@@ -138,6 +138,47 @@ impl Written {
         }
         Ok(())
     }
+
+    /// Where the written bytes are now: the temporary file until commit, else
+    /// `committed` (the final name).
+    pub(crate) fn stored_at(&self, committed: PathBuf) -> PathBuf {
+        self.pending.clone().unwrap_or(committed)
+    }
+}
+
+/// The bytes an [`Upload`] was given, hashed as they come, and the digest its caller
+/// announced for them.
+pub(crate) struct UploadHash {
+    hasher: sha2::Sha256,
+    bytes: u64,
+    expected: Digest,
+}
+
+impl UploadHash {
+    pub(crate) fn new(expected: Digest) -> Self {
+        Self {
+            hasher: sha2::Sha256::default(),
+            bytes: 0,
+            expected,
+        }
+    }
+
+    pub(crate) fn update(&mut self, block: &[u8]) {
+        sha2::Digest::update(&mut self.hasher, block);
+        self.bytes += block.len() as u64;
+    }
+
+    /// The digest and length of the bytes given; `SourceChanged` for `rel` when the
+    /// digest is not the announced one (the source changed while it was read).
+    pub(crate) fn finish(&mut self, rel: &Path) -> Result<(Digest, u64)> {
+        let digest = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        if digest != self.expected {
+            return Err(Error::SourceChanged {
+                path: rel.to_path_buf(),
+            });
+        }
+        Ok((digest, self.bytes))
+    }
 }
 
 /// A file being written: bytes go in with [`Upload::write`]; [`Upload::finish`] makes them

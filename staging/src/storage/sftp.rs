@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use ssh2::{OpenFlags, OpenType, RenameFlags};
 
 use super::place::{place_sftp, PlaceOptions, Placement};
-use super::{BatchRead, Capabilities, Retention, Storage, Upload, Written};
+use super::{BatchRead, Capabilities, Retention, Storage, Upload, UploadHash, Written};
 use crate::error::{Error, Result};
 use crate::hash::{self, Digest};
 use crate::remote::{flush_remote, meta_of, Fault, Remote, RemoteErrorKind};
@@ -228,17 +228,12 @@ impl Storage for SftpStore {
             rel: rel.to_path_buf(),
             tmp,
             file: Some(file),
-            hasher: Sha256::new(),
-            bytes: 0,
-            expected: digest,
+            hash: UploadHash::new(digest),
         }))
     }
 
     fn verify(&self, written: &Written) -> Result<()> {
-        let path = written
-            .pending
-            .clone()
-            .unwrap_or_else(|| self.path(&written.rel));
+        let path = written.stored_at(self.path(&written.rel));
         let (read, len) = self.hash_stored(&path, written.bytes)?;
         written.compare_read_back(self.remote.display(&path), read, len)
     }
@@ -376,9 +371,7 @@ struct SftpUpload<'a> {
     rel: PathBuf,
     tmp: PathBuf,
     file: Option<ssh2::File>,
-    hasher: Sha256,
-    bytes: u64,
-    expected: Digest,
+    hash: UploadHash,
 }
 
 impl SftpUpload<'_> {
@@ -393,20 +386,14 @@ impl SftpUpload<'_> {
 
 impl Upload for SftpUpload<'_> {
     fn write(&mut self, block: &[u8]) -> Result<()> {
-        self.hasher.update(block);
-        self.bytes += block.len() as u64;
+        self.hash.update(block);
         let file = self.file.as_mut().expect("open until finish");
         let written = file.write_all(block);
         written.map_err(|e| self.failed(e))
     }
 
     fn finish(mut self: Box<Self>) -> Result<Written> {
-        let digest = Digest::from_hasher(std::mem::take(&mut self.hasher));
-        if digest != self.expected {
-            return Err(Error::SourceChanged {
-                path: self.rel.clone(),
-            });
-        }
+        let (digest, bytes) = self.hash.finish(&self.rel)?;
         let mut file = self.file.take().expect("open until finish");
         let flushed = flush_remote(&mut file).and_then(|()| file.close().map_err(Fault::of));
         if let Err(fault) = flushed {
@@ -420,7 +407,7 @@ impl Upload for SftpUpload<'_> {
         Ok(Written {
             rel: std::mem::take(&mut self.rel),
             digest,
-            bytes: self.bytes,
+            bytes,
             version: None,
             pending: Some(pending),
         })
