@@ -14,21 +14,10 @@ mod common;
 
 use std::path::Path;
 
-use common::s3::{credentials, endpoint, plain_bucket, S3World};
+use common::s3::{plain_bucket, seeded_bytes, S3World};
 use hpcstage_staging::hash::Digest;
-use hpcstage_staging::storage::{Etag, S3Options, S3Store, S3Url, Storage, Upload, Written};
+use hpcstage_staging::storage::{Etag, S3Store, Storage, Upload, Written};
 use hpcstage_staging::Error;
-
-/// `len` bytes that depend on `seed`.
-fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u8)
-                .wrapping_mul(29)
-                .wrapping_add(seed ^ (i >> 20) as u8)
-        })
-        .collect()
-}
 
 /// Sends `sent` in blocks of 1 MiB through an upload of `rel` whose pass hashed `hashed`.
 fn upload(
@@ -50,18 +39,8 @@ fn an_upload_hashed_before_is_proven_by_its_read_back_alone() {
     let Some(w) = S3World::new("read-back-checked") else {
         return;
     };
-    // The only test of this binary: no other thread reads the environment.
-    for (k, v) in credentials(&common::s3::access_key(), &common::s3::secret_key()) {
-        std::env::set_var(k, v);
-    }
     let bucket = plain_bucket();
-    let url = S3Url::parse(&w.url(&bucket, "")).unwrap();
-    let opts = S3Options {
-        endpoint: Some(endpoint()),
-        region: Some("us-east-1".into()),
-        ..S3Options::default()
-    };
-    let store = S3Store::connect(&url, &opts).expect("connect to the S3 test server");
+    let store = w.store_of_the_only_test(&bucket);
     let head = |rel: &str| {
         w.aws(&[
             "s3api",
@@ -78,7 +57,7 @@ fn an_upload_hashed_before_is_proven_by_its_read_back_alone() {
     // Sent as hashed: a multipart upload (three parts, the last short), read back and
     // matched; the ETag the server computed from the parts it received is the one of the
     // hashed bytes, and the SHA-256 of the pass is in its metadata.
-    let big = bytes(40 << 20, 1);
+    let big = seeded_bytes(40 << 20, 1);
     let written = upload(&store, "big.bin", &big, &big).unwrap();
     store.verify(&written).expect("the read-back matches");
     let out = head("big.bin");
@@ -111,7 +90,7 @@ fn an_upload_hashed_before_is_proven_by_its_read_back_alone() {
     // A file grown or cut short since the pass: refused as changed before the upload
     // completes; no object and no multipart upload is left for it.
     let mut grown = big.clone();
-    grown.extend(bytes(1 << 20, 3));
+    grown.extend(seeded_bytes(1 << 20, 3));
     for (rel, sent) in [("grown.bin", &grown[..]), ("cut.bin", &big[..(33 << 20)])] {
         match upload(&store, rel, &big, sent) {
             Err(Error::SourceChanged { path }) => assert_eq!(path, Path::new(rel)),

@@ -11,21 +11,10 @@ mod common;
 
 use std::path::Path;
 
-use common::s3::{credentials, endpoint, plain_bucket, S3World};
+use common::s3::{plain_bucket, seeded_bytes, S3World};
 use hpcstage_staging::hash::Digest;
-use hpcstage_staging::storage::{Etag, Prehashed, S3Options, S3Store, S3Url, Storage, Upload};
+use hpcstage_staging::storage::{Etag, Prehashed, S3Store, Storage, Upload};
 use hpcstage_staging::Error;
-
-/// 40 MiB (three parts of 16 MiB, the last short) whose bytes depend on `seed`.
-fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u8)
-                .wrapping_mul(31)
-                .wrapping_add(seed ^ (i >> 20) as u8)
-        })
-        .collect()
-}
 
 /// `bytes` hashed as `tree.rs` hashes a file before its upload.
 fn prehash(bytes: &[u8]) -> Prehashed {
@@ -49,23 +38,13 @@ fn a_file_hashed_before_its_upload_is_sent_as_hashed_or_refused_as_changed() {
     let Some(w) = S3World::new("prehashed") else {
         return;
     };
-    // The only test of this binary: no other thread reads the environment.
-    for (k, v) in credentials(&common::s3::access_key(), &common::s3::secret_key()) {
-        std::env::set_var(k, v);
-    }
     let bucket = plain_bucket();
-    let url = S3Url::parse(&w.url(&bucket, "")).unwrap();
-    let opts = S3Options {
-        endpoint: Some(endpoint()),
-        region: Some("us-east-1".into()),
-        ..S3Options::default()
-    };
-    let store = S3Store::connect(&url, &opts).expect("connect to the S3 test server");
+    let store = w.store_of_the_only_test(&bucket);
 
     // Sent as hashed: a multipart upload and a single PUT, each read back and matched,
     // with the ETag the server computed from what it received equal to the pass's.
-    let big = bytes(40 << 20, 1);
-    let small = bytes(300_000, 2);
+    let big = seeded_bytes(40 << 20, 1);
+    let small = seeded_bytes(300_000, 2);
     for (rel, data) in [("big.bin", &big), ("small.bin", &small)] {
         upload(&store, rel, data, data).unwrap_or_else(|e| panic!("{rel}: {e}"));
         let head = w.aws(&[
@@ -101,7 +80,7 @@ fn a_file_hashed_before_its_upload_is_sent_as_hashed_or_refused_as_changed() {
     let mut one_byte = small.clone();
     one_byte[7] ^= 1;
     let mut grown = big.clone();
-    grown.extend(bytes(17 << 20, 3));
+    grown.extend(seeded_bytes(17 << 20, 3));
     let cut = &big[..(33 << 20)];
     for (rel, hashed, sent) in [
         ("changed-part.bin", &big[..], &second_part[..]),

@@ -306,3 +306,36 @@ pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
         },
     )
 }
+
+/// `len` bytes that depend on `seed` (each MiB differs from the next).
+pub(crate) fn seeded_bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed ^ (i >> 20) as u8)
+        })
+        .collect()
+}
+
+impl S3World {
+    /// The backend itself on `bucket` under this test's prefix, with the test
+    /// credentials in the process's environment (the SDK reads them there): only for a
+    /// binary of one test, where no other thread reads the environment.
+    pub(crate) fn store_of_the_only_test(
+        &self,
+        bucket: &str,
+    ) -> hpcstage_staging::storage::S3Store {
+        use hpcstage_staging::storage::{S3Options, S3Store, S3Url};
+        for (k, v) in credentials(&access_key(), &secret_key()) {
+            std::env::set_var(k, v);
+        }
+        let url = S3Url::parse(&self.url(bucket, "")).expect("the test prefix is an S3 URL");
+        let opts = S3Options {
+            endpoint: Some(endpoint()),
+            region: Some("us-east-1".into()),
+            ..S3Options::default()
+        };
+        S3Store::connect(&url, &opts).expect("connect to the S3 test server")
+    }
+}

@@ -130,10 +130,8 @@ pub fn copy_from(
     // On a store where the manifest marks a complete tree, it is read whatever the
     // options say: a prefix without one is refused as incomplete, before it is listed.
     let must_have_manifest = src.capabilities().manifest_marks_complete;
-    if must_have_manifest && src.stat(Path::new(MANIFEST_NAME))?.is_none() {
-        return Err(Error::Incomplete {
-            location: src.display(Path::new("")).display().to_string(),
-        });
+    if must_have_manifest {
+        src.require_tree()?;
     }
     // A destination that does not exist yet holds nothing to compare with: planning needs
     // no look-up of each file there (20,000 of them on a first stage of 20,000 files).

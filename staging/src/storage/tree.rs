@@ -280,20 +280,14 @@ fn put_file(
 /// The SHA-256 of the file at `path`, which must still have `size` bytes. Read through
 /// the page cache, where the upload that follows finds the bytes again.
 fn digest_of(path: &Path, size: u64) -> Result<Digest> {
-    use sha2::Digest as _;
-    let mut sha = sha2::Sha256::new();
-    let mut bytes = 0u64;
-    hash::for_each_block(File::open(path).at(path)?, path, &mut |block| {
-        sha.update(block);
-        bytes += block.len() as u64;
-        Ok(())
-    })?;
+    let file = File::open(path).at(path)?;
+    let (digest, bytes) = hash::with_buffer(|buf| hash::hash_reader(file, buf)).at(path)?;
     if bytes != size {
         return Err(Error::SourceChanged {
             path: path.to_path_buf(),
         });
     }
-    Ok(Digest::from_hasher(sha))
+    Ok(digest)
 }
 
 /// One pass over the file at `path` (`size` bytes, as listed): its SHA-256, checked
