@@ -5,29 +5,9 @@
 
 mod common;
 
+use common::run::assert_doctor_line;
 use common::s3::{locked_bucket, plain_bucket, S3World};
 use common::{write, Run};
-
-/// The doctor's line for `check` (`status` padded to 4, two spaces, the check's name).
-#[track_caller]
-fn doctor_line<'a>(run: &'a Run, check: &str) -> &'a str {
-    run.stdout
-        .lines()
-        .find(|l| {
-            l.get(6..)
-                .is_some_and(|rest| rest.starts_with(&format!("{check} ")))
-        })
-        .unwrap_or_else(|| panic!("no line for {check:?}\n{run}"))
-}
-
-#[track_caller]
-fn assert_doctor_line(run: &Run, check: &str, status: &str, needle: &str) {
-    let l = doctor_line(run, check);
-    assert!(
-        l.starts_with(&format!("{status:<4}  ")) && l.contains(needle),
-        "expected {status} with {needle:?} for {check}, got:\n{l}\n{run}"
-    );
-}
 
 #[test]
 fn doctor_checks_an_s3_nas_bucket_and_its_object_lock() {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::cluster::{slurm_test, which};
-use common::run::{self, Run};
+use common::run::{self, assert_doctor_line as assert_line, Run};
 use common::sshd::Sshd;
 use common::{read_text, write, Env};
 
@@ -290,27 +290,6 @@ fn configured(env: &Env, extra: &str) {
             env.nas().display(),
             env.scratch().display()
         ),
-    );
-}
-
-/// The doctor's line for `check`.
-#[track_caller]
-fn line<'a>(run: &'a Run, check: &str) -> &'a str {
-    run.stdout
-        .lines()
-        .find(|l| {
-            l.get(6..)
-                .is_some_and(|rest| rest.starts_with(&format!("{check} ")))
-        })
-        .unwrap_or_else(|| panic!("no line for {check:?}\n{run}"))
-}
-
-#[track_caller]
-fn assert_line(run: &Run, check: &str, status: &str, needle: &str) {
-    let l = line(run, check);
-    assert!(
-        l.starts_with(&format!("{status:<4}  ")) && l.contains(needle),
-        "expected {status} with {needle:?} for {check}, got:\n{l}\n{run}"
     );
 }
 
