@@ -758,7 +758,7 @@ fn archives_that_arrive_while_the_name_list_is_still_sent_are_read_whole() {
     sshd.give_to_login_user(&nas);
 
     for round in 0..3 {
-        let dest = env.path(&format!("dest{round}"));
+        let dest = env.path(format!("dest{round}"));
         let spec = sshd.spec(&src);
         let run = env.run([
             "stage",
