@@ -733,6 +733,55 @@ fn each_connection_starts_one_command_for_all_its_batches() {
 }
 
 #[test]
+fn archives_that_arrive_while_the_name_list_is_still_sent_are_read_whole() {
+    // Long names make each batch's list several SSH packets long, and tiny files make tar
+    // answer at once: tar's first records reach the client while it is still sending the
+    // list. None of them may be lost (a stream that loses bytes breaks off, and its files
+    // go over SFTP with a warning).
+    let (env, sshd) = remote_world();
+    let nas = sshd.remote_dir(&env, "remote");
+    let src = nas.join("P/raw/long");
+    let deep = format!("{}/{}", "d".repeat(120), "e".repeat(80));
+    let files = 4000;
+    for i in 0..files {
+        write(
+            src.join(format!("{:02}/{deep}/f{i:05}", i % 4)),
+            format!("{i}"),
+        );
+    }
+    env.run([
+        OsStr::new("manifest"),
+        OsStr::new("create"),
+        src.as_os_str(),
+    ])
+    .code(0);
+    sshd.give_to_login_user(&nas);
+
+    for round in 0..3 {
+        let dest = env.path(format!("dest{round}"));
+        let spec = sshd.spec(&src);
+        let run = env.run([
+            "stage",
+            spec.as_str(),
+            dest.to_str().expect("utf-8"),
+            "--project",
+            "P",
+            "--ssh-sessions",
+            "2",
+            "--json",
+        ]);
+        run.code(0);
+        assert_eq!(run.json()["copied"], files, "{run}");
+        let warnings = json_list(&run.json()["warnings"]);
+        assert!(
+            !warnings.iter().any(|w| w.contains("tar")),
+            "round {round}: every stream should have been read whole: {warnings:?}"
+        );
+        assert_eq!(assert_final_names_match_source(&src, &dest), files);
+    }
+}
+
+#[test]
 fn streamed_files_are_flushed_one_by_one_and_the_run_once_not_in_syncfs_batches() {
     // A `syncfs` also waits for everything else dirty on the filesystem: a stream's files
     // each flush their own pages before their read-back, and the run ends with one.

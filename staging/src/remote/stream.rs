@@ -344,11 +344,14 @@ impl Remote {
         self.with_kept_channel(command, open, |channel| {
             let list = name_list(files);
             // The list of a batch is small (see `copy/stream.rs`) and fits the channel's
-            // window: writing it never waits for the archive to be read.
+            // window: writing it never waits for the archive to be read. Never `flush`
+            // the channel: libssh2's flush (`libssh2_channel_flush_ex`) throws away what
+            // was received and not yet read, and tar's first members may be in by then
+            // (the stream then lost bytes and broke off). A channel write is sent as it
+            // is made.
             channel
                 .write_all(format!("{}\n", list.len()).as_bytes())
                 .and_then(|()| channel.write_all(&list))
-                .and_then(|()| channel.flush())
                 .map_err(Fault::io)?;
             // Buffered: tar reads a 512-byte header per member, and each read of a
             // libssh2 channel itself takes the session's lock. Nothing follows a batch's
