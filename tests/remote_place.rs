@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -148,28 +149,28 @@ fn a_second_ingest_of_a_name_over_ssh_is_refused_while_the_first_runs_and_a_kill
     );
 }
 
-/// A unet-seg predict stand-in that writes a (real) label mask padded to 60 MB, and a
-/// table, per image.
-fn big_predict() -> String {
+/// A unet-seg predict stand-in that writes a (real) label mask padded with `pad` random
+/// bytes, and a table, per image.
+fn predict(pad: usize) -> String {
     format!(
         "#!/bin/bash\nset -euo pipefail\n{}\
          while (($#)); do\n  case $1 in\n    --input) input=$2 ;;\n    --mask) mask=$2 ;;\n\
          \x20   --table) table=$2 ;;\n  esac\n  shift 2\ndone\n\
-         {{ tiny_mask; head -c 60000000 /dev/urandom; }} > \"$mask\"\n\
+         {{ tiny_mask; head -c {pad} /dev/urandom; }} > \"$mask\"\n\
          printf 'cell,area\\n1,10\\n' > \"$table\"\n",
         common::fs::tiny_mask_function()
     )
 }
 
-#[test]
-fn a_pull_to_an_ssh_nas_killed_mid_upload_is_finished_by_the_next_one_with_no_copy_on_scratch() {
-    let (env, sshd, nas) = world();
+/// A unet-seg run of two images staged from the SSH NAS and run by the local executor
+/// (not pulled), its predict stand-in padding each mask with `pad` random bytes; its id.
+fn run_on_ssh_nas(env: &Env, sshd: &Sshd, nas: &Path, pad: usize) -> String {
     write(
         env.user_config(),
         format!(
             "nas_root = \"{}\"\nscratch_root = \"{}\"\n\n[slurm]\nexecutor = \"local\"\n\n\
              [purge]\nbasis = \"mtime\"\nage = \"30d\"\nwarn = \"7d\"\n",
-            sshd.spec(&nas),
+            sshd.spec(nas),
             env.scratch().display()
         ),
     );
@@ -183,7 +184,7 @@ fn a_pull_to_an_ssh_nas_killed_mid_upload_is_finished_by_the_next_one_with_no_co
     );
     env.run(["ingest", "acq", "--project", "P", "--dataset", "plate"])
         .code(0);
-    write(env.path("bin/predict"), big_predict());
+    write(env.path("bin/predict"), predict(pad));
     common::chmod(env.path("bin/predict"), 0o755);
     write(env.path("model.pt"), "stand-in weights\n");
     let submitted = env.run([
@@ -207,10 +208,16 @@ fn a_pull_to_an_ssh_nas_killed_mid_upload_is_finished_by_the_next_one_with_no_co
         "time=10m",
     ]);
     submitted.code(0);
-    let id = submitted.json()["run_id"]
+    submitted.json()["run_id"]
         .as_str()
         .expect("a run id")
-        .to_string();
+        .to_string()
+}
+
+#[test]
+fn a_pull_to_an_ssh_nas_killed_mid_upload_is_finished_by_the_next_one_with_no_copy_on_scratch() {
+    let (env, sshd, nas) = world();
+    let id = run_on_ssh_nas(&env, &sshd, &nas, 60_000_000);
     let parent = nas.join("P/results/segmentation");
     let results = parent.join(&id);
     let run_dir = env.scratch().join("P/runs").join(&id);
@@ -259,4 +266,66 @@ fn a_pull_to_an_ssh_nas_killed_mid_upload_is_finished_by_the_next_one_with_no_co
         "a hidden upload folder or a lock file was left"
     );
     assert!(!outbox.exists(), "a copy of the results stayed on scratch");
+}
+
+/// Forgets that run `id` was pulled, as a pull stopped right after its results were in
+/// place leaves it: no marker in the run folder, no `pulled` event.
+fn forget_pulled(env: &Env, id: &str) {
+    let run_dir = env.scratch().join("P/runs").join(id);
+    std::fs::remove_file(run_dir.join(".hpcstage/pulled.json")).expect("remove the marker");
+    let events = env.state().join("runs").join(id).join("events");
+    for entry in std::fs::read_dir(&events).expect("read the events") {
+        let path = entry.expect("an event").path();
+        if read_text(&path).contains("\"event\": \"pulled\"") {
+            std::fs::remove_file(&path).expect("remove the pulled event");
+        }
+    }
+}
+
+/// What a pull's stdout says of the results in place: files, bytes, manifest digest.
+fn pulled_summary(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("pulled run"))
+        .unwrap_or_else(|| panic!("no `pulled run` line in {stdout}"));
+    line.split_once(" → ")
+        .expect("a → in the line")
+        .1
+        .to_string()
+}
+
+#[test]
+fn results_already_on_the_ssh_nas_are_adopted_from_their_listing_and_a_missing_file_refuses_them() {
+    let (env, sshd, nas) = world();
+    let id = run_on_ssh_nas(&env, &sshd, &nas, 1000);
+    let results = nas.join("P/results/segmentation").join(&id);
+    let first = env.run(["pull", &id, "--wait"]);
+    first.code(0);
+    let placed = pulled_summary(&first.stdout);
+    assert!(placed.contains(" files, "), "{placed}");
+    let mask = results.join("masks/img1.ome.tif");
+    let written = std::fs::metadata(&mask).expect("the mask on the NAS");
+
+    // The bookkeeping of a pull stopped after its rename is finished from what the NAS
+    // lists (sizes) and its manifest (files, digest); nothing is written again.
+    forget_pulled(&env, &id);
+    let adopted = env.run(["pull", &id]);
+    adopted.code(0);
+    assert_eq!(pulled_summary(&adopted.stdout), placed, "{adopted}");
+    let after = std::fs::metadata(&mask).expect("the mask on the NAS");
+    assert_eq!(
+        (after.ino(), after.mtime_nsec(), after.mtime()),
+        (written.ino(), written.mtime_nsec(), written.mtime()),
+        "the mask was written again"
+    );
+    env.run(["pull", &id]).code(0).out_has("already pulled");
+
+    // A file its manifest lists but the NAS no longer holds: not adopted, left as it is.
+    forget_pulled(&env, &id);
+    std::fs::remove_file(results.join("tables/img2.csv")).expect("remove a table");
+    env.run(["pull", &id])
+        .code(1)
+        .err_has("tables/img2.csv of its manifest is missing")
+        .err_has("move it away and pull again");
+    assert!(mask.is_file(), "the results folder was touched");
 }

@@ -535,43 +535,9 @@ fn a_transfer_node_lost_mid_stage_ends_in_a_complete_verified_stage_after_the_re
     let raw = dataset(&world, "plate", 120, 2 << 20);
     let (array, last, _) = stage_shards(&world, &raw, 3);
     let dest = world.scratch().join("P/plate");
-    let shard_dir = dest.join(".hpcstage/shards/1");
 
     // Catch shard 1's hpcstage as it copies, and freeze it there.
-    let started = Instant::now();
-    let (pid, env) = loop {
-        let found = processes_with(&[
-            ("SLURM_ARRAY_JOB_ID", array.as_str()),
-            ("SLURM_ARRAY_TASK_ID", "1"),
-        ]);
-        let hpcstage = found.into_iter().find(|(pid, _)| {
-            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "hpcstage")
-        });
-        if let Some(p) = hpcstage {
-            break p;
-        }
-        assert!(
-            started.elapsed() < STAGE_TIMEOUT,
-            "shard 1 never started\n{}",
-            logs(&dest)
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    signal(pid, libc::SIGSTOP);
-    let stepped = Instant::now();
-    while copied_into(&shard_dir) == 0 {
-        signal(pid, libc::SIGCONT);
-        std::thread::sleep(Duration::from_millis(3));
-        signal(pid, libc::SIGSTOP);
-        assert!(
-            stepped.elapsed() < Duration::from_secs(60),
-            "shard 1 copies nothing"
-        );
-    }
-    assert!(
-        !dest.join(".hpcstage/shard-jobs/1.json").exists(),
-        "shard 1 finished before its node could be killed; give it more bytes"
-    );
+    let (_, env) = caught_copying(&array, 1, &dest);
     let node = env["SLURMD_NODENAME"].clone();
     let job = env["SLURM_JOB_ID"].clone();
     let restore = RestoreNode(node.clone());
@@ -606,6 +572,120 @@ fn a_transfer_node_lost_mid_stage_ends_in_a_complete_verified_stage_after_the_re
         ["idle", "mixed", "allocated"].contains(&state.stdout.trim()),
         "node {node} not restored: {state}"
     );
+}
+
+/// Waits for shard `index`'s hpcstage of array job `array` to run and to have written a
+/// first file (a temporary or a verified one) into the shard's folder under `dest`, and
+/// leaves it stopped (SIGSTOP) there: its pid and environment.
+fn caught_copying(array: &str, index: u32, dest: &Path) -> (i32, BTreeMap<String, String>) {
+    let shard_dir = dest.join(format!(".hpcstage/shards/{index}"));
+    let task = index.to_string();
+    let started = Instant::now();
+    let (pid, env) = loop {
+        let found = processes_with(&[
+            ("SLURM_ARRAY_JOB_ID", array),
+            ("SLURM_ARRAY_TASK_ID", task.as_str()),
+        ]);
+        let hpcstage = found.into_iter().find(|(pid, _)| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "hpcstage")
+        });
+        if let Some(p) = hpcstage {
+            break p;
+        }
+        assert!(
+            started.elapsed() < STAGE_TIMEOUT,
+            "shard {index} never started\n{}",
+            logs(dest)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    signal(pid, libc::SIGSTOP);
+    let stepped = Instant::now();
+    while copied_into(&shard_dir) == 0 {
+        signal(pid, libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(3));
+        signal(pid, libc::SIGSTOP);
+        assert!(
+            stepped.elapsed() < Duration::from_secs(60),
+            "shard {index} copies nothing"
+        );
+    }
+    assert!(
+        !dest
+            .join(format!(".hpcstage/shard-jobs/{index}.json"))
+            .exists(),
+        "shard {index} finished before it could be stopped; give it more bytes"
+    );
+    (pid, env)
+}
+
+/// Files under their final names in `dest` (its bookkeeping aside).
+fn final_names(dest: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+        {
+            let t = e.file_type().unwrap();
+            if e.file_name() == ".hpcstage" {
+                continue;
+            }
+            if t.is_dir() {
+                walk(root, &e.path(), out);
+            } else {
+                out.push(e.path().strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dest, dest, &mut out);
+    out
+}
+
+#[test]
+fn a_shard_task_requeued_mid_copy_as_preemption_does_ends_in_a_complete_verified_stage() {
+    let _cluster = slurm_test!();
+    let world = World::new();
+    let raw = dataset(&world, "plate", 120, 2 << 20);
+    let (array, last, _) = stage_shards(&world, &raw, 3);
+    let dest = world.scratch().join("P/plate");
+
+    // Shard 1 is preempted with PreemptMode=REQUEUE as SLURM does it (the test cluster
+    // has no PreemptType): `scontrol requeue` of the running task, which SLURM stops
+    // with SIGCONT, SIGTERM and after KillWait SIGKILL, then starts again.
+    let (pid, _) = caught_copying(&array, 1, &dest);
+    let task = format!("{array}_1");
+    let requeue = bounded("scontrol", &["requeue", &task], 30);
+    signal(pid, libc::SIGCONT);
+    requeue.code(0);
+
+    // While it waits to run again, nothing of it is under a final name: its files stay
+    // in its shard folder until the final task moves the verified ones.
+    let attempts = sacct_settled(&task, true, |a| a.iter().any(|r| r.1 == "REQUEUED"));
+    assert!(
+        attempts.iter().any(|r| r.1 == "REQUEUED"),
+        "{attempts:?}\n{}",
+        logs(&dest)
+    );
+    assert_eq!(final_names(&dest), Vec::<PathBuf>::new(), "{}", logs(&dest));
+
+    assert_eq!(wait_ended(&last, &dest, NODE_LOSS_TIMEOUT), "COMPLETED");
+    let attempts = sacct_settled(&task, true, |a| {
+        a.last().is_some_and(|r| r.1 == "COMPLETED")
+    });
+    assert_eq!(
+        attempts.last().map(|r| r.1.as_str()),
+        Some("COMPLETED"),
+        "{attempts:?}"
+    );
+    // The task that ran again finished the shard itself, resuming what was verified.
+    let result: Value =
+        serde_json::from_str(&read_text(dest.join(".hpcstage/shard-jobs/1.json"))).unwrap();
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["by"], "task", "{result:#}");
+    assert!(result["restarts"].as_u64() >= Some(1), "{result:#}");
+    assert_complete_stage(&raw, &dest, 120);
 }
 
 /// A stand-in for a U-Net predict command (as in tests/slurm_chain.rs): writes a tiny

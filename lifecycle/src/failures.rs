@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use hpcstage_staging::record::read_json;
-use hpcstage_template::INPUTS_FILE;
+use hpcstage_template::each_input;
 
 use crate::chain::RENDERED_FILE;
 use crate::run::JobFacts;
@@ -74,17 +74,25 @@ pub fn failed_tasks(facts: Option<&JobFacts>, run_dir: &Path) -> Vec<FailedTask>
     let per_task = read_json::<serde_json::Value>(&run_dir.join(RENDERED_FILE))
         .ok()
         .and_then(|r| r["per_task"].as_u64());
-    let inputs = read_inputs(run_dir);
+    // A task's share is read from the list on disk, never the whole list held.
     let share = |task: Option<u32>| -> Vec<String> {
-        match (task, per_task) {
-            (Some(t), Some(per)) => {
-                let start = usize::try_from(u64::from(t) * per).unwrap_or(usize::MAX);
-                let per = usize::try_from(per).unwrap_or(usize::MAX);
-                inputs.iter().skip(start).take(per).cloned().collect()
+        let (start, per) = match (task, per_task) {
+            (Some(t), Some(per)) => (
+                usize::try_from(u64::from(t) * per).unwrap_or(usize::MAX),
+                usize::try_from(per).unwrap_or(usize::MAX),
+            ),
+            (None, _) => (0, usize::MAX),
+            (Some(_), None) => return Vec::new(),
+        };
+        let (mut seen, mut out) = (0usize, Vec::new());
+        let _ = each_input(run_dir, &mut |item| {
+            if seen >= start {
+                out.push(item);
             }
-            (None, _) => inputs.clone(),
-            (Some(_), None) => Vec::new(),
-        }
+            seen += 1;
+            out.len() < per
+        });
+        out
     };
     let mut out: Vec<FailedTask> = Vec::new();
     if facts.tasks.is_empty() {
@@ -121,19 +129,6 @@ pub fn failed_tasks(facts: Option<&JobFacts>, run_dir: &Path) -> Vec<FailedTask>
     }
     out.sort_by_key(|t| t.task);
     out
-}
-
-/// The run's inputs, in task order.
-fn read_inputs(run_dir: &Path) -> Vec<String> {
-    std::fs::read(run_dir.join(INPUTS_FILE))
-        .map(|bytes| {
-            bytes
-                .split(|&b| b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Inputs marked as not done in the task's QC tables (`qc/*-<task>.tsv` with a header
@@ -199,7 +194,11 @@ mod tests {
         let run = dir.path();
         std::fs::create_dir_all(run.join(".hpcstage")).unwrap();
         std::fs::create_dir_all(run.join("qc")).unwrap();
-        std::fs::write(run.join(INPUTS_FILE), "a.tif\0b.tif\0c.tif\0d.tif\0e.tif\0").unwrap();
+        std::fs::write(
+            run.join(hpcstage_template::INPUTS_FILE),
+            "a.tif\0b.tif\0c.tif\0d.tif\0e.tif\0",
+        )
+        .unwrap();
         std::fs::write(run.join(RENDERED_FILE), r#"{"per_task": 2}"#).unwrap();
         std::fs::write(
             run.join("qc/summary-1.tsv"),
@@ -231,7 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path();
         std::fs::create_dir_all(run.join(".hpcstage")).unwrap();
-        std::fs::write(run.join(INPUTS_FILE), "s1\0s2\0").unwrap();
+        std::fs::write(run.join(hpcstage_template::INPUTS_FILE), "s1\0s2\0").unwrap();
         assert_eq!(
             failed_tasks(job("TIMEOUT", &[]).as_ref(), run)[0].describe(),
             "job (TIMEOUT exit 7:0): its inputs s1, s2"

@@ -32,6 +32,7 @@ pub mod remote;
 pub mod scan;
 pub mod shard;
 pub mod sorted;
+pub mod spilled;
 pub mod stage;
 pub mod storage;
 pub mod verify;

@@ -177,10 +177,11 @@ pub fn plan(source: &dyn Storage, dest: &Path, filter: &Filter, shards: u32) -> 
     match source.local_root() {
         Some(root) => walk::entries_in_order(root, filter, &mut errors, &mut one)?,
         None => {
-            let mut tree = source.list(filter)?;
-            errors.append(&mut tree.errors);
-            walk::sort_by_bytes(&mut tree.entries, |e| &e.rel);
-            tree.entries.into_iter().for_each(&mut one);
+            let mut listing = source.list_in_order(filter)?;
+            errors.append(&mut listing.errors);
+            for e in listing {
+                one(e?);
+            }
         }
     }
     if let Some(e) = failure.or(errors.into_iter().next()) {

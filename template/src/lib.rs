@@ -53,8 +53,8 @@ pub use outputs::{
 };
 pub use params::ParamValue;
 pub use render::{
-    render, InputListing, ListedFile, RenderContext, Rendered, ShippedTool, INPUTS_FILE, LOG_DIR,
-    SCRIPT_FILE, SIGNAL_MARKER, TOOLS_DIR,
+    each_input, read_inputs, render, InputListing, ListedFile, RenderContext, Rendered,
+    ShippedTool, INPUTS_FILE, LOG_DIR, SCRIPT_FILE, SIGNAL_MARKER, TOOLS_DIR,
 };
 pub use spec::{
     ArrayRule, InputsSpec, OutputKind, OutputRule, OutputsSpec, ParamSpec, ParamType,

@@ -20,7 +20,7 @@ use super::outputs::{
 };
 use super::params::{self, ParamValue};
 use super::quote::{describe, plain_env, quote, shell_env};
-use super::spec::{InputsSpec, TemplateSpec};
+use super::spec::{InputsSpec, OutputKind, TemplateSpec};
 use super::{lint, TemplateError};
 use hpcstage_slurm::duration::SlurmDuration;
 use hpcstage_slurm::sbatch::{ResourceOverrides, SbatchArgs};
@@ -120,8 +120,17 @@ pub struct Rendered {
     pub sbatch_args: Vec<String>,
     /// Every parameter, typed, defaults filled in.
     pub params: BTreeMap<String, ParamValue>,
-    /// The inputs (relative paths or sheet rows) when known, in task order.
+    /// The inputs (relative paths or sheet rows) when known, in task order: held while
+    /// the run is rendered and submitted and written to [`INPUTS_FILE`] in the run folder
+    /// by [`Rendered::write`], never into the run's records (a million inputs would be a
+    /// million names in one JSON document, read whole by every pull). A record read back
+    /// has `None` here and [`Rendered::n_inputs`]; one written before then still lists
+    /// them, and is read as it is.
+    #[serde(default, skip_serializing)]
     pub inputs: Option<Vec<String>>,
+    /// How many inputs, when known (the length of [`INPUTS_FILE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_inputs: Option<u64>,
     /// Inputs per array task, when the array is sized from the inputs.
     pub per_task: Option<u64>,
     pub outputs: ResolvedOutputs,
@@ -160,14 +169,37 @@ pub const TOOLS_DIR: &str = "tools";
 impl Rendered {
     /// Check the run folder (`run_dir`, where this job's outputs are) against the expected
     /// outputs, with this run's inputs for the rules that compare outputs with them.
+    /// The input list is read from the run folder's [`INPUTS_FILE`] when a rule needs it
+    /// (a label mask is read against the input of its name) and this record does not
+    /// hold it.
     pub fn check_outputs(&self, run_dir: &Path) -> Result<Vec<OutputCheck>, TemplateError> {
+        let needed = self
+            .outputs
+            .expect
+            .iter()
+            .any(|r| r.kind == OutputKind::LabelMask);
+        let read;
+        let list = match &self.inputs {
+            Some(list) => Some(list.as_slice()),
+            None if needed && self.n_inputs.is_some() => {
+                read = read_inputs(run_dir)?;
+                Some(read.as_slice())
+            }
+            None => None,
+        };
         self.outputs.check(
             run_dir,
             RunInputs {
                 dir: &self.input_dir,
-                list: self.inputs.as_deref(),
+                list,
             },
         )
+    }
+
+    /// How many inputs, when known.
+    pub fn input_count(&self) -> Option<u64> {
+        self.n_inputs
+            .or_else(|| self.inputs.as_ref().map(|l| l.len() as u64))
     }
 
     /// Write the run folder: the script ([`SCRIPT_FILE`]), the input list ([`INPUTS_FILE`])
@@ -395,12 +427,57 @@ pub fn render(
         sbatch_args: sbatch.to_args(),
         sbatch,
         params: values,
+        n_inputs: inputs.as_ref().map(|l| l.len() as u64),
         inputs,
         per_task,
         outputs,
         tools: Vec::new(),
         skipped_links,
     })
+}
+
+/// The items of the run folder's [`INPUTS_FILE`] in task order, each handed to `each`
+/// as it is read (the list is never held); `each` returns `false` to stop. A run
+/// without the file has no items.
+pub fn each_input(
+    run_dir: &Path,
+    each: &mut dyn FnMut(String) -> bool,
+) -> Result<(), TemplateError> {
+    use std::io::BufRead;
+    let path = run_dir.join(INPUTS_FILE);
+    let io = |error| TemplateError::Io {
+        path: path.clone(),
+        error,
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut reader = std::io::BufReader::new(file);
+    let mut item = Vec::new();
+    loop {
+        item.clear();
+        if reader.read_until(0, &mut item).map_err(io)? == 0 {
+            return Ok(());
+        }
+        if item.last() == Some(&0) {
+            item.pop();
+        }
+        if !item.is_empty() && !each(String::from_utf8_lossy(&item).into_owned()) {
+            return Ok(());
+        }
+    }
+}
+
+/// The whole of the run folder's [`INPUTS_FILE`] (see [`each_input`]).
+pub fn read_inputs(run_dir: &Path) -> Result<Vec<String>, TemplateError> {
+    let mut out = Vec::new();
+    each_input(run_dir, &mut |item| {
+        out.push(item);
+        true
+    })?;
+    Ok(out)
 }
 
 /// A typed value for expressions: ints as numbers, everything else as text.

@@ -7,7 +7,7 @@ use hpcstage_staging::digest::Digest;
 use hpcstage_staging::host::{current_user, hostname};
 use hpcstage_staging::progress::Progress;
 use hpcstage_staging::record::{json_bytes, read_json, write_json};
-use hpcstage_staging::sorted::ManifestFile;
+use hpcstage_staging::sorted::{Cursor, ManifestFile};
 use hpcstage_staging::walk::{Filter, MANIFEST_NAME, STATE_DIR};
 use hpcstage_template::{Rendered, SIGNAL_MARKER};
 use jiff::Timestamp;
@@ -276,22 +276,45 @@ type Listed = std::result::Result<(u64, u64, Digest), String>;
 /// [`Listed`] of results in a folder of this machine: the manifest read line by line and
 /// each file it lists looked at in turn, so that a million of them are never held.
 fn listed_in_folder(dir: &Path) -> Listed {
-    let unreadable = |e: hpcstage_staging::Error| match &e {
-        hpcstage_staging::Error::Io { error, .. }
-            if error.kind() == std::io::ErrorKind::NotFound =>
-        {
-            "its manifest cannot be read (it is missing)".to_string()
-        }
-        _ => format!("its manifest cannot be read ({e})"),
-    };
     let manifest = ManifestFile::open(&dir.join(MANIFEST_NAME)).map_err(unreadable)?;
+    listed(&manifest, |rel| {
+        Ok(std::fs::symlink_metadata(dir.join(rel))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len()))
+    })
+}
+
+/// [`Listed`] of results on an SSH host or S3: the manifest copied to this machine and
+/// the listing spilled to disk in path order, both read alongside, never held whole.
+fn listed_in_store(store: &dyn hpcstage_staging::storage::Storage) -> Listed {
+    let manifest = store
+        .manifest_file()
+        .map_err(unreadable)?
+        .ok_or_else(|| "its manifest cannot be read (it is missing)".to_string())?;
+    let mut sizes = Cursor::new(
+        store
+            .file_sizes()
+            .map_err(|e| format!("it cannot be listed ({e})"))?,
+    );
+    listed(&manifest.file, |rel| {
+        sizes
+            .find(rel)
+            .map(|found| found.map(|(_, size)| *size))
+            .map_err(|e| format!("it cannot be listed ({e})"))
+    })
+}
+
+/// Files, bytes and digest of `manifest`, each of its files sized by `size_of` in path
+/// order (`None`: not there).
+fn listed(
+    manifest: &ManifestFile,
+    mut size_of: impl FnMut(&Path) -> std::result::Result<Option<u64>, String>,
+) -> Listed {
     let mut bytes = 0;
     for entry in manifest.in_order().map_err(unreadable)? {
         let entry = entry.map_err(unreadable)?;
-        match std::fs::symlink_metadata(dir.join(&entry.path)) {
-            Ok(m) if m.is_file() => bytes += m.len(),
-            _ => return Err(missing_file(&entry.path)),
-        }
+        bytes += size_of(&entry.path)?.ok_or_else(|| missing_file(&entry.path))?;
     }
     Ok((
         manifest.entries,
@@ -300,23 +323,15 @@ fn listed_in_folder(dir: &Path) -> Listed {
     ))
 }
 
-/// [`Listed`] of results on an SSH host or S3, whose manifest and listing come whole.
-fn listed_in_store(store: &dyn hpcstage_staging::storage::Storage) -> Listed {
-    let manifest = store
-        .manifest()
-        .map_err(|e| e.to_string())
-        .and_then(|m| m.ok_or_else(|| "it is missing".to_string()))
-        .map_err(|e| format!("its manifest cannot be read ({e})"))?;
-    let sizes = store
-        .file_sizes()
-        .map_err(|e| format!("it cannot be listed ({e})"))?;
-    let mut bytes = 0;
-    for entry in &manifest.entries {
-        bytes += sizes
-            .get(&entry.path)
-            .ok_or_else(|| missing_file(&entry.path))?;
+fn unreadable(e: hpcstage_staging::Error) -> String {
+    match &e {
+        hpcstage_staging::Error::Io { error, .. }
+            if error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            "its manifest cannot be read (it is missing)".to_string()
+        }
+        _ => format!("its manifest cannot be read ({e})"),
     }
-    Ok((manifest.len() as u64, bytes, manifest.digest()))
 }
 
 fn missing_file(rel: &Path) -> String {

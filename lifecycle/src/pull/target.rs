@@ -144,7 +144,12 @@ impl Target {
             });
         }
         match placing.finish(&entries) {
-            Ok(placed) => Ok(Some((placed.listed, report.bytes_total))),
+            // The bytes of every file the manifest lists: the copied ones and those
+            // written beside them (`run.json`, `README.md`), as an adopting pull counts.
+            Ok(placed) => Ok(Some((
+                placed.listed,
+                report.bytes_total + described.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+            ))),
             // A tree appeared under the final name meanwhile: ours stays hidden.
             Err(hpcstage_staging::Error::DatasetExists { .. }) => Ok(None),
             Err(e) => Err(nas(e)),

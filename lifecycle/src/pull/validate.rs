@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hpcstage_slurm::process::{kill_group, own_group};
 use hpcstage_staging::walk::STATE_DIR;
-use hpcstage_template::{Expected, OutputCheck, Rendered, INPUTS_FILE};
+use hpcstage_template::{Expected, OutputCheck, Rendered};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -117,11 +117,9 @@ pub(super) fn nothing_validates(v: &Validation) -> bool {
 /// the inputs (of `.hpcstage/inputs.list`) none of whose outputs of that rule is there,
 /// told by the input's name before its first dot (`img2.tif` → `masks/img2.ome.tif`).
 pub(super) fn missing_outputs(v: &Validation, run_dir: &Path) -> Vec<String> {
-    // NUL-separated, as the render writes it.
-    let listed = std::fs::read(run_dir.join(INPUTS_FILE)).unwrap_or_default();
-    let inputs: Vec<String> = String::from_utf8_lossy(&listed)
-        .split('\0')
-        .filter(|l| !l.is_empty())
+    let inputs: Vec<String> = hpcstage_template::read_inputs(run_dir)
+        .unwrap_or_default()
+        .iter()
         .map(|l| {
             let name = Path::new(l)
                 .file_name()

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 use hpcstage_staging::hash::hash_file;
 use hpcstage_staging::record::StageRecord;
-use hpcstage_staging::sorted::{Cursor, InOrder, JournalInOrder, ManifestFile};
+use hpcstage_staging::sorted::{Cursor, JournalInOrder, ManifestFile};
 use hpcstage_staging::storage::{NasAccess, Storage};
-use hpcstage_staging::walk::{files_in_order, Filter, Meta, MANIFEST_NAME, STATE_DIR};
+use hpcstage_staging::walk::{files_in_order, Filter, Meta, STATE_DIR};
 
 /// How many changed files a reason names before it gives the count of the rest.
 const NAMED: usize = 3;
@@ -98,39 +98,12 @@ fn keep_smallest(first: &mut Vec<PathBuf>, path: PathBuf) {
     first.truncate(NAMED);
 }
 
-/// A local NAS folder's `MANIFEST.sha256`, checked line by line (`Ok(None)`: it has
-/// none); `None` for a remote folder, whose manifest comes over the network whole.
-fn local_manifest(folder: &dyn Storage) -> Option<hpcstage_staging::Result<Option<ManifestFile>>> {
-    let dir = folder.local_root()?;
-    Some(match ManifestFile::open(&dir.join(MANIFEST_NAME)) {
-        Ok(m) => Ok(Some(m)),
-        Err(hpcstage_staging::Error::Io { error, .. })
-            if error.kind() == std::io::ErrorKind::NotFound =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    })
-}
-
-/// The NAS source's manifest in path order: streamed from the file on a local NAS, read
-/// whole over the network otherwise. `Ok(None)`: there is none.
-fn nas_manifest(folder: &dyn Storage) -> hpcstage_staging::Result<Option<InOrder>> {
-    match local_manifest(folder) {
-        Some(m) => m?.map(|m| m.in_order()).transpose(),
-        None => Ok(folder.manifest()?.map(InOrder::from_manifest)),
-    }
-}
-
 /// The digest of a folder's `MANIFEST.sha256` (as `Manifest::digest` computes it),
-/// streamed on a local NAS; `Ok(None)` when it has none.
+/// streamed (a remote one copied to this machine first); `Ok(None)` when it has none.
 pub(super) fn manifest_digest(
     folder: &dyn Storage,
 ) -> hpcstage_staging::Result<Option<hpcstage_staging::digest::Digest>> {
-    match local_manifest(folder) {
-        Some(m) => m?.map(|m| m.digest()).transpose(),
-        None => Ok(folder.manifest()?.map(|m| m.digest())),
-    }
+    folder.manifest_file()?.map(|m| m.file.digest()).transpose()
 }
 
 /// Up to [`NAMED`] reasons and how many there are.
@@ -189,20 +162,27 @@ pub(super) fn nas_copy_state(
     let folder = NasAccess::shared()
         .folder(source)
         .map_err(|e| no_manifest(format!(" ({e})")))?;
+    // The NAS source's manifest in path order, streamed from a file on this machine (a
+    // remote one copied here first, kept while it is read).
+    let nas_manifest = folder
+        .manifest_file()
+        .map_err(|e| no_manifest(format!(" ({e})")))?
+        .ok_or_else(|| no_manifest(String::new()))?;
     let mut nas = Cursor::new(
-        nas_manifest(folder.as_ref())
-            .map_err(|e| no_manifest(format!(" ({e})")))?
-            .ok_or_else(|| no_manifest(String::new()))?,
+        nas_manifest
+            .file
+            .in_order()
+            .map_err(|e| no_manifest(format!(" ({e})")))?,
     );
     // A remote NAS is listed once (one round trip per folder) instead of a stat per file.
     let local = folder.local_root().map(Path::to_path_buf);
-    let remote_sizes = if local.is_none() {
-        Some(folder.file_sizes().map_err(|e| {
+    let mut remote_sizes = if local.is_none() {
+        Some(Cursor::new(folder.file_sizes().map_err(|e| {
             Check::Differs(format!(
                 "the NAS source {} cannot be listed ({e}); scratch may hold the only copy",
                 source.display()
             ))
-        })?)
+        })?))
     } else {
         None
     };
@@ -221,8 +201,11 @@ pub(super) fn nas_copy_state(
         match listed {
             Some(d) if d == e.digest => {
                 // The manifest vouches for the bytes; the file itself must still be there.
-                let on_nas = match &remote_sizes {
-                    Some(sizes) => sizes.get(&e.path).copied(),
+                let on_nas = match &mut remote_sizes {
+                    Some(sizes) => sizes
+                        .find(&e.path)
+                        .map_err(|e| unread("NAS listing", e))?
+                        .map(|(_, size)| *size),
                     None => std::fs::metadata(local.as_deref().unwrap_or(source).join(&e.path))
                         .map(|m| m.size())
                         .ok(),
@@ -312,7 +295,7 @@ mod tests {
             .iter()
             .map(|n| format!("{}  {n}\n", "0".repeat(64)))
             .collect();
-        let path = dir.join(MANIFEST_NAME);
+        let path = dir.join(hpcstage_staging::walk::MANIFEST_NAME);
         std::fs::write(&path, text).unwrap();
         ManifestFile::open(&path).unwrap()
     }

@@ -15,15 +15,16 @@ use crate::journal::JournalEntry;
 use crate::manifest::{check_listed, Manifest, ManifestEntry};
 use crate::ordered::ordered;
 use crate::sorted::{Cursor, InOrder, JournalInOrder};
+use crate::spilled::Listing;
 use crate::storage::Storage;
-use crate::walk::{self, Entry, Filter, Kind, Meta, Tree, MANIFEST_NAME};
+use crate::walk::{self, Entry, Filter, Kind, Meta, MANIFEST_NAME};
 
 /// The source tree, to be walked in path order.
 pub(super) enum SourceWalk {
     /// A local folder: walked one folder at a time.
     Local(PathBuf),
-    /// Any other storage: listed whole, then sorted.
-    Listed(Tree),
+    /// Any other storage: listed in path order, spilled to disk as it was listed.
+    Listed(Listing),
 }
 
 impl SourceWalk {
@@ -37,9 +38,7 @@ impl SourceWalk {
             }
             return Ok(SourceWalk::Local(root.to_path_buf()));
         }
-        let mut tree = src.list(filter)?;
-        walk::sort_by_bytes(&mut tree.entries, |e| &e.rel);
-        Ok(SourceWalk::Listed(tree))
+        Ok(SourceWalk::Listed(src.list_in_order(filter)?))
     }
 }
 
@@ -129,9 +128,17 @@ pub(super) fn walk_and_plan(
                     failure = Some(e);
                 }
             }
-            SourceWalk::Listed(tree) => {
-                errors.extend(tree.errors);
-                tree.entries.into_iter().for_each(one);
+            SourceWalk::Listed(mut listing) => {
+                errors.append(&mut listing.errors);
+                for e in listing {
+                    match e {
+                        Ok(e) => one(e),
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                            break;
+                        }
+                    }
+                }
             }
         }
         if !chunk.is_empty() {

@@ -12,14 +12,14 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::pool::{Fault, Remote};
 use super::stream::{drain, exit_status, tar_said, EXIT_MARK};
 use crate::human::shell_quote;
-use crate::walk::{Entry, Filter, Kind, Meta, Tree};
+use crate::walk::{Entry, Filter, Kind, Meta};
 
 /// The shell command run on the host: find over `root` (followed if it is a link), then
 /// its status on stderr (libssh2 says 0 when no status came back).
@@ -72,12 +72,17 @@ fn parse_record(record: &[u8]) -> Option<(Kind, Meta, PathBuf)> {
     Some((kind, meta, PathBuf::from(OsStr::from_bytes(path))))
 }
 
-/// The listing `find` printed, filtered as the SFTP walk filters: an entry left out
-/// takes what is below it along. `Err` names a record that could not be read.
-fn parse_listing(out: &[u8], filter: &Filter) -> Result<Tree, String> {
-    let mut tree = Tree::default();
-    let mut pruned: HashSet<PathBuf> = HashSet::new();
-    for record in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+/// The records `find` prints, filtered as the SFTP walk filters: an entry left out takes
+/// what is below it along (only the folders left out are kept, to know that).
+struct Records<'a> {
+    filter: &'a Filter,
+    pruned: HashSet<PathBuf>,
+}
+
+impl Records<'_> {
+    /// The entry of one record, `None` when the filter leaves it out; `Err` names a
+    /// record that could not be read.
+    fn entry(&mut self, record: &[u8]) -> Result<Option<Entry>, String> {
         let (kind, meta, rel) = parse_record(record).ok_or_else(|| {
             format!(
                 "find printed an entry that could not be read: {:?}",
@@ -85,26 +90,54 @@ fn parse_listing(out: &[u8], filter: &Filter) -> Result<Tree, String> {
             )
         })?;
         let name = rel.file_name().unwrap_or_default().to_owned();
-        let below_pruned = rel.parent().is_some_and(|p| pruned.contains(p));
-        if below_pruned || filter.leaves_out(&rel, &name) || !filter.keeps(kind, &rel) {
+        let below_pruned = rel.parent().is_some_and(|p| self.pruned.contains(p));
+        if below_pruned || self.filter.leaves_out(&rel, &name) || !self.filter.keeps(kind, &rel) {
             if kind == Kind::Dir {
-                pruned.insert(rel);
+                self.pruned.insert(rel);
             }
-            continue;
+            return Ok(None);
         }
-        tree.entries.push(Entry { rel, kind, meta });
+        Ok(Some(Entry { rel, kind, meta }))
+    }
+}
+
+/// The listing `find` printed, filtered as the SFTP walk filters. `Err` names a record
+/// that could not be read.
+#[cfg(test)]
+fn parse_listing(out: &[u8], filter: &Filter) -> Result<crate::walk::Tree, String> {
+    let mut tree = crate::walk::Tree::default();
+    let mut records = Records {
+        filter,
+        pruned: HashSet::new(),
+    };
+    for record in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        tree.entries.extend(records.entry(record)?);
     }
     Ok(tree)
 }
 
 impl Remote {
     /// Lists the tree below `root` (a folder of the host) in one round trip, as
-    /// [`Remote::walk_at`] would. `Err` says why it could not (no GNU find there, exec
-    /// refused, a folder find could not read, a lost connection): the caller then walks
-    /// over SFTP. The flag says whether find is unusable there (asking again would fail
-    /// the same way) rather than stopped by this tree (an unreadable folder).
-    pub(crate) fn find_tree(&self, root: &Path, filter: &Filter) -> Result<Tree, (String, bool)> {
+    /// [`Remote::walk_at`] would, each entry handed to `each` as it is read from the
+    /// channel (never the whole listing in memory). The listing counts only if this
+    /// returns `Ok`: after an `Err`, what `each` was given is to be dropped. `Err` says
+    /// why it could not (no GNU find there, exec refused, a folder find could not read, a
+    /// lost connection): the caller then walks over SFTP. The flag says whether find is
+    /// unusable there (asking again would fail the same way) rather than stopped by this
+    /// tree (an unreadable folder).
+    pub(crate) fn find_each(
+        &self,
+        root: &Path,
+        filter: &Filter,
+        each: &mut dyn FnMut(Entry),
+    ) -> Result<(), (String, bool)> {
         let mut refused = false;
+        let mut records = Records {
+            filter,
+            pruned: HashSet::new(),
+        };
+        let mut garbled = None;
+        let mut listed_any = false;
         let outcome = self.with_session(|session| {
             let mut channel = session.channel_session()?;
             channel.exec(&command(root)).map_err(|e| {
@@ -115,22 +148,38 @@ impl Remote {
                 ))
             })?;
             channel.send_eof()?;
-            let mut out = Vec::new();
-            channel.read_to_end(&mut out).map_err(Fault::io)?;
+            let mut reader = BufReader::with_capacity(1 << 16, &mut channel);
+            let mut record = Vec::with_capacity(256);
+            loop {
+                record.clear();
+                if reader.read_until(0, &mut record).map_err(Fault::io)? == 0 {
+                    break;
+                }
+                listed_any = true;
+                if record.pop() != Some(0) || record.is_empty() || garbled.is_some() {
+                    continue;
+                }
+                match records.entry(&record) {
+                    Ok(Some(e)) => each(e),
+                    Ok(None) => {}
+                    Err(why) => garbled = Some(why),
+                }
+            }
+            drop(reader);
             let stderr = drain(&mut channel)?;
-            Ok((out, stderr))
+            Ok(stderr)
         });
-        let (out, stderr) = outcome.map_err(|fault| match fault {
+        let stderr = outcome.map_err(|fault| match fault {
             // A lost connection says nothing of find: the next tree tries it again.
             Fault::Server(_, m) | Fault::Connection(m) => (m, refused),
             Fault::Local(e) => (e.to_string(), refused),
         })?;
         match exit_status(&stderr) {
-            Some(0) => parse_listing(&out, filter).map_err(|why| (why, true)),
+            Some(0) => garbled.map_or(Ok(()), |why| Err((why, true))),
             status => {
                 // GNU find that listed part of the tree and then met what it could not
                 // read: the SFTP walk says which folder, and the next tree may list.
-                let stopped_by_tree = status == Some(1) && !out.is_empty();
+                let stopped_by_tree = status == Some(1) && listed_any;
                 let why = format!(
                     "`find -printf` on the host {}: {}",
                     status.map_or("did not finish".to_string(), |s| format!(

@@ -16,14 +16,15 @@ mod sftp;
 mod tree;
 mod url;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::manifest::Manifest;
-use crate::walk::{Filter, Kind, Meta, Tree, MANIFEST_NAME};
+use crate::sorted::ManifestFile;
+use crate::spilled::{FileSizes, Listing};
+use crate::walk::{Filter, Meta, Tree, MANIFEST_NAME};
 
 pub use local::LocalDir;
 pub use open::{local_folder, open, NasAccess};
@@ -229,6 +230,12 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     fn capabilities(&self) -> Capabilities;
     /// The whole tree, bookkeeping and temporaries left out, in no particular order.
     fn list(&self, filter: &Filter) -> Result<Tree>;
+    /// [`Storage::list`] in path-byte order, never held whole: a backend that lists a
+    /// remote tree spills it to disk as it comes ([`Listing`]). The default sorts the
+    /// listing in memory.
+    fn list_in_order(&self, filter: &Filter) -> Result<Listing> {
+        Ok(Listing::of_tree(self.list(filter)?))
+    }
     /// `None` when there is nothing at `rel`.
     fn stat(&self, rel: &Path) -> Result<Option<Meta>>;
     /// Streams `rel` from byte `from` to the end into `sink`; returns the file's metadata
@@ -336,19 +343,53 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
             .transpose()
     }
 
-    /// Every regular file of the tree with its size (bookkeeping left out, links not
-    /// followed), in one listing; a listing that stopped part way is an error.
-    fn file_sizes(&self) -> Result<HashMap<PathBuf, u64>> {
-        let tree = self.list(&Filter::default())?;
-        if let Some(e) = tree.errors.into_iter().next() {
-            return Err(e);
+    /// The tree's `MANIFEST.sha256` as a checked file on this machine, to be read in path
+    /// order without being held ([`ManifestFile`]): a manifest of another machine is
+    /// copied to a temporary file first. `None` when the tree has none.
+    fn manifest_file(&self) -> Result<Option<FetchedManifest>> {
+        let rel = Path::new(MANIFEST_NAME);
+        if let Some(root) = self.local_root() {
+            return match ManifestFile::open(&root.join(rel)) {
+                Ok(file) => Ok(Some(FetchedManifest { file, _copy: None })),
+                Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            };
         }
-        Ok(tree
-            .entries
-            .into_iter()
-            .filter(|e| e.kind == Kind::File)
-            .map(|e| (e.rel, e.meta.size))
-            .collect())
+        if self.stat(rel)?.is_none() {
+            return Ok(None);
+        }
+        let temp = std::env::temp_dir();
+        let copy = tempfile::NamedTempFile::new().map_err(|e| Error::io(&temp, e))?;
+        let mut out = std::io::BufWriter::new(copy.as_file());
+        self.read(rel, 0, &mut |block| {
+            std::io::Write::write_all(&mut out, block).map_err(|e| Error::io(copy.path(), e))
+        })?;
+        out.into_inner()
+            .map_err(|e| Error::io(copy.path(), e.into_error()))?;
+        // A line that does not read is named by where the manifest is, not by its copy.
+        let file = ManifestFile::open(copy.path()).map_err(|e| match e {
+            Error::Manifest { line, reason, .. } => Error::Manifest {
+                path: self.display(rel),
+                line,
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(Some(FetchedManifest {
+            file,
+            _copy: Some(copy),
+        }))
+    }
+
+    /// Every regular file of the tree with its size (bookkeeping left out, links not
+    /// followed) in path-byte order, from one listing spilled to disk
+    /// ([`Storage::list_in_order`]); a listing that stopped part way is an error.
+    fn file_sizes(&self) -> Result<FileSizes> {
+        Ok(Box::new(
+            self.list_in_order(&Filter::default())?.file_sizes()?,
+        ))
     }
 
     /// A small file in full, or `None` when it does not exist.
@@ -363,6 +404,14 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
         })?;
         Ok(Some(bytes))
     }
+}
+
+/// A tree's manifest on this machine ([`Storage::manifest_file`]); the temporary copy
+/// of a remote one lives as long as this.
+#[derive(Debug)]
+pub struct FetchedManifest {
+    pub file: ManifestFile,
+    _copy: Option<tempfile::NamedTempFile>,
 }
 
 /// Writes `bytes` to `rel` through the whole sequence: write, read back, commit, protect.

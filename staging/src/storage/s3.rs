@@ -37,6 +37,7 @@ use super::place::{place_s3, PlaceOptions, Placement};
 use super::{Capabilities, LockMode, Retention, S3Url, Storage, Upload, Written};
 use crate::error::{Error, Result};
 use crate::hash::Digest;
+use crate::spilled::{Listing, Spill};
 use crate::walk::{Entry, Filter, Kind, Meta, Tree, MANIFEST_NAME};
 
 mod errors;
@@ -232,6 +233,47 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Every object the filter takes, as a file, and then the folders their keys imply,
+    /// each handed to `each` as the listing pages come.
+    fn list_each(&self, filter: &Filter, each: &mut dyn FnMut(Entry)) -> Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        self.each_object(&mut |rel, o| {
+            let rel = PathBuf::from(rel);
+            let hidden = rel
+                .ancestors()
+                .filter(|a| !a.as_os_str().is_empty())
+                .any(|a| filter.leaves_out(a, a.file_name().unwrap_or_default()));
+            if hidden || !filter.takes_file(&rel) {
+                return;
+            }
+            let mut parent = rel.parent();
+            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                if !dirs.insert(p.to_path_buf()) {
+                    break;
+                }
+                parent = p.parent();
+            }
+            each(Entry {
+                meta: object_meta(o.size().unwrap_or(0), o.last_modified(), o.e_tag()),
+                rel,
+                kind: Kind::File,
+            });
+        })?;
+        for rel in dirs {
+            each(Entry {
+                rel,
+                kind: Kind::Dir,
+                meta: Meta {
+                    mode: 0o040_755,
+                    ..Meta::default()
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Storage for S3Store {
     fn display(&self, rel: &Path) -> PathBuf {
         PathBuf::from(format!("s3://{}/{}", self.url.bucket, self.key(rel)))
@@ -249,36 +291,16 @@ impl Storage for S3Store {
 
     fn list(&self, filter: &Filter) -> Result<Tree> {
         let mut tree = Tree::default();
-        let mut dirs = std::collections::BTreeSet::new();
-        self.each_object(&mut |rel, o| {
-            let rel = PathBuf::from(rel);
-            let hidden = rel
-                .ancestors()
-                .filter(|a| !a.as_os_str().is_empty())
-                .any(|a| filter.leaves_out(a, a.file_name().unwrap_or_default()));
-            if hidden || !filter.takes_file(&rel) {
-                return;
-            }
-            let mut parent = rel.parent();
-            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-                dirs.insert(p.to_path_buf());
-                parent = p.parent();
-            }
-            tree.entries.push(Entry {
-                meta: object_meta(o.size().unwrap_or(0), o.last_modified(), o.e_tag()),
-                rel,
-                kind: Kind::File,
-            });
-        })?;
-        tree.entries.extend(dirs.into_iter().map(|rel| Entry {
-            rel,
-            kind: Kind::Dir,
-            meta: Meta {
-                mode: 0o040_755,
-                ..Meta::default()
-            },
-        }));
+        self.list_each(filter, &mut |e| tree.entries.push(e))?;
         Ok(tree)
+    }
+
+    /// The objects spilled to disk page by page as they are listed, then read back in
+    /// path order.
+    fn list_in_order(&self, filter: &Filter) -> Result<Listing> {
+        let mut spill = Spill::new();
+        self.list_each(filter, &mut |e| spill.push(e))?;
+        spill.done(Vec::new())
     }
 
     fn stat(&self, rel: &Path) -> Result<Option<Meta>> {

@@ -20,7 +20,8 @@ use super::{BatchRead, Capabilities, Retention, Storage, Upload, UploadHash, Wri
 use crate::error::{Error, Result};
 use crate::hash::{self, Digest};
 use crate::remote::{flush_remote, meta_of, Fault, Remote, RemoteErrorKind};
-use crate::walk::{Filter, Meta, Tree, TMP_PREFIX};
+use crate::spilled::{Listing, Spill};
+use crate::walk::{Entry, Filter, Meta, Tree, TMP_PREFIX};
 
 /// Files up to this size go through the tar stream ([`BatchRead`]); bigger ones over SFTP,
 /// where a dropped connection resumes at the byte reached instead of costing the file
@@ -120,6 +121,28 @@ impl SftpStore {
     }
 }
 
+impl SftpStore {
+    /// Lists the tree through `find` on the host, each entry handed to `each`, where the
+    /// host runs commands; `Ok(false)` when it cannot (what `each` was given is then to
+    /// be dropped) and the tree is to be walked over SFTP.
+    fn find_each(&self, filter: &Filter, each: &mut dyn FnMut(Entry)) -> Result<bool> {
+        let commands = self.remote.options().tar.is_some() && self.no_stream.get().is_none();
+        if !commands || self.no_find.get().is_some() {
+            return Ok(false);
+        }
+        self.remote.check_root(&self.root)?;
+        match self.remote.find_each(&self.root, filter, each) {
+            Ok(()) => Ok(true),
+            Err((why, unusable)) => {
+                if unusable {
+                    let _ = self.no_find.set(why);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
 impl Storage for SftpStore {
     fn display(&self, rel: &Path) -> PathBuf {
         self.remote.display(&self.path(rel))
@@ -139,19 +162,22 @@ impl Storage for SftpStore {
     /// In one round trip through `find` where the host runs commands (tar is set and has
     /// not failed as unusable); folder by folder over SFTP otherwise, or when find failed.
     fn list(&self, filter: &Filter) -> Result<Tree> {
-        let commands = self.remote.options().tar.is_some() && self.no_stream.get().is_none();
-        if commands && self.no_find.get().is_none() {
-            self.remote.check_root(&self.root)?;
-            match self.remote.find_tree(&self.root, filter) {
-                Ok(tree) => return Ok(tree),
-                Err((why, unusable)) => {
-                    if unusable {
-                        let _ = self.no_find.set(why);
-                    }
-                }
-            }
+        let mut tree = Tree::default();
+        if self.find_each(filter, &mut |e| tree.entries.push(e))? {
+            return Ok(tree);
         }
         self.remote.walk_at(&self.root, filter)
+    }
+
+    /// `find`'s listing spilled to disk as it comes over the channel, then read back in
+    /// path order. The walk over SFTP, where find cannot run, is held and sorted.
+    fn list_in_order(&self, filter: &Filter) -> Result<Listing> {
+        let mut spill = Spill::new();
+        if self.find_each(filter, &mut |e| spill.push(e))? {
+            return spill.done(Vec::new());
+        }
+        drop(spill);
+        Ok(Listing::of_tree(self.remote.walk_at(&self.root, filter)?))
     }
 
     fn stat(&self, rel: &Path) -> Result<Option<Meta>> {

@@ -766,7 +766,15 @@ fn a_rendered_job_round_trips_through_json_for_the_run_record() {
     assert_eq!(r.sbatch.job_name.as_deref(), Some("seg-plate7"));
     let json = serde_json::to_string(&r).unwrap();
     let back: Rendered = serde_json::from_str(&json).unwrap();
-    assert_eq!(back, r);
+    // All but the input list, which the run folder holds (counted in the record).
+    assert_eq!(
+        back,
+        Rendered {
+            inputs: None,
+            ..r.clone()
+        }
+    );
+    assert_eq!(back.input_count(), Some(2));
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["sbatch"]["array"], "0%2");
     assert_eq!(
@@ -777,4 +785,41 @@ fn a_rendered_job_round_trips_through_json_for_the_run_record() {
         value["outputs"]["expect"][0]["expected"],
         serde_json::json!({"kind": "exactly", "count": 2})
     );
+}
+
+#[test]
+fn the_records_count_the_inputs_the_run_folder_lists_and_an_older_record_keeps_its_list() {
+    let run = tempfile::tempdir().unwrap();
+    let s = spec(SEG_SPEC);
+    let mut c = ctx(run.path(), Path::new("/in"));
+    let names = ["b/2.tif", "a\nnew line.tif", "c.tif"];
+    c.inputs = InputListing::Given(names.iter().map(|n| n.to_string()).collect());
+    let r = render(&s, SEG_BODY, &params(&[("chunk", "1")]), &c).unwrap();
+    r.write().unwrap();
+
+    // The record counts them; the run folder lists them, in task order.
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json.get("inputs").is_none(), "{json}");
+    assert_eq!(json["n_inputs"], 3);
+    let back: Rendered = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back.inputs, None);
+    assert_eq!(back.input_count(), Some(3));
+    assert_eq!(read_inputs(run.path()).unwrap(), names);
+    let mut second = Vec::new();
+    each_input(run.path(), &mut |i| {
+        second.push(i);
+        false
+    })
+    .unwrap();
+    assert_eq!(second, ["b/2.tif"], "stopped after the first");
+
+    // A run recorded before holds the list in its record.
+    let mut older = json;
+    older.as_object_mut().unwrap().remove("n_inputs");
+    older["inputs"] = serde_json::json!(["x.tif"]);
+    let older: Rendered = serde_json::from_value(older).unwrap();
+    assert_eq!(older.inputs.as_deref(), Some(&["x.tif".to_string()][..]));
+    assert_eq!(older.input_count(), Some(1));
+    // A run folder without a list has no inputs.
+    assert!(read_inputs(Path::new("/nonexistent")).unwrap().is_empty());
 }
