@@ -24,6 +24,7 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::journal::{parse_line, JournalEntry};
 use crate::manifest::{self, write_line, LineReader, Manifest, ManifestEntry};
+use crate::spilled::{read_bytes, read_word};
 use crate::walk;
 
 /// The entries of a manifest file one at a time, adjacent duplicates dropped (a duplicate
@@ -349,14 +350,8 @@ impl extsort::Sortable for Line {
     }
 
     fn decode<R: Read>(r: &mut R) -> std::io::Result<Line> {
-        let mut word = [0u8; 8];
-        let mut next = |r: &mut R| -> std::io::Result<u64> {
-            r.read_exact(&mut word)?;
-            Ok(u64::from_le_bytes(word))
-        };
-        let len = usize::try_from(next(r)?).map_err(std::io::Error::other)?;
-        let mut rel = vec![0u8; len];
-        r.read_exact(&mut rel)?;
+        let next = read_word;
+        let rel = read_bytes(r)?;
         let seq = next(r)?;
         let mut digest = [0u8; 32];
         r.read_exact(&mut digest)?;

@@ -32,6 +32,21 @@ fn by_path(a: &Entry, b: &Entry) -> Ordering {
 
 type ByPath = fn(&Entry, &Entry) -> Ordering;
 
+/// One little-endian `u64` of a spilled record.
+pub(crate) fn read_word(r: &mut impl Read) -> std::io::Result<u64> {
+    let mut word = [0u8; 8];
+    r.read_exact(&mut word)?;
+    Ok(u64::from_le_bytes(word))
+}
+
+/// Bytes written after their length as a [`read_word`].
+pub(crate) fn read_bytes(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(read_word(r)?).map_err(std::io::Error::other)?;
+    let mut bytes = vec![0u8; len];
+    r.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
 impl extsort::Sortable for Entry {
     fn encode<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
         let rel = self.rel.as_os_str().as_bytes();
@@ -45,31 +60,14 @@ impl extsort::Sortable for Entry {
             Kind::Other => 3,
         };
         w.write_all(&[kind])?;
-        for n in [
-            m.size,
-            u64::from(m.mode),
-            m.mtime_ns as u64,
-            m.atime_ns as u64,
-            m.ctime_ns as u64,
-            m.ino,
-            m.dev,
-            m.nlink,
-            m.blocks,
-        ] {
+        for n in m.to_words() {
             w.write_all(&n.to_le_bytes())?;
         }
         Ok(())
     }
 
     fn decode<R: Read>(r: &mut R) -> std::io::Result<Entry> {
-        let mut word = [0u8; 8];
-        let mut next = |r: &mut R| -> std::io::Result<u64> {
-            r.read_exact(&mut word)?;
-            Ok(u64::from_le_bytes(word))
-        };
-        let len = usize::try_from(next(r)?).map_err(std::io::Error::other)?;
-        let mut rel = vec![0u8; len];
-        r.read_exact(&mut rel)?;
+        let rel = read_bytes(r)?;
         let mut kind = [0u8];
         r.read_exact(&mut kind)?;
         let kind = match kind[0] {
@@ -78,19 +76,11 @@ impl extsort::Sortable for Entry {
             2 => Kind::Symlink,
             _ => Kind::Other,
         };
-        let size = next(r)?;
-        let mode = u32::try_from(next(r)?).map_err(std::io::Error::other)?;
-        let meta = Meta {
-            size,
-            mode,
-            mtime_ns: next(r)? as i64,
-            atime_ns: next(r)? as i64,
-            ctime_ns: next(r)? as i64,
-            ino: next(r)?,
-            dev: next(r)?,
-            nlink: next(r)?,
-            blocks: next(r)?,
-        };
+        let mut words = [0u64; 9];
+        for w in &mut words {
+            *w = read_word(r)?;
+        }
+        let meta = Meta::from_words(words);
         Ok(Entry {
             rel: PathBuf::from(std::ffi::OsString::from_vec(rel)),
             kind,

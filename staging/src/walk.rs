@@ -64,6 +64,38 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The fields as nine numbers, in the order spilled records write them
+    /// ([`Meta::from_words`] reads them back).
+    pub(crate) fn to_words(self) -> [u64; 9] {
+        [
+            self.size,
+            u64::from(self.mode),
+            self.mtime_ns as u64,
+            self.atime_ns as u64,
+            self.ctime_ns as u64,
+            self.ino,
+            self.dev,
+            self.nlink,
+            self.blocks,
+        ]
+    }
+
+    /// The fields from the nine numbers of [`Meta::to_words`].
+    pub(crate) fn from_words(w: [u64; 9]) -> Self {
+        let [size, mode, mtime_ns, atime_ns, ctime_ns, ino, dev, nlink, blocks] = w;
+        Meta {
+            size,
+            mode: mode as u32,
+            mtime_ns: mtime_ns as i64,
+            atime_ns: atime_ns as i64,
+            ctime_ns: ctime_ns as i64,
+            ino,
+            dev,
+            nlink,
+            blocks,
+        }
+    }
+
     /// Reads the fields from std's metadata.
     pub fn from_std(m: &std::fs::Metadata) -> Self {
         Meta {

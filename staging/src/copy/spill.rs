@@ -126,18 +126,7 @@ fn encode(out: &mut Vec<u8>, p: &Planned) {
         Planned::Copy(job) => {
             out.push(1);
             put_path(out, &job.rel);
-            let m = &job.meta;
-            for n in [
-                m.size,
-                u64::from(m.mode),
-                m.mtime_ns as u64,
-                m.atime_ns as u64,
-                m.ctime_ns as u64,
-                m.ino,
-                m.dev,
-                m.nlink,
-                m.blocks,
-            ] {
+            for n in job.meta.to_words() {
                 put(out, n);
             }
             let change = CHANGES.iter().position(|c| *c == job.change);
@@ -194,17 +183,11 @@ fn decode(r: &mut impl Read) -> std::io::Result<Planned> {
         },
         1 => {
             let rel = path(r)?;
-            let meta = Meta {
-                size: word(r)?,
-                mode: word(r)? as u32,
-                mtime_ns: word(r)? as i64,
-                atime_ns: word(r)? as i64,
-                ctime_ns: word(r)? as i64,
-                ino: word(r)?,
-                dev: word(r)?,
-                nlink: word(r)?,
-                blocks: word(r)?,
-            };
+            let mut words = [0u64; 9];
+            for w in &mut words {
+                *w = word(r)?;
+            }
+            let meta = Meta::from_words(words);
             let change = *CHANGES
                 .get(byte(r)? as usize)
                 .ok_or_else(|| std::io::Error::other("a damaged plan record"))?;
