@@ -5,10 +5,10 @@
 //! objects of 128 MiB came in 1.5-1.8 s as one stream each and 0.7-0.9 s as four ranges
 //! each. So an object of at least [`RANGED_MIN`] bytes is read as ranges of [`RANGE`]
 //! bytes, up to [`RANGES_PER_OBJECT`] of them on the way, each held whole until the ranges
-//! before it were given on. What the ranges of one process hold at once is bounded too
-//! ([`RANGES_IN_FLIGHT`]): an object gets more than one range on the way only while that
-//! budget allows (it never waits for it, so objects read side by side cannot block each
-//! other).
+//! before it were given on. What the ranges of one process hold at once is bounded
+//! ([`RANGES_IN_FLIGHT`]): a range is sent only while that budget has room, never waited
+//! for (objects read side by side cannot block each other); an object that finds none
+//! is read as one stream (from where its ranges ended), as a small one is.
 //!
 //! Every range is of the same object: of the version asked for, or else each range must
 //! carry the first one's ETag (an object replaced while it is read is an error, never
@@ -35,13 +35,13 @@ pub(super) const RANGE: u64 = 16 << 20;
 pub(super) const RANGED_MIN: u64 = 2 * RANGE;
 /// Ranges of one object on the way at most.
 const RANGES_PER_OBJECT: usize = 4;
-/// Ranges beyond each object's first on the way at once in the whole process (each holds
-/// up to [`RANGE`] bytes).
+/// Ranges on the way at once in the whole process (each held whole in memory, up to
+/// [`RANGE`] bytes, until it is given on).
 const RANGES_IN_FLIGHT: usize = 8;
 /// Attempts at one range whose body broke off (the request itself is retried by the SDK).
 const RANGE_ATTEMPTS: u32 = 5;
 
-/// Ranges on the way beyond each object's first, in the whole process.
+/// Ranges on the way in the whole process.
 static BUDGET: AtomicUsize = AtomicUsize::new(0);
 
 /// What one range GET gave.
@@ -60,10 +60,16 @@ enum Failed {
     Body(String),
 }
 
-/// One range on the way, and whether it counts in the process's budget.
-struct InFlight {
-    task: tokio::task::JoinHandle<std::result::Result<Got, Failed>>,
-    budgeted: bool,
+/// One range on the way (it holds a place in the process's budget).
+type Task = tokio::task::JoinHandle<std::result::Result<Got, Failed>>;
+
+/// Takes a place in the process's budget of ranges on the way; false when it is full.
+fn take_budget() -> bool {
+    BUDGET
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < RANGES_IN_FLIGHT).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 impl S3Store {
@@ -87,7 +93,9 @@ impl S3Store {
     }
 
     /// [`S3Store::get_sized`] in ranges; `None` (nothing given to `sink`) when the object
-    /// is not of `size` bytes.
+    /// is not of `size` bytes, or when the process's budget has no room for its first
+    /// range. An object whose ranges find no room in the budget part way has the rest
+    /// read as one stream.
     fn get_ranges(
         &self,
         rel: &Path,
@@ -95,44 +103,37 @@ impl S3Store {
         size: u64,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Option<Meta>> {
-        let budget = &BUDGET;
         let count = size.div_ceil(RANGE);
         let mut next = 0u64;
-        let mut queue: VecDeque<InFlight> = VecDeque::new();
+        let mut queue: VecDeque<Task> = VecDeque::new();
+        // The version and what the first range said of the object.
         let mut first: Option<(Option<String>, Meta)> = None;
         let result = (|| {
             loop {
-                // Keep ranges on the way: the next one always when none is, more while
-                // the budget allows.
-                while next < count && queue.len() < RANGES_PER_OBJECT {
-                    let budgeted = !queue.is_empty();
-                    if budgeted
-                        && budget
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                                (n < RANGES_IN_FLIGHT).then_some(n + 1)
-                            })
-                            .is_err()
-                    {
-                        break;
-                    }
+                while next < count && queue.len() < RANGES_PER_OBJECT && take_budget() {
                     let start = next * RANGE;
                     let end = (start + RANGE).min(size);
                     let pinned = first
                         .as_ref()
                         .map_or_else(|| version.map(str::to_string), |(v, _)| v.clone());
-                    queue.push_back(InFlight {
-                        task: self.spawn_range(rel, pinned, start, end),
-                        budgeted,
-                    });
+                    queue.push_back(self.spawn_range(rel, pinned, start, end));
                     next += 1;
                 }
-                let Some(InFlight { task, budgeted }) = queue.pop_front() else {
-                    return Ok(first.map(|(_, meta)| meta));
+                let Some(task) = queue.pop_front() else {
+                    let Some((pinned, seen)) = first else {
+                        // No room for a first range: the whole object as one stream.
+                        return Ok(None);
+                    };
+                    if next < count {
+                        // No room for more ranges: the rest as one stream.
+                        let rest =
+                            self.get(rel, pinned.as_deref(), next * RANGE, Some(size), sink)?;
+                        self.same_object(rel, &seen, &rest)?;
+                    }
+                    return Ok(Some(seen));
                 };
                 let got = self.runtime.block_on(task);
-                if budgeted {
-                    budget.fetch_sub(1, Ordering::AcqRel);
-                }
+                BUDGET.fetch_sub(1, Ordering::AcqRel);
                 let got = match got {
                     Ok(Ok(got)) => got,
                     Ok(Err(Failed::Request(e))) => {
@@ -149,38 +150,35 @@ impl S3Store {
                 match &first {
                     None if got.size != size => return Ok(None),
                     None => first = Some((got.version.clone(), meta)),
-                    Some((_, seen)) if seen.ino != meta.ino || seen.size != meta.size => {
-                        return Err(Error::Storage {
-                            location: self.display_key(rel),
-                            kind: StorageErrorKind::Other,
-                            reason: "the object was replaced while it was read".into(),
-                            hint: "run again once nothing else writes to this prefix".into(),
-                        });
-                    }
-                    Some(_) => {}
+                    Some((_, seen)) => self.same_object(rel, seen, &meta)?,
                 }
                 for block in got.body.into_segments() {
                     sink(&block)?;
                 }
             }
         })();
-        for InFlight { task, budgeted } in queue.drain(..) {
+        for task in queue.drain(..) {
             task.abort();
-            if budgeted {
-                budget.fetch_sub(1, Ordering::AcqRel);
-            }
+            BUDGET.fetch_sub(1, Ordering::AcqRel);
         }
         result
     }
 
+    /// An error unless `got` is of the object `seen` (same ETag and size).
+    fn same_object(&self, rel: &Path, seen: &Meta, got: &Meta) -> Result<()> {
+        if seen.ino == got.ino && seen.size == got.size {
+            return Ok(());
+        }
+        Err(Error::Storage {
+            location: self.display_key(rel),
+            kind: StorageErrorKind::Other,
+            reason: "the object was replaced while it was read".into(),
+            hint: "run again once nothing else writes to this prefix".into(),
+        })
+    }
+
     /// Starts the GET of bytes `start..end` of `rel` (of `version` when given).
-    fn spawn_range(
-        &self,
-        rel: &Path,
-        version: Option<String>,
-        start: u64,
-        end: u64,
-    ) -> tokio::task::JoinHandle<std::result::Result<Got, Failed>> {
+    fn spawn_range(&self, rel: &Path, version: Option<String>, start: u64, end: u64) -> Task {
         let request = self
             .client
             .get_object()
