@@ -1,6 +1,6 @@
-//! A big object read back (and staged) as range GETs on the way at once, against a real
-//! Ceph RadosGW (`tests/s3/up.sh`): the read opens several connections to the server
-//! (one stream would need one), gives the bytes in order, and still catches an object
+//! A big object read back as range GETs on the way at once, against a real Ceph RadosGW
+//! (`tests/s3/up.sh`): the read-back opens several connections to the server (one stream
+//! would need one), takes the bytes in order, and still catches an object
 //! whose bytes or size are not those written: a byte changed in a later range, or an
 //! object of another size (read as one stream, so the size is what the server has).
 //!
@@ -40,8 +40,8 @@ fn a_big_object_is_read_in_ranges_at_once_and_a_changed_one_is_still_caught() {
     let big = seeded_bytes(40 << 20, 7);
     let written = write(&store, "big.bin", &big);
 
-    // Through a relay that counts connections: the read-back and a staging read of the
-    // object each open more than the one connection a single stream needs.
+    // Through a relay that counts connections: the read-back opens more than the one
+    // connection a single stream needs; a stage's read (one stream) gives the same bytes.
     let (relay, counted) = relay_counting(std::time::Duration::ZERO);
     let url = S3Url::parse(&w.url(&bucket, "")).unwrap();
     let opts = S3Options {
@@ -66,7 +66,7 @@ fn a_big_object_is_read_in_ranges_at_once_and_a_changed_one_is_still_caught() {
             Ok(())
         })
         .unwrap();
-    assert!(read == big, "the ranges came back in order, byte for byte");
+    assert!(read == big, "the stage read gives the object byte for byte");
     assert_eq!((meta.size, meta.ino), (listed.size, listed.ino));
 
     // The object replaced (as by another writer) with one byte of its third range

@@ -320,8 +320,11 @@ impl Storage for S3Store {
         listed: &Meta,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Meta> {
-        // A big object in ranges on the way at once (`ranges`), given on in order.
-        let got = self.get_sized(rel, None, listed.size, sink)?;
+        // One stream: range GETs on the way at once (as the read-back of an upload takes
+        // them, `ranges`) measured no faster for a stage of 2 x 128 MiB on RGW (median
+        // 1.20 s against 1.22 s, rclone 1.18 s), where writing, flushing and reading back
+        // the local copy take their share, and would hold each range in memory.
+        let got = self.get(rel, None, 0, None, sink)?;
         // Compared: the size and the object's identity (its ETag, in `ino`); the listed
         // mtime is finer than the one a GET reports.
         Ok(Meta {

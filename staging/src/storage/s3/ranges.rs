@@ -1,4 +1,5 @@
-//! Reading a big object as bounded range GETs in flight at once, its bytes given in order.
+//! Reading a big object back (after its upload) as bounded range GETs in flight at once,
+//! its bytes given in order.
 //!
 //! One GET stream of a big object runs at a fraction of what the server gives to several
 //! at once (RGW reads an object's stripes one window after the other per request): two
