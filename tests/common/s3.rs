@@ -245,6 +245,8 @@ pub(crate) struct Counted {
     pub(crate) down: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Bytes sent to the server (requests and what they upload).
     pub(crate) up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections opened through the relay.
+    pub(crate) connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// [`relay`], also counting the bytes sent to the server: (address, counts).
@@ -256,9 +258,12 @@ pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
     let count = sent.clone();
     let uploaded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let up_count = uploaded.clone();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opened = connections.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
+            opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let Ok(server) = std::net::TcpStream::connect(&upstream) else {
                 continue;
             };
@@ -303,6 +308,7 @@ pub(crate) fn relay_counting(pace: std::time::Duration) -> (String, Counted) {
         Counted {
             down: sent,
             up: uploaded,
+            connections,
         },
     )
 }

@@ -17,6 +17,7 @@
 //! The objects there are listed once per run, so a first upload asks nothing per object.
 //! The caller writes the tree's `MANIFEST.sha256` last, only when nothing failed.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ pub struct PutOptions {
     pub retention: Option<Retention>,
     /// Check local files against the source's own `MANIFEST.sha256`.
     pub use_source_manifest: bool,
+    /// Size and ETag of each object under the prefix ([`S3Store::etags`]), when the
+    /// caller listed them already; `None`: listed here.
+    pub present: Option<HashMap<PathBuf, (u64, String)>>,
 }
 
 /// What an upload did.
@@ -112,7 +116,14 @@ pub fn put_tree(
     progress.start(report.files, report.bytes);
     // What an earlier, stopped run left: one listing, so that a first upload asks nothing
     // of each object.
-    let present = store.etags()?;
+    let listed;
+    let present = match &opts.present {
+        Some(present) => present,
+        None => {
+            listed = store.etags()?;
+            &listed
+        }
+    };
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.clamp(1, 16))

@@ -5,6 +5,7 @@
 //! of a stopped placement aborts the multipart uploads it left and skips the objects
 //! already verified (and protected).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Listed, PlaceOptions, Placed, Placement};
@@ -25,6 +26,9 @@ struct S3Placement {
     /// The lock object `.NAME.ingest.lock` next to the prefix, and where it is; removed
     /// when the placement ends, finished or not.
     lock: Option<(S3Store, PathBuf, Option<String>)>,
+    /// Size and ETag of each object already under the prefix, listed while the
+    /// multipart uploads left there were looked for; taken by `put_tree`.
+    present: Option<HashMap<PathBuf, (u64, String)>>,
     /// Files given by [`Placement::put_bytes`] being written and read back, each on a
     /// thread of its own: all must have ended, verified, before the manifest is written.
     described: Vec<std::thread::JoinHandle<Result<()>>>,
@@ -74,16 +78,32 @@ pub(crate) fn place_s3(store: S3Store, opts: &PlaceOptions) -> Result<Box<dyn Pl
     } else {
         None
     };
-    let placement = S3Placement {
+    let mut placement = S3Placement {
         store,
         opts: opts.clone(),
         sent: Manifest::default(),
         lock,
+        present: None,
         described: Vec::new(),
     };
-    // Checked again under the lock: a dataset finished meanwhile is not written to.
-    exists(&placement.store)?;
-    placement.store.abort_orphans()?;
+    if opts.exclusive {
+        // Checked again under the lock: a dataset finished meanwhile is not written to.
+        exists(&placement.store)?;
+    }
+    // The multipart uploads a stopped run left are aborted before anything is sent (a
+    // listing of them after our first upload started would take it for one of theirs);
+    // the objects there are listed meanwhile, for `put_tree`.
+    let store = &placement.store;
+    let (aborted, present) = std::thread::scope(|s| {
+        let listing = s.spawn(|| store.etags());
+        let aborted = store.abort_orphans();
+        let present = listing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (aborted, present)
+    });
+    aborted?;
+    placement.present = Some(present?);
     Ok(Box::new(placement))
 }
 
@@ -109,6 +129,7 @@ impl Placement for S3Placement {
             jobs: self.opts.copy.jobs,
             retention: self.retention(),
             use_source_manifest: self.opts.copy.use_source_manifest,
+            present: self.present.take(),
         };
         let mut sent = put_tree(src, &self.store, &opts, progress)?;
         let listed = std::mem::take(&mut sent.manifest);

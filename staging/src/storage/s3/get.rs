@@ -107,11 +107,13 @@ impl S3Store {
         }
     }
 
-    /// Hashes a version of `rel` as stored; also returns that version's metadata.
+    /// Hashes a version of `rel` as stored (`size` bytes, as far as the caller knows); also
+    /// returns that version's metadata.
     pub(super) fn hash_stored(
         &self,
         rel: &Path,
         version: Option<&str>,
+        size: u64,
     ) -> Result<(Digest, u64, Meta)> {
         use sha2::Digest as _;
         let mut hasher = Sha256::new();
@@ -121,14 +123,15 @@ impl S3Store {
             bytes += block.len() as u64;
             Ok(())
         };
-        let meta = self.get(rel, version, 0, None, &mut sink)?;
+        let meta = self.get_sized(rel, version, size, &mut sink)?;
         Ok((Digest::from_hasher(hasher), bytes, meta))
     }
 
     /// [`Storage::verify`], returning the metadata of the version read back (its identity
     /// is what a resume journal records).
     pub fn verify_read(&self, written: &Written) -> Result<Meta> {
-        let (read, len, meta) = self.hash_stored(&written.rel, written.version.as_deref())?;
+        let (read, len, meta) =
+            self.hash_stored(&written.rel, written.version.as_deref(), written.bytes)?;
         written.compare_read_back(self.display(&written.rel), read, len)?;
         Ok(meta)
     }

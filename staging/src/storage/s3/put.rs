@@ -16,8 +16,9 @@ use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use base64::Engine as _;
-use md5::{Digest as _, Md5};
 use sha2::Sha256;
+
+use super::md5sum::{md5, Md5};
 
 use super::{part_size, S3Store, PARTS_IN_FLIGHT, SHA256_KEY, SINGLE_PUT_MAX};
 
@@ -186,7 +187,7 @@ type PartSent = std::result::Result<
 >;
 
 pub(super) fn content_md5(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
+    base64::engine::general_purpose::STANDARD.encode(md5(bytes))
 }
 
 impl S3Upload<'_> {
@@ -477,7 +478,7 @@ impl Etag {
     }
 
     fn close_part(&mut self) {
-        let done = std::mem::replace(&mut self.current, Md5::new()).finalize();
+        let done = std::mem::replace(&mut self.current, Md5::new()).finish();
         self.parts.extend_from_slice(&done);
         self.in_part = 0;
     }
@@ -509,7 +510,7 @@ fn etag_of(multipart: bool, md5s: &[[u8; 16]]) -> String {
     }
     format!(
         "{}-{}",
-        faster_hex::hex_string(&Md5::digest(md5s.concat())),
+        faster_hex::hex_string(&md5(&md5s.concat())),
         md5s.len()
     )
 }
