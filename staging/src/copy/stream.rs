@@ -26,7 +26,7 @@ use crate::interrupt;
 use crate::walk::Meta;
 
 /// At most this many files in one stream, so that several streams share the work.
-const BATCH_FILES: usize = 4096;
+const BATCH_FILES: usize = 1024;
 /// At least this many (fewer only at the end), so that a stream's start is worth it.
 const MIN_BATCH_FILES: usize = 32;
 /// At most this many bytes of files in one stream: what a failed stream costs again.
