@@ -197,7 +197,8 @@ pub(super) fn run_pipeline(
                     Unit::One(job) => {
                         let _ = tx.send(copy_one(ctx, job));
                     }
-                    Unit::Batch(batch) => stream::copy_batch(ctx, batch, &mut |r| {
+                    // The stream slot is given back when the batch is done.
+                    Unit::Batch(batch, _slot) => stream::copy_batch(ctx, batch, &mut |r| {
                         let _ = tx.send(r);
                     }),
                 });

@@ -12,6 +12,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
@@ -25,7 +26,7 @@ use crate::interrupt;
 use crate::walk::Meta;
 
 /// At most this many files in one stream, so that several streams share the work.
-const BATCH_FILES: usize = 4096;
+const BATCH_FILES: usize = 1024;
 /// At least this many (fewer only at the end), so that a stream's start is worth it.
 const MIN_BATCH_FILES: usize = 32;
 /// At most this many bytes of files in one stream: what a failed stream costs again.
@@ -34,10 +35,46 @@ const BATCH_BYTES: u64 = 64 << 20;
 /// and must fit the channel's window (2 MiB in OpenSSH) so that writing never waits.
 const BATCH_NAMES: usize = 256 << 10;
 
-/// What one copy worker takes on: a file, or a batch of small ones.
+/// What one copy worker takes on: a file, or a batch of small ones with the stream slot
+/// it holds until it is dropped.
 pub(super) enum Unit {
     One(Job),
-    Batch(Vec<Job>),
+    Batch(Vec<Job>, Slot),
+}
+
+/// One of the streams that may run at once, taken by a batch when it is handed out and
+/// given back when the batch is dropped: a batch is formed only for a free stream, so
+/// however many workers wait, at most that many batches (and the one being filled) are
+/// held, whatever the tree.
+pub(super) struct Slot(Arc<(Mutex<usize>, Condvar)>);
+
+impl Slot {
+    /// Waits until fewer than `limit` slots of `slots` are taken, and takes one.
+    fn take(slots: &Arc<(Mutex<usize>, Condvar)>, limit: usize) -> Slot {
+        let (taken, freed) = &**slots;
+        let mut n = taken.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= limit {
+            n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot(Arc::clone(slots))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (taken, freed) = &*self.0;
+        *taken.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+        // The batch's many small allocations were made by whichever worker threads ran
+        // it, in their own malloc arenas; glibc keeps the freed pages of an arena unless
+        // asked, so without this the resident size grows with the batches run.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// Batches each stream takes on in a run, at least: every stream of a batch starts a
@@ -56,14 +93,16 @@ pub(super) fn units<'a>(
     planned: u64,
 ) -> impl Iterator<Item = Unit> + Send + 'a {
     let max = stream.map(|(max, _)| max);
-    let streams = stream.map_or(1, |(_, n)| n.max(1) as u64);
-    let per_batch = usize::try_from(planned / (streams * BATCHES_PER_STREAM))
+    let streams = stream.map_or(1, |(_, n)| n.max(1));
+    let per_batch = usize::try_from(planned / (streams as u64 * BATCHES_PER_STREAM))
         .unwrap_or(usize::MAX)
         .clamp(MIN_BATCH_FILES, BATCH_FILES);
     Batches {
         jobs,
         max,
         per_batch,
+        streams,
+        slots: Arc::default(),
         batch: Vec::new(),
         bytes: 0,
         names: 0,
@@ -78,6 +117,9 @@ struct Batches<I> {
     /// The size limit of a streamed file; `None`, every job alone.
     max: Option<u64>,
     per_batch: usize,
+    /// How many batches may be out at once (one per stream).
+    streams: usize,
+    slots: Arc<(Mutex<usize>, Condvar)>,
     batch: Vec<Job>,
     bytes: u64,
     names: usize,
@@ -127,10 +169,11 @@ impl<I> Batches<I> {
         self.batch.push(job);
     }
 
-    /// The batch filled so far, `next` taking its place.
+    /// The batch filled so far, `next` taking its place, once a stream is free for it.
     fn take(&mut self, next: Vec<Job>) -> Unit {
+        let slot = Slot::take(&self.slots, self.streams);
         (self.bytes, self.names) = (0, 0);
-        Unit::Batch(std::mem::replace(&mut self.batch, next))
+        Unit::Batch(std::mem::replace(&mut self.batch, next), slot)
     }
 }
 
@@ -288,7 +331,7 @@ mod tests {
         units
             .map(|u| match u {
                 Unit::One(j) => j.rel.display().to_string(),
-                Unit::Batch(b) => format!(
+                Unit::Batch(b, _) => format!(
                     "[{}]",
                     b.iter()
                         .map(|j| j.rel.display().to_string())
@@ -317,7 +360,7 @@ mod tests {
     fn a_batch_ends_at_its_file_count_and_its_bytes() {
         let many = (0..70).map(|i| job(&format!("f{i:02}"), 1));
         let got = units(Some((1000, 2)), many, 70).map(|u| match u {
-            Unit::Batch(b) => b.len(),
+            Unit::Batch(b, _) => b.len(),
             Unit::One(_) => 0,
         });
         // 70 files for 2 streams: batches of the minimum count.
@@ -347,14 +390,38 @@ mod tests {
             jobs,
             max: Some(1000),
             per_batch: BATCH_FILES,
+            streams: 1,
+            slots: Arc::default(),
             batch: Vec::new(),
             bytes: 0,
             names: 0,
             pending: None,
         };
         let first = units.next();
-        assert!(matches!(first, Some(Unit::Batch(ref b)) if b.len() == BATCH_FILES));
+        assert!(matches!(first, Some(Unit::Batch(ref b, _)) if b.len() == BATCH_FILES));
         // The batch, and the one job that did not fit it.
         assert_eq!(taken.get(), BATCH_FILES + 1);
+    }
+
+    #[test]
+    fn no_more_batches_are_out_than_streams() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+
+        let jobs = (0..10 * MIN_BATCH_FILES).map(|i| job(&format!("f{i:03}"), 1));
+        let mut units = units(Some((1000, 2)), jobs, 10 * MIN_BATCH_FILES as u64);
+        let first = units.next();
+        let second = units.next();
+        assert!(matches!(first, Some(Unit::Batch(..))) && matches!(second, Some(Unit::Batch(..))));
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let third = units.next();
+            tx.send(matches!(third, Some(Unit::Batch(..)))).unwrap();
+        });
+        // Both streams are busy: the third batch waits for one of them.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        drop(first);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        drop(second);
     }
 }
