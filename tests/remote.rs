@@ -402,19 +402,25 @@ fn remote_world() -> (Env, Sshd) {
     (env, sshd)
 }
 
-/// The tricky tree as a dataset on the NAS host, `remote/P/raw/plate`, with a
-/// `MANIFEST.sha256`, owned by the login user. Returns the folder and its regular files.
-fn remote_dataset(env: &Env, sshd: &Sshd) -> (PathBuf, Vec<PathBuf>) {
-    let nas = sshd.remote_dir(env, "remote");
-    let src = nas.join("P/raw/plate");
-    let files = tricky_tree(&src);
+/// Writes `src`'s `MANIFEST.sha256` and hands `owned` (the NAS folder it is in) to the
+/// login user, as a dataset on the NAS host is.
+fn publish_on_nas(env: &Env, sshd: &Sshd, src: &Path, owned: &Path) {
     env.run([
         OsStr::new("manifest"),
         OsStr::new("create"),
         src.as_os_str(),
     ])
     .code(0);
-    sshd.give_to_login_user(&nas);
+    sshd.give_to_login_user(owned);
+}
+
+/// The tricky tree as a dataset on the NAS host, `remote/P/raw/plate`, with a
+/// `MANIFEST.sha256`, owned by the login user. Returns the folder and its regular files.
+fn remote_dataset(env: &Env, sshd: &Sshd) -> (PathBuf, Vec<PathBuf>) {
+    let nas = sshd.remote_dir(env, "remote");
+    let src = nas.join("P/raw/plate");
+    let files = tricky_tree(&src);
+    publish_on_nas(env, sshd, &src, &nas);
     (src, files)
 }
 
@@ -621,13 +627,7 @@ fn remote_small_files(env: &Env, sshd: &Sshd, count: usize) -> PathBuf {
             noise(i as u64, 1000 + 37 * i),
         );
     }
-    env.run([
-        OsStr::new("manifest"),
-        OsStr::new("create"),
-        src.as_os_str(),
-    ])
-    .code(0);
-    sshd.give_to_login_user(&nas);
+    publish_on_nas(env, sshd, &src, &nas);
     src
 }
 
@@ -749,13 +749,7 @@ fn archives_that_arrive_while_the_name_list_is_still_sent_are_read_whole() {
             format!("{i}"),
         );
     }
-    env.run([
-        OsStr::new("manifest"),
-        OsStr::new("create"),
-        src.as_os_str(),
-    ])
-    .code(0);
-    sshd.give_to_login_user(&nas);
+    publish_on_nas(&env, &sshd, &src, &nas);
 
     for round in 0..3 {
         let dest = env.path(format!("dest{round}"));
@@ -796,13 +790,7 @@ fn streamed_files_are_flushed_one_by_one_and_the_run_once_not_in_syncfs_batches(
             noise(i as u64, 1000 + 37 * i),
         );
     }
-    env.run([
-        OsStr::new("manifest"),
-        OsStr::new("create"),
-        src.as_os_str(),
-    ])
-    .code(0);
-    sshd.give_to_login_user(&nas);
+    publish_on_nas(&env, &sshd, &src, &nas);
     let trace = env.path("syncfs.trace");
     let staged = env.command();
     let mut cmd = std::process::Command::new("strace");
