@@ -149,6 +149,24 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
+/// A member's bytes as the caller reads them, keeping the first error of the stream's
+/// own read, so that a connection that broke in the middle of a member is told apart
+/// from the caller's failure to store it.
+struct Member<'a, R> {
+    inner: &'a mut R,
+    broke: Option<std::io::Error>,
+}
+
+impl<R: Read> Read for Member<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if self.broke.is_none() && e.kind() != std::io::ErrorKind::Interrupted {
+                self.broke = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+}
+
 /// Reads one batch's output (an archive, then the trailer; or the trailer alone) to its
 /// exact end, passing each member that matches its listing to `each`; returns how many
 /// were delivered and tar's status. An error of `each` is kept in `local`.
@@ -217,7 +235,15 @@ fn read_members(
         // them itself, as it does a member that does not match its listing.
         next += skip;
         if matches_listed(entry.header(), files[next].1) {
-            if let Err(e) = each(next, &mut entry) {
+            let mut member = Member {
+                inner: &mut entry,
+                broke: None,
+            };
+            if let Err(e) = each(next, &mut member) {
+                // The stream broke under the caller's read: the stream failed, not the copy.
+                if let Some(broke) = member.broke {
+                    return Err(Fault::io(broke));
+                }
                 *local = Some(e);
                 return Err(Fault::Connection("stopped by the copy".into()));
             }
